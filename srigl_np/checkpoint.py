@@ -1,0 +1,88 @@
+"""Atomic file writes and the training checkpoint format.
+
+A checkpoint is one ``.npz`` (no pickles) holding
+
+    meta                     JSON string: format version, epoch, step, config, history
+    param/<name>             every model parameter ("0.weight", ...)
+    buffer/<name>            every model buffer (BatchNorm running statistics)
+    optim/<name>/<key>       the optimizer's per-parameter state ("momentum_buffer", ...)
+    dst/<key>/<name>         DynamicSparsity masks, ever-active masks, ablated neurons
+
+Every file is written to a temporary file in the destination directory and renamed
+over the target, so a crash never leaves a half-written checkpoint or metrics file.
+"""
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write(path, write):
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_jsonl(path, records):
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+def save_checkpoint(path, meta, model, optimizer, sparsity=None):
+    arrays = {"meta": np.array(json.dumps({"version": CHECKPOINT_VERSION, **meta}))}
+    arrays.update({f"param/{k}": v for k, v in model.named_parameters().items()})
+    arrays.update({f"buffer/{k}": v for k, v in model.named_buffers().items()})
+    for name, state in optimizer.state.items():
+        arrays.update({f"optim/{name}/{key}": value for key, value in state.items()})
+    if sparsity is not None:
+        arrays.update({f"dst/{k}": v for k, v in sparsity.state_dict().items()})
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path, model, optimizer, sparsity=None):
+    """Restore model, optimizer and DynamicSparsity state in place; return the meta dict."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if "meta" not in arrays:
+        raise ValueError(f"{path} is not a srigl_np checkpoint (no 'meta')")
+    meta = json.loads(str(arrays["meta"]))
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {meta.get('version')!r} is not "
+                         f"{CHECKPOINT_VERSION}")
+
+    def section(prefix):
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    model.load_state_dict({**section("param/"), **section("buffer/")})
+    optim_state = section("optim/")
+    for name, state in optimizer.state.items():
+        for key, buffer in state.items():
+            saved = optim_state.get(f"{name}/{key}")
+            if saved is None or saved.shape != buffer.shape:
+                raise ValueError(f"{path}: optimizer state {name}/{key} missing or misshapen")
+            buffer[...] = saved
+    optimizer.step_count = int(meta["optimizer_step_count"])
+    if sparsity is not None:
+        sparsity.load_state_dict(section("dst/"))
+    return meta

@@ -1,0 +1,243 @@
+"""DynamicSparsity: the thin stateful wrapper that plugs ``srigl_np.dst`` into training.
+
+It owns one boolean mask per sparse parameter (the weight of every Linear and Conv2d;
+biases and norms stay dense) and does, around each optimizer step:
+
+    ds.before_step(step, grads)   # masks the gradients; on an update step returns False
+    if the step is not an update step: optimizer.step(grads)
+    ds.after_step(step, grads)    # re-masks the weights; on an update step runs the
+                                  # topology update with the *dense* gradient
+
+Weights are stored densely with zeros outside the mask, so the gradient the backward
+pass computes for a weight is already the dense gradient the grow criterion needs; it
+is kept unmasked on update steps. As in RigL (Evci et al., 2020) and the SRigL
+authors' training loop, the optimizer does not step on an update step: the update
+replaces it, so grown weights really start at 0.
+
+Random decisions draw from Generators derived from ``(seed, purpose, step)``, never
+from carried state, so a run resumed from a checkpoint repeats an uninterrupted run
+bit for bit.
+"""
+
+import numpy as np
+
+from . import dst
+from .layers import Conv2d, Linear
+
+METHODS = ("dense", "static", "set", "rigl", "srigl")
+DISTRIBUTIONS = ("uniform", "erk")
+
+# Purposes for derived random streams: (seed, purpose, ...) -> Generator.
+_RNG_MASK, _RNG_INIT, _RNG_SET = 10, 11, 12
+
+
+def sparse_parameter_names(model):
+    """Names of the parameters that get masks: every Linear/Conv2d weight, in order."""
+    return [f"{i}.weight" for i, layer in enumerate(model.layers)
+            if isinstance(layer, (Linear, Conv2d))]
+
+
+def _random_mask(shape, sparsity, rng):
+    """Unstructured mask with exactly floor(size*(1-sparsity)) active weights, uniform at random."""
+    size = int(np.prod(shape))
+    n_active = int(size * (1.0 - sparsity))
+    mask = np.zeros(size, dtype=bool)
+    mask[rng.permutation(size)[:n_active]] = True
+    return mask.reshape(shape)
+
+
+def _sparse_kaiming(mask, rng, dtype):
+    """Kaiming-normal weights scaled by each neuron's *actual* fan-in (its active count).
+
+    mask: (n_out, *fan_in_dims) bool. Returns weights of that shape, 0 outside the mask.
+    """
+    rows = mask.reshape(mask.shape[0], -1)
+    fan_in = np.maximum(rows.sum(axis=1), 1)
+    std = np.sqrt(2.0 / fan_in).astype(dtype)
+    weight = rng.standard_normal(rows.shape, dtype=np.float64).astype(dtype) * std[:, None]
+    weight[~rows] = 0
+    return weight.reshape(mask.shape)
+
+
+def _neuron_counts(mask):
+    return mask.reshape(mask.shape[0], -1).sum(axis=1)
+
+
+class DynamicSparsity:
+    """Masks, topology updates, optimizer-state clearing, ITOP and the audit trail.
+
+    Parameters
+    ----------
+    model : Sequential
+    optimizer : SGD or AdamW (its public ``state`` is cleared where masks change)
+    method : one of METHODS. "dense" keeps no masks; "static" keeps the initial mask.
+    sparsity : global target sparsity in [0, 1).
+    distribution : "erk" or "uniform" per-layer sparsities (dst.erk_sparsities, ...).
+    delta : steps between topology updates (ΔT).
+    alpha : initial drop fraction; decays as dst.cosine_drop_fraction.
+    t_end : no update at or after this step (paper: 75% of training).
+    gamma_sal : SRigL ablation threshold γ_sal.
+    ablation : SRigL neuron ablation on/off (never applied to the output layer).
+    dense_layers : indices into sparse_parameter_names(model) kept dense.
+    seed : int; every random choice derives from it.
+    """
+
+    def __init__(self, model, optimizer, method="srigl", sparsity=0.9, distribution="erk",
+                 delta=100, alpha=0.3, t_end=None, gamma_sal=0.3, ablation=True,
+                 dense_layers=(), seed=0):
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        if not 0.0 <= sparsity < 1.0:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        if int(delta) < 1:
+            raise ValueError(f"delta must be >= 1, got {delta}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if t_end is not None and t_end < 0:
+            raise ValueError(f"t_end must be >= 0, got {t_end}")
+        self.model = model
+        self.optimizer = optimizer
+        self.method = method
+        self.sparsity = float(sparsity)
+        self.distribution = distribution
+        self.delta = int(delta)
+        self.alpha = float(alpha)
+        self.t_end = 0 if t_end is None else int(t_end)
+        self.gamma_sal = float(gamma_sal)
+        self.ablation = bool(ablation)
+        self.seed = int(seed)
+        self.params = model.named_parameters()
+        self.names = [] if method == "dense" else sparse_parameter_names(model)
+        shapes = [self.params[n].shape for n in self.names]
+        spread = dst.erk_sparsities if distribution == "erk" else dst.uniform_sparsities
+        self.layer_sparsity = dict(zip(self.names, spread(shapes, self.sparsity,
+                                                          dense_layers=tuple(dense_layers))))
+        self.masks = {}
+        self.ablated = {n: np.zeros(0, dtype=np.int64) for n in self.names}
+        for i, name in enumerate(self.names):
+            rng = np.random.default_rng([self.seed, _RNG_MASK, i])
+            weight = self.params[name]
+            s = self.layer_sparsity[name]
+            # SRigL starts from constant fan-in (paper §4); the unstructured methods
+            # start from a uniformly random unstructured mask of the same size.
+            mask = (dst.constant_fan_in_mask(weight.shape, s, rng) if method == "srigl"
+                    else _random_mask(weight.shape, s, rng))
+            self.masks[name] = mask
+            # Sparse-aware init: Kaiming scale from the fan-in each neuron actually has.
+            init_rng = np.random.default_rng([self.seed, _RNG_INIT, i])
+            weight[...] = _sparse_kaiming(mask, init_rng, weight.dtype)
+        self.ever_active = {n: m.copy() for n, m in self.masks.items()}
+        self.audit_records = []
+
+    # -- the training-loop hooks ------------------------------------------------
+    def is_update_step(self, step):
+        """True when a topology update happens at ``step`` (optimizer steps taken so far)."""
+        return (self.method in ("set", "rigl", "srigl") and step > 0
+                and step % self.delta == 0 and step < self.t_end)
+
+    def before_step(self, step, grads):
+        """Mask gradients in place. Returns False on an update step (skip the optimizer)."""
+        if self.is_update_step(step):
+            return False
+        for name, mask in self.masks.items():
+            grads[name] *= mask
+        return True
+
+    def after_step(self, step, grads):
+        """Re-mask weights; on an update step, run the topology update. Returns its audit records."""
+        if not self.is_update_step(step):
+            for name, mask in self.masks.items():
+                self.params[name] *= mask
+            return []
+        drop_fraction = dst.cosine_drop_fraction(step, self.alpha, self.t_end)
+        records = [self._update_layer(name, step, drop_fraction, grads[name])
+                   for name in self.names if self.layer_sparsity[name] > 0.0]
+        self.audit_records.extend(records)
+        return records
+
+    # -- one layer's update -----------------------------------------------------
+    def _update_layer(self, name, step, drop_fraction, grad):
+        weight, mask = self.params[name], self.masks[name]
+        is_output = name == self.names[-1]
+        counts_before = _neuron_counts(mask)
+        if self.method == "srigl":
+            result = dst.srigl_update(weight, mask, grad, drop_fraction=drop_fraction,
+                                      sparsity=self.layer_sparsity[name],
+                                      gamma_sal=self.gamma_sal,
+                                      ablation=self.ablation and not is_output)
+        elif self.method == "rigl":
+            result = dst.rigl_update(weight, mask, grad, drop_fraction=drop_fraction)
+        else:
+            rng = np.random.default_rng([self.seed, _RNG_SET, step, self.names.index(name)])
+            result = dst.set_update(weight, mask, drop_fraction=drop_fraction, rng=rng)
+        weight[...] = result.weight
+        mask[...] = result.mask
+        changed = result.pruned | result.grown
+        for buffer in self.optimizer.state.get(name, {}).values():
+            buffer[changed] = 0
+        self.ever_active[name] |= mask
+        self.ablated[name] = np.asarray(result.ablated, dtype=np.int64)
+
+        fan_in = result.fan_in if self.method == "srigl" else None
+        invariant = "ok"
+        try:
+            dst.check_invariants(weight, mask, fan_in=fan_in, ablated=self.ablated[name],
+                                 layer=name)
+        except Exception as exc:  # recorded, then re-raised by the trainer's check
+            invariant = str(exc)
+        counts_after = _neuron_counts(mask)
+        return {
+            "step": int(step), "layer": name, "method": self.method,
+            "drop_fraction": float(drop_fraction),
+            "pruned": int(result.pruned.sum()), "grown": int(result.grown.sum()),
+            "fan_in_before": _count_range(counts_before),
+            "fan_in_after": _count_range(counts_after),
+            "active_neurons": int((counts_after > 0).sum()),
+            "neurons": int(mask.shape[0]),
+            "ablated": [int(i) for i in self.ablated[name]],
+            "nnz": int(mask.sum()), "size": int(mask.size),
+            "itop": float(self.ever_active[name].mean()),
+            "invariants": invariant,
+        }
+
+    # -- summaries ----------------------------------------------------------------
+    def summary(self):
+        """Global sparsity reached, active/total neurons and ITOP over the sparse layers."""
+        if not self.masks:
+            return {"sparsity": 0.0, "active_neurons": None, "neurons": None, "itop": 1.0}
+        size = sum(m.size for m in self.masks.values())
+        nnz = sum(int(np.count_nonzero(self.params[n])) for n in self.names)
+        active = sum(int((_neuron_counts(m) > 0).sum()) for m in self.masks.values())
+        neurons = sum(m.shape[0] for m in self.masks.values())
+        ever = sum(int(e.sum()) for e in self.ever_active.values())
+        return {"sparsity": 1.0 - nnz / size, "active_neurons": active,
+                "neurons": neurons, "itop": ever / size}
+
+    # -- checkpointing ------------------------------------------------------------
+    def state_dict(self):
+        state = {}
+        for name in self.names:
+            state[f"mask/{name}"] = self.masks[name].copy()
+            state[f"ever_active/{name}"] = self.ever_active[name].copy()
+            state[f"ablated/{name}"] = self.ablated[name].copy()
+        return state
+
+    def load_state_dict(self, state):
+        for name in self.names:
+            for key, target in (("mask", self.masks), ("ever_active", self.ever_active)):
+                array = np.asarray(state[f"{key}/{name}"])
+                if array.shape != target[name].shape or array.dtype != bool:
+                    raise ValueError(f"{key}/{name}: expected bool {target[name].shape}, "
+                                     f"got {array.dtype} {array.shape}")
+                target[name][...] = array
+            self.ablated[name] = np.asarray(state[f"ablated/{name}"], dtype=np.int64)
+
+
+def _count_range(counts):
+    """[min, max] fan-in over the active neurons ([0, 0] when none is active)."""
+    active = counts[counts > 0]
+    if active.size == 0:
+        return [0, 0]
+    return [int(active.min()), int(active.max())]

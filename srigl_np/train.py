@@ -1,0 +1,301 @@
+"""``python -m srigl_np.train``: train a dense or sparse (static/SET/RigL/SRigL) model.
+
+Writes into ``--out``: ``metrics.json`` (final ``test_accuracy``, per-epoch figures, the
+full config and the data used; ``train_accuracy`` is the running accuracy over the
+epoch's mini-batches in training mode, so dropout is active), ``checkpoint.npz`` after every epoch, and for dynamic
+methods ``audit.jsonl`` (one line per layer per topology update). All three are written
+atomically. ``--resume DIR`` continues a run from its last checkpoint with the saved
+configuration and ends bit-identical to an uninterrupted run: every random stream is
+derived from ``(seed, purpose, epoch)``, not carried from one epoch to the next.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import data as data_module
+from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
+from .losses import accuracy, softmax_cross_entropy
+from .models import MODEL_NAMES, build
+from .optim import SGD, AdamW, CosineSchedule, StepSchedule
+from .sparsity import DISTRIBUTIONS, METHODS, DynamicSparsity
+
+DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
+# Purposes for derived random streams: (seed, purpose, epoch) -> Generator.
+_RNG_MODEL, _RNG_SHUFFLE, _RNG_DROPOUT = 0, 1, 2
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag or value in one line, without usage or traceback."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _non_negative_float(text):
+    value = float(text)
+    if not value >= 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _fraction(low_open, high_open):
+    def parse(text):
+        value = float(text)
+        ok = ((value > 0 if low_open else value >= 0) and
+              (value < 1 if high_open else value <= 1))
+        if not ok:
+            interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+    return parse
+
+
+def make_parser():
+    p = _OneLineParser(prog="python -m srigl_np.train", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=MODEL_NAMES, default="mlp", help="architecture")
+    p.add_argument("--dataset", choices=DATASETS, default="auto",
+                   help="'auto': full Fashion-MNIST when found, else the embedded subset")
+    p.add_argument("--data-path", default=None,
+                   help="directory with the IDX files (searched before $SRIGL_NP_DATA, "
+                        "~/.cache/srigl_np and /usr/share/datasets)")
+    p.add_argument("--epochs", type=_non_negative_int, default=20, help="training epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--lr", type=_positive_float, default=0.1, help="peak learning rate")
+    p.add_argument("--momentum", type=_fraction(False, True), default=0.9, help="SGD momentum")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=5e-4,
+                   help="L2 (SGD) or decoupled (AdamW) weight decay")
+    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                   help="cosine with linear warm-up, or step decay (x0.1 every 25%% of training)")
+    p.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0,
+                   help="linear warm-up length")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random stream")
+    p.add_argument("--threads", type=_non_negative_int, default=0,
+                   help="BLAS/OpenMP threads (0: library default)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run saved in DIR with its saved configuration")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bar on stderr ('auto': when stderr is a terminal)")
+    g = p.add_argument_group("sparsity")
+    g.add_argument("--method", choices=METHODS, default="dense")
+    g.add_argument("--sparsity", type=_fraction(False, True), default=0.9,
+                   help="global target sparsity")
+    g.add_argument("--distribution", choices=DISTRIBUTIONS, default="erk",
+                   help="per-layer sparsity distribution")
+    g.add_argument("--delta", type=_positive_int, default=100, help="steps between updates (ΔT)")
+    g.add_argument("--alpha", type=_fraction(False, False), default=0.3,
+                   help="initial drop fraction, cosine-decayed")
+    g.add_argument("--gamma-sal", type=_fraction(False, False), default=0.3,
+                   help="SRigL ablation threshold γ_sal")
+    g.add_argument("--no-ablation", action="store_true", help="SRigL without neuron ablation")
+    g.add_argument("--t-end-frac", type=_fraction(False, False), default=0.75,
+                   help="stop topology updates after this fraction of training")
+    return p
+
+
+def _config_from_args(args):
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "progress")}
+    if config["out"] is None:
+        config["out"] = os.path.join("runs", f"{args.model}-{args.method}-s{args.seed}")
+    return config
+
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most 5 times a second."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+        self.last = 0.0
+
+    def update(self, epoch, epochs, batch, n_batches, loss, rate):
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < 0.2 and batch < n_batches):
+            return
+        self.last = now
+        width = 24
+        filled = int(width * batch / n_batches)
+        sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{batch}/{n_batches} loss {loss:.4f} {rate:,.0f} img/s ")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 79 + "\r")
+            sys.stderr.flush()
+
+
+def evaluate(model, x, y, batch_size=1000):
+    """Accuracy of ``model`` (eval mode) on x[N, ...], y[N]."""
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        logits = model.forward(x[start:start + batch_size], training=False)
+        correct += int((logits.argmax(axis=1) == y[start:start + batch_size]).sum())
+    return correct / max(len(x), 1)
+
+
+def _build_run(config):
+    """Data, model, optimizer, schedule and DynamicSparsity for a config (no training)."""
+    dataset = data_module.load_dataset(config["dataset"], path=config["data_path"])
+    mean, std = data_module.channel_stats(dataset.x_train)
+    x_train = data_module.normalize(dataset.x_train, mean, std)
+    x_test = data_module.normalize(dataset.x_test, mean, std)
+    model = build(config["model"], rng=np.random.default_rng([config["seed"], _RNG_MODEL]))
+    params = model.named_parameters()
+    if config["optimizer"] == "sgd":
+        optimizer = SGD(params, lr=config["lr"], momentum=config["momentum"],
+                        nesterov=config["nesterov"], weight_decay=config["weight_decay"])
+    else:
+        optimizer = AdamW(params, lr=config["lr"], weight_decay=config["weight_decay"])
+    steps_per_epoch = -(-len(x_train) // config["batch_size"])
+    total_steps = steps_per_epoch * config["epochs"]
+    if config["schedule"] == "cosine":
+        schedule = CosineSchedule(config["lr"], max(total_steps, 1),
+                                  warmup_steps=int(config["warmup_epochs"] * steps_per_epoch))
+    else:
+        schedule = StepSchedule(config["lr"], max(total_steps // 4, 1), gamma=0.1)
+    sparsity = None
+    if config["method"] != "dense":
+        sparsity = DynamicSparsity(
+            model, optimizer, method=config["method"], sparsity=config["sparsity"],
+            distribution=config["distribution"], delta=config["delta"], alpha=config["alpha"],
+            t_end=int(config["t_end_frac"] * total_steps), gamma_sal=config["gamma_sal"],
+            ablation=not config["no_ablation"], seed=config["seed"])
+    data_info = {"name": dataset.name, "source": dataset.source, "n_train": len(x_train),
+                 "n_test": len(x_test), "mean": float(mean), "std": float(std)}
+    return (x_train, dataset.y_train, x_test, dataset.y_test, data_info, model, optimizer,
+            schedule, sparsity, steps_per_epoch)
+
+
+def train(config, resume=False, progress=False, log=print):
+    """Run (or continue) training for ``config``; returns the metrics dict."""
+    out = config["out"]
+    (x_train, y_train, x_test, y_test, data_info, model, optimizer, schedule, sparsity,
+     steps_per_epoch) = _build_run(config)
+    log(f"data: {data_info['name']} from {data_info['source']} "
+        f"({data_info['n_train']} train / {data_info['n_test']} test images)")
+    history, audit, start_epoch, step = [], [], 0, 0
+    checkpoint_path = os.path.join(out, "checkpoint.npz")
+    audit_path = os.path.join(out, "audit.jsonl")
+    if resume:
+        meta = load_checkpoint(checkpoint_path, model, optimizer, sparsity)
+        start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
+        if os.path.exists(audit_path):
+            with open(audit_path) as f:
+                audit = [r for r in map(json.loads, f) if r["step"] <= step]
+        log(f"resumed from {checkpoint_path} at epoch {start_epoch} (step {step})")
+    bar = _Progress(progress)
+    for epoch in range(start_epoch, config["epochs"]):
+        model.set_rng(np.random.default_rng([config["seed"], _RNG_DROPOUT, epoch]))
+        order = data_module.batches(len(x_train), config["batch_size"],
+                                    np.random.default_rng([config["seed"], _RNG_SHUFFLE, epoch]))
+        started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        for batch, idx in enumerate(order, start=1):
+            optimizer.lr = schedule(step)
+            logits = model.forward(x_train[idx], training=True)
+            loss, grad_logits = softmax_cross_entropy(logits, y_train[idx])
+            model.backward(grad_logits)
+            grads = model.named_grads()
+            if sparsity is None or sparsity.before_step(step, grads):
+                optimizer.step(grads)
+            if sparsity is not None:
+                records = sparsity.after_step(step, grads)
+                audit.extend(records)
+                failed = [r["invariants"] for r in records if r["invariants"] != "ok"]
+                if failed:
+                    write_jsonl(audit_path, audit)
+                    raise RuntimeError(f"invariant check failed at step {step}: {failed[0]}")
+            step += 1
+            loss_sum += loss * len(idx)
+            correct += int((logits.argmax(axis=1) == y_train[idx]).sum())
+            seen += len(idx)
+            bar.update(epoch + 1, config["epochs"], batch, steps_per_epoch, loss,
+                       seen / (time.perf_counter() - started))
+        bar.close()
+        seconds = time.perf_counter() - started
+        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
+                  "test_accuracy": evaluate(model, x_test, y_test), "seconds": seconds,
+                  "step": step, "lr": float(optimizer.lr)}
+        line = (f"epoch {epoch + 1:3d}/{config['epochs']}  loss {record['loss']:.4f}  "
+                f"train {100 * record['train_accuracy']:.2f}%  "
+                f"test {100 * record['test_accuracy']:.2f}%  {seconds:.1f}s")
+        if sparsity is not None:
+            s = sparsity.summary()
+            record.update(s)
+            line += (f"  sparsity {100 * s['sparsity']:.1f}%  "
+                     f"active neurons {s['active_neurons']}/{s['neurons']}  "
+                     f"ITOP {100 * s['itop']:.1f}%")
+        history.append(record)
+        meta = {"epoch": epoch + 1, "step": step, "config": config, "history": history,
+                "optimizer_step_count": int(optimizer.step_count)}
+        save_checkpoint(checkpoint_path, meta, model, optimizer, sparsity)
+        if sparsity is not None:
+            write_jsonl(audit_path, audit)
+        write_json(os.path.join(out, "metrics.json"), _metrics(config, data_info, history))
+        log(line)
+    return _metrics(config, data_info, history)
+
+
+def _metrics(config, data_info, history):
+    return {"test_accuracy": history[-1]["test_accuracy"] if history else None,
+            "epochs": history, "config": config, "data": data_info}
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    try:
+        if args.resume:
+            checkpoint = os.path.join(args.resume, "checkpoint.npz")
+            if not os.path.exists(checkpoint):
+                raise FileNotFoundError(f"no checkpoint to resume at {checkpoint}")
+            with np.load(checkpoint, allow_pickle=False) as saved:
+                config = json.loads(str(saved["meta"]))["config"]
+            config["out"] = args.resume
+        else:
+            config = _config_from_args(args)
+        progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
+        with threadpool_limits(limits=config["threads"] or None):
+            metrics = train(config, resume=bool(args.resume), progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"python -m srigl_np.train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    if metrics["test_accuracy"] is not None:
+        print(f"final test accuracy {100 * metrics['test_accuracy']:.2f}%  "
+              f"(metrics in {os.path.join(config['out'], 'metrics.json')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

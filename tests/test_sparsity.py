@@ -1,0 +1,162 @@
+"""DynamicSparsity: masks at start, the update schedule, optimizer-state clearing, ITOP."""
+
+import numpy as np
+import pytest
+
+from srigl_np import dst
+from srigl_np.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+from srigl_np.losses import softmax_cross_entropy
+from srigl_np.optim import SGD, AdamW
+from srigl_np.sparsity import DynamicSparsity, sparse_parameter_names
+
+
+def _model(seed=0):
+    rng = np.random.default_rng(seed)
+    return Sequential(Conv2d(1, 4, 3, rng=rng), ReLU(), Flatten(),
+                      Linear(4 * 6 * 6, 32, rng=rng), ReLU(), Linear(32, 5, rng=rng))
+
+
+def _batch(seed=1, n=16):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 8, 8)).astype(np.float32), rng.integers(0, 5, n)
+
+
+def _train(model, optimizer, ds, steps):
+    """The trainer's loop body, on one fixed batch; returns the audit records."""
+    x, y = _batch()
+    records = []
+    for step in range(steps):
+        logits = model.forward(x, training=True)
+        _, grad = softmax_cross_entropy(logits, y)
+        model.backward(grad)
+        grads = model.named_grads()
+        if ds.before_step(step, grads):
+            optimizer.step(grads)
+        records += ds.after_step(step, grads)
+    return records
+
+
+def test_sparse_parameters_are_linear_and_conv_weights():
+    assert sparse_parameter_names(_model()) == ["0.weight", "3.weight", "5.weight"]
+
+
+def test_srigl_starts_with_constant_fan_in_and_sparse_aware_init():
+    model = _model()
+    ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1, momentum=0.9),
+                         method="srigl", sparsity=0.8, distribution="uniform", seed=0)
+    params = model.named_parameters()
+    for name, mask in ds.masks.items():
+        rows = mask.reshape(mask.shape[0], -1)
+        counts = rows.sum(axis=1)
+        assert np.all(counts == counts[0]) and counts[0] >= 1
+        assert np.all(params[name][~mask] == 0)
+        # Kaiming from the actual fan-in k: std ≈ sqrt(2 / k), not sqrt(2 / dense fan-in).
+        active = params[name][mask]
+        if active.size > 50:
+            assert active.std() == pytest.approx(np.sqrt(2.0 / counts[0]), rel=0.3)
+
+
+def test_update_schedule_and_optimizer_step_skipped_on_update_steps():
+    model = _model()
+    ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method="rigl",
+                         sparsity=0.5, delta=3, t_end=10, seed=0)
+    assert [s for s in range(15) if ds.is_update_step(s)] == [3, 6, 9]
+    static = DynamicSparsity(_model(), SGD(_model().named_parameters(), lr=0.1),
+                             method="static", sparsity=0.5, delta=3, t_end=10)
+    assert not any(static.is_update_step(s) for s in range(15))
+
+
+@pytest.mark.parametrize("method", ["srigl", "rigl", "set"])
+@pytest.mark.parametrize("optimizer_class", [SGD, AdamW])
+def test_updates_keep_invariants_and_clear_optimizer_state(method, optimizer_class):
+    model = _model()
+    kwargs = {"momentum": 0.9} if optimizer_class is SGD else {}
+    optimizer = optimizer_class(model.named_parameters(), lr=0.05, **kwargs)
+    ds = DynamicSparsity(model, optimizer, method=method, sparsity=0.8, delta=2, alpha=0.5,
+                         t_end=12, distribution="uniform", seed=4)
+    nnz_start = {n: int(m.sum()) for n, m in ds.masks.items()}
+    records = _train(model, optimizer, ds, steps=14)
+    assert [r["step"] for r in records[::3]] == [2, 4, 6, 8, 10]
+    params = model.named_parameters()
+    for r in records:
+        assert r["invariants"] == "ok"
+        assert r["pruned"] > 0 and r["grown"] > 0
+    for name, mask in ds.masks.items():
+        assert np.all(params[name][~mask] == 0)
+        for buffer in optimizer.state[name].values():
+            assert np.all(buffer[~mask] == 0)
+        if method != "srigl":
+            assert int(mask.sum()) == nnz_start[name]
+    summary = ds.summary()
+    assert summary["itop"] > 1 - summary["sparsity"] - 1e-9
+
+
+def test_momentum_is_cleared_exactly_where_the_mask_changed():
+    model = _model()
+    optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
+    ds = DynamicSparsity(model, optimizer, method="rigl", sparsity=0.8, delta=3, alpha=0.5,
+                         t_end=100, distribution="uniform", seed=2)
+    _train(model, optimizer, ds, steps=3)   # steps 0..2: plain steps build momentum
+    before = {n: optimizer.state[n]["momentum_buffer"].copy() for n in ds.names}
+    masks_before = {n: m.copy() for n, m in ds.masks.items()}
+    x, y = _batch()
+    _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
+    model.backward(grad)
+    grads = model.named_grads()
+    assert not ds.before_step(3, grads)          # update step: no optimizer step
+    ds.after_step(3, grads)
+    for name in ds.names:
+        changed = masks_before[name] != ds.masks[name]
+        buffer = optimizer.state[name]["momentum_buffer"]
+        assert changed.any()
+        assert np.all(buffer[changed] == 0)
+        assert np.array_equal(buffer[~changed], before[name][~changed])
+
+
+def test_output_layer_is_never_ablated():
+    model = _model()
+    optimizer = SGD(model.named_parameters(), lr=0.05)
+    ds = DynamicSparsity(model, optimizer, method="srigl", sparsity=0.95, delta=1,
+                         alpha=0.9, gamma_sal=1.0, t_end=6, distribution="uniform", seed=1)
+    records = _train(model, optimizer, ds, steps=6)
+    assert all(r["ablated"] == [] for r in records if r["layer"] == "5.weight")
+    # With γ_sal = 1 the hidden layers do ablate, and SRigL's fan-in grows to hold the budget.
+    hidden = [r for r in records if r["layer"] == "3.weight"]
+    assert any(r["ablated"] for r in hidden)
+    for r in hidden:
+        k = r["fan_in_after"][0]
+        assert r["fan_in_after"][0] == r["fan_in_after"][1]
+        assert k == dst.fan_in_after_ablation((32, 144), ds.layer_sparsity["3.weight"],
+                                              len(r["ablated"]))
+
+
+def test_no_ablation_flag_keeps_every_neuron():
+    model = _model()
+    optimizer = SGD(model.named_parameters(), lr=0.05)
+    ds = DynamicSparsity(model, optimizer, method="srigl", sparsity=0.95, delta=1, alpha=0.9,
+                         gamma_sal=1.0, ablation=False, t_end=6, distribution="uniform", seed=1)
+    records = _train(model, optimizer, ds, steps=6)
+    assert all(r["ablated"] == [] and r["active_neurons"] == r["neurons"] for r in records)
+
+
+def test_dense_method_has_no_masks_and_same_seed_same_masks():
+    model = _model()
+    ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method="dense")
+    assert ds.masks == {} and ds.summary()["sparsity"] == 0.0
+    m1, m2 = _model(), _model()
+    a = DynamicSparsity(m1, SGD(m1.named_parameters(), lr=0.1), method="srigl", seed=7)
+    b = DynamicSparsity(m2, SGD(m2.named_parameters(), lr=0.1), method="srigl", seed=7)
+    for name in a.names:
+        assert np.array_equal(a.masks[name], b.masks[name])
+        assert np.array_equal(m1.named_parameters()[name], m2.named_parameters()[name])
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"method": "lottery"}, "method"), ({"sparsity": 1.0}, "sparsity"),
+    ({"distribution": "gaussian"}, "distribution"), ({"delta": 0}, "delta"),
+    ({"alpha": 1.5}, "alpha"),
+])
+def test_bad_arguments_are_refused(kwargs, fragment):
+    model = _model()
+    with pytest.raises(ValueError, match=fragment):
+        DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), **kwargs)

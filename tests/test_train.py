@@ -1,0 +1,124 @@
+"""The training CLI: argument errors, outputs, and bit-identical resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from srigl_np import train as train_module
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "srigl_np.train", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--epochs", "-1"], "--epochs"),
+    (["--model", "resnet"], "--model"),
+    (["--dataset", "cifar"], "--dataset"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-0.5"], "--lr"),
+    (["--sparsity", "1.0"], "--sparsity"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--method", "magic"], "--method"),
+])
+def test_invalid_values_exit_with_one_line_error(args, fragment):
+    result = _run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_documents_every_flag():
+    result = _run_cli("--help")
+    assert result.returncode == 0
+    for action in train_module.make_parser()._actions:
+        for flag in action.option_strings:
+            assert flag in result.stdout
+
+
+def test_resume_of_missing_run_is_a_one_line_error(tmp_path):
+    result = _run_cli("--resume", str(tmp_path / "nothing"))
+    assert result.returncode == 1
+    assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def _config(out, **overrides):
+    args = train_module.make_parser().parse_args(
+        ["--dataset", "embedded", "--epochs", "2", "--batch-size", "256", "--lr", "0.05",
+         "--seed", "3", "--out", str(out)])
+    config = train_module._config_from_args(args)
+    config.update(overrides)
+    return config
+
+
+class _StopAfterFirstEpoch(Exception):
+    pass
+
+
+def _stop_after_first_epoch(line):
+    if line.startswith("epoch"):
+        raise _StopAfterFirstEpoch
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files if k != "meta"}
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+@pytest.mark.parametrize("method", ["dense", "srigl", "set"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method):
+    overrides = {"method": method, "delta": 5, "sparsity": 0.8}
+    full = _config(tmp_path / "full", **overrides)
+    metrics_full = train_module.train(full, log=lambda line: None)
+
+    cut = _config(tmp_path / "cut", **overrides)
+    with pytest.raises(_StopAfterFirstEpoch):
+        train_module.train(cut, log=_stop_after_first_epoch)
+    assert json.load(open(tmp_path / "cut" / "metrics.json"))["epochs"][-1]["epoch"] == 1
+    metrics_resumed = train_module.train(cut, resume=True, log=lambda line: None)
+
+    a = _arrays(tmp_path / "full" / "checkpoint.npz")
+    b = _arrays(tmp_path / "cut" / "checkpoint.npz")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    assert _without_seconds(metrics_full["epochs"]) == _without_seconds(metrics_resumed["epochs"])
+    if method != "dense":
+        assert (open(tmp_path / "full" / "audit.jsonl").read()
+                == open(tmp_path / "cut" / "audit.jsonl").read())
+
+
+def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
+    out = tmp_path / "run"
+    result = _run_cli("--dataset", "embedded", "--model", "mlp", "--epochs", "1",
+                      "--batch-size", "128", "--lr", "0.05", "--method", "srigl",
+                      "--delta", "10", "--out", str(out), "--progress", "off")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("data: ") and "embedded" in lines[0]
+    assert any("sparsity" in l and "active neurons" in l and "ITOP" in l for l in lines)
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]
+    assert 0.5 < metrics["test_accuracy"] <= 1.0  # far above chance (0.1) after one epoch
+    assert metrics["config"]["method"] == "srigl" and metrics["data"]["source"] == "embedded"
+    assert os.path.exists(out / "checkpoint.npz")
+    records = [json.loads(l) for l in open(out / "audit.jsonl")]
+    assert records and all(r["invariants"] == "ok" for r in records)
+    # ERK makes the small output layer (100x10) dense at 90%, so it has no updates.
+    assert {r["layer"] for r in records} == {"1.weight", "3.weight"}
+
+    audit = subprocess.run([sys.executable, "-m", "srigl_np.audit", str(out)],
+                           capture_output=True, text=True, timeout=60)
+    assert audit.returncode == 0, audit.stderr
+    assert "1.weight" in audit.stdout and "fan-in" in audit.stdout
