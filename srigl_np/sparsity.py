@@ -208,7 +208,7 @@ class DynamicSparsity:
         if not self.masks:
             return {"sparsity": 0.0, "active_neurons": None, "neurons": None, "itop": 1.0}
         size = sum(m.size for m in self.masks.values())
-        nnz = sum(int(np.count_nonzero(self.params[n])) for n in self.names)
+        nnz = sum(int(m.sum()) for m in self.masks.values())
         active = sum(int((_neuron_counts(m) > 0).sum()) for m in self.masks.values())
         neurons = sum(m.shape[0] for m in self.masks.values())
         ever = sum(int(e.sum()) for e in self.ever_active.values())

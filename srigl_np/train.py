@@ -223,7 +223,7 @@ def train(config, resume=False, progress=False, log=print):
             optimizer.lr = schedule(step)
             logits = model.forward(x_train[idx], training=True)
             loss, grad_logits = softmax_cross_entropy(logits, y_train[idx])
-            model.backward(grad_logits)
+            model.backward(grad_logits, input_grad=False)
             grads = model.named_grads()
             if sparsity is None or sparsity.before_step(step, grads):
                 optimizer.step(grads)

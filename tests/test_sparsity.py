@@ -80,7 +80,11 @@ def test_updates_keep_invariants_and_clear_optimizer_state(method, optimizer_cla
     params = model.named_parameters()
     for r in records:
         assert r["invariants"] == "ok"
-        assert r["pruned"] > 0 and r["grown"] > 0
+        if method != "srigl":  # nnz is conserved, so every pruned position is refilled
+            assert r["pruned"] == r["grown"]
+    # Late updates of the tiny conv layer may prune nothing (floor(7 * d) = 0 once d is
+    # small), but the run as a whole must have changed the topology.
+    assert sum(r["pruned"] for r in records) > 0 and sum(r["grown"] for r in records) > 0
     for name, mask in ds.masks.items():
         assert np.all(params[name][~mask] == 0)
         for buffer in optimizer.state[name].values():

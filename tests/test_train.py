@@ -111,7 +111,7 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]
     assert 0.5 < metrics["test_accuracy"] <= 1.0  # far above chance (0.1) after one epoch
-    assert metrics["config"]["method"] == "srigl" and metrics["data"]["source"] == "embedded"
+    assert metrics["config"]["method"] == "srigl" and "embedded" in metrics["data"]["source"]
     assert os.path.exists(out / "checkpoint.npz")
     records = [json.loads(l) for l in open(out / "audit.jsonl")]
     assert records and all(r["invariants"] == "ok" for r in records)

@@ -1,0 +1,135 @@
+"""im2col / col2im kernels against a plain-NumPy reference, their adjointness, and the
+argument validation at the Python boundary."""
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from srigl_np.kernels import col2im, conv_output_size, im2col, max_threads, openmp_enabled
+
+
+def im2col_reference(x, kh, kw, stride, padding):
+    """cols[(b*out_h + oh)*out_w + ow, (c*kh + i)*kw + j] = x_pad[b, c, oh*s + i, ow*s + j]."""
+    batch, channels, height, width = x.shape
+    out_h = (height + 2 * padding - kh) // stride + 1
+    out_w = (width + 2 * padding - kw) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    patches = np.empty((batch, out_h, out_w, channels, kh, kw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, :, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+            patches[:, :, :, :, i, j] = tap.transpose(0, 2, 3, 1)
+    return patches.reshape(batch * out_h * out_w, channels * kh * kw)
+
+
+def col2im_reference(cols, x_shape, kh, kw, stride, padding):
+    """Scatter-add of every column entry back to its pixel; padding taps are dropped."""
+    batch, channels, height, width = x_shape
+    out_h = (height + 2 * padding - kh) // stride + 1
+    out_w = (width + 2 * padding - kw) // stride + 1
+    patches = cols.reshape(batch, out_h, out_w, channels, kh, kw)
+    xp = np.zeros((batch, channels, height + 2 * padding, width + 2 * padding), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + stride * (out_h - 1) + 1:stride,
+               j:j + stride * (out_w - 1) + 1:stride] += patches[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return xp[:, :, padding:padding + height, padding:padding + width]
+
+
+@st.composite
+def conv_problems(draw):
+    """(x shape, kh, kw, stride, padding) with at least one output pixel."""
+    kh = draw(st.integers(1, 4))
+    kw = draw(st.integers(1, 4))
+    stride = draw(st.integers(1, 3))
+    padding = draw(st.integers(0, 2))
+    height = draw(st.integers(max(1, kh - 2 * padding), 9))
+    width = draw(st.integers(max(1, kw - 2 * padding), 9))
+    batch = draw(st.integers(1, 3))
+    channels = draw(st.integers(1, 3))
+    return (batch, channels, height, width), kh, kw, stride, padding
+
+
+@given(problem=conv_problems(), dtype=st.sampled_from([np.float32, np.float64]),
+       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+@example(problem=((1, 1, 1, 1), 1, 1, 1, 0), dtype=np.float32, threads=1, seed=0)
+@example(problem=((1, 2, 1, 1), 3, 3, 1, 1), dtype=np.float64, threads=2, seed=0)
+@example(problem=((2, 1, 5, 5), 3, 3, 2, 2), dtype=np.float32, threads=2, seed=0)
+def test_im2col_and_col2im_match_reference(problem, dtype, threads, seed):
+    shape, kh, kw, stride, padding = problem
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    cols = im2col(x, kh, kw, stride=stride, padding=padding, threads=threads)
+    assert cols.dtype == dtype
+    np.testing.assert_array_equal(cols, im2col_reference(x, kh, kw, stride, padding))
+    c = rng.standard_normal(cols.shape).astype(dtype)
+    folded = col2im(c, shape, kh, kw, stride=stride, padding=padding, threads=threads)
+    assert folded.dtype == dtype and folded.shape == shape
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(folded, col2im_reference(c, shape, kh, kw, stride, padding),
+                               rtol=rtol, atol=rtol)
+
+
+@given(problem=conv_problems(), seed=st.integers(0, 2**32 - 1))
+def test_col2im_is_the_adjoint_of_im2col(problem, seed):
+    shape, kh, kw, stride, padding = problem
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    cols = im2col(x, kh, kw, stride=stride, padding=padding)
+    c = rng.standard_normal(cols.shape)
+    lhs = np.vdot(cols, c)
+    rhs = np.vdot(x, col2im(c, shape, kh, kw, stride=stride, padding=padding))
+    assert lhs == pytest.approx(rhs, rel=1e-10, abs=1e-10)
+
+
+def test_im2col_layout_hand_worked():
+    x = np.arange(2 * 3 * 3, dtype=np.float64).reshape(1, 2, 3, 3)
+    cols = im2col(x, 2, 2)
+    assert cols.shape == (4, 8)
+    # Output pixel (0, 1): channel 0 taps 1, 2, 4, 5 then channel 1 taps 10, 11, 13, 14.
+    np.testing.assert_array_equal(cols[1], [1, 2, 4, 5, 10, 11, 13, 14])
+
+
+def test_threads_do_not_change_results():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 3, 10, 9)).astype(np.float32)
+    c1 = im2col(x, 3, 3, stride=2, padding=1, threads=1)
+    np.testing.assert_array_equal(c1, im2col(x, 3, 3, stride=2, padding=1, threads=2))
+    np.testing.assert_array_equal(col2im(c1, x.shape, 3, 3, 2, 1, threads=1),
+                                  col2im(c1, x.shape, 3, 3, 2, 1, threads=2))
+
+
+def test_conv_output_size_and_openmp_helpers():
+    assert conv_output_size(28, 3, 1, 0) == 26
+    assert conv_output_size(7, 3, 2, 1) == 4
+    assert isinstance(openmp_enabled(), bool)
+    assert max_threads() >= 1
+
+
+X = np.zeros((2, 3, 5, 5), np.float32)
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: im2col(X.astype(np.int32), 3, 3), TypeError, "float32 or float64"),
+    (lambda: im2col(X.astype(np.float16), 3, 3), TypeError, "float32 or float64"),
+    (lambda: im2col([[1.0]], 1, 1), TypeError, "numpy array"),
+    (lambda: im2col(X[:, :, :, ::2], 1, 1), ValueError, "C-contiguous"),
+    (lambda: im2col(X.transpose(0, 1, 3, 2), 3, 3), ValueError, "C-contiguous"),
+    (lambda: im2col(X[0], 3, 3), ValueError, "4 dimensions"),
+    (lambda: im2col(X, 6, 3), ValueError, "does not fit"),
+    (lambda: im2col(X, 0, 3), ValueError, "kernel size"),
+    (lambda: im2col(X, 3, 3, stride=0), ValueError, "stride"),
+    (lambda: im2col(X, 3, 3, padding=-1), ValueError, "padding"),
+    (lambda: im2col(X, 3, 3, threads=-1), ValueError, "threads"),
+    (lambda: col2im(np.zeros((17, 27), np.float32), (2, 3, 5, 5), 3, 3), ValueError, "shape"),
+    (lambda: col2im(np.zeros((18, 27), np.int64), (2, 3, 5, 5), 3, 3), TypeError, "float32"),
+    (lambda: col2im(np.zeros((27, 18), np.float32).T, (2, 3, 5, 5), 3, 3), ValueError,
+     "C-contiguous"),
+    (lambda: col2im(np.zeros((18, 27), np.float32), (2, 3, 5), 3, 3), ValueError, "x_shape"),
+    (lambda: col2im(np.zeros((18, 27), np.float32), (2, 0, 5, 5), 3, 3), ValueError, "x_shape"),
+    (lambda: col2im(np.zeros((1, 27), np.float32), (2, 3, 2, 2), 3, 3), ValueError, "does not fit"),
+])
+def test_invalid_arguments_raise(call, error, fragment):
+    with pytest.raises(error, match=fragment):
+        call()
