@@ -38,9 +38,9 @@ def sparse_parameter_names(model):
 
 
 def _random_mask(shape, sparsity, rng):
-    """Unstructured mask with exactly floor(size*(1-sparsity)) active weights, uniform at random."""
+    """Unstructured mask with exactly dst.layer_budget(shape, sparsity) active weights."""
     size = int(np.prod(shape))
-    n_active = int(size * (1.0 - sparsity))
+    n_active = dst.layer_budget(shape, sparsity)
     mask = np.zeros(size, dtype=bool)
     mask[rng.permutation(size)[:n_active]] = True
     return mask.reshape(shape)
@@ -184,7 +184,8 @@ class DynamicSparsity:
         invariant = "ok"
         try:
             dst.check_invariants(weight, mask, fan_in=fan_in, ablated=self.ablated[name],
-                                 layer=name)
+                                 layer=name,
+                                 budget=dst.layer_budget(mask.shape, self.layer_sparsity[name]))
         except Exception as exc:  # recorded, then re-raised by the trainer's check
             invariant = str(exc)
         counts_after = _neuron_counts(mask)

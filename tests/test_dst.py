@@ -1,0 +1,593 @@
+"""srigl_np.dst: hand-worked updates, a plain-Python reference, and property tests.
+
+The reference (``_reference_srigl``/``_reference_rigl``) walks neurons and weights in
+Python loops and ranks with ``sorted(key=(-score, flat_index))``: it *defines* the update
+(issue 3 semantics, ties to the lower flat index) and the vectorised code must match it
+bit for bit on random layers, including ones full of ties and zeros.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from srigl_np import dst
+
+# -- plain-Python reference ------------------------------------------------------------
+
+
+def _top(candidates, score, count):
+    """The ``count`` candidate flat indices with the largest score; ties: lower index."""
+    return sorted(candidates, key=lambda p: (-score[p], p))[:count]
+
+
+def _reference_keep(w, m, drop_fraction):
+    """Step 1: (non-zero active flat indices, n_keep, n_prune)."""
+    n_ones = int(m.sum())
+    n_keep = n_ones - math.floor(n_ones * drop_fraction)
+    nonzero = [p for p in range(w.size) if m[p] and w[p] != 0]
+    n_keep = min(n_keep, len(nonzero))
+    return nonzero, n_keep, n_ones - n_keep
+
+
+def _reference_srigl(weight, mask, grad, drop_fraction, sparsity, gamma_sal, ablation):
+    n = weight.shape[0]
+    fan = weight.size // n
+    w, m, g = weight.reshape(-1), mask.reshape(-1), grad.reshape(-1)
+    magnitude, grad_magnitude = np.abs(w), np.abs(g)
+    budget = dst.layer_budget(weight.shape, sparsity)
+    nonzero, n_keep, n_prune = _reference_keep(w, m, drop_fraction)
+
+    active = list(range(n))
+    if ablation:
+        salient = set(_top(nonzero, magnitude, n_keep))
+        salient |= set(_top(range(w.size), grad_magnitude, n_prune))
+        counts = [sum(1 for p in salient if p // fan == i) for i in range(n)]
+        threshold = max(1, math.floor(gamma_sal * (budget // n)))
+        order = sorted(range(n), key=lambda i: (-counts[i], i))
+        min_active = min(n, budget // fan + 1)
+        threshold = min(threshold, counts[order[min_active - 1]])
+        active = sorted([i for i in order if counts[i] >= threshold][:max(1, budget)])
+    k = min(fan, max(1, budget // len(active)))
+
+    kept = _top([p for p in nonzero if p // fan in active], magnitude, n_keep)
+    new = np.zeros(w.size, dtype=bool)
+    for i in active:
+        row = [p for p in kept if p // fan == i]
+        for p in _top(row, magnitude, k):
+            new[p] = True
+        missing = k - min(len(row), k)
+        free = [i * fan + j for j in range(fan) if i * fan + j not in kept]
+        for p in _top(free, grad_magnitude, missing):
+            new[p] = True
+    new_weight = np.where(new & m, w, 0).astype(weight.dtype)
+    ablated = np.array([i for i in range(n) if i not in active], dtype=np.int64)
+    return new.reshape(weight.shape), new_weight.reshape(weight.shape), ablated, k
+
+
+def _reference_rigl(weight, mask, grad, drop_fraction):
+    w, m, g = weight.reshape(-1), mask.reshape(-1), grad.reshape(-1)
+    nonzero, n_keep, n_prune = _reference_keep(w, m, drop_fraction)
+    kept = set(_top(nonzero, np.abs(w), n_keep))
+    grown = _top([p for p in range(w.size) if p not in kept], np.abs(g), n_prune)
+    new = np.zeros(w.size, dtype=bool)
+    new[list(kept | set(grown))] = True
+    new_weight = np.where(new & m, w, 0).astype(weight.dtype)
+    return new.reshape(weight.shape), new_weight.reshape(weight.shape)
+
+
+# -- strategies --------------------------------------------------------------------------
+
+shapes = st.one_of(
+    st.tuples(st.integers(1, 10), st.integers(1, 12)),                        # Linear
+    st.tuples(st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)),
+)
+sparsities = st.floats(0.0, 0.995, exclude_min=True)
+fractions = st.floats(0.0, 1.0)
+
+
+def _values(rng, shape, ties, dtype):
+    """Normal values, or small integers: many exact ties and exact zeros."""
+    if ties:
+        return rng.integers(-2, 3, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@st.composite
+def layers(draw, structured=True):
+    """(weight, mask, seed, ties, sparsity): a sparse layer with weights 0 off the mask."""
+    shape, sparsity = draw(shapes), draw(sparsities)
+    seed, ties = draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rng = np.random.default_rng(seed)
+    if structured and draw(st.booleans()):
+        mask = dst.constant_fan_in_mask(shape, sparsity, rng)
+    else:   # any mask: an update must repair it (e.g. after a RigL-trained checkpoint)
+        mask = rng.random(shape) < rng.uniform(0.05, 1.0)
+    weight = _values(rng, shape, ties, dtype) * mask
+    return weight, mask, seed, ties, sparsity
+
+
+def _assert_srigl_result(result, weight, mask, sparsity, ablation):
+    """Every invariant an SRigL update promises (issue 3, 'Result')."""
+    n = weight.shape[0]
+    rows = result.mask.reshape(n, -1)
+    counts = rows.sum(axis=1)
+    ablated = result.ablated
+    assert result.mask.shape == weight.shape and result.mask.dtype == bool
+    assert result.weight.shape == weight.shape and result.weight.dtype == weight.dtype
+    assert ablated.dtype == np.int64 and np.all(np.diff(ablated) > 0)
+    if not ablation:
+        assert ablated.size == 0
+    live = np.ones(n, dtype=bool)
+    live[ablated] = False
+    assert np.all(counts[live] == result.fan_in)             # constant fan-in
+    assert np.all(counts[~live] == 0)                        # ablated neurons empty
+    assert result.fan_in == dst.fan_in_after_ablation(weight.shape, sparsity, ablated.size)
+    budget, n_active = dst.layer_budget(weight.shape, sparsity), int(live.sum())
+    nnz = int(result.mask.sum())
+    assert nnz == result.fan_in * n_active
+    if budget >= n_active:
+        # floor(budget / n_active) per neuron: short of the budget by the remainder only.
+        assert 0 <= budget - nnz < n_active
+    else:   # fan-in floor of 1 (documented): only without ablation, or budget 0
+        assert result.fan_in == 1 and (not ablation or budget == 0)
+    assert np.all(result.weight[~result.mask] == 0)          # zero outside the mask
+    assert np.all(result.weight[result.grown] == 0)          # grown weights start at 0
+    assert np.array_equal(result.pruned, mask & ~result.mask)
+    assert np.array_equal(result.grown, result.mask & ~mask)
+    stayed = mask & result.mask
+    assert np.array_equal(result.weight[stayed], weight[stayed])
+    dst.check_invariants(result.weight, result.mask, result.fan_in, ablated,
+                         layer="under test", budget=budget)
+
+
+# -- hand-worked examples -----------------------------------------------------------------
+# Flat index ties never arise below; every ranking is by distinct values.
+
+W3x4 = np.array([[0.9, 0.1, 0.0, 0.0],
+                 [0.0, 0.8, 0.7, 0.0],
+                 [0.0, 0.0, 0.2, 0.3]])
+G3x4 = np.array([[0.0, 0.0, 0.5, 0.1],
+                 [0.05, 0.0, 0.0, 0.6],
+                 [0.4, 0.3, 0.0, 0.0]])
+
+
+def test_srigl_hand_worked_without_ablation():
+    # N = 12, sparsity 0.5: budget 6, k0 = 2. n_ones = 6, drop 0.5: n_prune = n_keep = 3.
+    # Top 3 |W|: (0,0) .9, (1,1) .8, (1,2) .7. Top 3 |G|: (1,3) .6, (0,2) .5, (2,0) .4.
+    # Salient per neuron: [2, 3, 1]; threshold max(1, floor(.3*2)) = 1 -> nobody ablated,
+    # k = 6 // 3 = 2. Neuron 0 keeps (0,0) and grows its best free |G|: (0,2) .5.
+    # Neuron 1 keeps 2, grows nothing ((1,3) has the layer's largest |G| but no room).
+    # Neuron 2 keeps nothing and grows (2,0) .4, (2,1) .3.
+    r = dst.srigl_update(W3x4, W3x4 != 0, G3x4, drop_fraction=0.5, sparsity=0.5,
+                         gamma_sal=0.3)
+    expected = np.array([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]], dtype=bool)
+    assert np.array_equal(r.mask, expected)
+    assert np.array_equal(r.weight, [[0.9, 0, 0, 0], [0, 0.8, 0.7, 0], [0, 0, 0, 0]])
+    assert np.array_equal(np.argwhere(r.pruned), [[0, 1], [2, 2], [2, 3]])
+    assert np.array_equal(np.argwhere(r.grown), [[0, 2], [2, 0], [2, 1]])
+    assert r.ablated.tolist() == [] and r.fan_in == 2
+
+
+def test_srigl_hand_worked_ablation_raises_fan_in():
+    # As above with gamma_sal = 1: threshold max(1, floor(1*2)) = 2. Neuron 2 has one
+    # salient weight -> ablated (the 2 = 6 // 4 + 1 most salient, neurons 1 and 0, stay).
+    # k = 6 // 2 = 3. Neuron 0 keeps (0,0), grows (0,2) .5 and (0,3) .1; neuron 1 keeps
+    # (1,1), (1,2) and grows (1,3) .6. nnz = 6 = budget.
+    r = dst.srigl_update(W3x4, W3x4 != 0, G3x4, drop_fraction=0.5, sparsity=0.5,
+                         gamma_sal=1.0)
+    expected = np.array([[1, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]], dtype=bool)
+    assert np.array_equal(r.mask, expected)
+    assert np.array_equal(r.weight, [[0.9, 0, 0, 0], [0, 0.8, 0.7, 0], [0, 0, 0, 0]])
+    assert r.ablated.tolist() == [2] and r.fan_in == 3
+    # The output layer (ablation=False) gives the no-ablation answer.
+    r = dst.srigl_update(W3x4, W3x4 != 0, G3x4, drop_fraction=0.5, sparsity=0.5,
+                         gamma_sal=1.0, ablation=False)
+    assert r.ablated.tolist() == [] and r.fan_in == 2
+
+
+def test_srigl_hand_worked_threshold_lowered_and_regrowth_keeps_old_value():
+    # 4 neurons x F = 3, sparsity 1/3: budget 8, k0 = 2, mask = 2 per neuron (n_ones 8).
+    # Drop 0.5: n_keep = n_prune = 4. Top 4 |W|: neurons 0 and 1 (.9 .8 .7 .6).
+    # Top 4 |G|: (0,0) 1.0, (0,2) .9, (1,2) .8, (2,2) .7. Salient: [3, 3, 1, 0].
+    # gamma 1 -> threshold 2 would leave 2 neurons, fewer than 8 // 3 + 1 = 3, so it is
+    # lowered to the 3rd largest count, 1: only neuron 3 is ablated; k = 8 // 3 = 2.
+    # Neurons 0, 1 keep their 2. Neuron 2 keeps none and grows (2,2) .7 and (2,0) .1;
+    # (2,0) was just pruned, comes back and keeps its old value .5 (authors' code).
+    weight = np.array([[0.9, 0.8, 0], [0.7, 0.6, 0], [0.5, 0.4, 0], [0.02, 0.01, 0]])
+    grad = np.array([[1.0, 0, 0.9], [0, 0, 0.8], [0.1, 0, 0.7], [0, 0, 0]])
+    r = dst.srigl_update(weight, weight != 0, grad, drop_fraction=0.5, sparsity=1 / 3,
+                         gamma_sal=1.0)
+    expected = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 1], [0, 0, 0]], dtype=bool)
+    assert np.array_equal(r.mask, expected)
+    assert np.array_equal(r.weight, [[0.9, 0.8, 0], [0.7, 0.6, 0], [0.5, 0, 0], [0, 0, 0]])
+    assert r.ablated.tolist() == [3] and r.fan_in == 2
+    assert np.array_equal(np.argwhere(r.pruned), [[2, 1], [3, 0], [3, 1]])
+    assert np.array_equal(np.argwhere(r.grown), [[2, 2]])
+
+
+W2x4 = np.array([[0.9, 0.8, 0.7, 0.0], [0.1, 0.0, 0.0, 0.0]])
+G2x4 = np.array([[0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.1, 0.0]])
+
+
+def test_srigl_hand_worked_per_neuron_cap_repairs_an_unstructured_mask():
+    # Budget 4 (sparsity .5), k = 2. n_ones 4, drop .25: n_keep 3 = (0,0) (0,1) (0,2),
+    # all in neuron 0, which keeps only its 2 largest: (0,2) is pruned. Neuron 1 grows
+    # (1,1) .3 and (1,0) .2; (1,0) was pruned and comes back with its old value .1.
+    r = dst.srigl_update(W2x4, W2x4 != 0, G2x4, drop_fraction=0.25, sparsity=0.5,
+                         ablation=False)
+    assert np.array_equal(r.mask, [[1, 1, 0, 0], [1, 1, 0, 0]])
+    assert np.array_equal(r.weight, [[0.9, 0.8, 0, 0], [0.1, 0, 0, 0]])
+    assert np.argwhere(r.pruned).tolist() == [[0, 2]]
+    assert np.argwhere(r.grown).tolist() == [[1, 1]]
+
+
+def test_rigl_hand_worked():
+    # Same layer: keep the top 3 |W| (neuron 0), grow the 1 largest free |G|: (0,3) 1.0.
+    # Neuron 1 loses its only weight: RigL has no per-neuron structure.
+    r = dst.rigl_update(W2x4, W2x4 != 0, G2x4, drop_fraction=0.25)
+    assert np.array_equal(r.mask, [[1, 1, 1, 1], [0, 0, 0, 0]])
+    assert np.array_equal(r.weight, [[0.9, 0.8, 0.7, 0], [0, 0, 0, 0]])
+    assert np.argwhere(r.pruned).tolist() == [[1, 0]]
+    assert np.argwhere(r.grown).tolist() == [[0, 3]]
+    assert r.fan_in is None and r.ablated.size == 0
+
+
+def test_rigl_keeps_all_nonzero_when_too_few_are_nonzero():
+    # n_ones 4, drop .25 -> n_keep 3, but only 2 active weights are non-zero: keep those
+    # two, prune 2, grow 2 by |G| among the 4 free positions: (0,2) .4, (1,1) .3.
+    weight = np.array([[0.5, 0, 0], [0.2, 0, 0]])
+    mask = np.array([[1, 1, 1], [1, 0, 0]], dtype=bool)
+    grad = np.array([[0, 0.1, 0.4], [0, 0.3, 0.2]])
+    r = dst.rigl_update(weight, mask, grad, drop_fraction=0.25)
+    assert np.array_equal(r.mask, [[1, 0, 1], [1, 1, 0]])
+    assert np.argwhere(r.pruned).tolist() == [[0, 1]]
+    assert np.argwhere(r.grown).tolist() == [[1, 1]]
+    assert r.mask.sum() == mask.sum()
+
+
+def test_srigl_budget_below_neuron_count():
+    # 4 neurons x 2, sparsity .75: budget 2 < 4 neurons, k0 = 0.
+    # The initial mask keeps the fan-in floor of 1 per neuron (nnz 4 > budget).
+    shape = (4, 2)
+    assert dst.layer_budget(shape, 0.75) == 2
+    assert dst.constant_fan_in_mask(shape, 0.75, np.random.default_rng(0)).sum(axis=1).tolist() \
+        == [1, 1, 1, 1]
+    weight = np.array([[0.4, 0], [0.3, 0], [0.2, 0], [0.1, 0]])
+    grad = np.array([[0, 0], [0, 0], [0, 0.9], [0, 0.8]])
+    # n_keep = n_prune = 2: salient = (0,0) (1,0) by |W|, (2,1) (3,1) by |G| -> one each.
+    # Threshold 1 keeps all 4, more than budget 2 allows at fan-in >= 1: the 2 most
+    # salient (ties: lower index) stay, k = 1, nnz = budget.
+    r = dst.srigl_update(weight, weight != 0, grad, drop_fraction=0.5, sparsity=0.75)
+    assert np.array_equal(r.mask, [[1, 0], [1, 0], [0, 0], [0, 0]])
+    assert r.ablated.tolist() == [2, 3] and r.fan_in == 1
+    # Without ablation every neuron keeps one weight: neurons 2, 3 regrow at (i, 1).
+    r = dst.srigl_update(weight, weight != 0, grad, drop_fraction=0.5, sparsity=0.75,
+                         ablation=False)
+    assert np.array_equal(r.mask, [[1, 0], [1, 0], [0, 1], [0, 1]])
+    assert r.fan_in == 1 and r.mask.sum() == 4
+
+
+def test_srigl_drop_fraction_zero_and_one():
+    rng = np.random.default_rng(3)
+    mask = dst.constant_fan_in_mask((6, 10), 0.7, rng)
+    weight = rng.standard_normal((6, 10)) * mask
+    grad = rng.standard_normal((6, 10))
+    same = dst.srigl_update(weight, mask, grad, drop_fraction=0.0, sparsity=0.7)
+    assert np.array_equal(same.mask, mask) and not same.pruned.any() and not same.grown.any()
+    # Drop everything: no weight is kept, each neuron's new mask is its top-3 |G|.
+    fresh = dst.srigl_update(weight, mask, grad, drop_fraction=1.0, sparsity=0.7,
+                             ablation=False)
+    top3 = np.argsort(-np.abs(grad), axis=1, kind="stable")[:, :3]
+    expected = np.zeros_like(mask)
+    np.put_along_axis(expected, top3, True, axis=1)
+    assert np.array_equal(fresh.mask, expected)
+
+
+# -- reference and property tests ----------------------------------------------------------
+
+@settings(max_examples=80)
+@given(layer=layers(), drop=fractions, gamma=st.floats(0.0, 1.0), ablation=st.booleans())
+def test_srigl_matches_reference_over_update_sequences(layer, drop, gamma, ablation):
+    weight, mask, seed, ties, sparsity = layer
+    rng = np.random.default_rng(seed + 1)
+    for _ in range(3):
+        grad = _values(rng, weight.shape, ties, weight.dtype)
+        copies = weight.copy(), mask.copy(), grad.copy()
+        result = dst.srigl_update(weight, mask, grad, drop_fraction=drop, sparsity=sparsity,
+                                  gamma_sal=gamma, ablation=ablation)
+        for original, copy in zip((weight, mask, grad), copies):
+            assert np.array_equal(original, copy)          # inputs untouched
+        new_mask, new_weight, ablated, fan_in = _reference_srigl(
+            weight, mask, grad, drop, sparsity, gamma, ablation)
+        assert np.array_equal(result.mask, new_mask)
+        assert np.array_equal(result.weight, new_weight)
+        assert result.ablated.tolist() == ablated.tolist() and result.fan_in == fan_in
+        _assert_srigl_result(result, weight, mask, sparsity, ablation)
+        again = dst.srigl_update(weight, mask, grad, drop_fraction=drop, sparsity=sparsity,
+                                 gamma_sal=gamma, ablation=ablation)
+        assert np.array_equal(again.mask, result.mask)
+        assert np.array_equal(again.weight, result.weight)
+        # A training step: every active weight moves (grown ones leave 0).
+        weight = result.weight + _values(rng, weight.shape, ties, weight.dtype) * result.mask
+        mask = result.mask
+
+
+@settings(max_examples=60)
+@given(layer=layers(structured=False), drop=fractions)
+def test_rigl_matches_reference_and_keeps_nnz(layer, drop):
+    weight, mask, seed, ties, _ = layer
+    rng = np.random.default_rng(seed + 2)
+    for _ in range(3):
+        grad = _values(rng, weight.shape, ties, weight.dtype)
+        copies = weight.copy(), mask.copy(), grad.copy()
+        result = dst.rigl_update(weight, mask, grad, drop_fraction=drop)
+        for original, copy in zip((weight, mask, grad), copies):
+            assert np.array_equal(original, copy)
+        new_mask, new_weight = _reference_rigl(weight, mask, grad, drop)
+        assert np.array_equal(result.mask, new_mask)
+        assert np.array_equal(result.weight, new_weight)
+        assert result.mask.sum() == mask.sum()
+        assert np.all(result.weight[result.grown] == 0)
+        assert np.all(result.weight[~result.mask] == 0)
+        dst.check_invariants(result.weight, result.mask)
+        weight = result.weight + _values(rng, weight.shape, ties, weight.dtype) * result.mask
+        mask = result.mask
+
+
+@settings(max_examples=60)
+@given(layer=layers(structured=False), drop=fractions)
+def test_set_keeps_nnz_grows_off_the_kept_set_and_repeats_per_seed(layer, drop):
+    weight, mask, seed, _, _ = layer
+    result = dst.set_update(weight, mask, drop_fraction=drop, rng=np.random.default_rng(seed))
+    again = dst.set_update(weight, mask, drop_fraction=drop, rng=np.random.default_rng(seed))
+    assert np.array_equal(result.mask, again.mask)
+    assert result.mask.sum() == mask.sum()
+    # The kept set is RigL's (same drop rule): it survives, and growth happens off it.
+    w = weight.reshape(-1)
+    nonzero, n_keep, n_prune = _reference_keep(w, mask.reshape(-1), drop)
+    kept = np.zeros(w.size, dtype=bool)
+    kept[_top(nonzero, np.abs(w), n_keep)] = True
+    kept = kept.reshape(mask.shape)
+    assert np.all(result.mask[kept])
+    assert np.count_nonzero(result.mask & ~kept) == n_prune
+    assert np.all(result.weight[result.grown] == 0)
+    assert np.all(result.weight[~result.mask] == 0)
+
+
+def test_set_grows_uniformly_and_depends_on_the_seed():
+    mask = np.zeros((50, 40), dtype=bool)
+    mask[:, :4] = True
+    weight = np.where(mask, 1.0, 0.0)
+    # All |W| tie, so the 100 kept are the lowest flat indices: neurons 0-24. The 100
+    # grown are drawn from the other 1900 positions, the 100 just dropped included.
+    kept = np.zeros_like(mask)
+    kept[:25, :4] = True
+    hits = np.zeros(mask.shape)
+    for seed in range(40):
+        r = dst.set_update(weight, mask, drop_fraction=0.5, rng=np.random.default_rng(seed))
+        assert np.all(r.mask[kept]) and np.count_nonzero(r.mask & ~kept) == 100
+        hits += r.mask & ~kept
+    frequency = hits[~kept] / 40
+    assert frequency.mean() == pytest.approx(100 / 1900)
+    # Dropped positions come back as often as never-active ones (no bias either way).
+    assert hits[25:, :4].mean() / 40 == pytest.approx(100 / 1900, abs=0.02)
+    assert hits[:, 4:].mean(axis=0).max() / 40 < 100 / 1900 + 0.04
+    a = dst.set_update(weight, mask, drop_fraction=0.5, rng=np.random.default_rng(0))
+    b = dst.set_update(weight, mask, drop_fraction=0.5, rng=np.random.default_rng(1))
+    assert not np.array_equal(a.mask, b.mask)
+
+
+class SRigLTraining(RuleBasedStateMachine):
+    """Interleave SRigL updates and training steps; invariants hold after every rule."""
+
+    @initialize(shape=shapes, sparsity=sparsities, seed=st.integers(0, 2**32 - 1))
+    def start(self, shape, sparsity, seed):
+        self.rng = np.random.default_rng(seed)
+        self.sparsity = sparsity
+        self.mask = dst.constant_fan_in_mask(shape, sparsity, self.rng)
+        self.weight = self.rng.standard_normal(shape).astype(np.float32) * self.mask
+        self.fan_in = dst.fan_in_after_ablation(shape, sparsity, 0)
+        self.ablated = np.zeros(0, np.int64)
+
+    @rule(drop=fractions, gamma=st.floats(0.0, 1.0), ablation=st.booleans())
+    def update(self, drop, gamma, ablation):
+        grad = self.rng.standard_normal(self.weight.shape).astype(np.float32)
+        result = dst.srigl_update(self.weight, self.mask, grad, drop_fraction=drop,
+                                  sparsity=self.sparsity, gamma_sal=gamma, ablation=ablation)
+        _assert_srigl_result(result, self.weight, self.mask, self.sparsity, ablation)
+        self.weight, self.mask = result.weight, result.mask
+        self.fan_in, self.ablated = result.fan_in, result.ablated
+
+    @rule()
+    def train(self):
+        noise = self.rng.standard_normal(self.weight.shape).astype(np.float32)
+        self.weight = self.weight + noise * self.mask
+
+    @invariant()
+    def layer_is_valid(self):
+        dst.check_invariants(self.weight, self.mask, self.fan_in, self.ablated,
+                             budget=dst.layer_budget(self.weight.shape, self.sparsity))
+
+
+TestSRigLTraining = SRigLTraining.TestCase
+TestSRigLTraining.settings = settings(max_examples=25, stateful_step_count=8, deadline=None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_weight_keeps_shape_and_dtype(dtype):
+    rng = np.random.default_rng(5)
+    shape = (8, 3, 3, 3)
+    mask = dst.constant_fan_in_mask(shape, 0.8, rng)
+    weight = (rng.standard_normal(shape) * mask).astype(dtype)
+    grad = rng.standard_normal(shape).astype(dtype)
+    r = dst.srigl_update(weight, mask, grad, drop_fraction=0.3, sparsity=0.8)
+    assert r.mask.shape == shape and r.weight.dtype == dtype
+    # Neurons are filters: the fan-in is counted over (in_channels, kh, kw).
+    counts = r.mask.reshape(8, -1).sum(axis=1)
+    assert set(counts.tolist()) <= {0, r.fan_in}
+
+
+# -- masks, budgets, schedules, distributions ------------------------------------------------
+
+def test_layer_budget_forgives_float_rounding():
+    assert 100 * (1 - 0.9) < 10
+    assert dst.layer_budget((10, 10), 0.9) == 10
+    assert dst.layer_budget((3, 3), 0.5) == 4
+    assert dst.layer_budget((32, 144), 0.95) == 230
+
+
+@given(shape=shapes, sparsity=st.floats(0.0, 0.995), seed=st.integers(0, 2**32 - 1))
+def test_constant_fan_in_mask_properties(shape, sparsity, seed):
+    mask = dst.constant_fan_in_mask(shape, sparsity, np.random.default_rng(seed))
+    k = dst.fan_in_after_ablation(shape, sparsity, 0)
+    assert mask.shape == shape and mask.dtype == bool
+    assert np.all(mask.reshape(shape[0], -1).sum(axis=1) == k)
+    assert np.array_equal(mask, dst.constant_fan_in_mask(shape, sparsity,
+                                                         np.random.default_rng(seed)))
+
+
+def test_constant_fan_in_mask_is_uniform_per_neuron():
+    mask = dst.constant_fan_in_mask((4000, 5), 0.6, np.random.default_rng(1))
+    assert np.all(mask.sum(axis=1) == 2)
+    # Each input is chosen with probability 2/5; 4000 draws: std of the mean ~0.008.
+    assert np.all(np.abs(mask.mean(axis=0) - 0.4) < 0.04)
+
+
+def test_fan_in_after_ablation():
+    assert dst.fan_in_after_ablation((32, 144), 0.95, 0) == 7           # 230 // 32
+    assert dst.fan_in_after_ablation((32, 144), 0.95, 2) == 7           # 230 // 30
+    assert dst.fan_in_after_ablation((32, 144), 0.95, 10) == 10         # 230 // 22
+    assert dst.fan_in_after_ablation((10, 4), 0.9, 0) == 1              # floor, not 0
+    assert dst.fan_in_after_ablation((4, 3), 0.0, 0) == 3               # dense
+    with pytest.raises(ValueError, match="n_ablated"):
+        dst.fan_in_after_ablation((4, 3), 0.5, 4)
+
+
+def test_cosine_drop_fraction():
+    assert dst.cosine_drop_fraction(0, 0.3, 100) == pytest.approx(0.3)
+    assert dst.cosine_drop_fraction(50, 0.3, 100) == pytest.approx(0.15)
+    assert dst.cosine_drop_fraction(100, 0.3, 100) == pytest.approx(0.0)
+    for args, fragment in [((0, 1.5, 10), "alpha"), ((0, 0.3, 0), "t_end"),
+                           ((11, 0.3, 10), "step")]:
+        with pytest.raises(ValueError, match=fragment):
+            dst.cosine_drop_fraction(*args)
+
+
+SHAPES = [(300, 784), (100, 300), (10, 100)]
+
+
+def _nnz(shapes, sparsities):
+    return sum(math.prod(s) * (1 - x) for s, x in zip(shapes, sparsities))
+
+
+def test_erk_hand_worked():
+    # raw densities: (10+10)/100 = .2 and 200/10000 = .02.
+    # sparsity .9: eps = 1010 / (.2*100 + .02*10000) = 4.5909 -> densities .918, .0918.
+    s = dst.erk_sparsities([(10, 10), (100, 100)], 0.9)
+    assert s == pytest.approx([1 - 0.2 * 1010 / 220, 1 - 0.02 * 1010 / 220])
+    # sparsity .5: eps = 5050/220 gives layer 0 density 4.6 > 1 -> dense; re-solve the
+    # rest: (5050 - 100) / 200 = 24.75 -> density .495.
+    assert dst.erk_sparsities([(10, 10), (100, 100)], 0.5) == pytest.approx([0.0, 0.505])
+
+
+@given(sparsity=st.floats(0.0, 0.99), power=st.floats(0.0, 2.0),
+       dense=st.sets(st.integers(0, 2), max_size=1))
+def test_distributions_keep_the_global_budget(sparsity, power, dense):
+    total = sum(math.prod(s) for s in SHAPES)
+    if sum(math.prod(SHAPES[i]) for i in dense) >= (1 - sparsity) * total:
+        for spread in (dst.erk_sparsities, dst.uniform_sparsities):
+            with pytest.raises(ValueError, match="dense_layers"):
+                spread(SHAPES, sparsity, dense_layers=tuple(dense))
+        return
+    for values in (dst.erk_sparsities(SHAPES, sparsity, power, dense_layers=tuple(dense)),
+                   dst.uniform_sparsities(SHAPES, sparsity, dense_layers=tuple(dense))):
+        assert len(values) == 3 and all(0.0 <= v < 1.0 for v in values)
+        assert all(values[i] == 0.0 for i in dense)
+        assert _nnz(SHAPES, values) == pytest.approx((1 - sparsity) * total, rel=1e-9)
+
+
+def test_erk_with_power_zero_is_uniform_and_conv_kernels_count():
+    assert dst.erk_sparsities(SHAPES, 0.8, power_scale=0.0) == pytest.approx([0.8] * 3)
+    assert dst.uniform_sparsities(SHAPES, 0.8) == pytest.approx([0.8] * 3)
+    # ERK: larger layers sparser; conv kernel dims enter sum/prod of the shape.
+    erk = dst.erk_sparsities([(32, 1, 3, 3), (64, 32, 3, 3), (128, 9216), (10, 128)], 0.9)
+    assert erk[1] > erk[0] and erk[2] > erk[3]
+    assert dst.erk_sparsities(SHAPES, 0.0) == [0.0, 0.0, 0.0]
+
+
+def test_distributions_refuse_bad_arguments():
+    with pytest.raises(ValueError, match="sparsity"):
+        dst.uniform_sparsities(SHAPES, 1.0)
+    with pytest.raises(ValueError, match="dense_layers"):
+        dst.erk_sparsities(SHAPES, 0.5, dense_layers=(3,))
+    with pytest.raises(ValueError, match="dense_layers"):
+        dst.uniform_sparsities(SHAPES, 0.99, dense_layers=(0,))    # 235200 > budget
+    with pytest.raises(ValueError, match="power_scale"):
+        dst.erk_sparsities(SHAPES, 0.5, power_scale=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        dst.erk_sparsities([(10,)], 0.5)
+
+
+# -- validation and invariant checking ----------------------------------------------------------
+
+def _layer():
+    mask = np.array([[1, 1, 0], [0, 1, 1], [0, 0, 0]], dtype=bool)
+    return np.where(mask, 1.0, 0.0), mask
+
+
+def test_check_invariants_accepts_a_valid_layer_and_names_each_violation():
+    weight, mask = _layer()
+    dst.check_invariants(weight, mask, fan_in=2, ablated=[2], layer="fc1", budget=4)
+    assert issubclass(dst.InvariantError, AssertionError)
+    cases = [
+        (dict(fan_in=3, ablated=[2]), "layer 'fc1': neuron 0 has 2 active weights, "
+                                      "expected fan-in 3"),
+        (dict(fan_in=2), "neuron 2 has 0 active weights, expected fan-in 2"),
+        (dict(fan_in=2, ablated=[1, 2]), "ablated neuron 1 has 2 active weights"),
+        (dict(budget=3), "nnz 4 leaves the budget"),
+        (dict(budget=6), "nnz 4 leaves the budget"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(dst.InvariantError, match=message):
+            dst.check_invariants(weight, mask, layer="fc1", **kwargs)
+    leaky = weight.copy()
+    leaky[2, 0] = 0.5
+    with pytest.raises(dst.InvariantError, match="outside the mask; first at neuron 2"):
+        dst.check_invariants(leaky, mask, layer="fc1")
+
+
+def test_check_invariants_allows_the_documented_budget_exceptions():
+    # Fan-in floor of 1 above a budget of 2; fully dense neurons below a budget of 9.
+    dst.check_invariants(np.eye(4), np.eye(4, dtype=bool), fan_in=1, budget=2)
+    dst.check_invariants(np.ones((2, 3)), np.ones((2, 3), dtype=bool), fan_in=3, budget=9)
+
+
+@pytest.mark.parametrize("kwargs, error, fragment", [
+    (dict(mask=np.ones((3, 4))), TypeError, "mask must be a bool"),
+    (dict(mask=np.ones((4, 3), dtype=bool)), ValueError, "mask shape"),
+    (dict(grad=np.ones((3, 5))), ValueError, "grad shape"),
+    (dict(grad=np.ones((3, 4), dtype=np.int64)), TypeError, "grad must be"),
+    (dict(grad=np.full((3, 4), np.nan)), ValueError, "grad must be finite"),
+    (dict(weight=np.ones((3, 4), dtype=np.int32)), TypeError, "weight must be"),
+    (dict(weight=np.ones(4), mask=np.ones(4, dtype=bool), grad=np.ones(4)), ValueError,
+     "shape must be"),
+    (dict(drop_fraction=1.2), ValueError, "drop_fraction must be in"),
+    (dict(sparsity=1.0), ValueError, "sparsity must be in"),
+    (dict(gamma_sal=-0.1), ValueError, "gamma_sal"),
+])
+def test_srigl_update_refuses_bad_arguments(kwargs, error, fragment):
+    args = dict(weight=W3x4, mask=W3x4 != 0, grad=G3x4, drop_fraction=0.3, sparsity=0.5,
+                gamma_sal=0.3)
+    args.update(kwargs)
+    with pytest.raises(error, match=fragment):
+        dst.srigl_update(args.pop("weight"), args.pop("mask"), args.pop("grad"), **args)
+
+
+def test_set_update_requires_a_generator():
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        dst.set_update(W3x4, W3x4 != 0, drop_fraction=0.3, rng=0)
