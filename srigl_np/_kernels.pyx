@@ -194,3 +194,420 @@ def col2im(cols, x_shape, int kh, int kw, int stride=1, int padding=0, int threa
     else:
         _col2im[double](cols, x, kh, kw, stride, padding, out_h, out_w, n_threads)
     return x
+
+
+# ---------------------------------------------------------------------------
+# Condensed forward (SRigL's inference representation, paper Sec. 4.4)
+#
+# A constant fan-in layer keeps, per active neuron r, exactly k weights:
+# values[r, j] sits at input column indices[r, j]. The forward pass is
+#     y[b, r] = bias[r] + sum_j values[r, j] * x[b, indices[r, j]].
+#
+# Safety model: the kernels read x at indices[r, j], so the indices must be in
+# [0, n_in). ``CondensedWeights`` checks that once, when it is built, and keeps
+# its own immutable copy (NumPy arrays over ``bytes``, which cannot be made
+# writeable again), so nothing can change an index after the check. Every
+# public kernel takes a ``CondensedWeights`` and then only has to check x and
+# bias against its shape: O(batch * n_in) work, never O(nnz), per call.
+# ---------------------------------------------------------------------------
+
+from libc.stdint cimport int16_t, int32_t
+
+ctypedef fused index_t:
+    int16_t
+    int32_t
+
+# Input columns per work item of the tiling transpose (64 floats = 4 cache lines
+# read per batch row, 64 short runs written: both stay in L1).
+cdef enum:
+    TRANSPOSE_BLOCK = 64
+
+
+def _frozen_copy(a, dtype):
+    """A C-contiguous, read-only copy of ``a`` that no one can make writeable."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return np.frombuffer(a.tobytes(), dtype=dtype).reshape(a.shape)
+
+
+cdef class CondensedWeights:
+    """Validated, immutable condensed weights: the only way into the condensed kernels.
+
+    values[n_active, k]   float32, the kept weights of each active neuron.
+    indices[n_active, k]  int16 or int32, their input columns, each in [0, n_in).
+    n_in                  input width the indices address.
+
+    Construction checks dtypes, shapes and the index range (vectorised, O(nnz),
+    once) and stores read-only copies; ``values`` and ``indices`` give them back.
+    k >= 1 is required (an active neuron has at least one weight); n_active may be 0.
+    """
+
+    cdef readonly object values
+    cdef readonly object indices
+    cdef readonly Py_ssize_t n_in
+    cdef readonly Py_ssize_t n_active
+    cdef readonly Py_ssize_t k
+
+    def __init__(self, values, indices, n_in):
+        if not hasattr(values, "dtype") or values.dtype != np.float32:
+            raise TypeError(f"values must be a float32 array, got "
+                            f"{getattr(values, 'dtype', type(values).__name__)}")
+        if not hasattr(indices, "dtype") or indices.dtype not in (np.int16, np.int32):
+            raise TypeError(f"indices must be an int16 or int32 array, got "
+                            f"{getattr(indices, 'dtype', type(indices).__name__)}")
+        if values.ndim != 2:
+            raise ValueError(f"values must be 2-D (n_active, k), got shape {values.shape}")
+        if indices.shape != values.shape:
+            raise ValueError(f"indices must have the shape of values {values.shape}, "
+                             f"got {indices.shape}")
+        if values.shape[1] < 1:
+            raise ValueError(f"values must have k >= 1 columns, got shape {values.shape}")
+        if isinstance(n_in, bool) or not isinstance(n_in, (int, np.integer)) or n_in < 1:
+            raise ValueError(f"n_in must be a positive integer, got {n_in!r}")
+        if indices.size:
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= n_in:
+                raise ValueError(f"indices must lie in [0, n_in={n_in}), got values in "
+                                 f"[{low}, {high}]")
+        self.values = _frozen_copy(values, np.float32)
+        self.indices = _frozen_copy(indices, indices.dtype)
+        self.n_in = n_in
+        self.n_active, self.k = values.shape
+
+    def __repr__(self):
+        return (f"CondensedWeights(n_active={self.n_active}, k={self.k}, n_in={self.n_in}, "
+                f"indices={self.indices.dtype})")
+
+
+cdef inline float _gather_dot(const float* v, const index_t* idx, const float* x,
+                              Py_ssize_t k) noexcept nogil:
+    """sum_j v[j] * x[idx[j]]; four accumulators break the add dependency chain."""
+    cdef float a0 = 0, a1 = 0, a2 = 0, a3 = 0
+    cdef Py_ssize_t j = 0
+    while j + 4 <= k:
+        a0 = a0 + v[j] * x[idx[j]]
+        a1 = a1 + v[j + 1] * x[idx[j + 1]]
+        a2 = a2 + v[j + 2] * x[idx[j + 2]]
+        a3 = a3 + v[j + 3] * x[idx[j + 3]]
+        j = j + 4
+    while j < k:
+        a0 = a0 + v[j] * x[idx[j]]
+        j = j + 1
+    return (a0 + a1) + (a2 + a3)
+
+
+cdef void _condensed_vector(const float[:, ::1] values, const index_t[:, ::1] indices,
+                            const float* x, const float* bias, float* y,
+                            int threads) noexcept nogil:
+    """y[n_active] = values . x[indices] (+ bias), x[n_in]: one gather-dot per row."""
+    cdef Py_ssize_t n_active = values.shape[0], k = values.shape[1], r
+    for r in prange(n_active, schedule="static", num_threads=threads):
+        y[r] = _gather_dot(&values[r, 0], &indices[r, 0], x, k) + (
+            bias[r] if bias != NULL else 0)
+
+
+cdef extern from *:
+    """
+    /* Batched condensed forward over one (batch tile, block of rows) work item.
+
+       xt is the tile's slice of the transposed input, xt[n_in][W] with W = 8*NV
+       batch values per input column, so an index reads W contiguous floats.
+       Each output row keeps its W sums in NV 8-float registers for all k
+       non-zeros (a kernel that read-modify-writes y per non-zero runs at about
+       half the speed). RG rows are interleaved so that RG*NV independent FMA
+       chains hide the FMA latency even for narrow tiles; constant fan-in makes
+       that free, as all rows have the same k. The sums of up to SRIGL_ROWS
+       rows are staged and written row-block by row-block, so the stores to
+       y[batch][n_active] fill whole cache lines instead of striding through
+       the output once per row (a 4 KiB-multiple stride thrashes one L1 set).
+
+       GCC/Clang vector extensions pin the accumulators in registers whatever
+       the auto-vectoriser decides (left alone, GCC kept them on the stack and
+       vectorised across non-zeros instead); other compilers get plain loops
+       with the same arithmetic. */
+    #include <string.h>
+    #define SRIGL_ROWS 16
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef float srigl_vec8 __attribute__((vector_size(32)));
+    #define SRIGL_ACC_DECL(NV, RG) srigl_vec8 acc[RG][NV], x8;
+    #define SRIGL_ACC_INIT(g, t, value) acc[g][t] = (srigl_vec8){value, value, value, value, \
+                                                               value, value, value, value};
+    #define SRIGL_ACC_FMA(g, t, w, src) { memcpy(&x8, (src) + 8 * (t), sizeof x8); \
+                                          acc[g][t] += (w) * x8; }
+    #else
+    #define SRIGL_ACC_DECL(NV, RG) float acc[RG][NV][8];
+    #define SRIGL_ACC_INIT(g, t, value) { int e_; for (e_ = 0; e_ < 8; e_++) \
+                                              acc[g][t][e_] = (value); }
+    #define SRIGL_ACC_FMA(g, t, w, src) { int e_; for (e_ = 0; e_ < 8; e_++) \
+                                              acc[g][t][e_] += (w) * (src)[8 * (t) + e_]; }
+    #endif
+
+    /* Rows [r, r + RG) of the block starting at r0: accumulate, stage in out. */
+    #define SRIGL_ROW_GROUP(NV, RG, INDEX_T)                                          \
+        {                                                                             \
+            SRIGL_ACC_DECL(NV, RG)                                                    \
+            Py_ssize_t g, j, t;                                                       \
+            for (g = 0; g < RG; g++)                                                  \
+                for (t = 0; t < NV; t++)                                              \
+                    SRIGL_ACC_INIT(g, t, bias ? bias[r + g] : 0.0f)                   \
+            for (j = 0; j < k; j++)                                                   \
+                for (g = 0; g < RG; g++) {                                            \
+                    const float w = values[(r + g) * k + j];                          \
+                    const float *src = xt + (Py_ssize_t)indices[(r + g) * k + j] * (8 * NV); \
+                    for (t = 0; t < NV; t++) SRIGL_ACC_FMA(g, t, w, src)              \
+                }                                                                     \
+            memcpy(out + (r - r0) * (8 * NV), acc, sizeof acc);                       \
+        }
+
+    #define SRIGL_BLOCK(NAME, NV, RG, INDEX_T)                                        \
+    static void NAME(const float *values, const INDEX_T *indices, Py_ssize_t k,       \
+                     const float *bias, const float *xt, Py_ssize_t r0, Py_ssize_t r1, \
+                     float *y, Py_ssize_t ldy, Py_ssize_t width) {                    \
+        float out[SRIGL_ROWS * 8 * NV];                                               \
+        Py_ssize_t r = r0, t, i;                                                      \
+        for (; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(NV, RG, INDEX_T)                \
+        for (; r < r1; r++) SRIGL_ROW_GROUP(NV, 1, INDEX_T)                           \
+        for (t = 0; t < width; t++)                                                   \
+            for (i = 0; i < r1 - r0; i++) y[t * ldy + r0 + i] = out[i * (8 * NV) + t]; \
+    }
+    SRIGL_BLOCK(srigl_block8_i16, 8, 1, int16_t)
+    SRIGL_BLOCK(srigl_block4_i16, 4, 2, int16_t)
+    SRIGL_BLOCK(srigl_block2_i16, 2, 4, int16_t)
+    SRIGL_BLOCK(srigl_block1_i16, 1, 8, int16_t)
+    SRIGL_BLOCK(srigl_block8_i32, 8, 1, int32_t)
+    SRIGL_BLOCK(srigl_block4_i32, 4, 2, int32_t)
+    SRIGL_BLOCK(srigl_block2_i32, 2, 4, int32_t)
+    SRIGL_BLOCK(srigl_block1_i32, 1, 8, int32_t)
+    """
+    enum: ROWS_PER_BLOCK "SRIGL_ROWS"
+    void srigl_block8_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block4_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block2_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block1_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block8_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block4_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block2_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block1_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
+                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+
+
+cdef inline void _block(int n_vectors, const float* values, const index_t* indices,
+                        Py_ssize_t k, const float* bias, const float* xt, Py_ssize_t r0,
+                        Py_ssize_t r1, float* y, Py_ssize_t ldy,
+                        Py_ssize_t width) noexcept nogil:
+    """Rows [r0, r1) of one batch tile of 8 * n_vectors values: see the C block above."""
+    if index_t is int16_t:
+        if n_vectors == 8:
+            srigl_block8_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        elif n_vectors == 4:
+            srigl_block4_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        elif n_vectors == 2:
+            srigl_block2_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        else:
+            srigl_block1_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+    else:
+        if n_vectors == 8:
+            srigl_block8_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        elif n_vectors == 4:
+            srigl_block4_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        elif n_vectors == 2:
+            srigl_block2_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        else:
+            srigl_block1_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+
+
+cdef void _condensed_batch(const float[:, ::1] values, const index_t[:, ::1] indices,
+                           const float[:, :, ::1] xt, const float* bias, float[:, ::1] y,
+                           int n_vectors, int threads) noexcept nogil:
+    """y[batch, n_active] = x @ W.T (+ bias) from the tiled input xt[n_tiles, n_in, width].
+
+    Work items are (batch tile, block of ROWS_PER_BLOCK rows), tile-major, so under
+    a static schedule each thread sweeps few tiles and keeps their xt in cache.
+    """
+    cdef Py_ssize_t n_active = values.shape[0], k = values.shape[1]
+    cdef Py_ssize_t batch = y.shape[0], n_tiles = xt.shape[0], width = xt.shape[2]
+    cdef Py_ssize_t n_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    cdef Py_ssize_t item, tile, r0
+    for item in prange(n_tiles * n_blocks, schedule="static", num_threads=threads):
+        tile = item // n_blocks
+        r0 = (item % n_blocks) * ROWS_PER_BLOCK
+        _block(n_vectors, &values[0, 0], &indices[0, 0], k, bias, &xt[tile, 0, 0],
+               r0, min(r0 + ROWS_PER_BLOCK, n_active), &y[tile * width, 0], n_active,
+               min(width, batch - tile * width))
+
+
+cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
+                          int threads) noexcept nogil:
+    """xt[tile, i, t] = x[tile * width + t, i], zero past the batch (width = xt.shape[2]).
+
+    Parallel over (tile, block of TRANSPOSE_BLOCK input columns); raw pointers keep
+    the inner loop free of index arithmetic.
+    """
+    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1]
+    cdef Py_ssize_t n_tiles = xt.shape[0], width = xt.shape[2]
+    cdef Py_ssize_t n_blocks = (n_in + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK
+    cdef Py_ssize_t item, tile, start, count, t, i, b
+    cdef const float* src
+    cdef float* dst
+    for item in prange(n_tiles * n_blocks, schedule="static", num_threads=threads):
+        tile = item // n_blocks
+        start = (item % n_blocks) * TRANSPOSE_BLOCK
+        count = min(TRANSPOSE_BLOCK, n_in - start)
+        for t in range(width):
+            b = tile * width + t
+            dst = &xt[tile, start, t]
+            if b < batch:
+                src = &x[b, start]
+                for i in range(count):
+                    dst[i * width] = src[i]
+            else:
+                for i in range(count):
+                    dst[i * width] = 0
+
+
+# Tile width of the batched kernel: 8 * n_vectors batch values, as wide as the
+# batch needs, at most 64, and narrow enough that one tile of the transposed input
+# (n_in * width floats) stays within TILE_CACHE_BYTES, about half an L2 cache.
+TILE_CACHE_BYTES = 256 * 1024
+
+
+# Batch rows are tiled and multiplied in chunks of at most this many bytes of x.
+CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def tile_vectors(Py_ssize_t batch, Py_ssize_t n_in):
+    """The batched kernel's tile width in 8-float vectors (1, 2, 4 or 8) for this shape."""
+    cdef int n_vectors = 8
+    while n_vectors > 1 and (8 * (n_vectors // 2) >= batch
+                             or n_in * 8 * n_vectors * 4 > TILE_CACHE_BYTES):
+        n_vectors //= 2
+    return n_vectors
+
+
+def _condensed_input(weights, x, ndim):
+    """x as C-contiguous float32 with ``ndim`` dims and last axis n_in (converted if needed)."""
+    if not isinstance(weights, CondensedWeights):
+        raise TypeError(f"weights must be a CondensedWeights, got {type(weights).__name__}")
+    if not hasattr(x, "dtype") or x.dtype.kind != "f":
+        raise TypeError(f"x must be a floating-point array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim != ndim or x.shape[ndim - 1] != weights.n_in:
+        expected = "(n_in,)" if ndim == 1 else "(batch, n_in)"
+        raise ValueError(f"x must have shape {expected} with n_in={weights.n_in}, "
+                         f"got {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _condensed_bias(weights, bias):
+    if bias is None:
+        return None
+    if not hasattr(bias, "dtype") or bias.dtype != np.float32:
+        raise TypeError(f"bias must be a float32 array or None, got "
+                        f"{getattr(bias, 'dtype', type(bias).__name__)}")
+    if bias.shape != (weights.n_active,):
+        raise ValueError(f"bias must have shape ({weights.n_active},), got {bias.shape}")
+    return np.ascontiguousarray(bias)
+
+
+cdef void _vector_dispatch(CondensedWeights weights, const float[::1] x,
+                           const float* bias, float[::1] y, int threads):
+    cdef const float[:, ::1] values = weights.values
+    cdef const int16_t[:, ::1] idx16
+    cdef const int32_t[:, ::1] idx32
+    if weights.n_active == 0:
+        return
+    if weights.indices.dtype == np.int16:
+        idx16 = weights.indices
+        with nogil:
+            _condensed_vector(values, idx16, &x[0], bias, &y[0], threads)
+    else:
+        idx32 = weights.indices
+        with nogil:
+            _condensed_vector(values, idx32, &x[0], bias, &y[0], threads)
+
+
+def condensed_matvec(CondensedWeights weights, x, bias=None, int threads=0):
+    """Condensed forward of one input: gather-dot per output row.
+
+    weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
+    x[n_in] (any float dtype and strides; converted to C-contiguous float32);
+    bias[n_active] float32 or None -> y[n_active] float32.
+    y[r] = bias[r] + sum_j values[r, j] * x[indices[r, j]]. Parallel over rows.
+    """
+    x = _condensed_input(weights, x, 1)
+    bias = _condensed_bias(weights, bias)
+    cdef int n_threads = _resolve_threads(threads)
+    cdef const float[::1] b_view
+    cdef const float* b_ptr = NULL
+    if bias is not None:
+        b_view = bias
+        b_ptr = &b_view[0] if weights.n_active else NULL
+    y = np.empty(weights.n_active, dtype=np.float32)
+    _vector_dispatch(weights, x, b_ptr, y, n_threads)
+    return y
+
+
+def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
+    """Condensed forward of a batch: y = x @ W.T (+ bias), W the condensed weights.
+
+    weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
+    x[batch, n_in] (any float dtype and strides; converted to C-contiguous float32);
+    bias[n_active] float32 or None -> y[batch, n_active] float32.
+
+    batch 1 runs the gather-dot of ``condensed_matvec``. Larger batches transpose
+    x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch, n_in)),
+    so every index reads a contiguous run of ``width`` batch values, and keep a
+    width-wide slice of each output row in registers while streaming that row's
+    k weights. Parallel over (batch tile, block of rows) pairs.
+    """
+    x = _condensed_input(weights, x, 2)
+    bias = _condensed_bias(weights, bias)
+    cdef int n_threads = _resolve_threads(threads)
+    cdef Py_ssize_t batch = x.shape[0]
+    cdef const float[::1] b_view
+    cdef const float* b_ptr = NULL
+    if bias is not None and weights.n_active:
+        b_view = bias
+        b_ptr = &b_view[0]
+    y = np.empty((batch, weights.n_active), dtype=np.float32)
+    if batch == 0 or weights.n_active == 0:
+        return y
+    if batch == 1:
+        _vector_dispatch(weights, x[0], b_ptr, y[0], n_threads)
+        return y
+    cdef int n_vectors = tile_vectors(batch, weights.n_in)
+    cdef Py_ssize_t width = 8 * n_vectors
+    # Large batches (im2col rows of a conv) go through in chunks whose tiled copy of x
+    # stays cache-sized: one reused buffer instead of a batch-sized transpose.
+    cdef Py_ssize_t chunk = max(width, CHUNK_BYTES // (4 * width * weights.n_in) * width)
+    chunk = min(chunk, (batch + width - 1) // width * width)
+    xt = np.empty((chunk // width, weights.n_in, width), dtype=np.float32)
+    cdef const float[:, ::1] x_view = x
+    cdef float[:, :, ::1] xt_view
+    cdef const float[:, ::1] values = weights.values
+    cdef const int16_t[:, ::1] idx16
+    cdef const int32_t[:, ::1] idx32
+    cdef float[:, ::1] y_view
+    cdef bint short_indices = weights.indices.dtype == np.int16
+    if short_indices:
+        idx16 = weights.indices
+    else:
+        idx32 = weights.indices
+    cdef Py_ssize_t start, stop
+    for start in range(0, batch, chunk):
+        stop = min(start + chunk, batch)
+        xt_view = xt[:(stop - start + width - 1) // width]
+        y_view = y[start:stop]
+        with nogil:
+            _tile_transpose(x_view[start:stop], xt_view, n_threads)
+            if short_indices:
+                _condensed_batch(values, idx16, xt_view, b_ptr, y_view, n_vectors, n_threads)
+            else:
+                _condensed_batch(values, idx32, xt_view, b_ptr, y_view, n_vectors, n_threads)
+    return y

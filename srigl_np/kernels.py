@@ -1,14 +1,11 @@
 """Import point for the compiled kernels, with a helpful error when they are missing."""
 
-import os
-
-# OpenMP threads that spin after a kernel steal the cores BLAS needs next (both libraries
-# run back to back in every layer), so let them sleep unless the user chose otherwise.
-# libgomp reads this once, when ``_kernels`` first loads it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 try:
     from ._kernels import (  # noqa: F401
+        CondensedWeights,
+        condensed_matmul,
+        condensed_matvec,
+        tile_vectors,
         col2im,
         conv_output_size,
         im2col,

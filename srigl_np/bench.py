@@ -1,0 +1,307 @@
+"""``python -m srigl_np.bench``: condensed inference against its baselines on this machine.
+
+Reproduces the comparison of the SRigL paper (Lasby et al. 2024, Sec. 4.4, Fig. 4) on
+single layers condensed from random constant fan-in masks:
+
+    dense        x @ W.T with NumPy (BLAS), W the masked (n_out, n_in) weight
+    structured   x @ W[active].T: dense over the active neurons only (the paper's
+                 "structured" baseline; equal to dense unless --ablated-frac > 0)
+    csr          scipy.sparse CSR, the faster of (W_csr @ x.T).T and x @ Wt_csr
+                 (Wt_csr = CSR of W.T); the table says which one ran
+    condensed    srigl_np's condensed kernel (ours)
+    torch-dense, torch-csr   the same products in PyTorch, when torch is installed
+
+BLAS, OpenMP and torch are all held to the row's thread count (threadpoolctl,
+the kernel's ``threads=``, ``torch.set_num_threads``); scipy.sparse is single-threaded.
+Each figure is the median of repeated calls after a warm-up (at least ``--min-time``
+seconds and 5 calls per row). Speedups are ratios of medians taken in the same run.
+
+Layer construction: n_active = n_out - round(ablated_frac * n_out) neurons keep
+k = round((1 - sparsity) * n_in * n_out / n_active) weights each (at most n_in), so the
+overall density is (1 - sparsity) whatever the ablation, as SRigL redistributes the
+weights of ablated neurons.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+DEFAULT_SHAPES = ((768, 3072), (3072, 768), (4096, 4096))
+PAPER_FIGURES = ("SRigL paper, condensed vs dense at 90% sparsity: CPU batch 1 3.4x "
+                 "(vs CSR 2.5x); GPU batch 256 1.7x (vs CSR 13x).")
+# (batch 1?, big layer?) -> minimum speedup vs (dense, csr), from the issue; 2 threads.
+TARGETS = {
+    (True, True): (3.5, 3.5),
+    (True, False): (1.1, 2.5),
+    (False, True): (3.0, 4.0),
+    (False, False): (3.0, 4.0),
+}
+BIG_LAYER_FLOATS = 8 * 1024 * 1024   # a weight this large (32 MiB) no longer fits in L3
+
+
+def machine_info():
+    """CPU model, core count, BLAS library and kernel build, for every report."""
+    from threadpoolctl import threadpool_info
+
+    from .kernels import max_threads, openmp_enabled
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    blas = [f"{pool.get('internal_api')} {pool.get('version')} ({pool.get('architecture')})"
+            for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    return {"cpu": cpu, "cores": os.cpu_count(), "blas": ", ".join(blas) or "unknown",
+            "openmp": openmp_enabled(), "max_threads": max_threads(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def constant_fan_in_weight(n_in, n_out, sparsity, ablated_frac, rng):
+    """A (n_out, n_in) float32 weight with constant fan-in k and some neurons ablated."""
+    n_active = n_out - int(round(ablated_frac * n_out))
+    if n_active < 1:
+        raise ValueError(f"ablated_frac must leave a neuron active, got {ablated_frac}")
+    k = int(min(n_in, max(1, round((1.0 - sparsity) * n_in * n_out / n_active))))
+    active = np.sort(rng.choice(n_out, n_active, replace=False))
+    columns = np.argpartition(rng.random((n_active, n_in), dtype=np.float32), k - 1,
+                              axis=1)[:, :k]
+    weight = np.zeros((n_out, n_in), dtype=np.float32)
+    weight[active[:, None], columns] = rng.standard_normal((n_active, k), dtype=np.float32)
+    return weight
+
+
+def median_seconds(fn, min_time, min_repeats=5, max_repeats=100_000):
+    """Median wall time of fn() over repeats after one warm-up call, and the count."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_repeats or (time.perf_counter() - start < min_time
+                                       and len(times) < max_repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), len(times)
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def implementations(weight, layer, batch, threads, rng):
+    """name -> (callable, note) for one layer and input batch."""
+    import scipy.sparse
+
+    x = rng.standard_normal((batch, weight.shape[1]), dtype=np.float32)
+    x_t = np.ascontiguousarray(x.T)
+    w_active = np.ascontiguousarray(weight[layer.active])
+    csr = scipy.sparse.csr_array(weight)
+    csr_t = scipy.sparse.csr_array(weight.T)
+    impls = {
+        "dense": (lambda: x @ weight.T, "NumPy BLAS"),
+        "structured": (lambda: x @ w_active.T, f"{layer.n_active} active rows"),
+        "csr": {"(W_csr @ x.T).T": lambda: (csr @ x_t).T, "x @ Wt_csr": lambda: x @ csr_t},
+        "condensed": (lambda: layer.forward(x, threads), f"k={layer.k}, {layer.indices.dtype}"),
+    }
+    torch = _torch()
+    if torch is not None:
+        tx, tw = torch.from_numpy(x), torch.from_numpy(weight)
+        with warnings.catch_warnings():   # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            tw_csr = tw.to_sparse_csr()
+        tx_t = torch.from_numpy(x_t)
+        impls["torch-dense"] = (lambda: tx @ tw.T, f"torch {torch.__version__}")
+        impls["torch-csr"] = (lambda: (tw_csr @ tx_t).T, "(W_csr @ x.T).T")
+    return impls
+
+
+def run_case(weight, layer, batch, threads, min_time, rng):
+    """Time every implementation at one (layer, batch, threads); records without speedups."""
+    from threadpoolctl import threadpool_limits
+
+    torch = _torch()
+    if torch is not None:
+        torch.set_num_threads(threads)
+    records = []
+    with threadpool_limits(limits=threads):
+        for name, impl in implementations(weight, layer, batch, threads, rng).items():
+            if isinstance(impl, dict):   # csr: keep the faster orientation, say which
+                timed = {note: median_seconds(fn, min_time) for note, fn in impl.items()}
+                note = min(timed, key=lambda key: timed[key][0])
+                (seconds, repeats), note = timed[note], f"{note} (faster orientation)"
+            else:
+                fn, note = impl
+                seconds, repeats = median_seconds(fn, min_time)
+            records.append({"implementation": name, "median_s": seconds, "repeats": repeats,
+                            "note": note})
+    return records
+
+
+def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min_time=0.2,
+        seed=0, log=print):
+    """All records: one per implementation/shape/sparsity/batch/threads."""
+    from .condensed import CondensedLinear
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for n_in, n_out in shapes:
+        for sparsity in sparsities:
+            weight = constant_fan_in_weight(n_in, n_out, sparsity, ablated_frac, rng)
+            layer = CondensedLinear.from_dense(weight)
+            for batch in batch_sizes:
+                for threads in thread_counts:
+                    case = run_case(weight, layer, batch, threads, min_time, rng)
+                    by_name = {r["implementation"]: r["median_s"] for r in case}
+                    for record in case:
+                        record.update(
+                            shape=[n_in, n_out], sparsity=sparsity, batch=batch,
+                            threads=threads, ablated_frac=ablated_frac,
+                            speedup_vs_dense=by_name["dense"] / record["median_s"],
+                            speedup_vs_csr=by_name["csr"] / record["median_s"])
+                    records.extend(case)
+                    log(format_case(case))
+    return records
+
+
+def format_case(case):
+    first = case[0]
+    n_in, n_out = first["shape"]
+    lines = [f"\n{n_in}->{n_out}  sparsity {first['sparsity']:.0%}  batch {first['batch']}  "
+             f"threads {first['threads']}",
+             f"  {'implementation':<13}{'median ms':>11}{'vs dense':>10}{'vs csr':>9}  note"]
+    for r in case:
+        lines.append(f"  {r['implementation']:<13}{r['median_s'] * 1e3:>11.4f}"
+                     f"{r['speedup_vs_dense']:>9.2f}x{r['speedup_vs_csr']:>8.2f}x  {r['note']}")
+    return "\n".join(lines)
+
+
+def target_lines(records):
+    """The issue's targets (90% sparsity, 2 threads) next to the measured ratios."""
+    lines = []
+    for r in records:
+        if (r["implementation"] != "condensed" or r["threads"] != 2
+                or abs(r["sparsity"] - 0.9) > 1e-9 or r["batch"] not in (1, 256)):
+            continue
+        n_in, n_out = r["shape"]
+        need_dense, need_csr = TARGETS[(r["batch"] == 1, n_in * n_out >= BIG_LAYER_FLOATS)]
+        met = r["speedup_vs_dense"] >= need_dense and r["speedup_vs_csr"] >= need_csr
+        lines.append(f"  {n_in}->{n_out} batch {r['batch']}: vs dense {r['speedup_vs_dense']:.2f}x"
+                     f" (target >= {need_dense}x), vs csr {r['speedup_vs_csr']:.2f}x "
+                     f"(target >= {need_csr}x)  {'met' if met else 'NOT met'}")
+    return lines
+
+
+def plot(records, path):
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(tuple(r["shape"]), r["sparsity"], r["batch"], r["threads"])
+                    for r in records})
+    names = list(dict.fromkeys(r["implementation"] for r in records))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(cases)), 4))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        speedups = [next((r["speedup_vs_dense"] for r in records
+                          if r["implementation"] == name
+                          and (tuple(r["shape"]), r["sparsity"], r["batch"], r["threads"]) == c),
+                         np.nan) for c in cases]
+        ax.bar(np.arange(len(cases)) + j * width, speedups, width, label=name)
+    ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{c[0][0]}->{c[0][1]}\nb{c[2]} t{c[3]}" for c in cases], fontsize=7)
+    ax.set_ylabel("speedup vs dense NumPy")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _shape(text):
+    try:
+        n_in, n_out = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be N_INxN_OUT, e.g. 768x3072, got {text!r}")
+    if n_in < 1 or n_out < 1:
+        raise argparse.ArgumentTypeError(f"shape sizes must be positive, got {text!r}")
+    return n_in, n_out
+
+
+def parse_args(argv=None):
+    from .kernels import max_threads
+
+    parser = argparse.ArgumentParser(prog="python -m srigl_np.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=_shape, action="append", metavar="N_INxN_OUT",
+                        help="layer shape (repeatable); default: 768x3072, 3072x768, 4096x4096")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="thread counts; default: 1 and all (OpenMP's default)")
+    parser.add_argument("--ablated-frac", type=float, default=0.0,
+                        help="fraction of neurons ablated (removed by 'structured' and "
+                             "'condensed'); default 0")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="seconds of timing per row (default 0.2, --quick 0.03)")
+    parser.add_argument("--quick", action="store_true", help="a short run (< 60 s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
+    parser.add_argument("--plot", metavar="PATH", help="bar chart of speedups (matplotlib)")
+    args = parser.parse_args(argv)
+    for s in args.sparsities:
+        if not 0.0 <= s < 1.0:
+            parser.error(f"sparsities must be in [0, 1), got {s}")
+    if any(b < 1 for b in args.batch_sizes):
+        parser.error(f"batch sizes must be >= 1, got {args.batch_sizes}")
+    if not 0.0 <= args.ablated_frac < 1.0:
+        parser.error(f"--ablated-frac must be in [0, 1), got {args.ablated_frac}")
+    if args.threads is None:
+        args.threads = sorted({1, max_threads()})
+    if any(t < 1 for t in args.threads):
+        parser.error(f"thread counts must be >= 1, got {args.threads}")
+    if args.min_time is None:
+        args.min_time = 0.03 if args.quick else 0.2
+    args.shape = args.shape or list(DEFAULT_SHAPES)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    info = machine_info()
+    print(f"machine: {info['cpu']}, {info['cores']} cores; BLAS: {info['blas']}; "
+          f"kernels built with OpenMP: {info['openmp']} (max threads {info['max_threads']})")
+    print(f"float32, threads {args.threads}, sparsities {args.sparsities}, "
+          f"batches {args.batch_sizes}, ablated fraction {args.ablated_frac}")
+    records = run(args.shape, args.sparsities, args.batch_sizes, args.threads,
+                  ablated_frac=args.ablated_frac, min_time=args.min_time, seed=args.seed)
+    print("\n" + PAPER_FIGURES)
+    targets = target_lines(records)
+    if targets:
+        print("Targets (90% sparsity, 2 threads):")
+        print("\n".join(targets))
+    if args.json:
+        from .checkpoint import write_json
+
+        write_json(args.json, {"machine": info, "records": records})
+    if args.plot:
+        plot(records, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

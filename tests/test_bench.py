@@ -1,0 +1,50 @@
+"""``python -m srigl_np.bench`` end to end on a tiny layer, and its layer builder."""
+
+import json
+
+import numpy as np
+import pytest
+
+from srigl_np import bench
+
+
+def test_main_writes_one_record_per_implementation_and_case(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--shape", "48x80", "--batch-sizes", "1", "3",
+                       "--threads", "1", "2", "--min-time", "0.001", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    records = report["records"]
+    assert {"cpu", "cores", "blas"} <= set(report["machine"])
+    names = {r["implementation"] for r in records}
+    assert {"dense", "structured", "csr", "condensed"} <= names
+    assert len(records) == len(names) * 2 * 2
+    for r in records:
+        assert r["shape"] == [48, 80] and r["sparsity"] == 0.9
+        assert r["batch"] in (1, 3) and r["threads"] in (1, 2)
+        assert r["median_s"] > 0 and r["repeats"] >= 5
+        assert r["speedup_vs_dense"] > 0 and r["speedup_vs_csr"] > 0
+    for r in records:
+        if r["implementation"] == "dense":
+            assert r["speedup_vs_dense"] == 1.0
+        if r["implementation"] == "csr":
+            assert r["speedup_vs_csr"] == 1.0 and "faster orientation" in r["note"]
+    out = capsys.readouterr().out
+    assert "machine:" in out and "SRigL paper" in out and "48->80" in out
+
+
+@pytest.mark.parametrize("ablated_frac", [0.0, 0.25])
+def test_layer_has_constant_fan_in_and_the_requested_density(ablated_frac):
+    weight = bench.constant_fan_in_weight(100, 40, 0.9, ablated_frac,
+                                          np.random.default_rng(0))
+    counts = (weight != 0).sum(axis=1)
+    active = counts[counts > 0]
+    assert active.size == 40 - round(ablated_frac * 40)
+    assert np.unique(active).size == 1
+    assert abs(active.sum() / weight.size - 0.1) < 0.01
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sparsities", "1.0"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--shape", "12by4"])

@@ -1,0 +1,331 @@
+"""CondensedLinear/CondensedConv2d, condense(model) and the .npz format."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from srigl_np import condensed as C
+from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear,
+                             MaxPool2d, ReLU, Sequential)
+
+
+def constant_fan_in(shape, k, rng, ablated=()):
+    """A float32 weight (n_out, ...) whose rows keep k random non-zeros; ``ablated`` rows zero."""
+    n_out, n_in = shape[0], int(np.prod(shape[1:]))
+    keep = np.argsort(rng.random((n_out, n_in)), axis=1)[:, :k]
+    weight = np.zeros((n_out, n_in), dtype=np.float32)
+    np.put_along_axis(weight, keep, rng.standard_normal((n_out, k)).astype(np.float32), axis=1)
+    weight[list(ablated)] = 0.0
+    return weight.reshape(shape)
+
+
+# --- CondensedLinear -------------------------------------------------------------------------
+
+def test_from_dense_keeps_active_rows_values_indices_bias():
+    rng = np.random.default_rng(0)
+    weight = constant_fan_in((6, 10), 3, rng, ablated=(1, 4))
+    bias = np.arange(6, dtype=np.float32)
+    layer = C.CondensedLinear.from_dense(weight, bias)
+    assert layer.active.tolist() == [0, 2, 3, 5]
+    assert layer.k == 3 and layer.values.shape == (4, 3) and layer.values.dtype == np.float32
+    assert layer.values.flags.c_contiguous and layer.indices.dtype == np.int16
+    assert (np.diff(layer.indices, axis=1) > 0).all()
+    np.testing.assert_array_equal(layer.bias, [0, 2, 3, 5])
+    kept = np.take_along_axis(weight[layer.active], layer.indices.astype(int), axis=1)
+    np.testing.assert_array_equal(kept, layer.values)
+    np.testing.assert_array_equal(layer.to_dense(), weight)
+    np.testing.assert_array_equal(layer.dense_bias(), [0, 0, 2, 3, 0, 5])
+    x = rng.standard_normal((5, 10)).astype(np.float32)
+    np.testing.assert_allclose(layer.forward(x), (x @ weight.T + bias)[:, layer.active], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(layer(x[0]), layer.forward(x[:1])[0])
+
+
+def test_index_dtype_follows_n_in_or_request():
+    rng = np.random.default_rng(1)
+    narrow = C.CondensedLinear.from_dense(constant_fan_in((2, 32767), 2, rng))
+    assert narrow.indices.dtype == np.int16
+    wide = C.CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng))
+    assert wide.indices.dtype == np.int32
+    small = constant_fan_in((3, 8), 2, rng)
+    assert C.CondensedLinear.from_dense(small, index_dtype=np.int32).indices.dtype == np.int32
+    with pytest.raises(ValueError, match="int16"):
+        C.CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng), index_dtype=np.int16)
+    with pytest.raises(TypeError, match="index_dtype"):
+        C.CondensedLinear.from_dense(small, index_dtype=np.int64)
+
+
+def test_dense_weight_condenses_with_k_equal_n_in():
+    weight = np.random.default_rng(2).standard_normal((4, 7)).astype(np.float32)
+    layer = C.CondensedLinear.from_dense(weight)
+    assert layer.k == 7 and layer.n_active == 4
+    np.testing.assert_array_equal(layer.to_dense(), weight)
+
+
+def test_csr_round_trips():
+    rng = np.random.default_rng(3)
+    weight = constant_fan_in((8, 12), 4, rng, ablated=(0, 5))
+    layer = C.CondensedLinear.from_dense(weight)
+    csr = layer.to_csr()
+    assert isinstance(csr, scipy.sparse.csr_array) and csr.shape == (8, 12)
+    np.testing.assert_array_equal(csr.toarray(), weight)
+    again = C.CondensedLinear.from_csr(csr, index_dtype=np.int32)
+    np.testing.assert_array_equal(again.to_dense(), weight)
+    np.testing.assert_array_equal(again.active, layer.active)
+    # Stored zeros are weights: the pattern, not the values, defines the fan-in.
+    csr.data[0] = 0.0
+    assert C.CondensedLinear.from_csr(csr).k == 4
+    assert C.CondensedLinear.from_csr(scipy.sparse.coo_matrix(weight)).k == 4
+
+
+def test_differing_counts_are_refused_naming_rows_and_counts():
+    weight = np.zeros((5, 6), dtype=np.float32)
+    weight[[0, 1, 2], :2] = 1.0
+    weight[4, :3] = 1.0
+    with pytest.raises(ValueError, match=r"3 rows have 2 non-zeros \(e.g. rows \[0, 1, 2\]\).*"
+                                         r"1 rows have 3 non-zeros \(e.g. rows \[4\]\)"):
+        C.CondensedLinear.from_dense(weight)
+    with pytest.raises(ValueError, match="rows"):
+        C.CondensedLinear.from_csr(scipy.sparse.csr_array(weight))
+
+
+@pytest.mark.parametrize("weight, error, match", [
+    (np.array([[1.0, np.nan]], dtype=np.float32), ValueError, "finite"),
+    (np.array([[1.0, np.inf]]), ValueError, "finite"),
+    (np.ones((2, 2, 2), dtype=np.float32), ValueError, "dimensions"),
+    (np.ones((2, 2), dtype=np.int32), TypeError, "float32 or float64"),
+    ([[1.0, 2.0]], TypeError, "numpy array"),
+])
+def test_bad_weights_are_refused(weight, error, match):
+    with pytest.raises(error, match=match):
+        C.CondensedLinear.from_dense(weight)
+
+
+def test_bias_is_checked():
+    weight = np.ones((3, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        C.CondensedLinear.from_dense(weight, np.ones(2, dtype=np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        C.CondensedLinear.from_dense(weight, np.array([1, np.nan, 1], dtype=np.float32))
+
+
+def test_all_zero_weight_has_no_active_neurons():
+    layer = C.CondensedLinear.from_dense(np.zeros((4, 3), dtype=np.float32))
+    assert layer.n_active == 0 and layer.k == 0
+    assert layer.forward(np.ones((2, 3), dtype=np.float32)).shape == (2, 0)
+    np.testing.assert_array_equal(layer.to_dense(), 0)
+
+
+def test_constructor_checks_its_invariants():
+    values = np.ones((2, 2), dtype=np.float32)
+    indices = np.array([[0, 1], [1, 2]], dtype=np.int16)
+    C.CondensedLinear(values, indices, np.array([0, 3]), 4, 3)
+    with pytest.raises(ValueError, match="active"):
+        C.CondensedLinear(values, indices, np.array([3, 0]), 4, 3)
+    with pytest.raises(ValueError, match="active"):
+        C.CondensedLinear(values, indices, np.array([0, 4]), 4, 3)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        C.CondensedLinear(values, indices[:, ::-1].copy(), np.array([0, 3]), 4, 3)
+    with pytest.raises(ValueError, match="indices"):
+        C.CondensedLinear(values, indices, np.array([0, 3]), 4, 2)
+
+
+# --- CondensedConv2d -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1)])
+def test_conv_matches_dense_conv(stride, padding):
+    rng = np.random.default_rng(4)
+    conv = Conv2d(3, 5, 3, stride=stride, padding=padding, rng=rng)
+    conv.params["weight"][...] = constant_fan_in((5, 3, 3, 3), 4, rng, ablated=(2,))
+    conv.params["bias"][...] = rng.standard_normal(5)
+    layer = C.CondensedConv2d.from_dense(conv.params["weight"], conv.params["bias"],
+                                         stride=stride, padding=padding)
+    assert layer.active.tolist() == [0, 1, 3, 4] and layer.k == 4
+    np.testing.assert_array_equal(layer.to_dense(), conv.params["weight"])
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    np.testing.assert_allclose(layer.forward(x), conv.forward(x, False)[:, layer.active],
+                               rtol=1e-5, atol=1e-5)
+
+
+# --- condense(model) -------------------------------------------------------------------------
+
+def sparsify(model, rng, ablate_every=None, skip_last=True):
+    """Constant fan-in masks on every Linear/Conv2d (10% density), random non-zero biases,
+    every ``ablate_every``-th neuron ablated except in the last layer."""
+    layers = [l for l in model.layers if isinstance(l, (Linear, Conv2d))]
+    for i, layer in enumerate(layers):
+        weight = layer.params["weight"]
+        fan_in = int(np.prod(weight.shape[1:]))
+        last = skip_last and i == len(layers) - 1
+        ablated = range(0, weight.shape[0], ablate_every) if ablate_every and not last else ()
+        weight[...] = constant_fan_in(weight.shape, max(1, fan_in // 10), rng, ablated)
+        layer.params["bias"][...] = 0.3 * rng.standard_normal(weight.shape[0])
+    return model
+
+
+def assert_equivalent(model, condensed, x):
+    expected = model.forward(x, False)
+    logits = condensed.logits(x)
+    assert logits.shape == expected.shape and logits.dtype == np.float32
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_array_equal(condensed.predict(x), expected.argmax(axis=1))
+
+
+def mlp(rng):
+    return Sequential(Flatten(), Linear(64, 40, rng=rng), ReLU(), Linear(40, 30, rng=rng), ReLU(),
+                      Dropout(0.5), Linear(30, 10, rng=rng))
+
+
+def test_condense_mlp_removes_ablated_neurons_structurally():
+    rng = np.random.default_rng(5)
+    model = sparsify(mlp(rng), rng, ablate_every=4)
+    condensed = C.condense(model)
+    linears = [s for s in condensed.stages if isinstance(s, C.CondensedLinear)]
+    assert [l.n_active for l in linears] == [30, 22, 10]
+    assert [l.n_in for l in linears] == [64, 30, 22]     # next layer's columns dropped too
+    assert not any(isinstance(s, C.Scatter) for s in condensed.stages)
+    assert_equivalent(model, condensed, rng.standard_normal((7, 1, 8, 8)).astype(np.float32))
+
+
+def test_condense_restores_ablated_outputs_of_the_last_layer():
+    rng = np.random.default_rng(6)
+    model = sparsify(mlp(rng), rng, ablate_every=3, skip_last=False)
+    condensed = C.condense(model)
+    assert isinstance(condensed.stages[-1], C.Scatter)
+    assert_equivalent(model, condensed, rng.standard_normal((5, 64)).astype(np.float32))
+
+
+def test_condense_conv_model_with_batchnorm_padding_and_flatten():
+    rng = np.random.default_rng(7)
+    model = Sequential(Conv2d(2, 8, 3, rng=rng), BatchNorm2d(8), ReLU(),
+                       Conv2d(8, 6, 3, padding=1, rng=rng), ReLU(), MaxPool2d(2), Flatten(),
+                       BatchNorm1d(6 * 4 * 4), Linear(6 * 4 * 4, 12, rng=rng), ReLU(),
+                       Linear(12, 5, rng=rng))
+    sparsify(model, rng, ablate_every=3)
+    for bn in (model.layers[1], model.layers[7]):
+        n = bn.num_features
+        bn.buffers["running_mean"][...] = rng.standard_normal(n)
+        bn.buffers["running_var"][...] = rng.uniform(0.5, 2.0, n)
+        bn.params["weight"][...] = rng.uniform(0.5, 1.5, n)
+        bn.params["bias"][...] = rng.standard_normal(n)
+    model.layers[1].params["bias"][...] += 3.0    # removed channels' constants stay > 0
+    condensed = C.condense(model)
+    kinds = [s.kind for s in condensed.stages]
+    # The padded conv sees its removed input channels again (their value is constant).
+    assert kinds[:4] == ["conv2d", "channel_affine", "relu", "scatter"]
+    assert condensed.stages[0].n_active == 5
+    assert_equivalent(model, condensed, rng.standard_normal((3, 2, 10, 10)).astype(np.float32))
+
+
+def test_condense_cnn_folds_removed_channels_into_the_next_bias():
+    rng = np.random.default_rng(8)
+    model = Sequential(Conv2d(1, 6, 3, rng=rng), ReLU(), Conv2d(6, 4, 3, rng=rng), ReLU(),
+                       MaxPool2d(2), Flatten(), Linear(4 * 3 * 3, 5, rng=rng))
+    sparsify(model, rng, ablate_every=2)
+    condensed = C.condense(model)
+    # Only the output may need restoring (last-layer rows whose weights all hit removed inputs).
+    assert "scatter" not in [s.kind for s in condensed.stages][:-1]
+    linear = next(s for s in condensed.stages if s.kind == "linear")
+    assert condensed.stages[2].in_channels == 3 and linear.n_in == 9 * condensed.stages[2].n_active
+    assert_equivalent(model, condensed, rng.standard_normal((4, 1, 10, 10)).astype(np.float32))
+
+
+def test_unstructured_layers_stay_dense():
+    rng = np.random.default_rng(9)
+    model = sparsify(mlp(rng), rng, ablate_every=5)
+    weight = model.layers[3].params["weight"]
+    weight[1, np.flatnonzero(weight[1] == 0)[:2]] = 1.0      # row 1 now has more weights
+    condensed = C.condense(model)
+    assert [s.kind for s in condensed.stages].count("dense_linear") == 1
+    assert_equivalent(model, condensed, rng.standard_normal((6, 64)).astype(np.float32))
+
+
+def test_condense_refuses_unknown_layers():
+    class Odd(Layer):
+        pass
+
+    with pytest.raises(TypeError, match="layer 1: Odd"):
+        C.condense(Sequential(Linear(3, 2, rng=np.random.default_rng(0)), Odd()))
+    with pytest.raises(TypeError, match="Sequential"):
+        C.condense([Linear(3, 2, rng=np.random.default_rng(0))])
+
+
+# --- save / load -----------------------------------------------------------------------------
+
+@pytest.fixture
+def saved(tmp_path):
+    rng = np.random.default_rng(10)
+    model = Sequential(Conv2d(1, 4, 3, rng=rng), ReLU(), MaxPool2d(2), Flatten(),
+                       Linear(4 * 3 * 3, 6, rng=rng), ReLU(), Linear(6, 3, rng=rng))
+    sparsify(model, rng, ablate_every=3, skip_last=False)
+    condensed = C.condense(model)
+    path = tmp_path / "model.npz"
+    condensed.save(path)
+    return condensed, path, rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+
+
+def test_save_load_round_trip(saved, tmp_path):
+    condensed, path, x = saved
+    loaded = C.load(path)
+    assert [s.kind for s in loaded.stages] == [s.kind for s in condensed.stages]
+    np.testing.assert_array_equal(loaded.logits(x), condensed.logits(x))
+    assert C.CondensedModel.load(path).predict(x).tolist() == condensed.predict(x).tolist()
+    assert os.listdir(tmp_path) == ["model.npz"]      # no temporary file left behind
+
+
+def rewrite(path, change):
+    """Load the archive's arrays, let ``change`` edit the dict, save it back."""
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    change(arrays)
+    np.savez(path, **arrays)
+
+
+def set_metadata(arrays, edit):
+    metadata = json.loads(str(arrays["metadata"]))
+    edit(metadata)
+    arrays["metadata"] = np.array(json.dumps(metadata))
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: a.update(format_version=np.array(2)), ValueError, "format_version"),
+    (lambda a: a.pop("format_version"), ValueError, "format_version"),
+    (lambda a: a.update(metadata=np.array("{not json")), ValueError, "JSON"),
+    (lambda a: set_metadata(a, lambda m: m.update(format="other")), ValueError, "format"),
+    (lambda a: set_metadata(a, lambda m: m["stages"][0].update(type="mystery")), ValueError,
+     "unknown type"),
+    (lambda a: set_metadata(a, lambda m: m["stages"][0].pop("n_in")), ValueError, "n_in"),
+    (lambda a: set_metadata(a, lambda m: m["stages"][0].update(n_in=-1)), ValueError, "n_in"),
+    (lambda a: a["stage0.indices"].__setitem__((0, 0), 9), ValueError, "indices"),
+    (lambda a: a.update({"stage4.indices": a["stage4.indices"] + 100}), ValueError, "indices"),
+    (lambda a: a.update({"stage4.indices": a["stage4.indices"].astype(np.int64)}), TypeError,
+     "indices"),
+    (lambda a: a.update({"stage4.values": a["stage4.values"].astype(np.float64)}), TypeError,
+     "values"),
+    (lambda a: a.update({"stage4.values": a["stage4.values"][:, :1]}), ValueError, "indices"),
+    (lambda a: a.update({"stage4.active": a["stage4.active"][::-1].copy()}), ValueError, "active"),
+    (lambda a: a.update({"stage4.bias": a["stage4.bias"][:1]}), ValueError, "bias"),
+    (lambda a: a.pop("stage4.values"), ValueError, "stage4.values"),
+    (lambda a: a.update(extra=np.zeros(1)), ValueError, "unexpected"),
+    (lambda a: a.update({"stage7.positions": a["stage7.positions"] + 50}), ValueError,
+     "positions"),
+])
+def test_load_refuses_crafted_files(saved, change, error, match):
+    _, path, _ = saved
+    rewrite(path, change)
+    with pytest.raises(error, match=match):
+        C.load(path)
+
+
+def test_load_refuses_files_that_are_not_archives(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"definitely not a zip")
+    with pytest.raises(ValueError, match="npz"):
+        C.load(path)
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="npz"):
+        C.load(tmp_path / "array.npy")

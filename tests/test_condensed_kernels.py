@@ -1,0 +1,190 @@
+"""The condensed kernels against a plain NumPy reference, and their boundary checks."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from srigl_np._kernels import CondensedWeights, condensed_matmul, condensed_matvec, tile_vectors
+
+INDEX_DTYPES = (np.int16, np.int32)
+
+
+def reference(values, indices, x, bias=None):
+    """y[b, r] = sum_j values[r, j] * x[b, indices[r, j]] (+ bias[r]), in float64."""
+    y = (values.astype(np.float64) * x.astype(np.float64)[..., indices]).sum(axis=-1)
+    return y if bias is None else y + bias
+
+
+def random_weights(rng, n_in, n_active, k, index_dtype):
+    indices = np.sort(np.argsort(rng.random((n_active, n_in)), axis=1)[:, :k], axis=1)
+    values = rng.standard_normal((n_active, k)).astype(np.float32)
+    return values, indices.astype(index_dtype)
+
+
+def assert_matches(y, expected):
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * scale)
+
+
+# (n_in, n_active, k, batch): k = 1, k = n_in, one neuron, batch 1, odd batches, tails
+# of every tile width, and a batch of several full 64-wide tiles.
+SHAPES = [(1, 1, 1, 1), (9, 1, 9, 1), (9, 5, 9, 2), (50, 13, 1, 3), (50, 13, 50, 65),
+          (300, 40, 17, 1), (300, 40, 17, 7), (300, 37, 17, 129), (33, 5, 4, 200),
+          (2000, 3, 200, 17), (40, 70, 6, 256)]
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_in, n_active, k, batch", SHAPES)
+def test_matmul_matches_reference(n_in, n_active, k, batch, threads, index_dtype):
+    rng = np.random.default_rng(n_in * 1000 + batch)
+    values, indices = random_weights(rng, n_in, n_active, k, index_dtype)
+    weights = CondensedWeights(values, indices, n_in)
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    bias = rng.standard_normal(n_active).astype(np.float32)
+    assert_matches(condensed_matmul(weights, x, bias, threads), reference(values, indices, x, bias))
+    assert_matches(condensed_matmul(weights, x, None, threads), reference(values, indices, x))
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_matvec_matches_reference(index_dtype):
+    rng = np.random.default_rng(1)
+    values, indices = random_weights(rng, 70, 11, 9, index_dtype)
+    weights = CondensedWeights(values, indices, 70)
+    x = rng.standard_normal(70).astype(np.float32)
+    bias = rng.standard_normal(11).astype(np.float32)
+    y = condensed_matvec(weights, x, bias, threads=2)
+    assert y.shape == (11,) and y.dtype == np.float32
+    assert_matches(y, reference(values, indices, x, bias))
+
+
+def test_non_contiguous_and_float64_input_is_converted():
+    rng = np.random.default_rng(2)
+    values, indices = random_weights(rng, 40, 8, 5, np.int16)
+    weights = CondensedWeights(values, indices, 40)
+    wide = rng.standard_normal((9, 80))
+    for x in (wide[:, ::2], wide[:, ::2].astype(np.float32), wide[::3, :40]):
+        assert_matches(condensed_matmul(weights, x), reference(values, indices, x))
+    row = wide[0, ::2]
+    assert_matches(condensed_matvec(weights, row), reference(values, indices, row))
+
+
+def test_duplicate_indices_are_summed_like_the_reference():
+    values = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    indices = np.array([[2, 2, 0]], dtype=np.int32)
+    x = np.array([[10.0, 0.0, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(condensed_matmul(CondensedWeights(values, indices, 3), x),
+                                  [[33.0]])
+
+
+@given(n_in=st.integers(1, 120), n_active=st.integers(1, 40), batch=st.integers(1, 150),
+       seed=st.integers(0, 2**32 - 1), wide=st.booleans())
+def test_property_matches_reference(n_in, n_active, batch, seed, wide):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, n_in + 1))
+    values, indices = random_weights(rng, n_in, n_active, k, np.int32 if wide else np.int16)
+    x = rng.standard_normal((batch, n_in)).astype(np.float32)
+    assert_matches(condensed_matmul(CondensedWeights(values, indices, n_in), x),
+                   reference(values, indices, x))
+
+
+def test_same_input_same_output_bit_for_bit_across_thread_counts():
+    rng = np.random.default_rng(3)
+    values, indices = random_weights(rng, 500, 64, 50, np.int16)
+    weights = CondensedWeights(values, indices, 500)
+    x = rng.standard_normal((100, 500)).astype(np.float32)
+    np.testing.assert_array_equal(condensed_matmul(weights, x, threads=1),
+                                  condensed_matmul(weights, x, threads=2))
+
+
+def test_tile_width_fits_batch_and_cache():
+    assert tile_vectors(1, 100) == 1 and tile_vectors(9, 100) == 2 and tile_vectors(256, 768) == 8
+    for batch in (2, 17, 64, 256):
+        for n_in in (10, 3072, 100_000):
+            vectors = tile_vectors(batch, n_in)
+            assert vectors in (1, 2, 4, 8)
+            assert vectors == 1 or n_in * 32 * vectors <= 256 * 1024
+
+
+# --- boundary checks: each bad argument is refused with a message naming it ----------------
+
+def good_arguments():
+    values = np.ones((3, 2), dtype=np.float32)
+    indices = np.array([[0, 1], [1, 2], [0, 2]], dtype=np.int16)
+    return values, indices
+
+
+@pytest.mark.parametrize("bad, error, name", [
+    (dict(values=np.ones((3, 2))), TypeError, "values"),
+    (dict(values=[[1.0, 2.0]] * 3), TypeError, "values"),
+    (dict(indices=np.zeros((3, 2), dtype=np.int64)), TypeError, "indices"),
+    (dict(indices=np.zeros((3, 2), dtype=np.uint16)), TypeError, "indices"),
+    (dict(indices=np.array([[0, 1], [1, 3], [0, 2]], dtype=np.int16)), ValueError, "indices"),
+    (dict(indices=np.array([[0, 1], [-1, 2], [0, 2]], dtype=np.int32)), ValueError, "indices"),
+    (dict(indices=np.zeros((3, 3), dtype=np.int16)), ValueError, "indices"),
+    (dict(values=np.ones((3, 0), dtype=np.float32),
+          indices=np.zeros((3, 0), dtype=np.int16)), ValueError, "k >= 1"),
+    (dict(values=np.ones(6, dtype=np.float32)), ValueError, "values"),
+    (dict(n_in=0), ValueError, "n_in"),
+])
+def test_weights_refuse_bad_arguments(bad, error, name):
+    arguments = dict(zip(("values", "indices"), good_arguments()), n_in=3)
+    arguments.update(bad)
+    with pytest.raises(error, match=name):
+        CondensedWeights(arguments["values"], arguments["indices"], arguments["n_in"])
+
+
+def test_index_equal_to_n_in_is_refused_and_n_in_minus_one_accepted():
+    values, indices = good_arguments()
+    CondensedWeights(values, indices, 3)
+    with pytest.raises(ValueError, match="indices"):
+        CondensedWeights(values, indices, 2)
+
+
+@pytest.mark.parametrize("call, error, name", [
+    (lambda w: condensed_matmul(w, np.ones((2, 4), dtype=np.float32)), ValueError, "x"),
+    (lambda w: condensed_matmul(w, np.ones(3, dtype=np.float32)), ValueError, "x"),
+    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.int32)), TypeError, "x"),
+    (lambda w: condensed_matvec(w, np.ones((1, 3), dtype=np.float32)), ValueError, "x"),
+    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.float32), np.ones(2, np.float32)),
+     ValueError, "bias"),
+    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.float32), np.ones(3)),
+     TypeError, "bias"),
+    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.float32), threads=-1),
+     ValueError, "threads"),
+    (lambda w: condensed_matmul(None, np.ones((2, 3), dtype=np.float32)), TypeError, "weights"),
+])
+def test_kernels_refuse_bad_arguments(call, error, name):
+    weights = CondensedWeights(*good_arguments(), 3)
+    with pytest.raises(error, match=name):
+        call(weights)
+
+
+def test_weights_are_immutable_copies():
+    values, indices = good_arguments()
+    weights = CondensedWeights(values, indices, 3)
+    indices[0, 0] = 100       # the caller's array, not the validated copy
+    values[0, 0] = 5.0
+    assert weights.indices[0, 0] == 0 and weights.values[0, 0] == 1.0
+    for array in (weights.indices, weights.values):
+        with pytest.raises(ValueError):
+            array[0, 0] = 2
+        with pytest.raises(ValueError):
+            array.setflags(write=True)
+    with pytest.raises(AttributeError):
+        weights.indices = indices
+
+
+def test_empty_batch_gives_empty_output():
+    weights = CondensedWeights(*good_arguments(), 3)
+    assert condensed_matmul(weights, np.ones((0, 3), dtype=np.float32)).shape == (0, 3)
+
+
+def test_large_batches_run_in_chunks_like_one():
+    # n_in = 40000 gives 8-wide tiles and 48-row chunks: 100 rows take three chunks.
+    rng = np.random.default_rng(4)
+    values, indices = random_weights(rng, 40000, 5, 30, np.int32)
+    x = rng.standard_normal((100, 40000)).astype(np.float32)
+    assert_matches(condensed_matmul(CondensedWeights(values, indices, 40000), x, threads=2),
+                   reference(values, indices, x))
