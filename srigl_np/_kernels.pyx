@@ -490,6 +490,15 @@ def tile_vectors(Py_ssize_t batch, Py_ssize_t n_in):
     return n_vectors
 
 
+# Below this many multiply-adds a call runs on one thread: waking a team costs more
+# than the work (and a busy machine can delay a sleeping thread by a whole time slice).
+SERIAL_WORK = 16384
+
+
+cdef inline int _serial_if_small(int threads, Py_ssize_t work):
+    return 1 if work < SERIAL_WORK else threads
+
+
 def _condensed_input(weights, x, ndim):
     """x as C-contiguous float32 with ``ndim`` dims and last axis n_in (converted if needed)."""
     if not isinstance(weights, CondensedWeights):
@@ -542,7 +551,8 @@ def condensed_matvec(CondensedWeights weights, x, bias=None, int threads=0):
     """
     x = _condensed_input(weights, x, 1)
     bias = _condensed_bias(weights, bias)
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads),
+                                          weights.n_active * weights.k)
     cdef const float[::1] b_view
     cdef const float* b_ptr = NULL
     if bias is not None:
@@ -568,7 +578,8 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
     """
     x = _condensed_input(weights, x, 2)
     bias = _condensed_bias(weights, bias)
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads),
+                                          weights.n_active * weights.k * x.shape[0])
     cdef Py_ssize_t batch = x.shape[0]
     cdef const float[::1] b_view
     cdef const float* b_ptr = NULL

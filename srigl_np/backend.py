@@ -26,3 +26,16 @@ def array_module(*arrays):
 def to_numpy(a):
     """A NumPy copy (or view) of ``a``, whichever device it lives on."""
     return a.get() if is_cupy_array(a) else np.asarray(a)
+
+
+def on_device_of(value, reference):
+    """``value`` as an array on ``reference``'s device: CuPy if ``reference`` is a CuPy
+    array, else NumPy. No copy when it already lives there.
+
+    CuPy refuses implicit transfers (``cupy_array[...] = numpy_array`` and
+    ``numpy.asarray(cupy_array)`` raise), so code that copies loaded or host-computed
+    arrays into existing ones converts explicitly with this first.
+    """
+    if is_cupy_array(reference):
+        return array_module(reference).asarray(value)
+    return to_numpy(value)

@@ -41,6 +41,8 @@ TARGETS = {
     (False, True): (3.0, 4.0),
     (False, False): (3.0, 4.0),
 }
+# GPU targets at batch 256 (vs cuBLAS dense, vs cuSPARSE CSR) and batch 1 (vs dense).
+GPU_TARGETS = {256: (2.0, 15.0), 1: (1.0, None)}
 BIG_LAYER_FLOATS = 8 * 1024 * 1024   # a weight this large (32 MiB) no longer fits in L3
 
 
@@ -128,30 +130,43 @@ def implementations(weight, layer, batch, threads, rng):
     return impls
 
 
-def run_case(weight, layer, batch, threads, min_time, rng):
-    """Time every implementation at one (layer, batch, threads); records without speedups."""
+def _time_all(impls, timer, min_time):
+    """Records {implementation, median_s, repeats, note} for name -> (fn, note) or, for
+    csr, name -> {orientation: fn} (the faster orientation is kept and named)."""
+    records = []
+    for name, impl in impls.items():
+        if isinstance(impl, dict):
+            timed = {note: timer(fn, min_time) for note, fn in impl.items()}
+            note = min(timed, key=lambda key: timed[key][0])
+            (seconds, repeats), note = timed[note], f"{note} (faster orientation)"
+        else:
+            fn, note = impl
+            seconds, repeats = timer(fn, min_time)
+        records.append({"implementation": name, "median_s": seconds, "repeats": repeats,
+                        "note": note})
+    return records
+
+
+def run_case(weight, layer, batch, threads, min_time, rng, device="cpu"):
+    """Time every implementation at one (layer, batch, threads); records without speedups.
+    On "cuda" the GPU rows are timed with CUDA events and ``threads`` is not used."""
+    if device != "cpu":
+        from . import cuda
+
+        return _time_all(cuda.implementations(weight, layer, batch, rng),
+                         cuda.median_seconds, min_time)
     from threadpoolctl import threadpool_limits
 
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(threads)
-    records = []
     with threadpool_limits(limits=threads):
-        for name, impl in implementations(weight, layer, batch, threads, rng).items():
-            if isinstance(impl, dict):   # csr: keep the faster orientation, say which
-                timed = {note: median_seconds(fn, min_time) for note, fn in impl.items()}
-                note = min(timed, key=lambda key: timed[key][0])
-                (seconds, repeats), note = timed[note], f"{note} (faster orientation)"
-            else:
-                fn, note = impl
-                seconds, repeats = median_seconds(fn, min_time)
-            records.append({"implementation": name, "median_s": seconds, "repeats": repeats,
-                            "note": note})
-    return records
+        return _time_all(implementations(weight, layer, batch, threads, rng),
+                         median_seconds, min_time)
 
 
 def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min_time=0.2,
-        seed=0, log=print):
+        seed=0, device="cpu", log=print):
     """All records: one per implementation/shape/sparsity/batch/threads."""
     from .condensed import CondensedLinear
 
@@ -163,12 +178,12 @@ def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min
             layer = CondensedLinear.from_dense(weight)
             for batch in batch_sizes:
                 for threads in thread_counts:
-                    case = run_case(weight, layer, batch, threads, min_time, rng)
+                    case = run_case(weight, layer, batch, threads, min_time, rng, device)
                     by_name = {r["implementation"]: r["median_s"] for r in case}
                     for record in case:
                         record.update(
                             shape=[n_in, n_out], sparsity=sparsity, batch=batch,
-                            threads=threads, ablated_frac=ablated_frac,
+                            threads=threads, device=device, ablated_frac=ablated_frac,
                             speedup_vs_dense=by_name["dense"] / record["median_s"],
                             speedup_vs_csr=by_name["csr"] / record["median_s"])
                     records.extend(case)
@@ -179,8 +194,10 @@ def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min
 def format_case(case):
     first = case[0]
     n_in, n_out = first["shape"]
+    where = (f"threads {first['threads']}" if first["device"] == "cpu"
+             else f"device {first['device']}")
     lines = [f"\n{n_in}->{n_out}  sparsity {first['sparsity']:.0%}  batch {first['batch']}  "
-             f"threads {first['threads']}",
+             f"{where}",
              f"  {'implementation':<13}{'median ms':>11}{'vs dense':>10}{'vs csr':>9}  note"]
     for r in case:
         lines.append(f"  {r['implementation']:<13}{r['median_s'] * 1e3:>11.4f}"
@@ -192,7 +209,19 @@ def target_lines(records):
     """The issue's targets (90% sparsity, 2 threads) next to the measured ratios."""
     lines = []
     for r in records:
-        if (r["implementation"] != "condensed" or r["threads"] != 2
+        if r["implementation"] == "condensed" and r["device"] != "cpu" and (
+                abs(r["sparsity"] - 0.9) < 1e-9 and r["batch"] in GPU_TARGETS):
+            need_dense, need_csr = GPU_TARGETS[r["batch"]]
+            met = r["speedup_vs_dense"] >= need_dense and (
+                need_csr is None or r["speedup_vs_csr"] >= need_csr)
+            n_in, n_out = r["shape"]
+            lines.append(f"  GPU {n_in}->{n_out} batch {r['batch']}: vs dense "
+                         f"{r['speedup_vs_dense']:.2f}x (target >= {need_dense}x), vs csr "
+                         f"{r['speedup_vs_csr']:.2f}x" + (f" (target >= {need_csr}x)"
+                                                          if need_csr else "")
+                         + f"  {'met' if met else 'NOT met'}")
+            continue
+        if (r["implementation"] != "condensed" or r["device"] != "cpu" or r["threads"] != 2
                 or abs(r["sparsity"] - 0.9) > 1e-9 or r["batch"] not in (1, 256)):
             continue
         n_in, n_out = r["shape"]
@@ -259,6 +288,10 @@ def parse_args(argv=None):
     parser.add_argument("--min-time", type=float, default=None,
                         help="seconds of timing per row (default 0.2, --quick 0.03)")
     parser.add_argument("--quick", action="store_true", help="a short run (< 60 s)")
+    parser.add_argument("--device", default="cpu",
+                        help="'cpu', or 'cuda[:N]' for the GPU rows (needs CuPy): cuBLAS "
+                             "dense, cuSPARSE CSR, structured and the CUDA condensed kernel, "
+                             "timed with CUDA events")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
     parser.add_argument("--plot", metavar="PATH", help="bar chart of speedups (matplotlib)")
@@ -270,9 +303,18 @@ def parse_args(argv=None):
         parser.error(f"batch sizes must be >= 1, got {args.batch_sizes}")
     if not 0.0 <= args.ablated_frac < 1.0:
         parser.error(f"--ablated-frac must be in [0, 1), got {args.ablated_frac}")
+    from .cuda import parse_device
+
+    try:
+        kind, index = parse_device(args.device)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    args.device = "cpu" if kind == "cpu" else f"cuda:{index}"
+    if args.device != "cpu":
+        args.threads = [0]   # not used on the GPU; one row per case
     if args.threads is None:
         args.threads = sorted({1, max_threads()})
-    if any(t < 1 for t in args.threads):
+    if args.device == "cpu" and any(t < 1 for t in args.threads):
         parser.error(f"thread counts must be >= 1, got {args.threads}")
     if args.min_time is None:
         args.min_time = 0.03 if args.quick else 0.2
@@ -285,14 +327,26 @@ def main(argv=None):
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; BLAS: {info['blas']}; "
           f"kernels built with OpenMP: {info['openmp']} (max threads {info['max_threads']})")
-    print(f"float32, threads {args.threads}, sparsities {args.sparsities}, "
-          f"batches {args.batch_sizes}, ablated fraction {args.ablated_frac}")
+    if args.device != "cpu":
+        from . import cuda
+
+        try:
+            cuda.select(args.device)
+            info["gpu"] = cuda.device_name()
+        except cuda.DeviceError as exc:
+            print(f"python -m srigl_np.bench: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"GPU: {info['gpu']} ({args.device}); times from CUDA events")
+    print(f"float32, {'threads ' + str(args.threads) if args.device == 'cpu' else args.device}, "
+          f"sparsities {args.sparsities}, batches {args.batch_sizes}, "
+          f"ablated fraction {args.ablated_frac}")
     records = run(args.shape, args.sparsities, args.batch_sizes, args.threads,
-                  ablated_frac=args.ablated_frac, min_time=args.min_time, seed=args.seed)
+                  ablated_frac=args.ablated_frac, min_time=args.min_time, seed=args.seed,
+                  device=args.device)
     print("\n" + PAPER_FIGURES)
     targets = target_lines(records)
     if targets:
-        print("Targets (90% sparsity, 2 threads):")
+        print("Targets (90% sparsity; CPU rows at 2 threads):")
         print("\n".join(targets))
     if args.json:
         from .checkpoint import write_json

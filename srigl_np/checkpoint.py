@@ -10,6 +10,8 @@ A checkpoint is one ``.npz`` (no pickles) holding
 
 Every file is written to a temporary file in the destination directory and renamed
 over the target, so a crash never leaves a half-written checkpoint or metrics file.
+Arrays are saved from whichever device they live on (as NumPy) and loaded into the
+existing arrays on theirs, so a GPU run's checkpoint resumes on the GPU or the CPU.
 """
 
 import json
@@ -17,6 +19,8 @@ import os
 import tempfile
 
 import numpy as np
+
+from .backend import on_device_of, to_numpy
 
 CHECKPOINT_VERSION = 1
 
@@ -48,12 +52,12 @@ def write_jsonl(path, records):
 
 def save_checkpoint(path, meta, model, optimizer, sparsity=None):
     arrays = {"meta": np.array(json.dumps({"version": CHECKPOINT_VERSION, **meta}))}
-    arrays.update({f"param/{k}": v for k, v in model.named_parameters().items()})
-    arrays.update({f"buffer/{k}": v for k, v in model.named_buffers().items()})
+    arrays.update({f"param/{k}": to_numpy(v) for k, v in model.named_parameters().items()})
+    arrays.update({f"buffer/{k}": to_numpy(v) for k, v in model.named_buffers().items()})
     for name, state in optimizer.state.items():
-        arrays.update({f"optim/{name}/{key}": value for key, value in state.items()})
+        arrays.update({f"optim/{name}/{key}": to_numpy(value) for key, value in state.items()})
     if sparsity is not None:
-        arrays.update({f"dst/{k}": v for k, v in sparsity.state_dict().items()})
+        arrays.update({f"dst/{k}": to_numpy(v) for k, v in sparsity.state_dict().items()})
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -81,7 +85,7 @@ def load_checkpoint(path, model, optimizer, sparsity=None):
             saved = optim_state.get(f"{name}/{key}")
             if saved is None or saved.shape != buffer.shape:
                 raise ValueError(f"{path}: optimizer state {name}/{key} missing or misshapen")
-            buffer[...] = saved
+            buffer[...] = on_device_of(saved, buffer)
     optimizer.step_count = int(meta["optimizer_step_count"])
     if sparsity is not None:
         sparsity.load_state_dict(section("dst/"))

@@ -253,6 +253,11 @@ class CondensedLinear:
 
     __call__ = forward
 
+    def to(self, device):
+        """This layer on ``device``: itself for "cpu"; for "cuda[:N]" a one-stage
+        ``srigl_np.cuda.CudaCondensedModel`` (``logits(x)`` is the layer's forward)."""
+        return CondensedModel([self]).to(device) if device != "cpu" else self
+
     kind = "linear"
     array_names = ("values", "indices", "active")
     optional_arrays = ("bias",)
@@ -672,6 +677,16 @@ class CondensedModel:
     def predict(self, x, threads=0):
         """Predicted class per example: (batch,) int64."""
         return self.logits(x, threads).argmax(axis=1)
+
+    def to(self, device):
+        """This model on ``device``: itself for "cpu"; for "cuda" or "cuda:N" a
+        ``srigl_np.cuda.CudaCondensedModel`` holding copies of the arrays on that GPU
+        (its ``logits``/``predict`` run the CUDA kernels). Needs CuPy for "cuda"."""
+        from .cuda import CudaCondensedModel, parse_device
+
+        if parse_device(device)[0] == "cpu":
+            return self
+        return CudaCondensedModel(self, device)
 
     def save(self, path):
         """Write the model to ``path`` (.npz, written atomically).

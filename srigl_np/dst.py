@@ -16,15 +16,24 @@ Conventions shared by every function (and by tests/test_dst.py)
   budget is smaller than its neuron count therefore keeps one weight per neuron without
   ablation (nnz = n > budget), and ablates down to ``budget`` neurons with it.
 
+Devices: the updates and check_invariants also accept CuPy arrays. They copy them to
+the host, compute with NumPy, and return the weight-shaped results (mask, weight,
+pruned, grown) on the input's device; ``ablated`` stays a host index array. An update
+runs once per layer every ΔT steps, so the copies cost little, and one implementation
+of the rankings and tie-breaks gives the same masks on both devices.
+
 SRigL is Lasby et al., "Dynamic Sparse Training with Structured Sparsity" (ICLR 2024,
 arXiv 2305.02299), §4; RigL is Evci et al. (ICML 2020); SET is Mocanu et
 al. (2018).
 """
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from .backend import is_cupy_array, on_device_of, to_numpy
 
 __all__ = [
     "InvariantError", "UpdateResult", "check_invariants", "constant_fan_in_mask",
@@ -190,6 +199,22 @@ def _check_distribution_args(shapes, sparsity, dense_layers):
 
 # -- the updates -----------------------------------------------------------------------
 
+def _host_round_trip(update):
+    """Let a NumPy ``update(weight, mask, ...)`` take CuPy arrays (see the module notes)."""
+    @functools.wraps(update)
+    def wrapper(weight, mask, *args, **kwargs):
+        if not is_cupy_array(weight):
+            return update(weight, mask, *args, **kwargs)
+        def host(a):
+            return to_numpy(a) if is_cupy_array(a) else a
+        result = update(weight.get(), host(mask), *map(host, args),
+                        **{key: host(value) for key, value in kwargs.items()})
+        return replace(result, **{field: on_device_of(getattr(result, field), weight)
+                                  for field in ("mask", "weight", "pruned", "grown")})
+    return wrapper
+
+
+@_host_round_trip
 def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, ablation=True):
     """One SRigL topology update of one layer (paper §4).
 
@@ -258,6 +283,7 @@ def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, 
                    np.flatnonzero(~active).astype(np.int64), fan_in)
 
 
+@_host_round_trip
 def rigl_update(weight, mask, grad, *, drop_fraction):
     """One RigL update of one layer: drop the smallest |W|, grow the largest |G|.
 
@@ -274,6 +300,7 @@ def rigl_update(weight, mask, grad, *, drop_fraction):
     return _result(weight, mask, rows, row_mask, new_mask, np.zeros(0, np.int64), None)
 
 
+@_host_round_trip
 def set_update(weight, mask, *, drop_fraction, rng):
     """One SET update of one layer: drop the smallest |W|, grow uniformly at random.
 
@@ -446,8 +473,11 @@ def check_invariants(weight, mask, fan_in=None, ablated=(), *, layer="", budget=
     * with ``budget``: budget - n_active < nnz <= budget, n_active counting neurons with
       any weight; nnz may exceed the budget only when every active neuron has one weight
       (the fan-in floor of 1) and fall short only when every active neuron is dense.
-    The message names the layer, the first offending neuron and the counts.
+    The message names the layer, the first offending neuron and the counts. CuPy
+    arrays are checked on the host.
     """
+    if is_cupy_array(weight) or is_cupy_array(mask):
+        weight, mask = to_numpy(weight), to_numpy(mask)
     if not isinstance(weight, np.ndarray):
         raise TypeError(f"weight must be a numpy array, got {type(weight).__name__}")
     _check_mask(mask, weight.shape)

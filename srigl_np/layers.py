@@ -14,6 +14,13 @@ Arrays are NCHW for images. Layers compute in their parameters' dtype (float32 f
 training, float64 for gradient checks): inputs of another float dtype are cast once at
 the layer boundary so float64 never creeps into a float32 model.
 
+Devices: every layer takes its array module from its input or parameters
+(``xp = array_module(x)``), so the same code runs on NumPy and, after
+``Sequential.to("cuda")``, on CuPy. Layers are built on the host; ``to`` moves them.
+Conv2d lowers with the Cython im2col/col2im kernels on the CPU and with
+``im2col_strided``/``col2im_strided`` (one strided copy per kernel tap) on CuPy.
+Dropout draws its masks on the host from its numpy Generator on both devices.
+
 Initialisation: weights are Kaiming-normal over the fan-in (He et al., 2015, gain
 sqrt(2) for ReLU); biases start at zero (a deliberate difference from PyTorch's small
 uniform biases: zero biases keep a sparse neuron's pre-activation a function of its
@@ -22,7 +29,7 @@ active weights only).
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, on_device_of
 from .kernels import col2im, conv_output_size, im2col
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -91,6 +98,20 @@ class Layer:
         self.params[name] = value
         self.grads[name] = array_module(value).zeros_like(value)
 
+    def to(self, device):
+        """Move params, grads and buffers to ``device`` ("cpu", "cuda", "cuda:N"); returns self.
+
+        The dict entries are rebound to the moved arrays (a no-op, same arrays, when they
+        are already there), so move a model before building its optimizer or
+        DynamicSparsity: those keep references to the arrays.
+        """
+        from .cuda import select, to_device
+        select(device)   # validates the name; DeviceError without CuPy or a GPU
+        for arrays in (self.params, self.grads, self.buffers):
+            for name, array in arrays.items():
+                arrays[name] = to_device(array, device)
+        return self
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -139,6 +160,60 @@ class Linear(Layer):
         return f"Linear({self.in_features}, {self.out_features})"
 
 
+def _tap(padded, i, j, stride, out_h, out_w):
+    """padded[:, :, oh*stride + i, ow*stride + j] for every output pixel: (b, c, out_h, out_w)."""
+    return padded[:, :, i:i + stride * (out_h - 1) + 1:stride,
+                  j:j + stride * (out_w - 1) + 1:stride]
+
+
+def im2col_strided(x, kh, kw, stride=1, padding=0):
+    """``kernels.im2col`` for any array module (the CuPy path of Conv2d).
+
+    x: (batch, channels, height, width) -> cols: (batch*out_h*out_w, channels*kh*kw),
+    row (b*out_h + oh)*out_w + ow, columns ordered (c, ki, kj), like the Cython kernel.
+    Python loops over the kh*kw kernel taps only; each tap is one strided copy of the
+    whole (padded) input.
+    """
+    xp = array_module(x)
+    batch, channels, height, width = x.shape
+    out_h = conv_output_size(height, kh, stride, padding)
+    out_w = conv_output_size(width, kw, stride, padding)
+    if padding:
+        padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
+                          dtype=x.dtype)
+        padded[:, :, padding:padding + height, padding:padding + width] = x
+    else:
+        padded = x
+    cols = xp.empty((batch, out_h, out_w, channels, kh, kw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[..., i, j] = _tap(padded, i, j, stride, out_h, out_w).transpose(0, 2, 3, 1)
+    return cols.reshape(batch * out_h * out_w, channels * kh * kw)
+
+
+def col2im_strided(cols, x_shape, kh, kw, stride=1, padding=0):
+    """``kernels.col2im`` for any array module: the adjoint of im2col_strided.
+
+    cols: (batch*out_h*out_w, channels*kh*kw) -> x: x_shape, C-contiguous; overlapping
+    windows sum. Within one kernel tap no two output pixels read the same input pixel,
+    so each tap is one strided in-place add (no scatter-add needed).
+    """
+    xp = array_module(cols)
+    batch, channels, height, width = x_shape
+    out_h = conv_output_size(height, kh, stride, padding)
+    out_w = conv_output_size(width, kw, stride, padding)
+    cols6 = cols.reshape(batch, out_h, out_w, channels, kh, kw)
+    padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
+                      dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            tap = _tap(padded, i, j, stride, out_h, out_w)
+            tap += cols6[..., i, j].transpose(0, 3, 1, 2)
+    if not padding:
+        return padded
+    return xp.ascontiguousarray(padded[:, :, padding:padding + height, padding:padding + width])
+
+
 class Conv2d(Layer):
     """2-D cross-correlation (PyTorch's Conv2d), as im2col + one GEMM.
 
@@ -149,7 +224,8 @@ class Conv2d(Layer):
     With cols = im2col(x): (batch*out_h*out_w, in_channels*kh*kw) and W the weight
     flattened to (out_channels, in_channels*kh*kw), the output rows are cols @ W.T:
     one row per output pixel, one column per output channel (NHWC order), copied once
-    to a C-contiguous NCHW array. ``cols`` is kept for the backward pass.
+    to a C-contiguous NCHW array. ``cols`` is kept for the backward pass. NumPy arrays
+    use the Cython kernels, CuPy arrays im2col_strided/col2im_strided.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0,
@@ -175,9 +251,16 @@ class Conv2d(Layer):
         # page faults comparable to the GEMM that fills it.
         self._grad_cols = None
 
+    def to(self, device):
+        super().to(device)
+        # Forward-pass caches live on the old device; the next forward refills them.
+        self.cols = self._grad_cols = None
+        return self
+
     def forward(self, x, training):
         weight = self.params["weight"]
-        x = np.ascontiguousarray(_as_dtype(x, weight.dtype))
+        xp = array_module(x)
+        x = xp.ascontiguousarray(_as_dtype(x, weight.dtype))
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d expects x of shape (batch, {self.in_channels}, height, "
                              f"width), got {x.shape}")
@@ -185,13 +268,14 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         out_h = conv_output_size(height, kh, self.stride, self.padding)
         out_w = conv_output_size(width, kw, self.stride, self.padding)
-        self.cols = im2col(x, kh, kw, self.stride, self.padding)
+        lower = im2col if xp is np else im2col_strided
+        self.cols = lower(x, kh, kw, self.stride, self.padding)
         self.x_shape = x.shape
         rows = self.cols @ weight.reshape(self.out_channels, -1).T
         if "bias" in self.params:
             rows += self.params["bias"]
         # One copy to NCHW keeps the element-wise layers and pooling on contiguous data.
-        return np.ascontiguousarray(
+        return xp.ascontiguousarray(
             rows.reshape(batch, out_h, out_w, self.out_channels).transpose(0, 3, 1, 2))
 
     def backward(self, grad_out, input_grad=True):
@@ -199,19 +283,21 @@ class Conv2d(Layer):
         dL/dW = g.T @ cols, dL/db = sum_rows g, dL/dx = col2im(g @ W)."""
         weight = self.params["weight"]
         grad_out = _as_dtype(grad_out, weight.dtype)
+        xp = array_module(grad_out)
         # Rows in NHWC order: a free view when grad_out kept forward's memory order.
-        g = np.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
+        g = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
         w_flat = weight.reshape(self.out_channels, -1)
-        np.matmul(g.T, self.cols, out=self.grads["weight"].reshape(w_flat.shape))
+        xp.matmul(g.T, self.cols, out=self.grads["weight"].reshape(w_flat.shape))
         if "bias" in self.params:
             g.sum(axis=0, out=self.grads["bias"])
         if not input_grad:
             return None
         if self._grad_cols is None or self._grad_cols.shape != self.cols.shape:
-            self._grad_cols = np.empty_like(self.cols)
-        np.matmul(g, w_flat, out=self._grad_cols)
+            self._grad_cols = xp.empty_like(self.cols)
+        xp.matmul(g, w_flat, out=self._grad_cols)
         kh, kw = self.kernel_size
-        return col2im(self._grad_cols, self.x_shape, kh, kw, self.stride, self.padding)
+        adjoint = col2im if xp is np else col2im_strided
+        return adjoint(self._grad_cols, self.x_shape, kh, kw, self.stride, self.padding)
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
@@ -362,7 +448,9 @@ class Dropout(Layer):
     """Inverted dropout: in training y = x * m / (1 - p), m ~ Bernoulli(1 - p) per element.
 
     Identity in evaluation. ``rng`` (a numpy Generator) draws the masks; set it with
-    ``Sequential.set_rng`` so every epoch's masks are reproducible.
+    ``Sequential.set_rng`` so every epoch's masks are reproducible. On CuPy the mask is
+    still drawn on the host and copied over (one byte per element): the same seed gives
+    the same masks on both devices, which a device-side generator could not promise.
     """
 
     def __init__(self, p, rng=None):
@@ -381,8 +469,9 @@ class Dropout(Layer):
             raise ValueError("Dropout.rng is not set: pass rng= or call Sequential.set_rng(rng)")
         dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float32)
         # Scaled mask m / (1 - p) in x's dtype: forward and backward are one multiply each.
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
-        self.mask = np.multiply(keep, dtype.type(1.0 / (1.0 - self.p)), dtype=dtype)
+        keep = on_device_of(self.rng.random(x.shape, dtype=np.float32) >= self.p, x)
+        self.mask = array_module(x).multiply(keep, dtype.type(1.0 / (1.0 - self.p)),
+                                             dtype=dtype)
         return x * self.mask
 
     def backward(self, grad_out):
@@ -557,7 +646,14 @@ class Sequential:
                 raise ValueError(f"state[{key!r}] must be {target.dtype} {target.shape}, "
                                  f"got {value.dtype} {value.shape}")
         for key, target in targets.items():
-            target[...] = state[key]
+            target[...] = on_device_of(state[key], target)
+
+    def to(self, device):
+        """Move every layer to ``device`` (see ``Layer.to``: do it before building the
+        optimizer or DynamicSparsity); returns self."""
+        for layer in self.layers:
+            layer.to(device)
+        return self
 
     def set_rng(self, rng):
         """Give every Dropout layer the Generator ``rng``."""

@@ -1,6 +1,10 @@
-"""Softmax cross-entropy (with its gradient) and accuracy."""
+"""Softmax cross-entropy (with its gradient) and accuracy.
 
-from .backend import array_module
+Both compute with the logits' array module (NumPy or CuPy); labels are moved to the
+logits' device. The scalar results come back as Python floats.
+"""
+
+from .backend import array_module, on_device_of
 
 
 def _check_logits_labels(logits, labels):
@@ -30,7 +34,7 @@ def softmax_cross_entropy(logits, labels):
     """
     xp = array_module(logits)
     logits = xp.asarray(logits)
-    labels = xp.asarray(labels)
+    labels = on_device_of(labels, logits)
     _check_logits_labels(logits, labels)
     batch = logits.shape[0]
     if batch == 0:
@@ -52,7 +56,7 @@ def accuracy(logits, labels):
     """Fraction of rows whose arg-max logit equals the label (float in [0, 1])."""
     xp = array_module(logits)
     logits = xp.asarray(logits)
-    labels = xp.asarray(labels)
+    labels = on_device_of(labels, logits)
     _check_logits_labels(logits, labels)
     if logits.shape[0] == 0:
         raise ValueError("logits must hold at least one row")

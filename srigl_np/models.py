@@ -14,13 +14,15 @@ from .layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequentia
 MODEL_NAMES = ("mlp", "cnn")
 
 
-def build(name, *, rng, dtype=np.float32):
+def build(name, *, rng, dtype=np.float32, device="cpu"):
     """A freshly initialised model ``name`` (one of MODEL_NAMES) as a Sequential.
 
     rng: numpy Generator for the weights; the Dropout layers get a Generator spawned
     from it (replace it per epoch with ``model.set_rng``). Same seed, same model.
     ReLUs run in place: each follows a Linear or Conv2d, which keep their input, not
-    their output, for the backward pass.
+    their output, for the backward pass. The weights are drawn on the host, then the
+    model is moved to ``device`` ("cpu", "cuda", "cuda:N"; see ``Sequential.to``), so
+    the same seed gives the same initial weights on every device.
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -42,4 +44,4 @@ def build(name, *, rng, dtype=np.float32):
     else:
         raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
     model.set_rng(rng.spawn(1)[0])
-    return model
+    return model.to(device)

@@ -6,13 +6,17 @@ updates them in place from a dict of gradients with the same keys. Its per-param
 state lives in the public ``state[name]`` dict of arrays shaped like the parameter,
 allocated eagerly as zeros: dynamic sparse training zeroes it where a mask changes.
 The trainer sets ``lr`` before every step.
+
+Device: state and scratch arrays are allocated with the parameters' array module, so
+an optimizer built over CuPy parameters (a model moved with ``Sequential.to("cuda")``
+first) steps on the GPU with the same code.
 """
 
 import math
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, on_device_of
 
 
 def _check_positive(name, value):
@@ -84,7 +88,7 @@ class _Optimizer:
                                      f"{buffer.shape}, got {saved[name][key].shape}")
         for name, buffers in self.state.items():
             for key, buffer in buffers.items():
-                buffer[...] = saved[name][key]
+                buffer[...] = on_device_of(saved[name][key], buffer)
         self.step_count = int(state_dict["step_count"])
         self.lr = float(state_dict["lr"])
 

@@ -17,11 +17,22 @@ replaces it, so grown weights really start at 0.
 Random decisions draw from Generators derived from ``(seed, purpose, step)``, never
 from carried state, so a run resumed from a checkpoint repeats an uninterrupted run
 bit for bit.
+
+Devices: masks and ever-active masks live beside the weights (CuPy arrays for a model
+moved to the GPU before DynamicSparsity is built), so the per-step masking of grads and
+weights stays on the device. Initial masks and weights are drawn on the host with
+numpy Generators and copied over, so a seed gives the same start on every device. The
+topology update (every ΔT steps) runs on the host: ``srigl_np.dst`` copies the layer's
+weight, mask and gradient to NumPy, ranks there, and returns the new mask and weight
+on the device. That is a few megabytes per layer per ΔT steps; porting the rankings
+(partition, stable sorts, documented tie-breaks) to CuPy would buy little and give a
+second implementation to keep identical. ``ablated`` neuron lists stay on the host.
 """
 
 import numpy as np
 
 from . import dst
+from .backend import on_device_of, to_numpy
 from .layers import Conv2d, Linear
 
 METHODS = ("dense", "static", "set", "rigl", "srigl")
@@ -124,10 +135,10 @@ class DynamicSparsity:
             # start from a uniformly random unstructured mask of the same size.
             mask = (dst.constant_fan_in_mask(weight.shape, s, rng) if method == "srigl"
                     else _random_mask(weight.shape, s, rng))
-            self.masks[name] = mask
             # Sparse-aware init: Kaiming scale from the fan-in each neuron actually has.
             init_rng = np.random.default_rng([self.seed, _RNG_INIT, i])
-            weight[...] = _sparse_kaiming(mask, init_rng, weight.dtype)
+            weight[...] = on_device_of(_sparse_kaiming(mask, init_rng, weight.dtype), weight)
+            self.masks[name] = on_device_of(mask, weight)
         self.ever_active = {n: m.copy() for n, m in self.masks.items()}
         self.audit_records = []
 
@@ -228,12 +239,13 @@ class DynamicSparsity:
     def load_state_dict(self, state):
         for name in self.names:
             for key, target in (("mask", self.masks), ("ever_active", self.ever_active)):
-                array = np.asarray(state[f"{key}/{name}"])
+                array = to_numpy(state[f"{key}/{name}"])
                 if array.shape != target[name].shape or array.dtype != bool:
                     raise ValueError(f"{key}/{name}: expected bool {target[name].shape}, "
                                      f"got {array.dtype} {array.shape}")
-                target[name][...] = array
-            self.ablated[name] = np.asarray(state[f"ablated/{name}"], dtype=np.int64)
+                target[name][...] = on_device_of(array, target[name])
+            self.ablated[name] = np.asarray(to_numpy(state[f"ablated/{name}"]),
+                                            dtype=np.int64)
 
 
 def _count_range(counts):

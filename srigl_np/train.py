@@ -7,6 +7,13 @@ methods ``audit.jsonl`` (one line per layer per topology update). All three are 
 atomically. ``--resume DIR`` continues a run from its last checkpoint with the saved
 configuration and ends bit-identical to an uninterrupted run: every random stream is
 derived from ``(seed, purpose, epoch)``, not carried from one epoch to the next.
+
+``--device cuda`` (or ``cuda:N``) trains on an NVIDIA GPU through CuPy with the same
+code: the normalised data set is copied to the GPU once, the model is moved there
+before the optimizer and DynamicSparsity are built, and evaluation runs there too.
+Shuffling, dropout masks and topology-update rankings still come from the host
+(see ``srigl_np.layers.Dropout`` and ``srigl_np.sparsity``). A resumed run uses the
+device saved in its configuration.
 """
 
 import argparse
@@ -19,8 +26,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import data as data_module
+from .backend import on_device_of
 from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .losses import accuracy, softmax_cross_entropy
+from .cuda import DeviceError, parse_device, select
+from .losses import softmax_cross_entropy
 from .models import MODEL_NAMES, build
 from .optim import SGD, AdamW, CosineSchedule, StepSchedule
 from .sparsity import DISTRIBUTIONS, METHODS, DynamicSparsity
@@ -65,6 +74,14 @@ def _positive_float(text):
     return value
 
 
+def _device(text):
+    try:
+        parse_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text.strip().lower()
+
+
 def _fraction(low_open, high_open):
     def parse(text):
         value = float(text)
@@ -101,6 +118,8 @@ def make_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of every random stream")
     p.add_argument("--threads", type=_non_negative_int, default=0,
                    help="BLAS/OpenMP threads (0: library default)")
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="'cpu' (NumPy + Cython), or 'cuda'/'cuda:N' (CuPy on an NVIDIA GPU)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run saved in DIR with its saved configuration")
@@ -155,7 +174,7 @@ class _Progress:
 
 
 def evaluate(model, x, y, batch_size=1000):
-    """Accuracy of ``model`` (eval mode) on x[N, ...], y[N]."""
+    """Accuracy of ``model`` (eval mode) on x[N, ...], y[N] (all on the model's device)."""
     correct = 0
     for start in range(0, len(x), batch_size):
         logits = model.forward(x[start:start + batch_size], training=False)
@@ -164,12 +183,20 @@ def evaluate(model, x, y, batch_size=1000):
 
 
 def _build_run(config):
-    """Data, model, optimizer, schedule and DynamicSparsity for a config (no training)."""
+    """Data, model, optimizer, schedule and DynamicSparsity for a config (no training).
+
+    Data and model live on config["device"] (absent in older configs: "cpu"); the model
+    is moved before the optimizer and DynamicSparsity take references to its arrays.
+    """
+    device = config.get("device", "cpu")
+    xp = select(device)   # fails here, before any data is read, without CuPy or a GPU
     dataset = data_module.load_dataset(config["dataset"], path=config["data_path"])
     mean, std = data_module.channel_stats(dataset.x_train)
-    x_train = data_module.normalize(dataset.x_train, mean, std)
-    x_test = data_module.normalize(dataset.x_test, mean, std)
-    model = build(config["model"], rng=np.random.default_rng([config["seed"], _RNG_MODEL]))
+    x_train = xp.asarray(data_module.normalize(dataset.x_train, mean, std))
+    x_test = xp.asarray(data_module.normalize(dataset.x_test, mean, std))
+    y_train, y_test = xp.asarray(dataset.y_train), xp.asarray(dataset.y_test)
+    model = build(config["model"], rng=np.random.default_rng([config["seed"], _RNG_MODEL]),
+                  device=device)
     params = model.named_parameters()
     if config["optimizer"] == "sgd":
         optimizer = SGD(params, lr=config["lr"], momentum=config["momentum"],
@@ -192,7 +219,7 @@ def _build_run(config):
             ablation=not config["no_ablation"], seed=config["seed"])
     data_info = {"name": dataset.name, "source": dataset.source, "n_train": len(x_train),
                  "n_test": len(x_test), "mean": float(mean), "std": float(std)}
-    return (x_train, dataset.y_train, x_test, dataset.y_test, data_info, model, optimizer,
+    return (x_train, y_train, x_test, y_test, data_info, model, optimizer,
             schedule, sparsity, steps_per_epoch)
 
 
@@ -221,6 +248,7 @@ def train(config, resume=False, progress=False, log=print):
         started, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
         for batch, idx in enumerate(order, start=1):
             optimizer.lr = schedule(step)
+            idx = on_device_of(idx, x_train)   # the shuffle is drawn on the host
             logits = model.forward(x_train[idx], training=True)
             loss, grad_logits = softmax_cross_entropy(logits, y_train[idx])
             model.backward(grad_logits, input_grad=False)
@@ -285,7 +313,7 @@ def main(argv=None):
         progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         with threadpool_limits(limits=config["threads"] or None):
             metrics = train(config, resume=bool(args.resume), progress=progress)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, DeviceError) as exc:
         print(f"python -m srigl_np.train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
