@@ -17,8 +17,8 @@ Kernels (float32 values and inputs, int16 or int32 indices, bias fused):
                              threads of a warp on consecutive batch columns of the same row:
                              the row's value and index are one broadcast load, each
                              gathered input is a coalesced 128-byte read of xT, and the
-                             write of yT is coalesced. Activations stay transposed from
-                             layer to layer, so a model pays one transpose in and one out.
+                             write of yT is coalesced. ``condensed_forward`` transposes
+                             x in and y out around it on every call.
 
 Index ranges are validated once, when a condensed layer is built or loaded (see
 ``srigl_np.condensed``); the launchers here re-check shapes and dtypes on every call.
