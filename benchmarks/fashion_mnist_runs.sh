@@ -21,7 +21,7 @@ case "${1:-mlp}" in
       done
     done ;;
   cnn)
-    python -m srigl_np.train --model cnn --method dense --epochs 6 --lr 0.05 --seed 0 \
+    python -m srigl_np.train --model cnn --method dense --epochs 10 --lr 0.05 --seed 0 \
       "${common[@]}" --out "$RUNS/cnn-dense-s0" ;;
   *) echo "usage: $0 {mlp|cnn}" >&2; exit 2 ;;
 esac

@@ -239,6 +239,14 @@ cdef class CondensedWeights:
     Construction checks dtypes, shapes and the index range (vectorised, O(nnz),
     once) and stores read-only copies; ``values`` and ``indices`` give them back.
     k >= 1 is required (an active neuron has at least one weight); n_active may be 0.
+
+    For the batched kernel the non-zeros are also kept grouped by column block
+    (COLUMN_BLOCK input columns each), block-major, then row, then their order in
+    the row: ``packed_values[nnz]``, ``packed_indices[nnz]`` and
+    ``starts[column_blocks * n_active + 1]``, where the non-zeros of row r in block c
+    are packed[starts[c * n_active + r] : starts[c * n_active + r + 1]]. When
+    n_in <= COLUMN_BLOCK there is one block and these are views of values/indices;
+    otherwise they are a second copy of the weights.
     """
 
     cdef readonly object values
@@ -246,6 +254,10 @@ cdef class CondensedWeights:
     cdef readonly Py_ssize_t n_in
     cdef readonly Py_ssize_t n_active
     cdef readonly Py_ssize_t k
+    cdef readonly Py_ssize_t column_blocks
+    cdef readonly object packed_values
+    cdef readonly object packed_indices
+    cdef readonly object starts
 
     def __init__(self, values, indices, n_in):
         if not hasattr(values, "dtype") or values.dtype != np.float32:
@@ -272,6 +284,22 @@ cdef class CondensedWeights:
         self.indices = _frozen_copy(indices, indices.dtype)
         self.n_in = n_in
         self.n_active, self.k = values.shape
+        self.column_blocks = (n_in + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        rows = np.repeat(np.arange(self.n_active, dtype=np.intp), self.k)
+        if self.column_blocks == 1:
+            self.packed_values = self.values.reshape(-1)
+            self.packed_indices = self.indices.reshape(-1)
+            self.starts = np.arange(0, self.n_active * self.k + 1, max(self.k, 1),
+                                    dtype=np.intp)[:self.n_active + 1]
+        else:
+            key = self.indices.reshape(-1).astype(np.intp) // COLUMN_BLOCK * self.n_active + rows
+            order = np.argsort(key, kind="stable")
+            self.packed_values = _frozen_copy(self.values.reshape(-1)[order], np.float32)
+            self.packed_indices = _frozen_copy(self.indices.reshape(-1)[order],
+                                               indices.dtype)
+            counts = np.bincount(key, minlength=self.column_blocks * self.n_active)
+            self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
+        self.starts.flags.writeable = False
 
     def __repr__(self):
         return (f"CondensedWeights(n_active={self.n_active}, k={self.k}, n_in={self.n_in}, "
@@ -311,21 +339,26 @@ cdef extern from *:
 
        xt is the tile's slice of the transposed input, xt[n_in][W] with W = 8*NV
        batch values per input column, so an index reads W contiguous floats.
-       Each output row keeps its W sums in NV 8-float registers for all k
-       non-zeros (a kernel that read-modify-writes y per non-zero runs at about
-       half the speed). RG rows are interleaved so that RG*NV independent FMA
-       chains hide the FMA latency even for narrow tiles; constant fan-in makes
-       that free, as all rows have the same k. The sums of up to SRIGL_ROWS
-       rows are staged and written row-block by row-block, so the stores to
-       y[batch][n_active] fill whole cache lines instead of striding through
-       the output once per row (a 4 KiB-multiple stride thrashes one L1 set).
+       Each output row keeps its W sums in NV 8-float registers while it streams
+       its non-zeros (a kernel that read-modify-writes y per non-zero runs at
+       about half the speed). RG rows are interleaved so that RG*NV independent
+       FMA chains hide the FMA latency.
+
+       The rows' non-zeros are visited one column block at a time (packed
+       block-major, see CondensedWeights), all SRIGL_ROWS rows of the work item
+       per block, so the part of xt in use is COLUMN_BLOCK*W floats (128 KiB at
+       W = 32) instead of the whole tile: random reads into it stay in L2 even
+       for wide layers, at the cost of parking each row's W sums in `out`
+       between blocks. `out` also stages the sums so that the stores to
+       y[batch][n_active] fill whole cache lines instead of striding through the
+       output once per row.
 
        GCC/Clang vector extensions pin the accumulators in registers whatever
        the auto-vectoriser decides (left alone, GCC kept them on the stack and
        vectorised across non-zeros instead); other compilers get plain loops
        with the same arithmetic. */
     #include <string.h>
-    #define SRIGL_ROWS 16
+    #define SRIGL_ROWS 128
     #if defined(__GNUC__) || defined(__clang__)
     typedef float srigl_vec8 __attribute__((vector_size(32)));
     #define SRIGL_ACC_DECL(NV, RG) srigl_vec8 acc[RG][NV], x8;
@@ -341,105 +374,128 @@ cdef extern from *:
                                               acc[g][t][e_] += (w) * (src)[8 * (t) + e_]; }
     #endif
 
-    /* Rows [r, r + RG) of the block starting at r0: accumulate, stage in out. */
+    /* Rows [r, r + RG) in column block `block` (their segments start at s[r + g]):
+       bias or the sums parked in `out`, plus the segments; the rows share their
+       shortest segment's length n in the interleaved loop, then finish alone. */
     #define SRIGL_ROW_GROUP(NV, RG, INDEX_T)                                          \
         {                                                                             \
             SRIGL_ACC_DECL(NV, RG)                                                    \
-            Py_ssize_t g, j, t;                                                       \
-            for (g = 0; g < RG; g++)                                                  \
-                for (t = 0; t < NV; t++)                                              \
-                    SRIGL_ACC_INIT(g, t, bias ? bias[r + g] : 0.0f)                   \
-            for (j = 0; j < k; j++)                                                   \
+            Py_ssize_t g, j, t, n = s[r + 1] - s[r];                                  \
+            for (g = 1; g < RG; g++)                                                  \
+                if (s[r + g + 1] - s[r + g] < n) n = s[r + g + 1] - s[r + g];         \
+            if (block == 0) {                                                         \
+                for (g = 0; g < RG; g++)                                              \
+                    for (t = 0; t < NV; t++)                                          \
+                        SRIGL_ACC_INIT(g, t, bias ? bias[r + g] : 0.0f)               \
+            } else {                                                                  \
+                memcpy(acc, out + (r - r0) * (8 * NV), sizeof acc);                   \
+            }                                                                         \
+            for (j = 0; j < n; j++)                                                   \
                 for (g = 0; g < RG; g++) {                                            \
-                    const float w = values[(r + g) * k + j];                          \
-                    const float *src = xt + (Py_ssize_t)indices[(r + g) * k + j] * (8 * NV); \
+                    const float w = values[s[r + g] + j];                             \
+                    const float *src = xt + (Py_ssize_t)indices[s[r + g] + j] * (8 * NV); \
+                    for (t = 0; t < NV; t++) SRIGL_ACC_FMA(g, t, w, src)              \
+                }                                                                     \
+            for (g = 0; g < RG; g++)                                                  \
+                for (j = s[r + g] + n; j < s[r + g + 1]; j++) {                       \
+                    const float w = values[j];                                        \
+                    const float *src = xt + (Py_ssize_t)indices[j] * (8 * NV);        \
                     for (t = 0; t < NV; t++) SRIGL_ACC_FMA(g, t, w, src)              \
                 }                                                                     \
             memcpy(out + (r - r0) * (8 * NV), acc, sizeof acc);                       \
         }
 
     #define SRIGL_BLOCK(NAME, NV, RG, INDEX_T)                                        \
-    static void NAME(const float *values, const INDEX_T *indices, Py_ssize_t k,       \
-                     const float *bias, const float *xt, Py_ssize_t r0, Py_ssize_t r1, \
-                     float *y, Py_ssize_t ldy, Py_ssize_t width) {                    \
+    static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
+                     Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,     \
+                     const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,         \
+                     Py_ssize_t ldy, Py_ssize_t width) {                              \
         float out[SRIGL_ROWS * 8 * NV];                                               \
-        Py_ssize_t r = r0, t, i;                                                      \
-        for (; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(NV, RG, INDEX_T)                \
-        for (; r < r1; r++) SRIGL_ROW_GROUP(NV, 1, INDEX_T)                           \
+        Py_ssize_t block, r, t, i;                                                    \
+        for (block = 0; block < n_blocks; block++) {                                  \
+            const Py_ssize_t *s = starts + block * n_active;                          \
+            for (r = r0; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(NV, RG, INDEX_T)      \
+            for (; r < r1; r++) SRIGL_ROW_GROUP(NV, 1, INDEX_T)                       \
+        }                                                                             \
         for (t = 0; t < width; t++)                                                   \
             for (i = 0; i < r1 - r0; i++) y[t * ldy + r0 + i] = out[i * (8 * NV) + t]; \
     }
-    SRIGL_BLOCK(srigl_block8_i16, 8, 1, int16_t)
     SRIGL_BLOCK(srigl_block4_i16, 4, 2, int16_t)
     SRIGL_BLOCK(srigl_block2_i16, 2, 4, int16_t)
     SRIGL_BLOCK(srigl_block1_i16, 1, 8, int16_t)
-    SRIGL_BLOCK(srigl_block8_i32, 8, 1, int32_t)
     SRIGL_BLOCK(srigl_block4_i32, 4, 2, int32_t)
     SRIGL_BLOCK(srigl_block2_i32, 2, 4, int32_t)
     SRIGL_BLOCK(srigl_block1_i32, 1, 8, int32_t)
     """
     enum: ROWS_PER_BLOCK "SRIGL_ROWS"
-    void srigl_block8_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block4_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block2_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block1_i16(const float*, const int16_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block8_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block4_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block2_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block1_i32(const float*, const int32_t*, Py_ssize_t, const float*, const float*,
-                          Py_ssize_t, Py_ssize_t, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block4_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block2_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block1_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block4_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block2_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block1_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
 
 
 cdef inline void _block(int n_vectors, const float* values, const index_t* indices,
-                        Py_ssize_t k, const float* bias, const float* xt, Py_ssize_t r0,
-                        Py_ssize_t r1, float* y, Py_ssize_t ldy,
-                        Py_ssize_t width) noexcept nogil:
+                        const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                        const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
+                        float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil:
     """Rows [r0, r1) of one batch tile of 8 * n_vectors values: see the C block above."""
     if index_t is int16_t:
-        if n_vectors == 8:
-            srigl_block8_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
-        elif n_vectors == 4:
-            srigl_block4_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        if n_vectors == 4:
+            srigl_block4_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
         elif n_vectors == 2:
-            srigl_block2_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+            srigl_block2_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
         else:
-            srigl_block1_i16(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+            srigl_block1_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
     else:
-        if n_vectors == 8:
-            srigl_block8_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
-        elif n_vectors == 4:
-            srigl_block4_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+        if n_vectors == 4:
+            srigl_block4_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
         elif n_vectors == 2:
-            srigl_block2_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+            srigl_block2_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
         else:
-            srigl_block1_i32(values, indices, k, bias, xt, r0, r1, y, ldy, width)
+            srigl_block1_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
 
 
-cdef void _condensed_batch(const float[:, ::1] values, const index_t[:, ::1] indices,
+cdef void _condensed_batch(const float[::1] values, const index_t[::1] indices,
+                           const Py_ssize_t[::1] starts, Py_ssize_t n_active,
                            const float[:, :, ::1] xt, const float* bias, float[:, ::1] y,
                            int n_vectors, int threads) noexcept nogil:
-    """y[batch, n_active] = x @ W.T (+ bias) from the tiled input xt[n_tiles, n_in, width].
+    """y[batch, n_active] = x @ W.T (+ bias) from the tiled input xt[n_tiles, n_in, width]
+    and the column-block packed weights (values[nnz], indices[nnz], starts; see
+    CondensedWeights).
 
     Work items are (batch tile, block of ROWS_PER_BLOCK rows), tile-major, so under
     a static schedule each thread sweeps few tiles and keeps their xt in cache.
     """
-    cdef Py_ssize_t n_active = values.shape[0], k = values.shape[1]
     cdef Py_ssize_t batch = y.shape[0], n_tiles = xt.shape[0], width = xt.shape[2]
-    cdef Py_ssize_t n_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    cdef Py_ssize_t n_column_blocks = (starts.shape[0] - 1) // n_active
+    cdef Py_ssize_t n_row_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
     cdef Py_ssize_t item, tile, r0
-    for item in prange(n_tiles * n_blocks, schedule="static", num_threads=threads):
-        tile = item // n_blocks
-        r0 = (item % n_blocks) * ROWS_PER_BLOCK
-        _block(n_vectors, &values[0, 0], &indices[0, 0], k, bias, &xt[tile, 0, 0],
-               r0, min(r0 + ROWS_PER_BLOCK, n_active), &y[tile * width, 0], n_active,
-               min(width, batch - tile * width))
+    for item in prange(n_tiles * n_row_blocks, schedule="static", num_threads=threads):
+        tile = item // n_row_blocks
+        r0 = (item % n_row_blocks) * ROWS_PER_BLOCK
+        _block(n_vectors, &values[0], &indices[0], &starts[0], n_column_blocks, n_active,
+               bias, &xt[tile, 0, 0], r0, min(r0 + ROWS_PER_BLOCK, n_active),
+               &y[tile * width, 0], n_active, min(width, batch - tile * width))
 
 
 cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
@@ -471,23 +527,23 @@ cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
                     dst[i * width] = 0
 
 
-# Tile width of the batched kernel: 8 * n_vectors batch values, as wide as the
-# batch needs, at most 64, and narrow enough that one tile of the transposed input
-# (n_in * width floats) stays within TILE_CACHE_BYTES, about half an L2 cache.
-TILE_CACHE_BYTES = 256 * 1024
+# Input columns per column block of the batched kernel: at the widest tile (32 batch
+# values) a block of the transposed input is 128 KiB, a quarter of a Zen 3 L2.
+# Measured there (one core, 90% sparsity), a 32-wide tile with two interleaved rows
+# beat 64-wide tiles by up to 2.8x (they leave L2 sooner and give the FMAs no spare
+# chains) and 8-wide ones (1 FMA per 3 loads) by 1.6-2x; but layers with n_in 3072
+# and 4096 ran at half the per-FMA speed of n_in 768 until the columns were blocked.
+COLUMN_BLOCK = 1024
 
 
 # Batch rows are tiled and multiplied in chunks of at most this many bytes of x.
 CHUNK_BYTES = 8 * 1024 * 1024
 
 
-def tile_vectors(Py_ssize_t batch, Py_ssize_t n_in):
-    """The batched kernel's tile width in 8-float vectors (1, 2, 4 or 8) for this shape."""
-    cdef int n_vectors = 8
-    while n_vectors > 1 and (8 * (n_vectors // 2) >= batch
-                             or n_in * 8 * n_vectors * 4 > TILE_CACHE_BYTES):
-        n_vectors //= 2
-    return n_vectors
+def tile_vectors(Py_ssize_t batch):
+    """The batched kernel's tile width in 8-float vectors (1, 2 or 4): 32 batch values,
+    or as few as the batch needs."""
+    return 4 if batch > 16 else 2 if batch > 8 else 1
 
 
 # Below this many multiply-adds a call runs on one thread: waking a team costs more
@@ -571,10 +627,11 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
     bias[n_active] float32 or None -> y[batch, n_active] float32.
 
     batch 1 runs the gather-dot of ``condensed_matvec``. Larger batches transpose
-    x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch, n_in)),
-    so every index reads a contiguous run of ``width`` batch values, and keep a
+    x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch)), so
+    every index reads a contiguous run of ``width`` batch values, and keep a
     width-wide slice of each output row in registers while streaming that row's
-    k weights. Parallel over (batch tile, block of rows) pairs.
+    k weights, one column block (COLUMN_BLOCK inputs) at a time. Parallel over
+    (batch tile, block of rows) pairs.
     """
     x = _condensed_input(weights, x, 2)
     bias = _condensed_bias(weights, bias)
@@ -592,7 +649,7 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
     if batch == 1:
         _vector_dispatch(weights, x[0], b_ptr, y[0], n_threads)
         return y
-    cdef int n_vectors = tile_vectors(batch, weights.n_in)
+    cdef int n_vectors = tile_vectors(batch)
     cdef Py_ssize_t width = 8 * n_vectors
     # Large batches (im2col rows of a conv) go through in chunks whose tiled copy of x
     # stays cache-sized: one reused buffer instead of a batch-sized transpose.
@@ -601,16 +658,17 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
     xt = np.empty((chunk // width, weights.n_in, width), dtype=np.float32)
     cdef const float[:, ::1] x_view = x
     cdef float[:, :, ::1] xt_view
-    cdef const float[:, ::1] values = weights.values
-    cdef const int16_t[:, ::1] idx16
-    cdef const int32_t[:, ::1] idx32
+    cdef const float[::1] values = weights.packed_values
+    cdef const Py_ssize_t[::1] starts = weights.starts
+    cdef const int16_t[::1] idx16
+    cdef const int32_t[::1] idx32
     cdef float[:, ::1] y_view
     cdef bint short_indices = weights.indices.dtype == np.int16
     if short_indices:
-        idx16 = weights.indices
+        idx16 = weights.packed_indices
     else:
-        idx32 = weights.indices
-    cdef Py_ssize_t start, stop
+        idx32 = weights.packed_indices
+    cdef Py_ssize_t start, stop, n_active = weights.n_active
     for start in range(0, batch, chunk):
         stop = min(start + chunk, batch)
         xt_view = xt[:(stop - start + width - 1) // width]
@@ -618,7 +676,9 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
         with nogil:
             _tile_transpose(x_view[start:stop], xt_view, n_threads)
             if short_indices:
-                _condensed_batch(values, idx16, xt_view, b_ptr, y_view, n_vectors, n_threads)
+                _condensed_batch(values, idx16, starts, n_active, xt_view, b_ptr, y_view,
+                                 n_vectors, n_threads)
             else:
-                _condensed_batch(values, idx32, xt_view, b_ptr, y_view, n_vectors, n_threads)
+                _condensed_batch(values, idx32, starts, n_active, xt_view, b_ptr, y_view,
+                                 n_vectors, n_threads)
     return y

@@ -13,8 +13,11 @@ single layers condensed from random constant fan-in masks:
 
 BLAS, OpenMP and torch are all held to the row's thread count (threadpoolctl,
 the kernel's ``threads=``, ``torch.set_num_threads``); scipy.sparse is single-threaded.
-Each figure is the median of repeated calls after a warm-up (at least ``--min-time``
-seconds and 5 calls per row). Speedups are ratios of medians taken in the same run.
+Each figure is the median of repeated calls (at least ``--min-time`` seconds and 5 calls
+per row). The implementations of a case take turns: ROUNDS rounds, each giving every
+implementation a warm-up call and then 1/ROUNDS of its time, so a burst of load from
+elsewhere on a shared machine falls on all of them rather than on one. Speedups are
+ratios of medians taken in the same run.
 
 Layer construction: n_active = n_out - round(ablated_frac * n_out) neurons keep
 k = round((1 - sparsity) * n_in * n_out / n_active) weights each (at most n_in), so the
@@ -82,8 +85,12 @@ def constant_fan_in_weight(n_in, n_out, sparsity, ablated_frac, rng):
     return weight
 
 
-def median_seconds(fn, min_time, min_repeats=5, max_repeats=100_000):
-    """Median wall time of fn() over repeats after one warm-up call, and the count."""
+ROUNDS = 5
+
+
+def sample_seconds(fn, min_time, min_repeats=5, max_repeats=100_000):
+    """Wall times of fn() (a list) over at least min_time s and min_repeats calls,
+    after one warm-up call."""
     fn()
     times = []
     start = time.perf_counter()
@@ -92,6 +99,12 @@ def median_seconds(fn, min_time, min_repeats=5, max_repeats=100_000):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def median_seconds(fn, min_time, min_repeats=5):
+    """Median wall time of fn() over repeats after one warm-up call, and the count."""
+    times = sample_seconds(fn, min_time, min_repeats)
     return float(np.median(times)), len(times)
 
 
@@ -130,20 +143,26 @@ def implementations(weight, layer, batch, threads, rng):
     return impls
 
 
-def _time_all(impls, timer, min_time):
+def _time_all(impls, sampler, min_time, rounds=ROUNDS):
     """Records {implementation, median_s, repeats, note} for name -> (fn, note) or, for
-    csr, name -> {orientation: fn} (the faster orientation is kept and named)."""
+    csr, name -> {orientation: fn} (the faster orientation is kept and named).
+
+    ``sampler(fn, seconds, min_repeats)`` returns a list of times; every callable gets
+    one turn per round (see the module docstring)."""
+    variants = {name: impl if isinstance(impl, dict) else {impl[1]: impl[0]}
+                for name, impl in impls.items()}
+    times = {(name, note): [] for name, fns in variants.items() for note in fns}
+    for _ in range(rounds):
+        for name, fns in variants.items():
+            for note, fn in fns.items():
+                times[name, note] += sampler(fn, min_time / rounds, -(-5 // rounds))
     records = []
-    for name, impl in impls.items():
-        if isinstance(impl, dict):
-            timed = {note: timer(fn, min_time) for note, fn in impl.items()}
-            note = min(timed, key=lambda key: timed[key][0])
-            (seconds, repeats), note = timed[note], f"{note} (faster orientation)"
-        else:
-            fn, note = impl
-            seconds, repeats = timer(fn, min_time)
-        records.append({"implementation": name, "median_s": seconds, "repeats": repeats,
-                        "note": note})
+    for name, fns in variants.items():
+        medians = {note: float(np.median(times[name, note])) for note in fns}
+        note = min(medians, key=medians.get)
+        records.append({"implementation": name, "median_s": medians[note],
+                        "repeats": len(times[name, note]),
+                        "note": f"{note} (faster orientation)" if len(fns) > 1 else note})
     return records
 
 
@@ -154,7 +173,7 @@ def run_case(weight, layer, batch, threads, min_time, rng, device="cpu"):
         from . import cuda
 
         return _time_all(cuda.implementations(weight, layer, batch, rng),
-                         cuda.median_seconds, min_time)
+                         cuda.sample_seconds, min_time)
     from threadpoolctl import threadpool_limits
 
     torch = _torch()
@@ -162,7 +181,7 @@ def run_case(weight, layer, batch, threads, min_time, rng, device="cpu"):
         torch.set_num_threads(threads)
     with threadpool_limits(limits=threads):
         return _time_all(implementations(weight, layer, batch, threads, rng),
-                         median_seconds, min_time)
+                         sample_seconds, min_time)
 
 
 def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min_time=0.2,

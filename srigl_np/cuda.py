@@ -356,8 +356,9 @@ class CudaCondensedModel:
 
 # -- the GPU rows of ``python -m srigl_np.bench --device cuda`` ------------------------
 
-def median_seconds(fn, min_time, min_repeats=5, max_repeats=10_000):
-    """Median GPU time of fn() (CUDA events around each call) after one warm-up call."""
+def sample_seconds(fn, min_time, min_repeats=5, max_repeats=10_000):
+    """GPU times of fn() (a list; CUDA events around each call) over at least min_time
+    s of GPU time and min_repeats calls, after one warm-up call."""
     cp = cupy()
     fn()
     cp.cuda.Stream.null.synchronize()
@@ -371,7 +372,7 @@ def median_seconds(fn, min_time, min_repeats=5, max_repeats=10_000):
         seconds = cp.cuda.get_elapsed_time(start_event, stop_event) / 1e3
         times.append(seconds)
         spent += seconds
-    return float(np.median(times)), len(times)
+    return times
 
 
 def implementations(weight, layer, batch, rng):

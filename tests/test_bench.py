@@ -48,3 +48,21 @@ def test_bad_arguments_are_refused():
         bench.parse_args(["--sparsities", "1.0"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--shape", "12by4"])
+
+
+def test_implementations_take_turns_and_csr_keeps_its_faster_orientation():
+    calls, speed = [], {"a": 3.0, "slow": 2.0, "fast": 1.0}
+
+    def sampler(fn, seconds, min_repeats):
+        calls.append(fn())
+        return [speed[calls[-1]]] * min_repeats
+
+    impls = {"dense": (lambda: "a", "blas"),
+             "csr": {"W @ x.T": lambda: "slow", "x @ Wt": lambda: "fast"}}
+    records = bench._time_all(impls, sampler, min_time=1.0, rounds=3)
+    assert calls == ["a", "slow", "fast"] * 3
+    by_name = {r["implementation"]: r for r in records}
+    assert by_name["dense"]["median_s"] == 3.0 and by_name["dense"]["note"] == "blas"
+    assert by_name["csr"]["median_s"] == 1.0
+    assert by_name["csr"]["note"] == "x @ Wt (faster orientation)"
+    assert by_name["csr"]["repeats"] == 3 * 2   # ceil(5 / 3) calls per turn

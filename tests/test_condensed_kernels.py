@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srigl_np._kernels import CondensedWeights, condensed_matmul, condensed_matvec, tile_vectors
+from srigl_np._kernels import (COLUMN_BLOCK, CondensedWeights, condensed_matmul,
+                               condensed_matvec, tile_vectors)
 
 INDEX_DTYPES = (np.int16, np.int32)
 
@@ -28,10 +29,13 @@ def assert_matches(y, expected):
 
 
 # (n_in, n_active, k, batch): k = 1, k = n_in, one neuron, batch 1, odd batches, tails
-# of every tile width, and a batch of several full 64-wide tiles.
+# of every tile width, several full 32-wide tiles, and layers wider than one column
+# block (COLUMN_BLOCK inputs): k = 1 there leaves most rows with nothing in a block,
+# and more than 128 rows make several row blocks.
 SHAPES = [(1, 1, 1, 1), (9, 1, 9, 1), (9, 5, 9, 2), (50, 13, 1, 3), (50, 13, 50, 65),
           (300, 40, 17, 1), (300, 40, 17, 7), (300, 37, 17, 129), (33, 5, 4, 200),
-          (2000, 3, 200, 17), (40, 70, 6, 256)]
+          (2000, 3, 200, 17), (40, 70, 6, 256), (2500, 7, 1, 33), (3100, 131, 310, 40),
+          (1025, 9, 1025, 9)]
 
 
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
@@ -78,11 +82,12 @@ def test_duplicate_indices_are_summed_like_the_reference():
                                   [[33.0]])
 
 
-@given(n_in=st.integers(1, 120), n_active=st.integers(1, 40), batch=st.integers(1, 150),
+@given(n_in=st.one_of(st.integers(1, 120), st.integers(COLUMN_BLOCK - 2, 3 * COLUMN_BLOCK)),
+       n_active=st.integers(1, 40), batch=st.integers(1, 150),
        seed=st.integers(0, 2**32 - 1), wide=st.booleans())
 def test_property_matches_reference(n_in, n_active, batch, seed, wide):
     rng = np.random.default_rng(seed)
-    k = int(rng.integers(1, n_in + 1))
+    k = int(rng.integers(1, min(n_in, 300) + 1))
     values, indices = random_weights(rng, n_in, n_active, k, np.int32 if wide else np.int16)
     x = rng.standard_normal((batch, n_in)).astype(np.float32)
     assert_matches(condensed_matmul(CondensedWeights(values, indices, n_in), x),
@@ -98,13 +103,29 @@ def test_same_input_same_output_bit_for_bit_across_thread_counts():
                                   condensed_matmul(weights, x, threads=2))
 
 
-def test_tile_width_fits_batch_and_cache():
-    assert tile_vectors(1, 100) == 1 and tile_vectors(9, 100) == 2 and tile_vectors(256, 768) == 8
-    for batch in (2, 17, 64, 256):
-        for n_in in (10, 3072, 100_000):
-            vectors = tile_vectors(batch, n_in)
-            assert vectors in (1, 2, 4, 8)
-            assert vectors == 1 or n_in * 32 * vectors <= 256 * 1024
+def test_tile_width_fits_the_batch():
+    assert [tile_vectors(b) for b in (1, 8, 9, 16, 17, 256)] == [1, 1, 2, 2, 4, 4]
+
+
+@pytest.mark.parametrize("n_in", [5, COLUMN_BLOCK, COLUMN_BLOCK + 1, 3 * COLUMN_BLOCK + 7])
+def test_weights_are_packed_by_column_block(n_in):
+    rng = np.random.default_rng(n_in)
+    n_active, k = 6, min(n_in, 40)
+    indices = np.argsort(rng.random((n_active, n_in)), axis=1)[:, :k].astype(np.int32)
+    values = rng.standard_normal((n_active, k)).astype(np.float32)
+    weights = CondensedWeights(values, indices, n_in)
+    blocks = -(-n_in // COLUMN_BLOCK)
+    starts = weights.starts
+    assert weights.column_blocks == blocks and starts.shape == (blocks * n_active + 1,)
+    assert starts[0] == 0 and starts[-1] == n_active * k and np.all(np.diff(starts) >= 0)
+    for c in range(blocks):
+        for r in range(n_active):
+            segment = slice(starts[c * n_active + r], starts[c * n_active + r + 1])
+            in_block = indices[r] // COLUMN_BLOCK == c   # the row's order is kept
+            np.testing.assert_array_equal(weights.packed_indices[segment], indices[r][in_block])
+            np.testing.assert_array_equal(weights.packed_values[segment], values[r][in_block])
+    for array in (weights.packed_values, weights.packed_indices, starts):
+        assert not array.flags.writeable
 
 
 # --- boundary checks: each bad argument is refused with a message naming it ----------------
