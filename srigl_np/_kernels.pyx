@@ -241,12 +241,12 @@ cdef class CondensedWeights:
     k >= 1 is required (an active neuron has at least one weight); n_active may be 0.
 
     For the batched kernel the non-zeros are also kept grouped by column block
-    (COLUMN_BLOCK input columns each), block-major, then row, then their order in
-    the row: ``packed_values[nnz]``, ``packed_indices[nnz]`` and
-    ``starts[column_blocks * n_active + 1]``, where the non-zeros of row r in block c
-    are packed[starts[c * n_active + r] : starts[c * n_active + r + 1]]. When
-    n_in <= COLUMN_BLOCK there is one block and these are views of values/indices;
-    otherwise they are a second copy of the weights.
+    (``column_block`` input columns each, from ``column_block_width``), block-major,
+    then row, then their order in the row: ``packed_values[nnz]``,
+    ``packed_indices[nnz]`` and ``starts[column_blocks * n_active + 1]``, where the
+    non-zeros of row r in block c are packed[starts[c*n_active + r] : starts[c*n_active + r + 1]].
+    With one block these are views of values/indices; otherwise they are a second
+    copy of the weights.
     """
 
     cdef readonly object values
@@ -254,6 +254,7 @@ cdef class CondensedWeights:
     cdef readonly Py_ssize_t n_in
     cdef readonly Py_ssize_t n_active
     cdef readonly Py_ssize_t k
+    cdef readonly Py_ssize_t column_block
     cdef readonly Py_ssize_t column_blocks
     cdef readonly object packed_values
     cdef readonly object packed_indices
@@ -284,7 +285,8 @@ cdef class CondensedWeights:
         self.indices = _frozen_copy(indices, indices.dtype)
         self.n_in = n_in
         self.n_active, self.k = values.shape
-        self.column_blocks = (n_in + COLUMN_BLOCK - 1) // COLUMN_BLOCK
+        self.column_block = column_block_width(n_in, self.k)
+        self.column_blocks = (n_in + self.column_block - 1) // self.column_block
         rows = np.repeat(np.arange(self.n_active, dtype=np.intp), self.k)
         if self.column_blocks == 1:
             self.packed_values = self.values.reshape(-1)
@@ -292,7 +294,8 @@ cdef class CondensedWeights:
             self.starts = np.arange(0, self.n_active * self.k + 1, max(self.k, 1),
                                     dtype=np.intp)[:self.n_active + 1]
         else:
-            key = self.indices.reshape(-1).astype(np.intp) // COLUMN_BLOCK * self.n_active + rows
+            key = (self.indices.reshape(-1).astype(np.intp) // self.column_block * self.n_active
+                   + rows)
             order = np.argsort(key, kind="stable")
             self.packed_values = _frozen_copy(self.values.reshape(-1)[order], np.float32)
             self.packed_indices = _frozen_copy(self.indices.reshape(-1)[order],
@@ -346,10 +349,10 @@ cdef extern from *:
 
        The rows' non-zeros are visited one column block at a time (packed
        block-major, see CondensedWeights), all SRIGL_ROWS rows of the work item
-       per block, so the part of xt in use is COLUMN_BLOCK*W floats (128 KiB at
-       W = 32) instead of the whole tile: random reads into it stay in L2 even
-       for wide layers, at the cost of parking each row's W sums in `out`
-       between blocks. `out` also stages the sums so that the stores to
+       per block, so the part of xt in use is column_block*W floats (32 KiB for
+       256 columns at W = 32) instead of the whole tile: random reads into it
+       stay in L1/L2 even for wide layers, at the cost of parking each row's W
+       sums in `out` between blocks. `out` also stages the sums so that the stores to
        y[batch][n_active] fill whole cache lines instead of striding through the
        output once per row.
 
@@ -527,19 +530,30 @@ cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
                     dst[i * width] = 0
 
 
-# Input columns per column block of the batched kernel: at the widest tile (32 batch
-# values) a block of the transposed input is 128 KiB, a quarter of a Zen 3 L2.
-# Measured there (one core, 90% sparsity), a 32-wide tile with two interleaved rows
-# beat 64-wide tiles by up to 2.8x (they leave L2 sooner and give the FMAs no spare
-# chains) and 8-wide ones (1 FMA per 3 loads) by 1.6-2x; but layers with n_in 3072
-# and 4096 ran at half the per-FMA speed of n_in 768 until the columns were blocked.
-COLUMN_BLOCK = 1024
+# Column blocks of the batched kernel hold about SEGMENT_NONZEROS non-zeros of a row
+# and at least MIN_COLUMN_BLOCK columns (at the widest tile, 256 columns of the
+# transposed input are 32 KiB, an L1 cache). Measured on Zen 3 (2 threads, batch 256,
+# n_in 768-4096): at 10% density 256-384 columns ran 1.1-1.4x faster than 1024 and
+# than no blocking; at 1% density blocks of ~10 non-zeros ran 2x slower than none,
+# where parking the sums between blocks costs more than the cache misses it saves.
+MIN_COLUMN_BLOCK = 256
+SEGMENT_NONZEROS = 32
+
+
+def column_block_width(Py_ssize_t n_in, Py_ssize_t k):
+    """Input columns per column block for a layer of fan-in k over n_in inputs: a
+    multiple of 64, at least MIN_COLUMN_BLOCK, about SEGMENT_NONZEROS * n_in / k."""
+    cdef Py_ssize_t width = (SEGMENT_NONZEROS * n_in + 64 * max(k, 1) - 1) // (64 * max(k, 1)) * 64
+    return max(MIN_COLUMN_BLOCK, width)
 
 
 # Batch rows are tiled and multiplied in chunks of at most this many bytes of x.
 CHUNK_BYTES = 8 * 1024 * 1024
 
 
+# Tile width of the batched kernel: 32 batch values with two interleaved rows beat
+# 64 with one row by up to 2.8x (wider tiles leave the cache sooner and leave the
+# FMAs no spare chains) and 8 (1 FMA per 3 loads) by 1.6-2x, on Zen 3, 90% sparsity.
 def tile_vectors(Py_ssize_t batch):
     """The batched kernel's tile width in 8-float vectors (1, 2 or 4): 32 batch values,
     or as few as the batch needs."""
@@ -630,7 +644,7 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
     x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch)), so
     every index reads a contiguous run of ``width`` batch values, and keep a
     width-wide slice of each output row in registers while streaming that row's
-    k weights, one column block (COLUMN_BLOCK inputs) at a time. Parallel over
+    k weights, one column block (``weights.column_block`` inputs) at a time. Parallel over
     (batch tile, block of rows) pairs.
     """
     x = _condensed_input(weights, x, 2)

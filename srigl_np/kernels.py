@@ -5,6 +5,7 @@ try:
         CondensedWeights,
         condensed_matmul,
         condensed_matvec,
+        column_block_width,
         tile_vectors,
         col2im,
         conv_output_size,

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srigl_np._kernels import (COLUMN_BLOCK, CondensedWeights, condensed_matmul,
-                               condensed_matvec, tile_vectors)
+from srigl_np._kernels import (MIN_COLUMN_BLOCK, CondensedWeights, column_block_width,
+                               condensed_matmul, condensed_matvec, tile_vectors)
 
 INDEX_DTYPES = (np.int16, np.int32)
 
@@ -29,12 +29,12 @@ def assert_matches(y, expected):
 
 
 # (n_in, n_active, k, batch): k = 1, k = n_in, one neuron, batch 1, odd batches, tails
-# of every tile width, several full 32-wide tiles, and layers wider than one column
-# block (COLUMN_BLOCK inputs): k = 1 there leaves most rows with nothing in a block,
-# and more than 128 rows make several row blocks.
+# of every tile width, several full 32-wide tiles, layers of several column blocks
+# (k = 1025 of 1025 gives five 256-column blocks, k = 300 of 2500 eight of 320), and
+# more than 128 rows, which make several row blocks.
 SHAPES = [(1, 1, 1, 1), (9, 1, 9, 1), (9, 5, 9, 2), (50, 13, 1, 3), (50, 13, 50, 65),
           (300, 40, 17, 1), (300, 40, 17, 7), (300, 37, 17, 129), (33, 5, 4, 200),
-          (2000, 3, 200, 17), (40, 70, 6, 256), (2500, 7, 1, 33), (3100, 131, 310, 40),
+          (2000, 3, 200, 17), (40, 70, 6, 256), (2500, 7, 300, 33), (3100, 131, 310, 40),
           (1025, 9, 1025, 9)]
 
 
@@ -74,6 +74,22 @@ def test_non_contiguous_and_float64_input_is_converted():
     assert_matches(condensed_matvec(weights, row), reference(values, indices, row))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_with_nothing_in_some_column_blocks(threads):
+    # n_in 1024, k 128: four 256-column blocks; row 0 lives in the first, row 1 in the
+    # last, row 2 straddles two, row 3 is spread out, so segments are of 0..128.
+    rng = np.random.default_rng(4)
+    indices = np.stack([np.arange(128), np.arange(896, 1024), np.arange(192, 320),
+                        np.arange(0, 1024, 8)]).astype(np.int16)
+    values = rng.standard_normal(indices.shape).astype(np.float32)
+    weights = CondensedWeights(values, indices, 1024)
+    assert weights.column_blocks == 4
+    x = rng.standard_normal((45, 1024)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    assert_matches(condensed_matmul(weights, x, bias, threads),
+                   reference(values, indices, x, bias))
+
+
 def test_duplicate_indices_are_summed_like_the_reference():
     values = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
     indices = np.array([[2, 2, 0]], dtype=np.int32)
@@ -82,7 +98,7 @@ def test_duplicate_indices_are_summed_like_the_reference():
                                   [[33.0]])
 
 
-@given(n_in=st.one_of(st.integers(1, 120), st.integers(COLUMN_BLOCK - 2, 3 * COLUMN_BLOCK)),
+@given(n_in=st.one_of(st.integers(1, 120), st.integers(MIN_COLUMN_BLOCK - 2, 3000)),
        n_active=st.integers(1, 40), batch=st.integers(1, 150),
        seed=st.integers(0, 2**32 - 1), wide=st.booleans())
 def test_property_matches_reference(n_in, n_active, batch, seed, wide):
@@ -107,21 +123,31 @@ def test_tile_width_fits_the_batch():
     assert [tile_vectors(b) for b in (1, 8, 9, 16, 17, 256)] == [1, 1, 2, 2, 4, 4]
 
 
-@pytest.mark.parametrize("n_in", [5, COLUMN_BLOCK, COLUMN_BLOCK + 1, 3 * COLUMN_BLOCK + 7])
-def test_weights_are_packed_by_column_block(n_in):
+def test_column_blocks_hold_about_32_nonzeros_of_a_row_and_at_least_256_columns():
+    assert column_block_width(768, 77) == 320 and column_block_width(4096, 41) == 3200
+    for n_in, k in [(1, 1), (100, 100), (5000, 1), (5000, 5000), (3072, 307)]:
+        width = column_block_width(n_in, k)
+        assert width % 64 == 0 and width >= MIN_COLUMN_BLOCK
+        assert width == MIN_COLUMN_BLOCK or 32 * n_in / k <= width < 32 * n_in / k + 64
+
+
+@pytest.mark.parametrize("n_in, k", [(5, 5), (256, 256), (257, 257), (2000, 300), (3000, 9)])
+def test_weights_are_packed_by_column_block(n_in, k):
     rng = np.random.default_rng(n_in)
-    n_active, k = 6, min(n_in, 40)
+    n_active = 6
     indices = np.argsort(rng.random((n_active, n_in)), axis=1)[:, :k].astype(np.int32)
     values = rng.standard_normal((n_active, k)).astype(np.float32)
     weights = CondensedWeights(values, indices, n_in)
-    blocks = -(-n_in // COLUMN_BLOCK)
+    width = weights.column_block
+    assert width == column_block_width(n_in, k)
+    blocks = -(-n_in // width)
     starts = weights.starts
     assert weights.column_blocks == blocks and starts.shape == (blocks * n_active + 1,)
     assert starts[0] == 0 and starts[-1] == n_active * k and np.all(np.diff(starts) >= 0)
     for c in range(blocks):
         for r in range(n_active):
             segment = slice(starts[c * n_active + r], starts[c * n_active + r + 1])
-            in_block = indices[r] // COLUMN_BLOCK == c   # the row's order is kept
+            in_block = indices[r] // width == c   # the row's order is kept
             np.testing.assert_array_equal(weights.packed_indices[segment], indices[r][in_block])
             np.testing.assert_array_equal(weights.packed_values[segment], values[r][in_block])
     for array in (weights.packed_values, weights.packed_indices, starts):
