@@ -243,8 +243,8 @@ cdef class CondensedWeights:
     For the batched kernel the non-zeros are also kept grouped by column block
     (``column_block`` input columns each, from ``column_block_width``), block-major,
     then row, then their order in the row: ``packed_values[nnz]``,
-    ``packed_indices[nnz]`` and ``starts[column_blocks * n_active + 1]``, where the
-    non-zeros of row r in block c are packed[starts[c*n_active + r] : starts[c*n_active + r + 1]].
+    ``packed_indices[nnz]`` and ``starts[column_blocks * n_active + 1]``: the
+    non-zeros of row r in block c are packed[starts[i] : starts[i + 1]], i = c*n_active + r.
     With one block these are views of values/indices; otherwise they are a second
     copy of the weights.
     """
@@ -287,15 +287,14 @@ cdef class CondensedWeights:
         self.n_active, self.k = values.shape
         self.column_block = column_block_width(n_in, self.k)
         self.column_blocks = (n_in + self.column_block - 1) // self.column_block
-        rows = np.repeat(np.arange(self.n_active, dtype=np.intp), self.k)
         if self.column_blocks == 1:
             self.packed_values = self.values.reshape(-1)
             self.packed_indices = self.indices.reshape(-1)
-            self.starts = np.arange(0, self.n_active * self.k + 1, max(self.k, 1),
-                                    dtype=np.intp)[:self.n_active + 1]
+            self.starts = np.arange(0, self.n_active * self.k + 1, self.k, dtype=np.intp)
         else:
-            key = (self.indices.reshape(-1).astype(np.intp) // self.column_block * self.n_active
-                   + rows)
+            block = self.indices.reshape(-1).astype(np.intp) // self.column_block
+            rows = np.repeat(np.arange(self.n_active, dtype=np.intp), self.k)
+            key = block * self.n_active + rows
             order = np.argsort(key, kind="stable")
             self.packed_values = _frozen_copy(self.values.reshape(-1)[order], np.float32)
             self.packed_indices = _frozen_copy(self.indices.reshape(-1)[order],
@@ -543,8 +542,8 @@ SEGMENT_NONZEROS = 32
 def column_block_width(Py_ssize_t n_in, Py_ssize_t k):
     """Input columns per column block for a layer of fan-in k over n_in inputs: a
     multiple of 64, at least MIN_COLUMN_BLOCK, about SEGMENT_NONZEROS * n_in / k."""
-    cdef Py_ssize_t width = (SEGMENT_NONZEROS * n_in + 64 * max(k, 1) - 1) // (64 * max(k, 1)) * 64
-    return max(MIN_COLUMN_BLOCK, width)
+    cdef Py_ssize_t step = 64 * max(k, 1)
+    return max(MIN_COLUMN_BLOCK, (SEGMENT_NONZEROS * n_in + step - 1) // step * 64)
 
 
 # Batch rows are tiled and multiplied in chunks of at most this many bytes of x.
