@@ -348,9 +348,9 @@ cdef extern from *:
 
        The rows' non-zeros are visited one column block at a time (packed
        block-major, see CondensedWeights), all SRIGL_ROWS rows of the work item
-       per block, so the part of xt in use is column_block*W floats (32 KiB for
-       256 columns at W = 32) instead of the whole tile: random reads into it
-       stay in L1/L2 even for wide layers, at the cost of parking each row's W
+       per block, so the part of xt in use is column_block*W floats (64 KiB for
+       256 columns at W = 64) instead of the whole tile: random reads into it
+       stay in L2 even for wide layers, at the cost of parking each row's W
        sums in `out` between blocks. `out` also stages the sums so that the stores to
        y[batch][n_active] fill whole cache lines instead of striding through the
        output once per row.
@@ -422,14 +422,19 @@ cdef extern from *:
         for (t = 0; t < width; t++)                                                   \
             for (i = 0; i < r1 - r0; i++) y[t * ldy + r0 + i] = out[i * (8 * NV) + t]; \
     }
+    SRIGL_BLOCK(srigl_block8_i16, 8, 1, int16_t)
     SRIGL_BLOCK(srigl_block4_i16, 4, 2, int16_t)
     SRIGL_BLOCK(srigl_block2_i16, 2, 4, int16_t)
     SRIGL_BLOCK(srigl_block1_i16, 1, 8, int16_t)
+    SRIGL_BLOCK(srigl_block8_i32, 8, 1, int32_t)
     SRIGL_BLOCK(srigl_block4_i32, 4, 2, int32_t)
     SRIGL_BLOCK(srigl_block2_i32, 2, 4, int32_t)
     SRIGL_BLOCK(srigl_block1_i32, 1, 8, int32_t)
     """
     enum: ROWS_PER_BLOCK "SRIGL_ROWS"
+    void srigl_block8_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
     void srigl_block4_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
                           Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
                           float*, Py_ssize_t, Py_ssize_t) noexcept nogil
@@ -437,6 +442,9 @@ cdef extern from *:
                           Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
                           float*, Py_ssize_t, Py_ssize_t) noexcept nogil
     void srigl_block1_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
+                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block8_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
                           Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
                           float*, Py_ssize_t, Py_ssize_t) noexcept nogil
     void srigl_block4_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
@@ -456,7 +464,10 @@ cdef inline void _block(int n_vectors, const float* values, const index_t* indic
                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil:
     """Rows [r0, r1) of one batch tile of 8 * n_vectors values: see the C block above."""
     if index_t is int16_t:
-        if n_vectors == 4:
+        if n_vectors == 8:
+            srigl_block8_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
+        elif n_vectors == 4:
             srigl_block4_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
                              y, ldy, width)
         elif n_vectors == 2:
@@ -466,7 +477,10 @@ cdef inline void _block(int n_vectors, const float* values, const index_t* indic
             srigl_block1_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
                              y, ldy, width)
     else:
-        if n_vectors == 4:
+        if n_vectors == 8:
+            srigl_block8_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
+                             y, ldy, width)
+        elif n_vectors == 4:
             srigl_block4_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
                              y, ldy, width)
         elif n_vectors == 2:
@@ -530,13 +544,13 @@ cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
 
 
 # Column blocks of the batched kernel hold about SEGMENT_NONZEROS non-zeros of a row
-# and at least MIN_COLUMN_BLOCK columns (at the widest tile, 256 columns of the
-# transposed input are 32 KiB, an L1 cache). Measured on Zen 3 (2 threads, batch 256,
-# n_in 768-4096): at 10% density 256-384 columns ran 1.1-1.4x faster than 1024 and
-# than no blocking; at 1% density blocks of ~10 non-zeros ran 2x slower than none,
-# where parking the sums between blocks costs more than the cache misses it saves.
-MIN_COLUMN_BLOCK = 256
-SEGMENT_NONZEROS = 32
+# and at least MIN_COLUMN_BLOCK columns (at the widest tile, 128 columns of the
+# transposed input are 32 KiB, an L1 cache). Measured on Zen 3 (2 threads, batch
+# 256, 64-wide tiles, n_in 768-4096): at 10% density, 16-24 non-zeros per block ran
+# 10-20% faster than 32-64 and than 1024-column blocks; at 30% density blocking ran
+# 1.5-2x faster than none; at 1% density it made no difference beyond noise.
+MIN_COLUMN_BLOCK = 128
+SEGMENT_NONZEROS = 16
 
 
 def column_block_width(Py_ssize_t n_in, Py_ssize_t k):
@@ -550,13 +564,14 @@ def column_block_width(Py_ssize_t n_in, Py_ssize_t k):
 CHUNK_BYTES = 8 * 1024 * 1024
 
 
-# Tile width of the batched kernel: 32 batch values with two interleaved rows beat
-# 64 with one row by up to 2.8x (wider tiles leave the cache sooner and leave the
-# FMAs no spare chains) and 8 (1 FMA per 3 loads) by 1.6-2x, on Zen 3, 90% sparsity.
+# Tile width of the batched kernel: 8 * n_vectors batch values, 64 or as few as the
+# batch needs. Narrower tiles interleave more rows (RG = 8 / n_vectors) to keep 8
+# FMA chains going. On Zen 3 (2 threads, batch 256, 90% sparsity, column-blocked)
+# 64-wide tiles ran 5-10% faster than 32-wide ones with two rows interleaved: one
+# value and index load per 8 FMAs instead of per 4, and half the passes over them.
 def tile_vectors(Py_ssize_t batch):
-    """The batched kernel's tile width in 8-float vectors (1, 2 or 4): 32 batch values,
-    or as few as the batch needs."""
-    return 4 if batch > 16 else 2 if batch > 8 else 1
+    """The batched kernel's tile width in 8-float vectors (1, 2, 4 or 8)."""
+    return 8 if batch > 32 else 4 if batch > 16 else 2 if batch > 8 else 1
 
 
 # Below this many multiply-adds a call runs on one thread: waking a team costs more

@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srigl_np._kernels import (MIN_COLUMN_BLOCK, CondensedWeights, column_block_width,
-                               condensed_matmul, condensed_matvec, tile_vectors)
+from srigl_np._kernels import (MIN_COLUMN_BLOCK, SEGMENT_NONZEROS, CondensedWeights,
+                               column_block_width, condensed_matmul, condensed_matvec,
+                               tile_vectors)
 
 INDEX_DTYPES = (np.int16, np.int32)
 
@@ -29,8 +30,8 @@ def assert_matches(y, expected):
 
 
 # (n_in, n_active, k, batch): k = 1, k = n_in, one neuron, batch 1, odd batches, tails
-# of every tile width, several full 32-wide tiles, layers of several column blocks
-# (k = 1025 of 1025 gives five 256-column blocks, k = 300 of 2500 eight of 320), and
+# of every tile width, several full 64-wide tiles, layers of several column blocks
+# (k = 1025 of 1025 gives nine 128-column blocks, k = 300 of 2500 fourteen of 192), and
 # more than 128 rows, which make several row blocks.
 SHAPES = [(1, 1, 1, 1), (9, 1, 9, 1), (9, 5, 9, 2), (50, 13, 1, 3), (50, 13, 50, 65),
           (300, 40, 17, 1), (300, 40, 17, 7), (300, 37, 17, 129), (33, 5, 4, 200),
@@ -76,14 +77,14 @@ def test_non_contiguous_and_float64_input_is_converted():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_rows_with_nothing_in_some_column_blocks(threads):
-    # n_in 1024, k 128: four 256-column blocks; row 0 lives in the first, row 1 in the
+    # n_in 1024, k 128: eight 128-column blocks; row 0 lives in the first, row 1 in the
     # last, row 2 straddles two, row 3 is spread out, so segments are of 0..128.
     rng = np.random.default_rng(4)
     indices = np.stack([np.arange(128), np.arange(896, 1024), np.arange(192, 320),
                         np.arange(0, 1024, 8)]).astype(np.int16)
     values = rng.standard_normal(indices.shape).astype(np.float32)
     weights = CondensedWeights(values, indices, 1024)
-    assert weights.column_blocks == 4
+    assert weights.column_blocks == 8
     x = rng.standard_normal((45, 1024)).astype(np.float32)
     bias = rng.standard_normal(4).astype(np.float32)
     assert_matches(condensed_matmul(weights, x, bias, threads),
@@ -120,15 +121,17 @@ def test_same_input_same_output_bit_for_bit_across_thread_counts():
 
 
 def test_tile_width_fits_the_batch():
-    assert [tile_vectors(b) for b in (1, 8, 9, 16, 17, 256)] == [1, 1, 2, 2, 4, 4]
+    assert [tile_vectors(b) for b in (1, 8, 9, 16, 17, 32, 33, 256)] == [1, 1, 2, 2, 4, 4, 8, 8]
 
 
-def test_column_blocks_hold_about_32_nonzeros_of_a_row_and_at_least_256_columns():
-    assert column_block_width(768, 77) == 320 and column_block_width(4096, 41) == 3200
+def test_column_blocks_hold_about_16_nonzeros_of_a_row_and_at_least_128_columns():
+    assert SEGMENT_NONZEROS == 16 and MIN_COLUMN_BLOCK == 128
+    assert column_block_width(768, 77) == 192 and column_block_width(4096, 41) == 1600
     for n_in, k in [(1, 1), (100, 100), (5000, 1), (5000, 5000), (3072, 307)]:
         width = column_block_width(n_in, k)
+        target = SEGMENT_NONZEROS * n_in / k
         assert width % 64 == 0 and width >= MIN_COLUMN_BLOCK
-        assert width == MIN_COLUMN_BLOCK or 32 * n_in / k <= width < 32 * n_in / k + 64
+        assert width == MIN_COLUMN_BLOCK or target <= width < target + 64
 
 
 @pytest.mark.parametrize("n_in, k", [(5, 5), (256, 256), (257, 257), (2000, 300), (3000, 9)])
