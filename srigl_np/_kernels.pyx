@@ -308,21 +308,75 @@ cdef class CondensedWeights:
                 f"indices={self.indices.dtype})")
 
 
+cdef extern from *:
+    """
+    /* sum_j v[j] * x[idx[j]] for one output row (batch 1).
+
+       Eight gathered x values are assembled into one vector and multiplied by
+       eight values loaded at once, so a non-zero costs one scalar load (its x)
+       plus an index load instead of three loads: on Zen 3, whose three load
+       ports bound the scalar loop at one non-zero per cycle, this ran 1.15-1.35x
+       faster on the ViT and 4096x4096 rows (AVX2's gather instruction was slower
+       than either). Two vector accumulators break the add dependency chain.
+       Non-GNU compilers get a scalar loop with four accumulators. */
+    #include <string.h>
+    #if defined(__GNUC__) || defined(__clang__)
+    typedef float srigl_dot8 __attribute__((vector_size(32)));
+    #define SRIGL_GATHER8(x, p) (srigl_dot8){x[p[0]], x[p[1]], x[p[2]], x[p[3]], \
+                                             x[p[4]], x[p[5]], x[p[6]], x[p[7]]}
+    #define SRIGL_GATHER_DOT(NAME, INDEX_T)                                           \
+    static inline float NAME(const float *v, const INDEX_T *idx, const float *x,      \
+                             Py_ssize_t k) {                                         \
+        srigl_dot8 a0 = {0}, a1 = {0}, w;                                             \
+        Py_ssize_t j = 0;                                                             \
+        float sum = 0.0f;                                                             \
+        int e;                                                                        \
+        for (; j + 16 <= k; j += 16) {                                                \
+            memcpy(&w, v + j, sizeof w);                                              \
+            a0 += w * SRIGL_GATHER8(x, (idx + j));                                    \
+            memcpy(&w, v + j + 8, sizeof w);                                          \
+            a1 += w * SRIGL_GATHER8(x, (idx + j + 8));                                \
+        }                                                                             \
+        if (j + 8 <= k) {                                                             \
+            memcpy(&w, v + j, sizeof w);                                              \
+            a0 += w * SRIGL_GATHER8(x, (idx + j));                                    \
+            j += 8;                                                                   \
+        }                                                                             \
+        a0 += a1;                                                                     \
+        for (e = 0; e < 8; e++) sum += a0[e];                                         \
+        for (; j < k; j++) sum += v[j] * x[idx[j]];                                   \
+        return sum;                                                                   \
+    }
+    #else
+    #define SRIGL_GATHER_DOT(NAME, INDEX_T)                                           \
+    static inline float NAME(const float *v, const INDEX_T *idx, const float *x,      \
+                             Py_ssize_t k) {                                         \
+        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                         \
+        Py_ssize_t j = 0;                                                             \
+        for (; j + 4 <= k; j += 4) {                                                  \
+            a0 += v[j] * x[idx[j]];         a1 += v[j + 1] * x[idx[j + 1]];           \
+            a2 += v[j + 2] * x[idx[j + 2]]; a3 += v[j + 3] * x[idx[j + 3]];           \
+        }                                                                             \
+        for (; j < k; j++) a0 += v[j] * x[idx[j]];                                    \
+        return (a0 + a1) + (a2 + a3);                                                 \
+    }
+    #endif
+    SRIGL_GATHER_DOT(srigl_gather_dot_i16, int16_t)
+    SRIGL_GATHER_DOT(srigl_gather_dot_i32, int32_t)
+    """
+    float srigl_gather_dot_i16(const float*, const int16_t*, const float*,
+                               Py_ssize_t) noexcept nogil
+    float srigl_gather_dot_i32(const float*, const int32_t*, const float*,
+                               Py_ssize_t) noexcept nogil
+
+
 cdef inline float _gather_dot(const float* v, const index_t* idx, const float* x,
                               Py_ssize_t k) noexcept nogil:
-    """sum_j v[j] * x[idx[j]]; four accumulators break the add dependency chain."""
-    cdef float a0 = 0, a1 = 0, a2 = 0, a3 = 0
-    cdef Py_ssize_t j = 0
-    while j + 4 <= k:
-        a0 = a0 + v[j] * x[idx[j]]
-        a1 = a1 + v[j + 1] * x[idx[j + 1]]
-        a2 = a2 + v[j + 2] * x[idx[j + 2]]
-        a3 = a3 + v[j + 3] * x[idx[j + 3]]
-        j = j + 4
-    while j < k:
-        a0 = a0 + v[j] * x[idx[j]]
-        j = j + 1
-    return (a0 + a1) + (a2 + a3)
+    """sum_j v[j] * x[idx[j]]: see the C block above."""
+    if index_t is int16_t:
+        return srigl_gather_dot_i16(v, idx, x, k)
+    else:
+        return srigl_gather_dot_i32(v, idx, x, k)
 
 
 cdef void _condensed_vector(const float[:, ::1] values, const index_t[:, ::1] indices,

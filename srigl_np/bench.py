@@ -85,7 +85,7 @@ def constant_fan_in_weight(n_in, n_out, sparsity, ablated_frac, rng):
     return weight
 
 
-ROUNDS = 5
+ROUNDS = 10
 
 
 def sample_seconds(fn, min_time, min_repeats=5, max_repeats=100_000):
@@ -184,7 +184,7 @@ def run_case(weight, layer, batch, threads, min_time, rng, device="cpu"):
                          sample_seconds, min_time)
 
 
-def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min_time=0.2,
+def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min_time=0.5,
         seed=0, device="cpu", log=print):
     """All records: one per implementation/shape/sparsity/batch/threads."""
     from .condensed import CondensedLinear
@@ -305,7 +305,7 @@ def parse_args(argv=None):
                         help="fraction of neurons ablated (removed by 'structured' and "
                              "'condensed'); default 0")
     parser.add_argument("--min-time", type=float, default=None,
-                        help="seconds of timing per row (default 0.2, --quick 0.03)")
+                        help="seconds of timing per row (default 0.5, --quick 0.03)")
     parser.add_argument("--quick", action="store_true", help="a short run (< 60 s)")
     parser.add_argument("--device", default="cpu",
                         help="'cpu', or 'cuda[:N]' for the GPU rows (needs CuPy): cuBLAS "
@@ -336,7 +336,7 @@ def parse_args(argv=None):
     if args.device == "cpu" and any(t < 1 for t in args.threads):
         parser.error(f"thread counts must be >= 1, got {args.threads}")
     if args.min_time is None:
-        args.min_time = 0.03 if args.quick else 0.2
+        args.min_time = 0.03 if args.quick else 0.5
     args.shape = args.shape or list(DEFAULT_SHAPES)
     return args
 
