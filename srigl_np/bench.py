@@ -365,7 +365,9 @@ def main(argv=None):
     print("\n" + PAPER_FIGURES)
     targets = target_lines(records)
     if targets:
-        print("Targets (90% sparsity; CPU rows at 2 threads):")
+        print("Targets (90% sparsity; CPU rows at 2 threads):"
+              + (f" [{args.min_time} s per row: short timings on a shared machine are "
+                 "noisy; the default run is the one to quote]" if args.min_time < 0.5 else ""))
         print("\n".join(targets))
     if args.json:
         from .checkpoint import write_json
