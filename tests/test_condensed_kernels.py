@@ -232,9 +232,11 @@ def test_empty_batch_gives_empty_output():
 
 
 def test_large_batches_run_in_chunks_like_one():
-    # n_in = 40000 gives 8-wide tiles and 48-row chunks: 100 rows take three chunks.
+    # n_in = 40000: one 64-wide tile of x is 10 MB, over CHUNK_BYTES, so a chunk is one
+    # tile and 100 rows take two chunks (64 + 36); k = 30 makes two column blocks.
     rng = np.random.default_rng(4)
     values, indices = random_weights(rng, 40000, 5, 30, np.int32)
+    weights = CondensedWeights(values, indices, 40000)
+    assert weights.column_blocks == 2
     x = rng.standard_normal((100, 40000)).astype(np.float32)
-    assert_matches(condensed_matmul(CondensedWeights(values, indices, 40000), x, threads=2),
-                   reference(values, indices, x))
+    assert_matches(condensed_matmul(weights, x, threads=2), reference(values, indices, x))
