@@ -402,12 +402,12 @@ cdef extern from *:
 
        The rows' non-zeros are visited one column block at a time (packed
        block-major, see CondensedWeights), all SRIGL_ROWS rows of the work item
-       per block, so the part of xt in use is column_block*W floats (64 KiB for
-       256 columns at W = 64) instead of the whole tile: random reads into it
-       stay in L2 even for wide layers, at the cost of parking each row's W
-       sums in `out` between blocks. `out` also stages the sums so that the stores to
-       y[batch][n_active] fill whole cache lines instead of striding through the
-       output once per row.
+       per block, so the part of xt in use is column_block*W floats (48 KiB for
+       the 192-column blocks of a 10%-dense layer at W = 64) instead of the
+       whole tile: random reads into it stay in L1/L2 even for wide layers, at
+       the cost of parking each row's W sums in `out` between blocks. `out` also
+       stages the sums so that the stores to y[batch][n_active] fill whole cache
+       lines instead of striding through the output once per row.
 
        GCC/Clang vector extensions pin the accumulators in registers whatever
        the auto-vectoriser decides (left alone, GCC kept them on the stack and
