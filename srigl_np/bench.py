@@ -26,6 +26,7 @@ weights of ablated neurons.
 """
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
@@ -253,10 +254,11 @@ def target_lines(records):
 
 
 def plot(records, path):
-    try:
-        import matplotlib
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    """Bar chart of speedups vs dense, written atomically to ``path`` (PNG by default)."""
+    import matplotlib
+
+    from .checkpoint import atomic_write
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -277,7 +279,9 @@ def plot(records, path):
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    suffix = os.path.splitext(path)[1][1:] or "png"
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format=suffix))
+    plt.close(fig)
 
 
 def _shape(text):
@@ -315,6 +319,8 @@ def parse_args(argv=None):
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
     parser.add_argument("--plot", metavar="PATH", help="bar chart of speedups (matplotlib)")
     args = parser.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--plot needs matplotlib: pip install matplotlib (or srigl_np[plot])")
     for s in args.sparsities:
         if not 0.0 <= s < 1.0:
             parser.error(f"sparsities must be in [0, 1), got {s}")

@@ -66,3 +66,22 @@ def test_implementations_take_turns_and_csr_keeps_its_faster_orientation():
     assert by_name["csr"]["median_s"] == 1.0
     assert by_name["csr"]["note"] == "x @ Wt (faster orientation)"
     assert by_name["csr"]["repeats"] == 3 * 2   # ceil(5 / 3) calls per turn
+
+
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "speedups.png"
+    assert bench.main(["--quick", "--shape", "48x80", "--batch-sizes", "1", "--threads", "1",
+                       "--min-time", "0.001", "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["speedups.png"]   # no temp file left
+
+
+def test_plot_without_matplotlib_is_refused_before_any_timing(monkeypatch, capsys):
+    real_find_spec = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec",
+                        lambda name: None if name == "matplotlib" else real_find_spec(name))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--plot", "out.png"])
+    assert exc.value.code == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err
