@@ -484,32 +484,27 @@ cdef extern from *:
     SRIGL_BLOCK(srigl_block4_i32, 4, 2, int32_t)
     SRIGL_BLOCK(srigl_block2_i32, 2, 4, int32_t)
     SRIGL_BLOCK(srigl_block1_i32, 1, 8, int32_t)
+
+    /* One entry point per index type: the block for a tile of 8 * n_vectors values. */
+    #define SRIGL_DISPATCH(NAME, INDEX_T, SUFFIX)                                     \
+    static void NAME(int n_vectors, const float *values, const INDEX_T *indices,      \
+                     const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active, \
+                     const float *bias, const float *xt, Py_ssize_t r0, Py_ssize_t r1, \
+                     float *y, Py_ssize_t ldy, Py_ssize_t width) {                    \
+        (n_vectors == 8 ? srigl_block8_##SUFFIX : n_vectors == 4 ? srigl_block4_##SUFFIX \
+         : n_vectors == 2 ? srigl_block2_##SUFFIX : srigl_block1_##SUFFIX)(           \
+            values, indices, starts, n_blocks, n_active, bias, xt, r0, r1, y, ldy, width); \
+    }
+    SRIGL_DISPATCH(srigl_block_i16, int16_t, i16)
+    SRIGL_DISPATCH(srigl_block_i32, int32_t, i32)
     """
     enum: ROWS_PER_BLOCK "SRIGL_ROWS"
-    void srigl_block8_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block4_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block2_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block1_i16(const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block8_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block4_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block2_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block1_i32(const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
-                          Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                          float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block_i16(int, const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
+                         Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                         float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    void srigl_block_i32(int, const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
+                         Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
+                         float*, Py_ssize_t, Py_ssize_t) noexcept nogil
 
 
 cdef inline void _block(int n_vectors, const float* values, const index_t* indices,
@@ -518,31 +513,11 @@ cdef inline void _block(int n_vectors, const float* values, const index_t* indic
                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil:
     """Rows [r0, r1) of one batch tile of 8 * n_vectors values: see the C block above."""
     if index_t is int16_t:
-        if n_vectors == 8:
-            srigl_block8_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
-        elif n_vectors == 4:
-            srigl_block4_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
-        elif n_vectors == 2:
-            srigl_block2_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
-        else:
-            srigl_block1_i16(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
+        srigl_block_i16(n_vectors, values, indices, starts, n_blocks, n_active, bias, xt,
+                        r0, r1, y, ldy, width)
     else:
-        if n_vectors == 8:
-            srigl_block8_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
-        elif n_vectors == 4:
-            srigl_block4_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
-        elif n_vectors == 2:
-            srigl_block2_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
-        else:
-            srigl_block1_i32(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1,
-                             y, ldy, width)
+        srigl_block_i32(n_vectors, values, indices, starts, n_blocks, n_active, bias, xt,
+                        r0, r1, y, ldy, width)
 
 
 cdef void _condensed_batch(const float[::1] values, const index_t[::1] indices,
