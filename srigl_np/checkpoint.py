@@ -25,8 +25,23 @@ from .backend import on_device_of, to_numpy
 CHECKPOINT_VERSION = 1
 
 
+def _new_file_mode(path):
+    """The mode ``open(path, "w")`` would leave: the replaced file's, else 0o666 less umask."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``."""
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The file ends with the permissions a plain ``open(path, "w")`` gives, not
+    ``mkstemp``'s private 0o600, so runs and plots stay readable to whoever could read
+    the directory.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
@@ -35,6 +50,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
