@@ -150,20 +150,34 @@ cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh,
         _col2im_image(cols, x, b, kh, kw, stride, padding, out_h, out_w)
 
 
-def im2col(x, int kh, int kw, int stride=1, int padding=0, int threads=0):
+def im2col(x, int kh, int kw, int stride=1, int padding=0, int threads=0, out=None):
     """Unfold image patches into rows.
 
     x[batch, channels, height, width] (float32/float64, C-contiguous)
     -> cols[batch*out_h*out_w, channels*kh*kw], same dtype; taps outside the
     image (padding) are 0. Row ``(b*out_h + oh)*out_w + ow`` holds the patch of
     output pixel (oh, ow) of image b, columns ordered (channel, ki, kj).
-    Parallel over the batch.
+    Parallel over the batch. ``out``: an array of that shape and dtype (C-contiguous,
+    writeable, not overlapping x) to fill and return instead of a new one.
     """
     _check_float_array("x", x, 4)
     batch, channels, height, width = x.shape
     out_h, out_w = _check_conv_geometry(height, width, kh, kw, stride, padding)
     cdef int n_threads = _resolve_threads(threads)
-    cols = np.empty((batch * out_h * out_w, channels * kh * kw), dtype=x.dtype)
+    shape = (batch * out_h * out_w, channels * kh * kw)
+    if out is None:
+        cols = np.empty(shape, dtype=x.dtype)
+    else:
+        _check_float_array("out", out, 2)
+        if out.dtype != x.dtype:
+            raise TypeError(f"out must have x's dtype {x.dtype}, got {out.dtype}")
+        if out.shape != shape:
+            raise ValueError(f"out must have shape {shape}, got {out.shape}")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable")
+        if np.may_share_memory(out, x):
+            raise ValueError("out must not overlap x")
+        cols = out
     if x.dtype == np.float32:
         _im2col[float](x, cols, kh, kw, stride, padding, out_h, out_w, n_threads)
     else:

@@ -245,10 +245,11 @@ class Conv2d(Layer):
                                                  fan_in, rng, dtype))
         if bias:
             self._add_param("bias", np.zeros(self.out_channels, dtype=dtype))
-        self.cols = None
         self.x_shape = None
-        # Reused across steps: a fresh (rows, in_channels*kh*kw) array per step costs
-        # page faults comparable to the GEMM that fills it.
+        # cols (forward) and _grad_cols (backward) are reused across steps: a fresh
+        # (rows, in_channels*kh*kw) array per step costs page faults comparable to the
+        # kernel or GEMM that fills it.
+        self.cols = None
         self._grad_cols = None
 
     def to(self, device):
@@ -268,8 +269,14 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         out_h = conv_output_size(height, kh, self.stride, self.padding)
         out_w = conv_output_size(width, kw, self.stride, self.padding)
-        lower = im2col if xp is np else im2col_strided
-        self.cols = lower(x, kh, kw, self.stride, self.padding)
+        if xp is np:
+            shape = (batch * out_h * out_w, self.in_channels * kh * kw)
+            reuse = (self.cols is not None and self.cols.shape == shape
+                     and self.cols.dtype == x.dtype)
+            self.cols = im2col(x, kh, kw, self.stride, self.padding,
+                               out=self.cols if reuse else None)
+        else:
+            self.cols = im2col_strided(x, kh, kw, self.stride, self.padding)
         self.x_shape = x.shape
         rows = self.cols @ weight.reshape(self.out_channels, -1).T
         if "bias" in self.params:

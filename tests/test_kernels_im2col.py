@@ -100,6 +100,15 @@ def test_threads_do_not_change_results():
                                   col2im(c1, x.shape, 3, 3, 2, 1, threads=2))
 
 
+def test_im2col_fills_the_given_out_completely():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 2, 6, 5)).astype(np.float32)
+    expected = im2col_reference(x, 3, 2, 2, 1)
+    out = np.full(expected.shape, np.nan, np.float32)  # every entry, padding too, rewritten
+    assert im2col(x, 3, 2, stride=2, padding=1, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_conv_output_size_and_openmp_helpers():
     assert conv_output_size(28, 3, 1, 0) == 26
     assert conv_output_size(7, 3, 2, 1) == 4
@@ -108,6 +117,12 @@ def test_conv_output_size_and_openmp_helpers():
 
 
 X = np.zeros((2, 3, 5, 5), np.float32)
+BUFFER = np.zeros(1000, np.float32)
+
+
+def _read_only(a):
+    a.flags.writeable = False
+    return a
 
 
 @pytest.mark.parametrize("call, error, fragment", [
@@ -122,6 +137,16 @@ X = np.zeros((2, 3, 5, 5), np.float32)
     (lambda: im2col(X, 3, 3, stride=0), ValueError, "stride"),
     (lambda: im2col(X, 3, 3, padding=-1), ValueError, "padding"),
     (lambda: im2col(X, 3, 3, threads=-1), ValueError, "threads"),
+    (lambda: im2col(X, 3, 3, out=np.zeros((18, 27), np.float64)), TypeError, "out must have x's"),
+    (lambda: im2col(X, 3, 3, out=np.zeros((18, 26), np.float32)), ValueError, "out must have shape"),
+    (lambda: im2col(X, 3, 3, out=np.zeros((27, 18), np.float32).T), ValueError,
+     "out must be C-contiguous"),
+    (lambda: im2col(X, 3, 3, out=np.zeros((18, 27), np.float32)[None]), ValueError,
+     "out must have 2 dimensions"),
+    (lambda: im2col(X, 3, 3, out=_read_only(np.zeros((18, 27), np.float32))), ValueError,
+     "writeable"),
+    (lambda: im2col(BUFFER[:150].reshape(X.shape), 3, 3, out=BUFFER[100:586].reshape(18, 27)),
+     ValueError, "overlap"),
     (lambda: col2im(np.zeros((17, 27), np.float32), (2, 3, 5, 5), 3, 3), ValueError, "shape"),
     (lambda: col2im(np.zeros((18, 27), np.int64), (2, 3, 5, 5), 3, 3), TypeError, "float32"),
     (lambda: col2im(np.zeros((27, 18), np.float32).T, (2, 3, 5, 5), 3, 3), ValueError,

@@ -148,6 +148,21 @@ def test_conv2d_gradients(in_c, out_c, kernel, stride, padding, xs):
     check_layer_gradients(layer, rng.standard_normal((xs[0], in_c, xs[1], xs[2])))
 
 
+def test_conv2d_refills_its_column_buffer_between_steps():
+    rng = np.random.default_rng(8)
+    layer = Conv2d(2, 3, 3, stride=2, padding=1, rng=rng, dtype=F64)
+    x1, x2 = rng.standard_normal((2, 2, 2, 7, 6))
+    layer.forward(x1, True)
+    cols = layer.cols
+    y2 = layer.forward(x2, True)
+    assert layer.cols is cols  # same shape: refilled, not reallocated
+    np.testing.assert_allclose(y2, conv2d_reference(x2, layer.params["weight"],
+                                                    layer.params["bias"], 2, 1),
+                               rtol=1e-12, atol=1e-12)
+    layer.forward(x2[:1], True)  # another batch size gets its own buffer
+    assert layer.cols is not cols and layer.cols.shape[0] == cols.shape[0] // 2
+
+
 def test_conv2d_float32_matches_float64():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 2, 9, 8))
