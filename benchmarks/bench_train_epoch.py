@@ -22,13 +22,13 @@ import statistics
 import sys
 import time
 
+from srigl_np import thread_waits
+
+# Before NumPy loads OpenBLAS: see thread_waits.
+thread_waits.set_training_defaults()
+
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
-
-# Training alternates our OpenMP kernels (im2col/col2im) with BLAS in every layer, and
-# OpenMP threads spinning after a kernel steal the cores BLAS needs next, so let them
-# sleep unless the user chose otherwise. libgomp reads this when _kernels first loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from srigl_np import openmp_enabled
 from srigl_np.checkpoint import write_json

@@ -22,13 +22,13 @@ import os
 import sys
 import time
 
+from . import thread_waits
+
+# Before NumPy loads OpenBLAS: see thread_waits.
+thread_waits.set_training_defaults()
+
 import numpy as np
 from threadpoolctl import threadpool_limits
-
-# Training alternates our OpenMP kernels (im2col/col2im) with BLAS in every layer, and
-# OpenMP threads spinning after a kernel steal the cores BLAS needs next, so let them
-# sleep unless the user chose otherwise. libgomp reads this when _kernels first loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import data as data_module
 from .backend import on_device_of

@@ -122,3 +122,33 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert audit.returncode == 0, audit.stderr
     assert "1.weight" in audit.stdout and "fan-in" in audit.stdout
+
+
+@pytest.mark.parametrize("user_env, expected", [
+    ({}, {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "18"}),
+    ({"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "4"},
+     {"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}),
+])
+def test_trainer_sets_thread_waits_before_numpy_loads_unless_the_user_did(user_env, expected):
+    # OpenBLAS reads its variable only as NumPy loads it, so record the environment at
+    # the moment the trainer first imports numpy.
+    probe = """if True:
+        import builtins, os
+        at_numpy = []
+        real_import = builtins.__import__
+        def spy(name, *args, **kwargs):
+            if name == "numpy" and not at_numpy:
+                at_numpy.append((os.environ.get("OMP_WAIT_POLICY"),
+                                 os.environ.get("OPENBLAS_THREAD_TIMEOUT")))
+            return real_import(name, *args, **kwargs)
+        builtins.__import__ = spy
+        import srigl_np.train
+        print(*at_numpy[0])
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
+    result = subprocess.run([sys.executable, "-c", probe], env={**env, **user_env},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected["OMP_WAIT_POLICY"],
+                                     expected["OPENBLAS_THREAD_TIMEOUT"]]
