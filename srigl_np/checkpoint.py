@@ -25,14 +25,27 @@ from .backend import on_device_of, to_numpy
 CHECKPOINT_VERSION = 1
 
 
+def _umask(status_path="/proc/self/status"):
+    # Linux reports it; elsewhere os.umask must set it to read it, which for an instant
+    # would give files other threads create the wrong mode.
+    try:
+        with open(status_path) as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
 def _new_file_mode(path):
     """The mode ``open(path, "w")`` would leave: the replaced file's, else 0o666 less umask."""
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def atomic_write(path, write):

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from srigl_np.checkpoint import atomic_write
+from srigl_np.checkpoint import _umask, atomic_write
 
 
 @pytest.fixture
@@ -47,3 +47,9 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, fail)
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+
+
+def test_umask_is_read_with_and_without_proc(tmp_path, umask_022):
+    assert _umask() == 0o022
+    assert _umask(status_path=str(tmp_path / "missing")) == 0o022  # the os.umask fallback
+    assert os.umask(0o022) == 0o022  # and the fallback put it back
