@@ -31,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from srigl_np import openmp_enabled
-from srigl_np.checkpoint import write_json
+from srigl_np.fileio import write_json
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.models import MODEL_NAMES, build
 from srigl_np.optim import SGD

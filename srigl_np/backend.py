@@ -1,12 +1,25 @@
-"""The array namespace (``xp``) helper: NumPy on the CPU, CuPy on an NVIDIA GPU.
+"""Devices: the array namespace (``xp``) of an array, device names, and device selection.
 
-Layers, losses, optimizers and the DST updates take their array module from their
-inputs, so one code path serves both devices. CuPy is never imported here: an array
-is recognised as a CuPy array by its type's module, so ``import srigl_np`` works
-(and stays NumPy-only) on machines without CuPy.
+Layers, losses, optimizers, the DST updates and the condensed stages take their array
+module from their inputs (``array_module``), so one code path serves NumPy on the CPU
+and CuPy on an NVIDIA GPU. CuPy is imported only by ``cupy()`` / ``select()``, when a
+GPU is asked for: an array is recognised as a CuPy array by its type's module, so
+``import srigl_np`` works (and stays NumPy-only) on machines without CuPy.
+
+Device names are "cpu", "cuda" (the current GPU, index 0 unless changed) and "cuda:N".
+Without CuPy, or with CuPy but no usable GPU, asking for the GPU raises one
+``DeviceError`` that says what is missing and how to get it.
 """
 
+import re
+
 import numpy as np
+
+_DEVICE_PATTERN = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (no CuPy, no GPU, bad device index)."""
 
 
 def is_cupy_array(a):
@@ -39,3 +52,64 @@ def on_device_of(value, reference):
     if is_cupy_array(reference):
         return array_module(reference).asarray(value)
     return to_numpy(value)
+
+
+def parse_device(device):
+    """Normalise a device string: "cpu", "cuda" or "cuda:N" -> ("cpu"|"cuda", index).
+
+    Pure string handling (no CuPy); raises ValueError naming the bad value.
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', "
+                        f"got {type(device).__name__}")
+    match = _DEVICE_PATTERN.match(device.strip().lower())
+    if match is None:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cpu":
+        if index is not None:
+            raise ValueError(f"device 'cpu' takes no index, got {device!r}")
+        return "cpu", None
+    return "cuda", int(index or 0)
+
+
+def cupy():
+    """Import and return CuPy with a usable GPU, or raise one clear ``DeviceError``."""
+    try:
+        import cupy as cp
+    except ImportError as exc:
+        raise DeviceError(
+            "device 'cuda' needs CuPy, which is not installed: install the GPU extra, "
+            "e.g. `pip install 'srigl_np[gpu]'` or the wheel for your CUDA version "
+            "(`pip install cupy-cuda12x`)") from exc
+    try:
+        n_devices = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError (a CuPy class) when no driver is present
+        raise DeviceError(f"device 'cuda': CuPy is installed but no CUDA device is usable "
+                          f"({exc})") from exc
+    if n_devices < 1:
+        raise DeviceError("device 'cuda': CuPy is installed but no CUDA device was found")
+    return cp
+
+
+def select(device):
+    """Activate ``device`` and return its array module (numpy for "cpu", cupy for "cuda:N")."""
+    kind, index = parse_device(device)
+    if kind == "cpu":
+        return np
+    cp = cupy()
+    n_devices = cp.cuda.runtime.getDeviceCount()
+    if index >= n_devices:
+        raise DeviceError(f"device 'cuda:{index}' does not exist ({n_devices} CUDA device(s))")
+    cp.cuda.Device(index).use()
+    return cp
+
+
+def to_device(array, device):
+    """``array`` on ``device`` ("cpu" -> NumPy, "cuda[:N]" -> CuPy); None passes through."""
+    if array is None:
+        return None
+    kind, _ = parse_device(device)
+    if kind == "cpu":
+        return to_numpy(array)
+    return select(device).asarray(array)

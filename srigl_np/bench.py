@@ -257,7 +257,7 @@ def plot(records, path):
     """Bar chart of speedups vs dense, written atomically to ``path`` (PNG by default)."""
     import matplotlib
 
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -376,7 +376,7 @@ def main(argv=None):
                  "noisy; the default run is the one to quote]" if args.min_time < 0.5 else ""))
         print("\n".join(targets))
     if args.json:
-        from .checkpoint import write_json
+        from .fileio import write_json
 
         write_json(args.json, {"machine": info, "records": records})
     if args.plot:

@@ -1,4 +1,4 @@
-"""Atomic file writes and the training checkpoint format.
+"""The training checkpoint format.
 
 A checkpoint is one ``.npz`` (no pickles) holding
 
@@ -8,75 +8,20 @@ A checkpoint is one ``.npz`` (no pickles) holding
     optim/<name>/<key>       the optimizer's per-parameter state ("momentum_buffer", ...)
     dst/<key>/<name>         DynamicSparsity masks, ever-active masks, ablated neurons
 
-Every file is written to a temporary file in the destination directory and renamed
-over the target, so a crash never leaves a half-written checkpoint or metrics file.
+It is written with ``fileio.atomic_write``, so a crash never leaves a half-written
+checkpoint.
 Arrays are saved from whichever device they live on (as NumPy) and loaded into the
 existing arrays on theirs, so a GPU run's checkpoint resumes on the GPU or the CPU.
 """
 
 import json
-import os
-import tempfile
 
 import numpy as np
 
 from .backend import on_device_of, to_numpy
+from .fileio import atomic_write
 
 CHECKPOINT_VERSION = 1
-
-
-def _umask(status_path="/proc/self/status"):
-    # Linux reports it; elsewhere os.umask must set it to read it, which for an instant
-    # would give files other threads create the wrong mode.
-    try:
-        with open(status_path) as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o077)
-    os.umask(umask)
-    return umask
-
-
-def _new_file_mode(path):
-    """The mode ``open(path, "w")`` would leave: the replaced file's, else 0o666 less umask."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-
-
-def atomic_write(path, write):
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    The file ends with the permissions a plain ``open(path, "w")`` gives, not
-    ``mkstemp``'s private 0o600, so runs and plots stay readable to whoever could read
-    the directory.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _new_file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj):
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
-def write_jsonl(path, records):
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
 
 
 def save_checkpoint(path, meta, model, optimizer, sparsity=None):

@@ -1,17 +1,36 @@
-"""Import point for the compiled kernels, with a helpful error when they are missing."""
+"""The kernels' one front door: each operation defined once, with the fast paths that override it.
+
+    operation                  definition (any array module)   CPU override (NumPy)        GPU override (CuPy)
+    condensed product          condensed_reference             _kernels.condensed_matmul   cuda.condensed_product
+    im2col / col2im            im2col_strided / col2im_strided _kernels.im2col / col2im    (the definition)
+
+The pattern is thinc's ``Ops`` / ``NumpyOps`` / ``CupyOps``: the plain array-module
+function *is* the specification; the Cython kernels override it for NumPy arrays and the
+CUDA kernels for CuPy arrays, and the dispatchers here (``condensed_product``, ``im2col``,
+``col2im``) pick the override from the type of their arguments, falling back to the
+definition where no override applies (an empty layer). Callers, stages and layers call
+only these, so no forward pass exists twice. The tests run one case list over every
+backend (tests/test_condensed_kernels.py).
+
+Every kernel is entered with validated, immutable weights (``CondensedWeights`` on the
+CPU, ``cuda.CudaCondensedWeights`` on the GPU): no public function takes raw indices.
+CuPy is imported only when a CuPy array or GPU weights object arrives.
+"""
+
+from .backend import array_module, is_cupy_array
 
 try:
     from ._kernels import (  # noqa: F401
         CondensedWeights,
+        col2im as _col2im_cpu,
+        column_block_width,
         condensed_matmul,
         condensed_matvec,
-        column_block_width,
-        tile_vectors,
-        col2im,
         conv_output_size,
-        im2col,
+        im2col as _im2col_cpu,
         max_threads,
         openmp_enabled,
+        tile_vectors,
     )
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a broken install
     if exc.name != __package__ + "._kernels":
@@ -31,3 +50,116 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a bro
         "package with `pip install .` or `pip install -e .` from the source tree "
         "(needs a C compiler, Cython >= 3 and numpy >= 2)." + _hint
     ) from exc
+
+
+# -- the condensed product -----------------------------------------------------------
+
+def condensed_reference(values, indices, x, bias=None):
+    """The definition of the condensed product, in plain array operations.
+
+    values[n_active, k], indices[n_active, k] (each in [0, n_in)), x[batch, n_in],
+    bias[n_active] or None -> y[batch, n_active] with
+        y[b, r] = bias[r] + sum_j values[r, j] * x[b, indices[r, j]]
+    in the dtype NumPy's promotion gives (float32 for float32 operands). Works on any
+    array module; O(batch * n_active * k) memory, so it is the specification and the
+    fallback for empty layers, not a fast path.
+    """
+    xp = array_module(values, indices, x)
+    y = xp.einsum("brk,rk->br", x[:, indices], values)
+    return y if bias is None else y + bias
+
+
+def condensed_product(weights, x, bias=None, threads=0):
+    """y[batch, n_active] = x @ W.T (+ bias) for condensed weights W, on their device.
+
+    weights: a ``CondensedWeights`` (x a NumPy array: the OpenMP kernels, ``threads``
+    of them, 0 = OpenMP's default) or a ``cuda.CudaCondensedWeights`` (x a CuPy array:
+    the CUDA kernels; ``threads`` unused). x[batch, n_in] of any float dtype and
+    strides is converted to C-contiguous float32; bias[n_active] float32 or None;
+    y is float32. Weights and x on different devices are a TypeError.
+    """
+    if isinstance(weights, CondensedWeights):
+        if is_cupy_array(x):
+            raise TypeError("x is a CuPy array but the weights live on the CPU: move the "
+                            "layer with .to('cuda') or the input with .get()")
+        return condensed_matmul(weights, x, bias, threads)
+    from . import cuda
+
+    if isinstance(weights, cuda.CudaCondensedWeights):
+        return cuda.condensed_product(weights, x, bias)
+    raise TypeError(f"weights must be a CondensedWeights or cuda.CudaCondensedWeights, "
+                    f"got {type(weights).__name__}")
+
+
+# -- image patches ---------------------------------------------------------------------
+
+def _tap(padded, i, j, stride, out_h, out_w):
+    """padded[:, :, oh*stride + i, ow*stride + j] for every output pixel: (b, c, out_h, out_w)."""
+    return padded[:, :, i:i + stride * (out_h - 1) + 1:stride,
+                  j:j + stride * (out_w - 1) + 1:stride]
+
+
+def im2col_strided(x, kh, kw, stride=1, padding=0):
+    """The definition of im2col, for any array module (the CuPy path).
+
+    x: (batch, channels, height, width) -> cols: (batch*out_h*out_w, channels*kh*kw),
+    row (b*out_h + oh)*out_w + ow, columns ordered (c, ki, kj), like the Cython kernel.
+    Python loops over the kh*kw kernel taps only; each tap is one strided copy of the
+    whole (padded) input.
+    """
+    xp = array_module(x)
+    batch, channels, height, width = x.shape
+    out_h = conv_output_size(height, kh, stride, padding)
+    out_w = conv_output_size(width, kw, stride, padding)
+    if padding:
+        padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
+                          dtype=x.dtype)
+        padded[:, :, padding:padding + height, padding:padding + width] = x
+    else:
+        padded = x
+    cols = xp.empty((batch, out_h, out_w, channels, kh, kw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[..., i, j] = _tap(padded, i, j, stride, out_h, out_w).transpose(0, 2, 3, 1)
+    return cols.reshape(batch * out_h * out_w, channels * kh * kw)
+
+
+def col2im_strided(cols, x_shape, kh, kw, stride=1, padding=0):
+    """The definition of col2im, for any array module: the adjoint of im2col_strided.
+
+    cols: (batch*out_h*out_w, channels*kh*kw) -> x: x_shape, C-contiguous; overlapping
+    windows sum. Within one kernel tap no two output pixels read the same input pixel,
+    so each tap is one strided in-place add (no scatter-add needed).
+    """
+    xp = array_module(cols)
+    batch, channels, height, width = x_shape
+    out_h = conv_output_size(height, kh, stride, padding)
+    out_w = conv_output_size(width, kw, stride, padding)
+    cols6 = cols.reshape(batch, out_h, out_w, channels, kh, kw)
+    padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
+                      dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            tap = _tap(padded, i, j, stride, out_h, out_w)
+            tap += cols6[..., i, j].transpose(0, 3, 1, 2)
+    if not padding:
+        return padded
+    return xp.ascontiguousarray(padded[:, :, padding:padding + height, padding:padding + width])
+
+
+def im2col(x, kh, kw, stride=1, padding=0, threads=0, out=None):
+    """x[batch, channels, height, width] -> cols[batch*out_h*out_w, channels*kh*kw].
+
+    NumPy input runs the Cython kernel (``threads``, and ``out`` to refill a buffer; see
+    ``_kernels.im2col``); CuPy input runs ``im2col_strided`` (a new array each call).
+    """
+    if is_cupy_array(x):
+        return im2col_strided(x, kh, kw, stride, padding)
+    return _im2col_cpu(x, kh, kw, stride, padding, threads, out)
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
+    """The adjoint of ``im2col``: the Cython kernel for NumPy, ``col2im_strided`` for CuPy."""
+    if is_cupy_array(cols):
+        return col2im_strided(cols, x_shape, kh, kw, stride, padding)
+    return _col2im_cpu(cols, x_shape, kh, kw, stride, padding, threads)

@@ -17,8 +17,8 @@ the layer boundary so float64 never creeps into a float32 model.
 Devices: every layer takes its array module from its input or parameters
 (``xp = array_module(x)``), so the same code runs on NumPy and, after
 ``Sequential.to("cuda")``, on CuPy. Layers are built on the host; ``to`` moves them.
-Conv2d lowers with the Cython im2col/col2im kernels on the CPU and with
-``im2col_strided``/``col2im_strided`` (one strided copy per kernel tap) on CuPy.
+Conv2d lowers with ``kernels.im2col``/``col2im``: the Cython kernels on the CPU,
+one strided copy per kernel tap on CuPy.
 Dropout draws its masks on the host from its numpy Generator on both devices.
 
 Initialisation: weights are Kaiming-normal over the fan-in (He et al., 2015, gain
@@ -29,7 +29,7 @@ active weights only).
 
 import numpy as np
 
-from .backend import array_module, on_device_of
+from .backend import array_module, on_device_of, select, to_device
 from .kernels import col2im, conv_output_size, im2col
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -105,7 +105,6 @@ class Layer:
         are already there), so move a model before building its optimizer or
         DynamicSparsity: those keep references to the arrays.
         """
-        from .cuda import select, to_device
         select(device)   # validates the name; DeviceError without CuPy or a GPU
         for arrays in (self.params, self.grads, self.buffers):
             for name, array in arrays.items():
@@ -160,60 +159,6 @@ class Linear(Layer):
         return f"Linear({self.in_features}, {self.out_features})"
 
 
-def _tap(padded, i, j, stride, out_h, out_w):
-    """padded[:, :, oh*stride + i, ow*stride + j] for every output pixel: (b, c, out_h, out_w)."""
-    return padded[:, :, i:i + stride * (out_h - 1) + 1:stride,
-                  j:j + stride * (out_w - 1) + 1:stride]
-
-
-def im2col_strided(x, kh, kw, stride=1, padding=0):
-    """``kernels.im2col`` for any array module (the CuPy path of Conv2d).
-
-    x: (batch, channels, height, width) -> cols: (batch*out_h*out_w, channels*kh*kw),
-    row (b*out_h + oh)*out_w + ow, columns ordered (c, ki, kj), like the Cython kernel.
-    Python loops over the kh*kw kernel taps only; each tap is one strided copy of the
-    whole (padded) input.
-    """
-    xp = array_module(x)
-    batch, channels, height, width = x.shape
-    out_h = conv_output_size(height, kh, stride, padding)
-    out_w = conv_output_size(width, kw, stride, padding)
-    if padding:
-        padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
-                          dtype=x.dtype)
-        padded[:, :, padding:padding + height, padding:padding + width] = x
-    else:
-        padded = x
-    cols = xp.empty((batch, out_h, out_w, channels, kh, kw), dtype=x.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[..., i, j] = _tap(padded, i, j, stride, out_h, out_w).transpose(0, 2, 3, 1)
-    return cols.reshape(batch * out_h * out_w, channels * kh * kw)
-
-
-def col2im_strided(cols, x_shape, kh, kw, stride=1, padding=0):
-    """``kernels.col2im`` for any array module: the adjoint of im2col_strided.
-
-    cols: (batch*out_h*out_w, channels*kh*kw) -> x: x_shape, C-contiguous; overlapping
-    windows sum. Within one kernel tap no two output pixels read the same input pixel,
-    so each tap is one strided in-place add (no scatter-add needed).
-    """
-    xp = array_module(cols)
-    batch, channels, height, width = x_shape
-    out_h = conv_output_size(height, kh, stride, padding)
-    out_w = conv_output_size(width, kw, stride, padding)
-    cols6 = cols.reshape(batch, out_h, out_w, channels, kh, kw)
-    padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
-                      dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            tap = _tap(padded, i, j, stride, out_h, out_w)
-            tap += cols6[..., i, j].transpose(0, 3, 1, 2)
-    if not padding:
-        return padded
-    return xp.ascontiguousarray(padded[:, :, padding:padding + height, padding:padding + width])
-
-
 class Conv2d(Layer):
     """2-D cross-correlation (PyTorch's Conv2d), as im2col + one GEMM.
 
@@ -224,8 +169,7 @@ class Conv2d(Layer):
     With cols = im2col(x): (batch*out_h*out_w, in_channels*kh*kw) and W the weight
     flattened to (out_channels, in_channels*kh*kw), the output rows are cols @ W.T:
     one row per output pixel, one column per output channel (NHWC order), copied once
-    to a C-contiguous NCHW array. ``cols`` is kept for the backward pass. NumPy arrays
-    use the Cython kernels, CuPy arrays im2col_strided/col2im_strided.
+    to a C-contiguous NCHW array. ``cols`` is kept for the backward pass.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0,
@@ -269,14 +213,11 @@ class Conv2d(Layer):
         kh, kw = self.kernel_size
         out_h = conv_output_size(height, kh, self.stride, self.padding)
         out_w = conv_output_size(width, kw, self.stride, self.padding)
-        if xp is np:
-            shape = (batch * out_h * out_w, self.in_channels * kh * kw)
-            reuse = (self.cols is not None and self.cols.shape == shape
-                     and self.cols.dtype == x.dtype)
-            self.cols = im2col(x, kh, kw, self.stride, self.padding,
-                               out=self.cols if reuse else None)
-        else:
-            self.cols = im2col_strided(x, kh, kw, self.stride, self.padding)
+        shape = (batch * out_h * out_w, self.in_channels * kh * kw)
+        reuse = (self.cols is not None and self.cols.shape == shape
+                 and self.cols.dtype == x.dtype)
+        self.cols = im2col(x, kh, kw, self.stride, self.padding,
+                           out=self.cols if reuse else None)
         self.x_shape = x.shape
         rows = self.cols @ weight.reshape(self.out_channels, -1).T
         if "bias" in self.params:
@@ -303,8 +244,7 @@ class Conv2d(Layer):
             self._grad_cols = xp.empty_like(self.cols)
         xp.matmul(g, w_flat, out=self._grad_cols)
         kh, kw = self.kernel_size
-        adjoint = col2im if xp is np else col2im_strided
-        return adjoint(self._grad_cols, self.x_shape, kh, kw, self.stride, self.padding)
+        return col2im(self._grad_cols, self.x_shape, kh, kw, self.stride, self.padding)
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "

@@ -31,9 +31,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import data as data_module
-from .backend import on_device_of
-from .checkpoint import load_checkpoint, save_checkpoint, write_json, write_jsonl
-from .cuda import DeviceError, parse_device, select
+from .backend import DeviceError, on_device_of, parse_device, select
+from .checkpoint import load_checkpoint, save_checkpoint
+from .fileio import write_json, write_jsonl
 from .losses import softmax_cross_entropy
 from .models import MODEL_NAMES, build
 from .optim import SGD, AdamW, CosineSchedule, StepSchedule

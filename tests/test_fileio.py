@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from srigl_np.checkpoint import _umask, atomic_write
+from srigl_np.fileio import _umask, atomic_write
 
 
 @pytest.fixture

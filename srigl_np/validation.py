@@ -1,0 +1,94 @@
+"""Argument checks for every public boundary: one helper per kind of value, one message style.
+
+Each check raises ``TypeError`` for a value of the wrong kind (not an array, wrong dtype)
+and ``ValueError`` for a value of the right kind that is out of range (shape, ndim,
+contiguity, NaN/Inf, a negative count), with a message that names the argument, says what
+was expected and shows what came: ``values must be float32, got float64``. Kernels and
+stages check their inputs here once, before any work, so nothing past the boundary
+re-validates (scikit-learn's ``check_array`` discipline).
+
+Arrays may be NumPy or CuPy (``device=`` says which is allowed); CuPy is never imported
+here, arrays are recognised by their type (``backend.is_cupy_array``).
+"""
+
+import numpy as np
+
+from .backend import array_module, is_cupy_array
+
+FLOATING = "floating"
+INTEGER = "integer"
+
+
+def _dtype_text(dtypes):
+    if dtypes == FLOATING:
+        return "a floating-point dtype"
+    if dtypes == INTEGER:
+        return "an integer dtype"
+    names = [np.dtype(d).name for d in dtypes]
+    return names[0] if len(names) == 1 else " or ".join([", ".join(names[:-1]), names[-1]])
+
+
+def _dtype_ok(dtype, dtypes):
+    if dtypes == FLOATING:
+        return dtype.kind == "f"
+    if dtypes == INTEGER:
+        return dtype.kind in "iu"
+    return any(dtype == np.dtype(d) for d in dtypes)
+
+
+def check_array(name, a, *, dtypes=None, ndim=None, shape=None, contiguous=False,
+                finite=False, device=None):
+    """Return ``a`` unchanged after checking it; raise naming ``name`` otherwise.
+
+    dtypes: a tuple of dtypes, or FLOATING / INTEGER for any of that kind; None: any.
+    ndim: the number of dimensions; shape: the exact shape (``None`` entries match any
+    length); contiguous: C-contiguous required; finite: no NaN or Inf (float arrays);
+    device: "cpu" (a NumPy array), "cuda" (a CuPy array) or None (either).
+    """
+    on_gpu = is_cupy_array(a)
+    if device == "cpu" and not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if device == "cuda" and not on_gpu:
+        raise TypeError(f"{name} must be a CuPy array on the GPU, got {type(a).__name__}")
+    if not (isinstance(a, np.ndarray) or on_gpu):
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}")
+    if dtypes is not None and not _dtype_ok(a.dtype, dtypes):
+        raise TypeError(f"{name} must be {_dtype_text(dtypes)}, got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension{'s' * (ndim != 1)}, "
+                         f"got shape {a.shape}")
+    if shape is not None:
+        shape = tuple(shape)
+        if len(shape) != a.ndim or any(want is not None and want != got
+                                       for want, got in zip(shape, a.shape)):
+            wanted = "(" + ", ".join("any" if s is None else str(s) for s in shape) + \
+                     ("," if len(shape) == 1 else "") + ")"
+            raise ValueError(f"{name} must have shape {wanted}, got {a.shape}")
+    if contiguous and not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if finite and a.dtype.kind in "fc" and not bool(array_module(a).isfinite(a).all()):
+        raise ValueError(f"{name} must be finite, found NaN or Inf")
+    return a
+
+
+def check_int(name, value, *, minimum=None):
+    """``value`` as a Python int (bools refused), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def positive_int(name, value):
+    """An integer >= 1 (ValueError naming ``name`` otherwise, bools included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def count(name, value):
+    """An integer >= 0 (ValueError naming ``name`` otherwise, bools included)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
