@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from srigl_np import bench
-from srigl_np.condensed import condense
+from srigl_np.condensing import condense
 from srigl_np.kernels import max_threads
 from srigl_np.layers import Conv2d, Linear
 from srigl_np.models import MODEL_NAMES, build

@@ -171,10 +171,8 @@ def run_case(weight, layer, batch, threads, min_time, rng, device="cpu"):
     """Time every implementation at one (layer, batch, threads); records without speedups.
     On "cuda" the GPU rows are timed with CUDA events and ``threads`` is not used."""
     if device != "cpu":
-        from . import cuda
-
-        return _time_all(cuda.implementations(weight, layer, batch, rng),
-                         cuda.sample_seconds, min_time)
+        return _time_all(gpu_implementations(weight, layer.to(device), batch, rng),
+                         gpu_sample_seconds, min_time)
     from threadpoolctl import threadpool_limits
 
     torch = _torch()
@@ -183,6 +181,64 @@ def run_case(weight, layer, batch, threads, min_time, rng, device="cpu"):
     with threadpool_limits(limits=threads):
         return _time_all(implementations(weight, layer, batch, threads, rng),
                          sample_seconds, min_time)
+
+
+# -- the GPU rows of ``--device cuda`` ------------------------------------------------
+
+def gpu_sample_seconds(fn, min_time, min_repeats=5, max_repeats=10_000):
+    """GPU times of fn() (a list; CUDA events around each call) over at least min_time
+    s of GPU time and min_repeats calls, after one warm-up call."""
+    from .backend import cupy
+
+    cp = cupy()
+    fn()
+    cp.cuda.Stream.null.synchronize()
+    start_event, stop_event = cp.cuda.Event(), cp.cuda.Event()
+    times, spent = [], 0.0
+    while len(times) < min_repeats or (spent < min_time and len(times) < max_repeats):
+        start_event.record()
+        fn()
+        stop_event.record()
+        stop_event.synchronize()
+        seconds = cp.cuda.get_elapsed_time(start_event, stop_event) / 1e3
+        times.append(seconds)
+        spent += seconds
+    return times
+
+
+def gpu_implementations(weight, layer, batch, rng):
+    """name -> (callable, note) for one layer on the GPU (``layer`` already moved there):
+    cuBLAS dense, structured, cuSPARSE CSR (both orientations; the bench keeps the
+    faster) and condensed (ours)."""
+    from .backend import cupy
+
+    cp = cupy()
+    import cupyx.scipy.sparse
+
+    x = cp.asarray(rng.standard_normal((batch, weight.shape[1]), dtype=np.float32))
+    x_t = cp.ascontiguousarray(x.T)
+    w = cp.asarray(weight)
+    w_active = cp.asarray(np.ascontiguousarray(weight[layer.active]))
+    csr = cupyx.scipy.sparse.csr_matrix(w)
+    csr_t = cupyx.scipy.sparse.csr_matrix(cp.ascontiguousarray(w.T))
+    return {
+        "dense": (lambda: x @ w.T, f"cuBLAS (CuPy {cp.__version__})"),
+        "structured": (lambda: x @ w_active.T, f"{layer.n_active} active rows"),
+        "csr": {"(W_csr @ x.T).T": lambda: (csr @ x_t).T,
+                "(W_csc @ x.T).T": lambda: (csr_t.T @ x_t).T},
+        "condensed": (lambda: layer.forward(x),
+                      f"k={layer.k}, {layer.indices.dtype}"),
+    }
+
+
+def gpu_name():
+    """The current GPU's name, for the bench's machine line."""
+    from .backend import cupy
+
+    cp = cupy()
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name = props["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min_time=0.5,
@@ -328,7 +384,7 @@ def parse_args(argv=None):
         parser.error(f"batch sizes must be >= 1, got {args.batch_sizes}")
     if not 0.0 <= args.ablated_frac < 1.0:
         parser.error(f"--ablated-frac must be in [0, 1), got {args.ablated_frac}")
-    from .cuda import parse_device
+    from .backend import parse_device
 
     try:
         kind, index = parse_device(args.device)
@@ -353,12 +409,12 @@ def main(argv=None):
     print(f"machine: {info['cpu']}, {info['cores']} cores; BLAS: {info['blas']}; "
           f"kernels built with OpenMP: {info['openmp']} (max threads {info['max_threads']})")
     if args.device != "cpu":
-        from . import cuda
+        from .backend import DeviceError, select
 
         try:
-            cuda.select(args.device)
-            info["gpu"] = cuda.device_name()
-        except cuda.DeviceError as exc:
+            select(args.device)
+            info["gpu"] = gpu_name()
+        except DeviceError as exc:
             print(f"python -m srigl_np.bench: error: {exc}", file=sys.stderr)
             return 1
         print(f"GPU: {info['gpu']} ({args.device}); times from CUDA events")

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from srigl_np import condensed as C
+from srigl_np.condensed import CondensedConv2d, CondensedLinear
+from srigl_np.condensed_model import CondensedModel, Scatter, load
+from srigl_np.condensing import condense
 from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear,
                              MaxPool2d, ReLU, Sequential)
 
@@ -28,7 +30,7 @@ def test_from_dense_keeps_active_rows_values_indices_bias():
     rng = np.random.default_rng(0)
     weight = constant_fan_in((6, 10), 3, rng, ablated=(1, 4))
     bias = np.arange(6, dtype=np.float32)
-    layer = C.CondensedLinear.from_dense(weight, bias)
+    layer = CondensedLinear.from_dense(weight, bias)
     assert layer.active.tolist() == [0, 2, 3, 5]
     assert layer.k == 3 and layer.values.shape == (4, 3) and layer.values.dtype == np.float32
     assert layer.values.flags.c_contiguous and layer.indices.dtype == np.int16
@@ -46,21 +48,21 @@ def test_from_dense_keeps_active_rows_values_indices_bias():
 
 def test_index_dtype_follows_n_in_or_request():
     rng = np.random.default_rng(1)
-    narrow = C.CondensedLinear.from_dense(constant_fan_in((2, 32767), 2, rng))
+    narrow = CondensedLinear.from_dense(constant_fan_in((2, 32767), 2, rng))
     assert narrow.indices.dtype == np.int16
-    wide = C.CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng))
+    wide = CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng))
     assert wide.indices.dtype == np.int32
     small = constant_fan_in((3, 8), 2, rng)
-    assert C.CondensedLinear.from_dense(small, index_dtype=np.int32).indices.dtype == np.int32
+    assert CondensedLinear.from_dense(small, index_dtype=np.int32).indices.dtype == np.int32
     with pytest.raises(ValueError, match="int16"):
-        C.CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng), index_dtype=np.int16)
+        CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng), index_dtype=np.int16)
     with pytest.raises(TypeError, match="index_dtype"):
-        C.CondensedLinear.from_dense(small, index_dtype=np.int64)
+        CondensedLinear.from_dense(small, index_dtype=np.int64)
 
 
 def test_dense_weight_condenses_with_k_equal_n_in():
     weight = np.random.default_rng(2).standard_normal((4, 7)).astype(np.float32)
-    layer = C.CondensedLinear.from_dense(weight)
+    layer = CondensedLinear.from_dense(weight)
     assert layer.k == 7 and layer.n_active == 4
     np.testing.assert_array_equal(layer.to_dense(), weight)
 
@@ -68,17 +70,17 @@ def test_dense_weight_condenses_with_k_equal_n_in():
 def test_csr_round_trips():
     rng = np.random.default_rng(3)
     weight = constant_fan_in((8, 12), 4, rng, ablated=(0, 5))
-    layer = C.CondensedLinear.from_dense(weight)
+    layer = CondensedLinear.from_dense(weight)
     csr = layer.to_csr()
     assert isinstance(csr, scipy.sparse.csr_array) and csr.shape == (8, 12)
     np.testing.assert_array_equal(csr.toarray(), weight)
-    again = C.CondensedLinear.from_csr(csr, index_dtype=np.int32)
+    again = CondensedLinear.from_csr(csr, index_dtype=np.int32)
     np.testing.assert_array_equal(again.to_dense(), weight)
     np.testing.assert_array_equal(again.active, layer.active)
     # Stored zeros are weights: the pattern, not the values, defines the fan-in.
     csr.data[0] = 0.0
-    assert C.CondensedLinear.from_csr(csr).k == 4
-    assert C.CondensedLinear.from_csr(scipy.sparse.coo_matrix(weight)).k == 4
+    assert CondensedLinear.from_csr(csr).k == 4
+    assert CondensedLinear.from_csr(scipy.sparse.coo_matrix(weight)).k == 4
 
 
 def test_differing_counts_are_refused_naming_rows_and_counts():
@@ -87,9 +89,9 @@ def test_differing_counts_are_refused_naming_rows_and_counts():
     weight[4, :3] = 1.0
     with pytest.raises(ValueError, match=r"3 rows have 2 non-zeros \(e.g. rows \[0, 1, 2\]\).*"
                                          r"1 rows have 3 non-zeros \(e.g. rows \[4\]\)"):
-        C.CondensedLinear.from_dense(weight)
+        CondensedLinear.from_dense(weight)
     with pytest.raises(ValueError, match="rows"):
-        C.CondensedLinear.from_csr(scipy.sparse.csr_array(weight))
+        CondensedLinear.from_csr(scipy.sparse.csr_array(weight))
 
 
 @pytest.mark.parametrize("weight, error, match", [
@@ -101,19 +103,19 @@ def test_differing_counts_are_refused_naming_rows_and_counts():
 ])
 def test_bad_weights_are_refused(weight, error, match):
     with pytest.raises(error, match=match):
-        C.CondensedLinear.from_dense(weight)
+        CondensedLinear.from_dense(weight)
 
 
 def test_bias_is_checked():
     weight = np.ones((3, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="bias"):
-        C.CondensedLinear.from_dense(weight, np.ones(2, dtype=np.float32))
+        CondensedLinear.from_dense(weight, np.ones(2, dtype=np.float32))
     with pytest.raises(ValueError, match="finite"):
-        C.CondensedLinear.from_dense(weight, np.array([1, np.nan, 1], dtype=np.float32))
+        CondensedLinear.from_dense(weight, np.array([1, np.nan, 1], dtype=np.float32))
 
 
 def test_all_zero_weight_has_no_active_neurons():
-    layer = C.CondensedLinear.from_dense(np.zeros((4, 3), dtype=np.float32))
+    layer = CondensedLinear.from_dense(np.zeros((4, 3), dtype=np.float32))
     assert layer.n_active == 0 and layer.k == 0
     assert layer.forward(np.ones((2, 3), dtype=np.float32)).shape == (2, 0)
     np.testing.assert_array_equal(layer.to_dense(), 0)
@@ -122,15 +124,15 @@ def test_all_zero_weight_has_no_active_neurons():
 def test_constructor_checks_its_invariants():
     values = np.ones((2, 2), dtype=np.float32)
     indices = np.array([[0, 1], [1, 2]], dtype=np.int16)
-    C.CondensedLinear(values, indices, np.array([0, 3]), 4, 3)
+    CondensedLinear(values, indices, np.array([0, 3]), 4, 3)
     with pytest.raises(ValueError, match="active"):
-        C.CondensedLinear(values, indices, np.array([3, 0]), 4, 3)
+        CondensedLinear(values, indices, np.array([3, 0]), 4, 3)
     with pytest.raises(ValueError, match="active"):
-        C.CondensedLinear(values, indices, np.array([0, 4]), 4, 3)
+        CondensedLinear(values, indices, np.array([0, 4]), 4, 3)
     with pytest.raises(ValueError, match="strictly increasing"):
-        C.CondensedLinear(values, indices[:, ::-1].copy(), np.array([0, 3]), 4, 3)
+        CondensedLinear(values, indices[:, ::-1].copy(), np.array([0, 3]), 4, 3)
     with pytest.raises(ValueError, match="indices"):
-        C.CondensedLinear(values, indices, np.array([0, 3]), 4, 2)
+        CondensedLinear(values, indices, np.array([0, 3]), 4, 2)
 
 
 # --- CondensedConv2d -------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def test_conv_matches_dense_conv(stride, padding):
     conv = Conv2d(3, 5, 3, stride=stride, padding=padding, rng=rng)
     conv.params["weight"][...] = constant_fan_in((5, 3, 3, 3), 4, rng, ablated=(2,))
     conv.params["bias"][...] = rng.standard_normal(5)
-    layer = C.CondensedConv2d.from_dense(conv.params["weight"], conv.params["bias"],
+    layer = CondensedConv2d.from_dense(conv.params["weight"], conv.params["bias"],
                                          stride=stride, padding=padding)
     assert layer.active.tolist() == [0, 1, 3, 4] and layer.k == 4
     np.testing.assert_array_equal(layer.to_dense(), conv.params["weight"])
@@ -183,19 +185,19 @@ def mlp(rng):
 def test_condense_mlp_removes_ablated_neurons_structurally():
     rng = np.random.default_rng(5)
     model = sparsify(mlp(rng), rng, ablate_every=4)
-    condensed = C.condense(model)
-    linears = [s for s in condensed.stages if isinstance(s, C.CondensedLinear)]
+    condensed = condense(model)
+    linears = [s for s in condensed.stages if isinstance(s, CondensedLinear)]
     assert [l.n_active for l in linears] == [30, 22, 10]
     assert [l.n_in for l in linears] == [64, 30, 22]     # next layer's columns dropped too
-    assert not any(isinstance(s, C.Scatter) for s in condensed.stages)
+    assert not any(isinstance(s, Scatter) for s in condensed.stages)
     assert_equivalent(model, condensed, rng.standard_normal((7, 1, 8, 8)).astype(np.float32))
 
 
 def test_condense_restores_ablated_outputs_of_the_last_layer():
     rng = np.random.default_rng(6)
     model = sparsify(mlp(rng), rng, ablate_every=3, skip_last=False)
-    condensed = C.condense(model)
-    assert isinstance(condensed.stages[-1], C.Scatter)
+    condensed = condense(model)
+    assert isinstance(condensed.stages[-1], Scatter)
     assert_equivalent(model, condensed, rng.standard_normal((5, 64)).astype(np.float32))
 
 
@@ -213,7 +215,7 @@ def test_condense_conv_model_with_batchnorm_padding_and_flatten():
         bn.params["weight"][...] = rng.uniform(0.5, 1.5, n)
         bn.params["bias"][...] = rng.standard_normal(n)
     model.layers[1].params["bias"][...] += 3.0    # removed channels' constants stay > 0
-    condensed = C.condense(model)
+    condensed = condense(model)
     kinds = [s.kind for s in condensed.stages]
     # The padded conv sees its removed input channels again (their value is constant).
     assert kinds[:4] == ["conv2d", "channel_affine", "relu", "scatter"]
@@ -226,7 +228,7 @@ def test_condense_cnn_folds_removed_channels_into_the_next_bias():
     model = Sequential(Conv2d(1, 6, 3, rng=rng), ReLU(), Conv2d(6, 4, 3, rng=rng), ReLU(),
                        MaxPool2d(2), Flatten(), Linear(4 * 3 * 3, 5, rng=rng))
     sparsify(model, rng, ablate_every=2)
-    condensed = C.condense(model)
+    condensed = condense(model)
     # Only the output may need restoring (last-layer rows whose weights all hit removed inputs).
     assert "scatter" not in [s.kind for s in condensed.stages][:-1]
     linear = next(s for s in condensed.stages if s.kind == "linear")
@@ -239,7 +241,7 @@ def test_unstructured_layers_stay_dense():
     model = sparsify(mlp(rng), rng, ablate_every=5)
     weight = model.layers[3].params["weight"]
     weight[1, np.flatnonzero(weight[1] == 0)[:2]] = 1.0      # row 1 now has more weights
-    condensed = C.condense(model)
+    condensed = condense(model)
     assert [s.kind for s in condensed.stages].count("dense_linear") == 1
     assert_equivalent(model, condensed, rng.standard_normal((6, 64)).astype(np.float32))
 
@@ -249,9 +251,9 @@ def test_condense_refuses_unknown_layers():
         pass
 
     with pytest.raises(TypeError, match="layer 1: Odd"):
-        C.condense(Sequential(Linear(3, 2, rng=np.random.default_rng(0)), Odd()))
+        condense(Sequential(Linear(3, 2, rng=np.random.default_rng(0)), Odd()))
     with pytest.raises(TypeError, match="Sequential"):
-        C.condense([Linear(3, 2, rng=np.random.default_rng(0))])
+        condense([Linear(3, 2, rng=np.random.default_rng(0))])
 
 
 # --- save / load -----------------------------------------------------------------------------
@@ -262,7 +264,7 @@ def saved(tmp_path):
     model = Sequential(Conv2d(1, 4, 3, rng=rng), ReLU(), MaxPool2d(2), Flatten(),
                        Linear(4 * 3 * 3, 6, rng=rng), ReLU(), Linear(6, 3, rng=rng))
     sparsify(model, rng, ablate_every=3, skip_last=False)
-    condensed = C.condense(model)
+    condensed = condense(model)
     path = tmp_path / "model.npz"
     condensed.save(path)
     return condensed, path, rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
@@ -270,10 +272,10 @@ def saved(tmp_path):
 
 def test_save_load_round_trip(saved, tmp_path):
     condensed, path, x = saved
-    loaded = C.load(path)
+    loaded = load(path)
     assert [s.kind for s in loaded.stages] == [s.kind for s in condensed.stages]
     np.testing.assert_array_equal(loaded.logits(x), condensed.logits(x))
-    assert C.CondensedModel.load(path).predict(x).tolist() == condensed.predict(x).tolist()
+    assert CondensedModel.load(path).predict(x).tolist() == condensed.predict(x).tolist()
     assert os.listdir(tmp_path) == ["model.npz"]      # no temporary file left behind
 
 
@@ -318,14 +320,14 @@ def test_load_refuses_crafted_files(saved, change, error, match):
     _, path, _ = saved
     rewrite(path, change)
     with pytest.raises(error, match=match):
-        C.load(path)
+        load(path)
 
 
 def test_load_refuses_files_that_are_not_archives(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_bytes(b"definitely not a zip")
     with pytest.raises(ValueError, match="npz"):
-        C.load(path)
+        load(path)
     np.save(tmp_path / "array.npy", np.zeros(3))
     with pytest.raises(ValueError, match="npz"):
-        C.load(tmp_path / "array.npy")
+        load(tmp_path / "array.npy")

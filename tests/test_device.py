@@ -11,120 +11,21 @@ skips, with the reason, when CuPy or a GPU is missing.
 import json
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
 
-from srigl_np import cuda, dst
+from srigl_np import backend, dst
 from srigl_np import train as train_module
 from srigl_np.backend import array_module, is_cupy_array, on_device_of, to_numpy
-from srigl_np.kernels import col2im, im2col
+from srigl_np.kernels import col2im, col2im_strided, im2col, im2col_strided
 from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
-                             MaxPool2d, ReLU, Sequential, col2im_strided, im2col_strided)
+                             MaxPool2d, ReLU, Sequential)
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.models import build
 from srigl_np.optim import SGD, AdamW
 
-GPU_REASON = "needs CuPy and a CUDA GPU"
-
-
-# -- a stand-in for CuPy -----------------------------------------------------------------
-
-def _is_host(a):
-    return type(a) is np.ndarray and a.ndim > 0
-
-
-def _refuse_host(what, values):
-    if any(_is_host(v) for v in values):
-        raise TypeError(f"{what}: a host (NumPy) array mixed with device arrays")
-
-
-def _keys(key):
-    return key if isinstance(key, tuple) else (key,)
-
-
-class FakeDeviceArray(np.ndarray):
-    """A NumPy array that behaves like cupy.ndarray at the host boundary: ``get()``
-    copies to the host; ufuncs, indexing and assignment refuse host arrays."""
-
-    __module__ = "cupy._fake"   # what backend.is_cupy_array looks at
-
-    def get(self):
-        return self.view(np.ndarray).copy()
-
-    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
-        _refuse_host(ufunc.__name__, inputs + (out or ()))
-        inputs = tuple(a.view(np.ndarray) if isinstance(a, FakeDeviceArray) else a
-                       for a in inputs)
-        if out is not None:
-            kwargs["out"] = tuple(o.view(np.ndarray) for o in out)
-        result = getattr(ufunc, method)(*inputs, **kwargs)
-        if out is not None:
-            return out[0] if len(out) == 1 else out
-        return _to_fake(result)
-
-    def __getitem__(self, key):
-        _refuse_host("indexing", _keys(key))
-        return super().__getitem__(key)
-
-    def __setitem__(self, key, value):
-        _refuse_host("assignment", _keys(key) + (value,))
-        super().__setitem__(key, value)
-
-
-def _to_fake(result):
-    if isinstance(result, np.ndarray) and not isinstance(result, FakeDeviceArray):
-        return result.view(FakeDeviceArray)
-    return result
-
-
-def _fake_asarray(a, dtype=None):
-    """Explicit host -> device copy (no copy for a device array of the right dtype)."""
-    if isinstance(a, FakeDeviceArray):
-        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
-    return np.array(a, dtype=dtype, copy=True).view(FakeDeviceArray)
-
-
-def _fake_function(function):
-    def device_function(*args, **kwargs):
-        _refuse_host(getattr(function, "__name__", "function"), args)
-        return _to_fake(function(*args, **kwargs))
-    return device_function
-
-
-def _make_fake_cupy():
-    fake = types.ModuleType("cupy")
-    fake.ndarray = FakeDeviceArray
-    fake.asarray = _fake_asarray
-    fake.cuda = types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-        Device=lambda index=0: types.SimpleNamespace(use=lambda: None, id=index))
-
-    def module_getattr(name):
-        attribute = getattr(np, name)
-        if isinstance(attribute, type) or not callable(attribute):
-            return attribute   # dtypes, constants
-        return _fake_function(attribute)
-    fake.__getattr__ = module_getattr
-    return fake
-
-
-@pytest.fixture(params=["fake-cupy", pytest.param("cuda", marks=pytest.mark.gpu)])
-def device(request, monkeypatch):
-    """"cuda" backed by the fake CuPy, or by real CuPy on a GPU (skipped without one).
-
-    Yields (device name, absolute tolerance for comparisons with the NumPy path).
-    """
-    if request.param == "fake-cupy":
-        monkeypatch.setitem(sys.modules, "cupy", _make_fake_cupy())
-        yield "cuda", 0.0
-    else:
-        try:
-            cuda.cupy()
-        except cuda.DeviceError:
-            pytest.skip(GPU_REASON)
-        yield "cuda", 1e-5
+from fake_cupy import GPU_REASON, device  # noqa: F401  (a fixture)
 
 
 def assert_matches(name, device_value, host_value, atol):
@@ -143,18 +44,18 @@ def assert_matches(name, device_value, host_value, atol):
     ("cuda:3", ("cuda", 3)), (" CUDA:1 ", ("cuda", 1)),
 ])
 def test_parse_device_accepts(text, parsed):
-    assert cuda.parse_device(text) == parsed
+    assert backend.parse_device(text) == parsed
 
 
 @pytest.mark.parametrize("text", ["gpu", "", "cuda:", "cuda:-1", "cuda:x", "cpu:0", "cuda0"])
 def test_parse_device_rejects_naming_the_value(text):
     with pytest.raises(ValueError, match="device must be|takes no index"):
-        cuda.parse_device(text)
+        backend.parse_device(text)
 
 
 def test_parse_device_rejects_non_strings():
     with pytest.raises(TypeError, match="device must be a string"):
-        cuda.parse_device(0)
+        backend.parse_device(0)
 
 
 def test_array_module_helpers_on_numpy():
@@ -170,20 +71,19 @@ def test_array_module_helpers_on_numpy():
 
 def test_missing_cupy_raises_device_error_saying_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)   # `import cupy` raises ImportError
-    with pytest.raises(cuda.DeviceError, match="pip install"):
-        cuda.cupy()
-    with pytest.raises(cuda.DeviceError, match="needs CuPy"):
+    with pytest.raises(backend.DeviceError, match="pip install"):
+        backend.cupy()
+    with pytest.raises(backend.DeviceError, match="needs CuPy"):
         Linear(3, 2, rng=np.random.default_rng(0)).to("cuda")
-    assert isinstance(cuda.DeviceError("x"), RuntimeError)
+    assert isinstance(backend.DeviceError("x"), RuntimeError)
 
 
 def test_importing_the_package_never_imports_cupy():
     code = ("import importlib.util, sys\n"
             "import numpy as np\n"
-            "import srigl_np, srigl_np.train, srigl_np.layers, srigl_np.dst\n"
-            "import srigl_np.sparsity, srigl_np.checkpoint, srigl_np.models\n"
-            "if importlib.util.find_spec('srigl_np.condensed'):\n"
-            "    import srigl_np.condensed\n"
+            "import pkgutil, srigl_np\n"
+            "for module in pkgutil.iter_modules(srigl_np.__path__):\n"
+            "    importlib.import_module('srigl_np.' + module.name)\n"
             "model = srigl_np.models.build('mlp', rng=np.random.default_rng(0))\n"
             "model.forward(np.zeros((2, 1, 28, 28), np.float32), training=True)\n"
             "print('cupy' in sys.modules)\n")
@@ -222,7 +122,7 @@ def _train_steps(model, steps=3, seed=0, device_name="cpu"):
     rng = np.random.default_rng(seed)
     optimizer = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
     for _ in range(steps):
-        x = cuda.to_device(rng.standard_normal((8, 1, 28, 28)).astype(np.float32), device_name)
+        x = backend.to_device(rng.standard_normal((8, 1, 28, 28)).astype(np.float32), device_name)
         y = rng.integers(0, 10, 8)
         _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
         model.backward(grad, input_grad=False)
@@ -308,11 +208,11 @@ def test_layer_forward_backward_match_numpy(device, case, training):
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape)
     y_host = host.forward(x.copy(), training)
-    y_device = moved.forward(cuda.to_device(x, name), training)
+    y_device = moved.forward(backend.to_device(x, name), training)
     assert_matches(f"{case} forward", y_device, y_host, atol)
     g = rng.standard_normal(y_host.shape)
     grad_host = host.backward(g.copy())
-    grad_device = moved.backward(cuda.to_device(g, name))
+    grad_device = moved.backward(backend.to_device(g, name))
     # col2im sums overlapping windows in another order on the strided path.
     tolerance = max(atol, 1e-12) if case.startswith("conv") else atol
     assert_matches(f"{case} input grad", grad_device, grad_host, tolerance)
@@ -346,13 +246,13 @@ def test_optimizer_steps_match_numpy(device, optimizer_class, kwargs):
     rng = np.random.default_rng(4)
     host = {"w": rng.standard_normal((5, 4)).astype(np.float32),
             "b": rng.standard_normal(5).astype(np.float32)}
-    moved = {k: cuda.to_device(v, name) for k, v in host.items()}
+    moved = {k: backend.to_device(v, name) for k, v in host.items()}
     opt_host = optimizer_class(host, lr=0.1, **kwargs)
     opt_device = optimizer_class(moved, lr=0.1, **kwargs)
     for _ in range(2):
         grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in host.items()}
         opt_host.step(grads)
-        opt_device.step({k: cuda.to_device(v, name) for k, v in grads.items()})
+        opt_device.step({k: backend.to_device(v, name) for k, v in grads.items()})
     for key in host:
         assert_matches(f"param {key}", moved[key], host[key], atol)
         for state_key, buffer in opt_host.state[key].items():
@@ -384,7 +284,7 @@ def test_dst_updates_on_device_give_the_numpy_masks(device, method):
         def update(w, m, g):
             return dst.set_update(w, m, drop_fraction=0.3, rng=np.random.default_rng(7))
     host = update(weight, mask, grad)
-    moved = update(*(cuda.to_device(a, name) for a in (weight, mask, grad)))
+    moved = update(*(backend.to_device(a, name) for a in (weight, mask, grad)))
     for field in ("mask", "weight", "pruned", "grown"):
         assert_matches(field, getattr(moved, field), getattr(host, field), 0.0)
     assert type(moved.ablated) is np.ndarray

@@ -1,0 +1,345 @@
+"""A condensed network for inference: its stages, ``CondensedModel``, and its file format.
+
+``condensing.condense(model)`` builds a ``CondensedModel`` from a trained ``Sequential``:
+a list of stages applied in order. The stages are the condensed layers of
+``condensed.py`` (``CondensedLinear``, ``CondensedConv2d``) and the ones here: dense
+layers that are not constant fan-in, the element-wise steps between layers, and
+``Scatter``, which puts back the constant outputs of removed neurons. Every stage
+follows ``condensed.Stage``: it computes on its input's device, and saves, loads and
+moves through one description of its arrays and settings.
+
+File format (a ``.npz`` written atomically; never unpickled), format_version 1:
+
+    format_version   int64 scalar, 1
+    metadata         str scalar, JSON {"format": "srigl_np.condensed",
+                     "stages": [{"type": <kind>, <settings>}, ...]}
+    stage<i>.<name>  the arrays of stage i, e.g. stage0.values (float32 [n_active, k]),
+                     stage0.indices (int16/int32 [n_active, k]), stage0.active
+                     (int64 [n_active]), stage0.bias (float32 [n_active])
+
+Each stage kind's arrays and settings are its class's ARRAYS, OPTIONAL and SETTINGS.
+"""
+
+import json
+
+import numpy as np
+
+from .backend import array_module, parse_device, select
+from .condensed import (CondensedConv2d, CondensedLinear, Stage, _same_device, conv_geometry,
+                        conv_rows, float_input, rows_to_images)
+from .fileio import atomic_write
+from .layers import MaxPool2d
+from .validation import check_array
+
+FORMAT_NAME = "srigl_np.condensed"
+FORMAT_VERSION = 1
+
+
+def _check_float32(name, a, ndim):
+    return check_array(name, a, dtypes=(np.float32,), ndim=ndim, finite=True, device="cpu")
+
+
+def _check_dense_params(weight, bias, ndim):
+    _check_float32("weight", weight, ndim)
+    if bias is not None:
+        check_array("bias", bias, dtypes=(np.float32,), shape=(weight.shape[0],),
+                    finite=True, device="cpu")
+    return np.ascontiguousarray(weight), bias
+
+
+class DenseLinear(Stage):
+    """A Linear layer ``condense`` keeps dense because its rows differ in count
+    (e.g. unstructured RigL): y = x @ weight.T + bias over its active rows.
+    weight: (n_active, n_in) float32; bias: (n_active,) float32 or None."""
+
+    kind = "dense_linear"
+    ARRAYS = ("weight",)
+    OPTIONAL = ("bias",)
+
+    def __init__(self, weight, bias=None):
+        self.weight, self.bias = _check_dense_params(weight, bias, 2)
+        self.n_in = self.weight.shape[1]
+
+    def forward(self, x, threads=0):
+        x = float_input(x)
+        if x.ndim != 2 or x.shape[1] != self.n_in:
+            raise ValueError(f"x must have shape (batch, {self.n_in}), got {x.shape}")
+        y = x @ self.weight.T
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+    def __repr__(self):
+        return f"DenseLinear(n_in={self.n_in}, n_out={self.weight.shape[0]})"
+
+
+class DenseConv2d(Stage):
+    """The Conv2d counterpart of DenseLinear: weight (n_active, in_channels, kh, kw)."""
+
+    kind = "dense_conv2d"
+    ARRAYS = ("weight",)
+    OPTIONAL = ("bias",)
+    SETTINGS = ("stride", "padding")
+
+    def __init__(self, weight, bias=None, stride=1, padding=0):
+        self.weight, self.bias = _check_dense_params(weight, bias, 4)
+        self.in_channels = self.weight.shape[1]
+        self.kernel_size, self.stride, self.padding = conv_geometry(
+            self.weight.shape[2:], stride, padding)
+
+    def forward(self, x, threads=0):
+        cols, batch, out_h, out_w = conv_rows(x, self.in_channels, self.kernel_size,
+                                              self.stride, self.padding, threads)
+        rows = cols @ self.weight.reshape(self.weight.shape[0], -1).T
+        if self.bias is not None:
+            rows += self.bias
+        return rows_to_images(rows, batch, out_h, out_w)
+
+    def __repr__(self):
+        return f"DenseConv2d(weight={self.weight.shape}, stride={self.stride}, " \
+               f"padding={self.padding})"
+
+
+class Relu(Stage):
+    """max(x, 0)."""
+
+    kind = "relu"
+
+    def forward(self, x, threads=0):
+        return array_module(x).maximum(x, 0)
+
+    def __repr__(self):
+        return "ReLU()"
+
+
+class MaxPool(Stage):
+    """Max pooling (no padding), as srigl_np.layers.MaxPool2d in evaluation."""
+
+    kind = "max_pool2d"
+    SETTINGS = ("kernel_size", "stride")
+
+    def __init__(self, kernel_size, stride):
+        self._pool = MaxPool2d(kernel_size, stride)
+        self.kernel_size, self.stride = self._pool.kernel_size, self._pool.stride
+
+    @classmethod
+    def from_fields(cls, kernel_size, stride):
+        return cls(tuple(kernel_size), stride)
+
+    def forward(self, x, threads=0):
+        return self._pool.forward(x, False)
+
+    def __repr__(self):
+        return repr(self._pool)
+
+
+class FlattenStage(Stage):
+    """(batch, ...) -> (batch, prod(...)), C order."""
+
+    kind = "flatten"
+
+    def forward(self, x, threads=0):
+        return x.reshape(x.shape[0], -1)
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class ChannelAffine(Stage):
+    """x * scale + shift along axis 1: a BatchNorm in evaluation, on the kept channels.
+    scale, shift: (channels,) float32."""
+
+    kind = "channel_affine"
+    ARRAYS = ("scale", "shift")
+
+    def __init__(self, scale, shift):
+        _check_float32("scale", scale, 1)
+        _check_float32("shift", shift, 1)
+        if shift.shape != scale.shape:
+            raise ValueError(f"shift must have the shape of scale {scale.shape}, got {shift.shape}")
+        self.scale, self.shift = scale, shift
+
+    def forward(self, x, threads=0):
+        if x.ndim < 2 or x.shape[1] != self.scale.size:
+            raise ValueError(f"x must have {self.scale.size} channels on axis 1, got {x.shape}")
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * self.scale.reshape(shape) + self.shift.reshape(shape)
+
+    def __repr__(self):
+        return f"ChannelAffine({self.scale.size})"
+
+
+class Scatter(Stage):
+    """Put the kept features back at their positions along axis 1 and fill the removed
+    ones with their constant value (the output of an ablated neuron is constant).
+    positions: (n_kept,) int64, strictly increasing in [0, n_features);
+    constants: (n_features,) float32, read where no position points."""
+
+    kind = "scatter"
+    ARRAYS = ("positions", "constants")
+
+    def __init__(self, positions, constants):
+        _check_float32("constants", constants, 1)
+        check_array("positions", positions, dtypes=(np.int64,), device="cpu")
+        if positions.ndim != 1 or (positions.size and (
+                positions[0] < 0 or positions[-1] >= constants.size
+                or (np.diff(positions) <= 0).any())):
+            raise ValueError(f"positions must be 1-D, strictly increasing in "
+                             f"[0, {constants.size})")
+        self.positions, self.constants = positions, constants
+        self._removed = np.setdiff1d(np.arange(constants.size), positions)
+
+    def forward(self, x, threads=0):
+        if x.ndim < 2 or x.shape[1] != self.positions.size:
+            raise ValueError(f"x must have {self.positions.size} features on axis 1, "
+                             f"got {x.shape}")
+        xp = array_module(x)
+        out = xp.empty((x.shape[0], self.constants.size) + x.shape[2:], dtype=xp.float32)
+        out[:, self.positions] = x
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        out[:, self._removed] = self.constants[self._removed].reshape(shape)
+        return out
+
+    def __repr__(self):
+        return f"Scatter({self.positions.size} -> {self.constants.size})"
+
+
+STAGE_TYPES = {cls.kind: cls for cls in (CondensedLinear, CondensedConv2d, DenseLinear,
+                                         DenseConv2d, Relu, MaxPool, FlattenStage,
+                                         ChannelAffine, Scatter)}
+
+
+class CondensedModel:
+    """A condensed network: ``stages`` applied in order (see ``condensing.condense``).
+
+    logits(x): x (batch, ...) of any float dtype -> (batch, n_classes) float32, equal to
+    the masked dense model's output in evaluation up to float32 rounding. On a GPU
+    model (``to("cuda")``) x may be NumPy or CuPy and the result is a CuPy array;
+    ``threads`` applies to the CPU kernels only.
+    """
+
+    def __init__(self, stages, device="cpu"):
+        stages = list(stages)
+        for i, stage in enumerate(stages):
+            if type(stage) not in STAGE_TYPES.values():
+                raise TypeError(f"stage {i} must be one of {sorted(STAGE_TYPES)}, "
+                                f"got {type(stage).__name__}")
+        kind, index = parse_device(device)
+        self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
+        self.stages = stages
+
+    def logits(self, x, threads=0):
+        if self.device != "cpu":
+            x = select(self.device).asarray(x)
+        x = float_input(x)
+        for stage in self.stages:
+            x = stage.forward(x, threads)
+        return x
+
+    def predict(self, x, threads=0):
+        """Predicted class per example: (batch,) int64, on the model's device."""
+        return self.logits(x, threads).argmax(axis=1)
+
+    def to(self, device):
+        """This model on ``device`` ("cpu", "cuda", "cuda:N"): itself when it is there,
+        else a copy whose stages hold their arrays on that device (as ``Sequential.to``
+        moves a training model). Needs CuPy and a GPU for "cuda"."""
+        select(device)
+        if _same_device(self.device, device):
+            return self
+        return CondensedModel([stage.to(device) for stage in self.stages], device)
+
+    def save(self, path):
+        """Write the model to ``path`` (.npz, written atomically; layout in the module
+        docstring). A GPU model is saved from host copies of its arrays."""
+        arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64)}
+        stages = []
+        for i, stage in enumerate(self.stages):
+            stage_arrays, settings = stage.fields()
+            stages.append({"type": stage.kind, **settings})
+            arrays.update({f"stage{i}.{name}": a for name, a in stage_arrays.items()})
+        arrays["metadata"] = np.array(json.dumps({"format": FORMAT_NAME, "stages": stages}))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+
+    @classmethod
+    def load(cls, path):
+        return load(path)
+
+    def __repr__(self):
+        where = "" if self.device == "cpu" else f"device={self.device!r}, "
+        return (f"CondensedModel({where}\n"
+                + "".join(f"  {stage!r},\n" for stage in self.stages) + ")")
+
+
+def load(path):
+    """Read a CondensedModel written by ``CondensedModel.save``, validating everything.
+
+    A file that is not such an archive, has another format_version, lacks or adds
+    arrays or settings, or holds arrays of the wrong dtype, shape or range is refused
+    with a ValueError or TypeError saying what is wrong. The model is on the CPU.
+    """
+    import zipfile
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path!s} is not a readable .npz file: {exc}") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!s} is not a .npz archive")
+    with archive:
+        keys = set(archive.files)
+        for key in ("format_version", "metadata"):
+            if key not in keys:
+                raise ValueError(f"{path!s} lacks '{key}': not a condensed model file")
+        version = archive["format_version"]
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+            raise ValueError(f"format_version must be {FORMAT_VERSION}, got {version!r}")
+        metadata = _parse_metadata(archive["metadata"])
+        stages, used = [], {"format_version", "metadata"}
+        for i, meta in enumerate(metadata["stages"]):
+            stage, stage_keys = _load_stage(i, meta, archive, keys)
+            stages.append(stage)
+            used |= stage_keys
+        if keys - used:
+            raise ValueError(f"unexpected arrays in {path!s}: {sorted(keys - used)}")
+    return CondensedModel(stages)
+
+
+def _load_stage(i, meta, archive, keys):
+    """Stage ``i`` rebuilt from its metadata entry and arrays, and the keys it used."""
+    stage_type = STAGE_TYPES.get(meta.get("type") if isinstance(meta, dict) else None)
+    if stage_type is None:
+        raise ValueError(f"stage {i} has unknown type {meta!r}; known: {sorted(STAGE_TYPES)}")
+    fields, used = {}, set()
+    for name in stage_type.ARRAYS + stage_type.OPTIONAL:
+        key = f"stage{i}.{name}"
+        if key in keys:
+            fields[name] = archive[key]
+            used.add(key)
+        elif name in stage_type.ARRAYS:
+            raise ValueError(f"stage {i} ({stage_type.kind}) lacks array '{key}'")
+    unknown = set(meta) - {"type"} - set(stage_type.SETTINGS)
+    if unknown:
+        raise ValueError(f"stage {i} ({stage_type.kind}) has unknown settings {sorted(unknown)}")
+    for name in stage_type.SETTINGS:
+        if name not in meta:
+            raise ValueError(f"stage {i} ({stage_type.kind}) lacks setting '{name}'")
+        fields[name] = meta[name]
+    try:
+        return stage_type.from_fields(**fields), used
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"stage {i} ({stage_type.kind}): {exc}") from exc
+
+
+def _parse_metadata(raw):
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise ValueError(f"metadata must be a JSON string, got {raw.dtype} {raw.shape}")
+    try:
+        metadata = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"metadata is not valid JSON: {exc}") from exc
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        raise ValueError(f"metadata must name format {FORMAT_NAME!r}")
+    if not isinstance(metadata.get("stages"), list):
+        raise ValueError("metadata must hold a list of stages")
+    return metadata

@@ -1,0 +1,128 @@
+"""A stand-in for CuPy, so every device branch of srigl_np runs on the CPU.
+
+``fake-cupy`` is a module installed as ``cupy`` whose arrays are NumPy arrays that, like
+CuPy's, refuse to mix with host arrays (ufuncs, indexing and assignment raise on a host
+array; ``get()`` copies to the host; ``numpy.asarray`` is explicit). The only thing it
+cannot do is run a CUDA kernel: the ``device`` fixture replaces ``cuda._launch`` (the one
+function that launches one) with the NumPy definition of the condensed product, computed
+on host copies and handed back as a device array. ``cuda`` (marked ``gpu``) repeats a
+test with real CuPy and skips, with the reason, when CuPy or a GPU is missing.
+"""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from srigl_np import backend, cuda, kernels
+
+GPU_REASON = "needs CuPy and a CUDA GPU"
+
+
+
+def _is_host(a):
+    return type(a) is np.ndarray and a.ndim > 0
+
+
+def _refuse_host(what, values):
+    if any(_is_host(v) for v in values):
+        raise TypeError(f"{what}: a host (NumPy) array mixed with device arrays")
+
+
+def _keys(key):
+    return key if isinstance(key, tuple) else (key,)
+
+
+class FakeDeviceArray(np.ndarray):
+    """A NumPy array that behaves like cupy.ndarray at the host boundary: ``get()``
+    copies to the host; ufuncs, indexing and assignment refuse host arrays."""
+
+    __module__ = "cupy._fake"   # what backend.is_cupy_array looks at
+
+    @property
+    def device(self):
+        return types.SimpleNamespace(id=0)
+
+    def get(self):
+        return self.view(np.ndarray).copy()
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        _refuse_host(ufunc.__name__, inputs + (out or ()))
+        inputs = tuple(a.view(np.ndarray) if isinstance(a, FakeDeviceArray) else a
+                       for a in inputs)
+        if out is not None:
+            kwargs["out"] = tuple(o.view(np.ndarray) for o in out)
+        result = getattr(ufunc, method)(*inputs, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _to_fake(result)
+
+    def __getitem__(self, key):
+        _refuse_host("indexing", _keys(key))
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        _refuse_host("assignment", _keys(key) + (value,))
+        super().__setitem__(key, value)
+
+
+def _to_fake(result):
+    if isinstance(result, np.ndarray) and not isinstance(result, FakeDeviceArray):
+        return result.view(FakeDeviceArray)
+    return result
+
+
+def _fake_asarray(a, dtype=None):
+    """Explicit host -> device copy (no copy for a device array of the right dtype)."""
+    if isinstance(a, FakeDeviceArray):
+        return a if dtype is None or a.dtype == dtype else a.astype(dtype)
+    return np.array(a, dtype=dtype, copy=True).view(FakeDeviceArray)
+
+
+def _fake_function(function):
+    def device_function(*args, **kwargs):
+        _refuse_host(getattr(function, "__name__", "function"), args)
+        return _to_fake(function(*args, **kwargs))
+    return device_function
+
+
+def _make_fake_cupy():
+    fake = types.ModuleType("cupy")
+    fake.ndarray = FakeDeviceArray
+    fake.asarray = _fake_asarray
+    fake.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+        Device=lambda index=0: types.SimpleNamespace(use=lambda: None, id=index))
+
+    def module_getattr(name):
+        attribute = getattr(np, name)
+        if isinstance(attribute, type) or not callable(attribute):
+            return attribute   # dtypes, constants
+        return _fake_function(attribute)
+    fake.__getattr__ = module_getattr
+    return fake
+
+
+def _fake_launch(values, indices, x, bias):
+    """cuda._launch on the fake device: the definition, on host copies."""
+    return _to_fake(kernels.condensed_reference(values.get(), indices.get(), x.get(),
+                                                bias.get()).astype(np.float32))
+
+
+@pytest.fixture(params=["fake-cupy", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request, monkeypatch):
+    """"cuda" backed by the fake CuPy, or by real CuPy on a GPU (skipped without one).
+
+    Yields (device name, absolute tolerance for comparisons with the NumPy path).
+    """
+    if request.param == "fake-cupy":
+        monkeypatch.setitem(sys.modules, "cupy", _make_fake_cupy())
+        monkeypatch.setattr(cuda, "_launch", _fake_launch)
+        yield "cuda", 0.0
+    else:
+        try:
+            backend.cupy()
+        except backend.DeviceError:
+            pytest.skip(GPU_REASON)
+        yield "cuda", 1e-5
