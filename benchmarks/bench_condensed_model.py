@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from srigl_np import bench
+from srigl_np import bench, dst
 from srigl_np.condensing import condense
 from srigl_np.kernels import max_threads
 from srigl_np.layers import Conv2d, Linear
@@ -50,10 +50,9 @@ def masked_model(name, sparsity, ablated_frac, rng):
     layers = [layer for layer in model.layers if isinstance(layer, (Linear, Conv2d))]
     for i, layer in enumerate(layers):
         weight = layer.params["weight"]
-        n_out, fan_in = weight.shape[0], int(np.prod(weight.shape[1:]))
-        ablated = ablated_frac if i < len(layers) - 1 else 0.0
-        mask = bench.constant_fan_in_weight(fan_in, n_out, sparsity, ablated, rng) != 0
-        weight *= mask.reshape(weight.shape)
+        n_ablated = int(round(ablated_frac * weight.shape[0])) if i < len(layers) - 1 else 0
+        ablated = rng.choice(weight.shape[0], n_ablated, replace=False)
+        weight *= dst.constant_fan_in_mask(weight.shape, sparsity, rng, ablated=ablated)
     return model
 
 

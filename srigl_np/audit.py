@@ -1,11 +1,17 @@
-"""``python -m srigl_np.audit RUN_DIR``: read a run's ``audit.jsonl`` back as tables.
+"""A sparse run's audit trail: the record schema, and ``python -m srigl_np.audit RUN_DIR``.
 
-The trail has one JSON record per layer per topology update (written by
-DynamicSparsity through the trainer): step, layer, method, drop fraction, counts
-pruned and grown, fan-in range before/after, active and ablated neurons, nnz, ITOP
-and the result of the invariant check. This prints, per layer, the number of updates,
-weights pruned/grown in total, how the count of ablated neurons moved over training,
-the final fan-in and ITOP, and any failed invariant check.
+A run's ``audit.jsonl`` holds one JSON object per line, one per layer per topology
+update. This module owns the record's schema, ``FIELDS`` (key, kind and meaning, in the
+order the keys are written): ``DynamicSparsity`` builds every record with
+``make_record``, and ``read_trail`` checks every record it reads back with
+``check_record``, so writer and reader cannot drift apart.
+
+The command prints, per layer, the number of updates, weights pruned/grown in total, how
+the count of ablated neurons moved over training, the fan-in range, density, ITOP and
+any failed invariant check. A trail written now holds only checked updates
+(``"invariants": "ok"``; a failed check stops training with ``dst.InvariantError``).
+Older trails recorded a failure as its message in that field; those are still read and
+reported, with exit status 1.
 """
 
 import argparse
@@ -13,25 +19,110 @@ import json
 import os
 import sys
 
-REQUIRED_KEYS = ("step", "layer", "method", "drop_fraction", "pruned", "grown",
-                 "fan_in_before", "fan_in_after", "active_neurons", "neurons", "ablated",
-                 "nnz", "size", "itop", "invariants")
+# (key, kind, meaning). Kinds: "int", "number" (int or float), "str", "int pair"
+# ([low, high]), "int list".
+FIELDS = (
+    ("step", "int", "optimizer steps taken when the update ran"),
+    ("layer", "str", "parameter name, e.g. '3.weight'"),
+    ("method", "str", "'set', 'rigl' or 'srigl'"),
+    ("drop_fraction", "number", "the cosine-decayed drop fraction of the update"),
+    ("pruned", "int", "weights in the old mask but not the new one"),
+    ("grown", "int", "weights in the new mask but not the old one"),
+    ("fan_in_before", "int pair", "[min, max] fan-in over active neurons, before"),
+    ("fan_in_after", "int pair", "[min, max] fan-in over active neurons, after"),
+    ("active_neurons", "int", "neurons with at least one weight, after"),
+    ("neurons", "int", "neurons of the layer"),
+    ("ablated", "int list", "indices of the ablated neurons, after (SRigL)"),
+    ("nnz", "int", "active weights, after"),
+    ("size", "int", "weights of the dense layer"),
+    ("itop", "number", "fraction of weights ever active (in-time over-parameterisation)"),
+    ("invariants", "str", "'ok' (older trails: the failed check's message)"),
+)
+KEYS = tuple(key for key, _, _ in FIELDS)
+_MADE_KEYS = tuple(key for key in KEYS if key != "invariants")
+
+_KIND_TEXT = {"int": "an integer", "number": "a number", "str": "a string",
+              "int pair": "a list of 2 integers", "int list": "a list of integers"}
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_KIND_CHECK = {
+    "int": _is_int,
+    "number": lambda v: _is_int(v) or isinstance(v, float),
+    "str": lambda v: isinstance(v, str),
+    "int pair": lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)),
+    "int list": lambda v: isinstance(v, list) and all(map(_is_int, v)),
+}
+
+# Python values of each kind from the update's numbers (NumPy scalars and arrays too).
+_KIND_CONVERT = {
+    "int": int, "number": float, "str": str,
+    "int pair": lambda v: [int(v[0]), int(v[1])],
+    "int list": lambda v: [int(i) for i in v],
+}
+
+
+def make_record(**values):
+    """The audit record of one checked layer update, keys in ``FIELDS`` order.
+
+    ``values`` gives every key of ``FIELDS`` but "invariants" (a record is only made once
+    ``dst.check_invariants`` passed, so it is "ok"), as Python or NumPy numbers; they are
+    converted to plain JSON values. TypeError names a missing or unknown key.
+    """
+    missing = [key for key in _MADE_KEYS if key not in values]
+    unknown = [key for key in values if key not in _MADE_KEYS]
+    if missing or unknown:
+        raise TypeError(f"make_record takes the keys {list(_MADE_KEYS)}; missing {missing}, "
+                        f"unknown {unknown}")
+    values = {**values, "invariants": "ok"}
+    record = {key: _KIND_CONVERT[kind](values[key]) for key, kind, _ in FIELDS}
+    check_record(record, "make_record")
+    return record
+
+
+def check_record(record, where):
+    """Raise ValueError, prefixed with ``where`` (e.g. 'run/audit.jsonl:3'), unless
+    ``record`` is a dict holding every key of ``FIELDS`` with a value of its kind.
+
+    Keys beyond ``FIELDS`` are allowed, so a newer writer's trail stays readable.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    missing = [key for key in KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{where}: missing keys {missing}")
+    for key, kind, _ in FIELDS:
+        if not _KIND_CHECK[kind](record[key]):
+            raise ValueError(f"{where}: {key!r} must be {_KIND_TEXT[kind]}, "
+                             f"got {record[key]!r}")
 
 
 def read_trail(path):
-    """Records of an audit.jsonl file, validated; raises ValueError naming the bad line."""
+    """The records of an audit.jsonl file, each checked by ``check_record``.
+
+    An empty file is an empty trail (a static run, or one that ended before its first
+    update). Raises FileNotFoundError for a missing file and ValueError naming
+    ``path:line`` for a blank line, a line that is not JSON, or a bad record.
+    """
+    try:
+        trail = open(path, "rb")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (python -m srigl_np.train writes "
+                                f"it for sparse methods)") from None
     records = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
+    with trail:
+        for number, line in enumerate(trail, start=1):
+            where = f"{path}:{number}"
             if not line.strip():
-                continue
+                raise ValueError(f"{where}: blank line, expected one JSON record per line")
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            missing = [k for k in REQUIRED_KEYS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{number}: missing keys {missing}")
+            except ValueError as exc:   # JSONDecodeError, or bytes that are not UTF-8
+                raise ValueError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
+            check_record(record, where)
             records.append(record)
     return records
 
@@ -89,7 +180,12 @@ def format_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m srigl_np.audit", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m srigl_np.audit",
+        description="Print the audit trail (audit.jsonl) of a run, one row per layer: "
+                    "updates, weights pruned and grown, ablated neurons over time, fan-in, "
+                    "density, ITOP and failed invariant checks. Exit status 1 for a "
+                    "trail that cannot be read or that records a failed check.")
     parser.add_argument("run_dir", help="a run directory written by python -m srigl_np.train")
     args = parser.parse_args(argv)
     path = os.path.join(args.run_dir, "audit.jsonl")

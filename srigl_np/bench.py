@@ -19,10 +19,10 @@ implementation a warm-up call and then 1/ROUNDS of its time, so a burst of load 
 elsewhere on a shared machine falls on all of them rather than on one. Speedups are
 ratios of medians taken in the same run.
 
-Layer construction: n_active = n_out - round(ablated_frac * n_out) neurons keep
-k = round((1 - sparsity) * n_in * n_out / n_active) weights each (at most n_in), so the
-overall density is (1 - sparsity) whatever the ablation, as SRigL redistributes the
-weights of ablated neurons.
+Layer construction (``dst.constant_fan_in_mask``): n_active = n_out - round(ablated_frac
+* n_out) neurons keep k = floor(budget / n_active) weights each (at most n_in), budget =
+floor((1 - sparsity) * n_in * n_out), so the density stays (1 - sparsity) whatever the
+ablation, as SRigL redistributes the weights of ablated neurons.
 """
 
 import argparse
@@ -34,6 +34,8 @@ import time
 import warnings
 
 import numpy as np
+
+from . import dst
 
 DEFAULT_SHAPES = ((768, 3072), (3072, 768), (4096, 4096))
 PAPER_FIGURES = ("SRigL paper, condensed vs dense at 90% sparsity: CPU batch 1 3.4x "
@@ -73,17 +75,18 @@ def machine_info():
 
 
 def constant_fan_in_weight(n_in, n_out, sparsity, ablated_frac, rng):
-    """A (n_out, n_in) float32 weight with constant fan-in k and some neurons ablated."""
-    n_active = n_out - int(round(ablated_frac * n_out))
-    if n_active < 1:
+    """A (n_out, n_in) float32 weight with constant fan-in and round(ablated_frac * n_out)
+    random neurons ablated: ``dst.constant_fan_in_mask`` with ablated=, so the live
+    neurons share the layer's whole budget (k = dst.fan_in_after_ablation), and
+    standard-normal values on the mask (never exactly 0)."""
+    n_ablated = int(round(ablated_frac * n_out))
+    if n_ablated >= n_out:
         raise ValueError(f"ablated_frac must leave a neuron active, got {ablated_frac}")
-    k = int(min(n_in, max(1, round((1.0 - sparsity) * n_in * n_out / n_active))))
-    active = np.sort(rng.choice(n_out, n_active, replace=False))
-    columns = np.argpartition(rng.random((n_active, n_in), dtype=np.float32), k - 1,
-                              axis=1)[:, :k]
-    weight = np.zeros((n_out, n_in), dtype=np.float32)
-    weight[active[:, None], columns] = rng.standard_normal((n_active, k), dtype=np.float32)
-    return weight
+    ablated = rng.choice(n_out, n_ablated, replace=False)
+    mask = dst.constant_fan_in_mask((n_out, n_in), sparsity, rng, ablated=ablated)
+    values = rng.standard_normal((n_out, n_in), dtype=np.float32)
+    values[values == 0] = 1.0
+    return np.where(mask, values, np.float32(0))
 
 
 ROUNDS = 10

@@ -15,6 +15,8 @@ existing arrays on theirs, so a GPU run's checkpoint resumes on the GPU or the C
 """
 
 import json
+import os
+import zipfile
 
 import numpy as np
 
@@ -36,31 +38,122 @@ def save_checkpoint(path, meta, model, optimizer, sparsity=None):
 
 
 def load_checkpoint(path, model, optimizer, sparsity=None):
-    """Restore model, optimizer and DynamicSparsity state in place; return the meta dict."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
-    if "meta" not in arrays:
-        raise ValueError(f"{path} is not a srigl_np checkpoint (no 'meta')")
-    meta = json.loads(str(arrays["meta"]))
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {meta.get('version')!r} is not "
-                         f"{CHECKPOINT_VERSION}")
+    """Restore model, optimizer and DynamicSparsity state in place; return the meta dict.
+
+    Everything is checked before anything is written, so a bad checkpoint raises one
+    ValueError naming the file and what is wrong, and leaves the objects as they were.
+    """
+    arrays = _read_arrays(path)
+    meta = _read_meta(path, arrays)
 
     def section(prefix):
         return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-    model.load_state_dict({**section("param/"), **section("buffer/")})
-    optim_state = section("optim/")
-    for name, state in optimizer.state.items():
-        for key, buffer in state.items():
-            saved = optim_state.get(f"{name}/{key}")
-            if saved is None or saved.shape != buffer.shape:
-                raise ValueError(f"{path}: optimizer state {name}/{key} missing or misshapen")
-            buffer[...] = on_device_of(saved, buffer)
-    optimizer.step_count = int(meta["optimizer_step_count"])
+    # (what, saved arrays, {key: the array it is copied into})
+    sections = [("parameter", section("param/"), model.named_parameters()),
+                ("buffer", section("buffer/"), model.named_buffers()),
+                ("optimizer state", section("optim/"),
+                 {f"{name}/{key}": buffer for name, state in optimizer.state.items()
+                  for key, buffer in state.items()})]
+    for what, saved, targets in sections:
+        _check_section(path, what, saved, targets)
+    if sparsity is not None:
+        _check_sparsity_state(path, section("dst/"), sparsity)
+
+    for _, saved, targets in sections:
+        for key, target in targets.items():
+            target[...] = on_device_of(saved[key], target)
+    optimizer.step_count = meta["optimizer_step_count"]
     if sparsity is not None:
         sparsity.load_state_dict(section("dst/"))
     return meta
+
+
+def _read_arrays(path):
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+        why = "a directory" if os.path.isdir(path) else "missing"
+        raise ValueError(f"checkpoint {path} is not a file ({why})")
+    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except unreadable as exc:
+        raise ValueError(f"cannot read checkpoint {path}: not an .npz archive ({exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"cannot read checkpoint {path}: it holds one .npy array, "
+                         f"not an .npz archive")
+    with data:
+        try:
+            return {k: data[k] for k in data.files}
+        except unreadable as exc:
+            raise ValueError(f"cannot read checkpoint {path}: a damaged .npz archive "
+                             f"({exc})") from None
+
+
+def _read_meta(path, arrays):
+    if "meta" not in arrays:
+        raise ValueError(f"{path} is not a srigl_np checkpoint (no 'meta')")
+    raw = arrays["meta"]
+    if raw.ndim != 0 or raw.dtype.kind != "U":
+        raise ValueError(f"{path}: 'meta' must be a JSON string, got a {raw.dtype} array "
+                         f"of shape {raw.shape}")
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: 'meta' is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {meta.get('version')!r} is not "
+                         f"{CHECKPOINT_VERSION}")
+    count = meta.get("optimizer_step_count")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        what = "is missing" if "optimizer_step_count" not in meta else f"is {count!r}"
+        raise ValueError(f"{path}: meta 'optimizer_step_count' {what}; expected an "
+                         f"integer >= 0")
+    return meta
+
+
+def _describe(array):
+    return f"{array.dtype} {tuple(array.shape)}"
+
+
+def _check_section(path, what, saved, targets):
+    """``saved`` must hold exactly ``targets``' keys, each with the target's dtype and shape."""
+    missing = sorted(set(targets) - set(saved))
+    if missing:
+        raise ValueError(f"{path}: {what} {missing[0]!r} is missing"
+                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    unexpected = sorted(set(saved) - set(targets))
+    if unexpected:
+        raise ValueError(f"{path}: {what} {unexpected[0]!r} is not in the model/optimizer "
+                         f"being restored" + (f" (and {len(unexpected) - 1} more)"
+                                              if len(unexpected) > 1 else ""))
+    for key, target in targets.items():
+        value = saved[key]
+        if value.shape != target.shape or value.dtype != target.dtype:
+            raise ValueError(f"{path}: {what} {key!r} must be {_describe(target)}, "
+                             f"got {_describe(value)}")
+
+
+def _check_sparsity_state(path, saved, sparsity):
+    """Masks as DynamicSparsity.state_dict() has them (bool, the weight's shape); ablated
+    neurons a 1-D integer array of row indices of that weight."""
+    expected = sparsity.state_dict()
+    unexpected = sorted(set(saved) - set(expected))
+    if unexpected:
+        raise ValueError(f"{path}: sparsity state {unexpected[0]!r} is not in the "
+                         f"DynamicSparsity being restored")
+    masks = {k: v for k, v in expected.items() if not k.startswith("ablated/")}
+    _check_section(path, "sparsity state", {k: v for k, v in saved.items()
+                                            if not k.startswith("ablated/")}, masks)
+    for key in (k for k in expected if k.startswith("ablated/")):
+        if key not in saved:
+            raise ValueError(f"{path}: sparsity state {key!r} is missing")
+        value, n_out = saved[key], sparsity.masks[key[len("ablated/"):]].shape[0]
+        if value.ndim != 1 or value.dtype.kind not in "iu":
+            raise ValueError(f"{path}: sparsity state {key!r} must be a 1-D integer array, "
+                             f"got {_describe(value)}")
+        if value.size and (int(value.min()) < 0 or int(value.max()) >= n_out):
+            raise ValueError(f"{path}: sparsity state {key!r} must hold neuron indices in "
+                             f"[0, {n_out}), got values in [{int(value.min())}, "
+                             f"{int(value.max())}]")

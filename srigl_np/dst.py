@@ -38,7 +38,7 @@ from .backend import is_cupy_array, on_device_of, to_numpy
 __all__ = [
     "InvariantError", "UpdateResult", "check_invariants", "constant_fan_in_mask",
     "cosine_drop_fraction", "erk_sparsities", "fan_in_after_ablation", "layer_budget",
-    "rigl_update", "set_update", "srigl_update", "uniform_sparsities",
+    "random_mask", "rigl_update", "set_update", "srigl_update", "uniform_sparsities",
 ]
 
 
@@ -103,19 +103,45 @@ def _fan_in(budget, n_active, dense_fan_in):
     return min(dense_fan_in, max(1, budget // n_active))
 
 
-def constant_fan_in_mask(shape, sparsity, rng):
-    """Boolean mask of ``shape`` where every neuron has the same k active inputs.
+def constant_fan_in_mask(shape, sparsity, rng, *, ablated=()):
+    """Boolean mask of ``shape`` where every neuron not in ``ablated`` has k active inputs.
 
-    k = fan_in_after_ablation(shape, sparsity, 0); each neuron's k inputs are drawn
-    uniformly at random (without replacement) from its F, independently per neuron.
+    shape: (n, *fan_in_dims); ablated: distinct neuron (row) indices in [0, n), fewer
+    than n, that get no weights. k = fan_in_after_ablation(shape, sparsity,
+    len(ablated)): the other neurons share the layer's budget. Each neuron's k inputs
+    are drawn uniformly at random (without replacement) from its F, independently per
+    neuron. Returns bool of ``shape``.
+
+    ``rng`` draws the same (n, F) keys whatever ``ablated`` is, and each neuron takes its
+    k best: with ablated=() this is the mask SRigL starts from (paper §4), and ablating
+    neurons changes the other rows only through k.
     """
     shape = _check_shape(shape)
     _check_rng(rng)
     n, dense_fan_in = shape[0], math.prod(shape[1:])
-    k = fan_in_after_ablation(shape, sparsity, 0)
+    ablated = _check_ablated(ablated, n)
+    k = fan_in_after_ablation(shape, sparsity, ablated.size)
+    counts = np.full(n, k)
+    counts[ablated] = 0
     # The k smallest of F i.i.d. uniforms are a uniform random k-subset.
     keys = -rng.random((n, dense_fan_in))
-    return _top_per_row(keys, np.full(n, k)).reshape(shape)
+    return _top_per_row(keys, counts).reshape(shape)
+
+
+def random_mask(shape, sparsity, rng):
+    """Unstructured boolean mask of ``shape`` with exactly layer_budget(shape, sparsity) ones.
+
+    shape: (n, *fan_in_dims). The active positions are a uniform random subset of the
+    N = n*F positions (the first ``budget`` of one permutation drawn from ``rng``), so
+    the neurons' fan-ins vary: the start of the unstructured methods (static, SET,
+    RigL). Returns bool of ``shape``.
+    """
+    shape = _check_shape(shape)
+    _check_rng(rng)
+    size = math.prod(shape)
+    mask = np.zeros(size, dtype=bool)
+    mask[rng.permutation(size)[:layer_budget(shape, sparsity)]] = True
+    return mask.reshape(shape)
 
 
 def cosine_drop_fraction(step, alpha, t_end):
@@ -454,6 +480,25 @@ def _check_shape(shape):
 def _check_sparsity(sparsity):
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+def _check_ablated(ablated, n):
+    """``ablated`` as sorted int64 neuron indices: distinct, in [0, n), fewer than n."""
+    indices = np.asarray(ablated)
+    if indices.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"ablated must be a sequence of integer neuron indices, got "
+                         f"{indices.tolist()!r}")
+    if indices.min() < 0 or indices.max() >= n:
+        raise ValueError(f"ablated must hold neuron indices in [0, {n}), got "
+                         f"{indices.tolist()}")
+    unique = np.unique(indices)
+    if unique.size != indices.size:
+        raise ValueError(f"ablated must not repeat a neuron, got {indices.tolist()}")
+    if unique.size == n:
+        raise ValueError(f"ablated must leave at least one of the {n} neurons, got all of them")
+    return unique.astype(np.int64)
 
 
 def _check_rng(rng):

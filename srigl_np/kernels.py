@@ -17,8 +17,8 @@ CPU, ``cuda.CudaCondensedWeights`` on the GPU): no public function takes raw ind
 CuPy is imported only when a CuPy array or GPU weights object arrives.
 """
 
-from .backend import array_module, is_cupy_array
-
+# The compiled module is imported first, so that an unbuilt tree says so before anything
+# else it needs (numpy, through the modules below) can fail first.
 try:
     from ._kernels import (  # noqa: F401
         CondensedWeights,
@@ -51,6 +51,9 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a bro
         "(needs a C compiler, Cython >= 3 and numpy >= 2)." + _hint
     ) from exc
 
+from .backend import array_module, is_cupy_array  # noqa: E402
+from .validation import FLOATING, INTEGER, check_array  # noqa: E402
+
 
 # -- the condensed product -----------------------------------------------------------
 
@@ -62,8 +65,17 @@ def condensed_reference(values, indices, x, bias=None):
         y[b, r] = bias[r] + sum_j values[r, j] * x[b, indices[r, j]]
     in the dtype NumPy's promotion gives (float32 for float32 operands). Works on any
     array module; O(batch * n_active * k) memory, so it is the specification and the
-    fallback for empty layers, not a fast path.
+    fallback for empty layers, not a fast path. Its indices are checked on every call
+    (NumPy would wrap a negative one), since no validated weights object stands before it.
     """
+    check_array("values", values, dtypes=FLOATING, ndim=2)
+    check_array("indices", indices, dtypes=INTEGER, shape=values.shape)
+    check_array("x", x, dtypes=FLOATING, ndim=2)
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= x.shape[1]):
+        raise ValueError(f"indices must lie in [0, n_in={x.shape[1]}), got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+    if bias is not None:
+        check_array("bias", bias, dtypes=FLOATING, shape=(values.shape[0],))
     xp = array_module(values, indices, x)
     y = xp.einsum("brk,rk->br", x[:, indices], values)
     return y if bias is None else y + bias

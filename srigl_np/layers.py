@@ -67,17 +67,37 @@ def _as_dtype(x, dtype):
 def kaiming_normal(shape, fan_in, rng, dtype=np.float32):
     """Weights drawn from N(0, 2 / fan_in), the He et al. (2015) init for ReLU networks.
 
-    shape: any tuple; fan_in: inputs per neuron (for a sparse layer, its fan-in k).
-    Draws in float64 and casts, so float32 and float64 models from the same seed
-    start from the same (rounded) weights.
+    shape: (n, ...) any tuple; fan_in: inputs per neuron, either one number > 0 for
+    every weight (a dense layer's in_features*kh*kw) or an array of shape (n,), each
+    row's own fan-in (a sparse layer's active inputs per neuron, which
+    DynamicSparsity passes). Returns an array of ``shape`` and ``dtype``.
+
+    The two forms round differently, and both are kept so that every seed gives the
+    weights it always gave (checkpoints and resumed runs stay bit-identical): one
+    fan-in multiplies the float64 draws by the float64 std and rounds once to
+    ``dtype``, so float32 and float64 models from the same seed start from the same
+    (rounded) weights; per-row fan-ins round the draws and each row's std to ``dtype``
+    first and multiply in ``dtype``, as the sparse-aware init always did. For float64
+    the two agree bit for bit.
     """
     dtype = _check_dtype(dtype)
-    if fan_in <= 0:
-        raise ValueError(f"fan_in must be > 0, got {fan_in}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    std = np.sqrt(2.0 / fan_in)
-    return (rng.standard_normal(shape) * std).astype(dtype)
+    if np.ndim(fan_in) == 0:
+        if not fan_in > 0:
+            raise ValueError(f"fan_in must be > 0, got {fan_in}")
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
+    fan_in = np.asarray(fan_in)
+    if len(shape) < 1 or fan_in.shape != (shape[0],):
+        raise ValueError(f"fan_in must be a number or an array of shape (shape[0],) = "
+                         f"{tuple(shape[:1])}, got shape {fan_in.shape}")
+    if not np.all(fan_in > 0):
+        row = int(np.flatnonzero(~(fan_in > 0))[0])
+        raise ValueError(f"fan_in must be > 0 in every row, got {fan_in[row]} at row {row}")
+    std = np.sqrt(2.0 / fan_in.astype(np.float64)).astype(dtype)
+    rows = rng.standard_normal(shape).astype(dtype).reshape(shape[0], -1)
+    rows *= std[:, None]
+    return rows.reshape(shape)
 
 
 class Layer:

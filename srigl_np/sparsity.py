@@ -1,18 +1,26 @@
 """DynamicSparsity: the thin stateful wrapper that plugs ``srigl_np.dst`` into training.
 
 It owns one boolean mask per sparse parameter (the weight of every Linear and Conv2d;
-biases and norms stay dense) and does, around each optimizer step:
+biases and norms stay dense), starting from ``dst.constant_fan_in_mask`` for SRigL and
+``dst.random_mask`` for static/SET/RigL, with weights from ``layers.kaiming_normal``
+scaled by each neuron's actual fan-in. Around each optimizer step the trainer does:
 
-    ds.before_step(step, grads)   # masks the gradients; on an update step returns False
-    if the step is not an update step: optimizer.step(grads)
-    ds.after_step(step, grads)    # re-masks the weights; on an update step runs the
-                                  # topology update with the *dense* gradient
+    if ds.before_step(step, grads):   # masks the gradients; False on an update step
+        optimizer.step(grads)
+    ds.after_step(step, grads)        # re-masks the weights; on an update step runs the
+                                      # topology update with the *dense* gradient
 
 Weights are stored densely with zeros outside the mask, so the gradient the backward
 pass computes for a weight is already the dense gradient the grow criterion needs; it
 is kept unmasked on update steps. As in RigL (Evci et al., 2020) and the SRigL
 authors' training loop, the optimizer does not step on an update step: the update
-replaces it, so grown weights really start at 0.
+replaces it, so grown weights really start at 0. Update steps are the positive
+multiples of ΔT below ``t_end``, for the dynamic methods only.
+
+Each layer's update clears the optimizer state where its mask changed, is checked by
+``dst.check_invariants`` and appends one ``srigl_np.audit.make_record`` record to
+``audit_records``. A failed check raises ``dst.InvariantError`` out of ``after_step``;
+the layers updated before it in that step already have their records.
 
 Random decisions draw from Generators derived from ``(seed, purpose, step)``, never
 from carried state, so a run resumed from a checkpoint repeats an uninterrupted run
@@ -32,10 +40,12 @@ second implementation to keep identical. ``ablated`` neuron lists stay on the ho
 import numpy as np
 
 from . import dst
+from .audit import make_record
 from .backend import on_device_of, to_numpy
-from .layers import Conv2d, Linear
+from .layers import Conv2d, Linear, kaiming_normal
 
 METHODS = ("dense", "static", "set", "rigl", "srigl")
+DYNAMIC_METHODS = ("set", "rigl", "srigl")
 DISTRIBUTIONS = ("uniform", "erk")
 
 # Purposes for derived random streams: (seed, purpose, ...) -> Generator.
@@ -46,28 +56,6 @@ def sparse_parameter_names(model):
     """Names of the parameters that get masks: every Linear/Conv2d weight, in order."""
     return [f"{i}.weight" for i, layer in enumerate(model.layers)
             if isinstance(layer, (Linear, Conv2d))]
-
-
-def _random_mask(shape, sparsity, rng):
-    """Unstructured mask with exactly dst.layer_budget(shape, sparsity) active weights."""
-    size = int(np.prod(shape))
-    n_active = dst.layer_budget(shape, sparsity)
-    mask = np.zeros(size, dtype=bool)
-    mask[rng.permutation(size)[:n_active]] = True
-    return mask.reshape(shape)
-
-
-def _sparse_kaiming(mask, rng, dtype):
-    """Kaiming-normal weights scaled by each neuron's *actual* fan-in (its active count).
-
-    mask: (n_out, *fan_in_dims) bool. Returns weights of that shape, 0 outside the mask.
-    """
-    rows = mask.reshape(mask.shape[0], -1)
-    fan_in = np.maximum(rows.sum(axis=1), 1)
-    std = np.sqrt(2.0 / fan_in).astype(dtype)
-    weight = rng.standard_normal(rows.shape, dtype=np.float64).astype(dtype) * std[:, None]
-    weight[~rows] = 0
-    return weight.reshape(mask.shape)
 
 
 def _neuron_counts(mask):
@@ -86,11 +74,16 @@ class DynamicSparsity:
     distribution : "erk" or "uniform" per-layer sparsities (dst.erk_sparsities, ...).
     delta : steps between topology updates (ΔT).
     alpha : initial drop fraction; decays as dst.cosine_drop_fraction.
-    t_end : no update at or after this step (paper: 75% of training).
+    t_end : no update at or after this step; required for the dynamic methods (set, rigl,
+        srigl), unused by dense and static. The paper stops at 75% of training.
     gamma_sal : SRigL ablation threshold γ_sal.
     ablation : SRigL neuron ablation on/off (never applied to the output layer).
     dense_layers : indices into sparse_parameter_names(model) kept dense.
     seed : int; every random choice derives from it.
+
+    State: ``masks``, ``ever_active`` (bool, per layer), ``ablated`` (int64 indices, per
+    layer) and ``audit_records``, the run's audit trail (a trainer resuming a run puts
+    the records its checkpoint covers back there).
     """
 
     def __init__(self, model, optimizer, method="srigl", sparsity=0.9, distribution="erk",
@@ -106,6 +99,10 @@ class DynamicSparsity:
             raise ValueError(f"delta must be >= 1, got {delta}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if t_end is None and method in DYNAMIC_METHODS:
+            raise ValueError(f"t_end is required for method {method!r}: the step at which "
+                             f"topology updates stop (the paper uses 75% of the training "
+                             f"steps)")
         if t_end is not None and t_end < 0:
             raise ValueError(f"t_end must be >= 0, got {t_end}")
         self.model = model
@@ -134,10 +131,13 @@ class DynamicSparsity:
             # SRigL starts from constant fan-in (paper §4); the unstructured methods
             # start from a uniformly random unstructured mask of the same size.
             mask = (dst.constant_fan_in_mask(weight.shape, s, rng) if method == "srigl"
-                    else _random_mask(weight.shape, s, rng))
+                    else dst.random_mask(weight.shape, s, rng))
             # Sparse-aware init: Kaiming scale from the fan-in each neuron actually has.
             init_rng = np.random.default_rng([self.seed, _RNG_INIT, i])
-            weight[...] = on_device_of(_sparse_kaiming(mask, init_rng, weight.dtype), weight)
+            init = kaiming_normal(mask.shape, np.maximum(_neuron_counts(mask), 1), init_rng,
+                                  weight.dtype)
+            init[~mask] = 0
+            weight[...] = on_device_of(init, weight)
             self.masks[name] = on_device_of(mask, weight)
         self.ever_active = {n: m.copy() for n, m in self.masks.items()}
         self.audit_records = []
@@ -145,7 +145,7 @@ class DynamicSparsity:
     # -- the training-loop hooks ------------------------------------------------
     def is_update_step(self, step):
         """True when a topology update happens at ``step`` (optimizer steps taken so far)."""
-        return (self.method in ("set", "rigl", "srigl") and step > 0
+        return (self.method in DYNAMIC_METHODS and step > 0
                 and step % self.delta == 0 and step < self.t_end)
 
     def before_step(self, step, grads):
@@ -157,16 +157,22 @@ class DynamicSparsity:
         return True
 
     def after_step(self, step, grads):
-        """Re-mask weights; on an update step, run the topology update. Returns its audit records."""
+        """Re-mask weights; on an update step, run the topology update of every sparse layer.
+
+        Returns the step's audit records (also appended to ``audit_records``). Raises
+        dst.InvariantError, naming the layer, if an updated layer fails its check.
+        """
         if not self.is_update_step(step):
             for name, mask in self.masks.items():
                 self.params[name] *= mask
             return []
         drop_fraction = dst.cosine_drop_fraction(step, self.alpha, self.t_end)
-        records = [self._update_layer(name, step, drop_fraction, grads[name])
-                   for name in self.names if self.layer_sparsity[name] > 0.0]
-        self.audit_records.extend(records)
-        return records
+        first = len(self.audit_records)
+        for name in self.names:
+            if self.layer_sparsity[name] > 0.0:
+                self.audit_records.append(
+                    self._update_layer(name, step, drop_fraction, grads[name]))
+        return self.audit_records[first:]
 
     # -- one layer's update -----------------------------------------------------
     def _update_layer(self, name, step, drop_fraction, grad):
@@ -191,28 +197,18 @@ class DynamicSparsity:
         self.ever_active[name] |= mask
         self.ablated[name] = np.asarray(result.ablated, dtype=np.int64)
 
-        fan_in = result.fan_in if self.method == "srigl" else None
-        invariant = "ok"
-        try:
-            dst.check_invariants(weight, mask, fan_in=fan_in, ablated=self.ablated[name],
-                                 layer=name,
-                                 budget=dst.layer_budget(mask.shape, self.layer_sparsity[name]))
-        except Exception as exc:  # recorded, then re-raised by the trainer's check
-            invariant = str(exc)
+        dst.check_invariants(weight, mask,
+                             fan_in=result.fan_in if self.method == "srigl" else None,
+                             ablated=self.ablated[name], layer=name,
+                             budget=dst.layer_budget(mask.shape, self.layer_sparsity[name]))
         counts_after = _neuron_counts(mask)
-        return {
-            "step": int(step), "layer": name, "method": self.method,
-            "drop_fraction": float(drop_fraction),
-            "pruned": int(result.pruned.sum()), "grown": int(result.grown.sum()),
-            "fan_in_before": _count_range(counts_before),
-            "fan_in_after": _count_range(counts_after),
-            "active_neurons": int((counts_after > 0).sum()),
-            "neurons": int(mask.shape[0]),
-            "ablated": [int(i) for i in self.ablated[name]],
-            "nnz": int(mask.sum()), "size": int(mask.size),
-            "itop": float(self.ever_active[name].mean()),
-            "invariants": invariant,
-        }
+        return make_record(
+            step=step, layer=name, method=self.method, drop_fraction=drop_fraction,
+            pruned=result.pruned.sum(), grown=result.grown.sum(),
+            fan_in_before=_count_range(counts_before), fan_in_after=_count_range(counts_after),
+            active_neurons=(counts_after > 0).sum(), neurons=mask.shape[0],
+            ablated=self.ablated[name], nnz=mask.sum(), size=mask.size,
+            itop=self.ever_active[name].mean())
 
     # -- summaries ----------------------------------------------------------------
     def summary(self):

@@ -2,11 +2,15 @@
 
 Writes into ``--out``: ``metrics.json`` (final ``test_accuracy``, per-epoch figures, the
 full config and the data used; ``train_accuracy`` is the running accuracy over the
-epoch's mini-batches in training mode, so dropout is active), ``checkpoint.npz`` after every epoch, and for dynamic
-methods ``audit.jsonl`` (one line per layer per topology update). All three are written
-atomically. ``--resume DIR`` continues a run from its last checkpoint with the saved
-configuration and ends bit-identical to an uninterrupted run: every random stream is
-derived from ``(seed, purpose, epoch)``, not carried from one epoch to the next.
+epoch's mini-batches in training mode, so dropout is active), ``checkpoint.npz`` after
+every epoch, and for sparse methods ``audit.jsonl`` (one line per layer per topology
+update, see ``srigl_np.audit``; empty for static). All three are written atomically.
+``--resume DIR`` continues a run from its last checkpoint with the saved configuration
+and ends bit-identical to an uninterrupted run: every random stream is derived from
+``(seed, purpose, epoch)``, not carried from one epoch to the next. A topology update
+that fails its invariant check (``dst.InvariantError``) stops training: the audit trail
+up to that update is written, and the command exits with status 1 and a one-line error
+naming the step and layer.
 
 ``--device cuda`` (or ``cuda:N``) trains on an NVIDIA GPU through CuPy with the same
 code: the normalised data set is copied to the GPU once, the model is moved there
@@ -31,8 +35,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import data as data_module
+from .audit import read_trail
 from .backend import DeviceError, on_device_of, parse_device, select
 from .checkpoint import load_checkpoint, save_checkpoint
+from .dst import InvariantError
 from .fileio import write_json, write_jsonl
 from .losses import softmax_cross_entropy
 from .models import MODEL_NAMES, build
@@ -235,15 +241,16 @@ def train(config, resume=False, progress=False, log=print):
      steps_per_epoch) = _build_run(config)
     log(f"data: {data_info['name']} from {data_info['source']} "
         f"({data_info['n_train']} train / {data_info['n_test']} test images)")
-    history, audit, start_epoch, step = [], [], 0, 0
+    history, start_epoch, step = [], 0, 0
     checkpoint_path = os.path.join(out, "checkpoint.npz")
     audit_path = os.path.join(out, "audit.jsonl")
     if resume:
         meta = load_checkpoint(checkpoint_path, model, optimizer, sparsity)
         start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
-        if os.path.exists(audit_path):
-            with open(audit_path) as f:
-                audit = [r for r in map(json.loads, f) if r["step"] <= step]
+        if sparsity is not None and os.path.exists(audit_path):
+            # Updates at or after the checkpoint's step (written by a run that failed an
+            # invariant check or crashed after its last checkpoint) are run again.
+            sparsity.audit_records[:] = [r for r in read_trail(audit_path) if r["step"] < step]
         log(f"resumed from {checkpoint_path} at epoch {start_epoch} (step {step})")
     bar = _Progress(progress)
     for epoch in range(start_epoch, config["epochs"]):
@@ -261,12 +268,13 @@ def train(config, resume=False, progress=False, log=print):
             if sparsity is None or sparsity.before_step(step, grads):
                 optimizer.step(grads)
             if sparsity is not None:
-                records = sparsity.after_step(step, grads)
-                audit.extend(records)
-                failed = [r["invariants"] for r in records if r["invariants"] != "ok"]
-                if failed:
-                    write_jsonl(audit_path, audit)
-                    raise RuntimeError(f"invariant check failed at step {step}: {failed[0]}")
+                try:
+                    sparsity.after_step(step, grads)
+                except InvariantError as exc:
+                    bar.close()
+                    write_jsonl(audit_path, sparsity.audit_records)
+                    raise InvariantError(f"invariant check failed at step {step}: {exc} "
+                                         f"(audit trail up to here in {audit_path})") from exc
             step += 1
             loss_sum += loss * len(idx)
             correct += int((logits.argmax(axis=1) == y_train[idx]).sum())
@@ -290,9 +298,11 @@ def train(config, resume=False, progress=False, log=print):
         history.append(record)
         meta = {"epoch": epoch + 1, "step": step, "config": config, "history": history,
                 "optimizer_step_count": int(optimizer.step_count)}
-        save_checkpoint(checkpoint_path, meta, model, optimizer, sparsity)
+        # The trail before the checkpoint: a crash between the two leaves it ahead, and
+        # a resume drops what the checkpoint does not cover.
         if sparsity is not None:
-            write_jsonl(audit_path, audit)
+            write_jsonl(audit_path, sparsity.audit_records)
+        save_checkpoint(checkpoint_path, meta, model, optimizer, sparsity)
         write_json(os.path.join(out, "metrics.json"), _metrics(config, data_info, history))
         log(line)
     return _metrics(config, data_info, history)
@@ -318,7 +328,7 @@ def main(argv=None):
         progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         with threadpool_limits(limits=config["threads"] or None):
             metrics = train(config, resume=bool(args.resume), progress=progress)
-    except (FileNotFoundError, ValueError, DeviceError) as exc:
+    except (FileNotFoundError, ValueError, DeviceError, InvariantError) as exc:
         print(f"python -m srigl_np.train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,8 +1,17 @@
-"""Shared test configuration: hypothesis profiles for these shared, noisy machines."""
+"""Shared test configuration: hypothesis profiles for these shared, noisy machines, the
+``openmp`` marker, and tests/ on sys.path so test files can ``from strategies import ...``."""
 
 import os
+import sys
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+# pytest's default (prepend) import mode already puts this folder first on sys.path;
+# --import-mode=importlib does not, so say it here once.
+TESTS = os.path.dirname(os.path.abspath(__file__))
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 # No deadlines: machines are shared and timing is noisy. CI replays a fixed set of
 # examples (derandomize) so a red CI run is reproducible on a developer's machine.
@@ -12,4 +21,23 @@ settings.register_profile(
 settings.register_profile(
     "ci", deadline=None, max_examples=60, derandomize=True, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+# HYPOTHESIS_PROFILE wins (.ci/run sets it to "ci"); otherwise CI=... means "ci".
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE")
+                      or ("ci" if os.environ.get("CI") else "dev"))
+
+NO_OPENMP = "srigl_np was built without OpenMP: threads > 1 run serially, nothing to compare"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "openmp: runs kernels with threads > 1 or compares thread counts; "
+                   "skipped when srigl_np.kernels.openmp_enabled() is False")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("openmp") is None:
+        return
+    # Imported here, so a broken build fails the tests that need it, not the collection.
+    from srigl_np.kernels import openmp_enabled
+    if not openmp_enabled():
+        pytest.skip(NO_OPENMP)

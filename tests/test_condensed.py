@@ -6,29 +6,21 @@ import os
 import numpy as np
 import pytest
 import scipy.sparse
+from hypothesis import given
 
 from srigl_np.condensed import CondensedConv2d, CondensedLinear
 from srigl_np.condensed_model import CondensedModel, Scatter, load
 from srigl_np.condensing import condense
 from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear,
                              MaxPool2d, ReLU, Sequential)
-
-
-def constant_fan_in(shape, k, rng, ablated=()):
-    """A float32 weight (n_out, ...) whose rows keep k random non-zeros; ``ablated`` rows zero."""
-    n_out, n_in = shape[0], int(np.prod(shape[1:]))
-    keep = np.argsort(rng.random((n_out, n_in)), axis=1)[:, :k]
-    weight = np.zeros((n_out, n_in), dtype=np.float32)
-    np.put_along_axis(weight, keep, rng.standard_normal((n_out, k)).astype(np.float32), axis=1)
-    weight[list(ablated)] = 0.0
-    return weight.reshape(shape)
+from strategies import fan_in_weight, sparse_models
 
 
 # --- CondensedLinear -------------------------------------------------------------------------
 
 def test_from_dense_keeps_active_rows_values_indices_bias():
     rng = np.random.default_rng(0)
-    weight = constant_fan_in((6, 10), 3, rng, ablated=(1, 4))
+    weight = fan_in_weight((6, 10), 3, rng, ablated=(1, 4))
     bias = np.arange(6, dtype=np.float32)
     layer = CondensedLinear.from_dense(weight, bias)
     assert layer.active.tolist() == [0, 2, 3, 5]
@@ -48,14 +40,14 @@ def test_from_dense_keeps_active_rows_values_indices_bias():
 
 def test_index_dtype_follows_n_in_or_request():
     rng = np.random.default_rng(1)
-    narrow = CondensedLinear.from_dense(constant_fan_in((2, 32767), 2, rng))
+    narrow = CondensedLinear.from_dense(fan_in_weight((2, 32767), 2, rng))
     assert narrow.indices.dtype == np.int16
-    wide = CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng))
+    wide = CondensedLinear.from_dense(fan_in_weight((2, 32768), 2, rng))
     assert wide.indices.dtype == np.int32
-    small = constant_fan_in((3, 8), 2, rng)
+    small = fan_in_weight((3, 8), 2, rng)
     assert CondensedLinear.from_dense(small, index_dtype=np.int32).indices.dtype == np.int32
     with pytest.raises(ValueError, match="int16"):
-        CondensedLinear.from_dense(constant_fan_in((2, 32768), 2, rng), index_dtype=np.int16)
+        CondensedLinear.from_dense(fan_in_weight((2, 32768), 2, rng), index_dtype=np.int16)
     with pytest.raises(TypeError, match="index_dtype"):
         CondensedLinear.from_dense(small, index_dtype=np.int64)
 
@@ -69,7 +61,7 @@ def test_dense_weight_condenses_with_k_equal_n_in():
 
 def test_csr_round_trips():
     rng = np.random.default_rng(3)
-    weight = constant_fan_in((8, 12), 4, rng, ablated=(0, 5))
+    weight = fan_in_weight((8, 12), 4, rng, ablated=(0, 5))
     layer = CondensedLinear.from_dense(weight)
     csr = layer.to_csr()
     assert isinstance(csr, scipy.sparse.csr_array) and csr.shape == (8, 12)
@@ -141,7 +133,7 @@ def test_constructor_checks_its_invariants():
 def test_conv_matches_dense_conv(stride, padding):
     rng = np.random.default_rng(4)
     conv = Conv2d(3, 5, 3, stride=stride, padding=padding, rng=rng)
-    conv.params["weight"][...] = constant_fan_in((5, 3, 3, 3), 4, rng, ablated=(2,))
+    conv.params["weight"][...] = fan_in_weight((5, 3, 3, 3), 4, rng, ablated=(2,))
     conv.params["bias"][...] = rng.standard_normal(5)
     layer = CondensedConv2d.from_dense(conv.params["weight"], conv.params["bias"],
                                          stride=stride, padding=padding)
@@ -163,7 +155,7 @@ def sparsify(model, rng, ablate_every=None, skip_last=True):
         fan_in = int(np.prod(weight.shape[1:]))
         last = skip_last and i == len(layers) - 1
         ablated = range(0, weight.shape[0], ablate_every) if ablate_every and not last else ()
-        weight[...] = constant_fan_in(weight.shape, max(1, fan_in // 10), rng, ablated)
+        weight[...] = fan_in_weight(weight.shape, max(1, fan_in // 10), rng, ablated)
         layer.params["bias"][...] = 0.3 * rng.standard_normal(weight.shape[0])
     return model
 
@@ -331,3 +323,17 @@ def test_load_refuses_files_that_are_not_archives(tmp_path):
     np.save(tmp_path / "array.npy", np.zeros(3))
     with pytest.raises(ValueError, match="npz"):
         load(tmp_path / "array.npy")
+
+
+# --- condense computes the model's function ---------------------------------------------
+
+@given(case=sparse_models())
+def test_property_condense_computes_the_models_eval_forward(case):
+    """Whatever the architecture, sparsity and ablation: the condensed model's logits are
+    the trained model's evaluation forward, up to float32 rounding."""
+    expected = case.model.forward(case.x, training=False)
+    got = condense(case.model).logits(case.x)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale,
+                               err_msg=f"seed {case.seed}, model {case.model!r}")

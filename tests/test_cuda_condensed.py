@@ -17,7 +17,8 @@ from srigl_np.kernels import condensed_product
 from srigl_np.layers import (
     BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential)
 from fake_cupy import GPU_REASON, device  # noqa: F401  (a fixture)
-from test_condensed import constant_fan_in, mlp, sparsify
+from strategies import fan_in_weight
+from test_condensed import mlp, sparsify
 
 
 def reference_product(values, indices, x, bias):
@@ -82,7 +83,7 @@ def test_a_device_model_saves_what_the_cpu_model_saves(device, tmp_path):
 def test_a_layer_moves_and_comes_back_unchanged(device):
     name, _ = device
     rng = np.random.default_rng(16)
-    layer = CondensedLinear.from_dense(constant_fan_in((6, 9), 3, rng),
+    layer = CondensedLinear.from_dense(fan_in_weight((6, 9), 3, rng),
                                        rng.standard_normal(6).astype(np.float32))
     on_device = layer.to(name)
     assert isinstance(on_device.weights, cuda.CudaCondensedWeights)
@@ -163,7 +164,7 @@ def test_to_cpu_is_the_model_itself_and_bad_devices_are_refused():
     rng = np.random.default_rng(12)
     condensed = condense(sparsify(mlp(rng), rng))
     assert condensed.to("cpu") is condensed
-    layer = CondensedLinear.from_dense(constant_fan_in((6, 9), 3, rng))
+    layer = CondensedLinear.from_dense(fan_in_weight((6, 9), 3, rng))
     assert layer.to("cpu") is layer
     with pytest.raises(ValueError, match="device"):
         condensed.to("gpu")
@@ -206,7 +207,7 @@ def cp():
     (64, 4096, 410, 257)])
 def test_cuda_kernel_matches_reference(cp, index_dtype, n_out, n_in, k, batch):
     rng = np.random.default_rng(n_out * 1000 + k)
-    weight = constant_fan_in((n_out, n_in), k, rng)
+    weight = fan_in_weight((n_out, n_in), k, rng)
     layer = CondensedLinear.from_dense(weight, rng.standard_normal(n_out).astype(np.float32),
                                        index_dtype=index_dtype)
     x = rng.standard_normal((batch, n_in)).astype(np.float32)

@@ -458,6 +458,90 @@ def test_constant_fan_in_mask_is_uniform_per_neuron():
     assert np.all(np.abs(mask.mean(axis=0) - 0.4) < 0.04)
 
 
+@given(shape=shapes, sparsity=st.floats(0.0, 0.995), seed=st.integers(0, 2**32 - 1),
+       data=st.data())
+def test_constant_fan_in_mask_with_ablated_neurons(shape, sparsity, seed, data):
+    n = shape[0]
+    ablated = data.draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n - 1))
+    mask = dst.constant_fan_in_mask(shape, sparsity, np.random.default_rng(seed),
+                                    ablated=ablated)
+    k = dst.fan_in_after_ablation(shape, sparsity, len(ablated))
+    counts = mask.reshape(n, -1).sum(axis=1)
+    kept = np.setdiff1d(np.arange(n), ablated)
+    assert mask.shape == shape and mask.dtype == bool
+    assert np.all(counts[ablated] == 0) and np.all(counts[kept] == k)
+    dst.check_invariants(np.where(mask, 1.0, 0.0), mask, fan_in=k, ablated=ablated,
+                         budget=dst.layer_budget(shape, sparsity))
+    # The other neurons keep the inputs they would have without ablation, up to k.
+    plain = dst.constant_fan_in_mask(shape, sparsity, np.random.default_rng(seed))
+    k0 = dst.fan_in_after_ablation(shape, sparsity, 0)
+    rows, plain_rows = mask.reshape(n, -1)[kept], plain.reshape(n, -1)[kept]
+    smaller, larger = (rows, plain_rows) if k <= k0 else (plain_rows, rows)
+    assert np.all(larger[smaller])
+
+
+def test_constant_fan_in_mask_without_ablation_is_unchanged():
+    """ablated=() draws exactly what the mask always drew (pinned on a known layer)."""
+    shape = (6, 2, 3, 3)
+    a = dst.constant_fan_in_mask(shape, 0.7, np.random.default_rng(3))
+    b = dst.constant_fan_in_mask(shape, 0.7, np.random.default_rng(3), ablated=())
+    keys = -np.random.default_rng(3).random((6, 18))
+    expected = np.zeros((6, 18), dtype=bool)
+    np.put_along_axis(expected, np.argsort(keys, axis=1, kind="stable")[:, -5:], True, axis=1)
+    assert np.array_equal(a, b)
+    assert np.array_equal(a.reshape(6, 18), expected)
+
+
+def test_constant_fan_in_mask_ablation_hand_worked():
+    # 4 neurons x 10 inputs at 70%: budget 12, k = 3; with 2 ablated, k = 6.
+    mask = dst.constant_fan_in_mask((4, 10), 0.7, np.random.default_rng(0), ablated=[3, 0])
+    assert mask.sum(axis=1).tolist() == [0, 6, 6, 0]
+    assert mask.sum() == dst.layer_budget((4, 10), 0.7)
+
+
+@pytest.mark.parametrize("ablated, fragment", [
+    ([0.5], "integer neuron indices"),
+    ([True], "integer neuron indices"),
+    ([[0, 1]], "integer neuron indices"),
+    ([4], r"in \[0, 4\), got \[4\]"),
+    ([-1], r"in \[0, 4\)"),
+    ([1, 1], "not repeat"),
+    ([0, 1, 2, 3], "at least one of the 4 neurons"),
+])
+def test_constant_fan_in_mask_refuses_bad_ablated(ablated, fragment):
+    with pytest.raises(ValueError, match=f"ablated must .*{fragment}"):
+        dst.constant_fan_in_mask((4, 10), 0.7, np.random.default_rng(0), ablated=ablated)
+
+
+@given(shape=shapes, sparsity=st.floats(0.0, 0.995), seed=st.integers(0, 2**32 - 1))
+def test_random_mask_holds_the_budget_and_repeats_per_seed(shape, sparsity, seed):
+    mask = dst.random_mask(shape, sparsity, np.random.default_rng(seed))
+    assert mask.shape == shape and mask.dtype == bool
+    assert int(mask.sum()) == dst.layer_budget(shape, sparsity)
+    assert np.array_equal(mask, dst.random_mask(shape, sparsity, np.random.default_rng(seed)))
+
+
+def test_random_mask_draws_one_permutation():
+    """The active positions are the first ``budget`` of rng.permutation(N), pinned."""
+    mask = dst.random_mask((8, 3, 2), 0.75, np.random.default_rng(9))
+    expected = np.zeros(48, dtype=bool)
+    expected[np.random.default_rng(9).permutation(48)[:12]] = True
+    assert np.array_equal(mask.reshape(-1), expected)
+    assert not np.array_equal(mask, dst.random_mask((8, 3, 2), 0.75, np.random.default_rng(10)))
+    # Unstructured: over many neurons the fan-ins differ.
+    wide = dst.random_mask((200, 50), 0.9, np.random.default_rng(0))
+    assert wide.sum() == 1000 and len(set(wide.sum(axis=1).tolist())) > 1
+
+
+def test_random_mask_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="sparsity"):
+        dst.random_mask((4, 4), 1.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="shape"):
+        dst.random_mask((4,), 0.5, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
+        dst.random_mask((4, 4), 0.5, 0)
+
+
 def test_fan_in_after_ablation():
     assert dst.fan_in_after_ablation((32, 144), 0.95, 0) == 7           # 230 // 32
     assert dst.fan_in_after_ablation((32, 144), 0.95, 2) == 7           # 230 // 30

@@ -7,6 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from srigl_np.kernels import col2im, conv_output_size, im2col, max_threads, openmp_enabled
+from strategies import ConvProblem, conv_problems, seeds
 
 
 def im2col_reference(x, kh, kw, stride, padding):
@@ -37,27 +38,13 @@ def col2im_reference(cols, x_shape, kh, kw, stride, padding):
     return xp[:, :, padding:padding + height, padding:padding + width]
 
 
-@st.composite
-def conv_problems(draw):
-    """(x shape, kh, kw, stride, padding) with at least one output pixel."""
-    kh = draw(st.integers(1, 4))
-    kw = draw(st.integers(1, 4))
-    stride = draw(st.integers(1, 3))
-    padding = draw(st.integers(0, 2))
-    height = draw(st.integers(max(1, kh - 2 * padding), 9))
-    width = draw(st.integers(max(1, kw - 2 * padding), 9))
-    batch = draw(st.integers(1, 3))
-    channels = draw(st.integers(1, 3))
-    return (batch, channels, height, width), kh, kw, stride, padding
-
-
-@given(problem=conv_problems(), dtype=st.sampled_from([np.float32, np.float64]),
-       threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
-@example(problem=((1, 1, 1, 1), 1, 1, 1, 0), dtype=np.float32, threads=1, seed=0)
-@example(problem=((1, 2, 1, 1), 3, 3, 1, 1), dtype=np.float64, threads=2, seed=0)
-@example(problem=((2, 1, 5, 5), 3, 3, 2, 2), dtype=np.float32, threads=2, seed=0)
-def test_im2col_and_col2im_match_reference(problem, dtype, threads, seed):
-    shape, kh, kw, stride, padding = problem
+@given(problem=conv_problems(), seed=seeds)
+@example(problem=ConvProblem((1, 1, 1, 1), 1, 1, 1, 0, np.float32), seed=0)
+@example(problem=ConvProblem((1, 2, 1, 1), 3, 3, 1, 1, np.float64), seed=0)
+@example(problem=ConvProblem((2, 1, 5, 5), 3, 3, 2, 2, np.float32), seed=0)
+@pytest.mark.parametrize("threads", [1, pytest.param(2, marks=pytest.mark.openmp)])
+def test_im2col_and_col2im_match_reference(problem, threads, seed):
+    shape, kh, kw, stride, padding, dtype = problem
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
     cols = im2col(x, kh, kw, stride=stride, padding=padding, threads=threads)
@@ -71,9 +58,9 @@ def test_im2col_and_col2im_match_reference(problem, dtype, threads, seed):
                                rtol=rtol, atol=rtol)
 
 
-@given(problem=conv_problems(), seed=st.integers(0, 2**32 - 1))
+@given(problem=conv_problems(dtypes=st.just(np.float64)), seed=seeds)
 def test_col2im_is_the_adjoint_of_im2col(problem, seed):
-    shape, kh, kw, stride, padding = problem
+    shape, kh, kw, stride, padding, _ = problem
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
     cols = im2col(x, kh, kw, stride=stride, padding=padding)
@@ -91,6 +78,7 @@ def test_im2col_layout_hand_worked():
     np.testing.assert_array_equal(cols[1], [1, 2, 4, 5, 10, 11, 13, 14])
 
 
+@pytest.mark.openmp
 def test_threads_do_not_change_results():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 3, 10, 9)).astype(np.float32)
@@ -112,6 +100,9 @@ def test_im2col_fills_the_given_out_completely():
 def test_conv_output_size_and_openmp_helpers():
     assert conv_output_size(28, 3, 1, 0) == 26
     assert conv_output_size(7, 3, 2, 1) == 4
+    problem = ConvProblem((2, 3, 7, 6), 3, 2, 2, 1, np.float32)
+    assert (problem.out_h, problem.out_w) == (conv_output_size(7, 3, 2, 1),
+                                              conv_output_size(6, 2, 2, 1))
     assert isinstance(openmp_enabled(), bool)
     assert max_threads() >= 1
 

@@ -401,6 +401,49 @@ def test_kaiming_normal_scale_and_determinism():
         kaiming_normal((2, 2), 0, np.random.default_rng(0))
 
 
+def test_kaiming_normal_per_row_fan_in_scales_each_row():
+    fan_in = np.array([2, 8, 50, 200] * 25)
+    w = kaiming_normal((100, 2000), fan_in, np.random.default_rng(17))
+    assert w.shape == (100, 2000) and w.dtype == np.float32
+    np.testing.assert_allclose(w.std(axis=1), np.sqrt(2 / fan_in), rtol=0.05)
+    np.testing.assert_array_equal(w, kaiming_normal((100, 2000), fan_in,
+                                                    np.random.default_rng(17)))
+    # Conv-shaped weights: one row per filter, scaled over (in_channels, kh, kw).
+    conv = kaiming_normal((3, 2, 3, 3), np.array([1, 4, 9]), np.random.default_rng(0),
+                          dtype=F64)
+    z = np.random.default_rng(0).standard_normal((3, 2, 3, 3))
+    np.testing.assert_array_equal(conv, z * np.sqrt(2.0 / np.array([1, 4, 9]))[:, None, None, None])
+
+
+def test_kaiming_normal_per_row_rounding_is_pinned():
+    """Per-row fan-ins round draws and std to the dtype before multiplying (the sparse
+    init's historical formula); one fan-in multiplies in float64 and rounds once."""
+    z = np.random.default_rng(5).standard_normal((6, 7))
+    fan_in = np.arange(1, 7)
+    std = np.sqrt(2.0 / fan_in)
+    per_row = kaiming_normal((6, 7), fan_in, np.random.default_rng(5))
+    np.testing.assert_array_equal(per_row, z.astype(np.float32) * std.astype(np.float32)[:, None])
+    one = kaiming_normal((6, 7), 3, np.random.default_rng(5))
+    np.testing.assert_array_equal(one, (z * np.sqrt(2.0 / 3)).astype(np.float32))
+    # In float64 both forms give the same bits.
+    np.testing.assert_array_equal(
+        kaiming_normal((6, 7), np.full(6, 3), np.random.default_rng(5), dtype=F64),
+        kaiming_normal((6, 7), 3, np.random.default_rng(5), dtype=F64))
+
+
+@pytest.mark.parametrize("fan_in, fragment", [
+    (np.ones(3), r"array of shape \(shape\[0\],\) = \(4,\), got shape \(3,\)"),
+    (np.ones((4, 1)), r"got shape \(4, 1\)"),
+    (np.array([1, 2, 0, 3]), "> 0 in every row, got 0 at row 2"),
+    (np.array([1.0, -2.0, 1.0, 1.0]), "at row 1"),
+    (np.array([1.0, np.nan, 1.0, 1.0]), "at row 1"),
+    (-3, "be > 0, got -3"),
+])
+def test_kaiming_normal_refuses_bad_fan_in(fan_in, fragment):
+    with pytest.raises(ValueError, match=f"fan_in must .*{fragment}"):
+        kaiming_normal((4, 5), fan_in, np.random.default_rng(0))
+
+
 def test_biases_start_at_zero():
     rng = np.random.default_rng(0)
     assert not Linear(3, 4, rng=rng).params["bias"].any()

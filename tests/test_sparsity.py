@@ -1,10 +1,15 @@
-"""DynamicSparsity: masks at start, the update schedule, optimizer-state clearing, ITOP."""
+"""DynamicSparsity: masks at start, the update schedule, optimizer-state clearing, ITOP,
+audit records, and invariant failures raised as exceptions."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from srigl_np import dst
-from srigl_np.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+from srigl_np import sparsity as sparsity_module
+from srigl_np.audit import KEYS, check_record
+from srigl_np.layers import Conv2d, Flatten, Linear, ReLU, Sequential, kaiming_normal
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.optim import SGD, AdamW
 from srigl_np.sparsity import DynamicSparsity, sparse_parameter_names
@@ -43,7 +48,8 @@ def test_sparse_parameters_are_linear_and_conv_weights():
 def test_srigl_starts_with_constant_fan_in_and_sparse_aware_init():
     model = _model()
     ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1, momentum=0.9),
-                         method="srigl", sparsity=0.8, distribution="uniform", seed=0)
+                         method="srigl", sparsity=0.8, distribution="uniform", t_end=100,
+                         seed=0)
     params = model.named_parameters()
     for name, mask in ds.masks.items():
         rows = mask.reshape(mask.shape[0], -1)
@@ -148,8 +154,10 @@ def test_dense_method_has_no_masks_and_same_seed_same_masks():
     ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method="dense")
     assert ds.masks == {} and ds.summary()["sparsity"] == 0.0
     m1, m2 = _model(), _model()
-    a = DynamicSparsity(m1, SGD(m1.named_parameters(), lr=0.1), method="srigl", seed=7)
-    b = DynamicSparsity(m2, SGD(m2.named_parameters(), lr=0.1), method="srigl", seed=7)
+    a = DynamicSparsity(m1, SGD(m1.named_parameters(), lr=0.1), method="srigl", t_end=100,
+                        seed=7)
+    b = DynamicSparsity(m2, SGD(m2.named_parameters(), lr=0.1), method="srigl", t_end=100,
+                        seed=7)
     for name in a.names:
         assert np.array_equal(a.masks[name], b.masks[name])
         assert np.array_equal(m1.named_parameters()[name], m2.named_parameters()[name])
@@ -158,9 +166,83 @@ def test_dense_method_has_no_masks_and_same_seed_same_masks():
 @pytest.mark.parametrize("kwargs, fragment", [
     ({"method": "lottery"}, "method"), ({"sparsity": 1.0}, "sparsity"),
     ({"distribution": "gaussian"}, "distribution"), ({"delta": 0}, "delta"),
-    ({"alpha": 1.5}, "alpha"),
+    ({"alpha": 1.5}, "alpha"), ({"t_end": -1}, "t_end"),
 ])
 def test_bad_arguments_are_refused(kwargs, fragment):
     model = _model()
     with pytest.raises(ValueError, match=fragment):
-        DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), **kwargs)
+        DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), **{"t_end": 10, **kwargs})
+
+
+@pytest.mark.parametrize("method", ["set", "rigl", "srigl"])
+def test_dynamic_methods_require_t_end(method):
+    model = _model()
+    with pytest.raises(ValueError, match=f"t_end is required for method '{method}'.*75%"):
+        DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method=method)
+
+
+@pytest.mark.parametrize("method", ["dense", "static"])
+def test_dense_and_static_need_no_t_end(method):
+    model = _model()
+    ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method=method)
+    assert not any(ds.is_update_step(s) for s in range(300))
+
+
+def test_initial_masks_and_weights_come_from_the_dst_and_layers_functions():
+    """SRigL starts from dst.constant_fan_in_mask, the others from dst.random_mask; the
+    weights are layers.kaiming_normal at each neuron's fan-in, zero off the mask."""
+    seed, mask_purpose, init_purpose = 3, sparsity_module._RNG_MASK, sparsity_module._RNG_INIT
+    for method, make_mask in (("srigl", dst.constant_fan_in_mask), ("rigl", dst.random_mask)):
+        model = _model()
+        ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method=method,
+                             sparsity=0.8, t_end=10, seed=seed)
+        for i, name in enumerate(ds.names):
+            weight = model.named_parameters()[name]
+            mask = make_mask(weight.shape, ds.layer_sparsity[name],
+                             np.random.default_rng([seed, mask_purpose, i]))
+            counts = np.maximum(mask.reshape(mask.shape[0], -1).sum(axis=1), 1)
+            init = kaiming_normal(mask.shape, counts,
+                                  np.random.default_rng([seed, init_purpose, i]), weight.dtype)
+            assert np.array_equal(ds.masks[name], mask)
+            assert np.array_equal(weight, np.where(mask, init, 0))
+
+
+def test_records_follow_the_audit_schema():
+    model = _model()
+    optimizer = SGD(model.named_parameters(), lr=0.05)
+    ds = DynamicSparsity(model, optimizer, method="srigl", sparsity=0.8, delta=2, t_end=6,
+                         distribution="uniform", seed=0)
+    records = _train(model, optimizer, ds, steps=6)
+    assert records == ds.audit_records and len(records) == 2 * 3
+    for r in records:
+        assert tuple(r) == KEYS and r["invariants"] == "ok"
+        check_record(r, "record")
+
+
+def _break_layer(monkeypatch, shape):
+    """Make every SRigL update of a layer of ``shape`` return one weight too many."""
+    real_update = dst.srigl_update
+
+    def update(weight, mask, *args, **kwargs):
+        result = real_update(weight, mask, *args, **kwargs)
+        if weight.shape != shape:
+            return result
+        bad = result.mask.copy()
+        bad[0, np.flatnonzero(~bad[0])[0]] = True
+        return replace(result, mask=bad)
+
+    monkeypatch.setattr(dst, "srigl_update", update)
+
+
+def test_a_failed_invariant_check_raises_out_of_after_step(monkeypatch):
+    model = _model()
+    optimizer = SGD(model.named_parameters(), lr=0.05)
+    ds = DynamicSparsity(model, optimizer, method="srigl", sparsity=0.8, delta=2, t_end=10,
+                         distribution="uniform", seed=0)
+    _break_layer(monkeypatch, (32, 144))   # "3.weight", the second of three layers
+    with pytest.raises(dst.InvariantError,
+                       match=r"layer '3\.weight': neuron 0 has \d+ active weights, "
+                             r"expected fan-in"):
+        _train(model, optimizer, ds, steps=3)
+    # The layer updated before it in that step kept its record; the failed one has none.
+    assert [(r["step"], r["layer"]) for r in ds.audit_records] == [(2, "0.weight")]

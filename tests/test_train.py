@@ -4,10 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from srigl_np import dst
 from srigl_np import train as train_module
 
 
@@ -122,6 +124,40 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert audit.returncode == 0, audit.stderr
     assert "1.weight" in audit.stdout and "fan-in" in audit.stdout
+
+
+def test_failed_invariant_check_stops_the_cli_with_one_line_naming_the_layer(
+        tmp_path, monkeypatch, capsys):
+    real_update = dst.srigl_update
+    calls = []
+
+    def update(weight, mask, *args, **kwargs):
+        # The second update of the (100, 300) layer "3.weight" gains one weight too many.
+        result = real_update(weight, mask, *args, **kwargs)
+        calls.append(weight.shape)
+        if calls.count((100, 300)) != 2 or weight.shape != (100, 300):
+            return result
+        bad = result.mask.copy()
+        bad[0, np.flatnonzero(~bad[0])[0]] = True
+        return replace(result, mask=bad)
+
+    monkeypatch.setattr(dst, "srigl_update", update)
+    out = tmp_path / "run"
+    status = train_module.main(["--dataset", "embedded", "--epochs", "1", "--batch-size", "256",
+                                "--method", "srigl", "--delta", "5", "--out", str(out),
+                                "--progress", "off"])
+    err = capsys.readouterr().err
+    assert status == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("python -m srigl_np.train: error: invariant check failed at "
+                               "step 10: layer '3.weight': neuron 0 has ")
+    assert str(out / "audit.jsonl") in lines[0]
+    # The trail gathered so far: both layers at step 5, the first layer at step 10.
+    records = [json.loads(line) for line in open(out / "audit.jsonl")]
+    assert [(r["step"], r["layer"]) for r in records] == [(5, "1.weight"), (5, "3.weight"),
+                                                          (10, "1.weight")]
+    assert all(r["invariants"] == "ok" for r in records)
 
 
 @pytest.mark.parametrize("user_env, expected", [

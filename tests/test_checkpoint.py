@@ -1,0 +1,186 @@
+"""The training checkpoint format (srigl_np.checkpoint): a round trip restores every
+array, and every malformed file is refused with one ValueError naming what is wrong,
+before anything is overwritten."""
+
+import json
+
+import numpy as np
+import pytest
+
+from srigl_np.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from srigl_np.layers import BatchNorm1d, Linear, ReLU, Sequential
+from srigl_np.losses import softmax_cross_entropy
+from srigl_np.optim import SGD
+from srigl_np.sparsity import DynamicSparsity
+
+META = {"epoch": 2, "step": 3, "history": [{"loss": 1.5}], "optimizer_step_count": 3}
+
+
+def build(seed):
+    """(model, optimizer, sparsity): Linear(4, 6) - BatchNorm1d - ReLU - Linear(6, 3),
+    SGD with momentum, SRigL at 50% sparsity."""
+    rng = np.random.default_rng(seed)
+    model = Sequential(Linear(4, 6, rng=rng), BatchNorm1d(6), ReLU(), Linear(6, 3, rng=rng))
+    optimizer = SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+    sparsity = DynamicSparsity(model, optimizer, method="srigl", sparsity=0.5,
+                               distribution="uniform", delta=2, t_end=10, seed=seed)
+    return model, optimizer, sparsity
+
+
+def train_steps(model, optimizer, sparsity, steps=3):
+    """A few real SGD steps (one of them a topology update) so every array holds state."""
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    grads = model.named_grads()
+    for step in range(steps):
+        _, grad = softmax_cross_entropy(model.forward(x, True), y)
+        model.backward(grad, input_grad=False)
+        if sparsity.before_step(step, grads):
+            optimizer.step(grads)
+        sparsity.after_step(step, grads)
+
+
+def every_array(model, optimizer, sparsity):
+    arrays = {f"param/{k}": v for k, v in model.named_parameters().items()}
+    arrays.update({f"buffer/{k}": v for k, v in model.named_buffers().items()})
+    arrays.update({f"optim/{name}/{key}": v for name, state in optimizer.state.items()
+                   for key, v in state.items()})
+    arrays.update({f"dst/{k}": v for k, v in sparsity.state_dict().items()})
+    return {k: np.array(v) for k, v in arrays.items()}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """(path, arrays of the trained model that was saved there)."""
+    model, optimizer, sparsity = build(seed=0)
+    train_steps(model, optimizer, sparsity)
+    sparsity.ablated["0.weight"] = np.array([1, 4], dtype=np.int64)
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, META, model, optimizer, sparsity)
+    return path, every_array(model, optimizer, sparsity)
+
+
+def test_round_trip_restores_every_array_and_the_meta(saved):
+    path, expected = saved
+    model, optimizer, sparsity = build(seed=7)
+    assert not all(np.array_equal(expected[k], v)
+                   for k, v in every_array(model, optimizer, sparsity).items())
+    meta = load_checkpoint(path, model, optimizer, sparsity)
+    assert meta == {"version": CHECKPOINT_VERSION, **META}
+    assert optimizer.step_count == 3
+    restored = every_array(model, optimizer, sparsity)
+    assert sorted(restored) == sorted(expected)
+    for key, value in expected.items():
+        assert restored[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(restored[key], value, err_msg=key)
+    # Masks and weights agree after the load: training goes on from the same state.
+    for name, mask in sparsity.masks.items():
+        assert not np.any(model.named_parameters()[name][~mask])
+
+
+def test_round_trip_without_sparsity_ignores_the_dst_section(saved):
+    path, expected = saved
+    model, optimizer, _ = build(seed=7)
+    load_checkpoint(path, model, optimizer)
+    np.testing.assert_array_equal(model.named_parameters()["3.weight"], expected["param/3.weight"])
+
+
+# -- malformed files --------------------------------------------------------------------------
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _with_meta(edit):
+    def change(arrays):
+        meta = json.loads(str(arrays["meta"]))
+        edit(meta)
+        arrays["meta"] = np.array(json.dumps(meta))
+    return change
+
+
+def _set(key, value):
+    def change(arrays):
+        arrays[key] = value(arrays[key]) if callable(value) else value
+    return change
+
+
+def _drop(key):
+    return lambda arrays: arrays.pop(key)
+
+
+@pytest.mark.parametrize("change, message", [
+    (_drop("meta"), r"is not a srigl_np checkpoint \(no 'meta'\)"),
+    (_set("meta", np.arange(3)),
+     r"'meta' must be a JSON string, got a int64 array of shape \(3,\)"),
+    (_set("meta", np.array("{epoch: 1")), r"'meta' is not valid JSON"),
+    (_set("meta", np.array("[1, 2]")), r"'meta' must be a JSON object, got list"),
+    (_with_meta(lambda m: m.update(version=2)), r"checkpoint version 2 is not 1"),
+    (_with_meta(lambda m: m.pop("version")), r"checkpoint version None is not 1"),
+    (_with_meta(lambda m: m.pop("optimizer_step_count")),
+     r"meta 'optimizer_step_count' is missing; expected an integer >= 0"),
+    (_with_meta(lambda m: m.update(optimizer_step_count=-1)), r"'optimizer_step_count' is -1"),
+    (_with_meta(lambda m: m.update(optimizer_step_count="3")), r"'optimizer_step_count' is '3'"),
+    (_with_meta(lambda m: m.update(optimizer_step_count=True)), r"'optimizer_step_count' is True"),
+    (_drop("param/0.weight"), r"parameter '0.weight' is missing"),
+    (_set("param/0.weight", lambda a: a.T.copy()),
+     r"parameter '0.weight' must be float32 \(6, 4\), got float32 \(4, 6\)"),
+    (_set("param/3.bias", lambda a: a.astype(np.float64)),
+     r"parameter '3.bias' must be float32 \(3,\), got float64 \(3,\)"),
+    (_set("param/9.weight", np.zeros(2, np.float32)), r"parameter '9.weight' is not in the model"),
+    (_drop("buffer/1.running_var"), r"buffer '1.running_var' is missing"),
+    (_drop("optim/3.weight/momentum_buffer"),
+     r"optimizer state '3.weight/momentum_buffer' is missing"),
+    (_set("optim/1.bias/momentum_buffer", np.zeros(5, np.float32)),
+     r"optimizer state '1.bias/momentum_buffer' must be float32 \(6,\), got float32 \(5,\)"),
+    (_set("dst/mask/0.weight", lambda a: a.astype(np.uint8)),
+     r"sparsity state 'mask/0.weight' must be bool \(6, 4\), got uint8 \(6, 4\)"),
+    (_set("dst/mask/3.weight", lambda a: a[:2]),
+     r"sparsity state 'mask/3.weight' must be bool \(3, 6\), got bool \(2, 6\)"),
+    (_drop("dst/ever_active/3.weight"), r"sparsity state 'ever_active/3.weight' is missing"),
+    (_drop("dst/ablated/0.weight"), r"sparsity state 'ablated/0.weight' is missing"),
+    (_set("dst/ablated/0.weight", lambda a: a.astype(np.float64)),
+     r"sparsity state 'ablated/0.weight' must be a 1-D integer array, got float64 \(2,\)"),
+    (_set("dst/ablated/0.weight", np.array([6])),
+     r"'ablated/0.weight' must hold neuron indices in \[0, 6\), got values in \[6, 6\]"),
+    (_set("dst/mask/5.weight", np.ones((2, 2), bool)), r"sparsity state 'mask/5.weight' is not"),
+])
+def test_load_refuses_a_malformed_checkpoint_and_changes_nothing(saved, tmp_path, change, message):
+    path, _ = saved
+    arrays = _arrays(path)
+    change(arrays)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    model, optimizer, sparsity = build(seed=7)
+    before = every_array(model, optimizer, sparsity)
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(bad, model, optimizer, sparsity)
+    assert type(error.value) is ValueError and str(bad) in str(error.value)
+    after = every_array(model, optimizer, sparsity)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert optimizer.step_count == 0
+
+
+def _truncated(path, good):
+    path.write_bytes(good.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda path, good: None, r"is not a file \(missing\)"),
+    (lambda path, good: path.mkdir(), r"is not a file \(a directory\)"),
+    (lambda path, good: path.write_text("epoch,loss\n1,0.5\n"), r"not an .npz archive"),
+    (lambda path, good: path.write_bytes(b""), r"not an .npz archive"),
+    (_truncated, r"not an .npz archive"),
+    (lambda path, good: np.save(path, np.zeros(3)), r"it holds one .npy array, not an .npz"),
+])
+def test_load_refuses_what_is_not_an_npz_file(saved, tmp_path, write, message):
+    good, _ = saved
+    path = tmp_path / "other"
+    write(path, good)
+    if path.with_suffix(".npy").exists():   # np.save appends .npy
+        path = path.with_suffix(".npy")
+    model, optimizer, sparsity = build(seed=7)
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(path, model, optimizer, sparsity)
+    assert type(error.value) is ValueError and str(path) in str(error.value)
