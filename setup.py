@@ -1,4 +1,4 @@
-"""Build srigl_np's one compiled module, ``srigl_np/_kernels.pyx``.
+"""Build srigl_np's one compiled module, ``srigl_np/_kernels.pyx`` (its C in ``_kernels.h``).
 
 OpenMP is probed, not assumed: a tiny program is compiled *and run* with
 ``-fopenmp``; only on success are the flags added. Otherwise the extension builds
@@ -90,7 +90,10 @@ omp_compile, omp_link = openmp_flags()
 extension = Extension(
     "srigl_np._kernels",
     sources=["srigl_np/_kernels.pyx"],
-    include_dirs=[numpy.get_include()],
+    # srigl_np/_kernels.h holds the kernels' C (``cdef extern from "_kernels.h"``);
+    # ``depends`` rebuilds the extension when only the header changed.
+    include_dirs=["srigl_np", numpy.get_include()],
+    depends=["srigl_np/_kernels.h"],
     extra_compile_args=optimisation_flags() + omp_compile,
     extra_link_args=omp_link,
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -1,8 +1,14 @@
 """srigl_np: Structured RigL (SRigL) dynamic sparse training in NumPy + Cython.
 
-The package layout follows the data flow:
-    data -> layers/models -> losses/optim -> dst (masks, updates) -> sparsity
-    (DynamicSparsity) -> train -> condensed (inference) -> bench.
+The package layout follows the data flow (the README's tour has one line per module):
+    foundations   backend (devices), validation (argument checks), fileio (atomic
+                  writes), kernels (each kernel defined once, with its Cython and
+                  CUDA overrides: _kernels, cuda)
+    training      data -> layers/models -> losses/optim -> dst (masks, updates) ->
+                  sparsity (DynamicSparsity) + audit -> checkpoint -> train
+    inference     condensed (condensed layers, the stage protocol) -> condensed_model
+                  (CondensedModel, its file format) <- condensing (condense) -> bench
+Importing the package imports none of these; CuPy is imported only when a GPU is used.
 """
 
 __version__ = "0.1.0"

@@ -15,27 +15,49 @@ Design
   pools never multiply.
 * Built without OpenMP (e.g. Apple clang) everything still works, single-threaded;
   ``openmp_enabled()`` reports which build this is.
+* The C lives in ``srigl_np/_kernels.h``, a header shipped with the package and
+  declared below with ``cdef extern from "_kernels.h"``: the OpenMP shim, the batch-1
+  gather-dot and the batched block kernels with their dispatch (GCC/Clang vector
+  extensions, hence C rather than Cython). Its functions are ``static`` in the one
+  translation unit Cython generates, so the compiler sees them as it did when they
+  were verbatim C strings here (same inlining, same machine code). This file holds
+  the validation, the Cython loops (``prange``) and the layout work (im2col, the
+  tiling transpose, the column-block packing).
 
-Each kernel's header lists its arrays with shapes in brackets, e.g. ``x[batch, n_in]``.
+Each kernel's header (a comment in C, the docstring here) lists its inputs and
+outputs with shapes in brackets, e.g. ``values[n_active, k]``, ``x[batch, n_in]``,
+``xt[n_tiles, n_in, width]``, as scipy's sparsetools headers do.
 """
 
 from cython.parallel cimport prange
 from cython cimport floating
+from libc.stdint cimport int16_t, int32_t
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define SRIGL_NP_OPENMP 1
-    #else
-    #define SRIGL_NP_OPENMP 0
-    static int omp_get_max_threads(void) { return 1; }
-    #endif
-    """
+# The C interface of _kernels.h (see its comments for each function's arguments).
+cdef extern from "_kernels.h":
+    # OpenMP shim: 1 when compiled with OpenMP; omp_get_max_threads() is 1 without it.
     int SRIGL_NP_OPENMP
     int omp_get_max_threads() noexcept nogil
+
+    # Batch-1 gather-dot: sum_j v[j] * x[idx[j]], v[k], idx[k], x[n_in].
+    float srigl_gather_dot_i16(const float* v, const int16_t* idx, const float* x,
+                               Py_ssize_t k) noexcept nogil
+    float srigl_gather_dot_i32(const float* v, const int32_t* idx, const float* x,
+                               Py_ssize_t k) noexcept nogil
+
+    # Batched block kernel: rows [r0, r1) (r1 - r0 <= ROWS_PER_BLOCK) of one batch tile
+    # xt[n_in, 8 * n_vectors] -> y[width, ldy], from the column-block packed weights.
+    enum: ROWS_PER_BLOCK "SRIGL_ROWS"
+    void srigl_block_i16(int n_vectors, const float* values, const int16_t* indices,
+                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                         const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
+                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
+    void srigl_block_i32(int n_vectors, const float* values, const int32_t* indices,
+                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                         const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
+                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
 
 
 def openmp_enabled():
@@ -97,6 +119,13 @@ def _check_conv_geometry(int height, int width, int kh, int kw, int stride, int 
 cdef void _im2col_image(const floating[:, :, :, ::1] x, floating[:, ::1] cols, Py_ssize_t b,
                         int kh, int kw, int stride, int padding,
                         Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    """Unfold the patches of image b.
+
+    Input:   x[batch, channels, height, width]; b, the image; kh, kw, stride, padding;
+             out_h, out_w, the output size they give.
+    Output:  cols[batch*out_h*out_w, channels*kh*kw], rows b*out_h*out_w ... of image b
+             (taps in the padding are 0); other rows are untouched.
+    """
     cdef Py_ssize_t channels = x.shape[1], height = x.shape[2], width = x.shape[3]
     cdef Py_ssize_t oh, ow, c, i, j, h, w, row, col
     for oh in range(out_h):
@@ -118,6 +147,13 @@ cdef void _im2col_image(const floating[:, :, :, ::1] x, floating[:, ::1] cols, P
 cdef void _col2im_image(const floating[:, ::1] cols, floating[:, :, :, ::1] x, Py_ssize_t b,
                         int kh, int kw, int stride, int padding,
                         Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    """Fold the rows of image b back, summing overlapping taps.
+
+    Input:   cols[batch*out_h*out_w, channels*kh*kw]; b, the image; kh, kw, stride,
+             padding; out_h, out_w, the output size they give.
+    Output:  x[batch, channels, height, width], image b accumulated into (+=; taps
+             in the padding are dropped); other images are untouched.
+    """
     cdef Py_ssize_t channels = x.shape[1], height = x.shape[2], width = x.shape[3]
     cdef Py_ssize_t oh, ow, c, i, j, h, w, row, col
     for oh in range(out_h):
@@ -137,6 +173,11 @@ cdef void _col2im_image(const floating[:, ::1] cols, floating[:, :, :, ::1] x, P
 cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int kh, int kw,
                   int stride, int padding, Py_ssize_t out_h, Py_ssize_t out_w,
                   int threads) noexcept nogil:
+    """im2col of the whole batch, parallel over images (each writes its own rows).
+
+    Input:   x[batch, channels, height, width]; geometry as _im2col_image; threads.
+    Output:  cols[batch*out_h*out_w, channels*kh*kw].
+    """
     cdef Py_ssize_t b
     for b in prange(x.shape[0], schedule="static", num_threads=threads):
         _im2col_image(x, cols, b, kh, kw, stride, padding, out_h, out_w)
@@ -145,6 +186,11 @@ cdef void _im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int kh,
 cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh, int kw,
                   int stride, int padding, Py_ssize_t out_h, Py_ssize_t out_w,
                   int threads) noexcept nogil:
+    """col2im of the whole batch, parallel over images (each sums into its own image).
+
+    Input:   cols[batch*out_h*out_w, channels*kh*kw]; geometry as _col2im_image; threads.
+    Output:  x[batch, channels, height, width], accumulated into (the caller zeroes it).
+    """
     cdef Py_ssize_t b
     for b in prange(x.shape[0], schedule="static", num_threads=threads):
         _col2im_image(cols, x, b, kh, kw, stride, padding, out_h, out_w)
@@ -224,8 +270,6 @@ def col2im(cols, x_shape, int kh, int kw, int stride=1, int padding=0, int threa
 # public kernel takes a ``CondensedWeights`` and then only has to check x and
 # bias against its shape: O(batch * n_in) work, never O(nnz), per call.
 # ---------------------------------------------------------------------------
-
-from libc.stdint cimport int16_t, int32_t
 
 ctypedef fused index_t:
     int16_t
@@ -322,71 +366,13 @@ cdef class CondensedWeights:
                 f"indices={self.indices.dtype})")
 
 
-cdef extern from *:
-    """
-    /* sum_j v[j] * x[idx[j]] for one output row (batch 1).
-
-       Eight gathered x values are assembled into one vector and multiplied by
-       eight values loaded at once, so a non-zero costs one scalar load (its x)
-       plus an index load instead of three loads: on Zen 3, whose three load
-       ports bound the scalar loop at one non-zero per cycle, this ran 1.15-1.35x
-       faster on the ViT and 4096x4096 rows (AVX2's gather instruction was slower
-       than either). Two vector accumulators break the add dependency chain.
-       Non-GNU compilers get a scalar loop with four accumulators. */
-    #include <string.h>
-    #if defined(__GNUC__) || defined(__clang__)
-    typedef float srigl_dot8 __attribute__((vector_size(32)));
-    #define SRIGL_GATHER8(x, p) (srigl_dot8){x[p[0]], x[p[1]], x[p[2]], x[p[3]], \
-                                             x[p[4]], x[p[5]], x[p[6]], x[p[7]]}
-    #define SRIGL_GATHER_DOT(NAME, INDEX_T)                                           \
-    static inline float NAME(const float *v, const INDEX_T *idx, const float *x,      \
-                             Py_ssize_t k) {                                         \
-        srigl_dot8 a0 = {0}, a1 = {0}, w;                                             \
-        Py_ssize_t j = 0;                                                             \
-        float sum = 0.0f;                                                             \
-        int e;                                                                        \
-        for (; j + 16 <= k; j += 16) {                                                \
-            memcpy(&w, v + j, sizeof w);                                              \
-            a0 += w * SRIGL_GATHER8(x, (idx + j));                                    \
-            memcpy(&w, v + j + 8, sizeof w);                                          \
-            a1 += w * SRIGL_GATHER8(x, (idx + j + 8));                                \
-        }                                                                             \
-        if (j + 8 <= k) {                                                             \
-            memcpy(&w, v + j, sizeof w);                                              \
-            a0 += w * SRIGL_GATHER8(x, (idx + j));                                    \
-            j += 8;                                                                   \
-        }                                                                             \
-        a0 += a1;                                                                     \
-        for (e = 0; e < 8; e++) sum += a0[e];                                         \
-        for (; j < k; j++) sum += v[j] * x[idx[j]];                                   \
-        return sum;                                                                   \
-    }
-    #else
-    #define SRIGL_GATHER_DOT(NAME, INDEX_T)                                           \
-    static inline float NAME(const float *v, const INDEX_T *idx, const float *x,      \
-                             Py_ssize_t k) {                                         \
-        float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                         \
-        Py_ssize_t j = 0;                                                             \
-        for (; j + 4 <= k; j += 4) {                                                  \
-            a0 += v[j] * x[idx[j]];         a1 += v[j + 1] * x[idx[j + 1]];           \
-            a2 += v[j + 2] * x[idx[j + 2]]; a3 += v[j + 3] * x[idx[j + 3]];           \
-        }                                                                             \
-        for (; j < k; j++) a0 += v[j] * x[idx[j]];                                    \
-        return (a0 + a1) + (a2 + a3);                                                 \
-    }
-    #endif
-    SRIGL_GATHER_DOT(srigl_gather_dot_i16, int16_t)
-    SRIGL_GATHER_DOT(srigl_gather_dot_i32, int32_t)
-    """
-    float srigl_gather_dot_i16(const float*, const int16_t*, const float*,
-                               Py_ssize_t) noexcept nogil
-    float srigl_gather_dot_i32(const float*, const int32_t*, const float*,
-                               Py_ssize_t) noexcept nogil
-
-
 cdef inline float _gather_dot(const float* v, const index_t* idx, const float* x,
                               Py_ssize_t k) noexcept nogil:
-    """sum_j v[j] * x[idx[j]]: see the C block above."""
+    """sum_j v[j] * x[idx[j]] for one output row (srigl_gather_dot_* in _kernels.h).
+
+    Input:   v[k] float32, idx[k] int16/int32 (each in [0, n_in)), x[n_in] float32.
+    Returns: the dot product, float32.
+    """
     if index_t is int16_t:
         return srigl_gather_dot_i16(v, idx, x, k)
     else:
@@ -396,136 +382,33 @@ cdef inline float _gather_dot(const float* v, const index_t* idx, const float* x
 cdef void _condensed_vector(const float[:, ::1] values, const index_t[:, ::1] indices,
                             const float* x, const float* bias, float* y,
                             int threads) noexcept nogil:
-    """y[n_active] = values . x[indices] (+ bias), x[n_in]: one gather-dot per row."""
+    """y[r] = bias[r] + sum_j values[r, j] * x[indices[r, j]]: one gather-dot per row,
+    parallel over rows (the batch-1 kernel).
+
+    Input:   values[n_active, k] float32, indices[n_active, k] int16/int32,
+             x[n_in] float32, bias[n_active] float32 or NULL, threads.
+    Output:  y[n_active] float32.
+    """
     cdef Py_ssize_t n_active = values.shape[0], k = values.shape[1], r
     for r in prange(n_active, schedule="static", num_threads=threads):
         y[r] = _gather_dot(&values[r, 0], &indices[r, 0], x, k) + (
             bias[r] if bias != NULL else 0)
 
 
-cdef extern from *:
-    """
-    /* Batched condensed forward over one (batch tile, block of rows) work item.
-
-       xt is the tile's slice of the transposed input, xt[n_in][W] with W = 8*NV
-       batch values per input column, so an index reads W contiguous floats.
-       Each output row keeps its W sums in NV 8-float registers while it streams
-       its non-zeros (a kernel that read-modify-writes y per non-zero runs at
-       about half the speed). RG rows are interleaved so that RG*NV independent
-       FMA chains hide the FMA latency.
-
-       The rows' non-zeros are visited one column block at a time (packed
-       block-major, see CondensedWeights), all SRIGL_ROWS rows of the work item
-       per block, so the part of xt in use is column_block*W floats (48 KiB for
-       the 192-column blocks of a 10%-dense layer at W = 64) instead of the
-       whole tile: random reads into it stay in L1/L2 even for wide layers, at
-       the cost of parking each row's W sums in `out` between blocks. `out` also
-       stages the sums so that the stores to y[batch][n_active] fill whole cache
-       lines instead of striding through the output once per row.
-
-       GCC/Clang vector extensions pin the accumulators in registers whatever
-       the auto-vectoriser decides (left alone, GCC kept them on the stack and
-       vectorised across non-zeros instead); other compilers get plain loops
-       with the same arithmetic. */
-    #include <string.h>
-    #define SRIGL_ROWS 128
-    #if defined(__GNUC__) || defined(__clang__)
-    typedef float srigl_vec8 __attribute__((vector_size(32)));
-    #define SRIGL_ACC_DECL(NV, RG) srigl_vec8 acc[RG][NV], x8;
-    #define SRIGL_ACC_INIT(g, t, value) acc[g][t] = (srigl_vec8){value, value, value, value, \
-                                                               value, value, value, value};
-    #define SRIGL_ACC_FMA(g, t, w, src) { memcpy(&x8, (src) + 8 * (t), sizeof x8); \
-                                          acc[g][t] += (w) * x8; }
-    #else
-    #define SRIGL_ACC_DECL(NV, RG) float acc[RG][NV][8];
-    #define SRIGL_ACC_INIT(g, t, value) { int e_; for (e_ = 0; e_ < 8; e_++) \
-                                              acc[g][t][e_] = (value); }
-    #define SRIGL_ACC_FMA(g, t, w, src) { int e_; for (e_ = 0; e_ < 8; e_++) \
-                                              acc[g][t][e_] += (w) * (src)[8 * (t) + e_]; }
-    #endif
-
-    /* Rows [r, r + RG) in column block `block` (their segments start at s[r + g]):
-       bias or the sums parked in `out`, plus the segments; the rows share their
-       shortest segment's length n in the interleaved loop, then finish alone. */
-    #define SRIGL_ROW_GROUP(NV, RG, INDEX_T)                                          \
-        {                                                                             \
-            SRIGL_ACC_DECL(NV, RG)                                                    \
-            Py_ssize_t g, j, t, n = s[r + 1] - s[r];                                  \
-            for (g = 1; g < RG; g++)                                                  \
-                if (s[r + g + 1] - s[r + g] < n) n = s[r + g + 1] - s[r + g];         \
-            if (block == 0) {                                                         \
-                for (g = 0; g < RG; g++)                                              \
-                    for (t = 0; t < NV; t++)                                          \
-                        SRIGL_ACC_INIT(g, t, bias ? bias[r + g] : 0.0f)               \
-            } else {                                                                  \
-                memcpy(acc, out + (r - r0) * (8 * NV), sizeof acc);                   \
-            }                                                                         \
-            for (j = 0; j < n; j++)                                                   \
-                for (g = 0; g < RG; g++) {                                            \
-                    const float w = values[s[r + g] + j];                             \
-                    const float *src = xt + (Py_ssize_t)indices[s[r + g] + j] * (8 * NV); \
-                    for (t = 0; t < NV; t++) SRIGL_ACC_FMA(g, t, w, src)              \
-                }                                                                     \
-            for (g = 0; g < RG; g++)                                                  \
-                for (j = s[r + g] + n; j < s[r + g + 1]; j++) {                       \
-                    const float w = values[j];                                        \
-                    const float *src = xt + (Py_ssize_t)indices[j] * (8 * NV);        \
-                    for (t = 0; t < NV; t++) SRIGL_ACC_FMA(g, t, w, src)              \
-                }                                                                     \
-            memcpy(out + (r - r0) * (8 * NV), acc, sizeof acc);                       \
-        }
-
-    #define SRIGL_BLOCK(NAME, NV, RG, INDEX_T)                                        \
-    static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
-                     Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,     \
-                     const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,         \
-                     Py_ssize_t ldy, Py_ssize_t width) {                              \
-        float out[SRIGL_ROWS * 8 * NV];                                               \
-        Py_ssize_t block, r, t, i;                                                    \
-        for (block = 0; block < n_blocks; block++) {                                  \
-            const Py_ssize_t *s = starts + block * n_active;                          \
-            for (r = r0; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(NV, RG, INDEX_T)      \
-            for (; r < r1; r++) SRIGL_ROW_GROUP(NV, 1, INDEX_T)                       \
-        }                                                                             \
-        for (t = 0; t < width; t++)                                                   \
-            for (i = 0; i < r1 - r0; i++) y[t * ldy + r0 + i] = out[i * (8 * NV) + t]; \
-    }
-    SRIGL_BLOCK(srigl_block8_i16, 8, 1, int16_t)
-    SRIGL_BLOCK(srigl_block4_i16, 4, 2, int16_t)
-    SRIGL_BLOCK(srigl_block2_i16, 2, 4, int16_t)
-    SRIGL_BLOCK(srigl_block1_i16, 1, 8, int16_t)
-    SRIGL_BLOCK(srigl_block8_i32, 8, 1, int32_t)
-    SRIGL_BLOCK(srigl_block4_i32, 4, 2, int32_t)
-    SRIGL_BLOCK(srigl_block2_i32, 2, 4, int32_t)
-    SRIGL_BLOCK(srigl_block1_i32, 1, 8, int32_t)
-
-    /* One entry point per index type: the block for a tile of 8 * n_vectors values. */
-    #define SRIGL_DISPATCH(NAME, INDEX_T, SUFFIX)                                     \
-    static void NAME(int n_vectors, const float *values, const INDEX_T *indices,      \
-                     const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active, \
-                     const float *bias, const float *xt, Py_ssize_t r0, Py_ssize_t r1, \
-                     float *y, Py_ssize_t ldy, Py_ssize_t width) {                    \
-        (n_vectors == 8 ? srigl_block8_##SUFFIX : n_vectors == 4 ? srigl_block4_##SUFFIX \
-         : n_vectors == 2 ? srigl_block2_##SUFFIX : srigl_block1_##SUFFIX)(           \
-            values, indices, starts, n_blocks, n_active, bias, xt, r0, r1, y, ldy, width); \
-    }
-    SRIGL_DISPATCH(srigl_block_i16, int16_t, i16)
-    SRIGL_DISPATCH(srigl_block_i32, int32_t, i32)
-    """
-    enum: ROWS_PER_BLOCK "SRIGL_ROWS"
-    void srigl_block_i16(int, const float*, const int16_t*, const Py_ssize_t*, Py_ssize_t,
-                         Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                         float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void srigl_block_i32(int, const float*, const int32_t*, const Py_ssize_t*, Py_ssize_t,
-                         Py_ssize_t, const float*, const float*, Py_ssize_t, Py_ssize_t,
-                         float*, Py_ssize_t, Py_ssize_t) noexcept nogil
-
-
 cdef inline void _block(int n_vectors, const float* values, const index_t* indices,
                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
                         const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil:
-    """Rows [r0, r1) of one batch tile of 8 * n_vectors values: see the C block above."""
+    """Rows [r0, r1) of one batch tile of 8 * n_vectors values (srigl_block_* in
+    _kernels.h, which documents each argument).
+
+    Input:   n_vectors in {1, 2, 4, 8}; values[nnz] float32, indices[nnz] int16/int32,
+             starts[n_blocks * n_active + 1] (column-block packed, see
+             CondensedWeights); bias[n_active] or NULL; xt[n_in, 8 * n_vectors], the
+             tile of the transposed input; r0 < r1 <= n_active, r1 - r0 <= ROWS_PER_BLOCK;
+             ldy; width <= 8 * n_vectors, the batch rows present in the tile.
+    Output:  y[width, ldy] float32, only y[t, r0:r1] written.
+    """
     if index_t is int16_t:
         srigl_block_i16(n_vectors, values, indices, starts, n_blocks, n_active, bias, xt,
                         r0, r1, y, ldy, width)
@@ -541,6 +424,14 @@ cdef void _condensed_batch(const float[::1] values, const index_t[::1] indices,
     """y[batch, n_active] = x @ W.T (+ bias) from the tiled input xt[n_tiles, n_in, width]
     and the column-block packed weights (values[nnz], indices[nnz], starts; see
     CondensedWeights).
+
+    Input:   values[nnz] float32, indices[nnz] int16/int32,
+             starts[n_column_blocks * n_active + 1] intp (packed_values, packed_indices
+             and starts of CondensedWeights); n_active >= 1;
+             xt[n_tiles, n_in, width] float32 with width = 8 * n_vectors and
+             n_tiles = ceil(batch / width) (from _tile_transpose);
+             bias[n_active] float32 or NULL; n_vectors in {1, 2, 4, 8}; threads.
+    Output:  y[batch, n_active] float32.
 
     Work items are (batch tile, block of ROWS_PER_BLOCK rows), tile-major, so under
     a static schedule each thread sweeps few tiles and keeps their xt in cache.
@@ -560,6 +451,9 @@ cdef void _condensed_batch(const float[::1] values, const index_t[::1] indices,
 cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
                           int threads) noexcept nogil:
     """xt[tile, i, t] = x[tile * width + t, i], zero past the batch (width = xt.shape[2]).
+
+    Input:   x[batch, n_in] float32; threads.
+    Output:  xt[n_tiles, n_in, width] float32, n_tiles = ceil(batch / width).
 
     Parallel over (tile, block of TRANSPOSE_BLOCK input columns); raw pointers keep
     the inner loop free of index arithmetic.
@@ -653,6 +547,12 @@ def _condensed_bias(weights, bias):
 
 cdef void _vector_dispatch(CondensedWeights weights, const float[::1] x,
                            const float* bias, float[::1] y, int threads):
+    """_condensed_vector for the weights' index type (nothing to do when n_active is 0).
+
+    Input:   weights (values[n_active, k], indices[n_active, k]); x[n_in] float32;
+             bias[n_active] float32 or NULL; threads.
+    Output:  y[n_active] float32.
+    """
     cdef const float[:, ::1] values = weights.values
     cdef const int16_t[:, ::1] idx16
     cdef const int32_t[:, ::1] idx32
@@ -690,19 +590,17 @@ def condensed_matvec(CondensedWeights weights, x, bias=None, int threads=0):
     return y
 
 
-def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
-    """Condensed forward of a batch: y = x @ W.T (+ bias), W the condensed weights.
+cdef object _matmul(CondensedWeights weights, x, bias, int threads, int n_vectors):
+    """The body of condensed_matmul, shared with the test hook _condensed_matmul_tiled.
 
-    weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
-    x[batch, n_in] (any float dtype and strides; converted to C-contiguous float32);
-    bias[n_active] float32 or None -> y[batch, n_active] float32.
-
-    batch 1 runs the gather-dot of ``condensed_matvec``. Larger batches transpose
-    x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch)), so
-    every index reads a contiguous run of ``width`` batch values, and keep a
-    width-wide slice of each output row in registers while streaming that row's
-    k weights, one column block (``weights.column_block`` inputs) at a time. Parallel over
-    (batch tile, block of rows) pairs.
+    Input:   weights (packed_values[nnz], packed_indices[nnz], starts, n_active, n_in);
+             x[batch, n_in] any float dtype and strides; bias[n_active] float32 or None;
+             threads (0 = OpenMP's default); n_vectors: 0 picks the path from the batch
+             (batch 1: the gather-dot; else tiles of 8 * tile_vectors(batch) values),
+             1, 2, 4 or 8 forces the tiled kernel at tile width 8 * n_vectors for every
+             batch, 1 included.
+    Output:  y[batch, n_active] float32 (a new array).
+    Validates x, bias and threads (the caller validates n_vectors).
     """
     x = _condensed_input(weights, x, 2)
     bias = _condensed_bias(weights, bias)
@@ -717,10 +615,11 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
     y = np.empty((batch, weights.n_active), dtype=np.float32)
     if batch == 0 or weights.n_active == 0:
         return y
-    if batch == 1:
-        _vector_dispatch(weights, x[0], b_ptr, y[0], n_threads)
-        return y
-    cdef int n_vectors = tile_vectors(batch)
+    if n_vectors == 0:
+        if batch == 1:
+            _vector_dispatch(weights, x[0], b_ptr, y[0], n_threads)
+            return y
+        n_vectors = tile_vectors(batch)
     cdef Py_ssize_t width = 8 * n_vectors
     # Large batches (im2col rows of a conv) go through in chunks whose tiled copy of x
     # stays cache-sized: one reused buffer instead of a batch-sized transpose.
@@ -753,3 +652,35 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
                 _condensed_batch(values, idx32, starts, n_active, xt_view, b_ptr, y_view,
                                  n_vectors, n_threads)
     return y
+
+
+def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
+    """Condensed forward of a batch: y = x @ W.T (+ bias), W the condensed weights.
+
+    weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
+    x[batch, n_in] (any float dtype and strides; converted to C-contiguous float32);
+    bias[n_active] float32 or None -> y[batch, n_active] float32.
+
+    batch 1 runs the gather-dot of ``condensed_matvec``. Larger batches transpose
+    x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch)), so
+    every index reads a contiguous run of ``width`` batch values, and keep a
+    width-wide slice of each output row in registers while streaming that row's
+    k weights, one column block (``weights.column_block`` inputs) at a time. Parallel over
+    (batch tile, block of rows) pairs.
+    """
+    return _matmul(weights, x, bias, threads, 0)
+
+
+def _condensed_matmul_tiled(CondensedWeights weights, x, bias=None, int threads=0, *,
+                            n_vectors):
+    """Test hook: ``condensed_matmul`` forced onto the batched (tiled) kernel.
+
+    Same arguments, checks and result as ``condensed_matmul``, but every batch, batch 1
+    included (no gather-dot), runs the tiled kernel at tile width 8 * n_vectors instead
+    of 8 * tile_vectors(batch): n_vectors 1, 2, 4 or 8 (keyword-only; anything else is a
+    ValueError). Lets the tests reach each block kernel at every batch size.
+    """
+    if (isinstance(n_vectors, bool) or not isinstance(n_vectors, (int, np.integer))
+            or n_vectors not in (1, 2, 4, 8)):
+        raise ValueError(f"n_vectors must be 1, 2, 4 or 8, got {n_vectors!r}")
+    return _matmul(weights, x, bias, threads, n_vectors)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .backend import is_cupy_array, on_device_of, to_numpy
+from .validation import FLOATING, check_array
 
 __all__ = [
     "InvariantError", "UpdateResult", "check_invariants", "constant_fan_in_mask",
@@ -439,34 +440,22 @@ def _result(weight, mask, rows, row_mask, new_mask, ablated, fan_in):
 
 def _check_update_args(weight, mask, grad, drop_fraction):
     """Validate, then return (weight, mask, grad) viewed as (n, F) rows (grad may be None)."""
-    if not (isinstance(weight, np.ndarray) and weight.dtype in (np.float32, np.float64)):
-        raise TypeError(f"weight must be a float32 or float64 numpy array, got "
-                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+    check_array("weight", weight, dtypes=(np.float32, np.float64), device="cpu")
     _check_mask(mask, weight.shape)
     if not 0.0 <= drop_fraction <= 1.0:
         raise ValueError(f"drop_fraction must be in [0, 1], got {drop_fraction}")
     n = _check_shape(weight.shape)[0]
-    if not np.isfinite(weight).all():
-        raise ValueError("weight must be finite (it holds NaN or inf)")
+    check_array("weight", weight, finite=True)
     row_grad = None
     if grad is not None:
-        if not (isinstance(grad, np.ndarray) and np.issubdtype(grad.dtype, np.floating)):
-            raise TypeError(f"grad must be a floating numpy array, got "
-                            f"{getattr(grad, 'dtype', type(grad).__name__)}")
-        if grad.shape != weight.shape:
-            raise ValueError(f"grad shape {grad.shape} must equal weight shape {weight.shape}")
-        if not np.isfinite(grad).all():
-            raise ValueError("grad must be finite (it holds NaN or inf)")
+        check_array("grad", grad, dtypes=FLOATING, shape=weight.shape, finite=True,
+                    device="cpu")
         row_grad = grad.reshape(n, -1)
     return weight.reshape(n, -1), mask.reshape(n, -1), row_grad
 
 
 def _check_mask(mask, shape):
-    if not (isinstance(mask, np.ndarray) and mask.dtype == bool):
-        raise TypeError(f"mask must be a bool numpy array, got "
-                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
-    if mask.shape != shape:
-        raise ValueError(f"mask shape {mask.shape} must equal weight shape {shape}")
+    check_array("mask", mask, dtypes=(bool,), shape=shape, device="cpu")
 
 
 def _check_shape(shape):

@@ -31,6 +31,7 @@ import numpy as np
 
 from .backend import array_module, on_device_of, select, to_device
 from .kernels import col2im, conv_output_size, im2col
+from .validation import count, positive_int
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
@@ -42,19 +43,13 @@ def _check_dtype(dtype):
     return dtype
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _pair(name, value):
     """An int or a pair of ints -> (int, int), each >= 1."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        return _positive_int(name, value[0]), _positive_int(name, value[1])
-    size = _positive_int(name, value)
+        return positive_int(name, value[0]), positive_int(name, value[1])
+    size = positive_int(name, value)
     return size, size
 
 
@@ -144,8 +139,8 @@ class Linear(Layer):
 
     def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32):
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         dtype = _check_dtype(dtype)
         self._add_param("weight", kaiming_normal((self.out_features, self.in_features),
                                                  self.in_features, rng, dtype))
@@ -195,13 +190,11 @@ class Conv2d(Layer):
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0,
                  bias=True, rng, dtype=np.float32):
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.out_channels = _positive_int("out_channels", out_channels)
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
         self.kernel_size = _pair("kernel_size", kernel_size)
-        self.stride = _positive_int("stride", stride)
-        if isinstance(padding, bool) or not isinstance(padding, (int, np.integer)) or padding < 0:
-            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
-        self.padding = int(padding)
+        self.stride = positive_int("stride", stride)
+        self.padding = count("padding", padding)
         dtype = _check_dtype(dtype)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
@@ -314,7 +307,7 @@ class MaxPool2d(Layer):
     def __init__(self, kernel_size, stride=None):
         super().__init__()
         self.kernel_size = _pair("kernel_size", kernel_size)
-        self.stride = self.kernel_size[0] if stride is None else _positive_int("stride", stride)
+        self.stride = self.kernel_size[0] if stride is None else positive_int("stride", stride)
         self.x = None
         self.winner = None
 
@@ -459,7 +452,7 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
         super().__init__()
-        self.num_features = _positive_int("num_features", num_features)
+        self.num_features = positive_int("num_features", num_features)
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if not 0.0 <= momentum <= 1.0:

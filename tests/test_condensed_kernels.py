@@ -1,15 +1,41 @@
-"""The condensed kernels against a plain NumPy reference, and their boundary checks."""
+"""The condensed product: one case list run over every backend, and the kernels' boundary checks.
+
+Backends (BACKENDS), each given the same (values, indices, n_in, x, bias):
+
+    reference   the plain-NumPy definition ``kernels.condensed_reference``
+    product     the Cython kernel through ``kernels.condensed_product`` (its own choice of
+                path: the gather-dot at batch 1, tiles of 8 * tile_vectors(batch) otherwise)
+    tiled-nvN   the batched (tiled) kernel forced to tile width 8 * N, N in {1, 2, 4, 8},
+                batch 1 included (the hook ``_kernels._condensed_matmul_tiled``)
+    matvec      the batch-1 gather-dot, ``condensed_matvec`` row by row
+    cupy        the CUDA kernels (``cuda.CudaCondensedWeights``); marked ``gpu``, skipped
+                with the reason when ``backend.cupy()`` raises DeviceError
+
+Every case runs at int16 and int32 indices (int16 is skipped only where n_in exceeds its
+range), with a bias and without, and at threads 1 and 2 on the threaded backends; the
+oracle is the definition computed in float64 (``reference``). threads=2 also has to match
+threads=1 bit for bit; it is skipped in a build without OpenMP.
+"""
+
+import functools
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from srigl_np._kernels import (MIN_COLUMN_BLOCK, SEGMENT_NONZEROS, CondensedWeights,
-                               column_block_width, condensed_matmul, condensed_matvec,
-                               tile_vectors)
+from srigl_np import backend as device_backend
+from srigl_np._kernels import (CHUNK_BYTES, MIN_COLUMN_BLOCK, SEGMENT_NONZEROS,
+                               _condensed_matmul_tiled)
+from srigl_np.kernels import (CondensedWeights, column_block_width, condensed_matmul,
+                              condensed_matvec, condensed_product, condensed_reference,
+                              openmp_enabled, tile_vectors)
+from strategies import condensed_weights, seeds
 
 INDEX_DTYPES = (np.int16, np.int32)
+TILE_VECTORS = (1, 2, 4, 8)
+NO_OPENMP = "built without OpenMP: threads=2 would run on one thread"
 
 
 def reference(values, indices, x, bias=None):
@@ -25,8 +51,95 @@ def random_weights(rng, n_in, n_active, k, index_dtype):
 
 
 def assert_matches(y, expected):
+    assert y.shape == expected.shape
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * scale)
+
+
+# --- the problems ---------------------------------------------------------------------------
+
+class Problem(NamedTuple):
+    """values[n_active, k] float32, indices[n_active, k], n_in; the input is
+    x = x_base[view] (a view, so a backend can rebuild the same strides on its device);
+    bias[n_active] float32."""
+    values: np.ndarray
+    indices: np.ndarray
+    n_in: int
+    x_base: np.ndarray
+    view: object
+    bias: np.ndarray
+
+    @property
+    def x(self):
+        return self.x_base[self.view]
+
+    def weights(self):
+        return CondensedWeights(self.values, self.indices, self.n_in)
+
+
+class Case(NamedTuple):
+    """One entry of CASES: ``build(index_dtype)`` makes its Problem. column_blocks: the
+    CondensedWeights column blocks the case is meant to exercise (checked); expected: the
+    exact y without bias (then every backend must give it exactly, with bias too)."""
+    id: str
+    n_in: int
+    build: Callable
+    column_blocks: int | None = None
+    expected: tuple | None = None
+
+
+def random_case(n_in, n_active, k, batch, seed=None, column_blocks=None, name=None):
+    """Random weights and x, a random bias; the seed defaults to n_in * 1000 + batch."""
+    def build(index_dtype):
+        rng = np.random.default_rng(n_in * 1000 + batch if seed is None else seed)
+        values, indices = random_weights(rng, n_in, n_active, k, index_dtype)
+        x = rng.standard_normal((batch, n_in)).astype(np.float32)
+        bias = rng.standard_normal(n_active).astype(np.float32)
+        return Problem(values, indices, n_in, x, ..., bias)
+    return Case(name or f"{n_in}x{n_active}k{k}b{batch}", n_in, build, column_blocks)
+
+
+def strided_case(name, make_x):
+    """Weights (40 inputs, 8 rows, k 5) with x = make_x(wide), wide (9, 80) float64,
+    returning (x_base, view)."""
+    def build(index_dtype):
+        rng = np.random.default_rng(2)
+        values, indices = random_weights(rng, 40, 8, 5, index_dtype)
+        wide = rng.standard_normal((9, 80))
+        x_base, view = make_x(wide)
+        return Problem(values, indices, 40, x_base, view, rng.standard_normal(8).astype(np.float32))
+    return Case(name, 40, build)
+
+
+def rows_in_some_blocks(index_dtype):
+    # n_in 1024, k 128: eight 128-column blocks; row 0 lives in the first, row 1 in the
+    # last, row 2 straddles two, row 3 is spread out, so segments are of 0..128.
+    rng = np.random.default_rng(4)
+    indices = np.stack([np.arange(128), np.arange(896, 1024), np.arange(192, 320),
+                        np.arange(0, 1024, 8)]).astype(index_dtype)
+    values = rng.standard_normal(indices.shape).astype(np.float32)
+    x = rng.standard_normal((45, 1024)).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    return Problem(values, indices, 1024, x, ..., bias)
+
+
+def duplicate_indices(index_dtype):
+    values = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    indices = np.array([[2, 2, 0]], dtype=index_dtype)
+    x = np.array([[10.0, 0.0, 1.0]], dtype=np.float32)
+    return Problem(values, indices, 3, x, ..., np.array([0.5], dtype=np.float32))
+
+
+def good_arguments(index_dtype=np.int16):
+    values = np.ones((3, 2), dtype=np.float32)
+    indices = np.array([[0, 1], [1, 2], [0, 2]], dtype=index_dtype)
+    return values, indices
+
+
+def empty_batch(index_dtype):
+    values, indices = good_arguments(index_dtype)
+    return Problem(values, indices, 3, np.ones((0, 3), dtype=np.float32), ...,
+                   np.ones(3, dtype=np.float32))
 
 
 # (n_in, n_active, k, batch): k = 1, k = n_in, one neuron, batch 1, odd batches, tails
@@ -37,88 +150,202 @@ SHAPES = [(1, 1, 1, 1), (9, 1, 9, 1), (9, 5, 9, 2), (50, 13, 1, 3), (50, 13, 50,
           (300, 40, 17, 1), (300, 40, 17, 7), (300, 37, 17, 129), (33, 5, 4, 200),
           (2000, 3, 200, 17), (40, 70, 6, 256), (2500, 7, 300, 33), (3100, 131, 310, 40),
           (1025, 9, 1025, 9)]
+BLOCKS = {(2500, 7, 300, 33): 14, (1025, 9, 1025, 9): 9}
+
+CASES = [random_case(*shape, column_blocks=BLOCKS.get(shape)) for shape in SHAPES] + [
+    random_case(70, 11, 9, 1, seed=1, name="matvec-70x11k9"),
+    # x of another dtype or strides is converted (float64 views, a float32 copy of one).
+    strided_case("x-float64-strided-columns", lambda wide: (wide, np.s_[:, ::2])),
+    strided_case("x-float32-from-strided", lambda wide: (wide[:, ::2].astype(np.float32), ...)),
+    strided_case("x-float32-strided-columns",
+                 lambda wide: (wide.astype(np.float32), np.s_[:, ::2])),
+    strided_case("x-float64-strided-rows", lambda wide: (wide, np.s_[::3, :40])),
+    Case("rows-with-nothing-in-some-column-blocks", 1024, rows_in_some_blocks, column_blocks=8),
+    Case("duplicate-indices-are-summed", 3, duplicate_indices, expected=((33.0,),)),
+    # Enough work for both threads: the case for bit-for-bit equality across thread counts.
+    random_case(500, 64, 50, 100, seed=3, name="threads-500x64k50b100"),
+    # n_in = 40000: one 64-wide tile of x is 10 MB, over CHUNK_BYTES, so a chunk is one
+    # tile and 100 rows take two chunks (64 + 36); k = 30 makes two column blocks.
+    random_case(40000, 5, 30, 100, seed=4, column_blocks=2, name="chunks-40000"),
+    # The same at n_in = 32768, the widest layer int16 indices can address: a 64-wide
+    # tile of x is exactly CHUNK_BYTES, so again one tile per chunk.
+    random_case(32768, 5, 30, 100, seed=4, column_blocks=2, name="chunks-32768"),
+    Case("empty-batch", 3, empty_batch),
+]
 
 
-@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("n_in, n_active, k, batch", SHAPES)
-def test_matmul_matches_reference(n_in, n_active, k, batch, threads, index_dtype):
-    rng = np.random.default_rng(n_in * 1000 + batch)
-    values, indices = random_weights(rng, n_in, n_active, k, index_dtype)
-    weights = CondensedWeights(values, indices, n_in)
-    x = rng.standard_normal((batch, n_in)).astype(np.float32)
-    bias = rng.standard_normal(n_active).astype(np.float32)
-    assert_matches(condensed_matmul(weights, x, bias, threads), reference(values, indices, x, bias))
-    assert_matches(condensed_matmul(weights, x, None, threads), reference(values, indices, x))
+def case_params():
+    """(case, index_dtype) for every case at both index dtypes; int16 past its range skips."""
+    for case in CASES:
+        for index_dtype in INDEX_DTYPES:
+            marks = ()
+            if case.n_in - 1 > np.iinfo(index_dtype).max:
+                marks = pytest.mark.skip(reason=f"n_in {case.n_in} is past the range of "
+                                                f"{np.dtype(index_dtype).name} indices")
+            yield pytest.param(case, index_dtype, marks=marks,
+                               id=f"{case.id}-{np.dtype(index_dtype).name}")
 
 
-@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
-def test_matvec_matches_reference(index_dtype):
-    rng = np.random.default_rng(1)
-    values, indices = random_weights(rng, 70, 11, 9, index_dtype)
-    weights = CondensedWeights(values, indices, 70)
-    x = rng.standard_normal(70).astype(np.float32)
-    bias = rng.standard_normal(11).astype(np.float32)
-    y = condensed_matvec(weights, x, bias, threads=2)
-    assert y.shape == (11,) and y.dtype == np.float32
-    assert_matches(y, reference(values, indices, x, bias))
+CASE_PARAMS = list(case_params())
 
 
-def test_non_contiguous_and_float64_input_is_converted():
-    rng = np.random.default_rng(2)
-    values, indices = random_weights(rng, 40, 8, 5, np.int16)
-    weights = CondensedWeights(values, indices, 40)
-    wide = rng.standard_normal((9, 80))
-    for x in (wide[:, ::2], wide[:, ::2].astype(np.float32), wide[::3, :40]):
-        assert_matches(condensed_matmul(weights, x), reference(values, indices, x))
-    row = wide[0, ::2]
-    assert_matches(condensed_matvec(weights, row), reference(values, indices, row))
+# --- the backends ---------------------------------------------------------------------------
+
+def check_kernel_output(y, problem):
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    assert y.shape == (problem.x.shape[0], problem.values.shape[0])
+    return y
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_rows_with_nothing_in_some_column_blocks(threads):
-    # n_in 1024, k 128: eight 128-column blocks; row 0 lives in the first, row 1 in the
-    # last, row 2 straddles two, row 3 is spread out, so segments are of 0..128.
-    rng = np.random.default_rng(4)
-    indices = np.stack([np.arange(128), np.arange(896, 1024), np.arange(192, 320),
-                        np.arange(0, 1024, 8)]).astype(np.int16)
-    values = rng.standard_normal(indices.shape).astype(np.float32)
-    weights = CondensedWeights(values, indices, 1024)
-    assert weights.column_blocks == 8
-    x = rng.standard_normal((45, 1024)).astype(np.float32)
-    bias = rng.standard_normal(4).astype(np.float32)
-    assert_matches(condensed_matmul(weights, x, bias, threads),
-                   reference(values, indices, x, bias))
+def run_reference(problem, bias, threads):
+    return condensed_reference(problem.values, problem.indices, problem.x, bias)
 
 
-def test_duplicate_indices_are_summed_like_the_reference():
-    values = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
-    indices = np.array([[2, 2, 0]], dtype=np.int32)
-    x = np.array([[10.0, 0.0, 1.0]], dtype=np.float32)
-    np.testing.assert_array_equal(condensed_matmul(CondensedWeights(values, indices, 3), x),
-                                  [[33.0]])
+def run_product(problem, bias, threads):
+    return check_kernel_output(
+        condensed_product(problem.weights(), problem.x, bias, threads), problem)
 
 
-@given(n_in=st.one_of(st.integers(1, 120), st.integers(MIN_COLUMN_BLOCK - 2, 3000)),
-       n_active=st.integers(1, 40), batch=st.integers(1, 150),
-       seed=st.integers(0, 2**32 - 1), wide=st.booleans())
-def test_property_matches_reference(n_in, n_active, batch, seed, wide):
-    rng = np.random.default_rng(seed)
-    k = int(rng.integers(1, min(n_in, 300) + 1))
-    values, indices = random_weights(rng, n_in, n_active, k, np.int32 if wide else np.int16)
-    x = rng.standard_normal((batch, n_in)).astype(np.float32)
-    assert_matches(condensed_matmul(CondensedWeights(values, indices, n_in), x),
-                   reference(values, indices, x))
+def tiled_runner(n_vectors):
+    def run_tiled(problem, bias, threads):
+        return check_kernel_output(
+            _condensed_matmul_tiled(problem.weights(), problem.x, bias, threads,
+                                    n_vectors=n_vectors), problem)
+    return run_tiled
 
 
-def test_same_input_same_output_bit_for_bit_across_thread_counts():
-    rng = np.random.default_rng(3)
-    values, indices = random_weights(rng, 500, 64, 50, np.int16)
-    weights = CondensedWeights(values, indices, 500)
-    x = rng.standard_normal((100, 500)).astype(np.float32)
-    np.testing.assert_array_equal(condensed_matmul(weights, x, threads=1),
-                                  condensed_matmul(weights, x, threads=2))
+def run_matvec(problem, bias, threads):
+    weights, n_active = problem.weights(), problem.values.shape[0]
+    rows = []
+    for row in problem.x:
+        y = condensed_matvec(weights, row, bias, threads)
+        assert y.shape == (n_active,) and y.dtype == np.float32
+        rows.append(y)
+    return np.stack(rows) if rows else np.empty((0, n_active), dtype=np.float32)
 
+
+@functools.cache
+def gpu():
+    """(cupy, None) with a usable GPU, else (None, why not)."""
+    try:
+        return device_backend.cupy(), None
+    except device_backend.DeviceError as exc:
+        return None, str(exc)
+
+
+def require_gpu():
+    cp, reason = gpu()
+    if cp is None:
+        pytest.skip(f"needs CuPy and a CUDA GPU: {reason}")
+    return cp
+
+
+def run_cupy(problem, bias, threads):
+    cp = require_gpu()
+    from srigl_np.cuda import CudaCondensedWeights  # being written: import it lazily
+
+    weights = CudaCondensedWeights(problem.values, problem.indices, problem.n_in)
+    x = cp.asarray(problem.x_base)[problem.view]
+    y = condensed_product(weights, x, None if bias is None else cp.asarray(bias))
+    assert device_backend.is_cupy_array(y) and y.dtype == np.float32
+    return cp.asnumpy(y)
+
+
+class Backend(NamedTuple):
+    id: str
+    run: Callable            # (problem, bias or None, threads) -> y, a NumPy array
+    threaded: bool = False   # takes threads (the OpenMP kernels)
+    gpu: bool = False
+
+    def require(self):
+        if self.gpu:
+            require_gpu()
+
+
+BACKENDS = [Backend("reference", run_reference),
+            Backend("product", run_product, threaded=True)]
+BACKENDS += [Backend(f"tiled-nv{n}", tiled_runner(n), threaded=True) for n in TILE_VECTORS]
+BACKENDS += [Backend("matvec", run_matvec, threaded=True),
+             Backend("cupy", run_cupy, gpu=True)]
+THREADED = [b for b in BACKENDS if b.threaded]
+
+
+def backend_params(backends=BACKENDS, thread_counts=(1, 2)):
+    """(backend, threads): the threaded backends at each of ``thread_counts``, the others
+    once (threads None); threads=2 skips without OpenMP, the CUDA backend is marked gpu."""
+    for b in backends:
+        for threads in (thread_counts if b.threaded else (None,)):
+            marks = [pytest.mark.gpu] if b.gpu else []
+            if threads == 2:
+                marks.append(pytest.mark.skipif(not openmp_enabled(), reason=NO_OPENMP))
+            yield pytest.param(b, threads, marks=marks,
+                               id=b.id if threads is None else f"{b.id}-t{threads}")
+
+
+@pytest.fixture(scope="module")
+def backend(request):
+    """The backend of the parameter; the CUDA one skips here without CuPy and a GPU."""
+    request.param.require()
+    return request.param
+
+
+# --- every case on every backend ------------------------------------------------------------
+
+@pytest.mark.parametrize("backend, threads", list(backend_params()), indirect=["backend"])
+@pytest.mark.parametrize("case, index_dtype", CASE_PARAMS)
+def test_case_matches_reference(case, index_dtype, backend, threads):
+    problem = case.build(index_dtype)
+    for bias in (problem.bias, None):
+        y = backend.run(problem, bias, threads)
+        expected = reference(problem.values, problem.indices, problem.x, bias)
+        if case.expected is not None:
+            np.testing.assert_array_equal(y, expected)
+            if bias is None:
+                np.testing.assert_array_equal(y, case.expected)
+        else:
+            assert_matches(y, expected)
+        if threads == 2:   # same input, same output, bit for bit, whatever the threads
+            np.testing.assert_array_equal(y, backend.run(problem, bias, 1))
+
+
+@pytest.mark.parametrize("case, index_dtype", CASE_PARAMS)
+def test_auto_path_is_the_gather_dot_at_batch_1_and_the_fitting_tile_otherwise(case,
+                                                                               index_dtype):
+    problem = case.build(index_dtype)
+    weights, x, bias = problem.weights(), problem.x, problem.bias
+    y = condensed_matmul(weights, x, bias)
+    if x.shape[0] == 1:
+        np.testing.assert_array_equal(y, condensed_matvec(weights, x[0], bias)[None])
+    elif x.shape[0] > 1:
+        np.testing.assert_array_equal(y, _condensed_matmul_tiled(
+            weights, x, bias, n_vectors=tile_vectors(x.shape[0])))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.column_blocks], ids=lambda c: c.id)
+def test_cases_have_the_column_blocks_they_are_meant_to_exercise(case):
+    assert case.build(np.int32).weights().column_blocks == case.column_blocks
+
+
+def test_chunk_cases_fill_a_chunk_with_one_64_wide_tile():
+    # so their 100 rows take two chunks at the auto tile width (and more when narrower)
+    for n_in in (40000, 32768):
+        assert 4 * 64 * n_in >= CHUNK_BYTES
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.id, indirect=True)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
+@given(data=st.data())
+def test_property_matches_reference(backend, index_dtype, data):
+    values, indices, n_in = data.draw(condensed_weights(
+        index_dtype, n_in=st.one_of(st.integers(1, 120), st.integers(MIN_COLUMN_BLOCK - 2, 3000))),
+        label="weights")
+    batch, seed = data.draw(st.integers(1, 150), label="batch"), data.draw(seeds, label="seed")
+    x = np.random.default_rng(seed).standard_normal((batch, n_in)).astype(np.float32)
+    problem = Problem(values, indices, n_in, x, ..., None)
+    assert_matches(backend.run(problem, None, 0), reference(values, indices, x))
+
+
+# --- layout -----------------------------------------------------------------------------------
 
 def test_tile_width_fits_the_batch():
     assert [tile_vectors(b) for b in (1, 8, 9, 16, 17, 32, 33, 256)] == [1, 1, 2, 2, 4, 4, 8, 8]
@@ -134,11 +361,12 @@ def test_column_blocks_hold_about_16_nonzeros_of_a_row_and_at_least_128_columns(
         assert width == MIN_COLUMN_BLOCK or target <= width < target + 64
 
 
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("n_in, k", [(5, 5), (256, 256), (257, 257), (2000, 300), (3000, 9)])
-def test_weights_are_packed_by_column_block(n_in, k):
+def test_weights_are_packed_by_column_block(n_in, k, index_dtype):
     rng = np.random.default_rng(n_in)
     n_active = 6
-    indices = np.argsort(rng.random((n_active, n_in)), axis=1)[:, :k].astype(np.int32)
+    indices = np.argsort(rng.random((n_active, n_in)), axis=1)[:, :k].astype(index_dtype)
     values = rng.standard_normal((n_active, k)).astype(np.float32)
     weights = CondensedWeights(values, indices, n_in)
     width = weights.column_block
@@ -153,17 +381,12 @@ def test_weights_are_packed_by_column_block(n_in, k):
             in_block = indices[r] // width == c   # the row's order is kept
             np.testing.assert_array_equal(weights.packed_indices[segment], indices[r][in_block])
             np.testing.assert_array_equal(weights.packed_values[segment], values[r][in_block])
+    assert weights.packed_indices.dtype == index_dtype
     for array in (weights.packed_values, weights.packed_indices, starts):
         assert not array.flags.writeable
 
 
 # --- boundary checks: each bad argument is refused with a message naming it ----------------
-
-def good_arguments():
-    values = np.ones((3, 2), dtype=np.float32)
-    indices = np.array([[0, 1], [1, 2], [0, 2]], dtype=np.int16)
-    return values, indices
-
 
 @pytest.mark.parametrize("bad, error, name", [
     (dict(values=np.ones((3, 2))), TypeError, "values"),
@@ -185,30 +408,51 @@ def test_weights_refuse_bad_arguments(bad, error, name):
         CondensedWeights(arguments["values"], arguments["indices"], arguments["n_in"])
 
 
-def test_index_equal_to_n_in_is_refused_and_n_in_minus_one_accepted():
-    values, indices = good_arguments()
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_index_equal_to_n_in_is_refused_and_n_in_minus_one_accepted(index_dtype):
+    values, indices = good_arguments(index_dtype)
     CondensedWeights(values, indices, 3)
     with pytest.raises(ValueError, match="indices"):
         CondensedWeights(values, indices, 2)
 
 
+def forced(n_vectors):
+    return functools.partial(_condensed_matmul_tiled, n_vectors=n_vectors)
+
+
+# condensed_matmul and the hook at every tile width check the same things.
+MATMULS = [pytest.param(condensed_matmul, id="matmul")] + [
+    pytest.param(forced(n), id=f"tiled-nv{n}") for n in TILE_VECTORS]
+
+
+@pytest.mark.parametrize("matmul", MATMULS)
 @pytest.mark.parametrize("call, error, name", [
-    (lambda w: condensed_matmul(w, np.ones((2, 4), dtype=np.float32)), ValueError, "x"),
-    (lambda w: condensed_matmul(w, np.ones(3, dtype=np.float32)), ValueError, "x"),
-    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.int32)), TypeError, "x"),
-    (lambda w: condensed_matvec(w, np.ones((1, 3), dtype=np.float32)), ValueError, "x"),
-    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.float32), np.ones(2, np.float32)),
+    (lambda mm, w: mm(w, np.ones((2, 4), dtype=np.float32)), ValueError, "x"),
+    (lambda mm, w: mm(w, np.ones(3, dtype=np.float32)), ValueError, "x"),
+    (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.int32)), TypeError, "x"),
+    (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.float32), np.ones(2, np.float32)),
      ValueError, "bias"),
-    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.float32), np.ones(3)),
-     TypeError, "bias"),
-    (lambda w: condensed_matmul(w, np.ones((2, 3), dtype=np.float32), threads=-1),
-     ValueError, "threads"),
-    (lambda w: condensed_matmul(None, np.ones((2, 3), dtype=np.float32)), TypeError, "weights"),
+    (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.float32), np.ones(3)), TypeError, "bias"),
+    (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.float32), threads=-1), ValueError, "threads"),
+    (lambda mm, w: mm(None, np.ones((2, 3), dtype=np.float32)), TypeError, "weights"),
 ])
-def test_kernels_refuse_bad_arguments(call, error, name):
+def test_kernels_refuse_bad_arguments(matmul, call, error, name):
     weights = CondensedWeights(*good_arguments(), 3)
     with pytest.raises(error, match=name):
-        call(weights)
+        call(matmul, weights)
+
+
+def test_matvec_refuses_a_batch():
+    weights = CondensedWeights(*good_arguments(), 3)
+    with pytest.raises(ValueError, match="x"):
+        condensed_matvec(weights, np.ones((1, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("n_vectors", [0, 3, 16, -1, True, 2.0, "8", None])
+def test_tiled_hook_refuses_other_tile_widths(n_vectors):
+    weights = CondensedWeights(*good_arguments(), 3)
+    with pytest.raises(ValueError, match="n_vectors"):
+        _condensed_matmul_tiled(weights, np.ones((2, 3), dtype=np.float32), n_vectors=n_vectors)
 
 
 def test_weights_are_immutable_copies():
@@ -224,19 +468,3 @@ def test_weights_are_immutable_copies():
             array.setflags(write=True)
     with pytest.raises(AttributeError):
         weights.indices = indices
-
-
-def test_empty_batch_gives_empty_output():
-    weights = CondensedWeights(*good_arguments(), 3)
-    assert condensed_matmul(weights, np.ones((0, 3), dtype=np.float32)).shape == (0, 3)
-
-
-def test_large_batches_run_in_chunks_like_one():
-    # n_in = 40000: one 64-wide tile of x is 10 MB, over CHUNK_BYTES, so a chunk is one
-    # tile and 100 rows take two chunks (64 + 36); k = 30 makes two column blocks.
-    rng = np.random.default_rng(4)
-    values, indices = random_weights(rng, 40000, 5, 30, np.int32)
-    weights = CondensedWeights(values, indices, 40000)
-    assert weights.column_blocks == 2
-    x = rng.standard_normal((100, 40000)).astype(np.float32)
-    assert_matches(condensed_matmul(weights, x, threads=2), reference(values, indices, x))

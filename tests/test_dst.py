@@ -652,9 +652,9 @@ def test_check_invariants_allows_the_documented_budget_exceptions():
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
-    (dict(mask=np.ones((3, 4))), TypeError, "mask must be a bool"),
-    (dict(mask=np.ones((4, 3), dtype=bool)), ValueError, "mask shape"),
-    (dict(grad=np.ones((3, 5))), ValueError, "grad shape"),
+    (dict(mask=np.ones((3, 4))), TypeError, "mask must be bool"),
+    (dict(mask=np.ones((4, 3), dtype=bool)), ValueError, "mask must have shape"),
+    (dict(grad=np.ones((3, 5))), ValueError, "grad must have shape"),
     (dict(grad=np.ones((3, 4), dtype=np.int64)), TypeError, "grad must be"),
     (dict(grad=np.full((3, 4), np.nan)), ValueError, "grad must be finite"),
     (dict(weight=np.ones((3, 4), dtype=np.int32)), TypeError, "weight must be"),
