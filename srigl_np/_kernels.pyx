@@ -35,6 +35,8 @@ from libc.stdint cimport int16_t, int32_t
 
 import numpy as np
 
+from srigl_np.validation import check_array
+
 # The C interface of _kernels.h (see its comments for each function's arguments).
 cdef extern from "_kernels.h":
     # OpenMP shim: 1 when compiled with OpenMP; omp_get_max_threads() is 1 without it.
@@ -77,14 +79,10 @@ cdef int _resolve_threads(int threads) except -1:
 
 
 def _check_float_array(name, a, ndim):
-    if not hasattr(a, "dtype") or not hasattr(a, "ndim"):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype != np.float32 and a.dtype != np.float64:
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+    """A C-contiguous float32/float64 NumPy array of ``ndim`` dimensions (the package's
+    one argument check, ``validation.check_array``)."""
+    check_array(name, a, dtypes=(np.float32, np.float64), ndim=ndim, contiguous=True,
+                device="cpu")
 
 
 def conv_output_size(int size, int kernel, int stride, int padding):
