@@ -10,38 +10,24 @@ keep their unstructured layers dense. Without one, every Linear/Conv2d of a fres
 model gets a random constant fan-in mask at --sparsity (a masked dense model), with
 --ablated-frac of its neurons (all but the last layer's) ablated.
 
-For batch 1 and 256 and each thread count, prints the median seconds of the dense
-forward pass (NumPy BLAS, evaluation mode) and of ``CondensedModel.logits``, their
-ratio, and checks that both predict the same classes.
+A trained model condenses by its DynamicSparsity masks (``checkpoint.load_model``), so
+weights grown at zero stay condensed entries. For batch 1 and 256 and each thread
+count, prints the median seconds of the dense forward pass (NumPy BLAS, evaluation
+mode) and of ``CondensedModel.logits``, timed in interleaved rounds, their ratio, and
+checks that both predict the same classes.
 """
 
 import argparse
-import json
-import os
 import sys
 
 import numpy as np
 
 from srigl_np import bench, dst
+from srigl_np.checkpoint import load_model
 from srigl_np.condensing import condense
 from srigl_np.kernels import max_threads
 from srigl_np.layers import Conv2d, Linear
 from srigl_np.models import MODEL_NAMES, build
-
-
-def load_trained(path):
-    """(model name, Sequential) from a training checkpoint (.npz) or run directory."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoint.npz")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: data[key] for key in data.files}
-    meta = json.loads(str(arrays["meta"]))
-    name = meta["config"]["model"]
-    model = build(name, rng=np.random.default_rng(0))
-    state = {key.split("/", 1)[1]: value for key, value in arrays.items()
-             if key.startswith(("param/", "buffer/"))}
-    model.load_state_dict(state)
-    return name, model
 
 
 def masked_model(name, sparsity, ablated_frac, rng):
@@ -75,27 +61,38 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     source = args.run or args.checkpoint
     if source:
-        name, model = load_trained(source)
-        origin = f"trained model from {source}"
+        run = load_model(source)
+        name, model = run.config["model"], run.model
+        condensed = run.condense()
+        origin = f"trained {name} from {source} (masks: {len(run.masks)} layers)"
     else:
         name = args.model
         model = masked_model(name, args.sparsity, args.ablated_frac, rng)
+        condensed = condense(model)
         origin = (f"masked {name}, random constant fan-in at sparsity {args.sparsity}, "
                   f"ablated fraction {args.ablated_frac}")
-    condensed = condense(model)
     info = bench.machine_info()
-    print(f"machine: {info['cpu']}, {info['cores']} cores; BLAS: {info['blas']}")
+    print(f"machine: {info['cpu']}, {info['cores']} cores; BLAS: {info['blas']}; "
+          f"kernels built with OpenMP: {info['openmp']}")
     print(f"{origin}\n{condensed!r}")
+    for entry in condensed.report:
+        print(f"  layer {entry['layer']} {entry['type']}: {entry['result']} "
+              f"(structure from {entry['structure']}; {entry['reason']}; "
+              f"{entry['n_active']}/{entry['n_out']} neurons active, k={entry['k']})")
+    print(f"float32 input (batch, 1, 28, 28); medians of {bench.ROUNDS} interleaved rounds, "
+          f"{args.min_time} s per implementation and row")
     print(f"{'batch':>6}{'threads':>8}{'dense ms':>11}{'condensed ms':>14}{'speedup':>9}")
     for batch in args.batch_sizes:
         x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
         for threads in args.threads:
             with threadpool_limits(limits=threads):
-                dense_s, _ = bench.median_seconds(lambda: model.forward(x, False), args.min_time)
-                condensed_s, _ = bench.median_seconds(lambda: condensed.logits(x, threads),
-                                                      args.min_time)
+                impls = {"dense": (lambda: model.forward(x, False), "masked dense"),
+                         "condensed": (lambda: condensed.logits(x, threads), "condensed")}
+                times = {r["implementation"]: r["median_s"]
+                         for r in bench._time_all(impls, bench.sample_seconds, args.min_time)}
                 same = np.array_equal(model.forward(x, False).argmax(1),
                                       condensed.predict(x, threads))
+            dense_s, condensed_s = times["dense"], times["condensed"]
             print(f"{batch:>6}{threads:>8}{dense_s * 1e3:>11.3f}{condensed_s * 1e3:>14.3f}"
                   f"{dense_s / condensed_s:>8.2f}x" + ("" if same else "  PREDICTIONS DIFFER"))
     return 0

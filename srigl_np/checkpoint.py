@@ -2,7 +2,8 @@
 
 A checkpoint is one ``.npz`` (no pickles) holding
 
-    meta                     JSON string: format version, epoch, step, config, history
+    meta                     JSON string: format version, epoch, step, config, history,
+                             the data used ("data": its source and input mean/std)
     param/<name>             every model parameter ("0.weight", ...)
     buffer/<name>            every model buffer (BatchNorm running statistics)
     optim/<name>/<key>       the optimizer's per-parameter state ("momentum_buffer", ...)
@@ -17,6 +18,7 @@ existing arrays on theirs, so a GPU run's checkpoint resumes on the GPU or the C
 import json
 import os
 import zipfile
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -157,3 +159,84 @@ def _check_sparsity_state(path, saved, sparsity):
             raise ValueError(f"{path}: sparsity state {key!r} must hold neuron indices in "
                              f"[0, {n_out}), got values in [{int(value.min())}, "
                              f"{int(value.max())}]")
+
+
+# -- loading for inference -----------------------------------------------------------
+
+@dataclass
+class TrainedModel:
+    """A trained run, ready for inference: what ``load_model`` returns.
+
+    model: the srigl_np.layers.Sequential (weights and buffers restored); masks:
+    {parameter name: bool mask} (empty for a dense run); config: the training config;
+    input_stats: (mean, std) of the training images on the [0, 1] scale, or None when
+    the checkpoint does not record them; meta: the checkpoint's meta (epoch, step, ...).
+    """
+    model: object
+    masks: dict
+    config: dict
+    input_stats: tuple = None
+    meta: dict = field(default_factory=dict)
+
+    def condense(self, **kwargs):
+        """``condensing.condense`` of this model with its masks and input statistics."""
+        from .condensing import condense
+
+        return condense(self.model, masks=self.masks, input_stats=self.input_stats, **kwargs)
+
+
+def load_model(path):
+    """The trained model of a run directory or checkpoint file, without an optimizer.
+
+    path: a directory written by ``python -m srigl_np.train`` (its checkpoint.npz) or a
+    checkpoint .npz. The model is rebuilt from the saved config (``models.build``), its
+    parameters and buffers are checked (names, dtypes, shapes) and copied in, and the
+    DynamicSparsity masks come along, so ``load_model(run).condense()`` condenses by the
+    masks. Every problem is one ValueError naming the file.
+    """
+    from .models import MODEL_NAMES, build
+
+    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
+        path = os.path.join(path, "checkpoint.npz")
+    arrays = _read_arrays(path)
+    meta = _read_meta(path, arrays)
+    config = meta.get("config")
+    if not isinstance(config, dict) or config.get("model") not in MODEL_NAMES:
+        raise ValueError(f"{path}: meta 'config' must name a model in {MODEL_NAMES}, got "
+                         f"{None if not isinstance(config, dict) else config.get('model')!r}")
+    model = build(config["model"], rng=np.random.default_rng(0))
+    saved = {"parameter": {k[6:]: v for k, v in arrays.items() if k.startswith("param/")},
+             "buffer": {k[7:]: v for k, v in arrays.items() if k.startswith("buffer/")}}
+    targets = {"parameter": model.named_parameters(), "buffer": model.named_buffers()}
+    for what in saved:
+        _check_section(path, what, saved[what], targets[what])
+    for what in saved:
+        for key, target in targets[what].items():
+            target[...] = saved[what][key]
+    params = model.named_parameters()
+    masks = {}
+    for key, mask in arrays.items():
+        if not key.startswith("dst/mask/"):
+            continue
+        name = key[len("dst/mask/"):]
+        if name not in params or mask.dtype != bool or mask.shape != params[name].shape:
+            raise ValueError(f"{path}: {key!r} must be a bool mask of a parameter's shape, "
+                             f"got {_describe(mask)}")
+        masks[name] = mask
+    return TrainedModel(model, masks, config, _input_stats(path, meta), meta)
+
+
+def _input_stats(path, meta):
+    """(mean, std) from the checkpoint's meta, or from the metrics.json beside it (runs
+    written before the checkpoint recorded its data); None when neither has them."""
+    data = meta.get("data")
+    if not isinstance(data, dict) and isinstance(path, (str, os.PathLike)):
+        metrics = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
+        try:
+            with open(metrics) as f:
+                data = json.load(f).get("data")
+        except (OSError, ValueError, AttributeError):
+            data = None
+    if isinstance(data, dict) and {"mean", "std"} <= set(data):
+        return data["mean"], data["std"]
+    return None

@@ -166,6 +166,11 @@ def pattern_arrays(matrix, pattern, index_dtype):
 class CondensedLinear(Stage):
     """A constant fan-in Linear layer over its active neurons: y = x @ W[active].T + bias.
 
+    Outputs: ``forward(x)`` gives one column per *active* neuron, (batch, n_active),
+    column j being neuron ``active[j]`` of the dense layer's n_out (``condense`` removes
+    the others structurally); ``layer @ x`` gives all n_out rows, as the dense matrix
+    of ``shape`` (n_out, n_in) would, without bias.
+
     values: (n_active, k) float32, read-only; indices: (n_active, k) int16/int32,
     read-only, each row strictly increasing in [0, n_in); active: (n_active,) int64,
     strictly increasing in [0, n_out); bias: (n_active,) float32 or None.
@@ -234,6 +239,37 @@ class CondensedLinear(Stage):
     def k(self):
         """Constant fan-in of the active neurons (0 when there are none)."""
         return 0 if self.weights is None else self.weights.k
+
+    @property
+    def shape(self):
+        """(n_out, n_in): the dense weight's shape, as a scipy.sparse matrix's."""
+        return (self.n_out, self.n_in)
+
+    @property
+    def nnz(self):
+        """Stored weights: n_active * k (explicit zeros inside the mask count)."""
+        return self.n_active * self.k
+
+    def __matmul__(self, x):
+        """``layer @ x`` = W @ x for the dense (n_out, n_in) weight W, without bias, like a
+        scipy.sparse matrix: x (n_in,) -> (n_out,), x (n_in, m) -> (n_out, m), float32;
+        inactive rows give 0. (``forward`` instead maps x (batch, n_in) to the active
+        neurons only, (batch, n_active), with bias; output j is neuron ``active[j]``.)"""
+        xp = array_module(x)
+        x = xp.asarray(x)
+        if x.ndim not in (1, 2) or x.shape[0] != self.n_in:
+            raise ValueError(f"x must have shape ({self.n_in},) or ({self.n_in}, m), "
+                             f"got {x.shape}")
+        columns = x.reshape(self.n_in, -1).T
+        rows = (condensed_product(self.weights, columns) if self.weights is not None
+                else xp.zeros((columns.shape[0], 0), dtype=xp.float32))
+        out = xp.zeros((columns.shape[0], self.n_out), dtype=xp.float32)
+        out[:, xp.asarray(self.active)] = rows
+        return out[0] if x.ndim == 1 else out.T
+
+    def toarray(self):
+        """The dense weight (n_out, n_in) float32, as scipy's ``toarray`` (= to_dense)."""
+        return self.to_dense()
 
     @property
     def device(self):
@@ -432,6 +468,8 @@ class CondensedConv2d(Stage):
         return cls(linear, in_channels, (kh, kw), stride, padding)
 
     active = property(lambda self: self.linear.active)
+    nnz = property(lambda self: self.linear.nnz)
+    shape = property(lambda self: (self.out_channels, self.in_channels, *self.kernel_size))
     values = property(lambda self: self.linear.values)
     indices = property(lambda self: self.linear.indices)
     bias = property(lambda self: self.linear.bias)
@@ -440,6 +478,10 @@ class CondensedConv2d(Stage):
     n_out = out_channels = property(lambda self: self.linear.n_out)
     n_in = property(lambda self: self.linear.n_in)
     device = property(lambda self: self.linear.device)
+
+    def toarray(self):
+        """The dense weight (out_channels, in_channels, kh, kw) float32 (= to_dense)."""
+        return self.to_dense()
 
     def to_dense(self):
         """The weight as (out_channels, in_channels, kh, kw) float32."""

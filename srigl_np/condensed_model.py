@@ -12,7 +12,10 @@ File format (a ``.npz`` written atomically; never unpickled), format_version 1:
 
     format_version   int64 scalar, 1
     metadata         str scalar, JSON {"format": "srigl_np.condensed",
-                     "stages": [{"type": <kind>, <settings>}, ...]}
+                     "stages": [{"type": <kind>, <settings>}, ...],
+                     optional: "input": {"mean": [...], "std": [...]} (per channel,
+                     [0, 1] scale: how raw uint8 images are normalised),
+                     "n_classes": <int>}
     stage<i>.<name>  the arrays of stage i, e.g. stage0.values (float32 [n_active, k]),
                      stage0.indices (int16/int32 [n_active, k]), stage0.active
                      (int64 [n_active]), stage0.bias (float32 [n_active])
@@ -29,7 +32,7 @@ from .condensed import (CondensedConv2d, CondensedLinear, Stage, _same_device, c
                         conv_rows, float_input, rows_to_images)
 from .fileio import atomic_write
 from .layers import MaxPool2d
-from .validation import check_array
+from .validation import check_array, positive_int
 
 FORMAT_NAME = "srigl_np.condensed"
 FORMAT_VERSION = 1
@@ -212,13 +215,20 @@ STAGE_TYPES = {cls.kind: cls for cls in (CondensedLinear, CondensedConv2d, Dense
 class CondensedModel:
     """A condensed network: ``stages`` applied in order (see ``condensing.condense``).
 
-    logits(x): x (batch, ...) of any float dtype -> (batch, n_classes) float32, equal to
-    the masked dense model's output in evaluation up to float32 rounding. On a GPU
-    model (``to("cuda")``) x may be NumPy or CuPy and the result is a CuPy array;
-    ``threads`` applies to the CPU kernels only.
+    ``model(x)`` / logits(x): x (batch, ...) -> (batch, n_classes) float32, equal to the
+    masked dense model's output in evaluation up to float32 rounding. x is either what
+    the trained model took (floats, already normalised; any float dtype) or raw uint8
+    images (batch, H, W) / (batch, C, H, W), which are normalised first as in training,
+    (x / 255 - mean) / std, with the ``input_stats`` stored in the model (an error when
+    it has none). On a GPU model (``to("cuda")``) x may be NumPy or CuPy and the result
+    is a CuPy array; ``threads`` applies to the CPU kernels only.
+
+    input_stats: None or (mean, std), each a float or per-channel 1-D float64 array on
+    the [0, 1] scale (``data.channel_stats``); n_classes: the logits' width or None.
+    Both are saved with the model.
     """
 
-    def __init__(self, stages, device="cpu"):
+    def __init__(self, stages, device="cpu", *, input_stats=None, n_classes=None):
         stages = list(stages)
         for i, stage in enumerate(stages):
             if type(stage) not in STAGE_TYPES.values():
@@ -227,18 +237,56 @@ class CondensedModel:
         kind, index = parse_device(device)
         self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self.stages = stages
+        self.input_stats = _check_input_stats(input_stats)
+        self.n_classes = None if n_classes is None else positive_int("n_classes", n_classes)
+        self.report = []
 
     def logits(self, x, threads=0):
         if self.device != "cpu":
             x = select(self.device).asarray(x)
+        xp = array_module(x)
+        if getattr(x, "dtype", None) == np.uint8:
+            x = self._normalise(xp.asarray(x))
         x = float_input(x)
         for stage in self.stages:
             x = stage.forward(x, threads)
+        if self.n_classes is not None and (x.ndim != 2 or x.shape[1] != self.n_classes):
+            raise ValueError(f"the model's output has shape {x.shape}, but it was saved "
+                             f"with n_classes={self.n_classes}")
         return x
+
+    __call__ = logits
+
+    def _normalise(self, x):
+        """Raw uint8 images -> float32 (batch, C, H, W), as ``data.normalize`` does."""
+        if self.input_stats is None:
+            raise ValueError("x holds raw uint8 images, but this model stores no input "
+                             "normalisation: pass the normalised float inputs the model "
+                             "was trained on, or condense with input_stats=(mean, std)")
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4:
+            raise ValueError(f"raw images must have shape (batch, H, W) or (batch, C, H, W), "
+                             f"got {x.shape}")
+        xp = array_module(x)
+        mean, std = (np.atleast_1d(a).astype(np.float64) for a in self.input_stats)
+        if mean.size not in (1, x.shape[1]):
+            raise ValueError(f"raw images have {x.shape[1]} channels, the model's input "
+                             f"statistics {mean.size}")
+        scale = xp.asarray((1.0 / (255.0 * std)).astype(np.float32).reshape(1, -1, 1, 1))
+        shift = xp.asarray((mean / std).astype(np.float32).reshape(1, -1, 1, 1))
+        return x.astype(xp.float32) * scale - shift
 
     def predict(self, x, threads=0):
         """Predicted class per example: (batch,) int64, on the model's device."""
         return self.logits(x, threads).argmax(axis=1)
+
+    def predict_proba(self, x, threads=0):
+        """Class probabilities, softmax of the logits: (batch, n_classes) float32."""
+        logits = self.logits(x, threads)
+        xp = array_module(logits)
+        shifted = xp.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
 
     def to(self, device):
         """This model on ``device`` ("cpu", "cuda", "cuda:N"): itself when it is there,
@@ -247,7 +295,10 @@ class CondensedModel:
         select(device)
         if _same_device(self.device, device):
             return self
-        return CondensedModel([stage.to(device) for stage in self.stages], device)
+        moved = CondensedModel([stage.to(device) for stage in self.stages], device,
+                               input_stats=self.input_stats, n_classes=self.n_classes)
+        moved.report = self.report
+        return moved
 
     def save(self, path):
         """Write the model to ``path`` (.npz, written atomically; layout in the module
@@ -258,7 +309,13 @@ class CondensedModel:
             stage_arrays, settings = stage.fields()
             stages.append({"type": stage.kind, **settings})
             arrays.update({f"stage{i}.{name}": a for name, a in stage_arrays.items()})
-        arrays["metadata"] = np.array(json.dumps({"format": FORMAT_NAME, "stages": stages}))
+        metadata = {"format": FORMAT_NAME, "stages": stages}
+        if self.input_stats is not None:
+            metadata["input"] = {"mean": np.atleast_1d(self.input_stats[0]).tolist(),
+                                 "std": np.atleast_1d(self.input_stats[1]).tolist()}
+        if self.n_classes is not None:
+            metadata["n_classes"] = self.n_classes
+        arrays["metadata"] = np.array(json.dumps(metadata))
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
@@ -269,6 +326,23 @@ class CondensedModel:
         where = "" if self.device == "cpu" else f"device={self.device!r}, "
         return (f"CondensedModel({where}\n"
                 + "".join(f"  {stage!r},\n" for stage in self.stages) + ")")
+
+
+def _check_input_stats(input_stats):
+    """(mean, std) as float64 1-D arrays of one size, finite, std > 0; or None."""
+    if input_stats is None:
+        return None
+    try:
+        mean, std = input_stats
+    except (TypeError, ValueError):
+        raise ValueError(f"input_stats must be a pair (mean, std), got {input_stats!r}") \
+            from None
+    mean, std = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (mean, std))
+    if mean.ndim != 1 or mean.shape != std.shape or not (
+            np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(f"input_stats must be finite (mean, std) of one length with "
+                         f"std > 0, got mean {mean.tolist()}, std {std.tolist()}")
+    return mean, std
 
 
 def load(path):
@@ -302,7 +376,8 @@ def load(path):
             used |= stage_keys
         if keys - used:
             raise ValueError(f"unexpected arrays in {path!s}: {sorted(keys - used)}")
-    return CondensedModel(stages)
+    return CondensedModel(stages, input_stats=metadata.get("input_stats"),
+                          n_classes=metadata.get("n_classes"))
 
 
 def _load_stage(i, meta, archive, keys):
@@ -342,4 +417,17 @@ def _parse_metadata(raw):
         raise ValueError(f"metadata must name format {FORMAT_NAME!r}")
     if not isinstance(metadata.get("stages"), list):
         raise ValueError("metadata must hold a list of stages")
+    if "input" in metadata:   # optional: files written before it existed load too
+        entry = metadata["input"]
+        if not isinstance(entry, dict) or set(entry) != {"mean", "std"}:
+            raise ValueError(f"metadata 'input' must be {{'mean': [...], 'std': [...]}}, "
+                             f"got {entry!r}")
+        try:
+            metadata["input_stats"] = _check_input_stats((entry["mean"], entry["std"]))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"metadata 'input': {exc}") from None
+    n_classes = metadata.get("n_classes")
+    if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int)
+                                  or n_classes < 1):
+        raise ValueError(f"metadata 'n_classes' must be a positive integer, got {n_classes!r}")
     return metadata

@@ -7,13 +7,18 @@ constant value of each removed one. Constant fan-in layers become ``CondensedLin
 folded into the next layer (see ``condense`` for the rules).
 """
 
+import warnings
+
 import numpy as np
 
-from .condensed import CondensedConv2d, CondensedLinear, _index_dtype, pattern_arrays
+from .backend import to_numpy
+from .condensed import (CondensedConv2d, CondensedLinear, _index_dtype, describe_counts,
+                        pattern_arrays)
 from .condensed_model import (ChannelAffine, CondensedModel, DenseConv2d, DenseLinear,
                               FlattenStage, MaxPool, Relu, Scatter)
 from .layers import (
     BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential)
+from .validation import check_array
 
 
 class _Features:
@@ -69,9 +74,13 @@ def _pad_to_constant_fan_in(pattern, active):
     return pattern
 
 
-def _condense_layer(layer, state, stages, index_dtype):
-    """Append the condensed form of a Linear/Conv2d to ``stages``; return the new state.
+def _condense_layer(layer, mask, state, stages, index_dtype):
+    """Append the condensed form of a Linear/Conv2d to ``stages``; return (new state,
+    its report entry).
 
+    mask: the layer's bool mask (weight-shaped), or None to judge structure by
+    ``weight != 0``. Entries inside the mask are weights even when their value is 0
+    (grown at a zero gradient, say): they stay explicit condensed entries.
     Inputs the previous layers removed are dropped from the weight's columns; their
     constant values times those columns are folded into the bias (exact for Linear and
     for Conv2d without padding; a padded Conv2d gets the removed channels back through
@@ -82,6 +91,7 @@ def _condense_layer(layer, state, stages, index_dtype):
     weight = layer.params["weight"]
     n_out = weight.shape[0]
     matrix = weight.reshape(n_out, -1).astype(np.float64)
+    full_pattern = matrix != 0 if mask is None else mask.reshape(n_out, -1)
     bias = layer.params.get("bias")
     shift = np.zeros(n_out) if bias is None else bias.astype(np.float64)
     taps = int(np.prod(weight.shape[2:])) if conv else 1
@@ -98,9 +108,10 @@ def _condense_layer(layer, state, stages, index_dtype):
         shift = shift + matrix[:, removed_columns] @ np.repeat(state.constants[removed], taps)
     columns = (kept[:, None] * taps + np.arange(taps)).ravel()
     matrix_in = matrix[:, columns]
-    counts = (matrix != 0).sum(axis=1)
-    structured = np.unique(counts[counts > 0]).size <= 1
-    pattern = matrix_in != 0
+    counts = full_pattern.sum(axis=1)
+    live = np.flatnonzero(counts)
+    structured = np.unique(counts[live]).size <= 1
+    pattern = full_pattern[:, columns]
     active = np.flatnonzero(pattern.any(axis=1))
     has_bias = bias is not None or bool(shift.any())
     active_bias = shift[active].astype(np.float32) if has_bias else None
@@ -119,7 +130,13 @@ def _condense_layer(layer, state, stages, index_dtype):
     stages.append(stage)
     constants = shift.copy()
     constants[active] = 0.0
-    return _Features(active, constants)
+    entry = {"structure": "weight != 0" if mask is None else "mask",
+             "result": "condensed" if structured else "dense",
+             "n_out": int(n_out), "n_active": int(active.size), "nnz": int(counts.sum()),
+             "k": int(stage.k) if structured else None,
+             "reason": ("constant fan-in" if structured else
+                        "ragged fan-in: " + describe_counts(counts[live], live))}
+    return _Features(active, constants), entry
 
 
 def _batch_norm_affine(layer):
@@ -129,30 +146,78 @@ def _batch_norm_affine(layer):
     return scale, layer.params["bias"] - layer.buffers["running_mean"] * scale
 
 
-def condense(model, *, index_dtype=None):
+def _layer_masks(model, masks):
+    """{layer index: bool mask or None} for the model's Linear/Conv2d layers."""
+    if masks is not None and not isinstance(masks, dict):
+        masks = getattr(masks, "masks", None)   # a DynamicSparsity
+        if not isinstance(masks, dict):
+            raise TypeError("masks must be None, a dict of parameter name -> bool mask, or "
+                            "a DynamicSparsity")
+    masks = dict(masks or {})
+    found = {}
+    for i, layer in enumerate(model.layers):
+        if not isinstance(layer, (Linear, Conv2d)):
+            continue
+        mask = masks.pop(f"{i}.weight", None)
+        if mask is not None:
+            weight = layer.params["weight"]
+            mask = to_numpy(mask)
+            check_array(f"masks['{i}.weight']", mask, dtypes=(bool,), shape=weight.shape)
+            outside = (weight != 0) & ~mask
+            if outside.any():
+                raise ValueError(f"masks['{i}.weight'] does not cover the weight: "
+                                 f"{int(outside.sum())} non-zero weights lie outside it "
+                                 f"(first at {tuple(int(j) for j in np.argwhere(outside)[0])})")
+        found[i] = mask
+    if masks:
+        raise ValueError(f"masks name parameters that are no Linear/Conv2d weight of the "
+                         f"model: {sorted(masks)}")
+    return found
+
+
+def condense(model, *, masks=None, index_dtype=None, input_stats=None, warn=True):
     """Convert a trained Sequential into a CondensedModel for inference.
 
-    Every Linear/Conv2d becomes a CondensedLinear/CondensedConv2d when its non-zero
+    Structure comes from the masks when there are any (``masks``: a dict of parameter
+    name, e.g. "3.weight", -> bool mask of the weight's shape, or a DynamicSparsity):
+    every entry inside a mask is a weight, also when its value is exactly 0 (it was
+    grown at a zero gradient), so a constant fan-in mask always condenses. A layer
+    without a mask is judged by ``weight != 0``, which under-counts such weights; the
+    report says which source each layer used.
+
+    Every Linear/Conv2d becomes a CondensedLinear/CondensedConv2d when its non-empty
     rows share one count (constant fan-in: SRigL, or any dense layer, with k = n_in);
     a layer whose rows differ (unstructured RigL, SET) stays dense as DenseLinear /
-    DenseConv2d, so any model condenses. Rows that are all zero are ablated neurons and
-    are removed structurally: the layer shrinks, and the next layer drops the matching
-    input columns (a conv channel's kh*kw taps; after Flatten its height*width block)
-    and remaps its indices, so no work is spent on them. An ablated neuron still
-    outputs a constant (its bias, through ReLU/BatchNorm): that constant is folded into
-    the next layer's bias; before a padded Conv2d, or at the end of the network, a
-    Scatter stage puts the constant features back. Rows of the next layer that lose
-    weights to dropped columns are padded with explicit zeros to a common k.
+    DenseConv2d, named in a warning (``warn=False`` silences it) with its row counts.
+    Rows that are empty are ablated neurons and are removed structurally: the layer
+    shrinks, and the next layer drops the matching input columns (a conv channel's
+    kh*kw taps; after Flatten its height*width block) and remaps its indices, so no
+    work is spent on them. An ablated neuron still outputs a constant (its bias,
+    through ReLU/BatchNorm): that constant is folded into the next layer's bias; before
+    a padded Conv2d, or at the end of the network, a Scatter stage puts the constant
+    features back. Rows of the next layer that lose weights to dropped columns are
+    padded with explicit zeros to a common k.
     ReLU, MaxPool2d, Flatten, BatchNorm1d/2d (running statistics) and Dropout (the
     identity in evaluation) are supported between them; another layer is a TypeError.
+
     index_dtype: None (int16 when a layer's inputs fit, else int32), int16 or int32.
+    input_stats: (mean, std) of the training images on the [0, 1] scale (scalars or per
+    channel, as ``data.channel_stats`` gives them), stored so that the model takes raw
+    uint8 images (see CondensedModel.logits). The result's ``report`` holds one entry
+    per Linear/Conv2d: layer index, "condensed" or "dense", the structure source, k,
+    active and total neurons, nnz and the reason.
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a srigl_np.layers.Sequential, got {type(model).__name__}")
-    stages, state = [], None
+    layer_masks = _layer_masks(model, masks)
+    stages, state, report = [], None, []
     for i, layer in enumerate(model.layers):
         if isinstance(layer, (Linear, Conv2d)):
-            state = _condense_layer(layer, state, stages, index_dtype)
+            state, entry = _condense_layer(layer, layer_masks[i], state, stages, index_dtype)
+            report.append({"layer": i, "type": repr(layer), **entry})
+            if warn and entry["result"] == "dense":
+                warnings.warn(f"condense: layer {i} ({layer!r}) stays dense: {entry['reason']}",
+                              stacklevel=2)
         elif isinstance(layer, ReLU):
             stages.append(Relu())
             if state is not None:
@@ -177,4 +242,8 @@ def condense(model, *, index_dtype=None):
         # Restore the full output: before a trailing Flatten of channels, or at the end.
         at = len(stages) if state.flatten_at is None else state.flatten_at
         stages.insert(at, state.scatter())
-    return CondensedModel(stages)
+    last = [layer for layer in model.layers if isinstance(layer, (Linear, Conv2d))][-1:]
+    n_classes = last[0].out_features if last and isinstance(last[0], Linear) else None
+    condensed = CondensedModel(stages, input_stats=input_stats, n_classes=n_classes)
+    condensed.report = report
+    return condensed

@@ -297,7 +297,7 @@ def train(config, resume=False, progress=False, log=print):
                      f"ITOP {100 * s['itop']:.1f}%")
         history.append(record)
         meta = {"epoch": epoch + 1, "step": step, "config": config, "history": history,
-                "optimizer_step_count": int(optimizer.step_count)}
+                "optimizer_step_count": int(optimizer.step_count), "data": data_info}
         # The trail before the checkpoint: a crash between the two leaves it ahead, and
         # a resume drops what the checkpoint does not cover.
         if sparsity is not None:

@@ -184,3 +184,70 @@ def test_load_refuses_what_is_not_an_npz_file(saved, tmp_path, write, message):
     with pytest.raises(ValueError, match=message) as error:
         load_checkpoint(path, model, optimizer, sparsity)
     assert type(error.value) is ValueError and str(path) in str(error.value)
+
+
+# --- loading a run for inference ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def srigl_run(tmp_path_factory):
+    from srigl_np.train import main
+
+    out = tmp_path_factory.mktemp("run") / "mlp-srigl"
+    assert main(["--model", "mlp", "--method", "srigl", "--sparsity", "0.9", "--epochs", "1",
+                 "--dataset", "embedded", "--delta", "10", "--progress", "off",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
+    import json
+
+    from srigl_np.checkpoint import load_model
+    from srigl_np.data import load_dataset
+
+    run = load_model(srigl_run)
+    assert run.config["model"] == "mlp" and sorted(run.masks) == ["1.weight", "3.weight",
+                                                                 "5.weight"]
+    for name, mask in run.masks.items():
+        assert not (run.model.named_parameters()[name][~mask]).any()
+    condensed = run.condense()
+    assert [e["result"] for e in condensed.report] == ["condensed"] * 3
+    assert {e["structure"] for e in condensed.report} == {"mask"}
+    data = load_dataset("embedded")
+    # Raw uint8 test images, normalised inside with the run's statistics.
+    accuracy = float((condensed.predict(data.x_test) == data.y_test).mean())
+    metrics = json.loads((srigl_run / "metrics.json").read_text())
+    assert accuracy == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+
+
+def test_load_model_falls_back_to_metrics_json_for_older_checkpoints(srigl_run, tmp_path):
+    from srigl_np.checkpoint import load_model
+
+    arrays = dict(np.load(srigl_run / "checkpoint.npz"))
+    meta = json.loads(str(arrays["meta"]))
+    del meta["data"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "checkpoint.npz", **arrays)
+    assert load_model(tmp_path).input_stats is None          # no metrics.json beside it
+    (tmp_path / "metrics.json").write_text((srigl_run / "metrics.json").read_text())
+    assert load_model(tmp_path / "checkpoint.npz").input_stats == load_model(
+        srigl_run).input_stats
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda a, m: m["config"].update(model="resnet"), "must name a model"),
+    (lambda a, m: a.pop("param/1.weight"), "parameter '1.weight' is missing"),
+    (lambda a, m: a.update({"dst/mask/1.weight": a["dst/mask/1.weight"][:, :3]}),
+     "must be a bool mask"),
+    (lambda a, m: a.update({"dst/mask/9.weight": np.ones(3, bool)}), "must be a bool mask"),
+])
+def test_load_model_refuses_bad_checkpoints(srigl_run, tmp_path, edit, match):
+    from srigl_np.checkpoint import load_model
+
+    arrays = dict(np.load(srigl_run / "checkpoint.npz"))
+    meta = json.loads(str(arrays["meta"]))
+    edit(arrays, meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "checkpoint.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        load_model(tmp_path)

@@ -233,8 +233,11 @@ def test_unstructured_layers_stay_dense():
     model = sparsify(mlp(rng), rng, ablate_every=5)
     weight = model.layers[3].params["weight"]
     weight[1, np.flatnonzero(weight[1] == 0)[:2]] = 1.0      # row 1 now has more weights
-    condensed = condense(model)
+    with pytest.warns(UserWarning, match=r"layer 3 \(Linear\(40, 30\)\) stays dense: ragged "
+                      r"fan-in: .*1 rows have 6 non-zeros \(e.g. rows \[1\]\)"):
+        condensed = condense(model)
     assert [s.kind for s in condensed.stages].count("dense_linear") == 1
+    assert [entry["result"] for entry in condensed.report] == ["condensed", "dense", "condensed"]
     assert_equivalent(model, condensed, rng.standard_normal((6, 64)).astype(np.float32))
 
 
@@ -337,3 +340,155 @@ def test_property_condense_computes_the_models_eval_forward(case):
     scale = max(1.0, float(np.abs(expected).max()))
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * scale,
                                err_msg=f"seed {case.seed}, model {case.model!r}")
+
+
+# --- masks are the truth ----------------------------------------------------------------
+
+def _masked_mlp_with_zeros_in_the_masks(rng):
+    """An mlp with constant fan-in masks, where some weights inside the masks are exactly
+    0 (grown at a zero gradient): by ``weight != 0`` its rows look ragged."""
+    model = sparsify(mlp(rng), rng, ablate_every=5)
+    masks = {name: p != 0 for name, p in model.named_parameters().items()
+             if name.endswith("weight")}
+    for name in ("1.weight", "3.weight"):
+        weight = model.named_parameters()[name]
+        rows, cols = np.nonzero(masks[name])
+        weight[rows[::7], cols[::7]] = 0.0       # still in the mask
+    return model, masks
+
+
+def test_condense_by_masks_keeps_zero_weights_inside_the_mask():
+    rng = np.random.default_rng(31)
+    model, masks = _masked_mlp_with_zeros_in_the_masks(rng)
+    condensed = condense(model, masks=masks)
+    assert [s.kind for s in condensed.stages if "linear" in s.kind] == ["linear"] * 3
+    assert all(e["structure"] == "mask" and e["result"] == "condensed"
+               for e in condensed.report)
+    first = condensed.stages[1]
+    assert first.nnz == int(masks["1.weight"].sum())                # the zeros are entries
+    assert int((first.values == 0).sum()) == int((masks["1.weight"] & (
+        model.layers[1].params["weight"] == 0)).sum())
+    assert_equivalent(model, condensed, rng.standard_normal((5, 64)).astype(np.float32))
+
+
+def test_condense_without_masks_says_so_and_warns_naming_the_ragged_layer():
+    rng = np.random.default_rng(32)
+    model, _ = _masked_mlp_with_zeros_in_the_masks(rng)
+    with pytest.warns(UserWarning, match=r"layer 1 \(Linear\(64, 40\)\) stays dense: ragged"):
+        condensed = condense(model)
+    assert {e["structure"] for e in condensed.report} == {"weight != 0"}
+    assert [e["result"] for e in condensed.report][:2] == ["dense", "dense"]
+    assert_equivalent(model, condensed, rng.standard_normal((5, 64)).astype(np.float32))
+
+
+def test_condense_takes_the_masks_of_a_dynamic_sparsity():
+    from srigl_np.optim import SGD
+    from srigl_np.sparsity import DynamicSparsity
+
+    rng = np.random.default_rng(33)
+    model = mlp(rng)
+    sparsity = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method="srigl",
+                               sparsity=0.8, t_end=100)
+    model.layers[1].params["weight"][sparsity.masks["1.weight"]] *= (
+        np.arange(sparsity.masks["1.weight"].sum()) % 5 != 0)      # zeros inside the mask
+    condensed = condense(model, masks=sparsity, warn=False)
+    assert [e["result"] for e in condensed.report] == ["condensed"] * 3
+    assert condensed.stages[1].k == int(sparsity.masks["1.weight"][0].sum())
+
+
+@pytest.mark.parametrize("masks, error, match", [
+    ({"1.weight": np.ones((40, 64), dtype=np.float32)}, TypeError, r"masks\['1.weight'\] must be bool"),
+    ({"1.weight": np.ones((40, 63), dtype=bool)}, ValueError, r"masks\['1.weight'\] must have shape"),
+    ({"1.weight": np.zeros((40, 64), dtype=bool)}, ValueError, "non-zero weights lie outside"),
+    ({"2.weight": np.ones((1, 1), dtype=bool)}, ValueError, "no Linear/Conv2d weight"),
+    ([np.ones(3, dtype=bool)], TypeError, "masks must be None, a dict"),
+])
+def test_condense_refuses_masks_that_do_not_fit(masks, error, match):
+    rng = np.random.default_rng(34)
+    with pytest.raises(error, match=match):
+        condense(sparsify(mlp(rng), rng), masks=masks)
+
+
+# --- what inference needs beyond weights ------------------------------------------------------
+
+def test_raw_images_are_normalised_with_the_stored_statistics(tmp_path):
+    from srigl_np.data import normalize
+
+    rng = np.random.default_rng(35)
+    model = Sequential(Flatten(), Linear(64, 12, rng=rng), ReLU(), Linear(12, 4, rng=rng))
+    sparsify(model, rng)
+    raw = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    stats = (0.29, 0.35)
+    condensed = condense(model, input_stats=stats)
+    expected = model.forward(normalize(raw, *stats), training=False)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(condensed.logits(raw), expected, atol=1e-5 * scale)
+    np.testing.assert_allclose(condensed(raw), condensed.logits(normalize(raw, *stats)),
+                               atol=1e-5 * scale)
+    assert condensed.n_classes == 4
+    condensed.save(tmp_path / "m.npz")
+    loaded = load(tmp_path / "m.npz")
+    assert loaded.n_classes == 4 and loaded.input_stats[0].tolist() == [0.29]
+    np.testing.assert_array_equal(loaded.predict(raw), condensed.predict(raw))
+    with pytest.raises(ValueError, match="stores no input normalisation"):
+        condense(model).logits(raw)
+
+
+def test_predict_proba_is_the_softmax_of_the_logits():
+    rng = np.random.default_rng(36)
+    condensed = condense(sparsify(mlp(rng), rng))
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    p = condensed.predict_proba(x)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(p.argmax(axis=1), condensed.predict(x))
+    logits = condensed(x).astype(np.float64)
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p, expected / expected.sum(axis=1, keepdims=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"mean": [0.1]}, "'input' must be"),
+    ({"mean": [0.1], "std": [0.0]}, "std > 0"),
+    ({"mean": [0.1, 0.2], "std": [1.0]}, "of one length"),
+])
+def test_load_refuses_bad_input_statistics(saved, entry, match):
+    _, path, _ = saved
+    rewrite(path, lambda a: set_metadata(a, lambda m: m.update(input=entry)))
+    with pytest.raises(ValueError, match=match):
+        load(path)
+
+
+def test_load_refuses_a_bad_class_count(saved):
+    _, path, _ = saved
+    rewrite(path, lambda a: set_metadata(a, lambda m: m.update(n_classes=True)))
+    with pytest.raises(ValueError, match="n_classes"):
+        load(path)
+
+
+def test_a_file_without_input_statistics_or_class_count_still_loads(saved):
+    _, path, _ = saved
+    rewrite(path, lambda a: set_metadata(a, lambda m: (m.pop("input", None),
+                                                        m.pop("n_classes", None))))
+    model = load(path)
+    assert model.input_stats is None and model.n_classes is None
+
+
+# --- a condensed layer as a sparse matrix ------------------------------------------------------
+
+def test_a_condensed_layer_reads_like_a_scipy_matrix():
+    rng = np.random.default_rng(37)
+    weight = fan_in_weight((7, 12), 3, rng, ablated=(2, 5))
+    layer = CondensedLinear.from_dense(weight, rng.standard_normal(7).astype(np.float32))
+    assert layer.shape == (7, 12) and layer.nnz == 5 * 3
+    np.testing.assert_array_equal(layer.toarray(), weight)
+    x = rng.standard_normal(12).astype(np.float32)
+    np.testing.assert_allclose(layer @ x, weight @ x, rtol=1e-6, atol=1e-6)
+    m = rng.standard_normal((12, 4)).astype(np.float32)
+    np.testing.assert_allclose(layer @ m, weight @ m, rtol=1e-6, atol=1e-6)
+    assert (layer @ m)[[2, 5]].tolist() == [[0.0] * 4] * 2          # ablated rows
+    # forward covers the active neurons only: output j is neuron active[j].
+    y = layer.forward(m.T)
+    np.testing.assert_allclose(y, (weight @ m).T[:, layer.active] + layer.bias, rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match=r"x must have shape \(12,\)"):
+        layer @ np.ones(11, np.float32)
