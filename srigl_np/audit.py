@@ -179,29 +179,70 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def _trail_lines(path):
+    """(lines, status) for the audit trail at ``path``; ValueError/OSError if unreadable."""
+    records = read_trail(path)
+    steps = sorted({r["step"] for r in records})
+    lines = [f"{path}: {len(records)} records, {len(steps)} updates"
+             + (f" (steps {steps[0]}..{steps[-1]})" if steps else ""),
+             format_table(summarise(records))]
+    failures = [r for r in records if r["invariants"] != "ok"]
+    lines += [f"step {r['step']} {r['layer']}: {r['invariants']}" for r in failures[:5]]
+    return lines, records, 1 if failures else 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m srigl_np.audit",
-        description="Print the audit trail (audit.jsonl) of a run, one row per layer: "
-                    "updates, weights pruned and grown, ablated neurons over time, fan-in, "
-                    "density, ITOP and failed invariant checks. Exit status 1 for a "
-                    "trail that cannot be read or that records a failed check.")
-    parser.add_argument("run_dir", help="a run directory written by python -m srigl_np.train")
+        description="Audit a sparse model. For a run directory of python -m srigl_np.train: "
+                    "its audit trail (audit.jsonl), one row per layer: updates, weights "
+                    "pruned and grown, ablated neurons over time, fan-in, density, ITOP and "
+                    "failed invariant checks. For any model (that run's checkpoint, a "
+                    "srigl_np checkpoint .npz, a condensed model file, a PyTorch checkpoint "
+                    "or state_dict, or a scipy.sparse .npz): per sparse layer its shape, "
+                    "nnz, sparsity, fan-in (constant or not, k), ablated neurons, zeros "
+                    "inside the mask, weights outside it, and every violated invariant with "
+                    "the first offending neuron. Exit status 1 when a file cannot be read, "
+                    "a trail records a failed check, or a layer that claims constant fan-in "
+                    "(SRigL) breaks it; 0 otherwise.")
+    parser.add_argument("path", metavar="PATH",
+                        help="a run directory, or a model file of one of the kinds above")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (source, layers, trail summary) instead")
     args = parser.parse_args(argv)
-    path = os.path.join(args.run_dir, "audit.jsonl")
+    from .model_audit import audit_source, format_audits, open_source
+
+    status, out, trail_records = 0, [], None
     try:
-        records = read_trail(path)
-    except (OSError, ValueError) as exc:
+        trail = os.path.join(args.path, "audit.jsonl")
+        has_checkpoint = os.path.isfile(os.path.join(args.path, "checkpoint.npz"))
+        if os.path.isdir(args.path) and (os.path.exists(trail) or not has_checkpoint):
+            lines, trail_records, status = _trail_lines(trail)
+            out += lines
+        source = None
+        if not os.path.isdir(args.path) or has_checkpoint:
+            source = open_source(args.path)
+            audits = audit_source(source)
+    except (OSError, ValueError, TypeError) as exc:
         print(f"python -m srigl_np.audit: error: {exc}", file=sys.stderr)
         return 1
-    steps = sorted({r["step"] for r in records})
-    print(f"{path}: {len(records)} records, {len(steps)} updates"
-          + (f" (steps {steps[0]}..{steps[-1]})" if steps else ""))
-    print(format_table(summarise(records)))
-    failures = [r for r in records if r["invariants"] != "ok"]
-    for r in failures[:5]:
-        print(f"step {r['step']} {r['layer']}: {r['invariants']}")
-    return 1 if failures else 0
+    if source is not None:
+        status = max(status, 0 if all(a["ok"] for a in audits) else 1)
+        if args.json:
+            print(json.dumps({"path": args.path, "kind": source.kind,
+                              "structure": source.structure, "notes": source.notes,
+                              "layers": audits, "trail": None if trail_records is None
+                              else summarise(trail_records), "status": status}))
+            return status
+        out += [f"{source.path}: {source.kind}, structure from {source.structure}"]
+        out += [f"  note: {note}" for note in source.notes]
+        out.append(format_audits(audits))
+    elif args.json:
+        print(json.dumps({"path": args.path, "kind": "trail", "layers": [],
+                          "trail": summarise(trail_records), "status": status}))
+        return status
+    print("\n".join(out))
+    return status
 
 
 if __name__ == "__main__":

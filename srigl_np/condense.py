@@ -1,0 +1,130 @@
+"""``python -m srigl_np.condense SOURCE --out model.npz``: condense a trained model for inference.
+
+SOURCE is any model ``python -m srigl_np.audit`` reads that maps onto a known
+architecture: a run directory of ``python -m srigl_np.train`` or its checkpoint .npz
+(condensed by its masks, with the run's input statistics, so the result takes raw
+uint8 images), a PyTorch checkpoint or state_dict (the SRigL authors' MNIST network or
+a stack of Linear layers; see ``srigl_np.importing``), or a scipy.sparse .npz (one
+layer). It prints, per layer, whether it was condensed or kept dense and why, and
+writes the condensed model atomically to --out (an existing file only with --force).
+``--evaluate DATASET`` then reports the condensed model's test accuracy and how often
+its predictions agree with the dense model's.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .data import DATASET_NAMES
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def make_parser():
+    parser = _OneLineParser(prog="python -m srigl_np.condense", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", metavar="SOURCE", help="run directory or model file")
+    parser.add_argument("--out", required=True, help="where to write the condensed model (.npz)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out if it exists (default: refuse)")
+    parser.add_argument("--evaluate", metavar="DATASET", choices=DATASET_NAMES,
+                        help=f"report accuracy on a dataset's test split ({', '.join(DATASET_NAMES)})")
+    parser.add_argument("--data-path", help="directory of the dataset's IDX files (default: "
+                                            "the search of srigl_np.data)")
+    parser.add_argument("--input-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
+                        help="the training images' mean and std on the [0, 1] scale, stored "
+                             "so the model takes raw uint8 images (default: the run's own; "
+                             "none for other sources)")
+    return parser
+
+
+def build_source(path, input_stats=None):
+    """(dense Sequential or None, masks, input_stats, notes) for SOURCE ``path``, or a
+    ready CondensedModel for a scipy matrix (returned in place of the Sequential)."""
+    from . import model_audit
+
+    source = model_audit.open_source(path)
+    if source.kind in ("run", "checkpoint"):
+        from .checkpoint import load_model
+
+        run = load_model(path)
+        return run.model, run.masks, input_stats or run.input_stats, source.notes
+    if source.kind == "torch":
+        from .importing import read_torch_checkpoint, to_model
+
+        model, masks, notes = to_model(read_torch_checkpoint(path))
+        if model is None:
+            raise ValueError(f"{path}: the architecture maps onto no srigl_np model, so it "
+                             f"cannot be condensed: {'; '.join(notes)} (python -m "
+                             f"srigl_np.audit still audits its layers)")
+        return model, masks, input_stats, source.notes + notes
+    if source.kind == "scipy":
+        import scipy.sparse
+
+        from .condensed import CondensedLinear
+        from .condensed_model import CondensedModel
+
+        layer = CondensedLinear.from_csr(scipy.sparse.load_npz(path))
+        return CondensedModel([layer]), {}, None, source.notes
+    raise ValueError(f"{path} is already a condensed model")
+
+
+def _evaluate(model, condensed, args, log):
+    from .data import channel_stats, load_dataset, normalize
+
+    dataset = load_dataset(args.evaluate, args.data_path)
+    if condensed.input_stats is not None:
+        stats, where = condensed.input_stats, "the model's input statistics"
+    else:
+        stats, where = channel_stats(dataset.x_train), "statistics of this training split"
+    x = normalize(dataset.x_test, *stats)
+    condensed_pred = np.concatenate([condensed.predict(x[i:i + 1000])
+                                     for i in range(0, len(x), 1000)])
+    line = (f"{args.evaluate} test split ({len(x)} images, normalised with {where}): "
+            f"condensed accuracy {100 * float((condensed_pred == dataset.y_test).mean()):.2f}%")
+    if model is not None:
+        dense_pred = np.concatenate([model.forward(x[i:i + 1000], training=False).argmax(1)
+                                     for i in range(0, len(x), 1000)])
+        line += (f", dense accuracy {100 * float((dense_pred == dataset.y_test).mean()):.2f}%, "
+                 f"predictions agree on {100 * float((dense_pred == condensed_pred).mean()):.2f}%")
+    log(line)
+
+
+def main(argv=None, log=print):
+    args = make_parser().parse_args(argv)
+    from .condensing import condense
+
+    try:
+        if os.path.exists(args.out) and not args.force:
+            raise ValueError(f"--out {args.out} exists; pass --force to replace it")
+        model, masks, input_stats, notes = build_source(args.source, args.input_stats)
+        for note in notes:
+            log(f"note: {note}")
+        if hasattr(model, "stages"):     # a scipy matrix: already one condensed layer
+            condensed, model = model, None
+            log(f"matrix: condensed, {condensed.stages[0]!r}")
+        else:
+            condensed = condense(model, masks=masks, input_stats=input_stats, warn=False)
+            for entry in condensed.report:
+                log(f"layer {entry['layer']} {entry['type']}: {entry['result']} "
+                    f"({entry['reason']}; structure from {entry['structure']}; "
+                    f"{entry['n_active']}/{entry['n_out']} neurons active"
+                    + (f", k={entry['k']})" if entry["k"] is not None else ")"))
+        condensed.save(args.out)
+        log(f"wrote {args.out}" + ("" if condensed.input_stats is not None else
+                                   " (no input statistics: it takes normalised float input)"))
+        if args.evaluate:
+            _evaluate(model, condensed, args, log)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"python -m srigl_np.condense: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Auditing a sparse model from any source: per layer, the structure SRigL promises.
+
+``open_source(path)`` reads what a user brings and returns a ``Source``: its kind, the
+sparse layers (name, weight, mask or None) and which of them claim constant fan-in:
+
+    run         a directory of ``python -m srigl_np.train`` (its checkpoint.npz; the
+                audit trail beside it is read by ``audit.py``)
+    checkpoint  a srigl_np checkpoint .npz: masks from its DynamicSparsity; an SRigL run
+                claims constant fan-in for every masked layer
+    condensed   a condensed model file (``CondensedModel.save``): every condensed layer
+                claims constant fan-in by construction; its stored entries are the mask
+    torch       a PyTorch checkpoint or state_dict (``importing.read_torch_checkpoint``):
+                masks from the SRigL authors' pruner state, prune's weight_mask pairs,
+                or ``weight != 0``; the authors' constant fan-in scheduler claims it
+    scipy       a scipy.sparse matrix saved with ``scipy.sparse.save_npz``: its stored
+                entries are the mask (explicit zeros count); no claim
+
+``audit_layer`` then reports, per layer: shape, nnz, sparsity, whether the fan-in is
+constant over the active neurons, k, the ablated neurons, zeros inside the mask,
+weights outside it, and every violated invariant (``dst.invariant_violations``, with
+the first offending neuron and its count). Nothing in a file is executed: npz files
+are read with ``allow_pickle=False``, PyTorch files by ``torch_format``'s restricted
+reader.
+"""
+
+import dataclasses
+import os
+import zipfile
+
+import numpy as np
+
+from . import dst
+
+SOURCE_KINDS = ("run", "checkpoint", "condensed", "torch", "scipy")
+
+
+@dataclasses.dataclass
+class Source:
+    """What ``open_source`` found. layers: [(name, weight, mask or None)], weights of
+    shape (n_out, *fan_in_dims) as NumPy; claimed: names that claim constant fan-in;
+    structure: where the masks came from; notes: sentences for the report."""
+    path: str
+    kind: str
+    layers: list
+    claimed: set
+    structure: str
+    notes: list
+
+
+def _zip_names(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return set(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def open_source(path):
+    """The Source at ``path`` (see the module docstring); ValueError, one line, when the
+    path is missing or its contents are none of the known kinds."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        checkpoint = os.path.join(path, "checkpoint.npz")
+        if not os.path.isfile(checkpoint):
+            raise ValueError(f"{path} is a directory without a checkpoint.npz: not a run "
+                             f"directory of python -m srigl_np.train")
+        source = _our_checkpoint(checkpoint)
+        source.kind, source.path = "run", path
+        return source
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file or directory")
+    names = _zip_names(path)
+    if names is not None and {"format_version.npy", "metadata.npy"} <= names:
+        return _condensed_file(path)
+    if names is not None and "meta.npy" in names:
+        return _our_checkpoint(path)
+    if names is not None and {"indptr.npy", "indices.npy", "shape.npy"} <= names or (
+            names is not None and {"row.npy", "col.npy", "shape.npy"} <= names):
+        return _scipy_file(path)
+    # Anything else is offered to the PyTorch reader, which refuses it with a reason
+    # (not a zip, the legacy format, no data.pkl, ...).
+    return _torch_file(path)
+
+
+def _our_checkpoint(path):
+    from .checkpoint import load_model
+
+    run = load_model(path)
+    claims = run.config.get("method") == "srigl"
+    params = run.model.named_parameters()
+    layers = [(name, params[name], mask) for name, mask in run.masks.items()]
+    notes = [f"{run.config.get('model')} trained with method {run.config.get('method')!r} "
+             f"at sparsity {run.config.get('sparsity')}"]
+    if not run.masks:
+        layers = [(name, value, None) for name, value in params.items()
+                  if name.endswith("weight") and value.ndim >= 2]
+        notes.append("no DynamicSparsity masks (a dense run): structure from weight != 0")
+    return Source(path, "checkpoint", layers, {n for n, _, m in layers if claims and
+                                               m is not None and not m.all()},
+                  "mask" if run.masks else "weight != 0", notes)
+
+
+def _condensed_file(path):
+    from .condensed import CondensedConv2d, CondensedLinear
+    from .condensed_model import DenseConv2d, DenseLinear, load
+
+    model = load(path)
+    layers, claimed = [], set()
+    for i, stage in enumerate(model.stages):
+        name = f"stage{i}"
+        if isinstance(stage, (CondensedLinear, CondensedConv2d)):
+            weight = stage.to_dense()
+            mask = np.zeros(weight.shape[0:1] + (int(np.prod(weight.shape[1:])),), bool)
+            mask[np.asarray(stage.active)[:, None], np.asarray(stage.indices)] = True
+            layers.append((name, weight, mask.reshape(weight.shape)))
+            claimed.add(name)
+        elif isinstance(stage, (DenseLinear, DenseConv2d)):
+            layers.append((name, stage.weight, None))
+    notes = ["a condensed model: condensed layers hold their active neurons only "
+             "(ablated ones were removed when it was condensed)"]
+    return Source(path, "condensed", layers, claimed, "stored entries", notes)
+
+
+def _scipy_file(path):
+    import scipy.sparse
+
+    try:
+        matrix = scipy.sparse.load_npz(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: not a readable scipy.sparse .npz ({exc})") from None
+    csr = scipy.sparse.csr_array(matrix)
+    csr.sum_duplicates()
+    weight = csr.toarray()
+    mask = np.zeros(csr.shape, dtype=bool)
+    mask[np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)), csr.indices] = True
+    return Source(path, "scipy", [("matrix", weight, mask)], set(), "stored entries",
+                  ["a scipy.sparse matrix: rows are neurons, stored entries the mask"])
+
+
+def _torch_file(path):
+    from .importing import read_torch_checkpoint
+
+    imported = read_torch_checkpoint(path)
+    claims = imported.kind == "srigl-authors" and bool(imported.meta.get("constant_fan_in"))
+    layers = [(key, imported.state_dict[key], mask) for key, mask in imported.masks.items()]
+    structure = {"pruner": "mask", "weight_mask": "mask"}.get(imported.mask_source,
+                                                              "weight != 0")
+    return Source(path, "torch", layers, {n for n, _, _ in layers} if claims else set(),
+                  structure, list(imported.notes))
+
+
+def audit_layer(name, weight, mask=None, *, claimed=False):
+    """One layer's audit as a dict of plain values (JSON-ready).
+
+    weight: (n_out, *fan_in_dims); mask: bool of that shape, or None (then the structure
+    is ``weight != 0``); claimed: the source says this layer has constant fan-in.
+    Keys: layer, shape, size, nnz, sparsity, structure, neurons, active_neurons,
+    ablated (indices of neurons without weights), constant_fan_in, k (the fan-in when
+    constant, else None), fan_in_range ([min, max] over active neurons), zeros_in_mask,
+    outside_mask (non-zero weights outside the mask), claimed, violations ([{kind,
+    neuron, count, message}]: every broken invariant, fan-in judged against the most
+    common count), ok (False when a claimed layer breaks an invariant or is ragged).
+    """
+    weight = np.asarray(weight)
+    structure = "mask" if mask is not None else "weight != 0"
+    if mask is None:
+        mask = weight != 0
+    n = weight.shape[0]
+    rows, row_mask = weight.reshape(n, -1), np.asarray(mask).reshape(n, -1)
+    counts = row_mask.sum(axis=1)
+    live = counts[counts > 0]
+    constant = np.unique(live).size <= 1
+    violations = dst.invariant_violations(weight, np.asarray(mask), fan_in="infer",
+                                          ablated="infer")
+    nnz = int(row_mask.sum())
+    return {
+        "layer": name, "shape": list(weight.shape), "size": int(weight.size), "nnz": nnz,
+        "sparsity": 1.0 - nnz / weight.size if weight.size else 0.0,
+        "structure": structure, "neurons": int(n), "active_neurons": int(live.size),
+        "ablated": np.flatnonzero(counts == 0).tolist(),
+        "constant_fan_in": bool(constant), "k": int(live[0]) if constant and live.size else None,
+        "fan_in_range": [int(live.min()), int(live.max())] if live.size else [0, 0],
+        "zeros_in_mask": int((row_mask & (rows == 0)).sum()),
+        "outside_mask": int(((rows != 0) & ~row_mask).sum()),
+        "claimed": bool(claimed),
+        "violations": [{"kind": v.kind, "neuron": v.neuron, "count": v.count,
+                        "message": v.message} for v in violations],
+        "ok": not (claimed and (violations or not constant)),
+    }
+
+
+def audit_source(source):
+    """Audits of the source's sparse layers (a layer with every weight in its mask is
+    dense and left out), in the source's order."""
+    audits = []
+    for name, weight, mask in source.layers:
+        if mask is not None and np.asarray(mask).all() or mask is None and not (
+                np.asarray(weight) == 0).any():
+            continue
+        audits.append(audit_layer(name, weight, mask, claimed=name in source.claimed))
+    return audits
+
+
+def format_audits(audits):
+    """A table of the layer audits, then one line per violation."""
+    if not audits:
+        return "no sparse layers"
+    rows = [{
+        "layer": a["layer"], "shape": "x".join(map(str, a["shape"])),
+        "nnz": str(a["nnz"]), "sparsity": f"{100 * a['sparsity']:.1f}%",
+        "fan-in": (f"k={a['k']}" if a["constant_fan_in"] else
+                   "ragged {}-{}".format(*a["fan_in_range"])),
+        "active": f"{a['active_neurons']}/{a['neurons']}",
+        "zeros in mask": str(a["zeros_in_mask"]), "outside mask": str(a["outside_mask"]),
+        "structure": a["structure"], "claim": "constant fan-in" if a["claimed"] else "-",
+        "check": "ok" if a["ok"] else "VIOLATED"} for a in audits]
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
+             "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns) for r in rows]
+    for a in audits:
+        lines += [f"{a['layer']}: {v['message']}" for v in a["violations"]]
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""One audit for any model (python -m srigl_np.audit PATH) and python -m srigl_np.condense."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from srigl_np import audit, condense as condense_cli, model_audit
+from srigl_np.checkpoint import load_model
+from strategies import fan_in_weight
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from srigl_np.train import main
+
+    out = tmp_path_factory.mktemp("run") / "mlp-srigl"
+    assert main(["--model", "mlp", "--method", "srigl", "--sparsity", "0.9", "--epochs", "1",
+                 "--dataset", "embedded", "--delta", "10", "--progress", "off",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def _audit(capsys, *argv):
+    status = audit.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_a_run_directory_shows_its_trail_and_its_layers(run, capsys):
+    status, out, err = _audit(capsys, run)
+    assert status == 0 and not err
+    assert "audit.jsonl" in out and "run, structure from mask" in out
+    assert out.count("constant fan-in") == 2 and "VIOLATED" not in out
+
+
+def test_json_has_one_entry_per_sparse_layer(run, capsys):
+    status, out, _ = _audit(capsys, run / "checkpoint.npz", "--json")
+    report = json.loads(out)
+    assert status == 0 and report["kind"] == "checkpoint"
+    assert [layer["layer"] for layer in report["layers"]] == ["1.weight", "3.weight"]
+    first = report["layers"][0]
+    assert first["constant_fan_in"] and first["claimed"] and first["ok"]
+    assert first["nnz"] == first["k"] * first["active_neurons"]
+    assert first["violations"] == [] and first["outside_mask"] == 0
+
+
+def _tampered_checkpoint(run, tmp_path, edit):
+    arrays = dict(np.load(run / "checkpoint.npz"))
+    edit(arrays)
+    np.savez(tmp_path / "checkpoint.npz", **arrays)
+    return tmp_path / "checkpoint.npz"
+
+
+def test_a_claimed_layer_with_ragged_fan_in_fails_naming_the_neuron(run, tmp_path, capsys):
+    def drop_one_weight(arrays):
+        mask = arrays["dst/mask/1.weight"]
+        column = np.flatnonzero(mask[4])[0]
+        mask[4, column] = False
+        arrays["param/1.weight"][4, column] = 0.0
+    path = _tampered_checkpoint(run, tmp_path, drop_one_weight)
+    status, out, _ = _audit(capsys, path)
+    assert status == 1 and "VIOLATED" in out
+    assert "neuron 4" in out and "ragged" in out
+
+
+def test_weights_outside_the_mask_are_counted(run, tmp_path, capsys):
+    def weight_outside(arrays):
+        mask = arrays["dst/mask/3.weight"]
+        row, column = np.argwhere(~mask)[0]
+        arrays["param/3.weight"][row, column] = 0.5
+    path = _tampered_checkpoint(run, tmp_path, weight_outside)
+    status, out, _ = _audit(capsys, path, "--json")
+    layer = json.loads(out)["layers"][1]
+    assert status == 1 and layer["outside_mask"] == 1
+    assert layer["violations"][0]["kind"] == "outside_mask"
+
+
+def test_a_condensed_file_audits_clean(run, tmp_path, capsys):
+    path = tmp_path / "condensed.npz"
+    load_model(run).condense().save(path)
+    status, out, _ = _audit(capsys, path, "--json")
+    report = json.loads(out)
+    assert status == 0 and report["kind"] == "condensed"
+    assert all(layer["claimed"] and layer["constant_fan_in"] for layer in report["layers"])
+
+
+def test_a_scipy_matrix_keeps_its_explicit_zeros_as_the_mask(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    weight = fan_in_weight((6, 20), 4, rng, ablated=(3,))
+    csr = scipy.sparse.csr_array(weight)
+    csr.data[0] = 0.0                                     # an explicit zero
+    scipy.sparse.save_npz(tmp_path / "w.npz", csr)
+    status, out, _ = _audit(capsys, tmp_path / "w.npz", "--json")
+    layer = json.loads(out)["layers"][0]
+    assert status == 0 and json.loads(out)["kind"] == "scipy"
+    assert layer["k"] == 4 and layer["ablated"] == [3] and layer["zeros_in_mask"] == 1
+    assert not layer["claimed"]
+
+
+def test_ragged_layers_that_claim_nothing_pass(tmp_path, capsys):
+    weight = np.zeros((3, 5), np.float32)
+    weight[0, :2] = weight[1, :3] = 1.0
+    scipy.sparse.save_npz(tmp_path / "w.npz", scipy.sparse.csr_array(weight))
+    status, out, _ = _audit(capsys, tmp_path / "w.npz")
+    assert status == 0 and "ragged 2-3" in out
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: p / "missing.pt", "no such file or directory"),
+    (lambda p: p, "audit.jsonl: no such file"),
+    (lambda p: (p / "junk.pt").write_bytes(b"not a model at all") and p / "junk.pt", "junk.pt"),
+])
+def test_a_bad_path_is_one_line(tmp_path, capsys, make, match):
+    (tmp_path / "sub").mkdir()
+    status, out, err = _audit(capsys, make(tmp_path / "sub"))
+    assert status == 1 and not out
+    assert len(err.strip().splitlines()) == 1 and match in err
+
+
+def test_audit_layer_reports_every_violation_of_a_claimed_layer():
+    weight = np.ones((4, 6), np.float32)
+    mask = np.ones((4, 6), dtype=bool)
+    mask[1, :2] = False
+    mask[3, :3] = False
+    weight[3, 0] = 2.0            # outside the mask
+    weight[~mask] = 0.0
+    weight[3, 0] = 2.0
+    result = model_audit.audit_layer("w", weight, mask, claimed=True)
+    assert not result["ok"] and result["fan_in_range"] == [3, 6]
+    assert {v["kind"] for v in result["violations"]} == {"outside_mask", "fan_in"}
+
+
+# --- python -m srigl_np.condense ------------------------------------------------------------
+
+def test_condense_cli_writes_the_model_and_evaluates_it(run, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    lines = []
+    assert condense_cli.main([str(run), "--out", str(out), "--evaluate", "embedded"],
+                             log=lines.append) == 0
+    assert sum("condensed (constant fan-in; structure from mask" in line
+               for line in lines) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"condensed accuracy {100 * metrics['test_accuracy']:.2f}%" in lines[-1]
+    assert "predictions agree on 100.00%" in lines[-1]
+    # An existing file is kept unless --force.
+    assert condense_cli.main([str(run), "--out", str(out)], log=lines.append) == 1
+    assert "pass --force" in capsys.readouterr().err
+    assert condense_cli.main([str(run), "--out", str(out), "--force"], log=lines.append) == 0
+
+
+def test_condense_cli_takes_a_scipy_matrix_and_refuses_a_condensed_file(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    scipy.sparse.save_npz(tmp_path / "w.npz",
+                          scipy.sparse.csr_array(fan_in_weight((5, 9), 2, rng)))
+    assert condense_cli.main([str(tmp_path / "w.npz"), "--out", str(tmp_path / "m.npz")],
+                             log=lambda line: None) == 0
+    assert condense_cli.main([str(tmp_path / "m.npz"), "--out", str(tmp_path / "n.npz")],
+                             log=lambda line: None) == 1
+    assert "already a condensed model" in capsys.readouterr().err
