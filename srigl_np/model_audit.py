@@ -141,7 +141,8 @@ def _torch_file(path):
     from .importing import read_torch_checkpoint
 
     imported = read_torch_checkpoint(path)
-    claims = imported.kind == "srigl-authors" and bool(imported.meta.get("constant_fan_in"))
+    # The authors' constant fan-in scheduler (SRigL) is RigLConstFanScheduler.
+    claims = imported.meta.get("pruner_class") == "RigLConstFanScheduler"
     layers = [(key, imported.state_dict[key], mask) for key, mask in imported.masks.items()]
     structure = {"pruner": "mask", "weight_mask": "mask"}.get(imported.mask_source,
                                                               "weight != 0")

@@ -159,3 +159,70 @@ def test_condense_cli_takes_a_scipy_matrix_and_refuses_a_condensed_file(tmp_path
     assert condense_cli.main([str(tmp_path / "m.npz"), "--out", str(tmp_path / "n.npz")],
                              log=lambda line: None) == 1
     assert "already a condensed model" in capsys.readouterr().err
+
+
+# --- a checkpoint of the SRigL authors' format: import, audit, condense, predict ----------
+
+def _authors_file(tmp_path, zeros_in_masks=True):
+    """The authors' checkpoint layout (no torch): MnistNet, a RigLConstFanScheduler state;
+    a few weights inside the masks are exactly 0, as grown-at-zero weights are."""
+    from test_importing import authors_checkpoint, mnist_masks, mnist_state, pruner_state
+    from torch_files import write_torch_zip
+
+    masks = mnist_masks(0)
+    state = mnist_state(1, masks)
+    if zeros_in_masks:
+        rows, cols = np.nonzero(masks["fc1"])
+        state["fc1.weight"][rows[::50], cols[::50]] = 0.0
+    path = tmp_path / "checkpoint.pt.tar"
+    write_torch_zip(path, authors_checkpoint(state, pruner_state(masks)))
+    return path, masks, state
+
+
+def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, capsys):
+    from srigl_np.condensed_model import load
+    from srigl_np.importing import read_torch_checkpoint, to_model
+
+    path, masks, _ = _authors_file(tmp_path)
+    status, out, _ = _audit(capsys, path, "--json")
+    report = json.loads(out)
+    assert status == 0 and report["kind"] == "torch" and report["structure"] == "mask"
+    assert [layer["layer"] for layer in report["layers"]] == ["conv2.weight", "fc1.weight"]
+    assert all(layer["claimed"] and layer["ok"] for layer in report["layers"])
+    assert report["layers"][1]["zeros_in_mask"] > 0
+    lines = []
+    assert condense_cli.main([str(path), "--out", str(tmp_path / "m.npz")],
+                             log=lines.append) == 0
+    layer_lines = [line for line in lines if line.startswith("layer ")]
+    assert len(layer_lines) == 4 and all(": condensed (constant fan-in" in line
+                                         for line in layer_lines), lines
+    # conv2 and fc1 by the pruner's masks; conv1 and fc2 are dense (no mask), k = n_in.
+    assert sum("structure from mask" in line for line in layer_lines) == 2
+    model, _, _ = to_model(read_torch_checkpoint(path))
+    x = np.random.default_rng(3).standard_normal((6, 1, 28, 28)).astype(np.float32)
+    condensed = load(tmp_path / "m.npz")
+    assert np.abs(condensed(x) - model.forward(x, training=False)).max() <= 1e-4
+
+
+def test_an_authors_checkpoint_saved_by_torch_predicts_like_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    from srigl_np.importing import read_torch_checkpoint, to_model
+    from srigl_np.condensing import condense
+    from test_importing import (authors_checkpoint, mnist_masks, pruner_state,
+                                trained_sparse_mnist_net)
+
+    masks = mnist_masks(5)
+    net, optimizer, scheduler = trained_sparse_mnist_net(torch, masks)
+    pruner = pruner_state(masks, bool_array=torch.from_numpy, scalar=torch.tensor)
+    path = tmp_path / "best-checkpoint.pt.tar"
+    torch.save(authors_checkpoint(net.state_dict(), pruner, optimizer.state_dict(),
+                                  scheduler.state_dict(), {}, cfg=None,
+                                  checkpoint_dir=None), path)
+    model, our_masks, _ = to_model(read_torch_checkpoint(path))
+    condensed = condense(model, masks=our_masks)
+    assert [e["result"] for e in condensed.report] == ["condensed"] * 4
+    x = np.random.default_rng(4).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert np.abs(condensed(x) - expected).max() <= 1e-4
+    np.testing.assert_array_equal(condensed.predict(x), expected.argmax(axis=1))
