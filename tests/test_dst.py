@@ -651,6 +651,124 @@ def test_check_invariants_allows_the_documented_budget_exceptions():
     dst.check_invariants(np.ones((2, 3)), np.ones((2, 3), dtype=bool), fan_in=3, budget=9)
 
 
+def test_check_invariants_infers_the_fan_in_and_the_ablated_neurons():
+    weight, mask = _layer()                       # counts [2, 2, 0]
+    dst.check_invariants(weight, mask, fan_in="infer", ablated="infer", budget=4)
+    assert dst.invariant_violations(weight, mask, "infer", "infer", budget=4) == []
+    # Inferred ablation: the empty neuron 2; inferred fan-in: the most common count.
+    mask = np.array([[1, 1, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], dtype=bool)
+    with pytest.raises(dst.InvariantError, match=(
+            r"^layer 'fc1': neuron 2 has 1 active weights, expected fan-in 2 \(the most "
+            r"common count; 2 of 4 active neurons differ\)$")):
+        dst.check_invariants(np.where(mask, 1.0, 0.0), mask, "infer", "infer", layer="fc1")
+    # Ties between counts go to the larger; without ablation inferred, empty rows count.
+    mask = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=bool)
+    [violation] = dst.invariant_violations(mask * 1.0, mask, fan_in="infer")
+    assert (violation.kind, violation.neuron, violation.expected, violation.got,
+            violation.count) == ("fan_in", 0, 2, 1, 2)
+    # No neuron with a weight: fan-in 1 is expected of each (the floor), and an all-empty
+    # layer has no active neuron when the ablation is inferred.
+    empty = np.zeros((2, 3), dtype=bool)
+    assert [v.kind for v in dst.invariant_violations(empty * 1.0, empty, "infer")] == ["fan_in"]
+    assert [v.kind for v in dst.invariant_violations(empty * 1.0, empty, "infer", "infer")] \
+        == ["no_active_neuron"]
+
+
+def test_check_invariants_reports_every_violation_at_once():
+    weight, mask = _layer()
+    weight[2, 0] = 0.5                            # off the mask
+    weight[0, 2] = -2.0                           # off the mask
+    with pytest.raises(dst.InvariantError) as info:
+        dst.check_invariants(weight, mask, fan_in=3, ablated=[1], layer="fc1", budget=2)
+    error = info.value
+    assert [v.kind for v in error.violations] == [
+        "outside_mask", "ablated_active", "fan_in", "budget"]
+    assert str(error).splitlines() == [
+        "layer 'fc1': 2 weights are non-zero outside the mask; first at neuron 0, input 2: "
+        "-2.0",
+        "layer 'fc1': ablated neuron 1 has 2 active weights, expected 0 (1 of 1 ablated "
+        "neurons hold weights)",
+        "layer 'fc1': neuron 0 has 2 active weights, expected fan-in 3 (2 of 2 active "
+        "neurons differ)",
+        "layer 'fc1': nnz 4 leaves the budget: expected 0 < nnz <= 2 for budget 2 with 2 "
+        "active neurons",
+    ]
+    outside = error.violations[0]
+    assert (outside.neuron, outside.expected, outside.got, outside.count) == (0, 0, -2.0, 2)
+    assert error.violations[3].neuron is None and error.violations[3].got == 4
+    # A message-only InvariantError (as the trainer re-raises) has no records.
+    assert dst.InvariantError("step 3: ...").violations == []
+
+
+def test_check_invariants_refuses_a_boolean_ablated_and_unknown_words():
+    weight, mask = _layer()
+    with pytest.raises(TypeError, match="ablated must hold neuron indices, not a boolean"):
+        dst.check_invariants(weight, mask, fan_in=2, ablated=np.array([False, False, True]))
+    with pytest.raises(TypeError, match="ablated"):
+        dst.invariant_violations(weight, mask, ablated=[True])
+    with pytest.raises(ValueError, match="ablated must be neuron indices or 'infer'"):
+        dst.check_invariants(weight, mask, ablated="guess")
+    with pytest.raises(ValueError, match="fan_in must be an integer, None or 'infer'"):
+        dst.check_invariants(weight, mask, fan_in="most")
+    with pytest.raises(ValueError, match=r"ablated must hold neuron indices in \[0, 3\)"):
+        dst.check_invariants(weight, mask, ablated=[3])
+    everyone = dst.invariant_violations(weight * 0, mask & False, fan_in=1, ablated=[0, 1, 2])
+    assert [v.kind for v in everyone] == ["no_active_neuron"]
+
+
+def _plain_violations(weight, mask, fan_in, ablated, budget):
+    """(kind, first neuron, count) per broken invariant, neuron by neuron in Python."""
+    n = weight.shape[0]
+    rows, row_mask = weight.reshape(n, -1), mask.reshape(n, -1)
+    counts = [int(row.sum()) for row in row_mask]
+    found = []
+    outside = [(i, j) for i in range(n) for j in range(rows.shape[1])
+               if rows[i, j] != 0 and not row_mask[i, j]]
+    if outside:
+        found.append(("outside_mask", outside[0][0], len(outside)))
+    holding = [i for i in sorted(set(ablated)) if counts[i] > 0]
+    if holding:
+        found.append(("ablated_active", holding[0], len(holding)))
+    live = [i for i in range(n) if i not in ablated]
+    if not live:
+        found.append(("no_active_neuron", None, n))
+    elif fan_in is not None:
+        wrong = [i for i in live if counts[i] != fan_in]
+        if wrong:
+            found.append(("fan_in", wrong[0], len(wrong)))
+    if budget is not None:
+        active = [c for c in counts if c > 0]
+        nnz = sum(counts)
+        if (nnz > budget and any(c != 1 for c in active)) or (
+                nnz <= budget - len(active) and not (active and all(
+                    c == rows.shape[1] for c in active))):
+            found.append(("budget", None, 1))
+    return found
+
+
+@given(shape=shapes, sparsity=sparsities, seed=st.integers(0, 2**32 - 1),
+       flips=st.integers(0, 3), leaks=st.integers(0, 2), n_ablated=st.integers(0, 3))
+def test_invariant_violations_match_a_neuron_by_neuron_check(shape, sparsity, seed, flips,
+                                                             leaks, n_ablated):
+    rng = np.random.default_rng(seed)
+    n = shape[0]
+    ablated = rng.choice(n, size=min(n_ablated, n), replace=False).tolist()
+    mask = dst.constant_fan_in_mask(shape, sparsity, rng)
+    fan_in = int(mask.reshape(n, -1).sum(axis=1)[0])
+    flat = mask.reshape(-1)
+    flat[rng.choice(flat.size, size=min(flips, flat.size), replace=False)] ^= True
+    weight = np.where(mask, rng.uniform(0.5, 1.5, shape), 0.0)
+    weight.reshape(-1)[rng.choice(flat.size, size=min(leaks, flat.size), replace=False)] = 2.0
+    budget = dst.layer_budget(shape, sparsity)
+    records = dst.invariant_violations(weight, mask, fan_in, ablated, budget=budget)
+    assert [(v.kind, v.neuron, v.count) for v in records] == _plain_violations(
+        weight, mask, fan_in, ablated, budget)
+    # Inferring the ablated neurons takes exactly the empty rows.
+    empty = np.flatnonzero(~mask.reshape(n, -1).any(axis=1)).tolist()
+    assert dst.invariant_violations(weight, mask, fan_in, "infer") == \
+        dst.invariant_violations(weight, mask, fan_in, empty)
+
+
 @pytest.mark.parametrize("kwargs, error, fragment", [
     (dict(mask=np.ones((3, 4))), TypeError, "mask must be bool"),
     (dict(mask=np.ones((4, 3), dtype=bool)), ValueError, "mask must have shape"),
