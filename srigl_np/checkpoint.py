@@ -168,7 +168,8 @@ class TrainedModel:
     """A trained run, ready for inference: what ``load_model`` returns.
 
     model: the srigl_np.layers.Sequential (weights and buffers restored); masks:
-    {parameter name: bool mask} (empty for a dense run); config: the training config;
+    {parameter name: bool mask} (a dense run: all True for every Linear/Conv2d weight);
+    config: the training config;
     input_stats: (mean, std) of the training images on the [0, 1] scale, or None when
     the checkpoint does not record them; meta: the checkpoint's meta (epoch, step, ...).
     """
@@ -223,6 +224,10 @@ def load_model(path):
             raise ValueError(f"{path}: {key!r} must be a bool mask of a parameter's shape, "
                              f"got {_describe(mask)}")
         masks[name] = mask
+    if config.get("method", "dense") == "dense" and not masks:
+        # A dense run's structure is every weight, also one that is exactly 0.
+        masks = {name: np.ones(p.shape, dtype=bool) for name, p in params.items()
+                 if name.endswith(".weight") and p.ndim >= 2}
     return TrainedModel(model, masks, config, _input_stats(path, meta), meta)
 
 

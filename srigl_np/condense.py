@@ -57,7 +57,14 @@ def build_source(path, input_stats=None):
     if source.kind == "torch":
         from .importing import read_torch_checkpoint, to_model
 
-        model, masks, notes = to_model(read_torch_checkpoint(path))
+        imported = read_torch_checkpoint(path)
+        model, masks, notes = to_model(imported)
+        if model is not None and imported.mask_source == "pruner":
+            # The pruner records every weighted layer: one without a mask is dense, all
+            # of its weights are weights (also an exact 0).
+            masks = {**{name: np.ones(p.shape, dtype=bool)
+                        for name, p in model.named_parameters().items()
+                        if name.endswith(".weight") and p.ndim >= 2}, **masks}
         if model is None:
             raise ValueError(f"{path}: the architecture maps onto no srigl_np model, so it "
                              f"cannot be condensed: {'; '.join(notes)} (python -m "

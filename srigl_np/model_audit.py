@@ -91,13 +91,8 @@ def _our_checkpoint(path):
     layers = [(name, params[name], mask) for name, mask in run.masks.items()]
     notes = [f"{run.config.get('model')} trained with method {run.config.get('method')!r} "
              f"at sparsity {run.config.get('sparsity')}"]
-    if not run.masks:
-        layers = [(name, value, None) for name, value in params.items()
-                  if name.endswith("weight") and value.ndim >= 2]
-        notes.append("no DynamicSparsity masks (a dense run): structure from weight != 0")
     return Source(path, "checkpoint", layers, {n for n, _, m in layers if claims and
-                                               m is not None and not m.all()},
-                  "mask" if run.masks else "weight != 0", notes)
+                                               not m.all()}, "mask", notes)
 
 
 def _condensed_file(path):

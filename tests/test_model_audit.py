@@ -196,8 +196,8 @@ def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, 
     layer_lines = [line for line in lines if line.startswith("layer ")]
     assert len(layer_lines) == 4 and all(": condensed (constant fan-in" in line
                                          for line in layer_lines), lines
-    # conv2 and fc1 by the pruner's masks; conv1 and fc2 are dense (no mask), k = n_in.
-    assert sum("structure from mask" in line for line in layer_lines) == 2
+    # conv2 and fc1 by the pruner's masks; conv1 and fc2 are dense: all-True masks.
+    assert all("structure from mask" in line for line in layer_lines)
     model, _, _ = to_model(read_torch_checkpoint(path))
     x = np.random.default_rng(3).standard_normal((6, 1, 28, 28)).astype(np.float32)
     condensed = load(tmp_path / "m.npz")
@@ -226,3 +226,19 @@ def test_an_authors_checkpoint_saved_by_torch_predicts_like_torch(tmp_path):
         expected = net(torch.from_numpy(x)).numpy()
     assert np.abs(condensed(x) - expected).max() <= 1e-4
     np.testing.assert_array_equal(condensed.predict(x), expected.argmax(axis=1))
+
+
+def test_a_dense_run_condenses_by_all_true_masks_and_has_no_sparse_layer(tmp_path, capsys):
+    from srigl_np.train import main
+
+    out = tmp_path / "dense"
+    assert main(["--model", "mlp", "--method", "dense", "--epochs", "1", "--dataset",
+                 "embedded", "--progress", "off", "--out", str(out)]) == 0
+    run = load_model(out)
+    run.model.layers[3].params["weight"][0, :5] = 0.0     # exact zeros in a dense layer
+    assert sorted(run.masks) == ["1.weight", "3.weight", "5.weight"]
+    condensed = run.condense()
+    assert [(e["result"], e["k"]) for e in condensed.report] == [
+        ("condensed", 784), ("condensed", 300), ("condensed", 100)]
+    status, text, _ = _audit(capsys, out)
+    assert status == 0 and "no sparse layers" in text
