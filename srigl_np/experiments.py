@@ -1,0 +1,235 @@
+"""``python -m srigl_np.experiments``: grids of training runs, resumable, summarised over seeds.
+
+A grid is model × method × sparsity × γ_sal × seed (``--preset reproduction`` is the one
+behind docs/reproduction.md). Each run is ``python -m srigl_np.train`` in its own process
+and directory ``OUT/<model>-<method>-s<sparsity>-g<gamma>-seed<seed>`` ("srigl-noabl"
+is SRigL without ablation; dense runs have no sparsity or γ_sal). A run whose
+metrics.json holds all its epochs is skipped; one with a checkpoint but fewer epochs is
+continued with ``--resume`` (bit-identical to an uninterrupted run); one without is
+started afresh. ``--jobs N`` runs N at a time.
+
+The summary groups runs by every setting but the seed (runs whose settings differ are
+never pooled as seeds) and gives the final test accuracy as mean ± sample std over the
+seeds, the seeds' count, and for SRigL the active neurons at the end. ``--report DIR``
+writes ``results.md``, ``results.json`` and ``accuracy_vs_sparsity.png`` (one panel per
+model) there, each atomically.
+"""
+
+import argparse
+import concurrent.futures
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from .fileio import atomic_write, write_json
+
+METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
+PRESETS = {
+    # (model, epochs, lr, methods, sparsities, gammas, seeds)
+    "reproduction": [
+        ("mlp", 20, 0.1, METHODS, (0.8, 0.9, 0.95, 0.99), (0.3,), (0, 1, 2)),
+        ("mlp", 20, 0.1, ("srigl",), (0.95, 0.99), (0.5, 0.7, 0.95), (0, 1, 2)),
+        ("cnn", 3, 0.05, METHODS, (0.9, 0.99), (0.3,), (0,)),
+    ],
+    "smoke": [("mlp", 1, 0.1, ("dense", "srigl"), (0.9,), (0.3,), (0,))],
+}
+
+
+def grid(preset):
+    """The runs of a preset: dicts of model, method, sparsity, gamma_sal, seed, epochs, lr.
+    Dense runs are listed once per seed (they have no sparsity or γ_sal)."""
+    runs, seen = [], set()
+    for model, epochs, lr, methods, sparsities, gammas, seeds in PRESETS[preset]:
+        for method, sparsity, gamma, seed in itertools.product(methods, sparsities, gammas,
+                                                               seeds):
+            if method == "dense":
+                sparsity, gamma = 0.0, None
+            elif not method.startswith("srigl"):
+                gamma = None
+            run = {"model": model, "method": method, "sparsity": sparsity,
+                   "gamma_sal": gamma, "seed": seed, "epochs": epochs, "lr": lr}
+            key = run_name(run)
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+    return runs
+
+
+def run_name(run):
+    name = f"{run['model']}-{run['method']}"
+    if run["method"] != "dense":
+        name += f"-s{run['sparsity']:g}"
+    if run["gamma_sal"] is not None:
+        name += f"-g{run['gamma_sal']:g}"
+    return name + f"-seed{run['seed']}"
+
+
+def train_command(run, out, dataset, threads):
+    """The ``python -m srigl_np.train`` argument list of ``run`` writing to ``out``."""
+    method = "srigl" if run["method"].startswith("srigl") else run["method"]
+    command = [sys.executable, "-m", "srigl_np.train", "--model", run["model"],
+               "--method", method, "--epochs", str(run["epochs"]), "--lr", str(run["lr"]),
+               "--seed", str(run["seed"]), "--dataset", dataset, "--batch-size", "128",
+               "--progress", "off", "--threads", str(threads), "--out", out]
+    if method != "dense":
+        command += ["--sparsity", str(run["sparsity"]), "--distribution", "erk"]
+    if run["gamma_sal"] is not None:
+        command += ["--gamma-sal", str(run["gamma_sal"])]
+    if run["method"] == "srigl-noabl":
+        command.append("--no-ablation")
+    return command
+
+
+def _metrics(out):
+    try:
+        with open(os.path.join(out, "metrics.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(run, out):
+    metrics = _metrics(out)
+    return bool(metrics) and len(metrics.get("epochs", ())) >= run["epochs"]
+
+
+def execute(run, root, dataset, threads):
+    """Train ``run`` under ``root`` unless finished; returns (name, status text)."""
+    out = os.path.join(root, run_name(run))
+    if is_finished(run, out):
+        return run_name(run), "done before"
+    if os.path.exists(os.path.join(out, "checkpoint.npz")):
+        command = [sys.executable, "-m", "srigl_np.train", "--resume", out]
+    else:
+        command = train_command(run, out, dataset, threads)
+    with open(os.path.join(root, run_name(run) + ".log"), "w") as log:
+        status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    return run_name(run), "finished" if status == 0 and is_finished(run, out) \
+        else f"FAILED (exit {status}, see {run_name(run)}.log)"
+
+
+def summarise(runs, root):
+    """One row per setting (all but the seed), in grid order."""
+    groups = {}
+    for run in runs:
+        key = tuple((k, run[k]) for k in ("model", "method", "sparsity", "gamma_sal",
+                                          "epochs", "lr"))
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for key, members in groups.items():
+        accuracies, active, seeds = [], [], []
+        for run in members:
+            metrics = _metrics(os.path.join(root, run_name(run)))
+            if not metrics or len(metrics.get("epochs", ())) < run["epochs"]:
+                continue
+            accuracies.append(100 * metrics["test_accuracy"])
+            seeds.append(run["seed"])
+            last = metrics["epochs"][-1]
+            if last.get("active_neurons") is not None:
+                active.append(f"{last['active_neurons']}/{last['neurons']}")
+        row = dict(key)
+        row.update(seeds=seeds, accuracies=accuracies,
+                   mean=float(np.mean(accuracies)) if accuracies else None,
+                   std=float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
+                   active_neurons=sorted(set(active)))
+        rows.append(row)
+    return rows
+
+
+def markdown(rows):
+    lines = ["| model | method | sparsity | γ_sal | epochs | test accuracy % (mean ± std) "
+             "| seeds | active neurons at the end |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["mean"] is None:
+            accuracy = "not run"
+        elif r["std"] is None:
+            accuracy = f"{r['mean']:.2f}"
+        else:
+            accuracy = f"{r['mean']:.2f} ± {r['std']:.2f}"
+        sparsity = "-" if r["method"] == "dense" else f"{100 * r['sparsity']:g}%"
+        gamma = "-" if r["gamma_sal"] is None else f"{r['gamma_sal']:g}"
+        active = ", ".join(r["active_neurons"]) or "-"
+        lines.append(f"| {r['model']} | {r['method']} | {sparsity} | {gamma} | {r['epochs']} "
+                     f"| {accuracy} | {len(r['seeds'])} | {active} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    """Accuracy against sparsity per method (γ_sal 0.3 for SRigL), one panel per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model and r["mean"] is not None]
+        for method in METHODS:
+            points = sorted((r["sparsity"], r["mean"], r["std"] or 0.0) for r in mine
+                            if r["method"] == method and r["gamma_sal"] in (None, 0.3))
+            if not points:
+                continue
+            if method == "dense":
+                ax.axhline(points[0][1], color="gray", linestyle="--", label="dense")
+                continue
+            s, mean, std = (np.array(v) for v in zip(*points))
+            ax.errorbar(100 * s, mean, yerr=std, marker="o", capsize=3, label=method)
+        ax.set_title(f"{model}, Fashion-MNIST")
+        ax.set_xlabel("sparsity %")
+        ax.set_ylabel("test accuracy %")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m srigl_np.experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="reproduction",
+                        help="the grid (default: %(default)s)")
+    parser.add_argument("--out", default="runs/reproduction",
+                        help="directory of the runs (default: %(default)s)")
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="--dataset of every run (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="--threads of every run (default: %(default)s)")
+    parser.add_argument("--models", nargs="+", help="only these models (default: all)")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write results.md, results.json and the plot there")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="train nothing; summarise what is finished")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.threads < 0:
+        parser.error("--jobs must be >= 1 and --threads >= 0")
+    runs = [r for r in grid(args.preset) if not args.models or r["model"] in args.models]
+    os.makedirs(args.out, exist_ok=True)
+    if not args.summary_only:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            jobs = [pool.submit(execute, run, args.out, args.dataset, args.threads)
+                    for run in runs]
+            for done, job in enumerate(concurrent.futures.as_completed(jobs), start=1):
+                name, status = job.result()
+                print(f"[{done}/{len(runs)}] {name}: {status}", flush=True)
+    rows = summarise(runs, args.out)
+    table = markdown(rows)
+    print(table)
+    if args.report:
+        os.makedirs(args.report, exist_ok=True)
+        atomic_write(os.path.join(args.report, "results.md"), lambda f: f.write(table.encode()))
+        write_json(os.path.join(args.report, "results.json"), {"preset": args.preset,
+                                                               "rows": rows})
+        plot(rows, os.path.join(args.report, "accuracy_vs_sparsity.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
