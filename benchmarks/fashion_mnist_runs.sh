@@ -15,8 +15,10 @@ case "${1:-mlp}" in
         [ -f "$RUNS/mlp-$method-s$seed/metrics.json" ] && [ "${SKIP_DONE:-0}" = 1 ] &&
           python -c "import json,sys; m=json.load(open(sys.argv[1])); sys.exit(len(m['epochs']) != 20)" \
             "$RUNS/mlp-$method-s$seed/metrics.json" && continue
-        python -m srigl_np.train --model mlp --method "$method" --sparsity 0.9 \
-          --distribution erk --epochs 20 --lr 0.1 --seed "$seed" "${common[@]}" \
+        sparse=(--sparsity 0.9 --distribution erk)
+        [ "$method" = dense ] && sparse=()
+        python -m srigl_np.train --model mlp --method "$method" "${sparse[@]}" \
+          --epochs 20 --lr 0.1 --seed "$seed" "${common[@]}" \
           --out "$RUNS/mlp-$method-s$seed"
       done
     done ;;

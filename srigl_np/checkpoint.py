@@ -3,7 +3,9 @@
 A checkpoint is one ``.npz`` (no pickles) holding
 
     meta                     JSON string: format version, epoch, step, config, history,
-                             the data used ("data": its source and input mean/std)
+                             the data used ("data": its source and input mean/std), the
+                             layer sparsities ("layer_sparsity") and the layers the
+                             distribution keeps dense with the reason ("kept_dense")
     param/<name>             every model parameter ("0.weight", ...)
     buffer/<name>            every model buffer (BatchNorm running statistics)
     optim/<name>/<key>       the optimizer's per-parameter state ("momentum_buffer", ...)

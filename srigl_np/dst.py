@@ -37,7 +37,7 @@ from .backend import is_cupy_array, on_device_of, to_numpy
 from .validation import FLOATING, check_array
 
 __all__ = [
-    "InvariantError", "UpdateResult", "Violation", "check_invariants",
+    "InvariantError", "UpdateResult", "UpdateTrace", "Violation", "check_invariants",
     "constant_fan_in_mask", "cosine_drop_fraction", "erk_sparsities",
     "fan_in_after_ablation", "invariant_violations", "layer_budget", "random_mask",
     "rigl_update", "set_update", "srigl_update", "uniform_sparsities",
@@ -82,6 +82,80 @@ class InvariantError(AssertionError):
 
 
 @dataclass(frozen=True, eq=False)
+class UpdateTrace:
+    """The decisions of one update, step by step: ``srigl_update(..., trace=True)``.
+
+    Recorded by the update itself on its own code path (no second implementation), so
+    every number here is the one that made the result. Host NumPy arrays; ``(n,)`` is
+    one entry per neuron, ``(n, F)`` one per weight, rows as in the module conventions.
+    A field that is not part of a method (ablation for RigL/SET, the cap without
+    SRigL) is None.
+
+    method:        "srigl", "rigl" or "set"; drop_fraction: the update's argument.
+    Step 1, prune by magnitude (every method):
+    n_ones:        nnz of the old mask; n_prune = n_ones - n_keep, n_keep =
+                   min(n_ones - floor(n_ones*drop_fraction), n_nonzero).
+    n_nonzero:     active weights that are non-zero, the only ones magnitude can keep.
+    kept_by_magnitude: bool (n, F), the n_keep largest |W| layer-wide (before ablation
+                   and the cap; SRigL's saliency counts these).
+    Step 2, saliency and ablation (SRigL with ablation, else None):
+    budget, k0:    layer_budget(shape, sparsity) and floor(budget/n) (SRigL).
+    gamma_sal:     the argument (SRigL).
+    salient:       bool (n, F), kept_by_magnitude united with the n_prune largest |G|.
+    salient_counts: int64 (n,), salient weights per neuron.
+    threshold:     max(1, floor(gamma_sal*k0)), the salient weights a neuron needs.
+    threshold_used: the threshold applied: lowered to the min_active-th largest count
+                   when fewer than min_active neurons reach ``threshold``.
+    min_active, max_active: min(n, floor(budget/F) + 1) and max(1, budget), the fewest
+                   and the most neurons that stay active (see docs/tutorial.md, "Where
+                   srigl_np departs").
+    Steps 3-5:
+    active:        bool (n,), the neurons that stay (SRigL; all True without ablation).
+    fan_in:        the new constant fan-in k (SRigL).
+    removed_by_cap: bool (n, F), kept weights a neuron over k dropped (its smallest
+                   |W|) (SRigL).
+    kept_counts:   int64 (n,), weights each neuron keeps from the old mask (after the cap).
+    capped_counts: int64 (n,), weights the cap removed per neuron (SRigL).
+    grown_counts:  int64 (n,), weights grown per neuron by |G| (SRigL: k - kept for an
+                   active neuron) or at random (SET), regrown positions included.
+    """
+
+    method: str
+    drop_fraction: float
+    n_ones: int
+    n_keep: int
+    n_prune: int
+    n_nonzero: int
+    kept_by_magnitude: np.ndarray
+    kept_counts: np.ndarray
+    grown_counts: np.ndarray
+    budget: int | None = None
+    k0: int | None = None
+    gamma_sal: float | None = None
+    salient: np.ndarray | None = None
+    salient_counts: np.ndarray | None = None
+    threshold: int | None = None
+    threshold_used: int | None = None
+    min_active: int | None = None
+    max_active: int | None = None
+    active: np.ndarray | None = None
+    fan_in: int | None = None
+    removed_by_cap: np.ndarray | None = None
+    capped_counts: np.ndarray | None = None
+
+    @property
+    def threshold_lowered(self):
+        """True when the threshold was lowered to keep min_active neurons (None: no ablation)."""
+        return None if self.threshold is None else self.threshold_used < self.threshold
+
+    @property
+    def ablated(self):
+        """int64, the neurons not in ``active`` (empty without SRigL ablation)."""
+        return (np.zeros(0, np.int64) if self.active is None
+                else np.flatnonzero(~self.active).astype(np.int64))
+
+
+@dataclass(frozen=True, eq=False)
 class UpdateResult:
     """The outcome of one topology update; every array has the weight's shape.
 
@@ -92,6 +166,11 @@ class UpdateResult:
     pruned:  bool, old mask & ~new mask.      grown: bool, new mask & ~old mask (all 0).
     ablated: int64, sorted indices of neurons with no weights (SRigL only, else empty).
     fan_in:  the constant fan-in k of the active neurons (SRigL), None for RigL/SET.
+    regrown: bool, positions dropped (not kept by magnitude, or removed by ablation or the
+             cap) and grown back in the same update: in both masks, so counted in neither
+             ``pruned`` nor ``grown``, and they keep their old value. The updates always
+             set it; None only in a result built by hand without it.
+    trace:   an UpdateTrace with ``trace=True``, else None.
     """
 
     mask: np.ndarray
@@ -100,6 +179,8 @@ class UpdateResult:
     grown: np.ndarray
     ablated: np.ndarray
     fan_in: int | None
+    regrown: np.ndarray | None = None
+    trace: UpdateTrace | None = None
 
 
 # -- budgets, masks and schedules ----------------------------------------------------
@@ -267,12 +348,14 @@ def _host_round_trip(update):
         result = update(weight.get(), host(mask), *map(host, args),
                         **{key: host(value) for key, value in kwargs.items()})
         return replace(result, **{field: on_device_of(getattr(result, field), weight)
-                                  for field in ("mask", "weight", "pruned", "grown")})
+                                  for field in ("mask", "weight", "pruned", "grown",
+                                                "regrown")})
     return wrapper
 
 
 @_host_round_trip
-def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, ablation=True):
+def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, ablation=True,
+                 trace=False):
     """One SRigL topology update of one layer (paper §4).
 
     weight: (n, *fan_in_dims) float32/float64, 0 outside ``mask``; mask: same shape, bool;
@@ -291,11 +374,16 @@ def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, 
     4. Keep the top n_keep active weights by |W| outside ablated neurons; a neuron with
        more than k keeps its k largest.
     5. Each active neuron grows its missing weights at its largest |G| among positions not
-       kept (a position pruned in 4 may come back, with its old value); new weights are 0.
+       kept (a position pruned in 4 may come back, with its old value: ``regrown``); new
+       weights are 0.
 
     Afterwards every active neuron has exactly k weights and ablated neurons none.
     ``ablation=False`` keeps every neuron; the caller passes it for the output layer, which
-    is never ablated (DynamicSparsity does). Returns an UpdateResult; inputs are untouched.
+    is never ablated (DynamicSparsity does). The k0 denominator, the fewest and most
+    active neurons, the fan-in floor of 1 and the cap's choice are srigl_np's readings of
+    §4: see docs/tutorial.md, "Where srigl_np departs". ``trace=True`` also records each
+    step's numbers in ``result.trace`` (an UpdateTrace); the result is the same either way.
+    Returns an UpdateResult; inputs are untouched.
     """
     rows, row_mask, row_grad = _check_update_args(weight, mask, grad, drop_fraction)
     _check_sparsity(sparsity)
@@ -307,13 +395,24 @@ def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, 
     n_keep, n_prune = _keep_and_prune_counts(row_mask, index.size, drop_fraction)
     keep = _top_positions(index, magnitude, n_keep, rows.shape)
     grow_score = np.abs(row_grad)
+    n_nonzero = index.size
+    recorded = {}   # what trace=True reports, filled in as the steps run
 
     active = np.ones(n, dtype=bool)
     if ablation:
         top_grad = _top_per_row(grow_score.reshape(1, -1), np.array([n_prune]))
-        salient_counts = np.count_nonzero(keep | top_grad.reshape(rows.shape), axis=1)
-        active = _active_neurons(salient_counts, budget, dense_fan_in, gamma_sal)
+        salient = keep | top_grad.reshape(rows.shape)
+        salient_counts = np.count_nonzero(salient, axis=1)
+        threshold, min_active, max_active = _ablation_rule(n, dense_fan_in, budget, gamma_sal)
+        active, threshold_used = _active_neurons(salient_counts, threshold, min_active,
+                                                 max_active)
+        if trace:
+            recorded.update(salient=salient, salient_counts=salient_counts.astype(np.int64),
+                            threshold=threshold, threshold_used=threshold_used,
+                            min_active=min_active, max_active=max_active)
     fan_in = _fan_in(budget, int(active.sum()), dense_fan_in)
+    if trace:
+        recorded["kept_by_magnitude"] = keep.copy()
 
     if not active.all():
         # Step 4 ranks again without the ablated neurons, so their share of the n_keep
@@ -323,9 +422,15 @@ def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, 
         keep = _top_positions(index, magnitude, min(n_keep, index.size), rows.shape)
     kept_counts = np.count_nonzero(keep, axis=1)
     over = np.flatnonzero(kept_counts > fan_in)
+    removed_by_cap = np.zeros(rows.shape, dtype=bool) if trace else None
     if over.size:
+        # The cap keeps a neuron's k largest |W| (see docs/tutorial.md, "Where srigl_np
+        # departs": the authors' code drops an arbitrary surplus).
         capped_score = np.where(keep[over], np.abs(rows[over]), -np.inf)
-        keep[over] = _top_per_row(capped_score, np.full(over.size, fan_in))
+        capped = _top_per_row(capped_score, np.full(over.size, fan_in))
+        if trace:
+            removed_by_cap[over] = keep[over] & ~capped
+        keep[over] = capped
         kept_counts[over] = fan_in
 
     new_mask = keep
@@ -333,32 +438,50 @@ def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, 
     short = np.flatnonzero(missing > 0)
     if short.size == n:   # the usual case: a slice avoids copying every row twice
         short = slice(None)
+    regrown = np.zeros(rows.shape, dtype=bool)
     if missing.any():
         grow_score[keep] = -np.inf   # grow only where nothing is kept
-        new_mask[short] |= _top_per_row(grow_score[short], missing[short])
+        growth = _top_per_row(grow_score[short], missing[short])
+        regrown[short] = growth & row_mask[short]
+        new_mask[short] |= growth
+    steps = None
+    if trace:
+        steps = UpdateTrace(
+            method="srigl", drop_fraction=drop_fraction, n_ones=n_keep + n_prune,
+            n_keep=n_keep, n_prune=n_prune, n_nonzero=int(n_nonzero),
+            kept_counts=kept_counts.astype(np.int64), grown_counts=missing.astype(np.int64),
+            budget=budget, k0=budget // n, gamma_sal=gamma_sal, active=active, fan_in=fan_in,
+            removed_by_cap=removed_by_cap,
+            capped_counts=np.count_nonzero(removed_by_cap, axis=1).astype(np.int64),
+            **recorded)
     return _result(weight, mask, rows, row_mask, new_mask,
-                   np.flatnonzero(~active).astype(np.int64), fan_in)
+                   np.flatnonzero(~active).astype(np.int64), fan_in, regrown=regrown,
+                   trace=steps)
 
 
 @_host_round_trip
-def rigl_update(weight, mask, grad, *, drop_fraction):
+def rigl_update(weight, mask, grad, *, drop_fraction, trace=False):
     """One RigL update of one layer: drop the smallest |W|, grow the largest |G|.
 
     Steps 1 and 4 of srigl_update layer-wide without a per-neuron cap, then the top
     n_prune positions by |G| among those not kept are grown (a dropped one may come
-    back). nnz is unchanged. Shapes and dtypes as in srigl_update; fan_in is None.
+    back: ``regrown``). nnz is unchanged. Shapes and dtypes as in srigl_update; fan_in
+    is None. ``trace=True`` records steps 1 and 5 in ``result.trace``.
     """
     rows, row_mask, row_grad = _check_update_args(weight, mask, grad, drop_fraction)
-    keep, n_grow = _magnitude_keep(rows, row_mask, drop_fraction)
+    keep, n_keep, n_grow = _magnitude_keep(rows, row_mask, drop_fraction)
     grow_score = np.abs(row_grad)
     grow_score[keep] = -np.inf   # grow only where nothing is kept
-    new_mask = keep | _top_per_row(grow_score.reshape(1, -1), np.array([n_grow])).reshape(
-        rows.shape)
-    return _result(weight, mask, rows, row_mask, new_mask, np.zeros(0, np.int64), None)
+    growth = _top_per_row(grow_score.reshape(1, -1), np.array([n_grow])).reshape(rows.shape)
+    new_mask = keep | growth
+    return _result(weight, mask, rows, row_mask, new_mask, np.zeros(0, np.int64), None,
+                   regrown=growth & row_mask,
+                   trace=_unstructured_trace("rigl", drop_fraction, rows, row_mask, keep,
+                                             n_keep, n_grow, growth) if trace else None)
 
 
 @_host_round_trip
-def set_update(weight, mask, *, drop_fraction, rng):
+def set_update(weight, mask, *, drop_fraction, rng, trace=False):
     """One SET update of one layer: drop the smallest |W|, grow uniformly at random.
 
     As rigl_update, but the n_prune grown positions are a uniform random subset of the
@@ -366,11 +489,24 @@ def set_update(weight, mask, *, drop_fraction, rng):
     """
     rows, row_mask, _ = _check_update_args(weight, mask, None, drop_fraction)
     _check_rng(rng)
-    keep, n_grow = _magnitude_keep(rows, row_mask, drop_fraction)
-    new_mask = keep.reshape(-1)
-    new_mask[rng.choice(np.flatnonzero(~new_mask), size=n_grow, replace=False)] = True
-    return _result(weight, mask, rows, row_mask, new_mask.reshape(rows.shape),
-                   np.zeros(0, np.int64), None)
+    keep, n_keep, n_grow = _magnitude_keep(rows, row_mask, drop_fraction)
+    growth = np.zeros(keep.size, dtype=bool)
+    growth[rng.choice(np.flatnonzero(~keep.reshape(-1)), size=n_grow, replace=False)] = True
+    growth = growth.reshape(rows.shape)
+    return _result(weight, mask, rows, row_mask, keep | growth, np.zeros(0, np.int64), None,
+                   regrown=growth & row_mask,
+                   trace=_unstructured_trace("set", drop_fraction, rows, row_mask, keep,
+                                             n_keep, n_grow, growth) if trace else None)
+
+
+def _unstructured_trace(method, drop_fraction, rows, row_mask, keep, n_keep, n_grow, growth):
+    """The UpdateTrace of a RigL or SET update (steps 1 and 5; no ablation, no cap)."""
+    return UpdateTrace(
+        method=method, drop_fraction=drop_fraction, n_ones=n_keep + n_grow, n_keep=n_keep,
+        n_prune=n_grow, n_nonzero=int(np.count_nonzero(rows[row_mask])),
+        kept_by_magnitude=keep.copy(),
+        kept_counts=np.count_nonzero(keep, axis=1).astype(np.int64),
+        grown_counts=np.count_nonzero(growth, axis=1).astype(np.int64))
 
 
 def _keep_candidates(rows, row_mask):
@@ -393,10 +529,10 @@ def _keep_and_prune_counts(row_mask, n_candidates, drop_fraction):
 
 
 def _magnitude_keep(rows, row_mask, drop_fraction):
-    """Steps 1 and 4 without ablation or cap: (keep mask (n, F), number to grow)."""
+    """Steps 1 and 4 without ablation or cap: (keep mask (n, F), n_keep, number to grow)."""
     index, magnitude = _keep_candidates(rows, row_mask)
     n_keep, n_prune = _keep_and_prune_counts(row_mask, index.size, drop_fraction)
-    return _top_positions(index, magnitude, n_keep, rows.shape), n_prune
+    return _top_positions(index, magnitude, n_keep, rows.shape), n_keep, n_prune
 
 
 def _top_positions(index, values, count, shape):
@@ -407,17 +543,31 @@ def _top_positions(index, values, count, shape):
     return chosen.reshape(shape)
 
 
-def _active_neurons(salient_counts, budget, dense_fan_in, gamma_sal):
-    """Step 2: bool (n,), the neurons that stay active given their salient-weight counts."""
+def _ablation_rule(n, dense_fan_in, budget, gamma_sal):
+    """Step 2's numbers: (threshold, min_active, max_active).
+
+    threshold = max(1, floor(gamma_sal*k0)) with k0 = floor(budget/n); at least
+    min(n, floor(budget/F) + 1) neurons stay, enough to hold the budget at fan-in <= F;
+    at most max(1, budget), so the fan-in stays >= 1. All three are srigl_np's readings
+    (docs/tutorial.md, "Where srigl_np departs").
+    """
+    return (max(1, math.floor(gamma_sal * (budget // n))),
+            min(n, budget // dense_fan_in + 1), max(1, budget))
+
+
+def _active_neurons(salient_counts, threshold, min_active, max_active):
+    """Step 2: (bool (n,) the neurons that stay active, the threshold applied).
+
+    The neurons with at least ``threshold`` salient weights stay, the threshold lowered
+    so ``min_active`` stay, at most ``max_active`` (ties: the lower neuron stays).
+    """
     n = salient_counts.size
-    threshold = max(1, math.floor(gamma_sal * (budget // n)))
     order = np.argsort(-salient_counts, kind="stable")   # most salient first, ties: low index
-    min_active = min(n, budget // dense_fan_in + 1)
     threshold = min(threshold, int(salient_counts[order[min_active - 1]]))
-    n_active = min(int(np.count_nonzero(salient_counts >= threshold)), max(1, budget))
+    n_active = min(int(np.count_nonzero(salient_counts >= threshold)), max_active)
     active = np.zeros(n, dtype=bool)
     active[order[:n_active]] = True
-    return active
+    return active, threshold
 
 
 def _top_per_row(score, counts):
@@ -453,7 +603,8 @@ def _top_per_row(score, counts):
     return above | (at_threshold & (rank <= still_needed[:, None]))
 
 
-def _result(weight, mask, rows, row_mask, new_mask, ablated, fan_in):
+def _result(weight, mask, rows, row_mask, new_mask, ablated, fan_in, *, regrown, trace=None):
+    """The UpdateResult in the weight's shape; ``regrown``: bool (n, F), see UpdateResult."""
     survived = new_mask & row_mask
     # rows*survived is 2-3x faster than np.where on a scattered mask; adding +0.0 turns
     # the -0.0 of dropped negative weights into +0.0 and leaves every other value exact.
@@ -463,7 +614,7 @@ def _result(weight, mask, rows, row_mask, new_mask, ablated, fan_in):
         mask=new_mask.reshape(weight.shape), weight=new_weight.reshape(weight.shape),
         pruned=(row_mask ^ survived).reshape(weight.shape),
         grown=(new_mask ^ survived).reshape(weight.shape),
-        ablated=ablated, fan_in=fan_in)
+        ablated=ablated, fan_in=fan_in, regrown=regrown.reshape(weight.shape), trace=trace)
 
 
 # -- validation --------------------------------------------------------------------------

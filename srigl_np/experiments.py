@@ -93,8 +93,11 @@ def _metrics(out):
 
 
 def is_finished(run, out):
+    """metrics.json says the run finished (older trainers: it holds every epoch)."""
     metrics = _metrics(out)
-    return bool(metrics) and len(metrics.get("epochs", ())) >= run["epochs"]
+    if not metrics:
+        return False
+    return metrics.get("finished", len(metrics.get("epochs", ())) >= run["epochs"]) is True
 
 
 def execute(run, root, dataset, threads):

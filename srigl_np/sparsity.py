@@ -19,8 +19,12 @@ multiples of ΔT below ``t_end``, for the dynamic methods only.
 
 Each layer's update clears the optimizer state where its mask changed, is checked by
 ``dst.check_invariants`` and appends one ``srigl_np.audit.make_record`` record to
-``audit_records``. A failed check raises ``dst.InvariantError`` out of ``after_step``;
-the layers updated before it in that step already have their records.
+``audit_records``; the record counts the weights dropped and grown back in the same
+update (``regrown``) and the zeros inside the new mask. A failed check raises
+``dst.InvariantError`` out of ``after_step``; the layers updated before it in that step
+already have their records. Before training, ``plan()`` says what the schedule will do:
+per layer its shape, sparsity, fan-in and number of updates, and why a layer the
+distribution keeps dense (``kept_dense()``) is dense.
 
 Random decisions draw from Generators derived from ``(seed, purpose, step)``, never
 from carried state, so a run resumed from a checkpoint repeats an uninterrupted run
@@ -47,6 +51,7 @@ from .layers import Conv2d, Linear, kaiming_normal
 METHODS = ("dense", "static", "set", "rigl", "srigl")
 DYNAMIC_METHODS = ("set", "rigl", "srigl")
 DISTRIBUTIONS = ("uniform", "erk")
+DISTRIBUTION_NAMES = {"uniform": "uniform", "erk": "ERK"}   # as the paper writes them
 
 # Purposes for derived random streams: (seed, purpose, ...) -> Generator.
 _RNG_MASK, _RNG_INIT, _RNG_SET = 10, 11, 12
@@ -116,12 +121,13 @@ class DynamicSparsity:
         self.gamma_sal = float(gamma_sal)
         self.ablation = bool(ablation)
         self.seed = int(seed)
+        self.dense_layers = tuple(dense_layers)
         self.params = model.named_parameters()
         self.names = [] if method == "dense" else sparse_parameter_names(model)
         shapes = [self.params[n].shape for n in self.names]
         spread = dst.erk_sparsities if distribution == "erk" else dst.uniform_sparsities
         self.layer_sparsity = dict(zip(self.names, spread(shapes, self.sparsity,
-                                                          dense_layers=tuple(dense_layers))))
+                                                          dense_layers=self.dense_layers)))
         self.masks = {}
         self.ablated = {n: np.zeros(0, dtype=np.int64) for n in self.names}
         for i, name in enumerate(self.names):
@@ -142,9 +148,49 @@ class DynamicSparsity:
         self.ever_active = {n: m.copy() for n, m in self.masks.items()}
         self.audit_records = []
 
+    # -- what the schedule will do -----------------------------------------------
+    def update_steps(self):
+        """The steps with a topology update: positive multiples of ΔT below t_end (a range;
+        empty for dense and static)."""
+        if self.method not in DYNAMIC_METHODS:
+            return range(0)
+        return range(self.delta, self.t_end, self.delta)
+
+    def kept_dense(self):
+        """{name: why} of the sparse layers the distribution gives sparsity 0 (no mask
+        changes, no updates), e.g. ERK's densest layers: "ERK gives it density 1"."""
+        reasons = {}
+        for i, name in enumerate(self.names):
+            if self.layer_sparsity[name] > 0.0:
+                continue
+            if i in self.dense_layers:
+                reasons[name] = "listed in dense_layers"
+            elif self.sparsity == 0.0:
+                reasons[name] = "the global sparsity is 0"
+            else:   # only ERK densifies a layer by itself
+                reasons[name] = f"{DISTRIBUTION_NAMES[self.distribution]} gives it density 1"
+        return reasons
+
+    def plan(self):
+        """One dict per sparse layer, in order: layer, shape, sparsity (of its mask now),
+        fan_in ([min, max] over active neurons; min == max for SRigL's constant k),
+        updates (how many the schedule will make) and kept_dense (the reason, or None)."""
+        kept_dense, n_updates = self.kept_dense(), len(self.update_steps())
+        plan = []
+        for name in self.names:
+            mask = self.masks[name]
+            counts = to_numpy(_neuron_counts(mask))
+            plan.append({"layer": name, "shape": list(mask.shape),
+                         "sparsity": 1.0 - int(counts.sum()) / mask.size,
+                         "fan_in": _count_range(counts),
+                         "updates": 0 if name in kept_dense else n_updates,
+                         "kept_dense": kept_dense.get(name)})
+        return plan
+
     # -- the training-loop hooks ------------------------------------------------
     def is_update_step(self, step):
-        """True when a topology update happens at ``step`` (optimizer steps taken so far)."""
+        """True when a topology update happens at ``step`` (optimizer steps taken so far):
+        ``step in self.update_steps()``."""
         return (self.method in DYNAMIC_METHODS and step > 0
                 and step % self.delta == 0 and step < self.t_end)
 
@@ -205,9 +251,11 @@ class DynamicSparsity:
         return make_record(
             step=step, layer=name, method=self.method, drop_fraction=drop_fraction,
             pruned=result.pruned.sum(), grown=result.grown.sum(),
+            regrown=result.regrown.sum(),
             fan_in_before=_count_range(counts_before), fan_in_after=_count_range(counts_after),
             active_neurons=(counts_after > 0).sum(), neurons=mask.shape[0],
-            ablated=self.ablated[name], nnz=mask.sum(), size=mask.size,
+            ablated=self.ablated[name], nnz=mask.sum(),
+            zeros_in_mask=(mask & (weight == 0)).sum(), size=mask.size,
             itop=self.ever_active[name].mean())
 
     # -- summaries ----------------------------------------------------------------

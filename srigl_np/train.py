@@ -1,10 +1,20 @@
-"""``python -m srigl_np.train``: train a dense or sparse (static/SET/RigL/SRigL) model.
+"""``python -m srigl_np.train``: train an SRigL (the default), RigL, SET, static or dense model.
 
-Writes into ``--out``: ``metrics.json`` (final ``test_accuracy``, per-epoch figures, the
-full config and the data used; ``train_accuracy`` is the running accuracy over the
-epoch's mini-batches in training mode, so dropout is active), ``checkpoint.npz`` after
-every epoch, and for sparse methods ``audit.jsonl`` (one line per layer per topology
-update, see ``srigl_np.audit``; empty for static). All three are written atomically.
+Before the first step it prints what the run will do: per sparse layer its shape,
+sparsity, fan-in (SRigL's constant k; min-max for the others) and number of topology
+updates, the layers the distribution keeps dense and why, and a warning when the
+schedule makes no update at all (ΔT not below t_end). ``--sparsity`` with
+``--method dense`` is refused: a dense run has no masks.
+
+Writes into ``--out``: ``metrics.json`` (``finished``: false until the last epoch is
+done, so an interrupted or crashed run says so; final ``test_accuracy``, per-epoch
+figures, the full config and the data used; ``train_accuracy`` is the running accuracy
+over the epoch's mini-batches in training mode, so dropout is active), written before
+the first epoch and after every epoch, ``checkpoint.npz`` after every epoch (its meta
+also records each sparse layer's sparsity and the layers kept dense, with the reason,
+for ``srigl_np.audit``), and for sparse methods ``audit.jsonl`` (one line per layer per
+topology update, see ``srigl_np.audit``; empty for static). All three are written
+atomically.
 ``--resume DIR`` continues a run from its last checkpoint with the saved configuration
 and ends bit-identical to an uninterrupted run: every random stream is derived from
 ``(seed, purpose, epoch)``, not carried from one epoch to the next. A topology update
@@ -35,7 +45,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import data as data_module
-from .audit import read_trail
+from .audit import format_table, read_trail
 from .backend import DeviceError, on_device_of, parse_device, select
 from .checkpoint import load_checkpoint, save_checkpoint
 from .dst import InvariantError
@@ -43,11 +53,13 @@ from .fileio import write_json, write_jsonl
 from .losses import softmax_cross_entropy
 from .models import MODEL_NAMES, build
 from .optim import SGD, AdamW, CosineSchedule, StepSchedule
-from .sparsity import DISTRIBUTIONS, METHODS, DynamicSparsity
+from .sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
+                       DynamicSparsity)
 
 DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
 # Purposes for derived random streams: (seed, purpose, epoch) -> Generator.
 _RNG_MODEL, _RNG_SHUFFLE, _RNG_DROPOUT = 0, 1, 2
+DEFAULT_SPARSITY = 0.9   # of the sparse methods; a dense run records 0
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -105,18 +117,29 @@ def _fraction(low_open, high_open):
     return parse
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default: argparse's "(default: X)", unless the help
+    already says it in words (a default computed at run time, such as --out's)."""
+
+    def _get_help_string(self, action):
+        if "(default:" in action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser():
     p = _OneLineParser(prog="python -m srigl_np.train", description=__doc__.split("\n\n")[0],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsFormatter)
     p.add_argument("--model", choices=MODEL_NAMES, default="mlp", help="architecture")
     p.add_argument("--dataset", choices=DATASETS, default="auto",
                    help="'auto': full Fashion-MNIST when found, else the embedded subset")
     p.add_argument("--data-path", default=None,
-                   help="directory with the IDX files (searched before $SRIGL_NP_DATA, "
-                        "~/.cache/srigl_np and /usr/share/datasets)")
+                   help="directory with the IDX files, searched before $SRIGL_NP_DATA, "
+                        "~/.cache/srigl_np and /usr/share/datasets (default: only those)")
     p.add_argument("--epochs", type=_non_negative_int, default=20, help="training epochs")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size")
-    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="SGD with momentum, or AdamW")
     p.add_argument("--lr", type=_positive_float, default=0.1, help="peak learning rate")
     p.add_argument("--momentum", type=_fraction(False, True), default=0.9, help="SGD momentum")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
@@ -131,15 +154,22 @@ def make_parser():
                    help="BLAS/OpenMP threads (0: library default)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="'cpu' (NumPy + Cython), or 'cuda'/'cuda:N' (CuPy on an NVIDIA GPU)")
-    p.add_argument("--out", default=None, help="run directory (default runs/<model>-<method>-s<seed>)")
+    p.add_argument("--out", default=None,
+                   help="run directory (default: runs/<model>-<method>-s<seed>)")
     p.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the run saved in DIR with its saved configuration")
+                   help="continue the run saved in DIR with its saved configuration "
+                        "(default: start a new run)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr ('auto': when stderr is a terminal)")
     g = p.add_argument_group("sparsity")
-    g.add_argument("--method", choices=METHODS, default="dense")
-    g.add_argument("--sparsity", type=_fraction(False, True), default=0.9,
-                   help="global target sparsity")
+    g.add_argument("--method", choices=METHODS, default="srigl",
+                   help="'srigl': constant fan-in with neuron ablation; 'rigl', 'set': "
+                        "unstructured dynamic; 'static': the initial mask; 'dense': no masks")
+    # SUPPRESS leaves the attribute unset when the flag is absent, so an explicit
+    # --sparsity with --method dense can be told from the default and refused.
+    g.add_argument("--sparsity", type=_fraction(False, True), default=argparse.SUPPRESS,
+                   help=f"global target sparsity of the sparse methods; refused with "
+                        f"--method dense (default: {DEFAULT_SPARSITY})")
     g.add_argument("--distribution", choices=DISTRIBUTIONS, default="erk",
                    help="per-layer sparsity distribution")
     g.add_argument("--delta", type=_positive_int, default=100, help="steps between updates (ΔT)")
@@ -154,34 +184,63 @@ def make_parser():
 
 
 def _config_from_args(args):
+    """The run's config from parsed flags. ValueError for --sparsity with --method dense
+    (a dense run records sparsity 0)."""
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "progress")}
+    if args.method == "dense":
+        if "sparsity" in config:
+            raise ValueError(f"--sparsity {config['sparsity']} does not apply to --method "
+                             f"dense (a dense run has no masks): drop --sparsity, or pick a "
+                             f"sparse method such as --method srigl")
+        config["sparsity"] = 0.0
+    config.setdefault("sparsity", DEFAULT_SPARSITY)
     if config["out"] is None:
         config["out"] = os.path.join("runs", f"{args.model}-{args.method}-s{args.seed}")
     return config
 
 
-class _Progress:
-    """A one-line progress bar on stderr, redrawn at most 5 times a second."""
+def _clock(seconds):
+    """'m:ss', or 'h:mm:ss' from an hour on."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
-    def __init__(self, enabled):
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn at most 5 times a second, with the time
+    elapsed since it was made and the run's ETA: the steps left at the average time per
+    step so far (evaluation and checkpoints included)."""
+
+    def __init__(self, enabled, start_step, total_steps):
         self.enabled = enabled
         self.last = 0.0
+        self.started = time.monotonic()
+        self.start_step, self.total_steps = start_step, total_steps
+        self.width = 0
 
-    def update(self, epoch, epochs, batch, n_batches, loss, rate):
+    def update(self, epoch, epochs, batch, n_batches, step, loss, rate):
+        """``step``: optimizer steps taken so far in the whole run."""
         now = time.monotonic()
         if not self.enabled or (now - self.last < 0.2 and batch < n_batches):
             return
         self.last = now
         width = 24
         filled = int(width * batch / n_batches)
-        sys.stderr.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{batch}/{n_batches} loss {loss:.4f} {rate:,.0f} img/s ")
+        elapsed = now - self.started
+        done = step - self.start_step
+        eta = _clock(elapsed / done * (self.total_steps - step)) if done > 0 else "?"
+        line = (f"epoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{batch}/{n_batches} loss {loss:.4f} {rate:,.0f} img/s "
+                f"elapsed {_clock(elapsed)} ETA {eta}")
+        sys.stderr.write("\r" + line.ljust(self.width))
+        self.width = len(line)
         sys.stderr.flush()
 
     def close(self):
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 79 + "\r")
+        if self.enabled and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
             sys.stderr.flush()
+            self.width = 0
 
 
 def evaluate(model, x, y, batch_size=1000):
@@ -234,6 +293,46 @@ def _build_run(config):
             schedule, sparsity, steps_per_epoch)
 
 
+def _epochs(config):
+    return f"{config['epochs']} epoch" + ("" if config["epochs"] == 1 else "s")
+
+
+def plan_lines(config, sparsity, steps_per_epoch):
+    """What the run of ``config`` will do, as lines to print before its first step: the
+    schedule, one row per sparse layer (shape, sparsity, fan-in, updates), the layers the
+    distribution keeps dense and why, and a warning when no update will happen."""
+    if sparsity is None:
+        return ["method dense: every weight is trained, no masks"]
+    updates = sparsity.update_steps()
+    lines = [f"method {sparsity.method}: {100 * sparsity.sparsity:.1f}% global sparsity, "
+             f"{DISTRIBUTION_NAMES[sparsity.distribution]} per layer"]
+    if sparsity.method in DYNAMIC_METHODS:
+        lines.append(
+            f"schedule: a topology update every ΔT = {sparsity.delta} steps below t_end = "
+            f"{sparsity.t_end} ({100 * config['t_end_frac']:g}% of {_epochs(config)} x "
+            f"{steps_per_epoch} steps): {len(updates)} updates"
+            + (f" (steps {updates[0]}..{updates[-1]})" if updates else ""))
+    else:
+        lines.append("schedule: static, the initial masks are kept (no topology updates)")
+    plan = sparsity.plan()
+    rows = [{"layer": p["layer"], "shape": "x".join(map(str, p["shape"])),
+             "sparsity": f"{100 * p['sparsity']:.1f}%",
+             "fan-in": (f"k={p['fan_in'][0]}" if sparsity.method == "srigl"
+                        else "{}-{}".format(*p["fan_in"])),
+             "updates": str(p["updates"])} for p in plan if p["kept_dense"] is None]
+    if rows:
+        lines += ["  " + line for line in format_table(rows).splitlines()]
+    lines += [f"kept dense: {p['layer']} {'x'.join(map(str, p['shape']))} ({p['kept_dense']})"
+              for p in plan if p["kept_dense"] is not None]
+    if sparsity.method in DYNAMIC_METHODS and not updates:
+        lines.append(
+            f"warning: the schedule makes no topology update: ΔT = {sparsity.delta} is not "
+            f"below t_end = {sparsity.t_end} ({100 * config['t_end_frac']:g}% of "
+            f"{_epochs(config)} x {steps_per_epoch} steps), so the masks stay as initialised; "
+            f"lower --delta or train for more epochs")
+    return lines
+
+
 def train(config, resume=False, progress=False, log=print):
     """Run (or continue) training for ``config``; returns the metrics dict."""
     out = config["out"]
@@ -252,7 +351,13 @@ def train(config, resume=False, progress=False, log=print):
             # invariant check or crashed after its last checkpoint) are run again.
             sparsity.audit_records[:] = [r for r in read_trail(audit_path) if r["step"] < step]
         log(f"resumed from {checkpoint_path} at epoch {start_epoch} (step {step})")
-    bar = _Progress(progress)
+    for line in plan_lines(config, sparsity, steps_per_epoch):
+        log(line)
+    sparse_meta = {} if sparsity is None else {
+        "layer_sparsity": sparsity.layer_sparsity, "kept_dense": sparsity.kept_dense()}
+    # Written before the first epoch too, so a run that stops early says it did not finish.
+    write_json(os.path.join(out, "metrics.json"), _metrics(config, data_info, history))
+    bar = _Progress(progress, step, steps_per_epoch * config["epochs"])
     for epoch in range(start_epoch, config["epochs"]):
         model.set_rng(np.random.default_rng([config["seed"], _RNG_DROPOUT, epoch]))
         order = data_module.batches(len(x_train), config["batch_size"],
@@ -279,7 +384,7 @@ def train(config, resume=False, progress=False, log=print):
             loss_sum += loss * len(idx)
             correct += int((logits.argmax(axis=1) == y_train[idx]).sum())
             seen += len(idx)
-            bar.update(epoch + 1, config["epochs"], batch, steps_per_epoch, loss,
+            bar.update(epoch + 1, config["epochs"], batch, steps_per_epoch, step, loss,
                        seen / (time.perf_counter() - started))
         bar.close()
         seconds = time.perf_counter() - started
@@ -297,7 +402,8 @@ def train(config, resume=False, progress=False, log=print):
                      f"ITOP {100 * s['itop']:.1f}%")
         history.append(record)
         meta = {"epoch": epoch + 1, "step": step, "config": config, "history": history,
-                "optimizer_step_count": int(optimizer.step_count), "data": data_info}
+                "optimizer_step_count": int(optimizer.step_count), "data": data_info,
+                **sparse_meta}
         # The trail before the checkpoint: a crash between the two leaves it ahead, and
         # a resume drops what the checkpoint does not cover.
         if sparsity is not None:
@@ -309,12 +415,20 @@ def train(config, resume=False, progress=False, log=print):
 
 
 def _metrics(config, data_info, history):
-    return {"test_accuracy": history[-1]["test_accuracy"] if history else None,
+    done = history[-1]["epoch"] if history else 0
+    return {"finished": done >= config["epochs"],
+            "test_accuracy": history[-1]["test_accuracy"] if history else None,
             "epochs": history, "config": config, "data": data_info}
 
 
 def main(argv=None):
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if not args.resume:
+        try:
+            config = _config_from_args(args)
+        except ValueError as exc:
+            parser.error(str(exc))
     try:
         if args.resume:
             checkpoint = os.path.join(args.resume, "checkpoint.npz")
@@ -323,8 +437,6 @@ def main(argv=None):
             with np.load(checkpoint, allow_pickle=False) as saved:
                 config = json.loads(str(saved["meta"]))["config"]
             config["out"] = args.resume
-        else:
-            config = _config_from_args(args)
         progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         with threadpool_limits(limits=config["threads"] or None):
             metrics = train(config, resume=bool(args.resume), progress=progress)

@@ -246,3 +246,104 @@ def test_a_failed_invariant_check_raises_out_of_after_step(monkeypatch):
         _train(model, optimizer, ds, steps=3)
     # The layer updated before it in that step kept its record; the failed one has none.
     assert [(r["step"], r["layer"]) for r in ds.audit_records] == [(2, "0.weight")]
+
+
+# -- what the schedule will do, and the new record fields --------------------------------------
+
+def test_update_steps_are_the_steps_with_an_update():
+    model = _model()
+    ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method="srigl",
+                         sparsity=0.5, delta=3, t_end=10, distribution="uniform")
+    assert list(ds.update_steps()) == [3, 6, 9]
+    assert [s for s in range(30) if ds.is_update_step(s)] == list(ds.update_steps())
+    # ΔT not below t_end (the embedded subset's 40 steps x 75% against ΔT = 100): none.
+    late = DynamicSparsity(_model(), SGD(_model().named_parameters(), lr=0.1), method="set",
+                           sparsity=0.5, delta=100, t_end=30)
+    assert len(late.update_steps()) == 0
+    static = DynamicSparsity(_model(), SGD(_model().named_parameters(), lr=0.1),
+                             method="static", sparsity=0.5, delta=3, t_end=10)
+    assert len(static.update_steps()) == 0
+
+
+def _plan_model():
+    """A wide first layer and a 3x32 output, small enough for ERK to make it dense."""
+    rng = np.random.default_rng(0)
+    return Sequential(Flatten(), Linear(64, 256, rng=rng), ReLU(), Linear(256, 32, rng=rng),
+                      ReLU(), Linear(32, 3, rng=rng))
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"distribution": "erk", "sparsity": 0.9}, {"5.weight": "ERK gives it density 1"}),
+    ({"distribution": "uniform", "sparsity": 0.9}, {}),
+    ({"distribution": "uniform", "sparsity": 0.9, "dense_layers": [2]},
+     {"5.weight": "listed in dense_layers"}),
+    ({"distribution": "erk", "sparsity": 0.0},
+     {name: "the global sparsity is 0" for name in ("1.weight", "3.weight", "5.weight")}),
+])
+def test_kept_dense_names_the_layers_at_sparsity_0_and_why(kwargs, expected):
+    model = _plan_model()
+    ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method="srigl",
+                         t_end=10, **kwargs)
+    assert ds.kept_dense() == expected
+    assert {n for n, s in ds.layer_sparsity.items() if s == 0.0} == set(expected)
+
+
+@pytest.mark.parametrize("method", ["srigl", "rigl", "static"])
+def test_plan_gives_shape_sparsity_fan_in_and_updates_per_layer(method):
+    model = _plan_model()
+    ds = DynamicSparsity(model, SGD(model.named_parameters(), lr=0.1), method=method,
+                         sparsity=0.9, delta=4, t_end=30, seed=1)
+    plan = ds.plan()
+    assert [p["layer"] for p in plan] == ds.names
+    updates = 7 if method != "static" else 0   # steps 4, 8, ..., 28
+    for p in plan:
+        mask = ds.masks[p["layer"]]
+        counts = mask.sum(axis=1)
+        active = counts[counts > 0]   # a random mask may leave a neuron empty
+        assert p["shape"] == list(mask.shape)
+        assert p["sparsity"] == pytest.approx(1 - mask.mean())
+        assert p["fan_in"] == [active.min(), active.max()]
+        if p["layer"] == "5.weight":
+            assert p["kept_dense"] == "ERK gives it density 1" and p["updates"] == 0
+            assert p["sparsity"] == 0.0
+        else:
+            assert p["kept_dense"] is None and p["updates"] == updates
+    if method == "srigl":
+        assert all(p["fan_in"][0] == p["fan_in"][1] for p in plan)   # constant k
+
+
+@pytest.mark.parametrize("method", ["srigl", "rigl", "set"])
+def test_records_count_regrown_and_zeros_inside_the_mask(monkeypatch, method):
+    """regrown is the update's own count; zeros_in_mask is counted on the layer after the
+    update, and holds at least the grown weights (they start at 0)."""
+    results = []
+    real_update = getattr(dst, f"{method}_update")
+
+    def spy(weight, mask, *args, **kwargs):
+        results.append(real_update(weight, mask, *args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(dst, f"{method}_update", spy)
+    model = _model()
+    optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
+    ds = DynamicSparsity(model, optimizer, method=method, sparsity=0.8, delta=2, alpha=0.5,
+                         t_end=12, distribution="uniform", seed=4)
+    x, y = _batch()
+    records = []
+    for step in range(12):
+        _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
+        model.backward(grad)
+        grads = model.named_grads()
+        if ds.before_step(step, grads):
+            optimizer.step(grads)
+        new = ds.after_step(step, grads)
+        weights = model.named_parameters()
+        for r in new:   # straight after the update, before any optimizer step
+            mask = ds.masks[r["layer"]]
+            assert r["zeros_in_mask"] == int((mask & (weights[r["layer"]] == 0)).sum())
+        records += new
+    assert len(results) == len(records) == 5 * 3
+    for result, r in zip(results, records):
+        assert r["regrown"] == int(result.regrown.sum())
+        assert r["zeros_in_mask"] >= r["grown"]
+    assert sum(r["regrown"] for r in records) > 0   # drop-and-regrow happens at all

@@ -1,4 +1,6 @@
-"""The training CLI: argument errors, outputs, and bit-identical resume."""
+"""The training CLI: argument errors, defaults, what a run prints before it starts, outputs
+(metrics.json's "finished", the checkpoint's record of the layers kept dense), the
+progress bar, and bit-identical resume."""
 
 import json
 import os
@@ -14,8 +16,10 @@ from srigl_np import train as train_module
 
 
 def _run_cli(*args):
+    # Wide help lines, so that no "(default: ...)" is wrapped.
     return subprocess.run([sys.executable, "-m", "srigl_np.train", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -27,6 +31,8 @@ def _run_cli(*args):
     (["--sparsity", "1.0"], "--sparsity"),
     (["--batch-size", "0"], "--batch-size"),
     (["--method", "magic"], "--method"),
+    (["--method", "dense", "--sparsity", "0.5"],
+     "--sparsity 0.5 does not apply to --method dense"),
 ])
 def test_invalid_values_exit_with_one_line_error(args, fragment):
     result = _run_cli(*args)
@@ -45,6 +51,31 @@ def test_help_documents_every_flag():
             assert flag in result.stdout
 
 
+def test_help_shows_every_default():
+    result = _run_cli("--help")
+    flags = [a for a in train_module.make_parser()._actions if a.dest != "help"]
+    assert result.stdout.count("(default: ") == len(flags)
+    for text in ("(default: srigl)", "(default: 0.9)", "(default: erk)", "(default: 100)",
+                 "(default: runs/<model>-<method>-s<seed>)"):
+        assert text in result.stdout
+
+
+def _parse(*argv):
+    return train_module._config_from_args(train_module.make_parser().parse_args(list(argv)))
+
+
+def test_the_default_method_is_srigl_at_90_percent():
+    config = _parse()
+    assert (config["method"], config["sparsity"]) == ("srigl", 0.9)
+    assert config["out"] == os.path.join("runs", "mlp-srigl-s0")
+    assert _parse("--sparsity", "0.8")["sparsity"] == 0.8
+    assert _parse("--method", "rigl")["sparsity"] == 0.9
+    # A dense run records the sparsity it has; asking for one with it is refused.
+    assert _parse("--method", "dense")["sparsity"] == 0.0
+    with pytest.raises(ValueError, match=r"^--sparsity 0.9 does not apply to --method dense"):
+        _parse("--method", "dense", "--sparsity", "0.9")
+
+
 def test_resume_of_missing_run_is_a_one_line_error(tmp_path):
     result = _run_cli("--resume", str(tmp_path / "nothing"))
     assert result.returncode == 1
@@ -54,7 +85,7 @@ def test_resume_of_missing_run_is_a_one_line_error(tmp_path):
 def _config(out, **overrides):
     args = train_module.make_parser().parse_args(
         ["--dataset", "embedded", "--epochs", "2", "--batch-size", "256", "--lr", "0.05",
-         "--seed", "3", "--out", str(out)])
+         "--seed", "3", "--method", "srigl", "--out", str(out)])
     config = train_module._config_from_args(args)
     config.update(overrides)
     return config
@@ -87,8 +118,14 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method):
     cut = _config(tmp_path / "cut", **overrides)
     with pytest.raises(_StopAfterFirstEpoch):
         train_module.train(cut, log=_stop_after_first_epoch)
-    assert json.load(open(tmp_path / "cut" / "metrics.json"))["epochs"][-1]["epoch"] == 1
-    metrics_resumed = train_module.train(cut, resume=True, log=lambda line: None)
+    interrupted = json.load(open(tmp_path / "cut" / "metrics.json"))
+    assert interrupted["epochs"][-1]["epoch"] == 1 and interrupted["finished"] is False
+    resumed_lines = []
+    metrics_resumed = train_module.train(cut, resume=True, log=resumed_lines.append)
+    assert metrics_full["finished"] is metrics_resumed["finished"] is True
+    assert json.load(open(tmp_path / "cut" / "metrics.json"))["finished"] is True
+    # The resumed run says again what it does.
+    assert any(line.startswith("method ") for line in resumed_lines)
 
     a = _arrays(tmp_path / "full" / "checkpoint.npz")
     b = _arrays(tmp_path / "cut" / "checkpoint.npz")
@@ -109,12 +146,18 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("data: ") and "embedded" in lines[0]
+    assert lines[1:8] == _SRIGL_PLAN
     assert any("sparsity" in l and "active neurons" in l and "ITOP" in l for l in lines)
     metrics = json.load(open(out / "metrics.json"))
+    assert metrics["finished"] is True
     assert metrics["test_accuracy"] == metrics["epochs"][-1]["test_accuracy"]
     assert 0.5 < metrics["test_accuracy"] <= 1.0  # far above chance (0.1) after one epoch
     assert metrics["config"]["method"] == "srigl" and "embedded" in metrics["data"]["source"]
-    assert os.path.exists(out / "checkpoint.npz")
+    with np.load(out / "checkpoint.npz", allow_pickle=False) as saved:
+        meta = json.loads(str(saved["meta"]))
+    assert meta["kept_dense"] == {"5.weight": "ERK gives it density 1"}
+    assert meta["layer_sparsity"]["5.weight"] == 0.0
+    assert set(meta["layer_sparsity"]) == {"1.weight", "3.weight", "5.weight"}
     records = [json.loads(l) for l in open(out / "audit.jsonl")]
     assert records and all(r["invariants"] == "ok" for r in records)
     # ERK makes the small output layer (100x10) dense at 90%, so it has no updates.
@@ -124,6 +167,7 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert audit.returncode == 0, audit.stderr
     assert "1.weight" in audit.stdout and "fan-in" in audit.stdout
+    assert "  5.weight  10x100  ERK gives it density 1" in audit.stdout.splitlines()
 
 
 def test_failed_invariant_check_stops_the_cli_with_one_line_naming_the_layer(
@@ -158,6 +202,82 @@ def test_failed_invariant_check_stops_the_cli_with_one_line_naming_the_layer(
     assert [(r["step"], r["layer"]) for r in records] == [(5, "1.weight"), (5, "3.weight"),
                                                           (10, "1.weight")]
     assert all(r["invariants"] == "ok" for r in records)
+    # It stopped during its first epoch: metrics.json, written before it, says so.
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["finished"] is False and metrics["epochs"] == []
+    assert metrics["test_accuracy"] is None
+
+
+# -- what a run prints before its first step -----------------------------------------------------
+
+# The embedded subset: 5000 images, 40 steps of 128 per epoch; t_end = 75% of 40 = 30.
+_SRIGL_PLAN = [
+    "method srigl: 90.0% global sparsity, ERK per layer",
+    "schedule: a topology update every ΔT = 10 steps below t_end = 30 (75% of 1 epoch x 40 "
+    "steps): 2 updates (steps 10..20)",
+    "  layer     shape    sparsity  fan-in  updates",
+    "  --------  -------  --------  ------  -------",
+    "  1.weight  300x784  92.1%     k=62    2",
+    "  3.weight  100x300  77.0%     k=69    2",
+    "kept dense: 5.weight 10x100 (ERK gives it density 1)",
+]
+
+
+def _plan(*argv):
+    config = _parse("--dataset", "embedded", "--epochs", "1", "--batch-size", "128", *argv)
+    *_, sparsity, steps_per_epoch = train_module._build_run(config)
+    return train_module.plan_lines(config, sparsity, steps_per_epoch)
+
+
+def test_the_plan_names_each_layer_its_updates_and_the_layers_kept_dense():
+    assert _plan("--delta", "10") == _SRIGL_PLAN
+
+
+def test_the_plan_warns_when_the_schedule_makes_no_update():
+    lines = _plan()   # ΔT = 100 against 30 steps
+    assert lines[1].endswith("(75% of 1 epoch x 40 steps): 0 updates")
+    assert [l.split()[-1] for l in lines[4:6]] == ["0", "0"]
+    assert lines[-1] == ("warning: the schedule makes no topology update: ΔT = 100 is not "
+                         "below t_end = 30 (75% of 1 epoch x 40 steps), so the masks stay as "
+                         "initialised; lower --delta or train for more epochs")
+
+
+def test_the_plan_of_unstructured_static_and_dense_runs():
+    rigl = _plan("--method", "rigl", "--distribution", "uniform", "--delta", "10")
+    assert rigl[0] == "method rigl: 90.0% global sparsity, uniform per layer"
+    rows = [line.split() for line in rigl[4:]]
+    assert [row[0] for row in rows] == ["1.weight", "3.weight", "5.weight"]
+    for row in rows:   # a random mask: a range of fan-ins
+        low, high = map(int, row[3].split("-"))
+        assert 1 <= low < high and row[4] == "2"
+    static = _plan("--method", "static")
+    assert static[1] == "schedule: static, the initial masks are kept (no topology updates)"
+    assert not any(line.startswith("warning") for line in static)
+    assert _plan("--method", "dense") == ["method dense: every weight is trained, no masks"]
+
+
+# -- the progress bar ----------------------------------------------------------------------------
+
+def test_clock():
+    assert [train_module._clock(s) for s in (0, 59.6, 61, 3599, 3725)] == [
+        "0:00", "1:00", "1:01", "59:59", "1:02:05"]
+
+
+def test_the_progress_bar_shows_elapsed_time_and_the_runs_eta(monkeypatch, capsys):
+    now = [100.0]
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: now[0])
+    bar = train_module._Progress(True, start_step=10, total_steps=110)
+    now[0] = 130.0   # 30 s for 30 steps: 70 steps left take 70 s
+    bar.update(2, 3, 5, 40, 40, 0.5, 1000.0)
+    line = capsys.readouterr().err
+    assert line.startswith("\repoch 2/3 [###.....................] 5/40 loss 0.5000 1,000 img/s")
+    assert line.endswith("elapsed 0:30 ETA 1:10")
+    bar.close()
+    assert capsys.readouterr().err == "\r" + " " * (len(line) - 1) + "\r"
+    silent = train_module._Progress(False, 0, 10)
+    silent.update(1, 1, 1, 10, 1, 0.5, 1.0)
+    silent.close()
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("user_env, expected", [
