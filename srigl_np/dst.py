@@ -15,12 +15,16 @@ Conventions shared by every function (and by tests/test_dst.py)
 * Fan-in is never 0: ``k = min(F, max(1, floor(budget / n_active)))``. A layer whose
   budget is smaller than its neuron count therefore keeps one weight per neuron without
   ablation (nnz = n > budget), and ablates down to ``budget`` neurons with it.
+* Where these rules (and the others of srigl_update) depart from the authors' code, and
+  why: docs/tutorial.md, "Where srigl_np departs", which also works the updates below
+  through by hand as doctests.
 
 Devices: the updates and check_invariants also accept CuPy arrays. They copy them to
 the host, compute with NumPy, and return the weight-shaped results (mask, weight,
-pruned, grown) on the input's device; ``ablated`` stays a host index array. An update
-runs once per layer every ΔT steps, so the copies cost little, and one implementation
-of the rankings and tie-breaks gives the same masks on both devices.
+pruned, grown, regrown) on the input's device; ``ablated`` stays a host index array and
+a ``trace`` holds host arrays. An update runs once per layer every ΔT steps, so the
+copies cost little, and one implementation of the rankings and tie-breaks gives the
+same masks on both devices.
 
 SRigL is Lasby et al., "Dynamic Sparse Training with Structured Sparsity" (ICLR 2024,
 arXiv 2305.02299), §4; RigL is Evci et al. (ICML 2020); SET is Mocanu et
@@ -98,9 +102,9 @@ class UpdateTrace:
     n_nonzero:     active weights that are non-zero, the only ones magnitude can keep.
     kept_by_magnitude: bool (n, F), the n_keep largest |W| layer-wide (before ablation
                    and the cap; SRigL's saliency counts these).
-    Step 2, saliency and ablation (SRigL with ablation, else None):
     budget, k0:    layer_budget(shape, sparsity) and floor(budget/n) (SRigL).
     gamma_sal:     the argument (SRigL).
+    Step 2, saliency and ablation (SRigL with ablation; None with ablation=False):
     salient:       bool (n, F), kept_by_magnitude united with the n_prune largest |G|.
     salient_counts: int64 (n,), salient weights per neuron.
     threshold:     max(1, floor(gamma_sal*k0)), the salient weights a neuron needs.
@@ -189,7 +193,8 @@ def layer_budget(shape, sparsity):
     """Weights a layer of ``shape`` may hold at ``sparsity``: floor(N*(1 - sparsity)).
 
     The floor forgives a 1e-9 relative rounding error, so 100 weights at sparsity 0.9
-    give 10 (binary floating point computes 100*(1 - 0.9) = 9.999999999999998).
+    give 10 (binary floating point computes 100*(1 - 0.9) = 9.999999999999998; the
+    authors' code gives 9: docs/tutorial.md, "Where srigl_np departs").
     """
     _check_sparsity(sparsity)
     exact = math.prod(_check_shape(shape)) * (1.0 - sparsity)
@@ -201,7 +206,8 @@ def fan_in_after_ablation(shape, sparsity, n_ablated):
     """Constant fan-in with ``n_ablated`` of the ``n = shape[0]`` neurons ablated.
 
     floor(budget / (n - n_ablated)), clipped to [1, F] (see the module conventions; the
-    clip only acts when budget < n - n_ablated, or on a dense layer).
+    clip only acts when budget < n - n_ablated, or on a dense layer). The floor of 1 is
+    srigl_np's: see docs/tutorial.md, "Where srigl_np departs".
     """
     shape = _check_shape(shape)
     n_ablated = int(n_ablated)
@@ -486,6 +492,7 @@ def set_update(weight, mask, *, drop_fraction, rng, trace=False):
 
     As rigl_update, but the n_prune grown positions are a uniform random subset of the
     positions not kept, drawn from ``rng`` (a numpy.random.Generator). nnz is unchanged.
+    ``trace=True`` records steps 1 and 5 in ``result.trace``.
     """
     rows, row_mask, _ = _check_update_args(weight, mask, None, drop_fraction)
     _check_rng(rng)

@@ -265,7 +265,7 @@ def _srigl_by_reading(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal,
         keep = dst._top_positions(index, magnitude, n_keep, rows.shape)
         top_grad = dst._top_per_row(np.abs(row_grad).reshape(1, -1), np.array([n_prune]))
         salient_counts = np.count_nonzero(keep | top_grad.reshape(rows.shape), axis=1)
-        active = _active_neurons(salient_counts, threshold, min_active, max_active)
+        active, _ = dst._active_neurons(salient_counts, threshold, min_active, max_active)
     fan_in = _fan_in(reading, budget, int(active.sum()), dense_fan_in)
 
     active_mask = row_mask[active]
@@ -279,30 +279,20 @@ def _srigl_by_reading(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal,
         raise dst.InvariantError(f"steps 4-5 ran at fan-in {part.fan_in}, expected {fan_in}")
     new_mask = np.zeros(rows.shape, dtype=bool)
     new_mask[active] = part.mask
+    regrown = np.zeros(rows.shape, dtype=bool)
+    regrown[active] = part.regrown
     return dst._result(weight, mask, rows, row_mask, new_mask,
-                       np.flatnonzero(~active).astype(np.int64), fan_in)
+                       np.flatnonzero(~active).astype(np.int64), fan_in, regrown=regrown)
 
 
 def _ablation_numbers(reading, n, dense_fan_in, budget, nnz, gamma_sal):
     """Step 2 under ``reading``: (threshold or None for no ablation, min_active, max_active)."""
     if reading == "srigl_np":
-        return (max(1, math.floor(gamma_sal * (budget // n))),
-                min(n, budget // dense_fan_in + 1), max(1, budget))
+        return dst._ablation_rule(n, dense_fan_in, budget, gamma_sal)
     if gamma_sal == 0:
         return None, n, n
     threshold = 1 if gamma_sal >= 1 else max(1, math.floor(gamma_sal * dense_fan_in))
     return threshold, min(n, -(-nnz // dense_fan_in) + 1), n
-
-
-def _active_neurons(salient_counts, threshold, min_active, max_active):
-    """bool (n,): the neurons with at least ``threshold`` salient weights, the threshold
-    lowered so ``min_active`` stay, at most ``max_active`` (ties: lower neuron stays)."""
-    order = np.argsort(-salient_counts, kind="stable")
-    threshold = min(threshold, int(salient_counts[order[min_active - 1]]))
-    n_active = min(int(np.count_nonzero(salient_counts >= threshold)), max_active)
-    active = np.zeros(salient_counts.size, dtype=bool)
-    active[order[:n_active]] = True
-    return active
 
 
 def _fan_in(reading, budget, n_active, dense_fan_in):

@@ -1,0 +1,757 @@
+"""``python -m srigl_np.explain``: one topology update of one layer, step by step.
+
+Runs one ``dst.srigl_update`` (or ``rigl_update``, ``set_update``) with ``trace=True``
+and prints what each step of the paper's §4 decided, with its numbers: the drop
+fraction, the prune by magnitude, the saliency counts and the ablation threshold
+γ_sal·k0, the new fan-in k, the regrowth by gradient magnitude per neuron and the
+per-neuron cap; then the masks before and after as character grids. Every decision is
+read from the update's own trace (``dst.UpdateTrace``), recorded on the code path that
+made the result; this module only prints it, with the formulas that gave its numbers.
+
+The layer is, by default, a seeded random one as a previous SRigL update left it:
+--ablated-before neurons empty, every other neuron at the constant fan-in, standard
+normal weights on the mask, and a seeded standard normal gradient standing in for
+dL/dW. The defaults are chosen so that all of §4 happens at once: a neuron is
+ablated, three return, so k drops from 3 to 2 and the neurons that kept 3 weights are
+capped, and a dropped weight is regrown. --checkpoint RUN_DIR
+--layer NAME takes a layer of a run of ``python -m srigl_np.train`` instead, with its
+target sparsity, γ_sal, α and method, and as gradient one backward pass on --images
+images of the embedded Fashion-MNIST subset (or --gradient random). --plot FILE draws
+|W|, |G| and the decisions as one picture (needs matplotlib).
+"""
+
+import argparse
+import math
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dst
+
+PROG = "python -m srigl_np.explain"
+METHODS = ("srigl", "rigl", "set")
+GRADIENTS = ("random", "backward")
+DEFAULTS = {"shape": "10x12", "sparsity": 0.8, "ablated_before": 3, "gamma_sal": 0.3,
+            "alpha": 0.3, "step": 0, "t_end": 100, "seed": 69, "method": "srigl",
+            "images": 64, "max_rows": 24, "max_cols": 40}
+METHOD_NAMES = {"srigl": "SRigL", "rigl": "RigL", "set": "SET"}
+# One character per input in the "after" grid (the "before" grid uses # and .).
+KEPT, PRUNED, CAPPED, GROWN, REGROWN, ABSENT, ABLATED = "#-c+r.x"
+LEGEND_AFTER = (f"{KEPT} kept  {PRUNED} pruned  {CAPPED} removed by the cap  {GROWN} grown  "
+                f"{ABSENT} absent  {ABLATED} ablated neuron",
+                f"{REGROWN} regrown (dropped, then grown back with its old value)")
+
+
+@dataclass
+class Layer:
+    """What one explained update starts from.
+
+    weight, mask, grad: (n, *fan_in_dims), the grad dense; sparsity: the layer's target;
+    gamma_sal, alpha, method: the update's settings; ablation_off: None when SRigL may
+    ablate, else why not ("the output layer", ...); title, gradient_note, before, notes:
+    the header's lines; t_end: the schedule's T_end unless --t-end is given.
+    """
+
+    weight: np.ndarray
+    mask: np.ndarray
+    grad: np.ndarray
+    sparsity: float
+    gamma_sal: float
+    alpha: float
+    method: str
+    ablation_off: str | None
+    title: str
+    gradient_note: str
+    before: str = ""
+    notes: tuple = ()
+    t_end: int = DEFAULTS["t_end"]
+
+
+# -- the layer to explain ---------------------------------------------------------------
+
+def random_layer(shape, sparsity, ablated_before, rng):
+    """(weight, mask, grad, ablated) of a seeded layer as a previous SRigL update left it.
+
+    ``ablated_before`` neurons (drawn from ``rng``) have no weights, the others the
+    constant fan-in ``dst.fan_in_after_ablation(shape, sparsity, ablated_before)``;
+    weights standard normal on the mask, gradient standard normal everywhere, float32.
+    """
+    n = shape[0]
+    ablated = np.sort(rng.choice(n, size=ablated_before, replace=False)).astype(np.int64)
+    mask = dst.constant_fan_in_mask(shape, sparsity, rng, ablated=ablated)
+    weight = (rng.standard_normal(shape) * mask).astype(np.float32)
+    grad = rng.standard_normal(shape).astype(np.float32)
+    return weight, mask, grad, ablated
+
+
+def checkpoint_layer(run_dir, name, *, gradient, images, seed):
+    """(weight, mask, grad, run, layer sparsity, is_output, gradient note) of layer ``name``
+    of a run, the gradient from one backward pass (or seeded random)."""
+    from .checkpoint import load_model
+    from .sparsity import sparse_parameter_names
+
+    run = load_model(run_dir)
+    sparse = [key for key in sparse_parameter_names(run.model) if key in run.masks]
+    if name not in sparse:
+        raise ValueError(f"--layer must be one of the run's sparse layers "
+                         f"({', '.join(sparse)}), got {name!r}")
+    params = run.model.named_parameters()
+    weight, mask = params[name].copy(), run.masks[name]
+    sparsity = run.meta.get("layer_sparsity", {}).get(name)
+    if sparsity is None:   # a checkpoint from before the meta recorded it: derive it
+        config = run.config
+        spread = (dst.erk_sparsities if config.get("distribution") == "erk"
+                  else dst.uniform_sparsities)
+        shapes = [params[key].shape for key in sparse]
+        sparsity = dict(zip(sparse, spread(shapes, float(config.get("sparsity", 0.9)))))[name]
+    rng = np.random.default_rng([seed, 1])
+    if gradient == "random":
+        grad = rng.standard_normal(weight.shape).astype(weight.dtype)
+        note = f"seeded standard normal (seed {seed}), a stand-in for dL/dW"
+    else:
+        grad, note = _backward_gradient(run, name, images, rng)
+    return weight, mask, grad, run, sparsity, name == sparse[-1], note
+
+
+def _backward_gradient(run, name, images, rng):
+    """dL/dW of ``name`` from one training-mode backward pass on ``images`` embedded images."""
+    from .data import channel_stats, load_dataset, normalize
+    from .losses import softmax_cross_entropy
+
+    dataset = load_dataset("embedded")
+    count = min(images, len(dataset.x_train))
+    chosen = np.sort(rng.choice(len(dataset.x_train), size=count, replace=False))
+    mean, std = run.input_stats or channel_stats(dataset.x_train)
+    x = normalize(dataset.x_train[chosen], mean, std)
+    run.model.set_rng(rng)   # dropout, as in training, from the seed
+    logits = run.model.forward(x, training=True)
+    loss, grad_logits = softmax_cross_entropy(logits, dataset.y_train[chosen])
+    run.model.backward(grad_logits, input_grad=False)
+    grad = run.model.named_grads()[name].copy()
+    return grad, (f"one backward pass on {count} embedded training images (loss {loss:.3f}; "
+                  f"dense: it has values off the mask too)")
+
+
+def build_layer(args):
+    """The Layer the arguments describe (ValueError with a one-line message)."""
+    if args.checkpoint is None:
+        return _random_layer_from(args)
+    return _checkpoint_layer_from(args)
+
+
+def _random_layer_from(args):
+    if args.layer is not None:
+        raise ValueError("--layer needs --checkpoint RUN_DIR")
+    if args.gradient == "backward":
+        raise ValueError("--gradient backward needs --checkpoint (a model to run); the "
+                         "random layer's gradient is seeded random")
+    shape = args.shape
+    sparsity = DEFAULTS["sparsity"] if args.sparsity is None else args.sparsity
+    ablated_before = (DEFAULTS["ablated_before"] if args.ablated_before is None
+                      else args.ablated_before)
+    if ablated_before >= shape[0]:
+        raise ValueError(f"--ablated-before must leave one of the {shape[0]} neurons "
+                         f"active, got {ablated_before}")
+    weight, mask, grad, ablated = random_layer(shape, sparsity, ablated_before,
+                                               np.random.default_rng(args.seed))
+    fan_in = int(_rows(mask).sum(axis=1).max())
+    before = (f"neurons {ablated.tolist()} ablated, fan-in {fan_in} elsewhere"
+              if ablated.size else f"every neuron at fan-in {fan_in}")
+    return Layer(
+        weight, mask, grad, sparsity,
+        gamma_sal=DEFAULTS["gamma_sal"] if args.gamma_sal is None else args.gamma_sal,
+        alpha=DEFAULTS["alpha"] if args.alpha is None else args.alpha,
+        method=args.method or DEFAULTS["method"],
+        ablation_off="--no-ablation" if args.no_ablation else None,
+        title=f"a seeded random layer (seed {args.seed}), {_shape_text(shape)}",
+        gradient_note=f"seeded standard normal (seed {args.seed}), a stand-in for dL/dW",
+        before=f"as a previous update left it: {before}")
+
+
+def _checkpoint_layer_from(args):
+    if args.layer is None:
+        raise ValueError("--checkpoint needs --layer NAME (a sparse layer of the run, e.g. "
+                         "1.weight)")
+    if args.ablated_before is not None:
+        raise ValueError("--ablated-before shapes the random layer; a checkpoint's layer "
+                         "comes as the run left it")
+    weight, mask, grad, run, sparsity, is_output, note = checkpoint_layer(
+        args.checkpoint, args.layer, gradient=args.gradient or "backward",
+        images=args.images, seed=args.seed)
+    config, notes = run.config, []
+    if args.sparsity is not None:
+        sparsity = args.sparsity
+    elif sparsity == 0.0:
+        why = run.meta.get("kept_dense", {}).get(args.layer, "its sparsity is 0")
+        notes.append(f"the run keeps {args.layer} dense ({why}), so training never "
+                     f"updates it")
+    run_method = config.get("method", "dense")
+    method = args.method or (run_method if run_method in METHODS else "srigl")
+    ablation_off = ("--no-ablation" if args.no_ablation else
+                    "the output layer" if is_output else
+                    "the run trained with --no-ablation" if config.get("no_ablation") else None)
+    if is_output and method == "srigl":
+        notes.append(f"{args.layer} is the output layer: never ablated (as in training)")
+    epoch = run.meta.get("epoch")
+    return Layer(
+        weight, mask, grad, float(sparsity),
+        gamma_sal=(float(config.get("gamma_sal", DEFAULTS["gamma_sal"]))
+                   if args.gamma_sal is None else args.gamma_sal),
+        alpha=float(config.get("alpha", DEFAULTS["alpha"])) if args.alpha is None else args.alpha,
+        method=method, ablation_off=ablation_off,
+        title=(f"layer {args.layer} of {args.checkpoint} ({run_method} run"
+               + (f", epoch {epoch}" if epoch is not None else "")
+               + f"), {_shape_text(weight.shape)}"),
+        gradient_note=note, notes=tuple(notes), t_end=_run_t_end(run) or DEFAULTS["t_end"])
+
+
+def _run_t_end(run):
+    """The run's T_end (its last update step bound), None when its files do not say."""
+    config, data = run.config, run.meta.get("data")
+    try:
+        steps_per_epoch = -(-int(data["n_train"]) // int(config["batch_size"]))
+        return max(1, int(float(config["t_end_frac"]) * steps_per_epoch * int(config["epochs"])))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def run_update(layer, drop_fraction, seed):
+    """The traced UpdateResult of ``layer``'s method."""
+    if layer.method == "srigl":
+        return dst.srigl_update(layer.weight, layer.mask, layer.grad,
+                                drop_fraction=drop_fraction, sparsity=layer.sparsity,
+                                gamma_sal=layer.gamma_sal, ablation=layer.ablation_off is None,
+                                trace=True)
+    if layer.method == "rigl":
+        return dst.rigl_update(layer.weight, layer.mask, layer.grad,
+                               drop_fraction=drop_fraction, trace=True)
+    return dst.set_update(layer.weight, layer.mask, drop_fraction=drop_fraction,
+                          rng=np.random.default_rng([seed, 2]), trace=True)
+
+
+# -- the explanation ----------------------------------------------------------------------
+
+def explain(layer, result, schedule, max_rows=DEFAULTS["max_rows"],
+            max_cols=DEFAULTS["max_cols"]):
+    """The lines printed for one update: header, steps in §4's order, result, grids.
+
+    schedule: (alpha, step, t_end, drop_fraction, given) with ``given`` True when the drop
+    fraction was passed directly; max_rows, max_cols: the grids' limits.
+    """
+    trace = result.trace
+    n = layer.weight.shape[0]
+    rows = _rows(layer.mask)
+    lines = [f"{METHOD_NAMES[layer.method]} update of {layer.title}",
+             f"  {layer.before}" if layer.before else None,
+             f"  nnz {int(layer.mask.sum())} of N = {layer.mask.size}, target sparsity "
+             f"{_num(layer.sparsity)}",
+             f"  gradient: {layer.gradient_note}"]
+    lines = [line for line in lines if line is not None]
+    lines += [f"  note: {note}" for note in layer.notes]
+    lines.append("")
+    lines += _drop_fraction_lines(*schedule)
+    lines += _prune_lines(layer, trace)
+    if layer.method == "srigl":
+        lines += _ablation_lines(layer, result, trace, rows)
+        lines += _fan_in_lines(layer, trace, rows)
+        lines += _regrowth_lines(layer, result, trace, number=5)
+        lines += _cap_lines(layer, trace)
+    else:
+        lines += _regrowth_lines(layer, result, trace, number=3)
+        lines.append("   no saliency, ablation, constant fan-in or cap: the fan-in of each "
+                     "neuron is free to vary")
+    lines += _result_lines(layer, result, trace, rows)
+    lines.append("")
+    lines += _grid_lines(layer, result, trace, max_rows, max_cols)
+    return lines
+
+
+def _drop_fraction_lines(alpha, step, t_end, drop_fraction, given):
+    if given:
+        return [f"1. drop fraction: d = {_num(drop_fraction)} (given; the schedule is "
+                f"α/2·(1 + cos(π·t/T_end)))"]
+    return [f"1. drop fraction: d = α/2·(1 + cos(π·t/T_end)) = {_num(alpha)}/2·(1 + "
+            f"cos(π·{step}/{t_end})) = {_num(drop_fraction)}"]
+
+
+def _prune_lines(layer, trace):
+    lines = [f"2. prune by magnitude: n_ones = {trace.n_ones}, n_prune = "
+             f"floor({trace.n_ones}·{_num(trace.drop_fraction)}) = "
+             f"{math.floor(trace.n_ones * trace.drop_fraction)}, n_keep = "
+             f"{trace.n_ones - math.floor(trace.n_ones * trace.drop_fraction)}"]
+    if trace.n_keep < trace.n_ones - math.floor(trace.n_ones * trace.drop_fraction):
+        lines.append(f"   only {trace.n_nonzero} active weights are non-zero, so n_keep = "
+                     f"{trace.n_keep} and n_prune = {trace.n_prune} (a zero weight is never "
+                     f"kept by magnitude)")
+    kept = np.abs(layer.weight.reshape(layer.weight.shape[0], -1))[trace.kept_by_magnitude]
+    smallest = f" (smallest kept |W| {_num(kept.min())})" if kept.size else ""
+    lines.append(f"   the {trace.n_keep} largest |W| of the layer are kept{smallest}, the "
+                 f"other {trace.n_prune} dropped")
+    return lines
+
+
+def _ablation_lines(layer, result, trace, rows_before):
+    n, dense_fan_in = trace.kept_by_magnitude.shape
+    lines = ["3. saliency and ablation:"]
+    if trace.salient_counts is None:
+        return lines + [f"   ablation off ({layer.ablation_off}): every neuron stays active"]
+    lines += [f"   salient = the {trace.n_keep} kept by |W| ∪ the {trace.n_prune} largest |G| "
+              f"of the layer (n_prune of them, anywhere)",
+              *_wrap(f"salient weights per neuron: {_per_neuron(trace.salient_counts)}"),
+              f"   budget B = floor(N·(1 - s)) = floor({n * dense_fan_in}·"
+              f"{_num(1 - layer.sparsity)}) = {trace.budget}, k0 = floor(B/n) = "
+              f"floor({trace.budget}/{n}) = {trace.k0}",
+              f"   threshold = max(1, floor(γ_sal·k0)) = max(1, floor({_num(trace.gamma_sal)}·"
+              f"{trace.k0})) = {trace.threshold} salient weight"
+              + ("s" if trace.threshold != 1 else "")]
+    reaching = int(np.count_nonzero(trace.salient_counts >= trace.threshold))
+    fewest = _count(trace.min_active, "neuron") + " stay" + _verb_s(trace.min_active)
+    lines.append(f"   at least min(n, floor(B/F) + 1) = min({n}, floor({trace.budget}/"
+                 f"{dense_fan_in}) + 1) = {fewest} active:")
+    if trace.threshold_lowered:
+        lines.append(f"   only {reaching} reach {trace.threshold}, so the threshold is lowered "
+                     f"to {trace.threshold_used}, the count of the "
+                     f"{_ordinal(trace.min_active)} most salient neuron")
+    else:
+        lines.append(f"   {reaching} reach the threshold, so it is not lowered")
+    reaching = int(np.count_nonzero(trace.salient_counts >= trace.threshold_used))
+    if reaching > trace.max_active:
+        lines += _wrap(f"at most max(1, B) = {_count(trace.max_active, 'neuron')} "
+                       f"stay{_verb_s(trace.max_active)} "
+                       f"(fan-in >= 1): the {trace.max_active} most salient of the {reaching} "
+                       f"(ties: the lower neuron)")
+    ablated = trace.ablated
+    was_empty = ~rows_before.any(axis=1)
+    returned = np.flatnonzero(was_empty & trace.active)
+    if ablated.size:
+        stays = [f"{i} ({'stays ablated, ' if was_empty[i] else ''}"
+                 f"{trace.salient_counts[i]} salient)" for i in ablated]
+        lines += _wrap(f"ablated: neuron{'s' if ablated.size > 1 else ''} "
+                       f"{_listed(stays, noun='ablated')}")
+    else:
+        lines.append("   ablated: none")
+    if returned.size:
+        back = [f"{i} ({trace.salient_counts[i]} salient)" for i in returned]
+        lines += _wrap(f"back: neuron{'s' if returned.size > 1 else ''} "
+                       f"{_listed(back, noun='back')} had no weights and "
+                       f"return{'s' if returned.size == 1 else ''}")
+    lost = int(np.count_nonzero(trace.kept_by_magnitude[~trace.active]))
+    if lost:
+        kept = _rows(result.mask & layer.mask & ~result.regrown)
+        instead = int(np.count_nonzero(kept & ~trace.kept_by_magnitude))
+        text = (f"the {_count(lost, 'weight')} the ablated neurons kept by |W| go with them; "
+                + (f"the active neurons keep their next {instead} largest |W| in their place"
+                   if instead else "the active neurons have no other non-zero weight to keep "
+                                   "in their place"))
+        lines += _wrap(text)
+    return lines
+
+
+def _fan_in_lines(layer, trace, rows_before):
+    n_active = int(trace.active.sum())
+    dense_fan_in = trace.kept_by_magnitude.shape[1]
+    counts = rows_before.sum(axis=1)
+    before = np.unique(counts[counts > 0])
+    was = _was(trace.fan_in, before)
+    return [f"4. new fan-in: k = min(F, max(1, floor(B/n_active))) = min({dense_fan_in}, "
+            f"max(1, floor({trace.budget}/{n_active}))) = {trace.fan_in}{was}"]
+
+
+def _was(value, before):
+    """' (was 4)', ' (unchanged)' or ' (was 2..4)' for the fan-in before the update."""
+    if before.size == 1:
+        return " (unchanged)" if before[0] == value else f" (was {before[0]})"
+    return f" (was {before[0]}..{before[-1]})" if before.size else ""
+
+
+def _regrowth_lines(layer, result, trace, number):
+    n = layer.weight.shape[0]
+    growth = (result.grown | result.regrown).reshape(n, -1)
+    if layer.method == "srigl":
+        head = (f"{number}. regrow by gradient: each active neuron grows k - kept weights at "
+                f"its largest |G|\n   among the inputs it does not keep (new weights start "
+                f"at 0)")
+    elif layer.method == "rigl":
+        head = (f"{number}. regrow by gradient: the {trace.n_prune} largest |G| of the layer "
+                f"among the positions\n   not kept (new weights start at 0)")
+    else:
+        head = (f"{number}. regrow at random: {trace.n_prune} positions drawn uniformly from "
+                f"those not kept (new weights start at 0)")
+    lines = head.split("\n")
+    growers = np.flatnonzero(trace.grown_counts)
+    parts = [f"neuron {i} grows {trace.grown_counts[i]} (input"
+             f"{'s' if trace.grown_counts[i] > 1 else ''} "
+             f"{_listed(np.flatnonzero(growth[i]).tolist(), limit=6)})" for i in growers]
+    lines += _wrapped(parts, limit=8, noun="growing neurons") if parts else \
+        ["   no neuron grows"]
+    regrown = np.argwhere(result.regrown.reshape(n, -1))
+    if regrown.size:
+        old = layer.weight.reshape(n, -1)
+        spots = [f"neuron {i} input {j} ({_num(old[i, j])})" for i, j in regrown]
+        lines += _wrap(f"regrown (dropped, then grown back with its old value): "
+                       f"{_listed(spots, limit=6, noun='regrown')}")
+    return lines
+
+
+def _cap_lines(layer, trace):
+    lines = ["6. per-neuron cap: a neuron that kept more than k weights keeps its k largest "
+             "|W|"]
+    capped = np.flatnonzero(trace.capped_counts)
+    if not capped.size:
+        return lines + ["   no neuron kept more than k"]
+    rows = np.abs(layer.weight.reshape(layer.weight.shape[0], -1))
+    parts = []
+    for i in capped:
+        dropped = np.flatnonzero(trace.removed_by_cap[i])
+        parts.append(f"neuron {i} kept {trace.kept_counts[i] + trace.capped_counts[i]} > "
+                     f"k = {trace.fan_in}, drops input{'s' if dropped.size > 1 else ''} "
+                     + _listed([f"{j} (|W| {_num(rows[i, j])})" for j in dropped], limit=4))
+    lines += _wrapped(parts, limit=8, noun="capped neurons")
+    lines.append("   (a capped neuron grows nothing, so steps 5 and 6 commute; the code "
+                 "caps first)")
+    return lines
+
+
+def _result_lines(layer, result, trace, rows_before):
+    nnz = int(result.mask.sum())
+    counts = (f"pruned {int(result.pruned.sum())}, grown {int(result.grown.sum())}, "
+              f"regrown {int(result.regrown.sum())}")
+    if layer.method == "srigl":
+        n_active = int(trace.active.sum())
+        return _wrap(f"result: nnz {nnz} = k·n_active = {trace.fan_in}·{n_active} (budget "
+                     f"{trace.budget}); {counts}; ablated [{_listed(result.ablated.tolist())}]",
+                     indent="")
+    after = result.mask.reshape(result.mask.shape[0], -1).sum(axis=1)
+    before = rows_before.sum(axis=1)
+    return _wrap(f"result: nnz {nnz} (unchanged); {counts}; fan-in {before.min()}.."
+                 f"{before.max()} before, {after.min()}..{after.max()} after", indent="")
+
+
+def position_codes(layer, result, trace):
+    """(n, F) array of the "after" grid characters (see LEGEND_AFTER)."""
+    n = layer.weight.shape[0]
+    before, after = _rows(layer.mask), _rows(result.mask)
+    regrown = result.regrown.reshape(n, -1)
+    codes = np.full(before.shape, ABSENT)
+    codes[before & after] = KEPT
+    codes[before & ~after] = PRUNED
+    if trace.removed_by_cap is not None:
+        codes[trace.removed_by_cap & ~after] = CAPPED
+    codes[~before & after] = GROWN
+    codes[regrown] = REGROWN
+    if trace.active is not None:
+        codes[~trace.active] = ABLATED
+    return codes
+
+
+def _grid_lines(layer, result, trace, max_rows, max_cols):
+    n = layer.weight.shape[0]
+    before, after = _rows(layer.mask), _rows(result.mask)
+    codes = position_codes(layer, result, trace)
+    changed = (trace.capped_counts > 0 if trace.capped_counts is not None
+               else np.zeros(n, dtype=bool))
+    if trace.active is not None:
+        changed |= ~trace.active | (~before.any(axis=1) & trace.active)
+    # Large layers: the neurons where something happened first, then the others in order.
+    shown = np.concatenate([np.flatnonzero(changed), np.flatnonzero(~changed)])[:max_rows]
+    shown.sort()
+    compact = before.shape[1] > max_cols
+    lines = ["masks, one row per neuron, one character per input:"]
+    if compact:
+        lines += _wrap(f"(F = {before.shape[1]} > --max-cols {max_cols}: each row shows only "
+                       f"the inputs its neuron has before or after, the first {max_cols})",
+                       indent="  ")
+    lines += [f"  before: {KEPT} active  {ABSENT} absent",
+              f"  after:  {LEGEND_AFTER[0]}",
+              f"          {LEGEND_AFTER[1]}"]
+    table = [["neuron", "before", "after"]
+             + (["salient"] if trace.salient_counts is not None else [])
+             + ["kept"] + (["capped"] if trace.capped_counts is not None else []) + ["grown"]]
+    for i in shown:
+        columns = (np.flatnonzero(before[i] | after[i])[:max_cols] if compact
+                   else np.arange(before.shape[1]))
+        old = "".join(np.where(before[i, columns], KEPT, ABSENT))
+        new = "".join(codes[i, columns])
+        if not new:   # compact, no weight before or after
+            new = ABLATED if trace.active is not None and not trace.active[i] else "(none)"
+        row = [str(i), old or "(none)", new]
+        if trace.salient_counts is not None:
+            row.append(str(trace.salient_counts[i]))
+        row.append(str(trace.kept_counts[i]))
+        if trace.capped_counts is not None:
+            row.append(str(trace.capped_counts[i]))
+        row.append(str(trace.grown_counts[i]))
+        table.append(row)
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    for row in table:
+        cells = [cell.rjust(w) if c == 0 or c > 2 else cell.ljust(w)
+                 for c, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  " + "  ".join(cells).rstrip())
+    if shown.size < n:
+        lines.append(f"  ({n - shown.size} more neurons not shown; those where something "
+                     f"happened come first)")
+    return lines
+
+
+# -- the picture ----------------------------------------------------------------------------
+
+CODE_ORDER = (ABSENT, KEPT, PRUNED, CAPPED, GROWN, REGROWN, ABLATED)
+CODE_NAMES = ("absent", "kept", "pruned", "removed by the cap", "grown", "regrown", "ablated")
+CODE_COLORS = ("#ffffff", "#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#8c8c8c")
+
+
+def plot(path, layer, result):
+    """Draw |W| before, |G| and the decisions (kept, pruned, capped, grown, regrown,
+    ablated) into ``path``, written atomically; the format comes from the suffix (PNG
+    without one). ImportError saying how to install matplotlib without it; ValueError for
+    an unknown format."""
+    try:
+        from matplotlib import colormaps
+        from matplotlib.colors import BoundaryNorm, ListedColormap
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Patch
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib "
+                          "(or srigl_np[plot])") from None
+    from .fileio import atomic_write
+
+    n = layer.weight.shape[0]
+    codes = position_codes(layer, result, result.trace)
+    index = np.zeros(codes.shape, dtype=np.int64)
+    for value, code in enumerate(CODE_ORDER):
+        index[codes == code] = value
+    panel_width = min(5.0, max(3.0, 0.3 * codes.shape[1]))   # inches, colour bars aside
+    fig = Figure(figsize=(3 * panel_width + 3.0, 2.0 + min(8.0, 0.3 * n)))
+    image_format = os.path.splitext(path)[1][1:].lower() or "png"
+    formats = fig.canvas.get_supported_filetypes()
+    if image_format not in formats:
+        raise ValueError(f"--plot {path}: unknown image format {image_format!r}; the suffix "
+                         f"must be one of {', '.join(sorted(formats))}")
+    axes = fig.subplots(1, 3, sharey=True)
+    off_mask = ~_rows(layer.mask)
+    panels = [(np.ma.masked_where(off_mask, np.abs(_rows(layer.weight))),
+               "|W| before (blank: off the mask)", "viridis"),
+              (np.abs(_rows(layer.grad)), "|G| (dense)", "magma")]
+    for ax, (values, title, cmap) in zip(axes, panels):
+        image = ax.imshow(values, cmap=colormaps[cmap].with_extremes(bad="white"),
+                          aspect="auto", interpolation="nearest")
+        fig.colorbar(image, ax=ax, fraction=0.05)
+        ax.set_title(title, fontsize=9)
+    colors = ListedColormap(CODE_COLORS)
+    axes[2].imshow(index, cmap=colors, norm=BoundaryNorm(np.arange(len(CODE_ORDER) + 1) - 0.5,
+                                                         len(CODE_ORDER)),
+                   aspect="auto", interpolation="nearest")
+    axes[2].set_title(f"{METHOD_NAMES[layer.method]} update"
+                      + (f": k = {result.fan_in}" if result.fan_in is not None else ""),
+                      fontsize=9)
+    present = [value for value in range(len(CODE_ORDER)) if (index == value).any()]
+    axes[2].legend(handles=[Patch(facecolor=CODE_COLORS[v], edgecolor="black", linewidth=0.5,
+                                  label=CODE_NAMES[v]) for v in present],
+                   fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[0].set_ylabel("neuron")
+    if n <= 32:
+        axes[0].set_yticks(range(n))
+    for ax in axes:
+        ax.set_xlabel("input")
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format=image_format, dpi=100))
+
+
+# -- the command line ---------------------------------------------------------------------
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag or value in one line, without usage or traceback."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be NxF or NxCxHxW (positive integers), "
+                                         f"got {text!r}") from None
+    if not 2 <= len(shape) <= 4 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"must be NxF or NxCxHxW (positive integers), "
+                                         f"got {text!r}")
+    return shape
+
+
+def _interval(low, high, high_open=False, integer=False):
+    def parse(text):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not (low <= value and (value < high if high_open else value <= high)):
+            bracket = ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{bracket}, got {text}")
+        return value
+    return parse
+
+
+def make_parser():
+    d = DEFAULTS
+    about = __doc__.split("\n\n", 1)[1].replace("``", "")
+    p = _OneLineParser(prog=PROG, description="One topology update of one layer, step by "
+                                              "step.\n\n" + about,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    layer = p.add_argument_group("the random layer")
+    layer.add_argument("--shape", type=_shape, default=_shape(d["shape"]),
+                       metavar="NxF", help=f"neurons x dense fan-in, or NxCxHxW for a conv "
+                                           f"layer (default: {d['shape']})")
+    layer.add_argument("--ablated-before", type=_interval(0, 10**6, integer=True),
+                       metavar="A", help=f"neurons a previous update left ablated (default: "
+                                         f"{d['ablated_before']})")
+    run = p.add_argument_group("or a layer of a training run")
+    run.add_argument("--checkpoint", metavar="RUN_DIR",
+                     help="a run directory of python -m srigl_np.train (or its "
+                          "checkpoint.npz) (default: none, the random layer)")
+    run.add_argument("--layer", metavar="NAME",
+                     help="the sparse layer to update, e.g. 1.weight (default: none; "
+                          "required with --checkpoint)")
+    run.add_argument("--gradient", choices=GRADIENTS,
+                     help="'backward': one backward pass on --images embedded images; "
+                          "'random': seeded standard normal (default: backward with "
+                          "--checkpoint, random for the random layer)")
+    run.add_argument("--images", type=_interval(1, 10**6, integer=True), default=d["images"],
+                     help=f"images of the backward pass (default: {d['images']})")
+    update = p.add_argument_group("the update")
+    update.add_argument("--method", choices=METHODS,
+                        help=f"the update (default: {d['method']}; with --checkpoint the "
+                             f"run's, srigl for a dense or static run)")
+    update.add_argument("--sparsity", type=_interval(0.0, 1.0, high_open=True),
+                        help=f"the layer's target sparsity (default: {d['sparsity']}; with "
+                             f"--checkpoint the layer's share of the run's)")
+    update.add_argument("--gamma-sal", type=_interval(0.0, 1.0),
+                        help=f"SRigL's ablation threshold γ_sal (default: {d['gamma_sal']}; "
+                             f"with --checkpoint the run's)")
+    update.add_argument("--no-ablation", action="store_true",
+                        help="SRigL without neuron ablation, as for an output layer "
+                             "(default: ablation on)")
+    update.add_argument("--drop-fraction", type=_interval(0.0, 1.0),
+                        help="the drop fraction d, instead of the schedule (default: the "
+                             "schedule α/2·(1 + cos(π·t/T_end)))")
+    update.add_argument("--alpha", type=_interval(0.0, 1.0),
+                        help=f"the schedule's initial drop fraction α (default: {d['alpha']}; "
+                             f"with --checkpoint the run's)")
+    update.add_argument("--step", type=_interval(0, 10**9, integer=True), default=d["step"],
+                        metavar="T", help=f"the schedule's step t (default: {d['step']})")
+    update.add_argument("--t-end", type=_interval(1, 10**9, integer=True), metavar="T_END",
+                        help=f"the schedule's T_end, where updates stop (default: "
+                             f"{d['t_end']}; with --checkpoint the run's)")
+    update.add_argument("--seed", type=int, default=d["seed"],
+                        help=f"seed of the random layer, the random gradient, the images and "
+                             f"SET's growth (default: {d['seed']})")
+    shown = p.add_argument_group("the output")
+    shown.add_argument("--max-rows", type=_interval(1, 10**6, integer=True),
+                       default=d["max_rows"], metavar="R",
+                       help=f"neurons shown in the grids, those where something happened "
+                            f"first (default: {d['max_rows']})")
+    shown.add_argument("--max-cols", type=_interval(1, 10**6, integer=True),
+                       default=d["max_cols"], metavar="C",
+                       help=f"inputs per grid row; a wider layer shows only each neuron's "
+                            f"inputs before or after (default: {d['max_cols']})")
+    shown.add_argument("--plot", metavar="FILE",
+                       help="also draw |W|, |G| and the decisions into FILE (.png, .pdf, "
+                            ".svg; needs matplotlib) (default: no plot)")
+    return p
+
+
+def main(argv=None):
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        layer = build_layer(args)
+        t_end = layer.t_end if args.t_end is None else args.t_end
+        if args.step > t_end:
+            raise ValueError(f"--step must be <= T_end = {t_end} (--t-end), got {args.step}")
+        given = args.drop_fraction is not None
+        drop_fraction = (args.drop_fraction if given else
+                         dst.cosine_drop_fraction(args.step, layer.alpha, t_end))
+        result = run_update(layer, drop_fraction, args.seed)
+        lines = explain(layer, result, (layer.alpha, args.step, t_end, drop_fraction, given),
+                        args.max_rows, args.max_cols)
+        if args.plot is not None:
+            plot(args.plot, layer, result)
+            lines.append(f"\nplot: {args.plot}")
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+# -- small formatting helpers ---------------------------------------------------------------
+
+def _rows(array):
+    return array.reshape(array.shape[0], -1)
+
+
+def _num(value):
+    return f"{float(value):.3g}"
+
+
+def _shape_text(shape):
+    n, fan_in = shape[0], math.prod(shape[1:])
+    dims = "" if len(shape) == 2 else f" ({'x'.join(map(str, shape[1:]))} per filter)"
+    return f"{n} neurons x {fan_in} inputs{dims}"
+
+
+def _ordinal(k):
+    return {1: "1st", 2: "2nd", 3: "3rd"}.get(k, f"{k}th")
+
+
+def _listed(items, limit=12, noun="in all"):
+    items = [str(item) for item in items]
+    if len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", ... ({len(items)} {noun})"
+
+
+def _verb_s(count):
+    """The -s of a verb whose subject counts ``count`` things: 1 neuron stays, 2 stay."""
+    return "s" if count == 1 else ""
+
+
+def _count(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _wrap(text, indent="   ", width=96):
+    """``text`` as lines of at most ``width`` characters, the first indented by ``indent``,
+    the others by three spaces more than it."""
+    return textwrap.wrap(text, width=width, initial_indent=indent,
+                         subsequent_indent=indent + "   ", break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def _wrapped(parts, limit, noun, width=96):
+    """``parts`` joined by ", " over lines of at most ``width`` characters, indented 3."""
+    lines, line = [], "  "
+    shown = parts if len(parts) <= limit else parts[:limit] + [f"... ({len(parts)} {noun})"]
+    for k, part in enumerate(shown):
+        piece = part + ("," if k < len(shown) - 1 else "")
+        if len(line) + 1 + len(piece) > width and line.strip():
+            lines.append(line)
+            line = "  "
+        line += " " + piece
+    return lines + [line]
+
+
+def _per_neuron(counts, limit=16):
+    """'0:3 1:4 ...' for up to ``limit`` neurons, else the first ones and a summary."""
+    pairs = [f"{i}:{c}" for i, c in enumerate(counts.tolist())]
+    if len(pairs) <= limit:
+        return " ".join(pairs)
+    return (" ".join(pairs[:limit]) + f" ... ({len(pairs)} neurons; min {counts.min()}, "
+            f"median {int(np.median(counts))}, max {counts.max()})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
