@@ -1,0 +1,78 @@
+"""python -m srigl_np.experiments: the grid, skipping finished runs, resuming unfinished
+ones, and a summary that never pools different settings as seeds."""
+
+import json
+
+import pytest
+
+from srigl_np import experiments
+
+
+def test_the_reproduction_grid_names_every_run_once():
+    runs = experiments.grid("reproduction")
+    names = [experiments.run_name(r) for r in runs]
+    assert len(names) == len(set(names))
+    assert "mlp-dense-seed0" in names and "mlp-srigl-s0.99-g0.95-seed2" in names
+    assert "cnn-srigl-noabl-s0.99-g0.3-seed0" in names
+    dense = [r for r in runs if r["method"] == "dense"]
+    assert all(r["sparsity"] == 0.0 and r["gamma_sal"] is None for r in dense)
+
+
+def test_train_command_passes_only_what_the_method_takes():
+    run = {"model": "mlp", "method": "srigl-noabl", "sparsity": 0.95, "gamma_sal": 0.3,
+           "seed": 2, "epochs": 20, "lr": 0.1}
+    command = experiments.train_command(run, "out", "fashion-mnist", 1)
+    assert command[command.index("--method") + 1] == "srigl" and "--no-ablation" in command
+    assert command[command.index("--sparsity") + 1] == "0.95"
+    dense = experiments.train_command({**run, "method": "dense", "gamma_sal": None},
+                                      "out", "fashion-mnist", 1)
+    assert "--sparsity" not in dense and "--gamma-sal" not in dense
+
+
+@pytest.fixture
+def smoke(tmp_path, monkeypatch):
+    out, report = tmp_path / "runs", tmp_path / "report"
+    args = ["--preset", "smoke", "--out", str(out), "--dataset", "embedded",
+            "--report", str(report)]
+    return out, report, args
+
+
+def test_runs_are_trained_summarised_then_skipped(smoke, capsys):
+    out, report, args = smoke
+    assert experiments.main(args) == 0
+    first = capsys.readouterr().out
+    assert first.count(": finished") == 2
+    rows = json.loads((report / "results.json").read_text())["rows"]
+    assert [(r["method"], len(r["seeds"])) for r in rows] == [("dense", 1), ("srigl", 1)]
+    assert (report / "accuracy_vs_sparsity.png").stat().st_size > 0
+    assert "## Neuron ablation (SRigL)" in (report / "results.md").read_text()
+    assert experiments.main(args) == 0
+    assert capsys.readouterr().out.count(": done before") == 2
+
+
+def test_an_unfinished_run_is_resumed(smoke, capsys):
+    out, _, args = smoke
+    assert experiments.main(args) == 0
+    metrics_path = out / "mlp-srigl-s0.9-g0.3-seed0" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["finished"] = False
+    metrics_path.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert experiments.main(args) == 0
+    out_text = capsys.readouterr().out
+    assert "mlp-srigl-s0.9-g0.3-seed0: finished" in out_text
+    assert "mlp-dense-seed0: done before" in out_text
+
+
+def test_settings_that_differ_are_never_pooled(tmp_path):
+    runs = [{"model": "mlp", "method": "srigl", "sparsity": 0.9, "gamma_sal": g,
+             "seed": seed, "epochs": 1, "lr": 0.1} for g in (0.3, 0.5) for seed in (0, 1)]
+    for i, run in enumerate(runs):
+        directory = tmp_path / experiments.run_name(run)
+        directory.mkdir()
+        (directory / "metrics.json").write_text(json.dumps({
+            "finished": True, "test_accuracy": 0.8 + 0.01 * i,
+            "epochs": [{"active_neurons": 10, "neurons": 10}]}))
+    rows = experiments.summarise(runs, tmp_path)
+    assert [(r["gamma_sal"], r["seeds"]) for r in rows] == [(0.3, [0, 1]), (0.5, [0, 1])]
+    assert rows[0]["mean"] == pytest.approx(80.5) and rows[1]["mean"] == pytest.approx(82.5)
