@@ -13,11 +13,13 @@ never pooled as seeds) and gives the final test accuracy as mean ± sample std o
 seeds, the seeds' count, and the active neurons at the end; for SRigL a second table
 gives, per layer, the neurons left at the end and the first update that ablated one (from
 each run's audit trail). ``--report DIR`` writes ``results.md``, ``results.json`` and
-``accuracy_vs_sparsity.png`` (one panel per model) there, each atomically.
+``accuracy_vs_sparsity.png`` (one panel per model; needs matplotlib) there, each
+atomically.
 """
 
 import argparse
 import concurrent.futures
+import importlib.util
 import itertools
 import json
 import os
@@ -273,7 +275,10 @@ def main(argv=None):
         write_json(os.path.join(args.report, "results.json"), {"preset": args.preset,
                                                                "rows": rows,
                                                                "ablation": ablation})
-        plot(rows, os.path.join(args.report, "accuracy_vs_sparsity.png"))
+        if importlib.util.find_spec("matplotlib") is None:
+            print("plot skipped: it needs matplotlib (pip install matplotlib)")
+        else:
+            plot(rows, os.path.join(args.report, "accuracy_vs_sparsity.png"))
     return 0
 
 
