@@ -41,3 +41,16 @@ def pytest_runtest_setup(item):
     from srigl_np.kernels import openmp_enabled
     if not openmp_enabled():
         pytest.skip(NO_OPENMP)
+
+
+@pytest.fixture(scope="session")
+def srigl_run(tmp_path_factory):
+    """A finished SRigL run directory (mlp, 90%, one epoch of the embedded subset, ΔT 10),
+    trained once per session; tests read it and write elsewhere."""
+    from srigl_np.train import main
+
+    out = tmp_path_factory.mktemp("run") / "mlp-srigl"
+    assert main(["--model", "mlp", "--method", "srigl", "--sparsity", "0.9", "--epochs", "1",
+                 "--dataset", "embedded", "--delta", "10", "--progress", "off",
+                 "--out", str(out)]) == 0
+    return out

@@ -188,17 +188,6 @@ def test_load_refuses_what_is_not_an_npz_file(saved, tmp_path, write, message):
 
 # --- loading a run for inference ------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def srigl_run(tmp_path_factory):
-    from srigl_np.train import main
-
-    out = tmp_path_factory.mktemp("run") / "mlp-srigl"
-    assert main(["--model", "mlp", "--method", "srigl", "--sparsity", "0.9", "--epochs", "1",
-                 "--dataset", "embedded", "--delta", "10", "--progress", "off",
-                 "--out", str(out)]) == 0
-    return out
-
-
 def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
     import json
 

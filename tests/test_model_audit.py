@@ -11,32 +11,21 @@ from srigl_np.checkpoint import load_model
 from strategies import fan_in_weight
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from srigl_np.train import main
-
-    out = tmp_path_factory.mktemp("run") / "mlp-srigl"
-    assert main(["--model", "mlp", "--method", "srigl", "--sparsity", "0.9", "--epochs", "1",
-                 "--dataset", "embedded", "--delta", "10", "--progress", "off",
-                 "--out", str(out)]) == 0
-    return out
-
-
 def _audit(capsys, *argv):
     status = audit.main([str(a) for a in argv])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 
 
-def test_a_run_directory_shows_its_trail_and_its_layers(run, capsys):
-    status, out, err = _audit(capsys, run)
+def test_a_run_directory_shows_its_trail_and_its_layers(srigl_run, capsys):
+    status, out, err = _audit(capsys, srigl_run)
     assert status == 0 and not err
     assert "audit.jsonl" in out and "run, structure from mask" in out
     assert out.count("constant fan-in") == 2 and "VIOLATED" not in out
 
 
-def test_json_has_one_entry_per_sparse_layer(run, capsys):
-    status, out, _ = _audit(capsys, run / "checkpoint.npz", "--json")
+def test_json_has_one_entry_per_sparse_layer(srigl_run, capsys):
+    status, out, _ = _audit(capsys, srigl_run / "checkpoint.npz", "--json")
     report = json.loads(out)
     assert status == 0 and report["kind"] == "checkpoint"
     assert [layer["layer"] for layer in report["layers"]] == ["1.weight", "3.weight"]
@@ -46,40 +35,40 @@ def test_json_has_one_entry_per_sparse_layer(run, capsys):
     assert first["violations"] == [] and first["outside_mask"] == 0
 
 
-def _tampered_checkpoint(run, tmp_path, edit):
-    arrays = dict(np.load(run / "checkpoint.npz"))
+def _tampered_checkpoint(srigl_run, tmp_path, edit):
+    arrays = dict(np.load(srigl_run / "checkpoint.npz"))
     edit(arrays)
     np.savez(tmp_path / "checkpoint.npz", **arrays)
     return tmp_path / "checkpoint.npz"
 
 
-def test_a_claimed_layer_with_ragged_fan_in_fails_naming_the_neuron(run, tmp_path, capsys):
+def test_a_claimed_layer_with_ragged_fan_in_fails_naming_the_neuron(srigl_run, tmp_path, capsys):
     def drop_one_weight(arrays):
         mask = arrays["dst/mask/1.weight"]
         column = np.flatnonzero(mask[4])[0]
         mask[4, column] = False
         arrays["param/1.weight"][4, column] = 0.0
-    path = _tampered_checkpoint(run, tmp_path, drop_one_weight)
+    path = _tampered_checkpoint(srigl_run, tmp_path, drop_one_weight)
     status, out, _ = _audit(capsys, path)
     assert status == 1 and "VIOLATED" in out
     assert "neuron 4" in out and "ragged" in out
 
 
-def test_weights_outside_the_mask_are_counted(run, tmp_path, capsys):
+def test_weights_outside_the_mask_are_counted(srigl_run, tmp_path, capsys):
     def weight_outside(arrays):
         mask = arrays["dst/mask/3.weight"]
         row, column = np.argwhere(~mask)[0]
         arrays["param/3.weight"][row, column] = 0.5
-    path = _tampered_checkpoint(run, tmp_path, weight_outside)
+    path = _tampered_checkpoint(srigl_run, tmp_path, weight_outside)
     status, out, _ = _audit(capsys, path, "--json")
     layer = json.loads(out)["layers"][1]
     assert status == 1 and layer["outside_mask"] == 1
     assert layer["violations"][0]["kind"] == "outside_mask"
 
 
-def test_a_condensed_file_audits_clean(run, tmp_path, capsys):
+def test_a_condensed_file_audits_clean(srigl_run, tmp_path, capsys):
     path = tmp_path / "condensed.npz"
-    load_model(run).condense().save(path)
+    load_model(srigl_run).condense().save(path)
     status, out, _ = _audit(capsys, path, "--json")
     report = json.loads(out)
     assert status == 0 and report["kind"] == "condensed"
@@ -134,20 +123,20 @@ def test_audit_layer_reports_every_violation_of_a_claimed_layer():
 
 # --- python -m srigl_np.condense ------------------------------------------------------------
 
-def test_condense_cli_writes_the_model_and_evaluates_it(run, tmp_path, capsys):
+def test_condense_cli_writes_the_model_and_evaluates_it(srigl_run, tmp_path, capsys):
     out = tmp_path / "m.npz"
     lines = []
-    assert condense_cli.main([str(run), "--out", str(out), "--evaluate", "embedded"],
+    assert condense_cli.main([str(srigl_run), "--out", str(out), "--evaluate", "embedded"],
                              log=lines.append) == 0
     assert sum("condensed (constant fan-in; structure from mask" in line
                for line in lines) == 3
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((srigl_run / "metrics.json").read_text())
     assert f"condensed accuracy {100 * metrics['test_accuracy']:.2f}%" in lines[-1]
     assert "predictions agree on 100.00%" in lines[-1]
     # An existing file is kept unless --force.
-    assert condense_cli.main([str(run), "--out", str(out)], log=lines.append) == 1
+    assert condense_cli.main([str(srigl_run), "--out", str(out)], log=lines.append) == 1
     assert "pass --force" in capsys.readouterr().err
-    assert condense_cli.main([str(run), "--out", str(out), "--force"], log=lines.append) == 0
+    assert condense_cli.main([str(srigl_run), "--out", str(out), "--force"], log=lines.append) == 0
 
 
 def test_condense_cli_takes_a_scipy_matrix_and_refuses_a_condensed_file(tmp_path, capsys):
