@@ -35,7 +35,7 @@ from libc.stdint cimport int16_t, int32_t
 
 import numpy as np
 
-from srigl_np.validation import check_array
+from srigl_np.validation import check_array, check_threads
 
 # The C interface of _kernels.h (see its comments for each function's arguments).
 cdef extern from "_kernels.h":
@@ -72,10 +72,11 @@ def max_threads():
     return omp_get_max_threads()
 
 
-cdef int _resolve_threads(int threads) except -1:
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 = OpenMP default), got {threads}")
-    return threads if threads > 0 else omp_get_max_threads()
+cdef int _resolve_threads(object threads) except -1:
+    """The thread count for a prange: ``validation.check_threads`` (the one bound check,
+    made before any OpenMP region), 0 meaning OpenMP's default."""
+    cdef int n = check_threads(threads)
+    return n if n > 0 else omp_get_max_threads()
 
 
 def _check_float_array(name, a, ndim):
@@ -194,7 +195,7 @@ cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh,
         _col2im_image(cols, x, b, kh, kw, stride, padding, out_h, out_w)
 
 
-def im2col(x, int kh, int kw, int stride=1, int padding=0, int threads=0, out=None):
+def im2col(x, int kh, int kw, int stride=1, int padding=0, threads=0, out=None):
     """Unfold image patches into rows.
 
     x[batch, channels, height, width] (float32/float64, C-contiguous)
@@ -229,7 +230,7 @@ def im2col(x, int kh, int kw, int stride=1, int padding=0, int threads=0, out=No
     return cols
 
 
-def col2im(cols, x_shape, int kh, int kw, int stride=1, int padding=0, int threads=0):
+def col2im(cols, x_shape, int kh, int kw, int stride=1, int padding=0, threads=0):
     """Fold rows back into images, summing overlapping taps (the adjoint of im2col).
 
     cols[batch*out_h*out_w, channels*kh*kw] (float32/float64, C-contiguous)
@@ -566,7 +567,7 @@ cdef void _vector_dispatch(CondensedWeights weights, const float[::1] x,
             _condensed_vector(values, idx32, &x[0], bias, &y[0], threads)
 
 
-def condensed_matvec(CondensedWeights weights, x, bias=None, int threads=0):
+def condensed_matvec(CondensedWeights weights, x, bias=None, threads=0):
     """Condensed forward of one input: gather-dot per output row.
 
     weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
@@ -588,7 +589,7 @@ def condensed_matvec(CondensedWeights weights, x, bias=None, int threads=0):
     return y
 
 
-cdef object _matmul(CondensedWeights weights, x, bias, int threads, int n_vectors):
+cdef object _matmul(CondensedWeights weights, x, bias, object threads, int n_vectors):
     """The body of condensed_matmul, shared with the test hook _condensed_matmul_tiled.
 
     Input:   weights (packed_values[nnz], packed_indices[nnz], starts, n_active, n_in);
@@ -652,7 +653,7 @@ cdef object _matmul(CondensedWeights weights, x, bias, int threads, int n_vector
     return y
 
 
-def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
+def condensed_matmul(CondensedWeights weights, x, bias=None, threads=0):
     """Condensed forward of a batch: y = x @ W.T (+ bias), W the condensed weights.
 
     weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
@@ -669,7 +670,7 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, int threads=0):
     return _matmul(weights, x, bias, threads, 0)
 
 
-def _condensed_matmul_tiled(CondensedWeights weights, x, bias=None, int threads=0, *,
+def _condensed_matmul_tiled(CondensedWeights weights, x, bias=None, threads=0, *,
                             n_vectors):
     """Test hook: ``condensed_matmul`` forced onto the batched (tiled) kernel.
 

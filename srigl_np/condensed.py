@@ -311,6 +311,9 @@ class CondensedLinear(Stage):
 
         if not scipy.sparse.issparse(matrix):
             raise TypeError(f"matrix must be a scipy.sparse matrix, got {type(matrix).__name__}")
+        if matrix.dtype.kind not in "biuf":
+            raise TypeError(f"matrix must hold real numbers (weights are float32), got "
+                            f"{matrix.dtype}")
         csr = scipy.sparse.csr_array(matrix, dtype=np.float64 if matrix.dtype == np.float64
                                      else np.float32, copy=True)
         csr.sum_duplicates()

@@ -333,10 +333,20 @@ def _check_distribution_args(shapes, sparsity, dense_layers):
     _check_sparsity(sparsity)
     sizes = np.array([math.prod(_check_shape(s)) for s in shapes], dtype=np.float64)
     dense = np.zeros(len(sizes), dtype=bool)
+    if isinstance(dense_layers, (str, bytes)) or not hasattr(dense_layers, "__iter__"):
+        raise TypeError(f"dense_layers must be a sequence of layer indices, got "
+                        f"{dense_layers!r}")
     for index in dense_layers:
-        if not (isinstance(index, (int, np.integer)) and 0 <= index < len(sizes)):
+        # A bool is an int to Python, but True as "layer 1" is a mask mistaken for indices.
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"dense_layers must hold integer layer indices (not booleans), "
+                            f"got {index!r}")
+        if not 0 <= index < len(sizes):
             raise ValueError(f"dense_layers must hold layer indices in [0, {len(sizes)}), "
                              f"got {index!r}")
+        if dense[index]:
+            raise ValueError(f"dense_layers must not repeat a layer index, got {index!r} "
+                             f"twice")
         dense[index] = True
     return sizes, dense
 
@@ -695,12 +705,13 @@ def invariant_violations(weight, mask, fan_in=None, ablated=(), *, budget=None):
     * "outside_mask": no weight is non-zero outside the mask;
     * "ablated_active": every neuron in ``ablated`` has no active weight;
       ``ablated="infer"`` takes the neurons whose mask row is empty (so this never fires);
-    * "no_active_neuron": at least one neuron is not ablated;
+    * "no_active_neuron": at least one neuron is not ablated (unless ``budget`` is 0);
     * "fan_in": with ``fan_in``, every neuron not ablated has exactly ``fan_in`` active
       weights; ``fan_in="infer"`` expects the most common count among the non-ablated
       neurons that have any (ties: the larger count), 1 if none has any;
     * "budget": with ``budget``, budget - n_active < nnz <= budget, n_active counting
-      neurons with any weight; nnz may exceed the budget only when every active neuron
+      neurons with any weight, or nnz == budget (so a budget of 0 takes no weights);
+      nnz may exceed the budget only when every active neuron
       has one weight (the fan-in floor of 1) and fall short only when every active
       neuron is dense.
     ``ablated`` is a sequence of neuron indices in [0, n) (repeats are harmless); a
@@ -737,7 +748,7 @@ def invariant_violations(weight, mask, fan_in=None, ablated=(), *, budget=None):
             f"({holding.size} of {int(is_ablated.sum())} ablated neurons hold weights)"))
 
     live = ~is_ablated
-    if not live.any():
+    if not live.any() and budget != 0:   # a budget of 0 leaves every neuron ablated
         violations.append(Violation(
             "no_active_neuron", None, ">= 1", 0, n,
             f"no neuron is active (all {n} ablated), expected at least one"))
@@ -762,8 +773,10 @@ def invariant_violations(weight, mask, fan_in=None, ablated=(), *, budget=None):
         active_counts = counts[counts > 0]
         n_active = active_counts.size
         too_many = nnz > budget and not np.all(active_counts == 1)
-        too_few = nnz <= budget - n_active and not (n_active and np.all(active_counts ==
-                                                                         dense_fan_in))
+        # nnz == budget is always right: a budget of 0 (an all-sparse small layer) leaves
+        # no weight and no active neuron, where budget - n_active < nnz cannot hold.
+        too_few = (nnz < budget and nnz <= budget - n_active
+                   and not (n_active and np.all(active_counts == dense_fan_in)))
         if too_many or too_few:
             violations.append(Violation(
                 "budget", None, f"{budget - n_active} < nnz <= {budget}", nnz, 1,

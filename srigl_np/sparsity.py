@@ -121,7 +121,10 @@ class DynamicSparsity:
         self.gamma_sal = float(gamma_sal)
         self.ablation = bool(ablation)
         self.seed = int(seed)
-        self.dense_layers = tuple(dense_layers)
+        if isinstance(dense_layers, (str, bytes)) or not hasattr(dense_layers, "__iter__"):
+            raise TypeError(f"dense_layers must be a sequence of layer indices, got "
+                            f"{dense_layers!r}")
+        self.dense_layers = tuple(dense_layers)   # the entries: dst._check_distribution_args
         self.params = model.named_parameters()
         self.names = [] if method == "dense" else sparse_parameter_names(model)
         shapes = [self.params[n].shape for n in self.names]

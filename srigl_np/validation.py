@@ -92,3 +92,24 @@ def count(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
+
+
+def max_thread_count():
+    """The largest thread count a kernel accepts: max(64, 4 x the CPUs this process sees)."""
+    import os
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(threads):
+    """``threads`` as a Python int in [0, max_thread_count()] (0 = OpenMP's default).
+
+    The one check of a kernel's thread count, made before any OpenMP region: a bool or a
+    non-integer is a TypeError, a negative count or one past the bound a ValueError (libgomp
+    would abort the process on a count it cannot start)."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
+        raise TypeError(f"threads must be an integer (0 = OpenMP default), got {threads!r}")
+    bound = max_thread_count()
+    if not 0 <= threads <= bound:
+        raise ValueError(f"threads must be in [0, {bound}] (0 = OpenMP default), "
+                         f"got {threads!r}")
+    return int(threads)

@@ -86,6 +86,15 @@ def test_differing_counts_are_refused_naming_rows_and_counts():
         CondensedLinear.from_csr(scipy.sparse.csr_array(weight))
 
 
+def test_from_csr_refuses_a_complex_matrix():
+    # The cast to float32 would drop the imaginary part (NumPy's ComplexWarning) silently.
+    matrix = scipy.sparse.csr_array(np.array([[1.0 + 2.0j, 0.0], [0.0, 1.0]]))
+    with pytest.raises(TypeError, match="matrix"):
+        CondensedLinear.from_csr(matrix)
+    with pytest.raises(TypeError, match="matrix"):
+        CondensedLinear.from_csr(scipy.sparse.coo_matrix(np.eye(2, dtype=np.complex64)))
+
+
 @pytest.mark.parametrize("weight, error, match", [
     (np.array([[1.0, np.nan]], dtype=np.float32), ValueError, "finite"),
     (np.array([[1.0, np.inf]]), ValueError, "finite"),

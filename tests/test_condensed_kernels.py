@@ -434,12 +434,34 @@ MATMULS = [pytest.param(condensed_matmul, id="matmul")] + [
      ValueError, "bias"),
     (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.float32), np.ones(3)), TypeError, "bias"),
     (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.float32), threads=-1), ValueError, "threads"),
+    (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.float32), threads=10000), ValueError,
+     "threads"),
+    (lambda mm, w: mm(w, np.ones((2, 3), dtype=np.float32), threads=True), TypeError, "threads"),
     (lambda mm, w: mm(None, np.ones((2, 3), dtype=np.float32)), TypeError, "weights"),
 ])
 def test_kernels_refuse_bad_arguments(matmul, call, error, name):
     weights = CondensedWeights(*good_arguments(), 3)
     with pytest.raises(error, match=name):
         call(matmul, weights)
+
+
+@pytest.mark.parametrize("threads, error", [(10000, ValueError), (-1, ValueError),
+                                            (True, TypeError), (None, TypeError)])
+def test_matvec_refuses_bad_thread_counts(threads, error):
+    # One bound, checked before any OpenMP region: libgomp aborts on a count it cannot start.
+    weights = CondensedWeights(*good_arguments(), 3)
+    with pytest.raises(error, match="threads"):
+        condensed_matvec(weights, np.ones(3, dtype=np.float32), threads=threads)
+
+
+def test_thread_bound_is_the_validation_helper():
+    from srigl_np.validation import check_threads, max_thread_count
+    bound = max_thread_count()
+    assert bound >= 64 and check_threads(0) == 0 and check_threads(np.int64(bound)) == bound
+    with pytest.raises(ValueError, match="threads"):
+        check_threads(bound + 1)
+    weights = CondensedWeights(*good_arguments(), 3)
+    condensed_matvec(weights, np.ones(3, dtype=np.float32), threads=np.int32(1))
 
 
 def test_matvec_refuses_a_batch():

@@ -479,6 +479,49 @@ def test_distributions_keep_the_global_budget(sparsity, power, dense):
         assert _nnz(SHAPES, values) == pytest.approx((1 - sparsity) * total, rel=1e-9)
 
 
+@pytest.mark.parametrize("dense, error", [
+    ((True,), TypeError), ((False,), TypeError), ((np.True_,), TypeError),
+    (np.array([True, False, False]), TypeError), ((1.0,), TypeError), (("0",), TypeError),
+    ((None,), TypeError), (3, TypeError), ("0", TypeError),
+    ((-1,), ValueError), ((3,), ValueError), ((0, 0), ValueError), ((1, 2, 1), ValueError),
+])
+def test_distributions_refuse_bad_dense_layers(dense, error):
+    # True would otherwise read as layer 1 (a mask taken for indices).
+    for spread in (dst.erk_sparsities, dst.uniform_sparsities):
+        with pytest.raises(error, match="dense_layers"):
+            spread(SHAPES, 0.5, dense_layers=dense)
+
+
+def test_dynamic_sparsity_refuses_bad_dense_layers():
+    from srigl_np.layers import Linear, Sequential
+    from srigl_np.optim import SGD
+    from srigl_np.sparsity import DynamicSparsity
+    rng = np.random.default_rng(0)
+    model = Sequential(Linear(8, 6, rng=rng), Linear(6, 4, rng=rng))
+    optimizer = SGD(model.named_parameters(), lr=0.1)
+    for dense, error in (((True,), TypeError), (1, TypeError), ((0, 0), ValueError),
+                         ((2,), ValueError)):
+        with pytest.raises(error, match="dense_layers"):
+            DynamicSparsity(model, optimizer, method="rigl", sparsity=0.5, t_end=10,
+                            dense_layers=dense)
+
+
+def test_a_zero_budget_layer_with_no_weights_is_valid():
+    shape, sparsity = (10, 10), 0.999999
+    assert dst.layer_budget(shape, sparsity) == 0
+    mask = dst.random_mask(shape, sparsity, np.random.default_rng(0))
+    weight = np.zeros(shape, dtype=np.float32)
+    assert not mask.any()
+    dst.check_invariants(weight, mask, ablated=dst.INFER, budget=0)
+    assert dst.invariant_violations(weight, mask, budget=0) == []
+    # Only nnz == budget is excused: a budget of 5 with no weights still fails.
+    assert [v.kind for v in dst.invariant_violations(weight, mask, budget=5)] == ["budget"]
+    one = mask.copy()
+    one[0, 0] = True
+    weight[0, 0] = 1.0
+    assert dst.invariant_violations(weight, one, budget=0) == []    # the fan-in floor of 1
+
+
 def test_erk_with_power_zero_is_uniform_and_conv_kernels_count():
     assert dst.erk_sparsities(SHAPES, 0.8, power_scale=0.0) == pytest.approx([0.8] * 3)
     assert dst.uniform_sparsities(SHAPES, 0.8) == pytest.approx([0.8] * 3)
@@ -615,7 +658,8 @@ def _plain_violations(weight, mask, fan_in, ablated, budget):
         found.append(("ablated_active", holding[0], len(holding)))
     live = [i for i in range(n) if i not in ablated]
     if not live:
-        found.append(("no_active_neuron", None, n))
+        if budget != 0:
+            found.append(("no_active_neuron", None, n))
     elif fan_in is not None:
         wrong = [i for i in live if counts[i] != fan_in]
         if wrong:
@@ -624,7 +668,7 @@ def _plain_violations(weight, mask, fan_in, ablated, budget):
         active = [c for c in counts if c > 0]
         nnz = sum(counts)
         if (nnz > budget and any(c != 1 for c in active)) or (
-                nnz <= budget - len(active) and not (active and all(
+                nnz < budget and nnz <= budget - len(active) and not (active and all(
                     c == rows.shape[1] for c in active))):
             found.append(("budget", None, 1))
     return found
