@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from .fileio import atomic_write, write_json
+from .validation import check_threads
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
 PRESETS = {
@@ -253,8 +254,12 @@ def main(argv=None):
     parser.add_argument("--summary-only", action="store_true",
                         help="train nothing; summarise what is finished")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.threads < 0:
-        parser.error("--jobs must be >= 1 and --threads >= 0")
+    if not 1 <= args.jobs <= os.cpu_count() * 4:
+        parser.error(f"--jobs must be in [1, {os.cpu_count() * 4}], got {args.jobs}")
+    try:
+        check_threads(args.threads)
+    except ValueError as exc:
+        parser.error(f"--{exc}")
     runs = [r for r in grid(args.preset) if not args.models or r["model"] in args.models]
     os.makedirs(args.out, exist_ok=True)
     if not args.summary_only:

@@ -11,6 +11,8 @@ Arrays may be NumPy or CuPy (``device=`` says which is allowed); CuPy is never i
 here, arrays are recognised by their type (``backend.is_cupy_array``).
 """
 
+import os
+
 import numpy as np
 
 from .backend import array_module, is_cupy_array
@@ -96,7 +98,6 @@ def count(name, value):
 
 def max_thread_count():
     """The largest thread count a kernel accepts: max(64, 4 x the CPUs this process sees)."""
-    import os
     return max(64, 4 * (os.cpu_count() or 1))
 
 

@@ -80,3 +80,13 @@ def test_settings_that_differ_are_never_pooled(tmp_path):
     rows = experiments.summarise(runs, tmp_path)
     assert [(r["gamma_sal"], r["seeds"]) for r in rows] == [(0.3, [0, 1]), (0.5, [0, 1])]
     assert rows[0]["mean"] == pytest.approx(80.5) and rows[1]["mean"] == pytest.approx(82.5)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--jobs", "0"], "--jobs must be in"),
+    (["--threads", "100000"], "--threads must be in"),
+])
+def test_bad_counts_are_one_line_errors(argv, match, capsys):
+    with pytest.raises(SystemExit) as stop:
+        experiments.main(argv + ["--summary-only"])
+    assert stop.value.code == 2 and match in capsys.readouterr().err
