@@ -91,15 +91,34 @@ def conv_output_size(int size, int kernel, int stride, int padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def _check_conv_geometry(int height, int width, int kh, int kw, int stride, int padding):
+INT32_MAX = 2**31 - 1
+
+
+def _check_conv_geometry(height, width, kh, kw, stride, padding):
+    """(out_h, out_w) for Python ints, checked in Python before anything becomes a C int:
+    every value and the padded sizes (size + 2*padding) must fit in int32."""
+    named = {"height": height, "width": width, "kh": kh, "kw": kw, "stride": stride,
+             "padding": padding}
+    for name, value in named.items():
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    height, width, kh, kw, stride, padding = (int(v) for v in named.values())
     if kh < 1 or kw < 1:
         raise ValueError(f"kernel size must be >= 1, got ({kh}, {kw})")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     if padding < 0:
         raise ValueError(f"padding must be >= 0, got {padding}")
-    out_h = conv_output_size(height, kh, stride, padding)
-    out_w = conv_output_size(width, kw, stride, padding)
+    for name, value in (("height", height), ("width", width), ("kh", kh), ("kw", kw),
+                        ("stride", stride), ("padding", padding)):
+        if value > INT32_MAX:
+            raise ValueError(f"{name} must be <= {INT32_MAX}, got {value}")
+    for name, size in (("height", height), ("width", width)):
+        if size + 2 * padding > INT32_MAX:
+            raise ValueError(f"{name} + 2*padding must be <= {INT32_MAX}, got "
+                             f"{size} + 2*{padding}")
+    out_h = (height + 2 * padding - kh) // stride + 1
+    out_w = (width + 2 * padding - kw) // stride + 1
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"kernel ({kh}, {kw}) with padding {padding} does not fit input ({height}, {width})")
@@ -195,7 +214,7 @@ cdef void _col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh,
         _col2im_image(cols, x, b, kh, kw, stride, padding, out_h, out_w)
 
 
-def im2col(x, int kh, int kw, int stride=1, int padding=0, threads=0, out=None):
+def im2col(x, kh, kw, stride=1, padding=0, threads=0, out=None):
     """Unfold image patches into rows.
 
     x[batch, channels, height, width] (float32/float64, C-contiguous)
@@ -230,7 +249,7 @@ def im2col(x, int kh, int kw, int stride=1, int padding=0, threads=0, out=None):
     return cols
 
 
-def col2im(cols, x_shape, int kh, int kw, int stride=1, int padding=0, threads=0):
+def col2im(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
     """Fold rows back into images, summing overlapping taps (the adjoint of im2col).
 
     cols[batch*out_h*out_w, channels*kh*kw] (float32/float64, C-contiguous)

@@ -50,6 +50,10 @@ TARGETS = {
 # GPU targets at batch 256 (vs cuBLAS dense, vs cuSPARSE CSR) and batch 1 (vs dense).
 GPU_TARGETS = {256: (2.0, 15.0), 1: (1.0, None)}
 BIG_LAYER_FLOATS = 8 * 1024 * 1024   # a weight this large (32 MiB) no longer fits in L3
+# The bench holds a layer several times over (float64 draw keys, mask, float32 values,
+# weight, active rows, two CSR copies): about this many bytes per dense weight element.
+BYTES_PER_WEIGHT_ELEMENT = 48
+MAX_ELEMENTS = 2**31   # no dense weight or input batch past this many elements
 
 
 def machine_info():
@@ -255,13 +259,15 @@ def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min
         for sparsity in sparsities:
             weight = constant_fan_in_weight(n_in, n_out, sparsity, ablated_frac, rng)
             layer = CondensedLinear.from_dense(weight)
+            built = built_sparsity(layer, weight.size)
             for batch in batch_sizes:
                 for threads in thread_counts:
                     case = run_case(weight, layer, batch, threads, min_time, rng, device)
                     by_name = {r["implementation"]: r["median_s"] for r in case}
                     for record in case:
                         record.update(
-                            shape=[n_in, n_out], sparsity=sparsity, batch=batch,
+                            shape=[n_in, n_out], sparsity=sparsity,
+                            built_sparsity=built, batch=batch,
                             threads=threads, device=device, ablated_frac=ablated_frac,
                             speedup_vs_dense=by_name["dense"] / record["median_s"],
                             speedup_vs_csr=by_name["csr"] / record["median_s"])
@@ -270,12 +276,28 @@ def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min
     return records
 
 
+def built_sparsity(layer, size):
+    """The sparsity the layer really has, 1 - nnz/size: small layers cannot always hold
+    the requested one (k is at least 1 and a whole number per neuron)."""
+    return 1.0 - layer.nnz / size
+
+
+def sparsity_label(record):
+    """'sparsity 90%', or the built sparsity with the requested one beside it when the
+    layer could not hold the request (tiny shapes, extreme sparsities)."""
+    requested = record["sparsity"]
+    built = record.get("built_sparsity", requested)
+    if abs(built - requested) <= 1e-9:
+        return f"sparsity {requested:.0%}"
+    return f"sparsity {built:.2%} (requested {requested:.2%})"
+
+
 def format_case(case):
     first = case[0]
     n_in, n_out = first["shape"]
     where = (f"threads {first['threads']}" if first["device"] == "cpu"
              else f"device {first['device']}")
-    lines = [f"\n{n_in}->{n_out}  sparsity {first['sparsity']:.0%}  batch {first['batch']}  "
+    lines = [f"\n{n_in}->{n_out}  {sparsity_label(first)}  batch {first['batch']}  "
              f"{where}",
              f"  {'implementation':<13}{'median ms':>11}{'vs dense':>10}{'vs csr':>9}  note"]
     for r in case:
@@ -353,6 +375,56 @@ def _shape(text):
     return n_in, n_out
 
 
+def _memory_bytes():
+    """Physical memory of this machine in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_sizes(shapes, batch_sizes, memory=None):
+    """None, or one line saying which --shape / --batch-sizes could not be allocated:
+    a dense weight or input batch over MAX_ELEMENTS elements, or a layer the bench would
+    hold in more bytes than this machine has (BYTES_PER_WEIGHT_ELEMENT per element)."""
+    memory = _memory_bytes() if memory is None else memory
+    for n_in, n_out in shapes:
+        size = n_in * n_out
+        if size > MAX_ELEMENTS:
+            return (f"--shape {n_in}x{n_out}: the dense weight would have {size} elements, "
+                    f"over the bench's limit of {MAX_ELEMENTS}")
+        need = size * BYTES_PER_WEIGHT_ELEMENT
+        if memory and need > memory:
+            return (f"--shape {n_in}x{n_out}: the bench would need about {need / 2**30:.1f} "
+                    f"GiB for this layer, more than this machine's {memory / 2**30:.1f} GiB")
+    widest = max(max(shape) for shape in shapes)
+    for batch in batch_sizes:
+        size = batch * widest
+        if size > MAX_ELEMENTS:
+            return (f"--batch-sizes {batch}: a batch of {batch} x {widest} inputs would have "
+                    f"{size} elements, over the bench's limit of {MAX_ELEMENTS}")
+        need = size * 4 * 4   # x, x.T and the outputs, float32
+        if memory and need > memory:
+            return (f"--batch-sizes {batch}: the bench would need about {need / 2**30:.1f} "
+                    f"GiB for the inputs, more than this machine's {memory / 2**30:.1f} GiB")
+    return None
+
+
+def check_output_path(flag, path):
+    """None, or one line saying why ``path`` cannot be written: its directory is missing
+    or not a directory, or the path is a directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"{flag} {path}: is a directory; give a file name"
+    if not os.path.exists(directory):
+        return f"{flag} {path}: directory {directory} does not exist"
+    if not os.path.isdir(directory):
+        return f"{flag} {path}: {directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{flag} {path}: directory {directory} is not writable"
+    return None
+
+
 def parse_args(argv=None):
     from .kernels import max_threads
 
@@ -387,6 +459,15 @@ def parse_args(argv=None):
         parser.error(f"batch sizes must be >= 1, got {args.batch_sizes}")
     if not 0.0 <= args.ablated_frac < 1.0:
         parser.error(f"--ablated-frac must be in [0, 1), got {args.ablated_frac}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if args.min_time is not None and not 0.0 <= args.min_time < float("inf"):
+        parser.error(f"--min-time must be a finite number of seconds >= 0, got {args.min_time}")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            problem = check_output_path(flag, path)
+            if problem:
+                parser.error(problem)
     from .backend import parse_device
 
     try:
@@ -403,6 +484,9 @@ def parse_args(argv=None):
     if args.min_time is None:
         args.min_time = 0.03 if args.quick else 0.5
     args.shape = args.shape or list(DEFAULT_SHAPES)
+    problem = check_sizes(args.shape, args.batch_sizes)
+    if problem:
+        parser.error(problem)
     return args
 
 

@@ -3,7 +3,9 @@
 A checkpoint is one ``.npz`` (no pickles) holding
 
     meta                     JSON string: format version, epoch, step, config, history,
-                             the data used ("data": its source and input mean/std), the
+                             the data used ("data": its name, source, train/test counts,
+                             input mean/std and "sha256", a fingerprint of the raw
+                             images and labels, see ``check_data``), the
                              layer sparsities ("layer_sparsity") and the layers the
                              distribution keeps dense with the reason ("kept_dense")
     param/<name>             every model parameter ("0.weight", ...)
@@ -71,6 +73,32 @@ def load_checkpoint(path, model, optimizer, sparsity=None):
     if sparsity is not None:
         sparsity.load_state_dict(section("dst/"))
     return meta
+
+
+def read_meta(path):
+    """The meta dict of the checkpoint at ``path``, checked as ``load_checkpoint`` checks
+    it (one ValueError naming the file), without restoring anything."""
+    return _read_meta(path, _read_arrays(path))
+
+
+def _describe_data(data):
+    return (f"{data.get('name')} from {data.get('source')} ({data.get('n_train')} train / "
+            f"{data.get('n_test')} test images, sha256 {str(data.get('sha256'))[:12]})")
+
+
+def check_data(path, saved, current):
+    """Refuse to continue the checkpoint at ``path`` (trained on ``saved``, its meta's
+    "data") on other data (``current``): one ValueError naming both. Returns a note
+    (a line to print) when the checkpoint predates the fingerprint, else None."""
+    if not isinstance(saved, dict) or "sha256" not in saved:
+        return (f"note: {path} does not record a fingerprint of its data (an older "
+                f"checkpoint); resuming without checking that the data is the same")
+    keys = ("n_train", "n_test", "sha256")
+    if any(saved.get(k) != current.get(k) for k in keys):
+        raise ValueError(f"{path} was trained on {_describe_data(saved)}, but this run "
+                         f"loads {_describe_data(current)}: resume it on the data it was "
+                         f"trained on (--data-path), or start a new run")
+    return None
 
 
 def _read_arrays(path):

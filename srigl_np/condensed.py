@@ -401,14 +401,23 @@ class CondensedLinear(Stage):
 
 # -- convolutions -------------------------------------------------------------------------
 
+MAX_CONV_GEOMETRY = 2**20   # no kernel size, stride or padding at or past this
+
+
 def conv_geometry(kernel_size, stride, padding):
-    """((kh, kw), stride, padding), validated."""
+    """((kh, kw), stride, padding), validated: each below MAX_CONV_GEOMETRY, so a model
+    file cannot ask the kernels for sizes near 2**31."""
     if isinstance(kernel_size, (int, np.integer)):
         kernel_size = (kernel_size, kernel_size)
-    if len(kernel_size) != 2:
+    if not isinstance(kernel_size, (tuple, list)) or len(kernel_size) != 2:
         raise ValueError(f"kernel_size must be an int or a pair, got {kernel_size!r}")
     kh, kw = (positive_int("kernel_size", size) for size in kernel_size)
-    return (kh, kw), positive_int("stride", stride), count("padding", padding)
+    stride, padding = positive_int("stride", stride), count("padding", padding)
+    for name, value in (("kernel_size", max(kh, kw)), ("stride", stride),
+                        ("padding", padding)):
+        if value >= MAX_CONV_GEOMETRY:
+            raise ValueError(f"{name} must be < {MAX_CONV_GEOMETRY}, got {value}")
+    return (kh, kw), stride, padding
 
 
 def conv_rows(x, in_channels, kernel_size, stride, padding, threads):

@@ -24,6 +24,7 @@ Each stage kind's arrays and settings are its class's ARRAYS, OPTIONAL and SETTI
 """
 
 import json
+import math
 
 import numpy as np
 
@@ -353,13 +354,65 @@ def load(path):
     with a ValueError or TypeError saying what is wrong. The model is on the CPU.
     """
     import zipfile
+    import zlib
 
+    broken = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+    try:
+        _check_members(path)
+    except broken + (ValueError,) as exc:
+        raise ValueError(f"{path!s} is not a readable .npz file: {exc}") from exc
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except broken + (ValueError,) as exc:
         raise ValueError(f"{path!s} is not a readable .npz file: {exc}") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path!s} is not a .npz archive")
+    try:
+        return _load_archive(path, archive)
+    except broken as exc:   # a member that fails its CRC or inflates wrongly when read
+        raise ValueError(f"{path!s} is not a readable .npz file: {exc}") from exc
+
+
+# Deflate cannot compress by more than about 1032:1; a member claiming more is a lie.
+MAX_DEFLATE_RATIO = 1100
+
+
+def _check_members(path):
+    """Refuse, before anything is inflated or allocated, an archive whose members are not
+    .npy arrays, whose npy headers declare a size other than the member's zip header
+    size, or whose zip header sizes are more than its compressed bytes could hold."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ValueError(f"member {info.filename!r} is not a .npy array")
+            limit = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
+                     else info.compress_size * MAX_DEFLATE_RATIO + 1024)
+            if info.file_size > limit:
+                raise ValueError(f"member {info.filename!r} declares {info.file_size} bytes, "
+                                 f"more than its {info.compress_size} stored bytes can hold")
+            with zf.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in readers:
+                    raise ValueError(f"member {info.filename!r}: unsupported .npy version "
+                                     f"{version}")
+                shape, _, dtype = readers[version](member, max_header_size=10000)
+                header_end = member.tell()
+            if dtype.hasobject:
+                raise ValueError(f"member {info.filename!r} holds Python objects")
+            data = math.prod(shape) * dtype.itemsize
+            if header_end + data != info.file_size:
+                raise ValueError(f"member {info.filename!r}: its .npy header declares shape "
+                                 f"{shape} of {dtype} ({data} bytes), but the member holds "
+                                 f"{info.file_size - header_end}")
+    if hasattr(path, "seek"):
+        path.seek(0)
+
+
+def _load_archive(path, archive):
     with archive:
         keys = set(archive.files)
         for key in ("format_version", "metadata"):

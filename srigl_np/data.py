@@ -9,12 +9,17 @@ files wins; each file may be raw or gzip-compressed, ``name`` or ``name.gz``):
 4. the system copy from Debian's ``dataset-fashion-mnist`` package,
    ``/usr/share/datasets/fashion-mnist`` (Fashion-MNIST only: no package ships MNIST).
 
+A place you name (``path``, else ``$SRIGL_NP_DATA``) is the only one searched: when it is
+missing, empty or lacks a file, that is an error naming what is missing, never a silent
+switch to the cache, the system copy or the embedded subset.
+
 ``<dataset>`` is ``fashion-mnist`` or ``mnist``. MNIST and Fashion-MNIST use the same file
 names and format, so the directory is what tells them apart: files lying directly in a
 directory you name (``path`` or ``$SRIGL_NP_DATA``) are taken to be the dataset you asked for
 (``"auto"`` asks for Fashion-MNIST), while the shared cache keeps each in its own subdirectory.
 
-``load_dataset("auto")`` returns the full Fashion-MNIST when found, else the subset embedded
+``load_dataset("auto")`` with no place named returns the full Fashion-MNIST when found, else
+(saying so in ``Dataset.source``) the subset embedded
 in the package (``srigl_np/_data``; 500 training and 100 test images per class, picked by
 ``tools/make_embedded_subset.py``), so training runs on a fresh install with no download.
 """
@@ -57,6 +62,45 @@ _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2")
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+def _declared_size(head):
+    """Bytes an IDX file with header bytes ``head`` should hold, or None when ``head`` is
+    too short or malformed to say (read_idx then reports the problem)."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+        return None
+    header = 4 + 4 * head[3]
+    if len(head) < header:
+        return None
+    shape = [int.from_bytes(head[4 + 4 * i:8 + 4 * i], "big") for i in range(head[3])]
+    return header + math.prod(shape) * _IDX_DTYPES[head[2]].itemsize
+
+
+def _read_gzip_bounded(path, f):
+    """The decompressed bytes of the gzip file ``f``, reading at most what its IDX header
+    declares plus one byte: a stream that inflates past that is refused unread."""
+    try:
+        with gzip.GzipFile(fileobj=f) as g:
+            head = g.read(4)
+            if len(head) == 4 and head[:2] == b"\0\0":
+                head += g.read(4 * head[3])
+            declared = _declared_size(head)
+            if declared is None:
+                return head + g.read(1024)   # malformed header: enough to report it
+            chunks, left = [head], declared - len(head) + 1
+            while left > 0:   # in chunks: a huge declared size allocates nothing up front
+                chunk = g.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            raw = b"".join(chunks)
+            if len(raw) > declared:
+                raise ValueError(f"{path}: trailing bytes after the data: header declares "
+                                 f"{declared} bytes, the gzip stream inflates past that")
+            return raw
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt gzip stream ({exc})") from None
+
+
 def read_idx(path):
     """Read one IDX file (raw, or gzip-compressed: detected from its first bytes).
 
@@ -70,11 +114,7 @@ def read_idx(path):
         compressed = f.read(2) == _GZIP_MAGIC
         f.seek(0)
         if compressed:
-            try:
-                with gzip.GzipFile(fileobj=f) as g:
-                    raw = g.read()
-            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-                raise ValueError(f"{path}: corrupt gzip stream ({exc})") from None
+            raw = _read_gzip_bounded(path, f)
         else:
             raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
@@ -140,14 +180,31 @@ def _idx_files(directory):
     return found
 
 
-def _not_found_message(name, path, places):
+def _explicit_base(path):
+    """(what, directory) for the place the user named: ``path``, else $SRIGL_NP_DATA, else
+    (None, None). Only these are ever an error when they do not hold the dataset."""
+    if path is not None:
+        return "data path", os.path.abspath(os.path.expanduser(os.fspath(path)))
+    env = os.environ.get(ENV_VAR) or None
+    if env is not None:
+        return f"${ENV_VAR}", os.path.abspath(os.path.expanduser(env))
+    return None, None
+
+
+def _place_line(place, searched=True):
+    if not searched:
+        return f"  {place} (not searched: a data path was named explicitly)"
+    if not os.path.isdir(place):
+        return f"  {place} (no such directory)"
+    missing = [s for s in IDX_STEMS if s not in _idx_files(place)]
+    return f"  {place} (missing {', '.join(missing)})"
+
+
+def _not_found_message(name, path, places, searched=None):
+    searched = places if searched is None else searched
     lines = [f"{name} not found: looked for {', '.join(s + '[.gz]' for s in IDX_STEMS)} in"]
     for place in places:
-        if not os.path.isdir(place):
-            lines.append(f"  {place} (no such directory)")
-        else:
-            missing = [s for s in IDX_STEMS if s not in _idx_files(place)]
-            lines.append(f"  {place} (missing {', '.join(missing)})")
+        lines.append(_place_line(place, place in searched))
     if path is None and not os.environ.get(ENV_VAR):
         lines.append(f"  (no data path given; ${ENV_VAR} not set)")
     lines.append(_HOW_TO_GET[name])
@@ -179,7 +236,7 @@ def _load_idx_dataset(name, directory):
     return Dataset(*splits, name=name, source=directory)
 
 
-def _load_embedded():
+def _load_embedded(why=None):
     resource = resources.files(__package__).joinpath("_data", EMBEDDED_FILE)
     with resource.open("rb") as f, np.load(f, allow_pickle=False) as saved:
         splits = []
@@ -187,31 +244,45 @@ def _load_embedded():
             key_x, key_y = f"x_{split}", f"y_{split}"
             splits += _check_split(saved[key_x], saved[key_y], f"{EMBEDDED_FILE}[{key_x}]",
                                    f"{EMBEDDED_FILE}[{key_y}]")
-    return Dataset(*splits, name="embedded",
-                   source=f"embedded subset (srigl_np/_data/{EMBEDDED_FILE})")
+    source = f"embedded subset (srigl_np/_data/{EMBEDDED_FILE})"
+    return Dataset(*splits, name="embedded", source=source + (f": {why}" if why else ""))
 
 
 def load_dataset(name="auto", path=None):
     """Load a dataset by name: "auto", "fashion-mnist", "mnist" or "embedded".
 
     "auto" is the full Fashion-MNIST when found (see the module docstring for where), else the
-    embedded subset. ``path`` (a directory) is searched first; it is ignored for "embedded".
-    Raises FileNotFoundError, listing every place looked and how to get the files, when a
-    full dataset asked for by name is not found; ValueError for an unknown name or bad files.
+    embedded subset, and its ``source`` then says where the full set was looked for.
+    ``path`` (a directory), else ``$SRIGL_NP_DATA``, is the only place searched when given
+    (``path/<dataset>``, then ``path``): if it is missing, empty or lacks a file that is
+    an error, never a fall back to the cache, the system copy or the embedded subset.
+    ``path`` is ignored for "embedded". Raises FileNotFoundError, listing every place
+    and the files missing there and how to get them, when a full dataset asked for by
+    name (or in a named place) is not found; ValueError for an unknown name or bad files.
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"dataset must be one of {', '.join(DATASET_NAMES)}, got {name!r}")
     if name == "embedded":
         return _load_embedded()
-    if path is not None and not os.path.isdir(path):
-        raise FileNotFoundError(f"data path {os.fspath(path)!r} is not a directory")
+    what, base = _explicit_base(path)
+    if base is not None and not os.path.isdir(base):
+        shown = os.fspath(path) if path is not None else os.environ[ENV_VAR]
+        raise FileNotFoundError(f"{what} {shown!r} is not a directory")
     full_name = "fashion-mnist" if name == "auto" else name
     places = search_places(full_name, path)
-    for place in places:
+    # A place the user named is the only one searched: never silently replaced by the
+    # cache, the system copy or the embedded subset when it is empty or incomplete.
+    searched = places if base is None else [os.path.join(base, full_name), base]
+    for place in searched:
         if len(_idx_files(place)) == len(IDX_STEMS):
             return _load_idx_dataset(full_name, place)
+    if base is not None:
+        raise FileNotFoundError(
+            f"{what} {base} does not hold {full_name}: "
+            + _not_found_message(full_name, path, places, searched))
     if name == "auto":
-        return _load_embedded()
+        return _load_embedded(
+            f"full Fashion-MNIST not found in {', '.join(places)}; using the embedded subset")
     raise FileNotFoundError(_not_found_message(full_name, path, places))
 
 

@@ -15,9 +15,21 @@ also records each sparse layer's sparsity and the layers kept dense, with the re
 for ``srigl_np.audit``), and for sparse methods ``audit.jsonl`` (one line per layer per
 topology update, see ``srigl_np.audit``; empty for static). All three are written
 atomically.
+``--out`` is checked before any data is read: it is created if missing and must be
+writable, and one that already holds a run (any of ``RUN_FILES``) is refused unless
+``--overwrite`` (which deletes those files and the trainer's ``.tmp-*`` temporaries
+first) or ``--resume`` is asked for.
 ``--resume DIR`` continues a run from its last checkpoint with the saved configuration
 and ends bit-identical to an uninterrupted run: every random stream is derived from
-``(seed, purpose, epoch)``, not carried from one epoch to the next. A topology update
+``(seed, purpose, epoch)``, not carried from one epoch to the next. It deletes the
+temporaries a kill during a write left, refuses to continue on data other than the
+checkpoint's (its "data": counts and SHA-256 of the raw arrays; an older checkpoint
+without them resumes with a note), refuses by name every flag that would change the
+run, and honours ``RESUMABLE_FLAGS`` (``--epochs`` to train longer, ``--threads``,
+``--device``, ``--data-path``, ``--progress``), recording each change in the config's
+"resumes". A loss that becomes NaN or infinite stops training with a one-line error
+and status 1, before anything is written for that step, so the last checkpoint is the
+last good epoch. An empty train or test set is an error. A topology update
 that fails its invariant check (``dst.InvariantError``) stops training: the audit trail
 up to that update is written, and the command exits with status 1 and a one-line error
 naming the step and layer.
@@ -31,9 +43,12 @@ device saved in its configuration.
 """
 
 import argparse
-import json
+import hashlib
+import math
 import os
+import re
 import sys
+import tempfile
 import time
 
 from . import thread_waits
@@ -47,7 +62,7 @@ from threadpoolctl import threadpool_limits
 from . import data as data_module
 from .audit import format_table, read_trail
 from .backend import DeviceError, on_device_of, parse_device, select
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
 from .dst import InvariantError
 from .fileio import write_json, write_jsonl
 from .losses import softmax_cross_entropy
@@ -60,6 +75,17 @@ DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
 # Purposes for derived random streams: (seed, purpose, epoch) -> Generator.
 _RNG_MODEL, _RNG_SHUFFLE, _RNG_DROPOUT = 0, 1, 2
 DEFAULT_SPARSITY = 0.9   # of the sparse methods; a dense run records 0
+# What the trainer writes into a run directory; fileio.atomic_write's temporaries beside
+# them are named by tempfile.mkstemp: ".tmp-" and 8 random characters.
+RUN_FILES = ("checkpoint.npz", "metrics.json", "audit.jsonl")
+_TEMPORARY = re.compile(r"\.tmp-[a-z0-9_]{8}")
+# Flags a resumed run may change: how long and where it runs, not what it computes.
+# Every other flag is part of the run's meaning and is refused with --resume.
+RESUMABLE_FLAGS = ("epochs", "threads", "device", "data_path", "progress")
+
+
+class DivergedError(ValueError):
+    """The training loss became NaN or infinite."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -136,7 +162,8 @@ def make_parser():
     p.add_argument("--data-path", default=None,
                    help="directory with the IDX files, searched before $SRIGL_NP_DATA, "
                         "~/.cache/srigl_np and /usr/share/datasets (default: only those)")
-    p.add_argument("--epochs", type=_non_negative_int, default=20, help="training epochs")
+    p.add_argument("--epochs", type=_positive_int, default=20,
+                   help="training epochs; with --resume, the total to train to")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="SGD with momentum, or AdamW")
@@ -149,16 +176,22 @@ def make_parser():
                    help="cosine with linear warm-up, or step decay (x0.1 every 25%% of training)")
     p.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0,
                    help="linear warm-up length")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random stream")
+    p.add_argument("--seed", type=_non_negative_int, default=0,
+                   help="seed of every random stream")
     p.add_argument("--threads", type=_non_negative_int, default=0,
                    help="BLAS/OpenMP threads (0: library default)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="'cpu' (NumPy + Cython), or 'cuda'/'cuda:N' (CuPy on an NVIDIA GPU)")
     p.add_argument("--out", default=None,
-                   help="run directory (default: runs/<model>-<method>-s<seed>)")
+                   help="run directory, created if missing; one that holds a run is "
+                        "refused without --overwrite (default: runs/<model>-<method>-s<seed>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out: its checkpoint, metrics and audit trail "
+                        "are deleted first")
     p.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the run saved in DIR with its saved configuration "
-                        "(default: start a new run)")
+                   help="continue the run saved in DIR with its saved configuration; "
+                        "only --epochs, --threads, --device, --data-path and --progress "
+                        "may be given with it (default: start a new run)")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on stderr ('auto': when stderr is a terminal)")
     g = p.add_argument_group("sparsity")
@@ -185,8 +218,9 @@ def make_parser():
 
 def _config_from_args(args):
     """The run's config from parsed flags. ValueError for --sparsity with --method dense
-    (a dense run records sparsity 0)."""
-    config = {k: v for k, v in vars(args).items() if k not in ("resume", "progress")}
+    (a dense run records sparsity 0) and for a warm-up longer than the run."""
+    config = {k: v for k, v in vars(args).items()
+              if k not in ("resume", "progress", "overwrite")}
     if args.method == "dense":
         if "sparsity" in config:
             raise ValueError(f"--sparsity {config['sparsity']} does not apply to --method "
@@ -194,9 +228,76 @@ def _config_from_args(args):
                              f"sparse method such as --method srigl")
         config["sparsity"] = 0.0
     config.setdefault("sparsity", DEFAULT_SPARSITY)
+    if config["warmup_epochs"] > config["epochs"]:
+        raise ValueError(f"--warmup-epochs {config['warmup_epochs']:g} is longer than the "
+                         f"run (--epochs {config['epochs']})")
     if config["out"] is None:
         config["out"] = os.path.join("runs", f"{args.model}-{args.method}-s{args.seed}")
     return config
+
+
+def given_flags(parser, argv):
+    """{dest: option string} of the flags ``argv`` gives (not those left at their default)."""
+    probe = make_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    flags = {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
+    return {dest: flags[dest] for dest in vars(probe.parse_args(argv))}
+
+
+def prepare_out(out, flag="--out", overwrite=False, resume=False):
+    """Check the run directory before any work: it is created if missing and must be
+    writable. A new run refuses one that holds a run (RUN_FILES) unless ``overwrite``,
+    which deletes those files and the trainer's temporaries; a resumed run deletes the
+    temporaries a kill during a write left. ValueError (one line) otherwise."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{flag} {out} is not a directory (a file is in the way)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+        names = sorted(os.listdir(out))
+    except OSError as exc:
+        raise ValueError(f"cannot write in {flag} {out}: {exc.strerror or exc}") from None
+    found = [n for n in RUN_FILES if n in names]
+    if found and not (overwrite or resume):
+        raise ValueError(f"{flag} {out} already holds a run ({', '.join(found)}): pass "
+                         f"--overwrite to replace it, or --resume {out} to continue it")
+    stale = [n for n in names if _TEMPORARY.fullmatch(n)] + (found if overwrite else [])
+    try:
+        for name in stale:
+            os.unlink(os.path.join(out, name))
+    except OSError as exc:
+        raise ValueError(f"cannot delete {os.path.join(out, name)}: "
+                         f"{exc.strerror or exc}") from None
+    return stale
+
+
+def _resume_config(args, given):
+    """The saved config of the run in ``args.resume``, with the RESUMABLE_FLAGS the user
+    gave applied and recorded in its "resumes" list; returns (config, lines to print)."""
+    checkpoint = os.path.join(args.resume, "checkpoint.npz")
+    if not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"no checkpoint to resume at {checkpoint}")
+    meta = read_meta(checkpoint)
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{checkpoint}: meta 'config' is missing")
+    config["out"] = args.resume
+    changed = {}
+    for dest in RESUMABLE_FLAGS:
+        if dest in given and dest in config and config[dest] != getattr(args, dest):
+            changed[dest] = [config[dest], getattr(args, dest)]
+            config[dest] = getattr(args, dest)
+    done = meta.get("epoch", 0)
+    if config["epochs"] < done:
+        raise ValueError(f"--epochs {config['epochs']}: the run in {args.resume} has already "
+                         f"trained {done} epochs; give --epochs {done} or more")
+    if changed:
+        config.setdefault("resumes", []).append({"epoch": done, "changed": changed})
+    return config, [f"resume: {given[dest]} {old} -> {new}"
+                    for dest, (old, new) in changed.items()]
 
 
 def _clock(seconds):
@@ -245,6 +346,8 @@ class _Progress:
 
 def evaluate(model, x, y, batch_size=1000):
     """Accuracy of ``model`` (eval mode) on x[N, ...], y[N] (all on the model's device)."""
+    if len(x) == 0:
+        raise ValueError("no images to evaluate on: accuracy of an empty set is undefined")
     correct = 0
     for start in range(0, len(x), batch_size):
         logits = model.forward(x[start:start + batch_size], training=False)
@@ -261,6 +364,9 @@ def _build_run(config):
     device = config.get("device", "cpu")
     xp = select(device)   # fails here, before any data is read, without CuPy or a GPU
     dataset = data_module.load_dataset(config["dataset"], path=config["data_path"])
+    for split in ("train", "test"):
+        if len(getattr(dataset, f"x_{split}")) == 0:
+            raise ValueError(f"{dataset.name} from {dataset.source} has no {split} images")
     mean, std = data_module.channel_stats(dataset.x_train)
     x_train = xp.asarray(data_module.normalize(dataset.x_train, mean, std))
     x_test = xp.asarray(data_module.normalize(dataset.x_test, mean, std))
@@ -288,9 +394,21 @@ def _build_run(config):
             t_end=int(config["t_end_frac"] * total_steps), gamma_sal=config["gamma_sal"],
             ablation=not config["no_ablation"], seed=config["seed"])
     data_info = {"name": dataset.name, "source": dataset.source, "n_train": len(x_train),
-                 "n_test": len(x_test), "mean": float(mean), "std": float(std)}
+                 "n_test": len(x_test), "mean": float(mean), "std": float(std),
+                 "sha256": data_fingerprint(dataset)}
     return (x_train, y_train, x_test, y_test, data_info, model, optimizer,
             schedule, sparsity, steps_per_epoch)
+
+
+def data_fingerprint(dataset):
+    """SHA-256 (hex) of the raw train and test images and labels (as uint8), with their
+    shapes, in that order: what a checkpoint records of the data it was trained on."""
+    digest = hashlib.sha256()
+    for array in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+        array = np.ascontiguousarray(array, dtype=np.uint8)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.data)
+    return digest.hexdigest()
 
 
 def _epochs(config):
@@ -344,6 +462,9 @@ def train(config, resume=False, progress=False, log=print):
     checkpoint_path = os.path.join(out, "checkpoint.npz")
     audit_path = os.path.join(out, "audit.jsonl")
     if resume:
+        note = check_data(checkpoint_path, read_meta(checkpoint_path).get("data"), data_info)
+        if note:
+            log(note)
         meta = load_checkpoint(checkpoint_path, model, optimizer, sparsity)
         start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
         if sparsity is not None and os.path.exists(audit_path):
@@ -368,6 +489,13 @@ def train(config, resume=False, progress=False, log=print):
             idx = on_device_of(idx, x_train)   # the shuffle is drawn on the host
             logits = model.forward(x_train[idx], training=True)
             loss, grad_logits = softmax_cross_entropy(logits, y_train[idx])
+            if not math.isfinite(float(loss)):
+                bar.close()
+                kept = (f"the last good checkpoint (epoch {epoch}) is kept in "
+                        f"{checkpoint_path}" if epoch else "no checkpoint was written")
+                raise DivergedError(f"training diverged: the loss is {float(loss)} at step "
+                                    f"{step} (epoch {epoch + 1}, batch {batch}); {kept}; "
+                                    f"try a lower --lr")
             model.backward(grad_logits, input_grad=False)
             grads = model.named_grads()
             if sparsity is None or sparsity.before_step(step, grads):
@@ -423,24 +551,36 @@ def _metrics(config, data_info, history):
 
 def main(argv=None):
     parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if not args.resume:
+    given = given_flags(parser, argv)
+    if args.resume:
+        refused = [flag for dest, flag in given.items()
+                   if dest not in RESUMABLE_FLAGS + ("resume",)]
+        if refused:
+            parser.error(f"{', '.join(refused)} cannot be given with --resume: the run keeps "
+                         f"the configuration it was started with (only --epochs, "
+                         f"--threads, --device, --data-path and --progress may change)")
+    else:
         try:
             config = _config_from_args(args)
         except ValueError as exc:
             parser.error(str(exc))
     try:
         if args.resume:
-            checkpoint = os.path.join(args.resume, "checkpoint.npz")
-            if not os.path.exists(checkpoint):
-                raise FileNotFoundError(f"no checkpoint to resume at {checkpoint}")
-            with np.load(checkpoint, allow_pickle=False) as saved:
-                config = json.loads(str(saved["meta"]))["config"]
-            config["out"] = args.resume
+            config, changes = _resume_config(args, given)
+        # The device first: a run that cannot start leaves no directory behind.
+        select(config.get("device") or "cpu")
+        if args.resume:
+            prepare_out(args.resume, flag="--resume", resume=True)
+            for line in changes:
+                print(line)
+        else:
+            prepare_out(config["out"], overwrite=args.overwrite)
         progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         with threadpool_limits(limits=config["threads"] or None):
             metrics = train(config, resume=bool(args.resume), progress=progress)
-    except (FileNotFoundError, ValueError, DeviceError, InvariantError) as exc:
+    except (OSError, ValueError, DeviceError, InvariantError) as exc:
         print(f"python -m srigl_np.train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

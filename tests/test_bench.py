@@ -85,3 +85,62 @@ def test_plot_without_matplotlib_is_refused_before_any_timing(monkeypatch, capsy
         bench.main(["--plot", "out.png"])
     assert exc.value.code == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+def test_rows_are_labelled_with_the_sparsity_actually_built(tmp_path, capsys):
+    # 10x10 at 99%: budget 1 weight, but k >= 1 per neuron gives 10 weights, i.e. 90%.
+    path = tmp_path / "bench.json"
+    assert bench.main(["--shape", "10x10", "--sparsities", "0.99", "--batch-sizes", "1",
+                       "--threads", "1", "--min-time", "0.001", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "sparsity 90.00% (requested 99.00%)" in out
+    assert "sparsity 99%" not in out
+    for r in json.loads(path.read_text())["records"]:
+        assert r["sparsity"] == 0.99 and r["built_sparsity"] == pytest.approx(0.9)
+
+
+def test_a_request_the_layer_holds_keeps_its_plain_label():
+    record = {"sparsity": 0.9, "built_sparsity": 0.9}
+    assert bench.sparsity_label(record) == "sparsity 90%"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--ablated-frac", "nan"], "--ablated-frac must be in [0, 1)"),
+    (["--min-time", "nan"], "--min-time must be a finite"),
+    (["--min-time", "-1"], "--min-time must be a finite"),
+    (["--min-time", "inf"], "--min-time must be a finite"),
+    (["--shape", "100000x100000"], "--shape 100000x100000: the dense weight would have"),
+    (["--shape", "46341x46341"], "--shape 46341x46341: the dense weight would have"),
+    (["--shape", "48x80", "--batch-sizes", "100000000"], "--batch-sizes 100000000"),
+])
+def test_bad_numbers_are_refused_with_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+
+
+def test_sizes_over_this_machines_memory_are_refused():
+    assert bench.check_sizes([(1000, 1000)], [1], memory=10**6).startswith(
+        "--shape 1000x1000: the bench would need about")
+    assert bench.check_sizes([(1000, 1000)], [1], memory=10**12) is None
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_unwritable_targets_are_refused_before_any_timing(flag, tmp_path, capsys, monkeypatch):
+    if flag == "--plot":
+        pytest.importorskip("matplotlib")
+    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("timed before refusing"))
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    for target, message in [(tmp_path / "missing" / "out", "does not exist"),
+                            (regular / "out", "is not a directory"),
+                            (tmp_path, "is a directory")]:
+        with pytest.raises(SystemExit) as exc:
+            bench.main([flag, str(target)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"{flag} {target}" in err and message in err
+    assert not (tmp_path / "missing").exists()

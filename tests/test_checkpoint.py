@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from srigl_np.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from srigl_np.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint, read_meta,
+                                 save_checkpoint)
 from srigl_np.layers import BatchNorm1d, Linear, ReLU, Sequential
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.optim import SGD
@@ -76,6 +77,37 @@ def test_round_trip_restores_every_array_and_the_meta(saved):
     # Masks and weights agree after the load: training goes on from the same state.
     for name, mask in sparsity.masks.items():
         assert not np.any(model.named_parameters()[name][~mask])
+
+
+def test_read_meta_reads_the_meta_alone_and_checks_it(saved, tmp_path):
+    path, _ = saved
+    assert read_meta(path) == {"version": CHECKPOINT_VERSION, **META}
+    np.savez(tmp_path / "bad.npz", meta=np.array(json.dumps({"version": 99})))
+    with pytest.raises(ValueError, match=r"bad.npz: checkpoint version 99 is not 1$"):
+        read_meta(tmp_path / "bad.npz")
+
+
+DATA = {"name": "mnist", "source": "/data/mnist", "n_train": 60000, "n_test": 10000,
+        "sha256": "ab" * 32}
+
+
+def test_check_data_refuses_other_data_naming_both():
+    assert check_data("c.npz", DATA, {**DATA, "source": "/moved/mnist"}) is None
+    for change in ({"sha256": "cd" * 32}, {"n_test": 9999}):
+        with pytest.raises(ValueError) as info:
+            check_data("c.npz", DATA, {**DATA, "name": "fashion-mnist", **change})
+        message = str(info.value)
+        assert message.startswith("c.npz was trained on mnist from /data/mnist (60000 train / "
+                                  "10000 test images, sha256 abababababab), but this run "
+                                  "loads fashion-mnist from /data/mnist")
+        assert "\n" not in message
+
+
+@pytest.mark.parametrize("saved_data", [None, {"source": "/data/mnist", "mean": 0.1}])
+def test_check_data_lets_an_older_checkpoint_through_with_a_note(saved_data):
+    assert check_data("c.npz", saved_data, DATA) == (
+        "note: c.npz does not record a fingerprint of its data (an older checkpoint); "
+        "resuming without checking that the data is the same")
 
 
 def test_round_trip_without_sparsity_ignores_the_dst_section(saved):

@@ -504,3 +504,67 @@ def test_a_condensed_layer_reads_like_a_scipy_matrix():
                                atol=1e-6)
     with pytest.raises(ValueError, match=r"x must have shape \(12,\)"):
         layer @ np.ones(11, np.float32)
+
+
+# --- issue 13: bad model files and conv geometry ----------------------------------------
+
+def _npy_header(shape, dtype="<f4"):
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def test_load_refuses_crafted_bad_files_with_value_error(tmp_path):
+    import zipfile
+    from srigl_np import condensed_model
+    good = tmp_path / "good.npz"
+    np.savez(good, format_version=np.array(1), metadata=np.array("{}"))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:40])
+    not_npy = tmp_path / "not_npy.npz"
+    with zipfile.ZipFile(not_npy, "w") as zf:
+        zf.writestr("format_version.txt", b"1")
+    huge = tmp_path / "huge.npz"
+    with zipfile.ZipFile(huge, "w") as zf:
+        zf.writestr("format_version.npy", _npy_header((2**40, 2**20)))
+    inflated = tmp_path / "inflated.npz"   # member larger than its npy header declares
+    with zipfile.ZipFile(inflated, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("format_version.npy", _npy_header((1,)) + bytes(1 << 24))
+    for path, message in [(truncated, "is not a readable .npz file"),
+                          (not_npy, "member 'format_version.txt' is not a .npy array"),
+                          (huge, "declares shape (1099511627776, 1048576)"),
+                          (inflated, "declares shape (1,) of float32 (4 bytes), but the member "
+                                     "holds 16777216")]:
+        with pytest.raises(ValueError) as info:
+            condensed_model.load(path)
+        assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_refuses_a_member_whose_zip_header_size_is_a_lie(tmp_path):
+    import zipfile
+    from srigl_np import condensed_model
+    path = tmp_path / "lie.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("format_version.npy", _npy_header((1,)) + bytes(4))
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        size = zf.infolist()[0].file_size
+    old = size.to_bytes(4, "little")
+    raw = raw.replace(old, (2**31).to_bytes(4, "little"))   # local and central headers
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="declares 2147483648 bytes, more than"):
+        condensed_model.load(path)
+
+
+@pytest.mark.parametrize("kernel_size, stride, padding, message", [
+    (3, 1, 2**20, "padding must be < 1048576"),
+    (3, 2**31, 0, "stride must be < 1048576"),
+    ((3, 2**30), 1, 0, "kernel_size must be < 1048576"),
+])
+def test_conv_geometry_has_an_upper_bound(kernel_size, stride, padding, message):
+    from srigl_np.condensed import conv_geometry
+    with pytest.raises(ValueError, match=message):
+        conv_geometry(kernel_size, stride, padding)
+    assert conv_geometry(3, 1, 2**20 - 1) == ((3, 3), 1, 2**20 - 1)

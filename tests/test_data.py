@@ -365,3 +365,70 @@ def test_normalize_rejects_bad_arguments(x, mean, std, error, message):
 def test_channel_stats_rejects_empty():
     with pytest.raises(ValueError, match="at least one pixel"):
         data.channel_stats(np.zeros((0, 28, 28), np.uint8))
+
+
+# --- issue 13: a named place is never silently replaced; gzip never inflated past its header
+
+@pytest.mark.parametrize("dataset", ["auto", "fashion-mnist"])
+@pytest.mark.parametrize("state", ["empty", "incomplete"])
+def test_named_data_path_that_lacks_files_is_an_error_not_a_fallback(isolated, dataset, state):
+    write_dataset(isolated / "system", n_train=5)   # the system copy would load
+    named = isolated / "named"
+    named.mkdir()
+    if state == "incomplete":
+        write_dataset(named)
+        os.remove(named / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_dataset(dataset, path=named)
+    first = str(info.value).splitlines()[0]
+    assert first.startswith(f"data path {named} does not hold fashion-mnist")
+    assert f"  {named} (missing {'t10k-labels-idx1-ubyte' if state == 'incomplete' else 'train-images'}" \
+        in str(info.value)
+    assert f"  {isolated / 'system'} (not searched" in str(info.value)
+
+
+@pytest.mark.parametrize("state", ["missing", "empty", "incomplete"])
+def test_env_data_dir_that_lacks_files_is_an_error_not_a_fallback(isolated, monkeypatch, state):
+    write_dataset(isolated / "home" / ".cache" / "srigl_np" / "fashion-mnist")  # would load
+    env = isolated / "env"
+    if state != "missing":
+        env.mkdir()
+    if state == "incomplete":
+        write_dataset(env)
+        os.remove(env / "train-images-idx3-ubyte.gz")
+    monkeypatch.setenv(data.ENV_VAR, str(env))
+    with pytest.raises(FileNotFoundError) as info:
+        data.load_dataset("auto")
+    first = str(info.value).splitlines()[0]
+    if state == "missing":
+        assert first == f"${data.ENV_VAR} {str(env)!r} is not a directory"
+    else:
+        assert first.startswith(f"${data.ENV_VAR} {env} does not hold fashion-mnist")
+        assert "missing train-images-idx3-ubyte" in str(info.value)
+
+
+def test_auto_without_a_named_place_says_it_fell_back(isolated):
+    ds = data.load_dataset("auto")
+    assert ds.name == "embedded"
+    assert "full Fashion-MNIST not found in" in ds.source and str(isolated / "system") in ds.source
+
+
+def test_gzip_inflating_past_its_header_is_refused_after_a_bounded_read(tmp_path, monkeypatch):
+    array = np.arange(10, dtype=np.uint8)
+    path = write(tmp_path / "bomb.gz", idx_bytes(array) + bytes(64 << 20), compress=True)
+    assert os.path.getsize(path) < 1 << 20
+    read = []
+    real_read = gzip.GzipFile.read
+    monkeypatch.setattr(gzip.GzipFile, "read",
+                        lambda self, n=-1: read.append(n) or real_read(self, n))
+    with pytest.raises(ValueError, match=r"bomb\.gz: trailing bytes after the data: header "
+                                         r"declares 18 bytes"):
+        data.read_idx(path)
+    assert all(0 <= n <= 1 << 20 for n in read) and sum(read) <= 18 + 1
+
+
+def test_gzip_with_a_huge_declared_shape_reads_only_what_is_there(tmp_path):
+    header = bytes([0, 0, 0x08, 1]) + (2**32 - 1).to_bytes(4, "big")
+    path = write(tmp_path / "huge.gz", header + b"\0" * 10, compress=True)
+    with pytest.raises(ValueError, match=r"huge\.gz: truncated"):
+        data.read_idx(path)

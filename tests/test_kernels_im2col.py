@@ -159,3 +159,18 @@ def _read_only(a):
 def test_invalid_arguments_raise(call, error, fragment):
     with pytest.raises(error, match=fragment):
         call()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kh=2**31, kw=1), "kh must be <= 2147483647"),
+    (dict(kh=1, kw=1, padding=2**31), "padding must be <= 2147483647"),
+    (dict(kh=1, kw=1, padding=2**30), r"height \+ 2\*padding must be <= 2147483647"),
+    (dict(kh=1, kw=1, stride=2**40), "stride must be <= 2147483647"),
+])
+def test_conv_geometry_near_2_31_is_refused_not_overflowed(kwargs, message):
+    from srigl_np import _kernels
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=message):
+        _kernels.im2col(x, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        _kernels.col2im(np.zeros((16, 1), np.float32), (1, 1, 4, 4), **kwargs)

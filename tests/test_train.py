@@ -11,8 +11,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from srigl_np import data as data_module
 from srigl_np import dst
 from srigl_np import train as train_module
+from srigl_np.checkpoint import read_meta
 
 
 def _run_cli(*args):
@@ -33,6 +35,7 @@ def _run_cli(*args):
     (["--method", "magic"], "--method"),
     (["--method", "dense", "--sparsity", "0.5"],
      "--sparsity 0.5 does not apply to --method dense"),
+    (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
 ])
 def test_invalid_values_exit_with_one_line_error(args, fragment):
     result = _run_cli(*args)
@@ -308,3 +311,219 @@ def test_trainer_sets_thread_waits_before_numpy_loads_unless_the_user_did(user_e
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [expected["OMP_WAIT_POLICY"],
                                      expected["OPENBLAS_THREAD_TIMEOUT"]]
+
+
+# -- nothing lost, nothing silent (issue 13) -----------------------------------------------------
+
+_ERROR = "python -m srigl_np.train: error: "
+_QUICK = ["--dataset", "embedded", "--epochs", "1", "--batch-size", "256", "--progress", "off"]
+
+
+def _main(capsys, *argv):
+    """(exit status, stdout lines, the one stderr line) of an in-process run."""
+    try:
+        status = train_module.main([str(a) for a in argv])
+    except SystemExit as exc:   # argparse's exit
+        status = exc.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) <= 1 and "Traceback" not in captured.err, captured.err
+    return status, captured.out.splitlines(), lines[0] if lines else ""
+
+
+@pytest.fixture
+def one_epoch_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _main(capsys, *_QUICK, "--out", out)[0] == 0
+    return out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--warmup-epochs", "3", "--epochs", "2"],
+     "--warmup-epochs 3 is longer than the run (--epochs 2)"),
+    (["--warmup-epochs", "1e308"], "--warmup-epochs 1e+308 is longer than the run"),
+] + [([f"{flag}={value}"], f"argument {flag}: must be")
+     for flag in ("--lr", "--weight-decay", "--warmup-epochs", "--momentum", "--alpha",
+                  "--gamma-sal", "--t-end-frac", "--sparsity")
+     for value in ("nan", "inf", "-inf")]
+  + [([flag, "0"], f"argument {flag}: must be a positive integer")
+     for flag in ("--delta", "--batch-size", "--epochs")])
+def test_every_numeric_flag_refuses_bad_values_in_one_line(capsys, args, fragment):
+    status, _, line = _main(capsys, *args)
+    assert status == 2 and line.startswith(_ERROR) and fragment in line, line
+
+
+def test_an_out_holding_a_run_is_refused_unless_overwrite(one_epoch_run, capsys):
+    checkpoint = (one_epoch_run / "checkpoint.npz").read_bytes()
+    status, _, line = _main(capsys, *_QUICK, "--seed", "1", "--out", one_epoch_run)
+    assert status == 1
+    assert line == (f"{_ERROR}--out {one_epoch_run} already holds a run (checkpoint.npz, "
+                    f"metrics.json, audit.jsonl): pass --overwrite to replace it, or "
+                    f"--resume {one_epoch_run} to continue it")
+    assert (one_epoch_run / "checkpoint.npz").read_bytes() == checkpoint
+    # --overwrite clears the run's files and the trainer's temporaries, nothing else.
+    (one_epoch_run / ".tmp-abc_1234").write_text("half a checkpoint")
+    (one_epoch_run / "notes.txt").write_text("mine")
+    (one_epoch_run / "audit.jsonl").write_text('{"stale": true}\n')
+    status, _, line = _main(capsys, *_QUICK, "--method", "dense", "--out", one_epoch_run,
+                            "--overwrite")
+    assert status == 0, line
+    assert sorted(p.name for p in one_epoch_run.iterdir()) == [
+        "checkpoint.npz", "metrics.json", "notes.txt"]
+    assert read_meta(one_epoch_run / "checkpoint.npz")["config"]["method"] == "dense"
+
+
+def test_an_empty_existing_out_is_used(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert _main(capsys, *_QUICK, "--out", tmp_path / "empty")[0] == 0
+    assert (tmp_path / "empty" / "checkpoint.npz").is_file()
+
+
+def test_resume_removes_the_trainers_stale_temporaries_only(one_epoch_run, capsys):
+    for name in (".tmp-k7f2_x9q", ".tmp-notes", "notes.txt"):
+        (one_epoch_run / name).write_text("x")
+    status, _, line = _main(capsys, "--resume", one_epoch_run, "--progress", "off")
+    assert status == 0, line
+    assert sorted(p.name for p in one_epoch_run.iterdir()) == [
+        ".tmp-notes", "audit.jsonl", "checkpoint.npz", "metrics.json", "notes.txt"]
+
+
+def test_the_checkpoint_records_its_data_and_resume_refuses_other_data(
+        one_epoch_run, capsys, monkeypatch):
+    data = read_meta(one_epoch_run / "checkpoint.npz")["data"]
+    dataset = data_module.load_dataset("embedded")
+    assert data["sha256"] == train_module.data_fingerprint(dataset)
+    assert (data["name"], data["n_train"], data["n_test"]) == ("embedded", 5000, 1000)
+    assert json.load(open(one_epoch_run / "metrics.json"))["data"] == data
+    x_train = dataset.x_train.copy()
+    x_train[0, 0, 0] ^= 1   # one pixel
+    other = replace(dataset, x_train=x_train, source="/elsewhere")
+    assert train_module.data_fingerprint(other) != data["sha256"]
+    monkeypatch.setattr(data_module, "load_dataset", lambda *args, **kwargs: other)
+    checkpoint = (one_epoch_run / "checkpoint.npz").read_bytes()
+    status, _, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    assert status == 1
+    assert line.startswith(f"{_ERROR}{one_epoch_run / 'checkpoint.npz'} was trained on "
+                           f"embedded from embedded subset")
+    assert (f"but this run loads embedded from /elsewhere (5000 train / 1000 test images, "
+            f"sha256 {train_module.data_fingerprint(other)[:12]})") in line
+    assert (one_epoch_run / "checkpoint.npz").read_bytes() == checkpoint
+
+
+def _drop_data_fingerprint(path):
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    meta = json.loads(str(arrays["meta"]))
+    del meta["data"]["sha256"]
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def test_an_older_checkpoint_without_a_data_fingerprint_resumes_with_a_note(
+        one_epoch_run, capsys):
+    _drop_data_fingerprint(one_epoch_run / "checkpoint.npz")
+    status, out, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    assert status == 0, line
+    assert (f"note: {one_epoch_run / 'checkpoint.npz'} does not record a fingerprint of its "
+            f"data (an older checkpoint); resuming without checking that the data is the "
+            f"same") in out
+    assert read_meta(one_epoch_run / "checkpoint.npz")["epoch"] == 2
+
+
+def test_given_flags_tells_the_users_flags_from_defaults():
+    parser = train_module.make_parser()
+    assert train_module.given_flags(parser, []) == {}
+    assert train_module.given_flags(parser, ["--epochs", "20", "--nesterov", "--seed=0"]) == {
+        "epochs": "--epochs", "nesterov": "--nesterov", "seed": "--seed"}
+
+
+def test_resume_refuses_flags_that_change_the_run_by_name(one_epoch_run, capsys):
+    status, _, line = _main(capsys, "--resume", one_epoch_run, "--model", "cnn", "--seed", "0",
+                            "--epochs", "2", "--sparsity", "0.5")
+    assert status == 2
+    assert line.startswith(f"{_ERROR}--model, --seed, --sparsity cannot be given with "
+                           f"--resume")
+    for flag, *value in (["--method", "set"], ["--lr", "1"], ["--out", "x"], ["--overwrite"],
+                         ["--delta", "5"], ["--dataset", "mnist"], ["--nesterov"]):
+        status, _, line = _main(capsys, "--resume", one_epoch_run, flag, *value)
+        assert status == 2 and line.startswith(f"{_ERROR}{flag} cannot be given"), line
+    assert read_meta(one_epoch_run / "checkpoint.npz")["epoch"] == 1
+
+
+def test_resume_honours_and_records_epochs_and_threads(one_epoch_run, capsys):
+    status, out, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "2",
+                              "--threads", "1", "--progress", "off")
+    assert status == 0, line
+    assert out[:2] == ["resume: --epochs 1 -> 2", "resume: --threads 0 -> 1"]
+    metrics = json.load(open(one_epoch_run / "metrics.json"))
+    assert metrics["finished"] is True and [r["epoch"] for r in metrics["epochs"]] == [1, 2]
+    assert (metrics["config"]["epochs"], metrics["config"]["threads"]) == (2, 1)
+    assert metrics["config"]["resumes"] == [
+        {"epoch": 1, "changed": {"epochs": [1, 2], "threads": [0, 1]}}]
+    assert read_meta(one_epoch_run / "checkpoint.npz")["config"] == metrics["config"]
+    # Training fewer epochs than are done is refused.
+    status, _, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "1")
+    assert status == 1 and line == (f"{_ERROR}--epochs 1: the run in {one_epoch_run} has "
+                                    f"already trained 2 epochs; give --epochs 2 or more")
+
+
+def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
+                                                                  monkeypatch):
+    real_loss, calls = train_module.softmax_cross_entropy, []
+
+    def loss(logits, labels):   # the 5th step of epoch 2 (20 steps an epoch) diverges
+        value, grad = real_loss(logits, labels)
+        calls.append(1)
+        return (float("nan") if len(calls) == 25 else value), grad
+
+    monkeypatch.setattr(train_module, "softmax_cross_entropy", loss)
+    out = tmp_path / "run"
+    status, _, line = _main(capsys, *_QUICK, "--epochs", "3", "--out", out)
+    assert status == 1
+    assert line == (f"{_ERROR}training diverged: the loss is nan at step 24 (epoch 2, "
+                    f"batch 5); the last good checkpoint (epoch 1) is kept in "
+                    f"{out / 'checkpoint.npz'}; try a lower --lr")
+    assert read_meta(out / "checkpoint.npz")["epoch"] == 1
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["finished"] is False and len(metrics["epochs"]) == 1
+
+
+def test_an_empty_test_set_is_an_error_not_zero_accuracy(tmp_path, capsys, monkeypatch):
+    dataset = data_module.load_dataset("embedded")
+    empty = replace(dataset, x_test=dataset.x_test[:0], y_test=dataset.y_test[:0])
+    monkeypatch.setattr(data_module, "load_dataset", lambda *args, **kwargs: empty)
+    status, _, line = _main(capsys, *_QUICK, "--out", tmp_path / "run")
+    assert status == 1
+    assert line == (f"{_ERROR}embedded from {dataset.source} has no test images")
+    with pytest.raises(ValueError, match="no images to evaluate on"):
+        train_module.evaluate(None, dataset.x_test[:0], dataset.y_test[:0])
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file", "--out {out} is not a directory (a file is in the way)"),
+    ("file/run", "cannot write in --out {out}: Not a directory"),
+])
+def test_an_unusable_out_fails_before_any_work(tmp_path, capsys, monkeypatch, where, message):
+    (tmp_path / "file").write_text("in the way")
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before --out was checked")
+
+    monkeypatch.setattr(data_module, "load_dataset", no_data)
+    out = tmp_path / where
+    status, _, line = _main(capsys, *_QUICK, "--out", out)
+    assert status == 1 and line == _ERROR + message.format(out=out)
+    assert (tmp_path / "file").read_text() == "in the way"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in read-only directories")
+def test_a_read_only_out_fails_before_any_work(tmp_path, capsys):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        status, _, line = _main(capsys, *_QUICK, "--out", parent / "run")
+    finally:
+        parent.chmod(0o755)
+    assert status == 1 and line.startswith(f"{_ERROR}cannot write in --out {parent / 'run'}")
