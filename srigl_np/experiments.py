@@ -111,8 +111,9 @@ def execute(run, root, dataset, threads):
         return run_name(run), "done before"
     if os.path.exists(os.path.join(out, "checkpoint.npz")):
         command = [sys.executable, "-m", "srigl_np.train", "--resume", out]
-    else:
-        command = train_command(run, out, dataset, threads)
+    else:   # a fresh start; --overwrite clears what a run that died in its first epoch left
+        command = train_command(run, out, dataset, threads) + (
+            ["--overwrite"] if os.path.isdir(out) else [])
     with open(os.path.join(root, run_name(run) + ".log"), "w") as log:
         status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     return run_name(run), "finished" if status == 0 and is_finished(run, out) \

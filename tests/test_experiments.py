@@ -90,3 +90,12 @@ def test_bad_counts_are_one_line_errors(argv, match, capsys):
     with pytest.raises(SystemExit) as stop:
         experiments.main(argv + ["--summary-only"])
     assert stop.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_started_again(smoke, capsys):
+    out, _, args = smoke
+    dead = out / "mlp-srigl-s0.9-g0.3-seed0"
+    dead.mkdir(parents=True)
+    (dead / "metrics.json").write_text(json.dumps({"finished": False, "epochs": []}))
+    assert experiments.main(args) == 0
+    assert "mlp-srigl-s0.9-g0.3-seed0: finished" in capsys.readouterr().out
