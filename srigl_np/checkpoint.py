@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import on_device_of, to_numpy
-from .fileio import atomic_write
+from .fileio import atomic_write, npz_failure
 
 CHECKPOINT_VERSION = 1
 
@@ -109,7 +109,8 @@ def _read_arrays(path):
     try:
         data = np.load(path, allow_pickle=False)
     except unreadable as exc:
-        raise ValueError(f"cannot read checkpoint {path}: not an .npz archive ({exc})") from None
+        raise ValueError(f"cannot read checkpoint {path}: not an .npz archive "
+                         f"({npz_failure(exc)})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"cannot read checkpoint {path}: it holds one .npy array, "
                          f"not an .npz archive")

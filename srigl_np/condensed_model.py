@@ -31,7 +31,7 @@ import numpy as np
 from .backend import array_module, parse_device, select
 from .condensed import (CondensedConv2d, CondensedLinear, Stage, _same_device, conv_geometry,
                         conv_rows, float_input, rows_to_images)
-from .fileio import atomic_write
+from .fileio import atomic_write, npz_failure
 from .layers import MaxPool2d
 from .validation import check_array, positive_int
 
@@ -360,17 +360,17 @@ def load(path):
     try:
         _check_members(path)
     except broken + (ValueError,) as exc:
-        raise ValueError(f"{path!s} is not a readable .npz file: {exc}") from exc
+        raise ValueError(f"{path!s} is not a readable .npz file: {npz_failure(exc)}") from exc
     try:
         archive = np.load(path, allow_pickle=False)
     except broken + (ValueError,) as exc:
-        raise ValueError(f"{path!s} is not a readable .npz file: {exc}") from exc
+        raise ValueError(f"{path!s} is not a readable .npz file: {npz_failure(exc)}") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{path!s} is not a .npz archive")
     try:
         return _load_archive(path, archive)
     except broken as exc:   # a member that fails its CRC or inflates wrongly when read
-        raise ValueError(f"{path!s} is not a readable .npz file: {exc}") from exc
+        raise ValueError(f"{path!s} is not a readable .npz file: {npz_failure(exc)}") from exc
 
 
 # Deflate cannot compress by more than about 1032:1; a member claiming more is a lie.

@@ -272,3 +272,14 @@ def test_load_model_refuses_bad_checkpoints(srigl_run, tmp_path, edit, match):
     np.savez(tmp_path / "checkpoint.npz", **arrays)
     with pytest.raises(ValueError, match=match):
         load_model(tmp_path)
+
+
+def test_a_pickle_is_refused_without_advice_to_unpickle_it(tmp_path):
+    import pickle
+
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(pickle.dumps({"meta": "x"}))
+    with pytest.raises(ValueError) as error:
+        load_checkpoint(path, None, None)
+    assert "pickled data, which srigl_np never loads" in str(error.value)
+    assert "allow_pickle" not in str(error.value)

@@ -568,3 +568,13 @@ def test_conv_geometry_has_an_upper_bound(kernel_size, stride, padding, message)
     with pytest.raises(ValueError, match=message):
         conv_geometry(kernel_size, stride, padding)
     assert conv_geometry(3, 1, 2**20 - 1) == ((3, 3), 1, 2**20 - 1)
+
+
+def test_load_refuses_a_pickle_without_advice_to_unpickle_it(tmp_path):
+    import pickle
+
+    path = tmp_path / "model.npz"
+    path.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(ValueError) as error:
+        load(path)
+    assert str(path) in str(error.value) and "allow_pickle" not in str(error.value)
