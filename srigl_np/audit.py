@@ -23,6 +23,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 # (key, kind, meaning). Kinds: "int", "number" (int or float), "str", "int pair"
 # ([low, high]), "int list".
 FIELDS = (
@@ -37,12 +39,12 @@ FIELDS = (
     ("fan_in_before", "int pair", "[min, max] fan-in over active neurons, before"),
     ("fan_in_after", "int pair", "[min, max] fan-in over active neurons, after"),
     ("active_neurons", "int", "neurons with at least one weight, after"),
-    ("neurons", "int", "neurons of the layer"),
+    ("neurons", "positive int", "neurons of the layer"),
     ("ablated", "int list", "indices of the ablated neurons, after (SRigL)"),
     ("nnz", "int", "active weights, after"),
     ("zeros_in_mask", "int", "weights inside the mask that are exactly 0, after (grown "
                              "weights start at 0)"),
-    ("size", "int", "weights of the dense layer"),
+    ("size", "positive int", "weights of the dense layer"),
     ("itop", "number", "fraction of weights ever active (in-time over-parameterisation)"),
     ("invariants", "str", "'ok' (older trails: the failed check's message)"),
 )
@@ -52,7 +54,8 @@ KEYS = tuple(key for key, _, _ in FIELDS)
 ADDED_KEYS = ("regrown", "zeros_in_mask")
 _MADE_KEYS = tuple(key for key in KEYS if key != "invariants")
 
-_KIND_TEXT = {"int": "an integer", "number": "a number", "str": "a string",
+_KIND_TEXT = {"int": "an integer", "positive int": "an integer > 0", "number": "a number",
+              "str": "a string",
               "int pair": "a list of 2 integers", "int list": "a list of integers"}
 
 
@@ -62,6 +65,7 @@ def _is_int(value):
 
 _KIND_CHECK = {
     "int": _is_int,
+    "positive int": lambda v: _is_int(v) and v > 0,
     "number": lambda v: _is_int(v) or isinstance(v, float),
     "str": lambda v: isinstance(v, str),
     "int pair": lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)),
@@ -70,7 +74,7 @@ _KIND_CHECK = {
 
 # Python values of each kind from the update's numbers (NumPy scalars and arrays too).
 _KIND_CONVERT = {
-    "int": int, "number": float, "str": str,
+    "int": int, "positive int": int, "number": float, "str": str,
     "int pair": lambda v: [int(v[0]), int(v[1])],
     "int list": lambda v: [int(i) for i in v],
 }
@@ -136,7 +140,26 @@ def read_trail(path):
                 raise ValueError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
             check_record(record, where)
             records.append(record)
+    _check_no_gap(records, path)
     return records
+
+
+def _check_no_gap(records, path):
+    """Refuse a trail with a hole in it: each layer's update steps must be equally spaced
+    (every ΔT), as an uninterrupted run writes them. A trail that lost records (a crash
+    between writing and checkpointing, a hand edit) would otherwise read as a clean,
+    shorter run."""
+    steps_of = {}
+    for r in records:
+        steps_of.setdefault(r["layer"], []).append(r["step"])
+    for layer, steps in steps_of.items():
+        steps = np.unique(steps)
+        gaps = np.diff(steps)
+        if gaps.size and (gaps != gaps.min()).any():
+            at = int(np.flatnonzero(gaps != gaps.min())[0])
+            raise ValueError(f"{path}: the trail has a gap: layer {layer!r} has no update "
+                             f"between step {steps[at]} and step {steps[at + 1]}, while its "
+                             f"others are {int(gaps.min())} steps apart")
 
 
 def _fan_in_text(pair):

@@ -380,3 +380,19 @@ def test_plot_without_matplotlib_is_one_line_saying_how_to_install_it(tmp_path):
     assert result.stderr.strip() == ("python -m srigl_np.audit: error: --plot needs "
                                      "matplotlib: pip install matplotlib (or srigl_np[plot])")
     assert not figure.exists()
+
+
+def test_a_trail_with_a_gap_is_refused(tmp_path):
+    path = _write(tmp_path / "audit.jsonl", *(json.dumps(_record(step=step))
+                                               for step in (100, 200, 400, 500)))
+    with pytest.raises(ValueError, match=r"gap: layer '3.weight' has no update between "
+                                         r"step 200 and step 400"):
+        audit.read_trail(path)
+    assert audit.main([str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("key", ["size", "neurons"])
+def test_a_record_with_a_zero_size_is_refused(tmp_path, key):
+    path = _write(tmp_path / "audit.jsonl", json.dumps({**_record(), key: 0}))
+    with pytest.raises(ValueError, match=rf"audit.jsonl:1: '{key}' must be an integer > 0"):
+        audit.read_trail(path)
