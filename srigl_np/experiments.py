@@ -262,7 +262,16 @@ def main(argv=None):
     except ValueError as exc:
         parser.error(f"--{exc}")
     runs = [r for r in grid(args.preset) if not args.models or r["model"] in args.models]
-    os.makedirs(args.out, exist_ok=True)
+    # Output places are checked before hours of training, not after.
+    for flag, directory in (("--out", args.out), ("--report", args.report)):
+        if directory is None:
+            continue
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"{flag} {directory}: {exc.strerror or exc}")
+        if not os.access(directory, os.W_OK):
+            parser.error(f"{flag} {directory} is not writable")
     if not args.summary_only:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             jobs = [pool.submit(execute, run, args.out, args.dataset, args.threads)
@@ -276,7 +285,6 @@ def main(argv=None):
              + "\n## Neuron ablation (SRigL)\n\n" + ablation_markdown(ablation))
     print(table)
     if args.report:
-        os.makedirs(args.report, exist_ok=True)
         atomic_write(os.path.join(args.report, "results.md"), lambda f: f.write(table.encode()))
         write_json(os.path.join(args.report, "results.json"), {"preset": args.preset,
                                                                "rows": rows,

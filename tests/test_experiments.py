@@ -99,3 +99,12 @@ def test_a_run_that_died_before_its_first_checkpoint_is_started_again(smoke, cap
     (dead / "metrics.json").write_text(json.dumps({"finished": False, "epochs": []}))
     assert experiments.main(args) == 0
     assert "mlp-srigl-s0.9-g0.3-seed0: finished" in capsys.readouterr().out
+
+
+def test_an_unusable_report_directory_fails_before_any_run(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        experiments.main(["--preset", "smoke", "--out", str(tmp_path / "runs"),
+                          "--report", str(tmp_path / "file" / "report")])
+    assert stop.value.code == 2 and "--report" in capsys.readouterr().err
+    assert not any((tmp_path / "runs").iterdir())
