@@ -481,6 +481,13 @@ def parse_args(argv=None):
         args.threads = sorted({1, max_threads()})
     if args.device == "cpu" and any(t < 1 for t in args.threads):
         parser.error(f"thread counts must be >= 1, got {args.threads}")
+    from .validation import check_threads
+
+    for threads in args.threads:
+        try:
+            check_threads(threads)
+        except ValueError as exc:
+            parser.error(f"--{exc}")
     if args.min_time is None:
         args.min_time = 0.03 if args.quick else 0.5
     args.shape = args.shape or list(DEFAULT_SHAPES)

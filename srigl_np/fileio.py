@@ -70,5 +70,5 @@ def npz_failure(exc):
     message for a pickle suggests loading it with allow_pickle, which srigl_np never does."""
     text = str(exc)
     if "pickle" in text:
-        return "it holds pickled data, which srigl_np never loads"
+        return "it is neither a zip of .npy arrays nor one .npy array; srigl_np never unpickles"
     return text or type(exc).__name__

@@ -144,3 +144,9 @@ def test_unwritable_targets_are_refused_before_any_timing(flag, tmp_path, capsys
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"{flag} {target}" in err and message in err
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_thread_count_past_the_bound_is_a_one_line_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--threads", "100000"])
+    assert "--threads must be in [0," in capsys.readouterr().err

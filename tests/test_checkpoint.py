@@ -281,5 +281,5 @@ def test_a_pickle_is_refused_without_advice_to_unpickle_it(tmp_path):
     path.write_bytes(pickle.dumps({"meta": "x"}))
     with pytest.raises(ValueError) as error:
         load_checkpoint(path, None, None)
-    assert "pickled data, which srigl_np never loads" in str(error.value)
+    assert "srigl_np never unpickles" in str(error.value)
     assert "allow_pickle" not in str(error.value)
