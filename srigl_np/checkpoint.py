@@ -65,6 +65,7 @@ def load_checkpoint(path, model, optimizer, sparsity=None):
         _check_section(path, what, saved, targets)
     if sparsity is not None:
         _check_sparsity_state(path, section("dst/"), sparsity)
+        _check_masks_cover_weights(path, section("param/"), section("dst/mask/"))
 
     for _, saved, targets in sections:
         for key, target in targets.items():
@@ -166,6 +167,18 @@ def _check_section(path, what, saved, targets):
         if value.shape != target.shape or value.dtype != target.dtype:
             raise ValueError(f"{path}: {what} {key!r} must be {_describe(target)}, "
                              f"got {_describe(value)}")
+
+
+def _check_masks_cover_weights(path, params, masks):
+    """Every saved weight is 0 outside its saved mask, as training leaves it: a checkpoint
+    where they disagree was not written by this trainer (or was damaged)."""
+    for name, mask in masks.items():
+        outside = (params[name] != 0) & ~mask
+        if outside.any():
+            first = tuple(int(i) for i in np.argwhere(outside)[0])
+            raise ValueError(f"{path}: parameter {name!r} has {int(outside.sum())} non-zero "
+                             f"weights outside its mask (first at {first}): the masks "
+                             f"disagree with the weights")
 
 
 def _check_sparsity_state(path, saved, sparsity):

@@ -283,3 +283,16 @@ def test_a_pickle_is_refused_without_advice_to_unpickle_it(tmp_path):
         load_checkpoint(path, None, None)
     assert "srigl_np never unpickles" in str(error.value)
     assert "allow_pickle" not in str(error.value)
+
+
+def test_masks_that_disagree_with_the_weights_are_refused(saved):
+    path, _ = saved
+    arrays = dict(np.load(path))
+    mask = arrays["dst/mask/0.weight"]
+    row, column = np.argwhere(~mask)[0]
+    arrays["param/0.weight"][row, column] = 0.5
+    np.savez(path, **arrays)
+    model, optimizer, sparsity = build(seed=0)
+    with pytest.raises(ValueError, match=r"parameter '0.weight' has 1 non-zero weights "
+                                         r"outside its mask .*disagree"):
+        load_checkpoint(path, model, optimizer, sparsity)
