@@ -48,13 +48,15 @@ def build_source(path, input_stats=None):
     ready CondensedModel for a scipy matrix (returned in place of the Sequential)."""
     from . import model_audit
 
-    source = model_audit.open_source(path)
-    if source.kind in ("run", "checkpoint"):
+    # The kind only: each source below is read once, by the loader that builds from it.
+    kind = model_audit.source_kind(path)
+    if kind in ("run", "checkpoint"):
         from .checkpoint import load_model
 
         run = load_model(path)
-        return run.model, run.masks, input_stats or run.input_stats, source.notes
-    if source.kind == "torch":
+        return (run.model, run.masks, input_stats or run.input_stats,
+                [model_audit.run_note(run)])
+    if kind == "torch":
         from .importing import read_torch_checkpoint, to_model
 
         imported = read_torch_checkpoint(path)
@@ -69,15 +71,15 @@ def build_source(path, input_stats=None):
             raise ValueError(f"{path}: the architecture maps onto no srigl_np model, so it "
                              f"cannot be condensed: {'; '.join(notes)} (python -m "
                              f"srigl_np.audit still audits its layers)")
-        return model, masks, input_stats, source.notes + notes
-    if source.kind == "scipy":
+        return model, masks, input_stats, list(imported.notes) + notes
+    if kind == "scipy":
         import scipy.sparse
 
         from .condensed import CondensedLinear
         from .condensed_model import CondensedModel
 
         layer = CondensedLinear.from_csr(scipy.sparse.load_npz(path))
-        return CondensedModel([layer]), {}, None, source.notes
+        return CondensedModel([layer]), {}, None, [model_audit.SCIPY_NOTE]
     raise ValueError(f"{path} is already a condensed model")
 
 

@@ -55,31 +55,41 @@ def _zip_names(path):
         return None
 
 
+def source_kind(path):
+    """Which of SOURCE_KINDS ``path`` is, from its directory entry and zip member names
+    only (nothing is loaded); ValueError, one line, for a missing path or a directory
+    that is no run. Any other file is "torch": the PyTorch reader refuses it with a
+    reason (not a zip, the legacy format, no data.pkl, ...)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "checkpoint.npz")):
+            raise ValueError(f"{path} is a directory without a checkpoint.npz: not a run "
+                             f"directory of python -m srigl_np.train")
+        return "run"
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file or directory")
+    names = _zip_names(path) or set()
+    if {"format_version.npy", "metadata.npy"} <= names:
+        return "condensed"
+    if "meta.npy" in names:
+        return "checkpoint"
+    if {"indptr.npy", "indices.npy", "shape.npy"} <= names or {
+            "row.npy", "col.npy", "shape.npy"} <= names:
+        return "scipy"
+    return "torch"
+
+
 def open_source(path):
     """The Source at ``path`` (see the module docstring); ValueError, one line, when the
     path is missing or its contents are none of the known kinds."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        checkpoint = os.path.join(path, "checkpoint.npz")
-        if not os.path.isfile(checkpoint):
-            raise ValueError(f"{path} is a directory without a checkpoint.npz: not a run "
-                             f"directory of python -m srigl_np.train")
-        source = _our_checkpoint(checkpoint)
+    kind = source_kind(path)
+    if kind == "run":
+        source = _our_checkpoint(os.path.join(path, "checkpoint.npz"))
         source.kind, source.path = "run", path
         return source
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file or directory")
-    names = _zip_names(path)
-    if names is not None and {"format_version.npy", "metadata.npy"} <= names:
-        return _condensed_file(path)
-    if names is not None and "meta.npy" in names:
-        return _our_checkpoint(path)
-    if names is not None and {"indptr.npy", "indices.npy", "shape.npy"} <= names or (
-            names is not None and {"row.npy", "col.npy", "shape.npy"} <= names):
-        return _scipy_file(path)
-    # Anything else is offered to the PyTorch reader, which refuses it with a reason
-    # (not a zip, the legacy format, no data.pkl, ...).
-    return _torch_file(path)
+    return {"condensed": _condensed_file, "checkpoint": _our_checkpoint,
+            "scipy": _scipy_file, "torch": _torch_file}[kind](path)
 
 
 def _our_checkpoint(path):
@@ -89,10 +99,18 @@ def _our_checkpoint(path):
     claims = run.config.get("method") == "srigl"
     params = run.model.named_parameters()
     layers = [(name, params[name], mask) for name, mask in run.masks.items()]
-    notes = [f"{run.config.get('model')} trained with method {run.config.get('method')!r} "
-             f"at sparsity {run.config.get('sparsity')}"]
+    notes = [run_note(run)]
     return Source(path, "checkpoint", layers, {n for n, _, m in layers if claims and
                                                not m.all()}, "mask", notes)
+
+
+def run_note(run):
+    """One line on what a loaded run (checkpoint.load_model) is."""
+    return (f"{run.config.get('model')} trained with method {run.config.get('method')!r} "
+            f"at sparsity {run.config.get('sparsity')}")
+
+
+SCIPY_NOTE = "a scipy.sparse matrix: rows are neurons, stored entries the mask"
 
 
 def _condensed_file(path):
@@ -129,7 +147,7 @@ def _scipy_file(path):
     mask = np.zeros(csr.shape, dtype=bool)
     mask[np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)), csr.indices] = True
     return Source(path, "scipy", [("matrix", weight, mask)], set(), "stored entries",
-                  ["a scipy.sparse matrix: rows are neurons, stored entries the mask"])
+                  [SCIPY_NOTE])
 
 
 def _torch_file(path):
