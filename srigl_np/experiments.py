@@ -131,9 +131,10 @@ def summarise(runs, root):
     for key, members in groups.items():
         accuracies, active, seeds = [], [], []
         for run in members:
-            metrics = _metrics(os.path.join(root, run_name(run)))
-            if not metrics or len(metrics.get("epochs", ())) < run["epochs"]:
+            out = os.path.join(root, run_name(run))
+            if not is_finished(run, out):   # an interrupted run is not a result
                 continue
+            metrics = _metrics(out)
             accuracies.append(100 * metrics["test_accuracy"])
             seeds.append(run["seed"])
             last = metrics["epochs"][-1]
