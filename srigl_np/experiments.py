@@ -1,9 +1,14 @@
 """``python -m srigl_np.experiments``: grids of training runs, resumable, summarised over seeds.
 
-A grid is model × method × sparsity × γ_sal × seed (``--preset reproduction`` is the one
-behind docs/reproduction.md). Each run is ``python -m srigl_np.train`` in its own process
-and directory ``OUT/<model>-<method>-s<sparsity>-g<gamma>-seed<seed>`` ("srigl-noabl"
-is SRigL without ablation; dense runs have no sparsity or γ_sal). A run whose
+A grid is model × method × sparsity × γ_sal × training loop × seed (``--preset
+reproduction`` is the one behind docs/reproduction.md, ``--preset cnn-gap`` the cnn 99%
+study in it). Each run is ``python -m srigl_np.train`` in its own process and directory
+``OUT/<model>-<method>-s<sparsity>-g<gamma>[-skip]-seed<seed>`` ("srigl-noabl" is SRigL
+without ablation; dense runs have no sparsity or γ_sal; "-skip" marks a run whose
+optimizer skips update steps, ``--optimizer-on-update skip``, RigL's loop, against the
+authors' loop, the trainer's default). Runs go seed-major: every setting's first seed
+before any setting's second, so a grid cut short has each setting at its first seeds.
+A run whose
 metrics.json holds all its epochs is skipped; one with a checkpoint but fewer epochs is
 continued with ``--resume`` (bit-identical to an uninterrupted run); one without is
 started afresh. ``--jobs N`` runs N at a time.
@@ -33,34 +38,47 @@ from .validation import check_threads
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
 PRESETS = {
-    # (model, epochs, lr, methods, sparsities, gammas, seeds)
+    # (model, epochs, lr, methods, sparsities, gammas, loops, seeds); a loop is the
+    # trainer's --optimizer-on-update. The reproduction grid was run with "skip", the
+    # trainer's only loop before the authors' one became its default, and stays so.
     "reproduction": [
-        ("mlp", 20, 0.1, METHODS, (0.8, 0.9, 0.95, 0.99), (0.3,), (0, 1, 2)),
-        ("mlp", 20, 0.1, ("srigl",), (0.95, 0.99), (0.5, 0.7, 0.95), (0, 1, 2)),
-        ("cnn", 3, 0.05, METHODS, (0.9, 0.99), (0.3,), (0,)),
+        ("mlp", 20, 0.1, METHODS, (0.8, 0.9, 0.95, 0.99), (0.3,), ("skip",), (0, 1, 2)),
+        ("mlp", 20, 0.1, ("srigl",), (0.95, 0.99), (0.5, 0.7, 0.95), ("skip",), (0, 1, 2)),
+        ("cnn", 3, 0.05, METHODS, (0.9, 0.99), (0.3,), ("skip",), (0,)),
     ],
-    "smoke": [("mlp", 1, 0.1, ("dense", "srigl"), (0.9,), (0.3,), (0,))],
+    # The cnn 99% gap: every method in the authors' loop, RigL and SRigL in both loops.
+    "cnn-gap": [
+        ("cnn", 3, 0.05, ("static", "rigl", "srigl-noabl", "srigl"), (0.99,), (0.3,),
+         ("step",), (0, 1, 2)),
+        ("cnn", 3, 0.05, ("srigl",), (0.99,), (0.7, 0.95), ("step",), (0, 1, 2)),
+        ("cnn", 3, 0.05, ("rigl", "srigl"), (0.99,), (0.3,), ("skip",), (0, 1, 2)),
+    ],
+    "smoke": [("mlp", 1, 0.1, ("dense", "srigl"), (0.9,), (0.3,), ("step",), (0,))],
 }
 
 
 def grid(preset):
-    """The runs of a preset: dicts of model, method, sparsity, gamma_sal, seed, epochs, lr.
-    Dense runs are listed once per seed (they have no sparsity or γ_sal)."""
+    """The runs of a preset, seed-major: dicts of model, method, sparsity, gamma_sal, loop,
+    seed, epochs, lr. Dense runs are listed once per seed and loop (they have no sparsity
+    or γ_sal)."""
     runs, seen = [], set()
-    for model, epochs, lr, methods, sparsities, gammas, seeds in PRESETS[preset]:
-        for method, sparsity, gamma, seed in itertools.product(methods, sparsities, gammas,
-                                                               seeds):
+    for model, epochs, lr, methods, sparsities, gammas, loops, seeds in PRESETS[preset]:
+        for method, sparsity, gamma, loop, seed in itertools.product(
+                methods, sparsities, gammas, loops, seeds):
             if method == "dense":
                 sparsity, gamma = 0.0, None
             elif not method.startswith("srigl"):
                 gamma = None
+            if method in ("dense", "static"):
+                loop = None   # no update step, so no loop to choose
             run = {"model": model, "method": method, "sparsity": sparsity,
-                   "gamma_sal": gamma, "seed": seed, "epochs": epochs, "lr": lr}
+                   "gamma_sal": gamma, "loop": loop, "seed": seed, "epochs": epochs,
+                   "lr": lr}
             key = run_name(run)
             if key not in seen:
                 seen.add(key)
                 runs.append(run)
-    return runs
+    return sorted(runs, key=lambda run: run["seed"])   # stable: grid order within a seed
 
 
 def run_name(run):
@@ -69,6 +87,8 @@ def run_name(run):
         name += f"-s{run['sparsity']:g}"
     if run["gamma_sal"] is not None:
         name += f"-g{run['gamma_sal']:g}"
+    if run["loop"] == "skip":
+        name += "-skip"
     return name + f"-seed{run['seed']}"
 
 
@@ -79,6 +99,8 @@ def train_command(run, out, dataset, threads):
                "--method", method, "--epochs", str(run["epochs"]), "--lr", str(run["lr"]),
                "--seed", str(run["seed"]), "--dataset", dataset, "--batch-size", "128",
                "--progress", "off", "--threads", str(threads), "--out", out]
+    if run["loop"] is not None:
+        command += ["--optimizer-on-update", run["loop"]]
     if method != "dense":
         command += ["--sparsity", str(run["sparsity"]), "--distribution", "erk"]
     if run["gamma_sal"] is not None:
@@ -125,7 +147,7 @@ def summarise(runs, root):
     groups = {}
     for run in runs:
         key = tuple((k, run[k]) for k in ("model", "method", "sparsity", "gamma_sal",
-                                          "epochs", "lr"))
+                                          "loop", "epochs", "lr"))
         groups.setdefault(key, []).append(run)
     rows = []
     for key, members in groups.items():
@@ -165,7 +187,7 @@ def ablation_rows(runs, root):
             records = read_trail(os.path.join(out, "audit.jsonl"))
         except (OSError, ValueError):
             continue
-        setting = (run["model"], run["sparsity"], run["gamma_sal"])
+        setting = (run["model"], run["sparsity"], run["gamma_sal"], run["loop"])
         for layer in dict.fromkeys(r["layer"] for r in records):
             mine = [r for r in records if r["layer"] == layer]
             first = next((r["step"] for r in mine if r["ablated"]), None)
@@ -173,25 +195,26 @@ def ablation_rows(runs, root):
                                                            "neurons": mine[-1]["neurons"]})
             entry["active"].append(mine[-1]["active_neurons"])
             entry["first"].append(first)
-    return [{"model": k[0], "sparsity": k[1], "gamma_sal": k[2], "layer": k[3], **v}
-            for k, v in table.items()]
+    return [{"model": k[0], "sparsity": k[1], "gamma_sal": k[2], "loop": k[3],
+             "layer": k[4], **v} for k, v in table.items()]
 
 
 def ablation_markdown(rows):
-    lines = ["| model | sparsity | γ_sal | layer | active neurons at the end (per seed) "
-             "| first update that ablated (step, per seed) |", "|---|---|---|---|---|---|"]
+    lines = ["| model | sparsity | γ_sal | loop | layer | active neurons at the end "
+             "(per seed) | first update that ablated (step, per seed) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         first = ", ".join("-" if f is None else str(f) for f in r["first"])
         active = ", ".join(f"{a}/{r['neurons']}" for a in r["active"])
         lines.append(f"| {r['model']} | {100 * r['sparsity']:g}% | {r['gamma_sal']:g} | "
-                     f"{r['layer']} | {active} | {first} |")
+                     f"{r['loop']} | {r['layer']} | {active} | {first} |")
     return "\n".join(lines) + "\n"
 
 
 def markdown(rows):
-    lines = ["| model | method | sparsity | γ_sal | epochs | test accuracy % (mean ± std) "
-             "| seeds | active neurons at the end |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | sparsity | γ_sal | loop | epochs | test accuracy % "
+             "(mean ± std) | seeds | active neurons at the end |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["mean"] is None:
             accuracy = "not run"
@@ -202,8 +225,9 @@ def markdown(rows):
         sparsity = "-" if r["method"] == "dense" else f"{100 * r['sparsity']:g}%"
         gamma = "-" if r["gamma_sal"] is None else f"{r['gamma_sal']:g}"
         active = ", ".join(r["active_neurons"]) or "-"
-        lines.append(f"| {r['model']} | {r['method']} | {sparsity} | {gamma} | {r['epochs']} "
-                     f"| {accuracy} | {len(r['seeds'])} | {active} |")
+        loop = r["loop"] or "-"
+        lines.append(f"| {r['model']} | {r['method']} | {sparsity} | {gamma} | {loop} "
+                     f"| {r['epochs']} | {accuracy} | {len(r['seeds'])} | {active} |")
     return "\n".join(lines) + "\n"
 
 

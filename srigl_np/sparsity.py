@@ -5,17 +5,28 @@ biases and norms stay dense), starting from ``dst.constant_fan_in_mask`` for SRi
 ``dst.random_mask`` for static/SET/RigL, with weights from ``layers.kaiming_normal``
 scaled by each neuron's actual fan-in. Around each optimizer step the trainer does:
 
-    if ds.before_step(step, grads):   # masks the gradients; False on an update step
-        optimizer.step(grads)
+    if ds.before_step(step, grads):   # keeps the dense gradient for the grow score,
+        optimizer.step(grads)         # then masks the gradients
     ds.after_step(step, grads)        # re-masks the weights; on an update step runs the
                                       # topology update with the *dense* gradient
 
 Weights are stored densely with zeros outside the mask, so the gradient the backward
-pass computes for a weight is already the dense gradient the grow criterion needs; it
-is kept unmasked on update steps. As in RigL (Evci et al., 2020) and the SRigL
-authors' training loop, the optimizer does not step on an update step: the update
-replaces it, so grown weights really start at 0. Update steps are the positive
-multiples of ΔT below ``t_end``, for the dynamic methods only.
+pass computes for a weight is already the dense gradient the grow criterion needs.
+Update steps are the positive multiples of ΔT below ``t_end``, for the dynamic methods
+only. What happens on an update step is an explicit choice, ``optimizer_on_update``:
+
+* ``"step"`` (the default, the SRigL authors' ``train_rigl.py``): the optimizer steps
+  on every step, update steps included, with the masked gradient; the topology update
+  then runs on the stepped weights, with the step's dense gradient as the grow score.
+* ``"skip"`` (RigL's paper, Evci et al. 2020, and this package before it had the
+  option): the optimizer does not step on an update step; the update replaces it.
+
+Either way grown weights start at 0 and their optimizer state is cleared. The grow
+score is the dense gradient averaged over the last ``grad_accumulation`` mini-batches up
+to and including the update step (the authors' ``grad_accumulation_n``; 1, the default,
+is that step's gradient alone). The authors count an update after their ΔT-th optimizer
+step; here the update comes at the step whose index (steps taken before it) is a
+multiple of ΔT: the same drop fractions, one mini-batch later.
 
 Each layer's update clears the optimizer state where its mask changed, is checked by
 ``dst.check_invariants`` and appends one ``srigl_np.audit.make_record`` record to
@@ -45,10 +56,12 @@ import numpy as np
 
 from . import dst
 from .audit import make_record
-from .backend import on_device_of, to_numpy
+from .backend import array_module, on_device_of, to_numpy
 from .layers import Conv2d, Linear, kaiming_normal
+from .validation import positive_int
 
 METHODS = ("dense", "static", "set", "rigl", "srigl")
+OPTIMIZER_ON_UPDATE = ("step", "skip")   # see the module docstring
 DYNAMIC_METHODS = ("set", "rigl", "srigl")
 DISTRIBUTIONS = ("uniform", "erk")
 DISTRIBUTION_NAMES = {"uniform": "uniform", "erk": "ERK"}   # as the paper writes them
@@ -85,15 +98,22 @@ class DynamicSparsity:
     ablation : SRigL neuron ablation on/off (never applied to the output layer).
     dense_layers : indices into sparse_parameter_names(model) kept dense.
     seed : int; every random choice derives from it.
+    optimizer_on_update : "step" (the authors' loop: the optimizer also steps on an
+        update step, before the update) or "skip" (RigL's: it does not); see above.
+    grad_accumulation : the grow score is the dense gradient averaged over this many
+        mini-batches ending at the update step, in [1, delta] (the authors'
+        ``grad_accumulation_n``).
 
     State: ``masks``, ``ever_active`` (bool, per layer), ``ablated`` (int64 indices, per
-    layer) and ``audit_records``, the run's audit trail (a trainer resuming a run puts
+    layer), with ``grad_accumulation`` > 1 the running sums ``dense_grad`` (per updated
+    layer, the weight's shape and dtype; zero outside an accumulation window) and
+    ``audit_records``, the run's audit trail (a trainer resuming a run puts
     the records its checkpoint covers back there).
     """
 
     def __init__(self, model, optimizer, method="srigl", sparsity=0.9, distribution="erk",
                  delta=100, alpha=0.3, t_end=None, gamma_sal=0.3, ablation=True,
-                 dense_layers=(), seed=0):
+                 dense_layers=(), seed=0, optimizer_on_update="step", grad_accumulation=1):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if distribution not in DISTRIBUTIONS:
@@ -110,6 +130,13 @@ class DynamicSparsity:
                              f"steps)")
         if t_end is not None and t_end < 0:
             raise ValueError(f"t_end must be >= 0, got {t_end}")
+        if optimizer_on_update not in OPTIMIZER_ON_UPDATE:
+            raise ValueError(f"optimizer_on_update must be one of {OPTIMIZER_ON_UPDATE}, "
+                             f"got {optimizer_on_update!r}")
+        grad_accumulation = positive_int("grad_accumulation", grad_accumulation)
+        if grad_accumulation > int(delta):
+            raise ValueError(f"grad_accumulation must be <= delta ({int(delta)}): the "
+                             f"windows of two updates would overlap, got {grad_accumulation}")
         self.model = model
         self.optimizer = optimizer
         self.method = method
@@ -121,6 +148,8 @@ class DynamicSparsity:
         self.gamma_sal = float(gamma_sal)
         self.ablation = bool(ablation)
         self.seed = int(seed)
+        self.optimizer_on_update = optimizer_on_update
+        self.grad_accumulation = grad_accumulation
         if isinstance(dense_layers, (str, bytes)) or not hasattr(dense_layers, "__iter__"):
             raise TypeError(f"dense_layers must be a sequence of layer indices, got "
                             f"{dense_layers!r}")
@@ -149,6 +178,13 @@ class DynamicSparsity:
             weight[...] = on_device_of(init, weight)
             self.masks[name] = on_device_of(mask, weight)
         self.ever_active = {n: m.copy() for n, m in self.masks.items()}
+        # With grad_accumulation 1 the grow score is the step's gradient itself (copied
+        # in before_step); longer windows sum into buffers a checkpoint carries.
+        self.dense_grad = {}
+        if grad_accumulation > 1 and method in ("rigl", "srigl"):
+            xp = array_module(next(iter(self.masks.values()), np.zeros(0)))
+            self.dense_grad = {n: xp.zeros_like(self.params[n]) for n in self.names
+                               if self.layer_sparsity[n] > 0.0}
         self.audit_records = []
 
     # -- what the schedule will do -----------------------------------------------
@@ -197,31 +233,58 @@ class DynamicSparsity:
         return (self.method in DYNAMIC_METHODS and step > 0
                 and step % self.delta == 0 and step < self.t_end)
 
+    def accumulates(self, step):
+        """True when ``step``'s dense gradient counts towards the next update's grow score:
+        an update step comes within the next ``grad_accumulation`` steps, this one
+        included."""
+        if self.method not in DYNAMIC_METHODS or self.method == "set":
+            return False   # SET grows at random: no gradient is needed
+        next_update = max(step, 1) + (-max(step, 1)) % self.delta
+        return next_update < self.t_end and next_update - step < self.grad_accumulation
+
     def before_step(self, step, grads):
-        """Mask gradients in place. Returns False on an update step (skip the optimizer)."""
-        if self.is_update_step(step):
+        """Keep the dense gradient the next update needs, then mask gradients in place.
+
+        Returns whether the optimizer steps: False only on an update step with
+        ``optimizer_on_update="skip"`` (the gradients are then left unmasked).
+        """
+        if self.accumulates(step):
+            for name in self._updated_layers():
+                if self.grad_accumulation == 1:
+                    self.dense_grad[name] = grads[name].copy()
+                else:   # as the authors: a running sum of gradient / n
+                    self.dense_grad[name] += grads[name] / self.grad_accumulation
+        if self.is_update_step(step) and self.optimizer_on_update == "skip":
             return False
         for name, mask in self.masks.items():
             grads[name] *= mask
         return True
 
     def after_step(self, step, grads):
-        """Re-mask weights; on an update step, run the topology update of every sparse layer.
+        """Re-mask weights; on an update step, run the topology update of every sparse layer
+        (on the weights as the optimizer left them, with the dense gradient kept by
+        ``before_step`` as the grow score).
 
         Returns the step's audit records (also appended to ``audit_records``). Raises
         dst.InvariantError, naming the layer, if an updated layer fails its check.
         """
+        for name, mask in self.masks.items():
+            self.params[name] *= mask
         if not self.is_update_step(step):
-            for name, mask in self.masks.items():
-                self.params[name] *= mask
             return []
         drop_fraction = dst.cosine_drop_fraction(step, self.alpha, self.t_end)
         first = len(self.audit_records)
-        for name in self.names:
-            if self.layer_sparsity[name] > 0.0:
-                self.audit_records.append(
-                    self._update_layer(name, step, drop_fraction, grads[name]))
+        for name in self._updated_layers():
+            # SET grows at random and keeps no gradient (score None).
+            score = (self.dense_grad.pop(name, None) if self.grad_accumulation == 1
+                     else self.dense_grad.get(name))
+            self.audit_records.append(self._update_layer(name, step, drop_fraction, score))
+            if self.grad_accumulation > 1 and score is not None:
+                score[...] = 0   # the next window starts from zero
         return self.audit_records[first:]
+
+    def _updated_layers(self):
+        return [name for name in self.names if self.layer_sparsity[name] > 0.0]
 
     # -- one layer's update -----------------------------------------------------
     def _update_layer(self, name, step, drop_fraction, grad):
@@ -281,6 +344,8 @@ class DynamicSparsity:
             state[f"mask/{name}"] = self.masks[name].copy()
             state[f"ever_active/{name}"] = self.ever_active[name].copy()
             state[f"ablated/{name}"] = self.ablated[name].copy()
+        for name, buffer in self.dense_grad.items() if self.grad_accumulation > 1 else ():
+            state[f"dense_grad/{name}"] = buffer.copy()
         return state
 
     def load_state_dict(self, state):
@@ -293,6 +358,8 @@ class DynamicSparsity:
                 target[name][...] = on_device_of(array, target[name])
             self.ablated[name] = np.asarray(to_numpy(state[f"ablated/{name}"]),
                                             dtype=np.int64)
+        for name, buffer in self.dense_grad.items() if self.grad_accumulation > 1 else ():
+            buffer[...] = on_device_of(to_numpy(state[f"dense_grad/{name}"]), buffer)
 
 
 def _count_range(counts):

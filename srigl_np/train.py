@@ -69,7 +69,7 @@ from .losses import softmax_cross_entropy
 from .models import MODEL_NAMES, build
 from .optim import SGD, AdamW, CosineSchedule, StepSchedule
 from .sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
-                       DynamicSparsity)
+                       OPTIMIZER_ON_UPDATE, DynamicSparsity)
 
 DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
 # Purposes for derived random streams: (seed, purpose, epoch) -> Generator.
@@ -211,6 +211,12 @@ def make_parser():
     g.add_argument("--gamma-sal", type=_fraction(False, False), default=0.3,
                    help="SRigL ablation threshold γ_sal")
     g.add_argument("--no-ablation", action="store_true", help="SRigL without neuron ablation")
+    g.add_argument("--optimizer-on-update", choices=OPTIMIZER_ON_UPDATE, default="step",
+                   help="on a topology-update step the optimizer steps first, as in the "
+                        "SRigL authors' loop (step), or is skipped, as in RigL's paper (skip)")
+    g.add_argument("--grad-accumulation", type=_positive_int, default=1,
+                   help="average the dense gradient of the grow score over this many "
+                        "mini-batches ending at the update step (at most --delta)")
     g.add_argument("--t-end-frac", type=_fraction(False, False), default=0.75,
                    help="stop topology updates after this fraction of training")
     return p
@@ -228,6 +234,9 @@ def _config_from_args(args):
                              f"sparse method such as --method srigl")
         config["sparsity"] = 0.0
     config.setdefault("sparsity", DEFAULT_SPARSITY)
+    if config["method"] in DYNAMIC_METHODS and config["grad_accumulation"] > config["delta"]:
+        raise ValueError(f"--grad-accumulation {config['grad_accumulation']} must be at most "
+                         f"--delta {config['delta']}: two updates' windows would overlap")
     if config["warmup_epochs"] > config["epochs"]:
         raise ValueError(f"--warmup-epochs {config['warmup_epochs']:g} is longer than the "
                          f"run (--epochs {config['epochs']})")
@@ -392,7 +401,10 @@ def _build_run(config):
             model, optimizer, method=config["method"], sparsity=config["sparsity"],
             distribution=config["distribution"], delta=config["delta"], alpha=config["alpha"],
             t_end=int(config["t_end_frac"] * total_steps), gamma_sal=config["gamma_sal"],
-            ablation=not config["no_ablation"], seed=config["seed"])
+            ablation=not config["no_ablation"], seed=config["seed"],
+            # Configs written before these options existed ran "skip" with one batch.
+            optimizer_on_update=config.get("optimizer_on_update", "skip"),
+            grad_accumulation=config.get("grad_accumulation", 1))
     data_info = {"name": dataset.name, "source": dataset.source, "n_train": len(x_train),
                  "n_test": len(x_test), "mean": float(mean), "std": float(std),
                  "sha256": data_fingerprint(dataset)}
@@ -430,6 +442,12 @@ def plan_lines(config, sparsity, steps_per_epoch):
             f"{sparsity.t_end} ({100 * config['t_end_frac']:g}% of {_epochs(config)} x "
             f"{steps_per_epoch} steps): {len(updates)} updates"
             + (f" (steps {updates[0]}..{updates[-1]})" if updates else ""))
+        loop = ("the optimizer also steps on an update step, before it (the authors' loop)"
+                if sparsity.optimizer_on_update == "step" else
+                "the optimizer skips an update step (RigL's loop)")
+        window = ("that step's dense gradient" if sparsity.grad_accumulation == 1 else
+                  f"the dense gradient averaged over {sparsity.grad_accumulation} mini-batches")
+        lines.append(f"update step: {loop}; grow score {window}")
     else:
         lines.append("schedule: static, the initial masks are kept (no topology updates)")
     plan = sparsity.plan()

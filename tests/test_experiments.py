@@ -13,21 +13,42 @@ def test_the_reproduction_grid_names_every_run_once():
     runs = experiments.grid("reproduction")
     names = [experiments.run_name(r) for r in runs]
     assert len(names) == len(set(names))
-    assert "mlp-dense-seed0" in names and "mlp-srigl-s0.99-g0.95-seed2" in names
-    assert "cnn-srigl-noabl-s0.99-g0.3-seed0" in names
+    assert "mlp-dense-seed0" in names and "mlp-srigl-s0.99-g0.95-skip-seed2" in names
+    assert "cnn-srigl-noabl-s0.99-g0.3-skip-seed0" in names
+    assert "mlp-static-s0.9-seed1" in names   # no update step: no loop in the name
     dense = [r for r in runs if r["method"] == "dense"]
     assert all(r["sparsity"] == 0.0 and r["gamma_sal"] is None for r in dense)
+    # Seed-major: every setting's seed 0 comes before any seed 1.
+    seeds = [r["seed"] for r in runs]
+    assert seeds == sorted(seeds)
+
+
+def test_the_cnn_gap_grid_runs_both_loops():
+    runs = experiments.grid("cnn-gap")
+    names = {experiments.run_name(r) for r in runs}
+    assert {"cnn-srigl-s0.99-g0.3-seed1", "cnn-srigl-s0.99-g0.3-skip-seed1",
+            "cnn-rigl-s0.99-skip-seed2", "cnn-static-s0.99-seed0",
+            "cnn-srigl-noabl-s0.99-g0.3-seed2", "cnn-srigl-s0.99-g0.95-seed0"} <= names
+    step = experiments.train_command(next(r for r in runs if r["loop"] == "step"), "o",
+                                     "fashion-mnist", 1)
+    assert step[step.index("--optimizer-on-update") + 1] == "step"
+    static = experiments.train_command(next(r for r in runs if r["method"] == "static"),
+                                       "o", "fashion-mnist", 1)
+    assert "--optimizer-on-update" not in static
 
 
 def test_train_command_passes_only_what_the_method_takes():
     run = {"model": "mlp", "method": "srigl-noabl", "sparsity": 0.95, "gamma_sal": 0.3,
-           "seed": 2, "epochs": 20, "lr": 0.1}
+           "loop": "skip", "seed": 2, "epochs": 20, "lr": 0.1}
     command = experiments.train_command(run, "out", "fashion-mnist", 1)
     assert command[command.index("--method") + 1] == "srigl" and "--no-ablation" in command
     assert command[command.index("--sparsity") + 1] == "0.95"
-    dense = experiments.train_command({**run, "method": "dense", "gamma_sal": None},
+    assert command[command.index("--optimizer-on-update") + 1] == "skip"
+    dense = experiments.train_command({**run, "method": "dense", "gamma_sal": None,
+                                       "loop": None},
                                       "out", "fashion-mnist", 1)
     assert "--sparsity" not in dense and "--gamma-sal" not in dense
+    assert "--optimizer-on-update" not in dense
 
 
 @pytest.fixture
@@ -70,7 +91,8 @@ def test_an_unfinished_run_is_resumed(smoke, capsys):
 
 def test_settings_that_differ_are_never_pooled(tmp_path):
     runs = [{"model": "mlp", "method": "srigl", "sparsity": 0.9, "gamma_sal": g,
-             "seed": seed, "epochs": 1, "lr": 0.1} for g in (0.3, 0.5) for seed in (0, 1)]
+             "loop": loop, "seed": seed, "epochs": 1, "lr": 0.1}
+            for g, loop in ((0.3, "step"), (0.5, "step"), (0.5, "skip")) for seed in (0, 1)]
     for i, run in enumerate(runs):
         directory = tmp_path / experiments.run_name(run)
         directory.mkdir()
@@ -78,8 +100,10 @@ def test_settings_that_differ_are_never_pooled(tmp_path):
             "finished": True, "test_accuracy": 0.8 + 0.01 * i,
             "epochs": [{"active_neurons": 10, "neurons": 10}]}))
     rows = experiments.summarise(runs, tmp_path)
-    assert [(r["gamma_sal"], r["seeds"]) for r in rows] == [(0.3, [0, 1]), (0.5, [0, 1])]
+    assert [(r["gamma_sal"], r["loop"], r["seeds"]) for r in rows] == [
+        (0.3, "step", [0, 1]), (0.5, "step", [0, 1]), (0.5, "skip", [0, 1])]
     assert rows[0]["mean"] == pytest.approx(80.5) and rows[1]["mean"] == pytest.approx(82.5)
+    assert rows[2]["mean"] == pytest.approx(84.5)
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -105,7 +105,7 @@ def test_momentum_is_cleared_exactly_where_the_mask_changed():
     model = _model()
     optimizer = SGD(model.named_parameters(), lr=0.05, momentum=0.9)
     ds = DynamicSparsity(model, optimizer, method="rigl", sparsity=0.8, delta=3, alpha=0.5,
-                         t_end=100, distribution="uniform", seed=2)
+                         t_end=100, distribution="uniform", seed=2, optimizer_on_update="skip")
     _train(model, optimizer, ds, steps=3)   # steps 0..2: plain steps build momentum
     before = {n: optimizer.state[n]["momentum_buffer"].copy() for n in ds.names}
     masks_before = {n: m.copy() for n, m in ds.masks.items()}

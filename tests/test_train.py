@@ -149,7 +149,7 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("data: ") and "embedded" in lines[0]
-    assert lines[1:8] == _SRIGL_PLAN
+    assert lines[1:9] == _SRIGL_PLAN
     assert any("sparsity" in l and "active neurons" in l and "ITOP" in l for l in lines)
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["finished"] is True
@@ -218,6 +218,8 @@ _SRIGL_PLAN = [
     "method srigl: 90.0% global sparsity, ERK per layer",
     "schedule: a topology update every ΔT = 10 steps below t_end = 30 (75% of 1 epoch x 40 "
     "steps): 2 updates (steps 10..20)",
+    "update step: the optimizer also steps on an update step, before it (the authors' loop); "
+    "grow score that step's dense gradient",
     "  layer     shape    sparsity  fan-in  updates",
     "  --------  -------  --------  ------  -------",
     "  1.weight  300x784  92.1%     k=62    2",
@@ -239,7 +241,7 @@ def test_the_plan_names_each_layer_its_updates_and_the_layers_kept_dense():
 def test_the_plan_warns_when_the_schedule_makes_no_update():
     lines = _plan()   # ΔT = 100 against 30 steps
     assert lines[1].endswith("(75% of 1 epoch x 40 steps): 0 updates")
-    assert [l.split()[-1] for l in lines[4:6]] == ["0", "0"]
+    assert [l.split()[-1] for l in lines[5:7]] == ["0", "0"]
     assert lines[-1] == ("warning: the schedule makes no topology update: ΔT = 100 is not "
                          "below t_end = 30 (75% of 1 epoch x 40 steps), so the masks stay as "
                          "initialised; lower --delta or train for more epochs")
@@ -248,7 +250,7 @@ def test_the_plan_warns_when_the_schedule_makes_no_update():
 def test_the_plan_of_unstructured_static_and_dense_runs():
     rigl = _plan("--method", "rigl", "--distribution", "uniform", "--delta", "10")
     assert rigl[0] == "method rigl: 90.0% global sparsity, uniform per layer"
-    rows = [line.split() for line in rigl[4:]]
+    rows = [line.split() for line in rigl[5:]]
     assert [row[0] for row in rows] == ["1.weight", "3.weight", "5.weight"]
     for row in rows:   # a random mask: a range of fan-ins
         low, high = map(int, row[3].split("-"))
