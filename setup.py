@@ -7,8 +7,10 @@ single-threaded and the build says so once.
 Environment switches:
     SRIGL_NP_NO_OPENMP=1       build without OpenMP even where it works.
     SRIGL_NP_REQUIRE_OPENMP=1  a failed OpenMP probe is an error (CI sets it).
-    SRIGL_NP_PORTABLE=1        do not add ``-march=native``: use this when the
-                               binary (e.g. a wheel) will run on other CPUs.
+    SRIGL_NP_NATIVE=1          add ``-march=native`` (the build then runs only on CPUs
+                               like this one). Not needed for speed: the condensed
+                               kernels carry AVX-512, AVX2 and generic variants and
+                               pick one at import, so the default build is portable.
 """
 
 import os
@@ -80,7 +82,7 @@ def optimisation_flags():
     if sys.platform == "win32":
         return ["/O2"]
     flags = ["-O3"]
-    if not _env_flag("SRIGL_NP_PORTABLE") and _compiles_and_runs(
+    if _env_flag("SRIGL_NP_NATIVE") and _compiles_and_runs(
             "int main(void){return 0;}", ["-march=native"]):
         flags.append("-march=native")
     return flags
@@ -90,10 +92,10 @@ omp_compile, omp_link = openmp_flags()
 extension = Extension(
     "srigl_np._kernels",
     sources=["srigl_np/_kernels.pyx"],
-    # srigl_np/_kernels.h holds the kernels' C (``cdef extern from "_kernels.h"``);
-    # ``depends`` rebuilds the extension when only the header changed.
+    # srigl_np/_kernels.h and _kernels_isa.h hold the kernels' C (``cdef extern from
+    # "_kernels.h"``); ``depends`` rebuilds the extension when only a header changed.
     include_dirs=["srigl_np", numpy.get_include()],
-    depends=["srigl_np/_kernels.h"],
+    depends=["srigl_np/_kernels.h", "srigl_np/_kernels_isa.h"],
     extra_compile_args=optimisation_flags() + omp_compile,
     extra_link_args=omp_link,
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -15,14 +15,14 @@ Design
   pools never multiply.
 * Built without OpenMP (e.g. Apple clang) everything still works, single-threaded;
   ``openmp_enabled()`` reports which build this is.
-* The C lives in ``srigl_np/_kernels.h``, a header shipped with the package and
-  declared below with ``cdef extern from "_kernels.h"``: the OpenMP shim, the batch-1
-  gather-dot and the batched block kernels with their dispatch (GCC/Clang vector
-  extensions, hence C rather than Cython). Its functions are ``static`` in the one
-  translation unit Cython generates, so the compiler sees them as it did when they
-  were verbatim C strings here (same inlining, same machine code). This file holds
-  the validation, the Cython loops (``prange``) and the layout work (im2col, the
-  tiling transpose, the column-block packing).
+* The C lives in ``srigl_np/_kernels.h`` and ``_kernels_isa.h``, headers shipped with
+  the package and declared below with ``cdef extern from "_kernels.h"``: the OpenMP
+  shim, and the batch-1 gather-dot and the batched block kernels (GCC/Clang vector
+  extensions, hence C rather than Cython) in one variant per CPU path: ``avx512``,
+  ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
+  the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
+  ``set_cpu_path()``). This file holds the validation, the Cython loops (``prange``)
+  and the layout work (im2col, the tiling transpose, the column-block packing).
 
 Each kernel's header (a comment in C, the docstring here) lists its inputs and
 outputs with shapes in brackets, e.g. ``values[n_active, k]``, ``x[batch, n_in]``,
@@ -43,6 +43,14 @@ cdef extern from "_kernels.h":
     int SRIGL_NP_OPENMP
     int omp_get_max_threads() noexcept nogil
 
+    # CPU paths, best first (0 avx512, 1 avx2, 2 generic); the kernels below run the
+    # active one.
+    enum: N_PATHS "SRIGL_N_PATHS"
+    int srigl_path_supported(int path) noexcept nogil
+    int srigl_set_path(int path) noexcept nogil
+    int srigl_select_path() noexcept nogil
+    const char* srigl_path_name(int path) noexcept nogil
+
     # Batch-1 gather-dot: sum_j v[j] * x[idx[j]], v[k], idx[k], x[n_in].
     float srigl_gather_dot_i16(const float* v, const int16_t* idx, const float* x,
                                Py_ssize_t k) noexcept nogil
@@ -60,6 +68,37 @@ cdef extern from "_kernels.h":
                          const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
                          const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
                          float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
+
+
+PATH_NAMES = tuple(srigl_path_name(p).decode() for p in range(N_PATHS))
+_active_path = srigl_select_path()
+
+
+def cpu_paths():
+    """The CPU paths (kernel variants) this build carries and this CPU runs, best first:
+    a tuple drawn from ("avx512", "avx2", "generic")."""
+    return tuple(PATH_NAMES[p] for p in range(N_PATHS) if srigl_path_supported(p))
+
+
+def cpu_path():
+    """The CPU path the condensed kernels run: the best of ``cpu_paths()`` unless
+    ``set_cpu_path`` chose another."""
+    return PATH_NAMES[_active_path]
+
+
+def set_cpu_path(name):
+    """Run the condensed kernels on CPU path ``name`` (one of ``cpu_paths()``) from now
+    on; returns the previous path's name. For tests and benchmarks: it is process-wide
+    and must not be called while a kernel runs in another thread."""
+    global _active_path
+    if name not in PATH_NAMES:
+        raise ValueError(f"name must be one of {PATH_NAMES}, got {name!r}")
+    path = PATH_NAMES.index(name)
+    if srigl_set_path(path) != 0:
+        raise ValueError(f"CPU path {name!r} is not available here (this build and CPU "
+                         f"support {cpu_paths()})")
+    previous, _active_path = _active_path, path
+    return PATH_NAMES[previous]
 
 
 def openmp_enabled():

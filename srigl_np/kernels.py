@@ -15,6 +15,11 @@ backend (tests/test_condensed_kernels.py).
 Every kernel is entered with validated, immutable weights (``CondensedWeights`` on the
 CPU, ``cuda.CudaCondensedWeights`` on the GPU): no public function takes raw indices.
 CuPy is imported only when a CuPy array or GPU weights object arrives.
+
+The CPU override comes in one variant per instruction set, its "CPU path" (``avx512``,
+``avx2``, ``generic``), all in one portable build: ``cpu_path()`` is the one running (the
+best the CPU supports, picked at import), ``cpu_paths()`` those available and
+``set_cpu_path(name)`` switches (tests and benchmarks run each).
 """
 
 # The compiled module is imported first, so that an unbuilt tree says so before anything
@@ -27,9 +32,12 @@ try:
         condensed_matmul,
         condensed_matvec,
         conv_output_size,
+        cpu_path,
+        cpu_paths,
         im2col as _im2col_cpu,
         max_threads,
         openmp_enabled,
+        set_cpu_path,
         tile_vectors,
     )
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a broken install

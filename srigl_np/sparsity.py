@@ -134,7 +134,7 @@ class DynamicSparsity:
             raise ValueError(f"optimizer_on_update must be one of {OPTIMIZER_ON_UPDATE}, "
                              f"got {optimizer_on_update!r}")
         grad_accumulation = positive_int("grad_accumulation", grad_accumulation)
-        if grad_accumulation > int(delta):
+        if method in DYNAMIC_METHODS and grad_accumulation > int(delta):
             raise ValueError(f"grad_accumulation must be <= delta ({int(delta)}): the "
                              f"windows of two updates would overlap, got {grad_accumulation}")
         self.model = model
@@ -228,7 +228,7 @@ class DynamicSparsity:
 
     # -- the training-loop hooks ------------------------------------------------
     def is_update_step(self, step):
-        """True when a topology update happens at ``step`` (optimizer steps taken so far):
+        """True when a topology update happens at ``step`` (mini-batches trained so far):
         ``step in self.update_steps()``."""
         return (self.method in DYNAMIC_METHODS and step > 0
                 and step % self.delta == 0 and step < self.t_end)

@@ -294,6 +294,9 @@ def _resume_config(args, given):
     if not isinstance(config, dict):
         raise ValueError(f"{checkpoint}: meta 'config' is missing")
     config["out"] = args.resume
+    # Runs from before the loop options trained "skip" with one mini-batch; record it.
+    config.setdefault("optimizer_on_update", "skip")
+    config.setdefault("grad_accumulation", 1)
     changed = {}
     for dest in RESUMABLE_FLAGS:
         if dest in given and dest in config and config[dest] != getattr(args, dest):

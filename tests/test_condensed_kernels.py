@@ -11,6 +11,10 @@ Backends (BACKENDS), each given the same (values, indices, n_in, x, bias):
     cupy        the CUDA kernels (``cuda.CudaCondensedWeights``); marked ``gpu``, skipped
                 with the reason when ``backend.cupy()`` raises DeviceError
 
+The Cython backends (product, tiled-nvN, matvec) run on each CPU path of the build
+(``-avx512``, ``-avx2``, ``-generic``: ``kernels.set_cpu_path``); a path this CPU cannot
+run is skipped with the reason.
+
 Every case runs at int16 and int32 indices (int16 is skipped only where n_in exceeds its
 range), with a bias and without, and at threads 1 and 2 on the threaded backends; the
 oracle is the definition computed in float64 (``reference``). threads=2 also has to match
@@ -26,11 +30,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srigl_np import backend as device_backend
-from srigl_np._kernels import (CHUNK_BYTES, MIN_COLUMN_BLOCK, SEGMENT_NONZEROS,
+from srigl_np._kernels import (CHUNK_BYTES, MIN_COLUMN_BLOCK, PATH_NAMES, SEGMENT_NONZEROS,
                                _condensed_matmul_tiled)
 from srigl_np.kernels import (CondensedWeights, column_block_width, condensed_matmul,
                               condensed_matvec, condensed_product, condensed_reference,
-                              openmp_enabled, tile_vectors)
+                              cpu_path, cpu_paths, openmp_enabled, set_cpu_path,
+                              tile_vectors)
 from strategies import condensed_weights, seeds
 
 INDEX_DTYPES = (np.int16, np.int32)
@@ -251,22 +256,37 @@ def run_cupy(problem, bias, threads):
     return cp.asnumpy(y)
 
 
+def on_path(path, run):
+    """``run`` with the Cython kernels switched to CPU path ``path`` for the call."""
+    def run_on_path(problem, bias, threads):
+        previous = set_cpu_path(path)
+        try:
+            return run(problem, bias, threads)
+        finally:
+            set_cpu_path(previous)
+    return run_on_path
+
+
 class Backend(NamedTuple):
     id: str
     run: Callable            # (problem, bias or None, threads) -> y, a NumPy array
     threaded: bool = False   # takes threads (the OpenMP kernels)
     gpu: bool = False
+    path: str = None         # the CPU path of a Cython backend
 
     def require(self):
         if self.gpu:
             require_gpu()
+        if self.path is not None and self.path not in cpu_paths():
+            pytest.skip(f"CPU path {self.path} is not available here: {cpu_paths()}")
 
 
-BACKENDS = [Backend("reference", run_reference),
-            Backend("product", run_product, threaded=True)]
-BACKENDS += [Backend(f"tiled-nv{n}", tiled_runner(n), threaded=True) for n in TILE_VECTORS]
-BACKENDS += [Backend("matvec", run_matvec, threaded=True),
-             Backend("cupy", run_cupy, gpu=True)]
+CYTHON = [("product", run_product)] + [(f"tiled-nv{n}", tiled_runner(n))
+                                       for n in TILE_VECTORS] + [("matvec", run_matvec)]
+BACKENDS = [Backend("reference", run_reference)]
+BACKENDS += [Backend(f"{name}-{path}", on_path(path, run), threaded=True, path=path)
+             for path in PATH_NAMES for name, run in CYTHON]
+BACKENDS += [Backend("cupy", run_cupy, gpu=True)]
 THREADED = [b for b in BACKENDS if b.threaded]
 
 
@@ -490,3 +510,48 @@ def test_weights_are_immutable_copies():
             array.setflags(write=True)
     with pytest.raises(AttributeError):
         weights.indices = indices
+
+
+# --- CPU paths ------------------------------------------------------------------------------
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_the_best_cpu_path_runs_by_default_and_generic_is_always_there():
+    assert cpu_path() == cpu_paths()[0]
+    assert cpu_paths()[-1] == "generic"
+    assert set(cpu_paths()) <= set(PATH_NAMES) == {"avx512", "avx2", "generic"}
+    flags = _cpu_flags()   # what the OS reports (Linux on x86-64)
+    if {"avx512f", "avx2", "fma"} <= flags:
+        assert cpu_paths()[0] == "avx512"
+    elif {"avx2", "fma"} <= flags:
+        assert cpu_paths()[0] == "avx2"
+
+
+@pytest.mark.parametrize("name", ["avx1024", "", None, "AVX2"])
+def test_set_cpu_path_refuses_unknown_names(name):
+    before = cpu_path()
+    with pytest.raises(ValueError, match="name must be one of"):
+        set_cpu_path(name)
+    assert cpu_path() == before
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+def test_set_cpu_path_switches_and_returns_the_previous_path(path):
+    if path not in cpu_paths():
+        with pytest.raises(ValueError, match="not available here"):
+            set_cpu_path(path)
+        return
+    before = cpu_path()
+    assert set_cpu_path(path) == before
+    try:
+        assert cpu_path() == path
+    finally:
+        set_cpu_path(before)
+    assert cpu_path() == before

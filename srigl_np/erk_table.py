@@ -1,0 +1,201 @@
+"""``python -m srigl_np.erk_table``: ERK's per-layer allocation for ``mlp`` and ``cnn``,
+side by side with the SRigL authors' rule for the same shapes.
+
+For each model (``srigl_np.models.build``) and global sparsity, one row per sparse
+layer (every Linear/Conv2d weight, as ``DynamicSparsity`` masks them; biases are never
+counted, by either side): its shape, weights N, the sparsity ``dst.erk_sparsities``
+gives it, its budget B = ``dst.layer_budget`` (the nnz of the unstructured methods),
+SRigL's constant fan-in k = ``dst.fan_in_after_ablation(shape, s, 0)`` and the k·n
+weights SRigL actually holds (k·n <= B: the floor of B/n leaves the remainder unused),
+whether ERK keeps the layer dense, and the same figures by the authors' rule.
+
+The authors' rule is re-derived here in NumPy from their code (calgaryml/
+condensed-sparsity at commit 3052bb8, read, not copied), in ``authors_erk_sparsities``,
+``authors_fan_in`` and ``authors_unstructured_nnz``; each names the lines it follows.
+docs/erk_allocation.md holds the table this prints and classifies every difference.
+"""
+
+import argparse
+import math
+import sys
+
+import numpy as np
+
+from . import dst
+from .layers import Conv2d
+from .models import MODEL_NAMES, build
+from .sparsity import sparse_parameter_names
+
+SPARSITIES = (0.9, 0.95, 0.99)
+
+
+def sparse_layers(model_name):
+    """[(parameter name, kind, shape)] of the weights ``DynamicSparsity`` masks in
+    ``build(model_name)``, in layer order; kind is "Conv2d" or "Linear"."""
+    model = build(model_name, rng=np.random.default_rng(0))
+    params = model.named_parameters()
+    layers = []
+    for name in sparse_parameter_names(model):
+        layer = model.layers[int(name.split(".")[0])]
+        layers.append((name, "Conv2d" if isinstance(layer, Conv2d) else "Linear",
+                       tuple(params[name].shape)))
+    return layers
+
+
+# -- the authors' rule ------------------------------------------------------------------
+
+def authors_erk_sparsities(shapes, dense_allocation, power_scale=1.0, dense_layers=()):
+    """The authors' ERK rule as read from src/rigl_torch/rigl_scheduler.py, lines 438-513
+    (``RigLScheduler._erk_sparsity_dist``), commit 3052bb8. Returns a list of floats.
+
+    shapes: the weight shapes (out, in[, kh, kw]) in layer order; ``dense_allocation``:
+    their density 1 - sparsity, as their config writes it (0.1 for 90%);
+    ``dense_layers``: indices kept dense from the start (their ``ignore_linear_layers``
+    and ``keep_first_layer_dense``, lines 454-462; both off in their configs).
+
+    Their rule, as it differs from ``dst.erk_sparsities``:
+    * each layer's weights are rounded before eps is solved (lines 471-482): a sparse
+      layer contributes N - int(N*(1 - d)) to the right-hand side, a dense one takes
+      int(N*(1 - d)) off it, where dst uses the real-valued budget d*sum(N) - sum(N_dense);
+    * while eps * max(raw) > 1, only the first layer (lowest index) with the largest raw
+      density is made dense before eps is re-solved (lines 492-500, the ``break``); dst
+      makes all the tied ones dense at once. The result is the same: eps only grows as
+      layers are made dense, so a tied layer left sparse would be made dense next pass.
+    raw = (sum(shape) / prod(shape)) ** power_scale includes a conv's kernel dimensions
+    (lines 483-486), as dst's does. Like theirs, this fails (ValueError here) if every
+    layer would end dense.
+    """
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    sizes = [math.prod(s) for s in shapes]
+    raw = [(sum(s) / math.prod(s)) ** power_scale for s in shapes]
+    # int() of the float product, as their n_zeros = int(n_params * (1 - dense_allocation)).
+    zeros = [int(n * (1 - dense_allocation)) for n in sizes]
+    dense = set(dense_layers)
+    while True:
+        sparse = [i for i in range(len(shapes)) if i not in dense]
+        if not sparse:
+            raise ValueError("every layer would be dense (the authors' code fails here too)")
+        rhs = sum(sizes[i] - zeros[i] for i in sparse) - sum(zeros[i] for i in dense)
+        # Summed in layer order, as their loop does, so eps agrees to the last bit.
+        divisor = 0.0
+        for i in sparse:
+            divisor += raw[i] * sizes[i]
+        eps = rhs / divisor
+        top = max(raw[i] for i in sparse)
+        if top * eps <= 1:
+            break
+        dense.add(next(i for i in sparse if raw[i] == top))
+    return [0.0 if i in dense else 1.0 - eps * raw[i] for i in range(len(shapes))]
+
+
+def authors_fan_in(shape, sparsity, n_ablated=0):
+    """The authors' constant fan-in as read from src/rigl_torch/utils/rigl_utils.py, lines
+    305-321 (``get_fan_in_after_ablation``): int(N*(1 - s)) // (n - n_ablated), and a
+    ValueError where that is 0 (dst floors it at 1 instead: docs/tutorial.md, "Where
+    srigl_np departs")."""
+    remaining = int(math.prod(shape) * (1 - sparsity))
+    fan_in = remaining // (shape[0] - n_ablated)
+    if fan_in == 0:
+        raise ValueError("fan-in after ablation is 0 (the authors' code raises here)")
+    return fan_in
+
+
+def authors_unstructured_nnz(shape, sparsity):
+    """The nnz of the authors' initial unstructured mask as read from
+    src/rigl_torch/rigl_scheduler.py, lines 579-586 (``random_sparsify``): int(s*N) of the
+    N weights are zeroed, so N - int(s*N) stay (dst's random_mask keeps floor(N*(1 - s)))."""
+    n = math.prod(shape)
+    return n - int(sparsity * n)
+
+
+# -- the table --------------------------------------------------------------------------
+
+def layer_rows(model_name, sparsity):
+    """One dict per sparse layer of ``model_name`` at global ``sparsity``: layer, kind,
+    shape, weights (N), sparsity, budget, fan_in (k), srigl_nnz (k*n; N for a dense
+    layer), dense (bool), and authors_sparsity, authors_budget (their constant fan-in
+    count int(N*(1 - s))), authors_fan_in, authors_nnz (their unstructured start),
+    authors_dense. The authors are given dense_allocation = 1 - sparsity rounded to 12
+    decimals, the value their config would hold (0.1, not 0.09999999999999998)."""
+    layers = sparse_layers(model_name)
+    shapes = [shape for _, _, shape in layers]
+    ours = dst.erk_sparsities(shapes, sparsity)
+    theirs = authors_erk_sparsities(shapes, round(1.0 - sparsity, 12))
+    rows = []
+    for (name, kind, shape), s, a in zip(layers, ours, theirs):
+        n, size = shape[0], math.prod(shape)
+        fan_in = dst.fan_in_after_ablation(shape, s, 0)
+        a_fan_in = authors_fan_in(shape, a) if a > 0 else size // n
+        rows.append({
+            "layer": name, "kind": kind, "shape": shape, "weights": size, "sparsity": s,
+            "budget": dst.layer_budget(shape, s), "fan_in": fan_in,
+            "srigl_nnz": fan_in * n if s > 0 else size, "dense": s == 0.0,
+            "authors_sparsity": a, "authors_budget": int(size * (1 - a)),
+            "authors_fan_in": a_fan_in, "authors_nnz": authors_unstructured_nnz(shape, a),
+            "authors_dense": a == 0.0})
+    return rows
+
+
+def totals(rows, sparsity):
+    """The model's totals at ``sparsity``: weights, target ((1 - s)*weights), budget (the
+    sum of the layers' budgets: RigL's nnz), srigl_nnz, and the sparsity each reaches."""
+    weights = sum(r["weights"] for r in rows)
+    budget = sum(r["budget"] for r in rows)
+    srigl = sum(r["srigl_nnz"] for r in rows)
+    return {"weights": weights, "target": (1.0 - sparsity) * weights, "budget": budget,
+            "srigl_nnz": srigl, "rigl_sparsity": 1.0 - budget / weights,
+            "srigl_sparsity": 1.0 - srigl / weights}
+
+
+def _shape_text(shape):
+    return "x".join(map(str, shape))
+
+
+def markdown(models=MODEL_NAMES, sparsities=SPARSITIES):
+    """The per-layer table (markdown) of ``models`` at ``sparsities``, then the totals."""
+    lines = ["| model | sparsity | layer | shape | weights | ERK sparsity | budget B | "
+             "fan-in k | SRigL k·n | authors' sparsity | authors' B | authors' k |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = ["| model | sparsity | weights | target (1-s)·N | Σ B (RigL nnz) | "
+               "SRigL nnz | RigL sparsity | SRigL sparsity |",
+               "|---|---|---|---|---|---|---|---|"]
+    for model in models:
+        for sparsity in sparsities:
+            rows = layer_rows(model, sparsity)
+            for r in rows:
+                ours = "dense (ERK)" if r["dense"] else f"{r['sparsity']:.6f}"
+                theirs = "dense" if r["authors_dense"] else f"{r['authors_sparsity']:.6f}"
+                lines.append(
+                    f"| {model} | {100 * sparsity:g}% | {r['layer']} ({r['kind']}) | "
+                    f"{_shape_text(r['shape'])} | {r['weights']} | {ours} | {r['budget']} | "
+                    f"{r['fan_in']} | {r['srigl_nnz']} | {theirs} | {r['authors_budget']} "
+                    f"| {r['authors_fan_in']} |")
+            t = totals(rows, sparsity)
+            summary.append(
+                f"| {model} | {100 * sparsity:g}% | {t['weights']} | {t['target']:.1f} | "
+                f"{t['budget']} | {t['srigl_nnz']} | {100 * t['rigl_sparsity']:.3f}% | "
+                f"{100 * t['srigl_sparsity']:.3f}% |")
+    return "\n".join(lines) + "\n\n" + "\n".join(summary)
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m srigl_np.erk_table",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=MODEL_NAMES, nargs="+", default=list(MODEL_NAMES),
+                        help="models to tabulate (default: all)")
+    parser.add_argument("--sparsity", type=_fraction, nargs="+", default=list(SPARSITIES),
+                        help="global sparsities (default: 0.9 0.95 0.99)")
+    args = parser.parse_args(argv)
+    print(markdown(args.model, args.sparsity))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
