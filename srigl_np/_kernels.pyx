@@ -362,6 +362,10 @@ cdef class CondensedWeights:
     non-zeros of row r in block c are packed[starts[i] : starts[i + 1]], i = c*n_active + r.
     With one block these are views of values/indices; otherwise they are a second
     copy of the weights.
+
+    A fully dense layer (k == n_in) also keeps ``dense_t[n_in, n_active]``, W.T as a
+    read-only float32 matrix (duplicate indices summed), for ``kernels.condensed_product``
+    to hand to BLAS; otherwise ``dense_t`` is None.
     """
 
     cdef readonly object values
@@ -374,6 +378,7 @@ cdef class CondensedWeights:
     cdef readonly object packed_values
     cdef readonly object packed_indices
     cdef readonly object starts
+    cdef readonly object dense_t
 
     def __init__(self, values, indices, n_in):
         if not hasattr(values, "dtype") or values.dtype != np.float32:
@@ -417,6 +422,12 @@ cdef class CondensedWeights:
             counts = np.bincount(key, minlength=self.column_blocks * self.n_active)
             self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
         self.starts.flags.writeable = False
+        self.dense_t = None
+        if self.k == n_in:
+            dense_t = np.zeros((n_in, self.n_active), dtype=np.float32)
+            np.add.at(dense_t, (self.indices, np.arange(self.n_active)[:, None]),
+                      self.values)
+            self.dense_t = _frozen_copy(dense_t, np.float32)
 
     def __repr__(self):
         return (f"CondensedWeights(n_active={self.n_active}, k={self.k}, n_in={self.n_in}, "

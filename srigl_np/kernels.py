@@ -39,6 +39,8 @@ try:
         openmp_enabled,
         set_cpu_path,
         tile_vectors,
+        _condensed_bias,
+        _condensed_input,
     )
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a broken install
     if exc.name != __package__ + "._kernels":
@@ -59,8 +61,12 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a bro
         "(needs a C compiler, Cython >= 3 and numpy >= 2)." + _hint
     ) from exc
 
+import functools  # noqa: E402
+
+import numpy as np  # noqa: E402
+
 from .backend import array_module, is_cupy_array  # noqa: E402
-from .validation import FLOATING, INTEGER, check_array  # noqa: E402
+from .validation import FLOATING, INTEGER, check_array, check_threads  # noqa: E402
 
 
 # -- the condensed product -----------------------------------------------------------
@@ -97,11 +103,16 @@ def condensed_product(weights, x, bias=None, threads=0):
     the CUDA kernels; ``threads`` unused). x[batch, n_in] of any float dtype and
     strides is converted to C-contiguous float32; bias[n_active] float32 or None;
     y is float32. Weights and x on different devices are a TypeError.
+
+    A fully dense layer on the CPU (k == n_in, ``weights.dense_t`` set) is a dense
+    product, which BLAS does faster than the gather kernels (see ``_dense_product``).
     """
     if isinstance(weights, CondensedWeights):
         if is_cupy_array(x):
             raise TypeError("x is a CuPy array but the weights live on the CPU: move the "
                             "layer with .to('cuda') or the input with .get()")
+        if weights.dense_t is not None and weights.n_active:
+            return _dense_product(weights, x, bias, threads)
         return condensed_matmul(weights, x, bias, threads)
     from . import cuda
 
@@ -109,6 +120,38 @@ def condensed_product(weights, x, bias=None, threads=0):
         return cuda.condensed_product(weights, x, bias)
     raise TypeError(f"weights must be a CondensedWeights or cuda.CudaCondensedWeights, "
                     f"got {type(weights).__name__}")
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, built once (about 2 us per
+    ``limit`` call afterwards, against milliseconds to build)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _dense_product(weights, x, bias, threads):
+    """x @ W.T (+ bias) by BLAS for a fully dense condensed layer (``weights.dense_t``).
+
+    Same checks and result as ``condensed_matmul`` (to float32 rounding). The first
+    layer of the cnn (k = 9 = n_in, 32 filters) ran 2.3x faster this way at batch 256
+    (the 173056 x 9 im2col rows, one thread, Zen 5: 3.3 ms for the product against
+    7.5 ms for the tiled kernel) and 4-6x at batch 1. ``threads`` > 0 holds BLAS to
+    that many threads for the call (threadpoolctl); 0 leaves BLAS's own setting.
+    """
+    x = _condensed_input(weights, x, 2)
+    bias = _condensed_bias(weights, bias)
+    threads = check_threads(threads)
+    y = np.empty((x.shape[0], weights.n_active), dtype=np.float32)
+    if threads:
+        with _blas_controller().limit(limits=threads, user_api="blas"):
+            np.matmul(x, weights.dense_t, out=y)
+    else:
+        np.matmul(x, weights.dense_t, out=y)
+    if bias is not None:
+        y += bias
+    return y
 
 
 # -- image patches ---------------------------------------------------------------------
