@@ -96,9 +96,14 @@ def count(name, value):
     return int(value)
 
 
+# Read once: os.cpu_count() costs microseconds per call, a kernel call's whole budget.
+_MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
+
 def max_thread_count():
-    """The largest thread count a kernel accepts: max(64, 4 x the CPUs this process sees)."""
-    return max(64, 4 * (os.cpu_count() or 1))
+    """The largest thread count a kernel accepts: max(64, 4 x the CPUs this process saw at
+    import)."""
+    return _MAX_THREADS
 
 
 def check_threads(threads):
