@@ -1139,7 +1139,17 @@ def parse_args(argv=None):
     parser.add_argument("--targets", action="store_true",
                         help="also print srigl_np's own development targets and whether "
                              "this run meets them")
+    parser.add_argument("--cpu-path", default=None,
+                        help="run the condensed kernels on this CPU path (avx512, avx2, "
+                             "generic; default: the best this CPU supports)")
     args = parser.parse_args(argv)
+    if args.cpu_path is not None:
+        from .kernels import cpu_paths, set_cpu_path
+
+        try:
+            set_cpu_path(args.cpu_path)
+        except ValueError as exc:
+            parser.error(f"--cpu-path: {exc} (this CPU: {', '.join(cpu_paths())})")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         parser.error("--plot needs matplotlib: pip install matplotlib (or srigl_np[plot])")
     for s in args.sparsities:

@@ -786,3 +786,18 @@ def test_the_bench_shortens_openblas_spin_before_numpy_loads(user_value, expecte
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [expected]
+
+
+def test_cpu_path_flag_switches_the_kernels_and_refuses_unknown_paths(capsys):
+    from srigl_np.kernels import cpu_path, set_cpu_path
+
+    before = cpu_path()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            bench.parse_args(["--cpu-path", "avx1024"])
+        assert stop.value.code == 2
+        assert "--cpu-path: name must be one of" in capsys.readouterr().err
+        bench.parse_args(["--cpu-path", "generic"])
+        assert cpu_path() == "generic"
+    finally:
+        set_cpu_path(before)
