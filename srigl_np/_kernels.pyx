@@ -69,6 +69,22 @@ cdef extern from "_kernels.h":
                          const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
                          float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
 
+    # Max pooling of one plane x[height, width] -> y[out_h, out_w] (no padding).
+    void srigl_max_pool_plane(const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
+                              int kw, int stride, float* y, Py_ssize_t out_h,
+                              Py_ssize_t out_w) noexcept nogil
+
+    # Direct convolution of one (image, channel): v[k], idx[k] taps of the channel,
+    # x[channels, height, width] the image -> out[out_h, out_w].
+    void srigl_conv_item_i16(const float* v, const int16_t* idx, Py_ssize_t k,
+                             const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
+                             int kw, int stride, int padding, float bias, float* out,
+                             Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    void srigl_conv_item_i32(const float* v, const int32_t* idx, Py_ssize_t k,
+                             const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
+                             int kw, int stride, int padding, float bias, float* out,
+                             Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+
 
 PATH_NAMES = tuple(srigl_path_name(p).decode() for p in range(N_PATHS))
 _active_path = srigl_select_path()
@@ -636,7 +652,7 @@ cdef void _vector_dispatch(CondensedWeights weights, const float[::1] x,
             _condensed_vector(values, idx32, &x[0], bias, &y[0], threads)
 
 
-def condensed_matvec(CondensedWeights weights, x, bias=None, threads=0):
+def condensed_matvec(CondensedWeights weights not None, x, bias=None, threads=0):
     """Condensed forward of one input: gather-dot per output row.
 
     weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
@@ -722,7 +738,7 @@ cdef object _matmul(CondensedWeights weights, x, bias, object threads, int n_vec
     return y
 
 
-def condensed_matmul(CondensedWeights weights, x, bias=None, threads=0):
+def condensed_matmul(CondensedWeights weights not None, x, bias=None, threads=0):
     """Condensed forward of a batch: y = x @ W.T (+ bias), W the condensed weights.
 
     weights: CondensedWeights (values[n_active, k], indices[n_active, k], n_in);
@@ -739,7 +755,7 @@ def condensed_matmul(CondensedWeights weights, x, bias=None, threads=0):
     return _matmul(weights, x, bias, threads, 0)
 
 
-def _condensed_matmul_tiled(CondensedWeights weights, x, bias=None, threads=0, *,
+def _condensed_matmul_tiled(CondensedWeights weights not None, x, bias=None, threads=0, *,
                             n_vectors):
     """Test hook: ``condensed_matmul`` forced onto the batched (tiled) kernel.
 
@@ -752,3 +768,142 @@ def _condensed_matmul_tiled(CondensedWeights weights, x, bias=None, threads=0, *
             or n_vectors not in (1, 2, 4, 8)):
         raise ValueError(f"n_vectors must be 1, 2, 4 or 8, got {n_vectors!r}")
     return _matmul(weights, x, bias, threads, n_vectors)
+
+
+# ---------------------------------------------------------------------------
+# Direct condensed convolution
+#
+# A constant fan-in Conv2d keeps, per active output channel r, k taps of its filter:
+# values[r, j] at tap indices[r, j] = (c * kh + i) * kw + j' (im2col's column order).
+# Instead of im2col + the condensed product, each (image, channel) is computed
+# straight from the image (srigl_conv_item_* in _kernels.h): the column matrix,
+# kh*kw copies of the input, is never written.
+# ---------------------------------------------------------------------------
+
+cdef void _conv_items(const float[:, ::1] values, const index_t[:, ::1] indices,
+                      const float[:, :, :, ::1] x, const float* bias, float[:, :, :, ::1] y,
+                      int kh, int kw, int stride, int padding, int threads) noexcept nogil:
+    """y[b, r] = the direct convolution of image b by channel r, parallel over (b, r).
+
+    Input:   values[n_active, k] float32, indices[n_active, k] int16/int32 (each in
+             [0, channels*kh*kw)), x[batch, channels, height, width] float32,
+             bias[n_active] or NULL, the geometry, threads.
+    Output:  y[batch, n_active, out_h, out_w] float32.
+    """
+    cdef Py_ssize_t n_active = values.shape[0], k = values.shape[1]
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3]
+    cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3], item, b, r
+    for item in prange(y.shape[0] * n_active, schedule="static", num_threads=threads):
+        b = item // n_active
+        r = item % n_active
+        if index_t is int16_t:
+            srigl_conv_item_i16(&values[r, 0], &indices[r, 0], k, &x[b, 0, 0, 0], height,
+                                width, kh, kw, stride, padding,
+                                bias[r] if bias != NULL else 0, &y[b, r, 0, 0], out_h, out_w)
+        else:
+            srigl_conv_item_i32(&values[r, 0], &indices[r, 0], k, &x[b, 0, 0, 0], height,
+                                width, kh, kw, stride, padding,
+                                bias[r] if bias != NULL else 0, &y[b, r, 0, 0], out_h, out_w)
+
+
+def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, padding=0,
+                     bias=None, threads=0):
+    """Condensed Conv2d forward, computed from the images (no im2col).
+
+    weights: CondensedWeights over the flattened filters (values[n_active, k],
+    indices[n_active, k], n_in = channels*kh*kw, taps ordered (channel, ki, kj));
+    x[batch, channels, height, width] (any float dtype and strides; converted to
+    C-contiguous float32); bias[n_active] float32 or None
+    -> y[batch, n_active, out_h, out_w] float32, with
+        y[b, r, oh, ow] = bias[r] + sum_j values[r, j] * x[b, c, oh*stride - padding + i,
+                                                           ow*stride - padding + j']
+    for tap indices[r, j] = (c*kh + i)*kw + j' (taps in the padding count 0): what
+    im2col followed by condensed_matmul computes, up to float32 rounding. Parallel over
+    (image, channel) pairs; the same result at every thread count.
+    """
+    if not hasattr(x, "dtype") or x.dtype.kind != "f":
+        raise TypeError(f"x must be a floating-point array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (batch, channels, height, width), got shape {x.shape}")
+    batch, channels, height, width = x.shape
+    out_h, out_w = _check_conv_geometry(height, width, kh, kw, stride, padding)
+    if channels * kh * kw != weights.n_in:
+        raise ValueError(f"x must have channels*kh*kw = n_in = {weights.n_in} (kernel "
+                         f"({kh}, {kw})), got {channels} channels")
+    bias = _condensed_bias(weights, bias)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    cdef int n_threads = _serial_if_small(
+        _resolve_threads(threads), batch * weights.n_active * weights.k * out_h * out_w)
+    y = np.empty((batch, weights.n_active, out_h, out_w), dtype=np.float32)
+    if y.size == 0:
+        return y
+    cdef const float[:, ::1] values = weights.values
+    cdef const int16_t[:, ::1] idx16
+    cdef const int32_t[:, ::1] idx32
+    cdef const float[:, :, :, ::1] x_view = x
+    cdef float[:, :, :, ::1] y_view = y
+    cdef const float[::1] b_view
+    cdef const float* b_ptr = NULL
+    if bias is not None:
+        b_view = bias
+        b_ptr = &b_view[0]
+    cdef int kh_, kw_, stride_, padding_
+    kh_, kw_, stride_, padding_ = kh, kw, stride, padding
+    if weights.indices.dtype == np.int16:
+        idx16 = weights.indices
+        with nogil:
+            _conv_items(values, idx16, x_view, b_ptr, y_view, kh_, kw_, stride_, padding_,
+                        n_threads)
+    else:
+        idx32 = weights.indices
+        with nogil:
+            _conv_items(values, idx32, x_view, b_ptr, y_view, kh_, kw_, stride_, padding_,
+                        n_threads)
+    return y
+
+
+# ---------------------------------------------------------------------------
+# Max pooling (inference)
+# ---------------------------------------------------------------------------
+
+cdef void _max_pool_planes(const float[:, :, :, ::1] x, float[:, :, :, ::1] y, int kh, int kw,
+                           int stride, int threads) noexcept nogil:
+    """y[b, c] = srigl_max_pool_plane(x[b, c]) for every (image, channel) plane, in
+    parallel.
+
+    Input:   x[batch, channels, height, width] float32; kh, kw, stride; threads.
+    Output:  y[batch, channels, out_h, out_w] float32.
+    """
+    cdef Py_ssize_t channels = x.shape[1], item, b, c
+    for item in prange(x.shape[0] * channels, schedule="static", num_threads=threads):
+        b = item // channels
+        c = item % channels
+        srigl_max_pool_plane(&x[b, c, 0, 0], x.shape[2], x.shape[3], kh, kw, stride,
+                             &y[b, c, 0, 0], y.shape[2], y.shape[3])
+
+
+def max_pool2d(x, kh, kw, stride, threads=0):
+    """Max pooling without padding, as layers.MaxPool2d computes it in evaluation.
+
+    x[batch, channels, height, width] (float32, or any float dtype and strides: converted
+    to C-contiguous float32) -> y[batch, channels, out_h, out_w] float32,
+    out = (size - kernel) // stride + 1. Parallel over the (image, channel) planes.
+    """
+    if not hasattr(x, "dtype") or x.dtype.kind != "f":
+        raise TypeError(f"x must be a floating-point array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (batch, channels, height, width), got shape {x.shape}")
+    batch, channels, height, width = x.shape
+    out_h, out_w = _check_conv_geometry(height, width, kh, kw, stride, 0)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads), x.size)
+    y = np.empty((batch, channels, out_h, out_w), dtype=np.float32)
+    cdef const float[:, :, :, ::1] x_view = x
+    cdef float[:, :, :, ::1] y_view = y
+    cdef int kh_ = kh, kw_ = kw, stride_ = stride
+    if y.size:
+        with nogil:
+            _max_pool_planes(x_view, y_view, kh_, kw_, stride_, n_threads)
+    return y

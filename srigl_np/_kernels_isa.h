@@ -244,6 +244,11 @@ SRIGL_W32(SRIGL_NAME(srigl_block32_i32), int32_t)
 SRIGL_W16(SRIGL_NAME(srigl_block16_i32), int32_t)
 SRIGL_W8(SRIGL_NAME(srigl_block8_i32), int32_t)
 
+/* The direct convolution (SRIGL_CONV_ITEM, defined in _kernels.h), compiled for this
+   path's instruction set. */
+SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i16), int16_t)
+SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
+
 /* The variant's function table (srigl_kernels, declared in _kernels.h). */
 static const srigl_kernels SRIGL_NAME(srigl_table) = {
     SRIGL_ISA_NAME,
@@ -252,6 +257,7 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
      SRIGL_NAME(srigl_block32_i16), SRIGL_NAME(srigl_block64_i16)},
     {SRIGL_NAME(srigl_block8_i32), SRIGL_NAME(srigl_block16_i32),
      SRIGL_NAME(srigl_block32_i32), SRIGL_NAME(srigl_block64_i32)},
+    SRIGL_NAME(srigl_conv_item_i16), SRIGL_NAME(srigl_conv_item_i32),
 };
 
 #undef SRIGL_DOT16

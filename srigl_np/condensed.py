@@ -24,8 +24,8 @@ import copy
 import numpy as np
 
 from .backend import array_module, is_cupy_array, parse_device, select, to_device, to_numpy
-from .kernels import CondensedWeights, condensed_product, condensed_reference, \
-    conv_output_size, im2col
+from .kernels import CondensedWeights, condensed_conv, condensed_product, \
+    condensed_reference, conv_output_size, im2col
 from .validation import FLOATING, check_array, count, positive_int
 
 INT16_MAX_COLUMNS = 32767
@@ -440,7 +440,8 @@ def rows_to_images(rows, batch, out_h, out_w):
 
 
 class CondensedConv2d(Stage):
-    """A constant fan-in Conv2d over its active output channels: im2col + condensed product.
+    """A constant fan-in Conv2d over its active output channels (``kernels.condensed_conv``:
+    on the CPU straight from the images, on the GPU im2col + the condensed product).
 
     Output channel o's fan-in is over its flattened filter weight[o]: in_channels*kh*kw
     taps ordered (channel, ki, kj), the column order of ``im2col``; ``linear`` is the
@@ -501,9 +502,16 @@ class CondensedConv2d(Stage):
                                               *self.kernel_size)
 
     def forward(self, x, threads=0):
-        cols, batch, out_h, out_w = conv_rows(x, self.in_channels, self.kernel_size,
-                                              self.stride, self.padding, threads)
-        return rows_to_images(self.linear.forward(cols, threads), batch, out_h, out_w)
+        if self.linear.weights is None:   # no active channel: the definition does it
+            cols, batch, out_h, out_w = conv_rows(x, self.in_channels, self.kernel_size,
+                                                  self.stride, self.padding, threads)
+            return rows_to_images(self.linear.forward(cols, threads), batch, out_h, out_w)
+        x = float_input(x)
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (batch, {self.in_channels}, height, width), "
+                             f"got {x.shape}")
+        return condensed_conv(self.linear.weights, x, self.kernel_size, self.stride,
+                              self.padding, self.linear.bias, threads)
 
     def to(self, device):
         moved = copy.copy(self)

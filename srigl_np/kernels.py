@@ -2,7 +2,9 @@
 
     operation                  definition (any array module)   CPU override (NumPy)        GPU override (CuPy)
     condensed product          condensed_reference             _kernels.condensed_matmul   cuda.condensed_product
+    condensed convolution      im2col + the condensed product  _kernels.condensed_conv2d   (the definition)
     im2col / col2im            im2col_strided / col2im_strided _kernels.im2col / col2im    (the definition)
+    max pooling (inference)    layers.MaxPool2d.forward        _kernels.max_pool2d         (the definition)
 
 The pattern is thinc's ``Ops`` / ``NumpyOps`` / ``CupyOps``: the plain array-module
 function *is* the specification; the Cython kernels override it for NumPy arrays and the
@@ -29,12 +31,14 @@ try:
         CondensedWeights,
         col2im as _col2im_cpu,
         column_block_width,
+        condensed_conv2d as _condensed_conv2d_cpu,
         condensed_matmul,
         condensed_matvec,
         conv_output_size,
         cpu_path,
         cpu_paths,
         im2col as _im2col_cpu,
+        max_pool2d,
         max_threads,
         openmp_enabled,
         set_cpu_path,
@@ -152,6 +156,31 @@ def _dense_product(weights, x, bias, threads):
     if bias is not None:
         y += bias
     return y
+
+
+# -- the condensed convolution ---------------------------------------------------------
+
+def condensed_conv(weights, x, kernel_size, stride=1, padding=0, bias=None, threads=0):
+    """y[batch, n_active, out_h, out_w]: a condensed Conv2d of x[batch, channels, h, w].
+
+    weights: condensed weights over the flattened filters (n_in = channels*kh*kw, taps
+    ordered (channel, ki, kj)); kernel_size (kh, kw); bias[n_active] float32 or None;
+    float32 out. The definition is im2col followed by the condensed product, the rows
+    then put back in NCHW order (the CuPy path); NumPy input takes the CPU kernel, which
+    computes each (image, channel) straight from the image without the column matrix
+    (``_kernels.condensed_conv2d``).
+    """
+    kh, kw = kernel_size
+    if isinstance(weights, CondensedWeights) and not is_cupy_array(x):
+        return _condensed_conv2d_cpu(weights, x, kh, kw, stride, padding, bias, threads)
+    xp = array_module(x)
+    batch, _, height, width = x.shape
+    out_h = conv_output_size(height, kh, stride, padding)
+    out_w = conv_output_size(width, kw, stride, padding)
+    rows = condensed_product(weights, im2col(x, kh, kw, stride, padding, threads), bias,
+                             threads)
+    return xp.ascontiguousarray(
+        rows.reshape(batch, out_h, out_w, rows.shape[1]).transpose(0, 3, 1, 2))
 
 
 # -- image patches ---------------------------------------------------------------------

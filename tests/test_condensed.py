@@ -578,3 +578,13 @@ def test_load_refuses_a_pickle_without_advice_to_unpickle_it(tmp_path):
     with pytest.raises(ValueError) as error:
         load(path)
     assert str(path) in str(error.value) and "allow_pickle" not in str(error.value)
+
+
+def test_logits_never_change_the_callers_input_even_when_relu_comes_first():
+    from srigl_np.condensed_model import CondensedModel, Relu
+
+    x = np.array([[-1.0, 2.0, -3.0]], dtype=np.float32)
+    kept = x.copy()
+    y = CondensedModel([Relu(), Relu()]).logits(x)
+    np.testing.assert_array_equal(y, [[0.0, 2.0, 0.0]])
+    np.testing.assert_array_equal(x, kept)

@@ -603,3 +603,96 @@ def test_condensed_product_of_a_dense_layer_is_blas_with_the_threads_asked(batch
         condensed_product(weights, x, bias, threads=-1)
     with pytest.raises(ValueError, match="x must have shape"):
         condensed_product(weights, x[:, :5], bias)
+
+
+# --- the condensed convolution: straight from the images ---------------------------------------
+
+# (channels, height, width, kh, kw, stride, padding, n_active, k, batch): k = 1, k = n_in,
+# one channel, batch 1, strides 1-3, padding wider than the kernel reaches, 1xN kernels,
+# a kernel as wide as the padded image.
+CONV_CASES = [
+    (32, 26, 26, 3, 3, 1, 0, 64, 19, 3),     # the cnn's second convolution, batch 3
+    (1, 28, 28, 3, 3, 1, 0, 32, 9, 2),       # its first: k = n_in
+    (3, 7, 5, 3, 2, 2, 1, 4, 1, 2),          # k = 1, stride 2
+    (2, 4, 4, 5, 5, 1, 2, 3, 50, 1),         # kernel over the padded image
+    (1, 1, 1, 1, 1, 1, 0, 1, 1, 1),          # one pixel, one tap, one channel
+    (4, 9, 9, 3, 3, 3, 2, 5, 36, 2),         # stride 3, padding 2
+    (1, 2, 9, 1, 7, 1, 3, 2, 7, 1),          # a 1x7 kernel, padding 3
+    (2, 11, 6, 4, 1, 2, 0, 3, 5, 4),         # a 4x1 kernel, stride 2
+]
+
+
+def conv_definition(values, indices, x, kh, kw, stride, padding, bias):
+    """im2col (the strided definition) + the condensed product, in float64, NCHW."""
+    from srigl_np.kernels import im2col_strided
+
+    batch, _, height, width = x.shape
+    out_h = (height + 2 * padding - kh) // stride + 1
+    out_w = (width + 2 * padding - kw) // stride + 1
+    cols = im2col_strided(x.astype(np.float64), kh, kw, stride, padding)
+    rows = reference(values, indices, cols, bias)
+    return rows.reshape(batch, out_h, out_w, -1).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_condensed_conv2d_matches_im2col_and_the_product(case, index_dtype, path):
+    from srigl_np._kernels import condensed_conv2d
+
+    if path not in cpu_paths():
+        pytest.skip(f"CPU path {path} is not available here: {cpu_paths()}")
+    channels, height, width, kh, kw, stride, padding, n_active, k, batch = case
+    rng = np.random.default_rng(sum(case))
+    values, indices = random_weights(rng, channels * kh * kw, n_active, k, index_dtype)
+    weights = CondensedWeights(values, indices, channels * kh * kw)
+    # A non-contiguous view: every other image of a wider batch.
+    x = rng.standard_normal((2 * batch, channels, height, width)).astype(np.float32)[::2]
+    bias = rng.standard_normal(n_active).astype(np.float32)
+    previous = set_cpu_path(path)
+    try:
+        for b in (bias, None):
+            y = condensed_conv2d(weights, x, kh, kw, stride, padding, b, threads=1)
+            expected = conv_definition(values, indices, x, kh, kw, stride, padding, b)
+            assert y.dtype == np.float32 and y.shape == expected.shape
+            assert_matches(y, expected)
+            if openmp_enabled():   # the same result, bit for bit, at any thread count
+                np.testing.assert_array_equal(
+                    y, condensed_conv2d(weights, x, kh, kw, stride, padding, b, threads=2))
+    finally:
+        set_cpu_path(previous)
+
+
+def test_condensed_conv_is_the_definition_on_every_backend_of_the_dispatcher():
+    from srigl_np.kernels import condensed_conv
+
+    rng = np.random.default_rng(5)
+    values, indices = random_weights(rng, 2 * 9, 3, 4, np.int16)
+    weights = CondensedWeights(values, indices, 18)
+    x = rng.standard_normal((2, 2, 6, 5)).astype(np.float64)   # float64 in: converted
+    y = condensed_conv(weights, x, (3, 3), 1, 1, None, 1)
+    assert_matches(y, conv_definition(values, indices, x, 3, 3, 1, 1, None))
+    empty = condensed_conv(weights, x[:0], (3, 3), 1, 1)
+    assert empty.shape == (0, 3, 6, 5)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda w, x: (w, x[0], 3, 3), ValueError, "x must be 4-D"),
+    (lambda w, x: (w, x[:, :1], 3, 3), ValueError, "channels\\*kh\\*kw"),
+    (lambda w, x: (w, x.astype(np.int32), 3, 3), TypeError, "floating-point"),
+    (lambda w, x: (w, x, 3, 3, 0), ValueError, "stride"),
+    (lambda w, x: (w, x, 3, 3, 1, -1), ValueError, "padding"),
+    (lambda w, x: (w, x[:, :, :2], 3, 3), ValueError, "does not fit"),
+    (lambda w, x: (w, x, 3, 3, 1, 0, np.zeros(2, np.float32)), ValueError, "bias"),
+    (lambda w, x: (w, x, 3, 3, 1, 0, None, -1), ValueError, "threads"),
+    (lambda w, x: (None, x, 3, 3), TypeError, "weights"),
+])
+def test_condensed_conv2d_refuses_bad_arguments(call, error, match):
+    from srigl_np._kernels import condensed_conv2d
+
+    rng = np.random.default_rng(0)
+    values, indices = random_weights(rng, 18, 3, 4, np.int16)
+    weights = CondensedWeights(values, indices, 18)
+    x = np.zeros((2, 2, 5, 5), dtype=np.float32)
+    with pytest.raises(error, match=match):
+        condensed_conv2d(*call(weights, x))

@@ -174,3 +174,39 @@ def test_conv_geometry_near_2_31_is_refused_not_overflowed(kwargs, message):
         _kernels.im2col(x, **kwargs)
     with pytest.raises(ValueError, match=message):
         _kernels.col2im(np.zeros((16, 1), np.float32), (1, 1, 4, 4), **kwargs)
+
+
+# --- max pooling (inference) -------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, kh, kw, stride", [
+    ((2, 3, 24, 24), 2, 2, 2),     # the cnn's pool
+    ((1, 1, 5, 7), 3, 2, 2),       # windows that do not tile the image
+    ((3, 2, 4, 4), 4, 4, 1),       # one window per plane
+    ((1, 1, 1, 1), 1, 1, 1),
+    ((2, 2, 9, 6), 2, 3, 3),
+])
+def test_max_pool2d_matches_the_layer(shape, kh, kw, stride):
+    from srigl_np.kernels import max_pool2d
+    from srigl_np.layers import MaxPool2d
+
+    x = np.random.default_rng(sum(shape)).standard_normal((2 * shape[0],) + shape[1:])
+    x = x.astype(np.float32)[::2]   # not contiguous
+    expected = MaxPool2d((kh, kw), stride).forward(np.ascontiguousarray(x), training=False)
+    for threads in (1, 2):
+        np.testing.assert_array_equal(max_pool2d(x, kh, kw, stride, threads), expected)
+
+
+def test_max_pool2d_propagates_nan_like_numpy_and_refuses_bad_input():
+    from srigl_np.kernels import max_pool2d
+
+    x = np.zeros((1, 1, 2, 4), dtype=np.float32)
+    x[0, 0, 1, 0] = np.nan
+    np.testing.assert_array_equal(max_pool2d(x, 2, 2, 2, 1), [[[[np.nan, 0.0]]]])
+    with pytest.raises(ValueError, match="4-D"):
+        max_pool2d(x[0], 2, 2, 2)
+    with pytest.raises(TypeError, match="floating-point"):
+        max_pool2d(np.zeros((1, 1, 2, 4), dtype=np.int32), 2, 2, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        max_pool2d(x, 3, 3, 1)
+    with pytest.raises(ValueError, match="stride"):
+        max_pool2d(x, 2, 2, 0)
