@@ -108,14 +108,17 @@ def condensed_product(weights, x, bias=None, threads=0):
     strides is converted to C-contiguous float32; bias[n_active] float32 or None;
     y is float32. Weights and x on different devices are a TypeError.
 
-    A fully dense layer on the CPU (k == n_in, ``weights.dense_t`` set) is a dense
-    product, which BLAS does faster than the gather kernels (see ``_dense_product``).
+    A fully dense layer on the CPU (k == n_in, ``weights.dense_t`` set) with at least
+    BLAS_MIN_WORK multiply-adds is a dense product, which BLAS does faster than the
+    gather kernels (see ``_dense_product``).
     """
     if isinstance(weights, CondensedWeights):
         if is_cupy_array(x):
             raise TypeError("x is a CuPy array but the weights live on the CPU: move the "
                             "layer with .to('cuda') or the input with .get()")
-        if weights.dense_t is not None and weights.n_active:
+        if (weights.dense_t is not None and weights.n_active
+                and getattr(x, "shape", (0,))[0] * weights.n_active * weights.k
+                >= BLAS_MIN_WORK):
             return _dense_product(weights, x, bias, threads)
         return condensed_matmul(weights, x, bias, threads)
     from . import cuda
@@ -124,6 +127,13 @@ def condensed_product(weights, x, bias=None, threads=0):
         return cuda.condensed_product(weights, x, bias)
     raise TypeError(f"weights must be a CondensedWeights or cuda.CudaCondensedWeights, "
                     f"got {type(weights).__name__}")
+
+
+# Multiply-adds from which a fully dense layer goes to BLAS: holding BLAS to a thread
+# count costs about 26 us a call (OpenBLAS resizes its pool, and back), more than the
+# whole product of a small layer (a 10x100 output layer: 7 us in the gather kernel at
+# batch 1); from 4M multiply-adds it is under a few percent.
+BLAS_MIN_WORK = 1 << 22
 
 
 @functools.cache
@@ -138,11 +148,10 @@ def _blas_controller():
 def _dense_product(weights, x, bias, threads):
     """x @ W.T (+ bias) by BLAS for a fully dense condensed layer (``weights.dense_t``).
 
-    Same checks and result as ``condensed_matmul`` (to float32 rounding). The first
-    layer of the cnn (k = 9 = n_in, 32 filters) ran 2.3x faster this way at batch 256
-    (the 173056 x 9 im2col rows, one thread, Zen 5: 3.3 ms for the product against
-    7.5 ms for the tiled kernel) and 4-6x at batch 1. ``threads`` > 0 holds BLAS to
-    that many threads for the call (threadpoolctl); 0 leaves BLAS's own setting.
+    Same checks and result as ``condensed_matmul`` (to float32 rounding). A 1024 -> 128
+    dense layer at batch 256 ran 1.45x faster this way (one thread, Zen 5: 1.64 ms
+    against 2.38 ms for the tiled kernel). ``threads`` > 0 holds BLAS to that many
+    threads for the call (threadpoolctl); 0 leaves BLAS's own setting.
     """
     x = _condensed_input(weights, x, 2)
     bias = _condensed_bias(weights, bias)

@@ -592,6 +592,10 @@ def test_condensed_product_of_a_dense_layer_is_blas_with_the_threads_asked(batch
     bias = rng.standard_normal(32).astype(np.float32)
     recorder = _RecordingController()
     monkeypatch.setattr(kernels, "_blas_controller", lambda: recorder)
+    small = condensed_product(weights, x, bias, threads=1)   # below BLAS_MIN_WORK: the kernel
+    assert recorder.limits == []
+    np.testing.assert_array_equal(small, condensed_matmul(weights, x, bias, threads=1))
+    monkeypatch.setattr(kernels, "BLAS_MIN_WORK", 0)
     y = condensed_product(weights, x, bias, threads=1)
     assert y.dtype == np.float32 and y.shape == (batch, 32)
     np.testing.assert_array_equal(y, np.ascontiguousarray(x) @ weights.dense_t + bias)
