@@ -4,8 +4,11 @@
    Contents:
      * the OpenMP shim: SRIGL_NP_OPENMP, and omp_get_max_threads() in a build
        without OpenMP;
-     * the condensed kernels in up to three instruction-set variants ("CPU paths"),
-       each a table of functions (srigl_kernels) defined by _kernels_isa.h:
+     * the direct condensed convolution of one (image, channel), SRIGL_CONV_ITEM, a
+       macro each path instantiates;
+     * the condensed kernels (batch-1 gather-dot, batched blocks, that convolution)
+       in up to three instruction-set variants ("CPU paths"), each a table of
+       functions (srigl_kernels) defined by _kernels_isa.h:
          avx512   16-float vectors (AVX-512F), x86-64 with GCC or Clang
          avx2     8-float vectors (AVX2 + FMA), x86-64 with GCC or Clang
          generic  4-float vectors of the compiler's baseline target (SSE2 on x86-64,
@@ -15,15 +18,16 @@
        so one portable binary carries all three; srigl_select_path() picks the best
        the CPU supports at import (__builtin_cpu_supports checks the CPU and that the
        OS saves its vector registers), and srigl_set_path() switches (tests, bench);
-     * srigl_gather_dot_{i16,i32} and srigl_block_{i16,i32}: the entry points the
-       Cython code calls, which go through the active table.
+     * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32} and srigl_conv_item_{i16,i32}:
+       the entry points the Cython code calls, which go through the active table;
+     * srigl_max_pool_plane: max pooling of one plane (inference), one portable
+       version.
 
    Everything is static (one translation unit, the Cython module, includes it).
    Nothing here validates: the Cython ``def`` functions check dtypes, shapes and
    index ranges before calling in (see the module docstring of _kernels.pyx).
 
-   Each kernel's header (in _kernels_isa.h) lists its arguments with shapes in
-   brackets, as scipy's sparsetools headers do. Py_ssize_t comes from Python.h. */
+   Each kernel's header lists its arguments with shapes in brackets, as scipy's sparsetools headers do. Py_ssize_t comes from Python.h. */
 
 #ifndef SRIGL_NP_KERNELS_H
 #define SRIGL_NP_KERNELS_H

@@ -17,8 +17,9 @@ Design
   ``openmp_enabled()`` reports which build this is.
 * The C lives in ``srigl_np/_kernels.h`` and ``_kernels_isa.h``, headers shipped with
   the package and declared below with ``cdef extern from "_kernels.h"``: the OpenMP
-  shim, and the batch-1 gather-dot and the batched block kernels (GCC/Clang vector
-  extensions, hence C rather than Cython) in one variant per CPU path: ``avx512``,
+  shim, max pooling of a plane, and the batch-1 gather-dot, the batched block kernels
+  and the direct convolution (GCC/Clang vector extensions, hence C rather than
+  Cython) in one variant per CPU path: ``avx512``,
   ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
   the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
   ``set_cpu_path()``). This file holds the validation, the Cython loops (``prange``)
