@@ -86,6 +86,14 @@ static float NAME(const float *v, const INDEX_T *idx, const float *x, Py_ssize_t
     for (; j < k; j++) sum += v[j] * x[idx[j]];                                       \
     return sum;                                                                       \
 }
+/* The tile transpose: AVX's 8x8 blocks on the x86 paths (defined in _kernels.h after
+   the avx2 variant), the scalar loop on the generic one. */
+#if SRIGL_VW == 4
+#define SRIGL_TRANSPOSE srigl_transpose_scalar
+#else
+#define SRIGL_TRANSPOSE srigl_transpose_avx2
+#endif
+
 #if SRIGL_VW == 16
 /* The AVX-512 path reuses the AVX2 gather-dot (_kernels.h includes the avx2 variant
    first). On Zen 5 (batch 1, 90% sparse, 1 thread, timed by thread CPU time) 16-lane
@@ -258,8 +266,10 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
     {SRIGL_NAME(srigl_block8_i32), SRIGL_NAME(srigl_block16_i32),
      SRIGL_NAME(srigl_block32_i32), SRIGL_NAME(srigl_block64_i32)},
     SRIGL_NAME(srigl_conv_item_i16), SRIGL_NAME(srigl_conv_item_i32),
+    SRIGL_TRANSPOSE,
 };
 
+#undef SRIGL_TRANSPOSE
 #undef SRIGL_DOT16
 #undef SRIGL_DOT32
 #undef SRIGL_W64
