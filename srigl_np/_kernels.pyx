@@ -774,6 +774,17 @@ def _condensed_matmul_tiled(CondensedWeights weights not None, x, bias=None, thr
 # kh*kw copies of the input, is never written.
 # ---------------------------------------------------------------------------
 
+def _image_input(x):
+    """x[batch, channels, height, width] of any float dtype and strides, as C-contiguous
+    float32 (TypeError for other dtypes, ValueError for other ranks)."""
+    if not hasattr(x, "dtype") or x.dtype.kind != "f":
+        raise TypeError(f"x must be a floating-point array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-D (batch, channels, height, width), got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 cdef void _conv_items(const float[:, ::1] values, const index_t[:, ::1] indices,
                       const float[:, :, :, ::1] x, const float* bias, float[:, :, :, ::1] y,
                       int kh, int kw, int stride, int padding, int threads) noexcept nogil:
@@ -815,18 +826,13 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
     im2col followed by condensed_matmul computes, up to float32 rounding. Parallel over
     (image, channel) pairs; the same result at every thread count.
     """
-    if not hasattr(x, "dtype") or x.dtype.kind != "f":
-        raise TypeError(f"x must be a floating-point array, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
-    if x.ndim != 4:
-        raise ValueError(f"x must be 4-D (batch, channels, height, width), got shape {x.shape}")
+    x = _image_input(x)
     batch, channels, height, width = x.shape
     out_h, out_w = _check_conv_geometry(height, width, kh, kw, stride, padding)
     if channels * kh * kw != weights.n_in:
         raise ValueError(f"x must have channels*kh*kw = n_in = {weights.n_in} (kernel "
                          f"({kh}, {kw})), got {channels} channels")
     bias = _condensed_bias(weights, bias)
-    x = np.ascontiguousarray(x, dtype=np.float32)
     cdef int n_threads = _serial_if_small(
         _resolve_threads(threads), batch * weights.n_active * weights.k * out_h * out_w)
     y = np.empty((batch, weights.n_active, out_h, out_w), dtype=np.float32)
@@ -884,14 +890,9 @@ def max_pool2d(x, kh, kw, stride, threads=0):
     to C-contiguous float32) -> y[batch, channels, out_h, out_w] float32,
     out = (size - kernel) // stride + 1. Parallel over the (image, channel) planes.
     """
-    if not hasattr(x, "dtype") or x.dtype.kind != "f":
-        raise TypeError(f"x must be a floating-point array, got "
-                        f"{getattr(x, 'dtype', type(x).__name__)}")
-    if x.ndim != 4:
-        raise ValueError(f"x must be 4-D (batch, channels, height, width), got shape {x.shape}")
+    x = _image_input(x)
     batch, channels, height, width = x.shape
     out_h, out_w = _check_conv_geometry(height, width, kh, kw, stride, 0)
-    x = np.ascontiguousarray(x, dtype=np.float32)
     cdef int n_threads = _serial_if_small(_resolve_threads(threads), x.size)
     y = np.empty((batch, channels, out_h, out_w), dtype=np.float32)
     cdef const float[:, :, :, ::1] x_view = x
