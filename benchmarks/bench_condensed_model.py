@@ -261,17 +261,9 @@ def parse_args(argv=None):
     parser.add_argument("--json", help="also write the header and rows to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from srigl_np.validation import check_threads
-
     if any(b < 1 for b in args.batch_sizes):
         parser.error(f"batch sizes must be >= 1, got {args.batch_sizes}")
-    if any(t < 1 for t in args.threads):
-        parser.error(f"thread counts must be >= 1, got {args.threads}")
-    for threads in args.threads:
-        try:
-            check_threads(threads)
-        except ValueError as exc:
-            parser.error(f"--{exc}")
+    bench.check_thread_counts(parser, args.threads)
     if args.min_time < 0:
         parser.error(f"--min-time must be >= 0, got {args.min_time}")
     if args.rounds < 1:

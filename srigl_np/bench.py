@@ -1179,15 +1179,7 @@ def parse_args(argv=None):
         args.threads = [0]   # not used on the GPU; one row per case
     if args.threads is None:
         args.threads = sorted({1, max_threads()})
-    if args.device == "cpu" and any(t < 1 for t in args.threads):
-        parser.error(f"thread counts must be >= 1, got {args.threads}")
-    from .validation import check_threads
-
-    for threads in args.threads:
-        try:
-            check_threads(threads)
-        except ValueError as exc:
-            parser.error(f"--{exc}")
+    check_thread_counts(parser, args.threads, minimum=1 if args.device == "cpu" else 0)
     if args.min_time is None:
         args.min_time = QUICK_MIN_TIME if args.quick else 0.5
     args.rounds = QUICK_ROUNDS if args.quick else ROUNDS
@@ -1197,6 +1189,20 @@ def parse_args(argv=None):
     if problem:
         parser.error(problem)
     return args
+
+
+def check_thread_counts(parser, counts, minimum=1):
+    """``parser.error`` (one line, exit 2) unless every thread count is >= ``minimum`` and
+    within ``validation.check_threads``'s bound."""
+    from .validation import check_threads
+
+    if any(t < minimum for t in counts):
+        parser.error(f"thread counts must be >= {minimum}, got {counts}")
+    for threads in counts:
+        try:
+            check_threads(threads)
+        except ValueError as exc:
+            parser.error(f"--{exc}")
 
 
 def limits_line(limits):

@@ -697,15 +697,9 @@ def test_the_plot_has_a_title_a_1x_line_and_one_panel_per_shape():
 
 @pytest.fixture(scope="module")
 def kernels_script():
-    import importlib.util
-    import os
+    from scripts import load_script
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "benchmarks", "bench_kernels.py")
-    spec = importlib.util.spec_from_file_location("bench_kernels", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_kernels.py")
 
 
 def _report():

@@ -2,9 +2,7 @@
 same computation as our dense model, and the table and JSON have their structure.
 Runs without torch (its tests are skipped; the table shows "-" for its column)."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -14,17 +12,11 @@ from srigl_np.layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, R
 from srigl_np.models import build
 from srigl_np.optim import SGD
 from srigl_np.sparsity import DynamicSparsity
-
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "bench_condensed_model.py")
-
+from scripts import load_script
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("bench_condensed_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_condensed_model.py")
 
 
 def sparse_model(name, seed=0):

@@ -3,16 +3,13 @@ and audit.jsonl, nothing trained): the four tables hold the right figures, runs 
 unfinished or of another setting are listed rather than counted, and --out is written
 only when new or with --force."""
 
-import importlib.util
 import json
-import os
 
 import pytest
 
 from srigl_np import experiments
+from scripts import load_script
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "benchmarks", "cnn_gap_report.py")
 STEPS = range(100, 1001, 100)   # 10 updates, as the cnn's 3 epochs at ΔT 100
 # (layer, neurons, size, ERK budget B) of two of the cnn's layers.
 LAYERS = (("0.weight", 32, 288, 48), ("7.weight", 128, 1179648, 11648))
@@ -21,10 +18,7 @@ BUDGETS = {layer: budget for layer, _, _, budget in LAYERS}
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("cnn_gap_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/cnn_gap_report.py")
 
 
 def _run(method, seed, gamma=None, loop="step"):

@@ -2,7 +2,6 @@
 normalisation. IDX files are written by the tests; the Debian copy is used only where present."""
 
 import gzip
-import importlib.util
 import os
 
 import numpy as np
@@ -11,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srigl_np import data
+from scripts import load_script
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 HAS_DEBIAN = all(os.path.exists(os.path.join(DEBIAN_DIR, s + ".gz")) for s in data.IDX_STEMS)
@@ -261,10 +261,7 @@ def test_embedded_files_ship_with_licence():
 
 @pytest.mark.skipif(not HAS_DEBIAN, reason=f"full Fashion-MNIST not at {DEBIAN_DIR}")
 def test_embedded_subset_regenerates_from_full_dataset():
-    spec = importlib.util.spec_from_file_location(
-        "make_embedded_subset", os.path.join(ROOT, "tools", "make_embedded_subset.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/make_embedded_subset.py")
     full = data.load_dataset("fashion-mnist", path=DEBIAN_DIR)
     assert full.x_train.shape == (60000, 28, 28) and full.x_test.shape == (10000, 28, 28)
     fresh = tool.make_subset(full)

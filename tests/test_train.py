@@ -15,6 +15,7 @@ from srigl_np import data as data_module
 from srigl_np import dst
 from srigl_np import train as train_module
 from srigl_np.checkpoint import read_meta
+from train_cli import ERROR, StopAfterFirstEpoch, run_main, stop_after_first_epoch
 
 
 def _run_cli(*args):
@@ -94,15 +95,6 @@ def _config(out, **overrides):
     return config
 
 
-class _StopAfterFirstEpoch(Exception):
-    pass
-
-
-def _stop_after_first_epoch(line):
-    if line.startswith("epoch"):
-        raise _StopAfterFirstEpoch
-
-
 def _arrays(path):
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files if k != "meta"}
@@ -119,8 +111,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method):
     metrics_full = train_module.train(full, log=lambda line: None)
 
     cut = _config(tmp_path / "cut", **overrides)
-    with pytest.raises(_StopAfterFirstEpoch):
-        train_module.train(cut, log=_stop_after_first_epoch)
+    with pytest.raises(StopAfterFirstEpoch):
+        train_module.train(cut, log=stop_after_first_epoch)
     interrupted = json.load(open(tmp_path / "cut" / "metrics.json"))
     assert interrupted["epochs"][-1]["epoch"] == 1 and interrupted["finished"] is False
     resumed_lines = []
@@ -317,26 +309,13 @@ def test_trainer_sets_thread_waits_before_numpy_loads_unless_the_user_did(user_e
 
 # -- nothing lost, nothing silent (issue 13) -----------------------------------------------------
 
-_ERROR = "python -m srigl_np.train: error: "
 _QUICK = ["--dataset", "embedded", "--epochs", "1", "--batch-size", "256", "--progress", "off"]
-
-
-def _main(capsys, *argv):
-    """(exit status, stdout lines, the one stderr line) of an in-process run."""
-    try:
-        status = train_module.main([str(a) for a in argv])
-    except SystemExit as exc:   # argparse's exit
-        status = exc.code
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) <= 1 and "Traceback" not in captured.err, captured.err
-    return status, captured.out.splitlines(), lines[0] if lines else ""
 
 
 @pytest.fixture
 def one_epoch_run(tmp_path, capsys):
     out = tmp_path / "run"
-    assert _main(capsys, *_QUICK, "--out", out)[0] == 0
+    assert run_main(capsys, *_QUICK, "--out", out)[0] == 0
     return out
 
 
@@ -352,15 +331,15 @@ def one_epoch_run(tmp_path, capsys):
   + [([flag, "0"], f"argument {flag}: must be a positive integer")
      for flag in ("--delta", "--batch-size", "--epochs")])
 def test_every_numeric_flag_refuses_bad_values_in_one_line(capsys, args, fragment):
-    status, _, line = _main(capsys, *args)
-    assert status == 2 and line.startswith(_ERROR) and fragment in line, line
+    status, _, line = run_main(capsys, *args)
+    assert status == 2 and line.startswith(ERROR) and fragment in line, line
 
 
 def test_an_out_holding_a_run_is_refused_unless_overwrite(one_epoch_run, capsys):
     checkpoint = (one_epoch_run / "checkpoint.npz").read_bytes()
-    status, _, line = _main(capsys, *_QUICK, "--seed", "1", "--out", one_epoch_run)
+    status, _, line = run_main(capsys, *_QUICK, "--seed", "1", "--out", one_epoch_run)
     assert status == 1
-    assert line == (f"{_ERROR}--out {one_epoch_run} already holds a run (checkpoint.npz, "
+    assert line == (f"{ERROR}--out {one_epoch_run} already holds a run (checkpoint.npz, "
                     f"metrics.json, audit.jsonl): pass --overwrite to replace it, or "
                     f"--resume {one_epoch_run} to continue it")
     assert (one_epoch_run / "checkpoint.npz").read_bytes() == checkpoint
@@ -368,7 +347,7 @@ def test_an_out_holding_a_run_is_refused_unless_overwrite(one_epoch_run, capsys)
     (one_epoch_run / ".tmp-abc_1234").write_text("half a checkpoint")
     (one_epoch_run / "notes.txt").write_text("mine")
     (one_epoch_run / "audit.jsonl").write_text('{"stale": true}\n')
-    status, _, line = _main(capsys, *_QUICK, "--method", "dense", "--out", one_epoch_run,
+    status, _, line = run_main(capsys, *_QUICK, "--method", "dense", "--out", one_epoch_run,
                             "--overwrite")
     assert status == 0, line
     assert sorted(p.name for p in one_epoch_run.iterdir()) == [
@@ -378,14 +357,14 @@ def test_an_out_holding_a_run_is_refused_unless_overwrite(one_epoch_run, capsys)
 
 def test_an_empty_existing_out_is_used(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert _main(capsys, *_QUICK, "--out", tmp_path / "empty")[0] == 0
+    assert run_main(capsys, *_QUICK, "--out", tmp_path / "empty")[0] == 0
     assert (tmp_path / "empty" / "checkpoint.npz").is_file()
 
 
 def test_resume_removes_the_trainers_stale_temporaries_only(one_epoch_run, capsys):
     for name in (".tmp-k7f2_x9q", ".tmp-notes", "notes.txt"):
         (one_epoch_run / name).write_text("x")
-    status, _, line = _main(capsys, "--resume", one_epoch_run, "--progress", "off")
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--progress", "off")
     assert status == 0, line
     assert sorted(p.name for p in one_epoch_run.iterdir()) == [
         ".tmp-notes", "audit.jsonl", "checkpoint.npz", "metrics.json", "notes.txt"]
@@ -404,9 +383,9 @@ def test_the_checkpoint_records_its_data_and_resume_refuses_other_data(
     assert train_module.data_fingerprint(other) != data["sha256"]
     monkeypatch.setattr(data_module, "load_dataset", lambda *args, **kwargs: other)
     checkpoint = (one_epoch_run / "checkpoint.npz").read_bytes()
-    status, _, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "2")
     assert status == 1
-    assert line.startswith(f"{_ERROR}{one_epoch_run / 'checkpoint.npz'} was trained on "
+    assert line.startswith(f"{ERROR}{one_epoch_run / 'checkpoint.npz'} was trained on "
                            f"embedded from embedded subset")
     assert (f"but this run loads embedded from /elsewhere (5000 train / 1000 test images, "
             f"sha256 {train_module.data_fingerprint(other)[:12]})") in line
@@ -425,7 +404,7 @@ def _drop_data_fingerprint(path):
 def test_an_older_checkpoint_without_a_data_fingerprint_resumes_with_a_note(
         one_epoch_run, capsys):
     _drop_data_fingerprint(one_epoch_run / "checkpoint.npz")
-    status, out, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    status, out, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "2")
     assert status == 0, line
     assert (f"note: {one_epoch_run / 'checkpoint.npz'} does not record a fingerprint of its "
             f"data (an older checkpoint); resuming without checking that the data is the "
@@ -441,20 +420,20 @@ def test_given_flags_tells_the_users_flags_from_defaults():
 
 
 def test_resume_refuses_flags_that_change_the_run_by_name(one_epoch_run, capsys):
-    status, _, line = _main(capsys, "--resume", one_epoch_run, "--model", "cnn", "--seed", "0",
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--model", "cnn", "--seed", "0",
                             "--epochs", "2", "--sparsity", "0.5")
     assert status == 2
-    assert line.startswith(f"{_ERROR}--model, --seed, --sparsity cannot be given with "
+    assert line.startswith(f"{ERROR}--model, --seed, --sparsity cannot be given with "
                            f"--resume")
     for flag, *value in (["--method", "set"], ["--lr", "1"], ["--out", "x"], ["--overwrite"],
                          ["--delta", "5"], ["--dataset", "mnist"], ["--nesterov"]):
-        status, _, line = _main(capsys, "--resume", one_epoch_run, flag, *value)
-        assert status == 2 and line.startswith(f"{_ERROR}{flag} cannot be given"), line
+        status, _, line = run_main(capsys, "--resume", one_epoch_run, flag, *value)
+        assert status == 2 and line.startswith(f"{ERROR}{flag} cannot be given"), line
     assert read_meta(one_epoch_run / "checkpoint.npz")["epoch"] == 1
 
 
 def test_resume_honours_and_records_epochs_and_threads(one_epoch_run, capsys):
-    status, out, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "2",
+    status, out, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "2",
                               "--threads", "1", "--progress", "off")
     assert status == 0, line
     assert out[:2] == ["resume: --epochs 1 -> 2", "resume: --threads 0 -> 1"]
@@ -465,8 +444,8 @@ def test_resume_honours_and_records_epochs_and_threads(one_epoch_run, capsys):
         {"epoch": 1, "changed": {"epochs": [1, 2], "threads": [0, 1]}}]
     assert read_meta(one_epoch_run / "checkpoint.npz")["config"] == metrics["config"]
     # Training fewer epochs than are done is refused.
-    status, _, line = _main(capsys, "--resume", one_epoch_run, "--epochs", "1")
-    assert status == 1 and line == (f"{_ERROR}--epochs 1: the run in {one_epoch_run} has "
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "1")
+    assert status == 1 and line == (f"{ERROR}--epochs 1: the run in {one_epoch_run} has "
                                     f"already trained 2 epochs; give --epochs 2 or more")
 
 
@@ -481,9 +460,9 @@ def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsy
 
     monkeypatch.setattr(train_module, "softmax_cross_entropy", loss)
     out = tmp_path / "run"
-    status, _, line = _main(capsys, *_QUICK, "--epochs", "3", "--out", out)
+    status, _, line = run_main(capsys, *_QUICK, "--epochs", "3", "--out", out)
     assert status == 1
-    assert line == (f"{_ERROR}training diverged: the loss is nan at step 24 (epoch 2, "
+    assert line == (f"{ERROR}training diverged: the loss is nan at step 24 (epoch 2, "
                     f"batch 5); the last good checkpoint (epoch 1) is kept in "
                     f"{out / 'checkpoint.npz'}; try a lower --lr")
     assert read_meta(out / "checkpoint.npz")["epoch"] == 1
@@ -495,9 +474,9 @@ def test_an_empty_test_set_is_an_error_not_zero_accuracy(tmp_path, capsys, monke
     dataset = data_module.load_dataset("embedded")
     empty = replace(dataset, x_test=dataset.x_test[:0], y_test=dataset.y_test[:0])
     monkeypatch.setattr(data_module, "load_dataset", lambda *args, **kwargs: empty)
-    status, _, line = _main(capsys, *_QUICK, "--out", tmp_path / "run")
+    status, _, line = run_main(capsys, *_QUICK, "--out", tmp_path / "run")
     assert status == 1
-    assert line == (f"{_ERROR}embedded from {dataset.source} has no test images")
+    assert line == (f"{ERROR}embedded from {dataset.source} has no test images")
     with pytest.raises(ValueError, match="no images to evaluate on"):
         train_module.evaluate(None, dataset.x_test[:0], dataset.y_test[:0])
 
@@ -514,8 +493,8 @@ def test_an_unusable_out_fails_before_any_work(tmp_path, capsys, monkeypatch, wh
 
     monkeypatch.setattr(data_module, "load_dataset", no_data)
     out = tmp_path / where
-    status, _, line = _main(capsys, *_QUICK, "--out", out)
-    assert status == 1 and line == _ERROR + message.format(out=out)
+    status, _, line = run_main(capsys, *_QUICK, "--out", out)
+    assert status == 1 and line == ERROR + message.format(out=out)
     assert (tmp_path / "file").read_text() == "in the way"
 
 
@@ -525,7 +504,7 @@ def test_a_read_only_out_fails_before_any_work(tmp_path, capsys):
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        status, _, line = _main(capsys, *_QUICK, "--out", parent / "run")
+        status, _, line = run_main(capsys, *_QUICK, "--out", parent / "run")
     finally:
         parent.chmod(0o755)
-    assert status == 1 and line.startswith(f"{_ERROR}cannot write in --out {parent / 'run'}")
+    assert status == 1 and line.startswith(f"{ERROR}cannot write in --out {parent / 'run'}")

@@ -29,6 +29,7 @@ from srigl_np.layers import Linear, ReLU, Sequential
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.optim import SGD
 from srigl_np.sparsity import DynamicSparsity
+from train_cli import ERROR, StopAfterFirstEpoch, run_main, stop_after_first_epoch
 
 IN, HIDDEN, OUT, BATCH = 10, 16, 4, 12
 LR, MOMENTUM, DECAY = 0.1, 0.9, 5e-4
@@ -393,22 +394,9 @@ def test_set_with_grad_accumulation_runs_and_ignores_the_window():
 
 # -- the CLI ----------------------------------------------------------------------------
 
-_ERROR = "python -m srigl_np.train: error: "
 # The embedded subset: 5000 images, 20 mini-batches of 256 an epoch.
 _QUICK = ["--dataset", "embedded", "--model", "mlp", "--batch-size", "256", "--lr", "0.05",
           "--delta", "5", "--progress", "off"]
-
-
-def _main(capsys, *argv):
-    """(exit status, stdout lines, the one stderr line) of an in-process CLI run."""
-    try:
-        status = train_module.main([str(a) for a in argv])
-    except SystemExit as exc:   # argparse's exit
-        status = exc.code
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) <= 1 and "Traceback" not in captured.err, captured.err
-    return status, captured.out.splitlines(), lines[0] if lines else ""
 
 
 def _arrays(path):
@@ -424,7 +412,7 @@ def test_the_cli_defaults_to_the_authors_loop():
 
 def test_the_cli_records_the_loop_in_the_config(tmp_path, capsys):
     out = tmp_path / "run"
-    status, lines, err = _main(capsys, *_QUICK, "--epochs", "1", "--optimizer-on-update",
+    status, lines, err = run_main(capsys, *_QUICK, "--epochs", "1", "--optimizer-on-update",
                                "skip", "--grad-accumulation", "3", "--out", out)
     assert status == 0, err
     assert ("update step: the optimizer skips an update step (RigL's loop); grow score the "
@@ -447,18 +435,9 @@ def test_the_cli_records_the_loop_in_the_config(tmp_path, capsys):
     (["--optimizer-on-update", "never"], "argument --optimizer-on-update: invalid choice"),
 ])
 def test_the_cli_refuses_bad_loop_options_in_one_line(capsys, tmp_path, args, fragment):
-    status, _, line = _main(capsys, "--dataset", "embedded", "--out", tmp_path / "x", *args)
-    assert status == 2 and line.startswith(_ERROR) and fragment in line, line
+    status, _, line = run_main(capsys, "--dataset", "embedded", "--out", tmp_path / "x", *args)
+    assert status == 2 and line.startswith(ERROR) and fragment in line, line
     assert not (tmp_path / "x").exists()
-
-
-class _StopAfterFirstEpoch(Exception):
-    pass
-
-
-def _stop_after_first_epoch(line):
-    if line.startswith("epoch"):
-        raise _StopAfterFirstEpoch
 
 
 def _forget_loop_options(path):
@@ -481,12 +460,12 @@ def test_an_old_config_without_the_loop_options_resumes_skipping(tmp_path, capsy
         return train_module._config_from_args(args)
 
     train_module.train(config(tmp_path / "full"), log=lambda line: None)
-    with pytest.raises(_StopAfterFirstEpoch):
-        train_module.train(config(tmp_path / "old"), log=_stop_after_first_epoch)
+    with pytest.raises(StopAfterFirstEpoch):
+        train_module.train(config(tmp_path / "old"), log=stop_after_first_epoch)
     _forget_loop_options(tmp_path / "old" / "checkpoint.npz")
     assert "optimizer_on_update" not in read_meta(tmp_path / "old" / "checkpoint.npz")["config"]
 
-    status, lines, err = _main(capsys, "--resume", tmp_path / "old", "--progress", "off")
+    status, lines, err = run_main(capsys, "--resume", tmp_path / "old", "--progress", "off")
     assert status == 0, err
     assert ("update step: the optimizer skips an update step (RigL's loop); grow score that "
             "step's dense gradient") in lines
