@@ -130,7 +130,8 @@ typedef struct {
    the output plane (out_h*out_w floats) in L1. im2col instead writes and reads
    kh*kw copies of the image per image, which is what a sparse layer's time went to:
    the cnn's second convolution (64 channels, k = 19 of 288) took 119 ms at batch 256
-   that way (2 threads, Zen 5), its product 6 ms of it.
+   that way and 20-27 ms this way (2 threads, Zen 5, each stage of the condensed cnn
+   timed alone on a trained run's model).
    --------------------------------------------------------------------------- */
 #define SRIGL_CONV_ITEM(NAME, INDEX_T)                                                \
 static void NAME(const float *v, const INDEX_T *idx, Py_ssize_t k, const float *x,    \

@@ -107,8 +107,8 @@ class DenseConv2d(Stage):
 
 class Relu(Stage):
     """max(x, 0). ``CondensedModel.logits`` applies it in place to an array the model
-    made itself (``forward(x, out=x)``): a new array costs twice as long (page faults on
-    fresh memory) for a (256, 64, 24, 24) activation of the cnn."""
+    made itself (``forward(x, out=x)``): for a (256, 64, 24, 24) activation of the cnn a
+    new array took 12.5 ms against 6.9 ms in place (np.maximum timed alone, Zen 5)."""
 
     kind = "relu"
 
