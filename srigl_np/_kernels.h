@@ -83,8 +83,17 @@ typedef void (*srigl_conv_item_i32_fn)(const float *, const int32_t *, Py_ssize_
 typedef void (*srigl_transpose_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                    float *, Py_ssize_t);
 
+/* Input columns per block of the batch-1 lookup layout: 63 and a zero make the
+   64-float table of four AVX-512 registers (see srigl_lookup_group_avx512). */
+#define SRIGL_LOOKUP_COLUMNS 63
+#define SRIGL_LOOKUP_ROWS 16
+
+typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *, Py_ssize_t,
+                                const float *, Py_ssize_t, const float *, float *, int);
+
 /* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
-   direct convolution of one (image, channel); the tile transpose. */
+   direct convolution of one (image, channel); the tile transpose; the batch-1 lookup
+   of one row group, or NULL on a path without one. */
 typedef struct {
     const char *name;
     srigl_gather_dot_i16_fn gather_dot_i16;
@@ -94,6 +103,7 @@ typedef struct {
     srigl_conv_item_i16_fn conv_item_i16;
     srigl_conv_item_i32_fn conv_item_i32;
     srigl_transpose_fn transpose;
+    srigl_lookup_fn lookup_group;
 } srigl_kernels;
 
 
@@ -344,6 +354,7 @@ static const srigl_kernels srigl_table_generic = {
     {srigl_block8_i32_generic, srigl_block16_i32_generic, srigl_block32_i32_generic,
      srigl_block64_i32_generic},
     srigl_conv_item_i16_generic, srigl_conv_item_i32_generic, srigl_transpose_scalar,
+    NULL,
 };
 
 #endif
@@ -497,6 +508,17 @@ static inline void srigl_conv_item_i32(const float *v, const int32_t *idx, Py_ss
                                        float *out, Py_ssize_t out_h, Py_ssize_t out_w) {
     srigl_active->conv_item_i32(v, idx, k, x, height, width, kh, kw, stride, padding, bias,
                                 out, out_h, out_w);
+}
+
+/* 1 when the active path has the batch-1 lookup kernel (avx512), else 0. */
+static inline int srigl_has_lookup(void) { return srigl_active->lookup_group != NULL; }
+
+/* void srigl_lookup_group(...): srigl_lookup_group_avx512 (see _kernels_isa.h) on the
+   active path; call only when srigl_has_lookup(). */
+static inline void srigl_lookup_group(const float *lv, const uint8_t *li, const int32_t *steps,
+                                      Py_ssize_t n_blocks, const float *x, Py_ssize_t n_in,
+                                      const float *bias, float *y, int rows) {
+    srigl_active->lookup_group(lv, li, steps, n_blocks, x, n_in, bias, y, rows);
 }
 
 /* void srigl_transpose(...): srigl_transpose_* of the active path. */

@@ -7,7 +7,13 @@ Backends (BACKENDS), each given the same (values, indices, n_in, x, bias):
                 path: the gather-dot at batch 1, tiles of 8 * tile_vectors(batch) otherwise)
     tiled-nvN   the batched (tiled) kernel forced to tile width 8 * N, N in {1, 2, 4, 8},
                 batch 1 included (the hook ``_kernels._condensed_matmul_tiled``)
-    matvec      the batch-1 gather-dot, ``condensed_matvec`` row by row
+    matvec      ``condensed_matvec`` row by row (its own choice of batch-1 kernel)
+    matvec-lookup, matvec-gather-dot
+                the same forced onto one batch-1 kernel (the hook
+                ``_kernels._condensed_matvec_kernel``): the AVX-512 table lookup, which
+                only the avx512 path has, and the gather-dot, which that path keeps for
+                layers the lookup would pad too much (on the other paths ``matvec`` is
+                the gather-dot)
     cupy        the CUDA kernels (``cuda.CudaCondensedWeights``); marked ``gpu``, skipped
                 with the reason when ``backend.cupy()`` raises DeviceError
 
@@ -30,8 +36,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srigl_np import backend as device_backend
-from srigl_np._kernels import (CHUNK_BYTES, MIN_COLUMN_BLOCK, PATH_NAMES, SEGMENT_NONZEROS,
-                               _condensed_matmul_tiled)
+from srigl_np._kernels import (CHUNK_BYTES, LOOKUP_MAX_PADDING, MIN_COLUMN_BLOCK, PATH_NAMES,
+                               SEGMENT_NONZEROS, _condensed_matmul_tiled,
+                               _condensed_matvec_kernel, vector_kernel)
 from srigl_np.kernels import (CondensedWeights, column_block_width, condensed_matmul,
                               condensed_matvec, condensed_product, condensed_reference,
                               cpu_path, cpu_paths, openmp_enabled, set_cpu_path,
@@ -128,6 +135,24 @@ def rows_in_some_blocks(index_dtype):
     return Problem(values, indices, 1024, x, ..., bias)
 
 
+def nonfinite_outside_the_rows(index_dtype):
+    # x holds NaN and inf in the columns no row reads: 63 and 126, which follow the lookup
+    # kernel's first two 63-column blocks (where a padding lane would read if the table's
+    # zero slot were x), and 127..129. The rows read 7 of the other columns each, a
+    # different number in each block, so both blocks have padding lanes; every output
+    # must stay finite.
+    rng = np.random.default_rng(5)
+    readable = np.setdiff1d(np.arange(126), [63])
+    indices = np.sort(np.stack([rng.choice(readable, 7, replace=False) for _ in range(20)]),
+                      axis=1)
+    values = rng.standard_normal(indices.shape).astype(np.float32)
+    x = rng.standard_normal((2, 130)).astype(np.float32)
+    x[:, [63, 127, 129]] = np.nan
+    x[:, [126, 128]] = np.inf
+    bias = rng.standard_normal(20).astype(np.float32)
+    return Problem(values, indices.astype(index_dtype), 130, x, ..., bias)
+
+
 def duplicate_indices(index_dtype):
     values = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
     indices = np.array([[2, 2, 0]], dtype=index_dtype)
@@ -167,6 +192,18 @@ CASES = [random_case(*shape, column_blocks=BLOCKS.get(shape)) for shape in SHAPE
     strided_case("x-float64-strided-rows", lambda wide: (wide, np.s_[::3, :40])),
     Case("rows-with-nothing-in-some-column-blocks", 1024, rows_in_some_blocks, column_blocks=8),
     Case("duplicate-indices-are-summed", 3, duplicate_indices, expected=((33.0,),)),
+    Case("nonfinite-x-outside-the-rows", 130, nonfinite_outside_the_rows),
+    # The lookup kernel's edges: n_in at and around its 63-column blocks, row groups of
+    # 16 with 1, 15, 16, 17 and 33 rows, a fully dense row group, a row with 40 copies
+    # of one column (one block, 40 steps).
+    random_case(63, 15, 9, 1, seed=6, name="lookup-63x15k9"),
+    random_case(64, 16, 64, 1, seed=7, name="lookup-64x16-dense"),
+    random_case(127, 17, 30, 2, seed=8, name="lookup-127x17k30"),
+    random_case(126, 33, 1, 1, seed=9, name="lookup-126x33k1"),
+    random_case(190, 1, 50, 1, seed=10, name="lookup-190x1k50"),
+    Case("lookup-one-column-40-times", 70, lambda index_dtype: Problem(
+        np.linspace(-1, 1, 40, dtype=np.float32)[None], np.full((1, 40), 66, index_dtype),
+        70, np.arange(70, dtype=np.float32)[None] / 7, ..., np.ones(1, np.float32))),
     # Enough work for both threads: the case for bit-for-bit equality across thread counts.
     random_case(500, 64, 50, 100, seed=3, name="threads-500x64k50b100"),
     # n_in = 40000: one 64-wide tile of x is 10 MB, over CHUNK_BYTES, so a chunk is one
@@ -219,14 +256,19 @@ def tiled_runner(n_vectors):
     return run_tiled
 
 
-def run_matvec(problem, bias, threads):
-    weights, n_active = problem.weights(), problem.values.shape[0]
-    rows = []
-    for row in problem.x:
-        y = condensed_matvec(weights, row, bias, threads)
-        assert y.shape == (n_active,) and y.dtype == np.float32
-        rows.append(y)
-    return np.stack(rows) if rows else np.empty((0, n_active), dtype=np.float32)
+def matvec_runner(matvec):
+    def run_matvec(problem, bias, threads):
+        weights, n_active = problem.weights(), problem.values.shape[0]
+        rows = []
+        for row in problem.x:
+            y = matvec(weights, row, bias, threads)
+            assert y.shape == (n_active,) and y.dtype == np.float32
+            rows.append(y)
+        return np.stack(rows) if rows else np.empty((0, n_active), dtype=np.float32)
+    return run_matvec
+
+
+run_matvec = matvec_runner(condensed_matvec)
 
 
 @functools.cache
@@ -283,9 +325,13 @@ class Backend(NamedTuple):
 
 CYTHON = [("product", run_product)] + [(f"tiled-nv{n}", tiled_runner(n))
                                        for n in TILE_VECTORS] + [("matvec", run_matvec)]
+# The avx512 path's two batch-1 kernels, each forced.
+CYTHON_AVX512 = [(f"matvec-{kernel}", matvec_runner(functools.partial(
+    _condensed_matvec_kernel, kernel=kernel))) for kernel in ("lookup", "gather-dot")]
 BACKENDS = [Backend("reference", run_reference)]
 BACKENDS += [Backend(f"{name}-{path}", on_path(path, run), threaded=True, path=path)
-             for path in PATH_NAMES for name, run in CYTHON]
+             for path in PATH_NAMES
+             for name, run in CYTHON + (CYTHON_AVX512 if path == "avx512" else [])]
 BACKENDS += [Backend("cupy", run_cupy, gpu=True)]
 THREADED = [b for b in BACKENDS if b.threaded]
 
@@ -329,8 +375,8 @@ def test_case_matches_reference(case, index_dtype, backend, threads):
 
 
 @pytest.mark.parametrize("case, index_dtype", CASE_PARAMS)
-def test_auto_path_is_the_gather_dot_at_batch_1_and_the_fitting_tile_otherwise(case,
-                                                                               index_dtype):
+def test_auto_path_is_the_vector_kernel_at_batch_1_and_the_fitting_tile_otherwise(case,
+                                                                                  index_dtype):
     problem = case.build(index_dtype)
     weights, x, bias = problem.weights(), problem.x, problem.bias
     y = condensed_matmul(weights, x, bias)
@@ -404,6 +450,101 @@ def test_weights_are_packed_by_column_block(n_in, k, index_dtype):
     assert weights.packed_indices.dtype == index_dtype
     for array in (weights.packed_values, weights.packed_indices, starts):
         assert not array.flags.writeable
+
+
+def lookup_steps_by_definition(indices, rows_per_group=16, columns_per_block=63):
+    """steps[g, b]: the most non-zeros any row of group g has in block b (plain loops)."""
+    n_active, n_in = indices.shape[0], int(indices.max()) + 1
+    n_groups = -(-n_active // rows_per_group)
+    steps = {}
+    for r in range(n_active):
+        for c in indices[r]:
+            key = (r // rows_per_group, int(c) // columns_per_block, r)
+            steps[key] = steps.get(key, 0) + 1
+    out = {}
+    for (g, b, _), count in steps.items():
+        out[g, b] = max(out.get((g, b), 0), count)
+    return n_groups, out
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("n_in, n_active, k", [(1, 1, 1), (63, 16, 63), (64, 17, 5),
+                                               (200, 33, 20), (768, 40, 77)])
+def test_lookup_layout_holds_every_nonzero_once_in_its_row_lane(n_in, n_active, k, index_dtype):
+    rng = np.random.default_rng(n_in + k)
+    values, indices = random_weights(rng, n_in, n_active, k, index_dtype)
+    weights = CondensedWeights(values, indices, n_in)
+    lv, li, steps, offsets = weights._lookup_layout()
+    assert weights._lookup_layout() is weights._lookup_layout()   # built once
+    n_blocks = -(-n_in // 63)
+    n_groups, expected = lookup_steps_by_definition(indices)
+    assert steps.shape == (n_groups * n_blocks,) and offsets.shape == (n_groups + 1,)
+    for g in range(n_groups):
+        for b in range(n_blocks):
+            assert steps[g * n_blocks + b] == expected.get((g, b), 0)
+    assert offsets[0] == 0 and np.array_equal(
+        np.diff(offsets), steps.reshape(n_groups, n_blocks).sum(axis=1))
+    assert lv.shape == li.shape == (offsets[-1] * 16,) and lv.ctypes.data % 64 == 0
+    assert weights.lookup_padding() == pytest.approx(lv.size / (n_active * k))
+    for array in (lv, li, steps, offsets):
+        assert not array.flags.writeable
+    # Walk the layout: every lane is a (row, column, value) of the weights or padding.
+    found = {r: [] for r in range(n_active)}
+    step = 0
+    for g in range(n_groups):
+        for b in range(n_blocks):
+            for _ in range(steps[g * n_blocks + b]):
+                for lane in range(16):
+                    value, column = lv[step * 16 + lane], li[step * 16 + lane]
+                    if column == 63:
+                        assert value == 0
+                    else:
+                        assert 0 <= column < 63
+                        found[g * 16 + lane].append((b * 63 + int(column), float(value)))
+                step += 1
+    for r in range(n_active):
+        assert sorted(found[r]) == sorted(zip(indices[r].tolist(), values[r].tolist()))
+
+
+def test_lookup_padding_is_about_1_7_at_10_percent_density_and_grows_with_sparsity():
+    rng = np.random.default_rng(0)
+    def padding(n_active, n_in, k):
+        return CondensedWeights(*random_weights(rng, n_in, n_active, k, np.int16),
+                                n_in).lookup_padding()
+    assert 1.5 < padding(3072, 768, 77) < 1.9 and 1.5 < padding(768, 3072, 307) < 1.9
+    assert padding(256, 4096, 4) > LOOKUP_MAX_PADDING > padding(256, 768, 40)
+    assert padding(16, 64, 64) == 1.0   # dense rows, one full group: no padding
+    assert CondensedWeights(np.ones((0, 2), np.float32), np.zeros((0, 2), np.int16),
+                            4).lookup_padding() == 0.0
+
+
+@pytest.mark.parametrize("path", PATH_NAMES)
+def test_batch_1_runs_the_lookup_on_avx512_where_it_pads_little_else_the_gather_dot(path):
+    if path not in cpu_paths():
+        pytest.skip(f"CPU path {path} is not available here: {cpu_paths()}")
+    rng = np.random.default_rng(1)
+    light = CondensedWeights(*random_weights(rng, 768, 64, 77, np.int16), 768)
+    heavy = CondensedWeights(*random_weights(rng, 4096, 64, 4, np.int16), 4096)
+    assert light.lookup_padding() <= LOOKUP_MAX_PADDING < heavy.lookup_padding()
+    x = rng.standard_normal(768).astype(np.float32)
+    previous = set_cpu_path(path)
+    try:
+        assert vector_kernel(heavy) == "gather-dot"
+        assert vector_kernel(light) == ("lookup" if path == "avx512" else "gather-dot")
+        np.testing.assert_array_equal(
+            condensed_matvec(light, x), _condensed_matvec_kernel(light, x, kernel=vector_kernel(light)))
+        if path != "avx512":
+            with pytest.raises(ValueError, match=f"CPU path '{path}' has no lookup kernel"):
+                _condensed_matvec_kernel(light, x, kernel="lookup")
+    finally:
+        set_cpu_path(previous)
+
+
+@pytest.mark.parametrize("kernel", ["gather", "", None, "LOOKUP"])
+def test_matvec_kernel_hook_refuses_other_kernel_names(kernel):
+    weights = CondensedWeights(*good_arguments(), 3)
+    with pytest.raises(ValueError, match="kernel must be"):
+        _condensed_matvec_kernel(weights, np.ones(3, np.float32), kernel=kernel)
 
 
 # --- boundary checks: each bad argument is refused with a message naming it ----------------
