@@ -89,7 +89,8 @@ typedef void (*srigl_transpose_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssi
 #define SRIGL_LOOKUP_ROWS 16
 
 typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *, Py_ssize_t,
-                                const float *, Py_ssize_t, const float *, float *, int);
+                                const float *, Py_ssize_t, const int32_t *, const float *,
+                                float *, int);
 
 /* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
    direct convolution of one (image, channel); the tile transpose; the batch-1 lookup
@@ -454,6 +455,65 @@ static void srigl_block_i32(int n_vectors, const float *values, const int32_t *i
 }
 
 /* ---------------------------------------------------------------------------
+   Row groups of the batch-1 lookup layout
+
+   void srigl_lookup_order(counts, n_rows, n_blocks, window, order, taken, top)
+
+   A greedy grouping of rows into groups of SRIGL_LOOKUP_ROWS that share their
+   padding: each group starts at the first row not yet taken, then adds, one at a
+   time, the row among the next `window` untaken ones that raises the group's
+   per-block maximum the least (the first such row on ties; a row that raises nothing
+   ends the search). The lookup kernel pays, per group and column block, the most
+   non-zeros any of its rows has there; on random 10%-dense rows this grouping cut
+   that padding from 1.69 to 1.39 lanes per non-zero (768 inputs, 3072 rows) and from
+   1.70 to 1.57-1.59 (3072 and 4096 inputs), and the kernel's time with it (14.5 to
+   10.8 us and 115 to 100 us, 2 threads, Zen 5). Deterministic: no ties broken at
+   random. Cost: n_rows * window * n_blocks steps at most.
+
+   Input arguments:
+     const int32_t counts[n_rows * n_blocks]  - non-zeros of row r in column block b
+     Py_ssize_t    n_rows, n_blocks, window   - window >= 1
+   Output arguments:
+     int32_t       order[n_rows]              - the rows, group by group (a permutation)
+   Scratch:
+     char          taken[n_rows]              - zeroed by the caller
+     int32_t       top[n_blocks]
+   --------------------------------------------------------------------------- */
+static void srigl_lookup_order(const int32_t *counts, Py_ssize_t n_rows, Py_ssize_t n_blocks,
+                               Py_ssize_t window, int32_t *order, char *taken, int32_t *top) {
+    Py_ssize_t placed = 0, first = 0, b;
+    while (placed < n_rows) {
+        Py_ssize_t member;
+        while (taken[first]) first++;
+        taken[first] = 1;
+        order[placed++] = (int32_t)first;
+        memcpy(top, counts + first * n_blocks, n_blocks * sizeof *top);
+        for (member = 1; member < SRIGL_LOOKUP_ROWS && placed < n_rows; member++) {
+            Py_ssize_t c, seen = 0, best_row = -1, best = 0;
+            for (c = first + 1; c < n_rows && seen < window; c++) {
+                const int32_t *row = counts + c * n_blocks;
+                Py_ssize_t raise = 0;
+                if (taken[c]) continue;
+                seen++;
+                for (b = 0; b < n_blocks; b++)
+                    if (row[b] > top[b]) raise += row[b] - top[b];
+                if (best_row < 0 || raise < best) {
+                    best_row = c;
+                    best = raise;
+                    if (raise == 0) break;
+                }
+            }
+            taken[best_row] = 1;
+            order[placed++] = (int32_t)best_row;
+            for (b = 0; b < n_blocks; b++)
+                if (counts[best_row * n_blocks + b] > top[b])
+                    top[b] = counts[best_row * n_blocks + b];
+        }
+    }
+}
+
+
+/* ---------------------------------------------------------------------------
    Max pooling of one plane (inference)
 
    void srigl_max_pool_plane(x, height, width, kh, kw, stride, y, out_h, out_w)
@@ -517,8 +577,9 @@ static inline int srigl_has_lookup(void) { return srigl_active->lookup_group != 
    active path; call only when srigl_has_lookup(). */
 static inline void srigl_lookup_group(const float *lv, const uint8_t *li, const int32_t *steps,
                                       Py_ssize_t n_blocks, const float *x, Py_ssize_t n_in,
-                                      const float *bias, float *y, int rows) {
-    srigl_active->lookup_group(lv, li, steps, n_blocks, x, n_in, bias, y, rows);
+                                      const int32_t *rows, const float *bias, float *y,
+                                      int n_rows) {
+    srigl_active->lookup_group(lv, li, steps, n_blocks, x, n_in, rows, bias, y, n_rows);
 }
 
 /* void srigl_transpose(...): srigl_transpose_* of the active path. */

@@ -32,7 +32,7 @@ outputs with shapes in brackets, e.g. ``values[n_active, k]``, ``x[batch, n_in]`
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.stdint cimport int16_t, int32_t, uint8_t
+from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
 cimport numpy as cnp
 
 cnp.import_array()
@@ -80,7 +80,12 @@ cdef extern from "_kernels.h":
     int srigl_has_lookup() noexcept nogil
     void srigl_lookup_group(const float* lv, const uint8_t* li, const int32_t* steps,
                             Py_ssize_t n_blocks, const float* x, Py_ssize_t n_in,
-                            const float* bias, float* y, int rows) noexcept nogil
+                            const int32_t* rows, const float* bias, float* y,
+                            int n_rows) noexcept nogil
+    # Greedy row groups for the lookup layout: order[n_rows] from counts[n_rows, n_blocks].
+    void srigl_lookup_order(const int32_t* counts, Py_ssize_t n_rows, Py_ssize_t n_blocks,
+                            Py_ssize_t window, int32_t* order, char* taken,
+                            int32_t* top) noexcept nogil
 
     # Tile transpose: xt[i, t] = x[t, i] (t < rows), 0 for rows <= t < width.
     void srigl_transpose(const float* x, Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t count,
@@ -431,6 +436,8 @@ cdef class CondensedWeights:
     cdef const uint8_t* _li
     cdef const int32_t* _steps
     cdef const Py_ssize_t* _offsets
+    cdef const int32_t* _rows
+    cdef object _grouping          # (order, counts) of _lookup_grouping, None until made
 
     def __init__(self, values, indices, n_in):
         if not hasattr(values, "dtype") or values.dtype != np.float32:
@@ -476,6 +483,7 @@ cdef class CondensedWeights:
         self.starts.flags.writeable = False
         self.dense_t = None
         self._lookup = None
+        self._grouping = None
         self._padding = -1
         if self.k == n_in:
             dense_t = np.zeros((n_in, self.n_active), dtype=np.float32)
@@ -483,28 +491,52 @@ cdef class CondensedWeights:
                       self.values)
             self.dense_t = _frozen_copy(dense_t, np.float32)
 
-    def _lookup_steps(self):
-        """steps[n_groups, n_blocks] int32: the lookup layout's steps per (row group,
-        column block), the largest count of non-zeros a row of the group has in the
-        block (rows in groups of LOOKUP_ROWS, columns in blocks of LOOKUP_COLUMNS)."""
-        n_groups = (self.n_active + LOOKUP_ROWS - 1) // LOOKUP_ROWS
-        n_blocks = (self.n_in + LOOKUP_COLUMNS - 1) // LOOKUP_COLUMNS
+    def _lookup_grouping(self):
+        """(order[n_active] int32, counts[n_active, n_blocks] int32), made once: counts[r, b]
+        the non-zeros of row r in column block b (LOOKUP_COLUMNS columns each), order the
+        rows grouped LOOKUP_ROWS at a time by srigl_lookup_order (greedy, within a window
+        of LOOKUP_WINDOW rows, fewer for very wide layers so that the grouping stays
+        under about 2**27 steps)."""
+        if self._grouping is not None:
+            return self._grouping
+        cdef Py_ssize_t n_blocks = (self.n_in + LOOKUP_COLUMNS - 1) // LOOKUP_COLUMNS
         rows = np.repeat(np.arange(self.n_active, dtype=np.intp), self.k)
         key = rows * n_blocks + self.indices.reshape(-1) // LOOKUP_COLUMNS
-        counts = np.zeros(n_groups * LOOKUP_ROWS * n_blocks, dtype=np.int32)
-        counts[:self.n_active * n_blocks] = np.bincount(key,
-                                                        minlength=self.n_active * n_blocks)
-        return counts.reshape(n_groups, LOOKUP_ROWS, n_blocks).max(axis=1), key
+        counts = np.bincount(key, minlength=self.n_active * n_blocks).astype(np.int32)
+        order = np.empty(self.n_active, dtype=np.int32)
+        taken = np.zeros(self.n_active, dtype=np.int8)
+        top = np.empty(n_blocks, dtype=np.int32)
+        cdef Py_ssize_t window = max(16, min(LOOKUP_WINDOW,
+                                             2**27 // max(1, self.n_active * n_blocks)))
+        cdef const int32_t[::1] counts_view = counts
+        cdef int32_t[::1] order_view = order
+        cdef int8_t[::1] taken_view = taken
+        cdef int32_t[::1] top_view = top
+        if self.n_active:
+            with nogil:
+                srigl_lookup_order(&counts_view[0], self.n_active, n_blocks, window,
+                                   &order_view[0], <char*>&taken_view[0], &top_view[0])
+        self._grouping = (order, counts.reshape(self.n_active, n_blocks))
+        return self._grouping
+
+    def _lookup_steps(self):
+        """steps[n_groups, n_blocks] int32: the lookup layout's steps per (row group,
+        column block), the most non-zeros any row of the group has in the block."""
+        order, counts = self._lookup_grouping()
+        n_groups = (self.n_active + LOOKUP_ROWS - 1) // LOOKUP_ROWS
+        grouped = np.zeros((n_groups * LOOKUP_ROWS, counts.shape[1]), dtype=np.int32)
+        grouped[:self.n_active] = counts[order]
+        return grouped.reshape(n_groups, LOOKUP_ROWS, -1).max(axis=1)
 
     def lookup_padding(self):
         """Lanes the batch-1 lookup kernel computes per non-zero (>= 1; the rest multiply
-        a padding 0 by a 0): LOOKUP_ROWS * total steps / (n_active * k). About 1.7 at 10%
+        a padding 0 by a 0): LOOKUP_ROWS * total steps / (n_active * k). 1.4-1.6 at 10%
         density with n_in in the thousands, more for sparser rows; 0.0 for no rows."""
         if self._padding < 0:
             if self.n_active == 0:
                 self._padding = 0.0
             else:
-                steps, _ = self._lookup_steps()
+                steps = self._lookup_steps()
                 self._padding = LOOKUP_ROWS * float(steps.sum()) / (self.n_active * self.k)
         return self._padding
 
@@ -513,48 +545,57 @@ cdef class CondensedWeights:
         read-only arrays:
 
             lv[n_steps * 16]   float32, 64-byte aligned: step s, lane l holds a value
-                               of row 16*g + l (g the step's group) or 0 (padding)
+                               of row order[16*g + l] (g the step's group) or 0 (padding)
             li[n_steps * 16]   uint8: its column minus the block's first column
                                (b * LOOKUP_COLUMNS), or LOOKUP_COLUMNS (padding)
             steps[n_groups * n_blocks]  int32, from _lookup_steps
             offsets[n_groups + 1]  intp: group g's steps are [offsets[g], offsets[g+1])
+            order[n_active]    int32: the rows, group by group (_lookup_grouping)
 
         Group by group, block by block: a row's non-zeros in a block fill the block's
         steps in their order in the row, in the row's lane."""
         if self._lookup is not None:
             return self._lookup
-        steps, key = self._lookup_steps()
+        order, counts = self._lookup_grouping()
+        steps = self._lookup_steps()
         n_groups, n_blocks = steps.shape
         flat = steps.reshape(-1)
         first_step = np.cumsum(flat) - flat                   # of each (group, block)
         offsets = np.zeros(n_groups + 1, dtype=np.intp)
         np.cumsum(steps.sum(axis=1), out=offsets[1:])
-        order = np.argsort(key, kind="stable")                # by row, block, position
-        key = key[order]
-        counts = np.bincount(key, minlength=self.n_active * n_blocks)
-        rank = np.arange(key.size) - (np.cumsum(counts) - counts)[key]
+        position = np.empty(self.n_active, dtype=np.intp)    # row -> its lane overall
+        position[order] = np.arange(self.n_active)
+        rows = np.repeat(np.arange(self.n_active, dtype=np.intp), self.k)
+        blocks = self.indices.reshape(-1) // LOOKUP_COLUMNS
+        key = rows * n_blocks + blocks
+        sort = np.argsort(key, kind="stable")                 # by row, block, position
+        key = key[sort]
+        per_key = counts.reshape(-1)
+        rank = np.arange(key.size) - (np.cumsum(per_key) - per_key)[key]
         rows, blocks = key // n_blocks, key % n_blocks
-        groups = rows // LOOKUP_ROWS
-        lane = (first_step[groups * n_blocks + blocks] + rank) * LOOKUP_ROWS + (
-            rows % LOOKUP_ROWS)
-        n_lanes = int(offsets[-1]) * LOOKUP_ROWS
+        lane_of_row = position[rows]
+        lane = (first_step[lane_of_row // LOOKUP_ROWS * n_blocks + blocks] + rank) * (
+            LOOKUP_ROWS) + lane_of_row % LOOKUP_ROWS
+        n_lanes = int(offsets[n_groups]) * LOOKUP_ROWS
         # 64-byte aligned values: every 16-lane step is one cache line.
         raw = np.zeros(n_lanes + 16, dtype=np.float32)
         start = (-raw.ctypes.data % 64) // 4
         lv = raw[start:start + n_lanes]
-        lv[lane] = self.values.reshape(-1)[order]
+        lv[lane] = self.values.reshape(-1)[sort]
         li = np.full(n_lanes, LOOKUP_COLUMNS, dtype=np.uint8)
-        li[lane] = self.indices.reshape(-1)[order] - blocks * LOOKUP_COLUMNS
+        li[lane] = self.indices.reshape(-1)[sort] - blocks * LOOKUP_COLUMNS
         flat = np.ascontiguousarray(flat, dtype=np.int32)
-        for a in (lv, li, flat, offsets):
+        for a in (lv, li, flat, offsets, order):
             a.flags.writeable = False
         cdef const float[::1] lv_view = lv
         cdef const uint8_t[::1] li_view = li
         cdef const int32_t[::1] steps_view = flat
         cdef const Py_ssize_t[::1] offsets_view = offsets
+        cdef const int32_t[::1] rows_view = order
         self._lv, self._li = &lv_view[0], &li_view[0]
         self._steps, self._offsets = &steps_view[0], &offsets_view[0]
-        self._lookup = (lv, li, flat, offsets)
+        self._rows = &rows_view[0]
+        self._lookup = (lv, li, flat, offsets, order)
         return self._lookup
 
     def __repr__(self):
@@ -731,14 +772,15 @@ def _condensed_bias(weights, bias):
 
 
 cdef void _lookup_vector(const float* lv, const uint8_t* li, const int32_t* steps,
-                         const Py_ssize_t* offsets, const float* x, Py_ssize_t n_in,
-                         const float* bias, float* y, Py_ssize_t n_active,
+                         const Py_ssize_t* offsets, const int32_t* rows, const float* x,
+                         Py_ssize_t n_in, const float* bias, float* y, Py_ssize_t n_active,
                          int threads) noexcept nogil:
     """y[r] = bias[r] + sum over row r's non-zeros of value * x[column], by the lookup
     kernel: one srigl_lookup_group per group of LOOKUP_ROWS rows, parallel over groups.
 
     Input:   the lookup layout of CondensedWeights._lookup_layout (lv[n_steps * 16],
-             li[n_steps * 16], steps[n_groups * n_blocks], offsets[n_groups + 1]) for
+             li[n_steps * 16], steps[n_groups * n_blocks], offsets[n_groups + 1],
+             rows[n_active], the order) for
              n_active >= 1 rows over n_in inputs, x[n_in] float32, bias[n_active]
              float32 or NULL, threads.
     Output:  y[n_active] float32.
@@ -748,8 +790,7 @@ cdef void _lookup_vector(const float* lv, const uint8_t* li, const int32_t* step
     for g in prange(n_groups, schedule="static", num_threads=threads):
         r0 = g * LOOKUP_ROWS
         srigl_lookup_group(lv + offsets[g] * LOOKUP_ROWS, li + offsets[g] * LOOKUP_ROWS,
-                           steps + g * n_blocks, n_blocks, x, n_in,
-                           bias + r0 if bias != NULL else NULL, y + r0,
+                           steps + g * n_blocks, n_blocks, x, n_in, rows + r0, bias, y,
                            <int>min(<Py_ssize_t>LOOKUP_ROWS, n_active - r0))
 
 
@@ -759,6 +800,11 @@ cdef void _lookup_vector(const float* lv, const uint8_t* li, const int32_t* step
 # 1.6x at 3.4 (3072x768, k 8), even at 3.6 (4096x4096, k 41); 3.5x at 1.06 (near dense).
 LOOKUP_MAX_PADDING = 3.0
 cdef double _lookup_max_padding = LOOKUP_MAX_PADDING
+# Rows srigl_lookup_order looks through for each group member. On random 10%-dense
+# layers 512 left a padding of 1.39 / 1.57 / 1.59 where searching the whole layer left
+# 1.35 / 1.57 / 1.56 (3072 rows of 768 inputs, 768 of 3072, 4096 of 4096), and it bounds
+# the search at n_rows * 512 * n_blocks steps.
+LOOKUP_WINDOW = 512
 
 
 cdef bint _use_lookup(CondensedWeights weights, int kernel):
@@ -800,7 +846,7 @@ cdef void _vector_dispatch(CondensedWeights weights, const float* x, const float
             weights._lookup_layout()
         with nogil:
             _lookup_vector(weights._lv, weights._li, weights._steps, weights._offsets,
-                           x, weights.n_in, bias, y, n_active, threads)
+                           weights._rows, x, weights.n_in, bias, y, n_active, threads)
     elif weights.indices.dtype == np.int16:
         with nogil:
             _condensed_vector(values, <const int16_t*>indices, n_active, k, x, bias, y,

@@ -261,15 +261,15 @@ SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
 /* ---------------------------------------------------------------------------
    Batch-1 table lookup (this path only)
 
-   void srigl_lookup_group_avx512(lv, li, steps, n_blocks, x, n_in, bias, y, rows)
+   void srigl_lookup_group_avx512(lv, li, steps, n_blocks, x, n_in, rows, bias, y, n_rows)
 
-   y[l] = bias[l] + sum over row l's non-zeros of value * x[column], for the 16 rows
-   l < rows of one row group, from the group's part of the lookup layout
-   (CondensedWeights._lookup_layout in _kernels.pyx):
+   y[rows[l]] = bias[rows[l]] + sum over row rows[l]'s non-zeros of value * x[column],
+   for the lanes l < n_rows of one row group, from the group's part of the lookup
+   layout (CondensedWeights._lookup_layout in _kernels.pyx):
 
    Input arguments:
      const float   lv[n_steps * 16]    - the group's steps, 16 lanes each: lane l holds
-                                         a value of row l, or 0 (padding)
+                                         a value of row rows[l], or 0 (padding)
      const uint8_t li[n_steps * 16]    - its column within the step's column block, in
                                          [0, SRIGL_LOOKUP_COLUMNS), or
                                          SRIGL_LOOKUP_COLUMNS (padding)
@@ -278,11 +278,12 @@ SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
                                          the next steps[b] of lv/li
      Py_ssize_t    n_blocks            - ceil(n_in / 63)
      const float   x[n_in]             - the input
-     const float   bias[rows] or NULL
-     int           rows                - rows of the group present, 1..16
+     const int32_t rows[n_rows]        - the group's output rows (srigl_lookup_order)
+     const float   bias[n_active] or NULL
+     int           n_rows              - lanes in use, 1..16
 
    Output arguments:
-     float         y[rows]
+     float         y[n_active]         - only y[rows[l]] is written
 
    Why: the gather-dot assembles x one scalar load at a time (about 1.3 non-zeros per
    cycle on Zen 5, every variant tried). Here a block's 63 inputs sit in four zmm
@@ -291,10 +292,13 @@ SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
    table is a zero (the fourth register's last lane is cleared), which is where the
    padding lanes point: 0 * 0 adds nothing even when x holds an inf or a NaN
    elsewhere. A row's non-zeros in a block rarely match its 15 neighbours' counts, so
-   the group pays the largest count (the padding, about 1.7x at 10% density);
-   _kernels.pyx uses this kernel only where the padding is at most
-   LOOKUP_MAX_PADDING. Four accumulators, rotated on the odd steps, keep the FMA chains
-   apart; the order of the sums is fixed by the layout, not by the threads.
+   the group pays the largest count (the padding, 1.4-1.6x at 10% density with the
+   grouping of srigl_lookup_order); _kernels.pyx uses this kernel only where the
+   padding is at most LOOKUP_MAX_PADDING. Four accumulators keep the FMA chains apart;
+   the order of the sums is fixed by the layout, not by the threads. Blocks wholly
+   inside x load their table unmasked, and a block's last 1-3 steps go to fixed
+   accumulators (5-8% faster than masked loads everywhere and rotating accumulators).
+   The output goes out by one scatter per group, the bias in by one gather.
    --------------------------------------------------------------------------- */
 
 static inline __mmask16 srigl_lanes(Py_ssize_t n) {
@@ -312,20 +316,28 @@ static inline __mmask16 srigl_lanes(Py_ssize_t n) {
 
 static void srigl_lookup_group_avx512(const float *lv, const uint8_t *li,
                                       const int32_t *steps, Py_ssize_t n_blocks,
-                                      const float *x, Py_ssize_t n_in, const float *bias,
-                                      float *y, int rows) {
+                                      const float *x, Py_ssize_t n_in, const int32_t *rows,
+                                      const float *bias, float *y, int n_rows) {
     const __m512i bit5 = _mm512_set1_epi32(32);
+    const __mmask16 lanes = srigl_lanes(n_rows);
+    const __m512i out = _mm512_maskz_loadu_epi32(lanes, rows);
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, t0, t1, t2, t3, sum;
     Py_ssize_t b, s, n;
     for (b = 0; b < n_blocks; b++) {
         const Py_ssize_t c0 = b * SRIGL_LOOKUP_COLUMNS, left = n_in - c0;
         n = steps[b];
         if (n == 0) continue;
-        /* Masked loads: lanes past x's end are neither read nor kept. */
-        t0 = _mm512_maskz_loadu_ps(srigl_lanes(left), x + c0);
-        t1 = _mm512_maskz_loadu_ps(srigl_lanes(left - 16), x + c0 + 16);
-        t2 = _mm512_maskz_loadu_ps(srigl_lanes(left - 32), x + c0 + 32);
-        t3 = _mm512_maskz_loadu_ps(srigl_lanes(left - 48) & 0x7FFF, x + c0 + 48);
+        if (left >= 64) {
+            t0 = _mm512_loadu_ps(x + c0);
+            t1 = _mm512_loadu_ps(x + c0 + 16);
+            t2 = _mm512_loadu_ps(x + c0 + 32);
+            t3 = _mm512_maskz_loadu_ps(0x7FFF, x + c0 + 48);
+        } else {   /* masked loads: lanes past x's end are neither read nor kept */
+            t0 = _mm512_maskz_loadu_ps(srigl_lanes(left), x + c0);
+            t1 = _mm512_maskz_loadu_ps(srigl_lanes(left - 16), x + c0 + 16);
+            t2 = _mm512_maskz_loadu_ps(srigl_lanes(left - 32), x + c0 + 32);
+            t3 = _mm512_maskz_loadu_ps(srigl_lanes(left - 48) & 0x7FFF, x + c0 + 48);
+        }
         for (s = 0; s + 4 <= n; s += 4) {
             SRIGL_LOOKUP_STEP(a0, 0)
             SRIGL_LOOKUP_STEP(a1, 16)
@@ -334,17 +346,19 @@ static void srigl_lookup_group_avx512(const float *lv, const uint8_t *li,
             lv += 64;
             li += 64;
         }
-        for (; s < n; s++) {
-            __m512 t;
-            SRIGL_LOOKUP_STEP(a0, 0)
-            t = a0; a0 = a1; a1 = a2; a2 = a3; a3 = t;
-            lv += 16;
-            li += 16;
+        switch (n - s) {
+        case 3: SRIGL_LOOKUP_STEP(a2, 32) /* fall through */
+        case 2: SRIGL_LOOKUP_STEP(a1, 16) /* fall through */
+        case 1: SRIGL_LOOKUP_STEP(a0, 0)
         }
+        lv += 16 * (n - s);
+        li += 16 * (n - s);
     }
     sum = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
-    if (bias) sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(srigl_lanes(rows), bias));
-    _mm512_mask_storeu_ps(y, srigl_lanes(rows), sum);
+    if (bias)
+        sum = _mm512_add_ps(sum, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, out,
+                                                          bias, 4));
+    _mm512_mask_i32scatter_ps(y, lanes, out, sum, 4);
 }
 #undef SRIGL_LOOKUP_STEP
 #define SRIGL_LOOKUP srigl_lookup_group_avx512
