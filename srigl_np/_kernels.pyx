@@ -587,6 +587,10 @@ cdef class CondensedWeights:
         flat = np.ascontiguousarray(flat, dtype=np.int32)
         for a in (lv, li, flat, offsets, order):
             a.flags.writeable = False
+        if self._lookup is not None:
+            # Another thread built it while NumPy released the GIL: keep that one, whose
+            # arrays a running kernel may be reading.
+            return self._lookup
         cdef const float[::1] lv_view = lv
         cdef const uint8_t[::1] li_view = li
         cdef const int32_t[::1] steps_view = flat

@@ -550,7 +550,7 @@ def implementations(weight, layer, batch, threads, rng):
         "dense": (lambda: x @ weight.T, "NumPy BLAS"),
         "structured": (lambda: x @ w_active.T, f"{layer.n_active} active rows"),
         "csr": {"(W_csr @ x.T).T": lambda: (csr @ x_t).T, "x @ Wt_csr": lambda: x @ csr_t},
-        "condensed": (lambda: layer.forward(x, threads), f"k={layer.k}, {layer.indices.dtype}"),
+        "condensed": (lambda: layer.forward(x, threads), condensed_note(layer, batch)),
     }
     torch = _torch()
     if torch is not None:
@@ -594,6 +594,18 @@ def _time_all(impls, sampler, min_time, rounds=ROUNDS, min_repeats=None):
                         "iqr_over_median": spread(times[name, note]),
                         "note": f"{note} (faster orientation)" if len(fns) > 1 else note})
     return records
+
+
+def condensed_note(layer, batch):
+    """'k=307, int16, lookup' : the fan-in, the index dtype and, at batch 1, the batch-1
+    kernel the layer runs (``kernels.vector_kernel``: "lookup" or "gather-dot"); larger
+    batches run the tiled kernel."""
+    from .kernels import vector_kernel
+
+    note = f"k={layer.k}, {layer.indices.dtype}"
+    if batch == 1 and layer.weights is not None:
+        note += f", {vector_kernel(layer.weights)}"
+    return note
 
 
 def run_case(weight, layer, batch, threads, min_time, rng, device="cpu", rounds=ROUNDS,

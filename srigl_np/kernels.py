@@ -21,7 +21,9 @@ CuPy is imported only when a CuPy array or GPU weights object arrives.
 The CPU override comes in one variant per instruction set, its "CPU path" (``avx512``,
 ``avx2``, ``generic``), all in one portable build: ``cpu_path()`` is the one running (the
 best the CPU supports, picked at import), ``cpu_paths()`` those available and
-``set_cpu_path(name)`` switches (tests and benchmarks run each).
+``set_cpu_path(name)`` switches (tests and benchmarks run each). At batch 1 the avx512
+path has a second kernel, a table lookup in registers, which it runs where that pays
+(``vector_kernel(weights)`` names the one a layer gets).
 """
 
 # The compiled module is imported first, so that an unbuilt tree says so before anything
@@ -43,6 +45,7 @@ try:
         openmp_enabled,
         set_cpu_path,
         tile_vectors,
+        vector_kernel,
         _condensed_bias,
         _condensed_input,
     )
