@@ -18,8 +18,11 @@
        so one portable binary carries all three; srigl_select_path() picks the best
        the CPU supports at import (__builtin_cpu_supports checks the CPU and that the
        OS saves its vector registers), and srigl_set_path() switches (tests, bench);
-     * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32} and srigl_conv_item_{i16,i32}:
-       the entry points the Cython code calls, which go through the active table;
+     * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32}, srigl_conv_item_{i16,i32} and
+       srigl_lookup_group: the entry points the Cython code calls, which go through the
+       active table (the batch-1 table lookup, srigl_lookup_group, exists on the avx512
+       path only: srigl_has_lookup());
+     * srigl_lookup_order: the greedy row grouping of that lookup's layout;
      * srigl_max_pool_plane: max pooling of one plane (inference), one portable
        version.
 
