@@ -17,8 +17,8 @@ the layer boundary so float64 never creeps into a float32 model.
 Devices: every layer takes its array module from its input or parameters
 (``xp = array_module(x)``), so the same code runs on NumPy and, after
 ``Sequential.to("cuda")``, on CuPy. Layers are built on the host; ``to`` moves them.
-Conv2d lowers with ``kernels.im2col``/``col2im``: the Cython kernels on the CPU,
-one strided copy per kernel tap on CuPy.
+Conv2d lowers with ``kernels.im2col``/``col2im``: the Cython kernels on the CPU (on one
+thread, see LOWERING_THREADS), one strided copy per kernel tap on CuPy.
 Dropout draws its masks on the host from its numpy Generator on both devices.
 
 Initialisation: weights are Kaiming-normal over the fan-in (He et al., 2015, gain
@@ -174,6 +174,14 @@ class Linear(Layer):
         return f"Linear({self.in_features}, {self.out_features})"
 
 
+# Threads of Conv2d's im2col/col2im on the CPU. One, because the BLAS product that
+# follows each of them owns the cores: with both pools at 2 threads, libgomp's workers
+# still spin after the copy while OpenBLAS's want the cores, and on a 2-core Zen 5 the
+# cnn's second convolution (32 -> 64 channels, 26x26) took 8.2 ms at batch 1 for 0.25 ms
+# with a one-thread copy, and forward + backward at batch 128 122 ms for 109 ms.
+LOWERING_THREADS = 1
+
+
 class Conv2d(Layer):
     """2-D cross-correlation (PyTorch's Conv2d), as im2col + one GEMM.
 
@@ -229,7 +237,7 @@ class Conv2d(Layer):
         shape = (batch * out_h * out_w, self.in_channels * kh * kw)
         reuse = (self.cols is not None and self.cols.shape == shape
                  and self.cols.dtype == x.dtype)
-        self.cols = im2col(x, kh, kw, self.stride, self.padding,
+        self.cols = im2col(x, kh, kw, self.stride, self.padding, threads=LOWERING_THREADS,
                            out=self.cols if reuse else None)
         self.x_shape = x.shape
         rows = self.cols @ weight.reshape(self.out_channels, -1).T
@@ -257,7 +265,8 @@ class Conv2d(Layer):
             self._grad_cols = xp.empty_like(self.cols)
         xp.matmul(g, w_flat, out=self._grad_cols)
         kh, kw = self.kernel_size
-        return col2im(self._grad_cols, self.x_shape, kh, kw, self.stride, self.padding)
+        return col2im(self._grad_cols, self.x_shape, kh, kw, self.stride, self.padding,
+                      threads=LOWERING_THREADS)
 
     def __repr__(self):
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "

@@ -163,6 +163,22 @@ def test_conv2d_refills_its_column_buffer_between_steps():
     assert layer.cols is not cols and layer.cols.shape[0] == cols.shape[0] // 2
 
 
+def test_conv2d_lowers_on_one_thread_so_blas_has_the_cores(monkeypatch):
+    from srigl_np import layers
+
+    calls = []
+    for name in ("im2col", "col2im"):
+        original = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *a, _f=original, _n=name, **k: (
+            calls.append((_n, k.get("threads"))), _f(*a, **k))[1])
+    rng = np.random.default_rng(9)
+    layer = Conv2d(2, 3, 3, rng=rng, dtype=F64)
+    y = layer.forward(rng.standard_normal((2, 2, 5, 5)), True)
+    layer.backward(np.ones_like(y))
+    assert layers.LOWERING_THREADS == 1
+    assert calls == [("im2col", 1), ("col2im", 1)]
+
+
 def test_conv2d_float32_matches_float64():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((3, 2, 9, 8))
