@@ -819,7 +819,7 @@ cdef double _lookup_max_padding = LOOKUP_MAX_PADDING
 LOOKUP_WINDOW = 512
 
 
-cdef bint _use_lookup(CondensedWeights weights, int kernel):
+cdef bint _use_lookup(CondensedWeights weights, int kernel) except -1:
     """Whether batch 1 runs the lookup kernel: kernel 0 (auto) where the active path has
     it and the padding is at most LOOKUP_MAX_PADDING, 1 never (gather-dot), 2 always
     (the caller checked srigl_has_lookup())."""
@@ -838,8 +838,8 @@ def vector_kernel(CondensedWeights weights not None):
     return "lookup" if weights.n_active and _use_lookup(weights, 0) else "gather-dot"
 
 
-cdef void _vector_dispatch(CondensedWeights weights, const float* x, const float* bias,
-                           float* y, int threads, int kernel=0):
+cdef int _vector_dispatch(CondensedWeights weights, const float* x, const float* bias,
+                          float* y, int threads, int kernel=0) except -1:
     """The batch-1 product: the lookup kernel or _condensed_vector for the weights'
     index type, as _use_lookup(weights, kernel) says (nothing to do when n_active is 0).
 
@@ -852,7 +852,7 @@ cdef void _vector_dispatch(CondensedWeights weights, const float* x, const float
     cdef const void* indices = _data(weights.indices)
     cdef Py_ssize_t n_active = weights.n_active, k = weights.k
     if n_active == 0:
-        return
+        return 0
     if _use_lookup(weights, kernel):
         if weights._lookup is None:
             weights._lookup_layout()
@@ -867,6 +867,7 @@ cdef void _vector_dispatch(CondensedWeights weights, const float* x, const float
         with nogil:
             _condensed_vector(values, <const int32_t*>indices, n_active, k, x, bias, y,
                               threads)
+    return 0
 
 
 def condensed_matvec(CondensedWeights weights not None, x, bias=None, threads=0):
