@@ -391,6 +391,17 @@ cdef inline void* _data(object a):
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
+def _aligned_empty(shape):
+    """An uninitialised C-contiguous float32 array of ``shape`` whose data starts on a
+    64-byte boundary (a cache line, one AVX-512 vector)."""
+    size = 1
+    for n in shape:
+        size *= n
+    raw = np.empty(size + 16, dtype=np.float32)
+    start = (-raw.ctypes.data % 64) // 4
+    return raw[start:start + size].reshape(shape)
+
+
 cdef class CondensedWeights:
     """Validated, immutable condensed weights: the only way into the condensed kernels.
 
@@ -583,9 +594,8 @@ cdef class CondensedWeights:
             LOOKUP_ROWS) + lane_of_row % LOOKUP_ROWS
         n_lanes = int(offsets[n_groups]) * LOOKUP_ROWS
         # 64-byte aligned values: every 16-lane step is one cache line.
-        raw = np.zeros(n_lanes + 16, dtype=np.float32)
-        start = (-raw.ctypes.data % 64) // 4
-        lv = raw[start:start + n_lanes]
+        lv = _aligned_empty((n_lanes,))
+        lv[:] = 0
         lv[lane] = self.values.reshape(-1)[sort]
         li = np.full(n_lanes, LOOKUP_COLUMNS, dtype=np.uint8)
         li[lane] = self.indices.reshape(-1)[sort] - blocks * LOOKUP_COLUMNS
@@ -941,7 +951,7 @@ cdef object _matmul(CondensedWeights weights, x, bias, object threads, int n_vec
     # stays cache-sized: one reused buffer instead of a batch-sized transpose.
     cdef Py_ssize_t chunk = max(width, CHUNK_BYTES // (4 * width * weights.n_in) * width)
     chunk = min(chunk, (batch + width - 1) // width * width)
-    xt = np.empty((chunk // width, weights.n_in, width), dtype=np.float32)
+    xt = _aligned_empty((chunk // width, weights.n_in, width))
     cdef const float[:, ::1] x_view = x
     cdef float[:, :, ::1] xt_view
     cdef const float[::1] values = weights.packed_values
