@@ -421,10 +421,6 @@ cdef class CondensedWeights:
     With one block these are views of values/indices; otherwise they are a second
     copy of the weights.
 
-    A fully dense layer (k == n_in) also keeps ``dense_t[n_in, n_active]``, W.T as a
-    read-only float32 matrix (duplicate indices summed), for ``kernels.condensed_product``
-    to hand to BLAS; otherwise ``dense_t`` is None.
-
     On a CPU path with the batch-1 lookup kernel (avx512) the first batch-1 product
     builds a third layout, kept private (see ``_lookup_layout``), when
     ``lookup_padding()`` is at most LOOKUP_MAX_PADDING: 5 bytes per lane, so 7-8 bytes
@@ -443,7 +439,6 @@ cdef class CondensedWeights:
     cdef readonly object packed_values
     cdef readonly object packed_indices
     cdef readonly object starts
-    cdef readonly object dense_t
     cdef object _lookup            # the lookup layout, None until built
     cdef double _padding           # lookup_padding(), -1 until computed
     # The layout's data, for the kernel call without a buffer request per call (the
@@ -497,15 +492,9 @@ cdef class CondensedWeights:
             counts = np.bincount(key, minlength=self.column_blocks * self.n_active)
             self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
         self.starts.flags.writeable = False
-        self.dense_t = None
         self._lookup = None
         self._grouping = None
         self._padding = -1
-        if self.k == n_in:
-            dense_t = np.zeros((n_in, self.n_active), dtype=np.float32)
-            np.add.at(dense_t, (self.indices, np.arange(self.n_active)[:, None]),
-                      self.values)
-            self.dense_t = _frozen_copy(dense_t, np.float32)
 
     def _lookup_grouping(self):
         """(order[n_active] int32, counts[n_active, n_blocks] int32), made once: counts[r, b]

@@ -68,12 +68,8 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a bro
         "(needs a C compiler, Cython >= 3 and numpy >= 2)." + _hint
     ) from exc
 
-import functools  # noqa: E402
-
-import numpy as np  # noqa: E402
-
 from .backend import array_module, is_cupy_array  # noqa: E402
-from .validation import FLOATING, INTEGER, check_array, check_threads  # noqa: E402
+from .validation import FLOATING, INTEGER, check_array  # noqa: E402
 
 
 # -- the condensed product -----------------------------------------------------------
@@ -111,18 +107,18 @@ def condensed_product(weights, x, bias=None, threads=0):
     strides is converted to C-contiguous float32; bias[n_active] float32 or None;
     y is float32. Weights and x on different devices are a TypeError.
 
-    A fully dense layer on the CPU (k == n_in, ``weights.dense_t`` set) with at least
-    BLAS_MIN_WORK multiply-adds is a dense product, which BLAS does faster than the
-    gather kernels (see ``_dense_product``).
+    A fully dense layer (k == n_in) runs the same kernels, not BLAS. Alone, BLAS was
+    at most 1.3x faster on one thread and even on two (Zen 5, batch 256: 768 -> 3072
+    5.6-5.7 ms against 5.7-6.9 ms, 1024 -> 128 0.32-0.35 against 0.30-0.31 ms); but
+    BLAS's thread pool and the kernels' OpenMP team, called one after the other, fight
+    for the cores while the idle one spins: a condensed 768 -> 3072 layer followed by a
+    dense 3072 -> 768 one by BLAS took 17.2-18.7 ms at batch 256 on 2 threads against
+    7.4-7.8 ms for the two alone.
     """
     if isinstance(weights, CondensedWeights):
         if is_cupy_array(x):
             raise TypeError("x is a CuPy array but the weights live on the CPU: move the "
                             "layer with .to('cuda') or the input with .get()")
-        if (weights.dense_t is not None and weights.n_active
-                and getattr(x, "shape", (0,))[0] * weights.n_active * weights.k
-                >= BLAS_MIN_WORK):
-            return _dense_product(weights, x, bias, threads)
         return condensed_matmul(weights, x, bias, threads)
     from . import cuda
 
@@ -130,44 +126,6 @@ def condensed_product(weights, x, bias=None, threads=0):
         return cuda.condensed_product(weights, x, bias)
     raise TypeError(f"weights must be a CondensedWeights or cuda.CudaCondensedWeights, "
                     f"got {type(weights).__name__}")
-
-
-# Multiply-adds from which a fully dense layer goes to BLAS: holding BLAS to a thread
-# count costs about 26 us a call (OpenBLAS resizes its pool, and back), more than the
-# whole product of a small layer (a 10x100 output layer: 7 us in the gather kernel at
-# batch 1); from 4M multiply-adds it is under a few percent.
-BLAS_MIN_WORK = 1 << 22
-
-
-@functools.cache
-def _blas_controller():
-    """threadpoolctl's view of the loaded BLAS libraries, built once (about 2 us per
-    ``limit`` call afterwards, against milliseconds to build)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _dense_product(weights, x, bias, threads):
-    """x @ W.T (+ bias) by BLAS for a fully dense condensed layer (``weights.dense_t``).
-
-    Same checks and result as ``condensed_matmul`` (to float32 rounding). A 1024 -> 128
-    dense layer at batch 256 ran 1.45x faster this way (one thread, Zen 5: 1.64 ms
-    against 2.38 ms for the tiled kernel). ``threads`` > 0 holds BLAS to that many
-    threads for the call (threadpoolctl); 0 leaves BLAS's own setting.
-    """
-    x = _condensed_input(weights, x, 2)
-    bias = _condensed_bias(weights, bias)
-    threads = check_threads(threads)
-    y = np.empty((x.shape[0], weights.n_active), dtype=np.float32)
-    if threads:
-        with _blas_controller().limit(limits=threads, user_api="blas"):
-            np.matmul(x, weights.dense_t, out=y)
-    else:
-        np.matmul(x, weights.dense_t, out=y)
-    if bias is not None:
-        y += bias
-    return y
 
 
 # -- the condensed convolution ---------------------------------------------------------

@@ -176,9 +176,12 @@ class Linear(Layer):
 
 # Threads of Conv2d's im2col/col2im on the CPU. One, because the BLAS product that
 # follows each of them owns the cores: with both pools at 2 threads, libgomp's workers
-# still spin after the copy while OpenBLAS's want the cores, and on a 2-core Zen 5 the
-# cnn's second convolution (32 -> 64 channels, 26x26) took 8.2 ms at batch 1 for 0.25 ms
-# with a one-thread copy, and forward + backward at batch 128 122 ms for 109 ms.
+# still spin after a 2-thread copy while OpenBLAS's want the cores. The cnn's second
+# convolution (32 -> 64 channels, 26x26, Zen 5, 2 cores; 2 threads against 1 for the
+# copy, medians of 6 interleaved rounds): at batch 1, 8.4 against 0.28 ms with the
+# libraries' default waits, 0.39 against 0.31 ms with the trainer's (thread_waits);
+# forward + backward at batch 128, 145 against 123 ms, and 127 against 124 ms with the
+# trainer's waits (101 against 109 ms with only OPENBLAS_THREAD_TIMEOUT=18 set).
 LOWERING_THREADS = 1
 
 

@@ -714,56 +714,21 @@ def test_set_cpu_path_switches_and_returns_the_previous_path(path):
     assert cpu_path() == before
 
 
-# --- fully dense layers go to BLAS ------------------------------------------------------------
-
-def test_a_fully_dense_layer_keeps_its_transpose_for_blas_and_sparse_ones_do_not():
-    values = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=np.float32)
-    indices = np.array([[2, 0, 1], [1, 1, 0]], dtype=np.int16)   # row 1: a duplicate
-    dense_t = CondensedWeights(values, indices, 3).dense_t
-    np.testing.assert_array_equal(dense_t, [[2.0, 6.0], [3.0, 9.0], [1.0, 0.0]])
-    assert not dense_t.flags.writeable
-    assert CondensedWeights(values[:, :2], indices[:, :2], 3).dense_t is None
-
-
-class _RecordingController:
-    def __init__(self):
-        self.limits = []
-
-    def limit(self, limits, user_api):
-        import contextlib
-
-        self.limits.append((limits, user_api))
-        return contextlib.nullcontext()
-
+# --- fully dense layers run the kernels too ----------------------------------------------------
 
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("batch", [1, 7, 300])
-def test_condensed_product_of_a_dense_layer_is_blas_with_the_threads_asked(batch, index_dtype,
-                                                                           monkeypatch):
-    from srigl_np import kernels
-
-    rng = np.random.default_rng(batch)
-    values, indices = random_weights(rng, 9, 32, 9, index_dtype)
-    weights = CondensedWeights(values, indices, 9)
-    x = rng.standard_normal((batch, 18)).astype(np.float32)[:, ::2]   # not contiguous
-    bias = rng.standard_normal(32).astype(np.float32)
-    recorder = _RecordingController()
-    monkeypatch.setattr(kernels, "_blas_controller", lambda: recorder)
-    small = condensed_product(weights, x, bias, threads=1)   # below BLAS_MIN_WORK: the kernel
-    assert recorder.limits == []
-    np.testing.assert_array_equal(small, condensed_matmul(weights, x, bias, threads=1))
-    monkeypatch.setattr(kernels, "BLAS_MIN_WORK", 0)
-    y = condensed_product(weights, x, bias, threads=1)
-    assert y.dtype == np.float32 and y.shape == (batch, 32)
-    np.testing.assert_array_equal(y, np.ascontiguousarray(x) @ weights.dense_t + bias)
+def test_a_fully_dense_layer_runs_the_tiled_kernel_not_blas(index_dtype):
+    # k = n_in and 8M multiply-adds, where BLAS would have been tempting: the product is
+    # the tiled kernel's, bit for bit, whatever the threads.
+    rng = np.random.default_rng(11)
+    values, indices = random_weights(rng, 512, 64, 512, index_dtype)
+    weights = CondensedWeights(values, indices, 512)
+    x = rng.standard_normal((256, 512)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    y = condensed_product(weights, x, bias, threads=2)
+    np.testing.assert_array_equal(y, _condensed_matmul_tiled(weights, x, bias, 1, n_vectors=8))
+    np.testing.assert_array_equal(y, condensed_product(weights, x, bias, threads=1))
     assert_matches(y, reference(values, indices, x, bias))
-    assert recorder.limits == [(1, "blas")]
-    condensed_product(weights, x, None, threads=0)   # 0: BLAS's own setting, no limit
-    assert recorder.limits == [(1, "blas")]
-    with pytest.raises(ValueError, match="threads"):
-        condensed_product(weights, x, bias, threads=-1)
-    with pytest.raises(ValueError, match="x must have shape"):
-        condensed_product(weights, x[:, :5], bias)
 
 
 # --- the condensed convolution: straight from the images ---------------------------------------
