@@ -505,6 +505,9 @@ cdef class CondensedWeights:
         if self._grouping is not None:
             return self._grouping
         cdef Py_ssize_t n_blocks = (self.n_in + LOOKUP_COLUMNS - 1) // LOOKUP_COLUMNS
+        if not self._lookup_fits():
+            raise ValueError(f"a layer of {self.n_active} rows over {self.n_in} inputs has "
+                             f"too many column blocks ({n_blocks}) for the lookup layout")
         rows = np.repeat(np.arange(self.n_active, dtype=np.intp), self.k)
         key = rows * n_blocks + self.indices.reshape(-1) // LOOKUP_COLUMNS
         counts = np.bincount(key, minlength=self.n_active * n_blocks).astype(np.int32)
@@ -533,13 +536,24 @@ cdef class CondensedWeights:
         grouped[:self.n_active] = counts[order]
         return grouped.reshape(n_groups, LOOKUP_ROWS, -1).max(axis=1)
 
+    def _lookup_fits(self):
+        """Whether the per-(row, column block) counts of the lookup layout take at most
+        LOOKUP_MAX_COUNTS entries or 8 per non-zero: a very wide, very sparse layer
+        (millions of inputs) would need more memory for them than for its weights, and
+        would pad far past LOOKUP_MAX_PADDING anyway."""
+        n_blocks = (self.n_in + LOOKUP_COLUMNS - 1) // LOOKUP_COLUMNS
+        return self.n_active * n_blocks <= max(LOOKUP_MAX_COUNTS, 8 * self.n_active * self.k)
+
     def lookup_padding(self):
         """Lanes the batch-1 lookup kernel computes per non-zero (>= 1; the rest multiply
         a padding 0 by a 0): LOOKUP_ROWS * total steps / (n_active * k). 1.4-1.6 at 10%
-        density with n_in in the thousands, more for sparser rows; 0.0 for no rows."""
+        density with n_in in the thousands, more for sparser rows; 0.0 for no rows; inf
+        for a layer too wide for the layout (``_lookup_fits``)."""
         if self._padding < 0:
             if self.n_active == 0:
                 self._padding = 0.0
+            elif not self._lookup_fits():
+                self._padding = float("inf")
             else:
                 steps = self._lookup_steps()
                 self._padding = LOOKUP_ROWS * float(steps.sum()) / (self.n_active * self.k)
@@ -816,6 +830,9 @@ cdef double _lookup_max_padding = LOOKUP_MAX_PADDING
 # 1.35 / 1.57 / 1.56 (3072 rows of 768 inputs, 768 of 3072, 4096 of 4096), and it bounds
 # the search at n_rows * 512 * n_blocks steps.
 LOOKUP_WINDOW = 512
+# Entries of the lookup layout's count matrix (n_active * column blocks, int32) allowed
+# whatever the non-zeros: 16 MiB.
+LOOKUP_MAX_COUNTS = 1 << 22
 
 
 cdef bint _use_lookup(CondensedWeights weights, int kernel) except -1:

@@ -534,6 +534,29 @@ def test_lookup_padding_is_1_4_to_1_6_at_10_percent_density_and_grows_with_spars
                             4).lookup_padding() == 0.0
 
 
+def test_a_layer_too_wide_for_the_lookup_layout_keeps_the_gather_dot():
+    # 2**22 inputs make 66578 column blocks: 64 rows need 4.3M counts, over the bound
+    # (LOOKUP_MAX_COUNTS, and 8 per non-zero), so no layout is built.
+    from srigl_np._kernels import LOOKUP_MAX_COUNTS
+
+    rng = np.random.default_rng(12)
+    n_in = 2**22
+    indices = np.sort(rng.choice(n_in, size=(64, 2)), axis=1).astype(np.int32)
+    weights = CondensedWeights(np.ones((64, 2), np.float32), indices, n_in)
+    assert 64 * -(-n_in // 63) > LOOKUP_MAX_COUNTS
+    assert weights.lookup_padding() == float("inf") and vector_kernel(weights) == "gather-dot"
+    x = rng.standard_normal(n_in).astype(np.float32)
+    assert_matches(condensed_matvec(weights, x)[None], reference(
+        weights.values, weights.indices, x[None]))
+    if "avx512" in cpu_paths():
+        previous = set_cpu_path("avx512")
+        try:
+            with pytest.raises(ValueError, match="too many column blocks"):
+                _condensed_matvec_kernel(weights, x, kernel="lookup")
+        finally:
+            set_cpu_path(previous)
+
+
 @pytest.mark.parametrize("path", PATH_NAMES)
 def test_batch_1_runs_the_lookup_on_avx512_where_it_pads_little_else_the_gather_dot(path):
     if path not in cpu_paths():
