@@ -108,8 +108,9 @@ def condensed_product(weights, x, bias=None, threads=0):
     y is float32. Weights and x on different devices are a TypeError.
 
     A fully dense layer (k == n_in) runs the same kernels, not BLAS. Alone, BLAS was
-    at most 1.3x faster on one thread and even on two (Zen 5, batch 256: 768 -> 3072
-    5.6-5.7 ms against 5.7-6.9 ms, 1024 -> 128 0.32-0.35 against 0.30-0.31 ms); but
+    at most 1.3x faster on one thread and about even on two (Zen 5, batch 256, 2
+    threads: 768 -> 3072 5.6-5.7 ms by BLAS against 5.7-6.9 ms, 1024 -> 128 0.32-0.35
+    against 0.30-0.31 ms); but
     BLAS's thread pool and the kernels' OpenMP team, called one after the other, fight
     for the cores while the idle one spins: a condensed 768 -> 3072 layer followed by a
     dense 3072 -> 768 one by BLAS took 17.2-18.7 ms at batch 256 on 2 threads against
