@@ -469,8 +469,9 @@ static void srigl_block_i32(int n_vectors, const float *values, const int32_t *i
    ends the search). The lookup kernel pays, per group and column block, the most
    non-zeros any of its rows has there; on random 10%-dense rows this grouping cut
    that padding from 1.69 to 1.39 lanes per non-zero (768 inputs, 3072 rows) and from
-   1.70 to 1.57-1.59 (3072 and 4096 inputs), and the kernel's time with it (14.5 to
-   10.8 us and 115 to 100 us, 2 threads, Zen 5). Deterministic: no ties broken at
+   1.70 to 1.57-1.59 (3072 and 4096 inputs), and the kernel's time with it (a C
+   microbenchmark of the kernel alone, 2 threads, Zen 5: 14.5 to 10.8 us and 115 to
+   100 us). Deterministic: no ties broken at
    random. Cost: n_rows * window * n_blocks steps at most.
 
    Input arguments:

@@ -286,7 +286,7 @@ SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
      float         y[n_active]         - only y[rows[l]] is written
 
    Why: the gather-dot assembles x one scalar load at a time (about 1.3 non-zeros per
-   cycle on Zen 5, every variant tried). Here a block's 63 inputs sit in four zmm
+   cycle on Zen 5 for every variant tried, in C microbenchmarks of the kernels alone). Here a block's 63 inputs sit in four zmm
    registers and one vpermt2ps pair picks 16 of them at once, one per row, so a step
    costs two loads, two permutes, a blend and an FMA for 16 lanes. Lane 63 of the
    table is a zero (the fourth register's last lane is cleared), which is where the
@@ -297,12 +297,13 @@ SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
    padding is at most LOOKUP_MAX_PADDING. Four accumulators keep the FMA chains apart;
    the order of the sums is fixed by the layout, not by the threads. Blocks wholly
    inside x load their table unmasked, and a block's last 1-3 steps go to fixed
-   accumulators (5-8% faster than masked loads everywhere and rotating accumulators).
+   accumulators (3-8% faster than masked loads everywhere and rotating accumulators,
+   C microbenchmark of the kernel alone, 768x3072 and 3072x768, 1 and 2 threads).
    The output goes out by one scatter per group, the bias in by one gather.
    Below AVX-512 there is no two-register permute: an AVX2 version (8 rows a step,
    16- or 32-float tables from vpermps and blends) was measured on Zen 5 against the
-   gather-dot and tied or lost (0.9-1.15x at 768 and 3072 inputs, 1.6-2.8x slower at
-   4096), so the other paths keep the gather-dot.
+   gather-dot in a C microbenchmark: within 0.9-1.15x of it at 768 and 3072 inputs,
+   1.6-2.8x slower at 4096, so the other paths keep the gather-dot.
    --------------------------------------------------------------------------- */
 
 static inline __mmask16 srigl_lanes(Py_ssize_t n) {
