@@ -532,16 +532,24 @@ def test_unstable_repeats_are_flagged():
     assert bench.load_flags(None, None, 0.1, "csr") == []
 
 
-def test_a_busy_row_is_marked_in_the_records_and_the_table():
+def _loaded_case(iqrs, busy_ticks):
+    """A compared case (dense 2, structured 2, csr 3, condensed 1) whose implementations
+    spread by ``iqrs`` over one second on 2 CPUs that were busy for ``busy_ticks`` of
+    200 ticks, this process using 1 CPU-second of them; ``add_load`` applied."""
     case = bench.compare(_case(dense=2.0, structured=2.0, csr=3.0, condensed=1.0))
-    for r, iqr in zip(case, (0.05, 0.05, 0.45, 0.1)):
+    for r, iqr in zip(case, iqrs):
         r.update(iqr_over_median=iqr, note="", shape=[8, 4], sparsity=0.5, batch=1,
                  threads=1, device="cpu")
-    meter = bench.LoadMeter(read_busy=_Readings(0, 190), own_cpu=_Readings(0.0, 1.0),
+    meter = bench.LoadMeter(read_busy=_Readings(0, busy_ticks), own_cpu=_Readings(0.0, 1.0),
                             clock=_Readings(0.0, 1.0), ticks_per_second=100, n_cpus=2)
     with meter:
         pass
     bench.add_load(case, meter)
+    return case
+
+
+def test_a_busy_row_is_marked_in_the_records_and_the_table():
+    case = _loaded_case((0.05, 0.05, 0.45, 0.1), busy_ticks=190)
     assert all(r["other_cpus"] == pytest.approx(0.9) for r in case)
     assert case[0]["row_spread"] == 0.45 and case[0]["row_spread_of"] == "csr"
     assert case[0]["load_flags"] == ["busy: other load used 0.9 CPUs",
@@ -554,15 +562,7 @@ def test_a_busy_row_is_marked_in_the_records_and_the_table():
 
 
 def test_an_idle_row_has_no_flags():
-    case = bench.compare(_case(dense=2.0, structured=2.0, csr=3.0, condensed=1.0))
-    for r in case:
-        r.update(iqr_over_median=0.02, note="", shape=[8, 4], sparsity=0.5, batch=1,
-                 threads=1, device="cpu")
-    meter = bench.LoadMeter(read_busy=_Readings(0, 100), own_cpu=_Readings(0.0, 1.0),
-                            clock=_Readings(0.0, 1.0), ticks_per_second=100, n_cpus=2)
-    with meter:
-        pass
-    bench.add_load(case, meter)
+    case = _loaded_case((0.02,) * 4, busy_ticks=100)
     assert case[0]["load_flags"] == [] and case[0]["other_cpus"] == 0.0
     assert "!" not in bench.format_case(case)
     assert "2.00x?" not in bench.format_case(case)
