@@ -46,8 +46,6 @@ try:
         set_cpu_path,
         tile_vectors,
         vector_kernel,
-        _condensed_bias,
-        _condensed_input,
     )
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a broken install
     if exc.name != __package__ + "._kernels":

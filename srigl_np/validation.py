@@ -73,27 +73,24 @@ def check_array(name, a, *, dtypes=None, ndim=None, shape=None, contiguous=False
     return a
 
 
-def check_int(name, value, *, minimum=None):
-    """``value`` as a Python int (bools refused), at least ``minimum`` when given."""
+def _integer(name, value, minimum, what):
+    """``value`` as a Python int >= ``minimum``: TypeError for a bool or a non-integer,
+    ValueError below ``minimum``, both saying ``name must be {what}, got {value!r}``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
 
 
 def positive_int(name, value):
-    """An integer >= 1 (ValueError naming ``name`` otherwise, bools included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    """An integer >= 1 (TypeError for a non-integer, bools included; ValueError below 1)."""
+    return _integer(name, value, 1, "a positive integer")
 
 
 def count(name, value):
-    """An integer >= 0 (ValueError naming ``name`` otherwise, bools included)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+    """An integer >= 0 (TypeError for a non-integer, bools included; ValueError below 0)."""
+    return _integer(name, value, 0, "an integer >= 0")
 
 
 # Read once: os.cpu_count() costs microseconds per call, a kernel call's whole budget.

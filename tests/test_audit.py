@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from srigl_np import audit
+from srigl_np import audit, trail
 
 
 def _record(**changes):
@@ -22,7 +22,7 @@ def _record(**changes):
                   ablated=np.array([4, 17], dtype=np.int64), nnz=np.int64(270),
                   zeros_in_mask=np.int64(41), size=4608, itop=np.float64(0.125))
     values.update(changes)
-    return audit.make_record(**values)
+    return trail.make_record(**values)
 
 
 def _write(path, *lines):
@@ -39,7 +39,7 @@ def _cli(*args):
 
 def test_make_record_writes_plain_json_values_in_schema_order():
     record = _record()
-    assert tuple(record) == audit.KEYS == tuple(key for key, _, _ in audit.FIELDS)
+    assert tuple(record) == trail.KEYS == tuple(key for key, _, _ in trail.FIELDS)
     assert record == {
         "step": 5, "layer": "3.weight", "method": "srigl", "drop_fraction": 0.15,
         "pruned": 40, "grown": 40, "regrown": 3, "fan_in_before": [7, 7],
@@ -48,22 +48,22 @@ def test_make_record_writes_plain_json_values_in_schema_order():
     assert all(type(record[k]) is int for k in ("step", "pruned", "regrown", "nnz",
                                                 "zeros_in_mask"))
     assert json.loads(json.dumps(record)) == record
-    audit.check_record(json.loads(json.dumps(record)), "here")
+    trail.check_record(json.loads(json.dumps(record)), "here")
 
 
 def test_make_record_names_missing_and_unknown_keys():
-    values = {key: 0 for key in audit.KEYS if key not in ("invariants", "itop")}
+    values = {key: 0 for key in trail.KEYS if key not in ("invariants", "itop")}
     with pytest.raises(TypeError, match=r"missing \['itop'\], unknown \[\]"):
-        audit.make_record(**values)
+        trail.make_record(**values)
     with pytest.raises(TypeError, match=r"unknown \['invariants'\]"):
-        audit.make_record(**values, itop=0.5, invariants="ok")
+        trail.make_record(**values, itop=0.5, invariants="ok")
 
 
-@pytest.mark.parametrize("key", audit.ADDED_KEYS)
+@pytest.mark.parametrize("key", trail.ADDED_KEYS)
 def test_the_added_keys_are_always_written(key):
-    values = {k: 0 for k in audit.KEYS if k not in ("invariants", key)}
+    values = {k: 0 for k in trail.KEYS if k not in ("invariants", key)}
     with pytest.raises(TypeError, match=rf"missing \['{key}'\]"):
-        audit.make_record(**values)
+        trail.make_record(**values)
 
 
 # A line of an audit.jsonl written before regrown and zeros_in_mask existed.
@@ -75,12 +75,12 @@ _OLD_LINE = ('{"step": 5, "layer": "1.weight", "method": "srigl", "drop_fraction
 
 def test_a_record_written_before_the_added_keys_still_reads():
     record = json.loads(_OLD_LINE)
-    assert set(audit.KEYS) - set(record) == set(audit.ADDED_KEYS)
-    audit.check_record(record, "old")
+    assert set(trail.KEYS) - set(record) == set(trail.ADDED_KEYS)
+    trail.check_record(record, "old")
     # Today's writer gives the same line with the added keys in their schema places.
     today = _record(**{k: v for k, v in record.items() if k != "invariants"},
                     regrown=12, zeros_in_mask=4093)
-    assert {k: v for k, v in today.items() if k not in audit.ADDED_KEYS} == record
+    assert {k: v for k, v in today.items() if k not in trail.ADDED_KEYS} == record
     assert json.dumps(today) == _OLD_LINE.replace(
         '"grown": 4093, ', '"grown": 4093, "regrown": 12, ').replace(
         '"nnz": 18600, ', '"nnz": 18600, "zeros_in_mask": 4093, ')
@@ -91,12 +91,12 @@ def test_a_record_written_before_the_added_keys_still_reads():
 def test_read_trail_returns_the_records(tmp_path):
     records = [_record(), _record(step=10, ablated=[])]
     path = _write(tmp_path / "audit.jsonl", *map(json.dumps, records))
-    assert audit.read_trail(path) == records
+    assert trail.read_trail(path) == records
 
 
 def test_an_empty_trail_has_no_records(tmp_path):
     # What the trainer writes for a static run, or before the first update.
-    assert audit.read_trail(_write(tmp_path / "audit.jsonl")) == []
+    assert trail.read_trail(_write(tmp_path / "audit.jsonl")) == []
 
 
 def _without(key):
@@ -130,20 +130,20 @@ def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path, bad_line, messag
     path = _write(tmp_path / "audit.jsonl", json.dumps(_record()), bad_line,
                   json.dumps(_record()))
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: {message}"):
-        audit.read_trail(path)
+        trail.read_trail(path)
 
 
 def test_bytes_that_are_not_text_are_not_json(tmp_path):
     path = tmp_path / "audit.jsonl"
     path.write_bytes(b"\xff\xfe\x00garbage\n")
     with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:1: not JSON"):
-        audit.read_trail(path)
+        trail.read_trail(path)
 
 
 def test_a_missing_trail_is_one_error_naming_the_file(tmp_path):
     path = tmp_path / "audit.jsonl"
     with pytest.raises(FileNotFoundError, match=rf"^{re.escape(str(path))}: no such file"):
-        audit.read_trail(path)
+        trail.read_trail(path)
 
 
 # -- the command ---------------------------------------------------------------------------------
@@ -387,7 +387,7 @@ def test_a_trail_with_a_gap_is_refused(tmp_path):
                                                for step in (100, 200, 400, 500)))
     with pytest.raises(ValueError, match=r"gap: layer '3.weight' has no update between "
                                          r"step 200 and step 400"):
-        audit.read_trail(path)
+        trail.read_trail(path)
     assert audit.main([str(tmp_path)]) == 1
 
 
@@ -395,4 +395,4 @@ def test_a_trail_with_a_gap_is_refused(tmp_path):
 def test_a_record_with_a_zero_size_is_refused(tmp_path, key):
     path = _write(tmp_path / "audit.jsonl", json.dumps({**_record(), key: 0}))
     with pytest.raises(ValueError, match=rf"audit.jsonl:1: '{key}' must be an integer > 0"):
-        audit.read_trail(path)
+        trail.read_trail(path)

@@ -109,7 +109,7 @@ def _weights_arguments(rng, index_dtype=np.int16):
     (lambda v, i, n: (v[0], i[0], n), ValueError, "values must have 2 dimensions"),
     (lambda v, i, n: (v[:, :0], i[:, :0], n), ValueError, "k >= 1"),
     (lambda v, i, n: (v, i, 0), ValueError, "n_in"),
-    (lambda v, i, n: (v, i, True), ValueError, "n_in"),
+    (lambda v, i, n: (v, i, True), TypeError, "n_in"),   # a bool is not an integer
     (lambda v, i, n: (v, _set(i, (0, 0), n), n), ValueError, r"\[0, n_in=10\)"),
     (lambda v, i, n: (v, _set(i, (3, 2), -1), n), ValueError, r"\[0, n_in=10\)"),
     (lambda v, i, n: (_set(v, (1, 1), np.nan), i, n), ValueError, "finite"),

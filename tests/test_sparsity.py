@@ -8,7 +8,7 @@ import pytest
 
 from srigl_np import dst
 from srigl_np import sparsity as sparsity_module
-from srigl_np.audit import KEYS, check_record
+from srigl_np.trail import KEYS, check_record
 from srigl_np.layers import Conv2d, Flatten, Linear, ReLU, Sequential, kaiming_normal
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.optim import SGD, AdamW

@@ -309,14 +309,16 @@ def test_the_steps_that_count_towards_an_update():
     assert counted(2, 10, "set") == counted(2, 10, "static") == []   # SET grows at random
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"grad_accumulation": DELTA + 1}, f"grad_accumulation must be <= delta ({DELTA})"),
-    ({"grad_accumulation": 0}, "grad_accumulation must be a positive integer"),
-    ({"grad_accumulation": 1.5}, "grad_accumulation must be a positive integer"),
-    ({"optimizer_on_update": "never"}, "optimizer_on_update must be one of"),
+@pytest.mark.parametrize("kwargs, error, fragment", [
+    ({"grad_accumulation": DELTA + 1}, ValueError,
+     f"grad_accumulation must be <= delta ({DELTA})"),
+    ({"grad_accumulation": 0}, ValueError, "grad_accumulation must be a positive integer"),
+    # a value of the wrong kind is a TypeError, as srigl_np.validation promises
+    ({"grad_accumulation": 1.5}, TypeError, "grad_accumulation must be a positive integer"),
+    ({"optimizer_on_update": "never"}, ValueError, "optimizer_on_update must be one of"),
 ])
-def test_bad_loop_options_are_refused(kwargs, fragment):
-    with pytest.raises(ValueError, match="^" + re.escape(fragment)):
+def test_bad_loop_options_are_refused(kwargs, error, fragment):
+    with pytest.raises(error, match="^" + re.escape(fragment)):
         _setup("rigl", **kwargs)
     _setup("rigl", grad_accumulation=DELTA)   # a window as long as ΔT is allowed
 
