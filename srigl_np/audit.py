@@ -1,20 +1,25 @@
-"""``python -m srigl_np.audit PATH``: a run's audit trail as a table, and any model's layers.
+"""``python -m srigl_np.audit PATH``: audit a sparse model.
 
-The trail's schema and reader are ``srigl_np.trail``; this module summarises it. The
-command prints, per layer, the number of updates, weights pruned/grown (net) and
-regrown in total, how the count of ablated neurons moved over training, the fan-in
-range, density, zeros inside the mask, ITOP and any failed invariant check; then the
-layers the distribution kept dense (they have no records; the run's checkpoint says
-which and why). ``--plot FILE`` draws the trail over training steps (matplotlib). A
-trail that records a failed check (older trainers wrote one) is reported, with exit
-status 1.
+For a run directory of python -m srigl_np.train: its audit trail (audit.jsonl), one row
+per layer: updates, weights pruned, grown and regrown, ablated neurons over time, fan-in,
+density, zeros inside the mask, ITOP (in-time over-parameterisation: the fraction of
+weights ever active) and failed invariant checks, then the layers the distribution kept
+dense (they have no records; the run's checkpoint says which and why). For any model
+(that run's checkpoint, a srigl_np checkpoint .npz, a condensed model file, a PyTorch
+checkpoint or state_dict, or a scipy.sparse .npz): per sparse layer its shape, nnz,
+sparsity, fan-in (constant or not, k), ablated neurons, zeros inside the mask, weights
+outside it, and every violated invariant with the first offending neuron. Exit status 1
+when a file cannot be read, a trail records a failed check (older trainers wrote one),
+or a layer that claims constant fan-in (SRigL) breaks it; 0 otherwise.
+
+The trail's schema and reader are ``srigl_np.trail``; this module summarises it.
 """
 
-import argparse
 import json
 import os
 import sys
 
+from .cli import command, create_parser, format_table
 from .trail import read_trail
 
 
@@ -85,18 +90,6 @@ TABLE_NOTES = (
 )
 
 
-def format_table(rows):
-    """Rows (dicts of display strings, the same keys) as aligned columns under a header."""
-    if not rows:
-        return "no topology updates recorded"
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns),
-             "  ".join("-" * widths[c] for c in columns)]
-    lines += ["  ".join(r[c].ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def kept_dense(run_dir):
     """{layer: (shape, why)} of the layers a run's layer-sparsity distribution kept dense
     (sparsity 0: a full mask, no updates, no records), from its checkpoint.
@@ -144,7 +137,7 @@ def _trail_lines(path, records, kept=None):
     rows = summarise(records)
     lines = [f"{path}: {len(records)} records, {len(steps)} updates"
              + (f" (steps {steps[0]}..{steps[-1]})" if steps else ""),
-             format_table(rows)]
+             format_table(rows, empty="no topology updates recorded")]
     if rows:
         lines += TABLE_NOTES
     if any(r["regrown"] == "-" or r["zeros in mask"] == "-" for r in rows):
@@ -218,22 +211,11 @@ def plot_trail(records, path):
     return axes.shape
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m srigl_np.audit",
-        description="Audit a sparse model. For a run directory of python -m srigl_np.train: "
-                    "its audit trail (audit.jsonl), one row per layer: updates, weights "
-                    "pruned, grown and regrown, ablated neurons over time, fan-in, density, "
-                    "zeros inside the mask, ITOP (in-time over-parameterisation: the "
-                    "fraction of weights ever active) and failed invariant checks, then the "
-                    "layers the distribution kept dense. For any model (that run's "
-                    "checkpoint, a srigl_np checkpoint .npz, a condensed model file, a "
-                    "PyTorch checkpoint or state_dict, or a scipy.sparse .npz): per sparse "
-                    "layer its shape, nnz, sparsity, fan-in (constant or not, k), ablated "
-                    "neurons, zeros inside the mask, weights outside it, and every violated "
-                    "invariant with the first offending neuron. Exit status 1 when a file "
-                    "cannot be read, a trail records a failed check, or a layer that claims "
-                    "constant fan-in (SRigL) breaks it; 0 otherwise.")
+PROG = "python -m srigl_np.audit"
+
+
+def make_parser():
+    parser = create_parser(PROG, __doc__.rsplit("\n\n", 1)[0].replace("``", ""))
     parser.add_argument("path", metavar="PATH",
                         help="a run directory, or a model file of one of the kinds above")
     parser.add_argument("--json", action="store_true",
@@ -244,34 +226,35 @@ def main(argv=None):
                              ".pdf, .svg, ...; needs matplotlib): per layer, active neurons, "
                              "fan-in, ITOP and weights pruned/grown/regrown per update "
                              "(default: no plot)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@command(PROG, errors=(TypeError, ImportError))
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     from .model_audit import audit_source, format_audits, open_source
 
     status, out, trail_records, kept = 0, [], None, {}
-    try:
-        is_run = os.path.isdir(args.path)
-        trail = os.path.join(args.path, "audit.jsonl")
-        has_checkpoint = os.path.isfile(os.path.join(args.path, "checkpoint.npz"))
-        if is_run and (os.path.exists(trail) or not has_checkpoint):
-            trail_records = read_trail(trail)
-            kept = kept_dense(args.path)
-            lines, status = _trail_lines(trail, trail_records, kept)
-            out += lines
-        source = None
-        if not is_run or has_checkpoint:
-            source = open_source(args.path)
-            audits = audit_source(source)
-        if args.plot is not None:
-            if trail_records is None:
-                raise ValueError(f"--plot draws a run's audit trail, and {args.path} has none"
-                                 + (" (a dense run)" if is_run else
-                                    ": give the run directory, not a model file"))
-            rows, columns = plot_trail(trail_records, args.plot)
-            out.append(f"plot: {args.plot} ({rows} layers x {columns} panels: "
-                       f"{', '.join(PLOT_PANELS)})")
-    except (OSError, ValueError, TypeError, ImportError) as exc:
-        print(f"python -m srigl_np.audit: error: {exc}", file=sys.stderr)
-        return 1
+    is_run = os.path.isdir(args.path)
+    trail = os.path.join(args.path, "audit.jsonl")
+    has_checkpoint = os.path.isfile(os.path.join(args.path, "checkpoint.npz"))
+    if is_run and (os.path.exists(trail) or not has_checkpoint):
+        trail_records = read_trail(trail)
+        kept = kept_dense(args.path)
+        lines, status = _trail_lines(trail, trail_records, kept)
+        out += lines
+    source = None
+    if not is_run or has_checkpoint:
+        source = open_source(args.path)
+        audits = audit_source(source)
+    if args.plot is not None:
+        if trail_records is None:
+            raise ValueError(f"--plot draws a run's audit trail, and {args.path} has none"
+                             + (" (a dense run)" if is_run else
+                                ": give the run directory, not a model file"))
+        rows, columns = plot_trail(trail_records, args.plot)
+        out.append(f"plot: {args.plot} ({rows} layers x {columns} panels: "
+                   f"{', '.join(PLOT_PANELS)})")
     trail_summary = None if trail_records is None else summarise(trail_records)
     kept_json = {name: {"shape": shape, "reason": why} for name, (shape, why) in kept.items()}
     if source is not None:

@@ -11,23 +11,20 @@ writes the condensed model atomically to --out (an existing file only with --for
 its predictions agree with the dense model's.
 """
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
+from .cli import command, create_parser
 from .data import DATASET_NAMES
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "python -m srigl_np.condense"
 
 
 def make_parser():
-    parser = _OneLineParser(prog="python -m srigl_np.condense", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = create_parser(PROG, __doc__)
     parser.add_argument("source", metavar="SOURCE", help="run directory or model file")
     parser.add_argument("--out", required=True, help="where to write the condensed model (.npz)")
     parser.add_argument("--force", action="store_true",
@@ -104,34 +101,31 @@ def _evaluate(model, condensed, args, log):
     log(line)
 
 
+@command(PROG, errors=(TypeError,))
 def main(argv=None, log=print):
     args = make_parser().parse_args(argv)
     from .condensing import condense
 
-    try:
-        if os.path.exists(args.out) and not args.force:
-            raise ValueError(f"--out {args.out} exists; pass --force to replace it")
-        model, masks, input_stats, notes = build_source(args.source, args.input_stats)
-        for note in notes:
-            log(f"note: {note}")
-        if hasattr(model, "stages"):     # a scipy matrix: already one condensed layer
-            condensed, model = model, None
-            log(f"matrix: condensed, {condensed.stages[0]!r}")
-        else:
-            condensed = condense(model, masks=masks, input_stats=input_stats, warn=False)
-            for entry in condensed.report:
-                log(f"layer {entry['layer']} {entry['type']}: {entry['result']} "
-                    f"({entry['reason']}; structure from {entry['structure']}; "
-                    f"{entry['n_active']}/{entry['n_out']} neurons active"
-                    + (f", k={entry['k']})" if entry["k"] is not None else ")"))
-        condensed.save(args.out)
-        log(f"wrote {args.out}" + ("" if condensed.input_stats is not None else
-                                   " (no input statistics: it takes normalised float input)"))
-        if args.evaluate:
-            _evaluate(model, condensed, args, log)
-    except (OSError, ValueError, TypeError) as exc:
-        print(f"python -m srigl_np.condense: error: {exc}", file=sys.stderr)
-        return 1
+    if os.path.exists(args.out) and not args.force:
+        raise ValueError(f"--out {args.out} exists; pass --force to replace it")
+    model, masks, input_stats, notes = build_source(args.source, args.input_stats)
+    for note in notes:
+        log(f"note: {note}")
+    if hasattr(model, "stages"):     # a scipy matrix: already one condensed layer
+        condensed, model = model, None
+        log(f"matrix: condensed, {condensed.stages[0]!r}")
+    else:
+        condensed = condense(model, masks=masks, input_stats=input_stats, warn=False)
+        for entry in condensed.report:
+            log(f"layer {entry['layer']} {entry['type']}: {entry['result']} "
+                f"({entry['reason']}; structure from {entry['structure']}; "
+                f"{entry['n_active']}/{entry['n_out']} neurons active"
+                + (f", k={entry['k']})" if entry["k"] is not None else ")"))
+    condensed.save(args.out)
+    log(f"wrote {args.out}" + ("" if condensed.input_stats is not None else
+                               " (no input statistics: it takes normalised float input)"))
+    if args.evaluate:
+        _evaluate(model, condensed, args, log)
     return 0
 
 

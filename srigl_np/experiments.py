@@ -22,7 +22,6 @@ each run's audit trail). ``--report DIR`` writes ``results.md``, ``results.json`
 atomically.
 """
 
-import argparse
 import concurrent.futures
 import importlib.util
 import itertools
@@ -33,6 +32,7 @@ import sys
 
 import numpy as np
 
+from .cli import command, create_parser
 from .fileio import atomic_write, write_json
 from .validation import check_threads
 
@@ -261,9 +261,11 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m srigl_np.experiments", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "python -m srigl_np.experiments"
+
+
+def make_parser():
+    parser = create_parser(PROG, __doc__.replace("``", ""))
     parser.add_argument("--preset", choices=sorted(PRESETS), default="reproduction",
                         help="the grid (default: %(default)s)")
     parser.add_argument("--out", default="runs/reproduction",
@@ -279,6 +281,12 @@ def main(argv=None):
                         help="write results.md, results.json and the plot there")
     parser.add_argument("--summary-only", action="store_true",
                         help="train nothing; summarise what is finished")
+    return parser
+
+
+@command(PROG)
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     if not 1 <= args.jobs <= os.cpu_count() * 4:
         parser.error(f"--jobs must be in [1, {os.cpu_count() * 4}], got {args.jobs}")

@@ -60,9 +60,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import data as data_module
-from .audit import format_table, read_trail
-from .backend import DeviceError, on_device_of, parse_device, select
+from .backend import on_device_of, parse_device, select
 from .checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
+from .cli import command, create_parser, format_table, fraction, integer, number
 from .dst import InvariantError
 from .fileio import write_json, write_jsonl
 from .losses import softmax_cross_entropy
@@ -70,6 +70,7 @@ from .models import MODEL_NAMES, build
 from .optim import SGD, AdamW, CosineSchedule, StepSchedule
 from .sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
                        OPTIMIZER_ON_UPDATE, DynamicSparsity)
+from .trail import read_trail
 
 DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
 # Purposes for derived random streams: (seed, purpose, epoch) -> Generator.
@@ -88,39 +89,7 @@ class DivergedError(ValueError):
     """The training loss became NaN or infinite."""
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag or value in one line, without usage or traceback."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _non_negative_float(text):
-    value = float(text)
-    if not value >= 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
+PROG = "python -m srigl_np.train"
 
 
 def _device(text):
@@ -131,54 +100,31 @@ def _device(text):
     return text.strip().lower()
 
 
-def _fraction(low_open, high_open):
-    def parse(text):
-        value = float(text)
-        ok = ((value > 0 if low_open else value >= 0) and
-              (value < 1 if high_open else value <= 1))
-        if not ok:
-            interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
-        return value
-    return parse
-
-
-class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag's help ends with its default: argparse's "(default: X)", unless the help
-    already says it in words (a default computed at run time, such as --out's)."""
-
-    def _get_help_string(self, action):
-        if "(default:" in action.help:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def make_parser():
-    p = _OneLineParser(prog="python -m srigl_np.train", description=__doc__.split("\n\n")[0],
-                       formatter_class=_DefaultsFormatter)
+    p = create_parser(PROG, __doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--model", choices=MODEL_NAMES, default="mlp", help="architecture")
     p.add_argument("--dataset", choices=DATASETS, default="auto",
                    help="'auto': full Fashion-MNIST when found, else the embedded subset")
     p.add_argument("--data-path", default=None,
                    help="directory with the IDX files, searched before $SRIGL_NP_DATA, "
                         "~/.cache/srigl_np and /usr/share/datasets (default: only those)")
-    p.add_argument("--epochs", type=_positive_int, default=20,
+    p.add_argument("--epochs", type=integer(1), default=20,
                    help="training epochs; with --resume, the total to train to")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="mini-batch size")
+    p.add_argument("--batch-size", type=integer(1), default=128, help="mini-batch size")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="SGD with momentum, or AdamW")
-    p.add_argument("--lr", type=_positive_float, default=0.1, help="peak learning rate")
-    p.add_argument("--momentum", type=_fraction(False, True), default=0.9, help="SGD momentum")
+    p.add_argument("--lr", type=number(0, low_open=True), default=0.1, help="peak learning rate")
+    p.add_argument("--momentum", type=fraction(high_open=True), default=0.9, help="SGD momentum")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    p.add_argument("--weight-decay", type=_non_negative_float, default=5e-4,
+    p.add_argument("--weight-decay", type=number(0), default=5e-4,
                    help="L2 (SGD) or decoupled (AdamW) weight decay")
     p.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
                    help="cosine with linear warm-up, or step decay (x0.1 every 25%% of training)")
-    p.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0,
+    p.add_argument("--warmup-epochs", type=number(0), default=0.0,
                    help="linear warm-up length")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--seed", type=integer(0), default=0,
                    help="seed of every random stream")
-    p.add_argument("--threads", type=_non_negative_int, default=0,
+    p.add_argument("--threads", type=integer(0), default=0,
                    help="BLAS/OpenMP threads (0: library default)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="'cpu' (NumPy + Cython), or 'cuda'/'cuda:N' (CuPy on an NVIDIA GPU)")
@@ -200,24 +146,24 @@ def make_parser():
                         "unstructured dynamic; 'static': the initial mask; 'dense': no masks")
     # SUPPRESS leaves the attribute unset when the flag is absent, so an explicit
     # --sparsity with --method dense can be told from the default and refused.
-    g.add_argument("--sparsity", type=_fraction(False, True), default=argparse.SUPPRESS,
+    g.add_argument("--sparsity", type=fraction(high_open=True), default=argparse.SUPPRESS,
                    help=f"global target sparsity of the sparse methods; refused with "
                         f"--method dense (default: {DEFAULT_SPARSITY})")
     g.add_argument("--distribution", choices=DISTRIBUTIONS, default="erk",
                    help="per-layer sparsity distribution")
-    g.add_argument("--delta", type=_positive_int, default=100, help="steps between updates (ΔT)")
-    g.add_argument("--alpha", type=_fraction(False, False), default=0.3,
+    g.add_argument("--delta", type=integer(1), default=100, help="steps between updates (ΔT)")
+    g.add_argument("--alpha", type=fraction(), default=0.3,
                    help="initial drop fraction, cosine-decayed")
-    g.add_argument("--gamma-sal", type=_fraction(False, False), default=0.3,
+    g.add_argument("--gamma-sal", type=fraction(), default=0.3,
                    help="SRigL ablation threshold γ_sal")
     g.add_argument("--no-ablation", action="store_true", help="SRigL without neuron ablation")
     g.add_argument("--optimizer-on-update", choices=OPTIMIZER_ON_UPDATE, default="step",
                    help="on a topology-update step the optimizer steps first, as in the "
                         "SRigL authors' loop (step), or is skipped, as in RigL's paper (skip)")
-    g.add_argument("--grad-accumulation", type=_positive_int, default=1,
+    g.add_argument("--grad-accumulation", type=integer(1), default=1,
                    help="average the dense gradient of the grow score over this many "
                         "mini-batches ending at the update step (at most --delta)")
-    g.add_argument("--t-end-frac", type=_fraction(False, False), default=0.75,
+    g.add_argument("--t-end-frac", type=fraction(), default=0.75,
                    help="stop topology updates after this fraction of training")
     return p
 
@@ -570,6 +516,7 @@ def _metrics(config, data_info, history):
             "epochs": history, "config": config, "data": data_info}
 
 
+@command(PROG, errors=(InvariantError,))
 def main(argv=None):
     parser = make_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -587,23 +534,20 @@ def main(argv=None):
             config = _config_from_args(args)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.resume:
+        config, changes = _resume_config(args, given)
+    # The device first: a run that cannot start leaves no directory behind.
+    select(config.get("device") or "cpu")
+    if args.resume:
+        prepare_out(args.resume, flag="--resume", resume=True)
+        for line in changes:
+            print(line)
+    else:
+        prepare_out(config["out"], overwrite=args.overwrite)
+    progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     try:
-        if args.resume:
-            config, changes = _resume_config(args, given)
-        # The device first: a run that cannot start leaves no directory behind.
-        select(config.get("device") or "cpu")
-        if args.resume:
-            prepare_out(args.resume, flag="--resume", resume=True)
-            for line in changes:
-                print(line)
-        else:
-            prepare_out(config["out"], overwrite=args.overwrite)
-        progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
         with threadpool_limits(limits=config["threads"] or None):
             metrics = train(config, resume=bool(args.resume), progress=progress)
-    except (OSError, ValueError, DeviceError, InvariantError) as exc:
-        print(f"python -m srigl_np.train: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)
         return 130

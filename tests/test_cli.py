@@ -1,0 +1,141 @@
+"""srigl_np.cli, the kit every command is built from: typed values and their one spelling,
+one-line errors, defaults in --help, the error wrapper and the quiet closed pipe."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from srigl_np import cli
+from srigl_np.backend import DeviceError
+
+
+@pytest.mark.parametrize("make, text, value", [
+    (lambda: cli.integer(1), "3", 3),
+    (lambda: cli.integer(0), "0", 0),
+    (lambda: cli.integer(0, 64), "64", 64),
+    (lambda: cli.number(0), "0", 0.0),
+    (lambda: cli.number(0, low_open=True), "1e-9", 1e-9),
+    (lambda: cli.fraction(high_open=True), "0", 0.0),
+    (lambda: cli.fraction(), "1", 1.0),
+    (lambda: cli.fraction(low_open=True, high_open=True), "0.5", 0.5),
+])
+def test_typed_values_accept(make, text, value):
+    assert make()(text) == value
+
+
+@pytest.mark.parametrize("make, text, message", [
+    (lambda: cli.integer(1), "x", "must be an integer, got 'x'"),
+    (lambda: cli.integer(1), "1.5", "must be an integer, got '1.5'"),
+    (lambda: cli.integer(1), "0", "must be a positive integer, got 0"),
+    (lambda: cli.integer(0), "-1", "must be >= 0, got -1"),
+    (lambda: cli.integer(0, 64), "65", "must be in [0, 64], got 65"),
+    (lambda: cli.number(0), "-1", "must be a finite number >= 0, got -1"),
+    (lambda: cli.number(0), "inf", "must be a finite number >= 0, got inf"),
+    (lambda: cli.number(0, low_open=True), "0", "must be a finite number > 0, got 0"),
+    (lambda: cli.number(), "nan", "must be a finite number, got nan"),
+    (lambda: cli.number(), "x", "must be a number, got 'x'"),
+    (lambda: cli.fraction(high_open=True), "1", "must be in [0, 1), got 1"),
+    (lambda: cli.fraction(), "nan", "must be in [0, 1], got nan"),
+    (lambda: cli.fraction(low_open=True, high_open=True), "0", "must be in (0, 1), got 0"),
+])
+def test_typed_values_refuse_in_one_spelling(make, text, message):
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        make()(text)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("text, shape", [("10x12", (10, 12)), ("6,2,3,3", (6, 2, 3, 3)),
+                                         ("4X5", (4, 5))])
+def test_shapes_parse(text, shape):
+    assert cli.parse_shape(text) == shape
+    assert cli.shape_text(shape) == text.lower().replace(",", "x")
+
+
+@pytest.mark.parametrize("text", ["10", "0x3", "1x2x3x4x5", "ax3", "", "-1x2"])
+def test_bad_shapes_are_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="NxF or NxCxHxW"):
+        cli.parse_shape(text)
+
+
+def _parser():
+    parser = cli.create_parser("prog", "What it does.\n\n  kept   as written")
+    parser.add_argument("--count", type=cli.integer(1), default=3, help="how many")
+    parser.add_argument("--names", nargs="+", default=["a", "b"], help="which")
+    parser.add_argument("--switch", action="store_true", help="a switch")
+    parser.add_argument("--maybe", default=None, help="none to show")
+    parser.add_argument("--said", default=7, help="said in words (default: seven)")
+    return parser
+
+
+def test_help_keeps_the_description_and_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "What it does. kept as written" in text
+    assert "how many (default: 3)" in text
+    assert "which (default: a b)" in text
+    assert "a switch (default: off)" in text
+    assert "none to show" in text and "none to show (default" not in text
+    assert text.count("(default: seven)") == 1 and "(default: 7)" not in text
+
+
+def test_a_bad_flag_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["--count", "0"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "prog: error: argument --count: must be a positive " \
+                                      "integer, got 0\n"
+
+
+@pytest.mark.parametrize("error", [OSError("disk gone"), ValueError("bad value"),
+                                   DeviceError("no GPU"), KeyError("extra kind")])
+def test_the_wrapper_turns_errors_into_one_line_and_exit_1(capsys, error):
+    @cli.command("prog", errors=(KeyError,))
+    def main(argv=None):
+        print("some output")
+        raise error
+
+    assert main([]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "some output\n"
+    assert captured.err == f"prog: error: {error}\n"
+
+
+def test_the_wrapper_passes_the_status_and_other_errors_through():
+    assert cli.command("prog")(lambda argv=None: 3)() == 3
+    with pytest.raises(TypeError):
+        cli.command("prog")(lambda: (_ for _ in ()).throw(TypeError("a bug")))()
+
+
+CLOSED_PIPE = """
+import sys
+from srigl_np.cli import command
+
+@command("prog")
+def main(argv=None):
+    for i in range(200000):
+        print("line", i)
+    return 0
+
+sys.exit(main())
+"""
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`prog | head -1`: no BrokenPipeError traceback, no "Exception ignored" at exit."""
+    writer = subprocess.Popen([sys.executable, "-c", CLOSED_PIPE], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert writer.stdout.readline() == b"line 0\n"
+    writer.stdout.close()          # the reader goes away, as head does
+    status = writer.wait(timeout=60)
+    stderr = writer.stderr.read().decode()
+    assert stderr == "" and status == cli.BROKEN_PIPE_STATUS
+
+
+def test_format_table():
+    rows = [{"a": "1", "bb": "long value"}, {"a": "22", "bb": "x"}]
+    assert cli.format_table(rows).splitlines() == ["a   bb", "--  ----------",
+                                                   "1   long value", "22  x"]
+    assert cli.format_table([], empty="nothing") == "nothing"
