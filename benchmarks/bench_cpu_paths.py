@@ -84,8 +84,8 @@ def measure(shapes, batch_sizes, thread_counts, min_time, rounds, seed=0):
             x = rng.standard_normal((batch, n_in), dtype=np.float32)
             for threads in thread_counts:
                 records = bench.time_all(variants(layer, x, threads, paths),
-                                          lambda turn, s, m: turn.sample(s, m),
-                                          min_time, rounds)
+                                         lambda turn, s, m: turn.sample(s, m),
+                                         min_time, rounds)
                 rows.append(((n_in, n_out), batch, threads,
                              {r["implementation"]: r["median_s"] * 1e3 for r in records}))
     return rows

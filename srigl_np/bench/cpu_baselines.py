@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 
-
 # Intel OpenMP's worker threads spin for KMP_BLOCKTIME ms (default 200) after each MKL
 # call: in the interleaved rounds they would spin through the next implementation's turn
 # on the cores it needs. 1 ms keeps them awake between MKL's back-to-back calls but not

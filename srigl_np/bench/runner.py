@@ -45,13 +45,13 @@ def run_case(weight, layer, batch, threads, min_time, rng, device="cpu", rounds=
     ``rounds``, ``min_repeats``: as for ``time_all``."""
     if device != "cpu":
         return time_all(gpu_implementations(weight, layer.to(device), batch, rng),
-                         gpu_sample_seconds, min_time, rounds, min_repeats)
+                        gpu_sample_seconds, min_time, rounds, min_repeats)
     from threadpoolctl import threadpool_limits
 
     set_library_threads(threads)
     with threadpool_limits(limits=threads):
         return time_all(implementations(weight, layer, batch, threads, rng),
-                         sample_seconds, min_time, rounds, min_repeats)
+                        sample_seconds, min_time, rounds, min_repeats)
 
 
 def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min_time=0.5,
