@@ -27,7 +27,7 @@ Before any timing, torch's logits are checked against the dense model's on every
 batch timed: the largest absolute difference is printed, and one over TOLERANCE
 (1e-4) stops the bench with exit status 1, so the times compare the same computation.
 For each batch size and thread count the implementations take turns in interleaved
-rounds (``bench._time_all``); each row gives the medians, the condensed model's
+rounds (``bench.time_all``); each row gives the medians, the condensed model's
 speedup against dense and against torch, and whether it predicts the classes the
 dense model predicts. BLAS and OpenMP are held to the row's thread count
 (threadpoolctl), torch by ``torch.set_num_threads``, the kernels by ``threads=``.
@@ -197,7 +197,7 @@ def run_rows(model, condensed, inputs, thread_counts, min_time, *, tmodel=None, 
                         impls["torch"] = (lambda: tmodel(tx), f"torch {torch.__version__}")
                     impls["condensed"] = (lambda: condensed.logits(x, threads), "condensed")
                     records = {r["implementation"]: r
-                               for r in bench._time_all(impls, sampler, min_time, rounds)}
+                               for r in bench.time_all(impls, sampler, min_time, rounds)}
                     same = bool(np.array_equal(model.forward(x, False).argmax(1),
                                                condensed.predict(x, threads)))
                 row = {"batch": batch, "threads": threads}

@@ -4,7 +4,7 @@
     python benchmarks/bench_cpu_paths.py --shape 768x3072 --batch-sizes 1 --threads 1 2
 
 One process, one random 90%-sparse constant fan-in layer per shape (``bench``'s
-``constant_fan_in_weight``), every variant in interleaved rounds (``bench._time_all``:
+``constant_fan_in_weight``), every variant in interleaved rounds (``bench.time_all``:
 each gets one turn per round), medians in ms, one Markdown table. Columns:
 
     <path>               ``layer.forward`` with ``kernels.set_cpu_path(path)``, for each
@@ -59,7 +59,7 @@ def has_lookup(path):
 
 
 def variants(layer, x, threads, paths):
-    """name -> (Turn, note) for ``bench._time_all``."""
+    """name -> (Turn, note) for ``bench.time_all``."""
     impls = {path: (Turn(path, lambda: layer.forward(x, threads)), path) for path in paths}
     if x.shape[0] == 1:
         for path in paths:
@@ -83,9 +83,9 @@ def measure(shapes, batch_sizes, thread_counts, min_time, rounds, seed=0):
         for batch in batch_sizes:
             x = rng.standard_normal((batch, n_in), dtype=np.float32)
             for threads in thread_counts:
-                records = bench._time_all(variants(layer, x, threads, paths),
-                                          lambda turn, s, m: turn.sample(s, m),
-                                          min_time, rounds)
+                records = bench.time_all(variants(layer, x, threads, paths),
+                                         lambda turn, s, m: turn.sample(s, m),
+                                         min_time, rounds)
                 rows.append(((n_in, n_out), batch, threads,
                              {r["implementation"]: r["median_s"] * 1e3 for r in records}))
     return rows
@@ -108,7 +108,7 @@ def markdown_table(rows, machine):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", action="append", type=bench._shape, metavar="N_INxN_OUT",
+    parser.add_argument("--shape", action="append", type=bench.parse_shape, metavar="N_INxN_OUT",
                         help="a layer (repeatable); default 768x3072, 3072x768, 4096x4096")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
     parser.add_argument("--threads", type=int, nargs="+", default=[2])

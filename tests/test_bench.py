@@ -4,13 +4,16 @@ alternative, the limit figures, load detection from injected /proc/stat readings
 --targets gate, --quick's time by arithmetic, the plot and benchmarks/bench_kernels.py.
 Runs without torch, MKL or matplotlib (their tests skip)."""
 
+import importlib.util
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
 
 from srigl_np import bench
+from srigl_np.bench import cli, cpu_baselines, machine
 
 
 def test_main_writes_one_record_per_implementation_and_case(tmp_path, capsys):
@@ -85,7 +88,7 @@ def test_implementations_take_turns_and_csr_keeps_its_faster_orientation():
 
     impls = {"dense": (lambda: "a", "blas"),
              "csr": {"W @ x.T": lambda: "slow", "x @ Wt": lambda: "fast"}}
-    records = bench._time_all(impls, sampler, min_time=1.0, rounds=3)
+    records = bench.time_all(impls, sampler, min_time=1.0, rounds=3)
     assert calls == ["a", "slow", "fast"] * 3
     by_name = {r["implementation"]: r for r in records}
     assert by_name["dense"]["median_s"] == 3.0 and by_name["dense"]["note"] == "blas"
@@ -104,8 +107,8 @@ def test_plot_is_written(tmp_path, fixed_limits):
 
 
 def test_plot_without_matplotlib_is_refused_before_any_timing(monkeypatch, capsys):
-    real_find_spec = bench.importlib.util.find_spec
-    monkeypatch.setattr(bench.importlib.util, "find_spec",
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name == "matplotlib" else real_find_spec(name))
     with pytest.raises(SystemExit) as exc:
         bench.main(["--plot", "out.png"])
@@ -158,7 +161,7 @@ def test_sizes_over_this_machines_memory_are_refused():
 def test_unwritable_targets_are_refused_before_any_timing(flag, tmp_path, capsys, monkeypatch):
     if flag == "--plot":
         pytest.importorskip("matplotlib")
-    monkeypatch.setattr(bench, "run", lambda *a, **k: pytest.fail("timed before refusing"))
+    monkeypatch.setattr(cli, "run", lambda *a, **k: pytest.fail("timed before refusing"))
     regular = tmp_path / "file"
     regular.write_text("x")
     for target, message in [(tmp_path / "missing" / "out", "does not exist"),
@@ -188,7 +191,7 @@ def fixed_limits(monkeypatch):
         return {t: {"read_gb_s": 10.0, "read_bytes": 2**28, "sgemm_gflop_s": 50.0,
                     "sgemm_n": 1024 if quick else 2048, "llc_bytes": None,
                     "other_cpus": 0.0, "load_flags": []} for t in thread_counts}
-    monkeypatch.setattr(bench, "measure_limits", fake)
+    monkeypatch.setattr(cli, "measure_limits", fake)
 
 
 def _outputs_agree(impls, weight, layer):
@@ -233,7 +236,8 @@ def test_mkl_csr_runs_both_orientations_and_matches_dense():
 def test_without_sparse_dot_mkl_there_is_no_mkl_row_and_the_header_says_how(monkeypatch):
     from srigl_np.condensed import CondensedLinear
 
-    monkeypatch.setattr(bench, "_MKL", [(None, 'not installed (pip install "srigl_np[bench]")')])
+    monkeypatch.setattr(cpu_baselines, "sparse_dot_mkl",
+                        lambda: (None, 'not installed (pip install "srigl_np[bench]")'))
     rng = np.random.default_rng(5)
     weight = bench.constant_fan_in_weight(32, 16, 0.5, 0.0, rng)
     impls = bench.implementations(weight, CondensedLinear.from_dense(weight), 2, 1, rng)
@@ -242,8 +246,8 @@ def test_without_sparse_dot_mkl_there_is_no_mkl_row_and_the_header_says_how(monk
 
 
 def test_a_missing_sparse_dot_mkl_is_a_reason_not_an_error(monkeypatch):
-    real_find_spec = bench.importlib.util.find_spec
-    monkeypatch.setattr(bench.importlib.util, "find_spec",
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name: None if name == "sparse_dot_mkl" else real_find_spec(name))
     module, why = bench.import_sparse_dot_mkl(environ={})
     assert module is None and why == 'not installed (pip install "srigl_np[bench]")'
@@ -281,13 +285,13 @@ def test_mkl_rt_seen_by_sparse_dot_mkl_is_the_wheels_unless_the_user_set_one(tmp
     monkeypatch.setenv("KMP_BLOCKTIME", "200")   # the user's value is kept
     module, _ = bench.import_sparse_dot_mkl(candidates=[str(lib)])
     assert module.SEEN == str(lib)
-    assert "MKL_RT" not in bench.os.environ and bench.os.environ["KMP_BLOCKTIME"] == "200"
+    assert "MKL_RT" not in os.environ and os.environ["KMP_BLOCKTIME"] == "200"
 
     monkeypatch.setenv("MKL_RT", "/opt/intel/libmkl_rt.so")
     monkeypatch.delitem(sys.modules, "sparse_dot_mkl")
     module, _ = bench.import_sparse_dot_mkl(candidates=[str(lib)])
     assert module.SEEN == "/opt/intel/libmkl_rt.so"
-    assert bench.os.environ["MKL_RT"] == "/opt/intel/libmkl_rt.so"
+    assert os.environ["MKL_RT"] == "/opt/intel/libmkl_rt.so"
 
 
 def test_sparse_dot_mkl_that_cannot_load_mkl_gives_its_first_line(tmp_path, monkeypatch):
@@ -311,7 +315,7 @@ def test_mkl_candidates_include_this_environments_lib(monkeypatch, tmp_path):
     lib.mkdir()
     (lib / "libmkl_rt.so.2").write_bytes(b"")
     (lib / "libmkl_rt.so.3").write_bytes(b"")
-    monkeypatch.setattr(bench.sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
     candidates = bench.mkl_rt_candidates()
     ours = [c for c in candidates if c.startswith(str(lib))]
     assert ours == [str(lib / "libmkl_rt.so.3"), str(lib / "libmkl_rt.so.2")]
@@ -433,11 +437,11 @@ def test_the_read_test_is_larger_than_the_cache(tmp_path):
 
 def test_quick_probes_are_shorter(monkeypatch):
     calls = []
-    monkeypatch.setattr(bench, "read_bandwidth",
+    monkeypatch.setattr(machine, "read_bandwidth",
                         lambda threads, repeats, buffer: calls.append(("read", repeats)) or 1.0)
-    monkeypatch.setattr(bench, "sgemm_gflops",
+    monkeypatch.setattr(machine, "sgemm_gflops",
                         lambda threads, n, repeats: calls.append(("sgemm", n, repeats)) or 2.0)
-    monkeypatch.setattr(bench, "probe_bytes", lambda llc, memory: 1024)
+    monkeypatch.setattr(machine, "probe_bytes", lambda llc, memory: 1024)
     limits = bench.measure_limits([1, 2], quick=True)
     assert calls == [("read", 3), ("sgemm", 1024, 3)] * 2
     assert limits[2]["read_gb_s"] == 1.0 and limits[2]["sgemm_gflop_s"] == 2.0
@@ -592,7 +596,7 @@ def test_run_measures_each_row_with_the_meter(fixed_limits, tmp_path):
 # --- output for users: the paper's figures always, our targets only on request ---------------
 
 def test_targets_are_printed_only_with_the_flag(fixed_limits, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "target_lines", lambda records: ["  768->3072 ... NOT met"])
+    monkeypatch.setattr(cli, "target_lines", lambda records: ["  768->3072 ... NOT met"])
     argv = ["--quick", "--shape", "48x80", "--batch-sizes", "1", "--threads", "1",
             "--min-time", "0"]
     assert bench.main(argv) == 0
@@ -632,7 +636,7 @@ def test_the_estimate_is_what_the_timing_loop_spends():
     impls = {"a": (call("a"), ""), "csr": {"b": call("b"), "c": call("c")}}
     for rounds, min_repeats in ((bench.QUICK_ROUNDS, bench.QUICK_TURN_REPEATS), (10, None)):
         clock[0] = 0.0
-        records = bench._time_all(impls, sampler, 0.03, rounds, min_repeats)
+        records = bench.time_all(impls, sampler, 0.03, rounds, min_repeats)
         assert clock[0] == pytest.approx(bench.estimate_row_seconds(
             [0.004, 0.05, 0.2], 0.03, rounds, min_repeats))
         least = min_repeats or bench.turn_repeats(rounds)
@@ -758,7 +762,6 @@ def test_bench_kernels_runs_the_bench(kernels_script, fixed_limits, capsys):
 @pytest.mark.parametrize("user_value, expected", [(None, "18"), ("4", "4")])
 def test_the_bench_shortens_openblas_spin_before_numpy_loads(user_value, expected):
     # OpenBLAS reads the variable only as NumPy loads it: record it at that moment.
-    import os
     import subprocess
 
     probe = """if True:
