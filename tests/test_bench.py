@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from srigl_np import bench
-from srigl_np.bench import cli, cpu_baselines, machine
+from srigl_np.bench import command, cpu_baselines, machine
 
 
 def test_main_writes_one_record_per_implementation_and_case(tmp_path, capsys):
@@ -161,7 +161,7 @@ def test_sizes_over_this_machines_memory_are_refused():
 def test_unwritable_targets_are_refused_before_any_timing(flag, tmp_path, capsys, monkeypatch):
     if flag == "--plot":
         pytest.importorskip("matplotlib")
-    monkeypatch.setattr(cli, "run", lambda *a, **k: pytest.fail("timed before refusing"))
+    monkeypatch.setattr(command, "run", lambda *a, **k: pytest.fail("timed before refusing"))
     regular = tmp_path / "file"
     regular.write_text("x")
     for target, message in [(tmp_path / "missing" / "out", "does not exist"),
@@ -191,7 +191,7 @@ def fixed_limits(monkeypatch):
         return {t: {"read_gb_s": 10.0, "read_bytes": 2**28, "sgemm_gflop_s": 50.0,
                     "sgemm_n": 1024 if quick else 2048, "llc_bytes": None,
                     "other_cpus": 0.0, "load_flags": []} for t in thread_counts}
-    monkeypatch.setattr(cli, "measure_limits", fake)
+    monkeypatch.setattr(command, "measure_limits", fake)
 
 
 def _outputs_agree(impls, weight, layer):
@@ -596,7 +596,7 @@ def test_run_measures_each_row_with_the_meter(fixed_limits, tmp_path):
 # --- output for users: the paper's figures always, our targets only on request ---------------
 
 def test_targets_are_printed_only_with_the_flag(fixed_limits, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "target_lines", lambda records: ["  768->3072 ... NOT met"])
+    monkeypatch.setattr(command, "target_lines", lambda records: ["  768->3072 ... NOT met"])
     argv = ["--quick", "--shape", "48x80", "--batch-sizes", "1", "--threads", "1",
             "--min-time", "0"]
     assert bench.main(argv) == 0

@@ -1,5 +1,5 @@
 """The bench: ``python -m srigl_np.bench`` times condensed inference against its
-baselines on this machine. What it measures and how is the docstring of ``bench.cli``,
+baselines on this machine. What it measures and how is the docstring of ``bench.command``,
 which is also its ``--help``.
 
 Its modules, each importing only modules listed above it:
@@ -31,7 +31,7 @@ from .. import thread_waits
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT",
                       thread_waits.TRAINING_DEFAULTS["OPENBLAS_THREAD_TIMEOUT"])
 
-from .cli import (check_output_path, check_sizes, check_thread_counts,  # noqa: E402
+from .command import (check_output_path, check_sizes, check_thread_counts,  # noqa: E402
                   main, make_parser, parse_args, parse_shape)
 from .comparison import (ALTERNATIVES, CSR_KINDS, DENSE_KINDS, OURS, achieved,  # noqa: E402
                          add_limits, add_load, best_of, compare, condensed_traffic,

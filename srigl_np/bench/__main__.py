@@ -1,8 +1,8 @@
-"""``python -m srigl_np.bench``: the command line of bench.cli."""
+"""``python -m srigl_np.bench``: the command line of bench.command."""
 
 import sys
 
-from .cli import main
+from .command import main
 
 if __name__ == "__main__":
     sys.exit(main())

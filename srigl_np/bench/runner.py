@@ -2,7 +2,7 @@
 machine's limits and the load while it ran.
 
 Layer construction (``dst.constant_fan_in_mask``): see ``constant_fan_in_weight`` and
-the docstring of bench.cli.
+the docstring of bench.command.
 """
 
 import numpy as np

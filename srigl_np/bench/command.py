@@ -55,6 +55,7 @@ import os
 import sys
 import time
 
+from .. import cli
 from .comparison import OURS
 from .cpu_baselines import baselines
 from .gpu import gpu_name
@@ -124,21 +125,26 @@ def check_output_path(flag, path):
     return None
 
 
+PROG = "python -m srigl_np.bench"
+
+
 def make_parser():
     """The bench's argument parser; ``parse_args`` checks what it reads."""
-    parser = argparse.ArgumentParser(prog="python -m srigl_np.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.create_parser(PROG, __doc__.replace("``", ""))
     parser.add_argument("--shape", type=parse_shape, action="append", metavar="N_INxN_OUT",
-                        help="layer shape (repeatable); default: 768x3072, 3072x768, 4096x4096")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
+                        help="layer shape (repeatable) (default: 768x3072, 3072x768, "
+                             "4096x4096)")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9],
+                        help="sparsities of the layers")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256],
+                        help="batch sizes")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="thread counts; default: 1 and all (OpenMP's default)")
+                        help="thread counts (default: 1 and all, OpenMP's default)")
     parser.add_argument("--ablated-frac", type=float, default=0.0,
                         help="fraction of neurons ablated (removed by 'structured' and "
-                             "'condensed'); default 0")
+                             "'condensed')")
     parser.add_argument("--min-time", type=float, default=None,
-                        help=f"seconds of timing per row (default 0.5, --quick "
+                        help=f"seconds of timing per row (default: 0.5, --quick "
                              f"{QUICK_MIN_TIME})")
     parser.add_argument("--quick", action="store_true",
                         help=f"a short run: under {QUICK_SECONDS} s with the default shapes "
@@ -147,7 +153,7 @@ def make_parser():
                         help="'cpu', or 'cuda[:N]' for the GPU rows (needs CuPy): cuBLAS "
                              "dense, cuSPARSE CSR, structured and the CUDA condensed kernel, "
                              "timed with CUDA events")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random layers")
     parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
     parser.add_argument("--plot", metavar="PATH", help="bar chart of speedups (matplotlib)")
     parser.add_argument("--targets", action="store_true",
@@ -155,7 +161,7 @@ def make_parser():
                              "this run meets them")
     parser.add_argument("--cpu-path", default=None,
                         help="run the condensed kernels on this CPU path (avx512, avx2, "
-                             "generic; default: the best this CPU supports)")
+                             "generic) (default: the best this CPU supports)")
     return parser
 
 
@@ -226,6 +232,7 @@ def check_thread_counts(parser, counts, minimum=1):
             parser.error(f"--{exc}")
 
 
+@cli.command(PROG)
 def main(argv=None):
     started = time.perf_counter()
     args = parse_args(argv)
@@ -235,14 +242,10 @@ def main(argv=None):
     print(f"BLAS: {info['blas']}; kernels built with OpenMP: {info['openmp']} "
           f"(max threads {info['max_threads']})")
     if args.device != "cpu":
-        from ..backend import DeviceError, select
+        from ..backend import select
 
-        try:
-            select(args.device)
-            info["gpu"] = gpu_name()
-        except DeviceError as exc:
-            print(f"python -m srigl_np.bench: error: {exc}", file=sys.stderr)
-            return 1
+        select(args.device)     # a DeviceError is the command's one-line error
+        info["gpu"] = gpu_name()
         print(f"GPU: {info['gpu']} ({args.device}); times from CUDA events")
     limits = None
     if args.device == "cpu":
