@@ -40,7 +40,7 @@ import sys
 import numpy as np
 
 from srigl_np import bench, dst
-from srigl_np.checkpoint import load_model
+from srigl_np.formats.checkpoint import load_model
 from srigl_np.condensing import condense
 from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
                              MaxPool2d, ReLU)

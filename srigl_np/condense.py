@@ -4,7 +4,7 @@ SOURCE is any model ``python -m srigl_np.audit`` reads that maps onto a known
 architecture: a run directory of ``python -m srigl_np.train`` or its checkpoint .npz
 (condensed by its masks, with the run's input statistics, so the result takes raw
 uint8 images), a PyTorch checkpoint or state_dict (the SRigL authors' MNIST network or
-a stack of Linear layers; see ``srigl_np.importing``), or a scipy.sparse .npz (one
+a stack of Linear layers; see ``srigl_np.formats.importing``), or a scipy.sparse .npz (one
 layer). It prints, per layer, whether it was condensed or kept dense and why, and
 writes the condensed model atomically to --out (an existing file only with --force).
 ``--evaluate DATASET`` then reports the condensed model's test accuracy and how often
@@ -51,13 +51,13 @@ def build_source(path, input_stats=None):
     # The kind only: each source below is read once, by the loader that builds from it.
     kind = model_audit.source_kind(path)
     if kind in ("run", "checkpoint"):
-        from .checkpoint import load_model
+        from .formats.checkpoint import load_model
 
         run = load_model(path)
         return (run.model, run.masks, input_stats or run.input_stats,
                 [model_audit.run_note(run)])
     if kind == "torch":
-        from .importing import read_torch_checkpoint, to_model
+        from .formats.importing import read_torch_checkpoint, to_model
 
         imported = read_torch_checkpoint(path)
         model, masks, notes = to_model(imported)

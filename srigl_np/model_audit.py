@@ -9,9 +9,10 @@ sparse layers (name, weight, mask or None) and which of them claim constant fan-
                 claims constant fan-in for every masked layer
     condensed   a condensed model file (``CondensedModel.save``): every condensed layer
                 claims constant fan-in by construction; its stored entries are the mask
-    torch       a PyTorch checkpoint or state_dict (``importing.read_torch_checkpoint``):
-                masks from the SRigL authors' pruner state, prune's weight_mask pairs,
-                or ``weight != 0``; the authors' constant fan-in scheduler claims it
+    torch       a PyTorch checkpoint or state_dict
+                (``formats.importing.read_torch_checkpoint``): masks from the SRigL
+                authors' pruner state, prune's weight_mask pairs, or ``weight != 0``;
+                the authors' constant fan-in scheduler claims it
     scipy       a scipy.sparse matrix saved with ``scipy.sparse.save_npz``: its stored
                 entries are the mask (explicit zeros count); no claim
 
@@ -19,8 +20,8 @@ sparse layers (name, weight, mask or None) and which of them claim constant fan-
 constant over the active neurons, k, the ablated neurons, zeros inside the mask,
 weights outside it, and every violated invariant (``dst.invariant_violations``, with
 the first offending neuron and its count). Nothing in a file is executed: npz files
-are read with ``allow_pickle=False``, PyTorch files by ``torch_format``'s restricted
-reader.
+are read with ``allow_pickle=False``, PyTorch files by ``formats.torch_format``'s
+restricted reader.
 """
 
 import dataclasses
@@ -93,7 +94,7 @@ def open_source(path):
 
 
 def _our_checkpoint(path):
-    from .checkpoint import load_model
+    from .formats.checkpoint import load_model
 
     run = load_model(path)
     claims = run.config.get("method") == "srigl"
@@ -151,7 +152,7 @@ def _scipy_file(path):
 
 
 def _torch_file(path):
-    from .importing import read_torch_checkpoint
+    from .formats.importing import read_torch_checkpoint
 
     imported = read_torch_checkpoint(path)
     # The authors' constant fan-in scheduler (SRigL) is RigLConstFanScheduler.

@@ -62,7 +62,7 @@ from threadpoolctl import threadpool_limits
 from . import data as data_module
 from .audit import format_table, read_trail
 from .backend import DeviceError, on_device_of, parse_device, select
-from .checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
+from .formats.checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
 from .dst import InvariantError
 from .fileio import write_json, write_jsonl
 from .losses import softmax_cross_entropy

@@ -1,4 +1,4 @@
-"""The training checkpoint format (srigl_np.checkpoint): a round trip restores every
+"""The training checkpoint format (srigl_np.formats.checkpoint): a round trip restores every
 array, and every malformed file is refused with one ValueError naming what is wrong,
 before anything is overwritten."""
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from srigl_np.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint, read_meta,
+from srigl_np.formats.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint, read_meta,
                                  save_checkpoint)
 from srigl_np.layers import BatchNorm1d, Linear, ReLU, Sequential
 from srigl_np.losses import softmax_cross_entropy
@@ -223,7 +223,7 @@ def test_load_refuses_what_is_not_an_npz_file(saved, tmp_path, write, message):
 def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
     import json
 
-    from srigl_np.checkpoint import load_model
+    from srigl_np.formats.checkpoint import load_model
     from srigl_np.data import load_dataset
 
     run = load_model(srigl_run)
@@ -242,7 +242,7 @@ def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
 
 
 def test_load_model_falls_back_to_metrics_json_for_older_checkpoints(srigl_run, tmp_path):
-    from srigl_np.checkpoint import load_model
+    from srigl_np.formats.checkpoint import load_model
 
     arrays = dict(np.load(srigl_run / "checkpoint.npz"))
     meta = json.loads(str(arrays["meta"]))
@@ -263,7 +263,7 @@ def test_load_model_falls_back_to_metrics_json_for_older_checkpoints(srigl_run, 
     (lambda a, m: a.update({"dst/mask/9.weight": np.ones(3, bool)}), "must be a bool mask"),
 ])
 def test_load_model_refuses_bad_checkpoints(srigl_run, tmp_path, edit, match):
-    from srigl_np.checkpoint import load_model
+    from srigl_np.formats.checkpoint import load_model
 
     arrays = dict(np.load(srigl_run / "checkpoint.npz"))
     meta = json.loads(str(arrays["meta"]))

@@ -164,7 +164,7 @@ def test_the_graph_of_the_package_is_read():
     """Guards the cycle test against passing on an empty or misread graph."""
     graph = import_graph(SOURCE)
     assert {"srigl_np", "srigl_np.train", "srigl_np.layers", "srigl_np._kernels"} <= set(graph)
-    assert "srigl_np.checkpoint" in graph["srigl_np.train"]           # from .checkpoint import
+    assert "srigl_np.formats.checkpoint" in graph["srigl_np.train"]   # from .formats.checkpoint
     assert "srigl_np.backend" in graph["srigl_np.layers"]
     assert "srigl_np.kernels" in graph["srigl_np"]                    # inside a function
 

@@ -36,8 +36,8 @@ import os
 
 import numpy as np
 
-from . import models
-from .layers import Flatten, Linear, ReLU, Sequential
+from .. import models
+from ..layers import Flatten, Linear, ReLU, Sequential
 
 KINDS = ("srigl-authors", "state_dict", "wrapped-state-dict")
 MASK_SOURCES = ("pruner", "weight_mask", "zeros")

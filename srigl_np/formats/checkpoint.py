@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import on_device_of, to_numpy
-from .fileio import atomic_write, npz_failure
+from ..backend import on_device_of, to_numpy
+from ..fileio import atomic_write, npz_failure
 
 CHECKPOINT_VERSION = 1
 
@@ -225,7 +225,7 @@ class TrainedModel:
 
     def condense(self, **kwargs):
         """``condensing.condense`` of this model with its masks and input statistics."""
-        from .condensing import condense
+        from ..condensing import condense
 
         return condense(self.model, masks=self.masks, input_stats=self.input_stats, **kwargs)
 
@@ -239,7 +239,7 @@ def load_model(path):
     DynamicSparsity masks come along, so ``load_model(run).condense()`` condenses by the
     masks. Every problem is one ValueError naming the file.
     """
-    from .models import MODEL_NAMES, build
+    from ..models import MODEL_NAMES, build
 
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
         path = os.path.join(path, "checkpoint.npz")
