@@ -39,7 +39,6 @@ import numpy as np
 from .. import models
 from ..layers import Flatten, Linear, ReLU, Sequential
 
-KINDS = ("srigl-authors", "state_dict", "wrapped-state-dict")
 MASK_SOURCES = ("pruner", "weight_mask", "zeros")
 
 # Checkpoint.get_state()'s keys: the Checkpoint dataclass fields without a leading "_".
