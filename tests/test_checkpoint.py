@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from srigl_np.formats.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint, read_meta,
-                                 save_checkpoint)
+from srigl_np.formats.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint,
+                                         read_meta, save_checkpoint)
 from srigl_np.layers import BatchNorm1d, Linear, ReLU, Sequential
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.optim import SGD
@@ -223,15 +223,16 @@ def test_load_refuses_what_is_not_an_npz_file(saved, tmp_path, write, message):
 def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
     import json
 
-    from srigl_np.formats.checkpoint import load_model
+    from srigl_np.condensing import condense_run
     from srigl_np.data import load_dataset
+    from srigl_np.formats.checkpoint import load_model
 
     run = load_model(srigl_run)
     assert run.config["model"] == "mlp" and sorted(run.masks) == ["1.weight", "3.weight",
                                                                  "5.weight"]
     for name, mask in run.masks.items():
         assert not (run.model.named_parameters()[name][~mask]).any()
-    condensed = run.condense()
+    condensed = condense_run(run)
     assert [e["result"] for e in condensed.report] == ["condensed"] * 3
     assert {e["structure"] for e in condensed.report} == {"mask"}
     data = load_dataset("embedded")

@@ -223,12 +223,6 @@ class TrainedModel:
     input_stats: tuple = None
     meta: dict = field(default_factory=dict)
 
-    def condense(self, **kwargs):
-        """``condensing.condense`` of this model with its masks and input statistics."""
-        from ..condensing import condense
-
-        return condense(self.model, masks=self.masks, input_stats=self.input_stats, **kwargs)
-
 
 def load_model(path):
     """The trained model of a run directory or checkpoint file, without an optimizer.
@@ -236,8 +230,8 @@ def load_model(path):
     path: a directory written by ``python -m srigl_np.train`` (its checkpoint.npz) or a
     checkpoint .npz. The model is rebuilt from the saved config (``models.build``), its
     parameters and buffers are checked (names, dtypes, shapes) and copied in, and the
-    DynamicSparsity masks come along, so ``load_model(run).condense()`` condenses by the
-    masks. Every problem is one ValueError naming the file.
+    DynamicSparsity masks come along, so ``condensing.condense_run(load_model(run))``
+    condenses by the masks. Every problem is one ValueError naming the file.
     """
     from ..models import MODEL_NAMES, build
 
