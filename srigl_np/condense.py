@@ -47,9 +47,10 @@ def build_source(path, input_stats=None):
     """(dense Sequential or None, masks, input_stats, notes) for SOURCE ``path``, or a
     ready CondensedModel for a scipy matrix (returned in place of the Sequential)."""
     from . import model_audit
+    from .formats.sniff import source_kind
 
     # The kind only: each source below is read once, by the loader that builds from it.
-    kind = model_audit.source_kind(path)
+    kind = source_kind(path)
     if kind in ("run", "checkpoint"):
         from .formats.checkpoint import load_model
 

@@ -26,13 +26,11 @@ restricted reader.
 
 import dataclasses
 import os
-import zipfile
 
 import numpy as np
 
 from . import dst
-
-SOURCE_KINDS = ("run", "checkpoint", "condensed", "torch", "scipy")
+from .formats.sniff import source_kind
 
 
 @dataclasses.dataclass
@@ -46,38 +44,6 @@ class Source:
     claimed: set
     structure: str
     notes: list
-
-
-def _zip_names(path):
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return set(archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return None
-
-
-def source_kind(path):
-    """Which of SOURCE_KINDS ``path`` is, from its directory entry and zip member names
-    only (nothing is loaded); ValueError, one line, for a missing path or a directory
-    that is no run. Any other file is "torch": the PyTorch reader refuses it with a
-    reason (not a zip, the legacy format, no data.pkl, ...)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "checkpoint.npz")):
-            raise ValueError(f"{path} is a directory without a checkpoint.npz: not a run "
-                             f"directory of python -m srigl_np.train")
-        return "run"
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file or directory")
-    names = _zip_names(path) or set()
-    if {"format_version.npy", "metadata.npy"} <= names:
-        return "condensed"
-    if "meta.npy" in names:
-        return "checkpoint"
-    if {"indptr.npy", "indices.npy", "shape.npy"} <= names or {
-            "row.npy", "col.npy", "shape.npy"} <= names:
-        return "scipy"
-    return "torch"
 
 
 def open_source(path):
