@@ -74,12 +74,11 @@ def build_source(path, input_stats=None):
                              f"srigl_np.audit still audits its layers)")
         return model, masks, input_stats, list(imported.notes) + notes
     if kind == "scipy":
-        import scipy.sparse
-
         from .condensed import CondensedLinear
         from .condensed_model import CondensedModel
+        from .formats.scipy_npz import load_sparse_npz
 
-        layer = CondensedLinear.from_csr(scipy.sparse.load_npz(path))
+        layer = CondensedLinear.from_csr(load_sparse_npz(path))
         return CondensedModel([layer]), {}, None, [model_audit.SCIPY_NOTE]
     raise ValueError(f"{path} is already a condensed model")
 

@@ -20,8 +20,8 @@ sparse layers (name, weight, mask or None) and which of them claim constant fan-
 constant over the active neurons, k, the ablated neurons, zeros inside the mask,
 weights outside it, and every violated invariant (``dst.invariant_violations``, with
 the first offending neuron and its count). Nothing in a file is executed: npz files
-are read with ``allow_pickle=False``, PyTorch files by ``formats.torch_format``'s
-restricted reader.
+are read by ``formats.npz.read_npz`` (no pickles, every member checked before it is
+inflated), PyTorch files by ``formats.torch_format``'s restricted reader.
 """
 
 import dataclasses
@@ -104,11 +104,9 @@ def _condensed_file(path):
 def _scipy_file(path):
     import scipy.sparse
 
-    try:
-        matrix = scipy.sparse.load_npz(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable scipy.sparse .npz ({exc})") from None
-    csr = scipy.sparse.csr_array(matrix)
+    from .formats.scipy_npz import load_sparse_npz
+
+    csr = scipy.sparse.csr_array(load_sparse_npz(path))
     csr.sum_duplicates()
     weight = csr.toarray()
     mask = np.zeros(csr.shape, dtype=bool)
