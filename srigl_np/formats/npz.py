@@ -151,7 +151,9 @@ def _check_header(path, archive, info):
             header = (_HEADER_READERS[version](member, max_header_size=MAX_HEADER_SIZE)
                       if version in _HEADER_READERS else None)
             header_end = member.tell()
-    except _DAMAGED + (ValueError,) as exc:
+    except _DAMAGED as exc:   # a small member is read whole here, CRC check included
+        raise NpzError(path, _damaged(name, exc)) from None
+    except ValueError as exc:   # what numpy says of a header it cannot parse
         raise NpzError(path, f"member {name!r}: {_one_line(exc)}") from None
     if header is None:
         raise NpzError(path, f"member {name!r}: unsupported .npy version {version}")
@@ -173,6 +175,9 @@ def _read_member(path, archive, info):
         with archive.open(info) as member:
             return np.lib.format.read_array(member, allow_pickle=False,
                                             max_header_size=MAX_HEADER_SIZE)
-    except _DAMAGED + (ValueError,) as exc:
-        raise NpzError(path, f"member {info.filename!r} is damaged "
-                             f"({_one_line(exc)})") from None
+    except _DAMAGED + (ValueError,) as exc:   # ValueError: numpy's "EOF: reading array data"
+        raise NpzError(path, _damaged(info.filename, exc)) from None
+
+
+def _damaged(name, exc):
+    return f"member {name!r} is damaged ({_one_line(exc)})"
