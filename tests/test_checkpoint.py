@@ -218,6 +218,32 @@ def test_load_refuses_what_is_not_an_npz_file(saved, tmp_path, write, message):
     assert type(error.value) is ValueError and str(path) in str(error.value)
 
 
+def test_a_member_that_lies_about_its_size_is_refused_before_it_is_read(saved, tmp_path):
+    """Checkpoints are read by formats.npz.read_npz: a member whose .npy header claims
+    4 TiB is refused by its size, before anything is allocated or restored."""
+    import io
+    import zipfile
+
+    good, _ = saved
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (2**40,)})
+    path = tmp_path / "lie.npz"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            lie = info.filename == "param/0.weight.npy"
+            target.writestr(info.filename, header.getvalue() if lie else source.read(info))
+    model, optimizer, sparsity = build(seed=7)
+    before = every_array(model, optimizer, sparsity)
+    with pytest.raises(ValueError, match=r"^cannot read checkpoint .*lie.npz: member "
+                                         r"'param/0.weight.npy': its .npy header declares "
+                                         r"shape \(1099511627776,\) of float32") as error:
+        load_checkpoint(path, model, optimizer, sparsity)
+    assert "\n" not in str(error.value)
+    after = every_array(model, optimizer, sparsity)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
 # --- loading a run for inference ------------------------------------------------------------
 
 def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):

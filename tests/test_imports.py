@@ -176,6 +176,28 @@ def test_the_package_has_no_import_cycles():
                         + "\n".join(describe(cycle, graph) for cycle in cycles))
 
 
+def _reachable(graph, start):
+    seen, stack = set(), [start]
+    while stack:
+        for target in graph.get(stack.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def test_the_formats_wing_reaches_nothing_of_the_condensed_inference():
+    """The file formats sit below inference: a condensed model is read through
+    formats.npz, and no reader (a training checkpoint least of all) pulls in condensing."""
+    graph = import_graph(SOURCE)
+    inference = {"srigl_np.condensing", "srigl_np.condensed", "srigl_np.condensed_model"}
+    formats = sorted(name for name in graph if name.startswith("srigl_np.formats"))
+    assert "srigl_np.formats.npz" in formats and "srigl_np.formats.checkpoint" in formats
+    for name in formats:
+        assert not inference & _reachable(graph, name), name
+    assert "srigl_np.formats.npz" in graph["srigl_np.condensed_model"]
+
+
 # -- the graph builder and the cycle finder on synthetic cases ------------------------------
 
 def _write_package(root, files):
