@@ -4,7 +4,6 @@ file and the member, refused before the lie costs memory."""
 
 import io
 import pickle
-import struct
 import tracemalloc
 import zipfile
 import zlib
@@ -15,47 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from npz_files import deflate, npy, npy_header, write_zip
 from srigl_np.formats.npz import MAX_DEFLATE_RATIO, NpzError, read_npz
 
 DTYPES = ["bool", "uint8", "int16", "<i4", ">i8", "float16", "<f4", ">f8", "complex64",
           "S3", "<U5"]
-
-
-def npy(array):
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def npy_header(shape, dtype="<f4"):
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
-    return buffer.getvalue()
-
-
-def deflate(data):
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)   # raw deflate, as zip holds it
-    return compressor.compress(data) + compressor.flush()
-
-
-def write_zip(path, members):
-    """A zip whose headers declare what ``members`` says, true or not: each member is
-    (name, bytes as stored, method, declared size, crc[, offset of its local header])."""
-    body, central = bytearray(), bytearray()
-    for name, stored, method, size, crc, *offset in members:
-        encoded = name.encode()
-        at = offset[0] if offset else len(body)
-        if not offset:
-            body += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc,
-                                len(stored), size, len(encoded), 0) + encoded + stored
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0,
-                               crc, len(stored), size, len(encoded), 0, 0, 0, 0, 0,
-                               at) + encoded
-    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members),
-                      len(central), len(body), 0)
-    path.write_bytes(bytes(body + central + end))
-    return path
 
 
 def refusal(path, *parts):
