@@ -185,8 +185,11 @@ def test_a_member_failing_its_crc_is_refused(tmp_path):
     refusal(path, "member 'w.npy' is damaged (", "CRC")
 
 
-def test_a_negative_dimension_is_refused(tmp_path):
+def test_a_negative_dimension_or_too_many_are_refused(tmp_path):
     path = tmp_path / "negative.npz"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("w.npy", npy_header((-1, -4)) + bytes(16))
     refusal(path, "member 'w.npy': its .npy header declares shape (-1, -4)")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("w.npy", npy_header((1,) * 3000) + bytes(4))
+    assert len(refusal(path, "declares 3000 dimensions, at most 64")) < 200

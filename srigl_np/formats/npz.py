@@ -85,7 +85,8 @@ def _is_path(path):
 
 
 def _one_line(exc):
-    return " ".join(str(exc).split()) or type(exc).__name__
+    # Bounded: numpy quotes a header it cannot parse, and a header may be 10000 bytes.
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _check_head(path, file):
@@ -160,6 +161,9 @@ def _check_header(path, archive, info):
     shape, _, dtype = header
     if dtype.hasobject:
         raise NpzError(path, f"member {name!r} holds Python objects")
+    if len(shape) > 64:   # NumPy's limit (and a bound on the shape this message shows)
+        raise NpzError(path, f"member {name!r}: its .npy header declares {len(shape)} "
+                             f"dimensions, at most 64 can be read")
     if any(n < 0 for n in shape):
         raise NpzError(path, f"member {name!r}: its .npy header declares shape {shape}, "
                              f"with a negative dimension")
