@@ -40,8 +40,8 @@ import sys
 import numpy as np
 
 from srigl_np import bench, dst
-from srigl_np.checkpoint import load_model
-from srigl_np.condensing import condense
+from srigl_np.condensing import condense, condense_run
+from srigl_np.formats.checkpoint import load_model
 from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
                              MaxPool2d, ReLU)
 from srigl_np.models import MODEL_NAMES, build
@@ -282,7 +282,7 @@ def main(argv=None):
     if source:
         run = load_model(source)
         name, model = run.config["model"], run.model
-        condensed = run.condense()
+        condensed = condense_run(run)
         origin = f"trained {name} from {source} (masks: {len(run.masks)} layers)"
     else:
         name = args.model

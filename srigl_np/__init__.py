@@ -5,9 +5,12 @@ The package layout follows the data flow (the README's tour has one line per mod
                   writes), kernels (each kernel defined once, with its Cython and
                   CUDA overrides: _kernels, cuda)
     training      data -> layers/models -> losses/optim -> dst (masks, updates) ->
-                  sparsity (DynamicSparsity) + audit -> checkpoint -> train
+                  sparsity (DynamicSparsity) + audit -> formats.checkpoint -> train
+    formats       formats/: npz (the one .npz reader) -> checkpoint, scipy_npz;
+                  torch_format (PyTorch files, no PyTorch) -> importing; sniff
     inference     condensed (condensed layers, the stage protocol) -> condensed_model
-                  (CondensedModel, its file format) <- condensing (condense) -> bench
+                  (CondensedModel, its file format) <- condensing (condense,
+                  condense_run) -> bench
 Importing the package imports none of these; CuPy is imported only when a GPU is used.
 """
 

@@ -99,7 +99,7 @@ def kept_dense(run_dir):
     are the layers whose mask holds every weight. {} for a dense run or a directory
     without a checkpoint; ValueError for a checkpoint that cannot be read.
     """
-    from .checkpoint import load_model
+    from .formats.checkpoint import load_model
 
     checkpoint = os.path.join(run_dir, "checkpoint.npz")
     if not os.path.isfile(checkpoint):

@@ -4,7 +4,7 @@ SOURCE is any model ``python -m srigl_np.audit`` reads that maps onto a known
 architecture: a run directory of ``python -m srigl_np.train`` or its checkpoint .npz
 (condensed by its masks, with the run's input statistics, so the result takes raw
 uint8 images), a PyTorch checkpoint or state_dict (the SRigL authors' MNIST network or
-a stack of Linear layers; see ``srigl_np.importing``), or a scipy.sparse .npz (one
+a stack of Linear layers; see ``srigl_np.formats.importing``), or a scipy.sparse .npz (one
 layer). It prints, per layer, whether it was condensed or kept dense and why, and
 writes the condensed model atomically to --out (an existing file only with --force).
 ``--evaluate DATASET`` then reports the condensed model's test accuracy and how often
@@ -44,17 +44,18 @@ def build_source(path, input_stats=None):
     """(dense Sequential or None, masks, input_stats, notes) for SOURCE ``path``, or a
     ready CondensedModel for a scipy matrix (returned in place of the Sequential)."""
     from . import model_audit
+    from .formats.sniff import source_kind
 
     # The kind only: each source below is read once, by the loader that builds from it.
-    kind = model_audit.source_kind(path)
+    kind = source_kind(path)
     if kind in ("run", "checkpoint"):
-        from .checkpoint import load_model
+        from .formats.checkpoint import load_model
 
         run = load_model(path)
         return (run.model, run.masks, input_stats or run.input_stats,
                 [model_audit.run_note(run)])
     if kind == "torch":
-        from .importing import read_torch_checkpoint, to_model
+        from .formats.importing import read_torch_checkpoint, to_model
 
         imported = read_torch_checkpoint(path)
         model, masks, notes = to_model(imported)
@@ -70,12 +71,11 @@ def build_source(path, input_stats=None):
                              f"srigl_np.audit still audits its layers)")
         return model, masks, input_stats, list(imported.notes) + notes
     if kind == "scipy":
-        import scipy.sparse
-
         from .condensed import CondensedLinear
         from .condensed_model import CondensedModel
+        from .formats.scipy_npz import load_sparse_npz
 
-        layer = CondensedLinear.from_csr(scipy.sparse.load_npz(path))
+        layer = CondensedLinear.from_csr(load_sparse_npz(path))
         return CondensedModel([layer]), {}, None, [model_audit.SCIPY_NOTE]
     raise ValueError(f"{path} is already a condensed model")
 

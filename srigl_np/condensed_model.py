@@ -8,7 +8,8 @@ layers that are not constant fan-in, the element-wise steps between layers, and
 follows ``condensed.Stage``: it computes on its input's device, and saves, loads and
 moves through one description of its arrays and settings.
 
-File format (a ``.npz`` written atomically; never unpickled), format_version 1:
+File format (a ``.npz`` written atomically, read by ``formats.npz.read_npz``: never
+unpickled, every member checked before it is inflated), format_version 1:
 
     format_version   int64 scalar, 1
     metadata         str scalar, JSON {"format": "srigl_np.condensed",
@@ -24,14 +25,14 @@ Each stage kind's arrays and settings are its class's ARRAYS, OPTIONAL and SETTI
 """
 
 import json
-import math
 
 import numpy as np
 
 from .backend import array_module, parse_device, select
 from .condensed import (CondensedConv2d, CondensedLinear, Stage, _same_device, conv_geometry,
                         conv_rows, float_input, rows_to_images)
-from .fileio import atomic_write, npz_failure
+from .fileio import atomic_write
+from .formats.npz import NpzError, read_npz
 from .kernels import max_pool2d
 from .layers import MaxPool2d
 from .validation import check_array, positive_int
@@ -361,87 +362,34 @@ def load(path):
     arrays or settings, or holds arrays of the wrong dtype, shape or range is refused
     with a ValueError or TypeError saying what is wrong. The model is on the CPU.
     """
-    import zipfile
-    import zlib
-
-    broken = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
     try:
-        _check_members(path)
-    except broken + (ValueError,) as exc:
-        raise ValueError(f"{path!s} is not a readable .npz file: {npz_failure(exc)}") from exc
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except broken + (ValueError,) as exc:
-        raise ValueError(f"{path!s} is not a readable .npz file: {npz_failure(exc)}") from exc
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path!s} is not a .npz archive")
-    try:
-        return _load_archive(path, archive)
-    except broken as exc:   # a member that fails its CRC or inflates wrongly when read
-        raise ValueError(f"{path!s} is not a readable .npz file: {npz_failure(exc)}") from exc
+        arrays = read_npz(path)
+    except NpzError as exc:
+        raise ValueError(f"{path!s} is not a readable .npz file: {exc.reason}") from exc
+    return _load_archive(path, arrays)
 
 
-# Deflate cannot compress by more than about 1032:1; a member claiming more is a lie.
-MAX_DEFLATE_RATIO = 1100
-
-
-def _check_members(path):
-    """Refuse, before anything is inflated or allocated, an archive whose members are not
-    .npy arrays, whose npy headers declare a size other than the member's zip header
-    size, or whose zip header sizes are more than its compressed bytes could hold."""
-    import zipfile
-
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                raise ValueError(f"member {info.filename!r} is not a .npy array")
-            limit = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
-                     else info.compress_size * MAX_DEFLATE_RATIO + 1024)
-            if info.file_size > limit:
-                raise ValueError(f"member {info.filename!r} declares {info.file_size} bytes, "
-                                 f"more than its {info.compress_size} stored bytes can hold")
-            with zf.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                readers = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}
-                if version not in readers:
-                    raise ValueError(f"member {info.filename!r}: unsupported .npy version "
-                                     f"{version}")
-                shape, _, dtype = readers[version](member, max_header_size=10000)
-                header_end = member.tell()
-            if dtype.hasobject:
-                raise ValueError(f"member {info.filename!r} holds Python objects")
-            data = math.prod(shape) * dtype.itemsize
-            if header_end + data != info.file_size:
-                raise ValueError(f"member {info.filename!r}: its .npy header declares shape "
-                                 f"{shape} of {dtype} ({data} bytes), but the member holds "
-                                 f"{info.file_size - header_end}")
-    if hasattr(path, "seek"):
-        path.seek(0)
-
-
-def _load_archive(path, archive):
-    with archive:
-        keys = set(archive.files)
-        for key in ("format_version", "metadata"):
-            if key not in keys:
-                raise ValueError(f"{path!s} lacks '{key}': not a condensed model file")
-        version = archive["format_version"]
-        if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
-            raise ValueError(f"format_version must be {FORMAT_VERSION}, got {version!r}")
-        metadata = _parse_metadata(archive["metadata"])
-        stages, used = [], {"format_version", "metadata"}
-        for i, meta in enumerate(metadata["stages"]):
-            stage, stage_keys = _load_stage(i, meta, archive, keys)
-            stages.append(stage)
-            used |= stage_keys
-        if keys - used:
-            raise ValueError(f"unexpected arrays in {path!s}: {sorted(keys - used)}")
+def _load_archive(path, arrays):
+    keys = set(arrays)
+    for key in ("format_version", "metadata"):
+        if key not in keys:
+            raise ValueError(f"{path!s} lacks '{key}': not a condensed model file")
+    version = arrays["format_version"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+        raise ValueError(f"format_version must be {FORMAT_VERSION}, got {version!r}")
+    metadata = _parse_metadata(arrays["metadata"])
+    stages, used = [], {"format_version", "metadata"}
+    for i, meta in enumerate(metadata["stages"]):
+        stage, stage_keys = _load_stage(i, meta, arrays, keys)
+        stages.append(stage)
+        used |= stage_keys
+    if keys - used:
+        raise ValueError(f"unexpected arrays in {path!s}: {sorted(keys - used)}")
     return CondensedModel(stages, input_stats=metadata.get("input_stats"),
                           n_classes=metadata.get("n_classes"))
 
 
-def _load_stage(i, meta, archive, keys):
+def _load_stage(i, meta, arrays, keys):
     """Stage ``i`` rebuilt from its metadata entry and arrays, and the keys it used."""
     stage_type = STAGE_TYPES.get(meta.get("type") if isinstance(meta, dict) else None)
     if stage_type is None:
@@ -450,7 +398,7 @@ def _load_stage(i, meta, archive, keys):
     for name in stage_type.ARRAYS + stage_type.OPTIONAL:
         key = f"stage{i}.{name}"
         if key in keys:
-            fields[name] = archive[key]
+            fields[name] = arrays[key]
             used.add(key)
         elif name in stage_type.ARRAYS:
             raise ValueError(f"stage {i} ({stage_type.kind}) lacks array '{key}'")

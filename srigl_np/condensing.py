@@ -247,3 +247,10 @@ def condense(model, *, masks=None, index_dtype=None, input_stats=None, warn=True
     condensed = CondensedModel(stages, input_stats=input_stats, n_classes=n_classes)
     condensed.report = report
     return condensed
+
+
+def condense_run(run, **kwargs):
+    """``condense`` of a trained run (a ``formats.checkpoint.TrainedModel``, what
+    ``load_model`` returns): its model, by its masks, with its input statistics, so the
+    result takes raw uint8 images. ``kwargs``: the other arguments of ``condense``."""
+    return condense(run.model, masks=run.masks, input_stats=run.input_stats, **kwargs)

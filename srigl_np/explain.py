@@ -90,7 +90,7 @@ def random_layer(shape, sparsity, ablated_before, rng):
 def checkpoint_layer(run_dir, name, *, gradient, images, seed):
     """(weight, mask, grad, run, layer sparsity, is_output, gradient note) of layer ``name``
     of a run, the gradient from one backward pass (or seeded random)."""
-    from .checkpoint import load_model
+    from .formats.checkpoint import load_model
     from .sparsity import sparse_parameter_names
 
     run = load_model(run_dir)

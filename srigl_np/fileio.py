@@ -63,12 +63,3 @@ def write_json(path, obj):
 
 def write_jsonl(path, records):
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
-
-
-def npz_failure(exc):
-    """Why np.load(..., allow_pickle=False) refused a file, in our words: NumPy's own
-    message for a pickle suggests loading it with allow_pickle, which srigl_np never does."""
-    text = str(exc)
-    if "pickle" in text:
-        return "it is neither a zip of .npy arrays nor one .npy array; srigl_np never unpickles"
-    return text or type(exc).__name__

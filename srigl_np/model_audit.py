@@ -9,9 +9,10 @@ sparse layers (name, weight, mask or None) and which of them claim constant fan-
                 claims constant fan-in for every masked layer
     condensed   a condensed model file (``CondensedModel.save``): every condensed layer
                 claims constant fan-in by construction; its stored entries are the mask
-    torch       a PyTorch checkpoint or state_dict (``importing.read_torch_checkpoint``):
-                masks from the SRigL authors' pruner state, prune's weight_mask pairs,
-                or ``weight != 0``; the authors' constant fan-in scheduler claims it
+    torch       a PyTorch checkpoint or state_dict
+                (``formats.importing.read_torch_checkpoint``): masks from the SRigL
+                authors' pruner state, prune's weight_mask pairs, or ``weight != 0``;
+                the authors' constant fan-in scheduler claims it
     scipy       a scipy.sparse matrix saved with ``scipy.sparse.save_npz``: its stored
                 entries are the mask (explicit zeros count); no claim
 
@@ -19,19 +20,17 @@ sparse layers (name, weight, mask or None) and which of them claim constant fan-
 constant over the active neurons, k, the ablated neurons, zeros inside the mask,
 weights outside it, and every violated invariant (``dst.invariant_violations``, with
 the first offending neuron and its count). Nothing in a file is executed: npz files
-are read with ``allow_pickle=False``, PyTorch files by ``torch_format``'s restricted
-reader.
+are read by ``formats.npz.read_npz`` (no pickles, every member checked before it is
+inflated), PyTorch files by ``formats.torch_format``'s restricted reader.
 """
 
 import dataclasses
 import os
-import zipfile
 
 import numpy as np
 
 from . import dst
-
-SOURCE_KINDS = ("run", "checkpoint", "condensed", "torch", "scipy")
+from .formats.sniff import source_kind
 
 
 @dataclasses.dataclass
@@ -45,38 +44,6 @@ class Source:
     claimed: set
     structure: str
     notes: list
-
-
-def _zip_names(path):
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return set(archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return None
-
-
-def source_kind(path):
-    """Which of SOURCE_KINDS ``path`` is, from its directory entry and zip member names
-    only (nothing is loaded); ValueError, one line, for a missing path or a directory
-    that is no run. Any other file is "torch": the PyTorch reader refuses it with a
-    reason (not a zip, the legacy format, no data.pkl, ...)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "checkpoint.npz")):
-            raise ValueError(f"{path} is a directory without a checkpoint.npz: not a run "
-                             f"directory of python -m srigl_np.train")
-        return "run"
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file or directory")
-    names = _zip_names(path) or set()
-    if {"format_version.npy", "metadata.npy"} <= names:
-        return "condensed"
-    if "meta.npy" in names:
-        return "checkpoint"
-    if {"indptr.npy", "indices.npy", "shape.npy"} <= names or {
-            "row.npy", "col.npy", "shape.npy"} <= names:
-        return "scipy"
-    return "torch"
 
 
 def open_source(path):
@@ -93,7 +60,7 @@ def open_source(path):
 
 
 def _our_checkpoint(path):
-    from .checkpoint import load_model
+    from .formats.checkpoint import load_model
 
     run = load_model(path)
     claims = run.config.get("method") == "srigl"
@@ -137,11 +104,9 @@ def _condensed_file(path):
 def _scipy_file(path):
     import scipy.sparse
 
-    try:
-        matrix = scipy.sparse.load_npz(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: not a readable scipy.sparse .npz ({exc})") from None
-    csr = scipy.sparse.csr_array(matrix)
+    from .formats.scipy_npz import load_sparse_npz
+
+    csr = scipy.sparse.csr_array(load_sparse_npz(path))
     csr.sum_duplicates()
     weight = csr.toarray()
     mask = np.zeros(csr.shape, dtype=bool)
@@ -151,7 +116,7 @@ def _scipy_file(path):
 
 
 def _torch_file(path):
-    from .importing import read_torch_checkpoint
+    from .formats.importing import read_torch_checkpoint
 
     imported = read_torch_checkpoint(path)
     # The authors' constant fan-in scheduler (SRigL) is RigLConstFanScheduler.

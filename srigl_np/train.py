@@ -61,10 +61,10 @@ from threadpoolctl import threadpool_limits
 
 from . import data as data_module
 from .backend import on_device_of, parse_device, select
-from .checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
 from .cli import command, create_parser, format_table, fraction, integer, number
 from .dst import InvariantError
 from .fileio import write_json, write_jsonl
+from .formats.checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
 from .losses import softmax_cross_entropy
 from .models import MODEL_NAMES, build
 from .optim import SGD, AdamW, CosineSchedule, StepSchedule

@@ -1,4 +1,4 @@
-"""The training checkpoint format (srigl_np.checkpoint): a round trip restores every
+"""The training checkpoint format (srigl_np.formats.checkpoint): a round trip restores every
 array, and every malformed file is refused with one ValueError naming what is wrong,
 before anything is overwritten."""
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from srigl_np.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint, read_meta,
-                                 save_checkpoint)
+from srigl_np.formats.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint,
+                                         read_meta, save_checkpoint)
 from srigl_np.layers import BatchNorm1d, Linear, ReLU, Sequential
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.optim import SGD
@@ -218,20 +218,45 @@ def test_load_refuses_what_is_not_an_npz_file(saved, tmp_path, write, message):
     assert type(error.value) is ValueError and str(path) in str(error.value)
 
 
+def test_a_member_that_lies_about_its_size_is_refused_before_it_is_read(saved, tmp_path):
+    """Checkpoints are read by formats.npz.read_npz: a member whose .npy header claims
+    4 TiB is refused by its size, before anything is allocated or restored."""
+    import zipfile
+
+    from npz_files import npy_header
+
+    good, _ = saved
+    path = tmp_path / "lie.npz"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            lie = info.filename == "param/0.weight.npy"
+            target.writestr(info.filename, npy_header((2**40,)) if lie else source.read(info))
+    model, optimizer, sparsity = build(seed=7)
+    before = every_array(model, optimizer, sparsity)
+    with pytest.raises(ValueError, match=r"^cannot read checkpoint .*lie.npz: member "
+                                         r"'param/0.weight.npy': its .npy header declares "
+                                         r"shape \(1099511627776,\) of float32") as error:
+        load_checkpoint(path, model, optimizer, sparsity)
+    assert "\n" not in str(error.value)
+    after = every_array(model, optimizer, sparsity)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
 # --- loading a run for inference ------------------------------------------------------------
 
 def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
     import json
 
-    from srigl_np.checkpoint import load_model
+    from srigl_np.condensing import condense_run
     from srigl_np.data import load_dataset
+    from srigl_np.formats.checkpoint import load_model
 
     run = load_model(srigl_run)
     assert run.config["model"] == "mlp" and sorted(run.masks) == ["1.weight", "3.weight",
                                                                  "5.weight"]
     for name, mask in run.masks.items():
         assert not (run.model.named_parameters()[name][~mask]).any()
-    condensed = run.condense()
+    condensed = condense_run(run)
     assert [e["result"] for e in condensed.report] == ["condensed"] * 3
     assert {e["structure"] for e in condensed.report} == {"mask"}
     data = load_dataset("embedded")
@@ -242,7 +267,7 @@ def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
 
 
 def test_load_model_falls_back_to_metrics_json_for_older_checkpoints(srigl_run, tmp_path):
-    from srigl_np.checkpoint import load_model
+    from srigl_np.formats.checkpoint import load_model
 
     arrays = dict(np.load(srigl_run / "checkpoint.npz"))
     meta = json.loads(str(arrays["meta"]))
@@ -263,7 +288,7 @@ def test_load_model_falls_back_to_metrics_json_for_older_checkpoints(srigl_run, 
     (lambda a, m: a.update({"dst/mask/9.weight": np.ones(3, bool)}), "must be a bool mask"),
 ])
 def test_load_model_refuses_bad_checkpoints(srigl_run, tmp_path, edit, match):
-    from srigl_np.checkpoint import load_model
+    from srigl_np.formats.checkpoint import load_model
 
     arrays = dict(np.load(srigl_run / "checkpoint.npz"))
     meta = json.loads(str(arrays["meta"]))

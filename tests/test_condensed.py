@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse
 from hypothesis import given
 
+from npz_files import npy_header
 from srigl_np.condensed import CondensedConv2d, CondensedLinear
 from srigl_np.condensed_model import CondensedModel, Scatter, load
 from srigl_np.condensing import condense
@@ -508,14 +509,6 @@ def test_a_condensed_layer_reads_like_a_scipy_matrix():
 
 # --- issue 13: bad model files and conv geometry ----------------------------------------
 
-def _npy_header(shape, dtype="<f4"):
-    import io
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": dtype, "fortran_order": False, "shape": shape})
-    return buf.getvalue()
-
-
 def test_load_refuses_crafted_bad_files_with_value_error(tmp_path):
     import zipfile
     from srigl_np import condensed_model
@@ -528,10 +521,10 @@ def test_load_refuses_crafted_bad_files_with_value_error(tmp_path):
         zf.writestr("format_version.txt", b"1")
     huge = tmp_path / "huge.npz"
     with zipfile.ZipFile(huge, "w") as zf:
-        zf.writestr("format_version.npy", _npy_header((2**40, 2**20)))
+        zf.writestr("format_version.npy", npy_header((2**40, 2**20)))
     inflated = tmp_path / "inflated.npz"   # member larger than its npy header declares
     with zipfile.ZipFile(inflated, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("format_version.npy", _npy_header((1,)) + bytes(1 << 24))
+        zf.writestr("format_version.npy", npy_header((1,)) + bytes(1 << 24))
     for path, message in [(truncated, "is not a readable .npz file"),
                           (not_npy, "member 'format_version.txt' is not a .npy array"),
                           (huge, "declares shape (1099511627776, 1048576)"),
@@ -547,7 +540,7 @@ def test_load_refuses_a_member_whose_zip_header_size_is_a_lie(tmp_path):
     from srigl_np import condensed_model
     path = tmp_path / "lie.npz"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("format_version.npy", _npy_header((1,)) + bytes(4))
+        zf.writestr("format_version.npy", npy_header((1,)) + bytes(4))
     raw = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
         size = zf.infolist()[0].file_size

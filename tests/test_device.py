@@ -321,7 +321,7 @@ def test_one_epoch_of_training_on_the_device(device, tmp_path):
 
 
 def test_model_checkpoint_round_trip_between_devices(device, tmp_path):
-    from srigl_np.checkpoint import load_checkpoint, save_checkpoint
+    from srigl_np.formats.checkpoint import load_checkpoint, save_checkpoint
     from srigl_np.sparsity import DynamicSparsity
     name, _ = device
 

@@ -374,7 +374,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_checkpoint_explains_a_layer_of_the_run(capsys, run_dir):
-    from srigl_np.checkpoint import load_model
+    from srigl_np.formats.checkpoint import load_model
 
     out = _explain(capsys, "--checkpoint", str(run_dir), "--layer", "3.weight",
                    "--max-rows", "4")

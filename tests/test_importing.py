@@ -1,4 +1,4 @@
-"""Importing PyTorch checkpoints (srigl_np.importing): the SRigL authors' training
+"""Importing PyTorch checkpoints (srigl_np.formats.importing): the SRigL authors' training
 checkpoint, bare state_dicts, prune pairs and DDP prefixes map onto our models with
 their masks, and every malformed layout is one ValueError naming what is wrong.
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from srigl_np import models
-from srigl_np.importing import (MNIST_NET, ZEROS_NOTE, ImportedCheckpoint,
-                                read_torch_checkpoint, to_model)
+from srigl_np.formats.importing import (MNIST_NET, ZEROS_NOTE, ImportedCheckpoint,
+                                        read_torch_checkpoint, to_model)
 from srigl_np.layers import Flatten, Linear, ReLU
 from strategies import fan_in_mask
 from torch_files import Call, Global, NewObj, write_torch_zip

@@ -164,7 +164,7 @@ def test_the_graph_of_the_package_is_read():
     """Guards the cycle test against passing on an empty or misread graph."""
     graph = import_graph(SOURCE)
     assert {"srigl_np", "srigl_np.train", "srigl_np.layers", "srigl_np._kernels"} <= set(graph)
-    assert "srigl_np.checkpoint" in graph["srigl_np.train"]           # from .checkpoint import
+    assert "srigl_np.formats.checkpoint" in graph["srigl_np.train"]   # from .formats.checkpoint
     assert "srigl_np.backend" in graph["srigl_np.layers"]
     assert "srigl_np.kernels" in graph["srigl_np"]                    # inside a function
 
@@ -174,6 +174,28 @@ def test_the_package_has_no_import_cycles():
     cycles = find_cycles(graph)
     assert not cycles, ("import cycles in srigl_np (push the shared code down a module):\n"
                         + "\n".join(describe(cycle, graph) for cycle in cycles))
+
+
+def _reachable(graph, start):
+    seen, stack = set(), [start]
+    while stack:
+        for target in graph.get(stack.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                stack.append(target)
+    return seen
+
+
+def test_the_formats_wing_reaches_nothing_of_the_condensed_inference():
+    """The file formats sit below inference: a condensed model is read through
+    formats.npz, and no reader (a training checkpoint least of all) pulls in condensing."""
+    graph = import_graph(SOURCE)
+    inference = {"srigl_np.condensing", "srigl_np.condensed", "srigl_np.condensed_model"}
+    formats = sorted(name for name in graph if name.startswith("srigl_np.formats"))
+    assert "srigl_np.formats.npz" in formats and "srigl_np.formats.checkpoint" in formats
+    for name in formats:
+        assert not inference & _reachable(graph, name), name
+    assert "srigl_np.formats.npz" in graph["srigl_np.condensed_model"]
 
 
 # -- the graph builder and the cycle finder on synthetic cases ------------------------------

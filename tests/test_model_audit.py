@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse
 
 from srigl_np import audit, condense as condense_cli, model_audit
-from srigl_np.checkpoint import load_model
+from srigl_np.condensing import condense_run
+from srigl_np.formats.checkpoint import load_model
 from strategies import fan_in_weight
 
 
@@ -68,7 +69,7 @@ def test_weights_outside_the_mask_are_counted(srigl_run, tmp_path, capsys):
 
 def test_a_condensed_file_audits_clean(srigl_run, tmp_path, capsys):
     path = tmp_path / "condensed.npz"
-    load_model(srigl_run).condense().save(path)
+    condense_run(load_model(srigl_run)).save(path)
     status, out, _ = _audit(capsys, path, "--json")
     report = json.loads(out)
     assert status == 0 and report["kind"] == "condensed"
@@ -170,7 +171,7 @@ def _authors_file(tmp_path, zeros_in_masks=True):
 
 def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, capsys):
     from srigl_np.condensed_model import load
-    from srigl_np.importing import read_torch_checkpoint, to_model
+    from srigl_np.formats.importing import read_torch_checkpoint, to_model
 
     path, masks, _ = _authors_file(tmp_path)
     status, out, _ = _audit(capsys, path, "--json")
@@ -195,8 +196,8 @@ def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, 
 
 def test_an_authors_checkpoint_saved_by_torch_predicts_like_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from srigl_np.importing import read_torch_checkpoint, to_model
     from srigl_np.condensing import condense
+    from srigl_np.formats.importing import read_torch_checkpoint, to_model
     from test_importing import (authors_checkpoint, mnist_masks, pruner_state,
                                 trained_sparse_mnist_net)
 
@@ -226,7 +227,7 @@ def test_a_dense_run_condenses_by_all_true_masks_and_has_no_sparse_layer(tmp_pat
     run = load_model(out)
     run.model.layers[3].params["weight"][0, :5] = 0.0     # exact zeros in a dense layer
     assert sorted(run.masks) == ["1.weight", "3.weight", "5.weight"]
-    condensed = run.condense()
+    condensed = condense_run(run)
     assert [(e["result"], e["k"]) for e in condensed.report] == [
         ("condensed", 784), ("condensed", 300), ("condensed", 100)]
     status, text, _ = _audit(capsys, out)

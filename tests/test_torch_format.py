@@ -1,4 +1,4 @@
-"""Tests for srigl_np/torch_format.py: reading torch checkpoints without torch, safely.
+"""Tests for srigl_np/formats/torch_format.py: reading torch checkpoints without torch, safely.
 
 Without torch (as in CI) files come from tests/torch_files.py, which writes torch's zip
 layout itself: round trips for every dtype, shape, layout, byte order, protocol and top
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import torch_files as tw
-from srigl_np.torch_format import Placeholder, TorchFormatError, is_placeholder, load
+from srigl_np.formats.torch_format import Placeholder, TorchFormatError, is_placeholder, load
 from torch_files import Call, Global, NewObj, Parameter, PersistentId, Storage, Tensor
 
 DTYPES = ["float32", "float64", "float16", "bool", "uint8", "int8", "int16", "int32",
@@ -909,7 +909,7 @@ def test_loading_needs_no_torch(tmp_path):
     import subprocess
     path = tw.write_torch_zip(tmp_path / "w.pt", {"w": np.arange(3.0)})
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from srigl_np.torch_format import load\n"
+            "from srigl_np.formats.torch_format import load\n"
             f"assert load({str(path)!r})['w'].tolist() == [0.0, 1.0, 2.0]\n"
             "assert sys.modules['torch'] is None")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

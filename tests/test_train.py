@@ -14,7 +14,7 @@ import pytest
 from srigl_np import data as data_module
 from srigl_np import dst
 from srigl_np import train as train_module
-from srigl_np.checkpoint import read_meta
+from srigl_np.formats.checkpoint import read_meta
 from train_cli import ERROR, StopAfterFirstEpoch, run_main, stop_after_first_epoch
 
 

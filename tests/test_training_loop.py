@@ -24,7 +24,7 @@ import pytest
 
 from srigl_np import dst, erk_table
 from srigl_np import train as train_module
-from srigl_np.checkpoint import load_checkpoint, read_meta, save_checkpoint
+from srigl_np.formats.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from srigl_np.layers import Linear, ReLU, Sequential
 from srigl_np.losses import softmax_cross_entropy
 from srigl_np.optim import SGD

@@ -36,10 +36,9 @@ import os
 
 import numpy as np
 
-from . import models
-from .layers import Flatten, Linear, ReLU, Sequential
+from .. import models
+from ..layers import Flatten, Linear, ReLU, Sequential
 
-KINDS = ("srigl-authors", "state_dict", "wrapped-state-dict")
 MASK_SOURCES = ("pruner", "weight_mask", "zeros")
 
 # Checkpoint.get_state()'s keys: the Checkpoint dataclass fields without a leading "_".

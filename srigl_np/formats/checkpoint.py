@@ -1,6 +1,6 @@
 """The training checkpoint format.
 
-A checkpoint is one ``.npz`` (no pickles) holding
+A checkpoint is one ``.npz`` (no pickles; read by ``npz.read_npz``) holding
 
     meta                     JSON string: format version, epoch, step, config, history,
                              the data used ("data": its name, source, train/test counts,
@@ -21,13 +21,13 @@ existing arrays on theirs, so a GPU run's checkpoint resumes on the GPU or the C
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import on_device_of, to_numpy
-from .fileio import atomic_write, npz_failure
+from ..backend import on_device_of, to_numpy
+from ..fileio import atomic_write
+from .npz import NpzError, read_npz
 
 CHECKPOINT_VERSION = 1
 
@@ -106,21 +106,10 @@ def _read_arrays(path):
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         why = "a directory" if os.path.isdir(path) else "missing"
         raise ValueError(f"checkpoint {path} is not a file ({why})")
-    unreadable = (OSError, ValueError, EOFError, zipfile.BadZipFile)
     try:
-        data = np.load(path, allow_pickle=False)
-    except unreadable as exc:
-        raise ValueError(f"cannot read checkpoint {path}: not an .npz archive "
-                         f"({npz_failure(exc)})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"cannot read checkpoint {path}: it holds one .npy array, "
-                         f"not an .npz archive")
-    with data:
-        try:
-            return {k: data[k] for k in data.files}
-        except unreadable as exc:
-            raise ValueError(f"cannot read checkpoint {path}: a damaged .npz archive "
-                             f"({exc})") from None
+        return read_npz(path)
+    except NpzError as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc.reason}") from None
 
 
 def _read_meta(path, arrays):
@@ -223,12 +212,6 @@ class TrainedModel:
     input_stats: tuple = None
     meta: dict = field(default_factory=dict)
 
-    def condense(self, **kwargs):
-        """``condensing.condense`` of this model with its masks and input statistics."""
-        from .condensing import condense
-
-        return condense(self.model, masks=self.masks, input_stats=self.input_stats, **kwargs)
-
 
 def load_model(path):
     """The trained model of a run directory or checkpoint file, without an optimizer.
@@ -236,10 +219,10 @@ def load_model(path):
     path: a directory written by ``python -m srigl_np.train`` (its checkpoint.npz) or a
     checkpoint .npz. The model is rebuilt from the saved config (``models.build``), its
     parameters and buffers are checked (names, dtypes, shapes) and copied in, and the
-    DynamicSparsity masks come along, so ``load_model(run).condense()`` condenses by the
-    masks. Every problem is one ValueError naming the file.
+    DynamicSparsity masks come along, so ``condensing.condense_run(load_model(run))``
+    condenses by the masks. Every problem is one ValueError naming the file.
     """
-    from .models import MODEL_NAMES, build
+    from ..models import MODEL_NAMES, build
 
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
         path = os.path.join(path, "checkpoint.npz")

@@ -1,0 +1,17 @@
+"""The file formats wing: every file srigl_np reads is untrusted, and read here.
+
+    npz            the one .npz reader (``read_npz``) and its safety model: no pickles,
+                   each member's .npy header checked against its zip entry, inflation
+                   bounded, before anything is read
+    checkpoint     the training checkpoint format, and ``load_model`` (a run for inference)
+    scipy_npz      scipy.sparse ``save_npz`` files, read through ``read_npz``
+    torch_format   PyTorch checkpoint files read without PyTorch; its parts: torch_archive
+                   (the container), torch_pickle (the restricted unpickler), torch_records
+                   (what the pickle builds), torch_tensors (the tensor finaliser)
+    importing      PyTorch checkpoints mapped onto srigl_np models and masks
+    sniff          which kind of model a path holds, from its zip member names
+
+The wing imports the network pieces (``models``, ``layers``) and the foundations, never
+the condensed inference (``condensed_model`` reads its files through ``npz``;
+tests/test_imports.py pins it). Importing the wing imports none of its modules.
+"""
