@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from fake_cupy import device  # noqa: F401  (a fixture)
 from srigl_np import backend, dst, explain, testing
 from srigl_np import train as train_module
+from strategies import any_mask_layers, sample_values
 
 FIELDS = ("mask", "weight", "pruned", "grown", "regrown", "ablated")
 
@@ -25,14 +26,10 @@ FIELDS = ("mask", "weight", "pruned", "grown", "regrown", "ablated")
 @st.composite
 def unstructured_inputs(draw):
     """UpdateInputs on any mask (a RigL checkpoint's, say): neurons over k get capped."""
-    n, fan = draw(st.integers(1, 6)), draw(st.integers(1, 8))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    mask = rng.random((n, fan)) < draw(st.floats(0.05, 1.0))
-    if draw(st.booleans()):   # ties and exact zeros
-        weight, grad = (rng.integers(-2, 3, (n, fan)).astype(np.float64) for _ in range(2))
-    else:
-        weight, grad = rng.standard_normal((n, fan)), rng.standard_normal((n, fan))
-    return testing.UpdateInputs(weight * mask, mask, grad, draw(st.floats(0.0, 1.0)),
+    layer = draw(any_mask_layers(shapes=testing.linear_shapes, dtypes=st.just(np.float64)))
+    grad = sample_values(np.random.default_rng(layer.seed + 1), layer.weight.shape,
+                         layer.ties, np.float64)
+    return testing.UpdateInputs(layer.weight, layer.mask, grad, draw(st.floats(0.0, 1.0)),
                                 draw(st.floats(0.0, 0.95)), draw(st.floats(0.0, 1.0)),
                                 draw(st.booleans()))
 
