@@ -9,9 +9,9 @@ SRigL's constant fan-in k = ``dst.fan_in_after_ablation(shape, s, 0)`` and the k
 weights SRigL actually holds (k·n <= B: the floor of B/n leaves the remainder unused),
 whether ERK keeps the layer dense, and the same figures by the authors' rule.
 
-The authors' rule is re-derived here in NumPy from their code (calgaryml/
-condensed-sparsity at commit 3052bb8, read, not copied), in ``authors_erk_sparsities``,
-``authors_fan_in`` and ``authors_unstructured_nnz``; each names the lines it follows.
+The authors' rule is ``srigl_np.dst.authors`` (their code, calgaryml/condensed-sparsity
+at commit 3052bb8, read, not copied): ``erk_sparsities``, ``budget``, ``fan_in`` and
+``unstructured_nnz``, each naming the lines it follows.
 docs/erk_allocation.md holds the table this prints and classifies every difference.
 """
 
@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from . import dst
+from .dst import authors
 from .layers import Conv2d
 from .models import MODEL_NAMES, build
 from .sparsity import sparse_parameter_names
@@ -42,72 +43,6 @@ def sparse_layers(model_name):
     return layers
 
 
-# -- the authors' rule ------------------------------------------------------------------
-
-def authors_erk_sparsities(shapes, dense_allocation, power_scale=1.0, dense_layers=()):
-    """The authors' ERK rule as read from src/rigl_torch/rigl_scheduler.py, lines 438-513
-    (``RigLScheduler._erk_sparsity_dist``), commit 3052bb8. Returns a list of floats.
-
-    shapes: the weight shapes (out, in[, kh, kw]) in layer order; ``dense_allocation``:
-    their density 1 - sparsity, as their config writes it (0.1 for 90%);
-    ``dense_layers``: indices kept dense from the start (their ``ignore_linear_layers``
-    and ``keep_first_layer_dense``, lines 454-462; both off in their configs).
-
-    Their rule, as it differs from ``dst.erk_sparsities``:
-    * each layer's weights are rounded before eps is solved (lines 471-482): a sparse
-      layer contributes N - int(N*(1 - d)) to the right-hand side, a dense one takes
-      int(N*(1 - d)) off it, where dst uses the real-valued budget d*sum(N) - sum(N_dense);
-    * while eps * max(raw) > 1, only the first layer (lowest index) with the largest raw
-      density is made dense before eps is re-solved (lines 492-500, the ``break``); dst
-      makes all the tied ones dense at once. The result is the same: eps only grows as
-      layers are made dense, so a tied layer left sparse would be made dense next pass.
-    raw = (sum(shape) / prod(shape)) ** power_scale includes a conv's kernel dimensions
-    (lines 483-486), as dst's does. Like theirs, this fails (ValueError here) if every
-    layer would end dense.
-    """
-    shapes = [tuple(int(d) for d in s) for s in shapes]
-    sizes = [math.prod(s) for s in shapes]
-    raw = [(sum(s) / math.prod(s)) ** power_scale for s in shapes]
-    # int() of the float product, as their n_zeros = int(n_params * (1 - dense_allocation)).
-    zeros = [int(n * (1 - dense_allocation)) for n in sizes]
-    dense = set(dense_layers)
-    while True:
-        sparse = [i for i in range(len(shapes)) if i not in dense]
-        if not sparse:
-            raise ValueError("every layer would be dense (the authors' code fails here too)")
-        rhs = sum(sizes[i] - zeros[i] for i in sparse) - sum(zeros[i] for i in dense)
-        # Summed in layer order, as their loop does, so eps agrees to the last bit.
-        divisor = 0.0
-        for i in sparse:
-            divisor += raw[i] * sizes[i]
-        eps = rhs / divisor
-        top = max(raw[i] for i in sparse)
-        if top * eps <= 1:
-            break
-        dense.add(next(i for i in sparse if raw[i] == top))
-    return [0.0 if i in dense else 1.0 - eps * raw[i] for i in range(len(shapes))]
-
-
-def authors_fan_in(shape, sparsity, n_ablated=0):
-    """The authors' constant fan-in as read from src/rigl_torch/utils/rigl_utils.py, lines
-    305-321 (``get_fan_in_after_ablation``): int(N*(1 - s)) // (n - n_ablated), and a
-    ValueError where that is 0 (dst floors it at 1 instead: docs/tutorial.md, "Where
-    srigl_np departs")."""
-    remaining = int(math.prod(shape) * (1 - sparsity))
-    fan_in = remaining // (shape[0] - n_ablated)
-    if fan_in == 0:
-        raise ValueError("fan-in after ablation is 0 (the authors' code raises here)")
-    return fan_in
-
-
-def authors_unstructured_nnz(shape, sparsity):
-    """The nnz of the authors' initial unstructured mask as read from
-    src/rigl_torch/rigl_scheduler.py, lines 579-586 (``random_sparsify``): int(s*N) of the
-    N weights are zeroed, so N - int(s*N) stay (dst's random_mask keeps floor(N*(1 - s)))."""
-    n = math.prod(shape)
-    return n - int(sparsity * n)
-
-
 # -- the table --------------------------------------------------------------------------
 
 def layer_rows(model_name, sparsity):
@@ -120,18 +55,18 @@ def layer_rows(model_name, sparsity):
     layers = sparse_layers(model_name)
     shapes = [shape for _, _, shape in layers]
     ours = dst.erk_sparsities(shapes, sparsity)
-    theirs = authors_erk_sparsities(shapes, round(1.0 - sparsity, 12))
+    theirs = authors.erk_sparsities(shapes, round(1.0 - sparsity, 12))
     rows = []
     for (name, kind, shape), s, a in zip(layers, ours, theirs):
         n, size = shape[0], math.prod(shape)
         fan_in = dst.fan_in_after_ablation(shape, s, 0)
-        a_fan_in = authors_fan_in(shape, a) if a > 0 else size // n
+        a_fan_in = authors.fan_in(shape, a) if a > 0 else size // n
         rows.append({
             "layer": name, "kind": kind, "shape": shape, "weights": size, "sparsity": s,
             "budget": dst.layer_budget(shape, s), "fan_in": fan_in,
             "srigl_nnz": fan_in * n if s > 0 else size, "dense": s == 0.0,
-            "authors_sparsity": a, "authors_budget": int(size * (1 - a)),
-            "authors_fan_in": a_fan_in, "authors_nnz": authors_unstructured_nnz(shape, a),
+            "authors_sparsity": a, "authors_budget": authors.budget(shape, a),
+            "authors_fan_in": a_fan_in, "authors_nnz": authors.unstructured_nnz(shape, a),
             "authors_dense": a == 0.0})
     return rows
 

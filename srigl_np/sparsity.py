@@ -153,7 +153,7 @@ class DynamicSparsity:
         if isinstance(dense_layers, (str, bytes)) or not hasattr(dense_layers, "__iter__"):
             raise TypeError(f"dense_layers must be a sequence of layer indices, got "
                             f"{dense_layers!r}")
-        self.dense_layers = tuple(dense_layers)   # the entries: dst._check_distribution_args
+        self.dense_layers = tuple(dense_layers)   # the entries: checked by spread() below
         self.params = model.named_parameters()
         self.names = [] if method == "dense" else sparse_parameter_names(model)
         shapes = [self.params[n].shape for n in self.names]

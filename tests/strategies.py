@@ -5,9 +5,12 @@ failure shrinks to a small case, and one integer ``seed`` from which a
 ``numpy.random.Generator`` fills the values. Everything a test needs to reproduce a
 case by hand is in what the strategy returns.
 
-Masks come from ``dst.constant_fan_in_mask`` (its ablated= option removes neurons), so
-the tests build layers the way training starts them; its tie-break rule (the lower
-flat index wins) is the package's.
+Constant fan-in layers and update inputs come from the public kit,
+``srigl_np.testing`` (``constant_fan_in_layers``, ``update_inputs``): the tests dog-food
+it. What is here is what the kit lacks: layers with any mask, convolution problems,
+whole sparse models, condensed weights, and the builders of seeded fan-in masks, which
+come from ``dst.constant_fan_in_mask`` (its ablated= option removes neurons) the way
+training starts them.
 """
 
 import math
@@ -16,12 +19,12 @@ from typing import NamedTuple
 import numpy as np
 from hypothesis import strategies as st
 
-from srigl_np import dst
+from srigl_np import dst, testing
 from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
                              MaxPool2d, ReLU, Sequential)
 
 seeds = st.integers(0, 2**32 - 1)
-float_dtypes = st.sampled_from([np.float32, np.float64])
+float_dtypes = testing.float_dtypes
 
 
 # -- builders (plain functions; the strategies below call them) ---------------------------
@@ -65,38 +68,36 @@ def sparse_weight(shape, sparsity, n_ablated, rng, dtype=np.float32):
     return values_on_mask(mask, rng, dtype), mask, fan_in, ablated
 
 
-# -- constant fan-in layers -----------------------------------------------------------------
+# -- layers with any mask -------------------------------------------------------------------
 
-class FanInLayer(NamedTuple):
-    """weight: (n_out, n_in) or (n_out, in_channels, kh, kw), zero off ``mask``;
-    mask: bool, same shape; fan_in: inputs per live neuron; ablated: sorted row indices
-    whose rows are all zero; sparsity and seed: what built it."""
+class AnyMaskLayer(NamedTuple):
+    """weight: zero off ``mask``; mask: bool, any pattern; ties: whether the values are
+    small integers; seed: the generator that filled them (callers go on with seed + 1)."""
     weight: np.ndarray
     mask: np.ndarray
-    fan_in: int
-    ablated: np.ndarray
-    sparsity: float
+    ties: bool
     seed: int
 
 
-linear_shapes = st.tuples(st.integers(1, 10), st.integers(1, 12))
-conv_shapes = st.tuples(st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(1, 3))
+def sample_values(rng, shape, ties, dtype):
+    """Standard normal values, or (ties) integers -2..2: many exact ties and zeros."""
+    if ties:
+        return rng.integers(-2, 3, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 @st.composite
-def constant_fan_in_layers(draw, shapes=st.one_of(linear_shapes, conv_shapes),
-                           sparsities=st.floats(0.0, 0.95), dtypes=float_dtypes,
-                           ablation=True):
-    """A FanInLayer. Draws a Linear (n_out <= 10, n_in <= 12) or Conv2d
-    (out <= 5, in <= 3, kh, kw <= 3) weight shape from ``shapes``, a sparsity from
-    ``sparsities``, a dtype from ``dtypes``, a seed, and (when ``ablation``) a number of
-    ablated neurons in [0, n_out - 1], so at least one neuron stays live."""
-    shape = draw(shapes)
-    sparsity, dtype, seed = draw(sparsities), draw(dtypes), draw(seeds)
-    n_ablated = draw(st.integers(0, shape[0] - 1)) if ablation else 0
+def any_mask_layers(draw, shapes=testing.layer_shapes, dtypes=testing.float_dtypes):
+    """An AnyMaskLayer: the layer an update may meet that the kit's constant fan-in
+    strategies (``srigl_np.testing.constant_fan_in_layers``) never draw, a RigL
+    checkpoint's, say. Draws a shape, a dtype, a ties flag, a seed and a density in
+    [0.05, 1]; the seed's generator draws each position's presence and the values
+    (``sample_values``)."""
+    shape, dtype = draw(shapes), draw(dtypes)
+    ties, seed = draw(st.booleans()), draw(seeds)
     rng = np.random.default_rng(seed)
-    weight, mask, fan_in, ablated = sparse_weight(shape, sparsity, n_ablated, rng, dtype)
-    return FanInLayer(weight, mask, fan_in, ablated, sparsity, seed)
+    mask = rng.random(shape) < draw(st.floats(0.05, 1.0))
+    return AnyMaskLayer(sample_values(rng, shape, ties, dtype) * mask, mask, ties, seed)
 
 
 # -- convolution problems -------------------------------------------------------------------

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from srigl_np import dst
+from srigl_np import dst, testing
+from strategies import any_mask_layers, sample_values, seeds
 
 # -- plain-Python reference ------------------------------------------------------------
 
@@ -99,26 +100,19 @@ sparsities = st.floats(0.0, 0.995, exclude_min=True)
 fractions = st.floats(0.0, 1.0)
 
 
-def _values(rng, shape, ties, dtype):
-    """Normal values, or small integers: many exact ties and exact zeros."""
-    if ties:
-        return rng.integers(-2, 3, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
-
-
 @st.composite
 def layers(draw, structured=True):
-    """(weight, mask, seed, ties, sparsity): a sparse layer with weights 0 off the mask."""
-    shape, sparsity = draw(shapes), draw(sparsities)
-    seed, ties = draw(st.integers(0, 2**32 - 1)), draw(st.booleans())
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    rng = np.random.default_rng(seed)
+    """(weight, mask, seed, ties, sparsity): a sparse layer with weights 0 off the mask,
+    ``seed`` seeding the test's further draws. Either a constant fan-in layer of the kit
+    (``testing.constant_fan_in_layers``, ablated neurons included) or, and always when
+    not ``structured``, any mask (``strategies.any_mask_layers``): an update must repair
+    it (e.g. after a RigL-trained checkpoint)."""
     if structured and draw(st.booleans()):
-        mask = dst.constant_fan_in_mask(shape, sparsity, rng)
-    else:   # any mask: an update must repair it (e.g. after a RigL-trained checkpoint)
-        mask = rng.random(shape) < rng.uniform(0.05, 1.0)
-    weight = _values(rng, shape, ties, dtype) * mask
-    return weight, mask, seed, ties, sparsity
+        ties = draw(st.booleans())
+        layer = draw(testing.constant_fan_in_layers(shapes=shapes, ablation=True, ties=ties))
+        return layer.weight, layer.mask, draw(seeds), ties, layer.sparsity
+    layer = draw(any_mask_layers(shapes=shapes))
+    return layer.weight, layer.mask, layer.seed, layer.ties, draw(sparsities)
 
 
 def _assert_srigl_result(result, weight, mask, sparsity, ablation):
@@ -206,7 +200,7 @@ def test_srigl_matches_reference_over_update_sequences(layer, drop, gamma, ablat
     weight, mask, seed, ties, sparsity = layer
     rng = np.random.default_rng(seed + 1)
     for _ in range(3):
-        grad = _values(rng, weight.shape, ties, weight.dtype)
+        grad = sample_values(rng, weight.shape, ties, weight.dtype)
         copies = weight.copy(), mask.copy(), grad.copy()
         result = dst.srigl_update(weight, mask, grad, drop_fraction=drop, sparsity=sparsity,
                                   gamma_sal=gamma, ablation=ablation)
@@ -224,7 +218,7 @@ def test_srigl_matches_reference_over_update_sequences(layer, drop, gamma, ablat
         assert np.array_equal(again.mask, result.mask)
         assert np.array_equal(again.weight, result.weight)
         # A training step: every active weight moves (grown ones leave 0).
-        weight = result.weight + _values(rng, weight.shape, ties, weight.dtype) * result.mask
+        weight = result.weight + sample_values(rng, weight.shape, ties, weight.dtype) * result.mask
         mask = result.mask
 
 
@@ -234,7 +228,7 @@ def test_rigl_matches_reference_and_keeps_nnz(layer, drop):
     weight, mask, seed, ties, _ = layer
     rng = np.random.default_rng(seed + 2)
     for _ in range(3):
-        grad = _values(rng, weight.shape, ties, weight.dtype)
+        grad = sample_values(rng, weight.shape, ties, weight.dtype)
         copies = weight.copy(), mask.copy(), grad.copy()
         result = dst.rigl_update(weight, mask, grad, drop_fraction=drop)
         for original, copy in zip((weight, mask, grad), copies):
@@ -247,7 +241,7 @@ def test_rigl_matches_reference_and_keeps_nnz(layer, drop):
         assert np.all(result.weight[result.grown] == 0)
         assert np.all(result.weight[~result.mask] == 0)
         dst.check_invariants(result.weight, result.mask)
-        weight = result.weight + _values(rng, weight.shape, ties, weight.dtype) * result.mask
+        weight = result.weight + sample_values(rng, weight.shape, ties, weight.dtype) * result.mask
         mask = result.mask
 
 

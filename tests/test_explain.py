@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from fake_cupy import device  # noqa: F401  (a fixture)
 from srigl_np import backend, dst, explain, testing
 from srigl_np import train as train_module
+from strategies import any_mask_layers, sample_values
 
 FIELDS = ("mask", "weight", "pruned", "grown", "regrown", "ablated")
 
@@ -25,14 +26,10 @@ FIELDS = ("mask", "weight", "pruned", "grown", "regrown", "ablated")
 @st.composite
 def unstructured_inputs(draw):
     """UpdateInputs on any mask (a RigL checkpoint's, say): neurons over k get capped."""
-    n, fan = draw(st.integers(1, 6)), draw(st.integers(1, 8))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    mask = rng.random((n, fan)) < draw(st.floats(0.05, 1.0))
-    if draw(st.booleans()):   # ties and exact zeros
-        weight, grad = (rng.integers(-2, 3, (n, fan)).astype(np.float64) for _ in range(2))
-    else:
-        weight, grad = rng.standard_normal((n, fan)), rng.standard_normal((n, fan))
-    return testing.UpdateInputs(weight * mask, mask, grad, draw(st.floats(0.0, 1.0)),
+    layer = draw(any_mask_layers(shapes=testing.linear_shapes, dtypes=st.just(np.float64)))
+    grad = sample_values(np.random.default_rng(layer.seed + 1), layer.weight.shape,
+                         layer.ties, np.float64)
+    return testing.UpdateInputs(layer.weight, layer.mask, grad, draw(st.floats(0.0, 1.0)),
                                 draw(st.floats(0.0, 0.95)), draw(st.floats(0.0, 1.0)),
                                 draw(st.booleans()))
 
@@ -188,12 +185,26 @@ def test_the_trace_stays_on_the_host_and_regrown_on_the_device(device):  # noqa:
                              drop_fraction=0.3, sparsity=0.8, trace=True)
     assert backend.is_cupy_array(moved.regrown)
     assert np.array_equal(backend.to_numpy(moved.regrown), host.regrown)
-    for field in dataclasses.fields(dst.UpdateTrace):
-        value, expected = getattr(moved.trace, field.name), getattr(host.trace, field.name)
+    moved_values, host_values = _trace_values(moved.trace), _trace_values(host.trace)
+    assert moved_values.keys() == host_values.keys()
+    for name, expected in host_values.items():
+        value = moved_values[name]
         if isinstance(expected, np.ndarray):
-            assert type(value) is np.ndarray and np.array_equal(value, expected), field.name
+            assert type(value) is np.ndarray and np.array_equal(value, expected), name
         else:
-            assert value == expected, field.name
+            assert value == expected, name
+
+
+def _trace_values(trace):
+    """{name: value} of a trace's fields, a step record's fields named "record.field"."""
+    values = {}
+    for field in dataclasses.fields(trace):
+        value = getattr(trace, field.name)
+        if hasattr(value, "_asdict"):   # a step's NamedTuple record
+            values.update({f"{field.name}.{key}": item for key, item in value._asdict().items()})
+        else:
+            values[field.name] = value
+    return values
 
 
 # -- the command line ---------------------------------------------------------------------

@@ -92,9 +92,9 @@ def test_check_update_accepts_rigl_update_and_an_independent_srigl():
 
 
 def test_the_authors_reading_composition_reproduces_srigl_update_under_srigl_np_rules():
-    """_srigl_by_reading runs step 2 itself and dst.srigl_update for steps 4-5; with
-    srigl_np's numbers it must be dst.srigl_update, ties and all."""
-    composed = partial(testing._srigl_by_reading, reading="srigl_np")
+    """_srigl_by_reading runs dst's public steps with the reading's step-2 rule and step-3
+    fan-in; with srigl_np's numbers it must be dst.srigl_update, ties and all."""
+    composed = partial(testing.reference._srigl_by_reading, reading="srigl_np")
     assert testing.check_update(composed, max_examples=200) is None
     assert testing.check_update(composed, ties=False, max_examples=60) is None
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from srigl_np import dst, erk_table
+from srigl_np.dst import authors
 from srigl_np import train as train_module
 from srigl_np.formats.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from srigl_np.layers import Linear, ReLU, Sequential
@@ -563,19 +564,19 @@ def test_the_authors_rule_without_rounding_is_dsts():
     shapes = [(10, 10), (10, 10), (20, 50), (100, 100)]   # two tied small layers
     for sparsity in (0.5, 0.75, 0.25):
         ours = dst.erk_sparsities(shapes, sparsity)
-        theirs = erk_table.authors_erk_sparsities(shapes, 1.0 - sparsity)
+        theirs = authors.erk_sparsities(shapes, 1.0 - sparsity)
         assert theirs == pytest.approx(ours, abs=1e-14)
     assert dst.erk_sparsities(shapes, 0.5)[:2] == [0.0, 0.0]   # the tie did densify
     # ... and their rounding is what moves the cnn's figures.
     cnn = [shape for _, _, shape in erk_table.sparse_layers("cnn")]
-    assert erk_table.authors_erk_sparsities(cnn, 0.01) != pytest.approx(
+    assert authors.erk_sparsities(cnn, 0.01) != pytest.approx(
         dst.erk_sparsities(cnn, 0.99), abs=1e-6)
 
 
 def test_the_authors_fan_in_raises_where_dst_floors_at_one():
-    assert erk_table.authors_fan_in((64, 100), 0.99) == 1     # int(64.00000000000006) // 64
+    assert authors.fan_in((64, 100), 0.99) == 1     # int(64.00000000000006) // 64
     with pytest.raises(ValueError, match="fan-in after ablation is 0"):
-        erk_table.authors_fan_in((64, 100), 0.995)             # int(32.00000000000003) // 64
+        authors.fan_in((64, 100), 0.995)             # int(32.00000000000003) // 64
     assert dst.fan_in_after_ablation((64, 100), 0.995, 0) == 1
 
 
