@@ -40,11 +40,11 @@ import sys
 import numpy as np
 
 from srigl_np import bench, dst
-from srigl_np.condensing import condense, condense_run
+from srigl_np.inference.condensing import condense, condense_run
 from srigl_np.formats.checkpoint import load_model
-from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
-                             MaxPool2d, ReLU)
-from srigl_np.models import MODEL_NAMES, build
+from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
+from srigl_np.nn.models import MODEL_NAMES, build
 
 TOLERANCE = 1e-4       # largest |logit difference| allowed between torch and our dense model
 INPUT_SHAPE = (1, 28, 28)

@@ -24,7 +24,7 @@ import numpy as np
 
 from srigl_np import bench, kernels
 from srigl_np._kernels import _condensed_matvec_kernel
-from srigl_np.condensed import CondensedLinear
+from srigl_np.inference.condensed import CondensedLinear
 
 DEFAULT_SHAPES = ((768, 3072), (3072, 768), (4096, 4096))
 KERNELS = ("lookup", "gather-dot")

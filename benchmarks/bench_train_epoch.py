@@ -32,9 +32,9 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from srigl_np import openmp_enabled
 from srigl_np.fileio import write_json
-from srigl_np.losses import softmax_cross_entropy
-from srigl_np.models import MODEL_NAMES, build
-from srigl_np.optim import SGD
+from srigl_np.nn.losses import softmax_cross_entropy
+from srigl_np.nn.models import MODEL_NAMES, build
+from srigl_np.nn.optim import SGD
 
 FULL_EPOCH = 60000
 ENV_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_NUM_THREADS",

@@ -45,7 +45,7 @@ import sys
 import numpy as np
 
 from srigl_np import experiments
-from srigl_np.trail import read_trail
+from srigl_np.dst.trail import read_trail
 from srigl_np.fileio import atomic_write
 
 PRESET = "cnn-gap"

@@ -1,16 +1,22 @@
 """srigl_np: Structured RigL (SRigL) dynamic sparse training in NumPy + Cython.
 
-The package layout follows the data flow (the README's tour has one line per module):
-    foundations   backend (devices), validation (argument checks), fileio (atomic
-                  writes), kernels (each kernel defined once, with its Cython and
-                  CUDA overrides: _kernels, cuda)
-    training      data -> layers/models -> losses/optim -> dst (masks, updates) ->
-                  sparsity (DynamicSparsity) + audit -> formats.checkpoint -> train
-    formats       formats/: npz (the one .npz reader) -> checkpoint, scipy_npz;
-                  torch_format (PyTorch files, no PyTorch) -> importing; sniff
-    inference     condensed (condensed layers, the stage protocol) -> condensed_model
-                  (CondensedModel, its file format) <- condensing (condense,
-                  condense_run) -> bench
+The folders are the architecture, from the ground up (the README's tour has a line per
+module; tests/test_imports.py pins which folder may import which):
+    ground        backend (devices), validation (argument checks), fileio (atomic
+                  writes), cli (the commands' kit), data (datasets), kernels (each
+                  kernel defined once, with its Cython and CUDA overrides: _kernels,
+                  cuda), dst/trail.py (the audit-record schema, a leaf)
+    nn/           layers, normalization, losses, optim, models
+    dst/          the algorithm as pure functions (masks, steps, updates, invariants,
+                  the authors' rules), and sparsity.py, DynamicSparsity, its stateful
+                  wrapper over nn
+    formats/      files: npz (the one .npz reader), checkpoint, scipy_npz, the PyTorch
+                  reader (torch_*), importing, sniff
+    inference/    condensed layers, CondensedModel and its file, the condense pass
+    testing/      the conformance kit (strategies, reference, assertions, check_update)
+    bench/        the benchmark package behind python -m srigl_np.bench
+    commands      train, audit (+ model_audit), condense, explain (+ explain_text),
+                  experiments, erk_table: ``python -m srigl_np.<command>``
 Importing the package imports none of these; CuPy is imported only when a GPU is used.
 """
 

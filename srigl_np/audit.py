@@ -12,7 +12,7 @@ outside it, and every violated invariant with the first offending neuron. Exit s
 when a file cannot be read, a trail records a failed check (older trainers wrote one),
 or a layer that claims constant fan-in (SRigL) breaks it; 0 otherwise.
 
-The trail's schema and reader are ``srigl_np.trail``; this module summarises it.
+The trail's schema and reader are ``srigl_np.dst.trail``; this module summarises it.
 """
 
 import json
@@ -20,7 +20,7 @@ import os
 import sys
 
 from .cli import command, create_parser, format_table
-from .trail import read_trail
+from .dst.trail import read_trail
 
 
 def _fan_in_text(pair):

@@ -71,9 +71,9 @@ def build_source(path, input_stats=None):
                              f"srigl_np.audit still audits its layers)")
         return model, masks, input_stats, list(imported.notes) + notes
     if kind == "scipy":
-        from .condensed import CondensedLinear
-        from .condensed_model import CondensedModel
         from .formats.scipy_npz import load_sparse_npz
+        from .inference.condensed import CondensedLinear
+        from .inference.condensed_model import CondensedModel
 
         layer = CondensedLinear.from_csr(load_sparse_npz(path))
         return CondensedModel([layer]), {}, None, [model_audit.SCIPY_NOTE]
@@ -104,7 +104,7 @@ def _evaluate(model, condensed, args, log):
 @command(PROG, errors=(TypeError,))
 def main(argv=None, log=print):
     args = make_parser().parse_args(argv)
-    from .condensing import condense
+    from .inference.condensing import condense
 
     if os.path.exists(args.out) and not args.force:
         raise ValueError(f"--out {args.out} exists; pass --force to replace it")

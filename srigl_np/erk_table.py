@@ -1,7 +1,7 @@
 """``python -m srigl_np.erk_table``: ERK's per-layer allocation for ``mlp`` and ``cnn``,
 side by side with the SRigL authors' rule for the same shapes.
 
-For each model (``srigl_np.models.build``) and global sparsity, one row per sparse
+For each model (``srigl_np.nn.models.build``) and global sparsity, one row per sparse
 layer (every Linear/Conv2d weight, as ``DynamicSparsity`` masks them; biases are never
 counted, by either side): its shape, weights N, the sparsity ``dst.erk_sparsities``
 gives it, its budget B = ``dst.layer_budget`` (the nnz of the unstructured methods),
@@ -23,9 +23,9 @@ import numpy as np
 
 from . import dst
 from .dst import authors
-from .layers import Conv2d
-from .models import MODEL_NAMES, build
-from .sparsity import sparse_parameter_names
+from .dst.sparsity import sparse_parameter_names
+from .nn.layers import Conv2d
+from .nn.models import MODEL_NAMES, build
 
 SPARSITIES = (0.9, 0.95, 0.99)
 

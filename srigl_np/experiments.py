@@ -174,7 +174,7 @@ def summarise(runs, root):
 def ablation_rows(runs, root):
     """Per SRigL setting and layer (audit trail): neurons at the end (each seed's active
     count) and the first update step that ablated a neuron (per seed; "-" for none)."""
-    from .trail import read_trail
+    from .dst.trail import read_trail
 
     table = {}
     for run in runs:

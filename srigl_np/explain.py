@@ -85,8 +85,8 @@ def random_layer(shape, sparsity, ablated_before, rng):
 def checkpoint_layer(run_dir, name, *, gradient, images, seed):
     """(weight, mask, grad, run, layer sparsity, is_output, gradient note) of layer ``name``
     of a run, the gradient from one backward pass (or seeded random)."""
+    from .dst.sparsity import sparse_parameter_names
     from .formats.checkpoint import load_model
-    from .sparsity import sparse_parameter_names
 
     run = load_model(run_dir)
     sparse = [key for key in sparse_parameter_names(run.model) if key in run.masks]
@@ -114,7 +114,7 @@ def checkpoint_layer(run_dir, name, *, gradient, images, seed):
 def _backward_gradient(run, name, images, rng):
     """dL/dW of ``name`` from one training-mode backward pass on ``images`` embedded images."""
     from .data import channel_stats, load_dataset, normalize
-    from .losses import softmax_cross_entropy
+    from .nn.losses import softmax_cross_entropy
 
     dataset = load_dataset("embedded")
     count = min(images, len(dataset.x_train))

@@ -81,8 +81,8 @@ SCIPY_NOTE = "a scipy.sparse matrix: rows are neurons, stored entries the mask"
 
 
 def _condensed_file(path):
-    from .condensed import CondensedConv2d, CondensedLinear
-    from .condensed_model import DenseConv2d, DenseLinear, load
+    from .inference.condensed import CondensedConv2d, CondensedLinear
+    from .inference.condensed_model import DenseConv2d, DenseLinear, load
 
     model = load(path)
     layers, claimed = [], set()

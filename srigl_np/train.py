@@ -38,7 +38,7 @@ naming the step and layer.
 code: the normalised data set is copied to the GPU once, the model is moved there
 before the optimizer and DynamicSparsity are built, and evaluation runs there too.
 Shuffling, dropout masks and topology-update rankings still come from the host
-(see ``srigl_np.layers.Dropout`` and ``srigl_np.sparsity``). A resumed run uses the
+(see ``srigl_np.nn.layers.Dropout`` and ``srigl_np.dst.sparsity``). A resumed run uses the
 device saved in its configuration.
 """
 
@@ -63,14 +63,14 @@ from . import data as data_module
 from .backend import on_device_of, parse_device, select
 from .cli import command, create_parser, format_table, fraction, integer, number
 from .dst import InvariantError
+from .dst.sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
+                           OPTIMIZER_ON_UPDATE, DynamicSparsity)
+from .dst.trail import read_trail
 from .fileio import write_json, write_jsonl
 from .formats.checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
-from .losses import softmax_cross_entropy
-from .models import MODEL_NAMES, build
-from .optim import SGD, AdamW, CosineSchedule, StepSchedule
-from .sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
-                       OPTIMIZER_ON_UPDATE, DynamicSparsity)
-from .trail import read_trail
+from .nn.losses import softmax_cross_entropy
+from .nn.models import MODEL_NAMES, build
+from .nn.optim import SGD, AdamW, CosineSchedule, StepSchedule
 
 DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
 # Purposes for derived random streams: (seed, purpose, epoch) -> Generator.

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from srigl_np import audit, trail
+from srigl_np import audit
+from srigl_np.dst import trail
 
 
 def _record(**changes):

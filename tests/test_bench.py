@@ -207,7 +207,7 @@ def _outputs_agree(impls, weight, layer):
 
 
 def test_every_available_implementation_computes_the_same_product():
-    from srigl_np.condensed import CondensedLinear
+    from srigl_np.inference.condensed import CondensedLinear
 
     rng = np.random.default_rng(3)
     weight = bench.constant_fan_in_weight(64, 40, 0.8, 0.25, rng)
@@ -222,7 +222,7 @@ def test_mkl_csr_runs_both_orientations_and_matches_dense():
     mkl, why = bench.sparse_dot_mkl()
     if mkl is None:
         pytest.skip(f"sparse_dot_mkl is installed but {why}")
-    from srigl_np.condensed import CondensedLinear
+    from srigl_np.inference.condensed import CondensedLinear
 
     rng = np.random.default_rng(4)
     weight = bench.constant_fan_in_weight(96, 50, 0.9, 0.0, rng)
@@ -234,7 +234,7 @@ def test_mkl_csr_runs_both_orientations_and_matches_dense():
 
 
 def test_without_sparse_dot_mkl_there_is_no_mkl_row_and_the_header_says_how(monkeypatch):
-    from srigl_np.condensed import CondensedLinear
+    from srigl_np.inference.condensed import CondensedLinear
 
     monkeypatch.setattr(cpu_baselines, "sparse_dot_mkl",
                         lambda: (None, 'not installed (pip install "srigl_np[bench]")'))

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from srigl_np.condensing import condense
-from srigl_np.layers import BatchNorm1d, BatchNorm2d, Conv2d, Flatten, Linear, ReLU, Sequential
-from srigl_np.models import build
-from srigl_np.optim import SGD
-from srigl_np.sparsity import DynamicSparsity
+from srigl_np.inference.condensing import condense
+from srigl_np.nn.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
+from srigl_np.nn.models import build
+from srigl_np.nn.optim import SGD
+from srigl_np.dst.sparsity import DynamicSparsity
 from scripts import load_script
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def test_a_different_network_is_refused_before_timing(script):
 
 def test_a_layer_without_a_torch_equivalent_is_a_type_error(script):
     torch = pytest.importorskip("torch")
-    from srigl_np.layers import Layer
+    from srigl_np.nn.layers import Layer
 
     class Odd(Layer):
         pass

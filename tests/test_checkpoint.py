@@ -9,10 +9,11 @@ import pytest
 
 from srigl_np.formats.checkpoint import (CHECKPOINT_VERSION, check_data, load_checkpoint,
                                          read_meta, save_checkpoint)
-from srigl_np.layers import BatchNorm1d, Linear, ReLU, Sequential
-from srigl_np.losses import softmax_cross_entropy
-from srigl_np.optim import SGD
-from srigl_np.sparsity import DynamicSparsity
+from srigl_np.nn.layers import Linear, ReLU, Sequential
+from srigl_np.nn.normalization import BatchNorm1d
+from srigl_np.nn.losses import softmax_cross_entropy
+from srigl_np.nn.optim import SGD
+from srigl_np.dst.sparsity import DynamicSparsity
 
 META = {"epoch": 2, "step": 3, "history": [{"loss": 1.5}], "optimizer_step_count": 3}
 
@@ -247,7 +248,7 @@ def test_a_member_that_lies_about_its_size_is_refused_before_it_is_read(saved, t
 def test_load_model_needs_no_optimizer_and_condenses_by_the_masks(srigl_run):
     import json
 
-    from srigl_np.condensing import condense_run
+    from srigl_np.inference.condensing import condense_run
     from srigl_np.data import load_dataset
     from srigl_np.formats.checkpoint import load_model
 

@@ -9,11 +9,12 @@ import scipy.sparse
 from hypothesis import given
 
 from npz_files import npy_header
-from srigl_np.condensed import CondensedConv2d, CondensedLinear
-from srigl_np.condensed_model import CondensedModel, Scatter, load
-from srigl_np.condensing import condense
-from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Layer, Linear,
-                             MaxPool2d, ReLU, Sequential)
+from srigl_np.inference.condensed import CondensedConv2d, CondensedLinear
+from srigl_np.inference.condensed_model import CondensedModel, Scatter, load
+from srigl_np.inference.condensing import condense
+from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU,
+                                Sequential)
+from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
 from strategies import fan_in_weight, sparse_models
 
 
@@ -395,8 +396,8 @@ def test_condense_without_masks_says_so_and_warns_naming_the_ragged_layer():
 
 
 def test_condense_takes_the_masks_of_a_dynamic_sparsity():
-    from srigl_np.optim import SGD
-    from srigl_np.sparsity import DynamicSparsity
+    from srigl_np.nn.optim import SGD
+    from srigl_np.dst.sparsity import DynamicSparsity
 
     rng = np.random.default_rng(33)
     model = mlp(rng)
@@ -511,7 +512,7 @@ def test_a_condensed_layer_reads_like_a_scipy_matrix():
 
 def test_load_refuses_crafted_bad_files_with_value_error(tmp_path):
     import zipfile
-    from srigl_np import condensed_model
+    from srigl_np.inference import condensed_model
     good = tmp_path / "good.npz"
     np.savez(good, format_version=np.array(1), metadata=np.array("{}"))
     truncated = tmp_path / "truncated.npz"
@@ -537,7 +538,7 @@ def test_load_refuses_crafted_bad_files_with_value_error(tmp_path):
 
 def test_load_refuses_a_member_whose_zip_header_size_is_a_lie(tmp_path):
     import zipfile
-    from srigl_np import condensed_model
+    from srigl_np.inference import condensed_model
     path = tmp_path / "lie.npz"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("format_version.npy", npy_header((1,)) + bytes(4))
@@ -557,7 +558,7 @@ def test_load_refuses_a_member_whose_zip_header_size_is_a_lie(tmp_path):
     ((3, 2**30), 1, 0, "kernel_size must be < 1048576"),
 ])
 def test_conv_geometry_has_an_upper_bound(kernel_size, stride, padding, message):
-    from srigl_np.condensed import conv_geometry
+    from srigl_np.inference.condensed import conv_geometry
     with pytest.raises(ValueError, match=message):
         conv_geometry(kernel_size, stride, padding)
     assert conv_geometry(3, 1, 2**20 - 1) == ((3, 3), 1, 2**20 - 1)
@@ -574,7 +575,7 @@ def test_load_refuses_a_pickle_without_advice_to_unpickle_it(tmp_path):
 
 
 def test_logits_never_change_the_callers_input_even_when_relu_comes_first():
-    from srigl_np.condensed_model import CondensedModel, Relu
+    from srigl_np.inference.condensed_model import CondensedModel, Relu
 
     x = np.array([[-1.0, 2.0, -3.0]], dtype=np.float32)
     kept = x.copy()

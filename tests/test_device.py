@@ -19,11 +19,11 @@ from srigl_np import backend, dst
 from srigl_np import train as train_module
 from srigl_np.backend import array_module, is_cupy_array, on_device_of, to_numpy
 from srigl_np.kernels import col2im, col2im_strided, im2col, im2col_strided
-from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
-                             MaxPool2d, ReLU, Sequential)
-from srigl_np.losses import softmax_cross_entropy
-from srigl_np.models import build
-from srigl_np.optim import SGD, AdamW
+from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
+from srigl_np.nn.losses import softmax_cross_entropy
+from srigl_np.nn.models import build
+from srigl_np.nn.optim import SGD, AdamW
 
 from fake_cupy import GPU_REASON, device  # noqa: F401  (a fixture)
 
@@ -84,7 +84,7 @@ def test_importing_the_package_never_imports_cupy():
             "import pkgutil, srigl_np\n"
             "for module in pkgutil.iter_modules(srigl_np.__path__):\n"
             "    importlib.import_module('srigl_np.' + module.name)\n"
-            "model = srigl_np.models.build('mlp', rng=np.random.default_rng(0))\n"
+            "model = srigl_np.nn.models.build('mlp', rng=np.random.default_rng(0))\n"
             "model.forward(np.zeros((2, 1, 28, 28), np.float32), training=True)\n"
             "print('cupy' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -322,7 +322,7 @@ def test_one_epoch_of_training_on_the_device(device, tmp_path):
 
 def test_model_checkpoint_round_trip_between_devices(device, tmp_path):
     from srigl_np.formats.checkpoint import load_checkpoint, save_checkpoint
-    from srigl_np.sparsity import DynamicSparsity
+    from srigl_np.dst.sparsity import DynamicSparsity
     name, _ = device
 
     def run(device_name):

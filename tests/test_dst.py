@@ -487,9 +487,9 @@ def test_distributions_refuse_bad_dense_layers(dense, error):
 
 
 def test_dynamic_sparsity_refuses_bad_dense_layers():
-    from srigl_np.layers import Linear, Sequential
-    from srigl_np.optim import SGD
-    from srigl_np.sparsity import DynamicSparsity
+    from srigl_np.nn.layers import Linear, Sequential
+    from srigl_np.nn.optim import SGD
+    from srigl_np.dst.sparsity import DynamicSparsity
     rng = np.random.default_rng(0)
     model = Sequential(Linear(8, 6, rng=rng), Linear(6, 4, rng=rng))
     optimizer = SGD(model.named_parameters(), lr=0.1)

@@ -163,9 +163,9 @@ def describe(cycle, graph):
 def test_the_graph_of_the_package_is_read():
     """Guards the cycle test against passing on an empty or misread graph."""
     graph = import_graph(SOURCE)
-    assert {"srigl_np", "srigl_np.train", "srigl_np.layers", "srigl_np._kernels"} <= set(graph)
+    assert {"srigl_np", "srigl_np.train", "srigl_np.nn.layers", "srigl_np._kernels"} <= set(graph)
     assert "srigl_np.formats.checkpoint" in graph["srigl_np.train"]   # from .formats.checkpoint
-    assert "srigl_np.backend" in graph["srigl_np.layers"]
+    assert "srigl_np.backend" in graph["srigl_np.nn.layers"]
     assert "srigl_np.kernels" in graph["srigl_np"]                    # inside a function
 
 
@@ -190,12 +190,13 @@ def test_the_formats_wing_reaches_nothing_of_the_condensed_inference():
     """The file formats sit below inference: a condensed model is read through
     formats.npz, and no reader (a training checkpoint least of all) pulls in condensing."""
     graph = import_graph(SOURCE)
-    inference = {"srigl_np.condensing", "srigl_np.condensed", "srigl_np.condensed_model"}
+    inference = {name for name in graph if name.startswith("srigl_np.inference")}
+    assert "srigl_np.inference.condensing" in inference
     formats = sorted(name for name in graph if name.startswith("srigl_np.formats"))
     assert "srigl_np.formats.npz" in formats and "srigl_np.formats.checkpoint" in formats
     for name in formats:
         assert not inference & _reachable(graph, name), name
-    assert "srigl_np.formats.npz" in graph["srigl_np.condensed_model"]
+    assert "srigl_np.formats.npz" in graph["srigl_np.inference.condensed_model"]
 
 
 # -- the graph builder and the cycle finder on synthetic cases ------------------------------
@@ -278,3 +279,87 @@ def test_a_long_chain_does_not_recurse():
     chain["m05000"] = {"m00000": 1}
     (cycle,) = find_cycles(chain)
     assert len(cycle) == 5002 and cycle[0] == cycle[-1] == "m00000"
+
+
+# -- the layering: which wing may import which ------------------------------------------------
+#
+# The folders are the architecture (README, "A short tour"). From the ground up:
+#   ground      backend, validation, fileio, cli, thread_waits, data, the kernels
+#               (kernels, _kernels, cuda) and the trail schema (dst.trail, a leaf)
+#   nn          layers, losses, optim, models: a small autograd-free training library
+#   dst         the algorithm as pure functions (masks, steps, updates, invariants, the
+#               authors' rules); dst.sparsity, the stateful wrapper, also sees nn
+#   formats     files: .npz, checkpoints, PyTorch files, importing them
+#   inference   condensed layers and models, the condense pass
+#   testing     the public conformance kit, over dst
+#   bench       the benchmark package
+#   commands    the python -m srigl_np.X modules at the top, and model_audit: they may
+#               import every wing, and one another
+# A wing may import itself and the wings ALLOWED lists for it; nothing below the commands
+# imports a command.
+
+GROUND = {"backend", "validation", "fileio", "cli", "thread_waits", "data", "kernels",
+          "_kernels", "cuda", "dst.trail"}
+WINGS = ("nn", "dst", "formats", "inference", "testing", "bench")
+ALLOWED = {
+    "ground": {"ground"},
+    "nn": {"ground"},
+    "dst": {"ground"},
+    "dst.sparsity": {"ground", "nn", "dst"},
+    "formats.npz": {"ground"},            # the one .npz reader: inference reads with it too
+    "formats": {"ground", "nn", "formats.npz"},
+    "inference": {"ground", "nn", "formats.npz"},
+    "testing": {"ground", "dst"},
+    "bench": {"ground", "nn", "dst", "inference"},
+    "commands": {"ground", "nn", "dst", "dst.sparsity", "formats", "formats.npz",
+                 "inference", "testing", "bench"},
+}
+
+
+def wing(module):
+    """The wing of ``srigl_np.x.y`` (see above); the package face is ground."""
+    name = module[len(PACKAGE) + 1:] if module != PACKAGE else ""
+    if name == "" or name in GROUND or name.startswith("_"):
+        return "ground"
+    if name in ("dst.sparsity", "formats.npz"):
+        return name
+    head = name.split(".")[0]
+    return head if head in WINGS else "commands"
+
+
+def test_every_wing_imports_only_the_wings_below_it():
+    graph = import_graph(SOURCE)
+    wrong = [f"{source} ({wing(source)}) imports {target} ({wing(target)}), line "
+             f"{graph[source][target][0]}"
+             for source in sorted(graph) for target in sorted(graph[source])
+             if wing(target) != wing(source) and wing(target) not in ALLOWED[wing(source)]]
+    assert not wrong, "arrows against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_wings_are_where_the_layering_says():
+    """Guards the layering test against a module it files in the wrong wing."""
+    graph = import_graph(SOURCE)
+    assert {wing(m) for m in graph} == set(ALLOWED)
+    assert wing("srigl_np.dst.trail") == wing("srigl_np.kernels") == "ground"
+    assert wing("srigl_np.train") == wing("srigl_np.model_audit") == "commands"
+    assert wing("srigl_np.nn.layers") == "nn" and wing("srigl_np.bench.command") == "bench"
+
+
+def test_the_trail_schema_imports_nothing_of_the_package():
+    assert import_graph(SOURCE)["srigl_np.dst.trail"] == {}
+
+
+def test_the_algorithm_sees_only_backend_and_validation():
+    """dst's pure core: arrays in, arrays out; no layer, file or kernel."""
+    graph = import_graph(SOURCE)
+    core = [m for m in graph if m.startswith("srigl_np.dst") and m != "srigl_np.dst.sparsity"]
+    assert "srigl_np.dst.steps" in core
+    for module in core:
+        outside = {t for t in graph[module] if not t.startswith("srigl_np.dst")}
+        assert outside <= {"srigl_np.backend", "srigl_np.validation"}, (module, outside)
+
+
+def test_nothing_in_nn_imports_the_rest():
+    graph = import_graph(SOURCE)
+    for module in (m for m in graph if m.startswith("srigl_np.nn")):
+        assert all(wing(t) in ("ground", "nn") for t in graph[module]), (module, graph[module])

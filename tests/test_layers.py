@@ -5,8 +5,9 @@ sparsity wrapper rely on."""
 import numpy as np
 import pytest
 
-from srigl_np.layers import (BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear,
-                             MaxPool2d, ReLU, Sequential, kaiming_normal)
+from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU,
+                                Sequential, kaiming_normal)
+from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
 
 F64 = np.float64
 
@@ -164,7 +165,7 @@ def test_conv2d_refills_its_column_buffer_between_steps():
 
 
 def test_conv2d_lowers_on_one_thread_so_blas_has_the_cores(monkeypatch):
-    from srigl_np import layers
+    from srigl_np.nn import layers
 
     calls = []
     for name in ("im2col", "col2im"):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from srigl_np.losses import accuracy, softmax_cross_entropy
+from srigl_np.nn.losses import accuracy, softmax_cross_entropy
 from strategies import seeds
 
 

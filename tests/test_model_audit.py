@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse
 
 from srigl_np import audit, condense as condense_cli, model_audit
-from srigl_np.condensing import condense_run
+from srigl_np.inference.condensing import condense_run
 from srigl_np.formats.checkpoint import load_model
 from strategies import fan_in_weight
 
@@ -170,7 +170,7 @@ def _authors_file(tmp_path, zeros_in_masks=True):
 
 
 def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, capsys):
-    from srigl_np.condensed_model import load
+    from srigl_np.inference.condensed_model import load
     from srigl_np.formats.importing import read_torch_checkpoint, to_model
 
     path, masks, _ = _authors_file(tmp_path)
@@ -196,7 +196,7 @@ def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, 
 
 def test_an_authors_checkpoint_saved_by_torch_predicts_like_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from srigl_np.condensing import condense
+    from srigl_np.inference.condensing import condense
     from srigl_np.formats.importing import read_torch_checkpoint, to_model
     from test_importing import (authors_checkpoint, mnist_masks, pruner_state,
                                 trained_sparse_mnist_net)

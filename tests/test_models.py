@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from srigl_np.layers import Conv2d, Dropout, Linear
-from srigl_np.losses import accuracy, softmax_cross_entropy
-from srigl_np.models import MODEL_NAMES, build
-from srigl_np.optim import SGD
+from srigl_np.nn.layers import Conv2d, Dropout, Linear
+from srigl_np.nn.losses import accuracy, softmax_cross_entropy
+from srigl_np.nn.models import MODEL_NAMES, build
+from srigl_np.nn.optim import SGD
 
 # (layer index, weight shape) of every Linear/Conv2d, and the total parameter count.
 ARCHITECTURES = {

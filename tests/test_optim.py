@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from srigl_np.optim import SGD, AdamW, CosineSchedule, StepSchedule
+from srigl_np.nn.optim import SGD, AdamW, CosineSchedule, StepSchedule
 
 
 def _one_param(value=1.0, dtype=np.float64):

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from srigl_np import dst
-from srigl_np import sparsity as sparsity_module
-from srigl_np.trail import KEYS, check_record
-from srigl_np.layers import Conv2d, Flatten, Linear, ReLU, Sequential, kaiming_normal
-from srigl_np.losses import softmax_cross_entropy
-from srigl_np.optim import SGD, AdamW
-from srigl_np.sparsity import DynamicSparsity, sparse_parameter_names
+from srigl_np.dst import sparsity as sparsity_module
+from srigl_np.dst.trail import KEYS, check_record
+from srigl_np.nn.layers import Conv2d, Flatten, Linear, ReLU, Sequential, kaiming_normal
+from srigl_np.nn.losses import softmax_cross_entropy
+from srigl_np.nn.optim import SGD, AdamW
+from srigl_np.dst.sparsity import DynamicSparsity, sparse_parameter_names
 
 
 def _model(seed=0):

@@ -26,10 +26,10 @@ from srigl_np import dst, erk_table
 from srigl_np.dst import authors
 from srigl_np import train as train_module
 from srigl_np.formats.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from srigl_np.layers import Linear, ReLU, Sequential
-from srigl_np.losses import softmax_cross_entropy
-from srigl_np.optim import SGD
-from srigl_np.sparsity import DynamicSparsity
+from srigl_np.nn.layers import Linear, ReLU, Sequential
+from srigl_np.nn.losses import softmax_cross_entropy
+from srigl_np.nn.optim import SGD
+from srigl_np.dst.sparsity import DynamicSparsity
 from train_cli import ERROR, StopAfterFirstEpoch, run_main, stop_after_first_epoch
 
 IN, HIDDEN, OUT, BATCH = 10, 16, 4, 12

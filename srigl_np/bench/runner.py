@@ -62,7 +62,7 @@ def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min
     ``rounds``, ``min_repeats``: as for ``time_all``; ``limits``: threads -> the
     machine's figures (``measure_limits``), put beside each row's achieved ones;
     ``meter``: a LoadMeter factory (injectable for tests)."""
-    from ..condensed import CondensedLinear
+    from ..inference.condensed import CondensedLinear
 
     meter = meter or LoadMeter
     path = kernel_cpu_path() if device == "cpu" else None

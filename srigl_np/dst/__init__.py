@@ -1,7 +1,7 @@
 """Dynamic sparse training as pure functions: masks, layer sparsities, schedule, updates.
 
 Every function here depends only on its arguments and never writes into them; the state
-(masks, ablated neurons, optimizer buffers) lives in ``srigl_np.sparsity.DynamicSparsity``.
+(masks, ablated neurons, optimizer buffers) lives in ``srigl_np.dst.sparsity.DynamicSparsity``.
 
 Conventions shared by every function (and by tests/test_dst.py)
 ----------------------------------------------------------------

@@ -200,7 +200,7 @@ def _check_sparsity_state(path, saved, sparsity):
 class TrainedModel:
     """A trained run, ready for inference: what ``load_model`` returns.
 
-    model: the srigl_np.layers.Sequential (weights and buffers restored); masks:
+    model: the srigl_np.nn.layers.Sequential (weights and buffers restored); masks:
     {parameter name: bool mask} (a dense run: all True for every Linear/Conv2d weight);
     config: the training config;
     input_stats: (mean, std) of the training images on the [0, 1] scale, or None when
@@ -222,7 +222,7 @@ def load_model(path):
     DynamicSparsity masks come along, so ``condensing.condense_run(load_model(run))``
     condenses by the masks. Every problem is one ValueError naming the file.
     """
-    from ..models import MODEL_NAMES, build
+    from ..nn.models import MODEL_NAMES, build
 
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
         path = os.path.join(path, "checkpoint.npz")

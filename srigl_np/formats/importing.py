@@ -36,8 +36,8 @@ import os
 
 import numpy as np
 
-from .. import models
-from ..layers import Flatten, Linear, ReLU, Sequential
+from ..nn import models
+from ..nn.layers import Flatten, Linear, ReLU, Sequential
 
 MASK_SOURCES = ("pruner", "weight_mask", "zeros")
 

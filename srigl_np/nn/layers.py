@@ -29,14 +29,14 @@ active weights only).
 
 import numpy as np
 
-from .backend import array_module, on_device_of, select, to_device
-from .kernels import col2im, conv_output_size, im2col
-from .validation import count, positive_int
+from ..backend import array_module, on_device_of, select, to_device
+from ..kernels import col2im, conv_output_size, im2col
+from ..validation import count, positive_int
 
 FLOAT_DTYPES = (np.float32, np.float64)
 
 
-def _check_dtype(dtype):
+def check_dtype(dtype):
     dtype = np.dtype(dtype)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
@@ -53,7 +53,7 @@ def _pair(name, value):
     return size, size
 
 
-def _as_dtype(x, dtype):
+def as_dtype(x, dtype):
     """``x`` as an array of ``dtype`` (no copy when it already is one)."""
     xp = array_module(x)
     return xp.asarray(x, dtype=dtype)
@@ -75,7 +75,7 @@ def kaiming_normal(shape, fan_in, rng, dtype=np.float32):
     first and multiply in ``dtype``, as the sparse-aware init always did. For float64
     the two agree bit for bit.
     """
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     if np.ndim(fan_in) == 0:
@@ -141,7 +141,7 @@ class Linear(Layer):
         super().__init__()
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
-        dtype = _check_dtype(dtype)
+        dtype = check_dtype(dtype)
         self._add_param("weight", kaiming_normal((self.out_features, self.in_features),
                                                  self.in_features, rng, dtype))
         if bias:
@@ -150,7 +150,7 @@ class Linear(Layer):
 
     def forward(self, x, training):
         weight = self.params["weight"]
-        x = _as_dtype(x, weight.dtype)
+        x = as_dtype(x, weight.dtype)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects x of shape (batch, {self.in_features}), "
                              f"got {x.shape}")
@@ -163,7 +163,7 @@ class Linear(Layer):
     def backward(self, grad_out, input_grad=True):
         """dL/dW = g.T @ x, dL/db = sum_batch g, dL/dx = g @ W (skipped if not input_grad)."""
         weight = self.params["weight"]
-        grad_out = _as_dtype(grad_out, weight.dtype)
+        grad_out = as_dtype(grad_out, weight.dtype)
         xp = array_module(grad_out)
         xp.matmul(grad_out.T, self.x, out=self.grads["weight"])
         if "bias" in self.params:
@@ -206,7 +206,7 @@ class Conv2d(Layer):
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.stride = positive_int("stride", stride)
         self.padding = count("padding", padding)
-        dtype = _check_dtype(dtype)
+        dtype = check_dtype(dtype)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
         self._add_param("weight", kaiming_normal((self.out_channels, self.in_channels, kh, kw),
@@ -229,7 +229,7 @@ class Conv2d(Layer):
     def forward(self, x, training):
         weight = self.params["weight"]
         xp = array_module(x)
-        x = xp.ascontiguousarray(_as_dtype(x, weight.dtype))
+        x = xp.ascontiguousarray(as_dtype(x, weight.dtype))
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d expects x of shape (batch, {self.in_channels}, height, "
                              f"width), got {x.shape}")
@@ -254,7 +254,7 @@ class Conv2d(Layer):
         """With g the output gradient as rows (batch*out_h*out_w, out_channels):
         dL/dW = g.T @ cols, dL/db = sum_rows g, dL/dx = col2im(g @ W)."""
         weight = self.params["weight"]
-        grad_out = _as_dtype(grad_out, weight.dtype)
+        grad_out = as_dtype(grad_out, weight.dtype)
         xp = array_module(grad_out)
         # Rows in NHWC order: a free view when grad_out kept forward's memory order.
         g = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
@@ -451,105 +451,6 @@ class Dropout(Layer):
 
     def __repr__(self):
         return f"Dropout({self.p})"
-
-
-class _BatchNorm(Layer):
-    """Batch normalisation over every axis but the channel axis 1 (Ioffe & Szegedy, 2015).
-
-    Training: x_hat = (x - mean_B) / sqrt(var_B + eps), y = weight * x_hat + bias, with
-    batch statistics (biased variance); running_mean/var move by ``momentum`` towards
-    the batch mean and the *unbiased* batch variance (PyTorch's convention).
-    Evaluation: the running statistics replace the batch ones.
-    """
-
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
-        super().__init__()
-        self.num_features = positive_int("num_features", num_features)
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.eps = float(eps)
-        self.momentum = float(momentum)
-        dtype = _check_dtype(dtype)
-        self._add_param("weight", np.ones(self.num_features, dtype=dtype))
-        self._add_param("bias", np.zeros(self.num_features, dtype=dtype))
-        self.buffers["running_mean"] = np.zeros(self.num_features, dtype=dtype)
-        self.buffers["running_var"] = np.ones(self.num_features, dtype=dtype)
-        self.x_hat = None
-        self.inv_std = None
-        self.training = False
-
-    def _check_input(self, x):
-        raise NotImplementedError
-
-    def _channel(self, v, ndim):
-        """A (C,) vector shaped to broadcast against x: (1, C) or (1, C, 1, 1)."""
-        return v.reshape((1, -1) + (1,) * (ndim - 2))
-
-    def forward(self, x, training):
-        weight = self.params["weight"]
-        x = _as_dtype(x, weight.dtype)
-        self._check_input(x)
-        xp = array_module(x)
-        axes = (0,) + tuple(range(2, x.ndim))
-        self.training = bool(training)
-        if training:
-            n = x.size // self.num_features
-            if n < 2:
-                raise ValueError(f"BatchNorm in training needs > 1 value per channel, got {n}")
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
-            m = self.momentum
-            self.buffers["running_mean"] *= 1 - m
-            self.buffers["running_mean"] += m * mean
-            self.buffers["running_var"] *= 1 - m
-            self.buffers["running_var"] += (m * n / (n - 1)) * var
-        else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-        self.inv_std = 1.0 / xp.sqrt(var + self.eps)
-        self.x_hat = (x - self._channel(mean, x.ndim)) * self._channel(self.inv_std, x.ndim)
-        return (self.x_hat * self._channel(weight, x.ndim)
-                + self._channel(self.params["bias"], x.ndim))
-
-    def backward(self, grad_out, input_grad=True):
-        """dL/dweight = sum g*x_hat, dL/dbias = sum g; in training
-        dL/dx = weight*inv_std/n * (n*g - sum g - x_hat * sum g*x_hat), sums per channel."""
-        weight = self.params["weight"]
-        grad_out = _as_dtype(grad_out, weight.dtype)
-        ndim = grad_out.ndim
-        axes = (0,) + tuple(range(2, ndim))
-        grad_out.sum(axis=axes, out=self.grads["bias"])
-        (grad_out * self.x_hat).sum(axis=axes, out=self.grads["weight"])
-        if not input_grad:
-            return None
-        scale = self._channel(weight * self.inv_std, ndim)
-        if not self.training:
-            return grad_out * scale
-        n = grad_out.size // self.num_features
-        return scale * (grad_out - self._channel(self.grads["bias"] / n, ndim)
-                        - self.x_hat * self._channel(self.grads["weight"] / n, ndim))
-
-    def __repr__(self):
-        return f"{type(self).__name__}({self.num_features})"
-
-
-class BatchNorm1d(_BatchNorm):
-    """BatchNorm over features: x, y: (batch, num_features)."""
-
-    def _check_input(self, x):
-        if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm1d expects x of shape (batch, {self.num_features}), "
-                             f"got {x.shape}")
-
-
-class BatchNorm2d(_BatchNorm):
-    """BatchNorm over channels: x, y: (batch, num_features, height, width)."""
-
-    def _check_input(self, x):
-        if x.ndim != 4 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d expects x of shape (batch, {self.num_features}, "
-                             f"height, width), got {x.shape}")
 
 
 class Sequential:

@@ -29,7 +29,7 @@ step; here the update comes at the step whose index (steps taken before it) is a
 multiple of ΔT: the same drop fractions, one mini-batch later.
 
 Each layer's update clears the optimizer state where its mask changed, is checked by
-``dst.check_invariants`` and appends one ``srigl_np.trail.make_record`` record to
+``dst.check_invariants`` and appends one ``srigl_np.dst.trail.make_record`` record to
 ``audit_records``; the record counts the weights dropped and grown back in the same
 update (``regrown``) and the zeros inside the new mask. A failed check raises
 ``dst.InvariantError`` out of ``after_step``; the layers updated before it in that step
@@ -54,11 +54,11 @@ second implementation to keep identical. ``ablated`` neuron lists stay on the ho
 
 import numpy as np
 
-from . import dst
+from .. import dst
+from ..backend import array_module, on_device_of, to_numpy
+from ..nn.layers import Conv2d, Linear, kaiming_normal
+from ..validation import positive_int
 from .trail import make_record
-from .backend import array_module, on_device_of, to_numpy
-from .layers import Conv2d, Linear, kaiming_normal
-from .validation import positive_int
 
 METHODS = ("dense", "static", "set", "rigl", "srigl")
 OPTIMIZER_ON_UPDATE = ("step", "skip")   # see the module docstring

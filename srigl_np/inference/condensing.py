@@ -11,14 +11,14 @@ import warnings
 
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
+from ..nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ..nn.normalization import BatchNorm1d, BatchNorm2d
+from ..validation import check_array
 from .condensed import (CondensedConv2d, CondensedLinear, _index_dtype, describe_counts,
                         pattern_arrays)
 from .condensed_model import (ChannelAffine, CondensedModel, DenseConv2d, DenseLinear,
                               FlattenStage, MaxPool, Relu, Scatter)
-from .layers import (
-    BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential)
-from .validation import check_array
 
 
 class _Features:
@@ -208,7 +208,7 @@ def condense(model, *, masks=None, index_dtype=None, input_stats=None, warn=True
     active and total neurons, nnz and the reason.
     """
     if not isinstance(model, Sequential):
-        raise TypeError(f"model must be a srigl_np.layers.Sequential, got {type(model).__name__}")
+        raise TypeError(f"model must be a srigl_np.nn.layers.Sequential, got {type(model).__name__}")
     layer_masks = _layer_masks(model, masks)
     stages, state, report = [], None, []
     for i, layer in enumerate(model.layers):

@@ -28,14 +28,14 @@ import json
 
 import numpy as np
 
-from .backend import array_module, parse_device, select
-from .condensed import (CondensedConv2d, CondensedLinear, Stage, _same_device, conv_geometry,
-                        conv_rows, float_input, rows_to_images)
-from .fileio import atomic_write
-from .formats.npz import NpzError, read_npz
-from .kernels import max_pool2d
-from .layers import MaxPool2d
-from .validation import check_array, positive_int
+from ..backend import array_module, parse_device, select
+from ..fileio import atomic_write
+from ..formats.npz import NpzError, read_npz
+from ..kernels import max_pool2d
+from ..nn.layers import MaxPool2d
+from ..validation import check_array, positive_int
+from .condensed import (CondensedConv2d, CondensedLinear, Stage, _same_device,
+                        conv_geometry, conv_rows, float_input, rows_to_images)
 
 FORMAT_NAME = "srigl_np.condensed"
 FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ class Relu(Stage):
 
 
 class MaxPool(Stage):
-    """Max pooling (no padding), as srigl_np.layers.MaxPool2d in evaluation."""
+    """Max pooling (no padding), as srigl_np.nn.layers.MaxPool2d in evaluation."""
 
     kind = "max_pool2d"
     SETTINGS = ("kernel_size", "stride")

@@ -4,7 +4,7 @@ Both compute with the logits' array module (NumPy or CuPy); labels are moved to 
 logits' device. The scalar results come back as Python floats.
 """
 
-from .backend import array_module, on_device_of
+from ..backend import array_module, on_device_of
 
 
 def _check_logits_labels(logits, labels):

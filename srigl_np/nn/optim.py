@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .backend import array_module, on_device_of
+from ..backend import array_module, on_device_of
 
 
 def _check_positive(name, value):

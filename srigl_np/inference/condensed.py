@@ -23,10 +23,10 @@ import copy
 
 import numpy as np
 
-from .backend import array_module, is_cupy_array, parse_device, select, to_device, to_numpy
-from .kernels import CondensedWeights, condensed_conv, condensed_product, \
-    condensed_reference, conv_output_size, im2col
-from .validation import FLOATING, check_array, count, positive_int
+from ..backend import array_module, is_cupy_array, parse_device, select, to_device, to_numpy
+from ..kernels import (CondensedWeights, condensed_conv, condensed_product,
+                       condensed_reference, conv_output_size, im2col)
+from ..validation import FLOATING, check_array, count, positive_int
 
 INT16_MAX_COLUMNS = 32767
 INDEX_DTYPES = (np.int16, np.int32)
@@ -386,7 +386,7 @@ class CondensedLinear(Stage):
             moved.weights = None if self.weights is None else CondensedWeights(
                 to_numpy(self.weights.values), to_numpy(self.weights.indices), self.n_in)
         elif self.weights is not None:
-            from .cuda import CudaCondensedWeights
+            from ..cuda import CudaCondensedWeights
 
             moved.weights = CudaCondensedWeights.from_host(self.weights)
         moved.bias = to_device(self.bias, device)

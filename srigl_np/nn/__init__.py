@@ -1,0 +1,14 @@
+"""The network wing: what a model is made of and how it learns, dense or masked.
+
+    layers          Linear, Conv2d, ReLU, MaxPool2d, Flatten, Dropout and Sequential:
+                    ``forward(x, training)`` and ``backward(grad_out)`` side by side;
+                    ``kaiming_normal`` (per-row fan-in for sparse layers)
+    normalization   BatchNorm1d, BatchNorm2d
+    losses          softmax cross-entropy
+    optim           SGD (momentum, Nesterov), AdamW, learning-rate schedules
+    models          ``build("mlp")``, ``build("cnn")`` for 1x28x28 input
+
+It imports only the foundations (backend, validation, kernels): nothing of the algorithm,
+the file formats or inference (tests/test_imports.py pins it). Sparsity is applied from
+outside, by ``dst.sparsity.DynamicSparsity`` masking the parameters in place.
+"""
