@@ -65,9 +65,11 @@ def create_parser(prog, description):
 # -- typed values ---------------------------------------------------------------------------
 
 def _bound_text(low, high, low_open, high_open):
+    def text(bound):     # integers as written (1000000), floats shortest (0.5)
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
     if high is None:
-        return f"{'>' if low_open else '>='} {low:g}"
-    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        return f"{'>' if low_open else '>='} {text(low)}"
+    return f"in {'(' if low_open else '['}{text(low)}, {text(high)}{')' if high_open else ']'}"
 
 
 def integer(low=None, high=None):

@@ -15,13 +15,13 @@ at commit 3052bb8, read, not copied): ``erk_sparsities``, ``budget``, ``fan_in``
 docs/erk_allocation.md holds the table this prints and classifies every difference.
 """
 
-import argparse
 import math
 import sys
 
 import numpy as np
 
 from . import dst
+from .cli import command, create_parser, fraction, shape_text
 from .dst import authors
 from .dst.sparsity import sparse_parameter_names
 from .nn.layers import Conv2d
@@ -82,10 +82,6 @@ def totals(rows, sparsity):
             "srigl_sparsity": 1.0 - srigl / weights}
 
 
-def _shape_text(shape):
-    return "x".join(map(str, shape))
-
-
 def markdown(models=MODEL_NAMES, sparsities=SPARSITIES):
     """The per-layer table (markdown) of ``models`` at ``sparsities``, then the totals."""
     lines = ["| model | sparsity | layer | shape | weights | ERK sparsity | budget B | "
@@ -102,7 +98,7 @@ def markdown(models=MODEL_NAMES, sparsities=SPARSITIES):
                 theirs = "dense" if r["authors_dense"] else f"{r['authors_sparsity']:.6f}"
                 lines.append(
                     f"| {model} | {100 * sparsity:g}% | {r['layer']} ({r['kind']}) | "
-                    f"{_shape_text(r['shape'])} | {r['weights']} | {ours} | {r['budget']} | "
+                    f"{shape_text(r['shape'])} | {r['weights']} | {ours} | {r['budget']} | "
                     f"{r['fan_in']} | {r['srigl_nnz']} | {theirs} | {r['authors_budget']} "
                     f"| {r['authors_fan_in']} |")
             t = totals(rows, sparsity)
@@ -113,21 +109,21 @@ def markdown(models=MODEL_NAMES, sparsities=SPARSITIES):
     return "\n".join(lines) + "\n\n" + "\n".join(summary)
 
 
-def _fraction(text):
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return value
+PROG = "python -m srigl_np.erk_table"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m srigl_np.erk_table",
-                                     description=__doc__.split("\n\n")[0])
+def make_parser():
+    parser = create_parser(PROG, __doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--model", choices=MODEL_NAMES, nargs="+", default=list(MODEL_NAMES),
                         help="models to tabulate (default: all)")
-    parser.add_argument("--sparsity", type=_fraction, nargs="+", default=list(SPARSITIES),
-                        help="global sparsities (default: 0.9 0.95 0.99)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--sparsity", type=fraction(low_open=True, high_open=True), nargs="+",
+                        default=list(SPARSITIES), help="global sparsities")
+    return parser
+
+
+@command(PROG)
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     print(markdown(args.model, args.sparsity))
     return 0
 

@@ -20,7 +20,6 @@ images of the embedded Fashion-MNIST subset (or --gradient random). --plot FILE 
 |W|, |G| and the decisions as one picture (needs matplotlib).
 """
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import dst
+from .cli import command, create_parser, fraction, integer, parse_shape
 from .explain_text import (ABLATED, ABSENT, CAPPED, GROWN, KEPT, MAX_COLS, MAX_ROWS,
                            METHOD_NAMES, PRUNED, REGROWN, as_rows, explain, position_codes,
                            shape_text)
@@ -294,49 +294,15 @@ def plot(path, layer, result):
 
 # -- the command line ---------------------------------------------------------------------
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag or value in one line, without usage or traceback."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _shape(text):
-    try:
-        shape = tuple(int(part) for part in text.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be NxF or NxCxHxW (positive integers), "
-                                         f"got {text!r}") from None
-    if not 2 <= len(shape) <= 4 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"must be NxF or NxCxHxW (positive integers), "
-                                         f"got {text!r}")
-    return shape
-
-
-def _interval(low, high, high_open=False, integer=False):
-    def parse(text):
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (low <= value and (value < high if high_open else value <= high)):
-            bracket = ")" if high_open else "]"
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}{bracket}, got {text}")
-        return value
-    return parse
-
-
 def make_parser():
     d = DEFAULTS
     about = __doc__.split("\n\n", 1)[1].replace("``", "")
-    p = _OneLineParser(prog=PROG, description="One topology update of one layer, step by "
-                                              "step.\n\n" + about,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = create_parser(PROG, "One topology update of one layer, step by step.\n\n" + about)
     layer = p.add_argument_group("the random layer")
-    layer.add_argument("--shape", type=_shape, default=_shape(d["shape"]),
+    layer.add_argument("--shape", type=parse_shape, default=parse_shape(d["shape"]),
                        metavar="NxF", help=f"neurons x dense fan-in, or NxCxHxW for a conv "
                                            f"layer (default: {d['shape']})")
-    layer.add_argument("--ablated-before", type=_interval(0, 10**6, integer=True),
+    layer.add_argument("--ablated-before", type=integer(0, 10**6),
                        metavar="A", help=f"neurons a previous update left ablated (default: "
                                          f"{d['ablated_before']})")
     run = p.add_argument_group("or a layer of a training run")
@@ -350,41 +316,41 @@ def make_parser():
                      help="'backward': one backward pass on --images embedded images; "
                           "'random': seeded standard normal (default: backward with "
                           "--checkpoint, random for the random layer)")
-    run.add_argument("--images", type=_interval(1, 10**6, integer=True), default=d["images"],
+    run.add_argument("--images", type=integer(1, 10**6), default=d["images"],
                      help=f"images of the backward pass (default: {d['images']})")
     update = p.add_argument_group("the update")
     update.add_argument("--method", choices=METHODS,
                         help=f"the update (default: {d['method']}; with --checkpoint the "
                              f"run's, srigl for a dense or static run)")
-    update.add_argument("--sparsity", type=_interval(0.0, 1.0, high_open=True),
+    update.add_argument("--sparsity", type=fraction(high_open=True),
                         help=f"the layer's target sparsity (default: {d['sparsity']}; with "
                              f"--checkpoint the layer's share of the run's)")
-    update.add_argument("--gamma-sal", type=_interval(0.0, 1.0),
+    update.add_argument("--gamma-sal", type=fraction(),
                         help=f"SRigL's ablation threshold γ_sal (default: {d['gamma_sal']}; "
                              f"with --checkpoint the run's)")
     update.add_argument("--no-ablation", action="store_true",
                         help="SRigL without neuron ablation, as for an output layer "
                              "(default: ablation on)")
-    update.add_argument("--drop-fraction", type=_interval(0.0, 1.0),
+    update.add_argument("--drop-fraction", type=fraction(),
                         help="the drop fraction d, instead of the schedule (default: the "
                              "schedule α/2·(1 + cos(π·t/T_end)))")
-    update.add_argument("--alpha", type=_interval(0.0, 1.0),
+    update.add_argument("--alpha", type=fraction(),
                         help=f"the schedule's initial drop fraction α (default: {d['alpha']}; "
                              f"with --checkpoint the run's)")
-    update.add_argument("--step", type=_interval(0, 10**9, integer=True), default=d["step"],
+    update.add_argument("--step", type=integer(0, 10**9), default=d["step"],
                         metavar="T", help=f"the schedule's step t (default: {d['step']})")
-    update.add_argument("--t-end", type=_interval(1, 10**9, integer=True), metavar="T_END",
+    update.add_argument("--t-end", type=integer(1, 10**9), metavar="T_END",
                         help=f"the schedule's T_end, where updates stop (default: "
                              f"{d['t_end']}; with --checkpoint the run's)")
     update.add_argument("--seed", type=int, default=d["seed"],
                         help=f"seed of the random layer, the random gradient, the images and "
                              f"SET's growth (default: {d['seed']})")
     shown = p.add_argument_group("the output")
-    shown.add_argument("--max-rows", type=_interval(1, 10**6, integer=True),
+    shown.add_argument("--max-rows", type=integer(1, 10**6),
                        default=d["max_rows"], metavar="R",
                        help=f"neurons shown in the grids, those where something happened "
                             f"first (default: {d['max_rows']})")
-    shown.add_argument("--max-cols", type=_interval(1, 10**6, integer=True),
+    shown.add_argument("--max-cols", type=integer(1, 10**6),
                        default=d["max_cols"], metavar="C",
                        help=f"inputs per grid row; a wider layer shows only each neuron's "
                             f"inputs before or after (default: {d['max_cols']})")
@@ -394,26 +360,22 @@ def make_parser():
     return p
 
 
+@command(PROG, errors=(ImportError,))
 def main(argv=None):
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    try:
-        layer = build_layer(args)
-        t_end = layer.t_end if args.t_end is None else args.t_end
-        if args.step > t_end:
-            raise ValueError(f"--step must be <= T_end = {t_end} (--t-end), got {args.step}")
-        given = args.drop_fraction is not None
-        drop_fraction = (args.drop_fraction if given else
-                         dst.cosine_drop_fraction(args.step, layer.alpha, t_end))
-        result = run_update(layer, drop_fraction, args.seed)
-        lines = explain(layer, result, (layer.alpha, args.step, t_end, drop_fraction, given),
-                        args.max_rows, args.max_cols)
-        if args.plot is not None:
-            plot(args.plot, layer, result)
-            lines.append(f"\nplot: {args.plot}")
-    except (ValueError, FileNotFoundError, ImportError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+    args = make_parser().parse_args(argv)
+    layer = build_layer(args)
+    t_end = layer.t_end if args.t_end is None else args.t_end
+    if args.step > t_end:
+        raise ValueError(f"--step must be <= T_end = {t_end} (--t-end), got {args.step}")
+    given = args.drop_fraction is not None
+    drop_fraction = (args.drop_fraction if given else
+                     dst.cosine_drop_fraction(args.step, layer.alpha, t_end))
+    result = run_update(layer, drop_fraction, args.seed)
+    lines = explain(layer, result, (layer.alpha, args.step, t_end, drop_fraction, given),
+                    args.max_rows, args.max_cols)
+    if args.plot is not None:
+        plot(args.plot, layer, result)
+        lines.append(f"\nplot: {args.plot}")
     print("\n".join(lines))
     return 0
 

@@ -139,3 +139,26 @@ def test_format_table():
     assert cli.format_table(rows).splitlines() == ["a   bb", "--  ----------",
                                                    "1   long value", "22  x"]
     assert cli.format_table([], empty="nothing") == "nothing"
+
+
+COMMANDS = ("audit", "bench.command", "condense", "erk_table", "experiments", "explain",
+            "train")
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_is_built_on_the_kit(name):
+    """One parser class, one help formatter, one error wrapper for the seven commands; and
+    every flag with a default says it in --help."""
+    import importlib
+
+    module = importlib.import_module(f"srigl_np.{name}")
+    parser = module.make_parser()
+    assert isinstance(parser, cli.Parser) and parser.formatter_class is cli.HelpFormatter
+    assert hasattr(module.main, "__wrapped__")          # functools.wraps of cli.command
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS) \
+                and action.dest != "help":
+            shown = " ".join(cli.HelpFormatter("x")._get_help_string(action).split())
+            assert "(default:" in shown, (name, action.dest)
+            assert shown.split("(default:")[0].strip()[:30] in text, (name, action.dest)

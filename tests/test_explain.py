@@ -303,7 +303,7 @@ def test_a_threshold_lowered_to_keep_the_fewest_neurons_is_explained(capsys):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--shape", "3x"], "argument --shape: must be NxF or NxCxHxW"),
     (["--shape", "0x4"], "argument --shape: must be NxF or NxCxHxW"),
-    (["--sparsity", "1"], "argument --sparsity: must be in [0.0, 1.0)"),
+    (["--sparsity", "1"], "argument --sparsity: must be in [0, 1)"),
     (["--gamma-sal", "nan"], "argument --gamma-sal: must be in"),
     (["--drop-fraction", "x"], "argument --drop-fraction: must be a number, got 'x'"),
     (["--method", "magic"], "argument --method: invalid choice: 'magic'"),

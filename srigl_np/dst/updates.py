@@ -2,6 +2,35 @@
 
 Each is a short composition of the named steps of ``srigl_np.dst.steps`` on the layer's
 (n, F) rows; ``trace=True`` returns the steps' own records in an ``UpdateTrace``.
+
+SRigL's update, step by step
+----------------------------
+weight: (n, *fan_in_dims) float32/float64, 0 outside ``mask``; mask: same shape, bool;
+grad: same shape, the dense (unmasked) gradient. With N = n*F and
+budget = layer_budget(weight.shape, sparsity), the steps (srigl_np.dst.steps):
+
+1. ``magnitude_keep``: n_ones = nnz(mask), n_prune = floor(n_ones*drop_fraction),
+   n_keep = n_ones - n_prune; with fewer than n_keep non-zero active weights, all of
+   those are kept.
+2. ``ablate``: saliency is the top n_keep active weights by |W| united with the top
+   n_prune positions by |G|, both layer-wide. A neuron with fewer than
+   max(1, floor(gamma_sal*k0)) salient weights, k0 = floor(budget/n), is ablated; the
+   threshold is lowered so the min(n, floor(budget/F) + 1) most salient neurons stay
+   active (enough to hold the budget at fan-in <= F), and at most max(1, budget)
+   neurons stay active (fan-in >= 1; ties: lower neuron index stays)
+   (``ablation_rule``). Decided afresh each update, so neurons can return.
+3. ``new_fan_in``: k = fan_in_after_ablation(shape, sparsity, n_ablated).
+4. ``cap_fan_in``: keep the top n_keep active weights by |W| outside ablated neurons;
+   a neuron with more than k keeps its k largest.
+5. ``regrow``: each active neuron grows its missing weights at its largest |G| among
+   positions not kept (a position pruned in 4 may come back, with its old value:
+   ``regrown``); new weights are 0.
+
+Afterwards every active neuron has exactly k weights and ablated neurons none.
+``ablation=False`` keeps every neuron; the caller passes it for the output layer, which is
+never ablated (DynamicSparsity does). The k0 denominator, the fewest and most active
+neurons, the fan-in floor of 1 and the cap's choice are srigl_np's readings of §4: see
+docs/tutorial.md, "Where srigl_np departs".
 """
 
 import functools
@@ -169,36 +198,15 @@ def _host_round_trip(update):
 @_host_round_trip
 def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, ablation=True,
                  trace=False):
-    """One SRigL topology update of one layer (paper §4).
+    """One SRigL topology update of one layer (paper §4): the five steps of the module
+    docstring, composed.
 
     weight: (n, *fan_in_dims) float32/float64, 0 outside ``mask``; mask: same shape, bool;
-    grad: same shape, the dense (unmasked) gradient. With N = n*F and
-    budget = layer_budget(weight.shape, sparsity), the steps (srigl_np.dst.steps):
-
-    1. ``magnitude_keep``: n_ones = nnz(mask), n_prune = floor(n_ones*drop_fraction),
-       n_keep = n_ones - n_prune; with fewer than n_keep non-zero active weights, all of
-       those are kept.
-    2. ``ablate``: saliency is the top n_keep active weights by |W| united with the top
-       n_prune positions by |G|, both layer-wide. A neuron with fewer than
-       max(1, floor(gamma_sal*k0)) salient weights, k0 = floor(budget/n), is ablated; the
-       threshold is lowered so the min(n, floor(budget/F) + 1) most salient neurons stay
-       active (enough to hold the budget at fan-in <= F), and at most max(1, budget)
-       neurons stay active (fan-in >= 1; ties: lower neuron index stays)
-       (``ablation_rule``). Decided afresh each update, so neurons can return.
-    3. ``new_fan_in``: k = fan_in_after_ablation(shape, sparsity, n_ablated).
-    4. ``cap_fan_in``: keep the top n_keep active weights by |W| outside ablated neurons;
-       a neuron with more than k keeps its k largest.
-    5. ``regrow``: each active neuron grows its missing weights at its largest |G| among
-       positions not kept (a position pruned in 4 may come back, with its old value:
-       ``regrown``); new weights are 0.
-
-    Afterwards every active neuron has exactly k weights and ablated neurons none.
-    ``ablation=False`` keeps every neuron; the caller passes it for the output layer, which
-    is never ablated (DynamicSparsity does). The k0 denominator, the fewest and most
-    active neurons, the fan-in floor of 1 and the cap's choice are srigl_np's readings of
-    §4: see docs/tutorial.md, "Where srigl_np departs". ``trace=True`` also returns the
-    steps' records in ``result.trace`` (an UpdateTrace); the result is the same either way.
-    Returns an UpdateResult; inputs are untouched.
+    grad: same shape, the dense (unmasked) gradient. Afterwards every active neuron has
+    exactly k weights and ablated neurons none. ``ablation=False`` keeps every neuron (the
+    output layer's update). ``trace=True`` also returns the steps' records in
+    ``result.trace`` (an UpdateTrace); the result is the same either way. Returns an
+    UpdateResult; inputs are untouched.
     """
     rows, row_mask, row_grad = check_update_args(weight, mask, grad, drop_fraction,
                                                  sparsity=sparsity, gamma_sal=gamma_sal)
