@@ -7,8 +7,9 @@ the contents. The kinds, in the order they are told apart:
     run         a directory of ``python -m srigl_np.train`` (it holds checkpoint.npz)
     condensed   an .npz with format_version and metadata (``CondensedModel.save``)
     checkpoint  an .npz with meta (``checkpoint.save_checkpoint``)
-    scipy       an .npz of ``scipy.sparse.save_npz``: indptr, indices and shape
-                (csr, csc, bsr) or row, col and shape (coo)
+    scipy       an .npz of ``scipy.sparse.save_npz``: shape with format (every
+                format), or indptr and indices (csr, csc, bsr), row and col or coords
+                (coo), or offsets (dia)
     torch       any other file: the PyTorch reader refuses it with a reason when it is
                 none (not a zip, the legacy format, no data.pkl, ...)
 """
@@ -17,6 +18,9 @@ import os
 import zipfile
 
 SOURCE_KINDS = ("run", "checkpoint", "condensed", "torch", "scipy")
+# Beside shape.npy, the members that tell a scipy.sparse .npz (any one set).
+SCIPY_MEMBERS = ({"format.npy"}, {"indptr.npy", "indices.npy"}, {"row.npy", "col.npy"},
+                 {"coords.npy"}, {"offsets.npy"})
 
 
 def _zip_names(path):
@@ -43,7 +47,6 @@ def source_kind(path):
         return "condensed"
     if "meta.npy" in names:
         return "checkpoint"
-    if {"indptr.npy", "indices.npy", "shape.npy"} <= names or {
-            "row.npy", "col.npy", "shape.npy"} <= names:
+    if "shape.npy" in names and any(members <= names for members in SCIPY_MEMBERS):
         return "scipy"
     return "torch"
