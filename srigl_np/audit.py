@@ -8,9 +8,10 @@ dense (they have no records; the run's checkpoint says which and why). For any m
 (that run's checkpoint, a srigl_np checkpoint .npz, a condensed model file, a PyTorch
 checkpoint or state_dict, or a scipy.sparse .npz): per sparse layer its shape, nnz,
 sparsity, fan-in (constant or not, k), ablated neurons, zeros inside the mask, weights
-outside it, and every violated invariant with the first offending neuron. Exit status 1
-when a file cannot be read, a trail records a failed check (older trainers wrote one),
-or a layer that claims constant fan-in (SRigL) breaks it; 0 otherwise.
+outside it, and every violated invariant with the first offending neuron; and every
+NaN or infinite value it holds (condense refuses them). Exit status 1 when a file
+cannot be read, a trail records a failed check (older trainers wrote one), a layer that
+claims constant fan-in (SRigL) breaks it, or a value is NaN or infinite; 0 otherwise.
 
 The trail's schema and reader are ``srigl_np.dst.trail``; this module summarises it.
 """
@@ -232,7 +233,7 @@ def make_parser():
 @command(PROG, errors=(TypeError, ImportError))
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    from .model_audit import audit_source, format_audits, open_source
+    from .model_audit import audit_source, format_audits, not_finite, open_source
 
     status, out, trail_records, kept = 0, [], None, {}
     is_run = os.path.isdir(args.path)
@@ -247,6 +248,7 @@ def main(argv=None):
     if not is_run or has_checkpoint:
         source = open_source(args.path)
         audits = audit_source(source)
+        problems = not_finite(source, audits)
     if args.plot is not None:
         if trail_records is None:
             raise ValueError(f"--plot draws a run's audit trail, and {args.path} has none"
@@ -258,16 +260,18 @@ def main(argv=None):
     trail_summary = None if trail_records is None else summarise(trail_records)
     kept_json = {name: {"shape": shape, "reason": why} for name, (shape, why) in kept.items()}
     if source is not None:
-        status = max(status, 0 if all(a["ok"] for a in audits) else 1)
+        status = max(status, 0 if all(a["ok"] for a in audits) and not problems else 1)
         if args.json:
             print(json.dumps({"path": args.path, "kind": source.kind,
                               "structure": source.structure, "notes": source.notes,
-                              "layers": audits, "trail": trail_summary,
-                              "kept_dense": kept_json, "status": status}))
+                              "layers": audits, "not_finite": problems,
+                              "trail": trail_summary, "kept_dense": kept_json,
+                              "status": status}))
             return status
         out += [f"{source.path}: {source.kind}, structure from {source.structure}"]
         out += [f"  note: {note}" for note in source.notes]
         out.append(format_audits(audits))
+        out += [problem["message"] for problem in problems]
     elif args.json:
         print(json.dumps({"path": args.path, "kind": "trail", "layers": [],
                           "trail": trail_summary, "kept_dense": kept_json,

@@ -75,7 +75,11 @@ def build_source(path, input_stats=None):
         from .inference.condensed import CondensedLinear
         from .inference.condensed_model import CondensedModel
 
-        layer = CondensedLinear.from_csr(load_sparse_npz(path))
+        matrix = load_sparse_npz(path)   # its errors name the file
+        try:
+            layer = CondensedLinear.from_csr(matrix)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         return CondensedModel([layer]), {}, None, [model_audit.SCIPY_NOTE]
     raise ValueError(f"{path} is already a condensed model")
 

@@ -19,12 +19,18 @@ sparse layers (name, weight, mask or None) and which of them claim constant fan-
 ``audit_layer`` then reports, per layer: shape, nnz, sparsity, whether the fan-in is
 constant over the active neurons, k, the ablated neurons, zeros inside the mask,
 weights outside it, and every violated invariant (``dst.invariant_violations``, with
-the first offending neuron and its count). Nothing in a file is executed: npz files
+the first offending neuron and its count). A NaN or infinite value is a violation
+wherever it is, claimed or not (condense refuses such a model): in a layer's weights
+(``audit_layer``) or in any other array of the source (``not_finite``).
+
+The audit holds each layer's weights densely: a scipy matrix or a condensed layer whose
+dense form would exceed ``MAX_DENSE_WEIGHTS`` is refused before anything is allocated. Nothing in a file is executed: npz files
 are read by ``formats.npz.read_npz`` (no pickles, every member checked before it is
 inflated), PyTorch files by ``formats.torch_format``'s restricted reader.
 """
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -33,17 +39,25 @@ from . import dst
 from .formats.sniff import source_kind
 
 
+# The most weights a layer's dense form may hold in the audit (256 MiB as float32; the
+# audit's peak is a few times that).
+MAX_DENSE_WEIGHTS = 2**26
+
+
 @dataclasses.dataclass
 class Source:
     """What ``open_source`` found. layers: [(name, weight, mask or None)], weights of
     shape (n_out, *fan_in_dims) as NumPy; claimed: names that claim constant fan-in;
-    structure: where the masks came from; notes: sentences for the report."""
+    structure: where the masks came from; notes: sentences for the report; arrays:
+    {name: array} of every other array the source holds (biases, normalisation
+    statistics), checked for NaN and infinity by ``not_finite``."""
     path: str
     kind: str
     layers: list
     claimed: set
     structure: str
     notes: list
+    arrays: dict = dataclasses.field(default_factory=dict)
 
 
 def open_source(path):
@@ -68,7 +82,25 @@ def _our_checkpoint(path):
     layers = [(name, params[name], mask) for name, mask in run.masks.items()]
     notes = [run_note(run)]
     return Source(path, "checkpoint", layers, {n for n, _, m in layers if claims and
-                                               not m.all()}, "mask", notes)
+                                               not m.all()}, "mask", notes,
+                  _others(run.model.state_dict(), layers))
+
+
+def _others(arrays, layers):
+    """{name: array} of ``arrays`` but the layers' weights."""
+    audited = {name for name, _, _ in layers}
+    return {name: a for name, a in arrays.items() if name not in audited}
+
+
+def check_dense_size(path, name, shape):
+    """Refuse (ValueError, one line) a layer whose dense form would hold more than
+    MAX_DENSE_WEIGHTS weights, before the audit allocates it."""
+    size = math.prod(shape)
+    if size > MAX_DENSE_WEIGHTS:
+        raise ValueError(f"{path}: {name} of shape {'x'.join(map(str, shape))} is too large "
+                         f"to audit: its dense form holds {size} weights ({4 * size / 2**30:.1f} "
+                         f"GiB as float32), and the audit holds each layer densely, at most "
+                         f"{MAX_DENSE_WEIGHTS} weights")
 
 
 def run_note(run):
@@ -89,6 +121,7 @@ def _condensed_file(path):
     for i, stage in enumerate(model.stages):
         name = f"stage{i}"
         if isinstance(stage, (CondensedLinear, CondensedConv2d)):
+            check_dense_size(path, name, stage.shape)
             weight = stage.to_dense()
             mask = np.zeros(weight.shape[0:1] + (int(np.prod(weight.shape[1:])),), bool)
             mask[np.asarray(stage.active)[:, None], np.asarray(stage.indices)] = True
@@ -106,7 +139,9 @@ def _scipy_file(path):
 
     from .formats.scipy_npz import load_sparse_npz
 
-    csr = scipy.sparse.csr_array(load_sparse_npz(path))
+    matrix = load_sparse_npz(path)
+    check_dense_size(path, "the matrix", matrix.shape)
+    csr = scipy.sparse.csr_array(matrix)
     csr.sum_duplicates()
     weight = csr.toarray()
     mask = np.zeros(csr.shape, dtype=bool)
@@ -125,7 +160,7 @@ def _torch_file(path):
     structure = {"pruner": "mask", "weight_mask": "mask"}.get(imported.mask_source,
                                                               "weight != 0")
     return Source(path, "torch", layers, {n for n, _, _ in layers} if claims else set(),
-                  structure, list(imported.notes))
+                  structure, list(imported.notes), _others(imported.state_dict, layers))
 
 
 def audit_layer(name, weight, mask=None, *, claimed=False):
@@ -138,7 +173,9 @@ def audit_layer(name, weight, mask=None, *, claimed=False):
     constant, else None), fan_in_range ([min, max] over active neurons), zeros_in_mask,
     outside_mask (non-zero weights outside the mask), claimed, violations ([{kind,
     neuron, count, message}]: every broken invariant, fan-in judged against the most
-    common count), ok (False when a claimed layer breaks an invariant or is ragged).
+    common count, and "not_finite" for NaN or infinite weights), ok (False when a
+    claimed layer breaks an invariant or is ragged, and for any layer with a NaN or
+    infinite weight).
     """
     weight = np.asarray(weight)
     structure = "mask" if mask is not None else "weight != 0"
@@ -149,8 +186,16 @@ def audit_layer(name, weight, mask=None, *, claimed=False):
     counts = row_mask.sum(axis=1)
     live = counts[counts > 0]
     constant = np.unique(live).size <= 1
-    violations = dst.invariant_violations(weight, np.asarray(mask), fan_in="infer",
-                                          ablated="infer")
+    violations = [{"kind": v.kind, "neuron": v.neuron, "count": v.count,
+                   "message": v.message}
+                  for v in dst.invariant_violations(weight, np.asarray(mask), fan_in="infer",
+                                                    ablated="infer")]
+    bad = _first_not_finite(rows)
+    if bad is not None:
+        total, (neuron, column), value = bad
+        violations.append({"kind": "not_finite", "neuron": neuron, "count": total,
+                           "message": f"{total} weights are NaN or infinite; first at "
+                                      f"neuron {neuron}, input {column}: {value!r}"})
     nnz = int(row_mask.sum())
     return {
         "layer": name, "shape": list(weight.shape), "size": int(weight.size), "nnz": nnz,
@@ -162,10 +207,42 @@ def audit_layer(name, weight, mask=None, *, claimed=False):
         "zeros_in_mask": int((row_mask & (rows == 0)).sum()),
         "outside_mask": int(((rows != 0) & ~row_mask).sum()),
         "claimed": bool(claimed),
-        "violations": [{"kind": v.kind, "neuron": v.neuron, "count": v.count,
-                        "message": v.message} for v in violations],
-        "ok": not (claimed and (violations or not constant)),
+        "violations": violations,
+        "ok": bad is None and not (claimed and (violations or not constant)),
     }
+
+
+def _first_not_finite(array):
+    """(count, index of the first, its value) of the NaN and infinite values of a float
+    array; None when every value is finite (or it holds no floats)."""
+    array = np.asarray(array)
+    if array.dtype.kind != "f":
+        return None
+    bad = ~np.isfinite(array)
+    if not bad.any():
+        return None
+    index = np.unravel_index(int(np.argmax(bad)), array.shape)
+    return (int(np.count_nonzero(bad)), tuple(int(i) for i in index),
+            float(array[index]))
+
+
+def not_finite(source, audits=()):
+    """The NaN and infinite values of the source's arrays that ``audits`` (the layer
+    audits) do not already report, as [{array, count, size, index, message}] (JSON-ready):
+    the dense layers audit_source leaves out, biases and normalisation statistics.
+    condense refuses a model with any of them."""
+    audited = {a["layer"] for a in audits}
+    problems = []
+    for name, array in {**{n: w for n, w, _ in source.layers}, **source.arrays}.items():
+        bad = None if name in audited else _first_not_finite(array)
+        if bad is not None:
+            total, index, value = bad
+            size = int(np.asarray(array).size)
+            problems.append({"array": name, "count": total, "size": size,
+                             "index": list(index),
+                             "message": f"{name}: {total} of {size} values are NaN or "
+                                        f"infinite; first at index {list(index)}: {value!r}"})
+    return problems
 
 
 def audit_source(source):

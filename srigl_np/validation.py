@@ -19,6 +19,8 @@ from .backend import array_module, is_cupy_array
 
 FLOATING = "floating"
 INTEGER = "integer"
+# The largest finite float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _dtype_text(dtypes):
@@ -70,6 +72,21 @@ def check_array(name, a, *, dtypes=None, ndim=None, shape=None, contiguous=False
         raise ValueError(f"{name} must be C-contiguous")
     if finite and a.dtype.kind in "fc" and not bool(array_module(a).isfinite(a).all()):
         raise ValueError(f"{name} must be finite, found NaN or Inf")
+    return a
+
+
+def check_float32_range(name, a):
+    """Return the NumPy array ``a`` unchanged when float32 holds its finite values; a
+    wider float beyond float32's range (a cast would make it infinite) is a ValueError
+    naming ``name`` and the largest magnitude. NaN and infinity pass: they are
+    ``check_array(finite=True)``'s to refuse."""
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
+        magnitude = np.abs(a[np.isfinite(a)])
+        largest = float(magnitude.max()) if magnitude.size else 0.0
+        if largest > FLOAT32_MAX:
+            raise ValueError(f"{name} holds finite values out of float32 range (largest "
+                             f"magnitude {largest:.4g}; float32 holds up to "
+                             f"{FLOAT32_MAX:.4g}): srigl_np's weights are float32")
     return a
 
 

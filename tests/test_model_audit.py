@@ -232,3 +232,149 @@ def test_a_dense_run_condenses_by_all_true_masks_and_has_no_sparse_layer(tmp_pat
         ("condensed", 784), ("condensed", 300), ("condensed", 100)]
     status, text, _ = _audit(capsys, out)
     assert status == 0 and "no sparse layers" in text
+
+
+# --- scipy matrices of every format; sizes the audit would hold densely ------------------
+
+@pytest.mark.parametrize("kind", ["csr", "csc", "coo", "bsr", "dia"])
+@pytest.mark.parametrize("as_array", [False, True])
+def test_a_scipy_matrix_of_every_format_audits_as_its_csr(tmp_path, capsys, kind, as_array):
+    """A DIA file was sniffed as a PyTorch file and refused."""
+    weight = fan_in_weight((6, 8), 3, np.random.default_rng(2), ablated=(1,))
+    matrix = (scipy.sparse.csr_array if as_array else scipy.sparse.csr_matrix)(weight)
+    scipy.sparse.save_npz(tmp_path / "w.npz", matrix.asformat(kind))
+    status, out, err = _audit(capsys, tmp_path / "w.npz", "--json")
+    assert status == 0 and not err
+    report = json.loads(out)
+    assert report["kind"] == "scipy" and report["layers"][0]["shape"] == [6, 8]
+    if kind != "dia":   # DIA stores no explicit pattern: zeros of its diagonals drop out
+        assert report["layers"][0]["k"] == 3 and report["layers"][0]["ablated"] == [1]
+
+
+def _peak_bytes(function):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        function()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize("kind", ["coo", "csr"])
+def test_a_huge_scipy_matrix_is_refused_by_size_before_it_is_made_dense(tmp_path, capsys,
+                                                                        kind):
+    """A 100000x100000 matrix is 37 GiB dense: a MemoryError traceback before."""
+    matrix = scipy.sparse.coo_array((np.ones(3, np.float32), ([0, 5, 99999], [1, 2, 3])),
+                                    shape=(100000, 100000))
+    scipy.sparse.save_npz(tmp_path / "w.npz", matrix.asformat(kind))
+    status = []
+    peak = _peak_bytes(lambda: status.append(audit.main([str(tmp_path / "w.npz")])))
+    err = capsys.readouterr().err
+    assert status == [1] and peak < 50 * 2**20
+    assert err == (f"python -m srigl_np.audit: error: {tmp_path / 'w.npz'}: the matrix of "
+                   f"shape 100000x100000 is too large to audit: its dense form holds "
+                   f"10000000000 weights (37.3 GiB as float32), and the audit holds each "
+                   f"layer densely, at most {model_audit.MAX_DENSE_WEIGHTS} weights\n")
+
+
+def test_condense_takes_a_huge_sparse_matrix_in_memory_of_its_entries(tmp_path):
+    """condense never needs the dense form: a 100000x100000 matrix with one entry per row."""
+    rows = np.arange(100000)
+    matrix = scipy.sparse.coo_array((np.ones(rows.size, np.float32), (rows, rows[::-1])),
+                                    shape=(100000, 100000))
+    scipy.sparse.save_npz(tmp_path / "w.npz", matrix)
+    status = []
+    peak = _peak_bytes(lambda: status.append(condense_cli.main(
+        [str(tmp_path / "w.npz"), "--out", str(tmp_path / "m.npz")], log=lambda line: None)))
+    assert status == [0] and peak < 50 * 2**20
+
+
+def test_a_condensed_layer_too_large_to_make_dense_is_refused(tmp_path, capsys):
+    from srigl_np.inference.condensed import CondensedLinear
+    from srigl_np.inference.condensed_model import CondensedModel
+
+    layer = CondensedLinear(np.ones((2, 1), np.float32), np.array([[0], [9]], np.int32),
+                            np.array([0, 99999]), 100000, 100000)
+    CondensedModel([layer]).save(tmp_path / "m.npz")
+    status, out, err = _audit(capsys, tmp_path / "m.npz")
+    assert status == 1 and not out
+    assert "stage0 of shape 100000x100000 is too large to audit" in err
+
+
+# --- NaN and infinity, complex and float64 weights: as strict as condense ----------------
+
+def test_a_nan_weight_is_a_violation_even_in_a_layer_that_claims_nothing(tmp_path, capsys):
+    """The audit said "check ok" for a matrix condense refuses."""
+    weight = fan_in_weight((4, 6), 2, np.random.default_rng(0))
+    weight[2, np.flatnonzero(weight[2])[0]] = np.nan
+    scipy.sparse.save_npz(tmp_path / "w.npz", scipy.sparse.csr_array(weight))
+    status, out, _ = _audit(capsys, tmp_path / "w.npz")
+    assert status == 1 and "VIOLATED" in out
+    assert f"matrix: 1 weights are NaN or infinite; first at neuron 2, input " in out
+    assert condense_cli.main([str(tmp_path / "w.npz"), "--out", str(tmp_path / "m.npz")],
+                             log=lambda line: None) == 1
+    assert "must be finite" in capsys.readouterr().err
+
+
+def test_infinity_outside_the_audited_layers_fails_the_audit(srigl_run, tmp_path, capsys):
+    def infinite_bias(arrays):
+        arrays["param/1.bias"][3] = np.inf
+    path = _tampered_checkpoint(srigl_run, tmp_path, infinite_bias)
+    status, out, _ = _audit(capsys, path, "--json")
+    report = json.loads(out)
+    assert status == 1 and all(layer["ok"] for layer in report["layers"])
+    assert report["not_finite"] == [{
+        "array": "1.bias", "count": 1, "size": report["not_finite"][0]["size"],
+        "index": [3], "message": f"1.bias: 1 of {report['not_finite'][0]['size']} values "
+                                 f"are NaN or infinite; first at index [3]: inf"}]
+    status, out, _ = _audit(capsys, path)
+    assert status == 1 and "1.bias: 1 of" in out
+    assert condense_cli.main([str(path), "--out", str(tmp_path / "m.npz")],
+                             log=lambda line: None) == 1
+    assert capsys.readouterr().err == (
+        "python -m srigl_np.condense: error: 1.bias holds 1 NaN or infinite values (the "
+        "first at index [3]: inf); a model with non-finite weights cannot be condensed\n")
+
+
+def _linear_state_file(path, weight):
+    from torch_files import write_torch_zip
+
+    write_torch_zip(path, {"fc.weight": weight, "fc.bias": np.zeros(len(weight), np.float32)})
+    return path
+
+
+def test_complex_weights_are_refused_not_cast_to_their_real_part(tmp_path, capsys):
+    weight = fan_in_weight((4, 6), 2, np.random.default_rng(0)).astype(np.complex64)
+    path = _linear_state_file(tmp_path / "c.pt", weight)
+    why = ("c.pt: model state entry 'fc.weight' holds complex numbers (complex64): weights "
+           "are real, and the imaginary parts would be lost\n")
+    assert _audit(capsys, path) == (1, "", f"python -m srigl_np.audit: error: {tmp_path}/{why}")
+    assert condense_cli.main([str(path), "--out", str(tmp_path / "m.npz")]) == 1
+    assert capsys.readouterr().err == f"python -m srigl_np.condense: error: {tmp_path}/{why}"
+
+
+def test_complex_parameters_of_our_checkpoint_are_refused(srigl_run, tmp_path, capsys):
+    def complex_weight(arrays):
+        arrays["param/1.weight"] = arrays["param/1.weight"].astype(np.complex64)
+    path = _tampered_checkpoint(srigl_run, tmp_path, complex_weight)
+    status, out, err = _audit(capsys, path)
+    assert status == 1 and not out and len(err.splitlines()) == 1
+    assert "1.weight" in err and "complex64" in err, err
+
+
+def test_float64_weights_beyond_float32_are_out_of_range_not_non_finite(tmp_path, capsys):
+    weight = fan_in_weight((4, 6), 2, np.random.default_rng(0)).astype(np.float64)
+    weight[1, np.flatnonzero(weight[1])[0]] = -1e300
+    expected = ("holds finite values out of float32 range (largest magnitude 1e+300; "
+                "float32 holds up to 3.403e+38): srigl_np's weights are float32\n")
+    torch_file = _linear_state_file(tmp_path / "w.pt", weight)
+    scipy.sparse.save_npz(tmp_path / "w.npz", scipy.sparse.csr_array(weight))
+    for path, name in ((torch_file, "fc.weight"), (tmp_path / "w.npz", "matrix")):
+        assert _audit(capsys, path)[0] == 0   # finite: the audit reads it as it is
+        assert condense_cli.main([str(path), "--out", str(tmp_path / "m.npz")],
+                                 log=lambda line: None) == 1
+        assert capsys.readouterr().err == (f"python -m srigl_np.condense: error: {path}: "
+                                           f"{name} {expected}")

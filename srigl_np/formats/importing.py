@@ -38,6 +38,7 @@ import numpy as np
 
 from ..nn import models
 from ..nn.layers import Flatten, Linear, ReLU, Sequential
+from ..validation import check_float32_range
 
 MASK_SOURCES = ("pruner", "weight_mask", "zeros")
 
@@ -191,6 +192,10 @@ def _check_state(state, path):
         if not isinstance(value, np.ndarray):
             raise ValueError(f"{path}: model state entry {key!r} must be a tensor, "
                              f"found {_describe(value)}")
+        if value.dtype.kind == "c":
+            raise ValueError(f"{path}: model state entry {key!r} holds complex numbers "
+                             f"({value.dtype}): weights are real, and the imaginary parts "
+                             f"would be lost")
     return state
 
 
@@ -460,8 +465,9 @@ def to_model(imported, *, rng=None):
                  + ", ".join(f"{module} -> {key_map[module + '.weight'].split('.')[0]}"
                              for module in modules)
                  + "; ReLU between the layers is assumed (a state_dict holds no activations)"]
-    model.load_state_dict({ours: np.asarray(state[theirs], dtype=np.float32)
-                           for theirs, ours in key_map.items()})
+    model.load_state_dict({
+        ours: check_float32_range(f"{imported.path}: {theirs}", state[theirs]).astype(
+            np.float32) for theirs, ours in key_map.items()})
     masks = {key_map[key]: mask for key, mask in imported.masks.items()}
     return model, masks, notes
 

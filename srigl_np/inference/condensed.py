@@ -26,7 +26,7 @@ import numpy as np
 from ..backend import array_module, is_cupy_array, parse_device, select, to_device, to_numpy
 from ..kernels import (CondensedWeights, condensed_conv, condensed_product,
                        condensed_reference, conv_output_size, im2col)
-from ..validation import FLOATING, check_array, count, positive_int
+from ..validation import FLOATING, check_array, check_float32_range, count, positive_int
 
 INT16_MAX_COLUMNS = 32767
 INDEX_DTYPES = (np.int16, np.int32)
@@ -116,16 +116,18 @@ def _index_dtype(n_in, index_dtype):
 
 
 def _check_weight(name, a, ndim):
-    """A finite float32/float64 NumPy weight of ``ndim`` dimensions (for from_dense)."""
-    return check_array(name, a, dtypes=(np.float32, np.float64), ndim=ndim, finite=True,
-                       device="cpu")
+    """A finite float32/float64 NumPy weight of ``ndim`` dimensions that float32 holds
+    (for from_dense)."""
+    return check_float32_range(name, check_array(
+        name, a, dtypes=(np.float32, np.float64), ndim=ndim, finite=True, device="cpu"))
 
 
 def _check_bias(bias, n_out, name="bias"):
     if bias is None:
         return None
-    return check_array(name, bias, dtypes=(np.float32, np.float64), shape=(n_out,),
-                       finite=True, device="cpu")
+    return check_float32_range(name, check_array(
+        name, bias, dtypes=(np.float32, np.float64), shape=(n_out,), finite=True,
+        device="cpu"))
 
 
 def float_input(x, name="x"):
@@ -314,11 +316,14 @@ class CondensedLinear(Stage):
         if matrix.dtype.kind not in "biuf":
             raise TypeError(f"matrix must hold real numbers (weights are float32), got "
                             f"{matrix.dtype}")
-        csr = scipy.sparse.csr_array(matrix, dtype=np.float64 if matrix.dtype == np.float64
-                                     else np.float32, copy=True)
+        # Duplicates are summed in the matrix's float precision (at least float32).
+        wide = matrix.dtype.kind == "f" and matrix.dtype.itemsize > 4
+        csr = scipy.sparse.csr_array(matrix, dtype=matrix.dtype if wide else np.float32,
+                                     copy=True)
         csr.sum_duplicates()
         if not np.isfinite(csr.data).all():
             raise ValueError("matrix must be finite, found NaN or Inf")
+        check_float32_range("matrix", csr.data)
         n_out, n_in = csr.shape
         bias = _check_bias(bias, n_out)
         counts = np.diff(csr.indptr)

@@ -209,6 +209,7 @@ def condense(model, *, masks=None, index_dtype=None, input_stats=None, warn=True
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a srigl_np.nn.layers.Sequential, got {type(model).__name__}")
+    _check_finite(model)
     layer_masks = _layer_masks(model, masks)
     stages, state, report = [], None, []
     for i, layer in enumerate(model.layers):
@@ -247,6 +248,18 @@ def condense(model, *, masks=None, index_dtype=None, input_stats=None, warn=True
     condensed = CondensedModel(stages, input_stats=input_stats, n_classes=n_classes)
     condensed.report = report
     return condensed
+
+
+def _check_finite(model):
+    """Refuse a model with a NaN or infinite parameter or buffer, naming the first."""
+    for name, value in {**model.named_parameters(), **model.named_buffers()}.items():
+        value = to_numpy(value)
+        bad = ~np.isfinite(value)
+        if bad.any():
+            index = [int(i) for i in np.unravel_index(int(np.argmax(bad)), value.shape)]
+            raise ValueError(f"{name} holds {int(bad.sum())} NaN or infinite values (the "
+                             f"first at index {index}: {float(value[tuple(index)])!r}); a model "
+                             f"with non-finite weights cannot be condensed")
 
 
 def condense_run(run, **kwargs):
