@@ -119,13 +119,15 @@ def _with(key, value):
     (_with("pruned", "40"), "'pruned' must be an integer, got '40'"),
     (_with("step", 5.0), "'step' must be an integer, got 5.0"),
     (_with("nnz", True), "'nnz' must be an integer, got True"),
-    (_with("itop", None), "'itop' must be a number, got None"),
+    (_with("itop", None), "'itop' must be a finite number, got None"),
     (_with("layer", 3), "'layer' must be a string, got 3"),
     (_with("fan_in_after", [9]), r"'fan_in_after' must be a list of 2 integers, got \[9\]"),
     (_with("ablated", [1.5]), r"'ablated' must be a list of integers, got \[1.5\]"),
     (_with("regrown", 1.5), "'regrown' must be an integer, got 1.5"),
     (_with("zeros_in_mask", None), "'zeros_in_mask' must be an integer, got None"),
     (_with("invariants", False), "'invariants' must be a string, got False"),
+    (_with("itop", float("nan")), "'itop' must be a finite number, got nan"),
+    (_with("drop_fraction", float("inf")), "'drop_fraction' must be a finite number, got inf"),
 ])
 def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path, bad_line, message):
     path = _write(tmp_path / "audit.jsonl", json.dumps(_record()), bad_line,
@@ -397,3 +399,32 @@ def test_a_record_with_a_zero_size_is_refused(tmp_path, key):
     path = _write(tmp_path / "audit.jsonl", json.dumps({**_record(), key: 0}))
     with pytest.raises(ValueError, match=rf"audit.jsonl:1: '{key}' must be an integer > 0"):
         trail.read_trail(path)
+
+
+@pytest.mark.parametrize("steps, layers, message", [
+    ((10, 5), ("3.weight", "3.weight"),
+     "step 5 after step 10: the records must be in step order, as the trainer writes them"),
+    ((5, 10, 10, 5), ("0.weight", "0.weight", "3.weight", "3.weight"),
+     "step 5 after step 10: the records must be in step order, as the trainer writes them"),
+    ((5, 5), ("3.weight", "3.weight"),
+     "a second record of layer '3.weight' at step 5 (the first is line 1)"),
+    ((5, 5, 5), ("0.weight", "3.weight", "0.weight"),
+     "a second record of layer '0.weight' at step 5 (the first is line 1)"),
+])
+def test_a_reversed_or_duplicated_trail_is_refused_naming_the_line(tmp_path, steps, layers,
+                                                                    message):
+    """Such trails read as a clean run before (the audit said "check ok")."""
+    path = _write(tmp_path / "audit.jsonl", *(json.dumps(_record(step=step, layer=layer))
+                                               for step, layer in zip(steps, layers)))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:{len(steps)}: "
+                                         rf"{re.escape(message)}$"):
+        trail.read_trail(path)
+    result = _cli(tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == f"python -m srigl_np.audit: error: {path}:{len(steps)}: {message}\n"
+
+
+def test_records_of_several_layers_per_step_in_step_order_read(tmp_path):
+    lines = [json.dumps(_record(step=step, layer=layer)) for step in (5, 10, 15)
+             for layer in ("0.weight", "3.weight")]
+    assert len(trail.read_trail(_write(tmp_path / "audit.jsonl", *lines))) == 6

@@ -16,6 +16,7 @@ import it without importing each other.
 """
 
 import json
+import math
 
 import numpy as np
 
@@ -48,7 +49,8 @@ KEYS = tuple(key for key, _, _ in FIELDS)
 ADDED_KEYS = ("regrown", "zeros_in_mask")
 _MADE_KEYS = tuple(key for key in KEYS if key != "invariants")
 
-_KIND_TEXT = {"int": "an integer", "positive int": "an integer > 0", "number": "a number",
+_KIND_TEXT = {"int": "an integer", "positive int": "an integer > 0",
+              "number": "a finite number",
               "str": "a string",
               "int pair": "a list of 2 integers", "int list": "a list of integers"}
 
@@ -60,7 +62,7 @@ def _is_int(value):
 _KIND_CHECK = {
     "int": _is_int,
     "positive int": lambda v: _is_int(v) and v > 0,
-    "number": lambda v: _is_int(v) or isinstance(v, float),
+    "number": lambda v: _is_int(v) or isinstance(v, float) and math.isfinite(v),
     "str": lambda v: isinstance(v, str),
     "int pair": lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)),
     "int list": lambda v: isinstance(v, list) and all(map(_is_int, v)),
@@ -115,7 +117,10 @@ def read_trail(path):
 
     An empty file is an empty trail (a static run, or one that ended before its first
     update). Raises FileNotFoundError for a missing file and ValueError naming
-    ``path:line`` for a blank line, a line that is not JSON, or a bad record.
+    ``path:line`` for a blank line, a line that is not JSON, a bad record, a record
+    whose step is below the one before (the trainer writes them in step order) or a
+    second record of one layer at one step; ValueError naming ``path`` for a trail with
+    a gap (``_check_no_gap``).
     """
     try:
         trail = open(path, "rb")
@@ -123,6 +128,7 @@ def read_trail(path):
         raise FileNotFoundError(f"{path}: no such file (python -m srigl_np.train writes "
                                 f"it for sparse methods)") from None
     records = []
+    lines_of_step = {}   # {layer: line} of the records at the current step
     with trail:
         for number, line in enumerate(trail, start=1):
             where = f"{path}:{number}"
@@ -133,6 +139,17 @@ def read_trail(path):
             except ValueError as exc:   # JSONDecodeError, or bytes that are not UTF-8
                 raise ValueError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
             check_record(record, where)
+            step, layer = record["step"], record["layer"]
+            if records and step < records[-1]["step"]:
+                raise ValueError(f"{where}: step {step} after step {records[-1]['step']}: "
+                                 f"the records must be in step order, as the trainer "
+                                 f"writes them")
+            if records and step > records[-1]["step"]:
+                lines_of_step = {}
+            if layer in lines_of_step:
+                raise ValueError(f"{where}: a second record of layer {layer!r} at step "
+                                 f"{step} (the first is line {lines_of_step[layer]})")
+            lines_of_step[layer] = number
             records.append(record)
     _check_no_gap(records, path)
     return records
