@@ -165,43 +165,60 @@ def _check_float_array(name, a, ndim):
                 device="cpu")
 
 
-def conv_output_size(int size, int kernel, int stride, int padding):
-    """Spatial output size of a convolution or pool: floor((size + 2p - kernel) / s) + 1."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 INT32_MAX = 2**31 - 1
 
 
-def _check_conv_geometry(height, width, kh, kw, stride, padding):
-    """(out_h, out_w) for Python ints, checked in Python before anything becomes a C int:
-    every value and the padded sizes (size + 2*padding) must fit in int32."""
-    named = {"height": height, "width": width, "kh": kh, "kw": kw, "stride": stride,
-             "padding": padding}
-    for name, value in named.items():
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    height, width, kh, kw, stride, padding = (int(v) for v in named.values())
-    if kh < 1 or kw < 1:
-        raise ValueError(f"kernel size must be >= 1, got ({kh}, {kw})")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    for name, value in (("height", height), ("width", width), ("kh", kh), ("kw", kw),
-                        ("stride", stride), ("padding", padding)):
-        if value > INT32_MAX:
-            raise ValueError(f"{name} must be <= {INT32_MAX}, got {value}")
-    for name, size in (("height", height), ("width", width)):
+def conv_output_size(size, kernel, stride, padding):
+    """Spatial output size of a convolution or pool: floor((size + 2p - kernel) / s) + 1.
+
+    Checked first, in Python (a stride of 0 divided by zero in C and killed the
+    process): each argument an int (TypeError otherwise, bools too), kernel and stride
+    >= 1, size and padding >= 0, each and size + 2*padding <= INT32_MAX, and a kernel
+    that fits the padded size (an output of at least 1); ValueError naming the
+    argument otherwise.
+    """
+    return _output_sizes({"size": size}, {"kernel": kernel}, stride, padding)[0]
+
+
+def _geometry_int(name, value, minimum):
+    """``value`` as a Python int in [minimum, INT32_MAX]: TypeError for a non-int (a bool
+    too), ValueError naming ``name`` outside the range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if value > INT32_MAX:
+        raise ValueError(f"{name} must be <= {INT32_MAX}, got {value}")
+    return value
+
+
+def _output_sizes(sizes, kernels, stride, padding):
+    """The output size along each axis, every value checked as ``conv_output_size``
+    says: sizes {name: size} and kernels {name: kernel}, one pair per axis."""
+    sizes = {name: _geometry_int(name, value, 0) for name, value in sizes.items()}
+    kernels = {name: _geometry_int(name, value, 1) for name, value in kernels.items()}
+    stride = _geometry_int("stride", stride, 1)
+    padding = _geometry_int("padding", padding, 0)
+    for name, size in sizes.items():
         if size + 2 * padding > INT32_MAX:
             raise ValueError(f"{name} + 2*padding must be <= {INT32_MAX}, got "
                              f"{size} + 2*{padding}")
-    out_h = (height + 2 * padding - kh) // stride + 1
-    out_w = (width + 2 * padding - kw) // stride + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(
-            f"kernel ({kh}, {kw}) with padding {padding} does not fit input ({height}, {width})")
-    return out_h, out_w
+    if any(size + 2 * padding < kernel
+           for size, kernel in zip(sizes.values(), kernels.values())):
+        kernel_text = ", ".join(map(str, kernels.values()))
+        size_text = ", ".join(map(str, sizes.values()))
+        raise ValueError(f"kernel ({kernel_text}) with padding {padding} does not fit input "
+                         f"({size_text})")
+    return tuple((size + 2 * padding - kernel) // stride + 1
+                 for size, kernel in zip(sizes.values(), kernels.values()))
+
+
+def _check_conv_geometry(height, width, kh, kw, stride, padding):
+    """(out_h, out_w) for Python ints, checked in Python before anything becomes a C int
+    (``conv_output_size``'s checks, per axis)."""
+    return _output_sizes({"height": height, "width": width},
+                         {"kernel size kh": kh, "kernel size kw": kw}, stride, padding)
 
 
 # ---------------------------------------------------------------------------

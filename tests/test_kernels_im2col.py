@@ -1,6 +1,9 @@
 """im2col / col2im kernels against a plain-NumPy reference, their adjointness, and the
 argument validation at the Python boundary."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import example, given
@@ -105,6 +108,41 @@ def test_conv_output_size_and_openmp_helpers():
                                               conv_output_size(6, 2, 2, 1))
     assert isinstance(openmp_enabled(), bool)
     assert max_threads() >= 1
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((28, 3, -1, 0), ValueError, "stride must be >= 1, got -1"),
+    ((28, 0, 1, 0), ValueError, "kernel must be >= 1, got 0"),
+    ((28, -3, 1, 0), ValueError, "kernel must be >= 1, got -3"),
+    ((28, 3, 1, -1), ValueError, "padding must be >= 0, got -1"),
+    ((-28, 3, 1, 0), ValueError, "size must be >= 0, got -28"),
+    ((2, 3, 1, 0), ValueError, r"kernel \(3\) with padding 0 does not fit input \(2\)"),
+    ((28, 3, 2**40, 0), ValueError, "stride must be <= 2147483647"),
+    ((2**31 - 2, 3, 1, 1), ValueError, r"size \+ 2\*padding must be <= 2147483647"),
+    ((28, 3, True, 0), TypeError, "stride must be an int, got bool"),
+    ((28.0, 3, 1, 0), TypeError, "size must be an int, got float"),
+])
+def test_conv_output_size_refuses_what_has_no_output_size(args, error, message):
+    """A negative stride gave a negative size (-24), a huge one an OverflowError."""
+    with pytest.raises(error, match=f"^{message}"):
+        conv_output_size(*args)
+
+
+def test_a_stride_of_0_is_a_value_error_not_sigfpe():
+    """conv_output_size(28, 3, 0, 0) divided by zero in C: the interpreter died of SIGFPE.
+    In a child interpreter, so that the unfixed kernel fails this test, not the run."""
+    code = ("from srigl_np import kernels\n"
+            "for call in (lambda: kernels.conv_output_size(28, 3, 0, 0),\n"
+            "             lambda: kernels.im2col_strided(__import__('numpy').zeros((1, 1, 4, 4)),"
+            " 3, 3, stride=0)):\n"
+            "    try:\n"
+            "        call()\n"
+            "    except ValueError as exc:\n"
+            "        print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "stride must be >= 1, got 0\n" * 2
 
 
 X = np.zeros((2, 3, 5, 5), np.float32)
