@@ -20,6 +20,7 @@ images of the embedded Fashion-MNIST subset (or --gradient random). --plot FILE 
 |W|, |G| and the decisions as one picture (needs matplotlib).
 """
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from .explain_text import (ABLATED, ABSENT, CAPPED, GROWN, KEPT, MAX_COLS, MAX_R
 PROG = "python -m srigl_np.explain"
 METHODS = ("srigl", "rigl", "set")
 GRADIENTS = ("random", "backward")
+# The most weights the random layer may have: it, its gradient and the update's copies
+# take about 40 bytes a weight (2**24: under a second per million weights, 0.7 GB).
+MAX_RANDOM_WEIGHTS = 2**24
 DEFAULTS = {"shape": "10x12", "sparsity": 0.8, "ablated_before": 3, "gamma_sal": 0.3,
             "alpha": 0.3, "step": 0, "t_end": 100, "seed": 69, "method": "srigl",
             "images": 64, "max_rows": MAX_ROWS, "max_cols": MAX_COLS}
@@ -144,12 +148,19 @@ def _random_layer_from(args):
         raise ValueError("--gradient backward needs --checkpoint (a model to run); the "
                          "random layer's gradient is seeded random")
     shape = args.shape
+    size = math.prod(shape)
+    if size > MAX_RANDOM_WEIGHTS:
+        raise ValueError(f"--shape {'x'.join(map(str, shape))} has {size} weights, more "
+                         f"than the {MAX_RANDOM_WEIGHTS} the random layer may have (the "
+                         f"update is shown neuron by neuron: a small layer shows all of it)")
     sparsity = DEFAULTS["sparsity"] if args.sparsity is None else args.sparsity
-    ablated_before = (DEFAULTS["ablated_before"] if args.ablated_before is None
-                      else args.ablated_before)
-    if ablated_before >= shape[0]:
+    if args.ablated_before is None:   # the default, as many as the layer can spare
+        ablated_before = min(DEFAULTS["ablated_before"], shape[0] - 1)
+    elif args.ablated_before >= shape[0]:
         raise ValueError(f"--ablated-before must leave one of the {shape[0]} neurons "
-                         f"active, got {ablated_before}")
+                         f"active, got {args.ablated_before}")
+    else:
+        ablated_before = args.ablated_before
     weight, mask, grad, ablated = random_layer(shape, sparsity, ablated_before,
                                                np.random.default_rng(args.seed))
     fan_in = int(as_rows(mask).sum(axis=1).max())
@@ -301,10 +312,13 @@ def make_parser():
     layer = p.add_argument_group("the random layer")
     layer.add_argument("--shape", type=parse_shape, default=parse_shape(d["shape"]),
                        metavar="NxF", help=f"neurons x dense fan-in, or NxCxHxW for a conv "
-                                           f"layer (default: {d['shape']})")
+                                           f"layer, at most {MAX_RANDOM_WEIGHTS} weights "
+                                           f"(default: {d['shape']})")
     layer.add_argument("--ablated-before", type=integer(0, 10**6),
-                       metavar="A", help=f"neurons a previous update left ablated (default: "
-                                         f"{d['ablated_before']})")
+                       metavar="A", help=f"neurons a previous update left ablated, fewer "
+                                         f"than N; N-1 for a layer of fewer than "
+                                         f"{d['ablated_before'] + 1} neurons when not given "
+                                         f"(default: {d['ablated_before']})")
     run = p.add_argument_group("or a layer of a training run")
     run.add_argument("--checkpoint", metavar="RUN_DIR",
                      help="a run directory of python -m srigl_np.train (or its "

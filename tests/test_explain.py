@@ -322,6 +322,13 @@ def test_bad_flags_are_one_line_errors(capsys, argv, fragment):
     (["--layer", "1.weight"], "--layer needs --checkpoint RUN_DIR"),
     (["--gradient", "backward"], "--gradient backward needs --checkpoint"),
     (["--ablated-before", "10"], "--ablated-before must leave one of the 10 neurons active"),
+    (["--shape", "1x1", "--ablated-before", "1"],
+     "--ablated-before must leave one of the 1 neurons active, got 1"),
+    # A MemoryError traceback before: the layer was drawn before anything was checked.
+    (["--shape", "200000x200000"], "--shape 200000x200000 has 40000000000 weights, more "
+                                   "than the 16777216 the random layer may have"),
+    (["--shape", f"{2**12 + 1}x{2**12}"], "has 16781312 weights, more than the 16777216"),
+    (["--shape", "1000x1000x1000x1000"], "has 1000000000000 weights"),
     (["--step", "200"], "--step must be <= T_end = 100 (--t-end), got 200"),
     (["--checkpoint", "no/such/run", "--layer", "1.weight"], "no/such/run"),
     (["--plot", "picture.nosuchformat"], "unknown image format 'nosuchformat'"),
@@ -335,6 +342,19 @@ def test_bad_combinations_are_one_line_errors(capsys, tmp_path, monkeypatch, arg
     assert out == "" and err.count("\n") == 1
     assert err.startswith("python -m srigl_np.explain: error: ") and fragment in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape, n_ablated", [("1x1", 0), ("2x6", 1), ("3x2x1x1", 2),
+                                              ("4x6", 3), ("10x12", 3)])
+def test_the_default_ablated_before_fits_a_small_layer(capsys, shape, n_ablated):
+    """--shape 1x1 was refused for --ablated-before, a flag the user never gave."""
+    out = _explain(capsys, "--shape", shape)
+    before = next(line for line in out.splitlines() if "as a previous update left it" in line)
+    if n_ablated:
+        listed = before.split("neurons [")[1].split("]")[0]
+        assert len(listed.split(", ")) == n_ablated, before
+    else:
+        assert "every neuron at fan-in" in before
 
 
 def test_help_shows_every_flag_and_its_default(capsys):
