@@ -68,6 +68,42 @@ def test_the_model_on_the_device_computes_what_it_does_on_the_cpu(device, build,
     np.testing.assert_array_equal(back.logits(x), condensed.logits(x))
 
 
+def ragged_model(rng):
+    """Ragged fan-in everywhere: DenseConv2d and DenseLinear stages."""
+    model = Sequential(Conv2d(2, 4, 3, rng=rng), ReLU(), Flatten(), Linear(4 * 8 * 8, 5, rng=rng))
+    for name, weight in model.named_parameters().items():
+        if name.endswith("weight"):
+            weight[rng.random(weight.shape) < 0.5] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("build, x_shape", [
+    (sparse_mlp, (7, 64)),
+    (lambda rng: sparse_mlp(rng, skip_last=False), (3, 1, 8, 8)),   # ends in a Scatter
+    (conv_model, (4, 2, 10, 10)),
+    (ragged_model, (2, 2, 10, 10))])
+def test_an_empty_batch_gives_empty_logits_and_predictions(device, build, x_shape):
+    """NumPy's reshape error before: Flatten's reshape(0, -1) cannot infer the -1."""
+    name, _ = device
+    rng = np.random.default_rng(12)
+    model = build(rng)
+    condensed = condense(model, warn=False)
+    n_classes = condensed.logits(np.zeros((1,) + x_shape[1:], np.float32)).shape[1]
+    empty = np.zeros((0,) + x_shape[1:], np.float32)
+    assert model.forward(empty, training=False).shape == (0, n_classes)
+    for on in (condensed, condensed.to(name)):
+        for x in (empty, to_device(empty, on.device)):
+            logits, proba = to_numpy(on.logits(x)), to_numpy(on.predict_proba(x))
+            predicted = to_numpy(on.predict(x))
+            assert logits.shape == proba.shape == (0, n_classes)
+            assert logits.dtype == proba.dtype == np.float32
+            assert predicted.shape == (0,) and predicted.dtype == np.int64
+    raw = np.zeros((0,) + x_shape[2:], np.uint8)   # raw images (batch, H, W) too
+    if len(x_shape) == 4 and x_shape[1] == 1:
+        with_stats = condense(model, input_stats=(0.5, 0.25), warn=False)
+        assert with_stats.predict(raw).shape == (0,)
+
+
 def test_a_device_model_saves_what_the_cpu_model_saves(device, tmp_path):
     name, _ = device
     rng = np.random.default_rng(15)

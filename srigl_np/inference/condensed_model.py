@@ -25,6 +25,7 @@ Each stage kind's arrays and settings are its class's ARRAYS, OPTIONAL and SETTI
 """
 
 import json
+import math
 
 import numpy as np
 
@@ -149,7 +150,8 @@ class FlattenStage(Stage):
     kind = "flatten"
 
     def forward(self, x, threads=0):
-        return x.reshape(x.shape[0], -1)
+        # Not reshape(batch, -1): NumPy cannot infer the -1 of an empty batch.
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def __repr__(self):
         return "Flatten()"

@@ -27,6 +27,8 @@ uniform biases: zero biases keep a sparse neuron's pre-activation a function of 
 active weights only).
 """
 
+import math
+
 import numpy as np
 
 from ..backend import array_module, on_device_of, select, to_device
@@ -410,7 +412,8 @@ class Flatten(Layer):
 
     def forward(self, x, training):
         self.x_shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        # Not reshape(batch, -1): NumPy cannot infer the -1 of an empty batch.
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
     def backward(self, grad_out):
         return grad_out.reshape(self.x_shape)
