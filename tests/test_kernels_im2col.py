@@ -131,14 +131,15 @@ def test_conv_output_size_refuses_what_has_no_output_size(args, error, message):
 def test_a_stride_of_0_is_a_value_error_not_sigfpe():
     """conv_output_size(28, 3, 0, 0) divided by zero in C: the interpreter died of SIGFPE.
     In a child interpreter, so that the unfixed kernel fails this test, not the run."""
-    code = ("from srigl_np import kernels\n"
-            "for call in (lambda: kernels.conv_output_size(28, 3, 0, 0),\n"
-            "             lambda: kernels.im2col_strided(__import__('numpy').zeros((1, 1, 4, 4)),"
-            " 3, 3, stride=0)):\n"
-            "    try:\n"
-            "        call()\n"
-            "    except ValueError as exc:\n"
-            "        print(exc)\n")
+    code = """if True:
+        import numpy as np
+        from srigl_np import kernels
+        for function, arguments in ((kernels.conv_output_size, (28, 3, 0, 0)),
+                                    (kernels.im2col_strided, (np.zeros((1, 1, 4, 4)), 3, 3, 0))):
+            try:
+                function(*arguments)
+            except ValueError as exc:
+                print(exc)"""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
