@@ -24,9 +24,10 @@ wherever it is, claimed or not (condense refuses such a model): in a layer's wei
 (``audit_layer``) or in any other array of the source (``not_finite``).
 
 The audit holds each layer's weights densely: a scipy matrix or a condensed layer whose
-dense form would exceed ``MAX_DENSE_WEIGHTS`` is refused before anything is allocated. Nothing in a file is executed: npz files
-are read by ``formats.npz.read_npz`` (no pickles, every member checked before it is
-inflated), PyTorch files by ``formats.torch_format``'s restricted reader.
+dense form would exceed ``MAX_DENSE_WEIGHTS`` is refused before anything is allocated.
+Nothing in a file is executed: npz files are read by ``formats.npz.read_npz`` (no
+pickles, every member checked before it is inflated), PyTorch files by
+``formats.torch_format``'s restricted reader.
 """
 
 import dataclasses
@@ -49,7 +50,7 @@ class Source:
     """What ``open_source`` found. layers: [(name, weight, mask or None)], weights of
     shape (n_out, *fan_in_dims) as NumPy; claimed: names that claim constant fan-in;
     structure: where the masks came from; notes: sentences for the report; arrays:
-    {name: array} of every other array the source holds (biases, normalisation
+    {name: array} of every array the source holds (weights, biases, normalisation
     statistics), checked for NaN and infinity by ``not_finite``."""
     path: str
     kind: str
@@ -83,13 +84,7 @@ def _our_checkpoint(path):
     notes = [run_note(run)]
     return Source(path, "checkpoint", layers, {n for n, _, m in layers if claims and
                                                not m.all()}, "mask", notes,
-                  _others(run.model.state_dict(), layers))
-
-
-def _others(arrays, layers):
-    """{name: array} of ``arrays`` but the layers' weights."""
-    audited = {name for name, _, _ in layers}
-    return {name: a for name, a in arrays.items() if name not in audited}
+                  {**run.model.named_parameters(), **run.model.named_buffers()})
 
 
 def check_dense_size(path, name, shape):
@@ -160,7 +155,7 @@ def _torch_file(path):
     structure = {"pruner": "mask", "weight_mask": "mask"}.get(imported.mask_source,
                                                               "weight != 0")
     return Source(path, "torch", layers, {n for n, _, _ in layers} if claims else set(),
-                  structure, list(imported.notes), _others(imported.state_dict, layers))
+                  structure, list(imported.notes), imported.state_dict)
 
 
 def audit_layer(name, weight, mask=None, *, claimed=False):
@@ -233,7 +228,7 @@ def not_finite(source, audits=()):
     condense refuses a model with any of them."""
     audited = {a["layer"] for a in audits}
     problems = []
-    for name, array in {**{n: w for n, w, _ in source.layers}, **source.arrays}.items():
+    for name, array in {**source.arrays, **{n: w for n, w, _ in source.layers}}.items():
         bad = None if name in audited else _first_not_finite(array)
         if bad is not None:
             total, index, value = bad
