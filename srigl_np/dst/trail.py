@@ -16,6 +16,7 @@ import it without importing each other.
 """
 
 import json
+import os
 
 import numpy as np
 
@@ -117,6 +118,8 @@ def read_trail(path):
     update). Raises FileNotFoundError for a missing file and ValueError naming
     ``path:line`` for a blank line, a line that is not JSON, or a bad record.
     """
+    if os.path.exists(path) and not os.path.isfile(path):   # a FIFO would block the open
+        raise ValueError(f"{path}: not a regular file")
     try:
         trail = open(path, "rb")
     except FileNotFoundError:
