@@ -148,8 +148,8 @@ def _random_layer_from(args):
                          "random layer's gradient is seeded random")
     shape = args.shape
     if math.prod(shape) > MAX_WEIGHTS:
-        raise ValueError(f"--shape {shape_text(shape)}: {math.prod(shape)} weights, over the "
-                         f"{MAX_WEIGHTS} a random layer may have")
+        raise ValueError(f"--shape {cli.shape_text(shape)}: {math.prod(shape)} weights, "
+                         f"over the {MAX_WEIGHTS} a random layer may have")
     sparsity = DEFAULTS["sparsity"] if args.sparsity is None else args.sparsity
     ablated_before = (DEFAULTS["ablated_before"] if args.ablated_before is None
                       else args.ablated_before)
