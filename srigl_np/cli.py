@@ -178,6 +178,12 @@ def check_output_file(flag, path, image=False):
         return f"{flag} {path}: {directory} is not a directory"
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"{flag} {path}: directory {directory} is not writable"
+    try:   # what the write would meet at the end: a name too long, a symlink loop
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"{flag} {path}: {exc.strerror or exc}"
     if image:
         try:
             image_format(path)

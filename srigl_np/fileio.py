@@ -50,14 +50,33 @@ def file_kind(path):
 
 def not_a_file(path):
     """None when ``path`` is a regular file or nothing yet, else what is wrong with writing
-    over it: "is a directory; give a file name" or "not a regular file (a FIFO); give a
-    file path"."""
+    over it: "is a directory; give a file name" (or a name that ends with "/"), "not a
+    regular file (a FIFO); give a file path", or, for a link into /proc or /dev/fd such
+    as /dev/stdout, "not a regular file (a stream of this process)": replacing what it
+    points at would take the file the command's own output goes to."""
     kind = file_kind(path)
-    if kind in (None, "a regular file"):
-        return None
     if kind == "a directory":
         return "is a directory; give a file name"
+    if os.fspath(path).endswith(os.sep):
+        return f"ends with {os.sep!r}, as a directory does; give a file name"
+    if _through_proc(path):
+        kind = "a stream of this process"
+    if kind in (None, "a regular file"):
+        return None
     return f"not a regular file ({kind}); give a file path"
+
+
+def _through_proc(path, hops=40):
+    """Whether ``path`` or a symlink it goes through names /proc/... or /dev/fd/...
+    (/dev/stdout -> /proc/self/fd/1), whatever they point at now."""
+    path = os.path.abspath(os.fspath(path))
+    for _ in range(hops):
+        if path.startswith(("/proc/", "/dev/fd/")):
+            return True
+        if not os.path.islink(path):
+            return False
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    return False
 
 
 def _umask(status_path="/proc/self/status"):

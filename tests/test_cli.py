@@ -236,6 +236,13 @@ def test_output_files_are_checked_in_one_place(tmp_path):
         f"directory {tmp_path / 'no'} does not exist")
     assert check("--json", str(tmp_path / "file" / "x")).endswith(
         f"{tmp_path / 'file'} is not a directory")
+    assert check("--json", "/dev/stdout") == ("--json /dev/stdout: not a regular file (a stream "
+                                              "of this process); give a file path")
+    assert check("--json", f"{tmp_path}/new/").endswith("ends with '/', as a directory does; "
+                                                        "give a file name")
+    assert check("--json", str(tmp_path / ("x" * 300))).endswith(": File name too long")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert check("--json", str(tmp_path / "loop")).endswith("Too many levels of symbolic links")
 
 
 def test_image_formats_are_the_ones_matplotlib_can_write_here(tmp_path):

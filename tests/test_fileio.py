@@ -82,6 +82,12 @@ def test_a_dangling_symlink_creates_its_target_as_open_would(tmp_path):
     assert link.is_symlink() and (tmp_path / "later.json").read_bytes() == b"new"
 
 
+def _identity(path):
+    """What the directory entry is: its type and inode (a link stays that link)."""
+    entry = os.lstat(path)
+    return stat.S_IFMT(entry.st_mode), entry.st_ino
+
+
 def _fifo(path):
     os.mkfifo(path)
     return path
@@ -94,17 +100,19 @@ def _fifo(path):
      "not a regular file (a FIFO); give a file path"),
     (lambda p: p.symlink_to(os.devnull) or p,
      "not a regular file (a character device); give a file path"),
+    (lambda p: p.symlink_to("/proc/self/fd/1") or p,   # as /dev/stdout is, whatever fd 1 is
+     "not a regular file (a stream of this process); give a file path"),
 ])
 def test_a_target_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path, make, kind):
     """Renaming over a FIFO or a device node (/dev/stdout, /dev/null) would replace it with
     a file; writing into a FIFO would block. The link to /dev/null stays a link."""
     path = make(tmp_path / "out.json")
-    before = sorted(p.name for p in tmp_path.iterdir())
+    before = sorted(p.name for p in tmp_path.iterdir()), _identity(path)
     with pytest.raises(OSError) as info:
         _write_new(path)
     assert str(info.value) == f"{path}: {kind}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == before   # no temporary left
-    assert file_kind(path) != "a regular file"
+    # No temporary left, and the target what it was (not replaced by a file).
+    assert (sorted(p.name for p in tmp_path.iterdir()), _identity(path)) == before
 
 
 def test_a_failed_write_names_the_path_not_the_temporary(tmp_path):
