@@ -13,8 +13,8 @@
 - ``command(prog)``: the wrapper of a command's ``main(argv)``. An ``OSError``,
   ``ValueError`` or ``DeviceError`` (and the command's own extra kinds) becomes one line
   on stderr, ``prog: error: <message>``, and exit status 1; so do a ``MemoryError``
-  ("out of memory: ...") and a ``RecursionError`` ("input nested too deeply: ..."),
-  whatever the command was doing; a closed pipe (``python -m srigl_np.audit RUN |
+  ("out of memory: ..."), a ``RecursionError`` ("input nested too deeply: ...") and an
+  ``OverflowError`` ("number too large: ..."), whatever the command was doing; a closed pipe (``python -m srigl_np.audit RUN |
   head``) ends quietly with status 141, as a program killed by SIGPIPE.
 - ``format_table(rows)``: rows of display strings as aligned columns.
 
@@ -36,8 +36,10 @@ from .fileio import not_a_file
 ERRORS = (OSError, ValueError, DeviceError)
 # Faults any command can meet on hostile input, with what the line says before the
 # exception's own text: memory a file or a size asked for, nesting past Python's
-# recursion limit (a JSON or pickle nested thousands deep).
-FAULTS = {MemoryError: "out of memory", RecursionError: "input nested too deeply"}
+# recursion limit (a JSON or pickle nested thousands deep), a number past what a float
+# holds (a 400-digit integer in a file's JSON).
+FAULTS = {MemoryError: "out of memory", RecursionError: "input nested too deeply",
+          OverflowError: "number too large"}
 # The exit status of a command whose reader went away (128 + SIGPIPE).
 BROKEN_PIPE_STATUS = 141
 
@@ -243,7 +245,8 @@ def command(prog, errors=()):
 def fault_text(exc):
     """One line for a ``FAULTS`` exception: what happened, then its own text if any:
     "out of memory: Unable to allocate 8.00 EiB for an array with shape ...",
-    "input nested too deeply: maximum recursion depth exceeded ..."."""
+    "input nested too deeply: maximum recursion depth exceeded ...",
+    "number too large: int too large to convert to float"."""
     what = next(text for kind, text in FAULTS.items() if isinstance(exc, kind))
     detail = " ".join(str(exc).split())
     return f"{what}: {detail}" if detail else what

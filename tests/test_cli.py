@@ -172,6 +172,8 @@ def test_every_command_is_built_on_the_kit(name):
     (MemoryError(), "out of memory"),
     (RecursionError("maximum recursion depth exceeded while decoding a JSON array"),
      "input nested too deeply: maximum recursion depth exceeded while decoding a JSON array"),
+    (OverflowError("int too large to convert to float"),
+     "number too large: int too large to convert to float"),
 ])
 def test_the_wrapper_turns_faults_into_one_line_that_says_what_happened(capsys, error, line):
     @cli.command("prog")
@@ -193,7 +195,7 @@ def test_a_real_recursion_is_one_line():
 
 
 @pytest.mark.parametrize("name", COMMANDS)
-@pytest.mark.parametrize("fault", [MemoryError, RecursionError])
+@pytest.mark.parametrize("fault", [MemoryError, RecursionError, OverflowError])
 def test_every_command_reports_a_fault_in_one_line(name, fault, monkeypatch, capsys):
     """The seven commands at once: a fault raised inside main (here, where it reads its
     arguments) ends as one line and status 1, never a traceback."""

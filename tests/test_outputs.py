@@ -15,6 +15,7 @@ import pytest
 
 from srigl_np import audit, condense, erk_table, experiments, explain, train
 from srigl_np.bench import command as bench_command
+from srigl_np.fileio import file_kind
 from srigl_np.inference.condensed_model import check_input_stats
 
 
@@ -145,6 +146,19 @@ def test_condense_out_refuses_a_fifo_and_writes_through_a_symlink(srigl_run, tmp
     assert os.path.islink(tmp_path / "link.npz") and real.read_bytes()[:2] == b"PK"
 
 
+def test_train_refuses_to_replace_a_fifo_among_its_run_files(srigl_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.npz", "audit.jsonl"):
+        (run / name).write_bytes((srigl_run / name).read_bytes())
+    os.mkfifo(run / "metrics.json")
+    status, _, err = _run(train.main, ["--resume", run, "--progress", "off"], capsys)
+    assert status == 1
+    assert err == (f"python -m srigl_np.train: error: {run / 'metrics.json'}: not a regular "
+                   f"file (a FIFO); give a file path")
+    assert file_kind(run / "metrics.json") == "a FIFO"
+
+
 def test_experiments_checks_its_report_files_before_any_run(tmp_path, capsys):
     report = tmp_path / "report"
     report.mkdir()
@@ -215,6 +229,20 @@ def test_a_checkpoint_whose_meta_nests_too_deeply_is_one_line(main, argv, tmp_pa
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_a_number_past_a_float_in_a_checkpoint_is_one_line(srigl_run, tmp_path, capsys):
+    """A 400-digit integer where the run's config holds gamma_sal: float() overflows."""
+    arrays = dict(np.load(srigl_run / "checkpoint.npz"))
+    meta = json.loads(str(arrays["meta"]))
+    meta["config"]["gamma_sal"] = "HUGE"
+    arrays["meta"] = np.array(json.dumps(meta).replace('"HUGE"', "1" + "0" * 400))
+    np.savez(tmp_path / "huge.npz", **arrays)
+    status, out, err = _run(explain.main, ["--checkpoint", tmp_path / "huge.npz", "--layer",
+                                           "1.weight"], capsys)
+    assert status == 1 and out == ""
+    assert err == "python -m srigl_np.explain: error: number too large: int too large to " \
+                  "convert to float"
+
+
 def test_out_of_memory_in_a_real_command_is_one_line(srigl_run, tmp_path, capsys, monkeypatch):
     """numpy's MemoryError (an array past this machine's memory) while condensing."""
     def no_memory(*args, **kwargs):
@@ -258,6 +286,11 @@ def test_bench_refuses_an_ablated_fraction_that_empties_a_layer_before_timing(ca
                    "--shape 64x64 active: round(0.999 x 64) = 64 of its 64 neurons would be "
                    "ablated")
     assert bench_command.ablation_problem([(64, 64)], 0.99) is None
+
+
+def test_bench_refuses_a_timing_that_would_never_end(capsys, no_timing):
+    status, _, err = _run(bench_command.main, ["--min-time", "1e300"], capsys)
+    assert status == 2 and "--min-time must be a finite number of seconds in [0, 3600]" in err
 
 
 @pytest.mark.parametrize("stats, message", [

@@ -70,6 +70,7 @@ from .timing import (QUICK_MIN_TIME, QUICK_ROUNDS, QUICK_SECONDS, QUICK_TURN_REP
 # weight, active rows, two CSR copies): about this many bytes per dense weight element.
 BYTES_PER_WEIGHT_ELEMENT = 48
 MAX_ELEMENTS = 2**31   # no dense weight or input batch past this many elements
+MAX_MIN_TIME = 3600    # seconds of timing per row: past an hour a run would seem to hang
 
 
 def parse_shape(text):
@@ -193,8 +194,9 @@ def parse_args(argv=None):
         parser.error(f"--ablated-frac must be in [0, 1), got {args.ablated_frac}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
-    if args.min_time is not None and not 0.0 <= args.min_time < float("inf"):
-        parser.error(f"--min-time must be a finite number of seconds >= 0, got {args.min_time}")
+    if args.min_time is not None and not 0.0 <= args.min_time <= MAX_MIN_TIME:
+        parser.error(f"--min-time must be a finite number of seconds in [0, {MAX_MIN_TIME}], "
+                     f"got {args.min_time}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
             problem = cli.check_output_file(flag, path, image=flag == "--plot")
