@@ -14,8 +14,9 @@
   ``ValueError`` or ``DeviceError`` (and the command's own extra kinds) becomes one line
   on stderr, ``prog: error: <message>``, and exit status 1; so do a ``MemoryError``
   ("out of memory: ..."), a ``RecursionError`` ("input nested too deeply: ...") and an
-  ``OverflowError`` ("number too large: ..."), whatever the command was doing; a closed pipe (``python -m srigl_np.audit RUN |
-  head``) ends quietly with status 141, as a program killed by SIGPIPE.
+  ``OverflowError`` ("number too large: ..."), whatever the command was doing; a closed
+  pipe (``python -m srigl_np.audit RUN | head``) ends quietly with status 141, as a
+  program killed by SIGPIPE.
 - ``format_table(rows)``: rows of display strings as aligned columns.
 
 It imports only ``backend`` (for ``DeviceError``) and ``fileio``, so every command can

@@ -34,8 +34,9 @@ def make_parser():
                         help="replace --out if it exists (default: refuse)")
     parser.add_argument("--evaluate", metavar="DATASET", choices=DATASET_NAMES,
                         help=f"report accuracy on a dataset's test split ({', '.join(DATASET_NAMES)})")
-    parser.add_argument("--data-path", type=cli.path, help="directory of the dataset's IDX files (default: "
-                                            "the search of srigl_np.data)")
+    parser.add_argument("--data-path", type=cli.path,
+                        help="directory of the dataset's IDX files (default: the search of "
+                             "srigl_np.data)")
     parser.add_argument("--input-stats", type=cli.number(), nargs=2, metavar=("MEAN", "STD"),
                         help="the training images' mean and std on the [0, 1] scale, stored "
                              "so the model takes raw uint8 images; std > 0 (default: the "

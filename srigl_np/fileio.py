@@ -11,11 +11,13 @@ audit and explain --plot, experiments --report, the trainer's run files):
 * a regular file, or nothing yet: written as above;
 * a symlink to a regular file (or to nothing yet): written through, as ``open(path, "w")``
   follows it: the link is resolved and its target is replaced atomically; the link stays;
-* anything else (a directory, a FIFO, a device such as /dev/stdout or /dev/null, a
-  socket, or a link to one): refused with ``OSError`` naming the path and what it is,
+* anything else (a directory, a FIFO, a device such as /dev/null, a socket, or a link
+  to one; a name ending in "/"; a link into /proc or /dev/fd such as /dev/stdout,
+  whatever it points at now): refused with ``OSError`` naming the path and what it is,
   ``out.json: not a regular file (a FIFO); give a file path``. Renaming over it would
-  replace the device node or the pipe with a file (or, for a directory, fail), and
-  writing into a FIFO blocks until someone reads it.
+  replace the device node or the pipe with a file (or, for a directory, fail), writing
+  into a FIFO blocks until someone reads it, and replacing the file behind /dev/stdout
+  would take the command's own output with it.
 
 A write that fails (a full disk, a read-only directory) is an ``OSError`` of the same
 kind saying ``cannot write PATH: <reason>``, and leaves the old file untouched.
@@ -136,7 +138,11 @@ def atomic_write(path, write):
 def _write_error(path, exc):
     """``exc`` (an OSError) as the same kind with one line naming ``path``, not the
     temporary file: "cannot write out.json: No space left on device"."""
-    error = type(exc)(f"cannot write {os.fspath(path)}: {exc.strerror or exc}")
+    message = f"cannot write {os.fspath(path)}: {exc.strerror or exc}"
+    try:
+        error = type(exc)(message)
+    except TypeError:   # a subclass with its own constructor
+        error = OSError(message)
     error.errno = exc.errno
     return error
 
