@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+from . import cli
 from .cli import command, create_parser, format_table
 from .dst.trail import read_trail
 
@@ -163,8 +164,9 @@ def plot_trail(records, path):
     band from min to max; one line for SRigL's constant k), ITOP, and the weights
     pruned, grown and regrown by each update. Returns (rows, columns). ImportError
     saying how to install matplotlib without it; ValueError for an empty trail or an
-    unknown format.
+    unknown format (``cli.image_format``).
     """
+    file_format = cli.image_format(path)
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -176,11 +178,6 @@ def plot_trail(records, path):
         raise ValueError(f"nothing to plot into {path}: the trail records no topology update")
     by_layer = _by_layer(records)
     fig = Figure(figsize=(3.2 * len(PLOT_PANELS), 2.2 * len(by_layer) + 0.6))
-    image_format = os.path.splitext(path)[1][1:].lower() or "png"
-    formats = fig.canvas.get_supported_filetypes()
-    if image_format not in formats:
-        raise ValueError(f"--plot {path}: unknown image format {image_format!r}; the suffix "
-                         f"must be one of {', '.join(sorted(formats))}")
     axes = fig.subplots(len(by_layer), len(PLOT_PANELS), squeeze=False, sharex=True)
     for row, (layer, rs) in zip(axes, by_layer.items()):
         steps = [r["step"] for r in rs]
@@ -208,7 +205,7 @@ def plot_trail(records, path):
     for ax in axes.flat:
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format=image_format, dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format=file_format, dpi=100))
     return axes.shape
 
 
@@ -217,12 +214,12 @@ PROG = "python -m srigl_np.audit"
 
 def make_parser():
     parser = create_parser(PROG, __doc__.rsplit("\n\n", 1)[0].replace("``", ""))
-    parser.add_argument("path", metavar="PATH",
+    parser.add_argument("path", metavar="PATH", type=cli.path,
                         help="a run directory, or a model file of one of the kinds above")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (source, layers, trail summary, layers "
                              "kept dense) instead")
-    parser.add_argument("--plot", metavar="FILE", default=None,
+    parser.add_argument("--plot", metavar="FILE", default=None, type=cli.path,
                         help="also draw a run's trail over training steps into FILE (.png, "
                              ".pdf, .svg, ...; needs matplotlib): per layer, active neurons, "
                              "fan-in, ITOP and weights pruned/grown/regrown per update "
@@ -234,6 +231,11 @@ def make_parser():
 def main(argv=None):
     args = make_parser().parse_args(argv)
     from .model_audit import audit_source, format_audits, not_finite, open_source
+
+    if args.plot is not None:   # before the audit, not after it
+        problem = cli.check_output_file("--plot", args.plot, image=True)
+        if problem:
+            raise ValueError(problem)
 
     status, out, trail_records, kept = 0, [], None, {}
     is_run = os.path.isdir(args.path)

@@ -4,16 +4,23 @@
   line (``prog: error: ...``, exit 2) without the usage block, and whose ``--help`` keeps
   the description as written and ends each flag's help with its default.
 - typed values for ``type=``: ``integer``, ``number`` and ``fraction`` (one spelling of an
-  interval, ``must be in [0, 1), got 1.5``), ``shape_text`` and ``parse_shape`` for
+  interval, ``must be in [0, 1), got 1.5``), ``path`` (any path flag: the empty string
+  is refused, not read as "not given"), ``shape_text`` and ``parse_shape`` for
   ``NxF``-style shapes.
+- ``check_output_file(flag, path, image=False)``: why a file a command will write cannot
+  be written (its directory missing, a directory or a FIFO in its place, an image
+  format matplotlib cannot write), checked before any work; ``image_format(path)``.
 - ``command(prog)``: the wrapper of a command's ``main(argv)``. An ``OSError``,
   ``ValueError`` or ``DeviceError`` (and the command's own extra kinds) becomes one line
-  on stderr, ``prog: error: <message>``, and exit status 1; a closed pipe
-  (``python -m srigl_np.audit RUN | head``) ends quietly with status 141, as a program
-  killed by SIGPIPE.
+  on stderr, ``prog: error: <message>``, and exit status 1; so do a ``MemoryError``
+  ("out of memory: ..."), a ``RecursionError`` ("input nested too deeply: ...") and an
+  ``OverflowError`` ("number too large: ..."), whatever the command was doing; a closed
+  pipe (``python -m srigl_np.audit RUN | head``) ends quietly with status 141, as a
+  program killed by SIGPIPE.
 - ``format_table(rows)``: rows of display strings as aligned columns.
 
-It imports only ``backend`` (for ``DeviceError``), so every command can use it.
+It imports only ``backend`` (for ``DeviceError``) and ``fileio``, so every command can
+use it.
 """
 
 import argparse
@@ -23,10 +30,17 @@ import os
 import sys
 
 from .backend import DeviceError
+from .fileio import not_a_file
 
 # What a command reports in one line rather than a traceback: a file it cannot read or
 # write, a value it refuses, a device it cannot use.
 ERRORS = (OSError, ValueError, DeviceError)
+# Faults any command can meet on hostile input, with what the line says before the
+# exception's own text: memory a file or a size asked for, nesting past Python's
+# recursion limit (a JSON or pickle nested thousands deep), a number past what a float
+# holds (a 400-digit integer in a file's JSON).
+FAULTS = {MemoryError: "out of memory", RecursionError: "input nested too deeply",
+          OverflowError: "number too large"}
 # The exit status of a command whose reader went away (128 + SIGPIPE).
 BROKEN_PIPE_STATUS = 141
 
@@ -119,6 +133,68 @@ def fraction(*, low_open=False, high_open=False):
     return number(0, 1, low_open=low_open, high_open=high_open)
 
 
+def path(text):
+    """``type=`` for a path flag: the text itself, refused when empty ("must be a path,
+    got ''"), so ``--json ''`` is an error rather than no JSON."""
+    if not text:
+        raise argparse.ArgumentTypeError("must be a path, got ''")
+    return text
+
+
+def image_format(path):
+    """The format matplotlib writes ``path`` in, from its suffix (png without one).
+    ValueError for a suffix it cannot write here ("unknown image format 'xyz'; the
+    suffix must be one of ..."; pgf only with its TeX system installed); ImportError
+    saying how to install matplotlib without it."""
+    try:
+        import matplotlib
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib "
+                          "(or srigl_np[plot])") from None
+    import shutil
+
+    formats = set(FigureCanvasBase.get_supported_filetypes())
+    if shutil.which(matplotlib.rcParams["pgf.texsystem"]) is None:
+        formats.discard("pgf")   # savefig runs TeX for it, and fails without one
+    suffix = os.path.splitext(os.fspath(path))[1][1:].lower() or "png"
+    if suffix not in formats:
+        raise ValueError(f"--plot {path}: unknown image format {suffix!r}; the suffix must "
+                         f"be one of {', '.join(sorted(formats))}")
+    return suffix
+
+
+def check_output_file(flag, path, image=False):
+    """None, or one line ``FLAG PATH: <why>`` saying why the command could not write the
+    file ``path``: it is empty, a directory or not a regular file (``fileio``'s rule), its
+    directory is missing, not a directory or not writable, or (``image``) matplotlib is
+    missing or cannot write its suffix. For a command to call before any work."""
+    if not path:
+        return f"{flag}: must be a path, got ''"
+    problem = not_a_file(path)
+    if problem:
+        return f"{flag} {path}: {problem}"
+    directory = os.path.dirname(os.path.realpath(path))
+    if not os.path.exists(directory):
+        return f"{flag} {path}: directory {directory} does not exist"
+    if not os.path.isdir(directory):
+        return f"{flag} {path}: {directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"{flag} {path}: directory {directory} is not writable"
+    try:   # what the write would meet at the end: a name too long, a symlink loop
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"{flag} {path}: {exc.strerror or exc}"
+    if image:
+        try:
+            image_format(path)
+        except (ImportError, ValueError) as exc:
+            return str(exc).replace("--plot", flag, 1)
+    return None
+
+
 def parse_shape(text, lengths=(2, 4), spelling="NxF or NxCxHxW"):
     """A shape written ``AxB[xC...]`` (``,`` also separates) as a tuple of positive ints
     of ``lengths[0]`` to ``lengths[1]`` entries; ``argparse.ArgumentTypeError`` saying
@@ -141,9 +217,10 @@ def shape_text(shape):
 # -- running a command ----------------------------------------------------------------------
 
 def command(prog, errors=()):
-    """Decorate a command's ``main(argv=None, ...)``: its ``ERRORS`` (and ``errors``) become
-    one line on stderr, ``prog: error: <message>``, and return status 1; a closed stdout
-    pipe ends it quietly with ``BROKEN_PIPE_STATUS``. argparse's own exits pass through."""
+    """Decorate a command's ``main(argv=None, ...)``: its ``ERRORS`` (and ``errors``) and
+    the ``FAULTS`` become one line on stderr, ``prog: error: <message>``, and return
+    status 1; a closed stdout pipe ends it quietly with ``BROKEN_PIPE_STATUS``.
+    argparse's own exits pass through."""
     caught = ERRORS + tuple(errors)
 
     def wrap(main):
@@ -159,8 +236,21 @@ def command(prog, errors=()):
             except caught as exc:
                 print(f"{prog}: error: {exc}", file=sys.stderr)
                 return 1
+            except tuple(FAULTS) as exc:
+                print(f"{prog}: error: {fault_text(exc)}", file=sys.stderr)
+                return 1
         return run
     return wrap
+
+
+def fault_text(exc):
+    """One line for a ``FAULTS`` exception: what happened, then its own text if any:
+    "out of memory: Unable to allocate 8.00 EiB for an array with shape ...",
+    "input nested too deeply: maximum recursion depth exceeded ...",
+    "number too large: int too large to convert to float"."""
+    what = next(text for kind, text in FAULTS.items() if isinstance(exc, kind))
+    detail = " ".join(str(exc).split())
+    return f"{what}: {detail}" if detail else what
 
 
 def _drop_stdout():

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 
+from . import cli
 from .cli import command, create_parser
 from .data import DATASET_NAMES
 
@@ -25,18 +26,21 @@ PROG = "python -m srigl_np.condense"
 
 def make_parser():
     parser = create_parser(PROG, __doc__)
-    parser.add_argument("source", metavar="SOURCE", help="run directory or model file")
-    parser.add_argument("--out", required=True, help="where to write the condensed model (.npz)")
+    parser.add_argument("source", metavar="SOURCE", type=cli.path,
+                        help="run directory or model file")
+    parser.add_argument("--out", required=True, type=cli.path,
+                        help="where to write the condensed model (.npz)")
     parser.add_argument("--force", action="store_true",
                         help="replace --out if it exists (default: refuse)")
     parser.add_argument("--evaluate", metavar="DATASET", choices=DATASET_NAMES,
                         help=f"report accuracy on a dataset's test split ({', '.join(DATASET_NAMES)})")
-    parser.add_argument("--data-path", help="directory of the dataset's IDX files (default: "
-                                            "the search of srigl_np.data)")
-    parser.add_argument("--input-stats", type=float, nargs=2, metavar=("MEAN", "STD"),
+    parser.add_argument("--data-path", type=cli.path,
+                        help="directory of the dataset's IDX files (default: the search of "
+                             "srigl_np.data)")
+    parser.add_argument("--input-stats", type=cli.number(), nargs=2, metavar=("MEAN", "STD"),
                         help="the training images' mean and std on the [0, 1] scale, stored "
-                             "so the model takes raw uint8 images (default: the run's own; "
-                             "none for other sources)")
+                             "so the model takes raw uint8 images; std > 0 (default: the "
+                             "run's own; none for other sources)")
     return parser
 
 
@@ -107,9 +111,19 @@ def _evaluate(model, condensed, args, log):
 
 @command(PROG, errors=(TypeError,))
 def main(argv=None, log=print):
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    from .inference.condensed_model import check_input_stats
     from .inference.condensing import condense
 
+    if args.input_stats is not None:
+        try:
+            check_input_stats(args.input_stats)
+        except ValueError as exc:
+            parser.error(f"--input-stats {' '.join(map(str, args.input_stats))}: {exc}")
+    problem = cli.check_output_file("--out", args.out)
+    if problem:
+        raise ValueError(problem)
     if os.path.exists(args.out) and not args.force:
         raise ValueError(f"--out {args.out} exists; pass --force to replace it")
     model, masks, input_stats, notes = build_source(args.source, args.input_stats)

@@ -50,24 +50,38 @@ def layer_rows(model_name, sparsity):
     shape, weights (N), sparsity, budget, fan_in (k), srigl_nnz (k*n; N for a dense
     layer), dense (bool), and authors_sparsity, authors_budget (their constant fan-in
     count int(N*(1 - s))), authors_fan_in, authors_nnz (their unstructured start),
-    authors_dense. The authors are given dense_allocation = 1 - sparsity rounded to 12
-    decimals, the value their config would hold (0.1, not 0.09999999999999998)."""
+    authors_dense, and authors_failure. The authors are given dense_allocation = 1 -
+    sparsity rounded to 12 decimals, the value their config would hold (0.1, not
+    0.09999999999999998).
+
+    Where the authors' code fails (their ERK makes every layer dense at a tiny sparsity;
+    their fan-in is 0 when the budget is below the neurons, as at 99.9%), the figures
+    it would not give are None and authors_failure says why (None where it works)."""
     layers = sparse_layers(model_name)
     shapes = [shape for _, _, shape in layers]
     ours = dst.erk_sparsities(shapes, sparsity)
-    theirs = authors.erk_sparsities(shapes, round(1.0 - sparsity, 12))
+    try:
+        theirs, failure = authors.erk_sparsities(shapes, round(1.0 - sparsity, 12)), None
+    except ValueError as exc:
+        theirs, failure = [None] * len(layers), f"their ERK fails: {exc}"
     rows = []
     for (name, kind, shape), s, a in zip(layers, ours, theirs):
         n, size = shape[0], math.prod(shape)
         fan_in = dst.fan_in_after_ablation(shape, s, 0)
-        a_fan_in = authors.fan_in(shape, a) if a > 0 else size // n
-        rows.append({
+        row = {
             "layer": name, "kind": kind, "shape": shape, "weights": size, "sparsity": s,
             "budget": dst.layer_budget(shape, s), "fan_in": fan_in,
             "srigl_nnz": fan_in * n if s > 0 else size, "dense": s == 0.0,
-            "authors_sparsity": a, "authors_budget": authors.budget(shape, a),
-            "authors_fan_in": a_fan_in, "authors_nnz": authors.unstructured_nnz(shape, a),
-            "authors_dense": a == 0.0})
+            "authors_sparsity": a, "authors_budget": None, "authors_fan_in": None,
+            "authors_nnz": None, "authors_dense": None, "authors_failure": failure}
+        if a is not None:
+            row.update(authors_budget=authors.budget(shape, a),
+                       authors_nnz=authors.unstructured_nnz(shape, a), authors_dense=a == 0.0)
+            try:
+                row["authors_fan_in"] = authors.fan_in(shape, a) if a > 0 else size // n
+            except ValueError as exc:
+                row["authors_failure"] = str(exc)
+        rows.append(row)
     return rows
 
 
@@ -82,8 +96,19 @@ def totals(rows, sparsity):
             "srigl_sparsity": 1.0 - srigl / weights}
 
 
+# What the table prints for a figure the authors' code does not give (see the footnotes).
+MISSING = "—"
+
+
+def _authors_cell(value, text, note):
+    """``text`` of an authors' figure, or MISSING and its footnote mark when it is None."""
+    return text if value is not None else f"{MISSING} [{note}]"
+
+
 def markdown(models=MODEL_NAMES, sparsities=SPARSITIES):
-    """The per-layer table (markdown) of ``models`` at ``sparsities``, then the totals."""
+    """The per-layer table (markdown) of ``models`` at ``sparsities``, then the totals;
+    footnotes under the table say why an authors' figure is MISSING."""
+    notes = {}   # why the authors' code failed -> its footnote number
     lines = ["| model | sparsity | layer | shape | weights | ERK sparsity | budget B | "
              "fan-in k | SRigL k·n | authors' sparsity | authors' B | authors' k |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -95,18 +120,26 @@ def markdown(models=MODEL_NAMES, sparsities=SPARSITIES):
             rows = layer_rows(model, sparsity)
             for r in rows:
                 ours = "dense (ERK)" if r["dense"] else f"{r['sparsity']:.6f}"
-                theirs = "dense" if r["authors_dense"] else f"{r['authors_sparsity']:.6f}"
+                note = (notes.setdefault(r["authors_failure"], len(notes) + 1)
+                        if r["authors_failure"] else None)
+                a = r["authors_sparsity"]
+                theirs = _authors_cell(a, "dense" if r["authors_dense"] else f"{a or 0:.6f}",
+                                       note)
+                budget = _authors_cell(r["authors_budget"], str(r["authors_budget"]), note)
+                a_fan_in = _authors_cell(r["authors_fan_in"], str(r["authors_fan_in"]), note)
                 lines.append(
                     f"| {model} | {100 * sparsity:g}% | {r['layer']} ({r['kind']}) | "
                     f"{shape_text(r['shape'])} | {r['weights']} | {ours} | {r['budget']} | "
-                    f"{r['fan_in']} | {r['srigl_nnz']} | {theirs} | {r['authors_budget']} "
-                    f"| {r['authors_fan_in']} |")
+                    f"{r['fan_in']} | {r['srigl_nnz']} | {theirs} | {budget} | {a_fan_in} |")
             t = totals(rows, sparsity)
             summary.append(
                 f"| {model} | {100 * sparsity:g}% | {t['weights']} | {t['target']:.1f} | "
                 f"{t['budget']} | {t['srigl_nnz']} | {100 * t['rigl_sparsity']:.3f}% | "
                 f"{100 * t['srigl_sparsity']:.3f}% |")
-    return "\n".join(lines) + "\n\n" + "\n".join(summary)
+    footnotes = [f"[{number}] {MISSING}: the authors' code gives no figure here: {why}"
+                 for why, number in notes.items()]
+    return "\n".join(lines + ([""] + footnotes if footnotes else [])) + "\n\n" + \
+        "\n".join(summary)
 
 
 PROG = "python -m srigl_np.erk_table"

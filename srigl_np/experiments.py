@@ -32,8 +32,10 @@ import sys
 
 import numpy as np
 
+from . import cli
 from .cli import command, create_parser
-from .fileio import atomic_write, write_json
+from .data import DATASET_NAMES
+from .fileio import atomic_write, file_kind, not_a_file, write_json
 from .validation import check_threads
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
@@ -111,8 +113,11 @@ def train_command(run, out, dataset, threads):
 
 
 def _metrics(out):
+    path = os.path.join(out, "metrics.json")
+    if file_kind(path) != "a regular file":   # missing, or a FIFO that would block a read
+        return None
     try:
-        with open(os.path.join(out, "metrics.json")) as f:
+        with open(path) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -136,7 +141,10 @@ def execute(run, root, dataset, threads):
     else:   # a fresh start; --overwrite clears what a run that died in its first epoch left
         command = train_command(run, out, dataset, threads) + (
             ["--overwrite"] if os.path.isdir(out) else [])
-    with open(os.path.join(root, run_name(run) + ".log"), "w") as log:
+    log_path = os.path.join(root, run_name(run) + ".log")
+    if not_a_file(log_path):   # a FIFO would block the open, a device take the log
+        return run_name(run), f"FAILED ({log_path}: {not_a_file(log_path)})"
+    with open(log_path, "w") as log:
         status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
     return run_name(run), "finished" if status == 0 and is_finished(run, out) \
         else f"FAILED (exit {status}, see {run_name(run)}.log)"
@@ -257,27 +265,31 @@ def plot(rows, path):
         ax.set_ylabel("test accuracy %")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
 
 
 PROG = "python -m srigl_np.experiments"
+# What --report DIR receives.
+REPORT_FILES = ("results.md", "results.json", "accuracy_vs_sparsity.png")
 
 
 def make_parser():
     parser = create_parser(PROG, __doc__.replace("``", ""))
     parser.add_argument("--preset", choices=sorted(PRESETS), default="reproduction",
                         help="the grid (default: %(default)s)")
-    parser.add_argument("--out", default="runs/reproduction",
+    parser.add_argument("--out", default="runs/reproduction", type=cli.path,
                         help="directory of the runs (default: %(default)s)")
-    parser.add_argument("--dataset", default="fashion-mnist",
+    parser.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES,
                         help="--dataset of every run (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="--threads of every run (default: %(default)s)")
     parser.add_argument("--models", nargs="+", help="only these models (default: all)")
-    parser.add_argument("--report", metavar="DIR",
+    parser.add_argument("--report", metavar="DIR", type=cli.path,
                         help="write results.md, results.json and the plot there")
     parser.add_argument("--summary-only", action="store_true",
                         help="train nothing; summarise what is finished")
@@ -295,6 +307,10 @@ def main(argv=None):
     except ValueError as exc:
         parser.error(f"--{exc}")
     runs = [r for r in grid(args.preset) if not args.models or r["model"] in args.models]
+    if not runs:
+        models = sorted({r["model"] for r in grid(args.preset)})
+        parser.error(f"--models {' '.join(args.models)}: --preset {args.preset} has no run of "
+                     f"these models (its models: {', '.join(models)})")
     # Output places are checked before hours of training, not after.
     for flag, directory in (("--out", args.out), ("--report", args.report)):
         if directory is None:
@@ -305,6 +321,10 @@ def main(argv=None):
             parser.error(f"{flag} {directory}: {exc.strerror or exc}")
         if not os.access(directory, os.W_OK):
             parser.error(f"{flag} {directory} is not writable")
+    for name in REPORT_FILES if args.report is not None else ():
+        problem = cli.check_output_file("--report", os.path.join(args.report, name))
+        if problem:
+            parser.error(problem)
     if not args.summary_only:
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             jobs = [pool.submit(execute, run, args.out, args.dataset, args.threads)
@@ -318,14 +338,14 @@ def main(argv=None):
              + "\n## Neuron ablation (SRigL)\n\n" + ablation_markdown(ablation))
     print(table)
     if args.report:
-        atomic_write(os.path.join(args.report, "results.md"), lambda f: f.write(table.encode()))
-        write_json(os.path.join(args.report, "results.json"), {"preset": args.preset,
-                                                               "rows": rows,
-                                                               "ablation": ablation})
+        markdown_file, json_file, plot_file = (os.path.join(args.report, name)
+                                               for name in REPORT_FILES)
+        atomic_write(markdown_file, lambda f: f.write(table.encode()))
+        write_json(json_file, {"preset": args.preset, "rows": rows, "ablation": ablation})
         if importlib.util.find_spec("matplotlib") is None:
             print("plot skipped: it needs matplotlib (pip install matplotlib)")
         else:
-            plot(rows, os.path.join(args.report, "accuracy_vs_sparsity.png"))
+            plot(rows, plot_file)
     return 0
 
 

@@ -21,13 +21,12 @@ images of the embedded Fashion-MNIST subset (or --gradient random). --plot FILE 
 """
 
 import math
-import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import dst
+from . import cli, dst
 from .cli import command, create_parser, fraction, integer, parse_shape
 from .explain_text import (ABLATED, ABSENT, CAPPED, GROWN, KEPT, MAX_COLS, MAX_ROWS,
                            METHOD_NAMES, PRUNED, REGROWN, as_rows, explain, position_codes,
@@ -249,7 +248,8 @@ def plot(path, layer, result):
     """Draw |W| before, |G| and the decisions (kept, pruned, capped, grown, regrown,
     ablated) into ``path``, written atomically; the format comes from the suffix (PNG
     without one). ImportError saying how to install matplotlib without it; ValueError for
-    an unknown format."""
+    an unknown format (``cli.image_format``)."""
+    file_format = cli.image_format(path)
     try:
         from matplotlib import colormaps
         from matplotlib.colors import BoundaryNorm, ListedColormap
@@ -267,11 +267,6 @@ def plot(path, layer, result):
         index[codes == code] = value
     panel_width = min(5.0, max(3.0, 0.3 * codes.shape[1]))   # inches, colour bars aside
     fig = Figure(figsize=(3 * panel_width + 3.0, 2.0 + min(8.0, 0.3 * n)))
-    image_format = os.path.splitext(path)[1][1:].lower() or "png"
-    formats = fig.canvas.get_supported_filetypes()
-    if image_format not in formats:
-        raise ValueError(f"--plot {path}: unknown image format {image_format!r}; the suffix "
-                         f"must be one of {', '.join(sorted(formats))}")
     axes = fig.subplots(1, 3, sharey=True)
     off_mask = ~as_rows(layer.mask)
     panels = [(np.ma.masked_where(off_mask, np.abs(as_rows(layer.weight))),
@@ -300,7 +295,7 @@ def plot(path, layer, result):
         ax.set_xlabel("input")
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format=image_format, dpi=100))
+    atomic_write(path, lambda f: fig.savefig(f, format=file_format, dpi=100))
 
 
 # -- the command line ---------------------------------------------------------------------
@@ -320,7 +315,7 @@ def make_parser():
                                          f"{d['ablated_before'] + 1} neurons when not given "
                                          f"(default: {d['ablated_before']})")
     run = p.add_argument_group("or a layer of a training run")
-    run.add_argument("--checkpoint", metavar="RUN_DIR",
+    run.add_argument("--checkpoint", metavar="RUN_DIR", type=cli.path,
                      help="a run directory of python -m srigl_np.train (or its "
                           "checkpoint.npz) (default: none, the random layer)")
     run.add_argument("--layer", metavar="NAME",
@@ -356,7 +351,7 @@ def make_parser():
     update.add_argument("--t-end", type=integer(1, 10**9), metavar="T_END",
                         help=f"the schedule's T_end, where updates stop (default: "
                              f"{d['t_end']}; with --checkpoint the run's)")
-    update.add_argument("--seed", type=int, default=d["seed"],
+    update.add_argument("--seed", type=integer(0), default=d["seed"],
                         help=f"seed of the random layer, the random gradient, the images and "
                              f"SET's growth (default: {d['seed']})")
     shown = p.add_argument_group("the output")
@@ -368,7 +363,7 @@ def make_parser():
                        default=d["max_cols"], metavar="C",
                        help=f"inputs per grid row; a wider layer shows only each neuron's "
                             f"inputs before or after (default: {d['max_cols']})")
-    shown.add_argument("--plot", metavar="FILE",
+    shown.add_argument("--plot", metavar="FILE", type=cli.path,
                        help="also draw |W|, |G| and the decisions into FILE (.png, .pdf, "
                             ".svg; needs matplotlib) (default: no plot)")
     return p
@@ -377,6 +372,10 @@ def make_parser():
 @command(PROG, errors=(ImportError,))
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    if args.plot is not None:   # before the update, not after it
+        problem = cli.check_output_file("--plot", args.plot, image=True)
+        if problem:
+            raise ValueError(problem)
     layer = build_layer(args)
     t_end = layer.t_end if args.t_end is None else args.t_end
     if args.step > t_end:

@@ -34,7 +34,6 @@ def explain(layer, result, schedule, max_rows=MAX_ROWS, max_cols=MAX_COLS):
     fraction was passed directly; max_rows, max_cols: the grids' limits.
     """
     trace = result.trace
-    n = layer.weight.shape[0]
     rows = as_rows(layer.mask)
     lines = [f"{METHOD_NAMES[layer.method]} update of {layer.title}",
              f"  {layer.before}" if layer.before else None,

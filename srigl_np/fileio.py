@@ -4,11 +4,81 @@
 fsyncs it, gives it the mode a plain ``open(path, "w")`` would, and renames it over the
 target: readers see the old file or the new one, never a mix. Checkpoints, metrics, the
 audit trail, condensed models, bench JSON and plots all go through it.
+
+What a target may be (one rule for every writer: condense --out, bench --json/--plot,
+audit and explain --plot, experiments --report, the trainer's run files):
+
+* a regular file, or nothing yet: written as above;
+* a symlink to a regular file (or to nothing yet): written through, as ``open(path, "w")``
+  follows it: the link is resolved and its target is replaced atomically; the link stays;
+* anything else (a directory, a FIFO, a device such as /dev/null, a socket, or a link
+  to one; a name ending in "/"; a link into /proc or /dev/fd such as /dev/stdout,
+  whatever it points at now): refused with ``OSError`` naming the path and what it is,
+  ``out.json: not a regular file (a FIFO); give a file path``. Renaming over it would
+  replace the device node or the pipe with a file (or, for a directory, fail), writing
+  into a FIFO blocks until someone reads it, and replacing the file behind /dev/stdout
+  would take the command's own output with it.
+
+A write that fails (a full disk, a read-only directory) is an ``OSError`` of the same
+kind saying ``cannot write PATH: <reason>``, and leaves the old file untouched.
+
+``file_kind`` names what a path is (the commands check their output flags with it
+before any work, and readers say "not a regular file (a FIFO)" rather than "missing").
 """
 
 import json
 import os
+import stat
 import tempfile
+
+# What a path that is not a regular file is, by its st_mode (after following symlinks).
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(path):
+    """What ``path`` is, symlinks followed: "a regular file", "a directory", "a FIFO",
+    "a character device", "a block device", "a socket"; None when nothing is there (a
+    missing path, a dangling symlink) or it cannot be looked at."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def not_a_file(path):
+    """None when ``path`` is a regular file or nothing yet, else what is wrong with writing
+    over it: "is a directory; give a file name" (or a name that ends with "/"), "not a
+    regular file (a FIFO); give a file path", or, for a link into /proc or /dev/fd such
+    as /dev/stdout, "not a regular file (a stream of this process)": replacing what it
+    points at would take the file the command's own output goes to."""
+    kind = file_kind(path)
+    if kind == "a directory":
+        return "is a directory; give a file name"
+    if os.fspath(path).endswith(os.sep):
+        return f"ends with {os.sep!r}, as a directory does; give a file name"
+    if _through_proc(path):
+        kind = "a stream of this process"
+    if kind in (None, "a regular file"):
+        return None
+    return f"not a regular file ({kind}); give a file path"
+
+
+def _through_proc(path, hops=40):
+    """Whether ``path`` or a symlink it goes through names /proc/... or /dev/fd/...
+    (/dev/stdout -> /proc/self/fd/1), whatever they point at now."""
+    path = os.path.abspath(os.fspath(path))
+    for _ in range(hops):
+        if path.startswith(("/proc/", "/dev/fd/")):
+            return True
+        if not os.path.islink(path):
+            return False
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    return False
 
 
 def _umask(status_path="/proc/self/status"):
@@ -37,24 +107,44 @@ def _new_file_mode(path):
 def atomic_write(path, write):
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``.
 
-    The file ends with the permissions a plain ``open(path, "w")`` gives, not
-    ``mkstemp``'s private 0o600, so runs and plots stay readable to whoever could read
-    the directory.
+    A symlink is written through (its target replaced); a target that is not a regular
+    file is refused (the module docstring has the rule). The file ends with the
+    permissions a plain ``open(path, "w")`` gives, not ``mkstemp``'s private 0o600, so
+    runs and plots stay readable to whoever could read the directory. OSError saying
+    ``cannot write PATH: <reason>`` when the directory or the disk refuses it.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    problem = not_a_file(path)
+    if problem:
+        raise OSError(f"{os.fspath(path)}: {problem}")
+    target = os.path.realpath(path)   # a symlink: its target, as open() would write it
+    tmp = None
     try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _new_file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+            os.fchmod(f.fileno(), _new_file_mode(target))
+        os.replace(tmp, target)
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
+
+
+def _write_error(path, exc):
+    """``exc`` (an OSError) as the same kind with one line naming ``path``, not the
+    temporary file: "cannot write out.json: No space left on device"."""
+    message = f"cannot write {os.fspath(path)}: {exc.strerror or exc}"
+    try:
+        error = type(exc)(message)
+    except TypeError:   # a subclass with its own constructor
+        error = OSError(message)
+    error.errno = exc.errno
+    return error
 
 
 def write_json(path, obj):

@@ -62,6 +62,7 @@ from threadpoolctl import threadpool_limits
 from . import data as data_module
 from .backend import on_device_of, parse_device, select
 from .cli import command, create_parser, format_table, fraction, integer, number
+from .cli import path as path_flag
 from .dst import InvariantError
 from .dst.sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
                            OPTIMIZER_ON_UPDATE, DynamicSparsity)
@@ -105,7 +106,7 @@ def make_parser():
     p.add_argument("--model", choices=MODEL_NAMES, default="mlp", help="architecture")
     p.add_argument("--dataset", choices=DATASETS, default="auto",
                    help="'auto': full Fashion-MNIST when found, else the embedded subset")
-    p.add_argument("--data-path", default=None,
+    p.add_argument("--data-path", default=None, type=path_flag,
                    help="directory with the IDX files, searched before $SRIGL_NP_DATA, "
                         "~/.cache/srigl_np and /usr/share/datasets (default: only those)")
     p.add_argument("--epochs", type=integer(1), default=20,
@@ -128,13 +129,13 @@ def make_parser():
                    help="BLAS/OpenMP threads (0: library default)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="'cpu' (NumPy + Cython), or 'cuda'/'cuda:N' (CuPy on an NVIDIA GPU)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", default=None, type=path_flag,
                    help="run directory, created if missing; one that holds a run is "
                         "refused without --overwrite (default: runs/<model>-<method>-s<seed>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out: its checkpoint, metrics and audit trail "
                         "are deleted first")
-    p.add_argument("--resume", metavar="DIR", default=None,
+    p.add_argument("--resume", metavar="DIR", default=None, type=path_flag,
                    help="continue the run saved in DIR with its saved configuration; "
                         "only --epochs, --threads, --device, --data-path and --progress "
                         "may be given with it (default: start a new run)")

@@ -162,3 +162,102 @@ def test_every_command_is_built_on_the_kit(name):
             shown = " ".join(cli.HelpFormatter("x")._get_help_string(action).split())
             assert "(default:" in shown, (name, action.dest)
             assert shown.split("(default:")[0].strip()[:30] in text, (name, action.dest)
+
+
+# -- faults any command can meet: one line, whatever the command was doing -------------------
+
+@pytest.mark.parametrize("error, line", [
+    (MemoryError("Unable to allocate 8.00 EiB for an array with shape (2**60,)"),
+     "out of memory: Unable to allocate 8.00 EiB for an array with shape (2**60,)"),
+    (MemoryError(), "out of memory"),
+    (RecursionError("maximum recursion depth exceeded while decoding a JSON array"),
+     "input nested too deeply: maximum recursion depth exceeded while decoding a JSON array"),
+    (OverflowError("int too large to convert to float"),
+     "number too large: int too large to convert to float"),
+])
+def test_the_wrapper_turns_faults_into_one_line_that_says_what_happened(capsys, error, line):
+    @cli.command("prog")
+    def main(argv=None):
+        raise error
+
+    assert main([]) == 1
+    assert capsys.readouterr().err == f"prog: error: {line}\n"
+
+
+def test_a_real_recursion_is_one_line():
+    @cli.command("prog")
+    def main(argv=None):
+        import json
+
+        return json.loads("[" * 200_000 + "]" * 200_000)
+
+    assert main([]) == 1
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize("fault", [MemoryError, RecursionError, OverflowError])
+def test_every_command_reports_a_fault_in_one_line(name, fault, monkeypatch, capsys):
+    """The seven commands at once: a fault raised inside main (here, where it reads its
+    arguments) ends as one line and status 1, never a traceback."""
+    import importlib
+
+    module = importlib.import_module(f"srigl_np.{name}")
+
+    class Faulty:
+        def parse_args(self, argv=None):
+            raise fault("raised inside main")
+
+    monkeypatch.setattr(module, "make_parser", Faulty)
+    assert module.main([]) == 1
+    what = cli.FAULTS[fault]
+    assert capsys.readouterr().err == (f"python -m srigl_np.{name.split('.')[0]}: error: "
+                                       f"{what}: raised inside main\n")
+
+
+# -- path flags and output files -------------------------------------------------------------
+
+def test_a_path_flag_refuses_the_empty_string():
+    assert cli.path("out.json") == "out.json"
+    with pytest.raises(argparse.ArgumentTypeError, match="^must be a path, got ''$"):
+        cli.path("")
+
+
+def test_output_files_are_checked_in_one_place(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "file").write_text("")
+    check = cli.check_output_file
+    assert check("--json", str(tmp_path / "new.json")) is None
+    assert check("--json", str(tmp_path / "file")) is None
+    assert check("--json", "") == "--json: must be a path, got ''"
+    assert check("--json", str(tmp_path)) == f"--json {tmp_path}: is a directory; give a file name"
+    assert check("--out", str(tmp_path / "pipe")) == (
+        f"--out {tmp_path / 'pipe'}: not a regular file (a FIFO); give a file path")
+    assert check("--json", str(tmp_path / "no" / "x")).endswith(
+        f"directory {tmp_path / 'no'} does not exist")
+    assert check("--json", str(tmp_path / "file" / "x")).endswith(
+        f"{tmp_path / 'file'} is not a directory")
+    assert check("--json", "/dev/stdout") == ("--json /dev/stdout: not a regular file (a stream "
+                                              "of this process); give a file path")
+    assert check("--json", f"{tmp_path}/new/").endswith("ends with '/', as a directory does; "
+                                                        "give a file name")
+    assert check("--json", str(tmp_path / ("x" * 300))).endswith(": File name too long")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert check("--json", str(tmp_path / "loop")).endswith("Too many levels of symbolic links")
+
+
+def test_image_formats_are_the_ones_matplotlib_can_write_here(tmp_path):
+    pytest.importorskip("matplotlib")
+    import shutil
+
+    import matplotlib
+
+    assert cli.image_format("a.PDF") == "pdf" and cli.image_format("noext") == "png"
+    assert cli.check_output_file("--plot", str(tmp_path / "a.svg"), image=True) is None
+    refusal = cli.check_output_file("--out", str(tmp_path / "a.xyz"), image=True)
+    assert refusal.startswith(f"--out {tmp_path / 'a.xyz'}: unknown image format 'xyz'; the "
+                              f"suffix must be one of ") and ", png, " in refusal
+    if shutil.which(matplotlib.rcParams["pgf.texsystem"]) is None:   # savefig needs TeX
+        with pytest.raises(ValueError, match="unknown image format 'pgf'"):
+            cli.image_format("figure.pgf")

@@ -1,11 +1,13 @@
-"""atomic_write: all or nothing, and the permissions a plain open() would give."""
+"""atomic_write: all or nothing, the permissions a plain open() would give, and one rule
+for what a target may be (a symlink written through; a directory, FIFO or device refused)."""
 
+import errno
 import os
 import stat
 
 import pytest
 
-from srigl_np.fileio import _umask, atomic_write
+from srigl_np.fileio import _umask, atomic_write, file_kind, not_a_file
 
 
 @pytest.fixture
@@ -53,3 +55,95 @@ def test_umask_is_read_with_and_without_proc(tmp_path, umask_022):
     assert _umask() == 0o022
     assert _umask(status_path=str(tmp_path / "missing")) == 0o022  # the os.umask fallback
     assert os.umask(0o022) == 0o022  # and the fallback put it back
+
+
+# -- what a target may be: one rule for every writer -------------------------------------------
+
+def _write_new(path):
+    atomic_write(path, lambda f: f.write(b"new"))
+
+
+def test_a_symlink_to_a_file_is_written_through_and_stays_a_link(tmp_path, umask_022):
+    target = tmp_path / "real.json"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    _write_new(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes() == b"new" and _mode(target) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]
+
+
+def test_a_dangling_symlink_creates_its_target_as_open_would(tmp_path):
+    link = tmp_path / "link.json"
+    link.symlink_to(tmp_path / "later.json")
+    _write_new(link)
+    assert link.is_symlink() and (tmp_path / "later.json").read_bytes() == b"new"
+
+
+def _identity(path):
+    """What the directory entry is: its type and inode (a link stays that link)."""
+    entry = os.lstat(path)
+    return stat.S_IFMT(entry.st_mode), entry.st_ino
+
+
+def _fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("make, kind", [
+    (_fifo, "not a regular file (a FIFO); give a file path"),
+    (lambda p: p.mkdir() or p, "is a directory; give a file name"),
+    (lambda p: p.symlink_to(_fifo(p.with_name("pipe"))) or p,
+     "not a regular file (a FIFO); give a file path"),
+    (lambda p: p.symlink_to(os.devnull) or p,
+     "not a regular file (a character device); give a file path"),
+    (lambda p: p.symlink_to("/proc/self/fd/1") or p,   # as /dev/stdout is, whatever fd 1 is
+     "not a regular file (a stream of this process); give a file path"),
+])
+def test_a_target_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path, make, kind):
+    """Renaming over a FIFO or a device node (/dev/stdout, /dev/null) would replace it with
+    a file; writing into a FIFO would block. The link to /dev/null stays a link."""
+    path = make(tmp_path / "out.json")
+    before = sorted(p.name for p in tmp_path.iterdir()), _identity(path)
+    with pytest.raises(OSError) as info:
+        _write_new(path)
+    assert str(info.value) == f"{path}: {kind}"
+    # No temporary left, and the target what it was (not replaced by a file).
+    assert (sorted(p.name for p in tmp_path.iterdir()), _identity(path)) == before
+
+
+def test_a_failed_write_names_the_path_not_the_temporary(tmp_path):
+    """A full disk: the same kind of OSError, its errno kept, one line naming the file."""
+    path = tmp_path / "out.json"
+    path.write_bytes(b"old")
+
+    def full(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as info:
+        atomic_write(path, full)
+    assert str(info.value) == f"cannot write {path}: No space left on device"
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_a_directory_that_refuses_the_temporary_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match=f"^cannot write {blocker / 'out.json'}: "):
+        _write_new(blocker / "out.json")
+
+
+def test_file_kind_names_what_a_path_is(tmp_path):
+    (tmp_path / "f").write_text("")
+    os.mkfifo(tmp_path / "p")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    assert file_kind(tmp_path / "f") == "a regular file"
+    assert file_kind(tmp_path) == "a directory"
+    assert file_kind(tmp_path / "p") == "a FIFO"
+    assert file_kind(os.devnull) == "a character device"
+    assert file_kind(tmp_path / "dangling") is None and file_kind(tmp_path / "no") is None
+    assert not_a_file(tmp_path / "f") is None and not_a_file(tmp_path / "no") is None

@@ -52,7 +52,6 @@ ablation, as SRigL redistributes the weights of ablated neurons.
 import argparse
 import importlib.util
 import os
-import sys
 import time
 
 from .. import cli
@@ -70,6 +69,7 @@ from .timing import (QUICK_MIN_TIME, QUICK_ROUNDS, QUICK_SECONDS, QUICK_TURN_REP
 # weight, active rows, two CSR copies): about this many bytes per dense weight element.
 BYTES_PER_WEIGHT_ELEMENT = 48
 MAX_ELEMENTS = 2**31   # no dense weight or input batch past this many elements
+MAX_MIN_TIME = 3600    # seconds of timing per row: past an hour a run would seem to hang
 
 
 def parse_shape(text):
@@ -110,19 +110,21 @@ def check_sizes(shapes, batch_sizes, memory=None):
     return None
 
 
-def check_output_path(flag, path):
-    """None, or one line saying why ``path`` cannot be written: its directory is missing
-    or not a directory, or the path is a directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        return f"{flag} {path}: is a directory; give a file name"
-    if not os.path.exists(directory):
-        return f"{flag} {path}: directory {directory} does not exist"
-    if not os.path.isdir(directory):
-        return f"{flag} {path}: {directory} is not a directory"
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return f"{flag} {path}: directory {directory} is not writable"
+def ablation_problem(shapes, ablated_frac):
+    """None, or one line saying which --shape --ablated-frac leaves without an active
+    neuron (``runner.ablated_count`` of them ablated, all of its n_out)."""
+    from .runner import ablated_count
+
+    for n_in, n_out in shapes:
+        if ablated_count(ablated_frac, n_out) >= n_out:
+            return (f"--ablated-frac {ablated_frac:g} leaves no neuron of --shape "
+                    f"{n_in}x{n_out} active: round({ablated_frac:g} x {n_out}) = {n_out} of "
+                    f"its {n_out} neurons would be ablated")
     return None
+
+
+# The check of --json and --plot (kept under its old name: bench exports it).
+check_output_path = cli.check_output_file
 
 
 PROG = "python -m srigl_np.bench"
@@ -154,8 +156,11 @@ def make_parser():
                              "dense, cuSPARSE CSR, structured and the CUDA condensed kernel, "
                              "timed with CUDA events")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random layers")
-    parser.add_argument("--json", metavar="PATH", help="write the records as JSON")
-    parser.add_argument("--plot", metavar="PATH", help="bar chart of speedups (matplotlib)")
+    parser.add_argument("--json", metavar="PATH", type=cli.path,
+                        help="write the records as JSON")
+    parser.add_argument("--plot", metavar="PATH", type=cli.path,
+                        help="bar chart of speedups (matplotlib; the suffix gives the "
+                             "format, PNG without one)")
     parser.add_argument("--targets", action="store_true",
                         help="also print srigl_np's own development targets and whether "
                              "this run meets them")
@@ -177,7 +182,7 @@ def parse_args(argv=None):
             set_cpu_path(args.cpu_path)
         except ValueError as exc:
             parser.error(f"--cpu-path: {exc} (this CPU: {', '.join(cpu_paths())})")
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
+    if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
         parser.error("--plot needs matplotlib: pip install matplotlib (or srigl_np[plot])")
     for s in args.sparsities:
         if not 0.0 <= s < 1.0:
@@ -188,11 +193,12 @@ def parse_args(argv=None):
         parser.error(f"--ablated-frac must be in [0, 1), got {args.ablated_frac}")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
-    if args.min_time is not None and not 0.0 <= args.min_time < float("inf"):
-        parser.error(f"--min-time must be a finite number of seconds >= 0, got {args.min_time}")
+    if args.min_time is not None and not 0.0 <= args.min_time <= MAX_MIN_TIME:
+        parser.error(f"--min-time must be a finite number of seconds in [0, {MAX_MIN_TIME}], "
+                     f"got {args.min_time}")
     for flag, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
-            problem = check_output_path(flag, path)
+            problem = cli.check_output_file(flag, path, image=flag == "--plot")
             if problem:
                 parser.error(problem)
     from ..backend import parse_device
@@ -212,7 +218,8 @@ def parse_args(argv=None):
     args.rounds = QUICK_ROUNDS if args.quick else ROUNDS
     args.min_repeats = QUICK_TURN_REPEATS if args.quick else None
     args.shape = args.shape or list(DEFAULT_SHAPES)
-    problem = check_sizes(args.shape, args.batch_sizes)
+    problem = (check_sizes(args.shape, args.batch_sizes)
+               or ablation_problem(args.shape, args.ablated_frac))
     if problem:
         parser.error(problem)
     return args
@@ -282,12 +289,12 @@ def main(argv=None):
         print("\n".join(targets) if targets else "  (no row of this run is a target case)")
     wall = time.perf_counter() - started
     print(f"\nbench took {wall:.1f} s")
-    if args.json:
+    if args.json is not None:
         from ..fileio import write_json
 
         write_json(args.json, {"machine": info, "records": records, "wall_s": wall,
                                "quick": args.quick, "rounds": args.rounds,
                                "min_time": args.min_time})
-    if args.plot:
+    if args.plot is not None:
         plot(records, args.plot, info)
     return 0

@@ -1,7 +1,5 @@
 """The bar chart of ``--plot``: speedups over NumPy dense, one panel per layer shape."""
 
-import os
-
 import numpy as np
 
 from .comparison import OURS
@@ -79,12 +77,15 @@ def plot_figure(records, machine=None):
 
 def plot(records, path, machine=None):
     """``plot_figure`` written atomically to ``path`` (its suffix gives the format; PNG by
-    default)."""
+    default; ``cli.image_format`` refuses one matplotlib cannot write)."""
     import matplotlib.pyplot as plt
 
+    from ..cli import image_format
     from ..fileio import atomic_write
 
+    suffix = image_format(path)
     fig = plot_figure(records, machine)
-    suffix = os.path.splitext(path)[1][1:] or "png"
-    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format=suffix))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format=suffix))
+    finally:
+        plt.close(fig)

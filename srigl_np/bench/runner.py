@@ -17,12 +17,17 @@ from .report import format_case
 from .timing import ROUNDS, sample_seconds, time_all
 
 
+def ablated_count(ablated_frac, n_out):
+    """The neurons ``ablated_frac`` of ``n_out`` ablates: round(ablated_frac * n_out)."""
+    return int(round(ablated_frac * n_out))
+
+
 def constant_fan_in_weight(n_in, n_out, sparsity, ablated_frac, rng):
     """A (n_out, n_in) float32 weight with constant fan-in and round(ablated_frac * n_out)
     random neurons ablated: ``dst.constant_fan_in_mask`` with ablated=, so the live
     neurons share the layer's whole budget (k = dst.fan_in_after_ablation), and
     standard-normal values on the mask (never exactly 0)."""
-    n_ablated = int(round(ablated_frac * n_out))
+    n_ablated = ablated_count(ablated_frac, n_out)
     if n_ablated >= n_out:
         raise ValueError(f"ablated_frac must leave a neuron active, got {ablated_frac}")
     ablated = rng.choice(n_out, n_ablated, replace=False)

@@ -17,6 +17,7 @@ import it without importing each other.
 
 import json
 import math
+import os
 
 import numpy as np
 
@@ -122,6 +123,8 @@ def read_trail(path):
     second record of one layer at one step; ValueError naming ``path`` for a trail with
     a gap (``_check_no_gap``).
     """
+    if os.path.exists(path) and not os.path.isfile(path):   # a FIFO would block the open
+        raise ValueError(f"{path}: not a regular file")
     try:
         trail = open(path, "rb")
     except FileNotFoundError:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import on_device_of, to_numpy
-from ..fileio import atomic_write
+from ..fileio import atomic_write, file_kind
 from .npz import NpzError, read_npz
 
 CHECKPOINT_VERSION = 1
@@ -104,7 +104,7 @@ def check_data(path, saved, current):
 
 def _read_arrays(path):
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
-        why = "a directory" if os.path.isdir(path) else "missing"
+        why = file_kind(path) or "missing"
         raise ValueError(f"checkpoint {path} is not a file ({why})")
     try:
         return read_npz(path)
@@ -262,8 +262,10 @@ def _input_stats(path, meta):
     """(mean, std) from the checkpoint's meta, or from the metrics.json beside it (runs
     written before the checkpoint recorded its data); None when neither has them."""
     data = meta.get("data")
-    if not isinstance(data, dict) and isinstance(path, (str, os.PathLike)):
-        metrics = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
+    metrics = (os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
+               if isinstance(path, (str, os.PathLike)) else None)
+    # Not a FIFO: opening one would block until something writes to it.
+    if not isinstance(data, dict) and metrics and file_kind(metrics) == "a regular file":
         try:
             with open(metrics) as f:
                 data = json.load(f).get("data")

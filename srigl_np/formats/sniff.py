@@ -17,6 +17,8 @@ the contents. The kinds, in the order they are told apart:
 import os
 import zipfile
 
+from ..fileio import file_kind
+
 SOURCE_KINDS = ("run", "checkpoint", "condensed", "torch", "scipy")
 # Beside shape.npy, the members that tell a scipy.sparse .npz (any one set).
 SCIPY_MEMBERS = ({"format.npy"}, {"indptr.npy", "indices.npy"}, {"row.npy", "col.npy"},
@@ -40,8 +42,12 @@ def source_kind(path):
             raise ValueError(f"{path} is a directory without a checkpoint.npz: not a run "
                              f"directory of python -m srigl_np.train")
         return "run"
-    if not os.path.isfile(path):
+    kind = file_kind(path)
+    if kind is None:
         raise ValueError(f"{path}: no such file or directory")
+    if kind != "a regular file":
+        raise ValueError(f"{path}: not a regular file ({kind}); give a model file or a run "
+                         f"directory")
     names = _zip_names(path) or set()
     if {"format_version.npy", "metadata.npy"} <= names:
         return "condensed"

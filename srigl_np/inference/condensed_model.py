@@ -246,7 +246,7 @@ class CondensedModel:
         kind, index = parse_device(device)
         self.device = "cpu" if kind == "cpu" else f"cuda:{index}"
         self.stages = stages
-        self.input_stats = _check_input_stats(input_stats)
+        self.input_stats = check_input_stats(input_stats)
         self.n_classes = None if n_classes is None else positive_int("n_classes", n_classes)
         self.report = []
 
@@ -340,8 +340,16 @@ class CondensedModel:
                 + "".join(f"  {stage!r},\n" for stage in self.stages) + ")")
 
 
-def _check_input_stats(input_stats):
-    """(mean, std) as float64 1-D arrays of one size, finite, std > 0; or None."""
+# The most (1 + |mean|) / std may be: raw images normalised with these statistics,
+# (x/255 - mean) / std for x/255 in [0, 1], stay finite in float32 (with room for the
+# scale and the shift the model applies them as).
+MAX_NORMALISED = float(np.finfo(np.float32).max) / 4
+
+
+def check_input_stats(input_stats):
+    """(mean, std) as float64 1-D arrays of one size, finite, std > 0 and normalising with
+    them finite in float32 ((1 + |mean|) / std <= MAX_NORMALISED); or None. ValueError
+    otherwise."""
     if input_stats is None:
         return None
     try:
@@ -350,10 +358,16 @@ def _check_input_stats(input_stats):
         raise ValueError(f"input_stats must be a pair (mean, std), got {input_stats!r}") \
             from None
     mean, std = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (mean, std))
-    if mean.ndim != 1 or mean.shape != std.shape or not (
+    if mean.ndim != 1 or mean.size == 0 or mean.shape != std.shape or not (
             np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
         raise ValueError(f"input_stats must be finite (mean, std) of one length with "
                          f"std > 0, got mean {mean.tolist()}, std {std.tolist()}")
+    with np.errstate(over="ignore"):
+        largest = float(((1 + np.abs(mean)) / std).max())
+    if not largest <= MAX_NORMALISED:
+        raise ValueError(f"input_stats would overflow float32 when normalising: (1 + |mean|)"
+                         f" / std must be at most {MAX_NORMALISED:.3g}, got mean "
+                         f"{mean.tolist()}, std {std.tolist()}")
     return mean, std
 
 
@@ -434,7 +448,7 @@ def _parse_metadata(raw):
             raise ValueError(f"metadata 'input' must be {{'mean': [...], 'std': [...]}}, "
                              f"got {entry!r}")
         try:
-            metadata["input_stats"] = _check_input_stats((entry["mean"], entry["std"]))
+            metadata["input_stats"] = check_input_stats((entry["mean"], entry["std"]))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metadata 'input': {exc}") from None
     n_classes = metadata.get("n_classes")
