@@ -11,7 +11,8 @@ before any setting's second, so a grid cut short has each setting at its first s
 A run whose
 metrics.json holds all its epochs is skipped; one with a checkpoint but fewer epochs is
 continued with ``--resume`` (bit-identical to an uninterrupted run); one without is
-started afresh. ``--jobs N`` runs N at a time.
+started afresh. ``--jobs N`` runs N at a time. A runner holds ``OUT``'s lock (``.lock``)
+while it trains: a second one on the same ``OUT`` is refused, naming the first's PID.
 
 The summary groups runs by every setting but the seed (runs whose settings differ are
 never pooled as seeds) and gives the final test accuracy as mean ± sample std over the
@@ -33,7 +34,7 @@ import sys
 import numpy as np
 
 from .cli import command, create_parser
-from .fileio import atomic_write, write_json
+from .fileio import atomic_write, lock_directory, write_json
 from .validation import check_threads
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
@@ -306,7 +307,10 @@ def main(argv=None):
         if not os.access(directory, os.W_OK):
             parser.error(f"{flag} {directory} is not writable")
     if not args.summary_only:
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        # One runner per --out: a second would fail every run its twin is training and
+        # truncate its logs. Each run's directory has its trainer's own lock besides.
+        with lock_directory(args.out, PROG, advice="wait for it or choose another --out"), \
+                concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             jobs = [pool.submit(execute, run, args.out, args.dataset, args.threads)
                     for run in runs]
             for done, job in enumerate(concurrent.futures.as_completed(jobs), start=1):

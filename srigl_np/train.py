@@ -18,7 +18,10 @@ atomically.
 ``--out`` is checked before any data is read: it is created if missing and must be
 writable, and one that already holds a run (any of ``RUN_FILES``) is refused unless
 ``--overwrite`` (which deletes those files and the trainer's ``.tmp-*`` temporaries
-first) or ``--resume`` is asked for.
+first) or ``--resume`` is asked for. A run, new or resumed, holds the directory's lock
+(``.lock``, see ``fileio.lock_directory``) from before that check to its end: a second
+trainer on the same directory is refused at once, naming the holder's PID, and
+deletes nothing; the lock dies with its process.
 ``--resume DIR`` continues a run from its last checkpoint with the saved configuration
 and ends bit-identical to an uninterrupted run: every random stream is derived from
 ``(seed, purpose, epoch)``, not carried from one epoch to the next. It deletes the
@@ -66,7 +69,7 @@ from .dst import InvariantError
 from .dst.sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
                            OPTIMIZER_ON_UPDATE, DynamicSparsity)
 from .dst.trail import read_trail
-from .fileio import write_json, write_jsonl
+from .fileio import lock_directory, write_json, write_jsonl
 from .formats.checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
 from .nn.losses import softmax_cross_entropy
 from .nn.models import MODEL_NAMES, build
@@ -201,14 +204,33 @@ def given_flags(parser, argv):
 
 
 def prepare_out(out, flag="--out", overwrite=False, resume=False):
-    """Check the run directory before any work: it is created if missing and must be
+    """Take the run directory for this run, before any work: it is created if missing,
+    locked (``fileio.lock_directory``: one trainer per directory, another is refused
+    with the holder's PID, before anything in it is read or deleted) and must be
     writable. A new run refuses one that holds a run (RUN_FILES) unless ``overwrite``,
     which deletes those files and the trainer's temporaries; a resumed run deletes the
-    temporaries a kill during a write left. ValueError (one line) otherwise."""
+    temporaries a kill during a write left. Returns the DirectoryLock, to hold for the
+    whole run; ValueError (one line) otherwise, with the lock let go."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{flag} {out} is not a directory (a file is in the way)")
     try:
         os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write in {flag} {out}: {exc.strerror or exc}") from None
+    advice = ("wait for it to finish" if resume else
+              f"wait for it or choose another {flag}")
+    lock = lock_directory(out, PROG, advice=advice)
+    try:
+        _clear_out(out, flag, overwrite, resume)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _clear_out(out, flag, overwrite, resume):
+    """prepare_out's checks and deletions in the locked ``out``."""
+    try:
         fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out)
         os.close(fd)
         os.unlink(probe)
@@ -226,7 +248,6 @@ def prepare_out(out, flag="--out", overwrite=False, resume=False):
     except OSError as exc:
         raise ValueError(f"cannot delete {os.path.join(out, name)}: "
                          f"{exc.strerror or exc}") from None
-    return stale
 
 
 def _resume_config(args, given):
@@ -539,14 +560,14 @@ def main(argv=None):
     # The device first: a run that cannot start leaves no directory behind.
     select(config.get("device") or "cpu")
     if args.resume:
-        prepare_out(args.resume, flag="--resume", resume=True)
+        lock = prepare_out(args.resume, flag="--resume", resume=True)
         for line in changes:
             print(line)
     else:
-        prepare_out(config["out"], overwrite=args.overwrite)
+        lock = prepare_out(config["out"], overwrite=args.overwrite)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     try:
-        with threadpool_limits(limits=config["threads"] or None):
+        with lock, threadpool_limits(limits=config["threads"] or None):
             metrics = train(config, resume=bool(args.resume), progress=progress)
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

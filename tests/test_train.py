@@ -15,7 +15,8 @@ from srigl_np import data as data_module
 from srigl_np import dst
 from srigl_np import train as train_module
 from srigl_np.formats.checkpoint import read_meta
-from train_cli import ERROR, StopAfterFirstEpoch, run_main, stop_after_first_epoch
+from train_cli import (ERROR, StopAfterFirstEpoch, lock_holder, run_main,  # noqa: F401
+                       stop_after_first_epoch)
 
 
 def _run_cli(*args):
@@ -353,6 +354,48 @@ def test_an_out_holding_a_run_is_refused_unless_overwrite(one_epoch_run, capsys)
     assert sorted(p.name for p in one_epoch_run.iterdir()) == [
         "checkpoint.npz", "metrics.json", "notes.txt"]
     assert read_meta(one_epoch_run / "checkpoint.npz")["config"]["method"] == "dense"
+
+
+def test_a_second_trainer_on_a_run_in_use_is_refused_and_touches_nothing(
+        one_epoch_run, capsys, lock_holder):
+    files = {p.name: p.read_bytes() for p in one_epoch_run.iterdir()}
+    holder = lock_holder(one_epoch_run)
+    # Another process, even with --overwrite, deletes nothing of the holder's run.
+    result = _run_cli(*_QUICK, "--out", one_epoch_run, "--overwrite")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (f"{ERROR}{one_epoch_run} is in use by PID {holder.pid} "
+                             f"(python -m srigl_np.train); wait for it or choose another "
+                             f"--out\n")
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    assert status == 1 and line == (f"{ERROR}{one_epoch_run} is in use by PID {holder.pid} "
+                                    f"(python -m srigl_np.train); wait for it to finish")
+    assert {p.name: p.read_bytes() for p in one_epoch_run.iterdir()} == {
+        **files, ".lock": f"{holder.pid} python -m srigl_np.train\n".encode()}
+    # A killed holder leaves its lock file behind, and it blocks no one: the OS let go.
+    holder.kill()
+    holder.wait()
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    assert status == 0, line
+    assert ".lock" not in [p.name for p in one_epoch_run.iterdir()]   # the run's is gone
+
+
+def test_the_run_holds_its_lock_from_before_the_checks_to_its_end(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen = []
+
+    def train(config, resume=False, progress=False):
+        with pytest.raises(ValueError, match="is in use by PID"):
+            train_module.prepare_out(str(out), overwrite=True)
+        seen.append(config["out"])
+        return {"test_accuracy": None}
+
+    monkeypatch.setattr(train_module, "train", train)
+    assert train_module.main([*_QUICK, "--out", str(out)]) == 0
+    assert seen == [str(out)] and list(out.iterdir()) == []   # let go, and the file gone
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_module.prepare_out(str(out))
+    train_module.prepare_out(str(out), overwrite=True).release()   # a refusal let go too
 
 
 def test_an_empty_existing_out_is_used(tmp_path, capsys):
