@@ -35,7 +35,7 @@ import numpy as np
 
 from .cli import command, create_parser
 from .fileio import atomic_write, lock_directory, write_json
-from .validation import check_threads
+from .validation import check_thread_flag
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
 PRESETS = {
@@ -274,9 +274,11 @@ def make_parser():
     parser.add_argument("--dataset", default="fashion-mnist",
                         help="--dataset of every run (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time (default: %(default)s)")
+                        help="runs at a time, at most the CPUs this process may use "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="--threads of every run (default: %(default)s)")
+                        help="--threads of every run, at most the CPUs this process may "
+                             "use (0: library default; default: %(default)s)")
     parser.add_argument("--models", nargs="+", help="only these models (default: all)")
     parser.add_argument("--report", metavar="DIR",
                         help="write results.md, results.json and the plot there")
@@ -289,12 +291,11 @@ def make_parser():
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
-    if not 1 <= args.jobs <= os.cpu_count() * 4:
-        parser.error(f"--jobs must be in [1, {os.cpu_count() * 4}], got {args.jobs}")
     try:
-        check_threads(args.threads)
+        check_thread_flag("--jobs", args.jobs, minimum=1)
+        check_thread_flag("--threads", args.threads)
     except ValueError as exc:
-        parser.error(f"--{exc}")
+        parser.error(str(exc))
     runs = [r for r in grid(args.preset) if not args.models or r["model"] in args.models]
     # Output places are checked before hours of training, not after.
     for flag, directory in (("--out", args.out), ("--report", args.report)):

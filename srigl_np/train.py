@@ -74,6 +74,7 @@ from .formats.checkpoint import check_data, load_checkpoint, read_meta, save_che
 from .nn.losses import softmax_cross_entropy
 from .nn.models import MODEL_NAMES, build
 from .nn.optim import SGD, AdamW, CosineSchedule, StepSchedule
+from .validation import check_thread_flag, usable_cpus
 
 DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
 # Purposes for derived random streams: (seed, purpose, epoch) -> Generator.
@@ -128,7 +129,8 @@ def make_parser():
     p.add_argument("--seed", type=integer(0), default=0,
                    help="seed of every random stream")
     p.add_argument("--threads", type=integer(0), default=0,
-                   help="BLAS/OpenMP threads (0: library default)")
+                   help="BLAS/OpenMP threads, at most the CPUs this process may use "
+                        "(0: library default)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="'cpu' (NumPy + Cython), or 'cuda'/'cuda:N' (CuPy on an NVIDIA GPU)")
     p.add_argument("--out", default=None,
@@ -269,6 +271,11 @@ def _resume_config(args, given):
         if dest in given and dest in config and config[dest] != getattr(args, dest):
             changed[dest] = [config[dest], getattr(args, dest)]
             config[dest] = getattr(args, dest)
+    cpus = usable_cpus()
+    if config["threads"] > cpus:   # a run saved on a machine with more CPUs than this one
+        raise ValueError(f"{checkpoint}: the run was started with --threads "
+                         f"{config['threads']}, more than this process may use ({cpus} "
+                         f"CPU{'s' * (cpus != 1)}): resume it with --threads 0 to {cpus}")
     done = meta.get("epoch", 0)
     if config["epochs"] < done:
         raise ValueError(f"--epochs {config['epochs']}: the run in {args.resume} has already "
@@ -555,6 +562,10 @@ def main(argv=None):
             config = _config_from_args(args)
         except ValueError as exc:
             parser.error(str(exc))
+    try:
+        check_thread_flag("--threads", args.threads)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.resume:
         config, changes = _resume_config(args, given)
     # The device first: a run that cannot start leaves no directory behind.

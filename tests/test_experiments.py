@@ -3,6 +3,7 @@ ones, and a summary that never pools different settings as seeds."""
 
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -125,6 +126,20 @@ def test_a_second_runner_on_the_same_out_is_refused(tmp_path, capsys, lock_holde
         f"{experiments.PROG}: error: {tmp_path} is in use by PID {holder.pid} "
         f"({experiments.PROG}); wait for it or choose another --out\n")
     assert [p.name for p in tmp_path.iterdir()] == [".lock"]   # no run, no log started
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--jobs", "3"], "--jobs must be in [1, 2] (this process may use 2 CPUs), got 3"),
+    (["--threads", "3"], "--threads must be in [0, 2] (this process may use 2 CPUs), got 3"),
+    (["--threads", "-1"], "--threads must be in [0, 2] (this process may use 2 CPUs), got -1"),
+])
+def test_jobs_and_threads_are_held_to_the_cpus_this_process_may_use(argv, line, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    with pytest.raises(SystemExit) as stop:
+        experiments.main(argv + ["--summary-only"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"{experiments.PROG}: error: {line}\n"
 
 
 def test_a_run_that_died_before_its_first_checkpoint_is_started_again(smoke, capsys):

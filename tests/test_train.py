@@ -14,6 +14,7 @@ import pytest
 from srigl_np import data as data_module
 from srigl_np import dst
 from srigl_np import train as train_module
+from srigl_np import validation
 from srigl_np.formats.checkpoint import read_meta
 from train_cli import (ERROR, StopAfterFirstEpoch, lock_holder, run_main,  # noqa: F401
                        stop_after_first_epoch)
@@ -38,6 +39,7 @@ def _run_cli(*args):
     (["--method", "dense", "--sparsity", "0.5"],
      "--sparsity 0.5 does not apply to --method dense"),
     (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+    (["--threads", "100000"], "--threads must be in [0, "),
 ])
 def test_invalid_values_exit_with_one_line_error(args, fragment):
     result = _run_cli(*args)
@@ -396,6 +398,28 @@ def test_the_run_holds_its_lock_from_before_the_checks_to_its_end(tmp_path, monk
     with pytest.raises(ValueError, match="already holds a run"):
         train_module.prepare_out(str(out))
     train_module.prepare_out(str(out), overwrite=True).release()   # a refusal let go too
+
+
+def test_threads_past_the_cpus_this_process_may_use_are_refused(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    status, _, line = run_main(capsys, *_QUICK, "--threads", "3", "--out", tmp_path / "run")
+    assert (status, line) == (2, f"{ERROR}--threads must be in [0, 2] (this process may "
+                                 f"use 2 CPUs), got 3")
+    assert not (tmp_path / "run").exists()
+    assert run_main(capsys, *_QUICK, "--threads", "2", "--out", tmp_path / "run")[0] == 0
+    # Resumed where fewer CPUs are: the flag is checked, and so is the run's saved count.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    status, _, line = run_main(capsys, "--resume", tmp_path / "run", "--threads", "2")
+    assert (status, line) == (2, f"{ERROR}--threads must be in [0, 1] (this process may "
+                                 f"use 1 CPU), got 2")
+    status, _, line = run_main(capsys, "--resume", tmp_path / "run")
+    assert (status, line) == (1, f"{ERROR}{tmp_path / 'run' / 'checkpoint.npz'}: the run was "
+                                 f"started with --threads 2, more than this process may use "
+                                 f"(1 CPU): resume it with --threads 0 to 1")
+    assert run_main(capsys, "--resume", tmp_path / "run", "--threads", "1")[0] == 0
+    monkeypatch.delattr(os, "sched_getaffinity")   # where the OS has no affinity set
+    assert validation.usable_cpus() == (os.cpu_count() or 1)
 
 
 def test_an_empty_existing_out_is_used(tmp_path, capsys):
