@@ -30,9 +30,12 @@ checkpoint's (its "data": counts and SHA-256 of the raw arrays; an older checkpo
 without them resumes with a note), refuses by name every flag that would change the
 run, and honours ``RESUMABLE_FLAGS`` (``--epochs`` to train longer, ``--threads``,
 ``--device``, ``--data-path``, ``--progress``), recording each change in the config's
-"resumes". A loss that becomes NaN or infinite stops training with a one-line error
-and status 1, before anything is written for that step, so the last checkpoint is the
-last good epoch. An empty train or test set is an error. A topology update
+"resumes". A loss that becomes NaN or infinite (or a weight, checked at the end of
+each epoch) stops training with a one-line error and status 1, before anything is
+written for that step, so the last checkpoint is the last good epoch; a checkpoint
+that holds NaN or Inf is refused by name (``formats.checkpoint``), as is a saved
+config or progress record no trainer writes (``checked_config``: each value as its
+flag checks it). An empty train or test set is an error. A topology update
 that fails its invariant check (``dst.InvariantError``) stops training: the audit trail
 up to that update is written, and the command exits with status 1 and a one-line error
 naming the step and layer.
@@ -63,7 +66,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import data as data_module
-from .backend import on_device_of, parse_device, select
+from .backend import array_module, on_device_of, parse_device, select
 from .cli import command, create_parser, format_table, fraction, integer, number
 from .dst import InvariantError
 from .dst.sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
@@ -87,6 +90,11 @@ _TEMPORARY = re.compile(r"\.tmp-[a-z0-9_]{8}")
 # Flags a resumed run may change: how long and where it runs, not what it computes.
 # Every other flag is part of the run's meaning and is refused with --resume.
 RESUMABLE_FLAGS = ("epochs", "threads", "device", "data_path", "progress")
+# Config keys trainers before them did not record, and the value such a run trained with.
+LEGACY_CONFIG = {"optimizer_on_update": "skip", "grad_accumulation": 1, "device": "cpu"}
+# Flags that are not part of a run's config.
+_NOT_CONFIG = ("help", "resume", "progress", "overwrite")
+MAX_EPOCHS = 10**6   # past it a run's step count no longer fits the schedule's floats
 
 
 class DivergedError(ValueError):
@@ -196,6 +204,74 @@ def _config_from_args(args):
     return config
 
 
+def checked_config(config, source):
+    """A run's saved ``config`` (read from ``source``, which errors name), checked as the
+    command line checks the same flags: each value through its flag's type or choices (a
+    switch must be true or false, --out a path, --data-path a path or null), then the
+    cross-checks of ``_config_from_args``. Keys older trainers did not record get
+    LEGACY_CONFIG's value; any other missing key is an error; keys no flag has are left
+    as they are. Returns the completed config; one ValueError naming the file, the key
+    and its flag otherwise. What ``--resume`` and ``python -m srigl_np.explain
+    --checkpoint`` trust of a checkpoint's config."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: meta 'config' must be a JSON object, got "
+                         f"{type(config).__name__}")
+    config = {**LEGACY_CONFIG, **config}
+    for action in make_parser()._actions:
+        if not action.option_strings or action.dest in _NOT_CONFIG:
+            continue
+        where = f"{source}: meta 'config' {action.dest!r} ({action.option_strings[-1]})"
+        if action.dest not in config:
+            raise ValueError(f"{where} is missing")
+        problem = _value_problem(action, config[action.dest])
+        if action.dest == "epochs" and not problem:
+            problem = _epochs_problem(config["epochs"])
+        if problem:
+            raise ValueError(f"{where} {problem}")
+    resumes = config.get("resumes", [])
+    if not (isinstance(resumes, list) and all(isinstance(r, dict) for r in resumes)):
+        raise ValueError(f"{source}: meta 'config' 'resumes' must be a list of records")
+    if config["method"] == "dense" and config["sparsity"] != 0:
+        raise ValueError(f"{source}: meta 'config' of a dense run must record sparsity 0, "
+                         f"got {config['sparsity']}")
+    flags = {k: v for k, v in config.items() if k != "sparsity" or v != 0}
+    try:
+        _config_from_args(argparse.Namespace(**flags))
+    except ValueError as exc:
+        raise ValueError(f"{source}: meta 'config': {exc}") from None
+    return config
+
+
+def _value_problem(action, value):
+    """Why ``value`` is not one the flag of ``action`` gives (a phrase), or None."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if action.choices is not None:
+        return (None if isinstance(value, str) and value in action.choices else
+                f"must be one of {', '.join(action.choices)}, got {value!r}"[:200])
+    if action.type is None or action.type is _device:   # text: --out, --data-path, --device
+        if value is None and action.default is None and action.dest != "out":
+            return None
+        if not isinstance(value, str) or not value:
+            return f"must be a string, got {value!r}"[:200]
+        return None if action.type is None else _type_problem(action.type, value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {value!r}"[:200]
+    return _type_problem(action.type, str(value))
+
+
+def _epochs_problem(epochs):
+    return f"must be at most {MAX_EPOCHS}, got {epochs}" if epochs > MAX_EPOCHS else None
+
+
+def _type_problem(parse, text):
+    try:
+        parse(text)
+    except argparse.ArgumentTypeError as exc:
+        return str(exc).removeprefix("device ")[:200]   # parse_device names its value
+    return None
+
+
 def given_flags(parser, argv):
     """{dest: option string} of the flags ``argv`` gives (not those left at their default)."""
     probe = make_parser()
@@ -259,13 +335,13 @@ def _resume_config(args, given):
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"no checkpoint to resume at {checkpoint}")
     meta = read_meta(checkpoint)
-    config = meta.get("config")
-    if not isinstance(config, dict):
+    if "config" not in meta:
         raise ValueError(f"{checkpoint}: meta 'config' is missing")
+    # Runs from before the loop options trained "skip" with one mini-batch: the config
+    # records it (LEGACY_CONFIG).
+    config = checked_config(meta["config"], checkpoint)
+    _check_progress(checkpoint, meta)
     config["out"] = args.resume
-    # Runs from before the loop options trained "skip" with one mini-batch; record it.
-    config.setdefault("optimizer_on_update", "skip")
-    config.setdefault("grad_accumulation", 1)
     changed = {}
     for dest in RESUMABLE_FLAGS:
         if dest in given and dest in config and config[dest] != getattr(args, dest):
@@ -276,7 +352,7 @@ def _resume_config(args, given):
         raise ValueError(f"{checkpoint}: the run was started with --threads "
                          f"{config['threads']}, more than this process may use ({cpus} "
                          f"CPU{'s' * (cpus != 1)}): resume it with --threads 0 to {cpus}")
-    done = meta.get("epoch", 0)
+    done = meta["epoch"]
     if config["epochs"] < done:
         raise ValueError(f"--epochs {config['epochs']}: the run in {args.resume} has already "
                          f"trained {done} epochs; give --epochs {done} or more")
@@ -284,6 +360,28 @@ def _resume_config(args, given):
         config.setdefault("resumes", []).append({"epoch": done, "changed": changed})
     return config, [f"resume: {given[dest]} {old} -> {new}"
                     for dest, (old, new) in changed.items()]
+
+
+def _check_progress(checkpoint, meta):
+    """The meta's record of how far the run got, as the trainer writes it: "epoch" and
+    "step" integers, and "history" one record per epoch done, each with its epoch number
+    and a test accuracy in [0, 1]."""
+    for key in ("epoch", "step"):
+        if key not in meta:
+            raise ValueError(f"{checkpoint}: meta {key!r} is missing")
+    history, done = meta.get("history"), meta["epoch"]
+    if not (isinstance(history, list) and len(history) == done and all(
+            isinstance(record, dict) and record.get("epoch") == epoch
+            and isinstance(record.get("test_accuracy"), (int, float))
+            and not isinstance(record.get("test_accuracy"), bool)
+            and 0 <= record["test_accuracy"] <= 1
+            for epoch, record in enumerate(history, start=1))):
+        raise ValueError(f"{checkpoint}: meta 'history' must hold one record per epoch "
+                         f"done ({done}), each with its 'epoch' and a 'test_accuracy' in "
+                         f"[0, 1]")
+    if done and meta["step"] < done:
+        raise ValueError(f"{checkpoint}: meta 'step' {meta['step']} is fewer than the "
+                         f"{done} epochs done")
 
 
 def _clock(seconds):
@@ -486,11 +584,9 @@ def train(config, resume=False, progress=False, log=print):
             loss, grad_logits = softmax_cross_entropy(logits, y_train[idx])
             if not math.isfinite(float(loss)):
                 bar.close()
-                kept = (f"the last good checkpoint (epoch {epoch}) is kept in "
-                        f"{checkpoint_path}" if epoch else "no checkpoint was written")
                 raise DivergedError(f"training diverged: the loss is {float(loss)} at step "
-                                    f"{step} (epoch {epoch + 1}, batch {batch}); {kept}; "
-                                    f"try a lower --lr")
+                                    f"{step} (epoch {epoch + 1}, batch {batch}); "
+                                    f"{_kept(epoch, checkpoint_path)}; try a lower --lr")
             model.backward(grad_logits, input_grad=False)
             grads = model.named_grads()
             if sparsity is None or sparsity.before_step(step, grads):
@@ -510,6 +606,13 @@ def train(config, resume=False, progress=False, log=print):
             bar.update(epoch + 1, config["epochs"], batch, steps_per_epoch, step, loss,
                        seen / (time.perf_counter() - started))
         bar.close()
+        # The epoch's last step may have left a weight non-finite with a finite loss:
+        # never checkpointed, so the last checkpoint stays the last good epoch.
+        for name, param in model.named_parameters().items():
+            if not bool(array_module(param).isfinite(param).all()):
+                raise DivergedError(f"training diverged: parameter {name!r} holds NaN or "
+                                    f"Inf after step {step} (the end of epoch {epoch + 1}); "
+                                    f"{_kept(epoch, checkpoint_path)}; try a lower --lr")
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "test_accuracy": evaluate(model, x_test, y_test), "seconds": seconds,
@@ -535,6 +638,12 @@ def train(config, resume=False, progress=False, log=print):
         write_json(os.path.join(out, "metrics.json"), _metrics(config, data_info, history))
         log(line)
     return _metrics(config, data_info, history)
+
+
+def _kept(epoch, checkpoint_path):
+    """What a run that stops in ``epoch`` (0-based) leaves, for its error message."""
+    return (f"the last good checkpoint (epoch {epoch}) is kept in {checkpoint_path}"
+            if epoch else "no checkpoint was written")
 
 
 def _metrics(config, data_info, history):
@@ -566,6 +675,8 @@ def main(argv=None):
         check_thread_flag("--threads", args.threads)
     except ValueError as exc:
         parser.error(str(exc))
+    if _epochs_problem(args.epochs):
+        parser.error(f"--epochs {_epochs_problem(args.epochs)}")
     if args.resume:
         config, changes = _resume_config(args, given)
     # The device first: a run that cannot start leaves no directory behind.

@@ -1,11 +1,14 @@
 """Running ``python -m srigl_np.train`` in-process from the tests (test_train.py,
 test_training_loop.py): its one-line error prefix, a run that reports status and
-output, a log that stops training after its first epoch, and another process that
-holds a run directory's lock (``lock_holder``, a fixture)."""
+output, a log that stops training after its first epoch, a checkpoint rewritten as no
+trainer writes it, and another process that holds a run directory's lock
+(``lock_holder``, a fixture)."""
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from srigl_np import train as train_module
@@ -23,6 +26,17 @@ def run_main(capsys, *argv):
     lines = captured.err.strip().splitlines()
     assert len(lines) <= 1 and "Traceback" not in captured.err, captured.err
     return status, captured.out.splitlines(), lines[0] if lines else ""
+
+
+def rewrite_checkpoint(path, change):
+    """Rewrite the checkpoint at ``path`` after ``change(meta, arrays)`` edited its meta
+    dict and its {name: array} in place."""
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(meta, arrays)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
 
 
 class StopAfterFirstEpoch(Exception):
