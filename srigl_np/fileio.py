@@ -156,6 +156,9 @@ def lock_directory(directory, command, advice):
             holder = _holder(fd)
             os.close(fd)
             raise ValueError(f"{directory} is in use by {holder}; {advice}") from None
+        except OSError as exc:   # a file system without locks
+            os.close(fd)
+            raise ValueError(f"cannot lock {path}: {exc.strerror or exc}") from None
         try:   # the holder before us may have deleted the file we opened, and let go
             same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
         except OSError:

@@ -42,6 +42,7 @@ def _run_cli(*args):
      "--sparsity 0.5 does not apply to --method dense"),
     (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
     (["--threads", "100000"], "--threads must be in [0, "),
+    (["--epochs", "1" + "0" * 400], "--epochs must be at most 1000000, got 1000"),
 ])
 def test_invalid_values_exit_with_one_line_error(args, fragment):
     result = _run_cli(*args)
