@@ -278,7 +278,7 @@ def make_parser():
                              "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="--threads of every run, at most the CPUs this process may "
-                             "use (0: library default; default: %(default)s)")
+                             "use; 0: library default (default: %(default)s)")
     parser.add_argument("--models", nargs="+", help="only these models (default: all)")
     parser.add_argument("--report", metavar="DIR",
                         help="write results.md, results.json and the plot there")
