@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from srigl_np import dst
+from srigl_np.validation import check_thread_flag
 
 
 def _median_seconds(function, repeats):
@@ -80,6 +81,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be >= 1")
+    try:
+        check_thread_flag("--threads", args.threads, minimum=1)
+    except ValueError as exc:
+        parser.error(str(exc))
     report = run(batch=args.batch, sparsity=args.sparsity, drop_fraction=args.drop_fraction,
                  repeats=args.repeats, threads=args.threads, seed=args.seed)
     if args.json:

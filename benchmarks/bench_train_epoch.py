@@ -35,6 +35,7 @@ from srigl_np.fileio import write_json
 from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.models import MODEL_NAMES, build
 from srigl_np.nn.optim import SGD
+from srigl_np.validation import check_thread_flag, usable_cpus
 
 FULL_EPOCH = 60000
 ENV_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_NUM_THREADS",
@@ -122,7 +123,8 @@ def parse_args(argv):
     p.add_argument("--cnn-samples", type=int, default=10000,
                    help="samples per timed epoch for the cnn (extrapolated to 60000)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=min(2, usable_cpus()),
+                   help="at most the CPUs this process may use")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -133,6 +135,10 @@ def parse_args(argv):
     for flag in ("samples", "cnn_samples", "batch_size", "threads", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    try:
+        check_thread_flag("--threads", args.threads, minimum=1)
+    except ValueError as exc:
+        p.error(str(exc))
     args.models = models
     return args
 

@@ -10,7 +10,9 @@ Design
 * Parallelism is OpenMP ``prange`` over independent work items (images of a batch,
   output rows); every work item writes a disjoint slice of the output, so no
   atomics or reductions across threads are needed.
-* ``threads=0`` means OpenMP's default (``omp_get_max_threads()``). Callers that
+* ``threads=0`` means OpenMP's default (``omp_get_max_threads()``, which
+  ``OMP_NUM_THREADS`` or ``threadpoolctl`` may have raised), capped at
+  ``validation.max_thread_count()`` as an explicit count is. Callers that
   may also run BLAS should hold BLAS to one thread (``threadpoolctl``) so the two
   pools never multiply.
 * Built without OpenMP (e.g. Apple clang) everything still works, single-threaded;
@@ -41,7 +43,7 @@ cnp.import_array()
 
 import numpy as np
 
-from srigl_np.validation import check_array, check_threads
+from srigl_np.validation import check_array, check_threads, max_thread_count
 
 # The C interface of _kernels.h (see its comments for each function's arguments).
 cdef extern from "_kernels.h":
@@ -153,9 +155,9 @@ def max_threads():
 
 cdef int _resolve_threads(object threads) except -1:
     """The thread count for a prange: ``validation.check_threads`` (the one bound check,
-    made before any OpenMP region), 0 meaning OpenMP's default."""
+    made before any OpenMP region), 0 meaning OpenMP's default within the same bound."""
     cdef int n = check_threads(threads)
-    return n if n > 0 else omp_get_max_threads()
+    return n if n > 0 else min(omp_get_max_threads(), max_thread_count())
 
 
 def _check_float_array(name, a, ndim):

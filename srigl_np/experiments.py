@@ -11,7 +11,8 @@ before any setting's second, so a grid cut short has each setting at its first s
 A run whose
 metrics.json holds all its epochs is skipped; one with a checkpoint but fewer epochs is
 continued with ``--resume`` (bit-identical to an uninterrupted run); one without is
-started afresh. ``--jobs N`` runs N at a time.
+started afresh. ``--jobs N`` runs N at a time. A runner holds ``OUT``'s lock (``.lock``)
+while it trains: a second one on the same ``OUT`` is refused, naming the first's PID.
 
 The summary groups runs by every setting but the seed (runs whose settings differ are
 never pooled as seeds) and gives the final test accuracy as mean ± sample std over the
@@ -35,8 +36,8 @@ import numpy as np
 from . import cli
 from .cli import command, create_parser
 from .data import DATASET_NAMES
-from .fileio import atomic_write, file_kind, not_a_file, write_json
-from .validation import check_threads
+from .fileio import atomic_write, file_kind, lock_directory, not_a_file, write_json
+from .validation import check_thread_flag
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
 PRESETS = {
@@ -285,9 +286,11 @@ def make_parser():
     parser.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES,
                         help="--dataset of every run (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="runs at a time (default: %(default)s)")
+                        help="runs at a time, at most the CPUs this process may use "
+                             "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="--threads of every run (default: %(default)s)")
+                        help="--threads of every run, at most the CPUs this process may "
+                             "use; 0: library default (default: %(default)s)")
     parser.add_argument("--models", nargs="+", help="only these models (default: all)")
     parser.add_argument("--report", metavar="DIR", type=cli.path,
                         help="write results.md, results.json and the plot there")
@@ -300,12 +303,11 @@ def make_parser():
 def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
-    if not 1 <= args.jobs <= os.cpu_count() * 4:
-        parser.error(f"--jobs must be in [1, {os.cpu_count() * 4}], got {args.jobs}")
     try:
-        check_threads(args.threads)
+        check_thread_flag("--jobs", args.jobs, minimum=1)
+        check_thread_flag("--threads", args.threads)
     except ValueError as exc:
-        parser.error(f"--{exc}")
+        parser.error(str(exc))
     runs = [r for r in grid(args.preset) if not args.models or r["model"] in args.models]
     if not runs:
         models = sorted({r["model"] for r in grid(args.preset)})
@@ -326,7 +328,10 @@ def main(argv=None):
         if problem:
             parser.error(problem)
     if not args.summary_only:
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        # One runner per --out: a second would fail every run its twin is training and
+        # truncate its logs. Each run's directory has its trainer's own lock besides.
+        with lock_directory(args.out, PROG, advice="wait for it or choose another --out"), \
+                concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             jobs = [pool.submit(execute, run, args.out, args.dataset, args.threads)
                     for run in runs]
             for done, job in enumerate(concurrent.futures.as_completed(jobs), start=1):

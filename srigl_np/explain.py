@@ -21,6 +21,7 @@ images of the embedded Fashion-MNIST subset (or --gradient random). --plot FILE 
 """
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -89,9 +90,15 @@ def checkpoint_layer(run_dir, name, *, gradient, images, seed):
     """(weight, mask, grad, run, layer sparsity, is_output, gradient note) of layer ``name``
     of a run, the gradient from one backward pass (or seeded random)."""
     from .dst.sparsity import sparse_parameter_names
-    from .formats.checkpoint import load_model
+    from .formats.checkpoint import check_masks_cover_weights, load_model
+    from .train import checked_config
 
     run = load_model(run_dir)
+    # Trusted no further than --resume trusts it: its config as the trainer's flags
+    # check it, its masks covering its weights.
+    source = os.path.join(run_dir, "checkpoint.npz") if os.path.isdir(run_dir) else run_dir
+    run.config = checked_config(run.config, source)
+    check_masks_cover_weights(source, run.model.named_parameters(), run.masks)
     sparse = [key for key in sparse_parameter_names(run.model) if key in run.masks]
     if name not in sparse:
         raise ValueError(f"--layer must be one of the run's sparse layers "

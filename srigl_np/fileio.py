@@ -24,12 +24,23 @@ kind saying ``cannot write PATH: <reason>``, and leaves the old file untouched.
 
 ``file_kind`` names what a path is (the commands check their output flags with it
 before any work, and readers say "not a regular file (a FIFO)" rather than "missing").
+
+``lock_directory`` makes one process the only writer of a directory (a training run's
+``--out``): an exclusive ``flock`` on ``LOCK_NAME`` in it, held until released or until
+the process dies, so a killed holder never blocks the next one.
 """
 
 import json
 import os
+import re
 import stat
 import tempfile
+import time
+
+try:
+    import fcntl
+except ImportError:   # not POSIX: directories are not locked
+    fcntl = None
 
 # What a path that is not a regular file is, by its st_mode (after following symlinks).
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
@@ -153,3 +164,97 @@ def write_json(path, obj):
 
 def write_jsonl(path, records):
     atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in records).encode()))
+
+
+# -- one writer per directory ---------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+_HOLDER = re.compile(r"(\d{1,10}) ([ -~]{1,200})")   # "PID command" as DirectoryLock writes it
+
+
+class DirectoryLock:
+    """The exclusive lock of a directory, from ``lock_directory``: ``release()`` (or leaving
+    its ``with`` block) deletes the lock file and lets go; the OS lets go if the process
+    dies first."""
+
+    def __init__(self, path, fd):
+        self.path, self.fd = path, fd
+
+    def release(self):
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)   # while still held: no one locks a file on its way out
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _open_lock_file(path):
+    """A descriptor of the regular file ``path`` (created if missing), never through a
+    symbolic link, never blocking on a FIFO."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise ValueError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"cannot lock {path}: not a regular file; remove it")
+    return fd
+
+
+def _holder(fd, tries=20):
+    """"PID n (command)" from a lock file's first line, as the holder wrote it; a holder
+    that has just taken the lock writes it within moments, so an empty file is read again
+    (``tries`` times, 5 ms apart) before the holder is "another process"."""
+    for _ in range(tries):
+        try:
+            text = os.pread(fd, 256, 0).decode("ascii", "replace").split("\n")[0]
+        except OSError:
+            break
+        match = _HOLDER.fullmatch(text)
+        if match:
+            return f"PID {match[1]} ({match[2]})"
+        time.sleep(0.005)
+    return "another process"
+
+
+def lock_directory(directory, command, advice):
+    """Take the exclusive lock of ``directory`` (it must exist) for ``command`` (the
+    holder's name, e.g. "python -m srigl_np.train"): a DirectoryLock to hold while
+    writing there. The lock is an ``flock`` on ``directory/LOCK_NAME``, which records
+    "PID command" for the message others get; nothing else in the directory is touched.
+    When another process holds it: ValueError "<directory> is in use by PID n (command);
+    <advice>". ValueError too when the lock file cannot be made (read-only directory)."""
+    path = os.path.join(directory, LOCK_NAME)
+    if fcntl is None:
+        return DirectoryLock(path, None)
+    while True:
+        fd = _open_lock_file(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise ValueError(f"{directory} is in use by {holder}; {advice}") from None
+        except OSError as exc:   # a file system without locks
+            os.close(fd)
+            raise ValueError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        try:   # the holder before us may have deleted the file we opened, and let go
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except OSError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {command}\n".encode("ascii", "replace"), 0)
+    return DirectoryLock(path, fd)

@@ -18,7 +18,10 @@ atomically.
 ``--out`` is checked before any data is read: it is created if missing and must be
 writable, and one that already holds a run (any of ``RUN_FILES``) is refused unless
 ``--overwrite`` (which deletes those files and the trainer's ``.tmp-*`` temporaries
-first) or ``--resume`` is asked for.
+first) or ``--resume`` is asked for. A run, new or resumed, holds the directory's lock
+(``.lock``, see ``fileio.lock_directory``) from before that check to its end: a second
+trainer on the same directory is refused at once, naming the holder's PID, and
+deletes nothing; the lock dies with its process.
 ``--resume DIR`` continues a run from its last checkpoint with the saved configuration
 and ends bit-identical to an uninterrupted run: every random stream is derived from
 ``(seed, purpose, epoch)``, not carried from one epoch to the next. It deletes the
@@ -27,9 +30,12 @@ checkpoint's (its "data": counts and SHA-256 of the raw arrays; an older checkpo
 without them resumes with a note), refuses by name every flag that would change the
 run, and honours ``RESUMABLE_FLAGS`` (``--epochs`` to train longer, ``--threads``,
 ``--device``, ``--data-path``, ``--progress``), recording each change in the config's
-"resumes". A loss that becomes NaN or infinite stops training with a one-line error
-and status 1, before anything is written for that step, so the last checkpoint is the
-last good epoch. An empty train or test set is an error. A topology update
+"resumes". A loss that becomes NaN or infinite (or a weight, checked at the end of
+each epoch) stops training with a one-line error and status 1, before anything is
+written for that step, so the last checkpoint is the last good epoch; a checkpoint
+that holds NaN or Inf is refused by name (``formats.checkpoint``), as is a saved
+config or progress record no trainer writes (``checked_config``: each value as its
+flag checks it). An empty train or test set is an error. A topology update
 that fails its invariant check (``dst.InvariantError``) stops training: the audit trail
 up to that update is written, and the command exits with status 1 and a one-line error
 naming the step and layer.
@@ -60,18 +66,19 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import data as data_module
-from .backend import on_device_of, parse_device, select
+from .backend import array_module, on_device_of, parse_device, select
 from .cli import command, create_parser, format_table, fraction, integer, number
 from .cli import path as path_flag
 from .dst import InvariantError
 from .dst.sparsity import (DISTRIBUTION_NAMES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
                            OPTIMIZER_ON_UPDATE, DynamicSparsity)
 from .dst.trail import read_trail
-from .fileio import write_json, write_jsonl
+from .fileio import lock_directory, write_json, write_jsonl
 from .formats.checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
 from .nn.losses import softmax_cross_entropy
 from .nn.models import MODEL_NAMES, build
 from .nn.optim import SGD, AdamW, CosineSchedule, StepSchedule
+from .validation import check_thread_flag, usable_cpus
 
 DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
 # Purposes for derived random streams: (seed, purpose, epoch) -> Generator.
@@ -84,6 +91,11 @@ _TEMPORARY = re.compile(r"\.tmp-[a-z0-9_]{8}")
 # Flags a resumed run may change: how long and where it runs, not what it computes.
 # Every other flag is part of the run's meaning and is refused with --resume.
 RESUMABLE_FLAGS = ("epochs", "threads", "device", "data_path", "progress")
+# Config keys trainers before them did not record, and the value such a run trained with.
+LEGACY_CONFIG = {"optimizer_on_update": "skip", "grad_accumulation": 1, "device": "cpu"}
+# Flags that are not part of a run's config.
+_NOT_CONFIG = ("help", "resume", "progress", "overwrite")
+MAX_EPOCHS = 10**6   # past it a run's step count no longer fits the schedule's floats
 
 
 class DivergedError(ValueError):
@@ -126,7 +138,8 @@ def make_parser():
     p.add_argument("--seed", type=integer(0), default=0,
                    help="seed of every random stream")
     p.add_argument("--threads", type=integer(0), default=0,
-                   help="BLAS/OpenMP threads (0: library default)")
+                   help="BLAS/OpenMP threads, at most the CPUs this process may use "
+                        "(0: library default)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="'cpu' (NumPy + Cython), or 'cuda'/'cuda:N' (CuPy on an NVIDIA GPU)")
     p.add_argument("--out", default=None, type=path_flag,
@@ -192,6 +205,74 @@ def _config_from_args(args):
     return config
 
 
+def checked_config(config, source):
+    """A run's saved ``config`` (read from ``source``, which errors name), checked as the
+    command line checks the same flags: each value through its flag's type or choices (a
+    switch must be true or false, --out a path, --data-path a path or null), then the
+    cross-checks of ``_config_from_args``. Keys older trainers did not record get
+    LEGACY_CONFIG's value; any other missing key is an error; keys no flag has are left
+    as they are. Returns the completed config; one ValueError naming the file, the key
+    and its flag otherwise. What ``--resume`` and ``python -m srigl_np.explain
+    --checkpoint`` trust of a checkpoint's config."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: meta 'config' must be a JSON object, got "
+                         f"{type(config).__name__}")
+    config = {**LEGACY_CONFIG, **config}
+    for action in make_parser()._actions:
+        if not action.option_strings or action.dest in _NOT_CONFIG:
+            continue
+        where = f"{source}: meta 'config' {action.dest!r} ({action.option_strings[-1]})"
+        if action.dest not in config:
+            raise ValueError(f"{where} is missing")
+        problem = _value_problem(action, config[action.dest])
+        if action.dest == "epochs" and not problem:
+            problem = _epochs_problem(config["epochs"])
+        if problem:
+            raise ValueError(f"{where} {problem}")
+    resumes = config.get("resumes", [])
+    if not (isinstance(resumes, list) and all(isinstance(r, dict) for r in resumes)):
+        raise ValueError(f"{source}: meta 'config' 'resumes' must be a list of records")
+    if config["method"] == "dense" and config["sparsity"] != 0:
+        raise ValueError(f"{source}: meta 'config' of a dense run must record sparsity 0, "
+                         f"got {config['sparsity']}")
+    flags = {k: v for k, v in config.items() if k != "sparsity" or v != 0}
+    try:
+        _config_from_args(argparse.Namespace(**flags))
+    except ValueError as exc:
+        raise ValueError(f"{source}: meta 'config': {exc}") from None
+    return config
+
+
+def _value_problem(action, value):
+    """Why ``value`` is not one the flag of ``action`` gives (a phrase), or None."""
+    if isinstance(action, argparse._StoreTrueAction):
+        return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+    if action.choices is not None:
+        return (None if isinstance(value, str) and value in action.choices else
+                f"must be one of {', '.join(action.choices)}, got {value!r}"[:200])
+    if action.type in (None, _device, path_flag):   # text: --out, --data-path, --device
+        if value is None and action.default is None and action.dest != "out":
+            return None
+        if not isinstance(value, str) or not value:
+            return f"must be a string, got {value!r}"[:200]
+        return None if action.type is None else _type_problem(action.type, value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, got {value!r}"[:200]
+    return _type_problem(action.type, str(value))
+
+
+def _epochs_problem(epochs):
+    return f"must be at most {MAX_EPOCHS}, got {epochs}" if epochs > MAX_EPOCHS else None
+
+
+def _type_problem(parse, text):
+    try:
+        parse(text)
+    except argparse.ArgumentTypeError as exc:
+        return str(exc).removeprefix("device ")[:200]   # parse_device names its value
+    return None
+
+
 def given_flags(parser, argv):
     """{dest: option string} of the flags ``argv`` gives (not those left at their default)."""
     probe = make_parser()
@@ -202,14 +283,33 @@ def given_flags(parser, argv):
 
 
 def prepare_out(out, flag="--out", overwrite=False, resume=False):
-    """Check the run directory before any work: it is created if missing and must be
+    """Take the run directory for this run, before any work: it is created if missing,
+    locked (``fileio.lock_directory``: one trainer per directory, another is refused
+    with the holder's PID, before anything in it is read or deleted) and must be
     writable. A new run refuses one that holds a run (RUN_FILES) unless ``overwrite``,
     which deletes those files and the trainer's temporaries; a resumed run deletes the
-    temporaries a kill during a write left. ValueError (one line) otherwise."""
+    temporaries a kill during a write left. Returns the DirectoryLock, to hold for the
+    whole run; ValueError (one line) otherwise, with the lock let go."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"{flag} {out} is not a directory (a file is in the way)")
     try:
         os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot write in {flag} {out}: {exc.strerror or exc}") from None
+    advice = ("wait for it to finish" if resume else
+              f"wait for it or choose another {flag}")
+    lock = lock_directory(out, PROG, advice=advice)
+    try:
+        _clear_out(out, flag, overwrite, resume)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _clear_out(out, flag, overwrite, resume):
+    """prepare_out's checks and deletions in the locked ``out``."""
+    try:
         fd, probe = tempfile.mkstemp(prefix=".tmp-", dir=out)
         os.close(fd)
         os.unlink(probe)
@@ -227,7 +327,6 @@ def prepare_out(out, flag="--out", overwrite=False, resume=False):
     except OSError as exc:
         raise ValueError(f"cannot delete {os.path.join(out, name)}: "
                          f"{exc.strerror or exc}") from None
-    return stale
 
 
 def _resume_config(args, given):
@@ -237,19 +336,24 @@ def _resume_config(args, given):
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"no checkpoint to resume at {checkpoint}")
     meta = read_meta(checkpoint)
-    config = meta.get("config")
-    if not isinstance(config, dict):
+    if "config" not in meta:
         raise ValueError(f"{checkpoint}: meta 'config' is missing")
+    # Runs from before the loop options trained "skip" with one mini-batch: the config
+    # records it (LEGACY_CONFIG).
+    config = checked_config(meta["config"], checkpoint)
+    _check_progress(checkpoint, meta)
     config["out"] = args.resume
-    # Runs from before the loop options trained "skip" with one mini-batch; record it.
-    config.setdefault("optimizer_on_update", "skip")
-    config.setdefault("grad_accumulation", 1)
     changed = {}
     for dest in RESUMABLE_FLAGS:
         if dest in given and dest in config and config[dest] != getattr(args, dest):
             changed[dest] = [config[dest], getattr(args, dest)]
             config[dest] = getattr(args, dest)
-    done = meta.get("epoch", 0)
+    cpus = usable_cpus()
+    if config["threads"] > cpus:   # a run saved on a machine with more CPUs than this one
+        raise ValueError(f"{checkpoint}: the run was started with --threads "
+                         f"{config['threads']}, more than this process may use ({cpus} "
+                         f"CPU{'s' * (cpus != 1)}): resume it with --threads 0 to {cpus}")
+    done = meta["epoch"]
     if config["epochs"] < done:
         raise ValueError(f"--epochs {config['epochs']}: the run in {args.resume} has already "
                          f"trained {done} epochs; give --epochs {done} or more")
@@ -257,6 +361,28 @@ def _resume_config(args, given):
         config.setdefault("resumes", []).append({"epoch": done, "changed": changed})
     return config, [f"resume: {given[dest]} {old} -> {new}"
                     for dest, (old, new) in changed.items()]
+
+
+def _check_progress(checkpoint, meta):
+    """The meta's record of how far the run got, as the trainer writes it: "epoch" and
+    "step" integers, and "history" one record per epoch done, each with its epoch number
+    and a test accuracy in [0, 1]."""
+    for key in ("epoch", "step"):
+        if key not in meta:
+            raise ValueError(f"{checkpoint}: meta {key!r} is missing")
+    history, done = meta.get("history"), meta["epoch"]
+    if not (isinstance(history, list) and len(history) == done and all(
+            isinstance(record, dict) and record.get("epoch") == epoch
+            and isinstance(record.get("test_accuracy"), (int, float))
+            and not isinstance(record.get("test_accuracy"), bool)
+            and 0 <= record["test_accuracy"] <= 1
+            for epoch, record in enumerate(history, start=1))):
+        raise ValueError(f"{checkpoint}: meta 'history' must hold one record per epoch "
+                         f"done ({done}), each with its 'epoch' and a 'test_accuracy' in "
+                         f"[0, 1]")
+    if done and meta["step"] < done:
+        raise ValueError(f"{checkpoint}: meta 'step' {meta['step']} is fewer than the "
+                         f"{done} epochs done")
 
 
 def _clock(seconds):
@@ -459,11 +585,9 @@ def train(config, resume=False, progress=False, log=print):
             loss, grad_logits = softmax_cross_entropy(logits, y_train[idx])
             if not math.isfinite(float(loss)):
                 bar.close()
-                kept = (f"the last good checkpoint (epoch {epoch}) is kept in "
-                        f"{checkpoint_path}" if epoch else "no checkpoint was written")
                 raise DivergedError(f"training diverged: the loss is {float(loss)} at step "
-                                    f"{step} (epoch {epoch + 1}, batch {batch}); {kept}; "
-                                    f"try a lower --lr")
+                                    f"{step} (epoch {epoch + 1}, batch {batch}); "
+                                    f"{_kept(epoch, checkpoint_path)}; try a lower --lr")
             model.backward(grad_logits, input_grad=False)
             grads = model.named_grads()
             if sparsity is None or sparsity.before_step(step, grads):
@@ -483,6 +607,13 @@ def train(config, resume=False, progress=False, log=print):
             bar.update(epoch + 1, config["epochs"], batch, steps_per_epoch, step, loss,
                        seen / (time.perf_counter() - started))
         bar.close()
+        # The epoch's last step may have left a weight non-finite with a finite loss:
+        # never checkpointed, so the last checkpoint stays the last good epoch.
+        for name, param in model.named_parameters().items():
+            if not bool(array_module(param).isfinite(param).all()):
+                raise DivergedError(f"training diverged: parameter {name!r} holds NaN or "
+                                    f"Inf after step {step} (the end of epoch {epoch + 1}); "
+                                    f"{_kept(epoch, checkpoint_path)}; try a lower --lr")
         seconds = time.perf_counter() - started
         record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": correct / seen,
                   "test_accuracy": evaluate(model, x_test, y_test), "seconds": seconds,
@@ -510,6 +641,12 @@ def train(config, resume=False, progress=False, log=print):
     return _metrics(config, data_info, history)
 
 
+def _kept(epoch, checkpoint_path):
+    """What a run that stops in ``epoch`` (0-based) leaves, for its error message."""
+    return (f"the last good checkpoint (epoch {epoch}) is kept in {checkpoint_path}"
+            if epoch else "no checkpoint was written")
+
+
 def _metrics(config, data_info, history):
     done = history[-1]["epoch"] if history else 0
     return {"finished": done >= config["epochs"],
@@ -535,19 +672,25 @@ def main(argv=None):
             config = _config_from_args(args)
         except ValueError as exc:
             parser.error(str(exc))
+    try:
+        check_thread_flag("--threads", args.threads)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if _epochs_problem(args.epochs):
+        parser.error(f"--epochs {_epochs_problem(args.epochs)}")
     if args.resume:
         config, changes = _resume_config(args, given)
     # The device first: a run that cannot start leaves no directory behind.
     select(config.get("device") or "cpu")
     if args.resume:
-        prepare_out(args.resume, flag="--resume", resume=True)
+        lock = prepare_out(args.resume, flag="--resume", resume=True)
         for line in changes:
             print(line)
     else:
-        prepare_out(config["out"], overwrite=args.overwrite)
+        lock = prepare_out(config["out"], overwrite=args.overwrite)
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     try:
-        with threadpool_limits(limits=config["threads"] or None):
+        with lock, threadpool_limits(limits=config["threads"] or None):
             metrics = train(config, resume=bool(args.resume), progress=progress)
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)

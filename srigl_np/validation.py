@@ -110,13 +110,37 @@ def count(name, value):
     return _integer(name, value, 0, "an integer >= 0")
 
 
-# Read once: os.cpu_count() costs microseconds per call, a kernel call's whole budget.
-_MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+def usable_cpus():
+    """The CPUs this process may run on: its affinity set where the OS keeps one (taskset,
+    a container's cpuset), else ``os.cpu_count()``; at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_thread_flag(flag, threads, minimum=0):
+    """A command's thread or process count ``threads`` (an int, from ``flag``) in
+    [minimum, usable_cpus()]: more would only queue on the same CPUs, and a count in the
+    thousands starts that many threads. ValueError otherwise, naming the flag and the
+    bound: "--threads must be in [0, 2] (this process may use 2 CPUs), got 100000"."""
+    cpus = usable_cpus()
+    if not minimum <= threads <= cpus:
+        raise ValueError(f"{flag} must be in [{minimum}, {cpus}] (this process may use "
+                         f"{cpus} CPU{'s' * (cpus != 1)}), got {threads}")
+    return threads
+
+
+# A kernel may run more threads than CPUs (the tests run 2 on one CPU to show that the
+# result does not depend on the count), up to this many per CPU; 0 means OpenMP's
+# default, capped the same way. Read once: a kernel call's whole budget is microseconds.
+THREADS_PER_CPU = 4
+_MAX_THREADS = THREADS_PER_CPU * usable_cpus()
 
 
 def max_thread_count():
-    """The largest thread count a kernel accepts: max(64, 4 x the CPUs this process saw at
-    import)."""
+    """The largest thread count a kernel accepts: THREADS_PER_CPU x the CPUs this process
+    could use at import (``usable_cpus``)."""
     return _MAX_THREADS
 
 
@@ -125,11 +149,12 @@ def check_threads(threads):
 
     The one check of a kernel's thread count, made before any OpenMP region: a bool or a
     non-integer is a TypeError, a negative count or one past the bound a ValueError (libgomp
-    would abort the process on a count it cannot start)."""
+    would abort the process on a count it cannot start, and thousands of threads on a few
+    CPUs crawl)."""
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)):
         raise TypeError(f"threads must be an integer (0 = OpenMP default), got {threads!r}")
     bound = max_thread_count()
     if not 0 <= threads <= bound:
-        raise ValueError(f"threads must be in [0, {bound}] (0 = OpenMP default), "
-                         f"got {threads!r}")
+        raise ValueError(f"threads must be in [0, {bound}] (0 = OpenMP default; at most "
+                         f"{THREADS_PER_CPU} per CPU this process may use), got {threads!r}")
     return int(threads)

@@ -175,10 +175,17 @@ def test_unwritable_targets_are_refused_before_any_timing(flag, tmp_path, capsys
     assert not (tmp_path / "missing").exists()
 
 
-def test_a_thread_count_past_the_bound_is_a_one_line_error(capsys):
+def test_a_thread_count_past_the_bound_is_a_one_line_error(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         bench.parse_args(["--threads", "100000"])
     assert "--threads must be in [0," in capsys.readouterr().err
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    with pytest.raises(SystemExit) as stop:
+        bench.parse_args(["--threads", "1", "2"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("python -m srigl_np.bench: error: --threads must be in "
+                                       "[0, 1] (this process may use 1 CPU), got 2\n")
+    assert bench.parse_args([]).threads == [1]   # the default: 1 and all of them
 
 
 # --- the baselines: every implementation computes the same product ----------------------

@@ -178,6 +178,28 @@ def _drop(key):
     (_set("dst/ablated/0.weight", np.array([6])),
      r"'ablated/0.weight' must hold neuron indices in \[0, 6\), got values in \[6, 6\]"),
     (_set("dst/mask/5.weight", np.ones((2, 2), bool)), r"sparsity state 'mask/5.weight' is not"),
+    # Non-finite values, named by array (issue 20): never restored into a model.
+    (_set("param/0.weight", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0,
+                                               np.nan, a).astype(a.dtype)),
+     r"parameter '0.weight' holds non-finite values \(1 NaN or Inf, first at \(0, 0\)\)"),
+    (_set("buffer/1.running_var", lambda a: np.full_like(a, np.inf)),
+     r"buffer '1.running_var' holds non-finite values \(6 NaN or Inf, first at \(0,\)\)"),
+    (_set("optim/3.weight/momentum_buffer", lambda a: np.full_like(a, -np.inf)),
+     r"optimizer state '3.weight/momentum_buffer' holds non-finite values"),
+    # Meta records of kinds no trainer writes.
+    (_with_meta(lambda m: m.update(epoch=-1)), r"meta 'epoch' is -1; expected an integer >= 0"),
+    (_with_meta(lambda m: m.update(step=2**63)), r"meta 'step' is 9223372036854775808"),
+    (_with_meta(lambda m: m.update(history={})), r"meta 'history' must be a list"),
+    (_with_meta(lambda m: m.update(layer_sparsity={"0.weight": 1.0})),
+     r"meta 'layer_sparsity' must be an object of layer names to sparsities in \[0, 1\)"),
+    (_with_meta(lambda m: m.update(layer_sparsity={"0.weight": float("nan")})),
+     r"meta 'layer_sparsity' must be"),
+    (_with_meta(lambda m: m.update(kept_dense={"0.weight": "two\nlines"})),
+     r"meta 'kept_dense' must be an object of layer names to reasons \(one printable line"),
+    (_with_meta(lambda m: m.update(data={"mean": 0.3, "std": 0.0})), r"meta 'data' must be"),
+    (_with_meta(lambda m: m.update(data={"n_test": -1})), r"meta 'data' must be"),
+    (_with_meta(lambda m: m.update(data=[1] * 1000)), r"meta 'data' must be .*, got \[1, 1, "
+                                                      r"1, .*\.\.\.$"),
 ])
 def test_load_refuses_a_malformed_checkpoint_and_changes_nothing(saved, tmp_path, change, message):
     path, _ = saved
@@ -279,6 +301,12 @@ def test_load_model_falls_back_to_metrics_json_for_older_checkpoints(srigl_run, 
     (tmp_path / "metrics.json").write_text((srigl_run / "metrics.json").read_text())
     assert load_model(tmp_path / "checkpoint.npz").input_stats == load_model(
         srigl_run).input_stats
+    # Checked as the meta's own are (issue 20).
+    (tmp_path / "metrics.json").write_text(json.dumps({"data": {"mean": "x", "std": 0}}))
+    with pytest.raises(ValueError, match=r"checkpoint.npz: the input statistics of its run "
+                                         r"must be finite numbers, std > 0, got mean 'x', "
+                                         r"std 0$"):
+        load_model(tmp_path)
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -670,9 +670,11 @@ def test_matvec_refuses_bad_thread_counts(threads, error):
 
 
 def test_thread_bound_is_the_validation_helper():
-    from srigl_np.validation import check_threads, max_thread_count
+    from srigl_np.validation import (THREADS_PER_CPU, check_threads, max_thread_count,
+                                     usable_cpus)
     bound = max_thread_count()
-    assert bound >= 64 and check_threads(0) == 0 and check_threads(np.int64(bound)) == bound
+    assert bound == THREADS_PER_CPU * usable_cpus()   # no longer max(64, ...): issue 20
+    assert check_threads(0) == 0 and check_threads(np.int64(bound)) == bound
     with pytest.raises(ValueError, match="threads"):
         check_threads(bound + 1)
     weights = CondensedWeights(*good_arguments(), 3)

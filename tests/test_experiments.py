@@ -3,10 +3,12 @@ ones, and a summary that never pools different settings as seeds."""
 
 import importlib.util
 import json
+import os
 
 import pytest
 
 from srigl_np import experiments
+from train_cli import lock_holder  # noqa: F401  (a fixture)
 
 
 def test_the_reproduction_grid_names_every_run_once():
@@ -114,6 +116,30 @@ def test_bad_counts_are_one_line_errors(argv, match, capsys):
     with pytest.raises(SystemExit) as stop:
         experiments.main(argv + ["--summary-only"])
     assert stop.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_a_second_runner_on_the_same_out_is_refused(tmp_path, capsys, lock_holder):
+    holder = lock_holder(tmp_path, experiments.PROG)
+    assert experiments.main(["--preset", "smoke", "--out", str(tmp_path),
+                             "--dataset", "embedded"]) == 1
+    assert capsys.readouterr().err == (
+        f"{experiments.PROG}: error: {tmp_path} is in use by PID {holder.pid} "
+        f"({experiments.PROG}); wait for it or choose another --out\n")
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]   # no run, no log started
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--jobs", "3"], "--jobs must be in [1, 2] (this process may use 2 CPUs), got 3"),
+    (["--threads", "3"], "--threads must be in [0, 2] (this process may use 2 CPUs), got 3"),
+    (["--threads", "-1"], "--threads must be in [0, 2] (this process may use 2 CPUs), got -1"),
+])
+def test_jobs_and_threads_are_held_to_the_cpus_this_process_may_use(argv, line, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    with pytest.raises(SystemExit) as stop:
+        experiments.main(argv + ["--summary-only"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"{experiments.PROG}: error: {line}\n"
 
 
 def test_a_run_that_died_before_its_first_checkpoint_is_started_again(smoke, capsys):

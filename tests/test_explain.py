@@ -8,6 +8,7 @@ run ``explain.main`` in-process; the --checkpoint ones train a one-epoch run fir
 
 import dataclasses
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -19,6 +20,7 @@ from fake_cupy import device  # noqa: F401  (a fixture)
 from srigl_np import backend, dst, explain, testing
 from srigl_np import train as train_module
 from strategies import any_mask_layers, sample_values
+from train_cli import rewrite_checkpoint
 
 FIELDS = ("mask", "weight", "pruned", "grown", "regrown", "ablated")
 
@@ -452,3 +454,43 @@ def test_checkpoint_errors_are_one_line(capsys, run_dir, argv, fragment):
     assert explain.main(["--checkpoint", str(run_dir), *argv]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err
+
+
+def _config(key, value):
+    return lambda meta, arrays: meta["config"].__setitem__(key, value)
+
+
+def _weight_outside_mask(meta, arrays):
+    row, column = np.argwhere(~arrays["dst/mask/3.weight"])[0]
+    arrays["param/3.weight"][row, column] = 0.5
+
+
+@pytest.mark.parametrize("change, error", [
+    (_config("batch_size", 0), "meta 'config' 'batch_size' (--batch-size) must be a positive "
+                               "integer, got 0"),
+    (_config("epochs", 10**12), "meta 'config' 'epochs' (--epochs) must be at most 1000000"),
+    (_config("epochs", float("inf")), "meta 'config' 'epochs' (--epochs) must be an integer"),
+    (_config("t_end_frac", -5), "meta 'config' 't_end_frac' (--t-end-frac) must be in [0, 1]"),
+    (_config("alpha", "x"), "meta 'config' 'alpha' (--alpha) must be a number, got 'x'"),
+    (_config("distribution", 3), "meta 'config' 'distribution' (--distribution) must be one"),
+    (_config("no_ablation", "no"), "meta 'config' 'no_ablation' (--no-ablation) must be true"),
+    (_config("method", 5), "meta 'config' 'method' (--method) must be one of"),
+    (_weight_outside_mask, "parameter '3.weight' has 1 non-zero weights outside its mask"),
+    (lambda meta, arrays: arrays["param/3.weight"].flat.__setitem__(0, np.inf),
+     "parameter '3.weight' holds non-finite values (1 NaN or Inf, first at (0, 0))"),
+    (lambda meta, arrays: meta.__setitem__("layer_sparsity", 3),
+     "meta 'layer_sparsity' must be an object of layer names to sparsities in [0, 1)"),
+    (lambda meta, arrays: meta["data"].__setitem__("n_train", 10**40), "meta 'data' must be"),
+    (lambda meta, arrays: meta.__setitem__("kept_dense", 3), "meta 'kept_dense' must be"),
+])
+def test_a_checkpoint_is_trusted_no_further_than_resume_trusts_it(capsys, run_dir, tmp_path,
+                                                                  change, error):
+    """The config as the trainer's flags check it, the masks covering the weights, no
+    NaN: before issue 20 these crashed with a traceback or explained a silent wrong
+    update."""
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    rewrite_checkpoint(run / "checkpoint.npz", change)
+    assert explain.main(["--checkpoint", str(run), "--layer", "3.weight"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"{explain.PROG}: error: {run / 'checkpoint.npz'}: {error}")

@@ -7,7 +7,8 @@ import stat
 
 import pytest
 
-from srigl_np.fileio import _umask, atomic_write, file_kind, not_a_file
+from srigl_np.fileio import (LOCK_NAME, _umask, atomic_write, file_kind, lock_directory,
+                             not_a_file)
 
 
 @pytest.fixture
@@ -147,3 +148,48 @@ def test_file_kind_names_what_a_path_is(tmp_path):
     assert file_kind(os.devnull) == "a character device"
     assert file_kind(tmp_path / "dangling") is None and file_kind(tmp_path / "no") is None
     assert not_a_file(tmp_path / "f") is None and not_a_file(tmp_path / "no") is None
+
+
+# -- lock_directory: one writer per directory ------------------------------------------------
+
+def test_a_lock_is_exclusive_names_its_holder_and_goes_with_release(tmp_path):
+    lock = lock_directory(tmp_path, "python -m srigl_np.train", advice="wait")
+    assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()} python -m srigl_np.train\n"
+    with pytest.raises(ValueError) as refused:
+        lock_directory(tmp_path, "other", advice="wait for it")   # a second descriptor
+    assert str(refused.value) == (f"{tmp_path} is in use by PID {os.getpid()} "
+                                  f"(python -m srigl_np.train); wait for it")
+    lock.release()
+    lock.release()   # twice is harmless
+    assert list(tmp_path.iterdir()) == []
+    with lock_directory(tmp_path, "again", advice=""):
+        assert (tmp_path / LOCK_NAME).is_file()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stale_or_garbled_lock_file_blocks_no_one(tmp_path):
+    (tmp_path / LOCK_NAME).write_bytes(b"\xff\x00 not a pid\n" * 1000)
+    with lock_directory(tmp_path, "python -m srigl_np.train", advice=""):
+        pass
+    (tmp_path / LOCK_NAME).write_bytes(b"\xff\x00 not a pid\n")
+    lock = lock_directory(tmp_path, "x", advice="")
+    os.pwrite(lock.fd, b"\x1b[2J garbage", 0)   # a holder whose file says nothing useful
+    with pytest.raises(ValueError, match=r"is in use by another process; wait$"):
+        lock_directory(tmp_path, "y", advice="wait")
+    lock.release()
+
+
+@pytest.mark.parametrize("make", [
+    lambda path, target: os.symlink(target, path),
+    lambda path, target: os.mkfifo(path),
+    lambda path, target: os.mkdir(path),
+])
+def test_a_lock_file_that_is_not_a_regular_file_is_refused_untouched(tmp_path, make):
+    target = tmp_path / "precious.txt"
+    target.write_text("mine")
+    (tmp_path / "run").mkdir()
+    make(tmp_path / "run" / LOCK_NAME, target)
+    with pytest.raises(ValueError, match=rf"cannot lock {tmp_path / 'run' / LOCK_NAME}: "):
+        lock_directory(tmp_path / "run", "x", advice="")
+    assert target.read_text() == "mine"
+    assert os.path.lexists(tmp_path / "run" / LOCK_NAME)

@@ -91,6 +91,36 @@ def test_threads_do_not_change_results():
                                   col2im(c1, x.shape, 3, 3, 2, 1, threads=2))
 
 
+# OpenMP's default raised to 100000 (as threadpoolctl or OMP_NUM_THREADS can), then a
+# kernel at threads=0, in a process whose address space cannot hold 100000 thread stacks.
+_HUGE_OPENMP_DEFAULT = """
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+import numpy as np
+from threadpoolctl import threadpool_limits
+from srigl_np.kernels import im2col
+x = np.arange(4 * 3 * 8 * 8, dtype=np.float32).reshape(4, 3, 8, 8)
+expected = im2col(x, 3, 3, padding=1, threads=1)
+with threadpool_limits(limits=100000):
+    assert np.array_equal(im2col(x, 3, 3, padding=1), expected)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="built without OpenMP: no thread pool")
+def test_openmps_default_is_held_to_the_kernels_bound():
+    """threads=0 runs at most validation.max_thread_count() threads: before, a kernel
+    started as many as OpenMP's default said, and 100000 of them crashed the process (or
+    crawled for a minute where memory allowed)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-c", _HUGE_OPENMP_DEFAULT], timeout=60,
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stderr
+
+
 def test_im2col_fills_the_given_out_completely():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 2, 6, 5)).astype(np.float32)

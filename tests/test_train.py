@@ -4,9 +4,11 @@ progress bar, and bit-identical resume."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ import pytest
 from srigl_np import data as data_module
 from srigl_np import dst
 from srigl_np import train as train_module
+from srigl_np import validation
 from srigl_np.formats.checkpoint import read_meta
-from train_cli import ERROR, StopAfterFirstEpoch, run_main, stop_after_first_epoch
+from train_cli import (ERROR, StopAfterFirstEpoch, lock_holder, rewrite_checkpoint,  # noqa: F401
+                       run_main, stop_after_first_epoch)
 
 
 def _run_cli(*args):
@@ -37,6 +41,8 @@ def _run_cli(*args):
     (["--method", "dense", "--sparsity", "0.5"],
      "--sparsity 0.5 does not apply to --method dense"),
     (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+    (["--threads", "100000"], "--threads must be in [0, "),
+    (["--epochs", "1" + "0" * 400], "--epochs must be at most 1000000, got 1000"),
 ])
 def test_invalid_values_exit_with_one_line_error(args, fragment):
     result = _run_cli(*args)
@@ -319,6 +325,19 @@ def one_epoch_run(tmp_path, capsys):
     return out
 
 
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert train_module.main([*_QUICK, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(trained_once, tmp_path):
+    """A copy of a one-epoch run trained once for the module: for tests that spoil it."""
+    return Path(shutil.copytree(trained_once, tmp_path / "run"))
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
     (["--warmup-epochs", "3", "--epochs", "2"],
@@ -353,6 +372,70 @@ def test_an_out_holding_a_run_is_refused_unless_overwrite(one_epoch_run, capsys)
     assert sorted(p.name for p in one_epoch_run.iterdir()) == [
         "checkpoint.npz", "metrics.json", "notes.txt"]
     assert read_meta(one_epoch_run / "checkpoint.npz")["config"]["method"] == "dense"
+
+
+def test_a_second_trainer_on_a_run_in_use_is_refused_and_touches_nothing(
+        one_epoch_run, capsys, lock_holder):
+    files = {p.name: p.read_bytes() for p in one_epoch_run.iterdir()}
+    holder = lock_holder(one_epoch_run)
+    # Another process, even with --overwrite, deletes nothing of the holder's run.
+    result = _run_cli(*_QUICK, "--out", one_epoch_run, "--overwrite")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (f"{ERROR}{one_epoch_run} is in use by PID {holder.pid} "
+                             f"(python -m srigl_np.train); wait for it or choose another "
+                             f"--out\n")
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    assert status == 1 and line == (f"{ERROR}{one_epoch_run} is in use by PID {holder.pid} "
+                                    f"(python -m srigl_np.train); wait for it to finish")
+    assert {p.name: p.read_bytes() for p in one_epoch_run.iterdir()} == {
+        **files, ".lock": f"{holder.pid} python -m srigl_np.train\n".encode()}
+    # A killed holder leaves its lock file behind, and it blocks no one: the OS let go.
+    holder.kill()
+    holder.wait()
+    status, _, line = run_main(capsys, "--resume", one_epoch_run, "--epochs", "2")
+    assert status == 0, line
+    assert ".lock" not in [p.name for p in one_epoch_run.iterdir()]   # the run's is gone
+
+
+def test_the_run_holds_its_lock_from_before_the_checks_to_its_end(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    seen = []
+
+    def train(config, resume=False, progress=False):
+        with pytest.raises(ValueError, match="is in use by PID"):
+            train_module.prepare_out(str(out), overwrite=True)
+        seen.append(config["out"])
+        return {"test_accuracy": None}
+
+    monkeypatch.setattr(train_module, "train", train)
+    assert train_module.main([*_QUICK, "--out", str(out)]) == 0
+    assert seen == [str(out)] and list(out.iterdir()) == []   # let go, and the file gone
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_module.prepare_out(str(out))
+    train_module.prepare_out(str(out), overwrite=True).release()   # a refusal let go too
+
+
+def test_threads_past_the_cpus_this_process_may_use_are_refused(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    status, _, line = run_main(capsys, *_QUICK, "--threads", "3", "--out", tmp_path / "run")
+    assert (status, line) == (2, f"{ERROR}--threads must be in [0, 2] (this process may "
+                                 f"use 2 CPUs), got 3")
+    assert not (tmp_path / "run").exists()
+    assert run_main(capsys, *_QUICK, "--threads", "2", "--out", tmp_path / "run")[0] == 0
+    # Resumed where fewer CPUs are: the flag is checked, and so is the run's saved count.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    status, _, line = run_main(capsys, "--resume", tmp_path / "run", "--threads", "2")
+    assert (status, line) == (2, f"{ERROR}--threads must be in [0, 1] (this process may "
+                                 f"use 1 CPU), got 2")
+    status, _, line = run_main(capsys, "--resume", tmp_path / "run")
+    assert (status, line) == (1, f"{ERROR}{tmp_path / 'run' / 'checkpoint.npz'}: the run was "
+                                 f"started with --threads 2, more than this process may use "
+                                 f"(1 CPU): resume it with --threads 0 to 1")
+    assert run_main(capsys, "--resume", tmp_path / "run", "--threads", "1")[0] == 0
+    monkeypatch.delattr(os, "sched_getaffinity")   # where the OS has no affinity set
+    assert validation.usable_cpus() == (os.cpu_count() or 1)
 
 
 def test_an_empty_existing_out_is_used(tmp_path, capsys):
@@ -393,12 +476,7 @@ def test_the_checkpoint_records_its_data_and_resume_refuses_other_data(
 
 
 def _drop_data_fingerprint(path):
-    with np.load(path, allow_pickle=False) as saved:
-        arrays = {k: saved[k] for k in saved.files}
-    meta = json.loads(str(arrays["meta"]))
-    del meta["data"]["sha256"]
-    arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **arrays)
+    rewrite_checkpoint(path, lambda meta, arrays: meta["data"].pop("sha256"))
 
 
 def test_an_older_checkpoint_without_a_data_fingerprint_resumes_with_a_note(
@@ -468,6 +546,97 @@ def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsy
     assert read_meta(out / "checkpoint.npz")["epoch"] == 1
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["finished"] is False and len(metrics["epochs"]) == 1
+
+
+def test_a_weight_gone_non_finite_at_the_end_of_an_epoch_is_never_checkpointed(
+        tmp_path, capsys, monkeypatch):
+    class Overflowing(train_module.SGD):   # the epoch's last step (20 an epoch) overflows
+        def step(self, grads):
+            super().step(grads)
+            if self.step_count == 20:
+                self.params["3.weight"][0, 0] = np.inf
+
+    monkeypatch.setattr(train_module, "SGD", Overflowing)
+    out = tmp_path / "run"
+    status, _, line = run_main(capsys, *_QUICK, "--epochs", "2", "--method", "dense",
+                               "--out", out)
+    assert (status, line) == (1, f"{ERROR}training diverged: parameter '3.weight' holds NaN "
+                                 f"or Inf after step 20 (the end of epoch 1); no checkpoint "
+                                 f"was written; try a lower --lr")
+    assert not (out / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("array, what", [
+    ("param/1.weight", "parameter '1.weight'"),
+    ("optim/3.bias/momentum_buffer", "optimizer state '3.bias/momentum_buffer'"),
+])
+def test_resuming_a_checkpoint_that_holds_nan_names_the_array(run_copy, capsys, array, what):
+    checkpoint = run_copy / "checkpoint.npz"
+
+    rewrite_checkpoint(checkpoint, lambda meta, arrays: arrays[array].flat.__setitem__(3, np.nan))
+    saved = checkpoint.read_bytes()
+    status, _, line = run_main(capsys, "--resume", run_copy, "--epochs", "2")
+    index = "(3,)" if "bias" in array else "(0, 3)"
+    assert (status, line) == (1, f"{ERROR}{checkpoint}: {what} holds non-finite values (1 NaN "
+                                 f"or Inf, first at {index}): the checkpoint is damaged, or "
+                                 f"its run had diverged when it was saved; use an earlier one "
+                                 f"or start a new run")
+    assert checkpoint.read_bytes() == saved   # nothing trained, nothing written
+
+
+def _set(key, value):
+    return lambda meta, arrays: meta["config"].__setitem__(key, value)
+
+
+# Saved configs and progress records no trainer writes: (change, the error after the path).
+BAD_SAVED_RUNS = [
+    (_set("batch_size", 0), "meta 'config' 'batch_size' (--batch-size) must be a positive "
+                            "integer, got 0"),
+    (_set("epochs", 10**12), "meta 'config' 'epochs' (--epochs) must be at most 1000000, "
+                             "got 1000000000000"),
+    (_set("epochs", float("inf")), "meta 'config' 'epochs' (--epochs) must be an integer, "
+                                   "got 'inf'"),
+    (_set("lr", "0.1"), "meta 'config' 'lr' (--lr) must be a number, got '0.1'"),
+    (_set("momentum", 1.5), "meta 'config' 'momentum' (--momentum) must be in [0, 1), got 1.5"),
+    (_set("no_ablation", "no"), "meta 'config' 'no_ablation' (--no-ablation) must be true or "
+                                "false, got 'no'"),
+    (_set("method", "magic"), "meta 'config' 'method' (--method) must be one of dense, static, "
+                              "set, rigl, srigl, got 'magic'"),
+    (_set("device", "tpu"), "meta 'config' 'device' (--device) must be 'cpu', 'cuda' or "
+                            "'cuda:N', got 'tpu'"),
+    (_set("resumes", "x"), "meta 'config' 'resumes' must be a list of records"),
+    (_set("grad_accumulation", 500), "meta 'config': --grad-accumulation 500 must be at most "
+                                     "--delta 100"),
+    (lambda meta, arrays: meta["config"].pop("seed"), "meta 'config' 'seed' (--seed) is "
+                                                       "missing"),
+    (lambda meta, arrays: meta.__setitem__("config", [1]), "meta 'config' must be a JSON "
+                                                           "object, got list"),
+    (lambda meta, arrays: meta.__setitem__("epoch", "a"), "meta 'epoch' is 'a'; expected an "
+                                                          "integer >= 0"),
+    (lambda meta, arrays: meta.__setitem__("history", []), "meta 'history' must hold one "
+                                                           "record per epoch done (1)"),
+    (lambda meta, arrays: meta.__setitem__("layer_sparsity", 3),
+     "meta 'layer_sparsity' must be an object of layer names to sparsities in [0, 1), got 3"),
+    (lambda meta, arrays: meta["data"].__setitem__("n_train", 10**40), "meta 'data' must be"),
+]
+
+
+@pytest.mark.parametrize("change, error", BAD_SAVED_RUNS)
+def test_resume_refuses_a_saved_run_no_trainer_writes_in_one_line(run_copy, capsys, change,
+                                                                   error):
+    checkpoint = run_copy / "checkpoint.npz"
+    rewrite_checkpoint(checkpoint, change)
+    saved = checkpoint.read_bytes()
+    status, _, line = run_main(capsys, "--resume", run_copy)
+    assert status == 1 and line.startswith(f"{ERROR}{checkpoint}: {error}"), line
+    assert checkpoint.read_bytes() == saved
+
+
+def test_checked_config_fills_in_what_older_trainers_did_not_record(trained_once):
+    config = read_meta(trained_once / "checkpoint.npz")["config"]
+    assert train_module.checked_config(config, "c") == config
+    old = {k: v for k, v in config.items() if k not in train_module.LEGACY_CONFIG}
+    assert train_module.checked_config(old, "c") == {**config, **train_module.LEGACY_CONFIG}
 
 
 def test_an_empty_test_set_is_an_error_not_zero_accuracy(tmp_path, capsys, monkeypatch):

@@ -141,7 +141,8 @@ def make_parser():
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256],
                         help="batch sizes")
     parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="thread counts (default: 1 and all, OpenMP's default)")
+                        help="thread counts, each at most the CPUs this process may use "
+                             "(default: 1 and all, OpenMP's default)")
     parser.add_argument("--ablated-frac", type=float, default=0.0,
                         help="fraction of neurons ablated (removed by 'structured' and "
                              "'condensed')")
@@ -172,6 +173,7 @@ def make_parser():
 
 def parse_args(argv=None):
     from ..kernels import max_threads
+    from ..validation import usable_cpus
 
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -210,8 +212,8 @@ def parse_args(argv=None):
     args.device = "cpu" if kind == "cpu" else f"cuda:{index}"
     if args.device != "cpu":
         args.threads = [0]   # not used on the GPU; one row per case
-    if args.threads is None:
-        args.threads = sorted({1, max_threads()})
+    if args.threads is None:   # OMP_NUM_THREADS may ask for more than there are CPUs
+        args.threads = sorted({1, min(max_threads(), usable_cpus())})
     check_thread_counts(parser, args.threads, minimum=1 if args.device == "cpu" else 0)
     if args.min_time is None:
         args.min_time = QUICK_MIN_TIME if args.quick else 0.5
@@ -227,16 +229,16 @@ def parse_args(argv=None):
 
 def check_thread_counts(parser, counts, minimum=1):
     """``parser.error`` (one line, exit 2) unless every thread count is >= ``minimum`` and
-    within ``validation.check_threads``'s bound."""
-    from ..validation import check_threads
+    at most the CPUs this process may use (``validation.check_thread_flag``)."""
+    from ..validation import check_thread_flag
 
     if any(t < minimum for t in counts):
         parser.error(f"thread counts must be >= {minimum}, got {counts}")
     for threads in counts:
         try:
-            check_threads(threads)
+            check_thread_flag("--threads", threads)
         except ValueError as exc:
-            parser.error(f"--{exc}")
+            parser.error(str(exc))
 
 
 @cli.command(PROG)

@@ -65,7 +65,7 @@ def load_checkpoint(path, model, optimizer, sparsity=None):
         _check_section(path, what, saved, targets)
     if sparsity is not None:
         _check_sparsity_state(path, section("dst/"), sparsity)
-        _check_masks_cover_weights(path, section("param/"), section("dst/mask/"))
+        check_masks_cover_weights(path, section("param/"), section("dst/mask/"))
 
     for _, saved, targets in sections:
         for key, target in targets.items():
@@ -128,12 +128,63 @@ def _read_meta(path, arrays):
     if meta.get("version") != CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {meta.get('version')!r} is not "
                          f"{CHECKPOINT_VERSION}")
-    count = meta.get("optimizer_step_count")
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        what = "is missing" if "optimizer_step_count" not in meta else f"is {count!r}"
-        raise ValueError(f"{path}: meta 'optimizer_step_count' {what}; expected an "
-                         f"integer >= 0")
+    for key in ("optimizer_step_count", "epoch", "step"):
+        count = meta.get(key)
+        if key not in meta and key != "optimizer_step_count":
+            continue   # checkpoints written by hand (tests, tools) may leave them out
+        if not _is_count(count):
+            what = "is missing" if key not in meta else f"is {count!r}"
+            raise ValueError(f"{path}: meta {key!r} {what}; expected an integer >= 0")
+    _check_meta_records(path, meta)
     return meta
+
+
+def _is_count(value):
+    """An integer in [0, 2**63): what a count of steps, epochs or images can be."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def _is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and np.isfinite(value))
+
+
+def _check_meta_records(path, meta):
+    """The meta's records, where present, of the kinds the trainer writes: "history" a
+    list, "layer_sparsity" {name: sparsity in [0, 1)}, "kept_dense" {name: reason, one
+    printable line}, "data" an object whose counts are integers in [0, 2**63) and whose
+    input statistics are finite numbers (the std > 0). One ValueError naming the file
+    and the key."""
+    def fail(key, expected):
+        raise ValueError(f"{path}: meta {key!r} must be {expected}, got "
+                         f"{_short(meta[key])}")
+
+    if "history" in meta and not isinstance(meta["history"], list):
+        fail("history", "a list of epoch records")
+    sparsities = meta.get("layer_sparsity", {})
+    if not isinstance(sparsities, dict) or not all(
+            _is_number(v) and 0 <= v < 1 for v in sparsities.values()):
+        fail("layer_sparsity", "an object of layer names to sparsities in [0, 1)")
+    reasons = meta.get("kept_dense", {})
+    if not isinstance(reasons, dict) or not all(
+            isinstance(v, str) and v.isprintable() and len(v) <= 200
+            for v in reasons.values()):
+        fail("kept_dense", "an object of layer names to reasons (one printable line each)")
+    data = meta.get("data", {})
+    if data is None:
+        return
+    if not (isinstance(data, dict)
+            and all(_is_count(data[k]) for k in ("n_train", "n_test") if k in data)
+            and all(_is_number(data[k]) for k in ("mean", "std") if k in data)
+            and data.get("std", 1) > 0):
+        fail("data", "an object with counts n_train, n_test (integers in [0, 2**63)) and "
+                     "input statistics mean, std (finite numbers, std > 0)")
+
+
+def _short(value, limit=80):
+    """``repr(value)``, cut to ``limit`` characters: a message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _describe(array):
@@ -156,11 +207,30 @@ def _check_section(path, what, saved, targets):
         if value.shape != target.shape or value.dtype != target.dtype:
             raise ValueError(f"{path}: {what} {key!r} must be {_describe(target)}, "
                              f"got {_describe(value)}")
+        _check_finite(path, what, key, value)
 
 
-def _check_masks_cover_weights(path, params, masks):
+def _check_finite(path, what, key, value):
+    """A float array of a checkpoint holds no NaN or Inf: the trainer stops before a
+    non-finite loss reaches the weights, so such a value means a damaged file (or one
+    saved from a run that diverged in its last step), and training or inference on it
+    would only spread it."""
+    if value.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(value)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: {what} {key!r} holds non-finite values ({int(bad.sum())} "
+                         f"NaN or Inf, first at {first}): the checkpoint is damaged, or its "
+                         f"run had diverged when it was saved; use an earlier one or start "
+                         f"a new run")
+
+
+def check_masks_cover_weights(path, params, masks):
     """Every saved weight is 0 outside its saved mask, as training leaves it: a checkpoint
-    where they disagree was not written by this trainer (or was damaged)."""
+    where they disagree was not written by this trainer (or was damaged). params, masks:
+    {name: array}; one ValueError naming the file and parameter otherwise. The check of
+    ``load_checkpoint`` and of ``python -m srigl_np.explain --checkpoint``."""
     for name, mask in masks.items():
         outside = (params[name] != 0) & ~mask
         if outside.any():
@@ -272,5 +342,10 @@ def _input_stats(path, meta):
         except (OSError, ValueError, AttributeError):
             data = None
     if isinstance(data, dict) and {"mean", "std"} <= set(data):
-        return data["mean"], data["std"]
+        mean, std = data["mean"], data["std"]
+        if not (_is_number(mean) and _is_number(std) and std > 0):   # metrics.json's
+            raise ValueError(f"{path}: the input statistics of its run must be finite "
+                             f"numbers, std > 0, got mean {_short(mean, 30)}, std "
+                             f"{_short(std, 30)}")
+        return mean, std
     return None
