@@ -10,14 +10,16 @@ reading. A trail written now holds only checked updates (``"invariants": "ok"``;
 failed check stops training with ``dst.InvariantError``); older trails recorded a
 failure as its message in that field, and those still read.
 
-This module is a leaf: it imports nothing of the package, so the trainer's sparsity
-wrapper, the trainer, the experiment runner and ``python -m srigl_np.audit`` can all
-import it without importing each other.
+This module is a leaf: of the package it imports only ``fileio`` (the bounds on reading
+JSON), so the trainer's sparsity wrapper, the trainer, the experiment runner and
+``python -m srigl_np.audit`` can all import it without importing each other.
 """
 
 import json
 
 import numpy as np
+
+from ..fileio import MAX_JSON_CHARS, parse_json
 
 # (key, kind, meaning). Kinds: "int", "number" (int or float), "str", "int pair"
 # ([low, high]), "int list".
@@ -115,7 +117,8 @@ def read_trail(path):
 
     An empty file is an empty trail (a static run, or one that ended before its first
     update). Raises FileNotFoundError for a missing file and ValueError naming
-    ``path:line`` for a blank line, a line that is not JSON, or a bad record.
+    ``path:line`` for a blank line, a line that is not JSON (or longer or deeper than
+    ``fileio.parse_json`` reads), or a bad record.
     """
     try:
         trail = open(path, "rb")
@@ -124,13 +127,15 @@ def read_trail(path):
                                 f"it for sparse methods)") from None
     records = []
     with trail:
-        for number, line in enumerate(trail, start=1):
+        # readline's limit: a line is never read whole past what parse_json would take.
+        for number, line in enumerate(iter(lambda: trail.readline(MAX_JSON_CHARS + 2), b""),
+                                      start=1):
             where = f"{path}:{number}"
             if not line.strip():
                 raise ValueError(f"{where}: blank line, expected one JSON record per line")
             try:
-                record = json.loads(line)
-            except ValueError as exc:   # JSONDecodeError, or bytes that are not UTF-8
+                record = parse_json(line, where)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
             check_record(record, where)
             records.append(record)
