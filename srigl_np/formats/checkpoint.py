@@ -14,11 +14,15 @@ A checkpoint is one ``.npz`` (no pickles; read by ``npz.read_npz``) holding
     dst/<key>/<name>         DynamicSparsity masks, ever-active masks, ablated neurons
 
 It is written with ``fileio.atomic_write``, so a crash never leaves a half-written
-checkpoint.
+checkpoint. It is read through ``npz.NpzReader``, and what each member declares (its
+name, dtype and shape) is checked against the model being restored before any member
+is read: a stray member, or one of another shape, is refused without being inflated,
+and the meta is read with ``fileio.parse_json``'s bounds.
 Arrays are saved from whichever device they live on (as NumPy) and loaded into the
 existing arrays on theirs, so a GPU run's checkpoint resumes on the GPU or the CPU.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,10 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import on_device_of, to_numpy
-from ..fileio import atomic_write
-from .npz import NpzError, read_npz
+from ..fileio import MAX_JSON_CHARS, atomic_write, parse_json
+from .npz import NpzError, NpzReader
 
 CHECKPOINT_VERSION = 1
+# Every member but "meta" lies in one of these sections.
+SECTIONS = ("param/", "buffer/", "optim/", "dst/")
 
 
 def save_checkpoint(path, meta, model, optimizer, sparsity=None):
@@ -48,38 +54,47 @@ def load_checkpoint(path, model, optimizer, sparsity=None):
 
     Everything is checked before anything is written, so a bad checkpoint raises one
     ValueError naming the file and what is wrong, and leaves the objects as they were.
+    What the members declare is checked before any is read (without ``sparsity`` the
+    dst/ section is neither checked nor read).
     """
-    arrays = _read_arrays(path)
-    meta = _read_meta(path, arrays)
-
-    def section(prefix):
-        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-    # (what, saved arrays, {key: the array it is copied into})
-    sections = [("parameter", section("param/"), model.named_parameters()),
-                ("buffer", section("buffer/"), model.named_buffers()),
-                ("optimizer state", section("optim/"),
-                 {f"{name}/{key}": buffer for name, state in optimizer.state.items()
-                  for key, buffer in state.items()})]
-    for what, saved, targets in sections:
-        _check_section(path, what, saved, targets)
+    with _opened(path) as npz:
+        meta = _read_meta(path, npz)
+        # (what, section prefix, {key: the array it is copied into})
+        sections = [("parameter", "param/", model.named_parameters()),
+                    ("buffer", "buffer/", model.named_buffers()),
+                    ("optimizer state", "optim/",
+                     {f"{name}/{key}": buffer for name, state in optimizer.state.items()
+                      for key, buffer in state.items()})]
+        for what, prefix, targets in sections:
+            _check_section(path, what, _section(npz.members, prefix), targets)
+        if sparsity is not None:
+            _check_sparsity_state(path, _section(npz.members, "dst/"), sparsity)
+        arrays = {key: npz.read(key) for key in npz.members
+                  if key != "meta" and (sparsity is not None or not key.startswith("dst/"))}
     if sparsity is not None:
-        _check_sparsity_state(path, section("dst/"), sparsity)
-        _check_masks_cover_weights(path, section("param/"), section("dst/mask/"))
+        _check_ablated_indices(path, _section(arrays, "dst/ablated/"), sparsity)
+        _check_masks_cover_weights(path, _section(arrays, "param/"),
+                                   _section(arrays, "dst/mask/"))
 
-    for _, saved, targets in sections:
+    for _, prefix, targets in sections:
+        saved = _section(arrays, prefix)
         for key, target in targets.items():
             target[...] = on_device_of(saved[key], target)
     optimizer.step_count = meta["optimizer_step_count"]
     if sparsity is not None:
-        sparsity.load_state_dict(section("dst/"))
+        sparsity.load_state_dict(_section(arrays, "dst/"))
     return meta
 
 
 def read_meta(path):
     """The meta dict of the checkpoint at ``path``, checked as ``load_checkpoint`` checks
-    it (one ValueError naming the file), without restoring anything."""
-    return _read_meta(path, _read_arrays(path))
+    it (one ValueError naming the file), without reading any other member."""
+    with _opened(path) as npz:
+        return _read_meta(path, npz)
+
+
+def _section(members, prefix):
+    return {k[len(prefix):]: v for k, v in members.items() if k.startswith(prefix)}
 
 
 def _describe_data(data):
@@ -102,25 +117,38 @@ def check_data(path, saved, current):
     return None
 
 
-def _read_arrays(path):
+@contextlib.contextmanager
+def _opened(path):
+    """The checkpoint at ``path`` as an NpzReader; every NpzError, opening it or reading
+    a member, becomes one ValueError "cannot read checkpoint <path>: <why>"."""
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         why = "a directory" if os.path.isdir(path) else "missing"
         raise ValueError(f"checkpoint {path} is not a file ({why})")
     try:
-        return read_npz(path)
+        with NpzReader(path) as npz:
+            yield npz
     except NpzError as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc.reason}") from None
 
 
-def _read_meta(path, arrays):
-    if "meta" not in arrays:
+def _read_meta(path, npz):
+    """The checked meta dict; first, that every member is one a checkpoint holds."""
+    if "meta" not in npz.members:
         raise ValueError(f"{path} is not a srigl_np checkpoint (no 'meta')")
-    raw = arrays["meta"]
-    if raw.ndim != 0 or raw.dtype.kind != "U":
-        raise ValueError(f"{path}: 'meta' must be a JSON string, got a {raw.dtype} array "
-                         f"of shape {raw.shape}")
+    stray = [key for key in npz.members if key != "meta" and not key.startswith(SECTIONS)]
+    if stray:
+        raise ValueError(f"{path}: member {stray[0]!r} is not part of a srigl_np checkpoint "
+                         f"(its members are meta and {', '.join(SECTIONS)}...)"
+                         + (f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""))
+    declared = npz.members["meta"]
+    if declared.ndim != 0 or declared.dtype.kind != "U":
+        raise ValueError(f"{path}: 'meta' must be a JSON string, got a {declared.dtype} array "
+                         f"of shape {declared.shape}")
+    if declared.dtype.itemsize // 4 > MAX_JSON_CHARS:   # checked before it is read
+        raise ValueError(f"{path}: 'meta' declares {declared.dtype.itemsize // 4} characters "
+                         f"of JSON, more than the {MAX_JSON_CHARS} srigl_np reads")
     try:
-        meta = json.loads(str(raw))
+        meta = parse_json(str(npz.read("meta")), f"{path}: 'meta'")
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: 'meta' is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
@@ -172,7 +200,8 @@ def _check_masks_cover_weights(path, params, masks):
 
 def _check_sparsity_state(path, saved, sparsity):
     """Masks as DynamicSparsity.state_dict() has them (bool, the weight's shape); ablated
-    neurons a 1-D integer array of row indices of that weight."""
+    neurons a 1-D integer array, no longer than the weight has rows. ``saved`` holds
+    arrays or what members declare (``npz.Member``)."""
     expected = sparsity.state_dict()
     unexpected = sorted(set(saved) - set(expected))
     if unexpected:
@@ -188,9 +217,18 @@ def _check_sparsity_state(path, saved, sparsity):
         if value.ndim != 1 or value.dtype.kind not in "iu":
             raise ValueError(f"{path}: sparsity state {key!r} must be a 1-D integer array, "
                              f"got {_describe(value)}")
+        if value.shape[0] > n_out:
+            raise ValueError(f"{path}: sparsity state {key!r} lists {value.shape[0]} "
+                             f"neurons, more than the {n_out} its layer has")
+
+
+def _check_ablated_indices(path, ablated, sparsity):
+    """Ablated neurons (arrays, read) are row indices of their weight."""
+    for name, value in ablated.items():
+        n_out = sparsity.masks[name].shape[0]
         if value.size and (int(value.min()) < 0 or int(value.max()) >= n_out):
-            raise ValueError(f"{path}: sparsity state {key!r} must hold neuron indices in "
-                             f"[0, {n_out}), got values in [{int(value.min())}, "
+            raise ValueError(f"{path}: sparsity state 'ablated/{name}' must hold neuron "
+                             f"indices in [0, {n_out}), got values in [{int(value.min())}, "
                              f"{int(value.max())}]")
 
 
@@ -226,31 +264,29 @@ def load_model(path):
 
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
         path = os.path.join(path, "checkpoint.npz")
-    arrays = _read_arrays(path)
-    meta = _read_meta(path, arrays)
-    config = meta.get("config")
-    if not isinstance(config, dict) or config.get("model") not in MODEL_NAMES:
-        raise ValueError(f"{path}: meta 'config' must name a model in {MODEL_NAMES}, got "
-                         f"{None if not isinstance(config, dict) else config.get('model')!r}")
-    model = build(config["model"], rng=np.random.default_rng(0))
-    saved = {"parameter": {k[6:]: v for k, v in arrays.items() if k.startswith("param/")},
-             "buffer": {k[7:]: v for k, v in arrays.items() if k.startswith("buffer/")}}
-    targets = {"parameter": model.named_parameters(), "buffer": model.named_buffers()}
-    for what in saved:
-        _check_section(path, what, saved[what], targets[what])
-    for what in saved:
-        for key, target in targets[what].items():
-            target[...] = saved[what][key]
-    params = model.named_parameters()
-    masks = {}
-    for key, mask in arrays.items():
-        if not key.startswith("dst/mask/"):
-            continue
-        name = key[len("dst/mask/"):]
-        if name not in params or mask.dtype != bool or mask.shape != params[name].shape:
-            raise ValueError(f"{path}: {key!r} must be a bool mask of a parameter's shape, "
-                             f"got {_describe(mask)}")
-        masks[name] = mask
+    with _opened(path) as npz:
+        meta = _read_meta(path, npz)
+        config = meta.get("config")
+        named = config.get("model") if isinstance(config, dict) else None
+        if named not in MODEL_NAMES:
+            raise ValueError(f"{path}: meta 'config' must name a model in {MODEL_NAMES}, "
+                             f"got {named!r}")
+        model = build(config["model"], rng=np.random.default_rng(0))
+        params = model.named_parameters()
+        # What the members declare first; then only what inference needs is read.
+        targets = {"param/": ("parameter", params), "buffer/": ("buffer", model.named_buffers())}
+        for prefix, (what, section) in targets.items():
+            _check_section(path, what, _section(npz.members, prefix), section)
+        for name, mask in _section(npz.members, "dst/mask/").items():
+            if name not in params or mask.dtype != bool or mask.shape != params[name].shape:
+                raise ValueError(f"{path}: 'dst/mask/{name}' must be a bool mask of a "
+                                 f"parameter's shape, got {_describe(mask)}")
+        arrays = {key: npz.read(key) for key in npz.members
+                  if key.startswith(("param/", "buffer/", "dst/mask/"))}
+    for prefix, (_, section) in targets.items():
+        for key, target in section.items():
+            target[...] = arrays[prefix + key]
+    masks = _section(arrays, "dst/mask/")
     if config.get("method", "dense") == "dense" and not masks:
         # A dense run's structure is every weight, also one that is exactly 0.
         masks = {name: np.ones(p.shape, dtype=bool) for name, p in params.items()
@@ -265,8 +301,8 @@ def _input_stats(path, meta):
     if not isinstance(data, dict) and isinstance(path, (str, os.PathLike)):
         metrics = os.path.join(os.path.dirname(os.path.abspath(path)), "metrics.json")
         try:
-            with open(metrics) as f:
-                data = json.load(f).get("data")
+            with open(metrics, "rb") as f:
+                data = parse_json(f.read(MAX_JSON_CHARS + 1), metrics).get("data")
         except (OSError, ValueError, AttributeError):
             data = None
     if isinstance(data, dict) and {"mean", "std"} <= set(data):
