@@ -36,6 +36,8 @@ from .npz import NpzError, NpzReader
 CHECKPOINT_VERSION = 1
 # Every member but "meta" lies in one of these sections.
 SECTIONS = ("param/", "buffer/", "optim/", "dst/")
+# DynamicSparsity's state per weight: dst/<kind>/<parameter name>.
+DST_KINDS = ("mask", "ever_active", "ablated", "dense_grad")
 
 
 def save_checkpoint(path, meta, model, optimizer, sparsity=None):
@@ -164,6 +166,23 @@ def _read_meta(path, npz):
     return meta
 
 
+def _check_state_of(path, members, params):
+    """Optimizer and sparsity members (not read for inference) must belong to one of the
+    model's parameters: optim/<parameter>/<key>, dst/<DST_KINDS>/<parameter>."""
+    for key in members:
+        section, _, rest = key.partition("/")
+        if section == "optim":
+            name = rest.rpartition("/")[0]
+        elif section == "dst":
+            kind, _, name = rest.partition("/")
+            name = name if kind in DST_KINDS else None
+        else:
+            continue
+        if name not in params:
+            raise ValueError(f"{path}: member {key!r} belongs to none of the parameters of "
+                             f"the model its config builds")
+
+
 def _describe(array):
     return f"{array.dtype} {tuple(array.shape)}"
 
@@ -281,6 +300,7 @@ def load_model(path):
             if name not in params or mask.dtype != bool or mask.shape != params[name].shape:
                 raise ValueError(f"{path}: 'dst/mask/{name}' must be a bool mask of a "
                                  f"parameter's shape, got {_describe(mask)}")
+        _check_state_of(path, npz.members, params)
         arrays = {key: npz.read(key) for key in npz.members
                   if key.startswith(("param/", "buffer/", "dst/mask/"))}
     for prefix, (_, section) in targets.items():

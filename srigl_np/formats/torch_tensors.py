@@ -7,10 +7,12 @@ copied into a NumPy array of native byte order. What the tensors take is bounded
 what the file holds, before anything is allocated: all the tensors together (and the
 compressed storages they inflate) at most ``_EXPANSION`` times the storage bytes the
 file holds, plus ``_EXPANSION_SLACK``, and at most ``fileio.max_bytes()``. So
-stride-0 views, many tensors over one storage, a storage declared huge behind a small
-tensor, or a compressed storage that inflates a thousandfold cannot make a small file
-take gigabytes. (An honest file's tensors take about what its storages hold: twice
-for bfloat16, which is widened, or for a storage two tensors share.)
+stride-0 views, many tensors over one storage, one tensor referenced many times (each
+reference counts: whoever reads the graph copies it once per reference), a storage
+declared huge behind a small tensor, or a compressed storage that inflates a
+thousandfold cannot make a small file take gigabytes. (An honest file's tensors take
+about what its storages hold: twice for bfloat16, which is widened, or for a storage
+two tensors share.)
 """
 
 import math
@@ -50,6 +52,8 @@ class _Finalizer:
             raise _Malformed("pickle builds a tuple or set that contains itself "
                              "(through a list or dict)")
         if done is not None:
+            if isinstance(done, np.ndarray):   # one more reference to an array: a
+                self._take(done.nbytes, done.shape)   # reader copies it once per reference
             return done
         if isinstance(obj, dict):
             new = self.memo[id(obj)] = {}
@@ -108,7 +112,7 @@ class _Finalizer:
                              f"{tensor.offset} needs {needed} bytes of storage "
                              f"{tensor.storage.key}, which has only {storage_bytes}")
         result_bytes = n_elements * np.dtype(result_dtype).itemsize
-        self._take(result_bytes + self.archive.inflation(tensor.storage), tensor)
+        self._take(result_bytes + self.archive.inflation(tensor.storage), tensor.size)
         data = self.archive.storage(tensor.storage)
         order = "<" if self.byteorder == "little" else ">"
         flat = np.frombuffer(data, dtype=np.dtype(raw_code).newbyteorder(order),
@@ -137,12 +141,12 @@ class _Finalizer:
             np.conjugate(array, out=array)
         return array
 
-    def _take(self, nbytes, tensor):
-        """Count ``nbytes`` more taken for ``tensor``; refuse past the bounds."""
+    def _take(self, nbytes, shape):
+        """Count ``nbytes`` more taken, for a tensor of ``shape``; refuse past the bounds."""
         if nbytes > self.bytes_left:
             raise _Malformed(f"tensors would expand to more than {_EXPANSION}x the "
-                             f"{self.present} storage bytes the file holds (a tensor of size "
-                             f"{tensor.size} from a {tensor.storage.nbytes}-byte storage)")
+                             f"{self.present} storage bytes the file holds (at a tensor of "
+                             f"size {tuple(shape)})")
         reason = over_max_bytes(self.bytes_taken + nbytes, "its tensors would take")
         if reason:
             raise _Malformed(reason)
