@@ -127,9 +127,9 @@ def json_depth(text):
     brackets inside strings do not count. Linear in the text, builds nothing."""
     outside = _JSON_STRING.sub("", text).encode("utf-8", "surrogatepass")
     codes = np.frombuffer(outside, dtype=np.uint8)
-    steps = (np.isin(codes, (ord("["), ord("{"))).astype(np.int64)
-             - np.isin(codes, (ord("]"), ord("}"))))
-    return int(np.cumsum(steps).max(initial=0))
+    steps = ((codes == ord("[")) | (codes == ord("{"))).view(np.int8) - (
+        (codes == ord("]")) | (codes == ord("}"))).view(np.int8)
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
 
 
 def parse_json(text, where, max_chars=MAX_JSON_CHARS):

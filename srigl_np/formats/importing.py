@@ -387,10 +387,11 @@ class _Summary:
     A file's metadata is spelled out at most ``NODES`` values in all (a pickle can put
     one list in itself, or share it down a chain of tuples so that spelling it out
     takes 2**depth steps) and ``DEPTH`` containers deep; past either, and for an
-    integer too long to print, a short description stands in for the value.
+    integer too long to print, a short description ("<list of 9000 items>") stands in
+    for the value.
     """
 
-    NODES = 100_000
+    NODES = 20_000
     DEPTH = 16
 
     def __init__(self):
@@ -398,7 +399,6 @@ class _Summary:
 
     def __call__(self, value, depth=0):
         from .torch_format import is_placeholder
-        self.left -= 1
         if is_placeholder(value):
             return f"{value.module}.{value.name}"
         if isinstance(value, np.generic):
@@ -406,11 +406,11 @@ class _Summary:
         if isinstance(value, np.ndarray):
             return value.item() if value.ndim == 0 else f"array {value.dtype} {value.shape}"
         if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-            return f"an integer of {value.bit_length()} bits"
+            return f"<integer of {value.bit_length()} bits>"
         if isinstance(value, (dict, list, tuple)):
             if depth >= self.DEPTH or len(value) > self.left:
-                return (f"a {type(value).__name__} of {len(value)} items (not spelled out: "
-                        f"{'nested too deep' if depth >= self.DEPTH else 'too many values'})")
+                return f"<{type(value).__name__} of {len(value)} items>"
+            self.left -= len(value)   # its items, spelled out or described, each one value
             if isinstance(value, dict):
                 return {key: self(item, depth + 1) for key, item in value.items()}
             return [self(item, depth + 1) for item in value]
