@@ -274,3 +274,16 @@ def test_running_out_of_memory_reading_a_member_is_one_line(tmp_path, monkeypatc
         raise MemoryError
     monkeypatch.setattr(np.lib.format, "read_array", no_memory)
     refusal(path, "member 'w.npy' declares 24 bytes, more memory than there is")
+
+
+@pytest.mark.parametrize("flag", [1 << 5, 1 << 6])
+def test_a_member_flagged_patched_or_strongly_encrypted_is_one_line(tmp_path, flag):
+    """zipfile raises NotImplementedError opening such a member (found by fuzzing)."""
+    payload = npy(np.zeros(3))
+    path = write_zip(tmp_path / "flag.npz", [("w.npy", payload, 0, len(payload),
+                                              zlib.crc32(payload))])
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 8:central + 10] = flag.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    refusal(path, "member 'w.npy' is damaged (")

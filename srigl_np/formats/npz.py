@@ -49,8 +49,9 @@ MAX_HEADER_SIZE = 10000
 
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
-# What zipfile and zlib raise on a damaged member, besides ValueError.
-_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
+# What zipfile and zlib raise on a damaged member, besides ValueError (and zipfile's
+# NotImplementedError for a member flagged as patched data or strongly encrypted).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
 
 
 class NpzError(ValueError):

@@ -14,16 +14,19 @@ the contents. The kinds, in the order they are told apart:
 """
 
 import os
+import struct
 import zipfile
 
 SOURCE_KINDS = ("run", "checkpoint", "condensed", "torch", "scipy")
 
 
 def _zip_names(path):
+    # None for what is no readable zip: the torch reader, last in line, says why.
     try:
         with zipfile.ZipFile(path) as archive:
             return set(archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+            struct.error, OverflowError, NotImplementedError, MemoryError):
         return None
 
 

@@ -125,7 +125,8 @@ class _Archive:
             # zipfile inflates no further than the declared size and checks the CRC at its end.
             with self.zip.open(info) as entry:
                 data = entry.read(nbytes)
-        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError) as error:
+        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError,
+                NotImplementedError) as error:
             raise _Malformed(f"entry {full} is damaged ({_one_line(error)})") from None
         if len(data) != nbytes:
             raise _Malformed(f"entry {full} is truncated")
