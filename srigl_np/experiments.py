@@ -25,7 +25,6 @@ atomically.
 import concurrent.futures
 import importlib.util
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import sys
 import numpy as np
 
 from .cli import command, create_parser
-from .fileio import atomic_write, write_json
+from .fileio import MAX_JSON_CHARS, atomic_write, parse_json, write_json
 from .validation import check_threads
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
@@ -111,10 +110,11 @@ def train_command(run, out, dataset, threads):
 
 
 def _metrics(out):
+    path = os.path.join(out, "metrics.json")
     try:
-        with open(os.path.join(out, "metrics.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            return parse_json(f.read(MAX_JSON_CHARS + 1), path)   # bounded: deep or huge
+    except (OSError, ValueError):                                 # is no metrics either
         return None
 
 
