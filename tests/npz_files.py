@@ -70,6 +70,16 @@ def add_zeros(path, name, nbytes, header=b""):
     return path
 
 
+def replace_with_zeros(source, path, name, nbytes, header=b"", drop=()):
+    """A copy at ``path`` of the zip ``source`` whose member ``name`` is replaced by
+    ``add_zeros``' deflated one (members in ``drop`` left out); returns ``path``."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as copy:
+        for info in original.infolist():
+            if info.filename != name and info.filename not in drop:
+                copy.writestr(info, original.read(info))
+    return add_zeros(path, name, nbytes, header)
+
+
 def peak_bytes(call, expected=ValueError):
     """(the exception ``call()`` raises, of type ``expected``, or None when it returns;
     the peak bytes Python and NumPy allocated meanwhile, by tracemalloc)."""
