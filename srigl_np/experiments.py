@@ -26,7 +26,6 @@ atomically.
 import concurrent.futures
 import importlib.util
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -36,7 +35,8 @@ import numpy as np
 from . import cli
 from .cli import command, create_parser
 from .data import DATASET_NAMES
-from .fileio import atomic_write, file_kind, lock_directory, not_a_file, write_json
+from .fileio import (MAX_JSON_CHARS, atomic_write, file_kind, lock_directory, not_a_file,
+                     parse_json, write_json)
 from .validation import check_thread_flag
 
 METHODS = ("dense", "static", "set", "rigl", "srigl-noabl", "srigl")
@@ -118,9 +118,9 @@ def _metrics(out):
     if file_kind(path) != "a regular file":   # missing, or a FIFO that would block a read
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with open(path, "rb") as f:
+            return parse_json(f.read(MAX_JSON_CHARS + 1), path)   # bounded: deep or huge
+    except (OSError, ValueError):                                 # is no metrics either
         return None
 
 

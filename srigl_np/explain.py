@@ -90,14 +90,19 @@ def checkpoint_layer(run_dir, name, *, gradient, images, seed):
     """(weight, mask, grad, run, layer sparsity, is_output, gradient note) of layer ``name``
     of a run, the gradient from one backward pass (or seeded random)."""
     from .dst.sparsity import sparse_parameter_names
-    from .formats.checkpoint import check_masks_cover_weights, load_model
+    from .formats.checkpoint import check_finite, check_masks_cover_weights, load_model
     from .train import checked_config
 
     run = load_model(run_dir)
     # Trusted no further than --resume trusts it: its config as the trainer's flags
-    # check it, its masks covering its weights.
+    # check it, its weights finite, its masks covering its weights. (load_model itself
+    # reads a non-finite weight, so the audit can report it.)
     source = os.path.join(run_dir, "checkpoint.npz") if os.path.isdir(run_dir) else run_dir
     run.config = checked_config(run.config, source)
+    for what, arrays in (("parameter", run.model.named_parameters()),
+                         ("buffer", run.model.named_buffers())):
+        for key, value in arrays.items():
+            check_finite(source, what, key, value)
     check_masks_cover_weights(source, run.model.named_parameters(), run.masks)
     sparse = [key for key in sparse_parameter_names(run.model) if key in run.masks]
     if name not in sparse:

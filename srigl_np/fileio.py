@@ -1,4 +1,4 @@
-"""Writing files so that a crash never leaves half of one: the package's one file-writing path.
+"""Writing files so that a crash never leaves half of one, and the bounds on reading them.
 
 ``atomic_write`` writes to a temporary file in the destination directory, flushes and
 fsyncs it, gives it the mode a plain ``open(path, "w")`` would, and renames it over the
@@ -28,6 +28,20 @@ before any work, and readers say "not a regular file (a FIFO)" rather than "miss
 ``lock_directory`` makes one process the only writer of a directory (a training run's
 ``--out``): an exclusive ``flock`` on ``LOCK_NAME`` in it, held until released or until
 the process dies, so a killed holder never blocks the next one.
+
+Every file srigl_np reads is untrusted, and two bounds on reading live here, one place
+for every reader:
+
+``max_bytes()``   the most bytes one model file may declare in all (the members of an
+                  .npz, the entries of a PyTorch zip): ``DEFAULT_MAX_BYTES`` (4 GiB, over
+                  ten times a ResNet-50 training checkpoint with its optimizer state),
+                  or ``$SRIGL_NP_MAX_BYTES`` (bytes, or with a K, M, G or T suffix:
+                  ``SRIGL_NP_MAX_BYTES=16G``) to read a bigger one.
+``parse_json``    JSON text from a file (a checkpoint's meta, a condensed model's
+                  metadata, an audit trail's lines): at most ``MAX_JSON_CHARS``
+                  characters nested at most ``MAX_JSON_DEPTH`` deep, checked before it is
+                  parsed, so neither a deep nesting (a RecursionError) nor a huge flat
+                  one (gigabytes of Python objects) gets that far.
 """
 
 import json
@@ -90,6 +104,15 @@ def _through_proc(path, hops=40):
             return False
         path = os.path.join(os.path.dirname(path), os.readlink(path))
     return False
+
+import numpy as np
+
+MAX_BYTES_VARIABLE = "SRIGL_NP_MAX_BYTES"
+DEFAULT_MAX_BYTES = 4 << 30
+# A checkpoint's meta holds ~300 characters per epoch; a trail line or a condensed
+# model's metadata far fewer. Parsed, JSON takes up to ~25 bytes per character.
+MAX_JSON_CHARS = 4 << 20
+MAX_JSON_DEPTH = 32
 
 
 def _umask(status_path="/proc/self/status"):
@@ -258,3 +281,68 @@ def lock_directory(directory, command, advice):
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {command}\n".encode("ascii", "replace"), 0)
     return DirectoryLock(path, fd)
+
+
+# -- bounds on reading ----------------------------------------------------------------------
+
+_SIZE_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def max_bytes():
+    """The most bytes one model file may declare in all: ``$SRIGL_NP_MAX_BYTES`` when set
+    (a positive number of bytes, or with a K, M, G or T suffix), else DEFAULT_MAX_BYTES."""
+    text = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    match = re.fullmatch(r"(\d{1,15})\s*([KMGT]?)(?:I?B)?", text.upper())
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"{MAX_BYTES_VARIABLE} must be a positive number of bytes, "
+                         f"optionally with a K, M, G or T suffix (e.g. 16G), got {text!r:.40}")
+    return int(match[1]) * _SIZE_SUFFIXES[match[2]]
+
+
+def over_max_bytes(nbytes, what):
+    """The reason to refuse ``what`` (e.g. "its members declare") ``nbytes`` bytes in
+    all, or None when the cap allows them."""
+    limit = max_bytes()
+    if nbytes <= limit:
+        return None
+    return (f"{what} {nbytes} bytes in all, more than the {limit} bytes srigl_np reads "
+            f"from one file (set {MAX_BYTES_VARIABLE}, e.g. {MAX_BYTES_VARIABLE}="
+            f"{-(-nbytes // (1 << 30))}G, to read it)")
+
+
+# A JSON string literal, escapes included: its brackets do not nest.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_depth(text):
+    """How deep the arrays and objects of JSON ``text`` nest (0 for a bare value); the
+    brackets inside strings do not count. Linear in the text, builds nothing."""
+    outside = _JSON_STRING.sub("", text).encode("utf-8", "surrogatepass")
+    codes = np.frombuffer(outside, dtype=np.uint8)
+    steps = ((codes == ord("[")) | (codes == ord("{"))).view(np.int8) - (
+        (codes == ord("]")) | (codes == ord("}"))).view(np.int8)
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
+
+
+def parse_json(text, where, max_chars=MAX_JSON_CHARS):
+    """``json.loads(text)`` for JSON read from a file (``text`` a str, or bytes in UTF-8),
+    bounded: a ValueError of one line starting with ``where`` (the file, or "file:
+    member") for text longer than ``max_chars`` characters or nested deeper than
+    MAX_JSON_DEPTH, checked before anything is parsed. Text that is not JSON raises
+    json.JSONDecodeError (UnicodeDecodeError for bytes not in UTF-8), for the caller to
+    word as its format does."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8")
+    if len(text) > max_chars:
+        raise ValueError(f"{where}: {len(text)} characters of JSON, more than the "
+                         f"{max_chars} srigl_np reads")
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"{where}: JSON nested {depth} deep, more than the "
+                         f"{MAX_JSON_DEPTH} levels srigl_np reads")
+    try:
+        return json.loads(text)
+    except (RecursionError, MemoryError) as exc:   # not reached within the bounds above
+        raise ValueError(f"{where}: JSON too large to read ({type(exc).__name__})") from None

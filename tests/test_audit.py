@@ -143,6 +143,21 @@ def test_bytes_that_are_not_text_are_not_json(tmp_path):
         trail.read_trail(path)
 
 
+@pytest.mark.parametrize("bad_line, message", [
+    # json.loads raised RecursionError (a traceback) on these
+    ("[" * 100000 + "]" * 100000, "JSON nested too deeply for a record"),
+    ('{"a": ' * 5000 + "1" + "}" * 5000, "JSON nested too deeply for a record"),
+    # a record is a few hundred characters; this line is read no further than the bound
+    ("[" + "{}," * 1_500_000 + "{}]", "a line of more than 4194304 characters"),
+])
+def test_a_deep_or_huge_line_is_one_error_before_it_is_parsed(tmp_path, bad_line, message):
+    from npz_files import peak_bytes
+    path = _write(tmp_path / "audit.jsonl", json.dumps(_record()), bad_line)
+    error, peak = peak_bytes(lambda: trail.read_trail(path))
+    assert str(error).startswith(f"{path}:2: {message}") and "\n" not in str(error)
+    assert peak < 64 << 20   # parsed, the last line would take ~100 MB of dicts
+
+
 def test_a_missing_trail_is_one_error_naming_the_file(tmp_path):
     path = tmp_path / "audit.jsonl"
     with pytest.raises(FileNotFoundError, match=rf"^{re.escape(str(path))}: no such file"):

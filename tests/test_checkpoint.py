@@ -350,3 +350,123 @@ def test_masks_that_disagree_with_the_weights_are_refused(saved):
     with pytest.raises(ValueError, match=r"parameter '0.weight' has 1 non-zero weights "
                                          r"outside its mask .*disagree"):
         load_checkpoint(path, model, optimizer, sparsity)
+
+
+# --- hostile files: refused before they cost memory, in one line ------------------------------
+
+def _copy_run(srigl_run, tmp_path):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(srigl_run, run)
+    return run
+
+
+def _readers(model_built_by):
+    """(name, call(path)) of every reader of a checkpoint."""
+    from srigl_np.formats.checkpoint import load_model
+    return [("load_checkpoint", lambda path: load_checkpoint(path, *model_built_by())),
+            ("read_meta", read_meta), ("load_model", load_model)]
+
+
+STRAY = "is not part of a srigl_np checkpoint"
+
+
+@pytest.mark.parametrize("member, refusals", [
+    # {reader: words of its refusal, or None: never read, so nothing to refuse}
+    ("extra.npy", {"load_checkpoint": STRAY, "read_meta": STRAY, "load_model": STRAY}),
+    ("optim/x/y.npy", {"load_checkpoint": "optimizer state 'x/y' is not in the model",
+                       "read_meta": None, "load_model": "member 'optim/x/y' belongs to none"}),
+    ("param/9.weight.npy", {"load_checkpoint": "parameter '9.weight' is not in the model",
+                            "read_meta": None, "load_model": "parameter '9.weight' is not"}),
+    # load_checkpoint without a DynamicSparsity neither checks nor reads dst/
+    ("dst/other/1.weight.npy", {"load_checkpoint": None, "read_meta": None,
+                                "load_model": "member 'dst/other/1.weight' belongs to none"}),
+])
+def test_a_stray_member_is_refused_or_never_inflated(srigl_run, tmp_path, member, refusals):
+    """A checkpoint with one more deflated member, 32 MiB of zeros in a few kB: every
+    reader refuses it by its name before reading it, or never reads it. The probe: a
+    3.7 MB checkpoint with a 1 GB member cost 1 GB and exited 0."""
+    from npz_files import add_zeros, npy_header, peak_bytes
+    from srigl_np.nn.models import build as build_model
+
+    def model_and_optimizer():
+        model = build_model("mlp", rng=np.random.default_rng(0))
+        return model, SGD(model.named_parameters(), lr=0.1, momentum=0.9)
+
+    run = _copy_run(srigl_run, tmp_path)
+    add_zeros(run / "checkpoint.npz", member, 32 << 20, npy_header((8 << 20,)))
+    for reader, call in _readers(model_and_optimizer):
+        error, peak = peak_bytes(lambda: call(run / "checkpoint.npz"))
+        assert peak < 8 << 20, (reader, peak)
+        words = refusals[reader]
+        if words is None:
+            assert error is None, (reader, error)
+        else:
+            assert error is not None and words in str(error), (reader, error)
+            assert "\n" not in str(error) and str(run) in str(error)
+
+
+def test_a_member_of_the_wrong_shape_is_refused_before_it_is_read(saved, tmp_path):
+    """param/0.weight declaring 32 MiB (a few kB deflated): refused by its declared shape."""
+    from npz_files import npy_header, peak_bytes, replace_with_zeros
+    path = replace_with_zeros(saved[0], tmp_path / "big.npz", "param/0.weight.npy", 32 << 20,
+                              npy_header((4096, 2048)))
+    model, optimizer, sparsity = build(seed=7)
+    error, peak = peak_bytes(lambda: load_checkpoint(path, model, optimizer, sparsity))
+    assert peak < 4 << 20
+    assert str(error) == (f"{path}: parameter '0.weight' must be float32 (6, 4), "
+                          f"got float32 (4096, 2048)")
+
+
+def test_a_huge_meta_is_refused_before_it_is_read(saved, tmp_path):
+    from npz_files import npy_header, peak_bytes, replace_with_zeros
+    path = replace_with_zeros(saved[0], tmp_path / "meta.npz", "meta.npy", 4 * 50_000_000,
+                              npy_header((), "<U50000000"))
+    error, peak = peak_bytes(lambda: read_meta(path))
+    assert peak < 1 << 20
+    assert str(error) == (f"{path}: 'meta' declares 50000000 characters of JSON, more than "
+                          f"the 4194304 srigl_np reads")
+
+
+def test_a_deeply_nested_meta_is_one_line_naming_the_file(saved, srigl_run, tmp_path):
+    """json.loads raised RecursionError (a traceback) on 50,000 nested lists."""
+    for source, readers in [(saved[0], ("load_checkpoint", "read_meta")),
+                            (srigl_run / "checkpoint.npz", ("load_model",))]:
+        arrays = _arrays(source)
+        meta = json.loads(str(arrays["meta"]))
+        meta["history"] = "HOLE"
+        arrays["meta"] = np.array(json.dumps(meta).replace('"HOLE"', "[" * 50000 + "]" * 50000))
+        path = tmp_path / f"deep-{len(readers)}.npz"
+        np.savez(path, **arrays)
+        for reader, call in _readers(lambda: build(seed=7)[:2]):
+            if reader in readers:
+                with pytest.raises(ValueError) as error:
+                    call(path)
+                assert str(error.value) == (f"{path}: 'meta': JSON nested 50001 deep, more "
+                                            f"than the 32 levels srigl_np reads")
+
+
+def test_a_member_that_is_not_npy_is_one_line_from_every_reader_and_command(
+        srigl_run, tmp_path, capsys):
+    """A checkpoint.npz with a notes.txt member: read_npz refuses it, and every command
+    that reads a checkpoint says so in one line (exit 1)."""
+    import zipfile
+
+    from srigl_np import audit, condense, explain, train
+    run = _copy_run(srigl_run, tmp_path)
+    with zipfile.ZipFile(run / "checkpoint.npz", "a") as archive:
+        archive.writestr("notes.txt", b"hello")
+    expected = (f"cannot read checkpoint {run / 'checkpoint.npz'}: member 'notes.txt' is "
+                f"not a .npy array")
+    for reader, call in _readers(lambda: build(seed=7)[:2]):
+        with pytest.raises(ValueError) as error:
+            call(run / "checkpoint.npz")
+        assert str(error.value) == expected, reader
+    capsys.readouterr()
+    for main, argv in [(audit.main, [str(run)]),
+                       (condense.main, [str(run), "--out", str(tmp_path / "c.npz")]),
+                       (explain.main, ["--checkpoint", str(run), "--layer", "1.weight"]),
+                       (train.main, ["--resume", str(run)])]:
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.endswith(f": error: {expected}\n") and err.count("\n") == 1, err

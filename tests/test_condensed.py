@@ -329,6 +329,39 @@ def test_load_refuses_crafted_files(saved, change, error, match):
         load(path)
 
 
+@pytest.mark.parametrize("member", ["zzz.npy", "stage99.values.npy", "stage0.extra.npy"])
+def test_a_member_the_stages_do_not_name_is_refused_before_it_is_inflated(saved, member):
+    """One more deflated member, 32 MiB of zeros in a few kB: refused by its name once the
+    metadata is read, before any array is (it was inflated, then refused)."""
+    from npz_files import add_zeros, peak_bytes
+    _, path, _ = saved
+    add_zeros(path, member, 32 << 20, npy_header((8 << 20,)))
+    error, peak = peak_bytes(lambda: load(path))
+    assert str(error) == f"unexpected arrays in {path}: {[member[:-4]]}" and peak < 4 << 20
+
+
+def test_deep_or_huge_metadata_is_one_line_naming_the_file(saved, tmp_path):
+    """json.loads raised RecursionError (a traceback) on 50,000 nested lists."""
+    from npz_files import peak_bytes, replace_with_zeros
+    _, path, _ = saved
+
+    def deep(arrays):
+        metadata = json.loads(str(arrays["metadata"]))
+        metadata["note"] = "HOLE"
+        arrays["metadata"] = np.array(json.dumps(metadata).replace('"HOLE"',
+                                                                   "[" * 50000 + "]" * 50000))
+    rewrite(path, deep)
+    with pytest.raises(ValueError) as error:
+        load(path)
+    assert str(error.value) == (f"{path}: metadata: JSON nested 50001 deep, more than the "
+                                f"32 levels srigl_np reads")
+    huge = replace_with_zeros(path, tmp_path / "huge.npz", "metadata.npy", 4 * 50_000_000,
+                              npy_header((), "<U50000000"))
+    error, peak = peak_bytes(lambda: load(huge))
+    assert peak < 1 << 20 and str(error) == (f"{huge}: metadata declares 50000000 characters "
+                                             f"of JSON, more than the 4194304 srigl_np reads")
+
+
 def test_load_refuses_files_that_are_not_archives(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_bytes(b"definitely not a zip")

@@ -108,6 +108,16 @@ def test_settings_that_differ_are_never_pooled(tmp_path):
     assert rows[2]["mean"] == pytest.approx(84.5)
 
 
+def test_a_deeply_nested_metrics_json_is_no_metrics(tmp_path):
+    """json.load raised RecursionError (a traceback) on 100,000 nested lists."""
+    run = {"model": "mlp", "method": "srigl", "sparsity": 0.9, "gamma_sal": 0.3,
+           "loop": "step", "seed": 0, "epochs": 1, "lr": 0.1}
+    directory = tmp_path / experiments.run_name(run)
+    directory.mkdir()
+    (directory / "metrics.json").write_text("[" * 100000 + "]" * 100000)
+    assert not experiments.is_finished(run, directory)
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--jobs", "0"], "--jobs must be in"),
     (["--threads", "100000"], "--threads must be in"),

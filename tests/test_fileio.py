@@ -193,3 +193,45 @@ def test_a_lock_file_that_is_not_a_regular_file_is_refused_untouched(tmp_path, m
         lock_directory(tmp_path / "run", "x", advice="")
     assert target.read_text() == "mine"
     assert os.path.lexists(tmp_path / "run" / LOCK_NAME)
+
+
+# -- the bounds on reading ------------------------------------------------------------------
+
+def test_max_bytes_default_and_override(monkeypatch):
+    from srigl_np.fileio import DEFAULT_MAX_BYTES, max_bytes, over_max_bytes
+    monkeypatch.delenv("SRIGL_NP_MAX_BYTES", raising=False)
+    assert max_bytes() == DEFAULT_MAX_BYTES == 4 << 30
+    assert over_max_bytes(4 << 30, "x declares") is None
+    assert over_max_bytes((4 << 30) + 1, "x declares").startswith(
+        "x declares 4294967297 bytes in all, more than the 4294967296 bytes")
+    for text, value in [("123", 123), ("8K", 8 << 10), ("16g", 16 << 30), ("2 GiB", 2 << 30),
+                        ("1T", 1 << 40), ("5MB", 5 << 20)]:
+        monkeypatch.setenv("SRIGL_NP_MAX_BYTES", text)
+        assert max_bytes() == value
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 33 + "]" * 33, "f.json: JSON nested 33 deep, more than the 32 levels"),
+    ("[" * 100000 + "]" * 100000, "f.json: JSON nested 100000 deep"),   # a RecursionError
+    ('{"a": ' * 40 + "1" + "}" * 40, "f.json: JSON nested 40 deep"),
+    ("[" + "0," * 10 + "0]", "f.json: 23 characters of JSON, more than the 20"),
+])
+def test_parse_json_refuses_deep_or_long_text_before_parsing(text, message):
+    from srigl_np.fileio import parse_json
+    with pytest.raises(ValueError) as error:
+        parse_json(text, "f.json", max_chars=20 if "0," in text else 10**6)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_parse_json_counts_brackets_outside_strings_only():
+    import json
+
+    from srigl_np.fileio import json_depth, parse_json
+    text = json.dumps({"a": ["[[[[" * 20, {"b": '\\"]]]{{{'}], "c": "\\\\"})
+    assert json_depth(text) == 3 and json_depth("1") == 0 and json_depth('"[["') == 0
+    assert parse_json(text, "f") == json.loads(text)
+    assert parse_json(b'{"x": [1, 2]}', "f") == {"x": [1, 2]}
+    nested = "[" * 32 + "]" * 32
+    assert parse_json(nested, "f") == json.loads(nested)
+    with pytest.raises(json.JSONDecodeError):   # the caller words it
+        parse_json("{oops", "f")

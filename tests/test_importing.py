@@ -607,3 +607,36 @@ def test_torch_mlp_matches_torch_forward(tmp_path):
     model, our_masks, _ = to_model(read_torch_checkpoint(path))
     assert sorted(our_masks) == ["1.weight", "3.weight", "5.weight"]
     assert_same_logits(torch, net, model)
+
+
+def _shared_chain(depth):
+    """(x, x) nested ``depth`` deep: a pickle of a few bytes per level whose spelled-out
+    tree has 2**depth leaves."""
+    value = []
+    for _ in range(depth):
+        value = (value, value)
+    return value
+
+
+def _self_containing(n):
+    value = []
+    value.extend([value] * n)
+    return value
+
+
+@pytest.mark.parametrize("epoch", [_shared_chain(40), _self_containing(9000),
+                                   [list(range(5000))] * 5000])
+def test_metadata_summaries_are_bounded(tmp_path, epoch):
+    """A training checkpoint's plain entries are summarised for the report: a shared chain
+    took 2**depth steps (a hang), a list holding itself a RecursionError traceback, a list
+    of one list shared 5,000 times 25 million values."""
+    import json
+    import time
+    path = write_torch_zip(tmp_path / "c.pt", {"model": {"fc.weight": np.ones((2, 3),
+                                                                             np.float32)},
+                                               "epoch": epoch, "step": 7})
+    start = time.perf_counter()
+    imported = read_torch_checkpoint(path)
+    assert time.perf_counter() - start < 5 and imported.meta["step"] == 7
+    assert len(json.dumps(imported.meta)) < 2_000_000
+    assert " items>" in json.dumps(imported.meta["epoch"])

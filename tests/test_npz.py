@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from npz_files import deflate, npy, npy_header, write_zip
+from npz_files import add_zeros, deflate, npy, npy_header, peak_bytes, write_zip
+from srigl_np.formats import npz as npz_module
 from srigl_np.formats.npz import MAX_DEFLATE_RATIO, NpzError, read_npz
 
 DTYPES = ["bool", "uint8", "int16", "<i4", ">i8", "float16", "<f4", ">f8", "complex64",
@@ -193,3 +194,96 @@ def test_a_negative_dimension_or_too_many_are_refused(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("w.npy", npy_header((1,) * 3000) + bytes(4))
     assert len(refusal(path, "declares 3000 dimensions, at most 64")) < 200
+
+
+# --- what the members may declare in all, and where their bytes lie ------------------------
+
+@pytest.mark.parametrize("method, words", [(0, "past the end of the"), (8, "more than its")])
+def test_a_member_declaring_terabytes_is_one_line(tmp_path, method, words):
+    """A zip64 entry claims 4 TiB (its .npy header agreeing) in a file of a few hundred
+    bytes: a stored one also claims 4 TiB of stored bytes, which np.load, and this
+    reader before, believed until allocating the array raised MemoryError."""
+    header = npy_header((1 << 40,))
+    payload = header + bytes(64)
+    stored = payload if method == 0 else deflate(payload)
+    size = len(header) + (4 << 40)
+    path = write_zip(tmp_path / "tb.npz",
+                     [("meta.npy", stored, method, (size, size if method == 0 else len(stored)),
+                       0)])
+    error, peak = peak_bytes(lambda: read_npz(path))
+    assert isinstance(error, NpzError) and "\n" not in str(error) and peak < 1 << 20
+    assert words in str(error)
+
+
+def test_the_members_may_declare_at_most_max_bytes_in_all(tmp_path, monkeypatch):
+    path = tmp_path / "a.npz"
+    np.savez(path, a=np.zeros(100), b=np.zeros(100))
+    monkeypatch.setenv("SRIGL_NP_MAX_BYTES", "1000")
+    reason = refusal(path, "its members declare 1", "bytes in all, more than the 1000 bytes "
+                     "srigl_np reads from one file", "SRIGL_NP_MAX_BYTES")
+    assert "SRIGL_NP_MAX_BYTES=1G" in reason
+    monkeypatch.setenv("SRIGL_NP_MAX_BYTES", "2K")
+    assert read_npz(path)["a"].shape == (100,)
+    monkeypatch.delenv("SRIGL_NP_MAX_BYTES")
+    assert read_npz(path)["b"].shape == (100,)
+
+
+def test_the_default_cap_is_4_gib(tmp_path):
+    """5 MiB of deflate may honestly inflate to 5 GiB: refused by what it declares,
+    before a byte of it is read (the stream is not even valid deflate)."""
+    header = npy_header((5 << 30,), "|u1")
+    path = write_zip(tmp_path / "big.npz",
+                     [("a.npy", bytes(5 << 20), 8, len(header) + (5 << 30), 0)])
+    error, peak = peak_bytes(lambda: read_npz(path))
+    assert isinstance(error, NpzError) and peak < 1 << 20
+    assert "declare 5368709248 bytes in all, more than the 4294967296 bytes" in str(error)
+    assert "SRIGL_NP_MAX_BYTES=6G" in str(error)
+
+
+def test_a_bad_max_bytes_setting_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "a.npz"
+    np.savez(path, a=np.zeros(3))
+    for text in ("lots", "0", "-5", "1.5G"):
+        monkeypatch.setenv("SRIGL_NP_MAX_BYTES", text)
+        with pytest.raises(ValueError, match=r"^SRIGL_NP_MAX_BYTES must be a positive number "
+                                             r"of bytes, optionally with a K, M, G or T suffix"):
+            read_npz(path)
+
+
+def test_members_are_declared_before_any_is_read(tmp_path):
+    """NpzReader checks every member and shows what each declares; read(key) inflates
+    that member alone, so a caller can refuse a stray 64 MiB member without inflating it."""
+    path = tmp_path / "a.npz"
+    np.savez(path, w=np.arange(6.0).reshape(2, 3))
+    add_zeros(path, "stray.npy", 64 << 20, npy_header((16 << 20,)))
+
+    def read_w():
+        with npz_module.NpzReader(path) as npz:
+            assert npz.members["stray"] == npz_module.Member((16 << 20,), np.dtype("<f4"))
+            assert npz.members["stray"].nbytes == 64 << 20 and npz.members["w"].ndim == 2
+            np.testing.assert_array_equal(npz.read("w"), np.arange(6.0).reshape(2, 3))
+    error, peak = peak_bytes(read_w)
+    assert error is None and peak < 2 << 20
+
+
+def test_running_out_of_memory_reading_a_member_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "a.npz"
+    np.savez(path, w=np.zeros(3))
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(np.lib.format, "read_array", no_memory)
+    refusal(path, "member 'w.npy' declares 24 bytes, more memory than there is")
+
+
+@pytest.mark.parametrize("flag", [1 << 5, 1 << 6])
+def test_a_member_flagged_patched_or_strongly_encrypted_is_one_line(tmp_path, flag):
+    """zipfile raises NotImplementedError opening such a member (found by fuzzing)."""
+    payload = npy(np.zeros(3))
+    path = write_zip(tmp_path / "flag.npz", [("w.npy", payload, 0, len(payload),
+                                              zlib.crc32(payload))])
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 8:central + 10] = flag.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    refusal(path, "member 'w.npy' is damaged (")

@@ -212,3 +212,22 @@ def test_a_file_that_crashed_the_audit_is_one_line_in_a_fresh_interpreter(tmp_pa
         assert result.stderr.strip().splitlines() == [
             f"python -m srigl_np.{command}: error: {path}: not a readable scipy.sparse "
             f".npz (indices must lie in [0, 64), got values in [0, 1000000])"]
+
+
+def test_only_the_members_of_the_format_are_read(tmp_path):
+    """A stray deflated member of 32 MiB of zeros (a few kB) is never inflated; a data
+    member declaring 32 MiB beside one index is refused before either is read."""
+    from npz_files import add_zeros, npy_header, peak_bytes, replace_with_zeros
+    matrix = scipy.sparse.csr_matrix(np.eye(3, dtype=np.float32))
+    path = tmp_path / "m.npz"
+    scipy.sparse.save_npz(path, matrix)
+    add_zeros(path, "stray.npy", 32 << 20, npy_header((8 << 20,)))
+    error, peak = peak_bytes(lambda: np.testing.assert_array_equal(
+        load_sparse_npz(path).toarray(), np.eye(3)))
+    assert error is None and peak < 4 << 20
+    long_data = replace_with_zeros(path, tmp_path / "long.npz", "data.npy", 32 << 20,
+                                   npy_header((8 << 20,)), drop=("stray.npy",))
+    error, peak = peak_bytes(lambda: load_sparse_npz(long_data))
+    assert peak < 1 << 20 and str(error) == (
+        f"{long_data}: not a readable scipy.sparse .npz (members holding one entry each "
+        f"declare different lengths: data (8388608,), indices (3,))")

@@ -914,3 +914,107 @@ def test_loading_needs_no_torch(tmp_path):
             "assert sys.modules['torch'] is None")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+# -- hostile files within the deflate ratio: bounded by what the file holds ------------------
+
+def load_peak(path):
+    """(the TorchFormatError load(path) raises, or None; peak bytes allocated)."""
+    from npz_files import peak_bytes
+    return peak_bytes(lambda: load(path), TorchFormatError)
+
+
+@pytest.mark.parametrize("size, stride", [((4096, 2048), (2048, 1)), ((2, 2), (2, 1))])
+def test_a_compressed_storage_inflates_no_further_than_the_file_holds(tmp_path, size, stride):
+    """A 32 MiB storage of zeros deflated to ~32 kB: a tensor over all of it, or a 2x2
+    tensor that would make the reader inflate all of it, is refused before inflating.
+    (A 1 MB file of this kind drove condense to 6.7 GB.)"""
+    entries = tw.torch_zip_entries({"w": Tensor(Storage(np.zeros(8 << 20, np.float32)), 0,
+                                                size, stride)})
+    path = tw.write_zip(tmp_path / "deflated.pt", entries, compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 100_000
+    error, peak = load_peak(path)
+    assert "tensors would expand to more than 4x the" in str(error) and "\n" not in str(error)
+    assert peak < 4 << 20
+
+
+def test_many_tensors_over_one_storage_are_bounded_by_the_storage(tmp_path):
+    """A 1 MiB storage and 100 tensors each viewing all of it: 100 MiB from a 1 MiB file."""
+    storage = Storage(np.zeros(1 << 18, np.float32))
+    state = {f"layer{i}.weight": Tensor(storage, 0, (512, 512), (512, 1)) for i in range(100)}
+    error, peak = load_peak(tw.write_torch_zip(tmp_path / "views.pt", state))
+    assert "tensors would expand to more than 4x the 1048576 storage bytes" in str(error)
+    assert peak < 24 << 20
+
+
+def test_one_tensor_referenced_many_times_counts_each_reference(tmp_path):
+    """The pickle's memo lets one 1 MiB tensor fill a state_dict of 100 entries for 3 bytes
+    each; every reader downstream copies it per entry. Two references (tied weights) read."""
+    weight = np.zeros((512, 512), np.float32)
+    error, peak = load_peak(tw.write_torch_zip(tmp_path / "alias.pt",
+                                               {f"layer{i}.weight": weight for i in range(100)}))
+    assert "tensors would expand to more than 4x the 1048576 storage bytes" in str(error)
+    assert peak < 24 << 20
+    tied = load(tw.write_torch_zip(tmp_path / "tied.pt", {"embed": weight, "head": weight}))
+    assert tied["embed"] is tied["head"] and tied["head"].shape == (512, 512)
+
+
+def test_data_pkl_is_bounded_before_it_is_inflated(tmp_path):
+    path = tw.write_zip(tmp_path / "big.pt", entries_with(
+        {}, replace={"archive/data.pkl": b"\x80\x02N." + bytes(17 << 20)}),
+        compression=zipfile.ZIP_DEFLATED)
+    error, peak = load_peak(path)
+    assert "data.pkl declares 17825796 bytes, more than the 16777216" in str(error)
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("data_pkl, words", [
+    # At the real bound, 300 kB of EMPTY_SET would build 65 MB of sets; here the bound is
+    # 1 MiB (64 times less) and so are the pickles. EMPTY_DICT and DUP alike.
+    (b"\x80\x04(" + b"\x8f" * 5_000 + b"l.", ["would build more than 1 MiB", "EMPTY_SET"]),
+    (b"\x80\x02(" + b"}" * 10_000 + b"l.", ["would build more than 1 MiB", "EMPTY_DICT"]),
+    (b"\x80\x02]" + b"2" * 17_000 + b"l.", ["would build more than 1 MiB", "DUP"]),
+    (b"\x80\x02X" + (300_000).to_bytes(4, "little") + b"a" * 300_000 + b".",
+     ["would build more than 1 MiB", "BINUNICODE"]),
+    # a new placeholder class (~1 kB) per distinct global
+    (b"\x80\x02(" + b"".join(b"cm\nf%d\n" % i for i in range(5000)) + b"l.",
+     ["names more than 4096 distinct classes or functions"]),
+])
+def test_what_the_pickle_would_build_is_bounded_before_it_runs(tmp_path, monkeypatch,
+                                                               data_pkl, words):
+    from srigl_np.formats import torch_pickle
+    if b"cm\n" not in data_pkl:
+        monkeypatch.setattr(torch_pickle, "MAX_PICKLE_COST", 1 << 20)
+    error, peak = load_peak(with_pickle(tmp_path, data_pkl))
+    assert error is not None and all(word in str(error) for word in words), error
+    assert peak < 16 << 20   # 4096 placeholder classes take ~10 MB
+
+
+def test_the_bound_on_what_a_pickle_builds_lets_a_large_state_dict_through(tmp_path):
+    """5,000 tensors (a ResNet-50 state_dict has ~320) are well inside it."""
+    state = {f"layer{i}.weight": np.full(2, i, np.float32) for i in range(5000)}
+    loaded = load(tw.write_torch_zip(tmp_path / "many.pt", state))
+    assert len(loaded) == 5000 and loaded["layer4999.weight"].tolist() == [4999, 4999]
+
+
+def test_the_entries_may_declare_at_most_max_bytes_in_all(tmp_path, monkeypatch):
+    path = tw.write_torch_zip(tmp_path / "w.pt", {"w": np.zeros(100, np.float32)})
+    monkeypatch.setenv("SRIGL_NP_MAX_BYTES", "300")
+    refusal(path, "its entries declare", "more than the 300 bytes srigl_np reads from one "
+            "file", "SRIGL_NP_MAX_BYTES")
+    monkeypatch.setenv("SRIGL_NP_MAX_BYTES", "1M")
+    assert load(path)["w"].shape == (100,)
+
+
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch):
+    from srigl_np.formats import torch_format
+
+    class OutOfMemory:
+        def __init__(self, *args):
+            pass
+
+        def __call__(self, graph):
+            raise MemoryError
+    monkeypatch.setattr(torch_format, "_Finalizer", OutOfMemory)
+    refusal(tw.write_torch_zip(tmp_path / "w.pt", {"w": np.zeros(3)}),
+            "needs more memory than there is to read")

@@ -10,9 +10,9 @@ reading. A trail written now holds only checked updates (``"invariants": "ok"``;
 failed check stops training with ``dst.InvariantError``); older trails recorded a
 failure as its message in that field, and those still read.
 
-This module is a leaf: it imports nothing of the package, so the trainer's sparsity
-wrapper, the trainer, the experiment runner and ``python -m srigl_np.audit`` can all
-import it without importing each other.
+This module is a leaf: of the package it imports only ``fileio`` (the bounds on reading
+JSON), so the trainer's sparsity wrapper, the trainer, the experiment runner and
+``python -m srigl_np.audit`` can all import it without importing each other.
 """
 
 import json
@@ -20,6 +20,11 @@ import math
 import os
 
 import numpy as np
+
+# The longest line read (as fileio.MAX_JSON_CHARS, which this leaf does not import): a
+# record of a layer of half a million neurons, every one ablated, fits; a longer line is
+# refused before it is read whole, so parsing one holds at most ~100 MB.
+MAX_LINE_CHARS = 4 * 2**20
 
 # (key, kind, meaning). Kinds: "int", "number" (int or float), "str", "int pair"
 # ([low, high]), "int list".
@@ -118,10 +123,11 @@ def read_trail(path):
 
     An empty file is an empty trail (a static run, or one that ended before its first
     update). Raises FileNotFoundError for a missing file and ValueError naming
-    ``path:line`` for a blank line, a line that is not JSON, a bad record, a record
-    whose step is below the one before (the trainer writes them in step order) or a
-    second record of one layer at one step; ValueError naming ``path`` for a trail with
-    a gap (``_check_no_gap``).
+    ``path:line`` for a blank line, a line that is not JSON (or longer than
+    ``MAX_LINE_CHARS``, or nested too deeply), a bad record, a record whose step is below
+    the one before (the trainer writes them in step order) or a second record of one
+    layer at one step; ValueError naming ``path`` for a trail with a gap
+    (``_check_no_gap``).
     """
     if os.path.exists(path) and not os.path.isfile(path):   # a FIFO would block the open
         raise ValueError(f"{path}: not a regular file")
@@ -133,12 +139,19 @@ def read_trail(path):
     records = []
     lines_of_step = {}   # {layer: line} of the records at the current step
     with trail:
-        for number, line in enumerate(trail, start=1):
+        # readline's limit: a line is never read whole past MAX_LINE_CHARS.
+        for number, line in enumerate(iter(lambda: trail.readline(MAX_LINE_CHARS + 2), b""),
+                                      start=1):
             where = f"{path}:{number}"
             if not line.strip():
                 raise ValueError(f"{where}: blank line, expected one JSON record per line")
+            if len(line) > MAX_LINE_CHARS + 1:
+                raise ValueError(f"{where}: a line of more than {MAX_LINE_CHARS} characters, "
+                                 f"longer than any record the trainer writes")
             try:
                 record = json.loads(line)
+            except RecursionError:   # a record is flat: this is no record
+                raise ValueError(f"{where}: JSON nested too deeply for a record") from None
             except ValueError as exc:   # JSONDecodeError, or bytes that are not UTF-8
                 raise ValueError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})") from None
             check_record(record, where)

@@ -1,8 +1,9 @@
 """The file formats wing: every file srigl_np reads is untrusted, and read here.
 
-    npz            the one .npz reader (``read_npz``) and its safety model: no pickles,
-                   each member's .npy header checked against its zip entry, inflation
-                   bounded, before anything is read
+    npz            the one .npz reader (``NpzReader``, ``read_npz``) and its safety
+                   model: no pickles, each member's .npy header checked against its zip
+                   entry, the total within ``fileio.max_bytes()``, inflation bounded,
+                   before anything is read
     checkpoint     the training checkpoint format, and ``load_model`` (a run for inference)
     scipy_npz      scipy.sparse ``save_npz`` files, read through ``read_npz``
     torch_format   PyTorch checkpoint files read without PyTorch; its parts: torch_archive

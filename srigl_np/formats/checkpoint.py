@@ -14,11 +14,15 @@ A checkpoint is one ``.npz`` (no pickles; read by ``npz.read_npz``) holding
     dst/<key>/<name>         DynamicSparsity masks, ever-active masks, ablated neurons
 
 It is written with ``fileio.atomic_write``, so a crash never leaves a half-written
-checkpoint.
+checkpoint. It is read through ``npz.NpzReader``, and what each member declares (its
+name, dtype and shape) is checked against the model being restored before any member
+is read: a stray member, or one of another shape, is refused without being inflated,
+and the meta is read with ``fileio.parse_json``'s bounds.
 Arrays are saved from whichever device they live on (as NumPy) and loaded into the
 existing arrays on theirs, so a GPU run's checkpoint resumes on the GPU or the CPU.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -26,10 +30,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import on_device_of, to_numpy
-from ..fileio import atomic_write, file_kind
-from .npz import NpzError, read_npz
+from ..fileio import MAX_JSON_CHARS, atomic_write, file_kind, parse_json
+from .npz import NpzError, NpzReader
 
 CHECKPOINT_VERSION = 1
+# Every member but "meta" lies in one of these sections.
+SECTIONS = ("param/", "buffer/", "optim/", "dst/")
+# DynamicSparsity's state per weight: dst/<kind>/<parameter name>.
+DST_KINDS = ("mask", "ever_active", "ablated", "dense_grad")
 
 
 def save_checkpoint(path, meta, model, optimizer, sparsity=None):
@@ -48,38 +56,50 @@ def load_checkpoint(path, model, optimizer, sparsity=None):
 
     Everything is checked before anything is written, so a bad checkpoint raises one
     ValueError naming the file and what is wrong, and leaves the objects as they were.
+    What the members declare is checked before any is read (without ``sparsity`` the
+    dst/ section is neither checked nor read).
     """
-    arrays = _read_arrays(path)
-    meta = _read_meta(path, arrays)
-
-    def section(prefix):
-        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-    # (what, saved arrays, {key: the array it is copied into})
-    sections = [("parameter", section("param/"), model.named_parameters()),
-                ("buffer", section("buffer/"), model.named_buffers()),
-                ("optimizer state", section("optim/"),
-                 {f"{name}/{key}": buffer for name, state in optimizer.state.items()
-                  for key, buffer in state.items()})]
-    for what, saved, targets in sections:
-        _check_section(path, what, saved, targets)
+    with _opened(path) as npz:
+        meta = _read_meta(path, npz)
+        # (what, section prefix, {key: the array it is copied into})
+        sections = [("parameter", "param/", model.named_parameters()),
+                    ("buffer", "buffer/", model.named_buffers()),
+                    ("optimizer state", "optim/",
+                     {f"{name}/{key}": buffer for name, state in optimizer.state.items()
+                      for key, buffer in state.items()})]
+        for what, prefix, targets in sections:
+            _check_section(path, what, _section(npz.members, prefix), targets)
+        if sparsity is not None:
+            _check_sparsity_state(path, _section(npz.members, "dst/"), sparsity)
+        arrays = {key: npz.read(key) for key in npz.members
+                  if key != "meta" and (sparsity is not None or not key.startswith("dst/"))}
+    for what, prefix, _ in sections:
+        for key, value in _section(arrays, prefix).items():
+            check_finite(path, what, key, value)
     if sparsity is not None:
-        _check_sparsity_state(path, section("dst/"), sparsity)
-        check_masks_cover_weights(path, section("param/"), section("dst/mask/"))
+        _check_ablated_indices(path, _section(arrays, "dst/ablated/"), sparsity)
+        check_masks_cover_weights(path, _section(arrays, "param/"),
+                                   _section(arrays, "dst/mask/"))
 
-    for _, saved, targets in sections:
+    for _, prefix, targets in sections:
+        saved = _section(arrays, prefix)
         for key, target in targets.items():
             target[...] = on_device_of(saved[key], target)
     optimizer.step_count = meta["optimizer_step_count"]
     if sparsity is not None:
-        sparsity.load_state_dict(section("dst/"))
+        sparsity.load_state_dict(_section(arrays, "dst/"))
     return meta
 
 
 def read_meta(path):
     """The meta dict of the checkpoint at ``path``, checked as ``load_checkpoint`` checks
-    it (one ValueError naming the file), without restoring anything."""
-    return _read_meta(path, _read_arrays(path))
+    it (one ValueError naming the file), without reading any other member."""
+    with _opened(path) as npz:
+        return _read_meta(path, npz)
+
+
+def _section(members, prefix):
+    return {k[len(prefix):]: v for k, v in members.items() if k.startswith(prefix)}
 
 
 def _describe_data(data):
@@ -102,25 +122,38 @@ def check_data(path, saved, current):
     return None
 
 
-def _read_arrays(path):
+@contextlib.contextmanager
+def _opened(path):
+    """The checkpoint at ``path`` as an NpzReader; every NpzError, opening it or reading
+    a member, becomes one ValueError "cannot read checkpoint <path>: <why>"."""
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         why = file_kind(path) or "missing"
         raise ValueError(f"checkpoint {path} is not a file ({why})")
     try:
-        return read_npz(path)
+        with NpzReader(path) as npz:
+            yield npz
     except NpzError as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc.reason}") from None
 
 
-def _read_meta(path, arrays):
-    if "meta" not in arrays:
+def _read_meta(path, npz):
+    """The checked meta dict; first, that every member is one a checkpoint holds."""
+    if "meta" not in npz.members:
         raise ValueError(f"{path} is not a srigl_np checkpoint (no 'meta')")
-    raw = arrays["meta"]
-    if raw.ndim != 0 or raw.dtype.kind != "U":
-        raise ValueError(f"{path}: 'meta' must be a JSON string, got a {raw.dtype} array "
-                         f"of shape {raw.shape}")
+    stray = [key for key in npz.members if key != "meta" and not key.startswith(SECTIONS)]
+    if stray:
+        raise ValueError(f"{path}: member {stray[0]!r} is not part of a srigl_np checkpoint "
+                         f"(its members are meta and {', '.join(SECTIONS)}...)"
+                         + (f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""))
+    declared = npz.members["meta"]
+    if declared.ndim != 0 or declared.dtype.kind != "U":
+        raise ValueError(f"{path}: 'meta' must be a JSON string, got a {declared.dtype} array "
+                         f"of shape {declared.shape}")
+    if declared.dtype.itemsize // 4 > MAX_JSON_CHARS:   # checked before it is read
+        raise ValueError(f"{path}: 'meta' declares {declared.dtype.itemsize // 4} characters "
+                         f"of JSON, more than the {MAX_JSON_CHARS} srigl_np reads")
     try:
-        meta = json.loads(str(raw))
+        meta = parse_json(str(npz.read("meta")), f"{path}: 'meta'")
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: 'meta' is not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
@@ -187,12 +220,30 @@ def _short(value, limit=80):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _check_state_of(path, members, params):
+    """Optimizer and sparsity members (not read for inference) must belong to one of the
+    model's parameters: optim/<parameter>/<key>, dst/<DST_KINDS>/<parameter>."""
+    for key in members:
+        section, _, rest = key.partition("/")
+        if section == "optim":
+            name = rest.rpartition("/")[0]
+        elif section == "dst":
+            kind, _, name = rest.partition("/")
+            name = name if kind in DST_KINDS else None
+        else:
+            continue
+        if name not in params:
+            raise ValueError(f"{path}: member {key!r} belongs to none of the parameters of "
+                             f"the model its config builds")
+
+
 def _describe(array):
     return f"{array.dtype} {tuple(array.shape)}"
 
 
 def _check_section(path, what, saved, targets):
-    """``saved`` must hold exactly ``targets``' keys, each with the target's dtype and shape."""
+    """``saved`` (the members' declared shapes and dtypes) must hold exactly ``targets``'
+    keys, each with the target's dtype and shape."""
     missing = sorted(set(targets) - set(saved))
     if missing:
         raise ValueError(f"{path}: {what} {missing[0]!r} is missing"
@@ -207,10 +258,9 @@ def _check_section(path, what, saved, targets):
         if value.shape != target.shape or value.dtype != target.dtype:
             raise ValueError(f"{path}: {what} {key!r} must be {_describe(target)}, "
                              f"got {_describe(value)}")
-        _check_finite(path, what, key, value)
 
 
-def _check_finite(path, what, key, value):
+def check_finite(path, what, key, value):
     """A float array of a checkpoint holds no NaN or Inf: the trainer stops before a
     non-finite loss reaches the weights, so such a value means a damaged file (or one
     saved from a run that diverged in its last step), and training or inference on it
@@ -242,7 +292,8 @@ def check_masks_cover_weights(path, params, masks):
 
 def _check_sparsity_state(path, saved, sparsity):
     """Masks as DynamicSparsity.state_dict() has them (bool, the weight's shape); ablated
-    neurons a 1-D integer array of row indices of that weight."""
+    neurons a 1-D integer array, no longer than the weight has rows. ``saved`` holds
+    arrays or what members declare (``npz.Member``)."""
     expected = sparsity.state_dict()
     unexpected = sorted(set(saved) - set(expected))
     if unexpected:
@@ -258,9 +309,18 @@ def _check_sparsity_state(path, saved, sparsity):
         if value.ndim != 1 or value.dtype.kind not in "iu":
             raise ValueError(f"{path}: sparsity state {key!r} must be a 1-D integer array, "
                              f"got {_describe(value)}")
+        if value.shape[0] > n_out:
+            raise ValueError(f"{path}: sparsity state {key!r} lists {value.shape[0]} "
+                             f"neurons, more than the {n_out} its layer has")
+
+
+def _check_ablated_indices(path, ablated, sparsity):
+    """Ablated neurons (arrays, read) are row indices of their weight."""
+    for name, value in ablated.items():
+        n_out = sparsity.masks[name].shape[0]
         if value.size and (int(value.min()) < 0 or int(value.max()) >= n_out):
-            raise ValueError(f"{path}: sparsity state {key!r} must hold neuron indices in "
-                             f"[0, {n_out}), got values in [{int(value.min())}, "
+            raise ValueError(f"{path}: sparsity state 'ablated/{name}' must hold neuron "
+                             f"indices in [0, {n_out}), got values in [{int(value.min())}, "
                              f"{int(value.max())}]")
 
 
@@ -296,31 +356,30 @@ def load_model(path):
 
     if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
         path = os.path.join(path, "checkpoint.npz")
-    arrays = _read_arrays(path)
-    meta = _read_meta(path, arrays)
-    config = meta.get("config")
-    if not isinstance(config, dict) or config.get("model") not in MODEL_NAMES:
-        raise ValueError(f"{path}: meta 'config' must name a model in {MODEL_NAMES}, got "
-                         f"{None if not isinstance(config, dict) else config.get('model')!r}")
-    model = build(config["model"], rng=np.random.default_rng(0))
-    saved = {"parameter": {k[6:]: v for k, v in arrays.items() if k.startswith("param/")},
-             "buffer": {k[7:]: v for k, v in arrays.items() if k.startswith("buffer/")}}
-    targets = {"parameter": model.named_parameters(), "buffer": model.named_buffers()}
-    for what in saved:
-        _check_section(path, what, saved[what], targets[what])
-    for what in saved:
-        for key, target in targets[what].items():
-            target[...] = saved[what][key]
-    params = model.named_parameters()
-    masks = {}
-    for key, mask in arrays.items():
-        if not key.startswith("dst/mask/"):
-            continue
-        name = key[len("dst/mask/"):]
-        if name not in params or mask.dtype != bool or mask.shape != params[name].shape:
-            raise ValueError(f"{path}: {key!r} must be a bool mask of a parameter's shape, "
-                             f"got {_describe(mask)}")
-        masks[name] = mask
+    with _opened(path) as npz:
+        meta = _read_meta(path, npz)
+        config = meta.get("config")
+        named = config.get("model") if isinstance(config, dict) else None
+        if named not in MODEL_NAMES:
+            raise ValueError(f"{path}: meta 'config' must name a model in {MODEL_NAMES}, "
+                             f"got {named!r}")
+        model = build(config["model"], rng=np.random.default_rng(0))
+        params = model.named_parameters()
+        # What the members declare first; then only what inference needs is read.
+        targets = {"param/": ("parameter", params), "buffer/": ("buffer", model.named_buffers())}
+        for prefix, (what, section) in targets.items():
+            _check_section(path, what, _section(npz.members, prefix), section)
+        for name, mask in _section(npz.members, "dst/mask/").items():
+            if name not in params or mask.dtype != bool or mask.shape != params[name].shape:
+                raise ValueError(f"{path}: 'dst/mask/{name}' must be a bool mask of a "
+                                 f"parameter's shape, got {_describe(mask)}")
+        _check_state_of(path, npz.members, params)
+        arrays = {key: npz.read(key) for key in npz.members
+                  if key.startswith(("param/", "buffer/", "dst/mask/"))}
+    for prefix, (_, section) in targets.items():
+        for key, target in section.items():
+            target[...] = arrays[prefix + key]
+    masks = _section(arrays, "dst/mask/")
     if config.get("method", "dense") == "dense" and not masks:
         # A dense run's structure is every weight, also one that is exactly 0.
         masks = {name: np.ones(p.shape, dtype=bool) for name, p in params.items()
@@ -337,8 +396,8 @@ def _input_stats(path, meta):
     # Not a FIFO: opening one would block until something writes to it.
     if not isinstance(data, dict) and metrics and file_kind(metrics) == "a regular file":
         try:
-            with open(metrics) as f:
-                data = json.load(f).get("data")
+            with open(metrics, "rb") as f:
+                data = parse_json(f.read(MAX_JSON_CHARS + 1), metrics).get("data")
         except (OSError, ValueError, AttributeError):
             data = None
     if isinstance(data, dict) and {"mean", "std"} <= set(data):

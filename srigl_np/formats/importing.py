@@ -114,11 +114,12 @@ def read_torch_checkpoint(path):
 
 def _interpret(obj, path):
     """The ImportedCheckpoint of ``obj``, the unpickled contents of ``path``."""
-    kind, state, pruner, meta, notes = _locate_state(obj, path)
+    summary = _Summary()   # one budget for the whole file's metadata
+    kind, state, pruner, meta, notes = _locate_state(obj, path, summary)
     state = _strip_prefixes(_check_state(state, path), notes)
     state, pair_masks = _resolve_prune_pairs(state, path)
     if pruner is not None:
-        masks, pruner_meta, dense = _pruner_masks(pruner, state, path)
+        masks, pruner_meta, dense = _pruner_masks(pruner, state, path, summary)
         meta.update(pruner_meta, dense_layers=dense)
         mask_source = "pruner"
         notes.append(f"masks from the pruner's backward_masks ({meta['pruner_class']}, "
@@ -143,7 +144,7 @@ def _interpret(obj, path):
                               mask_source=mask_source, meta=meta, notes=notes)
 
 
-def _locate_state(obj, path):
+def _locate_state(obj, path, summary):
     """(kind, model state, pruner state or None, meta, notes) of the file's object."""
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a checkpoint: expected a dict (a state_dict or a "
@@ -154,7 +155,7 @@ def _locate_state(obj, path):
         if not isinstance(obj["model"], dict):
             raise ValueError(f"{path}: a training checkpoint (keys {_key_list(obj)}) whose "
                              f"'model' entry is {_describe(obj['model'])}, not a state_dict")
-        meta = _checkpoint_meta(obj)
+        meta = _checkpoint_meta(obj, summary)
         notes = [f"SRigL authors' training checkpoint: epoch {meta.get('epoch')}, "
                  f"step {meta.get('step')}"]
         if obj.get("pruner") is None:
@@ -264,7 +265,7 @@ def _leaf_name(key):
 
 # -- the pruner state ---------------------------------------------------------------------
 
-def _pruner_masks(pruner, state, path):
+def _pruner_masks(pruner, state, path, summary):
     """({weight key: bool mask}, meta, dense weight keys) from RigLScheduler.state_dict()."""
     if not isinstance(pruner, dict):
         raise ValueError(f"{path}: the 'pruner' entry must be the RigLScheduler state_dict "
@@ -314,14 +315,14 @@ def _pruner_masks(pruner, state, path):
                              f"{weight.shape}")
         masks[key] = _as_bool_mask(mask, f"{path}: backward_masks[{i}]")
 
-    meta = {("pruner_step" if name == "step" else name): _summary(pruner[name])
+    meta = {("pruner_step" if name == "step" else name): summary(pruner[name])
             for name in _PRUNER_META if name in pruner}
     meta["pruner_keys"] = list(pruner)
     # Only the constant fan-in scheduler (SRigL) records dynamically ablated neurons.
     meta["pruner_class"] = ("RigLConstFanScheduler" if "dynamically_ablated_neuron_idx" in pruner
                             else "RigLScheduler")
     if "dynamically_ablated_neuron_idx" in pruner:
-        meta["dynamically_ablated"] = [len(ids) if isinstance(ids, (list, tuple)) else _summary(ids)
+        meta["dynamically_ablated"] = [len(ids) if isinstance(ids, (list, tuple)) else summary(ids)
                                        for ids in pruner["dynamically_ablated_neuron_idx"]]
     return masks, meta, dense
 
@@ -356,20 +357,20 @@ def _match_module_names(names, numels, state, path):
 
 # -- metadata -----------------------------------------------------------------------------
 
-def _checkpoint_meta(obj):
+def _checkpoint_meta(obj, summary):
     """The training checkpoint's plain entries, and summaries of its state objects."""
-    meta = {key: _summary(value) for key, value in obj.items() if key not in _STATE_OBJECTS}
+    meta = {key: summary(value) for key, value in obj.items() if key not in _STATE_OBJECTS}
     optimizer = obj.get("optimizer")
     if isinstance(optimizer, dict) and isinstance(optimizer.get("param_groups"), list):
         meta["optimizer"] = {
-            "param_groups": [_summary({k: v for k, v in group.items() if k != "params"})
+            "param_groups": [summary({k: v for k, v in group.items() if k != "params"})
                              for group in optimizer["param_groups"] if isinstance(group, dict)],
             "state_entries": len(optimizer.get("state") or {})}
     elif "optimizer" in obj:
         meta["optimizer"] = _describe(optimizer)
     for key in ("scheduler", "scaler"):
         if key in obj:
-            meta[key] = _summary(obj[key])
+            meta[key] = summary(obj[key])
     return meta
 
 
@@ -384,20 +385,41 @@ def _fan_in_summary(masks):
     return fan_in, ablated
 
 
-def _summary(value):
-    """``value`` as plain data: 0-d arrays as numbers, arrays and Placeholders as strings."""
-    from .torch_format import is_placeholder
-    if is_placeholder(value):
-        return f"{value.module}.{value.name}"
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.item() if value.ndim == 0 else f"array {value.dtype} {value.shape}"
-    if isinstance(value, dict):
-        return {key: _summary(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_summary(item) for item in value]
-    return value
+class _Summary:
+    """``summary(value)``: ``value`` as plain data, for a report: 0-d arrays as numbers,
+    arrays and Placeholders as strings, containers rebuilt as dicts and lists.
+
+    A file's metadata is spelled out at most ``NODES`` values in all (a pickle can put
+    one list in itself, or share it down a chain of tuples so that spelling it out
+    takes 2**depth steps) and ``DEPTH`` containers deep; past either, and for an
+    integer too long to print, a short description ("<list of 9000 items>") stands in
+    for the value.
+    """
+
+    NODES = 20_000
+    DEPTH = 16
+
+    def __init__(self):
+        self.left = self.NODES
+
+    def __call__(self, value, depth=0):
+        from .torch_format import is_placeholder
+        if is_placeholder(value):
+            return f"{value.module}.{value.name}"
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.item() if value.ndim == 0 else f"array {value.dtype} {value.shape}"
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+            return f"<integer of {value.bit_length()} bits>"
+        if isinstance(value, (dict, list, tuple)):
+            if depth >= self.DEPTH or len(value) > self.left:
+                return f"<{type(value).__name__} of {len(value)} items>"
+            self.left -= len(value)   # its items, spelled out or described, each one value
+            if isinstance(value, dict):
+                return {key: self(item, depth + 1) for key, item in value.items()}
+            return [self(item, depth + 1) for item in value]
+        return value
 
 
 def _describe(obj):

@@ -2,7 +2,7 @@
 
 ``np.savez`` writes a zip of ``<key>.npy`` members. ``np.load`` reads one back trusting
 the sizes the zip and each .npy header declare, so a small file can make it allocate
-gigabytes. ``read_npz(path)`` is how srigl_np reads every .npz (training checkpoints,
+gigabytes. ``NpzReader(path)`` is how srigl_np opens every .npz (training checkpoints,
 condensed models, scipy.sparse matrices), and it trusts nothing, in this order:
 
 1. The file is a zip archive. A lone .npy array, a pickle or anything else is refused
@@ -10,13 +10,21 @@ condensed models, scipy.sparse matrices), and it trusts nothing, in this order:
 2. Every member is named ``<key>.npy``, once, unencrypted, stored or deflated.
 3. A member's declared size is what its bytes can hold: a stored member holds exactly
    its stored bytes, a deflated one at most ``MAX_DEFLATE_RATIO`` times them (deflate
-   cannot do better than about 1032:1, so a bigger claim is a lie), and no two members
-   share bytes (overlapping members are how a small zip inflates many times over).
-4. Its .npy header (version 1.0 or 2.0, at most ``MAX_HEADER_SIZE`` bytes) declares a
+   cannot do better than about 1032:1, so a bigger claim is a lie), its bytes lie
+   inside the file, and no two members share bytes (overlapping members are how a
+   small zip inflates many times over).
+4. The members declare at most ``fileio.max_bytes()`` in all (4 GiB unless
+   ``$SRIGL_NP_MAX_BYTES`` says more).
+5. Its .npy header (version 1.0 or 2.0, at most ``MAX_HEADER_SIZE`` bytes) declares a
    dtype without Python objects and a shape whose bytes, after the header, are exactly
    the member's declared size.
-5. Only when every member passes are they read, through ``zipfile``, which inflates
-   no further than the declared size and checks the CRC at the end.
+
+Only then is ``members`` ({key: Member}, each member's declared shape and dtype)
+there to see, so that a caller who knows what the file should hold (a checkpoint's
+model, a condensed model's stages) refuses a stray member, or one of the wrong shape,
+before any is read; ``read(key)`` then reads one, through ``zipfile``, which inflates
+no further than the declared size and checks the CRC at the end. ``read_npz(path)``
+reads them all.
 
 Every refusal is an ``NpzError``, a ValueError of one line naming the file and, when
 one is to blame, the member; its ``reason`` is the line without the file, for callers
@@ -28,8 +36,11 @@ import os
 import struct
 import zipfile
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
+
+from ..fileio import over_max_bytes
 
 # Deflate cannot compress by more than about 1032:1; a member claiming more is a lie.
 MAX_DEFLATE_RATIO = 1100
@@ -38,8 +49,9 @@ MAX_HEADER_SIZE = 10000
 
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}
-# What zipfile and zlib raise on a damaged member, besides ValueError.
-_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError)
+# What zipfile and zlib raise on a damaged member, besides ValueError (and zipfile's
+# NotImplementedError for a member flagged as patched data or strongly encrypted).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError)
 
 
 class NpzError(ValueError):
@@ -50,34 +62,110 @@ class NpzError(ValueError):
         self.path, self.reason = path, reason
 
 
-def read_npz(path):
-    """{key: array} of the .npz at ``path`` (a path or a binary file object), every
-    member checked as the module docstring says before any is read; the arrays are
-    what ``np.load(path, allow_pickle=False)`` gives. NpzError otherwise."""
-    try:
-        file = open(path, "rb") if _is_path(path) else path
-    except OSError as exc:
-        raise NpzError(path, _one_line(exc)) from None
-    try:
+@dataclass(frozen=True)
+class Member:
+    """What a member's .npy header declares: the array it holds, before it is read."""
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self):
+        return self.size * self.dtype.itemsize
+
+
+class NpzReader:
+    """The .npz at ``path`` (a path or a binary file object), every member checked as the
+    module docstring says: ``members`` {key: Member} in the archive's order, ``read(key)``
+    the array ``np.load(path, allow_pickle=False)[key]`` gives. A context manager;
+    NpzError for anything unsafe or unreadable."""
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self._file = open(path, "rb") if _is_path(path) else path
+        except OSError as exc:
+            raise NpzError(path, _one_line(exc)) from None
+        try:
+            self._archive = self._open()
+        except BaseException:
+            self._close_file()
+            raise
+
+    def _open(self):
+        path, file = self.path, self._file
         _check_head(path, file)
         try:
             archive = zipfile.ZipFile(file)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
-                struct.error, OverflowError, NotImplementedError) as exc:
+                struct.error, OverflowError, NotImplementedError, MemoryError) as exc:
             raise NpzError(path, f"not an .npz archive ({_one_line(exc)})") from None
-        with archive:
+        try:
             infos = archive.infolist()
             for info in infos:
                 _check_entry(path, info)
             _check_unique(path, infos)
-            _check_no_overlap(path, infos)
-            for info in infos:
-                _check_header(path, archive, info)
-            return {info.filename[:-len(".npy")]: _read_member(path, archive, info)
-                    for info in infos}
-    finally:
-        if file is not path:
-            file.close()
+            _check_inside(path, infos, _file_size(file))
+            reason = over_max_bytes(sum(info.file_size for info in infos), "its members declare")
+            if reason:
+                raise NpzError(path, reason)
+            self._infos = {info.filename[:-len(".npy")]: info for info in infos}
+            self.members = {key: _check_header(path, archive, info)
+                            for key, info in self._infos.items()}
+        except BaseException:
+            archive.close()
+            raise
+        return archive
+
+    def read(self, key):
+        """The array of member ``key`` (KeyError for a key not in ``members``)."""
+        info = self._infos[key]
+        try:
+            with self._archive.open(info) as member:
+                return np.lib.format.read_array(member, allow_pickle=False,
+                                                max_header_size=MAX_HEADER_SIZE)
+        except _DAMAGED + (ValueError,) as exc:   # ValueError: "EOF: reading array data"
+            raise NpzError(self.path, _damaged(info.filename, exc)) from None
+        except MemoryError:
+            raise NpzError(self.path, f"member {info.filename!r} declares "
+                                      f"{self.members[key].nbytes} bytes, more memory than "
+                                      f"there is") from None
+
+    def close(self):
+        self._archive.close()
+        self._close_file()
+
+    def _close_file(self):
+        if self._file is not self.path:
+            self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def read_npz(path):
+    """{key: array} of the .npz at ``path`` (a path or a binary file object), every
+    member checked as the module docstring says before any is read; the arrays are
+    what ``np.load(path, allow_pickle=False)`` gives. NpzError otherwise."""
+    with NpzReader(path) as npz:
+        return {key: npz.read(key) for key in npz.members}
+
+
+def _file_size(file):
+    position = file.tell()
+    size = file.seek(0, os.SEEK_END)
+    file.seek(position)
+    return size
 
 
 def _is_path(path):
@@ -124,7 +212,8 @@ def _check_entry(path, info):
                              f"its {info.compress_size} stored bytes can hold")
 
 
-def _check_no_overlap(path, infos):
+def _check_inside(path, infos, file_size):
+    """Every member's bytes lie inside the file, and no two members share any."""
     # A member's bytes start after its 30-byte local header (and its name), so an
     # honest archive never has one member's header inside the bytes of the one before.
     previous_end, previous = 0, None
@@ -133,6 +222,10 @@ def _check_no_overlap(path, infos):
             raise NpzError(path, f"members {previous!r} and {info.filename!r} overlap "
                                  f"(a zip bomb?)")
         previous_end, previous = info.header_offset + 30 + info.compress_size, info.filename
+        if previous_end > file_size:
+            raise NpzError(path, f"member {info.filename!r} declares {info.compress_size} "
+                                 f"bytes at offset {info.header_offset}, past the end of the "
+                                 f"{file_size}-byte file (truncated?)")
 
 
 def _check_unique(path, infos):
@@ -172,15 +265,7 @@ def _check_header(path, archive, info):
         raise NpzError(path, f"member {name!r}: its .npy header declares shape {shape} of "
                              f"{dtype} ({data} bytes), but the member holds "
                              f"{info.file_size - header_end}")
-
-
-def _read_member(path, archive, info):
-    try:
-        with archive.open(info) as member:
-            return np.lib.format.read_array(member, allow_pickle=False,
-                                            max_header_size=MAX_HEADER_SIZE)
-    except _DAMAGED + (ValueError,) as exc:   # ValueError: numpy's "EOF: reading array data"
-        raise NpzError(path, _damaged(info.filename, exc)) from None
+    return Member(tuple(shape), dtype)
 
 
 def _damaged(name, exc):

@@ -26,30 +26,71 @@ its constructor. The invariants, for a matrix of ``shape`` (n_rows, n_cols):
                   (-n_rows, n_cols) (a diagonal that meets the matrix)
 
 Entries past nnz in csr, csc and bsr are dropped, as scipy's constructor drops them.
+Only the members a matrix needs are read (another member is never inflated), and the ones
+that hold an entry each (data, indices, row, col) must declare one length before any of
+them is read.
 """
 
 import numpy as np
 
-from .npz import NpzError, read_npz
+from .npz import NpzError, NpzReader
 
 # Rows and columns of a matrix: at most 2**24 each. Far beyond any layer's neurons or
 # inputs, and it bounds what converting to CSR allocates (one integer per row), which
 # the audit and condense both do.
 MAX_DIMENSION = 2**24
 FORMATS = ("csr", "csc", "bsr", "coo", "dia")
+# Members declaring more than this are checked against each other before any is read.
+PRECHECK_BYTES = 16 * 2**20
 
 
 def load_sparse_npz(path):
     """The scipy.sparse array or matrix in the ``save_npz`` file at ``path``; one-line
     ValueError "<path>: not a readable scipy.sparse .npz (<why>)" otherwise."""
     try:
-        members = read_npz(path)
+        with NpzReader(path) as npz:
+            return _build(path, _Members(npz))
     except NpzError as exc:
         raise ValueError(f"{path}: not a readable scipy.sparse .npz ({exc.reason})") from None
-    try:
-        return _build(path, members)
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise ValueError(f"{path}: not a readable scipy.sparse .npz ({exc})") from None
+
+
+class _Members:
+    """The archive's members as ``_build`` asks for them, each read when first asked."""
+
+    def __init__(self, npz):
+        self.npz, self.read = npz, {}
+
+    def __contains__(self, key):
+        return key in self.npz.members
+
+    def __getitem__(self, key):
+        if key not in self.read:
+            self.read[key] = self.npz.read(key)
+        return self.read[key]
+
+    def get(self, key):
+        return self[key] if key in self else None
+
+    def check_lengths(self, keys):
+        """The members ``keys`` (those present) declare one length, as scipy requires;
+        checked before reading only where a member is big enough for reading it to matter
+        (``check_members`` words what is wrong with small ones more precisely)."""
+        present = [key for key in keys if key in self]
+        if max((_declared_bytes(self.npz.members[key]) for key in present), default=0) \
+                <= PRECHECK_BYTES:
+            return
+        lengths = {key: self.npz.members[key].shape[:1] for key in present}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{key} {shape}" for key, shape in lengths.items())
+            raise ValueError(f"members holding one entry each declare different lengths: "
+                             f"{shown}")
+
+
+def _declared_bytes(member):
+    """The bytes a member's .npy header declares."""
+    return int(np.prod(member.shape, dtype=np.float64)) * member.dtype.itemsize
 
 
 def _member(members, key):
@@ -98,6 +139,8 @@ def _build(path, members):
         raise NotImplementedError(f"Load is not implemented for sparse matrix of format "
                                   f"{sparse_format}.")
     cls = getattr(scipy.sparse, sparse_type)
+    members.check_lengths(("data", "indices") if sparse_format in ("csc", "csr", "bsr") else
+                          ("data", "row", "col") if sparse_format == "coo" else ())
     arrays = check_members(sparse_format, members)
     shape = arrays.pop("shape")
     if sparse_format in ("csc", "csr", "bsr"):

@@ -15,6 +15,7 @@ the contents. The kinds, in the order they are told apart:
 """
 
 import os
+import struct
 import zipfile
 
 from ..fileio import file_kind
@@ -26,10 +27,12 @@ SCIPY_MEMBERS = ({"format.npy"}, {"indptr.npy", "indices.npy"}, {"row.npy", "col
 
 
 def _zip_names(path):
+    # None for what is no readable zip: the torch reader, last in line, says why.
     try:
         with zipfile.ZipFile(path) as archive:
             return set(archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+            struct.error, OverflowError, NotImplementedError, MemoryError):
         return None
 
 

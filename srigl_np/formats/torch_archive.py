@@ -3,19 +3,22 @@
 ``_check_head`` tells the zip format ``torch.save`` writes from what it is not (the
 legacy pickle and tar formats, a bare pickle, anything else) and refuses those with a
 reason. ``_Archive`` reads the zip with bounds checks of our own: every entry must fit
-in the file and no two may overlap, no entry is read past the size the central
-directory declares, and a compressed entry may not declare more than deflate can give
-and is inflated at most to that size.
+in the file and no two may overlap, the entries may declare at most
+``fileio.max_bytes()`` in all, no entry is read past the size the central directory
+declares, and a compressed entry may not declare more than deflate can give and is
+inflated at most to that size. ``present_bytes`` (the storage bytes the file holds)
+and ``inflation`` (what reading a compressed storage would add) let the finaliser
+bound what tensors take by what the file holds.
 """
 
 import struct
 import zipfile
 import zlib
 
+from ..fileio import over_max_bytes
 from .torch_records import _Malformed, _one_line
 
 _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-_MAX_INFLATED_BYTES = 1 << 32   # a compressed entry may declare at most this many bytes
 _MAX_DEFLATE_RATIO = 1032       # deflate cannot do better; a bigger claim is a lie
 
 
@@ -52,6 +55,9 @@ class _Archive:
         self.entries = {info.filename.partition("/")[2]: info for info in infos}
         for info in infos:
             self._check_declared(info)
+        reason = over_max_bytes(sum(info.file_size for info in infos), "its entries declare")
+        if reason:
+            raise _Malformed(reason)
         previous_end, previous = 0, None
         for info in sorted(infos, key=lambda info: info.header_offset):
             if info.header_offset < previous_end:
@@ -71,9 +77,8 @@ class _Archive:
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise _Malformed(f"stored {name} declares {info.compress_size} bytes stored but "
                              f"{info.file_size} bytes of content")
-        if info.compress_type != zipfile.ZIP_STORED and (
-                info.file_size > _MAX_INFLATED_BYTES
-                or info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024):
+        if (info.compress_type != zipfile.ZIP_STORED
+                and info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 1024):
             raise _Malformed(f"compressed {name} declares an absurd {info.file_size} bytes "
                              f"from {info.compress_size} compressed bytes")
 
@@ -120,7 +125,8 @@ class _Archive:
             # zipfile inflates no further than the declared size and checks the CRC at its end.
             with self.zip.open(info) as entry:
                 data = entry.read(nbytes)
-        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError) as error:
+        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError,
+                NotImplementedError) as error:
             raise _Malformed(f"entry {full} is damaged ({_one_line(error)})") from None
         if len(data) != nbytes:
             raise _Malformed(f"entry {full} is truncated")
@@ -139,9 +145,18 @@ class _Archive:
                              f"fewer than the {ref.nbytes} declared for it")
         return data
 
-    def storage_bytes(self):
-        return sum(info.file_size for name, info in self.entries.items()
+    def present_bytes(self):
+        """The storage bytes the file holds: its data/ entries as stored (compressed)."""
+        return sum(info.compress_size for name, info in self.entries.items()
                    if name.startswith("data/"))
+
+    def inflation(self, ref):
+        """The bytes reading storage ``ref`` would add beyond what the file holds: its
+        size, for a compressed storage not read yet; 0 otherwise."""
+        info = self.entries.get(f"data/{ref.key}")
+        if ref.key in self.storages or info is None or info.compress_type == zipfile.ZIP_STORED:
+            return 0
+        return ref.nbytes
 
 
 def _check_head(head):

@@ -27,8 +27,14 @@ anything is allocated. The reader is four modules, one concept each:
     torch_records   what the pickle builds: inert records (storages, tensors to rebuild,
                     numpy dtypes and arrays), ``Placeholder``, the element types
     torch_tensors   the finaliser: each storage read once, every tensor's size, stride
-                    and offset checked inside its storage before a view is taken,
-                    stride-0 expansion capped, each view copied into a NumPy array
+                    and offset checked inside its storage before a view is taken, what
+                    the tensors take bounded by the storage bytes the file holds, each
+                    view copied into a NumPy array
+
+Every size is bounded before it is read: the entries by ``fileio.max_bytes()`` in all
+(4 GiB unless ``$SRIGL_NP_MAX_BYTES`` says more), data.pkl by ``MAX_PICKLE_BYTES`` and
+what its opcodes would build by ``torch_pickle.MAX_PICKLE_COST``, the tensors by 4x
+the storage bytes the file holds.
 
 Every refusal is a ``TorchFormatError`` with one line naming the file and the problem.
 """
@@ -36,7 +42,7 @@ Every refusal is a ``TorchFormatError`` with one line naming the file and the pr
 import os
 
 from .torch_archive import _Archive, _byteorder, _check_head
-from .torch_pickle import _check_protocol, _unpickle
+from .torch_pickle import MAX_PICKLE_BYTES, _check_protocol, _unpickle
 from .torch_records import Placeholder, _Malformed, _one_line, is_placeholder
 from .torch_tensors import _Finalizer
 
@@ -62,6 +68,8 @@ def load(path):
         return _load(path)
     except _Malformed as error:
         raise TorchFormatError(f"{path}: {error}") from None
+    except MemoryError:   # the bounds below should make this unreachable; never a traceback
+        raise TorchFormatError(f"{path}: needs more memory than there is to read") from None
 
 
 def _load(path):
@@ -90,6 +98,10 @@ def _load(path):
             raise _Malformed(f"zip archive has no {archive.top or '<top>'}/data.pkl, so it is "
                              f"not a torch.save checkpoint")
         byteorder = _byteorder(archive)
+        pickle_bytes = archive.entries["data.pkl"].file_size
+        if pickle_bytes > MAX_PICKLE_BYTES:
+            raise _Malformed(f"data.pkl declares {pickle_bytes} bytes, more than the "
+                             f"{MAX_PICKLE_BYTES} a checkpoint's object graph takes")
         data = archive.read("data.pkl")
         _check_protocol(data)
         graph = _unpickle(data)

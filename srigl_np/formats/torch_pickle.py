@@ -9,8 +9,11 @@ bytes, bytearray and complex with type-checked arguments. It refuses every globa
 module that reaches the interpreter, the OS, files or the network (``_DENIED_MODULES``),
 and turns anything else into an inert ``Placeholder``. Before any of that,
 ``_check_opcodes`` walks the opcodes (pickletools.genops, which runs nothing) to refuse
-memo slots that would make CPython's unpickler allocate gigabytes. What the rebuild
-functions return are the records of ``torch_records``.
+memo slots that would make CPython's unpickler allocate gigabytes, and adds up what each
+opcode may build (a stack slot, a container, a string, a placeholder class): a pickle
+that would build more than ``MAX_PICKLE_COST`` bytes of objects is refused before it
+runs, however it gets there (a few kilobytes of DUP, EMPTY_SET or GLOBAL opcodes build
+megabytes). What the rebuild functions return are the records of ``torch_records``.
 """
 
 import io
@@ -182,6 +185,21 @@ _DENIED_MODULES = frozenset({
 
 # -- the unpickler ------------------------------------------------------------------------
 
+# data.pkl may hold at most this many bytes (a state_dict of 20,000 tensors takes ~3 MB)
+# and build at most MAX_PICKLE_COST bytes of objects, by _check_opcodes' count.
+MAX_PICKLE_BYTES = 16 << 20
+MAX_PICKLE_COST = 64 << 20
+# What one opcode may build, in bytes (CPython's object sizes, rounded up): the default
+# covers a stack slot, a memo entry, a number and its place in a list or dict; a string
+# or bytes opcode adds 4 bytes per character of its argument (a str of UCS-4).
+_OPCODE_COST = {"EMPTY_SET": 256, "FROZENSET": 256, "EMPTY_DICT": 128, "DICT": 128,
+                "EMPTY_LIST": 96, "LIST": 96, "REDUCE": 512, "NEWOBJ": 512,
+                "NEWOBJ_EX": 512, "OBJ": 512, "GLOBAL": 2048, "STACK_GLOBAL": 2048,
+                "INST": 2048}
+_DEFAULT_COST = 64
+# A new placeholder class for every distinct global: a type object is ~1 kB.
+MAX_PLACEHOLDER_CLASSES = 4096
+
 class _Unpickler(pickle.Unpickler):
     """An unpickler that imports nothing: see the module docstring."""
 
@@ -202,6 +220,9 @@ class _Unpickler(pickle.Unpickler):
             raise _Malformed(f"unsupported tensor kind {module}.{name} (quantized, sparse, "
                              f"nested or subclass tensors cannot be read)")
         if (module, name) not in self._placeholders:
+            if len(self._placeholders) >= MAX_PLACEHOLDER_CLASSES:
+                raise _Malformed(f"data.pkl names more than {MAX_PLACEHOLDER_CLASSES} "
+                                 f"distinct classes or functions")
             self._placeholders[module, name] = _placeholder_class(module, name)
         return self._placeholders[module, name]
 
@@ -236,11 +257,21 @@ def _check_protocol(data):
 def _check_opcodes(data):
     """Walk the pickle's opcodes without running any. CPython's unpickler grows its memo
     to whatever slot a PUT names, so a 12-byte pickle could claim gigabytes; an honest
-    pickle numbers its slots in order, one opcode or more apart."""
+    pickle numbers its slots in order, one opcode or more apart. And the objects the
+    opcodes would build, by ``_OPCODE_COST``, must stay within MAX_PICKLE_COST: the walk
+    stops as soon as they would not (so it also bounds the time it takes)."""
+    cost = 0
     try:
         for count, (opcode, arg, _) in enumerate(pickletools.genops(data)):
             if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and arg > count:
                 raise _Malformed(f"data.pkl stores memo slot {arg} after only {count} opcodes")
+            cost += _OPCODE_COST.get(opcode.name, _DEFAULT_COST)
+            if isinstance(arg, (str, bytes, bytearray)):
+                cost += 4 * len(arg)
+            if cost > MAX_PICKLE_COST:
+                raise _Malformed(f"data.pkl would build more than {MAX_PICKLE_COST >> 20} MiB "
+                                 f"of objects (by opcode {count}, a {opcode.name}); a "
+                                 f"checkpoint's object graph is far smaller")
     except _Malformed:
         raise
     except Exception as error:  # genops raises ValueError and friends on bad bytes

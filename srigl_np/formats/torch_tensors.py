@@ -2,20 +2,30 @@
 
 ``_Finalizer`` walks the object graph once, replacing each record by its value and
 keeping shared objects shared. Each tensor's storage is read once; its size, stride
-and offset must lie inside the storage *before* a view is taken, stride-0 views may
-not expand the file's storage bytes more than 4x (plus ``_EXPANSION_SLACK``), and each
-view is copied into a NumPy array of native byte order.
+and offset must lie inside the storage *before* a view is taken, and each view is
+copied into a NumPy array of native byte order. What the tensors take is bounded by
+what the file holds, before anything is allocated: all the tensors together (and the
+compressed storages they inflate) at most ``_EXPANSION`` times the storage bytes the
+file holds, plus ``_EXPANSION_SLACK``, and at most ``fileio.max_bytes()``. So
+stride-0 views, many tensors over one storage, one tensor referenced many times (each
+reference counts: whoever reads the graph copies it once per reference), a storage
+declared huge behind a small tensor, or a compressed storage that inflates a
+thousandfold cannot make a small file take gigabytes. (An honest file's tensors take
+about what its storages hold: twice for bfloat16, which is widened, or for a storage
+two tensors share.)
 """
 
 import math
 
 import numpy as np
 
+from ..fileio import over_max_bytes
 from .torch_records import (_ELEMENTS, Placeholder, _Malformed, _NumpyArray, _NumpyDtype,
                             _PlaceholderType, _placeholder_class, _StorageRef, _StorageType,
                             _tensor_ref, _TensorRef)
 
-_EXPANSION_SLACK = 1 << 26      # bytes tensors may occupy beyond 4x the storages' bytes
+_EXPANSION = 4                  # tensors may take this many times the storage bytes held,
+_EXPANSION_SLACK = 1 << 24      # plus this many bytes (an expanded scalar, a small file)
 
 
 class _Finalizer:
@@ -30,7 +40,9 @@ class _Finalizer:
     def __init__(self, archive, byteorder):
         self.archive, self.byteorder = archive, byteorder
         self.memo = {}
-        self.bytes_left = 4 * archive.storage_bytes() + _EXPANSION_SLACK
+        self.present = archive.present_bytes()
+        self.bytes_left = _EXPANSION * self.present + _EXPANSION_SLACK
+        self.bytes_taken = 0
 
     def __call__(self, obj):
         if isinstance(obj, self._ATOMS):
@@ -40,6 +52,8 @@ class _Finalizer:
             raise _Malformed("pickle builds a tuple or set that contains itself "
                              "(through a list or dict)")
         if done is not None:
+            if isinstance(done, np.ndarray):   # one more reference to an array: a
+                self._take(done.nbytes, done.shape)   # reader copies it once per reference
             return done
         if isinstance(obj, dict):
             new = self.memo[id(obj)] = {}
@@ -98,11 +112,7 @@ class _Finalizer:
                              f"{tensor.offset} needs {needed} bytes of storage "
                              f"{tensor.storage.key}, which has only {storage_bytes}")
         result_bytes = n_elements * np.dtype(result_dtype).itemsize
-        if result_bytes > self.bytes_left:
-            raise _Malformed(f"tensors would expand to more than 4x the file's storage bytes "
-                             f"(a tensor of size {tensor.size} from a {storage_bytes}-byte "
-                             f"storage)")
-        self.bytes_left -= result_bytes
+        self._take(result_bytes + self.archive.inflation(tensor.storage), tensor.size)
         data = self.archive.storage(tensor.storage)
         order = "<" if self.byteorder == "little" else ">"
         flat = np.frombuffer(data, dtype=np.dtype(raw_code).newbyteorder(order),
@@ -117,13 +127,28 @@ class _Finalizer:
         view = np.lib.stride_tricks.as_strided(flat[tensor.offset:], shape=tensor.size,
                                                strides=strides, writeable=False)
         if tensor.dtype == "bfloat16":  # the top 16 bits of a float32
-            array = (view.astype(np.uint32) << 16).view(np.float32)
+            array = view.astype(np.uint32)
+            array <<= 16
+            array = array.view(np.float32)
         elif tensor.dtype == "bool":
             array = view != 0
         else:
             array = np.array(view, dtype=result_dtype, order="C")
+        array = np.asarray(array)  # a comparison gives a 0-d tensor back as a scalar
         if tensor.negative:
-            array = np.negative(array)
+            np.negative(array, out=array)
         if tensor.conjugate:
-            array = np.conjugate(array)
-        return np.asarray(array)  # ufuncs give 0-d tensors back as scalars
+            np.conjugate(array, out=array)
+        return array
+
+    def _take(self, nbytes, shape):
+        """Count ``nbytes`` more taken, for a tensor of ``shape``; refuse past the bounds."""
+        if nbytes > self.bytes_left:
+            raise _Malformed(f"tensors would expand to more than {_EXPANSION}x the "
+                             f"{self.present} storage bytes the file holds (at a tensor of "
+                             f"size {tuple(shape)})")
+        reason = over_max_bytes(self.bytes_taken + nbytes, "its tensors would take")
+        if reason:
+            raise _Malformed(reason)
+        self.bytes_left -= nbytes
+        self.bytes_taken += nbytes

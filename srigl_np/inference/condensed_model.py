@@ -8,8 +8,9 @@ layers that are not constant fan-in, the element-wise steps between layers, and
 follows ``condensed.Stage``: it computes on its input's device, and saves, loads and
 moves through one description of its arrays and settings.
 
-File format (a ``.npz`` written atomically, read by ``formats.npz.read_npz``: never
-unpickled, every member checked before it is inflated), format_version 1:
+File format (a ``.npz`` written atomically, read by ``formats.npz.NpzReader``: never
+unpickled, every member checked before it is inflated, and no member read that the
+metadata's stages do not name), format_version 1:
 
     format_version   int64 scalar, 1
     metadata         str scalar, JSON {"format": "srigl_np.condensed",
@@ -30,8 +31,8 @@ import math
 import numpy as np
 
 from ..backend import array_module, parse_device, select
-from ..fileio import atomic_write
-from ..formats.npz import NpzError, read_npz
+from ..fileio import MAX_JSON_CHARS, atomic_write, parse_json
+from ..formats.npz import NpzError, NpzReader
 from ..kernels import max_pool2d
 from ..nn.layers import MaxPool2d
 from ..validation import check_array, positive_int
@@ -376,46 +377,57 @@ def load(path):
 
     A file that is not such an archive, has another format_version, lacks or adds
     arrays or settings, or holds arrays of the wrong dtype, shape or range is refused
-    with a ValueError or TypeError saying what is wrong. The model is on the CPU.
+    with a ValueError or TypeError saying what is wrong. The metadata is read first and
+    a member it does not name is refused before any array is read. The model is on
+    the CPU.
     """
     try:
-        arrays = read_npz(path)
+        with NpzReader(path) as npz:
+            return _load_archive(path, npz)
     except NpzError as exc:
-        raise ValueError(f"{path!s} is not a readable .npz file: {exc.reason}") from exc
-    return _load_archive(path, arrays)
+        raise ValueError(f"{path!s} is not a readable .npz file: {exc.reason}") from None
 
 
-def _load_archive(path, arrays):
-    keys = set(arrays)
+def _load_archive(path, npz):
+    keys = set(npz.members)
     for key in ("format_version", "metadata"):
         if key not in keys:
             raise ValueError(f"{path!s} lacks '{key}': not a condensed model file")
-    version = arrays["format_version"]
-    if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+    declared = npz.members["format_version"]
+    if declared.shape != () or declared.dtype.kind not in "iu":
+        raise ValueError(f"format_version must be {FORMAT_VERSION}, got a {declared.dtype} "
+                         f"array of shape {declared.shape}")
+    version = npz.read("format_version")
+    if int(version) != FORMAT_VERSION:
         raise ValueError(f"format_version must be {FORMAT_VERSION}, got {version!r}")
-    metadata = _parse_metadata(arrays["metadata"])
-    stages, used = [], {"format_version", "metadata"}
-    for i, meta in enumerate(metadata["stages"]):
-        stage, stage_keys = _load_stage(i, meta, arrays, keys)
-        stages.append(stage)
-        used |= stage_keys
-    if keys - used:
-        raise ValueError(f"unexpected arrays in {path!s}: {sorted(keys - used)}")
+    metadata = _parse_metadata(path, npz)
+    stage_types = [_stage_type(i, meta) for i, meta in enumerate(metadata["stages"])]
+    named = {"format_version", "metadata"} | {
+        f"stage{i}.{name}" for i, stage_type in enumerate(stage_types)
+        for name in stage_type.ARRAYS + stage_type.OPTIONAL}
+    if keys - named:   # refused before any of them is read
+        raise ValueError(f"unexpected arrays in {path!s}: {sorted(keys - named)}")
+    stages = [_load_stage(i, meta, stage_type, npz)
+              for i, (meta, stage_type) in enumerate(zip(metadata["stages"], stage_types))]
     return CondensedModel(stages, input_stats=metadata.get("input_stats"),
                           n_classes=metadata.get("n_classes"))
 
 
-def _load_stage(i, meta, arrays, keys):
-    """Stage ``i`` rebuilt from its metadata entry and arrays, and the keys it used."""
+def _stage_type(i, meta):
     stage_type = STAGE_TYPES.get(meta.get("type") if isinstance(meta, dict) else None)
     if stage_type is None:
-        raise ValueError(f"stage {i} has unknown type {meta!r}; known: {sorted(STAGE_TYPES)}")
-    fields, used = {}, set()
+        raise ValueError(f"stage {i} has unknown type {meta!r:.200}; known: "
+                         f"{sorted(STAGE_TYPES)}")
+    return stage_type
+
+
+def _load_stage(i, meta, stage_type, npz):
+    """Stage ``i`` rebuilt from its metadata entry and the archive's arrays."""
+    fields = {}
     for name in stage_type.ARRAYS + stage_type.OPTIONAL:
         key = f"stage{i}.{name}"
-        if key in keys:
-            fields[name] = arrays[key]
-            used.add(key)
+        if key in npz.members:
+            fields[name] = npz.read(key)
         elif name in stage_type.ARRAYS:
             raise ValueError(f"stage {i} ({stage_type.kind}) lacks array '{key}'")
     unknown = set(meta) - {"type"} - set(stage_type.SETTINGS)
@@ -426,18 +438,23 @@ def _load_stage(i, meta, arrays, keys):
             raise ValueError(f"stage {i} ({stage_type.kind}) lacks setting '{name}'")
         fields[name] = meta[name]
     try:
-        return stage_type.from_fields(**fields), used
+        return stage_type.from_fields(**fields)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"stage {i} ({stage_type.kind}): {exc}") from exc
 
 
-def _parse_metadata(raw):
-    if raw.shape != () or raw.dtype.kind != "U":
-        raise ValueError(f"metadata must be a JSON string, got {raw.dtype} {raw.shape}")
+def _parse_metadata(path, npz):
+    declared = npz.members["metadata"]
+    if declared.shape != () or declared.dtype.kind != "U":
+        raise ValueError(f"metadata must be a JSON string, got {declared.dtype} "
+                         f"{declared.shape}")
+    if declared.dtype.itemsize // 4 > MAX_JSON_CHARS:   # checked before it is read
+        raise ValueError(f"{path!s}: metadata declares {declared.dtype.itemsize // 4} "
+                         f"characters of JSON, more than the {MAX_JSON_CHARS} srigl_np reads")
     try:
-        metadata = json.loads(str(raw))
+        metadata = parse_json(str(npz.read("metadata")), f"{path!s}: metadata")
     except json.JSONDecodeError as exc:
-        raise ValueError(f"metadata is not valid JSON: {exc}") from exc
+        raise ValueError(f"metadata is not valid JSON: {exc}") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ValueError(f"metadata must name format {FORMAT_NAME!r}")
     if not isinstance(metadata.get("stages"), list):
