@@ -15,7 +15,7 @@ module; tests/test_imports.py pins which folder may import which):
     inference/    condensed layers, CondensedModel and its file, the condense pass
     testing/      the conformance kit (strategies, reference, assertions, check_update)
     bench/        the benchmark package behind python -m srigl_np.bench
-    commands      train, audit (+ model_audit), condense, explain (+ explain_text),
+    commands      train (+ train_config), audit (+ model_audit), condense, explain (+ explain_text),
                   experiments, erk_table: ``python -m srigl_np.<command>``
 Importing the package imports none of these; CuPy is imported only when a GPU is used.
 """

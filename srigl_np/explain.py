@@ -91,7 +91,7 @@ def checkpoint_layer(run_dir, name, *, gradient, images, seed):
     of a run, the gradient from one backward pass (or seeded random)."""
     from .dst.sparsity import sparse_parameter_names
     from .formats.checkpoint import check_finite, check_masks_cover_weights, load_model
-    from .train import checked_config
+    from .train_config import checked_config
 
     run = load_model(run_dir)
     # Trusted no further than --resume trusts it: its config as the trainer's flags

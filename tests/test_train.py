@@ -16,6 +16,7 @@ import pytest
 from srigl_np import data as data_module
 from srigl_np import dst
 from srigl_np import train as train_module
+from srigl_np import train_config
 from srigl_np import validation
 from srigl_np.formats.checkpoint import read_meta
 from train_cli import (ERROR, StopAfterFirstEpoch, lock_holder, rewrite_checkpoint,  # noqa: F401
@@ -71,7 +72,7 @@ def test_help_shows_every_default():
 
 
 def _parse(*argv):
-    return train_module._config_from_args(train_module.make_parser().parse_args(list(argv)))
+    return train_config.config_from_args(train_module.make_parser().parse_args(list(argv)))
 
 
 def test_the_default_method_is_srigl_at_90_percent():
@@ -96,7 +97,7 @@ def _config(out, **overrides):
     args = train_module.make_parser().parse_args(
         ["--dataset", "embedded", "--epochs", "2", "--batch-size", "256", "--lr", "0.05",
          "--seed", "3", "--method", "srigl", "--out", str(out)])
-    config = train_module._config_from_args(args)
+    config = train_config.config_from_args(args)
     config.update(overrides)
     return config
 
@@ -492,8 +493,8 @@ def test_an_older_checkpoint_without_a_data_fingerprint_resumes_with_a_note(
 
 def test_given_flags_tells_the_users_flags_from_defaults():
     parser = train_module.make_parser()
-    assert train_module.given_flags(parser, []) == {}
-    assert train_module.given_flags(parser, ["--epochs", "20", "--nesterov", "--seed=0"]) == {
+    assert train_config.given_flags(parser, []) == {}
+    assert train_config.given_flags(parser, ["--epochs", "20", "--nesterov", "--seed=0"]) == {
         "epochs": "--epochs", "nesterov": "--nesterov", "seed": "--seed"}
 
 
@@ -634,9 +635,9 @@ def test_resume_refuses_a_saved_run_no_trainer_writes_in_one_line(run_copy, caps
 
 def test_checked_config_fills_in_what_older_trainers_did_not_record(trained_once):
     config = read_meta(trained_once / "checkpoint.npz")["config"]
-    assert train_module.checked_config(config, "c") == config
-    old = {k: v for k, v in config.items() if k not in train_module.LEGACY_CONFIG}
-    assert train_module.checked_config(old, "c") == {**config, **train_module.LEGACY_CONFIG}
+    assert train_config.checked_config(config, "c") == config
+    old = {k: v for k, v in config.items() if k not in train_config.LEGACY_CONFIG}
+    assert train_config.checked_config(old, "c") == {**config, **train_config.LEGACY_CONFIG}
 
 
 def test_an_empty_test_set_is_an_error_not_zero_accuracy(tmp_path, capsys, monkeypatch):

@@ -25,6 +25,7 @@ import pytest
 from srigl_np import dst, erk_table
 from srigl_np.dst import authors
 from srigl_np import train as train_module
+from srigl_np import train_config
 from srigl_np.formats.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from srigl_np.nn.layers import Linear, ReLU, Sequential
 from srigl_np.nn.losses import softmax_cross_entropy
@@ -409,7 +410,7 @@ def _arrays(path):
 
 def test_the_cli_defaults_to_the_authors_loop():
     args = train_module.make_parser().parse_args([])
-    config = train_module._config_from_args(args)
+    config = train_config.config_from_args(args)
     assert (config["optimizer_on_update"], config["grad_accumulation"]) == ("step", 1)
 
 
@@ -460,7 +461,7 @@ def test_an_old_config_without_the_loop_options_resumes_skipping(tmp_path, capsy
     def config(out):
         args = train_module.make_parser().parse_args(
             [*_QUICK, "--epochs", "2", "--optimizer-on-update", "skip", "--out", str(out)])
-        return train_module._config_from_args(args)
+        return train_config.config_from_args(args)
 
     train_module.train(config(tmp_path / "full"), log=lambda line: None)
     with pytest.raises(StopAfterFirstEpoch):
