@@ -17,6 +17,7 @@ import pytest
 
 from srigl_np import backend, dst
 from srigl_np import train as train_module
+from srigl_np import train_config
 from srigl_np.backend import array_module, is_cupy_array, on_device_of, to_numpy
 from srigl_np.kernels import col2im, col2im_strided, im2col, im2col_strided
 from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
@@ -173,7 +174,7 @@ def test_build_run_of_a_config_without_device_uses_the_cpu(tmp_path):
     # Checkpoints written before --device existed hold no "device" in their config.
     args = train_module.make_parser().parse_args(
         ["--dataset", "embedded", "--epochs", "1", "--out", str(tmp_path)])
-    config = train_module._config_from_args(args)
+    config = train_config.config_from_args(args)
     assert config["device"] == "cpu"
     del config["device"]
     x_train, *_, model, optimizer, _, _, _ = train_module._build_run(config)
@@ -303,8 +304,8 @@ def test_one_epoch_of_training_on_the_device(device, tmp_path):
     args = ["--dataset", "embedded", "--epochs", "1", "--batch-size", "128", "--lr", "0.05",
             "--method", "srigl", "--delta", "10", "--seed", "2"]
     parser = train_module.make_parser()
-    cpu = train_module._config_from_args(parser.parse_args(args + ["--out", str(tmp_path / "c")]))
-    gpu = train_module._config_from_args(parser.parse_args(
+    cpu = train_config.config_from_args(parser.parse_args(args + ["--out", str(tmp_path / "c")]))
+    gpu = train_config.config_from_args(parser.parse_args(
         args + ["--out", str(tmp_path / "g"), "--device", name]))
     metrics = train_module.train(gpu, log=lambda line: None)
     assert json.load(open(tmp_path / "g" / "metrics.json"))["config"]["device"] == name
