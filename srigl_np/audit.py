@@ -233,6 +233,9 @@ def main(argv=None):
     from .model_audit import audit_source, format_audits, not_finite, open_source
 
     if args.plot is not None:   # before the audit, not after it
+        if not os.path.isdir(args.path):
+            raise ValueError(f"--plot draws a run's audit trail, and {args.path} has none: "
+                             f"give the run directory, not a model file")
         problem = cli.check_output_file("--plot", args.plot, image=True)
         if problem:
             raise ValueError(problem)
