@@ -362,6 +362,20 @@ def test_deep_or_huge_metadata_is_one_line_naming_the_file(saved, tmp_path):
                                              f"of JSON, more than the 4194304 srigl_np reads")
 
 
+def test_a_layer_whose_big_arrays_do_not_fit_its_settings_is_refused_before_reading(
+        saved, tmp_path):
+    """stage0.values swapped for 64 MiB of deflated zeros (a few kB) declaring 4096 rows,
+    more than the layer's n_out: refused from the headers (it was inflated, then
+    refused by the layer's constructor)."""
+    from npz_files import peak_bytes, replace_with_zeros
+    _, path, _ = saved
+    huge = replace_with_zeros(path, tmp_path / "huge.npz", "stage0.values.npy", 64 << 20,
+                              npy_header((4096, 4096)))
+    error, peak = peak_bytes(lambda: load(huge))
+    assert peak < 4 << 20, peak
+    assert str(error).startswith("stage 0 (") and "do not fit its settings" in str(error)
+
+
 def test_load_refuses_files_that_are_not_archives(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_bytes(b"definitely not a zip")

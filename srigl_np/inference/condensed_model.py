@@ -423,6 +423,7 @@ def _stage_type(i, meta):
 
 def _load_stage(i, meta, stage_type, npz):
     """Stage ``i`` rebuilt from its metadata entry and the archive's arrays."""
+    _check_declared(i, meta, stage_type, npz.members)
     fields = {}
     for name in stage_type.ARRAYS + stage_type.OPTIONAL:
         key = f"stage{i}.{name}"
@@ -441,6 +442,39 @@ def _load_stage(i, meta, stage_type, npz):
         return stage_type.from_fields(**fields)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"stage {i} ({stage_type.kind}): {exc}") from exc
+
+
+# A stage whose arrays declare more than this in all has them checked against each other
+# and its settings before any is read (smaller ones are read, and the stage's own checks
+# word what is wrong more precisely).
+PRECHECK_BYTES = 16 * 2**20
+
+
+def _check_declared(i, meta, stage_type, members):
+    """A big condensed layer's arrays as their headers declare them, before any is read:
+    values (n_active, k) with n_active <= n_out and k <= n_in, indices of values' shape,
+    active and bias (n_active,). A file whose arrays do not fit its own settings is
+    refused without inflating them."""
+    declared = {name: members[f"stage{i}.{name}"]
+                for name in stage_type.ARRAYS + stage_type.OPTIONAL
+                if f"stage{i}.{name}" in members}
+    total = sum(int(np.prod(m.shape, dtype=np.float64)) * m.dtype.itemsize
+                for m in declared.values())
+    if total <= PRECHECK_BYTES or "values" not in declared:
+        return
+    n_out, n_in = meta.get("n_out"), meta.get("n_in")
+    values = declared["values"].shape
+    fits = (all(isinstance(v, int) and not isinstance(v, bool) for v in (n_out, n_in))
+            and len(values) == 2 and values[0] <= n_out and values[1] <= n_in
+            and declared.get("indices", declared["values"]).shape == values
+            and all(declared[name].shape == values[:1]
+                    for name in ("active", "bias") if name in declared))
+    if not fits:
+        shapes = ", ".join(f"{name} {m.shape}" for name, m in declared.items())
+        raise ValueError(f"stage {i} ({stage_type.kind}): its arrays ({shapes}) do not fit "
+                         f"its settings n_out={n_out!r}, n_in={n_in!r}: values (n_active, k) "
+                         f"with n_active <= n_out and k <= n_in, indices as values, active "
+                         f"and bias (n_active,)")
 
 
 def _parse_metadata(path, npz):
