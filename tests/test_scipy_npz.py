@@ -231,3 +231,19 @@ def test_only_the_members_of_the_format_are_read(tmp_path):
     assert peak < 1 << 20 and str(error) == (
         f"{long_data}: not a readable scipy.sparse .npz (members holding one entry each "
         f"declare different lengths: data (8388608,), indices (3,))")
+
+
+def test_big_members_with_more_entries_than_the_matrix_has_positions_are_not_read(tmp_path):
+    """data and indices of 8M entries each (deflated zeros, a few kB) beside a 3x3 shape:
+    refused from their headers (they were inflated, 64 MiB, before the checks)."""
+    from npz_files import npy_header, peak_bytes, replace_with_zeros
+    path = tmp_path / "m.npz"
+    scipy.sparse.save_npz(path, scipy.sparse.csr_matrix(np.eye(3, dtype=np.float32)))
+    long_data = replace_with_zeros(path, tmp_path / "d.npz", "data.npy", 32 << 20,
+                                   npy_header((8 << 20,)))
+    both = replace_with_zeros(long_data, tmp_path / "both.npz", "indices.npy", 32 << 20,
+                              npy_header((8 << 20,), "<i4"))
+    error, peak = peak_bytes(lambda: load_sparse_npz(both))
+    assert peak < 1 << 20, peak
+    assert str(error) == (f"{both}: not a readable scipy.sparse .npz (its members declare "
+                          f"8388608 entries, more than the 9 positions of a 3x3 matrix)")

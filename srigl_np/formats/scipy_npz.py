@@ -74,9 +74,11 @@ class _Members:
         return self[key] if key in self else None
 
     def check_lengths(self, keys):
-        """The members ``keys`` (those present) declare one length, as scipy requires;
-        checked before reading only where a member is big enough for reading it to matter
-        (``check_members`` words what is wrong with small ones more precisely)."""
+        """The members ``keys`` (those present) declare one length, as scipy requires,
+        and no more entries than the matrix has positions (the small ``shape`` member is
+        read for that); checked before reading only where a member is big enough for
+        reading it to matter (``check_members`` words what is wrong with small ones more
+        precisely)."""
         present = [key for key in keys if key in self]
         if max((_declared_bytes(self.npz.members[key]) for key in present), default=0) \
                 <= PRECHECK_BYTES:
@@ -86,6 +88,11 @@ class _Members:
             shown = ", ".join(f"{key} {shape}" for key, shape in lengths.items())
             raise ValueError(f"members holding one entry each declare different lengths: "
                              f"{shown}")
+        n_rows, n_cols = _shape(_member(self, "shape"))
+        entries = max((shape[0] for shape in lengths.values() if shape), default=0)
+        if entries > n_rows * n_cols:
+            raise ValueError(f"its members declare {entries} entries, more than the "
+                             f"{n_rows * n_cols} positions of a {n_rows}x{n_cols} matrix")
 
 
 def _declared_bytes(member):
