@@ -5,7 +5,8 @@
                    entry, the total within ``fileio.max_bytes()``, inflation bounded,
                    before anything is read
     checkpoint     the training checkpoint format, and ``load_model`` (a run for inference)
-    scipy_npz      scipy.sparse ``save_npz`` files, read through ``read_npz``
+    scipy_npz      scipy.sparse ``save_npz`` files, read through ``NpzReader`` and checked
+                   in NumPy before any scipy routine sees them
     torch_format   PyTorch checkpoint files read without PyTorch; its parts: torch_archive
                    (the container), torch_pickle (the restricted unpickler), torch_records
                    (what the pickle builds), torch_tensors (the tensor finaliser)

@@ -1,4 +1,4 @@
-"""scipy.sparse matrices saved with ``scipy.sparse.save_npz``, read through ``npz.read_npz``.
+"""scipy.sparse matrices saved with ``scipy.sparse.save_npz``, read through ``npz.NpzReader``.
 
 ``scipy.sparse.load_npz`` reads its file with ``np.load(allow_pickle=False)``, trusting
 the sizes the archive declares, and its constructors check a matrix's arrays only
