@@ -447,7 +447,8 @@ def to_model(imported, *, rng=None):
     """Our model for ``imported`` -> (Sequential or None, masks, notes).
 
     MnistNet's state (conv1, conv2, fc1, fc2 with its shapes) maps onto
-    ``models.build("cnn")``: conv1 -> "0", conv2 -> "2", fc1 -> "7", fc2 -> "10". A
+    ``models.build("cnn")``: conv1 -> "0", conv2 -> "2", fc1 -> "7", fc2 -> "10" (at
+    other widths, onto ``models.cnn_layers`` with those widths). A
     stack of Linear layers (keys "<module>.weight"/"<module>.bias" only, 2-D weights
     whose shapes chain in the file's order) maps onto Sequential(Flatten, Linear,
     ReLU, ..., Linear), module i -> index 2i + 1; a state_dict holds no activations,
@@ -461,10 +462,16 @@ def to_model(imported, *, rng=None):
     """
     rng = np.random.default_rng(0) if rng is None else rng
     state = imported.state_dict
-    key_map, why_not_mnist = _mnist_net_map(state)
+    key_map, widths, why_not_mnist = _mnist_net_map(state)
     if key_map is not None:
-        model = models.build("cnn", rng=rng)
-        notes = ["MnistNet layout -> models.build('cnn'): "
+        channels, hidden = widths
+        if widths == ((32, 64), 128):
+            model, built = models.build("cnn", rng=rng), "models.build('cnn')"
+        else:
+            model = models.cnn_layers(channels, hidden, rng=rng)
+            model.set_rng(rng)
+            built = f"the cnn with channels {channels} and {hidden} hidden units"
+        notes = [f"MnistNet layout -> {built}: "
                  + ", ".join(f"{module} -> {index}" for module, _, index in MNIST_NET)]
     else:
         modules, why_not_stack = _linear_stack(state)
@@ -495,20 +502,27 @@ def to_model(imported, *, rng=None):
 
 
 def _mnist_net_map(state):
-    """({torch key: our key}, None) for MnistNet's state, else (None, why not)."""
+    """({torch key: our key}, (channels, hidden), None) for MnistNet's state, at its
+    widths or narrower/wider ones (conv1 (c1, 1, 3, 3), conv2 (c2, c1, 3, 3), fc1
+    (h, 144 c2), fc2 (10, h)), else (None, None, why not)."""
     expected = {}
     for module, shape, index in MNIST_NET:
-        expected[f"{module}.weight"] = (shape, f"{index}.weight")
-        expected[f"{module}.bias"] = ((shape[0],), f"{index}.bias")
+        expected[f"{module}.weight"] = f"{index}.weight"
+        expected[f"{module}.bias"] = f"{index}.bias"
     if set(state) != set(expected):
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
-        return None, f"missing {missing[:4]}, extra {extra[:4]}"
-    wrong = [f"{key} {state[key].shape} (MnistNet: {shape})"
-             for key, (shape, _) in expected.items() if state[key].shape != shape]
+        return None, None, f"missing {missing[:4]}, extra {extra[:4]}"
+    first, second = state["conv1.weight"].shape[0], state["conv2.weight"].shape[0]
+    hidden = state["fc1.weight"].shape[0]
+    shapes = {"conv1": (first, 1, 3, 3), "conv2": (second, first, 3, 3),
+              "fc1": (hidden, second * 12 * 12), "fc2": (10, hidden)}
+    shapes |= {f"{module}.bias": (shape[0],) for module, shape in list(shapes.items())}
+    wrong = [f"{key} {state[key].shape} (MnistNet: {shapes[key.removesuffix('.weight')]})"
+             for key in expected if state[key].shape != shapes[key.removesuffix(".weight")]]
     if wrong:
-        return None, "MnistNet's keys with other shapes: " + "; ".join(wrong)
-    return {key: ours for key, (_, ours) in expected.items()}, None
+        return None, None, "MnistNet's keys with other shapes: " + "; ".join(wrong)
+    return expected, ((first, second), hidden), None
 
 
 def _linear_stack(state):
