@@ -42,6 +42,7 @@ Mask sources, in the order they are looked for:
 
 import dataclasses
 import os
+import posixpath
 
 import numpy as np
 
@@ -477,7 +478,7 @@ def _fan_in_summary(masks):
 
 class _Summary:
     """``summary(value)``: ``value`` as plain data, for a report: 0-d arrays as numbers,
-    arrays and Placeholders as strings, containers rebuilt as dicts and lists.
+    arrays and Placeholders as strings (a pickled pathlib path as its path), containers rebuilt as dicts and lists.
 
     A file's metadata is spelled out at most ``NODES`` values in all (a pickle can put
     one list in itself, or share it down a chain of tuples so that spelling it out
@@ -495,6 +496,9 @@ class _Summary:
     def __call__(self, value, depth=0):
         from .torch_format import is_placeholder
         if is_placeholder(value):
+            if (value.module == "pathlib" and value.args
+                    and all(isinstance(part, str) for part in value.args)):
+                return posixpath.join(*value.args)   # PosixPath("/", "tmp"): its parts
             return f"{value.module}.{value.name}"
         if isinstance(value, np.generic):
             return value.item()
