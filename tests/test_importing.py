@@ -569,7 +569,8 @@ def test_torch_saved_authors_checkpoint_matches_torch_forward(tmp_path, ddp):
     assert imported.meta["optimizer"]["state_entries"] == 8
     assert imported.meta["scheduler"]["last_epoch"] == 1
     assert imported.meta["cfg"].endswith(".DictConfig")
-    assert imported.meta["checkpoint_dir"] == "/artifacts/checkpoints/20240101_3fh2k9xq"  # pathlib unimported
+    # pathlib is never imported: the path is its pickled parts, joined.
+    assert imported.meta["checkpoint_dir"] == "/artifacts/checkpoints/20240101_3fh2k9xq"
     model, our_masks, _ = to_model(imported)
     state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     check_cnn(model, our_masks, state, masks)

@@ -6,9 +6,12 @@ scheduler and ``RigLConstFanScheduler`` (dynamic ablation on), a few training st
 random data with RigL updates every 2 steps, then ``torch.save(Checkpoint.get_state())``
 exactly as their ``Checkpoint.save_checkpoint`` does. The config is their
 ``configs/config.yaml`` merged with the model's groups, composed with omegaconf (hydra's
-own key dropped, as hydra does), the LR scheduler torch's StepLR. Nothing of theirs is copied here: their code is imported
-from the checkout named on the command line. wandb, hydra, dotenv and torchvision are
-stubbed (they are only imported, never needed on this path).
+own key dropped, as hydra does); the LR scheduler is torch's StepLR (their warm-up ones
+pass ``verbose``, which torch >= 2.7 refuses), RigL runs every 2 steps to T_end 36.
+Nothing of theirs is copied here: their code is imported from the checkout named on the
+command line. wandb, hydra, dotenv and torchvision are stubbed (only imported, never
+needed on this path). torch 2.13 (CPU) and omegaconf 2.4 wrote the committed files; a
+torch.load of the files needs omegaconf installed, our reader does not.
 
     pip install omegaconf    # and torch (CPU is enough)
     git clone https://github.com/calgaryml/condensed-sparsity /tmp/authors
@@ -21,8 +24,8 @@ Files written:
                       dense_allocation 0.1
     skinny_resnet.pt  their SkinnyResNet18 with a diet leaving 8/16/16/32 channels
                       (their "skinny_resnet18" model), ERK at dense_allocation 0.2
-Each training run also asks for 90% salient weights per neuron (their config: 30%), so
-that dynamic ablation removes neurons within the few steps.
+Each run asks for 90% salient weights per neuron (their config: 30%), so that dynamic
+ablation removes neurons within its 9 steps. Reruns give the same files (seeded).
 """
 
 import argparse

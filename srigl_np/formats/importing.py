@@ -478,7 +478,8 @@ def _fan_in_summary(masks):
 
 class _Summary:
     """``summary(value)``: ``value`` as plain data, for a report: 0-d arrays as numbers,
-    arrays and Placeholders as strings (a pickled pathlib path as its path), containers rebuilt as dicts and lists.
+    arrays and Placeholders as strings (a pickled pathlib path as its path), containers
+    rebuilt as dicts and lists.
 
     A file's metadata is spelled out at most ``NODES`` values in all (a pickle can put
     one list in itself, or share it down a chain of tuples so that spelling it out
