@@ -9,7 +9,8 @@ The authors' training loop (``train_rigl.py``) saves ``Checkpoint.get_state()``
 (``rigl_torch/utils/checkpoint.py``): a dict holding the ``state_dict()`` of model,
 optimizer, scheduler, scaler and pruner, and the plain attributes run_id, cfg (an
 omegaconf DictConfig: a Placeholder here), epoch, step, best_acc, current_acc, is_best,
-checkpoint_dir (a pathlib.Path: a Placeholder), f_name, best_file_name, parent_dir. The
+checkpoint_dir (a pathlib.Path: a Placeholder, summarised as its path), f_name,
+best_file_name, parent_dir. The
 model state carries "module." prefixes when the run used DistributedDataParallel.
 
 The pruner entry is ``RigLScheduler.state_dict()``: the scheduler's ``__dict__`` minus

@@ -3,11 +3,14 @@
 A pickle is a program: each global it names is imported and called. Here nothing the
 file names is imported or run. ``_Unpickler.find_class`` maps a short allowlist of
 (module, name) pairs (``_ALLOWED``) to the rebuild functions below: tensors,
-parameters, ``OrderedDict``, ``torch.Size``, ``torch.device``, numpy scalars, arrays and
-dtypes of plain numeric types, bytes as protocol 2 spells them, and set, frozenset,
-bytes, bytearray and complex with type-checked arguments. It refuses every global of a
-module that reaches the interpreter, the OS, files or the network (``_DENIED_MODULES``),
-and turns anything else into an inert ``Placeholder``. Before any of that,
+parameters, ``OrderedDict`` and ``defaultdict`` (plain dicts), ``torch.Size``,
+``torch.device``, numpy scalars, arrays and dtypes of plain numeric types, bytes as
+protocol 2 spells them, and set, frozenset, bytes, bytearray and complex with
+type-checked arguments. Builtin types named as values (``_INERT_BUILTINS``: omegaconf's
+metadata holds ``dict`` and ``int``) become inert Placeholders; every other global of a
+module that reaches the interpreter, the OS, files or the network (``_DENIED_MODULES``)
+is refused by name, and anything else (omegaconf's containers, ``typing.Any``, pathlib
+paths: the SRigL authors' checkpoints hold all three) becomes an inert ``Placeholder``. Before any of that,
 ``_check_opcodes`` walks the opcodes (pickletools.genops, which runs nothing) to refuse
 memo slots that would make CPython's unpickler allocate gigabytes, and adds up what each
 opcode may build (a stack slot, a container, a string, a placeholder class): a pickle
