@@ -152,8 +152,7 @@ def _torch_file(path):
     # The authors' constant fan-in scheduler (SRigL) is RigLConstFanScheduler.
     claims = imported.meta.get("pruner_class") == "RigLConstFanScheduler"
     layers = [(key, imported.state_dict[key], mask) for key, mask in imported.masks.items()]
-    structure = {"pruner": "mask", "weight_mask": "mask"}.get(imported.mask_source,
-                                                              "weight != 0")
+    structure = "weight != 0" if imported.mask_source == "zeros" else "mask"
     return Source(path, "torch", layers, {n for n, _, _ in layers} if claims else set(),
                   structure, list(imported.notes), imported.state_dict)
 

@@ -7,7 +7,9 @@ the cross-checks against real ``torch.save`` files and torch's forward pass skip
 without torch.
 """
 
+import json
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -191,7 +193,7 @@ def test_authors_checkpoint_imports_masks_and_meta(tmp_path, mnist):
     assert "backward_masks" in meta["pruner_keys"] and "_min_sal_per_layer" in meta["pruner_keys"]
     # Placeholders are summarised by their class, never imported.
     assert meta["cfg"] == "omegaconf.dictconfig.DictConfig"
-    assert meta["checkpoint_dir"] == "pathlib.PosixPath"
+    assert meta["checkpoint_dir"] == "/artifacts/checkpoints/20240101_3fh2k9xq"  # its parts
     assert meta["optimizer"]["param_groups"][0]["lr"] == 1.0
     assert meta["scheduler"]["last_epoch"] == 3
     assert meta["fan_in"] == {"conv2.weight": [24, 24], "fc1.weight": [960, 960]}
@@ -364,7 +366,8 @@ def test_linear_stack_without_biases(tmp_path):
 
 @pytest.mark.parametrize("case, reason", [
     ("batchnorm", "'bn.running_mean' is not a layer's weight or bias"),
-    ("mnist_shapes", "MnistNet's keys with other shapes: conv1.weight (16, 1, 3, 3)"),
+    # conv1 sets the width: its bias and conv2 no longer fit it.
+    ("mnist_shapes", "MnistNet's keys with other shapes: conv1.bias (32,) (MnistNet: (16,))"),
     ("broken_chain", "'fc1' gives 20 outputs but 'fc2' takes 30 inputs"),
 ])
 def test_unknown_architecture_gives_none_and_a_note(tmp_path, mnist, case, reason):
@@ -566,7 +569,8 @@ def test_torch_saved_authors_checkpoint_matches_torch_forward(tmp_path, ddp):
     assert imported.meta["optimizer"]["state_entries"] == 8
     assert imported.meta["scheduler"]["last_epoch"] == 1
     assert imported.meta["cfg"].endswith(".DictConfig")
-    assert imported.meta["checkpoint_dir"].endswith("PosixPath")   # pathlib's, unimported
+    # pathlib is never imported: the path is its pickled parts, joined.
+    assert imported.meta["checkpoint_dir"] == "/artifacts/checkpoints/20240101_3fh2k9xq"
     model, our_masks, _ = to_model(imported)
     state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
     check_cnn(model, our_masks, state, masks)
@@ -640,3 +644,118 @@ def test_metadata_summaries_are_bounded(tmp_path, epoch):
     assert time.perf_counter() - start < 5 and imported.meta["step"] == 7
     assert len(json.dumps(imported.meta)) < 2_000_000
     assert " items>" in json.dumps(imported.meta["epoch"])
+
+
+# -- other programs' checkpoints: named by what they hold, their masks used -------------
+
+def linear_stack(seed):
+    """({name: weight/bias}, {weight key: mask}) of Linear(10, 20), Linear(20, 5) with
+    constant fan-in masks; the weights are zero outside their masks."""
+    rng = np.random.default_rng(seed)
+    masks = {"fc1.weight": fan_in_mask((20, 10), 3, rng),
+             "fc2.weight": fan_in_mask((5, 20), 4, rng)}
+    state = {}
+    for key, mask in masks.items():
+        state[key] = (rng.standard_normal(mask.shape) * mask).astype(np.float32)
+        state[key.replace("weight", "bias")] = np.zeros(mask.shape[0], np.float32)
+    return state, masks
+
+
+TRAINING = {"optimizer": {"state": {}, "param_groups": []}, "epoch": 4}
+
+
+@pytest.mark.parametrize("layout", ["masks_dict", "masks_by_module", "masks_list",
+                                    "mask_entry", "top_level", "buffers", "wrapped"])
+def test_masks_saved_beside_the_model_are_used(tmp_path, layout):
+    state, masks = linear_stack(1)
+    as_ints = {key: mask.astype(np.uint8) for key, mask in masks.items()}
+    checkpoint = {
+        "masks_dict": {"model": state, **TRAINING, "masks": masks},
+        "masks_by_module": {"model": state, **TRAINING,
+                            "masks": {"module.fc1": as_ints["fc1.weight"],
+                                      "fc2": as_ints["fc2.weight"]}},
+        "masks_list": {"model": state, **TRAINING, "masks": list(masks.values())},
+        "mask_entry": {"model": state, **TRAINING, "mask": masks},
+        "top_level": {"model": state, **TRAINING,
+                      **{f"{key}_mask": mask for key, mask in masks.items()}},
+        "buffers": {**state, **{f"{key}_mask": mask for key, mask in as_ints.items()}},
+        "wrapped": {"state_dict": state, "masks": masks},
+    }[layout]
+    imported = read_torch_checkpoint(write(tmp_path, checkpoint))
+    assert imported.mask_source == "masks"
+    assert imported.masks.keys() == masks.keys()
+    for key, mask in masks.items():
+        np.testing.assert_array_equal(imported.masks[key], mask)
+    assert list(imported.state_dict) == list(state)   # buffers are not layers
+    expected_kind = {"buffers": "state_dict", "wrapped": "wrapped-state-dict"}.get(
+        layout, "training-checkpoint")
+    assert imported.kind == expected_kind
+    assert not any("SRigL authors'" in note or "dense run" in note for note in imported.notes)
+    model, our_masks, _ = to_model(imported)
+    np.testing.assert_array_equal(our_masks["1.weight"], masks["fc1.weight"])
+
+
+def test_a_generic_training_checkpoint_is_not_called_the_authors(tmp_path):
+    """{"model", "optimizer", "epoch", "masks"} was reported as the SRigL authors'
+    checkpoint of a dense run, its masks ignored."""
+    state, masks = linear_stack(2)
+    imported = read_torch_checkpoint(write(tmp_path, {"model": state, **TRAINING,
+                                                      "masks": masks}))
+    assert imported.kind == "training-checkpoint"
+    assert imported.notes[0].startswith("training checkpoint (keys ['model', 'optimizer', "
+                                        "'epoch', 'masks']): model state read from the "
+                                        "'model' entry; epoch 4")
+    assert imported.meta["epoch"] == 4 and "pruner_class" not in imported.meta
+
+
+def test_a_generic_checkpoint_audits_its_masks(tmp_path, capsys):
+    from srigl_np import audit
+    state, masks = linear_stack(3)
+    state["fc1.weight"][0, np.flatnonzero(masks["fc1.weight"][0])[0]] = 0.0  # a zero in mask
+    path = write(tmp_path, {"model": state, **TRAINING, "masks": masks})
+    assert audit.main([str(path), "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert [(layer["structure"], layer["k"]) for layer in layers] == [("mask", 3), ("mask", 4)]
+    assert layers[0]["zeros_in_mask"] == 1
+
+
+@pytest.mark.parametrize("masks, message", [
+    ({"fc3.weight": np.ones((2, 2), bool)}, r"masks mask 'fc3.weight' names no weight of "
+                                            r"the model state \(weights: \['fc1.weight', "
+                                            r"'fc2.weight'\]\)"),
+    ({"fc1": np.ones((20, 9), bool)}, r"masks mask 'fc1' has shape \(20, 9\), the weight "
+                                      r"'fc1.weight' \(20, 10\)"),
+    ([np.ones((20, 10), bool)], r"the 'masks' entry lists 1 masks but the model state has "
+                                r"2 Conv/Linear weights"),
+    ("all", r"the 'masks' entry must map weight names to 0/1 tensors, found str 'all'"),
+    ({"fc1": np.full((20, 10), 2, np.uint8)}, r"masks mask 'fc1' must hold only 0 and 1"),
+])
+def test_bad_saved_masks_are_refused(tmp_path, masks, message):
+    state, _ = linear_stack(4)
+    with pytest.raises(ValueError, match=message):
+        read_torch_checkpoint(write(tmp_path, {"model": state, **TRAINING, "masks": masks}))
+
+
+MODULE_STATE = {"training": True, "_parameters": {}, "_buffers": {}, "_modules": {}}
+HINT = "save torch.save(model.state_dict(), path) instead"
+
+
+@pytest.mark.parametrize("obj", [
+    NewObj(Global("__main__", "Net"), (), MODULE_STATE),
+    {"model": NewObj(Global("__main__", "Net"), (), MODULE_STATE), "epoch": 3},
+])
+def test_a_pickled_module_gets_a_state_dict_hint(tmp_path, obj):
+    with pytest.raises(ValueError, match=re.escape(HINT)) as error:
+        read_torch_checkpoint(write(tmp_path, obj))
+    assert "\n" not in str(error.value) and "__main__.Net object" in str(error.value)
+
+
+def test_torch_save_of_a_whole_model_gets_the_hint(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from srigl_np import audit
+    path = tmp_path / "whole.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Linear(3, 2)), path)
+    assert audit.main([str(path)]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and HINT in err
+    assert "torch.nn.modules.container.Sequential object" in err

@@ -716,6 +716,20 @@ def payloads(marker, script):
         ("webbrowser", "get"),
         ("pdb", "Pdb"),
         ("copyreg", "_reconstructor"),
+        # builtins beside the inert types a checkpoint may name (dict, list, int, ...)
+        ("builtins", "setattr", "x", "y", "z"),
+        ("builtins", "type", "X", (), {}),
+        ("builtins", "globals"),
+        ("builtins", "vars"),
+        ("builtins", "breakpoint"),
+        ("builtins", "input"),
+        ("builtins", "print", "x"),
+        ("__builtin__", "getattr", "text", "upper"),
+        ("__builtin__", "file", str(marker), "w"),
+        ("__builtin__", "execfile", str(script)),
+        ("posix", "popen", f"touch {marker}"),
+        ("os", "remove", str(script)),
+        ("subprocess", "run", ["touch", str(marker)]),
     ]
 
 
@@ -752,6 +766,54 @@ def test_payload_hidden_inside_a_tensor_or_placeholder_is_refused(tmp_path, mark
     ]
     for obj in hidden:
         refusal(write_raw(tmp_path, obj), "refusing global os.system")
+
+
+def test_a_method_reached_through_an_inert_global_is_refused(tmp_path, marker):
+    """Names a checkpoint may hold (a pathlib path, a builtin type, a defaultdict) are
+    inert; reaching a method of one needs getattr, which is refused by name."""
+    path_object = Call(Global("pathlib", "PosixPath"), (str(marker),))
+    write_text = Call(Global("builtins", "getattr"), (path_object, "write_text"))
+    for obj, refused in [
+        (Call(write_text, ("ran",)), "builtins.getattr"),
+        (Call(Call(Global("__builtin__", "getattr"), (Global("__builtin__", "dict"), "fromkeys")),
+              ([1],)), "__builtin__.getattr"),
+        (Call(Global("collections", "defaultdict"), (Global("os", "system"),)), "os.system"),
+        (Call(Global("collections", "defaultdict"), (Global("posix", "system"),)),
+         "posix.system"),
+    ]:
+        refusal(write_raw(tmp_path, obj), f"refusing global {refused}")
+    assert not marker.exists()
+
+
+def test_inert_builtin_types_and_typing_names_are_placeholders(tmp_path):
+    """omegaconf's metadata names ``dict``, ``int`` and ``typing.Any`` as values."""
+    for protocol in (2, 4):
+        loaded = load(with_pickle(tmp_path, pickle.dumps(
+            {"object_type": dict, "key_type": int, "element_type": list,
+             "any": __import__("typing").Any}, protocol=protocol)))
+        module = "__builtin__" if protocol == 2 else "builtins"
+        assert is_placeholder(loaded["object_type"], f"{module}.dict")
+        assert is_placeholder(loaded["key_type"], f"{module}.long" if protocol == 2
+                              else "builtins.int")
+        assert is_placeholder(loaded["element_type"], f"{module}.list")
+        assert is_placeholder(loaded["any"], "typing.Any")
+    # Called, a type builds a Placeholder recording its arguments, not a real dict.
+    made = round_trip(tmp_path, Call(Global("builtins", "dict"), ([("a", 1)],)))
+    assert is_placeholder(made, "builtins.dict") and made.args == ([("a", 1)],)
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_defaultdict_becomes_a_plain_dict(tmp_path, protocol):
+    value = {"counts": collections.defaultdict(list, {"a": [1], "b": []}),
+             "none": collections.defaultdict(None, {1: 2.5})}
+    loaded = load(with_pickle(tmp_path, pickle.dumps(value, protocol=protocol)))
+    assert loaded == {"counts": {"a": [1], "b": []}, "none": {1: 2.5}}
+    assert type(loaded["counts"]) is dict and type(loaded["none"]) is dict
+
+
+def test_a_defaultdict_factory_must_be_a_named_type(tmp_path):
+    refusal(write_raw(tmp_path, Call(Global("collections", "defaultdict"), ("x",))),
+            "defaultdict factory must be a named type")
 
 
 def test_payload_in_an_inst_opcode_is_refused(tmp_path, marker):

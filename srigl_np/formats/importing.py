@@ -1,5 +1,6 @@
-"""PyTorch checkpoints into srigl_np: the SRigL authors' training checkpoints, bare
-state_dicts and ``torch.nn.utils.prune`` pairs, read without torch (``torch_format``).
+"""PyTorch checkpoints into srigl_np: the SRigL authors' training checkpoints, other
+training checkpoints, bare state_dicts, masks saved beside them and ``torch.nn.utils.prune``
+pairs, read without torch (``torch_format``).
 
     read_torch_checkpoint(path) -> ImportedCheckpoint        what the file holds, validated
     to_model(imported)          -> (Sequential or None, masks, notes)
@@ -8,7 +9,8 @@ The authors' training loop (``train_rigl.py``) saves ``Checkpoint.get_state()``
 (``rigl_torch/utils/checkpoint.py``): a dict holding the ``state_dict()`` of model,
 optimizer, scheduler, scaler and pruner, and the plain attributes run_id, cfg (an
 omegaconf DictConfig: a Placeholder here), epoch, step, best_acc, current_acc, is_best,
-checkpoint_dir (a pathlib.Path: a Placeholder), f_name, best_file_name, parent_dir. The
+checkpoint_dir (a pathlib.Path: a Placeholder, summarised as its path), f_name,
+best_file_name, parent_dir. The
 model state carries "module." prefixes when the run used DistributedDataParallel.
 
 The pruner entry is ``RigLScheduler.state_dict()``: the scheduler's ``__dict__`` minus
@@ -23,8 +25,16 @@ name alone is ambiguous in a nested model; masks are matched to weights by walki
 state_dict forward, taking the next weight whose module has that leaf name (and, when
 the state has them, ``N[i]`` elements).
 
+A file is the authors' checkpoint when it holds their signature entries (model, run_id,
+cfg and pruner); any other dict with a model state is named by what it holds: a training
+checkpoint (model beside optimizer, epoch, ...) or a wrapped state_dict.
+
 Mask sources, in the order they are looked for:
     pruner       the authors' backward_masks (dense layers have no entry in ``masks``)
+    masks        masks saved beside the model state: a "masks" or "mask" entry ({weight
+                 or module name: 0/1 tensor}, or a list with one tensor or None per
+                 Conv/Linear weight, in the state's order), top-level "<weight>_mask"
+                 tensors, or "<weight>_mask" buffers in the state beside their weight
     weight_mask  prune's ``<name>_orig`` and ``<name>_mask`` pairs: the weight is
                  ``<name>_orig * <name>_mask``
     zeros        nothing recorded: each Conv/Linear weight's mask is ``weight != 0``
@@ -33,6 +43,7 @@ Mask sources, in the order they are looked for:
 
 import dataclasses
 import os
+import posixpath
 
 import numpy as np
 
@@ -40,12 +51,16 @@ from ..nn import models
 from ..nn.layers import Flatten, Linear, ReLU, Sequential
 from ..validation import check_float32_range
 
-MASK_SOURCES = ("pruner", "weight_mask", "zeros")
+MASK_SOURCES = ("pruner", "masks", "weight_mask", "zeros")
 
 # Checkpoint.get_state()'s keys: the Checkpoint dataclass fields without a leading "_".
 AUTHORS_KEYS = ("run_id", "cfg", "model", "optimizer", "scheduler", "scaler", "pruner",
                 "epoch", "step", "best_acc", "current_acc", "is_best", "checkpoint_dir",
                 "f_name", "best_file_name", "parent_dir")
+# Beside "model", these mark the authors' Checkpoint.get_state() (pruner may be None).
+_AUTHORS_SIGNATURE = ("run_id", "cfg", "pruner")
+# Entries holding masks beside a model state.
+_MASK_ENTRIES = ("masks", "mask")
 # Beside "model", any of these marks a training checkpoint rather than a wrapper.
 _TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "pruner", "cfg", "epoch", "step")
 _STATE_OBJECTS = ("model", "optimizer", "scheduler", "scaler", "pruner")
@@ -76,8 +91,10 @@ class ImportedCheckpoint:
     """A PyTorch checkpoint file's model, masks and training metadata, validated.
 
     path: the file read.
-    kind: "srigl-authors" (the authors' ``Checkpoint.get_state()``), "state_dict" (a bare
-        {name: tensor} dict) or "wrapped-state-dict" ({"state_dict": {...}} and alike).
+    kind: "srigl-authors" (the authors' ``Checkpoint.get_state()``), "training-checkpoint"
+        (another program's {"model": ..., "optimizer": ..., "epoch": ...}), "state_dict"
+        (a bare {name: tensor} dict) or "wrapped-state-dict" ({"state_dict": {...}} and
+        alike).
     state_dict: {torch key: np.ndarray} in the file's order, prefixes ("module.")
         stripped, prune pairs replaced by the pruned tensor.
     masks: {torch weight key: bool array of the weight's shape}; a weighted layer
@@ -118,6 +135,9 @@ def _interpret(obj, path):
     kind, state, pruner, meta, notes = _locate_state(obj, path, summary)
     state = _strip_prefixes(_check_state(state, path), notes)
     state, pair_masks = _resolve_prune_pairs(state, path)
+    # A bare state_dict's own "<name>_mask" entries are buffers (or prune pairs), not a
+    # file's top-level mask entries.
+    state, saved_masks, where = _saved_masks({} if kind == "state_dict" else obj, state, path)
     if pruner is not None:
         masks, pruner_meta, dense = _pruner_masks(pruner, state, path, summary)
         meta.update(pruner_meta, dense_layers=dense)
@@ -125,9 +145,12 @@ def _interpret(obj, path):
         notes.append(f"masks from the pruner's backward_masks ({meta['pruner_class']}, "
                      f"dense_allocation {meta.get('dense_allocation')}); dense layers: "
                      f"{dense or 'none'}")
-        if pair_masks:
-            notes.append(f"the model state also has prune pairs ({list(pair_masks)}); "
+        if pair_masks or saved_masks:
+            notes.append(f"the file also has masks ({list(pair_masks or saved_masks)}); "
                          f"the pruner's masks are used")
+    elif saved_masks:
+        masks, mask_source = saved_masks, "masks"
+        notes.append(f"masks from {where}: {list(saved_masks)}")
     elif pair_masks:
         masks, mask_source = pair_masks, "weight_mask"
         notes.append(f"masks from torch.nn.utils.prune pairs (weight = weight_orig * "
@@ -148,14 +171,20 @@ def _locate_state(obj, path, summary):
     """(kind, model state, pruner state or None, meta, notes) of the file's object."""
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a checkpoint: expected a dict (a state_dict or a "
-                         f"training checkpoint), found {_describe(obj)}")
+                         f"training checkpoint), found {_describe(obj)}"
+                         f"{_whole_model_hint(obj)}")
     if _is_tensor_dict(obj):
         return "state_dict", obj, None, {}, []
     if "model" in obj and any(key in obj for key in _TRAINING_KEYS):
         if not isinstance(obj["model"], dict):
             raise ValueError(f"{path}: a training checkpoint (keys {_key_list(obj)}) whose "
-                             f"'model' entry is {_describe(obj['model'])}, not a state_dict")
+                             f"'model' entry is {_describe(obj['model'])}, not a state_dict"
+                             f"{_whole_model_hint(obj['model'])}")
         meta = _checkpoint_meta(obj, summary)
+        if not all(key in obj for key in _AUTHORS_SIGNATURE):
+            return "training-checkpoint", obj["model"], None, meta, [
+                f"training checkpoint (keys {_key_list(obj)}): model state read from the "
+                f"'model' entry; epoch {meta.get('epoch')}, step {meta.get('step')}"]
         notes = [f"SRigL authors' training checkpoint: epoch {meta.get('epoch')}, "
                  f"step {meta.get('step')}"]
         if obj.get("pruner") is None:
@@ -174,6 +203,16 @@ def _locate_state(obj, path, summary):
                      f"{_key_list(obj)}; expected a state_dict ({{name: tensor}}), the SRigL "
                      f"authors' training checkpoint (keys model, optimizer, pruner, epoch, "
                      f"...) or {{'state_dict': {{name: tensor}}}}")
+
+
+def _whole_model_hint(obj):
+    """A hint for a pickled nn.Module (``torch.save(model)``), else ""."""
+    from .torch_format import is_placeholder
+    state = obj.state if is_placeholder(obj) else None
+    if not (isinstance(state, dict) and "_parameters" in state and "_modules" in state):
+        return ""
+    return (": torch.save(model) pickles the whole module, which only its class's code can "
+            "rebuild; save torch.save(model.state_dict(), path) instead")
 
 
 # -- the model state ----------------------------------------------------------------------
@@ -240,6 +279,59 @@ def _resolve_prune_pairs(state, path):
         elif not (key.endswith("_mask") and key[:-len("_mask")] in masks):
             resolved[key] = value
     return resolved, masks
+
+
+def _saved_masks(obj, state, path):
+    """(state, {weight key: bool mask}, where they came from) for masks saved beside the
+    model state (see MASK_SOURCES); state without its "<weight>_mask" buffers."""
+    buffers = {key: value for key, value in state.items()
+               if key.endswith("_mask") and key[:-len("_mask")] in state}
+    if buffers:
+        state = {key: value for key, value in state.items() if key not in buffers}
+        found = {key[:-len("_mask")]: value for key, value in buffers.items()}
+        return state, _masks_for(found, state, path, "state"), "'<weight>_mask' buffers"
+    entry = next((key for key in _MASK_ENTRIES if key in obj), None)
+    if entry is not None:
+        found = obj[entry]
+        if isinstance(found, (list, tuple)):
+            keys = _conv_linear_weights(state)
+            if len(found) != len(keys):
+                raise ValueError(f"{path}: the {entry!r} entry lists {len(found)} masks but "
+                                 f"the model state has {len(keys)} Conv/Linear weights "
+                                 f"({keys})")
+            found = {key: mask for key, mask in zip(keys, found) if mask is not None}
+        if not isinstance(found, dict):
+            raise ValueError(f"{path}: the {entry!r} entry must map weight names to 0/1 "
+                             f"tensors, found {_describe(found)}")
+        return state, _masks_for(found, state, path, entry), f"the {entry!r} entry"
+    tops = {key[:-len("_mask")]: value for key, value in obj.items()
+            if isinstance(key, str) and key.endswith("_mask")
+            and isinstance(value, np.ndarray)}
+    return state, _masks_for(tops, state, path, "file"), "the '<weight>_mask' entries"
+
+
+def _masks_for(found, state, path, entry):
+    """{weight key of ``state``: bool mask} for ``found``'s {name: 0/1 tensor}; a name is
+    the weight key or its module's, either with the state's stripped prefixes."""
+    masks = {}
+    for name, mask in found.items():
+        what = f"{path}: {entry} mask {name!r}"
+        if not isinstance(name, str) or not isinstance(mask, np.ndarray):
+            raise ValueError(f"{what} must be a tensor named by a string, found "
+                             f"{_describe(mask)}")
+        bare = name
+        for prefix in _PREFIXES:
+            bare = bare[len(prefix):] if bare.startswith(prefix) else bare
+        key = next((key for key in (name, bare, f"{name}.weight", f"{bare}.weight")
+                    if key in state), None)
+        if key is None:
+            raise ValueError(f"{what} names no weight of the model state (weights: "
+                             f"{_conv_linear_weights(state)})")
+        if mask.shape != state[key].shape:
+            raise ValueError(f"{what} has shape {mask.shape}, the weight {key!r} "
+                             f"{state[key].shape}")
+        masks[key] = _as_bool_mask(mask, what)
+    return masks
 
 
 def _as_bool_mask(mask, what):
@@ -387,7 +479,8 @@ def _fan_in_summary(masks):
 
 class _Summary:
     """``summary(value)``: ``value`` as plain data, for a report: 0-d arrays as numbers,
-    arrays and Placeholders as strings, containers rebuilt as dicts and lists.
+    arrays and Placeholders as strings (a pickled pathlib path as its path), containers
+    rebuilt as dicts and lists.
 
     A file's metadata is spelled out at most ``NODES`` values in all (a pickle can put
     one list in itself, or share it down a chain of tuples so that spelling it out
@@ -405,6 +498,9 @@ class _Summary:
     def __call__(self, value, depth=0):
         from .torch_format import is_placeholder
         if is_placeholder(value):
+            if (value.module == "pathlib" and value.args
+                    and all(isinstance(part, str) for part in value.args)):
+                return posixpath.join(*value.args)   # PosixPath("/", "tmp"): its parts
             return f"{value.module}.{value.name}"
         if isinstance(value, np.generic):
             return value.item()
@@ -447,7 +543,8 @@ def to_model(imported, *, rng=None):
     """Our model for ``imported`` -> (Sequential or None, masks, notes).
 
     MnistNet's state (conv1, conv2, fc1, fc2 with its shapes) maps onto
-    ``models.build("cnn")``: conv1 -> "0", conv2 -> "2", fc1 -> "7", fc2 -> "10". A
+    ``models.build("cnn")``: conv1 -> "0", conv2 -> "2", fc1 -> "7", fc2 -> "10" (at
+    other widths, onto ``models.cnn_layers`` with those widths). A
     stack of Linear layers (keys "<module>.weight"/"<module>.bias" only, 2-D weights
     whose shapes chain in the file's order) maps onto Sequential(Flatten, Linear,
     ReLU, ..., Linear), module i -> index 2i + 1; a state_dict holds no activations,
@@ -461,10 +558,16 @@ def to_model(imported, *, rng=None):
     """
     rng = np.random.default_rng(0) if rng is None else rng
     state = imported.state_dict
-    key_map, why_not_mnist = _mnist_net_map(state)
+    key_map, widths, why_not_mnist = _mnist_net_map(state)
     if key_map is not None:
-        model = models.build("cnn", rng=rng)
-        notes = ["MnistNet layout -> models.build('cnn'): "
+        channels, hidden = widths
+        if widths == ((32, 64), 128):
+            model, built = models.build("cnn", rng=rng), "models.build('cnn')"
+        else:
+            model = models.cnn_layers(channels, hidden, rng=rng)
+            model.set_rng(rng)
+            built = f"the cnn with channels {channels} and {hidden} hidden units"
+        notes = [f"MnistNet layout -> {built}: "
                  + ", ".join(f"{module} -> {index}" for module, _, index in MNIST_NET)]
     else:
         modules, why_not_stack = _linear_stack(state)
@@ -495,20 +598,27 @@ def to_model(imported, *, rng=None):
 
 
 def _mnist_net_map(state):
-    """({torch key: our key}, None) for MnistNet's state, else (None, why not)."""
+    """({torch key: our key}, (channels, hidden), None) for MnistNet's state, at its
+    widths or narrower/wider ones (conv1 (c1, 1, 3, 3), conv2 (c2, c1, 3, 3), fc1
+    (h, 144 c2), fc2 (10, h)), else (None, None, why not)."""
     expected = {}
     for module, shape, index in MNIST_NET:
-        expected[f"{module}.weight"] = (shape, f"{index}.weight")
-        expected[f"{module}.bias"] = ((shape[0],), f"{index}.bias")
+        expected[f"{module}.weight"] = f"{index}.weight"
+        expected[f"{module}.bias"] = f"{index}.bias"
     if set(state) != set(expected):
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
-        return None, f"missing {missing[:4]}, extra {extra[:4]}"
-    wrong = [f"{key} {state[key].shape} (MnistNet: {shape})"
-             for key, (shape, _) in expected.items() if state[key].shape != shape]
+        return None, None, f"missing {missing[:4]}, extra {extra[:4]}"
+    first, second = state["conv1.weight"].shape[0], state["conv2.weight"].shape[0]
+    hidden = state["fc1.weight"].shape[0]
+    shapes = {"conv1": (first, 1, 3, 3), "conv2": (second, first, 3, 3),
+              "fc1": (hidden, second * 12 * 12), "fc2": (10, hidden)}
+    shapes |= {f"{module}.bias": (shape[0],) for module, shape in list(shapes.items())}
+    wrong = [f"{key} {state[key].shape} (MnistNet: {shapes[key.removesuffix('.weight')]})"
+             for key in expected if state[key].shape != shapes[key.removesuffix(".weight")]]
     if wrong:
-        return None, "MnistNet's keys with other shapes: " + "; ".join(wrong)
-    return {key: ours for key, (_, ours) in expected.items()}, None
+        return None, None, "MnistNet's keys with other shapes: " + "; ".join(wrong)
+    return expected, ((first, second), hidden), None
 
 
 def _linear_stack(state):

@@ -3,11 +3,14 @@
 A pickle is a program: each global it names is imported and called. Here nothing the
 file names is imported or run. ``_Unpickler.find_class`` maps a short allowlist of
 (module, name) pairs (``_ALLOWED``) to the rebuild functions below: tensors,
-parameters, ``OrderedDict``, ``torch.Size``, ``torch.device``, numpy scalars, arrays and
-dtypes of plain numeric types, bytes as protocol 2 spells them, and set, frozenset,
-bytes, bytearray and complex with type-checked arguments. It refuses every global of a
-module that reaches the interpreter, the OS, files or the network (``_DENIED_MODULES``),
-and turns anything else into an inert ``Placeholder``. Before any of that,
+parameters, ``OrderedDict`` and ``defaultdict`` (plain dicts), ``torch.Size``,
+``torch.device``, numpy scalars, arrays and dtypes of plain numeric types, bytes as
+protocol 2 spells them, and set, frozenset, bytes, bytearray and complex with
+type-checked arguments. Builtin types named as values (``_INERT_BUILTINS``: omegaconf's
+metadata holds ``dict`` and ``int``) become inert Placeholders; every other global of a
+module that reaches the interpreter, the OS, files or the network (``_DENIED_MODULES``)
+is refused by name, and anything else (omegaconf's containers, ``typing.Any``, pathlib
+paths: the SRigL authors' checkpoints hold all three) becomes an inert ``Placeholder``. Before any of that,
 ``_check_opcodes`` walks the opcodes (pickletools.genops, which runs nothing) to refuse
 memo slots that would make CPython's unpickler allocate gigabytes, and adds up what each
 opcode may build (a stack slot, a container, a string, a placeholder class): a pickle
@@ -90,6 +93,15 @@ def _ordered_dict(items=()):
     return record
 
 
+def _default_dict(default_factory=None, items=()):
+    # defaultdict(factory) then SETITEMS: a plain dict; the factory (a type named by the
+    # file, a Placeholder here) is never called.
+    if not (default_factory is None or is_placeholder(default_factory)):
+        raise _Malformed(f"defaultdict factory must be a named type, "
+                         f"got {_show(default_factory)}")
+    return _ordered_dict(items)
+
+
 def _torch_size(sizes=()):
     return _int_tuple(sizes, "torch.Size")
 
@@ -148,6 +160,7 @@ _ALLOWED = {
     ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
     ("collections", "OrderedDict"): _ordered_dict,
     ("collections", "Counter"): _ordered_dict,
+    ("collections", "defaultdict"): _default_dict,
     ("torch", "Size"): _torch_size,
     ("torch", "device"): _torch_device,
     ("_codecs", "encode"): _codecs_encode,
@@ -168,6 +181,13 @@ _ALLOWED = {
 # Protocol 2 pickles name Python 3's builtins __builtin__.
 _ALLOWED |= {("__builtin__", name): function
              for (module, name), function in _ALLOWED.items() if module == "builtins"}
+
+# Builtin types a pickle may name as values (omegaconf's metadata records a node's
+# ``object_type=dict`` and ``key_type=int``; defaultdict its factory): each becomes an
+# inert Placeholder, so naming one imports nothing, and calling one builds only a
+# Placeholder. Every other name in builtins is refused below.
+_INERT_BUILTINS = frozenset({"dict", "list", "tuple", "int", "long", "float", "str",
+                             "unicode", "bool", "object", "NoneType"})
 
 # Modules whose globals reach the interpreter, the OS, files, processes or the network:
 # a checkpoint naming any of them is refused outright (checked on the top-level package).
@@ -211,6 +231,8 @@ class _Unpickler(pickle.Unpickler):
         module = {"torch.tensor": "torch._tensor"}.get(module, module)  # torch's own renaming
         if (module, name) in _ALLOWED:
             return _ALLOWED[module, name]
+        if module in ("builtins", "__builtin__") and name in _INERT_BUILTINS:
+            return self._placeholder(module, name)
         if module.split(".")[0] in _DENIED_MODULES:
             raise _Malformed(f"refusing global {module}.{name}: a checkpoint has no business "
                              f"calling {module.split('.')[0]} (the file may be malicious)")
@@ -219,6 +241,9 @@ class _Unpickler(pickle.Unpickler):
         if module in ("torch._utils", "torch._tensor") and name.startswith("_rebuild"):
             raise _Malformed(f"unsupported tensor kind {module}.{name} (quantized, sparse, "
                              f"nested or subclass tensors cannot be read)")
+        return self._placeholder(module, name)
+
+    def _placeholder(self, module, name):
         if (module, name) not in self._placeholders:
             if len(self._placeholders) >= MAX_PLACEHOLDER_CLASSES:
                 raise _Malformed(f"data.pkl names more than {MAX_PLACEHOLDER_CLASSES} "

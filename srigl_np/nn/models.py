@@ -33,15 +33,22 @@ def build(name, *, rng, dtype=np.float32, device="cpu"):
             Linear(300, 100, rng=rng, dtype=dtype), ReLU(inplace=True),
             Linear(100, 10, rng=rng, dtype=dtype))
     elif name == "cnn":
-        model = Sequential(
-            Conv2d(1, 32, 3, rng=rng, dtype=dtype), ReLU(inplace=True),
-            Conv2d(32, 64, 3, rng=rng, dtype=dtype), ReLU(inplace=True),
-            MaxPool2d(2), Dropout(0.25),
-            Flatten(),
-            Linear(9216, 128, rng=rng, dtype=dtype), ReLU(inplace=True),
-            Dropout(0.5),
-            Linear(128, 10, rng=rng, dtype=dtype))
+        model = cnn_layers(rng=rng, dtype=dtype)
     else:
         raise ValueError(f"name must be one of {MODEL_NAMES}, got {name!r}")
     model.set_rng(rng.spawn(1)[0])
     return model.to(device)
+
+
+def cnn_layers(channels=(32, 64), hidden=128, *, rng, dtype=np.float32):
+    """The cnn's layers with ``channels`` convolution outputs and ``hidden`` units (the
+    cnn: (32, 64), 128): indices 0 and 2 are the Conv2d, 7 and 10 the Linear layers."""
+    first, second = channels
+    return Sequential(
+        Conv2d(1, first, 3, rng=rng, dtype=dtype), ReLU(inplace=True),
+        Conv2d(first, second, 3, rng=rng, dtype=dtype), ReLU(inplace=True),
+        MaxPool2d(2), Dropout(0.25),
+        Flatten(),
+        Linear(second * 12 * 12, hidden, rng=rng, dtype=dtype), ReLU(inplace=True),
+        Dropout(0.5),
+        Linear(hidden, 10, rng=rng, dtype=dtype))

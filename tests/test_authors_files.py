@@ -1,0 +1,90 @@
+"""Real checkpoints of the SRigL authors' code (tests/data/authors/, written by
+tools/make_authors_checkpoints.py from their rigl_torch): ``Checkpoint.get_state()``
+after a few RigLConstFanScheduler updates with dynamic ablation, pickling the run's
+omegaconf DictConfig, pathlib paths, a defaultdict, scheduler state and numpy scalars.
+They are read without torch: audit, import and condense. The cross-check against
+torch.load needs torch and omegaconf, and skips without them.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from srigl_np import audit, condense as condense_cli
+from srigl_np.formats.importing import read_torch_checkpoint, to_model
+from srigl_np.inference.condensed_model import load as load_condensed
+
+DATA = pathlib.Path(__file__).parent / "data" / "authors"
+MNIST, RESNET = DATA / "mnist.pt", DATA / "skinny_resnet.pt"
+# Neurons dynamic ablation removed, per sparse layer (the pruner's own count).
+MNIST_ABLATED = {"conv1.weight": 2, "conv2.weight": 5, "fc1.weight": 20, "fc2.weight": 2}
+
+
+@pytest.mark.parametrize("path, sparse_layers", [(MNIST, 4), (RESNET, 16)])
+def test_audit_finds_constant_fan_in_in_every_masked_layer(path, sparse_layers, capsys):
+    assert audit.main([str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    layers = report["layers"]
+    assert len(layers) == sparse_layers
+    for layer in layers:
+        assert layer["claimed"] and layer["constant_fan_in"] and layer["ok"], layer["layer"]
+        assert layer["structure"] == "mask" and layer["violations"] == []
+        assert layer["nnz"] == layer["k"] * layer["active_neurons"]
+    assert sum(len(layer["ablated"]) for layer in layers) > 0   # dynamic ablation ran
+
+
+def test_the_authors_checkpoint_is_named_with_its_pruner_and_metadata():
+    imported = read_torch_checkpoint(MNIST)
+    assert (imported.kind, imported.mask_source) == ("srigl-authors", "pruner")
+    assert imported.meta["pruner_class"] == "RigLConstFanScheduler"
+    assert any("SRigL authors' training checkpoint: epoch 1, step 9" in note
+               for note in imported.notes)
+    meta = imported.meta
+    assert (meta["run_id"], meta["dense_allocation"], meta["pruner_step"]) == (
+        "fixture-mnist", 0.1, 9)
+    assert meta["cfg"] == "omegaconf.dictconfig.DictConfig"
+    assert meta["checkpoint_dir"] == "tests/data/authors"   # a PosixPath's parts
+    assert meta["scheduler"]["step_size"] == 77
+    assert meta["ablated"] == MNIST_ABLATED
+    assert meta["dynamically_ablated"] == list(MNIST_ABLATED.values())
+    assert meta["dense_layers"] == []
+    assert [shape for shape in (imported.state_dict[key].shape for key in MNIST_ABLATED)] == [
+        (8, 1, 3, 3), (16, 8, 3, 3), (32, 2304), (10, 32)]
+
+
+def test_the_resnets_dense_layers_are_the_pruners():
+    imported = read_torch_checkpoint(RESNET)
+    assert imported.kind == "srigl-authors"
+    assert imported.meta["dense_layers"] == [
+        "conv1.weight", "layer2.0.shortcut.0.weight", "layer3.0.shortcut.0.weight",
+        "layer4.0.shortcut.0.weight", "linear.weight"]
+    assert len(imported.masks) == 16
+
+
+def test_the_mnist_checkpoint_condenses_and_predicts_like_its_dense_model(tmp_path):
+    out = tmp_path / "m.npz"
+    lines = []
+    assert condense_cli.main([str(MNIST), "--out", str(out)], log=lines.append) == 0
+    assert any("channels (8, 16) and 32 hidden units" in line for line in lines)
+    condensed = load_condensed(out)
+    model, masks, _ = to_model(read_torch_checkpoint(MNIST))
+    x = np.random.default_rng(0).standard_normal((16, 1, 28, 28)).astype(np.float32)
+    dense = model.forward(x, training=False)
+    np.testing.assert_allclose(condensed.logits(x), dense, rtol=1e-4, atol=1e-4)
+
+
+def test_our_reading_matches_torch_load():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("omegaconf")   # torch.load rebuilds the run's DictConfig
+    for path in (MNIST, RESNET):
+        theirs = torch.load(path, weights_only=False)
+        ours = read_torch_checkpoint(path)
+        assert list(ours.state_dict) == list(theirs["model"])
+        for key, tensor in theirs["model"].items():
+            np.testing.assert_array_equal(ours.state_dict[key], tensor.numpy(), err_msg=key)
+        their_masks = [mask for mask in theirs["pruner"]["backward_masks"] if mask is not None]
+        assert len(their_masks) == len(ours.masks)
+        for mask, ours_mask in zip(their_masks, ours.masks.values()):
+            np.testing.assert_array_equal(ours_mask, mask.numpy())
