@@ -9,47 +9,9 @@ from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReL
                                 Sequential, kaiming_normal)
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
 
+from gradcheck import assert_close, check_layer_gradients, numeric_grad
+
 F64 = np.float64
-
-
-def numeric_grad(loss, array, eps=1e-6):
-    """Central differences of the scalar ``loss()`` w.r.t. every entry of ``array`` (in place)."""
-    grad = np.zeros_like(array)
-    flat, gflat = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        saved = flat[i]
-        flat[i] = saved + eps
-        plus = loss()
-        flat[i] = saved - eps
-        minus = loss()
-        flat[i] = saved
-        gflat[i] = (plus - minus) / (2 * eps)
-    return grad
-
-
-def assert_close(name, analytic, numeric, rtol=1e-5, atol=1e-7):
-    if not np.allclose(analytic, numeric, rtol=rtol, atol=atol):
-        i = tuple(int(k) for k in np.unravel_index(np.argmax(np.abs(analytic - numeric)),
-                                                   analytic.shape))
-        raise AssertionError(f"{name}: gradient mismatch at index {i}: analytic "
-                             f"{float(analytic[i])!r}, numeric {float(numeric[i])!r}")
-
-
-def check_layer_gradients(layer, x, training=True, rng=None):
-    """Check d(sum(y * r))/d(x) and /d(every param) with r a fixed random projection."""
-    rng = rng or np.random.default_rng(0)
-    y = layer.forward(x.copy(), training)
-    r = rng.standard_normal(y.shape)
-
-    def loss():
-        return float(np.sum(layer.forward(x, training) * r))
-
-    layer.forward(x, training)
-    grad_x = layer.backward(r.copy())
-    analytic = {name: g.copy() for name, g in layer.grads.items()}
-    assert_close("input", grad_x, numeric_grad(loss, x))
-    for name, param in layer.params.items():
-        assert_close(name, analytic[name], numeric_grad(loss, param))
 
 
 def conv2d_reference(x, weight, bias, stride, padding):

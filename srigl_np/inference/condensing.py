@@ -88,6 +88,8 @@ def _condense_layer(layer, mask, state, stages, index_dtype):
     that are then all zero are removed: each outputs its constant bias.
     """
     conv = isinstance(layer, Conv2d)
+    if conv and layer.groups != 1:
+        raise ValueError(f"condense supports Conv2d with groups=1 only, got {layer!r}")
     weight = layer.params["weight"]
     n_out = weight.shape[0]
     matrix = weight.reshape(n_out, -1).astype(np.float64)

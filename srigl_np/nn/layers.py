@@ -198,20 +198,33 @@ class Conv2d(Layer):
     flattened to (out_channels, in_channels*kh*kw), the output rows are cols @ W.T:
     one row per output pixel, one column per output channel (NHWC order), copied once
     to a C-contiguous NCHW array. ``cols`` is kept for the backward pass.
+
+    Grouped convolution (``groups`` = G > 1, G dividing both channel counts): output
+    channels [g*out/G, (g+1)*out/G) see only input channels [g*in/G, (g+1)*in/G), and
+    weight is (out_channels, in_channels/G, kh, kw), as in PyTorch; groups = in_channels
+    is the depthwise convolution of MobileNet. im2col's columns are ordered (c, ki, kj),
+    so group g's columns are one contiguous block of (in/G)*kh*kw: the GEMM becomes one
+    batched product over the G groups, (G, rows, in/G*kh*kw) @ (G, in/G*kh*kw, out/G).
+    groups = 1 keeps the single-GEMM path.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0,
-                 bias=True, rng, dtype=np.float32):
+                 groups=1, bias=True, rng, dtype=np.float32):
         super().__init__()
         self.in_channels = positive_int("in_channels", in_channels)
         self.out_channels = positive_int("out_channels", out_channels)
         self.kernel_size = _pair("kernel_size", kernel_size)
         self.stride = positive_int("stride", stride)
         self.padding = count("padding", padding)
+        self.groups = positive_int("groups", groups)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"groups must divide in_channels ({self.in_channels}) and "
+                             f"out_channels ({self.out_channels}), got {self.groups}")
         dtype = check_dtype(dtype)
         kh, kw = self.kernel_size
-        fan_in = self.in_channels * kh * kw
-        self._add_param("weight", kaiming_normal((self.out_channels, self.in_channels, kh, kw),
+        group_in = self.in_channels // self.groups
+        fan_in = group_in * kh * kw
+        self._add_param("weight", kaiming_normal((self.out_channels, group_in, kh, kw),
                                                  fan_in, rng, dtype))
         if bias:
             self._add_param("bias", np.zeros(self.out_channels, dtype=dtype))
@@ -245,21 +258,37 @@ class Conv2d(Layer):
         self.cols = im2col(x, kh, kw, self.stride, self.padding, threads=LOWERING_THREADS,
                            out=self.cols if reuse else None)
         self.x_shape = x.shape
-        rows = self.cols @ weight.reshape(self.out_channels, -1).T
+        if self.groups == 1:
+            rows = self.cols @ weight.reshape(self.out_channels, -1).T
+        else:
+            rows = self._grouped_rows(self.cols, weight)
         if "bias" in self.params:
             rows += self.params["bias"]
         # One copy to NCHW keeps the element-wise layers and pooling on contiguous data.
         return xp.ascontiguousarray(
             rows.reshape(batch, out_h, out_w, self.out_channels).transpose(0, 3, 1, 2))
 
+    def _by_group(self, a):
+        """(rows, G*n) -> (G, rows, n): group g's block of columns, as a view."""
+        return a.reshape(a.shape[0], self.groups, -1).transpose(1, 0, 2)
+
+    def _grouped_rows(self, cols, weight):
+        """rows[:, group g's outputs] = cols[:, group g's inputs] @ W_g.T, batched over g."""
+        w_groups = weight.reshape(self.groups, self.out_channels // self.groups, -1)
+        rows = self._by_group(cols) @ w_groups.transpose(0, 2, 1)   # (G, rows, out/G)
+        return rows.transpose(1, 0, 2).reshape(cols.shape[0], self.out_channels)
+
     def backward(self, grad_out, input_grad=True):
         """With g the output gradient as rows (batch*out_h*out_w, out_channels):
-        dL/dW = g.T @ cols, dL/db = sum_rows g, dL/dx = col2im(g @ W)."""
+        dL/dW = g.T @ cols, dL/db = sum_rows g, dL/dx = col2im(g @ W) (per group when
+        groups > 1)."""
         weight = self.params["weight"]
         grad_out = as_dtype(grad_out, weight.dtype)
         xp = array_module(grad_out)
         # Rows in NHWC order: a free view when grad_out kept forward's memory order.
         g = xp.ascontiguousarray(grad_out.transpose(0, 2, 3, 1)).reshape(-1, self.out_channels)
+        if self.groups > 1:
+            return self._grouped_backward(g, weight, input_grad)
         w_flat = weight.reshape(self.out_channels, -1)
         xp.matmul(g.T, self.cols, out=self.grads["weight"].reshape(w_flat.shape))
         if "bias" in self.params:
@@ -273,9 +302,26 @@ class Conv2d(Layer):
         return col2im(self._grad_cols, self.x_shape, kh, kw, self.stride, self.padding,
                       threads=LOWERING_THREADS)
 
+    def _grouped_backward(self, g, weight, input_grad):
+        """Per group g: dL/dW_g = g_g.T @ cols_g, dL/dcols_g = g_g @ W_g (batched over g)."""
+        xp = array_module(g)
+        w_groups = weight.reshape(self.groups, self.out_channels // self.groups, -1)
+        g_groups = self._by_group(g)                                 # (G, rows, out/G)
+        xp.matmul(g_groups.transpose(0, 2, 1), self._by_group(self.cols),
+                  out=self.grads["weight"].reshape(w_groups.shape))
+        if "bias" in self.params:
+            g.sum(axis=0, out=self.grads["bias"])
+        if not input_grad:
+            return None
+        grad_cols = (g_groups @ w_groups).transpose(1, 0, 2)          # (rows, G, in/G*kh*kw)
+        kh, kw = self.kernel_size
+        return col2im(xp.ascontiguousarray(grad_cols).reshape(self.cols.shape), self.x_shape,
+                      kh, kw, self.stride, self.padding, threads=LOWERING_THREADS)
+
     def __repr__(self):
+        groups = f", groups={self.groups}" if self.groups > 1 else ""
         return (f"Conv2d({self.in_channels}, {self.out_channels}, {self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding})")
+                f"stride={self.stride}, padding={self.padding}{groups})")
 
 
 class ReLU(Layer):

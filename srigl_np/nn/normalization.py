@@ -1,4 +1,5 @@
-"""Batch normalisation layers: ``BatchNorm1d`` over features, ``BatchNorm2d`` over channels.
+"""Normalisation layers: ``BatchNorm1d`` over features, ``BatchNorm2d`` over channels,
+``LayerNorm`` over the last axis of each sample (ViT).
 
 They follow the ``nn.layers.Layer`` contract (params, grads, buffers updated in place;
 ``forward`` and ``backward`` side by side); the running statistics are buffers, so a
@@ -109,3 +110,55 @@ class BatchNorm2d(_BatchNorm):
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d expects x of shape (batch, {self.num_features}, "
                              f"height, width), got {x.shape}")
+
+
+class LayerNorm(Layer):
+    """Normalisation over the last axis of each sample (Ba et al., 2016), as PyTorch's
+    LayerNorm(normalized_shape) with an int ``normalized_shape``.
+
+    x, y: (..., normalized_shape); weight, bias: (normalized_shape,).
+    x_hat = (x - mean) / sqrt(var + eps) with mean and the biased var over the last axis,
+    y = weight * x_hat + bias. The same in training and evaluation (no running statistics).
+    """
+
+    def __init__(self, normalized_shape, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        self.normalized_shape = positive_int("normalized_shape", normalized_shape)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        self.eps = float(eps)
+        dtype = check_dtype(dtype)
+        self._add_param("weight", np.ones(self.normalized_shape, dtype=dtype))
+        self._add_param("bias", np.zeros(self.normalized_shape, dtype=dtype))
+        self.x_hat = None
+        self.inv_std = None
+
+    def forward(self, x, training):
+        weight = self.params["weight"]
+        x = as_dtype(x, weight.dtype)
+        if x.ndim < 1 or x.shape[-1] != self.normalized_shape:
+            raise ValueError(f"LayerNorm expects x of shape (..., {self.normalized_shape}), "
+                             f"got {x.shape}")
+        xp = array_module(x)
+        mean = x.mean(axis=-1, keepdims=True)
+        self.inv_std = 1.0 / xp.sqrt(x.var(axis=-1, keepdims=True) + self.eps)
+        self.x_hat = (x - mean) * self.inv_std
+        return self.x_hat * weight + self.params["bias"]
+
+    def backward(self, grad_out, input_grad=True):
+        """dL/dweight = sum g*x_hat, dL/dbias = sum g over every axis but the last; with
+        d = g*weight, dL/dx = inv_std * (d - mean(d) - x_hat * mean(d*x_hat)), means over
+        the last axis."""
+        weight = self.params["weight"]
+        grad_out = as_dtype(grad_out, weight.dtype)
+        leading = tuple(range(grad_out.ndim - 1))
+        grad_out.sum(axis=leading, out=self.grads["bias"])
+        (grad_out * self.x_hat).sum(axis=leading, out=self.grads["weight"])
+        if not input_grad:
+            return None
+        d = grad_out * weight
+        return self.inv_std * (d - d.mean(axis=-1, keepdims=True)
+                               - self.x_hat * (d * self.x_hat).mean(axis=-1, keepdims=True))
+
+    def __repr__(self):
+        return f"LayerNorm({self.normalized_shape}, eps={self.eps})"
