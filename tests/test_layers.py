@@ -9,7 +9,7 @@ from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReL
                                 Sequential, kaiming_normal)
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
 
-from gradcheck import assert_close, check_layer_gradients, numeric_grad
+from gradcheck import assert_close, check_layer_gradients, compare_with_torch, numeric_grad
 
 F64 = np.float64
 
@@ -170,6 +170,97 @@ def test_conv2d_attributes_and_errors():
         Conv2d(1, 1, 3, padding=-1, rng=np.random.default_rng(0))
     with pytest.raises(TypeError, match="dtype"):
         Conv2d(1, 1, 3, rng=np.random.default_rng(0), dtype=np.int32)
+
+
+GROUPED_CASES = [
+    # (in, out, kernel, stride, padding, groups, x shape (B, H, W))
+    (4, 6, 3, 1, 1, 2, (2, 5, 5)),       # two groups
+    (3, 3, 3, 2, 1, 3, (2, 7, 6)),       # depthwise, stride 2
+    (4, 8, (1, 3), 1, 0, 4, (1, 4, 5)),  # depthwise with a channel multiplier of 2
+    (6, 3, 1, 1, 0, 3, (2, 3, 4)),       # grouped 1x1
+]
+
+
+def grouped_conv_reference(x, weight, bias, stride, padding, groups):
+    """A grouped convolution as ``groups`` separate direct convolutions, concatenated."""
+    x_groups = np.split(x, groups, axis=1)
+    w_groups = np.split(weight, groups, axis=0)
+    b_groups = np.split(bias, groups)
+    return np.concatenate([conv2d_reference(xg, wg, bg, stride, padding)
+                           for xg, wg, bg in zip(x_groups, w_groups, b_groups)], axis=1)
+
+
+def _grouped_conv(in_c, out_c, kernel, stride, padding, groups, seed=5):
+    rng = np.random.default_rng(seed)
+    layer = Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups,
+                   rng=rng, dtype=F64)
+    layer.params["bias"][...] = rng.standard_normal(out_c)
+    return layer, rng
+
+
+@pytest.mark.parametrize("in_c, out_c, kernel, stride, padding, groups, xs", GROUPED_CASES)
+def test_grouped_conv2d_forward_matches_separate_convolutions(in_c, out_c, kernel, stride,
+                                                              padding, groups, xs):
+    layer, rng = _grouped_conv(in_c, out_c, kernel, stride, padding, groups)
+    assert layer.params["weight"].shape[:2] == (out_c, in_c // groups)
+    x = rng.standard_normal((xs[0], in_c, xs[1], xs[2]))
+    np.testing.assert_allclose(
+        layer.forward(x, True),
+        grouped_conv_reference(x, layer.params["weight"], layer.params["bias"], stride,
+                               padding, groups), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("in_c, out_c, kernel, stride, padding, groups, xs", GROUPED_CASES)
+def test_grouped_conv2d_gradients(in_c, out_c, kernel, stride, padding, groups, xs):
+    layer, rng = _grouped_conv(in_c, out_c, kernel, stride, padding, groups)
+    check_layer_gradients(layer, rng.standard_normal((xs[0], in_c, xs[1], xs[2])))
+
+
+@pytest.mark.parametrize("in_c, out_c, kernel, stride, padding, groups, xs", GROUPED_CASES)
+def test_grouped_conv2d_matches_torch(in_c, out_c, kernel, stride, padding, groups, xs):
+    torch = pytest.importorskip("torch")
+    layer, rng = _grouped_conv(in_c, out_c, kernel, stride, padding, groups)
+    module = torch.nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding,
+                             groups=groups)
+    x = rng.standard_normal((xs[0], in_c, xs[1], xs[2]))
+    compare_with_torch(layer, module, x, {"weight": "weight", "bias": "bias"})
+
+
+def test_grouped_conv2d_without_input_grad_and_float32():
+    layer, rng = _grouped_conv(4, 4, 3, 1, 1, 4)
+    x = rng.standard_normal((2, 4, 5, 5))
+    g = rng.standard_normal((2, 4, 5, 5))
+    layer.forward(x, True)
+    layer.backward(g)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+    layer.forward(x, True)
+    assert layer.backward(g, input_grad=False) is None
+    for name, grad in grads.items():
+        np.testing.assert_array_equal(layer.grads[name], grad)
+    l32 = Conv2d(4, 4, 3, padding=1, groups=4, rng=np.random.default_rng(5))
+    y = l32.forward(x, True)
+    assert y.dtype == np.float32 and l32.backward(g).dtype == np.float32
+
+
+@pytest.mark.parametrize("in_c, out_c, groups, error, fragment", [
+    (4, 6, 3, ValueError, "groups must divide"),   # 3 does not divide 4
+    (4, 6, 4, ValueError, "groups must divide"),   # 4 does not divide 6
+    (4, 4, 0, ValueError, "groups"),
+    (4, 4, 2.5, TypeError, "groups"),
+])
+def test_grouped_conv2d_validates_groups(in_c, out_c, groups, error, fragment):
+    with pytest.raises(error, match=fragment):
+        Conv2d(in_c, out_c, 3, groups=groups, rng=np.random.default_rng(0))
+
+
+def test_grouped_conv2d_repr_and_fan_in():
+    layer = Conv2d(8, 8, 3, groups=8, rng=np.random.default_rng(0), dtype=F64)
+    assert repr(layer) == "Conv2d(8, 8, (3, 3), stride=1, padding=0, groups=8)"
+    assert repr(Conv2d(2, 2, 3, rng=np.random.default_rng(0))) == \
+        "Conv2d(2, 2, (3, 3), stride=1, padding=0)"
+    # Kaiming over the fan-in of one group: (in/groups)*kh*kw = 9 inputs per output.
+    wide = Conv2d(8, 512, 3, groups=8, rng=np.random.default_rng(0), dtype=F64)
+    assert abs(wide.params["weight"].std() - np.sqrt(2 / 9)) < 0.02
 
 
 # -- ReLU, Flatten ------------------------------------------------------------------
