@@ -6,7 +6,7 @@ input for the backward pass; none has parameters.
 Derivatives at the kinks of the piecewise ones (x = -3 and x = 3) take PyTorch's side,
 so gradients agree with torch everywhere:
     hardsigmoid'(x) = 1/6 on the open interval (-3, 3), 0 elsewhere;
-    hardswish'(x) = 0 for x < -3, x/3 + 1/2 for -3 <= x <= 3, 1 for x > 3.
+    hardswish'(x) = 0 for x <= -3, x/3 + 1/2 on (-3, 3), 1 for x >= 3.
 """
 
 import math
@@ -74,7 +74,7 @@ class Hardswish(Layer):
     def backward(self, grad_out):
         xp = array_module(grad_out)
         x = self.x
-        slope = xp.where(x < -3, 0, xp.where(x > 3, 1, x / 3 + 0.5))
+        slope = xp.where(x <= -3, 0, xp.where(x >= 3, 1, x / 3 + 0.5))
         return grad_out * slope.astype(grad_out.dtype, copy=False)
 
 
