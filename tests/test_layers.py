@@ -7,7 +7,7 @@ import pytest
 
 from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU,
                                 Sequential, kaiming_normal)
-from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
+from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 
 from gradcheck import assert_close, check_layer_gradients, compare_with_torch, numeric_grad
 
@@ -455,6 +455,52 @@ def test_batchnorm_errors():
         BatchNorm1d(3).forward(np.ones((1, 3), np.float32), True)
     with pytest.raises(ValueError, match="momentum"):
         BatchNorm2d(3, momentum=1.5)
+
+
+# -- LayerNorm ----------------------------------------------------------------------
+
+def _layernorm(width=5, seed=0):
+    rng = np.random.default_rng(seed)
+    layer = LayerNorm(width, eps=1e-5, dtype=F64)
+    layer.params["weight"][...] = rng.uniform(0.5, 1.5, width)
+    layer.params["bias"][...] = rng.standard_normal(width)
+    return layer, rng
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (2, 3, 5)])
+def test_layernorm_gradients(shape):
+    layer, rng = _layernorm(shape[-1])
+    check_layer_gradients(layer, rng.standard_normal(shape))
+
+
+def test_layernorm_normalises_each_row_and_matches_torch():
+    layer, rng = _layernorm()
+    x = rng.standard_normal((2, 3, 5)) * 4 + 1
+    layer.params["weight"][...] = 1
+    layer.params["bias"][...] = 0
+    y = layer.forward(x, False)
+    np.testing.assert_allclose(y.mean(axis=-1), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=-1), 1, rtol=1e-4)
+    torch = pytest.importorskip("torch")
+    layer, rng = _layernorm(seed=1)
+    compare_with_torch(layer, torch.nn.LayerNorm(5, eps=1e-5), rng.standard_normal((2, 3, 5)),
+                       {"weight": "weight", "bias": "bias"})
+
+
+def test_layernorm_errors_and_float32():
+    with pytest.raises(ValueError, match="normalized_shape"):
+        LayerNorm(0)
+    with pytest.raises(TypeError, match="normalized_shape"):
+        LayerNorm((4,))
+    with pytest.raises(ValueError, match="eps"):
+        LayerNorm(4, eps=0)
+    layer = LayerNorm(4)
+    with pytest.raises(ValueError, match="LayerNorm expects"):
+        layer.forward(np.zeros((2, 5), np.float32), True)
+    y = layer.forward(np.arange(8.0).reshape(2, 4), True)
+    assert y.dtype == np.float32
+    assert layer.backward(np.ones((2, 4))).dtype == np.float32
+    assert layer.backward(np.ones((2, 4)), input_grad=False) is None
 
 
 # -- Initialisation ---------------------------------------------------------------------
