@@ -1,9 +1,14 @@
 """The network wing: what a model is made of and how it learns, dense or masked.
 
-    layers          Linear, Conv2d, ReLU, MaxPool2d, Flatten, Dropout and Sequential:
-                    ``forward(x, training)`` and ``backward(grad_out)`` side by side;
-                    ``kaiming_normal`` (per-row fan-in for sparse layers)
-    normalization   BatchNorm1d, BatchNorm2d
+    layers          Linear, Conv2d (grouped and depthwise with ``groups``), ReLU,
+                    MaxPool2d, Flatten, Dropout and Sequential: ``forward(x, training)``
+                    and ``backward(grad_out)`` side by side; ``kaiming_normal`` (per-row
+                    fan-in for sparse layers)
+    normalization   BatchNorm1d, BatchNorm2d, LayerNorm
+    pooling         GlobalAvgPool2d
+    activations     Sigmoid, Hardsigmoid, Hardswish, GELU (exact erf form)
+    blocks          Residual (body + shortcut, dotted sub-layer names), SqueezeExcite
+    attention       MultiheadSelfAttention (ViT; torch's parameter names)
     losses          softmax cross-entropy
     optim           SGD (momentum, Nesterov), AdamW, learning-rate schedules
     models          ``build("mlp")``, ``build("cnn")`` for 1x28x28 input
