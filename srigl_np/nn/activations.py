@@ -48,34 +48,34 @@ class Hardsigmoid(Layer):
     def __init__(self):
         super().__init__()
         self.x = None
+        self.gate = None
 
     def forward(self, x, training):
         xp = array_module(x)
         self.x = x
-        return xp.clip(x + 3, 0, 6) / 6
+        self.gate = xp.clip(x + 3, 0, 6) / 6
+        return self.gate
+
+    def _inside(self):
+        """Where the slope is 1/6: the open interval (-3, 3), as PyTorch."""
+        return (self.x > -3) & (self.x < 3)
 
     def backward(self, grad_out):
-        slope = (self.x > -3) & (self.x < 3)
-        return grad_out * slope / 6
+        return grad_out * self._inside() / 6
 
 
-class Hardswish(Layer):
-    """y = x * hardsigmoid(x) = x * min(max(x + 3, 0), 6) / 6 (MobileNet-V3)."""
+class Hardswish(Hardsigmoid):
+    """y = x * hardsigmoid(x) = x * min(max(x + 3, 0), 6) / 6 (MobileNet-V3).
 
-    def __init__(self):
-        super().__init__()
-        self.x = None
+    dL/dx = g * (hardsigmoid(x) + x * hardsigmoid'(x)): the product rule, which with
+    hardsigmoid's slope convention gives PyTorch's slopes, 0 at -3 and 1 at 3.
+    """
 
     def forward(self, x, training):
-        xp = array_module(x)
-        self.x = x
-        return x * xp.clip(x + 3, 0, 6) / 6
+        return x * super().forward(x, training)
 
     def backward(self, grad_out):
-        xp = array_module(grad_out)
-        x = self.x
-        slope = xp.where(x <= -3, 0, xp.where(x >= 3, 1, x / 3 + 0.5))
-        return grad_out * slope.astype(grad_out.dtype, copy=False)
+        return grad_out * (self.gate + self.x * self._inside() / 6)
 
 
 class GELU(Layer):
