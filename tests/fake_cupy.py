@@ -104,6 +104,18 @@ def _make_fake_cupy():
     return fake
 
 
+def _make_fake_cupyx():
+    """cupyx.scipy.special with scipy's erf: a ufunc, so it keeps fake device arrays on
+    the device (``FakeDeviceArray.__array_ufunc__``) and refuses host ones."""
+    import scipy.special
+    modules = {name: types.ModuleType(name)
+               for name in ("cupyx", "cupyx.scipy", "cupyx.scipy.special")}
+    modules["cupyx"].scipy = modules["cupyx.scipy"]
+    modules["cupyx.scipy"].special = modules["cupyx.scipy.special"]
+    modules["cupyx.scipy.special"].erf = scipy.special.erf
+    return modules
+
+
 def _fake_launch(values, indices, x, bias):
     """cuda._launch on the fake device: the definition, on host copies."""
     return _to_fake(kernels.condensed_reference(values.get(), indices.get(), x.get(),
@@ -118,6 +130,8 @@ def device(request, monkeypatch):
     """
     if request.param == "fake-cupy":
         monkeypatch.setitem(sys.modules, "cupy", _make_fake_cupy())
+        for name, module in _make_fake_cupyx().items():
+            monkeypatch.setitem(sys.modules, name, module)
         monkeypatch.setattr(cuda, "_launch", _fake_launch)
         yield "cuda", 0.0
     else:

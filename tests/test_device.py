@@ -20,8 +20,12 @@ from srigl_np import train as train_module
 from srigl_np import train_config
 from srigl_np.backend import array_module, is_cupy_array, on_device_of, to_numpy
 from srigl_np.kernels import col2im, col2im_strided, im2col, im2col_strided
+from srigl_np.nn.activations import GELU, Hardsigmoid, Hardswish, Sigmoid
+from srigl_np.nn.attention import MultiheadSelfAttention
+from srigl_np.nn.blocks import Residual, SqueezeExcite
 from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
+from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from srigl_np.nn.pooling import GlobalAvgPool2d
 from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.models import build
 from srigl_np.nn.optim import SGD, AdamW
@@ -197,6 +201,24 @@ def _layer_cases():
         "dropout": (lambda rng: Dropout(0.4, rng=np.random.default_rng(5)), (6, 7)),
         "batchnorm1d": (lambda rng: BatchNorm1d(5, dtype=np.float64), (6, 5)),
         "batchnorm2d": (lambda rng: BatchNorm2d(3, dtype=np.float64), (4, 3, 3, 2)),
+        "conv-grouped": (lambda rng: Conv2d(4, 6, 3, padding=1, groups=2, rng=rng,
+                                            dtype=np.float64), (2, 4, 5, 5)),
+        "conv-depthwise": (lambda rng: Conv2d(3, 3, 3, stride=2, groups=3, rng=rng,
+                                              dtype=np.float64), (2, 3, 7, 6)),
+        "global-avg-pool": (lambda rng: GlobalAvgPool2d(), (2, 3, 4, 5)),
+        "sigmoid": (lambda rng: Sigmoid(), (3, 5)),
+        "hardsigmoid": (lambda rng: Hardsigmoid(), (3, 5)),
+        "hardswish": (lambda rng: Hardswish(), (3, 5)),
+        "gelu": (lambda rng: GELU(), (3, 5)),
+        "layernorm": (lambda rng: LayerNorm(5, dtype=np.float64), (2, 3, 5)),
+        "residual": (lambda rng: Residual(
+            Sequential(Conv2d(2, 3, 3, padding=1, rng=rng, dtype=np.float64),
+                       BatchNorm2d(3, dtype=np.float64), ReLU()),
+            Sequential(Conv2d(2, 3, 1, rng=rng, dtype=np.float64))), (2, 2, 4, 4)),
+        "squeeze-excite": (lambda rng: SqueezeExcite(4, 2, rng=rng, dtype=np.float64),
+                           (2, 4, 3, 3)),
+        "attention": (lambda rng: MultiheadSelfAttention(6, 2, rng=rng, dtype=np.float64),
+                      (2, 3, 6)),
     }
 
 
@@ -215,7 +237,7 @@ def test_layer_forward_backward_match_numpy(device, case, training):
     grad_host = host.backward(g.copy())
     grad_device = moved.backward(backend.to_device(g, name))
     # col2im sums overlapping windows in another order on the strided path.
-    tolerance = max(atol, 1e-12) if case.startswith("conv") else atol
+    tolerance = max(atol, 1e-12) if case.startswith(("conv", "residual")) else atol
     assert_matches(f"{case} input grad", grad_device, grad_host, tolerance)
     for key in host.grads:
         assert_matches(f"{case} grad {key}", moved.grads[key], host.grads[key], tolerance)
