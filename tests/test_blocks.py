@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from srigl_np.nn.blocks import Residual, SqueezeExcite
-from srigl_np.nn.layers import Conv2d, Linear, ReLU, Sequential
+from srigl_np.nn.layers import Conv2d, Dropout, Linear, ReLU, Sequential
 from srigl_np.nn.normalization import BatchNorm2d
 
 from gradcheck import check_layer_gradients, compare_with_torch
@@ -117,6 +117,15 @@ def test_residual_identity_gradient_is_not_overwritten_by_an_in_place_body():
     block = Residual(body)
     x = rng.standard_normal((4, 3))
     check_layer_gradients(block, x)
+
+
+def test_set_rng_reaches_the_dropouts_inside_residual_blocks():
+    inner = Dropout(0.5)
+    outer = Dropout(0.5)
+    model = Sequential(Residual(Sequential(Residual(Sequential(inner)))), outer)
+    rng = np.random.default_rng(0)
+    model.set_rng(rng)
+    assert inner.rng is rng and outer.rng is rng
 
 
 def test_residual_rejects_parts_that_are_not_sequential():

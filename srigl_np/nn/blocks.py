@@ -53,6 +53,11 @@ class Residual(Layer):
         self._collect()
         return self
 
+    def set_rng(self, rng):
+        """Give the Dropout layers of the body and the shortcut the Generator ``rng``."""
+        for _, part in self._parts():
+            part.set_rng(rng)
+
     def forward(self, x, training):
         y = self.body.forward(x, training)
         # A new array: the body's last layer may keep its output for its backward pass.

@@ -578,12 +578,15 @@ class Sequential:
         return self
 
     def set_rng(self, rng):
-        """Give every Dropout layer the Generator ``rng``."""
+        """Give every Dropout layer the Generator ``rng``, those inside blocks that hold
+        Sequentials of their own (``blocks.Residual``, which has ``set_rng``) included."""
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         for layer in self.layers:
             if isinstance(layer, Dropout):
                 layer.rng = rng
+            elif hasattr(layer, "set_rng"):
+                layer.set_rng(rng)
 
     def __repr__(self):
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
