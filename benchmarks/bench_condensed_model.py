@@ -42,7 +42,8 @@ import numpy as np
 from srigl_np import bench, dst
 from srigl_np.inference.condensing import condense, condense_run
 from srigl_np.formats.checkpoint import load_model
-from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU
+from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
 from srigl_np.nn.models import MODEL_NAMES, build
 

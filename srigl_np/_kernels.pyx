@@ -1157,7 +1157,7 @@ cdef void _max_pool_planes(const float[:, :, :, ::1] x, float[:, :, :, ::1] y, i
 
 
 def max_pool2d(x, kh, kw, stride, threads=0):
-    """Max pooling without padding, as layers.MaxPool2d computes it in evaluation.
+    """Max pooling without padding, as nn.pooling.MaxPool2d computes it in evaluation.
 
     x[batch, channels, height, width] (float32, or any float dtype and strides: converted
     to C-contiguous float32) -> y[batch, channels, out_h, out_w] float32,

@@ -4,7 +4,7 @@
     condensed product          condensed_reference             _kernels.condensed_matmul   cuda.condensed_product
     condensed convolution      im2col + the condensed product  _kernels.condensed_conv2d   (the definition)
     im2col / col2im            im2col_strided / col2im_strided _kernels.im2col / col2im    (the definition)
-    max pooling (inference)    layers.MaxPool2d.forward        _kernels.max_pool2d         (the definition)
+    max pooling (inference)    pooling.MaxPool2d.forward       _kernels.max_pool2d         (the definition)
 
 The pattern is thinc's ``Ops`` / ``NumpyOps`` / ``CupyOps``: the plain array-module
 function *is* the specification; the Cython kernels override it for NumPy arrays and the

@@ -20,7 +20,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from srigl_np import dst, testing
-from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU, Sequential
+from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
 
 seeds = st.integers(0, 2**32 - 1)

@@ -12,8 +12,8 @@ from npz_files import npy_header
 from srigl_np.inference.condensed import CondensedConv2d, CondensedLinear
 from srigl_np.inference.condensed_model import CondensedModel, Scatter, load
 from srigl_np.inference.condensing import condense
-from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Layer, Linear, MaxPool2d, ReLU,
-                                Sequential)
+from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Layer, Linear, ReLU, Sequential
+from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d
 from strategies import fan_in_weight, sparse_models
 

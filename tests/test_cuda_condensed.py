@@ -14,7 +14,8 @@ from srigl_np.inference.condensed import CondensedLinear
 from srigl_np.inference.condensing import condense
 from srigl_np.backend import is_cupy_array, to_device, to_numpy
 from srigl_np.kernels import condensed_product
-from srigl_np.nn.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from srigl_np.nn.layers import Conv2d, Flatten, Linear, ReLU, Sequential
+from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm2d
 from fake_cupy import GPU_REASON, device  # noqa: F401  (a fixture)
 from strategies import fan_in_weight

@@ -23,7 +23,8 @@ from srigl_np.kernels import col2im, col2im_strided, im2col, im2col_strided
 from srigl_np.nn.activations import GELU, Hardsigmoid, Hardswish, Sigmoid
 from srigl_np.nn.attention import MultiheadSelfAttention
 from srigl_np.nn.blocks import Residual, SqueezeExcite
-from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from srigl_np.nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU, Sequential
+from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from srigl_np.nn.pooling import GlobalAvgPool2d
 from srigl_np.nn.losses import softmax_cross_entropy

@@ -256,7 +256,7 @@ def test_conv_geometry_near_2_31_is_refused_not_overflowed(kwargs, message):
 ])
 def test_max_pool2d_matches_the_layer(shape, kh, kw, stride):
     from srigl_np.kernels import max_pool2d
-    from srigl_np.nn.layers import MaxPool2d
+    from srigl_np.nn.pooling import MaxPool2d
 
     x = np.random.default_rng(sum(shape)).standard_normal((2 * shape[0],) + shape[1:])
     x = x.astype(np.float32)[::2]   # not contiguous

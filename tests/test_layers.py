@@ -5,8 +5,9 @@ sparsity wrapper rely on."""
 import numpy as np
 import pytest
 
-from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU,
-                                Sequential, kaiming_normal)
+from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Linear, ReLU, Sequential,
+                                kaiming_normal)
+from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 
 from gradcheck import assert_close, check_layer_gradients, compare_with_torch, numeric_grad

@@ -34,7 +34,7 @@ from ..backend import array_module, parse_device, select
 from ..fileio import MAX_JSON_CHARS, atomic_write, parse_json
 from ..formats.npz import NpzError, NpzReader
 from ..kernels import max_pool2d
-from ..nn.layers import MaxPool2d
+from ..nn.pooling import MaxPool2d
 from ..validation import check_array, positive_int
 from .condensed import (CondensedConv2d, CondensedLinear, Stage, _same_device,
                         conv_geometry, conv_rows, float_input, rows_to_images)
@@ -123,7 +123,7 @@ class Relu(Stage):
 
 
 class MaxPool(Stage):
-    """Max pooling (no padding), as srigl_np.nn.layers.MaxPool2d in evaluation."""
+    """Max pooling (no padding), as srigl_np.nn.pooling.MaxPool2d in evaluation."""
 
     kind = "max_pool2d"
     SETTINGS = ("kernel_size", "stride")

@@ -12,8 +12,9 @@ import warnings
 import numpy as np
 
 from ..backend import to_numpy
-from ..nn.layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from ..nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU, Sequential
 from ..nn.normalization import BatchNorm1d, BatchNorm2d
+from ..nn.pooling import MaxPool2d
 from ..validation import check_array
 from .condensed import (CondensedConv2d, CondensedLinear, _index_dtype, describe_counts,
                         pattern_arrays)

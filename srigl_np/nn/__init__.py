@@ -1,11 +1,11 @@
 """The network wing: what a model is made of and how it learns, dense or masked.
 
     layers          Linear, Conv2d (grouped and depthwise with ``groups``), ReLU,
-                    MaxPool2d, Flatten, Dropout and Sequential: ``forward(x, training)``
-                    and ``backward(grad_out)`` side by side; ``kaiming_normal`` (per-row
+                    Flatten, Dropout and Sequential: ``forward(x, training)`` and
+                    ``backward(grad_out)`` side by side; ``kaiming_normal`` (per-row
                     fan-in for sparse layers)
     normalization   BatchNorm1d, BatchNorm2d, LayerNorm
-    pooling         GlobalAvgPool2d
+    pooling         MaxPool2d, GlobalAvgPool2d
     activations     Sigmoid, Hardsigmoid, Hardswish, GELU (exact erf form)
     blocks          Residual (body + shortcut, dotted sub-layer names), SqueezeExcite
     attention       MultiheadSelfAttention (ViT; torch's parameter names)

@@ -5,7 +5,6 @@ contract, so a ``Sequential`` holds them like any layer.
 
 import numpy as np
 
-from ..backend import array_module
 from ..validation import positive_int
 from .activations import Hardsigmoid, Sigmoid
 from .layers import Layer, ReLU, Sequential, as_dtype, check_dtype, kaiming_normal

@@ -45,7 +45,7 @@ def check_dtype(dtype):
     return dtype
 
 
-def _pair(name, value):
+def pair(name, value):
     """An int or a pair of ints -> (int, int), each >= 1."""
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -214,7 +214,7 @@ class Conv2d(Layer):
         super().__init__()
         self.in_channels = positive_int("in_channels", in_channels)
         self.out_channels = positive_int("out_channels", out_channels)
-        self.kernel_size = _pair("kernel_size", kernel_size)
+        self.kernel_size = pair("kernel_size", kernel_size)
         self.stride = positive_int("stride", stride)
         self.padding = count("padding", padding)
         self.groups = positive_int("groups", groups)
@@ -365,105 +365,6 @@ class ReLU(Layer):
 
     def __repr__(self):
         return "ReLU(inplace=True)" if self.inplace else "ReLU()"
-
-
-class MaxPool2d(Layer):
-    """Max over kernel windows, no padding.
-
-    x: (batch, channels, height, width) -> y: (batch, channels, out_h, out_w),
-    out_h = floor((height - kh) / stride) + 1. The gradient flows to one element per
-    window, the first maximum in row-major window order (PyTorch's rule).
-
-    The work is vectorised over all pixels; Python loops only over the kh*kw window
-    taps. Each tap (i, j) is the strided view x[:, :, i::stride, j::stride] cropped to
-    (out_h, out_w). When stride == kernel and the kernel tiles the image exactly, the
-    windows partition x, and the backward pass is one broadcast multiply through the
-    (batch, channels, out_h, kh, out_w, kw) reshape of a winner mask.
-    """
-
-    def __init__(self, kernel_size, stride=None):
-        super().__init__()
-        self.kernel_size = _pair("kernel_size", kernel_size)
-        self.stride = self.kernel_size[0] if stride is None else positive_int("stride", stride)
-        self.x = None
-        self.winner = None
-
-    def _taps(self, x, out_h, out_w):
-        """(i, j, view) for every window tap: view[b, c, oh, ow] = x[b, c, oh*s+i, ow*s+j]."""
-        kh, kw = self.kernel_size
-        s = self.stride
-        for i in range(kh):
-            for j in range(kw):
-                yield i, j, x[:, :, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s]
-
-    def _tiles(self, x):
-        """True when stride == kernel (square) and the windows tile x exactly."""
-        kh, kw = self.kernel_size
-        return (kh == kw == self.stride and x.shape[2] % kh == 0 and x.shape[3] % kw == 0)
-
-    def forward(self, x, training):
-        if x.ndim != 4:
-            raise ValueError(f"MaxPool2d expects x of shape (batch, channels, height, width), "
-                             f"got {x.shape}")
-        kh, kw = self.kernel_size
-        if x.shape[2] < kh or x.shape[3] < kw:
-            raise ValueError(f"MaxPool2d kernel {self.kernel_size} does not fit input "
-                             f"{x.shape[2:]}")
-        xp = array_module(x)
-        out_h = conv_output_size(x.shape[2], kh, self.stride, 0)
-        out_w = conv_output_size(x.shape[3], kw, self.stride, 0)
-        if self._tiles(x):
-            # Max over window rows first: those views keep (out_w, kw) contiguous.
-            x6 = x.reshape(x.shape[0], x.shape[1], out_h, kh, out_w, kw)
-            rows = x6[:, :, :, 0].copy()
-            for i in range(1, kh):
-                xp.maximum(rows, x6[:, :, :, i], out=rows)
-            y = rows[..., 0].copy()
-            for j in range(1, kw):
-                xp.maximum(y, rows[..., j], out=y)
-        else:
-            taps = self._taps(x, out_h, out_w)
-            y = next(taps)[2].copy()
-            for _, _, view in taps:
-                xp.maximum(y, view, out=y)
-        self.x, self.y = x, y
-        # The winner mask costs about two forward passes: only training needs it.
-        self.winner = self._winner_mask(x, y) if training and self._tiles(x) else None
-        return y
-
-    def _winner_mask(self, x, y):
-        """Boolean (batch, channels, out_h, kh, out_w, kw): True at each window's first max."""
-        xp = array_module(x)
-        kh, kw = self.kernel_size
-        b, c, out_h, out_w = y.shape
-        winner = xp.empty((b, c, out_h, kh, out_w, kw), dtype=bool)
-        unclaimed = xp.ones(y.shape, dtype=bool)
-        for i, j, view in self._taps(x, out_h, out_w):
-            hit = winner[:, :, :, i, :, j]
-            xp.equal(view, y, out=hit)
-            hit &= unclaimed
-            xp.greater(unclaimed, hit, out=unclaimed)   # unclaimed and not hit
-        return winner
-
-    def backward(self, grad_out):
-        x, y = self.x, self.y
-        xp = array_module(grad_out)
-        b, c, out_h, out_w = y.shape
-        if self.winner is not None:
-            grad6 = xp.multiply(self.winner, grad_out.reshape(b, c, out_h, 1, out_w, 1))
-            return grad6.reshape(x.shape)
-        grad_in = xp.zeros(x.shape, dtype=grad_out.dtype)
-        unclaimed = xp.ones(y.shape, dtype=bool)
-        grad_taps = self._taps(grad_in, out_h, out_w)
-        for (_, _, view), (_, _, grad_view) in zip(self._taps(x, out_h, out_w), grad_taps):
-            hit = (view == y) & unclaimed
-            xp.greater(unclaimed, hit, out=unclaimed)
-            # Overlapping windows share pixels: accumulate, never assign.
-            grad_view += grad_out * hit
-        return grad_in
-
-    def __repr__(self):
-        return f"MaxPool2d({self.kernel_size}, stride={self.stride})"
 
 
 class Flatten(Layer):

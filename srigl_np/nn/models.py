@@ -9,7 +9,8 @@ cnn: Conv2d(1, 32, 3), ReLU, Conv2d(32, 64, 3), ReLU, MaxPool2d(2), Dropout(0.25
 
 import numpy as np
 
-from .layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .layers import Conv2d, Dropout, Flatten, Linear, ReLU, Sequential
+from .pooling import MaxPool2d
 
 MODEL_NAMES = ("mlp", "cnn")
 
