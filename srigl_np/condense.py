@@ -59,7 +59,8 @@ def build_source(path, input_stats=None):
         return (run.model, run.masks, input_stats or run.input_stats,
                 [model_audit.run_note(run)])
     if kind == "torch":
-        from .formats.importing import read_torch_checkpoint, to_model
+        from .formats.importing import read_torch_checkpoint
+        from .formats.model_map import to_model
 
         imported = read_torch_checkpoint(path)
         model, masks, notes = to_model(imported)

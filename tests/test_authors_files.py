@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from srigl_np import audit, condense as condense_cli
-from srigl_np.formats.importing import read_torch_checkpoint, to_model
+from srigl_np.formats.importing import read_torch_checkpoint
+from srigl_np.formats.model_map import to_model
 from srigl_np.inference.condensed_model import load as load_condensed
 
 DATA = pathlib.Path(__file__).parent / "data" / "authors"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from srigl_np.nn import models
-from srigl_np.formats.importing import (MNIST_NET, ZEROS_NOTE, ImportedCheckpoint,
-                                        read_torch_checkpoint, to_model)
+from srigl_np.formats.importing import ZEROS_NOTE, ImportedCheckpoint, read_torch_checkpoint
+from srigl_np.formats.model_map import MNIST_NET, to_model
 from srigl_np.nn.layers import Flatten, Linear, ReLU
 from strategies import fan_in_mask
 from torch_files import Call, Global, NewObj, write_torch_zip

@@ -171,7 +171,8 @@ def _authors_file(tmp_path, zeros_in_masks=True):
 
 def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, capsys):
     from srigl_np.inference.condensed_model import load
-    from srigl_np.formats.importing import read_torch_checkpoint, to_model
+    from srigl_np.formats.importing import read_torch_checkpoint
+    from srigl_np.formats.model_map import to_model
 
     path, masks, _ = _authors_file(tmp_path)
     status, out, _ = _audit(capsys, path, "--json")
@@ -197,7 +198,8 @@ def test_an_authors_checkpoint_audits_clean_and_condenses_every_layer(tmp_path, 
 def test_an_authors_checkpoint_saved_by_torch_predicts_like_torch(tmp_path):
     torch = pytest.importorskip("torch")
     from srigl_np.inference.condensing import condense
-    from srigl_np.formats.importing import read_torch_checkpoint, to_model
+    from srigl_np.formats.importing import read_torch_checkpoint
+    from srigl_np.formats.model_map import to_model
     from test_importing import (authors_checkpoint, mnist_masks, pruner_state,
                                 trained_sparse_mnist_net)
 

@@ -10,7 +10,9 @@
     torch_format   PyTorch checkpoint files read without PyTorch; its parts: torch_archive
                    (the container), torch_pickle (the restricted unpickler), torch_records
                    (what the pickle builds), torch_tensors (the tensor finaliser)
-    importing      PyTorch checkpoints mapped onto srigl_np models and masks
+    importing      PyTorch checkpoints read: model state, masks (pruner, saved masks,
+                   prune pairs or zeros) and metadata (``ImportedCheckpoint``)
+    model_map      an imported state mapped onto srigl_np's models (``to_model``)
     sniff          which kind of model a path holds, from its zip member names
 
 The wing imports the network pieces (``models``, ``layers``) and the foundations, never
