@@ -51,10 +51,19 @@ import stat
 import tempfile
 import time
 
+import numpy as np
+
 try:
     import fcntl
 except ImportError:   # not POSIX: directories are not locked
     fcntl = None
+
+MAX_BYTES_VARIABLE = "SRIGL_NP_MAX_BYTES"
+DEFAULT_MAX_BYTES = 4 << 30
+# A checkpoint's meta holds ~300 characters per epoch; a trail line or a condensed
+# model's metadata far fewer. Parsed, JSON takes up to ~25 bytes per character.
+MAX_JSON_CHARS = 4 << 20
+MAX_JSON_DEPTH = 32
 
 # What a path that is not a regular file is, by its st_mode (after following symlinks).
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
@@ -104,15 +113,6 @@ def _through_proc(path, hops=40):
             return False
         path = os.path.join(os.path.dirname(path), os.readlink(path))
     return False
-
-import numpy as np
-
-MAX_BYTES_VARIABLE = "SRIGL_NP_MAX_BYTES"
-DEFAULT_MAX_BYTES = 4 << 30
-# A checkpoint's meta holds ~300 characters per epoch; a trail line or a condensed
-# model's metadata far fewer. Parsed, JSON takes up to ~25 bytes per character.
-MAX_JSON_CHARS = 4 << 20
-MAX_JSON_DEPTH = 32
 
 
 def _umask(status_path="/proc/self/status"):

@@ -145,17 +145,7 @@ def _read_meta(path, npz):
         raise ValueError(f"{path}: member {stray[0]!r} is not part of a srigl_np checkpoint "
                          f"(its members are meta and {', '.join(SECTIONS)}...)"
                          + (f" (and {len(stray) - 1} more)" if len(stray) > 1 else ""))
-    declared = npz.members["meta"]
-    if declared.ndim != 0 or declared.dtype.kind != "U":
-        raise ValueError(f"{path}: 'meta' must be a JSON string, got a {declared.dtype} array "
-                         f"of shape {declared.shape}")
-    if declared.dtype.itemsize // 4 > MAX_JSON_CHARS:   # checked before it is read
-        raise ValueError(f"{path}: 'meta' declares {declared.dtype.itemsize // 4} characters "
-                         f"of JSON, more than the {MAX_JSON_CHARS} srigl_np reads")
-    try:
-        meta = parse_json(str(npz.read("meta")), f"{path}: 'meta'")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: 'meta' is not valid JSON ({exc})") from None
+    meta = npz.read_json("meta", f"{path}: 'meta'")
     if not isinstance(meta, dict):
         raise ValueError(f"{path}: 'meta' must be a JSON object, got {type(meta).__name__}")
     if meta.get("version") != CHECKPOINT_VERSION:

@@ -31,6 +31,7 @@ one is to blame, the member; its ``reason`` is the line without the file, for ca
 that say which kind of file they expected.
 """
 
+import json
 import math
 import os
 import struct
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fileio import over_max_bytes
+from ..fileio import MAX_JSON_CHARS, over_max_bytes, parse_json
 
 # Deflate cannot compress by more than about 1032:1; a member claiming more is a lie.
 MAX_DEFLATE_RATIO = 1100
@@ -137,6 +138,24 @@ class NpzReader:
             raise NpzError(self.path, f"member {info.filename!r} declares "
                                       f"{self.members[key].nbytes} bytes, more memory than "
                                       f"there is") from None
+
+    def read_json(self, key, where):
+        """The JSON held by member ``key``, a str scalar (a checkpoint's meta, a condensed
+        model's metadata): its dtype and declared length checked before it is read, then
+        parsed by ``fileio.parse_json``. One ValueError starting with ``where`` (e.g.
+        "model.npz: metadata") for a member of another kind, more than MAX_JSON_CHARS
+        characters, nesting too deep, or text that is not JSON."""
+        declared = self.members[key]
+        if declared.shape != () or declared.dtype.kind != "U":
+            raise ValueError(f"{where} must be a JSON string, got a {declared.dtype} array "
+                             f"of shape {declared.shape}")
+        if declared.dtype.itemsize // 4 > MAX_JSON_CHARS:
+            raise ValueError(f"{where} declares {declared.dtype.itemsize // 4} characters "
+                             f"of JSON, more than the {MAX_JSON_CHARS} srigl_np reads")
+        try:
+            return parse_json(str(self.read(key)), where)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where} is not valid JSON ({exc})") from None
 
     def close(self):
         self._archive.close()

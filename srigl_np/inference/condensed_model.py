@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from ..backend import array_module, parse_device, select
-from ..fileio import MAX_JSON_CHARS, atomic_write, parse_json
+from ..fileio import atomic_write
 from ..formats.npz import NpzError, NpzReader
 from ..kernels import max_pool2d
 from ..nn.pooling import MaxPool2d
@@ -478,17 +478,7 @@ def _check_declared(i, meta, stage_type, members):
 
 
 def _parse_metadata(path, npz):
-    declared = npz.members["metadata"]
-    if declared.shape != () or declared.dtype.kind != "U":
-        raise ValueError(f"metadata must be a JSON string, got {declared.dtype} "
-                         f"{declared.shape}")
-    if declared.dtype.itemsize // 4 > MAX_JSON_CHARS:   # checked before it is read
-        raise ValueError(f"{path!s}: metadata declares {declared.dtype.itemsize // 4} "
-                         f"characters of JSON, more than the {MAX_JSON_CHARS} srigl_np reads")
-    try:
-        metadata = parse_json(str(npz.read("metadata")), f"{path!s}: metadata")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"metadata is not valid JSON: {exc}") from None
+    metadata = npz.read_json("metadata", f"{path!s}: metadata")
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ValueError(f"metadata must name format {FORMAT_NAME!r}")
     if not isinstance(metadata.get("stages"), list):
