@@ -36,8 +36,9 @@ def sparse_layers(model_name):
     model = build(model_name, rng=np.random.default_rng(0))
     params = model.named_parameters()
     layers = []
+    layers_by_name = dict(model.named_layers())
     for name in sparse_parameter_names(model):
-        layer = model.layers[int(name.split(".")[0])]
+        layer = layers_by_name[name.rpartition(".")[0]]
         layers.append((name, "Conv2d" if isinstance(layer, Conv2d) else "Linear",
                        tuple(params[name].shape)))
     return layers

@@ -8,6 +8,7 @@ import pytest
 from srigl_np.nn.blocks import Residual, SqueezeExcite
 from srigl_np.nn.layers import Conv2d, Dropout, Linear, ReLU, Sequential
 from srigl_np.nn.normalization import BatchNorm2d
+from srigl_np.dst.sparsity import sparse_parameter_names
 
 from gradcheck import check_layer_gradients, compare_with_torch
 
@@ -197,3 +198,74 @@ def test_squeeze_excite_shapes_float32_and_errors():
         SqueezeExcite(8, 0, rng=np.random.default_rng(0))
     with pytest.raises(TypeError, match="channels"):
         SqueezeExcite(8.0, 2, rng=np.random.default_rng(0))
+
+
+# -- names: a model that carries PyTorch's state_dict keys --------------------------------
+
+def _named_block(rng):
+    body = Sequential(Conv2d(4, 4, 3, padding=1, bias=False, rng=rng), BatchNorm2d(4),
+                      names=["conv1", "bn1"])
+    shortcut = Sequential(Conv2d(4, 4, 1, bias=False, rng=rng), BatchNorm2d(4))
+    return Residual(body, shortcut, body_name="", shortcut_name="downsample")
+
+
+def test_named_sequential_gives_torch_style_keys_and_layers():
+    rng = np.random.default_rng(0)
+    model = Sequential(Conv2d(3, 4, 3, rng=rng), Sequential(_named_block(rng), names=["0"]),
+                       names=["conv1", "layer1"])
+    assert list(model.named_parameters()) == [
+        "conv1.weight", "conv1.bias", "layer1.0.conv1.weight", "layer1.0.bn1.weight",
+        "layer1.0.bn1.bias", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.weight",
+        "layer1.0.downsample.1.bias"]
+    assert "layer1.0.bn1.running_mean" in model.named_buffers()
+    assert [name for name, _ in model.named_layers()] == [
+        "conv1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.downsample.0",
+        "layer1.0.downsample.1"]
+    assert sparse_parameter_names(model) == [
+        "conv1.weight", "layer1.0.conv1.weight", "layer1.0.downsample.0.weight"]
+    assert model["layer1"][0] is model.layers[1].layers[0]
+
+
+def test_sparse_parameter_names_reach_attention_and_squeeze_excite():
+    rng = np.random.default_rng(0)
+    model = Sequential(SqueezeExcite(8, 4, rng=rng), names=["se"])
+    assert sparse_parameter_names(model) == ["se.fc1.weight", "se.fc2.weight"]
+    from srigl_np.nn.attention import MultiheadSelfAttention
+    model = Sequential(MultiheadSelfAttention(8, 2, rng=rng), names=["self_attention"])
+    assert sparse_parameter_names(model) == ["self_attention.in_proj_weight",
+                                             "self_attention.out_proj.weight"]
+
+
+@pytest.mark.parametrize("names, message", [
+    (["a"], "names must be 2 strings"),
+    (["a", "b.c"], "without dots"),
+    (["a", "a"], "unique"),
+    (["", ""], "same names"),
+])
+def test_bad_sequential_names_are_refused(names, message):
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=message):
+        Sequential(Linear(2, 2, rng=rng), Linear(2, 2, rng=rng), names=names)
+
+
+def test_residual_parts_with_clashing_names_are_refused():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="same names"):
+        Residual(Sequential(Linear(2, 2, rng=rng)), Sequential(Linear(2, 2, rng=rng)),
+                 body_name="", shortcut_name="")
+    with pytest.raises(ValueError, match="body_name"):
+        Residual(Sequential(Linear(2, 2, rng=rng)), body_name="a.b")
+
+
+def test_linear_on_tokens_matches_rows():
+    rng = np.random.default_rng(1)
+    layer = Linear(5, 3, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, 4, 5))
+    y = layer.forward(x, training=True)
+    assert y.shape == (2, 4, 3)
+    np.testing.assert_allclose(y, x @ layer.params["weight"].T + layer.params["bias"])
+    g = rng.standard_normal((2, 4, 3))
+    dx = layer.backward(g)
+    np.testing.assert_allclose(dx, g @ layer.params["weight"])
+    np.testing.assert_allclose(layer.grads["weight"],
+                               g.reshape(-1, 3).T @ x.reshape(-1, 5))

@@ -1,7 +1,8 @@
 """DynamicSparsity: the thin stateful wrapper that plugs ``srigl_np.dst`` into training.
 
-It owns one boolean mask per sparse parameter (the weight of every Linear and Conv2d;
-biases and norms stay dense), starting from ``dst.constant_fan_in_mask`` for SRigL and
+It owns one boolean mask per sparse parameter (each layer's ``sparse_weights``: the
+weight of every Linear and Conv2d, attention's projections, the squeeze-and-excitation
+convolutions; biases and norms stay dense), starting from ``dst.constant_fan_in_mask`` for SRigL and
 ``dst.random_mask`` for static/SET/RigL, with weights from ``layers.kaiming_normal``
 scaled by each neuron's actual fan-in. Around each optimizer step the trainer does:
 
@@ -56,7 +57,7 @@ import numpy as np
 
 from .. import dst
 from ..backend import array_module, on_device_of, to_numpy
-from ..nn.layers import Conv2d, Linear, kaiming_normal
+from ..nn.layers import kaiming_normal, prefixed
 from ..validation import positive_int
 from .trail import make_record
 
@@ -71,9 +72,11 @@ _RNG_MASK, _RNG_INIT, _RNG_SET = 10, 11, 12
 
 
 def sparse_parameter_names(model):
-    """Names of the parameters that get masks: every Linear/Conv2d weight, in order."""
-    return [f"{i}.weight" for i, layer in enumerate(model.layers)
-            if isinstance(layer, (Linear, Conv2d))]
+    """Names of the parameters that get masks, in forward order: each layer's
+    ``sparse_weights`` (the Linear and Conv2d weights, attention's projections, the
+    squeeze-and-excitation 1x1 convolutions), inside blocks too."""
+    return [prefixed(prefix, name) for prefix, layer in model.named_layers()
+            for name in layer.sparse_weights]
 
 
 def _neuron_counts(mask):

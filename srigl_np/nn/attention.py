@@ -24,6 +24,8 @@ class MultiheadSelfAttention(Layer):
     Kaiming-normal over the fan-in embed_dim (torch uses Xavier-uniform), biases at zero.
     """
 
+    sparse_weights = ("in_proj_weight", "out_proj.weight")
+
     def __init__(self, embed_dim, num_heads, *, rng, dtype=np.float32):
         super().__init__()
         self.embed_dim = positive_int("embed_dim", embed_dim)

@@ -7,7 +7,8 @@ import numpy as np
 
 from ..validation import positive_int
 from .activations import Hardsigmoid, Sigmoid
-from .layers import Layer, ReLU, Sequential, as_dtype, check_dtype, kaiming_normal
+from .layers import (Layer, ReLU, Sequential, as_dtype, check_dtype, kaiming_normal,
+                     prefixed)
 
 
 class Residual(Layer):
@@ -15,26 +16,42 @@ class Residual(Layer):
 
     body, shortcut: ``Sequential``s (the shortcut typically a strided 1x1 Conv2d and a
     BatchNorm2d where the shape changes). ``params``, ``grads`` and ``buffers`` are flat
-    dicts named "body.<i>.<name>" and "shortcut.<i>.<name>" whose values ARE the
-    sub-layers' arrays, so optimizers and sparsity masks that update them in place reach
-    the sub-layers; inside a Sequential the names become "3.body.0.weight".
+    dicts named "<body_name>.<i>.<name>" and "<shortcut_name>.<i>.<name>" ("body" and
+    "shortcut" by default) whose values ARE the sub-layers' arrays, so optimizers and
+    sparsity masks that update them in place reach the sub-layers; inside a Sequential
+    the names become "3.body.0.weight". An empty name puts that part's names directly
+    under the block, as PyTorch's blocks do (torchvision's Bottleneck: body_name="",
+    shortcut_name="downsample" gives "conv1.weight", "downsample.0.weight").
 
     The body must not modify its input in place (no ReLU(inplace=True) first): the
     shortcut reads the same x. The backward pass gives the body its own gradient array
     only after the shortcut has used grad_out, so the body may overwrite it.
     """
 
-    def __init__(self, body, shortcut=None):
+    def __init__(self, body, shortcut=None, *, body_name="body", shortcut_name="shortcut"):
         super().__init__()
         for name, part in (("body", body), ("shortcut", shortcut)):
             if part is not None and not isinstance(part, Sequential):
                 raise TypeError(f"{name} must be a Sequential, got {type(part).__name__}")
+        for name, value in (("body_name", body_name), ("shortcut_name", shortcut_name)):
+            if not isinstance(value, str) or "." in value:
+                raise ValueError(f"{name} must be a string without dots, got {value!r}")
         self.body = body
         self.shortcut = shortcut
+        self.body_name, self.shortcut_name = body_name, shortcut_name
+        # The checks of a Sequential of the two (unique dotted names) cover the block's.
+        Sequential(*[part for _, part in self._parts()],
+                   names=[name for name, _ in self._parts()])
         self._collect()
 
     def _parts(self):
-        return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut else [])
+        parts = [(self.body_name, self.body)]
+        return parts + ([(self.shortcut_name, self.shortcut)] if self.shortcut else [])
+
+    def named_layers(self, prefix=""):
+        """(dotted name, layer) of the body's layers, then the shortcut's."""
+        for name, part in self._parts():
+            yield from part.named_layers(prefixed(prefix, name))
 
     def _collect(self):
         """Fill the flat dicts with the sub-layers' own arrays (after building or moving)."""
@@ -43,7 +60,7 @@ class Residual(Layer):
             arrays = getattr(self, attribute)
             arrays.clear()
             for prefix, part in self._parts():
-                arrays.update({f"{prefix}.{key}": array
+                arrays.update({prefixed(prefix, key): array
                                for key, array in getattr(part, named)().items()})
 
     def to(self, device):
@@ -92,6 +109,8 @@ class SqueezeExcite(Layer):
     state_dict maps by name; fc1.bias, fc2.bias. The gate is "hardsigmoid"
     (MobileNet-V3) or "sigmoid" (the original SE). Weights Kaiming-normal, biases zero.
     """
+
+    sparse_weights = ("fc1.weight", "fc2.weight")
 
     def __init__(self, channels, squeeze_channels, *, gate="hardsigmoid", rng,
                  dtype=np.float32):

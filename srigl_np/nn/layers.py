@@ -98,7 +98,15 @@ def kaiming_normal(shape, fan_in, rng, dtype=np.float32):
 
 
 class Layer:
-    """Base class: empty ``params``/``grads``/``buffers``; subclasses fill them."""
+    """Base class: empty ``params``/``grads``/``buffers``; subclasses fill them.
+
+    ``sparse_weights`` names the params that sparse training masks and condensing
+    condenses (each row of such a weight is one neuron's fan-in): ("weight",) for
+    Linear and Conv2d, none for the layers without weights. Containers (Sequential,
+    blocks.Residual) expose ``named_layers()`` instead.
+    """
+
+    sparse_weights = ()
 
     def __init__(self):
         self.params = {}
@@ -135,9 +143,12 @@ class Layer:
 class Linear(Layer):
     """y = x @ W.T + b.
 
-    x: (batch, in_features); weight: (out_features, in_features); bias: (out_features,);
-    y: (batch, out_features).
+    x: (batch, in_features), or (batch, ..., in_features) as ViT's tokens, the leading
+    axes then flattened into rows and restored; weight: (out_features, in_features);
+    bias: (out_features,); y: (batch, [...,] out_features).
     """
+
+    sparse_weights = ("weight",)
 
     def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32):
         super().__init__()
@@ -148,29 +159,31 @@ class Linear(Layer):
                                                  self.in_features, rng, dtype))
         if bias:
             self._add_param("bias", np.zeros(self.out_features, dtype=dtype))
-        self.x = None
+        self.x = self.lead = None
 
     def forward(self, x, training):
         weight = self.params["weight"]
         x = as_dtype(x, weight.dtype)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"Linear expects x of shape (batch, {self.in_features}), "
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear expects x of shape (batch, [..., ]{self.in_features}), "
                              f"got {x.shape}")
+        self.lead = x.shape[:-1]
+        x = x.reshape(-1, self.in_features)
         self.x = x
         y = x @ weight.T
         if "bias" in self.params:
             y += self.params["bias"]
-        return y
+        return y.reshape(*self.lead, self.out_features)
 
     def backward(self, grad_out, input_grad=True):
         """dL/dW = g.T @ x, dL/db = sum_batch g, dL/dx = g @ W (skipped if not input_grad)."""
         weight = self.params["weight"]
-        grad_out = as_dtype(grad_out, weight.dtype)
+        grad_out = as_dtype(grad_out, weight.dtype).reshape(-1, self.out_features)
         xp = array_module(grad_out)
         xp.matmul(grad_out.T, self.x, out=self.grads["weight"])
         if "bias" in self.params:
             grad_out.sum(axis=0, out=self.grads["bias"])
-        return grad_out @ weight if input_grad else None
+        return (grad_out @ weight).reshape(*self.lead, self.in_features) if input_grad else None
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
@@ -208,6 +221,8 @@ class Conv2d(Layer):
     (an einsum when each group has one output channel). groups = 1 keeps the single-GEMM
     path.
     """
+
+    sparse_weights = ("weight",)
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0,
                  groups=1, bias=True, rng, dtype=np.float32):
@@ -420,14 +435,71 @@ class Dropout(Layer):
         return f"Dropout({self.p})"
 
 
-class Sequential:
-    """Layers applied in order. Parameter names are "<layer index>.<name>" ("0.weight")."""
+def prefixed(prefix, name):
+    """``name`` under ``prefix`` ("layer1" + "weight" -> "layer1.weight"); an empty
+    prefix or name leaves the other as it is (a child whose names are its parent's)."""
+    return f"{prefix}.{name}" if prefix and name else prefix or name
 
-    def __init__(self, *layers):
+
+class Sequential:
+    """Layers applied in order. Parameter names are "<layer name>.<name>": the layer's
+    index by default ("0.weight"), or ``names[i]`` (str, no dot), so a model can carry
+    PyTorch's state_dict keys ("conv1.weight", "layer1.0.downsample.1.running_mean");
+    an empty name gives a layer's arrays the names it has inside (torchvision's
+    ``class_token`` sits directly under the model). Names and dotted keys are unique.
+    """
+
+    def __init__(self, *layers, names=None):
         for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"layer {i} must be a Layer, got {type(layer).__name__}")
+            if not isinstance(layer, (Layer, Sequential)):
+                raise TypeError(f"layer {i} must be a Layer or Sequential, got "
+                                f"{type(layer).__name__}")
         self.layers = list(layers)
+        if names is None:
+            names = [str(i) for i in range(len(layers))]
+        names = list(names)
+        if len(names) != len(layers) or not all(isinstance(n, str) and "." not in n
+                                                for n in names):
+            raise ValueError(f"names must be {len(layers)} strings without dots, got {names}")
+        named = [n for n in names if n]
+        if len(set(named)) != len(named):
+            raise ValueError(f"names must be unique, got {names}")
+        self.names = names
+        keys = [prefixed(prefix, key) for prefix, layer in zip(names, layers)
+                for attribute in ("params", "buffers") for key in getattr(layer, attribute)]
+        if len(set(keys)) != len(keys):
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise ValueError(f"two layers give arrays the same names: {twice}")
+
+    @property
+    def params(self):
+        return self.named_parameters()
+
+    @property
+    def grads(self):
+        return self.named_grads()
+
+    @property
+    def buffers(self):
+        return self.named_buffers()
+
+    def __getitem__(self, name):
+        """The layer called ``name`` (str), or at position ``name`` (int)."""
+        if isinstance(name, str):
+            if name not in self.names or not name:
+                raise KeyError(f"no layer named {name!r}; names: {self.names}")
+            return self.layers[self.names.index(name)]
+        return self.layers[name]
+
+    def named_layers(self, prefix=""):
+        """(dotted name, layer) of every layer that is not a container, depth first in
+        forward order: the name is the prefix of its arrays ("layer1.0.conv1")."""
+        for name, layer in zip(self.names, self.layers):
+            inner = prefixed(prefix, name)
+            if hasattr(layer, "named_layers"):
+                yield from layer.named_layers(inner)
+            else:
+                yield inner, layer
 
     def forward(self, x, training):
         for layer in self.layers:
@@ -452,7 +524,8 @@ class Sequential:
         return None if not input_grad else grad_out
 
     def _named(self, attribute):
-        return {f"{i}.{name}": array for i, layer in enumerate(self.layers)
+        return {prefixed(prefix, name): array
+                for prefix, layer in zip(self.names, self.layers)
                 for name, array in getattr(layer, attribute).items()}
 
     def named_parameters(self):
