@@ -1,7 +1,8 @@
 """Smooth and piecewise activations of the paper's newer architectures (``ReLU`` is in
 ``layers``): ``Sigmoid``, ``Hardsigmoid`` and ``Hardswish`` (MobileNet-V3, Howard et al.,
-2019) and ``GELU`` (ViT). Each follows the ``nn.layers.Layer`` contract and keeps its
-input for the backward pass; none has parameters.
+2019), ``GELU`` (ViT) and ``LogSoftmax`` (the WRN-22-2's output). Each follows the
+``nn.layers.Layer`` contract and keeps its input (LogSoftmax: its output) for the
+backward pass; none has parameters.
 
 Derivatives at the kinks of the piecewise ones (x = -3 and x = 3) take PyTorch's side,
 so gradients agree with torch everywhere:
@@ -101,3 +102,22 @@ class GELU(Layer):
         x = self.x
         density = xp.exp(-x * x / 2) * (1 / math.sqrt(2 * math.pi))
         return grad_out * (self.cdf + x * density)
+
+
+class LogSoftmax(Layer):
+    """y = x - logsumexp(x) over the last axis: log-probabilities, the output of the
+    authors' WRN-22-2 (``F.log_softmax(out, dim=1)``). dL/dx = g - softmax(x) * sum(g)."""
+
+    def __init__(self):
+        super().__init__()
+        self.y = None
+
+    def forward(self, x, training):
+        xp = array_module(x)
+        shifted = x - x.max(axis=-1, keepdims=True)
+        self.y = shifted - xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+        return self.y
+
+    def backward(self, grad_out):
+        xp = array_module(grad_out)
+        return grad_out - xp.exp(self.y) * grad_out.sum(axis=-1, keepdims=True)
