@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -220,8 +221,11 @@ def test_condense_conv_model_with_batchnorm_padding_and_flatten():
     model.layers[1].params["bias"][...] += 3.0    # removed channels' constants stay > 0
     condensed = condense(model)
     kinds = [s.kind for s in condensed.stages]
-    # The padded conv sees its removed input channels again (their value is constant).
-    assert kinds[:4] == ["conv2d", "channel_affine", "relu", "scatter"]
+    # The BatchNorm is folded into the conv before it; the padded conv sees its removed
+    # input channels again (their value is constant); the BatchNorm1d after Flatten
+    # follows no conv: a channel affine.
+    assert kinds[:4] == ["conv2d", "relu", "scatter", "conv2d"]
+    assert kinds.count("channel_affine") == 1
     assert condensed.stages[0].n_active == 5
     assert_equivalent(model, condensed, rng.standard_normal((3, 2, 10, 10)).astype(np.float32))
 
@@ -239,16 +243,25 @@ def test_condense_cnn_folds_removed_channels_into_the_next_bias():
     assert_equivalent(model, condensed, rng.standard_normal((4, 1, 10, 10)).astype(np.float32))
 
 
-def test_unstructured_layers_stay_dense():
+def test_ragged_layers_are_padded_when_sparse_and_stay_dense_when_not():
     rng = np.random.default_rng(9)
     model = sparsify(mlp(rng), rng, ablate_every=5)
     weight = model.layers[3].params["weight"]
     weight[1, np.flatnonzero(weight[1] == 0)[:2]] = 1.0      # row 1 now has more weights
-    with pytest.warns(UserWarning, match=r"layer 3 \(Linear\(40, 30\)\) stays dense: ragged "
-                      r"fan-in: .*1 rows have 6 non-zeros \(e.g. rows \[1\]\)"):
+    dense_ish = model.layers[6].params["weight"]             # 10 x 30, rows of 17-21
+    dense_ish[...] = rng.standard_normal(dense_ish.shape) * (
+        np.arange(30) < 17 + np.arange(10)[:, None] % 5)
+    with pytest.warns(UserWarning) as caught:
         condensed = condense(model)
+    messages = [str(w.message) for w in caught]
+    # Its fan-in is counted over the inputs left once layer 1's ablated neurons are gone.
+    assert re.fullmatch(r"condense: 3.weight \(Linear\(40, 30\)\) is padded: fan-in 1-5, "
+                        r"padded to 5 \(\+48.1% multiply-adds\)", messages[0]), messages
+    assert messages[1].startswith("condense: 6.weight (Linear(30, 10)) stays dense: fan-in ")
     assert [s.kind for s in condensed.stages].count("dense_linear") == 1
-    assert [entry["result"] for entry in condensed.report] == ["condensed", "dense", "condensed"]
+    assert [entry["result"] for entry in condensed.report] == ["condensed", "padded", "dense"]
+    padded = condensed.report[1]
+    assert padded["k"] == 5 and padded["fan_in"] == [1, 5] and padded["n_active"] == 24
     assert_equivalent(model, condensed, rng.standard_normal((6, 64)).astype(np.float32))
 
 
@@ -300,7 +313,8 @@ def set_metadata(arrays, edit):
 
 
 @pytest.mark.parametrize("change, error, match", [
-    (lambda a: a.update(format_version=np.array(2)), ValueError, "format_version"),
+    (lambda a: a.update(format_version=np.array(3)), ValueError, "format_version"),
+    (lambda a: a.update(format_version=np.array(1)), ValueError, "format_version"),
     (lambda a: a.pop("format_version"), ValueError, "format_version"),
     (lambda a: a.update(metadata=np.array("{not json")), ValueError, "JSON"),
     (lambda a: set_metadata(a, lambda m: m.update(format="other")), ValueError, "format"),
@@ -434,11 +448,12 @@ def test_condense_without_masks_says_so_and_warns_naming_the_ragged_layer():
     model, _ = _masked_mlp_with_zeros_in_the_masks(rng)
     with pytest.warns(UserWarning) as caught:
         condensed = condense(model)
-    assert [str(w.message).split(" stays dense: ")[0] for w in caught] == [
-        "condense: layer 1 (Linear(64, 40))", "condense: layer 3 (Linear(40, 30))"]
-    assert all("ragged fan-in" in str(w.message) for w in caught)
+    assert [str(w.message).split(" is padded: ")[0] for w in caught] == [
+        "condense: 1.weight (Linear(64, 40))", "condense: 3.weight (Linear(40, 30))"]
+    assert all(re.search(r"fan-in \d-\d, padded to \d \(\+\d+\.\d% multiply-adds\)",
+                         str(w.message)) for w in caught)
     assert {e["structure"] for e in condensed.report} == {"weight != 0"}
-    assert [e["result"] for e in condensed.report][:2] == ["dense", "dense"]
+    assert [e["result"] for e in condensed.report][:2] == ["padded", "padded"]
     assert_equivalent(model, condensed, rng.standard_normal((5, 64)).astype(np.float32))
 
 
@@ -461,7 +476,7 @@ def test_condense_takes_the_masks_of_a_dynamic_sparsity():
     ({"1.weight": np.ones((40, 64), dtype=np.float32)}, TypeError, r"masks\['1.weight'\] must be bool"),
     ({"1.weight": np.ones((40, 63), dtype=bool)}, ValueError, r"masks\['1.weight'\] must have shape"),
     ({"1.weight": np.zeros((40, 64), dtype=bool)}, ValueError, "non-zero weights lie outside"),
-    ({"2.weight": np.ones((1, 1), dtype=bool)}, ValueError, "no Linear/Conv2d weight"),
+    ({"2.weight": np.ones((1, 1), dtype=bool)}, ValueError, "no sparse weight"),
     ([np.ones(3, dtype=bool)], TypeError, "masks must be None, a dict"),
 ])
 def test_condense_refuses_masks_that_do_not_fit(masks, error, match):

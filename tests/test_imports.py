@@ -196,7 +196,7 @@ def test_the_formats_wing_reaches_nothing_of_the_condensed_inference():
     assert "srigl_np.formats.npz" in formats and "srigl_np.formats.checkpoint" in formats
     for name in formats:
         assert not inference & _reachable(graph, name), name
-    assert "srigl_np.formats.npz" in graph["srigl_np.inference.condensed_model"]
+    assert "srigl_np.formats.npz" in graph["srigl_np.inference.model_file"]
 
 
 # -- the graph builder and the cycle finder on synthetic cases ------------------------------

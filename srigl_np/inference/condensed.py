@@ -43,16 +43,22 @@ class Stage:
         kind       its name in a condensed model file
         ARRAYS     attributes that are arrays, saved as ``stage<i>.<name>``
         OPTIONAL   array attributes that may be None (saved only when present)
-        SETTINGS   attributes that are integers or tuples of them, saved in the JSON
-                   metadata
+        SETTINGS   attributes that are integers, floats or tuples of them, saved in the
+                   JSON metadata
+        DEFAULTS   {setting: value} for settings that files of an older format may lack
+        PIPELINES  attributes that are lists of stages (or None where OPTIONAL_PIPELINES
+                   allows it): the sub-graphs of a residual block, a squeeze-excite gate
+                   or an attention's projections, saved nested (``model_file``)
 
-    ``from_fields(**arrays, **settings)`` rebuilds (and so re-validates) a stage; by
-    default it is the constructor, whose parameters carry the same names. ``to(device)``
-    returns a copy whose arrays live on ``device`` (itself when they already do).
+    ``from_fields(**arrays, **settings, **pipelines)`` rebuilds (and so re-validates) a
+    stage; by default it is the constructor, whose parameters carry the same names.
+    ``to(device)`` returns a copy whose arrays (and sub-stages) live on ``device``
+    (itself when they already do).
     """
 
     kind = None
-    ARRAYS = OPTIONAL = SETTINGS = ()
+    ARRAYS = OPTIONAL = SETTINGS = PIPELINES = OPTIONAL_PIPELINES = ()
+    DEFAULTS = {}
 
     def forward(self, x, threads=0):
         raise NotImplementedError
@@ -88,7 +94,16 @@ class Stage:
         for name, value in vars(self).items():
             if isinstance(value, np.ndarray) or is_cupy_array(value):
                 setattr(moved, name, to_device(value, device))
+        for name in self.PIPELINES:
+            stages = getattr(self, name)
+            if stages is not None:
+                setattr(moved, name, [stage.to(device) for stage in stages])
         return moved
+
+    def sub_stages(self):
+        """(pipeline name, its stages) of every sub-graph this stage holds."""
+        return [(name, getattr(self, name)) for name in self.PIPELINES
+                if getattr(self, name) is not None]
 
 
 def _same_device(current, device):
@@ -365,9 +380,13 @@ class CondensedLinear(Stage):
 
     def forward(self, x, threads=0):
         """x: (batch, n_in) or (n_in,), any float dtype -> y: (batch, n_active) or (n_active,),
-        float32, on x's device (which must be the layer's)."""
+        float32, on x's device (which must be the layer's). Tokens (batch, ..., n_in) give
+        (batch, ..., n_active): the leading axes are one batch of rows."""
         xp = array_module(x)
         x = xp.asarray(x)
+        if x.ndim > 2:
+            rows = self.forward(x.reshape(-1, x.shape[-1]), threads)
+            return rows.reshape(*x.shape[:-1], rows.shape[-1])
         vector = x.ndim == 1
         x2 = x.reshape(1, -1) if vector else x
         if self.weights is None:

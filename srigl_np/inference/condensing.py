@@ -1,10 +1,12 @@
-"""The condense pass: a trained ``Sequential`` -> a ``CondensedModel`` for inference.
+"""The condense pass: a trained model (a ``Sequential``, nested blocks included) -> a
+``CondensedModel`` for inference.
 
-``condense(model)`` walks the layers once, keeping a small record (``_Features``) of
-which features of the original network the condensed tensor still holds and the
-constant value of each removed one. Constant fan-in layers become ``CondensedLinear`` /
-``CondensedConv2d``; ablated neurons are removed structurally and their constant output
-folded into the next layer (see ``condense`` for the rules).
+``condense(model)`` walks the model once in forward order, building one pipeline of
+stages per container: the model's own, a residual block's body and shortcut, a
+squeeze-excite gate, an attention's projections (``graph.py``). Beside it goes a small
+record (``condense_layer._Features``) of which features of the original network the
+condensed tensor still holds and the constant value of each removed one (see
+``condense`` for the rules); each weight is condensed by ``condense_layer``.
 """
 
 import warnings
@@ -12,244 +14,289 @@ import warnings
 import numpy as np
 
 from ..backend import to_numpy
-from ..nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU, Sequential
-from ..nn.normalization import BatchNorm1d, BatchNorm2d
-from ..nn.pooling import MaxPool2d
+from ..nn.activations import GELU, Hardsigmoid, Hardswish, LogSoftmax, Sigmoid
+from ..nn.attention import MultiheadSelfAttention
+from ..nn.blocks import Residual, SqueezeExcite
+from ..nn.layers import Conv2d, Dropout, Flatten, Linear, ReLU, Sequential, prefixed
+from ..nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from ..nn.pooling import GlobalAvgPool2d, MaxPool2d
+from ..nn.tokens import ClassToken, PatchTokens, PositionEmbedding, SelectToken
 from ..validation import check_array
-from .condensed import (CondensedConv2d, CondensedLinear, _index_dtype, describe_counts,
-                        pattern_arrays)
-from .condensed_model import (ChannelAffine, CondensedModel, DenseConv2d, DenseLinear,
-                              FlattenStage, MaxPool, Relu, Scatter)
+from . import graph, stages as st
+from .condense_layer import WeightSpec, batch_norm_affine, condense_weight
+from .condensed_model import CondensedModel
+
+# Element-wise layers: the stage that computes each, and carries a removed neuron's
+# constant output through it.
+ACTIVATIONS = {ReLU: st.Relu, Sigmoid: st.Sigmoid, Hardsigmoid: st.Hardsigmoid,
+               Hardswish: st.Hardswish, GELU: st.Gelu}
 
 
-class _Features:
-    """Bookkeeping of ``condense``: which features (axis 1) of the original tensor the
-    condensed tensor still holds, and the constant value of each removed one.
+class _Walk:
+    """One condense pass: the masks not yet used, the report, and the axis on which the
+    current tensor holds its features (1: channels or flat features; -1: tokens)."""
 
-    kept: (n_kept,) int64 positions, strictly increasing; constants: (n_features,)
-    float64, read at removed positions only. ``flatten_at`` is the index of the
-    FlattenStage applied to a channel-level state (None otherwise): the features are
-    then channels whose blocks of height*width flat features are not known yet.
-    """
+    def __init__(self, masks, index_dtype, warn):
+        self.masks, self.index_dtype, self.warn = masks, index_dtype, warn
+        self.report = []
+        self.axis = 1
 
-    def __init__(self, kept, constants, flatten_at=None):
-        self.kept, self.constants, self.flatten_at = kept, constants, flatten_at
+    def restore(self, state, stages):
+        """Put every removed feature back (a Scatter before a pending Flatten of channels,
+        or at the end of ``stages``): for a layer that needs them all. Returns None, the
+        state of a full tensor."""
+        if state is not None and state.removed.size:
+            at = len(stages) if state.flatten_at is None else state.flatten_at
+            stages.insert(at, state.scatter(1 if state.flatten_at is not None else self.axis))
+        return None
 
-    @property
-    def removed(self):
-        return np.setdiff1d(np.arange(self.constants.size), self.kept)
+    def pipeline(self, sequential, prefix, state, stages):
+        """Append the stages of ``sequential``'s layers to ``stages``; return the state of
+        its output."""
+        layers = list(zip(sequential.names, sequential.layers))
+        i = 0
+        while i < len(layers):
+            name, layer = layers[i]
+            path = prefixed(prefix, name)
+            following = layers[i + 1][1] if i + 1 < len(layers) else None
+            if isinstance(layer, (Linear, Conv2d)):
+                affine = None
+                if (isinstance(following, (BatchNorm1d, BatchNorm2d))
+                        and following.num_features == layer.params["weight"].shape[0]):
+                    affine = batch_norm_affine(following)   # folded into the weight
+                    i += 1
+                state = self.weight(path, layer, state, stages, affine)
+            else:
+                state = self.layer(path, layer, state, stages)
+            i += 1
+        return state
 
-    def expanded(self, n_features):
-        """The state over ``n_features`` flat features (after a pending Flatten)."""
-        if self.flatten_at is None:
-            if n_features != self.constants.size:
-                raise ValueError(f"layer expects {n_features} input features, the previous "
-                                 f"layer gives {self.constants.size}")
-            return self
-        channels = self.constants.size
-        block = n_features // channels
-        if block * channels != n_features:
-            raise ValueError(f"layer expects {n_features} input features, not a multiple of "
-                             f"the {channels} flattened channels")
-        kept = (self.kept[:, None] * block + np.arange(block)).ravel()
-        return _Features(kept, np.repeat(self.constants, block))
+    def layer(self, path, layer, state, stages):
+        """Append the stages of one layer that is not a Linear/Conv2d; return the state."""
+        if isinstance(layer, Sequential):
+            return self.pipeline(layer, path, state, stages)
+        if type(layer) in ACTIVATIONS:
+            stage_type = ACTIVATIONS[type(layer)]
+            stages.append(stage_type())
+            if state is not None:
+                state.constants = stage_type.constant(state.constants)
+            return state
+        if isinstance(layer, (BatchNorm1d, BatchNorm2d)):
+            scale, shift = batch_norm_affine(layer)
+            if state is not None:
+                state = state.expanded(layer.num_features)
+                state.constants = state.constants * scale + shift
+            kept = slice(None) if state is None else state.kept
+            stages.append(st.ChannelAffine(scale[kept].astype(np.float32),
+                                           shift[kept].astype(np.float32)))
+            return state
+        if isinstance(layer, Dropout):
+            return state          # the identity in evaluation
+        if isinstance(layer, MaxPool2d):
+            stages.append(st.MaxPool(layer.kernel_size, layer.stride,
+                                     getattr(layer, "padding", 0)))
+            return state          # the max of a constant is that constant
+        if isinstance(layer, GlobalAvgPool2d):
+            stages.append(st.GlobalAvgPool())
+            return state          # so is its mean
+        if isinstance(layer, Flatten):
+            stages.append(st.FlattenStage())
+            if state is not None and state.flatten_at is None:
+                state.flatten_at = len(stages) - 1
+            return state
+        if isinstance(layer, PatchTokens):
+            stages.append(st.PatchTokens())
+            self.axis = -1        # the channels become each token's features
+            return state
+        if isinstance(layer, SelectToken):
+            stages.append(st.SelectToken(layer.index))
+            self.axis = 1         # a token's features become the flat features
+            return state
+        if isinstance(layer, Residual):
+            return self.residual(path, layer, state, stages)
+        if isinstance(layer, SqueezeExcite):
+            return self.squeeze_excite(path, layer, state, stages)
+        if isinstance(layer, MultiheadSelfAttention):
+            return self.attention(path, layer, state, stages)
+        full = {LayerNorm: lambda: st.LayerNorm(*_float32(layer, "weight", "bias"), layer.eps),
+                ClassToken: lambda: st.ClassToken(*_float32(layer, "class_token")),
+                PositionEmbedding: lambda: st.PositionEmbedding(
+                    *_float32(layer, "pos_embedding")),
+                LogSoftmax: st.LogSoftmax}.get(type(layer))
+        if full is None:
+            raise TypeError(f"condense cannot convert layer {path or '(model)'}: "
+                            f"{type(layer).__name__}")
+        # These read every feature (a norm over them, a token or embedding that differs
+        # per position, a softmax): removed ones come back first.
+        state = self.restore(state, stages)
+        stages.append(full())
+        return state
 
-    def scatter(self):
-        return Scatter(self.kept.astype(np.int64), self.constants.astype(np.float32))
+    def weight(self, path, layer, state, stages, affine=None, name="weight", bias="bias",
+               matrix=False):
+        """Condense one weight of ``layer`` (its ``name`` parameter, with ``bias``);
+        ``matrix``: a 1x1 convolution applied as a linear map (squeeze-excite)."""
+        weight = layer.params[name]
+        conv = isinstance(layer, Conv2d) and not matrix
+        spec = WeightSpec(
+            name=prefixed(path, name),
+            weight=weight.reshape(weight.shape[:2]) if matrix else weight,
+            bias=layer.params.get(bias), groups=layer.groups if conv else 1,
+            conv=(layer.kernel_size, layer.stride, layer.padding) if conv else None)
+        mask = self.masks.pop(spec.name, None)
+        spec.mask = None if mask is None else mask.reshape(spec.weight.shape)
+        state, entry = condense_weight(spec, state, stages, self.index_dtype, affine,
+                                       self.axis)
+        entry["type"] = repr(layer)
+        self.report.append(entry)
+        if self.warn and entry["result"] != "condensed":
+            verdict = "is padded" if entry["result"] == "padded" else "stays dense"
+            warnings.warn(f"condense: {spec.name} ({layer!r}) {verdict}: {entry['reason']}",
+                          stacklevel=4)
+        return state
+
+    def residual(self, path, block, state, stages):
+        """body(x) + shortcut(x): both start from x's state (each drops or restores what
+        x lost); both end with every channel, as the add needs."""
+        if block.shortcut is None:
+            state = self.restore(state, stages)   # the identity reads every channel
+        axis = self.axis
+        body = []
+        self.restore(self.pipeline(block.body, prefixed(path, block.body_name),
+                                   None if state is None else state.copy(), body), body)
+        shortcut = None
+        if block.shortcut is not None:
+            self.axis, shortcut = axis, []
+            self.restore(self.pipeline(block.shortcut, prefixed(path, block.shortcut_name),
+                                       None if state is None else state.copy(), shortcut),
+                         shortcut)
+        stages.append(graph.Residual(body, shortcut))
+        return None
+
+    def squeeze_excite(self, path, block, state, stages):
+        """x * gate(mean(x)): x keeps every channel (a removed channel's constant times a
+        gate that varies is no constant); fc1 -> ReLU -> fc2 -> gate are condensed as
+        linear maps of the pooled (batch, C), removed neurons of fc1 folded into fc2."""
+        state = self.restore(state, stages)
+        gate, axis, self.axis = [], self.axis, 1
+        hidden = self.weight(path, block, None, gate, name="fc1.weight", bias="fc1.bias",
+                             matrix=True)
+        hidden = self.layer(path, block.relu, hidden, gate)
+        scale = self.weight(path, block, hidden, gate, name="fc2.weight", bias="fc2.bias",
+                            matrix=True)
+        self.restore(self.layer(path, block.gate, scale, gate), gate)
+        self.axis = axis
+        stages.append(graph.SqueezeExcite(gate))
+        return state
+
+    def attention(self, path, block, state, stages):
+        """Multi-head self-attention: in_proj (3*D x D, constant fan-in per row) and
+        out_proj condensed as linear maps of the (rows, D) tokens; each gives every
+        feature (q, k and v are all read)."""
+        state = self.restore(state, stages)
+        axis, self.axis = self.axis, 1
+        in_proj, out_proj = [], []
+        self.restore(self.weight(path, block, None, in_proj, name="in_proj_weight",
+                                 bias="in_proj_bias"), in_proj)
+        self.restore(self.weight(path, block, None, out_proj, name="out_proj.weight",
+                                 bias="out_proj.bias"), out_proj)
+        self.axis = axis
+        stages.append(graph.Attention(in_proj, out_proj, block.num_heads))
+        return state
 
 
-def _pad_to_constant_fan_in(pattern, active):
-    """Give every active row of ``pattern`` the largest count among them by marking the
-    first free columns of shorter rows (explicit zero weights)."""
-    counts = pattern.sum(axis=1)
-    if not active.size:
-        return pattern
-    k = counts[active].max()
-    short = active[counts[active] < k]
-    if not short.size:
-        return pattern
-    free_first = np.argsort(pattern[short], axis=1, kind="stable")
-    need = k - counts[short]
-    pattern = pattern.copy()
-    pattern[np.repeat(short, need), free_first[np.arange(pattern.shape[1]) < need[:, None]]] = True
-    return pattern
+def _float32(layer, *names):
+    return [np.ascontiguousarray(to_numpy(layer.params[name]), dtype=np.float32)
+            for name in names]
 
 
-def _condense_layer(layer, mask, state, stages, index_dtype):
-    """Append the condensed form of a Linear/Conv2d to ``stages``; return (new state,
-    its report entry).
-
-    mask: the layer's bool mask (weight-shaped), or None to judge structure by
-    ``weight != 0``. Entries inside the mask are weights even when their value is 0
-    (grown at a zero gradient, say): they stay explicit condensed entries.
-    Inputs the previous layers removed are dropped from the weight's columns; their
-    constant values times those columns are folded into the bias (exact for Linear and
-    for Conv2d without padding; a padded Conv2d gets the removed channels back through
-    a Scatter stage instead, as its border pixels see fewer taps). The layer's own rows
-    that are then all zero are removed: each outputs its constant bias.
-    """
-    conv = isinstance(layer, Conv2d)
-    if conv and layer.groups != 1:
-        raise ValueError(f"condense supports Conv2d with groups=1 only, got {layer!r}")
-    weight = layer.params["weight"]
-    n_out = weight.shape[0]
-    matrix = weight.reshape(n_out, -1).astype(np.float64)
-    full_pattern = matrix != 0 if mask is None else mask.reshape(n_out, -1)
-    bias = layer.params.get("bias")
-    shift = np.zeros(n_out) if bias is None else bias.astype(np.float64)
-    taps = int(np.prod(weight.shape[2:])) if conv else 1
-    n_inputs = layer.in_channels if conv else layer.in_features
-    if state is not None and conv and layer.padding and state.constants[state.removed].any():
-        stages.append(state.scatter())
-        state = None
-    if state is None:
-        kept = np.arange(n_inputs)
-    else:
-        state = state.expanded(n_inputs)
-        kept, removed = state.kept, state.removed
-        removed_columns = (removed[:, None] * taps + np.arange(taps)).ravel()
-        shift = shift + matrix[:, removed_columns] @ np.repeat(state.constants[removed], taps)
-    columns = (kept[:, None] * taps + np.arange(taps)).ravel()
-    matrix_in = matrix[:, columns]
-    counts = full_pattern.sum(axis=1)
-    live = np.flatnonzero(counts)
-    structured = np.unique(counts[live]).size <= 1
-    pattern = full_pattern[:, columns]
-    active = np.flatnonzero(pattern.any(axis=1))
-    has_bias = bias is not None or bool(shift.any())
-    active_bias = shift[active].astype(np.float32) if has_bias else None
-    if structured:
-        pattern = _pad_to_constant_fan_in(pattern, active)
-        _, values, indices = pattern_arrays(
-            matrix_in, pattern, _index_dtype(columns.size, index_dtype))
-        core = CondensedLinear(values, indices, active, n_out, columns.size, active_bias)
-        stage = (CondensedConv2d(core, kept.size, layer.kernel_size, layer.stride,
-                                 layer.padding) if conv else core)
-    else:
-        dense = matrix_in[active].astype(np.float32)
-        stage = (DenseConv2d(dense.reshape(active.size, kept.size, *layer.kernel_size),
-                             active_bias, layer.stride, layer.padding)
-                 if conv else DenseLinear(dense, active_bias))
-    stages.append(stage)
-    constants = shift.copy()
-    constants[active] = 0.0
-    entry = {"structure": "weight != 0" if mask is None else "mask",
-             "result": "condensed" if structured else "dense",
-             "n_out": int(n_out), "n_active": int(active.size), "nnz": int(counts.sum()),
-             "k": int(stage.k) if structured else None,
-             "reason": ("constant fan-in" if structured else
-                        "ragged fan-in: " + describe_counts(counts[live], live))}
-    return _Features(active, constants), entry
+def _sparse_weights(model):
+    """{dotted name: weight array} of every weight a sparse layer holds, forward order."""
+    return {prefixed(path, name): layer.params[name]
+            for path, layer in model.named_layers() for name in layer.sparse_weights}
 
 
-def _batch_norm_affine(layer):
-    """Evaluation-mode BatchNorm as y = x * scale + shift (float64, per channel)."""
-    scale = layer.params["weight"] / np.sqrt(layer.buffers["running_var"].astype(np.float64)
-                                             + layer.eps)
-    return scale, layer.params["bias"] - layer.buffers["running_mean"] * scale
-
-
-def _layer_masks(model, masks):
-    """{layer index: bool mask or None} for the model's Linear/Conv2d layers."""
+def _check_masks(model, masks):
+    """{weight name: bool mask} validated against the model's sparse weights."""
     if masks is not None and not isinstance(masks, dict):
         masks = getattr(masks, "masks", None)   # a DynamicSparsity
         if not isinstance(masks, dict):
             raise TypeError("masks must be None, a dict of parameter name -> bool mask, or "
                             "a DynamicSparsity")
-    masks = dict(masks or {})
-    found = {}
-    for i, layer in enumerate(model.layers):
-        if not isinstance(layer, (Linear, Conv2d)):
-            continue
-        mask = masks.pop(f"{i}.weight", None)
-        if mask is not None:
-            weight = layer.params["weight"]
-            mask = to_numpy(mask)
-            check_array(f"masks['{i}.weight']", mask, dtypes=(bool,), shape=weight.shape)
-            outside = (weight != 0) & ~mask
-            if outside.any():
-                raise ValueError(f"masks['{i}.weight'] does not cover the weight: "
-                                 f"{int(outside.sum())} non-zero weights lie outside it "
-                                 f"(first at {tuple(int(j) for j in np.argwhere(outside)[0])})")
-        found[i] = mask
-    if masks:
-        raise ValueError(f"masks name parameters that are no Linear/Conv2d weight of the "
-                         f"model: {sorted(masks)}")
-    return found
+    weights = _sparse_weights(model)
+    unknown = sorted(set(masks or {}) - set(weights))
+    if unknown:
+        raise ValueError(f"masks name parameters that are no sparse weight (Linear/Conv2d, "
+                         f"attention or squeeze-excite) of the model: {unknown}")
+    checked = {}
+    for name, mask in (masks or {}).items():
+        weight = to_numpy(weights[name])
+        mask = to_numpy(mask)
+        check_array(f"masks['{name}']", mask, dtypes=(bool,), shape=weight.shape)
+        outside = (weight != 0) & ~mask
+        if outside.any():
+            raise ValueError(f"masks['{name}'] does not cover the weight: "
+                             f"{int(outside.sum())} non-zero weights lie outside it "
+                             f"(first at {tuple(int(j) for j in np.argwhere(outside)[0])})")
+        checked[name] = mask
+    return checked
 
 
 def condense(model, *, masks=None, index_dtype=None, input_stats=None, warn=True):
-    """Convert a trained Sequential into a CondensedModel for inference.
+    """Convert a trained model into a CondensedModel for inference.
 
-    Structure comes from the masks when there are any (``masks``: a dict of parameter
-    name, e.g. "3.weight", -> bool mask of the weight's shape, or a DynamicSparsity):
-    every entry inside a mask is a weight, also when its value is exactly 0 (it was
-    grown at a zero gradient), so a constant fan-in mask always condenses. A layer
-    without a mask is judged by ``weight != 0``, which under-counts such weights; the
-    report says which source each layer used.
+    model: a Sequential of srigl_np.nn layers, nested ones included: Sequential,
+    blocks.Residual (identity or projection shortcut), blocks.SqueezeExcite,
+    attention.MultiheadSelfAttention, the tokens layers (PatchTokens, ClassToken,
+    PositionEmbedding, SelectToken), BatchNorm1d/2d, LayerNorm, GlobalAvgPool2d,
+    MaxPool2d, Flatten, Dropout (dropped: the identity in evaluation), ReLU, Sigmoid,
+    Hardsigmoid, Hardswish, GELU, LogSoftmax, Linear and Conv2d (grouped and depthwise
+    too). Another layer is a TypeError naming it.
 
-    Every Linear/Conv2d becomes a CondensedLinear/CondensedConv2d when its non-empty
-    rows share one count (constant fan-in: SRigL, or any dense layer, with k = n_in);
-    a layer whose rows differ (unstructured RigL, SET) stays dense as DenseLinear /
-    DenseConv2d, named in a warning (``warn=False`` silences it) with its row counts.
-    Rows that are empty are ablated neurons and are removed structurally: the layer
-    shrinks, and the next layer drops the matching input columns (a conv channel's
-    kh*kw taps; after Flatten its height*width block) and remaps its indices, so no
-    work is spent on them. An ablated neuron still outputs a constant (its bias,
-    through ReLU/BatchNorm): that constant is folded into the next layer's bias; before
-    a padded Conv2d, or at the end of the network, a Scatter stage puts the constant
-    features back. Rows of the next layer that lose weights to dropped columns are
-    padded with explicit zeros to a common k.
-    ReLU, MaxPool2d, Flatten, BatchNorm1d/2d (running statistics) and Dropout (the
-    identity in evaluation) are supported between them; another layer is a TypeError.
+    Structure comes from the masks when there are any (``masks``: a dict of dotted
+    weight name, e.g. "layer1.0.conv1.weight", -> bool mask of the weight's shape, or a
+    DynamicSparsity): every entry inside a mask is a weight, also when its value is
+    exactly 0 (grown at a zero gradient), so a constant fan-in mask always condenses. A
+    weight without a mask is judged by ``weight != 0``; the report says which.
+
+    Every weight becomes a CondensedLinear/CondensedConv2d when its non-empty rows share
+    one count (constant fan-in: SRigL, or any dense layer, with k = n_in); a grouped
+    convolution's rows index the input channels of their group. A layer whose rows
+    differ (unstructured RigL, SET) is condensed padded to its largest fan-in, or stays
+    dense where the measured rule (``condense_layer.PADDED_DENSITY_LIMIT``) says that is
+    faster; the report gives the reason and the padding cost, and a warning names it
+    (``warn=False`` silences it). A BatchNorm right after a Linear/Conv2d is folded into
+    it (running statistics: W' = W * scale, b' = (b - mean) * scale + beta); one after
+    anything else becomes a ChannelAffine stage.
+    Ablated neurons (empty rows) are removed structurally: the next layer drops the
+    matching input columns (a conv channel's kh*kw taps; after Flatten its height*width
+    block) and folds their constant output (bias, through BatchNorm and activations)
+    into its bias. A layer that reads every feature (a padded convolution when the
+    constant is not 0, LayerNorm, class token, position embedding, log_softmax, an
+    identity shortcut, squeeze-excite, attention, the model's output) gets them back
+    from a Scatter stage; so does a residual block's output, as the add needs every
+    channel. Rows that lose weights to dropped columns are padded with explicit zeros
+    to a common k.
 
     index_dtype: None (int16 when a layer's inputs fit, else int32), int16 or int32.
     input_stats: (mean, std) of the training images on the [0, 1] scale (scalars or per
-    channel, as ``data.channel_stats`` gives them), stored so that the model takes raw
-    uint8 images (see CondensedModel.logits). The result's ``report`` holds one entry
-    per Linear/Conv2d: layer index, "condensed" or "dense", the structure source, k,
-    active and total neurons, nnz and the reason.
+    channel, as ``data.channel_stats`` gives them), stored so that the model takes
+    images (see CondensedModel.logits). The result's ``report`` holds one entry per
+    weight: its dotted name ("layer", e.g. "3.weight"), its layer's type, "condensed", "padded" or "dense", the
+    structure source, k, fan_in [lowest, highest], active and total neurons, nnz and
+    the reason.
     """
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a srigl_np.nn.layers.Sequential, got {type(model).__name__}")
     _check_finite(model)
-    layer_masks = _layer_masks(model, masks)
-    stages, state, report = [], None, []
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer, (Linear, Conv2d)):
-            state, entry = _condense_layer(layer, layer_masks[i], state, stages, index_dtype)
-            report.append({"layer": i, "type": repr(layer), **entry})
-            if warn and entry["result"] == "dense":
-                warnings.warn(f"condense: layer {i} ({layer!r}) stays dense: {entry['reason']}",
-                              stacklevel=2)
-        elif isinstance(layer, ReLU):
-            stages.append(Relu())
-            if state is not None:
-                state.constants = np.maximum(state.constants, 0.0)
-        elif isinstance(layer, MaxPool2d):
-            stages.append(MaxPool(layer.kernel_size, layer.stride))
-        elif isinstance(layer, Flatten):
-            stages.append(FlattenStage())
-            if state is not None and state.flatten_at is None:
-                state.flatten_at = len(stages) - 1
-        elif isinstance(layer, (BatchNorm1d, BatchNorm2d)):
-            scale, shift = _batch_norm_affine(layer)
-            if state is not None:
-                state = state.expanded(layer.num_features)
-                state.constants = state.constants * scale + shift
-            kept = slice(None) if state is None else state.kept
-            stages.append(ChannelAffine(scale[kept].astype(np.float32),
-                                        shift[kept].astype(np.float32)))
-        elif not isinstance(layer, Dropout):
-            raise TypeError(f"condense cannot convert layer {i}: {type(layer).__name__}")
-    if state is not None and state.removed.size:
-        # Restore the full output: before a trailing Flatten of channels, or at the end.
-        at = len(stages) if state.flatten_at is None else state.flatten_at
-        stages.insert(at, state.scatter())
-    last = [layer for layer in model.layers if isinstance(layer, (Linear, Conv2d))][-1:]
-    n_classes = last[0].out_features if last and isinstance(last[0], Linear) else None
+    walk = _Walk(_check_masks(model, masks), index_dtype, warn)
+    stages = []
+    walk.restore(walk.pipeline(model, "", None, stages), stages)
+    weighted = [layer for _, layer in model.named_layers() if isinstance(layer, (Linear, Conv2d))]
+    n_classes = weighted[-1].out_features if weighted and isinstance(weighted[-1], Linear) \
+        else None
     condensed = CondensedModel(stages, input_stats=input_stats, n_classes=n_classes)
-    condensed.report = report
+    condensed.report = walk.report
     return condensed
 
 

@@ -1,0 +1,142 @@
+"""The stages that hold stages: a condensed model is a graph, not only a chain.
+
+    run_pipeline(stages, x)   a list of stages applied in order (a model, a residual
+                              body, a gate, a projection)
+    Residual                  body(x) + shortcut(x), the shortcut a pipeline or the identity
+    SqueezeExcite             x * gate(mean_hw(x)), the gate a pipeline on the pooled map
+    Attention                 multi-head self-attention whose in_proj and out_proj are
+                              pipelines (a condensed product, perhaps a Scatter)
+
+Each sub-graph is a plain list of ``condensed.Stage``s, saved nested (``model_file``) and
+moved with its stage (``Stage.to``). The condensed products inside them run through
+``CondensedLinear`` / ``CondensedConv2d``, the one place that calls the kernels.
+"""
+
+import math
+
+from ..backend import array_module
+from ..validation import positive_int
+from .condensed import Stage
+from .stages import Relu
+
+
+def check_pipeline(name, stages):
+    """``stages`` as a list of Stage instances (TypeError naming ``name`` otherwise)."""
+    if not isinstance(stages, (list, tuple)):
+        raise TypeError(f"{name} must be a list of stages, got {type(stages).__name__}")
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, Stage):
+            raise TypeError(f"{name}[{i}] must be a Stage, got {type(stage).__name__}")
+    return list(stages)
+
+
+def run_pipeline(stages, x, threads=0):
+    """x through ``stages`` in order. A ReLU overwrites its input when that is an array a
+    stage of this pipeline made (never the caller's x, which a residual's shortcut or
+    the caller still reads)."""
+    xp = array_module(x)
+    given = x
+    for stage in stages:
+        if isinstance(stage, Relu) and not xp.may_share_memory(x, given):
+            x = stage.forward(x, threads, out=x)
+        else:
+            x = stage.forward(x, threads)
+    return x
+
+
+class Residual(Stage):
+    """y = body(x) + shortcut(x), the shortcut the identity when it is None (He et al.,
+    2016). Both pipelines give the full output, so the add sees every channel: a
+    channel whose neuron was ablated at the block's output stays, restored to its
+    constant by a Scatter at the pipeline's end."""
+
+    kind = "residual"
+    PIPELINES = ("body", "shortcut")
+    OPTIONAL_PIPELINES = ("shortcut",)
+
+    def __init__(self, body, shortcut=None):
+        self.body = check_pipeline("body", body)
+        if not self.body:
+            raise ValueError("body must hold at least one stage")
+        self.shortcut = None if shortcut is None else check_pipeline("shortcut", shortcut)
+
+    def forward(self, x, threads=0):
+        y = run_pipeline(self.body, x, threads)
+        other = x if self.shortcut is None else run_pipeline(self.shortcut, x, threads)
+        if y.shape != other.shape:
+            raise ValueError(f"the residual body gives {y.shape}, the shortcut {other.shape}")
+        if array_module(y).may_share_memory(y, x):
+            return y + other
+        y += other
+        return y
+
+    def __repr__(self):
+        inner = ", ".join(repr(stage) for stage in self.body)
+        short = ("identity" if self.shortcut is None
+                 else ", ".join(repr(stage) for stage in self.shortcut))
+        return f"Residual(body=[{inner}], shortcut=[{short}])"
+
+
+class SqueezeExcite(Stage):
+    """x * gate(mean_hw(x))[:, :, None, None] for x (batch, C, H, W) (MobileNet-V3): the
+    ``gate`` pipeline maps the pooled (batch, C) to (batch, C) (fc1, ReLU, fc2, the
+    hard sigmoid, condensed)."""
+
+    kind = "squeeze_excite"
+    PIPELINES = ("gate",)
+
+    def __init__(self, gate):
+        self.gate = check_pipeline("gate", gate)
+
+    def forward(self, x, threads=0):
+        if x.ndim != 4:
+            raise ValueError(f"x must have shape (batch, channels, height, width), got {x.shape}")
+        scale = run_pipeline(self.gate, x.mean(axis=(2, 3), dtype=x.dtype), threads)
+        if scale.shape != x.shape[:2]:
+            raise ValueError(f"the gate gives {scale.shape} for x of shape {x.shape}")
+        return x * scale[:, :, None, None]
+
+    def __repr__(self):
+        return f"SqueezeExcite(gate=[{', '.join(repr(stage) for stage in self.gate)}])"
+
+
+class Attention(Stage):
+    """Multi-head self-attention over tokens x (batch, length, embed_dim):
+    [q, k, v] = in_proj(x), softmax(q_h k_h^T / sqrt(d)) v_h per head, out_proj of the
+    heads' concatenation. ``in_proj`` maps (rows, embed_dim) -> (rows, 3*embed_dim) (the
+    stacked in_proj_weight, constant fan-in per row, condensed), ``out_proj`` (rows,
+    embed_dim) -> (rows, embed_dim); num_heads divides embed_dim."""
+
+    kind = "attention"
+    PIPELINES = ("in_proj", "out_proj")
+    SETTINGS = ("num_heads",)
+
+    def __init__(self, in_proj, out_proj, num_heads):
+        self.in_proj = check_pipeline("in_proj", in_proj)
+        self.out_proj = check_pipeline("out_proj", out_proj)
+        self.num_heads = positive_int("num_heads", num_heads)
+
+    def forward(self, x, threads=0):
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape (batch, length, embed_dim), got {x.shape}")
+        xp = array_module(x)
+        batch, length, dim = x.shape
+        heads = self.num_heads
+        if dim % heads:
+            raise ValueError(f"num_heads {heads} does not divide the embedding {dim}")
+        qkv = run_pipeline(self.in_proj, x.reshape(batch * length, dim), threads)
+        if qkv.shape != (batch * length, 3 * dim):
+            raise ValueError(f"in_proj gives {qkv.shape}, not (rows, {3 * dim})")
+        # (3, batch, heads, length, head_dim) views of the one projection.
+        q, k, v = qkv.reshape(batch, length, 3, heads, dim // heads).transpose(2, 0, 3, 1, 4)
+        scores = (q * (1 / math.sqrt(dim // heads))) @ k.transpose(0, 1, 3, 2)
+        scores -= scores.max(axis=-1, keepdims=True)
+        xp.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch * length, dim)
+        y = run_pipeline(self.out_proj, context, threads)
+        return y.reshape(batch, length, y.shape[-1])
+
+    def __repr__(self):
+        return (f"Attention(num_heads={self.num_heads}, in_proj=[{', '.join(map(repr, self.in_proj))}"
+                f"], out_proj=[{', '.join(map(repr, self.out_proj))}])")
