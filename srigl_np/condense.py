@@ -5,10 +5,13 @@ architecture: a run directory of ``python -m srigl_np.train`` or its checkpoint 
 (condensed by its masks, with the run's input statistics, so the result takes raw
 uint8 images), a PyTorch checkpoint or state_dict (the SRigL authors' MNIST network or
 a stack of Linear layers; see ``srigl_np.formats.importing``), or a scipy.sparse .npz (one
-layer). It prints, per layer, whether it was condensed or kept dense and why, and
-writes the condensed model atomically to --out (an existing file only with --force).
-``--evaluate DATASET`` then reports the condensed model's test accuracy and how often
-its predictions agree with the dense model's.
+layer). It prints, per weight, whether it was condensed, padded or kept dense and why
+(residual blocks, squeeze-excite and attention included), and writes the condensed
+model atomically to --out (an existing file only with --force), then the input the
+model expects: with input statistics, uint8 images; a float array only with
+``input_scale`` ("uint8", "unit" for [0, 1] images, "normalised") given to
+``logits``/``predict``. ``--evaluate DATASET`` then reports the condensed model's test
+accuracy and how often its predictions agree with the dense model's.
 """
 
 import os
@@ -98,7 +101,7 @@ def _evaluate(model, condensed, args, log):
     else:
         stats, where = channel_stats(dataset.x_train), "statistics of this training split"
     x = normalize(dataset.x_test, *stats)
-    condensed_pred = np.concatenate([condensed.predict(x[i:i + 1000])
+    condensed_pred = np.concatenate([condensed.predict(x[i:i + 1000], input_scale="normalised")
                                      for i in range(0, len(x), 1000)])
     line = (f"{args.evaluate} test split ({len(x)} images, normalised with {where}): "
             f"condensed accuracy {100 * float((condensed_pred == dataset.y_test).mean()):.2f}%")
@@ -141,8 +144,7 @@ def main(argv=None, log=print):
                 f"{entry['n_active']}/{entry['n_out']} neurons active"
                 + (f", k={entry['k']})" if entry["k"] is not None else ")"))
     condensed.save(args.out)
-    log(f"wrote {args.out}" + ("" if condensed.input_stats is not None else
-                               " (no input statistics: it takes normalised float input)"))
+    log(f"wrote {args.out}; {condensed.expects}")
     if args.evaluate:
         _evaluate(model, condensed, args, log)
     return 0
