@@ -225,5 +225,96 @@ def resnet50(width=64, layers=(3, 4, 6, 3), num_classes=1000):
     return ResNet(width, layers, num_classes)
 
 
+# -- MobileNet-V3 (torchvision's) -----------------------------------------------------
+
+def _conv_norm_act(c_in, c_out, kernel, stride=1, groups=1, activation=None):
+    """torchvision's Conv2dNormActivation: children "0" conv, "1" BN, "2" activation."""
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride, (kernel - 1) // 2, groups=groups,
+                        bias=False), nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01)]
+    if activation is not None:
+        layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels, squeeze):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        scale = F.adaptive_avg_pool2d(x, 1)
+        # torchvision's Hardsigmoid, written out: torch's own hardsigmoid backward
+        # multiplies by a float32 1/6 even in float64 (relative error 3e-8).
+        scale = F.relu6(self.fc2(F.relu(self.fc1(scale))) + 3) / 6
+        return x * scale
+
+
+def _divisible(value, divisor=8):
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c_in, kernel, expanded, c_out, use_se, activation, stride):
+        super().__init__()
+        act = nn.Hardswish if activation == "HS" else nn.ReLU
+        layers = []
+        if expanded != c_in:
+            layers.append(_conv_norm_act(c_in, expanded, 1, activation=act))
+        layers.append(_conv_norm_act(expanded, expanded, kernel, stride, expanded, act))
+        if use_se:
+            layers.append(SqueezeExcitation(expanded, _divisible(expanded // 4)))
+        layers.append(_conv_norm_act(expanded, c_out, 1))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        out = self.block(x)
+        return out + x if self.residual else out
+
+
+class MobileNetV3(nn.Module):
+    def __init__(self, table, last_channel, width_mult, num_classes, dropout):
+        super().__init__()
+
+        def scaled(c):
+            return _divisible(c * width_mult)
+
+        layers = [_conv_norm_act(3, scaled(table[0][0]), 3, 2, activation=nn.Hardswish)]
+        for c_in, kernel, expanded, c_out, use_se, activation, stride in table:
+            layers.append(InvertedResidual(scaled(c_in), kernel, scaled(expanded),
+                                           scaled(c_out), use_se, activation, stride))
+        last_in = scaled(table[-1][3])
+        layers.append(_conv_norm_act(last_in, 6 * last_in, 1, activation=nn.Hardswish))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(6 * last_in, scaled(last_channel)), nn.Hardswish(), nn.Dropout(dropout),
+            nn.Linear(scaled(last_channel), num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _mobilenet(variant, width_mult, num_classes, dropout, blocks):
+    from srigl_np.nn import mobilenet as ours   # the configuration tables only
+    table = ours.LARGE if variant == "large" else ours.SMALL
+    if tv_models is not None and blocks is None:
+        build = getattr(tv_models, f"mobilenet_v3_{variant}")
+        return build(width_mult=width_mult, num_classes=num_classes, dropout=dropout)
+    return MobileNetV3(table[:blocks], ours.LAST_CHANNEL[variant], width_mult, num_classes,
+                       dropout)
+
+
+def mobilenet_v3_large(width_mult=1.0, num_classes=1000, dropout=0.2, blocks=None):
+    return _mobilenet("large", width_mult, num_classes, dropout, blocks)
+
+
+def mobilenet_v3_small(width_mult=1.0, num_classes=1000, dropout=0.2, blocks=None):
+    return _mobilenet("small", width_mult, num_classes, dropout, blocks)
+
+
 BUILDERS = {"cifar_resnet18": cifar_resnet18, "wide_resnet22": wide_resnet22,
-            "resnet50": resnet50}
+            "resnet50": resnet50, "mobilenet_v3_large": mobilenet_v3_large,
+            "mobilenet_v3_small": mobilenet_v3_small}

@@ -13,6 +13,7 @@
     optim           SGD (momentum, Nesterov), AdamW, learning-rate schedules
     models          ``build("mlp")``, ``build("cnn")`` for 1x28x28 input
     resnets         the paper's CIFAR ResNet-18, WRN-22-2 and torchvision's ResNet-50
+    mobilenet       torchvision's MobileNet-V3 Large and Small
     architectures   ``build_architecture(name)``: the paper's models by name, with the
                     PyTorch models' state_dict keys as parameter names
 

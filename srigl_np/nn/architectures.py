@@ -5,6 +5,8 @@
     cifar_resnet18       resnets.cifar_resnet18     (B, 3, 32, 32)   kuangliu's ResNet-18 (the authors')
     wide_resnet22        resnets.wide_resnet22      (B, 3, 32, 32)   the authors' WRN-22-2
     resnet50             resnets.resnet50           (B, 3, 224, 224) torchvision resnet50
+    mobilenet_v3_large   mobilenet.mobilenet_v3_large (B, 3, 224, 224) torchvision's
+    mobilenet_v3_small   mobilenet.mobilenet_v3_small (B, 3, 224, 224) torchvision's
 
 Every builder takes keyword arguments only: ``rng`` (numpy Generator for the weights),
 ``dtype`` (float32 or float64) and its own size arguments (widths, depths, classes) so
@@ -14,12 +16,14 @@ model's state_dict keys (BatchNorm's num_batches_tracked aside).
 
 import numpy as np
 
-from . import resnets
+from . import mobilenet, resnets
 
 ARCHITECTURES = {
     "cifar_resnet18": resnets.cifar_resnet18,
     "wide_resnet22": resnets.wide_resnet22,
     "resnet50": resnets.resnet50,
+    "mobilenet_v3_large": mobilenet.mobilenet_v3_large,
+    "mobilenet_v3_small": mobilenet.mobilenet_v3_small,
 }
 
 
