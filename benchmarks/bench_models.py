@@ -34,9 +34,11 @@ import os
 import sys
 import time
 
-import numpy as np
+# First: it sets OpenBLAS's thread wait before NumPy loads OpenBLAS (see srigl_np.bench),
+# so BLAS threads of the attention's products do not spin through the kernels' turns.
+from srigl_np import bench  # noqa: I001
 
-from srigl_np import bench
+import numpy as np  # noqa: E402
 from srigl_np.inference.condensing import condense
 from srigl_np.nn.architectures import ARCHITECTURES, build_architecture
 from srigl_np.nn.layers import prefixed

