@@ -29,6 +29,7 @@ of every model chosen.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -83,12 +84,13 @@ def srigl_masks(model, sparsity, ablated_frac, dense_first_conv, rng):
     return masks
 
 
-def torch_reference(name, model):
-    """The torch module of ``name`` holding ``model``'s weights, in eval mode."""
+def torch_reference(name, model, sizes):
+    """The torch module of ``name`` (built with ``sizes``) holding ``model``'s weights,
+    in eval mode."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     import torch_models
 
-    return torch_models.load_ours_into_torch(model, torch_models.BUILDERS[name]()).eval()
+    return torch_models.load_ours_into_torch(model, torch_models.BUILDERS[name](**sizes)).eval()
 
 
 def bench_model(name, batches, args, log):
@@ -98,15 +100,15 @@ def bench_model(name, batches, args, log):
 
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
-    model = build_architecture(name, rng=rng)
+    model = build_architecture(name, rng=rng, **args.sizes)
     masks = srigl_masks(model, args.sparsity, args.ablated_frac, args.dense_first_conv, rng)
-    module = torch_reference(name, model)
+    module = torch_reference(name, model, args.sizes)
     condensed = condense(model, masks=masks, warn=False)
     results = {e["result"] for e in condensed.report}
     log(f"{name}: built, masked and condensed in {time.perf_counter() - start:.1f} s "
         f"({len(condensed.report)} weights: {', '.join(sorted(results))})")
     del model
-    size = IMAGE.get(name, 224)
+    size = args.image or IMAGE.get(name, 224)
     rows = []
     saved_threads = torch.get_num_threads()
     try:
@@ -169,6 +171,11 @@ def make_parser():
                         help="fraction of each weight's rows ablated (default 0)")
     parser.add_argument("--dense-first-conv", action="store_true",
                         help="keep the first convolution dense")
+    parser.add_argument("--sizes", type=json.loads, default={}, metavar="JSON",
+                        help='the builders\' size arguments for a quick run, e.g. '
+                             '\'{"width": 8}\' (default: full size)')
+    parser.add_argument("--image", type=int, help="image size (default: 32 for the CIFAR "
+                        "models, 224 for the others)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write header and rows as JSON")
     return parser
@@ -183,9 +190,7 @@ def main(argv=None, log=print):
         raise SystemExit("bench_models.py: error: --sparsity and --ablated-frac must be in [0, 1)")
     if args.batches and min(args.batches) < 1:
         raise SystemExit("bench_models.py: error: --batches must be >= 1")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None:
         raise SystemExit("bench_models.py: error: needs torch (pip install torch==2.13.0+cpu)")
     machine = bench.machine_info()
     header = (f"CPU: {machine['cpu']} ({machine['cores']} cores, {machine['vector_isa']}); "

@@ -61,7 +61,8 @@ class _Walk:
             following = layers[i + 1][1] if i + 1 < len(layers) else None
             if isinstance(layer, (Linear, Conv2d)):
                 affine = None
-                if (isinstance(following, (BatchNorm1d, BatchNorm2d))
+                norm = BatchNorm2d if isinstance(layer, Conv2d) else BatchNorm1d
+                if (isinstance(following, norm)
                         and following.num_features == layer.params["weight"].shape[0]):
                     affine = batch_norm_affine(following)   # folded into the weight
                     i += 1
