@@ -12,6 +12,11 @@ The forward pass y[b, r] = bias[r] + sum_j values[r, j] * x[b, indices[r, j]] is
 ``kernels.condensed_product`` (defined by ``kernels.condensed_reference``; the Cython
 kernels run it for NumPy input, the CUDA kernels for CuPy input).
 
+``CondensedLinear.forward`` and ``CondensedConv2d.forward`` are the one place where a
+condensed model calls the kernels (every stage that multiplies by condensed weights,
+inside residual blocks, squeeze-excite gates and attention too, goes through them), so a
+faster kernel or layout is switched there.
+
 This module also holds the stage protocol that every step of a ``CondensedModel``
 follows (``Stage``): ``forward(x, threads)`` on x's device, ``to(device)``, and a
 serialisation derived from one description per class. The model and its file format
@@ -80,10 +85,14 @@ class Stage:
 
     @property
     def device(self):
-        """"cpu", or "cuda:N" when the stage's arrays live on GPU N."""
+        """"cpu", or "cuda:N" when the stage's arrays (or its sub-stages') live on GPU N."""
         for value in vars(self).values():
             if is_cupy_array(value):
                 return f"cuda:{value.device.id}"
+        for _, stages in self.sub_stages():
+            for stage in stages:
+                if stage.device != "cpu":
+                    return stage.device
         return "cpu"
 
     def to(self, device):
