@@ -35,9 +35,19 @@ import os
 import sys
 import time
 
-# First: it sets OpenBLAS's thread wait before NumPy loads OpenBLAS (see srigl_np.bench),
-# so BLAS threads of the attention's products do not spin through the kernels' turns.
-from srigl_np import bench  # noqa: I001
+# First, before NumPy and torch load their thread pools: idle OpenMP threads sleep at
+# once and OpenBLAS's after ~0.1 ms (srigl_np.thread_waits, unless set by the user).
+# A ViT alternates the kernels' OpenMP team with BLAS (the attention's products); with
+# the libraries' default waits each pool's idle threads spin on the cores the other
+# needs: the condensed ViT-B/16 at batch 1 took 2.0-3.1 s against 0.29-0.46 s with
+# these (2 shared cores), and torch's own 0.7-3.7 s against 0.5-0.76 s.
+# Run as a script only: a test that loads this module keeps its process's settings.
+from srigl_np import thread_waits  # noqa: I001
+
+if __name__ == "__main__":
+    thread_waits.set_training_defaults()
+
+from srigl_np import bench  # noqa: E402
 
 import numpy as np  # noqa: E402
 from srigl_np.inference.condensing import condense
@@ -197,7 +207,9 @@ def main(argv=None, log=print):
               f"kernel path {machine['cpu_path']}; BLAS {machine['blas']}; float32; "
               f"sparsity {args.sparsity}, ablated {args.ablated_frac}, first conv "
               f"{'dense' if args.dense_first_conv else 'sparse'}; medians of "
-              f"{args.rounds} interleaved rounds")
+              f"{args.rounds} interleaved rounds; OMP_WAIT_POLICY="
+              f"{os.environ.get('OMP_WAIT_POLICY')}, OPENBLAS_THREAD_TIMEOUT="
+              f"{os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
     log(header)
     rows = []
     try:
