@@ -113,8 +113,8 @@ def _condensed_file(path):
 
     model = load(path)
     layers, claimed = [], set()
-    for i, stage in enumerate(model.stages):
-        name = f"stage{i}"
+    for where, stage in model.named_stages():   # residual bodies, gates, attention too
+        name = f"stage{where}"
         if isinstance(stage, (CondensedLinear, CondensedConv2d)):
             check_dense_size(path, name, stage.shape)
             weight = stage.to_dense()

@@ -403,3 +403,14 @@ def test_the_model_says_what_it_expects(served):
     assert "normalised floats" in repr(plain)
     with pytest.raises(ValueError, match="stores no input normalisation"):
         plain.logits(np.zeros((1, 3, 12, 12), dtype=np.float32), input_scale="unit")
+
+
+def test_the_audit_of_a_condensed_file_reaches_its_nested_layers(tmp_path, capsys):
+    from srigl_np import audit
+
+    model, masks, _ = build("bottleneck", 13)
+    condense(model, masks=masks).save(tmp_path / "m.npz")
+    assert audit.main([str(tmp_path / "m.npz"), "--json"]) == 0
+    layers = [layer["layer"] for layer in json.loads(capsys.readouterr().out)["layers"]]
+    assert "stage3.shortcut.0" in layers and sum(".body." in name for name in layers) == 5
+    assert len(layers) == len(masks)
