@@ -25,8 +25,6 @@ from .stages import (ChannelAffine, ClassToken, DenseConv2d, DenseLinear, Flatte
                      MaxPool, PatchTokens, PositionEmbedding, Relu, Scatter, SelectToken,
                      Sigmoid)
 
-FORMAT_NAME, FORMAT_VERSION = model_file.FORMAT_NAME, model_file.FORMAT_VERSION
-
 STAGE_TYPES = {cls.kind: cls for cls in (
     CondensedLinear, CondensedConv2d, DenseLinear, DenseConv2d, Relu, Sigmoid, Hardsigmoid,
     Hardswish, Gelu, LogSoftmax, MaxPool, GlobalAvgPool, FlattenStage, ChannelAffine,
