@@ -414,3 +414,24 @@ def test_the_audit_of_a_condensed_file_reaches_its_nested_layers(tmp_path, capsy
     layers = [layer["layer"] for layer in json.loads(capsys.readouterr().out)["layers"]]
     assert "stage3.shortcut.0" in layers and sum(".body." in name for name in layers) == 5
     assert len(layers) == len(masks)
+
+
+def test_the_fast_gelu_is_the_exact_one_to_float32_rounding():
+    import math
+    import warnings
+
+    from scipy.special import erf
+
+    from srigl_np.inference.stages import Gelu
+
+    x = np.random.default_rng(14).standard_normal(20000).astype(np.float32) * 4
+    x[:6] = [0.0, -0.0, 1e-30, -40.0, 40.0, -1e30]
+    wide = x.astype(np.float64)
+    exact = wide * (1 + erf(wide / math.sqrt(2))) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = Gelu().forward(x)
+    assert got.dtype == np.float32
+    assert (np.abs(got - exact) <= 3e-7 * np.maximum(np.abs(x), 1e-30) + 1e-30).all()
+    # The constants condense carries through it are float64, by scipy's erf.
+    np.testing.assert_allclose(Gelu.constant(wide[:5]), exact[:5], rtol=1e-15, atol=0)
