@@ -10,8 +10,6 @@ import os
 import numpy as np
 import pytest
 
-from fake_cupy import device  # noqa: F401  (a fixture)
-from srigl_np.backend import is_cupy_array, to_numpy
 from srigl_np.inference import graph
 from srigl_np.inference.condensed_model import CondensedModel, load
 from srigl_np.inference.condensing import condense
@@ -176,23 +174,6 @@ def test_condensed_nested_models_compute_the_eval_forward(name, seed, tmp_path):
     np.testing.assert_array_equal(loaded.logits(x), condensed.logits(x))
     assert [path for path, _ in loaded.named_stages()] == [
         path for path, _ in condensed.named_stages()]
-
-
-@pytest.mark.parametrize("name", ["bottleneck", "inverted_residual", "vit"])
-def test_a_nested_model_on_the_device_computes_what_it_does_on_the_cpu(device, name):
-    device_name, atol = device
-    model, masks, x = build(name, 12)
-    condensed = condense(model, masks=masks)
-    on_device = condensed.to(device_name)
-    assert all(stage.device in ("cpu", "cuda:0") for _, stage in on_device.named_stages())
-    logits = on_device.logits(x)
-    assert is_cupy_array(logits)
-    np.testing.assert_allclose(to_numpy(logits), condensed.logits(x), rtol=1e-5,
-                               atol=max(atol, 1e-5))
-    back = on_device.to("cpu")
-    assert not any(is_cupy_array(v) for _, stage in back.named_stages()
-                   for v in vars(stage).values())
-    np.testing.assert_array_equal(back.logits(x), condensed.logits(x))
 
 
 def test_ablated_channels_leave_a_residual_body_and_come_back_at_its_add():
