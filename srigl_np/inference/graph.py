@@ -55,9 +55,7 @@ class Residual(Stage):
     OPTIONAL_PIPELINES = ("shortcut",)
 
     def __init__(self, body, shortcut=None):
-        self.body = check_pipeline("body", body)
-        if not self.body:
-            raise ValueError("body must hold at least one stage")
+        self.body = check_pipeline("body", body)   # empty: an identity body (x + x)
         self.shortcut = None if shortcut is None else check_pipeline("shortcut", shortcut)
 
     def forward(self, x, threads=0):
