@@ -32,14 +32,12 @@ ARCHITECTURES = {
 def build_architecture(name, *, rng, dtype=np.float32, **sizes):
     """A freshly initialised ``name`` (a key of ARCHITECTURES) as a Sequential.
 
-    ``sizes``: the builder's own keyword arguments (e.g. width=8, num_classes=10). Its
-    Dropout layers get a Generator spawned from ``rng`` (replace it per epoch with
-    ``model.set_rng``), as ``models.build`` does.
+    ``sizes``: the builder's own keyword arguments (e.g. width=8, num_classes=10). As
+    ``models.build``, the builders give the Dropout layers a Generator spawned from
+    ``rng`` (replace it per epoch with ``model.set_rng``).
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    model = ARCHITECTURES[name](rng=rng, dtype=dtype, **sizes)
-    model.set_rng(rng.spawn(1)[0])
-    return model
+    return ARCHITECTURES[name](rng=rng, dtype=dtype, **sizes)
