@@ -8,23 +8,15 @@ import pytest
 
 from srigl_np.dst import constant_fan_in_mask
 from srigl_np.dst.sparsity import DynamicSparsity, sparse_parameter_names
-from srigl_np.nn.architectures import ARCHITECTURES, build_architecture
+from srigl_np.nn.architectures import (ARCHITECTURES, INPUT_SHAPES, SMALL_SIZES,
+                                       build_architecture)
 from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.optim import SGD
 
 from gradcheck import assert_close
 
-# name: (small sizes, input shape, sizes without dropout for the training comparisons)
-SMALL = {
-    "cifar_resnet18": (dict(width=4, blocks=(2, 1, 1, 1)), (2, 3, 32, 32)),
-    "wide_resnet22": (dict(depth=10, widen_factor=1, drop_rate=0.0), (2, 3, 32, 32)),
-    "resnet50": (dict(width=4, layers=(2, 1, 1, 1)), (2, 3, 48, 48)),
-    # Every block of the configuration, a quarter wide.
-    "mobilenet_v3_large": (dict(width_mult=0.25, dropout=0.0), (2, 3, 32, 32)),
-    "mobilenet_v3_small": (dict(width_mult=0.25, dropout=0.0), (2, 3, 32, 32)),
-    "vit_b_16": (dict(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
-                      mlp_dim=32), (2, 3, 16, 16)),
-}
+# name: (small sizes, input shape with a batch of 2)
+SMALL = {name: (sizes, (2, *shape)) for name, (sizes, shape) in SMALL_SIZES.items()}
 # Tinier still for finite differences (two forwards per sampled entry; the global mean
 # takes any image size, where torch's avg_pool2d(4 or 8) wants 32x32).
 TINY = {
@@ -228,6 +220,7 @@ def test_unknown_architecture_and_bad_sizes_are_refused():
         build_architecture("vit_b_16", rng=rng, image_size=30, patch_size=4)
     assert set(ARCHITECTURES) == {"cifar_resnet18", "wide_resnet22", "resnet50",
                                   "mobilenet_v3_large", "mobilenet_v3_small", "vit_b_16"}
+    assert set(INPUT_SHAPES) == set(SMALL_SIZES) == set(ARCHITECTURES)
 
 
 def test_wide_resnet_dropout_is_seeded_and_off_in_evaluation():
