@@ -6,6 +6,7 @@ BatchNorm statistics, finite-difference gradients, and DynamicSparsity over them
 import numpy as np
 import pytest
 
+from srigl_np.backend import is_cupy_array, to_device, to_numpy
 from srigl_np.dst import constant_fan_in_mask
 from srigl_np.dst.sparsity import DynamicSparsity, sparse_parameter_names
 from srigl_np.nn.architectures import (ARCHITECTURES, INPUT_SHAPES, SMALL_SIZES,
@@ -13,6 +14,7 @@ from srigl_np.nn.architectures import (ARCHITECTURES, INPUT_SHAPES, SMALL_SIZES,
 from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.optim import SGD
 
+from fake_cupy import device  # noqa: F401  (a fixture)
 from gradcheck import assert_close
 
 # name: (small sizes, input shape with a batch of 2)
@@ -80,6 +82,16 @@ def relative(mine, theirs):
     return float(np.abs(mine - theirs).max() / max(np.abs(theirs).max(), 1e-300))
 
 
+def assert_grads_close(mine, theirs, rtol=1e-9):
+    """Every gradient of ``theirs`` ({key: array}) within ``rtol`` of its largest entry.
+    Some are zero up to rounding (a bias right before a training-mode BatchNorm): those
+    are measured against a thousandth of the model's largest gradient."""
+    scale = max(float(np.abs(g).max()) for g in theirs.values())
+    for key, grad in theirs.items():
+        error = np.abs(mine[key] - grad).max()
+        assert error <= rtol * max(np.abs(grad).max(), 1e-3 * scale), key
+
+
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_names_are_the_torch_state_dict_keys(name, torch):
     import torch_models
@@ -125,14 +137,8 @@ def test_forward_and_backward_match_torch(name, torch):
     y_torch.backward(torch.from_numpy(r))
     assert relative(y, y_torch.detach().numpy()) <= 1e-10
     assert relative(grad_x, x_torch.grad.numpy()) <= 1e-9
-    grads = model.named_grads()
-    # Some gradients are zero up to rounding (a bias right before a training-mode
-    # BatchNorm): measure those against the largest gradient of the model.
-    scale = max(float(np.abs(p.grad.numpy()).max()) for p in module.parameters())
-    for key, param in module.named_parameters():
-        theirs = param.grad.numpy()
-        assert np.abs(grads[key] - theirs).max() <= 1e-9 * max(np.abs(theirs).max(),
-                                                                1e-3 * scale), key
+    assert_grads_close(model.named_grads(),
+                       {key: p.grad.numpy() for key, p in module.named_parameters()})
     theirs = torch_models.torch_state(module)
     for key, buffer in model.named_buffers().items():
         assert relative(buffer, theirs[key]) <= 1e-10, key
@@ -310,3 +316,25 @@ def test_float32_models_stay_float32_and_match_float64(name):
     assert grad_x.dtype == np.float32
     arrays = {**single.named_parameters(), **single.named_grads(), **single.named_buffers()}
     assert {a.dtype for a in arrays.values()} == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_architectures_run_on_the_device(device, name):
+    """``to("cuda")`` reaches every array of the nested blocks; forward and backward
+    follow the host (the device's convolutions sum in another order: not bit-equal)."""
+    device_name, _ = device
+    sizes, shape = TINY[name]
+    host, moved = build(name, sizes), build(name, sizes).to(device_name)
+    arrays = {**moved.named_parameters(), **moved.named_grads(), **moved.named_buffers()}
+    assert all(is_cupy_array(a) for a in arrays.values())
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape)
+    for training in (False, True):
+        y_host = host.forward(x.copy(), training)
+        y_device = moved.forward(to_device(x, device_name), training)
+        assert relative(to_numpy(y_device), y_host) <= 1e-10
+    g = rng.standard_normal(y_host.shape)
+    grad_host = host.backward(g.copy())
+    assert relative(to_numpy(moved.backward(to_device(g, device_name))), grad_host) <= 1e-9
+    assert_grads_close({k: to_numpy(g) for k, g in moved.named_grads().items()},
+                       host.named_grads())
