@@ -14,10 +14,12 @@ from srigl_np.nn.architectures import (ARCHITECTURES, INPUT_SHAPES, SMALL_SIZES,
 from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.optim import SGD
 
-from fake_cupy import device  # noqa: F401  (a fixture)
+import fake_cupy
 from gradcheck import assert_close
 
 # name: (small sizes, input shape with a batch of 2)
+device = fake_cupy.device   # the fixture: fake CuPy, and real CuPy where a GPU is
+
 SMALL = {name: (sizes, (2, *shape)) for name, (sizes, shape) in SMALL_SIZES.items()}
 # Tinier still for finite differences (two forwards per sampled entry; the global mean
 # takes any image size, where torch's avg_pool2d(4 or 8) wants 32x32).
