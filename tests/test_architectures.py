@@ -17,9 +17,9 @@ from srigl_np.nn.optim import SGD
 import fake_cupy
 from gradcheck import assert_close
 
-# name: (small sizes, input shape with a batch of 2)
 device = fake_cupy.device   # the fixture: fake CuPy, and real CuPy where a GPU is
 
+# name: (small sizes, input shape with a batch of 2)
 SMALL = {name: (sizes, (2, *shape)) for name, (sizes, shape) in SMALL_SIZES.items()}
 # Tinier still for finite differences (two forwards per sampled entry; the global mean
 # takes any image size, where torch's avg_pool2d(4 or 8) wants 32x32).
