@@ -138,9 +138,12 @@ def test_forward_and_backward_match_torch(name, torch):
     y_torch = module(x_torch)
     y_torch.backward(torch.from_numpy(r))
     assert relative(y, y_torch.detach().numpy()) <= 1e-10
-    assert relative(grad_x, x_torch.grad.numpy()) <= 1e-9
+    # torch's hardsigmoid backward multiplies by 1/6 as a float32 even in float64 (a
+    # relative 3e-8): torchvision's MobileNet gradients are that close to exact ones.
+    rtol = 1e-7 if type(module).__module__.startswith("torchvision.models.mobilenet") else 1e-9
+    assert relative(grad_x, x_torch.grad.numpy()) <= rtol
     assert_grads_close(model.named_grads(),
-                       {key: p.grad.numpy() for key, p in module.named_parameters()})
+                       {key: p.grad.numpy() for key, p in module.named_parameters()}, rtol)
     theirs = torch_models.torch_state(module)
     for key, buffer in model.named_buffers().items():
         assert relative(buffer, theirs[key]) <= 1e-10, key
@@ -340,3 +343,34 @@ def test_architectures_run_on_the_device(device, name):
     assert relative(to_numpy(moved.backward(to_device(g, device_name))), grad_host) <= 1e-9
     assert_grads_close({k: to_numpy(g) for k, g in moved.named_grads().items()},
                        host.named_grads())
+
+
+def test_torchvision_is_the_reference_where_it_imports(torch):
+    """With torchvision installed (CI installs 0.28.0), the ImageNet models are checked
+    against torchvision's own modules, not against a rewrite."""
+    import torch_models
+    if torch_models.tv_models is None:
+        pytest.skip("torchvision is not installed")
+    for name in ("mobilenet_v3_large", "mobilenet_v3_small", "vit_b_16"):
+        module = torch_models.BUILDERS[name](**SMALL[name][0])
+        assert type(module).__module__.startswith("torchvision."), name
+    assert type(torch_models.resnet50(layers=(1, 1, 1, 1))).__module__.startswith("torchvision.")
+
+
+def test_resnet50_matches_torchvisions_bottlenecks(torch):
+    """Full width (64), one bottleneck per stage, a 32x32 image: torchvision's ResNet
+    class with our 90% masks, ablated rows and BatchNorm statistics, float64 eval."""
+    import torch_models
+    if torch_models.tv_models is None:
+        pytest.skip("torchvision is not installed")
+    sizes = dict(layers=(1, 1, 1, 1), num_classes=10)
+    rng = np.random.default_rng(3)
+    model = build("resnet50", sizes)
+    perturb(model, rng)
+    module = torch_models.load_ours_into_torch(
+        model, torch_models.resnet50(**sizes).double()).eval()
+    assert type(module).__module__ == "torchvision.models.resnet"
+    x = rng.standard_normal((2, 3, 32, 32))
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    assert relative(model.forward(x, False), expected) <= 1e-10
