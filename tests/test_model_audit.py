@@ -315,7 +315,7 @@ def test_a_nan_weight_is_a_violation_even_in_a_layer_that_claims_nothing(tmp_pat
     scipy.sparse.save_npz(tmp_path / "w.npz", scipy.sparse.csr_array(weight))
     status, out, _ = _audit(capsys, tmp_path / "w.npz")
     assert status == 1 and "VIOLATED" in out
-    assert f"matrix: 1 weights are NaN or infinite; first at neuron 2, input " in out
+    assert "matrix: 1 weights are NaN or infinite; first at neuron 2, input " in out
     assert condense_cli.main([str(tmp_path / "w.npz"), "--out", str(tmp_path / "m.npz")],
                              log=lambda line: None) == 1
     assert "must be finite" in capsys.readouterr().err
