@@ -18,18 +18,18 @@ from srigl_np.formats.recognition import canonical_keys, recognise
 DATA = pathlib.Path(__file__).parent / "data"
 TORCHVISION = json.loads((DATA / "torchvision_keys.json").read_text())
 FULL_SIZES = {
-    "resnet50": {"widths": (64, 128, 256, 512), "blocks": (3, 4, 6, 3), "num_classes": 1000},
+    "resnet50": {"width": 64, "layers": (3, 4, 6, 3), "num_classes": 1000},
     "mobilenet_v3_large": {"width_mult": 1.0, "num_classes": 1000},
     "mobilenet_v3_small": {"width_mult": 1.0, "num_classes": 1000},
     "vit_b_16": {"image_size": 224, "patch_size": 16, "num_layers": 12, "num_heads": 12,
                  "hidden_dim": 768, "mlp_dim": 3072, "num_classes": 1000},
 }
 SMALL_SIZES = {
-    "cifar_resnet18": {"widths": (4, 8, 8, 16), "blocks": (1, 2, 1, 1), "num_classes": 3},
+    "cifar_resnet18": {"width": 4, "blocks": (1, 2, 1, 1), "num_classes": 3},
     "wide_resnet22": {"depth": 10, "widen_factor": 1, "num_classes": 5},
-    "resnet50": {"widths": (4, 8, 8, 16), "blocks": (1, 1, 2, 1), "num_classes": 7},
+    "resnet50": {"width": 4, "layers": (1, 1, 2, 1), "num_classes": 7},
     "mobilenet_v3_large": {"width_mult": 0.25, "num_classes": 6},
-    "mobilenet_v3_small": {"width_mult": 0.5, "num_classes": 6},
+    "mobilenet_v3_small": {"width_mult": 0.5, "num_classes": 6, "blocks": 4},
     "vit_b_16": {"image_size": 32, "patch_size": 8, "num_layers": 2, "num_heads": 1,
                  "hidden_dim": 16, "mlp_dim": 24, "num_classes": 4},
 }
@@ -60,14 +60,20 @@ def test_vits_head_count_is_assumed_and_said_so():
     assert found.sizes["num_heads"] == 3 and found.notes == ()
 
 
-def test_the_authors_resnet_fixture_is_a_narrow_cifar_resnet18():
+def test_the_authors_skinny_resnet_fixture_is_not_a_resnet18_we_build():
     state = read_torch_checkpoint(DATA / "authors" / "skinny_resnet.pt").state_dict
     found, why = recognise({key: value.shape for key, value in state.items()})
-    assert why is None
-    assert (found.name, found.sizes) == ("cifar_resnet18", {
-        "widths": (8, 16, 16, 32), "blocks": (2, 2, 2, 2), "num_classes": 10})
-    assert found.describe() == ("cifar_resnet18 (widths=(8, 16, 16, 32), blocks=(2, 2, 2, 2), "
-                                "num_classes=10)")
+    assert found is None
+    assert why == ("not cifar_resnet18: its stages are (8, 16, 16, 32) wide, not 8 (the "
+                   "stem's) times 1, 2, 4, 8, the only widths srigl_np builds")
+    assert layouts.cifar_resnet18(width=8, blocks=(2, 2, 2, 2), num_classes=10) != {
+        key: value.shape for key, value in state.items()
+        if not key.endswith("num_batches_tracked")}
+
+
+def test_a_cifar_resnet18_describes_itself_in_one_line():
+    found, _ = recognise(layouts.cifar_resnet18(width=64, blocks=(2, 2, 2, 2), num_classes=10))
+    assert found.describe() == "cifar_resnet18 (width=64, blocks=(2, 2, 2, 2), num_classes=10)"
 
 
 @pytest.mark.parametrize("name", SMALL_SIZES)
@@ -94,7 +100,7 @@ def test_many_width_multipliers_give_one_mobilenet_and_one_of_them_is_found():
     (lambda s: s.pop("layer3.1.conv2.weight"), ["not resnet50", "1 key is missing",
                                                "'layer3.1.conv2.weight'"]),
     (lambda s: s.update({"layer1.0.conv2.weight": (8, 8, 5, 5)}),
-     ["'layer1.0.conv2.weight' has shape (8, 8, 5, 5), expected (4, 4, 3, 3)"]),
+      ["'layer1.0.conv2.weight' has shape (8, 8, 5, 5), expected (4, 4, 3, 3)"]),
     (lambda s: s.update({"extra.weight": (3, 3)}), ["1 key is not in it ('extra.weight')"]),
 ])
 def test_a_state_that_almost_fits_says_what_differs(change, words):

@@ -156,7 +156,7 @@ def _interpret(obj, path):
         notes.append(f"masks from torch.nn.utils.prune pairs (weight = weight_orig * "
                      f"weight_mask): {list(pair_masks)}")
     else:
-        masks, mask_source = {key: state[key] != 0 for key in _conv_linear_weights(state)}, "zeros"
+        masks, mask_source = {key: state[key] != 0 for key in sparse_weight_keys(state)}, "zeros"
         notes.append(ZEROS_NOTE)
     state, renamed = canonical_keys(state)
     if renamed:
@@ -298,7 +298,7 @@ def _saved_masks(obj, state, path):
     if entry is not None:
         found = obj[entry]
         if isinstance(found, (list, tuple)):
-            keys = _conv_linear_weights(state)
+            keys = sparse_weight_keys(state)
             if len(found) != len(keys):
                 raise ValueError(f"{path}: the {entry!r} entry lists {len(found)} masks but "
                                  f"the model state has {len(keys)} Conv/Linear weights "
@@ -330,7 +330,7 @@ def _masks_for(found, state, path, entry):
                     if key in state), None)
         if key is None:
             raise ValueError(f"{what} names no weight of the model state (weights: "
-                             f"{_conv_linear_weights(state)})")
+                             f"{sparse_weight_keys(state)})")
         if mask.shape != state[key].shape:
             raise ValueError(f"{what} has shape {mask.shape}, the weight {key!r} "
                              f"{state[key].shape}")
@@ -347,9 +347,10 @@ def _as_bool_mask(mask, what):
     return mask != 0
 
 
-def _conv_linear_weights(state):
-    """Keys of the Conv/Linear weights (``*.weight`` with 2 or more dimensions) and of
-    attention's stacked Q, K, V projections (``*.in_proj_weight``), in the state's order."""
+def sparse_weight_keys(state):
+    """Keys of the weights a mask can cover, in the state's order: Conv/Linear weights
+    (``*.weight`` with 2 or more dimensions) and attention's stacked Q, K, V projections
+    (``*.in_proj_weight``)."""
     return [key for key, value in state.items()
             if (key == "weight" or key.endswith((".weight", ".in_proj_weight")))
             and value.ndim >= 2]
@@ -388,7 +389,7 @@ def _pruner_masks(pruner, state, path, summary):
         raise ValueError(f"{path}: the pruner's module_names must be a list of names, found "
                          f"{_describe(names)}")
     if names is None:
-        keys = _conv_linear_weights(state)
+        keys = sparse_weight_keys(state)
         if len(keys) != n_masks:
             raise ValueError(f"{path}: the pruner has {n_masks} backward_masks but the model "
                              f"state has {len(keys)} weighted layers ({keys})")

@@ -12,8 +12,8 @@ our architectures' ``named_parameters()`` and ``named_buffers()`` carry the same
     cifar_resnet18      kuangliu's CIFAR ResNet-18 (the authors' ``models/resnet.py``):
                         3x3 stem, no max-pool, BasicBlocks with a ``shortcut``
                         Sequential (1x1 conv + BN) where the stride or width changes,
-                        ``linear`` classifier. sizes: widths (4 stages; the stem is
-                        widths[0]), blocks (per stage), num_classes
+                        ``linear`` classifier. sizes: width (the stem's; the stages have
+                        1, 2, 4, 8 times it), blocks (per stage), num_classes
     wide_resnet22       the authors' pre-activation WRN (``models/wide_resnet.py``):
                         ``blockN.layer.i`` with bn1, conv1, bn2, conv2 and a 1x1
                         ``convShortcut`` where the width changes. sizes: depth (6n + 4),
@@ -21,12 +21,15 @@ our architectures' ``named_parameters()`` and ``named_buffers()`` carry the same
                         num_classes
     resnet50            torchvision's ResNet-50: 7x7 stem, Bottleneck blocks (1x1, 3x3,
                         1x1 to 4x the width) with a ``downsample`` (1x1 conv + BN).
-                        sizes: widths (bottleneck width per stage; the stem is
-                        widths[0]), blocks, num_classes
+                        sizes: width (the stem's, and the first stage's bottleneck; the
+                        stages have 1, 2, 4, 8 times it), layers (blocks per stage),
+                        num_classes
     mobilenet_v3_large  torchvision's MobileNet-V3 (inverted residuals with depthwise
     mobilenet_v3_small  convolutions, squeeze-excitation ``fc1``/``fc2`` 1x1 convs),
                         channels from the published table times width_mult, rounded by
-                        ``make_divisible``. sizes: width_mult, num_classes
+                        ``make_divisible``. sizes: width_mult, num_classes, and blocks
+                        (only the first ``blocks`` inverted residuals; a test's small
+                        version) where fewer than the table's
     vit_b_16            torchvision's VisionTransformer: ``conv_proj`` patch embedding,
                         ``class_token``, ``encoder.pos_embedding``, encoder layers with a
                         stacked ``in_proj_weight`` (3 * hidden, hidden) and ``mlp.0`` /
@@ -74,22 +77,26 @@ def _linear(prefix, n_out, n_in):
     return {f"{prefix}.weight": (n_out, n_in), f"{prefix}.bias": (n_out,)}
 
 
-def cifar_resnet18(*, widths, blocks, num_classes):
+def _stage_widths(width):
+    return tuple(width * 2 ** stage for stage in range(4))
+
+
+def cifar_resnet18(*, width, blocks, num_classes):
     """kuangliu's CIFAR ResNet (BasicBlock); stage strides 1, 2, 2, 2."""
-    keys = {"conv1.weight": (widths[0], 3, 3, 3), **_batch_norm("bn1", widths[0])}
-    n_in = widths[0]
-    for stage, (width, count) in enumerate(zip(widths, blocks)):
+    keys = {"conv1.weight": (width, 3, 3, 3), **_batch_norm("bn1", width)}
+    n_in = width
+    for stage, (planes, count) in enumerate(zip(_stage_widths(width), blocks)):
         for block in range(count):
             stride = 2 if stage and not block else 1
             prefix = f"layer{stage + 1}.{block}"
-            keys |= {f"{prefix}.conv1.weight": (width, n_in, 3, 3),
-                     **_batch_norm(f"{prefix}.bn1", width),
-                     f"{prefix}.conv2.weight": (width, width, 3, 3),
-                     **_batch_norm(f"{prefix}.bn2", width)}
-            if stride != 1 or n_in != width:
-                keys |= {f"{prefix}.shortcut.0.weight": (width, n_in, 1, 1),
-                         **_batch_norm(f"{prefix}.shortcut.1", width)}
-            n_in = width
+            keys |= {f"{prefix}.conv1.weight": (planes, n_in, 3, 3),
+                     **_batch_norm(f"{prefix}.bn1", planes),
+                     f"{prefix}.conv2.weight": (planes, planes, 3, 3),
+                     **_batch_norm(f"{prefix}.bn2", planes)}
+            if stride != 1 or n_in != planes:
+                keys |= {f"{prefix}.shortcut.0.weight": (planes, n_in, 1, 1),
+                         **_batch_norm(f"{prefix}.shortcut.1", planes)}
+            n_in = planes
     return keys | _linear("linear", num_classes, n_in)
 
 
@@ -111,19 +118,19 @@ def wide_resnet22(*, depth, widen_factor, num_classes):
     return keys | _batch_norm("bn1", channels[3]) | _linear("fc", num_classes, channels[3])
 
 
-def resnet50(*, widths, blocks, num_classes):
+def resnet50(*, width, layers, num_classes):
     """torchvision's Bottleneck ResNet (expansion 4); stage strides 1, 2, 2, 2."""
-    keys = {"conv1.weight": (widths[0], 3, 7, 7), **_batch_norm("bn1", widths[0])}
-    n_in = widths[0]
-    for stage, (width, count) in enumerate(zip(widths, blocks)):
+    keys = {"conv1.weight": (width, 3, 7, 7), **_batch_norm("bn1", width)}
+    n_in = width
+    for stage, (planes, count) in enumerate(zip(_stage_widths(width), layers)):
         for block in range(count):
             stride = 2 if stage and not block else 1
-            prefix, n_out = f"layer{stage + 1}.{block}", 4 * width
-            keys |= {f"{prefix}.conv1.weight": (width, n_in, 1, 1),
-                     **_batch_norm(f"{prefix}.bn1", width),
-                     f"{prefix}.conv2.weight": (width, width, 3, 3),
-                     **_batch_norm(f"{prefix}.bn2", width),
-                     f"{prefix}.conv3.weight": (n_out, width, 1, 1),
+            prefix, n_out = f"layer{stage + 1}.{block}", 4 * planes
+            keys |= {f"{prefix}.conv1.weight": (planes, n_in, 1, 1),
+                     **_batch_norm(f"{prefix}.bn1", planes),
+                     f"{prefix}.conv2.weight": (planes, planes, 3, 3),
+                     **_batch_norm(f"{prefix}.bn2", planes),
+                     f"{prefix}.conv3.weight": (n_out, planes, 1, 1),
                      **_batch_norm(f"{prefix}.bn3", n_out)}
             if stride != 1 or n_in != n_out:
                 keys |= {f"{prefix}.downsample.0.weight": (n_out, n_in, 1, 1),
@@ -132,12 +139,13 @@ def resnet50(*, widths, blocks, num_classes):
     return keys | _linear("fc", num_classes, n_in)
 
 
-def _mobilenet(name, *, width_mult, num_classes):
-    """torchvision's MobileNet-V3 ``name`` at ``width_mult``."""
+def _mobilenet(name, *, width_mult, num_classes, blocks=None):
+    """torchvision's MobileNet-V3 ``name`` at ``width_mult`` (its first ``blocks``
+    inverted residuals)."""
     def adjust(channels):
         return make_divisible(channels * width_mult)
 
-    table = MOBILENET_BLOCKS[name]
+    table = MOBILENET_BLOCKS[name][:blocks]
     stem = adjust(table[0][0])
     keys = {"features.0.0.weight": (stem, 3, 3, 3), **_batch_norm("features.0.1", stem)}
     for index, (n_in, kernel, expanded, n_out, squeeze) in enumerate(table, start=1):
@@ -167,12 +175,14 @@ def _mobilenet(name, *, width_mult, num_classes):
         "classifier.3", num_classes, hidden)
 
 
-def mobilenet_v3_large(*, width_mult, num_classes):
-    return _mobilenet("mobilenet_v3_large", width_mult=width_mult, num_classes=num_classes)
+def mobilenet_v3_large(*, width_mult, num_classes, blocks=None):
+    return _mobilenet("mobilenet_v3_large", width_mult=width_mult, num_classes=num_classes,
+                      blocks=blocks)
 
 
-def mobilenet_v3_small(*, width_mult, num_classes):
-    return _mobilenet("mobilenet_v3_small", width_mult=width_mult, num_classes=num_classes)
+def mobilenet_v3_small(*, width_mult, num_classes, blocks=None):
+    return _mobilenet("mobilenet_v3_small", width_mult=width_mult, num_classes=num_classes,
+                      blocks=blocks)
 
 
 def vit_b_16(*, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim,

@@ -159,33 +159,34 @@ def _count(shapes, pattern, start=0):
     return count
 
 
-def _stages(shapes, first):
-    """(blocks per stage, each stage's first conv1 shape) of layer1..layer4."""
+def _stages(shapes, stem, kernel):
+    """(width, blocks per stage) of a ResNet with stages layer1..layer4 whose first
+    blocks' conv1 are stem, 2x, 4x and 8x as wide as the stem (its ``kernel`` x
+    ``kernel`` conv1)."""
+    if stem[2:] != (kernel, kernel):
+        raise _NotIt(f"its stem 'conv1.weight' is {stem[2]}x{stem[3]}, not {kernel}x{kernel}")
     blocks = tuple(_count(shapes, f"layer{stage}.{{}}.conv1.weight") for stage in range(1, 5))
     if not all(blocks) or "layer5.0.conv1.weight" in shapes:
         raise _NotIt(f"stages layer1..layer4 have {blocks} blocks (expected 4 stages)")
-    return blocks, [_shape(shapes, f"layer{stage}.0.{first}.weight", 4) for stage in range(1, 5)]
+    widths = tuple(_shape(shapes, f"layer{stage}.0.conv1.weight", 4)[0] for stage in range(1, 5))
+    width = stem[0]
+    if widths != tuple(width * 2 ** stage for stage in range(4)):
+        raise _NotIt(f"its stages are {widths} wide, not {width} (the stem's) times 1, 2, 4, "
+                     f"8, the only widths srigl_np builds")
+    return width, blocks
 
 
 def _cifar_resnet18(shapes):
-    stem = _shape(shapes, "conv1.weight", 4)
-    if stem[2:] != (3, 3):
-        raise _NotIt(f"its stem 'conv1.weight' is {stem[2]}x{stem[3]}, not 3x3")
-    blocks, firsts = _stages(shapes, "conv1")
-    classes = _shape(shapes, "linear.weight", 2)[0]
-    return {"widths": tuple(shape[0] for shape in firsts), "blocks": blocks,
-            "num_classes": classes}, {}
+    width, blocks = _stages(shapes, _shape(shapes, "conv1.weight", 4), 3)
+    return {"width": width, "blocks": blocks,
+            "num_classes": _shape(shapes, "linear.weight", 2)[0]}, {}
 
 
 def _resnet50(shapes):
-    stem = _shape(shapes, "conv1.weight", 4)
-    if stem[2:] != (7, 7):
-        raise _NotIt(f"its stem 'conv1.weight' is {stem[2]}x{stem[3]}, not 7x7")
-    blocks, firsts = _stages(shapes, "conv1")
     _shape(shapes, "layer1.0.conv3.weight", 4)   # Bottleneck blocks, not BasicBlocks
-    classes = _shape(shapes, "fc.weight", 2)[0]
-    return {"widths": tuple(shape[0] for shape in firsts), "blocks": blocks,
-            "num_classes": classes}, {}
+    width, layers = _stages(shapes, _shape(shapes, "conv1.weight", 4), 7)
+    return {"width": width, "layers": layers,
+            "num_classes": _shape(shapes, "fc.weight", 2)[0]}, {}
 
 
 def _wide_resnet22(shapes):
@@ -203,19 +204,22 @@ def _mobilenet(name, shapes):
     table = MOBILENET_BLOCKS[name]
     stem = _shape(shapes, "features.0.0.weight", 4)[0]
     blocks = _count(shapes, "features.{}.block.0.0.weight", start=1)
-    if blocks != len(table):
-        raise _NotIt(f"{blocks} inverted residual blocks, not {len(table)}")
+    if not 0 < blocks <= len(table):
+        raise _NotIt(f"{blocks} inverted residual blocks, not 1 to {len(table)}")
     classes = _shape(shapes, "classifier.3.weight", 2)[0]
     hidden = _shape(shapes, "classifier.0.weight", 2)[0]
     # make_divisible maps many width multipliers to one set of channels; any of them
-    # builds the same model. Candidates: 1, and each observed width over its table entry.
-    candidates = [1.0, stem / table[0][0], hidden / MOBILENET_LAST_CHANNEL[name]]
-    for width_mult in dict.fromkeys(candidates):
-        if all(make_divisible(channels * width_mult) == observed for channels, observed in
-               ((table[0][0], stem), (MOBILENET_LAST_CHANNEL[name], hidden))):
-            if LAYOUTS[name](width_mult=width_mult, num_classes=classes) == shapes:
-                return {"width_mult": width_mult, "num_classes": classes}, {}
-    return {"width_mult": stem / table[0][0], "num_classes": classes}, {}
+    # builds the same model. Candidates: 1, and the stem's and classifier's widths over
+    # their table entries.
+    sizes = {"width_mult": 1.0, "num_classes": classes}
+    if blocks < len(table):
+        sizes["blocks"] = blocks
+    for width_mult in dict.fromkeys((1.0, hidden / MOBILENET_LAST_CHANNEL[name],
+                                     stem / table[0][0])):
+        sizes["width_mult"] = width_mult
+        if LAYOUTS[name](**sizes) == shapes:
+            break
+    return sizes, {}
 
 
 def _vit_b_16(shapes):
