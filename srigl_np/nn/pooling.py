@@ -1,9 +1,9 @@
-"""Pooling: ``MaxPool2d`` (the cnn's, no padding) and ``GlobalAvgPool2d`` (the head of
-ResNet, WRN and MobileNet-V3). They follow the ``nn.layers.Layer`` contract."""
+"""Pooling: ``MaxPool2d`` (the cnn's; ResNet-50's stem with padding 1) and
+``GlobalAvgPool2d`` (the head of ResNet, WRN and MobileNet-V3). They follow the ``nn.layers.Layer`` contract."""
 
 from ..backend import array_module
 from ..kernels import conv_output_size
-from ..validation import positive_int
+from ..validation import count, positive_int
 from .layers import Layer, pair
 
 
@@ -28,15 +28,20 @@ class GlobalAvgPool2d(Layer):
     def backward(self, grad_out):
         xp = array_module(grad_out)
         height, width = self.x_shape[2:]
-        spread = grad_out[:, :, None, None] * grad_out.dtype.type(1.0 / (height * width))
-        return xp.ascontiguousarray(xp.broadcast_to(spread, self.x_shape))
+        # A fresh writable array even for a 1x1 map (where a broadcast view would be
+        # returned as it is): an in-place ReLU before the pool writes into it.
+        grad = xp.empty(self.x_shape, dtype=grad_out.dtype)
+        grad[...] = grad_out[:, :, None, None] * grad_out.dtype.type(1.0 / (height * width))
+        return grad
 
 
 class MaxPool2d(Layer):
-    """Max over kernel windows, no padding.
+    """Max over kernel windows, PyTorch's MaxPool2d (floor mode, no dilation).
 
     x: (batch, channels, height, width) -> y: (batch, channels, out_h, out_w),
-    out_h = floor((height - kh) / stride) + 1. The gradient flows to one element per
+    out_h = floor((height + 2*padding - kh) / stride) + 1. ``padding`` (at most half
+    the kernel, as PyTorch requires) pads with -inf, so a padded cell never wins a
+    window and never receives gradient. The gradient flows to one element per
     window, the first maximum in row-major window order (PyTorch's rule).
 
     The work is vectorised over all pixels; Python loops only over the kh*kw window
@@ -46,11 +51,15 @@ class MaxPool2d(Layer):
     (batch, channels, out_h, kh, out_w, kw) reshape of a winner mask.
     """
 
-    def __init__(self, kernel_size, stride=None):
+    def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         self.kernel_size = pair("kernel_size", kernel_size)
         self.stride = self.kernel_size[0] if stride is None else positive_int("stride", stride)
-        self.x = None
+        self.padding = count("padding", padding)
+        if 2 * self.padding > min(self.kernel_size):
+            raise ValueError(f"padding must be at most half the kernel size "
+                             f"{self.kernel_size}, got {self.padding}")
+        self.x = self.x_shape = None
         self.winner = None
 
     def _taps(self, x, out_h, out_w):
@@ -71,10 +80,17 @@ class MaxPool2d(Layer):
             raise ValueError(f"MaxPool2d expects x of shape (batch, channels, height, width), "
                              f"got {x.shape}")
         kh, kw = self.kernel_size
-        if x.shape[2] < kh or x.shape[3] < kw:
+        p = self.padding
+        if x.shape[2] + 2 * p < kh or x.shape[3] + 2 * p < kw:
             raise ValueError(f"MaxPool2d kernel {self.kernel_size} does not fit input "
-                             f"{x.shape[2:]}")
+                             f"{x.shape[2:]} padded by {p}")
         xp = array_module(x)
+        self.x_shape = x.shape
+        if p:
+            padded = xp.full(x.shape[:2] + (x.shape[2] + 2 * p, x.shape[3] + 2 * p), -xp.inf,
+                             dtype=x.dtype)
+            padded[:, :, p:p + x.shape[2], p:p + x.shape[3]] = x
+            x = padded
         out_h = conv_output_size(x.shape[2], kh, self.stride, 0)
         out_w = conv_output_size(x.shape[3], kw, self.stride, 0)
         if self._tiles(x):
@@ -111,6 +127,15 @@ class MaxPool2d(Layer):
         return winner
 
     def backward(self, grad_out):
+        """The gradient w.r.t. the (padded) input, cropped to the unpadded input."""
+        grad_in = self._padded_backward(grad_out)
+        p = self.padding
+        if not p:
+            return grad_in
+        height, width = self.x_shape[2:]
+        return array_module(grad_in).ascontiguousarray(grad_in[:, :, p:p + height, p:p + width])
+
+    def _padded_backward(self, grad_out):
         x, y = self.x, self.y
         xp = array_module(grad_out)
         b, c, out_h, out_w = y.shape
@@ -128,4 +153,5 @@ class MaxPool2d(Layer):
         return grad_in
 
     def __repr__(self):
-        return f"MaxPool2d({self.kernel_size}, stride={self.stride})"
+        padding = f", padding={self.padding}" if self.padding else ""
+        return f"MaxPool2d({self.kernel_size}, stride={self.stride}{padding})"
