@@ -60,13 +60,15 @@ print(json.dumps({
     "tensor_bytes": sum(v.nbytes for v in imported.state_dict.values()),
     "mask_bytes": sum(m.nbytes for m in imported.masks.values()),
     "tensors": len(imported.state_dict), "masks": len(imported.masks),
-    "mask_source": imported.mask_source}))
+    "mask_source": imported.mask_source,
+    "constant_fan_in_layers": sum(low == high for low, high in imported.meta["fan_in"].values())}))
 """
 
 
-def write_checkpoint(path, sparsity=0.9, seed=0):
-    """torch.save a full-size ResNet-50 state_dict at ``path`` (constant fan-in masks at
-    ``sparsity`` in every Conv/Linear weight); returns its tensor bytes."""
+def write_checkpoint(path, sparsity=0.9, seed=0, width=64):
+    """torch.save a ResNet-50 state_dict at ``path`` (full size at width 64; constant
+    fan-in masks at ``sparsity`` in every Conv/Linear weight, no weight exactly 0 inside
+    them, so ``weight != 0`` gives the masks back); returns its tensor bytes."""
     import torch
 
     from srigl_np import dst
@@ -74,13 +76,13 @@ def write_checkpoint(path, sparsity=0.9, seed=0):
 
     rng = np.random.default_rng(seed)
     state = {}
-    for key, shape in resnet50(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3),
-                               num_classes=1000).items():
+    for key, shape in resnet50(width=width, layers=(3, 4, 6, 3), num_classes=1000).items():
         if key.endswith("running_var"):
             value = rng.uniform(0.5, 2.0, shape).astype(np.float32)
         else:
             value = rng.standard_normal(shape, dtype=np.float32)
         if key.endswith(".weight") and len(shape) >= 2:
+            value[value == 0] = 1.0
             value *= dst.constant_fan_in_mask(shape, sparsity, rng)
         state[key] = torch.from_numpy(value)
         if key.endswith("running_var"):
@@ -97,9 +99,11 @@ def measure(path, trace):
     return json.loads(done.stdout)
 
 
-def run(directory, repeats=3):
+def run(directory, repeats=3, width=64):
+    """The record of ``repeats`` timed reads and one traced read (see the module
+    docstring) of a ResNet-50 checkpoint written into ``directory``."""
     path = os.path.join(directory, "resnet50_srigl_sparsity-0.90.pt")
-    written = write_checkpoint(path)
+    written = write_checkpoint(path, width=width)
     timed = [measure(path, trace=False) for _ in range(repeats)]
     traced = measure(path, trace=True)
     tensor_bytes = timed[0]["tensor_bytes"]
@@ -115,6 +119,7 @@ def run(directory, repeats=3):
         "tracemalloc_peak": traced["tracemalloc_peak"],
         "tracemalloc_over_tensors": traced["tracemalloc_peak"] / tensor_bytes,
         "seconds_with_tracemalloc": traced["seconds"],
+        "constant_fan_in_layers": traced["constant_fan_in_layers"],
     }
 
 
@@ -133,9 +138,11 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as directory:
             record = run(directory, args.repeats)
     mb = 1e6
-    print(f"ResNet-50 state_dict: {record['tensors']} tensors, {record['tensor_bytes'] / mb:.1f} MB "
-          f"of tensors, file {record['file_bytes'] / mb:.1f} MB; masks from "
-          f"{record['mask_source']} ({record['masks']} layers, {record['mask_bytes'] / mb:.1f} MB)")
+    print(f"ResNet-50 state_dict: {record['tensors']} tensors, "
+          f"{record['tensor_bytes'] / mb:.1f} MB of tensors, file "
+          f"{record['file_bytes'] / mb:.1f} MB; masks from {record['mask_source']} "
+          f"({record['masks']} layers, {record['constant_fan_in_layers']} constant fan-in, "
+          f"{record['mask_bytes'] / mb:.1f} MB)")
     print(f"read: {record['seconds_median']:.3f} s median of {len(record['seconds'])} "
           f"({', '.join(f'{s:.3f}' for s in record['seconds'])})")
     print(f"peak memory: rss delta {record['rss_delta_max'] / mb:.1f} MB "

@@ -89,3 +89,47 @@ def test_our_reading_matches_torch_load():
         assert len(their_masks) == len(ours.masks)
         for mask, ours_mask in zip(their_masks, ours.masks.values()):
             np.testing.assert_array_equal(ours_mask, mask.numpy())
+
+
+def test_an_injected_ragged_row_is_named_by_layer_and_row_without_torch():
+    from srigl_np.model_audit import audit_source, open_source, summarise_model
+
+    source = open_source(RESNET)
+    assert source.model is None and "cannot be condensed" in source.model_line
+    name, weight, mask = source.layers[3]   # layer1.1.conv1.weight, k=62 per the pruner
+    mask = mask.copy()
+    rows = mask.reshape(mask.shape[0], -1)
+    row = int(np.flatnonzero(rows.any(axis=1))[1])
+    rows[row, int(np.flatnonzero(~rows[row])[0])] = True
+    source.layers[3] = (name, weight, mask)
+    audits = {a["layer"]: a for a in audit_source(source)}
+    k = audits["layer1.0.conv1.weight"]["k"]   # untouched
+    assert audits[name]["ok"] is False and not audits[name]["constant_fan_in"]
+    fan_in = audits[name]["violations"][0]
+    assert (fan_in["kind"], fan_in["neuron"]) == ("fan_in", row)
+    assert fan_in["message"].startswith(f"neuron {row} has 63 active weights, expected "
+                                        f"fan-in 62")
+    summary = summarise_model(source)
+    assert summary["not_constant"] == [{"layer": name, "fan_in_range": [62, 63],
+                                        "k_most_common": 62, "off_rows": 1,
+                                        "first_off_row": row, "active_neurons": 5}]
+    assert k == 52 and not summary["constant_fan_in"]
+
+
+def test_an_injected_ragged_row_in_the_file_fails_the_audit(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("omegaconf")   # torch.load rebuilds the run's DictConfig
+    checkpoint = torch.load(RESNET, weights_only=False)
+    masks = checkpoint["pruner"]["backward_masks"]
+    index = next(i for i, mask in enumerate(masks) if mask is not None)
+    rows = masks[index].view(masks[index].shape[0], -1)
+    row = int(torch.nonzero(rows.any(dim=1))[-1])
+    rows[row, int(torch.nonzero(~rows[row])[0])] = True
+    path = tmp_path / "ragged.pt"
+    torch.save(checkpoint, path)
+    assert audit.main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "layer1.0.conv1.weight: neuron " + str(row) + " has 53 active weights, " \
+           "expected fan-in 52" in out
+    assert (f"  layer1.0.conv1.weight: fan-in 52-53; 1 of 6 active rows are not at k=52 "
+            f"(first: row {row})") in out

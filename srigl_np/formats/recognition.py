@@ -21,8 +21,7 @@ import dataclasses
 import math
 import re
 
-from .layouts import (ARCHITECTURE_NAMES, LAYOUTS, MOBILENET_BLOCKS, MOBILENET_LAST_CHANNEL,
-                      make_divisible)
+from .layouts import ARCHITECTURE_NAMES, LAYOUTS, MOBILENET_BLOCKS, MOBILENET_LAST_CHANNEL
 
 # A key that marks each family, to say which one a state that fits none came closest to.
 _SIGNATURES = {"cifar_resnet18": "layer1.0.conv1.weight",
