@@ -1,6 +1,7 @@
 """One audit for any model (python -m srigl_np.audit PATH) and python -m srigl_np.condense."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -380,3 +381,59 @@ def test_float64_weights_beyond_float32_are_out_of_range_not_non_finite(tmp_path
                                  log=lambda line: None) == 1
         assert capsys.readouterr().err == (f"python -m srigl_np.condense: error: {path}: "
                                            f"{name} {expected}")
+
+
+def _resnet_like(tmp_path, stem_kernel):
+    """A CIFAR ResNet-18 state_dict at width 4 with a ``stem_kernel`` stem, written
+    without torch: constant fan-in k=5 in every weighted layer but the stem."""
+    from srigl_np.formats.layouts import cifar_resnet18
+    from strategies import fan_in_weight
+    from torch_files import write_torch_zip
+
+    rng = np.random.default_rng(3)
+    state = {}
+    for key, shape in cifar_resnet18(width=4, blocks=(1, 1, 1, 1), num_classes=3).items():
+        if key == "conv1.weight":
+            shape = (4, 3, stem_kernel, stem_kernel)
+            state[key] = rng.standard_normal(shape).astype(np.float32)
+        elif len(shape) >= 2:
+            state[key] = fan_in_weight(shape, 2 if np.prod(shape[1:]) < 8 else 5, rng)
+        else:
+            state[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return write_torch_zip(tmp_path / "net.pt", state)
+
+
+def test_an_unknown_architecture_audits_layer_by_layer_and_says_why_in_one_line(
+        tmp_path, capsys):
+    path = _resnet_like(tmp_path, 7)
+    status, out, _ = _audit(capsys, path, "--expect-constant-fan-in")
+    assert status == 0
+    assert re.search(r"\nlayer4.0.conv2.weight +32x32x3x3 +160 ", out)   # the per-layer table
+    model_line = next(line for line in out.splitlines() if line.startswith("model: "))
+    assert model_line == ("model: no srigl_np model for this layout, so it cannot be "
+                          "condensed: not cifar_resnet18: its stem 'conv1.weight' is 7x7, "
+                          "not 3x3")
+    assert "fan-in: constant in every sparse layer" in out
+    assert "masks: from weight != 0 (none recorded" in out
+    status, out, _ = _audit(capsys, path, "--json")
+    report = json.loads(out)
+    assert report["model"]["name"] is None and report["expect_constant_fan_in"] is False
+    assert report["model"]["dense_layers"] == 1 and report["model"]["sparse_layers"] == 12
+
+
+def test_arch_names_the_architecture_of_a_pytorch_file_only(srigl_run, tmp_path, capsys):
+    path = _resnet_like(tmp_path, 3)
+    status, out, _ = _audit(capsys, path, "--json", "--arch", "cifar_resnet18")
+    model = json.loads(out)["model"]
+    assert status == 0 and model["name"] == "cifar_resnet18"
+    assert model["description"] == ("cifar_resnet18 (width=4, blocks=(1, 1, 1, 1), "
+                                    "num_classes=3) (named by --arch cifar_resnet18)")
+    status, out, _ = _audit(capsys, path, "--arch", "resnet50")
+    assert status == 0 and ("model: no srigl_np model for this layout, so it cannot be "
+                            "condensed: not resnet50: no 'layer1.0.conv3.weight'") in out
+    for source in (srigl_run, srigl_run / "checkpoint.npz"):
+        status, out, err = _audit(capsys, source, "--arch", "resnet50")
+        assert status == 1 and not out and len(err.strip().splitlines()) == 1
+        assert "PyTorch file" in err
+    with pytest.raises(SystemExit):
+        audit.main([str(path), "--arch", "resnet18"])

@@ -26,7 +26,7 @@ from ..nn import models
 from ..nn.layers import Flatten, Linear, ReLU, Sequential
 from ..validation import check_float32_range
 from .layouts import ARCHITECTURE_NAMES
-from .recognition import recognise
+from .recognition import families, recognise
 
 # MnistNet (rigl_torch/models/mnist.py): (module, weight shape, index in models.build("cnn")).
 MNIST_NET = (("conv1", (32, 1, 3, 3), 0), ("conv2", (64, 32, 3, 3), 2),
@@ -59,7 +59,7 @@ def identify(state, *, arch=None, sizes=None):
     found, why = recognise(shapes, arch=arch, sizes=sizes)
     if found is not None:
         return Layout(found.name, dict(found.sizes), found.notes)
-    if arch is not None:
+    if arch is not None or families(shapes):   # resembles one: its reason says it all
         return Layout(None, {}, why_not=why)
     key_map, widths, why_not_mnist = _mnist_net_map(state)
     if key_map is not None:
@@ -135,8 +135,11 @@ def to_model(imported, *, arch=None, sizes=None, rng=None):
 def _architecture(imported, layout, rng):
     """(model, masks, notes) for one of the paper's architectures: built at the layout's
     sizes, every array loaded under its torch key."""
-    from ..nn.architectures import build_architecture
+    from ..nn.architectures import ARCHITECTURES, build_architecture
 
+    if layout.name not in ARCHITECTURES:
+        return None, {}, [f"{layout.describe()}: recognised, but srigl_np builds no "
+                          f"{layout.name} yet (it builds {', '.join(ARCHITECTURES)})"]
     model = build_architecture(layout.name, rng=rng, dtype=np.float32, **layout.sizes)
     if hasattr(model, "set_rng"):
         model.set_rng(rng)

@@ -3,6 +3,7 @@ and shapes alone (no code of the file runs; nothing but names and shapes is read
 
     canonical_keys(state) -> (state, note or None)     key variants renamed to ours
     recognise(shapes, arch=None, sizes=None) -> (Recognition or None, why not)
+    families(shapes) -> [name]                          the architectures it resembles
 
 Each architecture of ``layouts.ARCHITECTURE_NAMES`` has a reader of its sizes (widths,
 blocks per stage, classes, ViT's image size from ``encoder.pos_embedding`` and patch
@@ -92,12 +93,18 @@ def recognise(shapes, arch=None, sizes=None):
         reasons[name] = why
     if arch:
         return None, f"not {arch}: {reasons[arch]}"
-    close = [name for name in names if _SIGNATURES[name] in shapes]
+    close = [name for name in names if name in families(shapes)]
     if close:
         return None, "; ".join(f"not {name}: {reasons[name]}" for name in close)
     return None, (f"its keys match none of {', '.join(ARCHITECTURE_NAMES)} (e.g. no "
                   f"'layer1.0.conv1.weight', 'block1.layer.0.conv1.weight', "
                   f"'features.0.0.weight' or 'conv_proj.weight')")
+
+
+def families(shapes):
+    """The architectures whose mark (a key only they have) ``shapes`` holds: the ones a
+    state that fits none of them came closest to."""
+    return [name for name in ARCHITECTURE_NAMES if _SIGNATURES[name] in shapes]
 
 
 def _try(name, shapes, overrides):
