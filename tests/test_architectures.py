@@ -22,6 +22,8 @@ SMALL = {
     # Every block of the configuration, a quarter wide.
     "mobilenet_v3_large": (dict(width_mult=0.25, dropout=0.0), (2, 3, 64, 64)),
     "mobilenet_v3_small": (dict(width_mult=0.25, dropout=0.0), (2, 3, 64, 64)),
+    "vit_b_16": (dict(image_size=16, patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+                      mlp_dim=32), (2, 3, 16, 16)),
 }
 # Tinier still for finite differences (two forwards per sampled entry; the global mean
 # takes any image size, where torch's avg_pool2d(4 or 8) wants 32x32).
@@ -36,6 +38,8 @@ TINY = {
                            (2, 3, 32, 32)),
     "mobilenet_v3_small": (dict(width_mult=0.25, blocks=4, num_classes=3, dropout=0.0),
                            (2, 3, 32, 32)),
+    "vit_b_16": (dict(image_size=8, patch_size=4, num_layers=2, num_heads=2, hidden_dim=8,
+                      mlp_dim=12, num_classes=3), (2, 3, 8, 8)),
 }
 
 
@@ -86,8 +90,11 @@ def test_names_are_the_torch_state_dict_keys(name):
     assert all(ours[k].shape == theirs[k].shape for k in ours)
     assert sorted(model.named_parameters()) == sorted(k for k, _ in module.named_parameters())
     # Every convolution and linear weight is sparse, nothing else.
-    sparse = {k for k, m in module.named_modules() for k in [f"{k}.weight"]
-              if isinstance(m, (torch_models.nn.Conv2d, torch_models.nn.Linear))}
+    nn = torch_models.nn
+    sparse = {f"{k}.weight" for k, m in module.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear))}
+    sparse |= {f"{k}.in_proj_weight" for k, m in module.named_modules()
+               if isinstance(m, nn.MultiheadAttention)}
     assert set(sparse_parameter_names(model)) == sparse
 
 
@@ -208,8 +215,10 @@ def test_unknown_architecture_and_bad_sizes_are_refused():
         build_architecture("mobilenet_v3_small", rng=rng, blocks=12)
     with pytest.raises(ValueError, match="width_mult must be > 0"):
         build_architecture("mobilenet_v3_large", rng=rng, width_mult=0)
-    assert set(ARCHITECTURES) >= {"cifar_resnet18", "wide_resnet22", "resnet50",
-                                  "mobilenet_v3_large", "mobilenet_v3_small"}
+    with pytest.raises(ValueError, match=r"patch_size must divide image_size \(30\)"):
+        build_architecture("vit_b_16", rng=rng, image_size=30, patch_size=4)
+    assert set(ARCHITECTURES) == {"cifar_resnet18", "wide_resnet22", "resnet50",
+                                  "mobilenet_v3_large", "mobilenet_v3_small", "vit_b_16"}
 
 
 def test_wide_resnet_dropout_is_seeded_and_off_in_evaluation():
@@ -230,7 +239,7 @@ def test_wide_resnet_dropout_is_seeded_and_off_in_evaluation():
 # torch.nn rewrite of the authors' module (tests/torch_models.py).
 FULL_SIZE_PARAMS = {"resnet50": 25_557_032, "mobilenet_v3_large": 5_483_032,
                     "mobilenet_v3_small": 2_542_856, "cifar_resnet18": 11_173_962,
-                    "wide_resnet22": 1_079_642}
+                    "wide_resnet22": 1_079_642, "vit_b_16": 86_567_656}
 
 
 @pytest.mark.parametrize("name", sorted(FULL_SIZE_PARAMS))

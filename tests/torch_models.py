@@ -7,7 +7,10 @@ Importing this module needs torch (use ``pytest.importorskip("torch")`` first). 
     cifar_resnet18(width=64, blocks=(2, 2, 2, 2), num_classes=10)
     wide_resnet22(depth=22, widen_factor=2, num_classes=10, drop_rate=0.3)
     resnet50(width=64, layers=(3, 4, 6, 3), num_classes=1000)
-    (mobilenet_v3_large, mobilenet_v3_small, vit_b_16 follow with their families)
+    mobilenet_v3_large(width_mult=1.0, num_classes=1000, dropout=0.2, blocks=None)
+    mobilenet_v3_small(width_mult=1.0, num_classes=1000, dropout=0.2, blocks=None)
+    vit_b_16(image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768,
+             mlp_dim=3072, num_classes=1000, dropout=0.0)
         -> a float32 torch.nn.Module in training mode whose state_dict keys equal
            the srigl_np model's parameter and buffer names (plus BatchNorm's
            num_batches_tracked); takes the same size arguments as the srigl_np builder.
@@ -21,6 +24,8 @@ can express, the builders return torchvision's own module; otherwise a torch.nn
 rewrite of the same graph, written from the model's description (kuangliu's and the
 SRigL authors' CIFAR models are not in torchvision at all).
 """
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -315,6 +320,65 @@ def mobilenet_v3_small(width_mult=1.0, num_classes=1000, dropout=0.2, blocks=Non
     return _mobilenet("small", width_mult, num_classes, dropout, blocks)
 
 
+# -- ViT (torchvision's VisionTransformer) ---------------------------------------------
+
+class EncoderBlock(nn.Module):
+    def __init__(self, num_heads, hidden_dim, mlp_dim, dropout):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden_dim, eps=1e-6)
+        self.self_attention = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.ln_2 = nn.LayerNorm(hidden_dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(hidden_dim, mlp_dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(mlp_dim, hidden_dim), nn.Dropout(dropout))
+
+    def forward(self, x):
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + self.dropout(y)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, length, num_layers, num_heads, hidden_dim, mlp_dim, dropout):
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, length, hidden_dim).normal_(std=0.02))
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.Sequential(OrderedDict(
+            (f"encoder_layer_{i}", EncoderBlock(num_heads, hidden_dim, mlp_dim, dropout))
+            for i in range(num_layers)))
+        self.ln = nn.LayerNorm(hidden_dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.ln(self.layers(self.dropout(x + self.pos_embedding)))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim,
+                 num_classes, dropout):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.conv_proj = nn.Conv2d(3, hidden_dim, patch_size, patch_size)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
+        length = 1 + (image_size // patch_size) ** 2
+        self.encoder = Encoder(length, num_layers, num_heads, hidden_dim, mlp_dim, dropout)
+        self.heads = nn.Sequential(OrderedDict(head=nn.Linear(hidden_dim, num_classes)))
+
+    def forward(self, x):
+        x = self.conv_proj(x)
+        x = x.reshape(x.shape[0], self.hidden_dim, -1).permute(0, 2, 1)
+        x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.heads(self.encoder(x)[:, 0])
+
+
+def vit_b_16(image_size=224, patch_size=16, num_layers=12, num_heads=12, hidden_dim=768,
+             mlp_dim=3072, num_classes=1000, dropout=0.0):
+    args = (image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_dim)
+    if tv_models is not None:
+        return tv_models.VisionTransformer(*args, num_classes=num_classes, dropout=dropout)
+    return VisionTransformer(*args, num_classes, dropout)
+
+
 BUILDERS = {"cifar_resnet18": cifar_resnet18, "wide_resnet22": wide_resnet22,
             "resnet50": resnet50, "mobilenet_v3_large": mobilenet_v3_large,
-            "mobilenet_v3_small": mobilenet_v3_small}
+            "mobilenet_v3_small": mobilenet_v3_small, "vit_b_16": vit_b_16}

@@ -14,6 +14,7 @@
     models          ``build("mlp")``, ``build("cnn")`` for 1x28x28 input
     resnets         the paper's CIFAR ResNet-18, WRN-22-2 and torchvision's ResNet-50
     mobilenet       torchvision's MobileNet-V3 Large and Small
+    vit             torchvision's ViT-B/16 (VisionTransformer)
     architectures   ``build_architecture(name)``: the paper's models by name, with the
                     PyTorch models' state_dict keys as parameter names
 

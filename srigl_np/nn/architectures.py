@@ -7,6 +7,7 @@
     resnet50             resnets.resnet50           (B, 3, 224, 224) torchvision resnet50
     mobilenet_v3_large   mobilenet.mobilenet_v3_large (B, 3, 224, 224) torchvision's
     mobilenet_v3_small   mobilenet.mobilenet_v3_small (B, 3, 224, 224) torchvision's
+    vit_b_16             vit.vit_b_16               (B, 3, 224, 224) torchvision's ViT-B/16
 
 Every builder takes keyword arguments only: ``rng`` (numpy Generator for the weights),
 ``dtype`` (float32 or float64) and its own size arguments (widths, depths, classes) so
@@ -16,7 +17,7 @@ model's state_dict keys (BatchNorm's num_batches_tracked aside).
 
 import numpy as np
 
-from . import mobilenet, resnets
+from . import mobilenet, resnets, vit
 
 ARCHITECTURES = {
     "cifar_resnet18": resnets.cifar_resnet18,
@@ -24,6 +25,7 @@ ARCHITECTURES = {
     "resnet50": resnets.resnet50,
     "mobilenet_v3_large": mobilenet.mobilenet_v3_large,
     "mobilenet_v3_small": mobilenet.mobilenet_v3_small,
+    "vit_b_16": vit.vit_b_16,
 }
 
 
