@@ -9,11 +9,13 @@ against the authors' ResNet fixture; no torch is needed here.
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from srigl_np.formats import layouts
 from srigl_np.formats.importing import read_torch_checkpoint
 from srigl_np.formats.recognition import canonical_keys, recognise
+from srigl_np.nn.architectures import build_architecture
 
 DATA = pathlib.Path(__file__).parent / "data"
 TORCHVISION = json.loads((DATA / "torchvision_keys.json").read_text())
@@ -152,3 +154,11 @@ def test_torchvisions_old_vit_mlp_names_are_renamed_in_place():
 def test_make_divisible_is_mobilenets_channel_rule():
     assert [layouts.make_divisible(v) for v in (3, 4, 12, 16 * 0.3, 18, 72 * 0.25, 100)] == [
         8, 8, 16, 8, 24, 24, 104]
+
+
+@pytest.mark.parametrize("name", SMALL_SIZES)
+def test_the_layouts_are_the_keys_and_shapes_of_the_models_we_build(name):
+    model = build_architecture(name, rng=np.random.default_rng(0), **SMALL_SIZES[name])
+    ours = {key: value.shape for key, value in
+            {**model.named_parameters(), **model.named_buffers()}.items()}
+    assert ours == layouts.LAYOUTS[name](**SMALL_SIZES[name])
