@@ -310,7 +310,7 @@ def layer_summary(name, weight, mask=None):
     weight = np.asarray(weight)
     mask = weight != 0 if mask is None else np.asarray(mask)
     n = weight.shape[0]
-    rows = mask.reshape(n, -1)
+    rows = mask.reshape(n, math.prod(weight.shape[1:]))   # (0, fan_in) too
     counts = np.count_nonzero(rows, axis=1)
     live = counts[counts > 0]
     if live.size:

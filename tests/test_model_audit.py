@@ -437,3 +437,38 @@ def test_arch_names_the_architecture_of_a_pytorch_file_only(srigl_run, tmp_path,
         assert "PyTorch file" in err
     with pytest.raises(SystemExit):
         audit.main([str(path), "--arch", "resnet18"])
+
+
+def test_layer_summary_counts_active_rows_and_the_rows_off_the_most_common_fan_in():
+    from srigl_np.model_audit import layer_summary
+
+    mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 0]],
+                    bool)
+    summary = layer_summary("w", np.where(mask, 0.5, 0.0), mask)
+    assert (summary["neurons"], summary["active_neurons"]) == (5, 4)
+    assert summary["active_percent"] == 80.0 and summary["fan_in"] == 4
+    # fan-ins 2, 3, 2, 3 among the active rows: a tie, the larger count wins
+    assert (summary["k"], summary["k_most_common"], summary["fan_in_range"]) == (None, 3, [2, 3])
+    assert (summary["off_rows"], summary["first_off_row"]) == (2, 0)
+    assert not summary["dense"] and not summary["constant_fan_in"]
+    dense = layer_summary("d", np.ones((2, 3, 1, 1)))
+    assert dense["dense"] and dense["k"] == 3 and dense["constant_fan_in"]
+
+
+def test_format_model_keeps_every_line_short():
+    from srigl_np.model_audit import Source, format_model, summarise_model
+
+    rng = np.random.default_rng(0)
+    layers = [(f"dense{i}.weight", np.ones((4, 3)), None) for i in range(9)]
+    ragged = np.ones((3000, 300), bool)
+    ragged[rng.choice(3000, 40, replace=False), 0] = False
+    layers.append(("big.weight", np.ones((3000, 300)), ragged))
+    summary = summarise_model(Source("p", "torch", layers, set(), "mask", [], model="x",
+                                     model_line="x (a=1)", mask_source="masks"))
+    lines = format_model(summary)
+    assert lines[3] == ("dense layers: dense0.weight (k=3), dense1.weight (k=3), dense2.weight "
+                        "(k=3), dense3.weight (k=3), dense4.weight (k=3), dense5.weight (k=3), "
+                        "and 3 more")
+    assert lines[-1] == ("  big.weight: fan-in 299-300; 40 of 3000 active rows are not at "
+                         "k=300 (first: row " + str(int(np.flatnonzero(~ragged[:, 0])[0])) + ")")
+    assert max(map(len, lines)) < 200
