@@ -162,3 +162,12 @@ def test_the_layouts_are_the_keys_and_shapes_of_the_models_we_build(name):
     ours = {key: value.shape for key, value in
             {**model.named_parameters(), **model.named_buffers()}.items()}
     assert ours == layouts.LAYOUTS[name](**SMALL_SIZES[name])
+
+
+def test_a_broken_resnet50_is_told_as_a_resnet50_not_as_every_resnet_it_resembles():
+    shapes = dict(layouts.resnet50(**SMALL_SIZES["resnet50"]))
+    del shapes["fc.bias"]
+    found, why = recognise(shapes)
+    assert found is None and why == (
+        "not resnet50: read as resnet50 (width=4, layers=(1, 1, 2, 1), num_classes=7), but 1 "
+        "key is missing ('fc.bias')")

@@ -26,7 +26,7 @@ from ..nn import models
 from ..nn.layers import Flatten, Linear, ReLU, Sequential
 from ..validation import check_float32_range
 from .layouts import ARCHITECTURE_NAMES
-from .recognition import families, recognise
+from .recognition import Recognition, families, recognise
 
 # MnistNet (rigl_torch/models/mnist.py): (module, weight shape, index in models.build("cnn")).
 MNIST_NET = (("conv1", (32, 1, 3, 3), 0), ("conv2", (64, 32, 3, 3), 2),
@@ -47,8 +47,7 @@ class Layout:
         """One line: the model and its sizes, or why there is none."""
         if self.name is None:
             return f"no srigl_np model for this layout, so it cannot be condensed: {self.why_not}"
-        sizes = ", ".join(f"{key}={value}" for key, value in self.sizes.items())
-        return f"{self.name} ({sizes})"
+        return Recognition(self.name, self.sizes).describe()
 
 
 def identify(state, *, arch=None, sizes=None):

@@ -85,15 +85,18 @@ def recognise(shapes, arch=None, sizes=None):
     shapes = {key: tuple(shape) for key, shape in shapes.items()
               if not key.endswith("num_batches_tracked")}
     names = (arch,) if arch else ARCHITECTURE_NAMES
-    reasons = {}
+    reasons, read = {}, []
     for name in names:
-        found, why = _try(name, shapes, sizes or {})
+        found, why, sizes_read = _try(name, shapes, sizes or {})
         if found is not None:
             return found, None
         reasons[name] = why
+        if sizes_read:
+            read.append(name)
     if arch:
         return None, f"not {arch}: {reasons[arch]}"
-    close = [name for name in names if name in families(shapes)]
+    # The closest: those whose sizes could be read, else those whose mark it holds.
+    close = [name for name in names if name in read] or families(shapes)
     if close:
         return None, "; ".join(f"not {name}: {reasons[name]}" for name in close)
     return None, (f"its keys match none of {', '.join(ARCHITECTURE_NAMES)} (e.g. no "
@@ -108,11 +111,12 @@ def families(shapes):
 
 
 def _try(name, shapes, overrides):
-    """(Recognition, None) or (None, why not) for one architecture."""
+    """(Recognition or None, why not, whether its sizes could be read) for one
+    architecture."""
     try:
         sizes, notes = _READERS[name](shapes)
     except _NotIt as why:
-        return None, str(why)
+        return None, str(why), False
     unknown = set(overrides) - set(sizes)
     if unknown:
         raise ValueError(f"sizes for {name} are {', '.join(sizes)}; got {sorted(unknown)}")
@@ -121,11 +125,11 @@ def _try(name, shapes, overrides):
     try:
         expected = LAYOUTS[name](**sizes)
     except (TypeError, ValueError, ZeroDivisionError) as error:
-        return None, f"sizes {sizes} build nothing ({error})"
+        return None, f"sizes {sizes} build nothing ({error})", True
     difference = _difference(expected, shapes)
     if difference:
-        return None, f"read as {Recognition(name, sizes).describe()}, but {difference}"
-    return Recognition(name, sizes, tuple(notes)), None
+        return None, f"read as {Recognition(name, sizes).describe()}, but {difference}", True
+    return Recognition(name, sizes, tuple(notes)), None, True
 
 
 def _difference(expected, shapes):
