@@ -62,15 +62,15 @@ def test_vits_head_count_is_assumed_and_said_so():
     assert found.sizes["num_heads"] == 3 and found.notes == ()
 
 
-def test_the_authors_skinny_resnet_fixture_is_not_a_resnet18_we_build():
+def test_the_authors_skinny_resnet_fixture_is_a_resnet18_at_its_diets_widths():
     state = read_torch_checkpoint(DATA / "authors" / "skinny_resnet.pt").state_dict
-    found, why = recognise({key: value.shape for key, value in state.items()})
-    assert found is None
+    shapes = {key: value.shape for key, value in state.items()}
+    found, why = recognise(shapes)
+    assert why is None and (found.name, found.sizes) == ("skinny_resnet18", {
+        "stem": 8, "widths": (8, 16, 16, 32), "blocks": (2, 2, 2, 2), "num_classes": 10})
+    found, why = recognise(shapes, arch="cifar_resnet18")
     assert why == ("not cifar_resnet18: its stages are (8, 16, 16, 32) wide, not 8 (the "
-                   "stem's) times 1, 2, 4, 8, the only widths srigl_np builds")
-    assert layouts.cifar_resnet18(width=8, blocks=(2, 2, 2, 2), num_classes=10) != {
-        key: value.shape for key, value in state.items()
-        if not key.endswith("num_batches_tracked")}
+                   "stem's) times 1, 2, 4, 8, the only widths the paper's models have")
 
 
 def test_a_cifar_resnet18_describes_itself_in_one_line():

@@ -3,7 +3,7 @@
     LAYOUTS[name](**sizes) -> {key: shape}
 
 One function per architecture, keyed by the names ``nn.architectures`` builds
-(``ARCHITECTURE_NAMES``). Each gives the keys ``module.state_dict()`` holds for the
+(``ARCHITECTURE_NAMES``), and the authors' narrowed ResNet-18 (``EXTRA_NAMES``). Each gives the keys ``module.state_dict()`` holds for the
 authors' or torchvision's module at those sizes, in its order, without BatchNorm's
 ``num_batches_tracked`` (a counter, not a weight; our models have none). A state_dict
 is that architecture exactly when its keys and shapes equal these (``recognition``);
@@ -30,6 +30,10 @@ our architectures' ``named_parameters()`` and ``named_buffers()`` carry the same
                         ``make_divisible``. sizes: width_mult, num_classes, and blocks
                         (only the first ``blocks`` inverted residuals; a test's small
                         version) where fewer than the table's
+    skinny_resnet18     cifar_resnet18's graph at any stem and stage widths: the authors'
+                        SkinnyResNet18 whose diet leaves each stage one width (its
+                        fixture in tests/data/authors/). sizes: stem, widths, blocks,
+                        num_classes. Not one of the paper's six: ``model_map`` builds it
     vit_b_16            torchvision's VisionTransformer: ``conv_proj`` patch embedding,
                         ``class_token``, ``encoder.pos_embedding``, encoder layers with a
                         stacked ``in_proj_weight`` (3 * hidden, hidden) and ``mlp.0`` /
@@ -40,6 +44,8 @@ our architectures' ``named_parameters()`` and ``named_buffers()`` carry the same
 
 ARCHITECTURE_NAMES = ("cifar_resnet18", "wide_resnet22", "resnet50", "mobilenet_v3_large",
                       "mobilenet_v3_small", "vit_b_16")
+# Layouts recognised after the paper's six: the authors' SkinnyResNet18.
+EXTRA_NAMES = ("skinny_resnet18",)
 
 # torchvision's MobileNet-V3 tables (the paper's "MobileNetLarge/Small"), one row per
 # inverted residual block: input, kernel, expanded and output channels, squeeze-excite.
@@ -83,9 +89,16 @@ def _stage_widths(width):
 
 def cifar_resnet18(*, width, blocks, num_classes):
     """kuangliu's CIFAR ResNet (BasicBlock); stage strides 1, 2, 2, 2."""
-    keys = {"conv1.weight": (width, 3, 3, 3), **_batch_norm("bn1", width)}
-    n_in = width
-    for stage, (planes, count) in enumerate(zip(_stage_widths(width), blocks)):
+    return skinny_resnet18(stem=width, widths=_stage_widths(width), blocks=blocks,
+                           num_classes=num_classes)
+
+
+def skinny_resnet18(*, stem, widths, blocks, num_classes):
+    """The same graph with any stem and stage widths: the authors' SkinnyResNet18 where
+    its diet leaves every block of a stage one width (their ``models/resnet.py``)."""
+    keys = {"conv1.weight": (stem, 3, 3, 3), **_batch_norm("bn1", stem)}
+    n_in = stem
+    for stage, (planes, count) in enumerate(zip(widths, blocks)):
         for block in range(count):
             stride = 2 if stage and not block else 1
             prefix = f"layer{stage + 1}.{block}"
@@ -210,4 +223,5 @@ def vit_b_16(*, image_size, patch_size, num_layers, num_heads, hidden_dim, mlp_d
 
 LAYOUTS = {"cifar_resnet18": cifar_resnet18, "wide_resnet22": wide_resnet22,
            "resnet50": resnet50, "mobilenet_v3_large": mobilenet_v3_large,
-           "mobilenet_v3_small": mobilenet_v3_small, "vit_b_16": vit_b_16}
+           "mobilenet_v3_small": mobilenet_v3_small, "vit_b_16": vit_b_16,
+           "skinny_resnet18": skinny_resnet18}

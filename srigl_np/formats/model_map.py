@@ -11,6 +11,8 @@ state, masks and metadata); this module says which of our models that state is
         ``nn.architectures.build_architecture``, whose parameter and buffer names are
         the torch keys: the state loads key for key (BatchNorm's num_batches_tracked
         counters dropped)
+    "skinny_resnet18" the authors' SkinnyResNet18 where each stage is one width (their
+                     fixture's 8/16/16/32): cifar_resnet18's graph at those widths
     "mnist_net"      the authors' MnistNet, onto ``models.build("cnn")`` or its widths
     "linear_stack"   Linear layers whose shapes chain, onto Sequential(Flatten, Linear,
                      ReLU, ..., Linear)
@@ -25,7 +27,7 @@ import numpy as np
 from ..nn import models
 from ..nn.layers import Flatten, Linear, ReLU, Sequential
 from ..validation import check_float32_range
-from .layouts import ARCHITECTURE_NAMES
+from .layouts import ARCHITECTURE_NAMES, EXTRA_NAMES
 from .recognition import Recognition, families, recognise
 
 # MnistNet (rigl_torch/models/mnist.py): (module, weight shape, index in models.build("cnn")).
@@ -35,8 +37,8 @@ MNIST_NET = (("conv1", (32, 1, 3, 3), 0), ("conv2", (64, 32, 3, 3), 2),
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """What ``identify`` found. name: one of ``ARCHITECTURE_NAMES``, "mnist_net",
-    "linear_stack", or None (unknown); sizes: the builder's keyword arguments; notes:
+    """What ``identify`` found. name: one of ``ARCHITECTURE_NAMES``, "skinny_resnet18",
+    "mnist_net", "linear_stack", or None (unknown); sizes: the builder's keyword arguments; notes:
     what was assumed rather than read; why_not: one line when name is None."""
     name: object
     sizes: dict
@@ -95,7 +97,7 @@ def to_model(imported, *, arch=None, sizes=None, rng=None):
     layout = identify(state, arch=arch, sizes=sizes)
     if layout.name is None:
         return None, {}, [layout.describe()]
-    if layout.name in ARCHITECTURE_NAMES:
+    if layout.name in ARCHITECTURE_NAMES + EXTRA_NAMES:
         return _architecture(imported, layout, rng)
     if layout.name == "mnist_net":
         key_map, widths, _ = _mnist_net_map(state)
@@ -136,12 +138,13 @@ def _architecture(imported, layout, rng):
     sizes, every array loaded under its torch key."""
     from ..nn.architectures import ARCHITECTURES, build_architecture
 
-    if layout.name not in ARCHITECTURES:
+    if layout.name == "skinny_resnet18":
+        model = _skinny_resnet18(rng=rng, **layout.sizes)
+    elif layout.name not in ARCHITECTURES:
         return None, {}, [f"{layout.describe()}: recognised, but srigl_np builds no "
                           f"{layout.name} yet (it builds {', '.join(ARCHITECTURES)})"]
-    model = build_architecture(layout.name, rng=rng, dtype=np.float32, **layout.sizes)
-    if hasattr(model, "set_rng"):
-        model.set_rng(rng)
+    else:
+        model = build_architecture(layout.name, rng=rng, dtype=np.float32, **layout.sizes)
     state = {key: value for key, value in imported.state_dict.items()
              if not key.endswith("num_batches_tracked")}
     model.load_state_dict({key: _float32(imported.path, key, value)
@@ -149,6 +152,29 @@ def _architecture(imported, layout, rng):
     notes = [f"{layout.describe()}: recognised from its keys and shapes, "
              f"{len(state)} arrays loaded under their torch names", *layout.notes]
     return model, dict(imported.masks), notes
+
+
+def _skinny_resnet18(*, stem, widths, blocks, num_classes, rng):
+    """The authors' SkinnyResNet18 with one width per stage: ``cifar_resnet18``'s graph
+    and names (nn.resnets' BasicBlocks, stage strides 1, 2, 2, 2, the global mean, their
+    avg_pool2d(4) on CIFAR's 4x4 map) at the stem and stage widths its diet left."""
+    from ..nn.layers import Conv2d
+    from ..nn.normalization import BatchNorm2d
+    from ..nn.pooling import GlobalAvgPool2d
+    from ..nn.resnets import basic_block
+
+    stages, n_in = [], stem
+    for stage, (planes, count) in enumerate(zip(widths, blocks)):
+        stage_blocks = []
+        for i in range(count):
+            stage_blocks.append(basic_block(n_in, planes, 2 if stage and not i else 1, rng=rng))
+            n_in = planes
+        stages.append(Sequential(*stage_blocks))
+    return Sequential(Conv2d(3, stem, 3, padding=1, bias=False, rng=rng), BatchNorm2d(stem),
+                      ReLU(inplace=True), *stages, GlobalAvgPool2d(),
+                      Linear(n_in, num_classes, rng=rng),
+                      names=["conv1", "bn1", "relu", "layer1", "layer2", "layer3", "layer4",
+                             "avgpool", "linear"])
 
 
 def _float32(path, key, value):

@@ -5,7 +5,8 @@ and shapes alone (no code of the file runs; nothing but names and shapes is read
     recognise(shapes, arch=None, sizes=None) -> (Recognition or None, why not)
     families(shapes) -> [name]                          the architectures it resembles
 
-Each architecture of ``layouts.ARCHITECTURE_NAMES`` has a reader of its sizes (widths,
+Each architecture of ``layouts.ARCHITECTURE_NAMES`` (and the authors' narrowed ResNet-18,
+``layouts.EXTRA_NAMES``, tried after them) has a reader of its sizes (widths,
 blocks per stage, classes, ViT's image size from ``encoder.pos_embedding`` and patch
 size from ``conv_proj``); a state is that architecture when ``layouts.LAYOUTS`` at the
 inferred sizes gives exactly its keys and shapes (BatchNorm's ``num_batches_tracked``
@@ -22,7 +23,8 @@ import dataclasses
 import math
 import re
 
-from .layouts import ARCHITECTURE_NAMES, LAYOUTS, MOBILENET_BLOCKS, MOBILENET_LAST_CHANNEL
+from .layouts import (ARCHITECTURE_NAMES, EXTRA_NAMES, LAYOUTS, MOBILENET_BLOCKS,
+                      MOBILENET_LAST_CHANNEL)
 
 # A key that marks each family, to say which one a state that fits none came closest to.
 _SIGNATURES = {"cifar_resnet18": "layer1.0.conv1.weight",
@@ -81,10 +83,10 @@ def recognise(shapes, arch=None, sizes=None):
     num_heads, which the shapes do not hold); the state must still fit them.
     """
     if arch is not None and arch not in LAYOUTS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHITECTURE_NAMES)}, got {arch!r}")
+        raise ValueError(f"arch must be one of {', '.join(LAYOUTS)}, got {arch!r}")
     shapes = {key: tuple(shape) for key, shape in shapes.items()
               if not key.endswith("num_batches_tracked")}
-    names = (arch,) if arch else ARCHITECTURE_NAMES
+    names = (arch,) if arch else ARCHITECTURE_NAMES + EXTRA_NAMES
     reasons, read = {}, []
     for name in names:
         found, why, sizes_read = _try(name, shapes, sizes or {})
@@ -96,7 +98,7 @@ def recognise(shapes, arch=None, sizes=None):
     if arch:
         return None, f"not {arch}: {reasons[arch]}"
     # The closest: those whose sizes could be read, else those whose mark it holds.
-    close = [name for name in names if name in read] or families(shapes)
+    close = [name for name in ARCHITECTURE_NAMES if name in read] or families(shapes)
     if close:
         return None, "; ".join(f"not {name}: {reasons[name]}" for name in close)
     return None, (f"its keys match none of {', '.join(ARCHITECTURE_NAMES)} (e.g. no "
@@ -169,26 +171,39 @@ def _count(shapes, pattern, start=0):
     return count
 
 
-def _stages(shapes, stem, kernel):
-    """(width, blocks per stage) of a ResNet with stages layer1..layer4 whose first
-    blocks' conv1 are stem, 2x, 4x and 8x as wide as the stem (its ``kernel`` x
-    ``kernel`` conv1)."""
+def _stage_widths(shapes, stem, kernel):
+    """(stage widths, blocks per stage) of a ResNet with stages layer1..layer4 after a
+    ``kernel`` x ``kernel`` stem: each stage as wide as its first block's conv1."""
     if stem[2:] != (kernel, kernel):
         raise _NotIt(f"its stem 'conv1.weight' is {stem[2]}x{stem[3]}, not {kernel}x{kernel}")
     blocks = tuple(_count(shapes, f"layer{stage}.{{}}.conv1.weight") for stage in range(1, 5))
     if not all(blocks) or "layer5.0.conv1.weight" in shapes:
         raise _NotIt(f"stages layer1..layer4 have {blocks} blocks (expected 4 stages)")
     widths = tuple(_shape(shapes, f"layer{stage}.0.conv1.weight", 4)[0] for stage in range(1, 5))
+    return widths, blocks
+
+
+def _stages(shapes, stem, kernel):
+    """(width, blocks per stage) of a ResNet whose stages are 1, 2, 4 and 8 times as
+    wide as its stem (see _stage_widths)."""
+    widths, blocks = _stage_widths(shapes, stem, kernel)
     width = stem[0]
     if widths != tuple(width * 2 ** stage for stage in range(4)):
         raise _NotIt(f"its stages are {widths} wide, not {width} (the stem's) times 1, 2, 4, "
-                     f"8, the only widths srigl_np builds")
+                     f"8, the only widths the paper's models have")
     return width, blocks
 
 
 def _cifar_resnet18(shapes):
     width, blocks = _stages(shapes, _shape(shapes, "conv1.weight", 4), 3)
     return {"width": width, "blocks": blocks,
+            "num_classes": _shape(shapes, "linear.weight", 2)[0]}, {}
+
+
+def _skinny_resnet18(shapes):
+    stem = _shape(shapes, "conv1.weight", 4)
+    widths, blocks = _stage_widths(shapes, stem, 3)
+    return {"stem": stem[0], "widths": widths, "blocks": blocks,
             "num_classes": _shape(shapes, "linear.weight", 2)[0]}, {}
 
 
@@ -257,4 +272,4 @@ _READERS = {"cifar_resnet18": _cifar_resnet18, "wide_resnet22": _wide_resnet22,
             "resnet50": _resnet50,
             "mobilenet_v3_large": lambda shapes: _mobilenet("mobilenet_v3_large", shapes),
             "mobilenet_v3_small": lambda shapes: _mobilenet("mobilenet_v3_small", shapes),
-            "vit_b_16": _vit_b_16}
+            "vit_b_16": _vit_b_16, "skinny_resnet18": _skinny_resnet18}
