@@ -472,3 +472,19 @@ def test_format_model_keeps_every_line_short():
     assert lines[-1] == ("  big.weight: fan-in 299-300; 40 of 3000 active rows are not at "
                          "k=300 (first: row " + str(int(np.flatnonzero(~ragged[:, 0])[0])) + ")")
     assert max(map(len, lines)) < 200
+
+
+def test_condense_takes_arch_for_a_pytorch_file_and_says_in_one_line_when_it_does_not_fit(
+        srigl_run, tmp_path, capsys):
+    path = _resnet_like(tmp_path, 3)
+    out = str(tmp_path / "m.npz")
+    status = condense_cli.main([str(path), "--out", out, "--arch", "vit_b_16"],
+                               log=lambda line: None)
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1
+    assert ("no srigl_np model for this layout, so it cannot be condensed: not vit_b_16: no "
+            "'conv_proj.weight' (python -m srigl_np.audit still audits its layers)") in err
+    status = condense_cli.main([str(srigl_run), "--out", out, "--arch", "resnet50"],
+                               log=lambda line: None)
+    assert status == 1 and "--arch names the architecture of a PyTorch file" in (
+        capsys.readouterr().err)
