@@ -8,10 +8,15 @@ dense (they have no records; the run's checkpoint says which and why). For any m
 (that run's checkpoint, a srigl_np checkpoint .npz, a condensed model file, a PyTorch
 checkpoint or state_dict, or a scipy.sparse .npz): per sparse layer its shape, nnz,
 sparsity, fan-in (constant or not, k), ablated neurons, zeros inside the mask, weights
-outside it, and every violated invariant with the first offending neuron; and every
-NaN or infinite value it holds (condense refuses them). Exit status 1 when a file
-cannot be read, a trail records a failed check (older trainers wrote one), a layer that
-claims constant fan-in (SRigL) breaks it, or a value is NaN or infinite; 0 otherwise.
+outside it, and every violated invariant with the first offending neuron; every NaN or
+infinite value it holds (condense refuses them); then the model as a whole: its
+architecture and sizes (a PyTorch file's recognised from its keys and shapes, or named
+with --arch; for an unknown one, why it cannot be condensed), where its masks came
+from, active neurons in all and per layer, the dense layers, and each layer that is not
+constant fan-in with its fan-in range and rows off. Exit status 1 when a file cannot be
+read, a trail records a failed check (older trainers wrote one), a layer that claims
+constant fan-in (SRigL, or every sparse layer under --expect-constant-fan-in) breaks
+it, or a value is NaN or infinite; 0 otherwise.
 
 The trail's schema and reader are ``srigl_np.dst.trail``; this module summarises it.
 """
@@ -23,6 +28,7 @@ import sys
 from . import cli
 from .cli import command, create_parser, format_table
 from .dst.trail import read_trail
+from .formats.layouts import ARCHITECTURE_NAMES
 
 
 def _fan_in_text(pair):
@@ -217,8 +223,15 @@ def make_parser():
     parser.add_argument("path", metavar="PATH", type=cli.path,
                         help="a run directory, or a model file of one of the kinds above")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (source, layers, trail summary, layers "
-                             "kept dense) instead")
+                        help="print one JSON object (source, layers, model summary, trail "
+                             "summary, layers kept dense) instead")
+    parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=None,
+                        help="read a PyTorch file as this architecture instead of "
+                             "recognising it from its keys and shapes (default: recognise)")
+    parser.add_argument("--expect-constant-fan-in", action="store_true",
+                        help="claim constant fan-in for every sparse layer, as SRigL's own "
+                             "files do, so a layer that is not fails the audit (exit 1); "
+                             "for files that carry no claim, such as bare state_dicts")
     parser.add_argument("--plot", metavar="FILE", default=None, type=cli.path,
                         help="also draw a run's trail over training steps into FILE (.png, "
                              ".pdf, .svg, ...; needs matplotlib): per layer, active neurons, "
@@ -230,7 +243,8 @@ def make_parser():
 @command(PROG, errors=(TypeError, ImportError))
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    from .model_audit import audit_source, format_audits, not_finite, open_source
+    from .model_audit import (audit_source, format_audits, format_model, not_finite,
+                              open_source, summarise_model)
 
     if args.plot is not None:   # before the audit, not after it
         if not os.path.isdir(args.path):
@@ -250,10 +264,18 @@ def main(argv=None):
         lines, status = _trail_lines(trail, trail_records, kept)
         out += lines
     source = None
+    if args.arch is not None and is_run:
+        raise ValueError(f"--arch names the architecture of a PyTorch file; {args.path} is a "
+                         f"run directory, whose checkpoint records its model")
     if not is_run or has_checkpoint:
-        source = open_source(args.path)
+        source = open_source(args.path, arch=args.arch)
+        if args.expect_constant_fan_in:
+            source.claimed = {name for name, _, _ in source.layers}
+            source.notes.append("constant fan-in expected in every sparse layer "
+                                "(--expect-constant-fan-in)")
         audits = audit_source(source)
         problems = not_finite(source, audits)
+        model = summarise_model(source)
     if args.plot is not None:
         if trail_records is None:
             raise ValueError(f"--plot draws a run's audit trail, and {args.path} has none"
@@ -269,7 +291,8 @@ def main(argv=None):
         if args.json:
             print(json.dumps({"path": args.path, "kind": source.kind,
                               "structure": source.structure, "notes": source.notes,
-                              "layers": audits, "not_finite": problems,
+                              "layers": audits, "not_finite": problems, "model": model,
+                              "expect_constant_fan_in": args.expect_constant_fan_in,
                               "trail": trail_summary, "kept_dense": kept_json,
                               "status": status}))
             return status
@@ -277,8 +300,9 @@ def main(argv=None):
         out += [f"  note: {note}" for note in source.notes]
         out.append(format_audits(audits))
         out += [problem["message"] for problem in problems]
+        out += format_model(model)
     elif args.json:
-        print(json.dumps({"path": args.path, "kind": "trail", "layers": [],
+        print(json.dumps({"path": args.path, "kind": "trail", "layers": [], "model": None,
                           "trail": trail_summary, "kept_dense": kept_json,
                           "status": status}))
         return status

@@ -22,6 +22,7 @@ import numpy as np
 from . import cli
 from .cli import command, create_parser
 from .data import DATASET_NAMES
+from .formats.layouts import ARCHITECTURE_NAMES
 
 
 PROG = "python -m srigl_np.condense"
@@ -40,6 +41,9 @@ def make_parser():
     parser.add_argument("--data-path", type=cli.path,
                         help="directory of the dataset's IDX files (default: the search of "
                              "srigl_np.data)")
+    parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=None,
+                        help="read a PyTorch file as this architecture instead of "
+                             "recognising it from its keys and shapes (default: recognise)")
     parser.add_argument("--input-stats", type=cli.number(), nargs=2, metavar=("MEAN", "STD"),
                         help="the training images' mean and std on the [0, 1] scale, stored "
                              "so the model takes raw uint8 images; std > 0 (default: the "
@@ -47,14 +51,18 @@ def make_parser():
     return parser
 
 
-def build_source(path, input_stats=None):
+def build_source(path, input_stats=None, arch=None):
     """(dense Sequential or None, masks, input_stats, notes) for SOURCE ``path``, or a
-    ready CondensedModel for a scipy matrix (returned in place of the Sequential)."""
+    ready CondensedModel for a scipy matrix (returned in place of the Sequential);
+    ``arch`` names a PyTorch file's architecture (``formats.model_map.to_model``)."""
     from . import model_audit
     from .formats.sniff import source_kind
 
     # The kind only: each source below is read once, by the loader that builds from it.
     kind = source_kind(path)
+    if arch is not None and kind != "torch":
+        raise ValueError(f"--arch names the architecture of a PyTorch file; {path} is a "
+                         f"srigl_np {kind}, which records its own model")
     if kind in ("run", "checkpoint"):
         from .formats.checkpoint import load_model
 
@@ -66,7 +74,7 @@ def build_source(path, input_stats=None):
         from .formats.model_map import to_model
 
         imported = read_torch_checkpoint(path)
-        model, masks, notes = to_model(imported)
+        model, masks, notes = to_model(imported, arch=arch)
         if model is not None and imported.mask_source == "pruner":
             # The pruner records every weighted layer: one without a mask is dense, all
             # of its weights are weights (also an exact 0).
@@ -74,9 +82,8 @@ def build_source(path, input_stats=None):
                         for name, p in model.named_parameters().items()
                         if name.endswith(".weight") and p.ndim >= 2}, **masks}
         if model is None:
-            raise ValueError(f"{path}: the architecture maps onto no srigl_np model, so it "
-                             f"cannot be condensed: {'; '.join(notes)} (python -m "
-                             f"srigl_np.audit still audits its layers)")
+            raise ValueError(f"{path}: {'; '.join(notes)} (python -m srigl_np.audit still "
+                             f"audits its layers)")
         return model, masks, input_stats, list(imported.notes) + notes
     if kind == "scipy":
         from .formats.scipy_npz import load_sparse_npz
@@ -130,7 +137,7 @@ def main(argv=None, log=print):
         raise ValueError(problem)
     if os.path.exists(args.out) and not args.force:
         raise ValueError(f"--out {args.out} exists; pass --force to replace it")
-    model, masks, input_stats, notes = build_source(args.source, args.input_stats)
+    model, masks, input_stats, notes = build_source(args.source, args.input_stats, args.arch)
     for note in notes:
         log(f"note: {note}")
     if hasattr(model, "stages"):     # a scipy matrix: already one condensed layer

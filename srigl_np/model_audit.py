@@ -16,7 +16,14 @@ sparse layers (name, weight, mask or None) and which of them claim constant fan-
     scipy       a scipy.sparse matrix saved with ``scipy.sparse.save_npz``: its stored
                 entries are the mask (explicit zeros count); no claim
 
-``audit_layer`` then reports, per layer: shape, nnz, sparsity, whether the fan-in is
+Each source also names its model (``Source.model``, ``model_line``: for a PyTorch file
+the architecture ``formats.model_map.identify`` recognises from its keys and shapes, or
+the one line saying why there is none and so nothing to condense) and where its masks
+came from (``mask_source``). ``summarise_model`` then gives the model as a whole: active
+neurons in all and per weighted layer (count and %), each layer's k, and every layer
+that is not constant fan-in with its fan-in range and how many rows are off.
+
+``audit_layer`` reports, per layer: shape, nnz, sparsity, whether the fan-in is
 constant over the active neurons, k, the ablated neurons, zeros inside the mask,
 weights outside it, and every violated invariant (``dst.invariant_violations``, with
 the first offending neuron and its count). A NaN or infinite value is a violation
@@ -48,10 +55,13 @@ MAX_DENSE_WEIGHTS = 2**26
 @dataclasses.dataclass
 class Source:
     """What ``open_source`` found. layers: [(name, weight, mask or None)], weights of
-    shape (n_out, *fan_in_dims) as NumPy; claimed: names that claim constant fan-in;
-    structure: where the masks came from; notes: sentences for the report; arrays:
-    {name: array} of every array the source holds (weights, biases, normalisation
-    statistics), checked for NaN and infinity by ``not_finite``."""
+    shape (n_out, *fan_in_dims) as NumPy, every weighted layer (a dense one with a full
+    mask); claimed: names that claim constant fan-in; structure: where the masks came
+    from, in a word; notes: sentences for the report; arrays: {name: array} of every
+    array the source holds (weights, biases, normalisation statistics), checked for NaN
+    and infinity by ``not_finite``; model: the model's name (e.g. "resnet50", "cnn") or
+    None; model_line: one line on the model and its sizes, or on why there is no model
+    to condense; mask_source: where the masks came from, as a phrase."""
     path: str
     kind: str
     layers: list
@@ -59,19 +69,41 @@ class Source:
     structure: str
     notes: list
     arrays: dict = dataclasses.field(default_factory=dict)
+    model: object = None
+    model_line: str = ""
+    mask_source: str = ""
 
 
-def open_source(path):
+# How each PyTorch mask source (importing.MASK_SOURCES) reads in a report.
+TORCH_MASK_SOURCES = {
+    "pruner": "the authors' pruner (its backward_masks)",
+    "masks": "masks saved in the file",
+    "weight_mask": "torch.nn.utils.prune's weight_mask pairs",
+    "zeros": "weight != 0 (none recorded: a weight at exactly 0 counts as pruned, so "
+             "active counts are lower bounds)",
+}
+
+
+def open_source(path, *, arch=None):
     """The Source at ``path`` (see the module docstring); ValueError, one line, when the
-    path is missing or its contents are none of the known kinds."""
+    path is missing or its contents are none of the known kinds.
+
+    arch: for a PyTorch file, the architecture (``formats.layouts.ARCHITECTURE_NAMES``)
+    to read it as, instead of recognising it; refused for other kinds.
+    """
     path = os.fspath(path)
     kind = source_kind(path)
+    if arch is not None and kind != "torch":
+        raise ValueError(f"an architecture (--arch {arch}) is named for PyTorch files only; "
+                         f"{path} is a srigl_np {kind}, which records its own model")
     if kind == "run":
         source = _our_checkpoint(os.path.join(path, "checkpoint.npz"))
         source.kind, source.path = "run", path
         return source
+    if kind == "torch":
+        return _torch_file(path, arch)
     return {"condensed": _condensed_file, "checkpoint": _our_checkpoint,
-            "scipy": _scipy_file, "torch": _torch_file}[kind](path)
+            "scipy": _scipy_file}[kind](path)
 
 
 def _our_checkpoint(path):
@@ -84,7 +116,9 @@ def _our_checkpoint(path):
     notes = [run_note(run)]
     return Source(path, "checkpoint", layers, {n for n, _, m in layers if claims and
                                                not m.all()}, "mask", notes,
-                  {**run.model.named_parameters(), **run.model.named_buffers()})
+                  {**run.model.named_parameters(), **run.model.named_buffers()},
+                  model=run.config.get("model"), model_line=run_note(run),
+                  mask_source="the run's masks (DynamicSparsity)")
 
 
 def check_dense_size(path, name, shape):
@@ -126,7 +160,9 @@ def _condensed_file(path):
             layers.append((name, stage.weight, None))
     notes = ["a condensed model: condensed layers hold their active neurons only "
              "(ablated ones were removed when it was condensed)"]
-    return Source(path, "condensed", layers, claimed, "stored entries", notes)
+    return Source(path, "condensed", layers, claimed, "stored entries", notes,
+                  model="condensed", model_line=f"a condensed model of {len(model.stages)} "
+                                                f"stages", mask_source="the stored entries")
 
 
 def _scipy_file(path):
@@ -142,19 +178,28 @@ def _scipy_file(path):
     mask = np.zeros(csr.shape, dtype=bool)
     mask[np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)), csr.indices] = True
     return Source(path, "scipy", [("matrix", weight, mask)], set(), "stored entries",
-                  [SCIPY_NOTE])
+                  [SCIPY_NOTE], model_line=SCIPY_NOTE, mask_source="the stored entries")
 
 
-def _torch_file(path):
-    from .formats.importing import read_torch_checkpoint
+def _torch_file(path, arch=None):
+    from .formats.importing import read_torch_checkpoint, sparse_weight_keys
+    from .formats.model_map import identify
 
     imported = read_torch_checkpoint(path)
+    state, masks = imported.state_dict, imported.masks
     # The authors' constant fan-in scheduler (SRigL) is RigLConstFanScheduler.
     claims = imported.meta.get("pruner_class") == "RigLConstFanScheduler"
-    layers = [(key, imported.state_dict[key], mask) for key, mask in imported.masks.items()]
+    # A weighted layer without a mask is dense: every weight counts, an exact 0 too.
+    layers = [(key, state[key], masks[key] if key in masks else np.ones(state[key].shape, bool))
+              for key in sparse_weight_keys(state)]
+    layers += [(key, state[key], mask) for key, mask in masks.items()
+               if key not in {name for name, _, _ in layers}]
     structure = "weight != 0" if imported.mask_source == "zeros" else "mask"
-    return Source(path, "torch", layers, {n for n, _, _ in layers} if claims else set(),
-                  structure, list(imported.notes), imported.state_dict)
+    layout = identify(state, arch=arch)
+    line = layout.describe() + (f" (named by --arch {arch})" if arch and layout.name else "")
+    return Source(path, "torch", layers, set(masks) if claims else set(), structure,
+                  list(imported.notes) + list(layout.notes), state, model=layout.name,
+                  model_line=line, mask_source=TORCH_MASK_SOURCES[imported.mask_source])
 
 
 def audit_layer(name, weight, mask=None, *, claimed=False):
@@ -251,6 +296,98 @@ def audit_source(source):
     return audits
 
 
+def layer_summary(name, weight, mask=None):
+    """One weighted layer, dense or sparse, as the model summary counts it (JSON-ready).
+
+    Keys: layer, shape, size, nnz, neurons, active_neurons, active_percent, dense (every
+    weight in the mask), fan_in (the dense fan-in, weights per row), k (the fan-in of
+    every active row, or None when they differ), k_most_common (the most common active
+    fan-in; ties: the larger), fan_in_range ([min, max] over active rows),
+    constant_fan_in, off_rows (active rows whose fan-in is not k_most_common),
+    first_off_row (the first of them, or None). A row is a neuron; one without
+    weights is ablated, not active.
+    """
+    weight = np.asarray(weight)
+    mask = weight != 0 if mask is None else np.asarray(mask)
+    n = weight.shape[0]
+    rows = mask.reshape(n, math.prod(weight.shape[1:]))   # (0, fan_in) too
+    counts = np.count_nonzero(rows, axis=1)
+    live = counts[counts > 0]
+    if live.size:
+        values, times = np.unique(live, return_counts=True)
+        most_common = int(values[times == times.max()].max())
+    else:
+        most_common = 0
+    off = np.flatnonzero((counts > 0) & (counts != most_common))
+    return {
+        "layer": name, "shape": list(weight.shape), "size": int(weight.size),
+        "nnz": int(counts.sum()), "neurons": int(n), "active_neurons": int(live.size),
+        "active_percent": 100.0 * live.size / n if n else 0.0,
+        "dense": bool(rows.all()), "fan_in": int(rows.shape[1]),
+        "k": most_common if live.size and not off.size else None,
+        "k_most_common": most_common,
+        "fan_in_range": [int(live.min()), int(live.max())] if live.size else [0, 0],
+        "constant_fan_in": not off.size, "off_rows": int(off.size),
+        "first_off_row": int(off[0]) if off.size else None,
+    }
+
+
+def summarise_model(source):
+    """The source's model as a whole (JSON-ready): name, description (``model_line``),
+    mask_source, weighted_layers, sparse_layers, dense_layers, neurons, active_neurons,
+    active_percent, size, nnz, sparsity over every weighted layer; layers (each
+    ``layer_summary``, in the source's order); not_constant (the sparse layers whose
+    active rows differ in fan-in: layer, fan_in_range, k_most_common, off_rows,
+    first_off_row, active_neurons) and constant_fan_in (no such layer)."""
+    layers = [layer_summary(name, weight, mask) for name, weight, mask in source.layers]
+    neurons = sum(layer["neurons"] for layer in layers)
+    active = sum(layer["active_neurons"] for layer in layers)
+    size, nnz = sum(layer["size"] for layer in layers), sum(layer["nnz"] for layer in layers)
+    not_constant = [{key: layer[key] for key in ("layer", "fan_in_range", "k_most_common",
+                                                 "off_rows", "first_off_row",
+                                                 "active_neurons")}
+                    for layer in layers if not layer["constant_fan_in"]]
+    dense = sum(layer["dense"] for layer in layers)
+    return {
+        "name": source.model, "description": source.model_line,
+        "mask_source": source.mask_source, "weighted_layers": len(layers),
+        "sparse_layers": len(layers) - dense, "dense_layers": dense,
+        "neurons": neurons, "active_neurons": active,
+        "active_percent": 100.0 * active / neurons if neurons else 0.0,
+        "size": size, "nnz": nnz, "sparsity": 1.0 - nnz / size if size else 0.0,
+        "constant_fan_in": not not_constant, "not_constant": not_constant,
+        "layers": layers,
+    }
+
+
+def format_model(summary, *, dense_shown=6):
+    """The model summary as short lines: the model, its masks, active neurons in all,
+    the dense layers, and one line per layer that is not constant fan-in."""
+    lines = [f"model: {summary['description'] or 'unknown'}",
+             f"masks: from {summary['mask_source']}",
+             f"active neurons: {summary['active_neurons']} of {summary['neurons']} "
+             f"({summary['active_percent']:.1f}%) in {summary['weighted_layers']} weighted "
+             f"layers ({summary['sparse_layers']} sparse, {summary['dense_layers']} dense); "
+             f"weights {summary['nnz']} of {summary['size']} "
+             f"({100 * summary['sparsity']:.1f}% sparse)"]
+    dense = [f"{layer['layer']} (k={layer['fan_in']})" for layer in summary["layers"]
+             if layer["dense"]]
+    if dense:
+        more = f", and {len(dense) - dense_shown} more" if len(dense) > dense_shown else ""
+        lines.append(f"dense layers: {', '.join(dense[:dense_shown])}{more}")
+    if summary["constant_fan_in"]:
+        lines.append("fan-in: constant in every sparse layer")
+        return lines
+    lines.append(f"fan-in: not constant in {len(summary['not_constant'])} of "
+                 f"{summary['sparse_layers']} sparse layers")
+    for layer in summary["not_constant"]:
+        low, high = layer["fan_in_range"]
+        lines.append(f"  {layer['layer']}: fan-in {low}-{high}; {layer['off_rows']} of "
+                     f"{layer['active_neurons']} active rows are not at k="
+                     f"{layer['k_most_common']} (first: row {layer['first_off_row']})")
+    return lines
+
+
 def format_audits(audits):
     """A table of the layer audits, then one line per violation."""
     if not audits:
@@ -260,7 +397,8 @@ def format_audits(audits):
         "nnz": str(a["nnz"]), "sparsity": f"{100 * a['sparsity']:.1f}%",
         "fan-in": (f"k={a['k']}" if a["constant_fan_in"] else
                    "ragged {}-{}".format(*a["fan_in_range"])),
-        "active": f"{a['active_neurons']}/{a['neurons']}",
+        "active": f"{a['active_neurons']}/{a['neurons']} "
+                  f"({100 * a['active_neurons'] / a['neurons']:.0f}%)",
         "zeros in mask": str(a["zeros_in_mask"]), "outside mask": str(a["outside_mask"]),
         "structure": a["structure"], "claim": "constant fan-in" if a["claimed"] else "-",
         "check": "ok" if a["ok"] else "VIOLATED"} for a in audits]

@@ -1,6 +1,7 @@
 """One audit for any model (python -m srigl_np.audit PATH) and python -m srigl_np.condense."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -315,7 +316,7 @@ def test_a_nan_weight_is_a_violation_even_in_a_layer_that_claims_nothing(tmp_pat
     scipy.sparse.save_npz(tmp_path / "w.npz", scipy.sparse.csr_array(weight))
     status, out, _ = _audit(capsys, tmp_path / "w.npz")
     assert status == 1 and "VIOLATED" in out
-    assert f"matrix: 1 weights are NaN or infinite; first at neuron 2, input " in out
+    assert "matrix: 1 weights are NaN or infinite; first at neuron 2, input " in out
     assert condense_cli.main([str(tmp_path / "w.npz"), "--out", str(tmp_path / "m.npz")],
                              log=lambda line: None) == 1
     assert "must be finite" in capsys.readouterr().err
@@ -380,3 +381,110 @@ def test_float64_weights_beyond_float32_are_out_of_range_not_non_finite(tmp_path
                                  log=lambda line: None) == 1
         assert capsys.readouterr().err == (f"python -m srigl_np.condense: error: {path}: "
                                            f"{name} {expected}")
+
+
+def _resnet_like(tmp_path, stem_kernel):
+    """A CIFAR ResNet-18 state_dict at width 4 with a ``stem_kernel`` stem, written
+    without torch: constant fan-in k=5 in every weighted layer but the stem."""
+    from srigl_np.formats.layouts import cifar_resnet18
+    from strategies import fan_in_weight
+    from torch_files import write_torch_zip
+
+    rng = np.random.default_rng(3)
+    state = {}
+    for key, shape in cifar_resnet18(width=4, blocks=(1, 1, 1, 1), num_classes=3).items():
+        if key == "conv1.weight":
+            shape = (4, 3, stem_kernel, stem_kernel)
+            state[key] = rng.standard_normal(shape).astype(np.float32)
+        elif len(shape) >= 2:
+            state[key] = fan_in_weight(shape, 2 if np.prod(shape[1:]) < 8 else 5, rng)
+        else:
+            state[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return write_torch_zip(tmp_path / "net.pt", state)
+
+
+def test_an_unknown_architecture_audits_layer_by_layer_and_says_why_in_one_line(
+        tmp_path, capsys):
+    path = _resnet_like(tmp_path, 7)
+    status, out, _ = _audit(capsys, path, "--expect-constant-fan-in")
+    assert status == 0
+    assert re.search(r"\nlayer4.0.conv2.weight +32x32x3x3 +160 ", out)   # the per-layer table
+    model_line = next(line for line in out.splitlines() if line.startswith("model: "))
+    assert model_line == ("model: no srigl_np model for this layout, so it cannot be "
+                          "condensed: not cifar_resnet18: its stem 'conv1.weight' is 7x7, "
+                          "not 3x3")
+    assert "fan-in: constant in every sparse layer" in out
+    assert "masks: from weight != 0 (none recorded" in out
+    status, out, _ = _audit(capsys, path, "--json")
+    report = json.loads(out)
+    assert report["model"]["name"] is None and report["expect_constant_fan_in"] is False
+    assert report["model"]["dense_layers"] == 1 and report["model"]["sparse_layers"] == 12
+
+
+def test_arch_names_the_architecture_of_a_pytorch_file_only(srigl_run, tmp_path, capsys):
+    path = _resnet_like(tmp_path, 3)
+    status, out, _ = _audit(capsys, path, "--json", "--arch", "cifar_resnet18")
+    model = json.loads(out)["model"]
+    assert status == 0 and model["name"] == "cifar_resnet18"
+    assert model["description"] == ("cifar_resnet18 (width=4, blocks=(1, 1, 1, 1), "
+                                    "num_classes=3) (named by --arch cifar_resnet18)")
+    status, out, _ = _audit(capsys, path, "--arch", "resnet50")
+    assert status == 0 and ("model: no srigl_np model for this layout, so it cannot be "
+                            "condensed: not resnet50: no 'layer1.0.conv3.weight'") in out
+    for source in (srigl_run, srigl_run / "checkpoint.npz"):
+        status, out, err = _audit(capsys, source, "--arch", "resnet50")
+        assert status == 1 and not out and len(err.strip().splitlines()) == 1
+        assert "PyTorch file" in err
+    with pytest.raises(SystemExit):
+        audit.main([str(path), "--arch", "resnet18"])
+
+
+def test_layer_summary_counts_active_rows_and_the_rows_off_the_most_common_fan_in():
+    from srigl_np.model_audit import layer_summary
+
+    mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 0]],
+                    bool)
+    summary = layer_summary("w", np.where(mask, 0.5, 0.0), mask)
+    assert (summary["neurons"], summary["active_neurons"]) == (5, 4)
+    assert summary["active_percent"] == 80.0 and summary["fan_in"] == 4
+    # fan-ins 2, 3, 2, 3 among the active rows: a tie, the larger count wins
+    assert (summary["k"], summary["k_most_common"], summary["fan_in_range"]) == (None, 3, [2, 3])
+    assert (summary["off_rows"], summary["first_off_row"]) == (2, 0)
+    assert not summary["dense"] and not summary["constant_fan_in"]
+    dense = layer_summary("d", np.ones((2, 3, 1, 1)))
+    assert dense["dense"] and dense["k"] == 3 and dense["constant_fan_in"]
+
+
+def test_format_model_keeps_every_line_short():
+    from srigl_np.model_audit import Source, format_model, summarise_model
+
+    rng = np.random.default_rng(0)
+    layers = [(f"dense{i}.weight", np.ones((4, 3)), None) for i in range(9)]
+    ragged = np.ones((3000, 300), bool)
+    ragged[rng.choice(3000, 40, replace=False), 0] = False
+    layers.append(("big.weight", np.ones((3000, 300)), ragged))
+    summary = summarise_model(Source("p", "torch", layers, set(), "mask", [], model="x",
+                                     model_line="x (a=1)", mask_source="masks"))
+    lines = format_model(summary)
+    assert lines[3] == ("dense layers: dense0.weight (k=3), dense1.weight (k=3), dense2.weight "
+                        "(k=3), dense3.weight (k=3), dense4.weight (k=3), dense5.weight (k=3), "
+                        "and 3 more")
+    assert lines[-1] == ("  big.weight: fan-in 299-300; 40 of 3000 active rows are not at "
+                         "k=300 (first: row " + str(int(np.flatnonzero(~ragged[:, 0])[0])) + ")")
+    assert max(map(len, lines)) < 200
+
+
+def test_condense_takes_arch_for_a_pytorch_file_and_says_in_one_line_when_it_does_not_fit(
+        srigl_run, tmp_path, capsys):
+    path = _resnet_like(tmp_path, 3)
+    out = str(tmp_path / "m.npz")
+    status = condense_cli.main([str(path), "--out", out, "--arch", "vit_b_16"],
+                               log=lambda line: None)
+    err = capsys.readouterr().err
+    assert status == 1 and err.count("\n") == 1
+    assert ("no srigl_np model for this layout, so it cannot be condensed: not vit_b_16: no "
+            "'conv_proj.weight' (python -m srigl_np.audit still audits its layers)") in err
+    status = condense_cli.main([str(srigl_run), "--out", out, "--arch", "resnet50"],
+                               log=lambda line: None)
+    assert status == 1 and "--arch names the architecture of a PyTorch file" in (
+        capsys.readouterr().err)

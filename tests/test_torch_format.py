@@ -169,6 +169,28 @@ def test_shared_storage_is_read_once_and_gives_independent_arrays(tmp_path):
     assert loaded["column"][0] == 1
 
 
+def test_a_state_dicts_tensors_are_held_once_not_copied_from_their_storages(tmp_path):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    state = {f"layer{i}.weight": rng.standard_normal((256, 1024), dtype=np.float32)
+             for i in range(4)}
+    path = tw.write_torch_zip(tmp_path / "state.pt", state)
+    tracemalloc.start()
+    try:
+        loaded = load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    tensor_bytes = sum(array.nbytes for array in state.values())
+    assert peak < 1.2 * tensor_bytes   # a copy of each storage would take 2x
+    for key, array in state.items():
+        np.testing.assert_array_equal(loaded[key], array)
+        assert loaded[key].flags.writeable and loaded[key].flags.c_contiguous
+    loaded["layer0.weight"][0, 0] = 7.0   # each array its own storage
+    assert loaded["layer1.weight"][0, 0] == state["layer1.weight"][0, 0]
+
+
 def test_one_tensor_saved_twice_stays_one_array(tmp_path):
     weight = np.ones((2, 2), np.float32)
     loaded = round_trip(tmp_path, {"model": {"w": weight}, "ema": {"w": weight}})

@@ -18,9 +18,10 @@ Importing this module needs torch (use ``pytest.importorskip("torch")`` first). 
     load_torch_into_ours(module, model)   the reverse
     torch_state(module)                   {key: float numpy array}, num_batches_tracked left out
 
-Where ``torchvision.models`` imports (it does not beside the CPU-only torch of the dev
-venv: "operator torchvision::nms does not exist") and the sizes are ones torchvision
-can express, the builders return torchvision's own module; otherwise a torch.nn
+Where ``torchvision.models`` imports (beside the CPU-only torch it needs the stand-in
+of ``_import_torchvision_models``) and the sizes are ones torchvision can express
+(ResNet-50 at width 64 with any blocks per stage, MobileNet-V3 with every block, ViT
+at any size), the builders return torchvision's own module; otherwise a torch.nn
 rewrite of the same graph, written from the model's description (kuangliu's and the
 SRigL authors' CIFAR models are not in torchvision at all).
 """
@@ -31,10 +32,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-try:
-    import torchvision.models as tv_models
-except Exception:   # ImportError, or torchvision's RuntimeError beside a mismatched torch
-    tv_models = None
+def _import_torchvision_models():
+    """torchvision.models, or None. torchvision 0.28.0 from PyPI is built for the CUDA
+    torch: beside the CPU build, its import stops in ``torchvision._meta_registrations``
+    ("operator torchvision::nms does not exist"), which registers fake kernels for the
+    detection operators. The model definitions need none of them, so an empty module
+    stands in for that one file."""
+    import sys
+    import types
+
+    name = "torchvision._meta_registrations"
+    if "torchvision" not in sys.modules:
+        sys.modules.setdefault(name, types.ModuleType(name))
+    try:
+        import torchvision.models as models
+    except Exception:   # ImportError, or a torchvision that fails elsewhere
+        return None
+    return models
+
+
+tv_models = _import_torchvision_models()
 
 
 def torch_state(module):
@@ -225,8 +242,9 @@ class ResNet(nn.Module):
 
 
 def resnet50(width=64, layers=(3, 4, 6, 3), num_classes=1000):
-    if tv_models is not None and width == 64 and tuple(layers) == (3, 4, 6, 3):
-        return tv_models.resnet50(num_classes=num_classes)
+    if tv_models is not None and width == 64:
+        return tv_models.resnet.ResNet(tv_models.resnet.Bottleneck, list(layers),
+                                       num_classes=num_classes)
     return ResNet(width, layers, num_classes)
 
 

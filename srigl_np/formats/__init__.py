@@ -12,6 +12,10 @@
                    (what the pickle builds), torch_tensors (the tensor finaliser)
     importing      PyTorch checkpoints read: model state, masks (pruner, saved masks,
                    prune pairs or zeros) and metadata (``ImportedCheckpoint``)
+    layouts        the paper's architectures as PyTorch writes their state_dicts: every
+                   key and shape at given sizes
+    recognition    which architecture a state is, at what sizes, from keys and shapes
+                   alone; key variants (ViT's old MLP names) renamed to ours
     model_map      an imported state mapped onto srigl_np's models (``to_model``)
     sniff          which kind of model a path holds, from its zip member names
 

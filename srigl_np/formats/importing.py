@@ -37,8 +37,15 @@ Mask sources, in the order they are looked for:
                  tensors, or "<weight>_mask" buffers in the state beside their weight
     weight_mask  prune's ``<name>_orig`` and ``<name>_mask`` pairs: the weight is
                  ``<name>_orig * <name>_mask``
-    zeros        nothing recorded: each Conv/Linear weight's mask is ``weight != 0``
-                 (a weight grown at zero and not yet updated counts as pruned)
+    zeros        nothing recorded: each Conv/Linear weight's (and attention's stacked
+                 ``in_proj_weight``'s) mask is ``weight != 0`` (a weight grown at zero
+                 and not yet updated counts as pruned), as for the bare torchvision
+                 state_dicts the authors publish for ImageNet
+
+Key variants are made ours after the masks are matched: a ``module.`` (DDP) or
+``_orig_mod.`` (torch.compile) prefix every key shares is stripped, and torchvision's
+older ViT MLP names ``mlp.linear_1``/``mlp.linear_2`` become ``mlp.0``/``mlp.3``
+(``recognition.canonical_keys``), in the state and the masks alike.
 """
 
 import dataclasses
@@ -46,6 +53,8 @@ import os
 import posixpath
 
 import numpy as np
+
+from .recognition import canonical_keys
 
 MASK_SOURCES = ("pruner", "masks", "weight_mask", "zeros")
 
@@ -87,7 +96,7 @@ class ImportedCheckpoint:
         (a bare {name: tensor} dict) or "wrapped-state-dict" ({"state_dict": {...}} and
         alike).
     state_dict: {torch key: np.ndarray} in the file's order, prefixes ("module.")
-        stripped, prune pairs replaced by the pruned tensor.
+        stripped, ViT's old MLP names renamed, prune pairs replaced by the pruned tensor.
     masks: {torch weight key: bool array of the weight's shape}; a weighted layer
         without an entry is dense.
     mask_source: one of MASK_SOURCES (see the module docstring).
@@ -147,8 +156,12 @@ def _interpret(obj, path):
         notes.append(f"masks from torch.nn.utils.prune pairs (weight = weight_orig * "
                      f"weight_mask): {list(pair_masks)}")
     else:
-        masks, mask_source = {key: state[key] != 0 for key in _conv_linear_weights(state)}, "zeros"
+        masks, mask_source = {key: state[key] != 0 for key in sparse_weight_keys(state)}, "zeros"
         notes.append(ZEROS_NOTE)
+    state, renamed = canonical_keys(state)
+    if renamed:
+        masks = canonical_keys(masks)[0]
+        notes.append(renamed)
     outside = {key: int(np.count_nonzero(state[key][~mask])) for key, mask in masks.items()}
     outside = {key: count for key, count in outside.items() if count}
     if outside:
@@ -285,7 +298,7 @@ def _saved_masks(obj, state, path):
     if entry is not None:
         found = obj[entry]
         if isinstance(found, (list, tuple)):
-            keys = _conv_linear_weights(state)
+            keys = sparse_weight_keys(state)
             if len(found) != len(keys):
                 raise ValueError(f"{path}: the {entry!r} entry lists {len(found)} masks but "
                                  f"the model state has {len(keys)} Conv/Linear weights "
@@ -317,7 +330,7 @@ def _masks_for(found, state, path, entry):
                     if key in state), None)
         if key is None:
             raise ValueError(f"{what} names no weight of the model state (weights: "
-                             f"{_conv_linear_weights(state)})")
+                             f"{sparse_weight_keys(state)})")
         if mask.shape != state[key].shape:
             raise ValueError(f"{what} has shape {mask.shape}, the weight {key!r} "
                              f"{state[key].shape}")
@@ -334,10 +347,13 @@ def _as_bool_mask(mask, what):
     return mask != 0
 
 
-def _conv_linear_weights(state):
-    """Keys of the Conv/Linear weights (``*.weight`` with 2 or more dimensions)."""
+def sparse_weight_keys(state):
+    """Keys of the weights a mask can cover, in the state's order: Conv/Linear weights
+    (``*.weight`` with 2 or more dimensions) and attention's stacked Q, K, V projections
+    (``*.in_proj_weight``)."""
     return [key for key, value in state.items()
-            if (key == "weight" or key.endswith(".weight")) and value.ndim >= 2]
+            if (key == "weight" or key.endswith((".weight", ".in_proj_weight")))
+            and value.ndim >= 2]
 
 
 def _leaf_name(key):
@@ -373,7 +389,7 @@ def _pruner_masks(pruner, state, path, summary):
         raise ValueError(f"{path}: the pruner's module_names must be a list of names, found "
                          f"{_describe(names)}")
     if names is None:
-        keys = _conv_linear_weights(state)
+        keys = sparse_weight_keys(state)
         if len(keys) != n_masks:
             raise ValueError(f"{path}: the pruner has {n_masks} backward_masks but the model "
                              f"state has {len(keys)} weighted layers ({keys})")

@@ -15,6 +15,8 @@ import struct
 import zipfile
 import zlib
 
+import numpy as np
+
 from ..fileio import over_max_bytes
 from .torch_records import _Malformed, _one_line
 
@@ -85,8 +87,10 @@ class _Archive:
     def has(self, name):
         return name in self.entries
 
-    def read(self, name, nbytes=None):
-        """The first ``nbytes`` bytes of ``<top>/<name>`` (all of it when None)."""
+    def read(self, name, nbytes=None, *, writable=False):
+        """The first ``nbytes`` bytes of ``<top>/<name>`` (all of it when None): bytes, or
+        with ``writable`` a stored entry's bytes read straight into a new uint8 array (a
+        tensor can then be a view of it, not a copy)."""
         info = self.entries[name]
         full = f"{self.top}/{name}"
         if nbytes is None:
@@ -95,13 +99,13 @@ class _Archive:
             raise _Malformed(f"entry {full} holds {info.file_size} bytes, fewer than the "
                              f"{nbytes} it should")
         if info.compress_type == zipfile.ZIP_STORED:
-            return self._read_stored(info, full, nbytes)
+            return self._read_stored(info, full, nbytes, writable)
         if info.compress_type == zipfile.ZIP_DEFLATED:
             return self._read_deflated(info, full, nbytes)
         raise _Malformed(f"entry {full} uses zip compression method {info.compress_type}; "
                          f"only stored and deflated entries are read")
 
-    def _read_stored(self, info, full, nbytes):
+    def _read_stored(self, info, full, nbytes, writable=False):
         self.file.seek(info.header_offset)
         header = self.file.read(30)
         if len(header) < 30 or header[:4] != b"PK\x03\x04":
@@ -112,8 +116,13 @@ class _Archive:
             raise _Malformed(f"entry {full} declares {info.file_size} bytes, past the end of "
                              f"the {self.file_size}-byte file (truncated?)")
         self.file.seek(start)
-        data = self.file.read(nbytes)
-        if len(data) != nbytes:
+        if writable:
+            data = np.empty(nbytes, dtype=np.uint8)
+            read = self.file.readinto(memoryview(data))
+        else:
+            data = self.file.read(nbytes)
+            read = len(data)
+        if read != nbytes:
             raise _Malformed(f"entry {full} is truncated")
         # torch writes CRC 0 when compute_crc32 is off: nothing to check then.
         if nbytes == info.file_size and info.CRC and zlib.crc32(data) != info.CRC:
@@ -133,12 +142,14 @@ class _Archive:
         return data
 
     def storage(self, ref):
-        """The bytes of storage ``ref.key``, read once and shared by the tensors viewing it."""
+        """The bytes of storage ``ref.key``, read once and shared by the tensors viewing it:
+        a writable uint8 array for a stored entry (as torch writes them), bytes for a
+        compressed one."""
         if ref.key not in self.storages:
             name = f"data/{ref.key}"
             if not self.has(name):
                 raise _Malformed(f"storage entry {self.top}/{name} is missing")
-            self.storages[ref.key] = self.read(name, ref.nbytes)
+            self.storages[ref.key] = self.read(name, ref.nbytes, writable=True)
         data = self.storages[ref.key]
         if len(data) < ref.nbytes:
             raise _Malformed(f"storage {self.top}/data/{ref.key} holds {len(data)} bytes, "

@@ -3,7 +3,9 @@
 ``_Finalizer`` walks the object graph once, replacing each record by its value and
 keeping shared objects shared. Each tensor's storage is read once; its size, stride
 and offset must lie inside the storage *before* a view is taken, and each view is
-copied into a NumPy array of native byte order. What the tensors take is bounded by
+copied into a NumPy array of native byte order, except where a tensor is its whole
+storage in native order (every tensor of a ``torch.save``d state_dict): its array is
+the storage's bytes as read, so reading a checkpoint holds its tensors once, not twice. What the tensors take is bounded by
 what the file holds, before anything is allocated: all the tensors together (and the
 compressed storages they inflate) at most ``_EXPANSION`` times the storage bytes the
 file holds, plus ``_EXPANSION_SLACK``, and at most ``fileio.max_bytes()``. So
@@ -43,6 +45,7 @@ class _Finalizer:
         self.present = archive.present_bytes()
         self.bytes_left = _EXPANSION * self.present + _EXPANSION_SLACK
         self.bytes_taken = 0
+        self.owned = set()   # storages whose array a tensor took as its own
 
     def __call__(self, obj):
         if isinstance(obj, self._ATOMS):
@@ -115,8 +118,13 @@ class _Finalizer:
         self._take(result_bytes + self.archive.inflation(tensor.storage), tensor.size)
         data = self.archive.storage(tensor.storage)
         order = "<" if self.byteorder == "little" else ">"
-        flat = np.frombuffer(data, dtype=np.dtype(raw_code).newbyteorder(order),
-                             count=storage_bytes // itemsize)
+        element = np.dtype(raw_code).newbyteorder(order)
+        if self._can_own(tensor, data, element, result_dtype, n_elements * itemsize):
+            # The tensor is its whole storage, as torch.save writes a state_dict's: it
+            # takes the storage's array as its own, no copy (the read's peak stays ~1x).
+            self.owned.add(tensor.storage.key)
+            return data.view(result_dtype).reshape(tensor.size)
+        flat = np.frombuffer(data, dtype=element, count=storage_bytes // itemsize)
         if n_elements == 0:
             try:
                 return np.zeros(tensor.size, dtype=result_dtype)
@@ -140,6 +148,22 @@ class _Finalizer:
         if tensor.conjugate:
             np.conjugate(array, out=array)
         return array
+
+    def _can_own(self, tensor, data, element, result_dtype, nbytes):
+        """Whether ``tensor`` may be the storage's array itself: a writable array read
+        for it alone (no tensor took it before), covered exactly (offset 0, C-contiguous,
+        every byte), already in the result's dtype and native byte order, and with no
+        negation or conjugation to apply in place."""
+        if not (isinstance(data, np.ndarray) and data.flags.writeable
+                and tensor.storage.key not in self.owned and nbytes == data.nbytes
+                and tensor.offset == 0 and element == np.dtype(result_dtype)
+                and element.isnative and not tensor.negative and not tensor.conjugate):
+            return False
+        contiguous, step = True, 1
+        for n, stride in zip(reversed(tensor.size), reversed(tensor.stride)):
+            contiguous &= n == 1 or stride == step
+            step *= n
+        return contiguous
 
     def _take(self, nbytes, shape):
         """Count ``nbytes`` more taken, for a tensor of ``shape``; refuse past the bounds."""

@@ -126,8 +126,10 @@ def _mobilenet_v3(table, last_channel, *, width_mult, num_classes, dropout, bloc
     hidden = scaled(last_channel)
     classifier = Sequential(Linear(6 * last_in, hidden, rng=rng, dtype=dtype), Hardswish(),
                             Dropout(dropout), Linear(hidden, num_classes, rng=rng, dtype=dtype))
-    return Sequential(Sequential(*features), GlobalAvgPool2d(), classifier,
-                      names=["features", "avgpool", "classifier"])
+    model = Sequential(Sequential(*features), GlobalAvgPool2d(), classifier,
+                       names=["features", "avgpool", "classifier"])
+    model.set_rng(rng.spawn(1)[0])   # the Dropout's masks; replace per epoch with set_rng
+    return model
 
 
 def mobilenet_v3_large(*, width_mult=1.0, num_classes=1000, dropout=0.2, blocks=None, rng,

@@ -153,14 +153,16 @@ def wide_resnet22(*, depth=22, widen_factor=2, num_classes=10, drop_rate=0.3, rn
             wide_basic_block(c_in if not i else c_out, c_out, stride if not i else 1,
                              drop_rate, rng=rng, dtype=dtype)
             for i in range(per_group)]), names=["layer"]))
-    return Sequential(Conv2d(3, 16, 3, padding=1, bias=False, rng=rng, dtype=dtype), *groups,
-                      BatchNorm2d(channels[3], dtype=dtype), ReLU(inplace=True),
-                      GlobalAvgPool2d(),
-                      Linear(channels[3], positive_int("num_classes", num_classes), rng=rng,
-                             dtype=dtype),
-                      LogSoftmax(),
-                      names=["conv1", "block1", "block2", "block3", "bn1", "relu", "avgpool",
-                             "fc", "log_softmax"])
+    model = Sequential(Conv2d(3, 16, 3, padding=1, bias=False, rng=rng, dtype=dtype), *groups,
+                       BatchNorm2d(channels[3], dtype=dtype), ReLU(inplace=True),
+                       GlobalAvgPool2d(),
+                       Linear(channels[3], positive_int("num_classes", num_classes), rng=rng,
+                              dtype=dtype),
+                       LogSoftmax(),
+                       names=["conv1", "block1", "block2", "block3", "bn1", "relu", "avgpool",
+                              "fc", "log_softmax"])
+    model.set_rng(rng.spawn(1)[0])   # the Dropouts' masks; replace per epoch with set_rng
+    return model
 
 
 # -- ResNet-50 -------------------------------------------------------------------------

@@ -78,7 +78,9 @@ def vit_b_16(*, image_size=224, patch_size=16, num_layers=12, num_heads=12, hidd
                          names=["", "dropout", "layers", "ln"])
     heads = Sequential(Linear(hidden_dim, positive_int("num_classes", num_classes), rng=rng,
                               dtype=dtype), names=["head"])
-    return Sequential(
+    model = Sequential(
         Conv2d(3, hidden_dim, patch_size, stride=patch_size, rng=rng, dtype=dtype),
         PatchTokens(), ClassToken(hidden_dim, dtype=dtype), encoder, SelectToken(0), heads,
         names=["conv_proj", "patch_tokens", "", "encoder", "select_token", "heads"])
+    model.set_rng(rng.spawn(1)[0])   # the Dropouts' masks; replace per epoch with set_rng
+    return model
