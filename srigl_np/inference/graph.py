@@ -13,6 +13,9 @@ moved with its stage (``Stage.to``). The condensed products inside them run thro
 """
 
 import math
+from contextlib import nullcontext
+
+import numpy as np
 
 from ..backend import array_module
 from ..validation import positive_int
@@ -98,6 +101,26 @@ class SqueezeExcite(Stage):
         return f"SqueezeExcite(gate=[{', '.join(repr(stage) for stage in self.gate)}])"
 
 
+# The attention's per-head products are small GEMMs (length x head_dim x length: 197 x 64
+# x 197 for ViT-B/16, batch*heads of them per layer). Woken for each right after the
+# kernels' OpenMP team ran, BLAS's threads cost far more than they give: ViT-B/16 at
+# batch 2 on 2 threads (2-core Xeon), q k^T over the 12 layers took 600 ms with BLAS on 2
+# threads and 25 ms on 1 (scores @ v 57 and 22 ms). So they run on one BLAS thread; a
+# cached controller makes the switch cost ~7 us (threadpool_limits: ~100 us).
+_BLAS = []
+
+
+def _one_blas_thread(xp):
+    """A context in which NumPy's BLAS runs on one thread (nothing for CuPy)."""
+    if xp is not np:
+        return nullcontext()
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
 class Attention(Stage):
     """Multi-head self-attention over tokens x (batch, length, embed_dim):
     [q, k, v] = in_proj(x), softmax(q_h k_h^T / sqrt(d)) v_h per head, out_proj of the
@@ -130,11 +153,13 @@ class Attention(Stage):
         parts = qkv.reshape(batch, length, 3, heads, dim // heads).transpose(2, 0, 3, 1, 4)
         q, k, v = (xp.ascontiguousarray(part) for part in parts)
         q *= xp.float32(1 / math.sqrt(dim // heads))
-        scores = q @ k.transpose(0, 1, 3, 2)
-        scores -= scores.max(axis=-1, keepdims=True)
-        xp.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch * length, dim)
+        with _one_blas_thread(xp):
+            scores = q @ k.transpose(0, 1, 3, 2)
+            scores -= scores.max(axis=-1, keepdims=True)
+            xp.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            context = scores @ v
+        context = context.transpose(0, 2, 1, 3).reshape(batch * length, dim)
         y = run_pipeline(self.out_proj, context, threads)
         return y.reshape(batch, length, y.shape[-1])
 

@@ -190,12 +190,28 @@ def gelu_fast(xp, x):
     return out
 
 
+# gelu_fast's 20 passes over a (1576, 3072) float32 activation (ViT-B/16, batch 8) took
+# 43 ms on the whole array and 18 ms over chunks of this many elements, whose temporaries
+# stay in the caches (a pool of 2 threads over the chunks gained nothing more).
+GELU_CHUNK = 65536
+
+
 class Gelu(Activation):
     """The exact GELU, x/2 * (1 + erf(x / sqrt(2))) (ViT): on float32 arrays by
-    ``gelu_fast`` (within 1.5e-7 * |x|), else (the constants ``condense`` carries, in
-    float64) with scipy's erf."""
+    ``gelu_fast`` (within 3e-7 * |x|; NumPy arrays GELU_CHUNK elements at a time), else
+    (the constants ``condense`` carries, in float64) with scipy's erf."""
 
     kind = "gelu"
+
+    def forward(self, x, threads=0):
+        xp = array_module(x)
+        if xp is not np or x.dtype != np.float32:
+            return self.function(xp, x)
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = np.empty_like(flat)
+        for start in range(0, flat.size, GELU_CHUNK):
+            out[start:start + GELU_CHUNK] = gelu_fast(np, flat[start:start + GELU_CHUNK])
+        return out.reshape(x.shape)
 
     @staticmethod
     def function(xp, x):
