@@ -78,9 +78,11 @@ def build_source(path, input_stats=None, arch=None):
         if model is not None and imported.mask_source == "pruner":
             # The pruner records every weighted layer: one without a mask is dense, all
             # of its weights are weights (also an exact 0).
-            masks = {**{name: np.ones(p.shape, dtype=bool)
-                        for name, p in model.named_parameters().items()
-                        if name.endswith(".weight") and p.ndim >= 2}, **masks}
+            from .dst.sparsity import sparse_parameter_names
+
+            params = model.named_parameters()   # attention's in_proj_weight included
+            masks = {**{name: np.ones(params[name].shape, dtype=bool)
+                        for name in sparse_parameter_names(model)}, **masks}
         if model is None:
             raise ValueError(f"{path}: {'; '.join(notes)} (python -m srigl_np.audit still "
                              f"audits its layers)")
