@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 
+import fake_cupy
+from srigl_np.backend import is_cupy_array, to_numpy
 from srigl_np.inference import graph
 from srigl_np.inference.condensed_model import CondensedModel, load
 from srigl_np.inference.condensing import condense
@@ -22,6 +24,7 @@ from srigl_np.nn.pooling import GlobalAvgPool2d, MaxPool2d
 from srigl_np.nn.tokens import ClassToken, PatchTokens, PositionEmbedding, SelectToken
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
+device = fake_cupy.device   # the fixture: fake CuPy, and real CuPy where a GPU is
 
 
 def constant_fan_in_masks(model, rng, density=0.1, ablate=0.2, keep_dense=()):
@@ -174,6 +177,23 @@ def test_condensed_nested_models_compute_the_eval_forward(name, seed, tmp_path):
     np.testing.assert_array_equal(loaded.logits(x), condensed.logits(x))
     assert [path for path, _ in loaded.named_stages()] == [
         path for path, _ in condensed.named_stages()]
+
+
+@pytest.mark.parametrize("name", ["bottleneck", "inverted_residual", "vit"])
+def test_a_nested_model_on_the_device_computes_what_it_does_on_the_cpu(device, name):
+    device_name, atol = device
+    model, masks, x = build(name, 12)
+    condensed = condense(model, masks=masks)
+    on_device = condensed.to(device_name)
+    assert all(stage.device in ("cpu", "cuda:0") for _, stage in on_device.named_stages())
+    logits = on_device.logits(x)
+    assert is_cupy_array(logits)
+    np.testing.assert_allclose(to_numpy(logits), condensed.logits(x), rtol=1e-5,
+                               atol=max(atol, 1e-5))
+    back = on_device.to("cpu")
+    assert not any(is_cupy_array(v) for _, stage in back.named_stages()
+                   for v in vars(stage).values())
+    np.testing.assert_array_equal(back.logits(x), condensed.logits(x))
 
 
 def test_ablated_channels_leave_a_residual_body_and_come_back_at_its_add():

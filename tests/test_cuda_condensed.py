@@ -19,7 +19,6 @@ from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm2d
 from fake_cupy import GPU_REASON, device  # noqa: F401  (a fixture)
 from strategies import fan_in_weight
-from test_condense_graph import build as build_nested
 from test_condensed import mlp, sparsify
 
 
@@ -283,20 +282,3 @@ def test_bench_runs_on_the_gpu(cp, tmp_path):
     records = json.loads(out.read_text())["records"]
     assert {r["implementation"] for r in records} == {"dense", "structured", "csr", "condensed"}
     assert all(r["device"] == "cuda:0" and r["median_s"] > 0 for r in records)
-
-
-@pytest.mark.parametrize("name", ["bottleneck", "inverted_residual", "vit"])
-def test_a_nested_model_on_the_device_computes_what_it_does_on_the_cpu(device, name):
-    device_name, atol = device
-    model, masks, x = build_nested(name, 12)
-    condensed = condense(model, masks=masks)
-    on_device = condensed.to(device_name)
-    assert all(stage.device in ("cpu", "cuda:0") for _, stage in on_device.named_stages())
-    logits = on_device.logits(x)
-    assert is_cupy_array(logits)
-    np.testing.assert_allclose(to_numpy(logits), condensed.logits(x), rtol=1e-5,
-                               atol=max(atol, 1e-5))
-    back = on_device.to("cpu")
-    assert not any(is_cupy_array(v) for _, stage in back.named_stages()
-                   for v in vars(stage).values())
-    np.testing.assert_array_equal(back.logits(x), condensed.logits(x))
