@@ -233,6 +233,15 @@ def test_ablated_neurons_of_the_mlp_fold_into_the_next_layer_of_the_token_model(
     assert_close(condensed.logits(x), model.forward(x, False).astype(np.float64))
 
 
+def test_attention_by_blocks_of_heads_computes_the_same(monkeypatch):
+    model, masks, x = build("vit", 16)
+    condensed = condense(model, masks=masks)
+    whole = condensed.logits(x)
+    monkeypatch.setattr(graph, "SCORES_BLOCK_BYTES", 4 * 10 * 10 * 3)   # 3 of 12 heads
+    np.testing.assert_allclose(condensed.logits(x), whole, rtol=1e-6, atol=1e-6)
+    assert_close(condensed.logits(x), model.forward(x, False).astype(np.float64))
+
+
 def test_depthwise_and_squeeze_excite_are_condensed_with_their_groups():
     model, masks, x = build("inverted_residual", 5)
     condensed = condense(model, masks=masks)
