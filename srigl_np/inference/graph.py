@@ -161,7 +161,7 @@ class Attention(Stage):
         q *= xp.float32(1 / math.sqrt(dim // heads))
         context = xp.empty_like(q)
         step = (q.shape[0] if xp is not np
-                else max(1, SCORES_BLOCK_BYTES // (4 * length * length)))
+                else max(1, SCORES_BLOCK_BYTES // max(1, 4 * length * length)))
         with _one_blas_thread(xp):
             for start in range(0, q.shape[0], step):
                 block = slice(start, start + step)
