@@ -75,6 +75,12 @@ typedef void (*srigl_block_i16_fn)(const float *, const int16_t *, const Py_ssiz
 typedef void (*srigl_block_i32_fn)(const float *, const int32_t *, const Py_ssize_t *,
                                    Py_ssize_t, Py_ssize_t, const float *, const float *,
                                    Py_ssize_t, Py_ssize_t, float *, Py_ssize_t, Py_ssize_t);
+typedef void (*srigl_sums_i16_fn)(const float *, const int16_t *, const Py_ssize_t *,
+                                  Py_ssize_t, Py_ssize_t, const float *, const float *,
+                                  Py_ssize_t, Py_ssize_t, float *);
+typedef void (*srigl_sums_i32_fn)(const float *, const int32_t *, const Py_ssize_t *,
+                                  Py_ssize_t, Py_ssize_t, const float *, const float *,
+                                  Py_ssize_t, Py_ssize_t, float *);
 
 typedef void (*srigl_conv_item_i16_fn)(const float *, const int16_t *, Py_ssize_t,
                                        const float *, Py_ssize_t, Py_ssize_t, int, int, int,
@@ -95,15 +101,18 @@ typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *,
                                 const float *, Py_ssize_t, const int32_t *, const float *,
                                 float *, int);
 
-/* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
-   direct convolution of one (image, channel); the tile transpose; the batch-1 lookup
-   of one row group, or NULL on a path without one. */
+/* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64, and
+   the same blocks leaving their sums in a tile-shaped buffer (the convolution's); the
+   direct convolution of one (image, channel) plane (the depthwise convolution's); the
+   tile transpose; the batch-1 lookup of one row group, or NULL on a path without one. */
 typedef struct {
     const char *name;
     srigl_gather_dot_i16_fn gather_dot_i16;
     srigl_gather_dot_i32_fn gather_dot_i32;
     srigl_block_i16_fn block_i16[4];
     srigl_block_i32_fn block_i32[4];
+    srigl_sums_i16_fn sums_i16[4];
+    srigl_sums_i32_fn sums_i32[4];
     srigl_conv_item_i16_fn conv_item_i16;
     srigl_conv_item_i32_fn conv_item_i32;
     srigl_transpose_fn transpose;
@@ -211,6 +220,131 @@ static void srigl_transpose_scalar(const float *x, Py_ssize_t ldx, Py_ssize_t ro
     }
 }
 
+
+/* ---------------------------------------------------------------------------
+   Tiled condensed convolution: packing a tile of output pixels, storing its rows
+
+   A convolution is the condensed product over output pixels: output pixel q (flat over
+   batch * out_h * out_w) reads the column of taps (c, i, j) of its patch. The batched
+   block kernel wants the transposed input of a tile of W pixels, xt[n_in, W], which
+   for a convolution is the transposed im2col of just those W pixels:
+   srigl_conv_pack writes it (the whole column matrix is never built: one tile of it
+   per work item, in cache), the block kernel's sums (srigl_block*_sums) multiply it,
+   and srigl_conv_store puts the tile's rows back in NCHW order, fusing the bias's
+   neighbours: a residual add and a ReLU.
+
+   void srigl_conv_pack(x, channels, height, width, kh, kw, stride, padding, out_h,
+                        out_w, q0, count, c0, c1, xt, W)
+
+     xt[(c*kh + i)*kw + j, t] = x[b, c, oh*stride - padding + i, ow*stride - padding + j]
+     (0 in the padding) for output pixel q0 + t = (b*out_h + oh)*out_w + ow, t < count,
+     and 0 for count <= t < W; channels c in [c0, c1) only (a work item's share).
+
+   Input arguments:
+     const float x[batch, channels, height, width]  - the images
+     int         kh, kw, stride, padding
+     Py_ssize_t  out_h, out_w                       - the output size they give
+     Py_ssize_t  q0, count                          - the tile's pixels, count <= W
+     Py_ssize_t  c0, c1                             - channels to pack
+   Output arguments:
+     float       xt[channels*kh*kw, W]              - rows of channels [c0, c1)
+
+   The pixels of a tile are runs along output rows (a run ends at the end of an output
+   row); each (run, tap) is one copy of a row segment of one input plane (strided for
+   stride > 1), with the columns that fall in the padding zeroed, so no read leaves the
+   plane.
+   --------------------------------------------------------------------------- */
+static void srigl_conv_pack(const float *x, Py_ssize_t channels, Py_ssize_t height,
+                            Py_ssize_t width, int kh, int kw, int stride, int padding,
+                            Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t q0,
+                            Py_ssize_t count, Py_ssize_t c0, Py_ssize_t c1,
+                            float *__restrict xt, Py_ssize_t W) {
+    const Py_ssize_t plane = out_h * out_w;
+    Py_ssize_t t = 0, c, u;
+    int i, j;
+    while (t < count) {
+        const Py_ssize_t q = q0 + t, b = q / plane, oh = q % plane / out_w,
+                         ow = q % out_w;
+        const Py_ssize_t run = out_w - ow < count - t ? out_w - ow : count - t;
+        for (c = c0; c < c1; c++) {
+            const float *image = x + (b * channels + c) * height * width;
+            for (i = 0; i < kh; i++) {
+                const Py_ssize_t h = oh * stride - padding + i;
+                for (j = 0; j < kw; j++) {
+                    float *__restrict dst = xt + ((c * kh + i) * kw + j) * W + t;
+                    /* run positions u with 0 <= (ow + u)*stride - padding + j < width */
+                    const Py_ssize_t first = ow * stride - padding + j;
+                    Py_ssize_t lo = first < 0 ? (-first + stride - 1) / stride : 0;
+                    Py_ssize_t hi = first > width - 1 ? 0 : (width - 1 - first) / stride + 1;
+                    if (hi > run) hi = run;
+                    if (lo > hi) lo = hi;
+                    if (h < 0 || h >= height) lo = hi = run;
+                    for (u = 0; u < lo; u++) dst[u] = 0.0f;
+                    if (lo < hi) {
+                        const float *__restrict row = image + h * width;
+                        if (stride == 1)
+                            memcpy(dst + lo, row + first + lo, (hi - lo) * sizeof(float));
+                        else
+                            for (u = lo; u < hi; u++) dst[u] = row[first + u * stride];
+                    }
+                    for (u = hi; u < run; u++) dst[u] = 0.0f;
+                }
+            }
+        }
+        t += run;
+    }
+    if (count < W)
+        for (c = c0 * kh * kw; c < c1 * kh * kw; c++)
+            for (u = count; u < W; u++) xt[c * W + u] = 0.0f;
+}
+
+/* void srigl_conv_store(out, W, r0, n_rows, q0, count, n_active, plane, residual, relu, y)
+
+     y[b, r0 + i, p] = relu?(out[i, t] + residual[b, r0 + i, p]) for the tile's pixels
+     q0 + t = b*plane + p, t < count, rows i < n_rows (residual NULL: no add; relu 0:
+     no ReLU; a NaN stays NaN, as torch.relu keeps it).
+
+   Input arguments:
+     const float out[n_rows, W]                     - the block kernel's sums (bias in)
+     Py_ssize_t  r0, n_rows                         - the rows' first output channel
+     Py_ssize_t  q0, count                          - the tile's pixels
+     Py_ssize_t  n_active, plane                    - output channels, out_h*out_w
+     const float residual[batch, n_active, plane] or NULL
+     int         relu
+   Output arguments:
+     float       y[batch, n_active, plane]          - only the tile's pixels of rows
+                                                      [r0, r0 + n_rows) are written
+   --------------------------------------------------------------------------- */
+static void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t r0,
+                             Py_ssize_t n_rows, Py_ssize_t q0, Py_ssize_t count,
+                             Py_ssize_t n_active, Py_ssize_t plane,
+                             const float *residual, int relu, float *y) {
+    Py_ssize_t t = 0, i, u;
+    while (t < count) {
+        const Py_ssize_t b = (q0 + t) / plane, p = (q0 + t) % plane;
+        const Py_ssize_t run = plane - p < count - t ? plane - p : count - t;
+        for (i = 0; i < n_rows; i++) {
+            const Py_ssize_t at = (b * n_active + r0 + i) * plane + p;
+            const float *__restrict src = out + i * W + t;
+            float *__restrict dst = y + at;
+            if (residual) {
+                const float *__restrict add = residual + at;
+                if (relu)
+                    for (u = 0; u < run; u++) {
+                        const float v = src[u] + add[u];
+                        dst[u] = v < 0.0f ? 0.0f : v;
+                    }
+                else
+                    for (u = 0; u < run; u++) dst[u] = src[u] + add[u];
+            } else if (relu) {
+                for (u = 0; u < run; u++) dst[u] = src[u] < 0.0f ? 0.0f : src[u];
+            } else {
+                memcpy(dst, src, run * sizeof(float));
+            }
+        }
+        t += run;
+    }
+}
 
 #if defined(__GNUC__) || defined(__clang__)
 
@@ -320,11 +454,10 @@ SRIGL_SCALAR_DOT(srigl_gather_dot_i32_generic, int32_t)
 
 /* One row at a time, W sums in `out` (the layout of the vector variants). */
 #define SRIGL_SCALAR_BLOCK(NAME, W, INDEX_T)                                          \
-static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
-                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
-                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,             \
-                 Py_ssize_t ldy, Py_ssize_t width) {                                  \
-    float out[SRIGL_ROWS * W];                                                        \
+static void NAME##_sums(const float *values, const INDEX_T *indices,                  \
+                        const Py_ssize_t *starts, Py_ssize_t n_blocks,                \
+                        Py_ssize_t n_active, const float *bias, const float *xt,      \
+                        Py_ssize_t r0, Py_ssize_t r1, float *out) {                   \
     Py_ssize_t block, r, t, j;                                                        \
     for (r = r0; r < r1; r++)                                                         \
         for (t = 0; t < W; t++) out[(r - r0) * W + t] = bias ? bias[r] : 0.0f;       \
@@ -336,6 +469,14 @@ static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *
                 for (t = 0; t < W; t++) out[(r - r0) * W + t] += values[j] * src[t];  \
             }                                                                         \
     }                                                                                 \
+}                                                                                     \
+static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
+                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
+                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,             \
+                 Py_ssize_t ldy, Py_ssize_t width) {                                  \
+    float out[SRIGL_ROWS * W];                                                        \
+    Py_ssize_t r, t;                                                                  \
+    NAME##_sums(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1, out);  \
     for (t = 0; t < width; t++)                                                       \
         for (r = r0; r < r1; r++) y[t * ldy + r] = out[(r - r0) * W + t];             \
 }
@@ -357,6 +498,10 @@ static const srigl_kernels srigl_table_generic = {
      srigl_block64_i16_generic},
     {srigl_block8_i32_generic, srigl_block16_i32_generic, srigl_block32_i32_generic,
      srigl_block64_i32_generic},
+    {srigl_block8_i16_generic_sums, srigl_block16_i16_generic_sums,
+     srigl_block32_i16_generic_sums, srigl_block64_i16_generic_sums},
+    {srigl_block8_i32_generic_sums, srigl_block16_i32_generic_sums,
+     srigl_block32_i32_generic_sums, srigl_block64_i32_generic_sums},
     srigl_conv_item_i16_generic, srigl_conv_item_i32_generic, srigl_transpose_scalar,
     NULL,
 };
@@ -573,6 +718,30 @@ static inline void srigl_conv_item_i32(const float *v, const int32_t *idx, Py_ss
     srigl_active->conv_item_i32(v, idx, k, x, height, width, kh, kw, stride, padding, bias,
                                 out, out_h, out_w);
 }
+
+/* void srigl_conv_rows_{i16,i32}(n_vectors, values, indices, starts, n_blocks, n_active,
+                                  bias, xt, r0, r1, q0, count, plane, residual, relu, y)
+
+   Output channels [r0, r1) (r1 - r0 <= SRIGL_ROWS) of one tile of W = 8 * n_vectors
+   output pixels: the active path's block sums (srigl_block{W}_*_sums) over the packed
+   tile xt[n_in, W] (srigl_conv_pack), then srigl_conv_store into y[batch, n_active,
+   plane]; the other arguments as those two functions'. */
+#define SRIGL_CONV_ROWS(NAME, SUMS, INDEX_T)                                          \
+static void NAME(int n_vectors, const float *values, const INDEX_T *indices,          \
+                 const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active,  \
+                 const float *bias, const float *xt, Py_ssize_t r0, Py_ssize_t r1,    \
+                 Py_ssize_t q0, Py_ssize_t count, Py_ssize_t plane,                   \
+                 const float *residual, int relu, float *y) {                         \
+    float out[SRIGL_ROWS * 64];                                                       \
+    const int slot = srigl_tile_slot(n_vectors);                                      \
+    srigl_active->SUMS[slot](values, indices, starts, n_blocks, n_active, bias, xt, r0, \
+                             r1, out);                                                \
+    srigl_conv_store(out, 8 << slot, r0, r1 - r0, q0, count, n_active, plane, residual, \
+                     relu, y);                                                        \
+}
+SRIGL_CONV_ROWS(srigl_conv_rows_i16, sums_i16, int16_t)
+SRIGL_CONV_ROWS(srigl_conv_rows_i32, sums_i32, int32_t)
+#undef SRIGL_CONV_ROWS
 
 /* 1 when the active path has the batch-1 lookup kernel (avx512), else 0. */
 static inline int srigl_has_lookup(void) { return srigl_active->lookup_group != NULL; }

@@ -101,7 +101,8 @@ cdef extern from "_kernels.h":
                               Py_ssize_t out_w) noexcept nogil
 
     # Direct convolution of one (image, channel): v[k], idx[k] taps of the channel,
-    # x[channels, height, width] the image -> out[out_h, out_w].
+    # x[channels, height, width] the image -> out[out_h, out_w] (the depthwise
+    # convolution's, one plane and its filter).
     void srigl_conv_item_i16(const float* v, const int16_t* idx, Py_ssize_t k,
                              const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
                              int kw, int stride, int padding, float bias, float* out,
@@ -110,6 +111,26 @@ cdef extern from "_kernels.h":
                              const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
                              int kw, int stride, int padding, float bias, float* out,
                              Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+
+    # Tiled convolution (see the section below): pack output pixels [q0, q0 + count)
+    # of channels [c0, c1) into xt[n_in, W]; multiply channels [r0, r1) of a packed tile
+    # and store them into y[batch, n_active, plane] (+ residual, ReLU).
+    void srigl_conv_pack(const float* x, Py_ssize_t channels, Py_ssize_t height,
+                         Py_ssize_t width, int kh, int kw, int stride, int padding,
+                         Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t q0, Py_ssize_t count,
+                         Py_ssize_t c0, Py_ssize_t c1, float* xt, Py_ssize_t W) noexcept nogil
+    void srigl_conv_rows_i16(int n_vectors, const float* values, const int16_t* indices,
+                             const Py_ssize_t* starts, Py_ssize_t n_blocks,
+                             Py_ssize_t n_active, const float* bias, const float* xt,
+                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t q0, Py_ssize_t count,
+                             Py_ssize_t plane, const float* residual, int relu,
+                             float* y) noexcept nogil
+    void srigl_conv_rows_i32(int n_vectors, const float* values, const int32_t* indices,
+                             const Py_ssize_t* starts, Py_ssize_t n_blocks,
+                             Py_ssize_t n_active, const float* bias, const float* xt,
+                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t q0, Py_ssize_t count,
+                             Py_ssize_t plane, const float* residual, int relu,
+                             float* y) noexcept nogil
 
 
 PATH_NAMES = tuple(srigl_path_name(p).decode() for p in range(N_PATHS))
@@ -1038,13 +1059,17 @@ def _condensed_matmul_tiled(CondensedWeights weights not None, x, bias=None, thr
 
 
 # ---------------------------------------------------------------------------
-# Direct condensed convolution
+# Condensed convolution, tiled
 #
 # A constant fan-in Conv2d keeps, per active output channel r, k taps of its filter:
 # values[r, j] at tap indices[r, j] = (c * kh + i) * kw + j' (im2col's column order).
-# Instead of im2col + the condensed product, each (image, channel) is computed
-# straight from the image (srigl_conv_item_* in _kernels.h): the column matrix,
-# kh*kw copies of the input, is never written.
+# That is the condensed product over output pixels, each pixel's row its patch. The
+# batched kernel wants the transposed rows of a tile of W pixels, xt[n_in, W]: here
+# srigl_conv_pack (_kernels.h) writes exactly that from the images (the transposed
+# im2col of W pixels, not of the whole batch), the block kernel multiplies it, and
+# srigl_conv_store writes the tile's channels back in NCHW order with the residual
+# add and ReLU fused. NCHW is the layout this kernel wants: a channel's pixels are
+# contiguous, so packing is row copies and storing is row stores, no transposes.
 # ---------------------------------------------------------------------------
 
 def _image_input(x):
@@ -1058,46 +1083,117 @@ def _image_input(x):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-cdef void _conv_items(const float[:, ::1] values, const index_t[:, ::1] indices,
-                      const float[:, :, :, ::1] x, const float* bias, float[:, :, :, ::1] y,
-                      int kh, int kw, int stride, int padding, int threads) noexcept nogil:
-    """y[b, r] = the direct convolution of image b by channel r, parallel over (b, r).
+def _check_relu(relu):
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    return bool(relu)
 
-    Input:   values[n_active, k] float32, indices[n_active, k] int16/int32 (each in
-             [0, channels*kh*kw)), x[batch, channels, height, width] float32,
-             bias[n_active] or NULL, the geometry, threads.
-    Output:  y[batch, n_active, out_h, out_w] float32.
+
+def _residual_input(residual, shape):
+    """residual as C-contiguous float32 of the output's ``shape``, or None: TypeError for
+    another dtype, ValueError for another shape (both naming ``residual``)."""
+    if residual is None:
+        return None
+    if not hasattr(residual, "dtype") or residual.dtype != np.float32:
+        raise TypeError(f"residual must be a float32 array or None, got "
+                        f"{getattr(residual, 'dtype', type(residual).__name__)}")
+    if residual.shape != shape:
+        raise ValueError(f"residual must have the output's shape {shape}, got "
+                         f"{residual.shape}")
+    return np.ascontiguousarray(residual)
+
+
+# Input rows (taps) per packing work item: 128 rows of a 64-wide tile are 32 KiB
+# written, an L1 cache.
+cdef enum:
+    PACK_ROWS = 128
+
+
+cdef void _conv_pack_tiles(const float* x, Py_ssize_t channels, Py_ssize_t height,
+                           Py_ssize_t width, int kh, int kw, int stride, int padding,
+                           Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t q_start,
+                           Py_ssize_t n_pixels, Py_ssize_t n_tiles, float* xt,
+                           Py_ssize_t tile_width, int threads) noexcept nogil:
+    """Pack tiles [0, n_tiles) of output pixels q_start, q_start + tile_width, ...
+
+    Input:   x[batch, channels, height, width] float32; the geometry; q_start, the
+             first tile's first pixel; n_pixels = batch*out_h*out_w; threads.
+    Output:  xt[n_tiles, channels*kh*kw, tile_width] (srigl_conv_pack per tile).
+
+    Parallel over (tile, block of channels) so that one tile (batch 1, a small image)
+    still uses every thread.
     """
-    cdef Py_ssize_t n_active = values.shape[0], k = values.shape[1]
-    cdef Py_ssize_t height = x.shape[2], width = x.shape[3]
-    cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3], item, b, r
-    for item in prange(y.shape[0] * n_active, schedule="static", num_threads=threads):
-        b = item // n_active
-        r = item % n_active
+    cdef Py_ssize_t per_item = max(1, PACK_ROWS // (kh * kw))
+    cdef Py_ssize_t n_blocks = (channels + per_item - 1) // per_item
+    cdef Py_ssize_t n_in = channels * kh * kw, item, tile, c0, q0
+    for item in prange(n_tiles * n_blocks, schedule="static", num_threads=threads):
+        tile = item // n_blocks
+        c0 = (item % n_blocks) * per_item
+        q0 = q_start + tile * tile_width
+        srigl_conv_pack(x, channels, height, width, kh, kw, stride, padding, out_h, out_w,
+                        q0, min(tile_width, n_pixels - q0), c0, min(c0 + per_item, channels),
+                        xt + tile * n_in * tile_width, tile_width)
+
+
+cdef void _conv_tiles(const float* values, const index_t* indices, const Py_ssize_t* starts,
+                      Py_ssize_t n_column_blocks, Py_ssize_t n_active, const float* bias,
+                      const float* xt, Py_ssize_t n_in, Py_ssize_t q_start,
+                      Py_ssize_t n_pixels, Py_ssize_t n_tiles, Py_ssize_t plane,
+                      const float* residual, int relu, float* y, int n_vectors,
+                      int threads) noexcept nogil:
+    """The output channels of packed tiles [0, n_tiles) (srigl_conv_rows_* per (tile,
+    block of ROWS_PER_BLOCK channels), parallel over those pairs, tile-major).
+
+    Input:   values[nnz], indices[nnz], starts (CondensedWeights' column-block packed
+             arrays) of n_active >= 1 channels; bias[n_active] or NULL;
+             xt[n_tiles, n_in, 8 * n_vectors] from _conv_pack_tiles; q_start, n_pixels as
+             there; plane = out_h*out_w; residual[batch, n_active, plane] or NULL; relu;
+             threads.
+    Output:  y[batch, n_active, plane], the tiles' pixels.
+    """
+    cdef Py_ssize_t tile_width = 8 * n_vectors
+    cdef Py_ssize_t n_row_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    cdef Py_ssize_t item, tile, r0, q0
+    for item in prange(n_tiles * n_row_blocks, schedule="static", num_threads=threads):
+        tile = item // n_row_blocks
+        r0 = (item % n_row_blocks) * ROWS_PER_BLOCK
+        q0 = q_start + tile * tile_width
         if index_t is int16_t:
-            srigl_conv_item_i16(&values[r, 0], &indices[r, 0], k, &x[b, 0, 0, 0], height,
-                                width, kh, kw, stride, padding,
-                                bias[r] if bias != NULL else 0, &y[b, r, 0, 0], out_h, out_w)
+            srigl_conv_rows_i16(n_vectors, values, indices, starts, n_column_blocks,
+                                n_active, bias, xt + tile * n_in * tile_width, r0,
+                                min(r0 + ROWS_PER_BLOCK, n_active), q0,
+                                min(tile_width, n_pixels - q0), plane, residual, relu, y)
         else:
-            srigl_conv_item_i32(&values[r, 0], &indices[r, 0], k, &x[b, 0, 0, 0], height,
-                                width, kh, kw, stride, padding,
-                                bias[r] if bias != NULL else 0, &y[b, r, 0, 0], out_h, out_w)
+            srigl_conv_rows_i32(n_vectors, values, indices, starts, n_column_blocks,
+                                n_active, bias, xt + tile * n_in * tile_width, r0,
+                                min(r0 + ROWS_PER_BLOCK, n_active), q0,
+                                min(tile_width, n_pixels - q0), plane, residual, relu, y)
 
 
 def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, padding=0,
-                     bias=None, threads=0):
-    """Condensed Conv2d forward, computed from the images (no im2col).
+                     bias=None, threads=0, *, relu=False, residual=None):
+    """Condensed Conv2d forward on NCHW images, with an optional fused residual add and
+    ReLU.
 
     weights: CondensedWeights over the flattened filters (values[n_active, k],
     indices[n_active, k], n_in = channels*kh*kw, taps ordered (channel, ki, kj));
     x[batch, channels, height, width] (any float dtype and strides; converted to
-    C-contiguous float32); bias[n_active] float32 or None
-    -> y[batch, n_active, out_h, out_w] float32, with
-        y[b, r, oh, ow] = bias[r] + sum_j values[r, j] * x[b, c, oh*stride - padding + i,
+    C-contiguous float32); bias[n_active] float32 or None; relu (bool, keyword);
+    residual[batch, n_active, out_h, out_w] float32 or None (keyword)
+    -> y[batch, n_active, out_h, out_w] float32 (NCHW), with
+        z[b, r, oh, ow] = bias[r] + sum_j values[r, j] * x[b, c, oh*stride - padding + i,
                                                            ow*stride - padding + j']
-    for tap indices[r, j] = (c*kh + i)*kw + j' (taps in the padding count 0): what
-    im2col followed by condensed_matmul computes, up to float32 rounding. Parallel over
-    (image, channel) pairs; the same result at every thread count.
+        y = relu(z + residual) (each part only when given)
+    for tap indices[r, j] = (c*kh + i)*kw + j' (taps in the padding count 0): im2col
+    followed by condensed_matmul, up to float32 rounding. So a ResNet block's last
+    convolution, its BatchNorm folded into values and bias, is one call:
+    ``condensed_conv2d(w, h, 1, 1, bias=b, relu=True, residual=identity)``.
+
+    The output pixels go through in tiles of W = 8 * tile_vectors(batch*out_h*out_w)
+    (64 from 33 pixels on); chunks of tiles are packed (the transposed im2col of the
+    chunk only, at most CHUNK_BYTES) in parallel over (tile, channel block), then
+    multiplied in parallel over (tile, block of ROWS_PER_BLOCK channels): batch 1 uses
+    every thread too. The same result at every thread count.
     """
     x = _image_input(x)
     batch, channels, height, width = x.shape
@@ -1106,33 +1202,139 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
         raise ValueError(f"x must have channels*kh*kw = n_in = {weights.n_in} (kernel "
                          f"({kh}, {kw})), got {channels} channels")
     bias = _condensed_bias(weights, bias)
-    cdef int n_threads = _serial_if_small(
-        _resolve_threads(threads), batch * weights.n_active * weights.k * out_h * out_w)
-    y = np.empty((batch, weights.n_active, out_h, out_w), dtype=np.float32)
+    relu = _check_relu(relu)
+    shape = (batch, weights.n_active, out_h, out_w)
+    residual = _residual_input(residual, shape)
+    cdef Py_ssize_t n_pixels = batch * out_h * out_w, n_in = weights.n_in
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads),
+                                          n_pixels * weights.n_active * weights.k)
+    y = np.empty(shape, dtype=np.float32)
     if y.size == 0:
         return y
-    cdef const float[:, ::1] values = weights.values
-    cdef const int16_t[:, ::1] idx16
-    cdef const int32_t[:, ::1] idx32
+    cdef int n_vectors = tile_vectors(n_pixels)
+    cdef Py_ssize_t tile_width = 8 * n_vectors
+    cdef Py_ssize_t n_tiles = (n_pixels + tile_width - 1) // tile_width
+    cdef Py_ssize_t chunk = min(n_tiles, max(1, CHUNK_BYTES // (4 * tile_width * n_in)))
+    xt = _aligned_empty((chunk, n_in, tile_width))
+    cdef float* xt_ptr = <float*>_data(xt)
+    cdef const float* x_ptr = <const float*>_data(x)
+    cdef float* y_ptr = <float*>_data(y)
+    cdef const float* b_ptr = NULL if bias is None else <const float*>_data(bias)
+    cdef const float* r_ptr = NULL if residual is None else <const float*>_data(residual)
+    cdef const float* values = <const float*>_data(weights.packed_values)
+    cdef const void* indices = _data(weights.packed_indices)
+    cdef const Py_ssize_t* starts = <const Py_ssize_t*>_data(weights.starts)
+    cdef Py_ssize_t n_active = weights.n_active, n_column_blocks = weights.column_blocks
+    cdef bint short_indices = weights.indices.dtype == np.int16
+    cdef int kh_ = kh, kw_ = kw, stride_ = stride, padding_ = padding, relu_ = relu
+    cdef Py_ssize_t first = 0, count, plane = out_h * out_w
+    cdef Py_ssize_t channels_ = channels, height_ = height, width_ = width
+    cdef Py_ssize_t out_h_ = out_h, out_w_ = out_w
+    with nogil:
+        while first < n_tiles:
+            count = min(chunk, n_tiles - first)
+            _conv_pack_tiles(x_ptr, channels_, height_, width_, kh_, kw_, stride_, padding_,
+                             out_h_, out_w_, first * tile_width, n_pixels, count, xt_ptr,
+                             tile_width, n_threads)
+            if short_indices:
+                _conv_tiles(values, <const int16_t*>indices, starts, n_column_blocks,
+                            n_active, b_ptr, xt_ptr, n_in, first * tile_width, n_pixels,
+                            count, plane, r_ptr, relu_, y_ptr, n_vectors, n_threads)
+            else:
+                _conv_tiles(values, <const int32_t*>indices, starts, n_column_blocks,
+                            n_active, b_ptr, xt_ptr, n_in, first * tile_width, n_pixels,
+                            count, plane, r_ptr, relu_, y_ptr, n_vectors, n_threads)
+            first += count
+    return y
+
+
+# ---------------------------------------------------------------------------
+# Depthwise convolution (groups == channels, dense filters: MobileNet's)
+#
+# Each (image, channel) plane is convolved by its own kh x kw filter: the direct
+# convolution of one plane (srigl_conv_item_*, _kernels.h) with the filter's kh*kw taps,
+# each tap one vectorised sweep of shifted input rows into the output plane (in L1/L2).
+# ---------------------------------------------------------------------------
+
+cdef void _depthwise_planes(const float[:, ::1] filters, const int32_t[::1] taps,
+                            const float[:, :, :, ::1] x, const float* bias, bint relu,
+                            float[:, :, :, ::1] y, int kh, int kw, int stride, int padding,
+                            int threads) noexcept nogil:
+    """y[b, c] = the convolution of plane x[b, c] by filters[c] (+ bias[c], ReLU), parallel
+    over (image, channel) planes.
+
+    Input:   filters[channels, kh*kw] float32; taps[kh*kw] = 0, 1, ..., kh*kw - 1;
+             x[batch, channels, height, width] float32; bias[channels] or NULL; relu;
+             the geometry; threads.
+    Output:  y[batch, channels, out_h, out_w] float32.
+    """
+    cdef Py_ssize_t channels = x.shape[1], height = x.shape[2], width = x.shape[3]
+    cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3], item, b, c, p
+    cdef float* plane
+    for item in prange(x.shape[0] * channels, schedule="static", num_threads=threads):
+        b = item // channels
+        c = item % channels
+        plane = &y[b, c, 0, 0]
+        srigl_conv_item_i32(&filters[c, 0], &taps[0], kh * kw, &x[b, c, 0, 0], height,
+                            width, kh, kw, stride, padding, bias[c] if bias != NULL else 0,
+                            plane, out_h, out_w)
+        if relu:
+            for p in range(out_h * out_w):
+                if plane[p] < 0:
+                    plane[p] = 0
+
+
+def depthwise_conv2d(weight, x, stride=1, padding=0, bias=None, threads=0, *, relu=False):
+    """Depthwise Conv2d forward (groups == channels, one dense kh x kw filter per channel).
+
+    weight[channels, 1, kh, kw] (torch's layout) or [channels, kh, kw], float32;
+    x[batch, channels, height, width] (any float dtype and strides; converted to
+    C-contiguous float32); bias[channels] float32 or None; relu (bool, keyword)
+    -> y[batch, channels, out_h, out_w] float32 (NCHW),
+        y[b, c, oh, ow] = relu?(bias[c] + sum_{i, j} weight[c, i, j]
+                                 * x[b, c, oh*stride - padding + i, ow*stride - padding + j])
+    (taps in the padding count 0). Parallel over (image, channel) planes.
+    """
+    if not hasattr(weight, "dtype") or weight.dtype != np.float32:
+        raise TypeError(f"weight must be a float32 array, got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+    if weight.ndim == 4 and weight.shape[1] == 1:
+        weight = weight[:, 0]
+    if weight.ndim != 3:
+        raise ValueError(f"weight must have shape (channels, 1, kh, kw) or (channels, kh, "
+                         f"kw), got {weight.shape}")
+    x = _image_input(x)
+    batch, channels, height, width = x.shape
+    if weight.shape[0] != channels:
+        raise ValueError(f"weight must have x's {channels} channels, got shape "
+                         f"{weight.shape}")
+    kh, kw = weight.shape[1], weight.shape[2]
+    out_h, out_w = _check_conv_geometry(height, width, kh, kw, stride, padding)
+    if bias is not None:
+        if not hasattr(bias, "dtype") or bias.dtype != np.float32:
+            raise TypeError(f"bias must be a float32 array or None, got "
+                            f"{getattr(bias, 'dtype', type(bias).__name__)}")
+        if bias.shape != (channels,):
+            raise ValueError(f"bias must have shape ({channels},), got {bias.shape}")
+        bias = np.ascontiguousarray(bias)
+    relu = _check_relu(relu)
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads),
+                                          batch * channels * kh * kw * out_h * out_w)
+    y = np.empty((batch, channels, out_h, out_w), dtype=np.float32)
+    if y.size == 0:
+        return y
+    filters = np.ascontiguousarray(weight.reshape(channels, kh * kw))
+    taps = np.arange(kh * kw, dtype=np.int32)
+    cdef const float[:, ::1] filter_view = filters
+    cdef const int32_t[::1] tap_view = taps
     cdef const float[:, :, :, ::1] x_view = x
     cdef float[:, :, :, ::1] y_view = y
-    cdef const float[::1] b_view
-    cdef const float* b_ptr = NULL
-    if bias is not None:
-        b_view = bias
-        b_ptr = &b_view[0]
-    cdef int kh_, kw_, stride_, padding_
-    kh_, kw_, stride_, padding_ = kh, kw, stride, padding
-    if weights.indices.dtype == np.int16:
-        idx16 = weights.indices
-        with nogil:
-            _conv_items(values, idx16, x_view, b_ptr, y_view, kh_, kw_, stride_, padding_,
-                        n_threads)
-    else:
-        idx32 = weights.indices
-        with nogil:
-            _conv_items(values, idx32, x_view, b_ptr, y_view, kh_, kw_, stride_, padding_,
-                        n_threads)
+    cdef const float* b_ptr = NULL if bias is None else <const float*>_data(bias)
+    cdef int kh_ = kh, kw_ = kw, stride_ = stride, padding_ = padding
+    cdef bint relu_ = relu
+    with nogil:
+        _depthwise_planes(filter_view, tap_view, x_view, b_ptr, relu_, y_view, kh_, kw_,
+                          stride_, padding_, n_threads)
     return y
 
 

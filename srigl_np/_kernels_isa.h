@@ -209,20 +209,35 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
      float            y[width, ldy]                  - this tile's output rows; only
                                                        y[t, r0:r1] is written */
 #define SRIGL_BLOCK(NAME, VEC, VL, NV, RG, INDEX_T)                                   \
-static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
-                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
-                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,             \
-                 Py_ssize_t ldy, Py_ssize_t width) {                                  \
-    float out[SRIGL_ROWS * VL * NV];                                                  \
-    Py_ssize_t block, r, t, i;                                                        \
+static void NAME##_sums(const float *values, const INDEX_T *indices,                  \
+                        const Py_ssize_t *starts, Py_ssize_t n_blocks,                \
+                        Py_ssize_t n_active, const float *bias, const float *xt,      \
+                        Py_ssize_t r0, Py_ssize_t r1, float *out) {                   \
+    Py_ssize_t block, r;                                                              \
+    (void)n_active;                                                                   \
     for (block = 0; block < n_blocks; block++) {                                      \
         const Py_ssize_t *s = starts + block * n_active;                              \
         for (r = r0; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(VEC, VL, NV, RG)          \
         for (; r < r1; r++) SRIGL_ROW_GROUP(VEC, VL, NV, 1)                           \
     }                                                                                 \
+}                                                                                     \
+static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
+                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
+                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,             \
+                 Py_ssize_t ldy, Py_ssize_t width) {                                  \
+    float out[SRIGL_ROWS * VL * NV];                                                  \
+    Py_ssize_t t, i;                                                                  \
+    NAME##_sums(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1, out);  \
     for (t = 0; t < width; t++)                                                       \
         for (i = 0; i < r1 - r0; i++) y[t * ldy + r0 + i] = out[i * (VL * NV) + t];   \
 }
+
+/* void srigl_block{W}_{i16,i32}_<isa>_sums(values, indices, starts, n_blocks, n_active,
+                                            bias, xt, r0, r1, out)
+
+   The same sums, left in out[r1 - r0, W] (row r - r0 holds y[0:W, r], bias included,
+   all W lanes, padding lanes too) for a caller that stores them in another layout: the
+   convolution's channel-major output (srigl_conv_rows in _kernels.h). */
 
 /* Tile widths 64, 32, 16 and 8: RG rows of NV vectors of VL floats, NV * VL = W, with
    RG * NV >= 8 independent accumulators. */
@@ -372,6 +387,7 @@ static void srigl_lookup_group_avx512(const float *lv, const uint8_t *li,
 #endif
 
 /* The variant's function table (srigl_kernels, declared in _kernels.h). */
+#define SRIGL_SUMS(name) SRIGL_CAT(SRIGL_NAME(name), sums)
 static const srigl_kernels SRIGL_NAME(srigl_table) = {
     SRIGL_ISA_NAME,
     SRIGL_DOT16, SRIGL_DOT32,
@@ -379,11 +395,16 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
      SRIGL_NAME(srigl_block32_i16), SRIGL_NAME(srigl_block64_i16)},
     {SRIGL_NAME(srigl_block8_i32), SRIGL_NAME(srigl_block16_i32),
      SRIGL_NAME(srigl_block32_i32), SRIGL_NAME(srigl_block64_i32)},
+    {SRIGL_SUMS(srigl_block8_i16), SRIGL_SUMS(srigl_block16_i16),
+     SRIGL_SUMS(srigl_block32_i16), SRIGL_SUMS(srigl_block64_i16)},
+    {SRIGL_SUMS(srigl_block8_i32), SRIGL_SUMS(srigl_block16_i32),
+     SRIGL_SUMS(srigl_block32_i32), SRIGL_SUMS(srigl_block64_i32)},
     SRIGL_NAME(srigl_conv_item_i16), SRIGL_NAME(srigl_conv_item_i32),
     SRIGL_TRANSPOSE,
     SRIGL_LOOKUP,
 };
 
+#undef SRIGL_SUMS
 #undef SRIGL_TRANSPOSE
 #undef SRIGL_LOOKUP
 #undef SRIGL_DOT16
