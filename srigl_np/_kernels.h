@@ -75,12 +75,9 @@ typedef void (*srigl_block_i16_fn)(const float *, const int16_t *, const Py_ssiz
 typedef void (*srigl_block_i32_fn)(const float *, const int32_t *, const Py_ssize_t *,
                                    Py_ssize_t, Py_ssize_t, const float *, const float *,
                                    Py_ssize_t, Py_ssize_t, float *, Py_ssize_t, Py_ssize_t);
-typedef void (*srigl_sums_i16_fn)(const float *, const int16_t *, const Py_ssize_t *,
-                                  Py_ssize_t, Py_ssize_t, const float *, const float *,
-                                  Py_ssize_t, Py_ssize_t, float *);
-typedef void (*srigl_sums_i32_fn)(const float *, const int32_t *, const Py_ssize_t *,
-                                  Py_ssize_t, Py_ssize_t, const float *, const float *,
-                                  Py_ssize_t, Py_ssize_t, float *);
+typedef void (*srigl_conv_sums_fn)(const float *, const int32_t *, const Py_ssize_t *,
+                                   Py_ssize_t, Py_ssize_t, const float *, const float *,
+                                   Py_ssize_t, Py_ssize_t, float *);
 
 typedef void (*srigl_conv_item_i16_fn)(const float *, const int16_t *, Py_ssize_t,
                                        const float *, Py_ssize_t, Py_ssize_t, int, int, int,
@@ -101,18 +98,17 @@ typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *,
                                 const float *, Py_ssize_t, const int32_t *, const float *,
                                 float *, int);
 
-/* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64, and
-   the same blocks leaving their sums in a tile-shaped buffer (the convolution's); the
-   direct convolution of one (image, channel) plane (the depthwise convolution's); the
-   tile transpose; the batch-1 lookup of one row group, or NULL on a path without one. */
+/* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
+   convolution's blocks for the same widths; the direct convolution of one (image,
+   channel) plane (the depthwise convolution's); the tile transpose; the batch-1 lookup
+   of one row group, or NULL on a path without one. */
 typedef struct {
     const char *name;
     srigl_gather_dot_i16_fn gather_dot_i16;
     srigl_gather_dot_i32_fn gather_dot_i32;
     srigl_block_i16_fn block_i16[4];
     srigl_block_i32_fn block_i32[4];
-    srigl_sums_i16_fn sums_i16[4];
-    srigl_sums_i32_fn sums_i32[4];
+    srigl_conv_sums_fn conv_sums[4];
     srigl_conv_item_i16_fn conv_item_i16;
     srigl_conv_item_i32_fn conv_item_i32;
     srigl_transpose_fn transpose;
@@ -222,109 +218,98 @@ static void srigl_transpose_scalar(const float *x, Py_ssize_t ldx, Py_ssize_t ro
 
 
 /* ---------------------------------------------------------------------------
-   Tiled condensed convolution: packing a tile of output pixels, storing its rows
+   Condensed convolution on phase planes
 
-   A convolution is the condensed product over output pixels: output pixel q (flat over
-   batch * out_h * out_w) reads the column of taps (c, i, j) of its patch. The batched
-   block kernel wants the transposed input of a tile of W pixels, xt[n_in, W], which
-   for a convolution is the transposed im2col of just those W pixels:
-   srigl_conv_pack writes it (the whole column matrix is never built: one tile of it
-   per work item, in cache), the block kernel's sums (srigl_block*_sums) multiply it,
-   and srigl_conv_store puts the tile's rows back in NCHW order, fusing the bias's
-   neighbours: a residual add and a ReLU.
+   A convolution is the condensed product over output pixels, each pixel's row its
+   patch. Lay each input plane out padded and split into its stride x stride phases,
 
-   void srigl_conv_pack(x, channels, height, width, kh, kw, stride, padding, out_h,
-                        out_w, q0, count, c0, c1, xt, W)
+     ph[a, e, y, z] = x[y*stride + a - padding, z*stride + e - padding]   (0 outside),
 
-     xt[(c*kh + i)*kw + j, t] = x[b, c, oh*stride - padding + i, ow*stride - padding + j]
-     (0 in the padding) for output pixel q0 + t = (b*out_h + oh)*out_w + ow, t < count,
-     and 0 for count <= t < W; channels c in [c0, c1) only (a work item's share).
+   a grid of hq x wq per phase, and index output pixels on that grid,
+   g = oh*wq + ow (columns ow >= out_w are computed and dropped). Then tap (c, i, j)
+   of output g reads plane c's phase (a, e) = (i % stride, j % stride) at
+   g + (i / stride) * wq + j / stride: a fixed offset per tap. So W consecutive output
+   positions read W consecutive floats at every tap, which is the batched block
+   kernel's access to its transposed tiles with the tile replaced by the phase planes
+   themselves: no im2col, not even of a tile (packing 64-pixel tiles ran at 0.5 of the
+   3x3 convolutions' time and half the stem's, the copies too short to pay for their
+   bookkeeping). The input is copied once, into the phase layout; the zero border
+   makes the padding free.
+
+   Only the phases a < sa = min(stride, kh), e < se = min(stride, kw) hold taps (a 1x1
+   convolution of stride 2 reads one phase of four), so only those are made.
+
+   void srigl_conv_phase(x, height, width, stride, padding, sa, se, hq, wq, ph)
 
    Input arguments:
-     const float x[batch, channels, height, width]  - the images
-     int         kh, kw, stride, padding
-     Py_ssize_t  out_h, out_w                       - the output size they give
-     Py_ssize_t  q0, count                          - the tile's pixels, count <= W
-     Py_ssize_t  c0, c1                             - channels to pack
+     const float x[height, width]              - one (image, channel) plane
+     int         stride, padding
+     int         sa, se                        - phases kept per axis
+     Py_ssize_t  hq, wq                        - ceil((size + 2*padding) / stride)
    Output arguments:
-     float       xt[channels*kh*kw, W]              - rows of channels [c0, c1)
-
-   The pixels of a tile are runs along output rows (a run ends at the end of an output
-   row); each (run, tap) is one copy of a row segment of one input plane (strided for
-   stride > 1), with the columns that fall in the padding zeroed, so no read leaves the
-   plane.
+     float       ph[sa, se, hq, wq]            - its phases, as above
    --------------------------------------------------------------------------- */
-static void srigl_conv_pack(const float *x, Py_ssize_t channels, Py_ssize_t height,
-                            Py_ssize_t width, int kh, int kw, int stride, int padding,
-                            Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t q0,
-                            Py_ssize_t count, Py_ssize_t c0, Py_ssize_t c1,
-                            float *__restrict xt, Py_ssize_t W) {
-    const Py_ssize_t plane = out_h * out_w;
-    Py_ssize_t t = 0, c, u;
-    int i, j;
-    while (t < count) {
-        const Py_ssize_t q = q0 + t, b = q / plane, oh = q % plane / out_w,
-                         ow = q % out_w;
-        const Py_ssize_t run = out_w - ow < count - t ? out_w - ow : count - t;
-        for (c = c0; c < c1; c++) {
-            const float *image = x + (b * channels + c) * height * width;
-            for (i = 0; i < kh; i++) {
-                const Py_ssize_t h = oh * stride - padding + i;
-                for (j = 0; j < kw; j++) {
-                    float *__restrict dst = xt + ((c * kh + i) * kw + j) * W + t;
-                    /* run positions u with 0 <= (ow + u)*stride - padding + j < width */
-                    const Py_ssize_t first = ow * stride - padding + j;
-                    Py_ssize_t lo = first < 0 ? (-first + stride - 1) / stride : 0;
-                    Py_ssize_t hi = first > width - 1 ? 0 : (width - 1 - first) / stride + 1;
-                    if (hi > run) hi = run;
-                    if (lo > hi) lo = hi;
-                    if (h < 0 || h >= height) lo = hi = run;
-                    for (u = 0; u < lo; u++) dst[u] = 0.0f;
-                    if (lo < hi) {
-                        const float *__restrict row = image + h * width;
-                        if (stride == 1)
-                            memcpy(dst + lo, row + first + lo, (hi - lo) * sizeof(float));
-                        else
-                            for (u = lo; u < hi; u++) dst[u] = row[first + u * stride];
-                    }
-                    for (u = hi; u < run; u++) dst[u] = 0.0f;
+static void srigl_conv_phase(const float *x, Py_ssize_t height, Py_ssize_t width, int stride,
+                             int padding, int sa, int se, Py_ssize_t hq, Py_ssize_t wq,
+                             float *__restrict ph) {
+    int a, e;
+    Py_ssize_t y, z;
+    for (a = 0; a < sa; a++)
+        for (e = 0; e < se; e++) {
+            /* phase columns z with 0 <= z*stride + e - padding < width */
+            const Py_ssize_t first = e - padding;
+            Py_ssize_t lo = first < 0 ? (-first + stride - 1) / stride : 0;
+            Py_ssize_t hi = first > width - 1 ? 0 : (width - 1 - first) / stride + 1;
+            if (hi > wq) hi = wq;
+            if (lo > hi) lo = hi;
+            for (y = 0; y < hq; y++) {
+                float *__restrict o = ph + ((a * se + e) * hq + y) * wq;
+                const Py_ssize_t h = y * stride + a - padding;
+                if (h < 0 || h >= height) {
+                    memset(o, 0, wq * sizeof(float));
+                    continue;
                 }
+                const float *row = x + h * width;
+                for (z = 0; z < lo; z++) o[z] = 0.0f;
+                if (stride == 1)
+                    memcpy(o + lo, row + first + lo, (hi - lo) * sizeof(float));
+                else
+                    for (z = lo; z < hi; z++) o[z] = row[first + z * stride];
+                for (z = hi; z < wq; z++) o[z] = 0.0f;
             }
         }
-        t += run;
-    }
-    if (count < W)
-        for (c = c0 * kh * kw; c < c1 * kh * kw; c++)
-            for (u = count; u < W; u++) xt[c * W + u] = 0.0f;
 }
 
-/* void srigl_conv_store(out, W, r0, n_rows, q0, count, n_active, plane, residual, relu, y)
+/* void srigl_conv_store(out, W, n_rows, g0, first, count, wq, out_w, plane, residual,
+                         relu, y)
 
-     y[b, r0 + i, p] = relu?(out[i, t] + residual[b, r0 + i, p]) for the tile's pixels
-     q0 + t = b*plane + p, t < count, rows i < n_rows (residual NULL: no add; relu 0:
-     no ReLU; a NaN stays NaN, as torch.relu keeps it).
+     y[r, oh, ow] = relu?(out[r, t] + residual[r, oh, ow]) for the tile's grid positions
+     g0 + t = oh*wq + ow with ow < out_w, first <= t < count, rows r < n_rows (residual
+     NULL: no add; relu 0: no ReLU; a NaN stays NaN, as torch.relu keeps it).
 
    Input arguments:
-     const float out[n_rows, W]                     - the block kernel's sums (bias in)
-     Py_ssize_t  r0, n_rows                         - the rows' first output channel
-     Py_ssize_t  q0, count                          - the tile's pixels
-     Py_ssize_t  n_active, plane                    - output channels, out_h*out_w
-     const float residual[batch, n_active, plane] or NULL
+     const float out[n_rows, W]               - the sums (bias in)
+     Py_ssize_t  g0, first, count             - the tile's grid positions, and those it
+                                                stores (a last tile moved back to end at
+                                                the grid's end stores only its new ones)
+     Py_ssize_t  wq, out_w, plane             - grid row length, output row length,
+                                                out_h*out_w
+     const float residual[n_rows, plane] or NULL
      int         relu
    Output arguments:
-     float       y[batch, n_active, plane]          - only the tile's pixels of rows
-                                                      [r0, r0 + n_rows) are written
+     float       y[n_rows, plane]             - the tile's pixels of the rows
    --------------------------------------------------------------------------- */
-static void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t r0,
-                             Py_ssize_t n_rows, Py_ssize_t q0, Py_ssize_t count,
-                             Py_ssize_t n_active, Py_ssize_t plane,
+static void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t n_rows,
+                             Py_ssize_t g0, Py_ssize_t first, Py_ssize_t count,
+                             Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane,
                              const float *residual, int relu, float *y) {
-    Py_ssize_t t = 0, i, u;
+    Py_ssize_t t = first, i, u;
     while (t < count) {
-        const Py_ssize_t b = (q0 + t) / plane, p = (q0 + t) % plane;
-        const Py_ssize_t run = plane - p < count - t ? plane - p : count - t;
-        for (i = 0; i < n_rows; i++) {
-            const Py_ssize_t at = (b * n_active + r0 + i) * plane + p;
+        const Py_ssize_t oh = (g0 + t) / wq, ow = (g0 + t) % wq;
+        const Py_ssize_t left = count - t < wq - ow ? count - t : wq - ow;
+        const Py_ssize_t run = ow >= out_w ? 0 : (out_w - ow < left ? out_w - ow : left);
+        for (i = 0; i < n_rows && run > 0; i++) {
+            const Py_ssize_t at = i * plane + oh * out_w + ow;
             const float *__restrict src = out + i * W + t;
             float *__restrict dst = y + at;
             if (residual) {
@@ -342,7 +327,7 @@ static void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t r0,
                 memcpy(dst, src, run * sizeof(float));
             }
         }
-        t += run;
+        t += left;
     }
 }
 
@@ -452,12 +437,9 @@ static float NAME(const float *v, const INDEX_T *idx, const float *x, Py_ssize_t
 SRIGL_SCALAR_DOT(srigl_gather_dot_i16_generic, int16_t)
 SRIGL_SCALAR_DOT(srigl_gather_dot_i32_generic, int32_t)
 
-/* One row at a time, W sums in `out` (the layout of the vector variants). */
-#define SRIGL_SCALAR_BLOCK(NAME, W, INDEX_T)                                          \
-static void NAME##_sums(const float *values, const INDEX_T *indices,                  \
-                        const Py_ssize_t *starts, Py_ssize_t n_blocks,                \
-                        Py_ssize_t n_active, const float *bias, const float *xt,      \
-                        Py_ssize_t r0, Py_ssize_t r1, float *out) {                   \
+/* One row at a time, W sums in `out` (the layout of the vector variants); a non-zero's
+   W inputs start at xt + index * STEP (STEP as in SRIGL_ROW_GROUP, _kernels_isa.h). */
+#define SRIGL_SCALAR_SUMS(INDEX_T, W, STEP)                                           \
     Py_ssize_t block, r, t, j;                                                        \
     for (r = r0; r < r1; r++)                                                         \
         for (t = 0; t < W; t++) out[(r - r0) * W + t] = bias ? bias[r] : 0.0f;       \
@@ -465,20 +447,25 @@ static void NAME##_sums(const float *values, const INDEX_T *indices,            
         const Py_ssize_t *s = starts + block * n_active;                              \
         for (r = r0; r < r1; r++)                                                     \
             for (j = s[r]; j < s[r + 1]; j++) {                                       \
-                const float *src = xt + (Py_ssize_t)indices[j] * W;                   \
+                const float *src = xt + (Py_ssize_t)indices[j] * (STEP);              \
                 for (t = 0; t < W; t++) out[(r - r0) * W + t] += values[j] * src[t];  \
             }                                                                         \
-    }                                                                                 \
-}                                                                                     \
+    }
+#define SRIGL_SCALAR_BLOCK(NAME, W, INDEX_T)                                          \
 static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
                  Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
                  const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,             \
                  Py_ssize_t ldy, Py_ssize_t width) {                                  \
     float out[SRIGL_ROWS * W];                                                        \
-    Py_ssize_t r, t;                                                                  \
-    NAME##_sums(values, indices, starts, n_blocks, n_active, bias, xt, r0, r1, out);  \
+    SRIGL_SCALAR_SUMS(INDEX_T, W, W)                                                  \
     for (t = 0; t < width; t++)                                                       \
         for (r = r0; r < r1; r++) y[t * ldy + r] = out[(r - r0) * W + t];             \
+}
+#define SRIGL_SCALAR_CONV_SUMS(NAME, W)                                               \
+static void NAME(const float *values, const int32_t *indices, const Py_ssize_t *starts, \
+                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
+                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *out) {         \
+    SRIGL_SCALAR_SUMS(int32_t, W, 1)                                                  \
 }
 SRIGL_SCALAR_BLOCK(srigl_block8_i16_generic, 8, int16_t)
 SRIGL_SCALAR_BLOCK(srigl_block16_i16_generic, 16, int16_t)
@@ -488,6 +475,10 @@ SRIGL_SCALAR_BLOCK(srigl_block8_i32_generic, 8, int32_t)
 SRIGL_SCALAR_BLOCK(srigl_block16_i32_generic, 16, int32_t)
 SRIGL_SCALAR_BLOCK(srigl_block32_i32_generic, 32, int32_t)
 SRIGL_SCALAR_BLOCK(srigl_block64_i32_generic, 64, int32_t)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums8_generic, 8)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums16_generic, 16)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums32_generic, 32)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums64_generic, 64)
 
 SRIGL_CONV_ITEM(srigl_conv_item_i16_generic, int16_t)
 SRIGL_CONV_ITEM(srigl_conv_item_i32_generic, int32_t)
@@ -498,10 +489,8 @@ static const srigl_kernels srigl_table_generic = {
      srigl_block64_i16_generic},
     {srigl_block8_i32_generic, srigl_block16_i32_generic, srigl_block32_i32_generic,
      srigl_block64_i32_generic},
-    {srigl_block8_i16_generic_sums, srigl_block16_i16_generic_sums,
-     srigl_block32_i16_generic_sums, srigl_block64_i16_generic_sums},
-    {srigl_block8_i32_generic_sums, srigl_block16_i32_generic_sums,
-     srigl_block32_i32_generic_sums, srigl_block64_i32_generic_sums},
+    {srigl_conv_sums8_generic, srigl_conv_sums16_generic, srigl_conv_sums32_generic,
+     srigl_conv_sums64_generic},
     srigl_conv_item_i16_generic, srigl_conv_item_i32_generic, srigl_transpose_scalar,
     NULL,
 };
@@ -719,29 +708,39 @@ static inline void srigl_conv_item_i32(const float *v, const int32_t *idx, Py_ss
                                 out, out_h, out_w);
 }
 
-/* void srigl_conv_rows_{i16,i32}(n_vectors, values, indices, starts, n_blocks, n_active,
-                                  bias, xt, r0, r1, q0, count, plane, residual, relu, y)
+/* void srigl_conv_rows(n_vectors, values, offsets, starts, n_blocks, n_active, bias, src,
+                        r0, r1, g0, first, count, wq, out_w, plane, residual, relu, y)
 
-   Output channels [r0, r1) (r1 - r0 <= SRIGL_ROWS) of one tile of W = 8 * n_vectors
-   output pixels: the active path's block sums (srigl_block{W}_*_sums) over the packed
-   tile xt[n_in, W] (srigl_conv_pack), then srigl_conv_store into y[batch, n_active,
-   plane]; the other arguments as those two functions'. */
-#define SRIGL_CONV_ROWS(NAME, SUMS, INDEX_T)                                          \
-static void NAME(int n_vectors, const float *values, const INDEX_T *indices,          \
-                 const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active,  \
-                 const float *bias, const float *xt, Py_ssize_t r0, Py_ssize_t r1,    \
-                 Py_ssize_t q0, Py_ssize_t count, Py_ssize_t plane,                   \
-                 const float *residual, int relu, float *y) {                         \
-    float out[SRIGL_ROWS * 64];                                                       \
-    const int slot = srigl_tile_slot(n_vectors);                                      \
-    srigl_active->SUMS[slot](values, indices, starts, n_blocks, n_active, bias, xt, r0, \
-                             r1, out);                                                \
-    srigl_conv_store(out, 8 << slot, r0, r1 - r0, q0, count, n_active, plane, residual, \
-                     relu, y);                                                        \
+   Output channels [r0, r1) (r1 - r0 <= SRIGL_ROWS) of one image at the W = 8 * n_vectors
+   grid positions [g0, g0 + W), stored at [g0 + first, g0 + count) (count <= W): the
+   active path's srigl_conv_sums{W}
+   from src = the image's phase planes + g0, then srigl_conv_store into the image's
+   output y[n_active, plane] and residual (both from channel 0; rows r0... are used).
+
+   Input arguments:
+     const float      values[nnz], starts[n_blocks*n_active + 1]
+                                             - CondensedWeights' packed layout
+     const int32_t    offsets[nnz]           - each non-zero's tap offset in the phase
+                                               planes (see srigl_conv_phase)
+     const float      bias[n_active] or NULL
+     const float      src[...]               - the image's phase planes, from g0; every
+                                               src[offset + t], t < W, inside them
+     the rest                                - as srigl_conv_store
+   Output arguments:
+     float            y[n_active, plane]     - rows [r0, r1), the tile's pixels */
+static void srigl_conv_rows(int n_vectors, const float *values, const int32_t *offsets,
+                            const Py_ssize_t *starts, Py_ssize_t n_blocks,
+                            Py_ssize_t n_active, const float *bias, const float *src,
+                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0, Py_ssize_t first,
+                            Py_ssize_t count, Py_ssize_t wq, Py_ssize_t out_w,
+                            Py_ssize_t plane, const float *residual, int relu, float *y) {
+    float out[SRIGL_ROWS * 64];
+    const int slot = srigl_tile_slot(n_vectors);
+    srigl_active->conv_sums[slot](values, offsets, starts, n_blocks, n_active, bias, src, r0,
+                                  r1, out);
+    srigl_conv_store(out, 8 << slot, r1 - r0, g0, first, count, wq, out_w, plane,
+                     residual ? residual + r0 * plane : NULL, relu, y + r0 * plane);
 }
-SRIGL_CONV_ROWS(srigl_conv_rows_i16, sums_i16, int16_t)
-SRIGL_CONV_ROWS(srigl_conv_rows_i32, sums_i32, int32_t)
-#undef SRIGL_CONV_ROWS
 
 /* 1 when the active path has the batch-1 lookup kernel (avx512), else 0. */
 static inline int srigl_has_lookup(void) { return srigl_active->lookup_group != NULL; }

@@ -112,25 +112,18 @@ cdef extern from "_kernels.h":
                              int kw, int stride, int padding, float bias, float* out,
                              Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
 
-    # Tiled convolution (see the section below): pack output pixels [q0, q0 + count)
-    # of channels [c0, c1) into xt[n_in, W]; multiply channels [r0, r1) of a packed tile
-    # and store them into y[batch, n_active, plane] (+ residual, ReLU).
-    void srigl_conv_pack(const float* x, Py_ssize_t channels, Py_ssize_t height,
-                         Py_ssize_t width, int kh, int kw, int stride, int padding,
-                         Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t q0, Py_ssize_t count,
-                         Py_ssize_t c0, Py_ssize_t c1, float* xt, Py_ssize_t W) noexcept nogil
-    void srigl_conv_rows_i16(int n_vectors, const float* values, const int16_t* indices,
-                             const Py_ssize_t* starts, Py_ssize_t n_blocks,
-                             Py_ssize_t n_active, const float* bias, const float* xt,
-                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t q0, Py_ssize_t count,
-                             Py_ssize_t plane, const float* residual, int relu,
-                             float* y) noexcept nogil
-    void srigl_conv_rows_i32(int n_vectors, const float* values, const int32_t* indices,
-                             const Py_ssize_t* starts, Py_ssize_t n_blocks,
-                             Py_ssize_t n_active, const float* bias, const float* xt,
-                             Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t q0, Py_ssize_t count,
-                             Py_ssize_t plane, const float* residual, int relu,
-                             float* y) noexcept nogil
+    # The convolution on phase planes (see the section below and _kernels.h): one
+    # plane x[height, width] -> its phases ph[sa, se, hq, wq]; channels [r0, r1)
+    # of one image at grid positions [g0, g0 + count) -> y[n_active, plane].
+    void srigl_conv_phase(const float* x, Py_ssize_t height, Py_ssize_t width, int stride,
+                          int padding, int sa, int se, Py_ssize_t hq, Py_ssize_t wq,
+                          float* ph) noexcept nogil
+    void srigl_conv_rows(int n_vectors, const float* values, const int32_t* offsets,
+                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                         const float* bias, const float* src, Py_ssize_t r0, Py_ssize_t r1,
+                         Py_ssize_t g0, Py_ssize_t first, Py_ssize_t count, Py_ssize_t wq,
+                         Py_ssize_t out_w, Py_ssize_t plane, const float* residual, int relu,
+                         float* y) noexcept nogil
 
 
 PATH_NAMES = tuple(srigl_path_name(p).decode() for p in range(N_PATHS))
@@ -489,6 +482,7 @@ cdef class CondensedWeights:
     cdef const Py_ssize_t* _offsets
     cdef const int32_t* _rows
     cdef object _grouping          # (order, counts) of _lookup_grouping, None until made
+    cdef dict _tap_offsets         # the convolution's tap offsets per geometry
 
     def __init__(self, values, indices, n_in):
         if not hasattr(values, "dtype") or values.dtype != np.float32:
@@ -535,6 +529,29 @@ cdef class CondensedWeights:
         self._lookup = None
         self._grouping = None
         self._padding = -1
+        self._tap_offsets = {}
+
+    def _conv_offsets(self, kh, kw, stride, sa, se, hq, wq):
+        """offsets[nnz] int32, read-only, in packed order: each non-zero's tap (c, i, j)
+        as an offset into one image's phase planes ph[channels, sa, se, hq, wq]
+        (condensed_conv2d), ((c*sa + i % stride)*se + j % stride)*hq*wq
+        + (i // stride)*wq + j // stride. Made once per geometry, then kept: a
+        network calls each layer at one image size. The caller checks the geometry
+        (n_in = channels*kh*kw)."""
+        key = (kh, kw, stride, sa, se, hq, wq)
+        offsets = self._tap_offsets.get(key)
+        if offsets is None:
+            tap = self.packed_indices.astype(np.int64)
+            c, i, j = tap // (kh * kw), tap // kw % kh, tap % kw
+            offsets = (((c * sa + i % stride) * se + j % stride) * hq * wq
+                       + (i // stride) * wq + j // stride)
+            if offsets.size and int(offsets.max()) > INT32_MAX:
+                raise ValueError(f"x's images are too large for the convolution's int32 "
+                                 f"offsets (largest {int(offsets.max())})")
+            offsets = offsets.astype(np.int32)
+            offsets.flags.writeable = False
+            self._tap_offsets[key] = offsets
+        return offsets
 
     def _lookup_grouping(self):
         """(order[n_active] int32, counts[n_active, n_blocks] int32), made once: counts[r, b]
@@ -1059,17 +1076,19 @@ def _condensed_matmul_tiled(CondensedWeights weights not None, x, bias=None, thr
 
 
 # ---------------------------------------------------------------------------
-# Condensed convolution, tiled
+# Condensed convolution on phase planes
 #
 # A constant fan-in Conv2d keeps, per active output channel r, k taps of its filter:
 # values[r, j] at tap indices[r, j] = (c * kh + i) * kw + j' (im2col's column order).
-# That is the condensed product over output pixels, each pixel's row its patch. The
-# batched kernel wants the transposed rows of a tile of W pixels, xt[n_in, W]: here
-# srigl_conv_pack (_kernels.h) writes exactly that from the images (the transposed
-# im2col of W pixels, not of the whole batch), the block kernel multiplies it, and
-# srigl_conv_store writes the tile's channels back in NCHW order with the residual
-# add and ReLU fused. NCHW is the layout this kernel wants: a channel's pixels are
-# contiguous, so packing is row copies and storing is row stores, no transposes.
+# That is the condensed product over output pixels, each pixel's row its patch. Each
+# input plane is copied once, padded and split into its stride x stride phases
+# (srigl_conv_phase, _kernels.h); on that layout every tap is a fixed offset from the
+# output position, so the batched block kernel reads W consecutive output positions'
+# inputs as it reads W batch rows of a transposed tile, straight from the planes
+# (srigl_conv_rows): no im2col. The tap offsets replace the indices (int32, in
+# CondensedWeights' packed order, made once per geometry and kept). Output and
+# residual are NCHW: a channel's pixels are contiguous, so the stores, with the
+# residual add and ReLU fused, are row stores.
 # ---------------------------------------------------------------------------
 
 def _image_input(x):
@@ -1103,71 +1122,90 @@ def _residual_input(residual, shape):
     return np.ascontiguousarray(residual)
 
 
-# Input rows (taps) per packing work item: 128 rows of a 64-wide tile are 32 KiB
-# written, an L1 cache.
-cdef enum:
-    PACK_ROWS = 128
+def _phase_geometry(height, width, kh, kw, stride, padding):
+    """(sa, se, hq, wq): the phases a plane keeps per axis, min(stride, kernel) (the
+    others hold no tap), and the phase grid, ceil((size + 2*padding) / stride)."""
+    return (min(stride, kh), min(stride, kw), (height + 2 * padding + stride - 1) // stride,
+            (width + 2 * padding + stride - 1) // stride)
 
 
-cdef void _conv_pack_tiles(const float* x, Py_ssize_t channels, Py_ssize_t height,
-                           Py_ssize_t width, int kh, int kw, int stride, int padding,
-                           Py_ssize_t out_h, Py_ssize_t out_w, Py_ssize_t q_start,
-                           Py_ssize_t n_pixels, Py_ssize_t n_tiles, float* xt,
-                           Py_ssize_t tile_width, int threads) noexcept nogil:
-    """Pack tiles [0, n_tiles) of output pixels q_start, q_start + tile_width, ...
+cdef void _conv_phases(const float* x, Py_ssize_t planes, Py_ssize_t height,
+                       Py_ssize_t width, int stride, int padding, int sa, int se,
+                       Py_ssize_t hq, Py_ssize_t wq, float* ph, int threads) noexcept nogil:
+    """ph[plane] = the phases of x[plane] (srigl_conv_phase), parallel over planes.
 
-    Input:   x[batch, channels, height, width] float32; the geometry; q_start, the
-             first tile's first pixel; n_pixels = batch*out_h*out_w; threads.
-    Output:  xt[n_tiles, channels*kh*kw, tile_width] (srigl_conv_pack per tile).
-
-    Parallel over (tile, block of channels) so that one tile (batch 1, a small image)
-    still uses every thread.
+    Input:   x[planes, height, width] float32 (planes = batch*channels); stride,
+             padding; sa, se, hq, wq from _phase_geometry; threads.
+    Output:  ph[planes, sa, se, hq, wq] float32.
     """
-    cdef Py_ssize_t per_item = max(1, PACK_ROWS // (kh * kw))
-    cdef Py_ssize_t n_blocks = (channels + per_item - 1) // per_item
-    cdef Py_ssize_t n_in = channels * kh * kw, item, tile, c0, q0
-    for item in prange(n_tiles * n_blocks, schedule="static", num_threads=threads):
-        tile = item // n_blocks
-        c0 = (item % n_blocks) * per_item
-        q0 = q_start + tile * tile_width
-        srigl_conv_pack(x, channels, height, width, kh, kw, stride, padding, out_h, out_w,
-                        q0, min(tile_width, n_pixels - q0), c0, min(c0 + per_item, channels),
-                        xt + tile * n_in * tile_width, tile_width)
+    cdef Py_ssize_t p, size = sa * se * hq * wq
+    for p in prange(planes, schedule="static", num_threads=threads):
+        srigl_conv_phase(x + p * height * width, height, width, stride, padding, sa, se, hq,
+                         wq, ph + p * size)
 
 
-cdef void _conv_tiles(const float* values, const index_t* indices, const Py_ssize_t* starts,
-                      Py_ssize_t n_column_blocks, Py_ssize_t n_active, const float* bias,
-                      const float* xt, Py_ssize_t n_in, Py_ssize_t q_start,
-                      Py_ssize_t n_pixels, Py_ssize_t n_tiles, Py_ssize_t plane,
-                      const float* residual, int relu, float* y, int n_vectors,
-                      int threads) noexcept nogil:
-    """The output channels of packed tiles [0, n_tiles) (srigl_conv_rows_* per (tile,
-    block of ROWS_PER_BLOCK channels), parallel over those pairs, tile-major).
+cdef void _conv_images(const float* values, const int32_t* offsets, const Py_ssize_t* starts,
+                       Py_ssize_t n_column_blocks, Py_ssize_t n_active, const float* bias,
+                       const float* ph, Py_ssize_t image_size, Py_ssize_t batch,
+                       Py_ssize_t grid, Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane,
+                       const float* residual, int relu, float* y, int n_vectors,
+                       int tail_vectors, int threads) noexcept nogil:
+    """y = the convolution, parallel over (image, tile of grid positions, block of
+    ROWS_PER_BLOCK channels), one srigl_conv_rows each.
 
-    Input:   values[nnz], indices[nnz], starts (CondensedWeights' column-block packed
-             arrays) of n_active >= 1 channels; bias[n_active] or NULL;
-             xt[n_tiles, n_in, 8 * n_vectors] from _conv_pack_tiles; q_start, n_pixels as
-             there; plane = out_h*out_w; residual[batch, n_active, plane] or NULL; relu;
-             threads.
-    Output:  y[batch, n_active, plane], the tiles' pixels.
+    Tiles: grid // W of W = 8 * n_vectors positions, then, when W does not divide the
+    grid, one of 8 * tail_vectors (the narrowest that covers the rest) moved back to
+    end at the grid's end, which stores only the positions the others left (so
+    196 positions take 3 tiles of 64 and one of 8, not 4 of 64). With grid < W (only
+    when grid < 8), the one tile stores the grid's positions.
+
+    Input:   values[nnz], starts (CondensedWeights' packed layout) of n_active >= 1
+             channels, offsets[nnz] their taps' offsets in an image's phase planes;
+             bias[n_active] or NULL; ph[batch, image_size] the phase planes, readable
+             up to the last tile's end at the largest offset (when grid < 8, the
+             caller's slack after the last image); grid = (out_h - 1)*wq + out_w
+             positions per image; plane = out_h*out_w; residual[batch, n_active, plane]
+             or NULL; relu; threads.
+    Output:  y[batch, n_active, plane].
     """
-    cdef Py_ssize_t tile_width = 8 * n_vectors
+    cdef Py_ssize_t tile_width = 8 * n_vectors, full = grid // tile_width
+    cdef Py_ssize_t n_tiles = max(1, full + (grid % tile_width != 0 and grid > tile_width))
     cdef Py_ssize_t n_row_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
-    cdef Py_ssize_t item, tile, r0, q0
-    for item in prange(n_tiles * n_row_blocks, schedule="static", num_threads=threads):
-        tile = item // n_row_blocks
+    cdef Py_ssize_t per_image = n_tiles * n_row_blocks, item, b, tile, g0, r0, first, count
+    cdef int vectors
+    for item in prange(batch * per_image, schedule="static", num_threads=threads):
+        b = item // per_image
+        tile = (item % per_image) // n_row_blocks
         r0 = (item % n_row_blocks) * ROWS_PER_BLOCK
-        q0 = q_start + tile * tile_width
-        if index_t is int16_t:
-            srigl_conv_rows_i16(n_vectors, values, indices, starts, n_column_blocks,
-                                n_active, bias, xt + tile * n_in * tile_width, r0,
-                                min(r0 + ROWS_PER_BLOCK, n_active), q0,
-                                min(tile_width, n_pixels - q0), plane, residual, relu, y)
+        if tile < full or grid <= tile_width:
+            vectors = n_vectors
+            g0 = tile * tile_width
+            first = 0
+            count = min(tile_width, grid)
         else:
-            srigl_conv_rows_i32(n_vectors, values, indices, starts, n_column_blocks,
-                                n_active, bias, xt + tile * n_in * tile_width, r0,
-                                min(r0 + ROWS_PER_BLOCK, n_active), q0,
-                                min(tile_width, n_pixels - q0), plane, residual, relu, y)
+            vectors = tail_vectors
+            g0 = grid - 8 * tail_vectors
+            first = full * tile_width - g0
+            count = 8 * tail_vectors
+        srigl_conv_rows(vectors, values, offsets, starts, n_column_blocks, n_active, bias,
+                        ph + b * image_size + g0, r0, min(r0 + ROWS_PER_BLOCK, n_active), g0,
+                        first, count, wq, out_w, plane,
+                        NULL if residual == NULL else residual + b * n_active * plane, relu,
+                        y + b * n_active * plane)
+
+
+def _conv_tile_vectors(Py_ssize_t grid):
+    """(n_vectors, tail_vectors): the convolution's tile widths in 8-float vectors for
+    a grid of ``grid`` positions per image: the widest of 64, 32, 16, 8 that fits the
+    grid (8 below 8), and the narrowest that covers what those leave."""
+    cdef int n_vectors = 8
+    while n_vectors > 1 and 8 * n_vectors > grid:
+        n_vectors //= 2
+    cdef Py_ssize_t rest = grid % (8 * n_vectors)
+    cdef int tail_vectors = 1
+    while 8 * tail_vectors < rest:
+        tail_vectors *= 2
+    return n_vectors, tail_vectors
 
 
 def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, padding=0,
@@ -1189,11 +1227,11 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
     convolution, its BatchNorm folded into values and bias, is one call:
     ``condensed_conv2d(w, h, 1, 1, bias=b, relu=True, residual=identity)``.
 
-    The output pixels go through in tiles of W = 8 * tile_vectors(batch*out_h*out_w)
-    (64 from 33 pixels on); chunks of tiles are packed (the transposed im2col of the
-    chunk only, at most CHUNK_BYTES) in parallel over (tile, channel block), then
-    multiplied in parallel over (tile, block of ROWS_PER_BLOCK channels): batch 1 uses
-    every thread too. The same result at every thread count.
+    With stride 1 and no padding x itself is the phase layout and is read in place;
+    otherwise it is copied once into padded phase planes (see the section comment).
+    Then every (image, tile of output positions, block of ROWS_PER_BLOCK channels) is
+    one work item, in parallel: batch 1 uses every thread too. The same result at every
+    thread count.
     """
     x = _image_input(x)
     batch, channels, height, width = x.shape
@@ -1205,46 +1243,52 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
     relu = _check_relu(relu)
     shape = (batch, weights.n_active, out_h, out_w)
     residual = _residual_input(residual, shape)
-    cdef Py_ssize_t n_pixels = batch * out_h * out_w, n_in = weights.n_in
+    cdef Py_ssize_t n_pixels = batch * out_h * out_w
     cdef int n_threads = _serial_if_small(_resolve_threads(threads),
                                           n_pixels * weights.n_active * weights.k)
     y = np.empty(shape, dtype=np.float32)
     if y.size == 0:
         return y
-    cdef int n_vectors = tile_vectors(n_pixels)
-    cdef Py_ssize_t tile_width = 8 * n_vectors
-    cdef Py_ssize_t n_tiles = (n_pixels + tile_width - 1) // tile_width
-    cdef Py_ssize_t chunk = min(n_tiles, max(1, CHUNK_BYTES // (4 * tile_width * n_in)))
-    xt = _aligned_empty((chunk, n_in, tile_width))
-    cdef float* xt_ptr = <float*>_data(xt)
+    sa, se, hq, wq = _phase_geometry(height, width, kh, kw, stride, padding)
+    cdef Py_ssize_t grid = (out_h - 1) * wq + out_w
+    cdef int n_vectors, tail_vectors
+    n_vectors, tail_vectors = _conv_tile_vectors(grid)
+    cdef Py_ssize_t image_size = channels * sa * se * hq * wq
+    offsets = weights._conv_offsets(kh, kw, stride, sa, se, hq, wq)
+    # Every tile ends within the grid, so reads stay inside an image's planes (the last
+    # position plus the largest offset is the last input), except for a grid under 8
+    # positions: its one 8-wide tile reads past the grid, into zeroed slack after the
+    # last image.
+    cdef Py_ssize_t slack = max(0, 8 * n_vectors - grid)
+    if image_size + slack > INT32_MAX:
+        raise ValueError(f"x's images are too large for the convolution's int32 offsets "
+                         f"({channels} channels of {height} x {width})")
+    cdef bint in_place = stride == 1 and padding == 0 and slack == 0
+    if in_place:
+        ph = x
+    else:
+        ph = np.empty(batch * image_size + slack, dtype=np.float32)
+        ph[batch * image_size:] = 0
+    cdef float* ph_ptr = <float*>_data(ph)
     cdef const float* x_ptr = <const float*>_data(x)
     cdef float* y_ptr = <float*>_data(y)
     cdef const float* b_ptr = NULL if bias is None else <const float*>_data(bias)
     cdef const float* r_ptr = NULL if residual is None else <const float*>_data(residual)
     cdef const float* values = <const float*>_data(weights.packed_values)
-    cdef const void* indices = _data(weights.packed_indices)
+    cdef const int32_t* offset_ptr = <const int32_t*>_data(offsets)
     cdef const Py_ssize_t* starts = <const Py_ssize_t*>_data(weights.starts)
     cdef Py_ssize_t n_active = weights.n_active, n_column_blocks = weights.column_blocks
-    cdef bint short_indices = weights.indices.dtype == np.int16
-    cdef int kh_ = kh, kw_ = kw, stride_ = stride, padding_ = padding, relu_ = relu
-    cdef Py_ssize_t first = 0, count, plane = out_h * out_w
-    cdef Py_ssize_t channels_ = channels, height_ = height, width_ = width
-    cdef Py_ssize_t out_h_ = out_h, out_w_ = out_w
+    cdef Py_ssize_t planes = batch * channels, height_ = height, width_ = width
+    cdef Py_ssize_t hq_ = hq, wq_ = wq, out_w_ = out_w, plane = out_h * out_w
+    cdef Py_ssize_t batch_ = batch
+    cdef int stride_ = stride, padding_ = padding, relu_ = relu, sa_ = sa, se_ = se
     with nogil:
-        while first < n_tiles:
-            count = min(chunk, n_tiles - first)
-            _conv_pack_tiles(x_ptr, channels_, height_, width_, kh_, kw_, stride_, padding_,
-                             out_h_, out_w_, first * tile_width, n_pixels, count, xt_ptr,
-                             tile_width, n_threads)
-            if short_indices:
-                _conv_tiles(values, <const int16_t*>indices, starts, n_column_blocks,
-                            n_active, b_ptr, xt_ptr, n_in, first * tile_width, n_pixels,
-                            count, plane, r_ptr, relu_, y_ptr, n_vectors, n_threads)
-            else:
-                _conv_tiles(values, <const int32_t*>indices, starts, n_column_blocks,
-                            n_active, b_ptr, xt_ptr, n_in, first * tile_width, n_pixels,
-                            count, plane, r_ptr, relu_, y_ptr, n_vectors, n_threads)
-            first += count
+        if not in_place:
+            _conv_phases(x_ptr, planes, height_, width_, stride_, padding_, sa_, se_, hq_,
+                         wq_, ph_ptr, n_threads)
+        _conv_images(values, offset_ptr, starts, n_column_blocks, n_active, b_ptr, ph_ptr,
+                     image_size, batch_, grid, wq_, out_w_, plane, r_ptr, relu_, y_ptr,
+                     n_vectors, tail_vectors, n_threads)
     return y
 
 

@@ -1,11 +1,12 @@
 """The kernels a condensed ResNet / ViT / MobileNet graph calls, against their definitions.
 
-    condensed_conv2d   the tiled condensed convolution (NCHW, fused residual add and ReLU):
-                       against im2col (the strided definition) + the condensed product in
-                       float64, on the layer shapes of the paper's networks scaled down
-                       (1x1, 1x1 stride 2, 3x3, 3x3 stride 2, 7x7 stride 2, 16x16 stride 16)
-                       and the tiling's edges (tiles across images, every tile width, more
-                       than one block of output channels, more than one chunk of tiles)
+    condensed_conv2d   the condensed convolution on phase planes (NCHW, fused residual
+                       add and ReLU): against im2col (the strided definition) + the
+                       condensed product in float64, on the layer shapes of the paper's
+                       networks scaled down (1x1, 1x1 stride 2, 3x3, 3x3 stride 2, 7x7
+                       stride 2, 16x16 stride 16) and the tiling's edges (every tile width
+                       and tail, more than one block of output channels, x read in place
+                       and copied into phases, grids under one tile)
     depthwise_conv2d   the depthwise convolution, against ``kernels.depthwise_reference``
                        (itself checked against explicit loops)
 
@@ -18,8 +19,8 @@ checks raise naming the argument.
 import numpy as np
 import pytest
 
-from srigl_np._kernels import (CHUNK_BYTES, PATH_NAMES, condensed_conv2d, depthwise_conv2d,
-                               tile_vectors)
+from srigl_np._kernels import (PATH_NAMES, _conv_tile_vectors, condensed_conv2d,
+                               depthwise_conv2d)
 from srigl_np.kernels import (CondensedWeights, condensed_conv, cpu_paths, depthwise_conv,
                               depthwise_reference, im2col_strided, openmp_enabled,
                               set_cpu_path)
@@ -76,8 +77,8 @@ def thread_counts():
 # (batch, channels, size, kernel, stride, padding, n_active, k): the paper's networks'
 # layer kinds at a smaller scale, and the tiling's edges.
 CONV_CASES = [
-    (1, 16, 14, 1, 1, 0, 32, 2),       # a bottleneck's 1x1, batch 1 (196 pixels: 4 tiles)
-    (2, 32, 7, 1, 1, 0, 64, 3),        # 1x1 on 7x7 images: tiles across images
+    (1, 16, 14, 1, 1, 0, 32, 2),       # a bottleneck's 1x1, batch 1 (196 = 3 * 64 + 4)
+    (2, 32, 7, 1, 1, 0, 64, 3),        # 1x1 on 7x7 images (49 = 32 + 17)
     (1, 24, 14, 1, 2, 0, 40, 2),       # the strided downsample 1x1
     (2, 8, 12, 3, 1, 1, 16, 7),        # the 3x3 of a bottleneck
     (1, 8, 15, 3, 2, 1, 12, 7),        # the strided 3x3 (odd size)
@@ -87,11 +88,22 @@ CONV_CASES = [
     (1, 4, 5, 3, 1, 1, 1, 1),          # one output channel, k = 1
     (3, 6, 5, 3, 1, 1, ROWS_PER_BLOCK + 9, 5),   # two blocks of output channels
     (1, 2, 1, 1, 1, 0, 3, 1),          # one pixel (an 8-wide tile)
-    (1, 5, 3, 3, 1, 1, 4, 9),          # 9 pixels (16-wide tiles)
-    (2, 5, 3, 3, 1, 1, 4, 9),          # 18 pixels (32-wide tiles)
-    (3, 5, 4, 3, 1, 1, 4, 9),          # 48 pixels (one 64-wide tile, part full)
+    (1, 5, 3, 3, 1, 1, 4, 9),          # 3x3 pixels, grid 13 (8 and a tail of 8)
+    (2, 5, 5, 3, 1, 1, 4, 9),          # grid 33 (32 and a tail of 8)
+    (3, 5, 4, 3, 1, 1, 4, 9),          # grid 22 (16 and a tail of 8)
     (1, 4, 9, 5, 3, 2, 6, 11),         # stride 3, padding 2, 5x5
+    (2, 4, 10, 3, 1, 0, 8, 9),         # 3x3 read in place (no padding): a 16-wide tail
+    (1, 6, 6, 1, 1, 0, 5, 2),          # 1x1 in place, 36 positions: 32 and a tail of 8
+    (2, 3, 2, 2, 1, 0, 4, 5),          # a grid under 8 positions: one tile, copied
 ]
+
+
+def grid_of(case):
+    """Grid positions per image of a case's convolution (see condensed_conv2d)."""
+    _, _, size, kernel, stride, padding, _, _ = case
+    out = (size + 2 * padding - kernel) // stride + 1
+    wq = (size + 2 * padding + stride - 1) // stride
+    return (out - 1) * wq + out
 
 
 def conv_problem(case, index_dtype, seed=0):
@@ -125,23 +137,23 @@ def test_tiled_conv_matches_the_definition(case, index_dtype, path):
             np.testing.assert_array_equal(other, results[0])
 
 
-def test_conv_cases_reach_every_tile_width():
-    widths = {tile_vectors(c[0] * ((c[2] + 2 * c[5] - c[3]) // c[4] + 1) ** 2)
-              for c in CONV_CASES}
-    assert widths == {1, 2, 4, 8}
+@pytest.mark.parametrize("grid, widths", [
+    (1, (1, 1)), (7, (1, 1)), (8, (1, 1)), (9, (1, 1)), (16, (2, 1)), (49, (4, 4)),
+    (64, (8, 1)), (196, (8, 1)), (222, (8, 4)), (3136, (8, 1)), (3248, (8, 8)),
+])
+def test_conv_tiles_are_the_widest_that_fit_then_the_narrowest_that_covers(grid, widths):
+    assert _conv_tile_vectors(grid) == widths
 
 
-def test_tiled_conv_goes_through_several_chunks_of_tiles():
-    # 8192 input columns: CHUNK_BYTES holds 4 tiles of 64, and 576 pixels are 9 tiles.
-    n_in, size = 8192, 24
-    assert CHUNK_BYTES // (4 * 64 * n_in) == 4
-    rng = np.random.default_rng(3)
-    values, indices = random_weights(rng, n_in, 5, 3, np.int16)
-    weights = CondensedWeights(values, indices, n_in)
-    x = rng.standard_normal((1, n_in, size, size)).astype(np.float32)
-    bias = rng.standard_normal(5).astype(np.float32)
-    expected = conv_definition(values, indices, x, 1, 1, 1, 0, bias, relu=True)
-    assert_matches(condensed_conv2d(weights, x, 1, 1, bias=bias, relu=True), expected)
+def test_conv_cases_reach_every_tile_width_and_tail_and_both_layouts():
+    grids = [grid_of(c) for c in CONV_CASES]
+    assert {_conv_tile_vectors(g)[0] for g in grids} == {1, 2, 4, 8}
+    # tails: where the widest tile leaves a rest (and the grid is wider than one tile)
+    tails = {_conv_tile_vectors(g)[1] for g in grids
+             if g > 8 * _conv_tile_vectors(g)[0] and g % (8 * _conv_tile_vectors(g)[0])}
+    assert tails == {1, 2, 4, 8}
+    in_place = {c[4] == 1 and c[5] == 0 and grid_of(c) >= 8 for c in CONV_CASES}
+    assert in_place == {True, False}
 
 
 def test_relu_keeps_nan_and_zeroes_negatives():
