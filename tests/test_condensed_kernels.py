@@ -175,8 +175,11 @@ def empty_batch(index_dtype):
 # (n_in, n_active, k, batch): k = 1, k = n_in, one neuron, batch 1, odd batches, tails
 # of every tile width, several full 64-wide tiles, layers of several column blocks
 # (k = 1025 of 1025 gives nine 128-column blocks, k = 300 of 2500 fourteen of 192), and
-# more than 128 rows, which make several row blocks.
+# more than 128 rows, which make several row blocks; past 64 rows, rests after the full
+# 64-wide tiles in tiles of their own width (65, 129, 200: 8 wide; 84: 32; 197, a ViT
+# image's tokens: 8; 100: 64).
 SHAPES = [(1, 1, 1, 1), (9, 1, 9, 1), (9, 5, 9, 2), (50, 13, 1, 3), (50, 13, 50, 65),
+          (50, 13, 5, 84), (768, 20, 77, 197),
           (300, 40, 17, 1), (300, 40, 17, 7), (300, 37, 17, 129), (33, 5, 4, 200),
           (2000, 3, 200, 17), (40, 70, 6, 256), (2500, 7, 300, 33), (3100, 131, 310, 40),
           (1025, 9, 1025, 9)]
