@@ -1145,6 +1145,11 @@ def _residual_input(residual, shape):
     return np.ascontiguousarray(residual)
 
 
+# Phase planes per chunk of copied images: at most this many bytes (or one image), an
+# L2 cache or so.
+PHASE_BYTES = 1 << 20
+
+
 def _phase_geometry(height, width, kh, kw, stride, padding):
     """(sa, se, hq, wq): the phases a plane keeps per axis, min(stride, kernel) (the
     others hold no tap), and the phase grid, ceil((size + 2*padding) / stride)."""
@@ -1287,11 +1292,17 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
         raise ValueError(f"x's images are too large for the convolution's int32 offsets "
                          f"({channels} channels of {height} x {width})")
     cdef bint in_place = stride == 1 and padding == 0 and slack == 0
+    # Copied images go through in chunks whose phase planes stay in cache between their
+    # copy and their reads (at batch 32 one buffer for the batch, 55 MB for a
+    # 128-channel 56 x 56 layer, ran the layer 2x slower than 32 batch-1 calls).
+    cdef Py_ssize_t chunk = batch if in_place else max(1, PHASE_BYTES // (4 * image_size))
+    chunk = min(chunk, batch)
     if in_place:
         ph = x
+    elif slack:
+        ph = np.zeros(chunk * image_size + slack, dtype=np.float32)
     else:
-        ph = np.empty(batch * image_size + slack, dtype=np.float32)
-        ph[batch * image_size:] = 0
+        ph = np.empty(chunk * image_size, dtype=np.float32)
     cdef float* ph_ptr = <float*>_data(ph)
     cdef const float* x_ptr = <const float*>_data(x)
     cdef float* y_ptr = <float*>_data(y)
@@ -1301,17 +1312,24 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
     cdef const int32_t* offset_ptr = <const int32_t*>_data(offsets)
     cdef const Py_ssize_t* starts = <const Py_ssize_t*>_data(weights.starts)
     cdef Py_ssize_t n_active = weights.n_active, n_column_blocks = weights.column_blocks
-    cdef Py_ssize_t planes = batch * channels, height_ = height, width_ = width
+    cdef Py_ssize_t height_ = height, width_ = width, channels_ = channels
     cdef Py_ssize_t hq_ = hq, wq_ = wq, out_w_ = out_w, plane = out_h * out_w
-    cdef Py_ssize_t batch_ = batch
+    cdef Py_ssize_t first = 0, count, out_size = n_active * plane, batch_ = batch
     cdef int stride_ = stride, padding_ = padding, relu_ = relu, sa_ = sa, se_ = se
     with nogil:
-        if not in_place:
-            _conv_phases(x_ptr, planes, height_, width_, stride_, padding_, sa_, se_, hq_,
-                         wq_, ph_ptr, n_threads)
-        _conv_images(values, offset_ptr, starts, n_column_blocks, n_active, b_ptr, ph_ptr,
-                     image_size, batch_, grid, wq_, out_w_, plane, r_ptr, relu_, y_ptr,
-                     n_vectors, tail_vectors, n_threads)
+        while first < batch_:
+            count = min(chunk, batch_ - first)
+            if in_place:
+                ph_ptr = <float*>x_ptr + first * image_size
+            else:
+                _conv_phases(x_ptr + first * channels_ * height_ * width_, count * channels_,
+                             height_, width_, stride_, padding_, sa_, se_, hq_, wq_, ph_ptr,
+                             n_threads)
+            _conv_images(values, offset_ptr, starts, n_column_blocks, n_active, b_ptr,
+                         ph_ptr, image_size, count, grid, wq_, out_w_, plane,
+                         NULL if r_ptr == NULL else r_ptr + first * out_size, relu_,
+                         y_ptr + first * out_size, n_vectors, tail_vectors, n_threads)
+            first += count
     return y
 
 

@@ -19,8 +19,8 @@ checks raise naming the argument.
 import numpy as np
 import pytest
 
-from srigl_np._kernels import (PATH_NAMES, _conv_tile_vectors, condensed_conv2d,
-                               depthwise_conv2d)
+from srigl_np._kernels import (PATH_NAMES, PHASE_BYTES, _conv_tile_vectors,
+                               condensed_conv2d, depthwise_conv2d)
 from srigl_np.kernels import (CondensedWeights, condensed_conv, cpu_paths, depthwise_conv,
                               depthwise_reference, im2col_strided, openmp_enabled,
                               set_cpu_path)
@@ -154,6 +154,32 @@ def test_conv_cases_reach_every_tile_width_and_tail_and_both_layouts():
     assert tails == {1, 2, 4, 8}
     in_place = {c[4] == 1 and c[5] == 0 and grid_of(c) >= 8 for c in CONV_CASES}
     assert in_place == {True, False}
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_copied_images_go_through_in_chunks_of_phase_planes(index_dtype):
+    # 64 channels of 34 x 34 padded planes: 3 images per PHASE_BYTES, so 4 images take
+    # two chunks, the second part full.
+    case = (4, 64, 32, 3, 1, 1, 20, 60)
+    assert PHASE_BYTES // (4 * 64 * 34 * 34) == 3
+    values, indices, n_in, x, bias, residual = conv_problem(case, index_dtype)
+    weights = CondensedWeights(values, indices, n_in)
+    expected = conv_definition(values, indices, x, 3, 3, 1, 1, bias, True, residual)
+    for threads in thread_counts():
+        assert_matches(condensed_conv2d(weights, x, 3, 3, 1, 1, bias, threads, relu=True,
+                                        residual=residual), expected)
+
+
+def test_a_grid_under_8_positions_reads_zeroed_slack_in_every_chunk():
+    # 1x1 output positions of 300000 channels: one image per chunk, and its 8-wide tile
+    # reads 7 positions past it, into the next image's planes or the slack.
+    channels = 300_000
+    rng = np.random.default_rng(4)
+    values, indices = random_weights(rng, channels, 3, 4, np.int32)
+    weights = CondensedWeights(values, indices, channels)
+    x = rng.standard_normal((3, channels, 2, 2)).astype(np.float32)
+    expected = conv_definition(values, indices, x, 1, 1, 2, 0, None)
+    assert_matches(condensed_conv2d(weights, x, 1, 1, 2, 0), expected)
 
 
 def test_relu_keeps_nan_and_zeroes_negatives():
