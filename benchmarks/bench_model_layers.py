@@ -6,7 +6,8 @@
 For each distinct layer shape of the network (with how often it occurs), one random
 constant fan-in layer (k = round(0.1 * fan_in) of each output's fan_in inputs kept, all
 outputs active) is timed two ways in one process, in interleaved rounds (each variant one
-turn per round), medians in ms:
+turn per round; a turn's time is the median of its calls, see ``sample``), medians over
+the rounds in ms:
 
     torch   torch.nn.functional.conv2d / linear with the dense masked weight and bias,
             torch.set_num_threads(threads), under torch.inference_mode()
@@ -159,17 +160,18 @@ class Layer:
             raise AssertionError(f"{self.name}: ours differs from torch by {error:.2e}")
 
 
-def sample(call, least_seconds=0.02):
-    """Seconds per call: one call, repeated until least_seconds have passed (the mean)."""
+def sample(call, least_seconds=0.02, least_calls=3):
+    """Seconds per call in one turn: the median of the calls made in least_seconds (at
+    least least_calls). Per-call medians rather than the mean: on a shared 2-vCPU
+    machine a call whose second thread is descheduled takes a whole time slice (10-40x
+    a quiet call, for torch and ours alike), and a mean over a turn keeps those."""
+    times = []
     start = time.perf_counter()
-    call()
-    elapsed = time.perf_counter() - start
-    repeats = 1
-    while elapsed < least_seconds:
+    while len(times) < least_calls or time.perf_counter() - start < least_seconds:
+        begin = time.perf_counter()
         call()
-        repeats += 1
-        elapsed = time.perf_counter() - start
-    return elapsed / repeats
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times))
 
 
 def time_layers(layers, rounds):

@@ -4,9 +4,12 @@
    Contents:
      * the OpenMP shim: SRIGL_NP_OPENMP, and omp_get_max_threads() in a build
        without OpenMP;
-     * the direct condensed convolution of one (image, channel), SRIGL_CONV_ITEM, a
-       macro each path instantiates;
-     * the condensed kernels (batch-1 gather-dot, batched blocks, that convolution)
+     * the depthwise convolution of one plane, SRIGL_DEPTHWISE, a macro each path
+       instantiates;
+     * the condensed convolution's phase planes and stores (srigl_conv_phase,
+       srigl_conv_store);
+     * the condensed kernels (batch-1 gather-dot, batched blocks, the convolution's
+       blocks, the depthwise plane)
        in up to three instruction-set variants ("CPU paths"), each a table of
        functions (srigl_kernels) defined by _kernels_isa.h:
          avx512   16-float vectors (AVX-512F), x86-64 with GCC or Clang
@@ -18,8 +21,8 @@
        so one portable binary carries all three; srigl_select_path() picks the best
        the CPU supports at import (__builtin_cpu_supports checks the CPU and that the
        OS saves its vector registers), and srigl_set_path() switches (tests, bench);
-     * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32}, srigl_conv_item_{i16,i32} and
-       srigl_lookup_group: the entry points the Cython code calls, which go through the
+     * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32}, srigl_conv_rows,
+       srigl_depthwise and srigl_lookup_group: the entry points the Cython code calls, which go through the
        active table (the batch-1 table lookup, srigl_lookup_group, exists on the avx512
        path only: srigl_has_lookup());
      * srigl_lookup_order: the greedy row grouping of that lookup's layout;
@@ -79,12 +82,9 @@ typedef void (*srigl_conv_sums_fn)(const float *, const int32_t *, const Py_ssiz
                                    Py_ssize_t, Py_ssize_t, const float *, const float *,
                                    Py_ssize_t, Py_ssize_t, float *);
 
-typedef void (*srigl_conv_item_i16_fn)(const float *, const int16_t *, Py_ssize_t,
-                                       const float *, Py_ssize_t, Py_ssize_t, int, int, int,
-                                       int, float, float *, Py_ssize_t, Py_ssize_t);
-typedef void (*srigl_conv_item_i32_fn)(const float *, const int32_t *, Py_ssize_t,
-                                       const float *, Py_ssize_t, Py_ssize_t, int, int, int,
-                                       int, float, float *, Py_ssize_t, Py_ssize_t);
+typedef void (*srigl_depthwise_fn)(const float *, int, int, int, const float *, int,
+                                   Py_ssize_t, Py_ssize_t, float, int, float *, float *,
+                                   Py_ssize_t, Py_ssize_t);
 
 typedef void (*srigl_transpose_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                    float *, Py_ssize_t);
@@ -99,8 +99,8 @@ typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *,
                                 float *, int);
 
 /* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
-   convolution's blocks for the same widths; the direct convolution of one (image,
-   channel) plane (the depthwise convolution's); the tile transpose; the batch-1 lookup
+   convolution's blocks for the same widths; the depthwise convolution of one plane;
+   the tile transpose; the batch-1 lookup
    of one row group, or NULL on a path without one. */
 typedef struct {
     const char *name;
@@ -109,78 +109,70 @@ typedef struct {
     srigl_block_i16_fn block_i16[4];
     srigl_block_i32_fn block_i32[4];
     srigl_conv_sums_fn conv_sums[4];
-    srigl_conv_item_i16_fn conv_item_i16;
-    srigl_conv_item_i32_fn conv_item_i32;
+    srigl_depthwise_fn depthwise;
     srigl_transpose_fn transpose;
     srigl_lookup_fn lookup_group;
 } srigl_kernels;
 
 
 /* ---------------------------------------------------------------------------
-   Direct condensed convolution
+   Depthwise convolution of one plane
 
-   void srigl_conv_item_{i16,i32}_<path>(v, idx, k, x, height, width, kh, kw, stride,
-                                          padding, bias, out, out_h, out_w)
+   void srigl_depthwise_<path>(filter, kh, kw, stride, ph, se, hq, wq, bias, relu, acc,
+                               out, out_h, out_w)
 
-   One output channel of one image, straight from the image: no im2col matrix.
+     out[oh, ow] = relu?(bias + sum_{i, j} filter[i, j]
+                                * x[oh*stride - padding + i, ow*stride - padding + j])
 
-     out[oh, ow] = bias + sum_t v[t] * x[c_t, oh*stride - padding + i_t,
-                                         ow*stride - padding + j_t]
-
-   over the channel's k taps, tap t = idx[t] = (c_t * kh + i_t) * kw + j_t (the
-   column order of im2col), taps in the padding contributing 0.
+   from the plane's phases ph (srigl_conv_phase, with sa = min(stride, kh) and
+   se = min(stride, kw)): as in the condensed convolution, tap (i, j) of grid position
+   g = oh*wq + ow reads ph at g + a fixed offset, so each tap is one pass of
+   acc[g] += w * src[g] over the whole grid ((out_h - 1)*wq + out_w positions, the
+   columns ow >= out_w dropped at the end): one long vectorised loop per tap where
+   a pass per output row (7 to 14 wide at MobileNet's small planes) ran 3-7x slower
+   than torch on them. The grid is rounded up to whole SRIGL_DEPTHWISE_CHUNKs, so the
+   passes have no scalar remainder (GCC's, 9 of a 7 x 7 grid's 73 positions, took
+   most of the time): the positions past the grid read up to SRIGL_DEPTHWISE_CHUNK - 1
+   floats past the phases, which the caller provides.
 
    Input arguments:
-     const float   v[k]                   - the channel's kept weights
-     const INDEX_T idx[k]                 - their taps, in [0, channels*kh*kw)
-     Py_ssize_t    k                      - taps per channel (fan-in)
-     const float   x[channels, height, width]  - the image
-     int           kh, kw, stride, padding
-     float         bias
-     Py_ssize_t    out_h, out_w           - the output size the geometry gives
-
+     const float filter[kh, kw]
+     int         kh, kw, stride
+     const float ph[sa, se, hq, wq]       - the plane's phases, then
+                                            SRIGL_DEPTHWISE_CHUNK readable floats
+     float       bias
+     int         relu                     - 1: a ReLU (a NaN stays NaN)
+     Py_ssize_t  out_h, out_w
+   Scratch:
+     float       acc[(out_h - 1)*wq + out_w, rounded up to SRIGL_DEPTHWISE_CHUNK]
    Output arguments:
-     float         out[out_h, out_w]
-
-   Each tap adds a shifted, strided window of one input plane to the output plane,
-   one output row at a time over the columns whose input lies inside the image (so no
-   read leaves the plane): a loop the compiler vectorises at the path's width (each
-   path's variant instantiates this macro under its target pragma), with
-   the output plane (out_h*out_w floats) in L1. im2col instead writes and reads
-   kh*kw copies of the image per image, which is what a sparse layer's time went to:
-   the cnn's second convolution (64 channels, k = 19 of 288) took 119 ms at batch 256
-   that way and 20-27 ms this way (2 threads, Zen 5, each stage of the condensed cnn
-   timed alone on a trained run's model).
+     float       out[out_h, out_w]
    --------------------------------------------------------------------------- */
-#define SRIGL_CONV_ITEM(NAME, INDEX_T)                                                \
-static void NAME(const float *v, const INDEX_T *idx, Py_ssize_t k, const float *x,    \
-                 Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,     \
-                 int padding, float bias, float *__restrict out, Py_ssize_t out_h,     \
+#define SRIGL_DEPTHWISE_CHUNK 16
+#define SRIGL_DEPTHWISE(NAME)                                                         \
+static void NAME(const float *filter, int kh, int kw, int stride, const float *ph,    \
+                 int se, Py_ssize_t hq, Py_ssize_t wq, float bias, int relu,          \
+                 float *__restrict acc, float *__restrict out, Py_ssize_t out_h,      \
                  Py_ssize_t out_w) {                                                  \
-    Py_ssize_t t, oh, ow, p;                                                          \
-    for (p = 0; p < out_h * out_w; p++) out[p] = bias;                                \
-    for (t = 0; t < k; t++) {                                                         \
-        const Py_ssize_t tap = idx[t], i = tap / kw % kh, j = tap % kw;               \
-        const float w = v[t];                                                         \
-        const float *plane = x + (tap / (kh * kw)) * height * width;                  \
-        /* output columns ow with 0 <= ow*stride - padding + j < width */             \
-        const Py_ssize_t shift = j - padding, last = width - 1 - shift;               \
-        const Py_ssize_t lo = shift < 0 ? (-shift + stride - 1) / stride : 0;         \
-        Py_ssize_t hi = last < 0 ? 0 : last / stride + 1;                             \
-        if (hi > out_w) hi = out_w;                                                   \
-        if (lo >= hi) continue;                                                       \
-        for (oh = 0; oh < out_h; oh++) {                                              \
-            const Py_ssize_t h = oh * stride - padding + i;                           \
-            const float *__restrict row;                                              \
-            float *__restrict o = out + oh * out_w;                                   \
-            if (h < 0 || h >= height) continue;                                       \
-            row = plane + h * width;                                                  \
-            if (stride == 1)                                                          \
-                for (ow = lo; ow < hi; ow++) o[ow] += w * row[ow + shift];            \
-            else                                                                      \
-                for (ow = lo; ow < hi; ow++) o[ow] += w * row[ow * stride + shift];   \
+    const Py_ssize_t grid = ((out_h - 1) * wq + out_w + SRIGL_DEPTHWISE_CHUNK - 1)    \
+                            / SRIGL_DEPTHWISE_CHUNK * SRIGL_DEPTHWISE_CHUNK;          \
+    Py_ssize_t g, oh, ow;                                                             \
+    int i, j, e;                                                                      \
+    for (g = 0; g < grid; g++) acc[g] = bias;                                         \
+    for (i = 0; i < kh; i++)                                                          \
+        for (j = 0; j < kw; j++) {                                                    \
+            const float w = filter[i * kw + j];                                       \
+            const float *__restrict src = ph + ((i % stride) * se + j % stride) * hq * wq \
+                                          + (i / stride) * wq + j / stride;           \
+            for (g = 0; g < grid; g += SRIGL_DEPTHWISE_CHUNK)                         \
+                for (e = 0; e < SRIGL_DEPTHWISE_CHUNK; e++)                           \
+                    acc[g + e] += w * src[g + e];                                     \
         }                                                                             \
-    }                                                                                 \
+    for (oh = 0; oh < out_h; oh++)                                                    \
+        for (ow = 0; ow < out_w; ow++) {                                              \
+            const float v = acc[oh * wq + ow];                                        \
+            out[oh * out_w + ow] = relu && v < 0.0f ? 0.0f : v;                       \
+        }                                                                             \
 }
 /* ---------------------------------------------------------------------------
    Tile transpose (the batched kernel's input layout)
@@ -480,8 +472,7 @@ SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums16_generic, 16)
 SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums32_generic, 32)
 SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums64_generic, 64)
 
-SRIGL_CONV_ITEM(srigl_conv_item_i16_generic, int16_t)
-SRIGL_CONV_ITEM(srigl_conv_item_i32_generic, int32_t)
+SRIGL_DEPTHWISE(srigl_depthwise_generic)
 
 static const srigl_kernels srigl_table_generic = {
     "generic", srigl_gather_dot_i16_generic, srigl_gather_dot_i32_generic,
@@ -491,7 +482,7 @@ static const srigl_kernels srigl_table_generic = {
      srigl_block64_i32_generic},
     {srigl_conv_sums8_generic, srigl_conv_sums16_generic, srigl_conv_sums32_generic,
      srigl_conv_sums64_generic},
-    srigl_conv_item_i16_generic, srigl_conv_item_i32_generic, srigl_transpose_scalar,
+    srigl_depthwise_generic, srigl_transpose_scalar,
     NULL,
 };
 
@@ -691,23 +682,6 @@ static void srigl_max_pool_plane(const float *x, Py_ssize_t height, Py_ssize_t w
 }
 
 
-/* void srigl_conv_item_{i16,i32}(...): the direct convolution of one (image, channel)
-   on the active path; arguments as srigl_conv_item_* in _kernels_isa.h. */
-static inline void srigl_conv_item_i16(const float *v, const int16_t *idx, Py_ssize_t k,
-                                       const float *x, Py_ssize_t height, Py_ssize_t width,
-                                       int kh, int kw, int stride, int padding, float bias,
-                                       float *out, Py_ssize_t out_h, Py_ssize_t out_w) {
-    srigl_active->conv_item_i16(v, idx, k, x, height, width, kh, kw, stride, padding, bias,
-                                out, out_h, out_w);
-}
-static inline void srigl_conv_item_i32(const float *v, const int32_t *idx, Py_ssize_t k,
-                                       const float *x, Py_ssize_t height, Py_ssize_t width,
-                                       int kh, int kw, int stride, int padding, float bias,
-                                       float *out, Py_ssize_t out_h, Py_ssize_t out_w) {
-    srigl_active->conv_item_i32(v, idx, k, x, height, width, kh, kw, stride, padding, bias,
-                                out, out_h, out_w);
-}
-
 /* void srigl_conv_rows(n_vectors, values, offsets, starts, n_blocks, n_active, bias, src,
                         r0, r1, g0, first, count, wq, out_w, plane, residual, relu, y)
 
@@ -740,6 +714,16 @@ static void srigl_conv_rows(int n_vectors, const float *values, const int32_t *o
                                   r1, out);
     srigl_conv_store(out, 8 << slot, r1 - r0, g0, first, count, wq, out_w, plane,
                      residual ? residual + r0 * plane : NULL, relu, y + r0 * plane);
+}
+
+/* void srigl_depthwise(...): the depthwise convolution of one plane on the active path;
+   arguments as srigl_depthwise_<path> (SRIGL_DEPTHWISE above). */
+static inline void srigl_depthwise(const float *filter, int kh, int kw, int stride,
+                                   const float *ph, int se, Py_ssize_t hq, Py_ssize_t wq,
+                                   float bias, int relu, float *acc, float *out,
+                                   Py_ssize_t out_h, Py_ssize_t out_w) {
+    srigl_active->depthwise(filter, kh, kw, stride, ph, se, hq, wq, bias, relu, acc, out,
+                            out_h, out_w);
 }
 
 /* 1 when the active path has the batch-1 lookup kernel (avx512), else 0. */

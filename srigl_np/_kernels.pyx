@@ -34,7 +34,7 @@ outputs with shapes in brackets, e.g. ``values[n_active, k]``, ``x[batch, n_in]`
 ``xt[n_tiles, n_in, width]``, as scipy's sparsetools headers do.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from cython cimport floating
 from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
 cimport numpy as cnp
@@ -100,17 +100,14 @@ cdef extern from "_kernels.h":
                               int kw, int stride, float* y, Py_ssize_t out_h,
                               Py_ssize_t out_w) noexcept nogil
 
-    # Direct convolution of one (image, channel): v[k], idx[k] taps of the channel,
-    # x[channels, height, width] the image -> out[out_h, out_w] (the depthwise
-    # convolution's, one plane and its filter).
-    void srigl_conv_item_i16(const float* v, const int16_t* idx, Py_ssize_t k,
-                             const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
-                             int kw, int stride, int padding, float bias, float* out,
-                             Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
-    void srigl_conv_item_i32(const float* v, const int32_t* idx, Py_ssize_t k,
-                             const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
-                             int kw, int stride, int padding, float bias, float* out,
-                             Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    # The depthwise convolution of one plane from its phases (see _kernels.h):
+    # filter[kh, kw], ph[sa, se, hq, wq] and DEPTHWISE_CHUNK more floats ->
+    # out[out_h, out_w], acc[grid rounded up to DEPTHWISE_CHUNK] scratch.
+    enum: DEPTHWISE_CHUNK "SRIGL_DEPTHWISE_CHUNK"
+    void srigl_depthwise(const float* filter, int kh, int kw, int stride, const float* ph,
+                         int se, Py_ssize_t hq, Py_ssize_t wq, float bias, int relu,
+                         float* acc, float* out, Py_ssize_t out_h,
+                         Py_ssize_t out_w) noexcept nogil
 
     # The convolution on phase planes (see the section below and _kernels.h): one
     # plane x[height, width] -> its phases ph[sa, se, hq, wq]; channels [r0, r1)
@@ -1336,37 +1333,40 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
 # ---------------------------------------------------------------------------
 # Depthwise convolution (groups == channels, dense filters: MobileNet's)
 #
-# Each (image, channel) plane is convolved by its own kh x kw filter: the direct
-# convolution of one plane (srigl_conv_item_*, _kernels.h) with the filter's kh*kw taps,
-# each tap one vectorised sweep of shifted input rows into the output plane (in L1/L2).
+# Each (image, channel) plane is convolved by its own kh x kw filter: the plane is
+# copied into its phases (srigl_conv_phase, as the condensed convolution's planes, in
+# a per-thread scratch buffer) and each tap is then one vectorised pass over the
+# output grid (srigl_depthwise, _kernels.h).
 # ---------------------------------------------------------------------------
 
-cdef void _depthwise_planes(const float[:, ::1] filters, const int32_t[::1] taps,
-                            const float[:, :, :, ::1] x, const float* bias, bint relu,
-                            float[:, :, :, ::1] y, int kh, int kw, int stride, int padding,
-                            int threads) noexcept nogil:
-    """y[b, c] = the convolution of plane x[b, c] by filters[c] (+ bias[c], ReLU), parallel
-    over (image, channel) planes.
+cdef void _depthwise_planes(const float* filters, const float* x, Py_ssize_t planes,
+                            Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                            int kh, int kw, int stride, int padding, int sa, int se,
+                            Py_ssize_t hq, Py_ssize_t wq, const float* bias, int relu,
+                            float* y, Py_ssize_t out_h, Py_ssize_t out_w, float* scratch,
+                            Py_ssize_t scratch_size, int threads) noexcept nogil:
+    """y[p] = the depthwise convolution of plane x[p] by filters[p % channels], parallel
+    over planes.
 
-    Input:   filters[channels, kh*kw] float32; taps[kh*kw] = 0, 1, ..., kh*kw - 1;
-             x[batch, channels, height, width] float32; bias[channels] or NULL; relu;
-             the geometry; threads.
-    Output:  y[batch, channels, out_h, out_w] float32.
+    Input:   filters[channels, kh*kw] float32; x[planes, height, width] float32 (planes
+             = batch*channels); the geometry, with sa, se, hq, wq from _phase_geometry;
+             bias[channels] or NULL; relu; threads.
+    Output:  y[planes, out_h, out_w] float32.
+    Scratch: scratch[threads, scratch_size], scratch_size = sa*se*hq*wq
+             + DEPTHWISE_CHUNK + grid rounded up to DEPTHWISE_CHUNK: one thread's
+             phases, the floats srigl_depthwise may read past them (zeroed by the
+             caller: the phase copy never writes them), and its accumulators.
     """
-    cdef Py_ssize_t channels = x.shape[1], height = x.shape[2], width = x.shape[3]
-    cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3], item, b, c, p
-    cdef float* plane
-    for item in prange(x.shape[0] * channels, schedule="static", num_threads=threads):
-        b = item // channels
-        c = item % channels
-        plane = &y[b, c, 0, 0]
-        srigl_conv_item_i32(&filters[c, 0], &taps[0], kh * kw, &x[b, c, 0, 0], height,
-                            width, kh, kw, stride, padding, bias[c] if bias != NULL else 0,
-                            plane, out_h, out_w)
-        if relu:
-            for p in range(out_h * out_w):
-                if plane[p] < 0:
-                    plane[p] = 0
+    cdef Py_ssize_t p, c, phase_size = sa * se * hq * wq + DEPTHWISE_CHUNK
+    cdef float* own
+    for p in prange(planes, schedule="static", num_threads=threads):
+        c = p % channels
+        own = scratch + threadid() * scratch_size
+        srigl_conv_phase(x + p * height * width, height, width, stride, padding, sa, se, hq,
+                         wq, own)
+        srigl_depthwise(filters + c * kh * kw, kh, kw, stride, own, se, hq, wq,
+                        bias[c] if bias != NULL else 0, relu, own + phase_size,
+                        y + p * out_h * out_w, out_h, out_w)
 
 
 def depthwise_conv2d(weight, x, stride=1, padding=0, bias=None, threads=0, *, relu=False):
@@ -1378,7 +1378,9 @@ def depthwise_conv2d(weight, x, stride=1, padding=0, bias=None, threads=0, *, re
     -> y[batch, channels, out_h, out_w] float32 (NCHW),
         y[b, c, oh, ow] = relu?(bias[c] + sum_{i, j} weight[c, i, j]
                                  * x[b, c, oh*stride - padding + i, ow*stride - padding + j])
-    (taps in the padding count 0). Parallel over (image, channel) planes.
+    (taps in the padding count 0). Parallel over (image, channel) planes: each is
+    copied into its phases (as ``condensed_conv2d``'s planes), then each tap is one
+    vectorised pass over the output grid.
     """
     if not hasattr(weight, "dtype") or weight.dtype != np.float32:
         raise TypeError(f"weight must be a float32 array, got "
@@ -1409,17 +1411,25 @@ def depthwise_conv2d(weight, x, stride=1, padding=0, bias=None, threads=0, *, re
     if y.size == 0:
         return y
     filters = np.ascontiguousarray(weight.reshape(channels, kh * kw))
-    taps = np.arange(kh * kw, dtype=np.int32)
-    cdef const float[:, ::1] filter_view = filters
-    cdef const int32_t[::1] tap_view = taps
-    cdef const float[:, :, :, ::1] x_view = x
-    cdef float[:, :, :, ::1] y_view = y
+    sa, se, hq, wq = _phase_geometry(height, width, kh, kw, stride, padding)
+    cdef Py_ssize_t grid = (out_h - 1) * wq + out_w
+    cdef Py_ssize_t scratch_size = (sa * se * hq * wq + DEPTHWISE_CHUNK
+                                    + (grid + DEPTHWISE_CHUNK - 1) // DEPTHWISE_CHUNK
+                                    * DEPTHWISE_CHUNK)
+    scratch = np.zeros(n_threads * scratch_size, dtype=np.float32)
     cdef const float* b_ptr = NULL if bias is None else <const float*>_data(bias)
-    cdef int kh_ = kh, kw_ = kw, stride_ = stride, padding_ = padding
-    cdef bint relu_ = relu
+    cdef int kh_ = kh, kw_ = kw, stride_ = stride, padding_ = padding, relu_ = relu
+    cdef int sa_ = sa, se_ = se
+    cdef Py_ssize_t planes = batch * channels, channels_ = channels, height_ = height
+    cdef Py_ssize_t width_ = width, hq_ = hq, wq_ = wq, out_h_ = out_h, out_w_ = out_w
+    cdef const float* f_ptr = <const float*>_data(filters)
+    cdef const float* x_ptr = <const float*>_data(x)
+    cdef float* y_ptr = <float*>_data(y)
+    cdef float* s_ptr = <float*>_data(scratch)
     with nogil:
-        _depthwise_planes(filter_view, tap_view, x_view, b_ptr, relu_, y_view, kh_, kw_,
-                          stride_, padding_, n_threads)
+        _depthwise_planes(f_ptr, x_ptr, planes, channels_, height_, width_, kh_, kw_,
+                          stride_, padding_, sa_, se_, hq_, wq_, b_ptr, relu_, y_ptr,
+                          out_h_, out_w_, s_ptr, scratch_size, n_threads)
     return y
 
 

@@ -297,10 +297,9 @@ SRIGL_C32(SRIGL_NAME(srigl_conv_sums32))
 SRIGL_C16(SRIGL_NAME(srigl_conv_sums16))
 SRIGL_C8(SRIGL_NAME(srigl_conv_sums8))
 
-/* The direct convolution (SRIGL_CONV_ITEM, defined in _kernels.h), compiled for this
+/* The depthwise plane (SRIGL_DEPTHWISE, defined in _kernels.h), compiled for this
    path's instruction set. */
-SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i16), int16_t)
-SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
+SRIGL_DEPTHWISE(SRIGL_NAME(srigl_depthwise))
 
 #if SRIGL_VW == 16
 /* ---------------------------------------------------------------------------
@@ -426,7 +425,7 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
      SRIGL_NAME(srigl_block32_i32), SRIGL_NAME(srigl_block64_i32)},
     {SRIGL_NAME(srigl_conv_sums8), SRIGL_NAME(srigl_conv_sums16),
      SRIGL_NAME(srigl_conv_sums32), SRIGL_NAME(srigl_conv_sums64)},
-    SRIGL_NAME(srigl_conv_item_i16), SRIGL_NAME(srigl_conv_item_i32),
+    SRIGL_NAME(srigl_depthwise),
     SRIGL_TRANSPOSE,
     SRIGL_LOOKUP,
 };
