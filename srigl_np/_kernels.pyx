@@ -19,15 +19,17 @@ Design
   ``openmp_enabled()`` reports which build this is.
 * The C lives in ``srigl_np/_kernels.h`` and ``_kernels_isa.h``, headers shipped with
   the package and declared below with ``cdef extern from "_kernels.h"``: the OpenMP
-  shim, max pooling of a plane, and the batch-1 gather-dot, the batched block kernels
-  and the direct convolution (GCC/Clang vector extensions, hence C rather than
-  Cython) in one variant per CPU path: ``avx512``,
+  shim, max pooling of a plane, the convolutions' phase planes and stores, and the
+  batch-1 gather-dot, the batched block kernels, the convolution's blocks and the
+  depthwise plane (GCC/Clang vector extensions, hence C rather than Cython) in one
+  variant per CPU path: ``avx512``,
   ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
   the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
   ``set_cpu_path()``). The avx512 path also has a batch-1 table lookup (AVX-512
   two-register permutes), used where its padding is small (``vector_kernel``). This
   file holds the validation, the Cython loops (``prange``) and the layout work (im2col,
-  the tiling transpose, the column-block packing, the lookup layout).
+  the tiling transpose, the column-block packing, the lookup layout, the convolution's
+  tap offsets).
 
 Each kernel's header (a comment in C, the docstring here) lists its inputs and
 outputs with shapes in brackets, e.g. ``values[n_active, k]``, ``x[batch, n_in]``,
