@@ -286,7 +286,7 @@ static void srigl_conv_phase(const float *x, Py_ssize_t height, Py_ssize_t width
                                                 the grid's end stores only its new ones)
      Py_ssize_t  wq, out_w, plane             - grid row length, output row length,
                                                 out_h*out_w
-     const float residual[n_rows, plane] or NULL
+     const float residual[n_rows, plane] or NULL  - may be y itself
      int         relu
    Output arguments:
      float       y[n_rows, plane]             - the tile's pixels of the rows
@@ -302,10 +302,12 @@ static void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t n_rows,
         const Py_ssize_t run = ow >= out_w ? 0 : (out_w - ow < left ? out_w - ow : left);
         for (i = 0; i < n_rows && run > 0; i++) {
             const Py_ssize_t at = i * plane + oh * out_w + ow;
+            /* y may be the residual array itself (an in-place add): add and dst may
+               alias, element for element, so neither is restrict. */
             const float *__restrict src = out + i * W + t;
-            float *__restrict dst = y + at;
+            float *dst = y + at;
             if (residual) {
-                const float *__restrict add = residual + at;
+                const float *add = residual + at;
                 if (relu)
                     for (u = 0; u < run; u++) {
                         const float v = src[u] + add[u];

@@ -1235,8 +1235,28 @@ def _conv_tile_vectors(Py_ssize_t grid):
     return n_vectors, tail_vectors
 
 
+def _output_array(out, shape, x, residual):
+    """A new float32 array of ``shape``, or ``out`` checked to be one the kernel can
+    write: float32 (TypeError), ``shape``, C-contiguous, writeable, not overlapping x,
+    and ``residual`` itself or not overlapping it (ValueError, each naming ``out``)."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError(f"out must be a float32 NumPy array or None, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
+    if out.shape != shape:
+        raise ValueError(f"out must have the output's shape {shape}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    if np.may_share_memory(out, x):
+        raise ValueError("out must not overlap x")
+    if residual is not None and residual is not out and np.may_share_memory(out, residual):
+        raise ValueError("out must be residual itself or not overlap it")
+    return out
+
+
 def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, padding=0,
-                     bias=None, threads=0, *, relu=False, residual=None):
+                     bias=None, threads=0, *, relu=False, residual=None, out=None):
     """Condensed Conv2d forward on NCHW images, with an optional fused residual add and
     ReLU.
 
@@ -1253,6 +1273,12 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
     followed by condensed_matmul, up to float32 rounding. So a ResNet block's last
     convolution, its BatchNorm folded into values and bias, is one call:
     ``condensed_conv2d(w, h, 1, 1, bias=b, relu=True, residual=identity)``.
+    ``out`` (keyword): an array to write y into and return instead of a new one
+    (float32, y's shape, C-contiguous, writeable, not overlapping x); it may be
+    ``residual`` itself (each output element is read from residual before it is
+    written), so ``out=identity`` adds in place. A graph that reuses its buffers saves
+    the page faults of a fresh output per call (at batch 32 a layer's output is tens of
+    MB, mapped and zeroed by the OS on every call).
 
     With stride 1 and no padding x itself is the phase layout and is read in place;
     otherwise it is copied once into padded phase planes (see the section comment).
@@ -1273,7 +1299,7 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
     cdef Py_ssize_t n_pixels = batch * out_h * out_w
     cdef int n_threads = _serial_if_small(_resolve_threads(threads),
                                           n_pixels * weights.n_active * weights.k)
-    y = np.empty(shape, dtype=np.float32)
+    y = _output_array(out, shape, x, residual)
     if y.size == 0:
         return y
     sa, se, hq, wq = _phase_geometry(height, width, kh, kw, stride, padding)

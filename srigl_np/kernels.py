@@ -132,7 +132,7 @@ def condensed_product(weights, x, bias=None, threads=0):
 # -- the condensed convolution ---------------------------------------------------------
 
 def condensed_conv(weights, x, kernel_size, stride=1, padding=0, bias=None, threads=0, *,
-                   relu=False, residual=None):
+                   relu=False, residual=None, out=None):
     """y[batch, n_active, out_h, out_w]: a condensed Conv2d of x[batch, channels, h, w].
 
     weights: condensed weights over the flattened filters (n_in = channels*kh*kw, taps
@@ -140,7 +140,10 @@ def condensed_conv(weights, x, kernel_size, stride=1, padding=0, bias=None, thre
     float32 out, NCHW in and out. Keyword-only epilogue, for a condensed graph that
     folds BatchNorm into values and bias: ``residual`` (an array of y's shape, added
     after the bias) and ``relu`` (applied last), so ``relu(conv(x) + bias + residual)``
-    (a ResNet block's last convolution and its shortcut add) is one call.
+    (a ResNet block's last convolution and its shortcut add) is one call. ``out``
+    (keyword, NumPy only): a float32 array of y's shape to write into and return, which
+    may be ``residual`` itself (``out=identity`` adds in place); see
+    ``_kernels.condensed_conv2d``.
 
     The definition is im2col followed by the condensed product, the rows then put back
     in NCHW order (the CuPy path); NumPy input takes the CPU kernel, which packs the
@@ -150,7 +153,9 @@ def condensed_conv(weights, x, kernel_size, stride=1, padding=0, bias=None, thre
     kh, kw = kernel_size
     if isinstance(weights, CondensedWeights) and not is_cupy_array(x):
         return _condensed_conv2d_cpu(weights, x, kh, kw, stride, padding, bias, threads,
-                                     relu=relu, residual=residual)
+                                     relu=relu, residual=residual, out=out)
+    if out is not None:
+        raise TypeError("out is for NumPy input (the CPU kernel) only")
     xp = array_module(x)
     batch, _, height, width = x.shape
     out_h = conv_output_size(height, kh, stride, padding)

@@ -182,6 +182,56 @@ def test_a_grid_under_8_positions_reads_zeroed_slack_in_every_chunk():
     assert_matches(condensed_conv2d(weights, x, 1, 1, 2, 0), expected)
 
 
+def test_out_is_filled_and_returned_and_may_be_the_residual():
+    case = (2, 8, 12, 3, 1, 1, 16, 7)
+    values, indices, n_in, x, bias, residual = conv_problem(case, np.int16)
+    weights = CondensedWeights(values, indices, n_in)
+    expected = conv_definition(values, indices, x, 3, 3, 1, 1, bias, True, residual)
+    for threads in thread_counts():
+        out = np.full_like(residual, np.nan)
+        y = condensed_conv(weights, x, (3, 3), 1, 1, bias, threads, relu=True,
+                           residual=residual, out=out)
+        assert y is out
+        assert_matches(y, expected)
+        in_place = residual.copy()
+        y = condensed_conv2d(weights, x, 3, 3, 1, 1, bias, threads, relu=True,
+                             residual=in_place, out=in_place)
+        assert y is in_place
+        np.testing.assert_array_equal(y, out)
+
+
+@pytest.mark.parametrize("make_out, error, match", [
+    (lambda r, x: r.astype(np.float64), TypeError, "out must be a float32"),
+    (lambda r, x: list(r), TypeError, "out must be a float32"),
+    (lambda r, x: r[:, :2].copy(), ValueError, "out must have"),
+    (lambda r, x: np.zeros(r.shape[::-1], np.float32).T, ValueError, "C-contiguous"),
+    (lambda r, x: np.frombuffer(r.tobytes(), np.float32).reshape(r.shape), ValueError,
+     "writeable"),
+    (lambda r, x: x.reshape(-1)[:r.size].reshape(r.shape), ValueError, "overlap x"),
+    (lambda r, x: np.concatenate([r.reshape(-1), r.reshape(-1)])[1:r.size + 1]
+     .reshape(r.shape), None, None),
+])
+def test_out_is_checked(make_out, error, match):
+    weights = CondensedWeights(np.ones((3, 1), np.float32), np.zeros((3, 1), np.int16), 4)
+    x = np.zeros((2, 4, 4, 4), np.float32)
+    residual = np.zeros((2, 3, 4, 4), np.float32)
+    out = make_out(residual, x)
+    if error is None:   # an unrelated array of the right kind is fine
+        condensed_conv2d(weights, x, 1, 1, residual=residual, out=out)
+        return
+    with pytest.raises(error, match=match):
+        condensed_conv2d(weights, x, 1, 1, residual=residual, out=out)
+
+
+def test_out_must_not_partly_overlap_the_residual():
+    weights = CondensedWeights(np.ones((3, 1), np.float32), np.zeros((3, 1), np.int16), 2)
+    x = np.zeros((2, 2, 4, 4), np.float32)
+    buffer = np.zeros(2 * 3 * 16 + 1, np.float32)
+    residual, out = buffer[:-1].reshape(2, 3, 4, 4), buffer[1:].reshape(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="out must be residual itself"):
+        condensed_conv2d(weights, x, 1, 1, residual=residual, out=out)
+
+
 def test_relu_keeps_nan_and_zeroes_negatives():
     weights = CondensedWeights(np.ones((2, 1), np.float32), np.zeros((2, 1), np.int16), 1)
     x = np.array([-1.0, np.nan, 2.0], np.float32).reshape(1, 1, 1, 3)
