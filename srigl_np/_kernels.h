@@ -78,9 +78,11 @@ typedef void (*srigl_block_i16_fn)(const float *, const int16_t *, const Py_ssiz
 typedef void (*srigl_block_i32_fn)(const float *, const int32_t *, const Py_ssize_t *,
                                    Py_ssize_t, Py_ssize_t, const float *, const float *,
                                    Py_ssize_t, Py_ssize_t, float *, Py_ssize_t, Py_ssize_t);
-typedef void (*srigl_conv_sums_fn)(const float *, const int32_t *, const Py_ssize_t *,
+typedef void (*srigl_conv_rows_fn)(int, const float *, const int32_t *, const Py_ssize_t *,
                                    Py_ssize_t, Py_ssize_t, const float *, const float *,
-                                   Py_ssize_t, Py_ssize_t, float *);
+                                   Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                   Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *, int,
+                                   float *);
 
 typedef void (*srigl_depthwise_fn)(const float *, int, int, int, const float *, int,
                                    Py_ssize_t, Py_ssize_t, float, int, float *, float *,
@@ -99,7 +101,8 @@ typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *,
                                 float *, int);
 
 /* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
-   convolution's blocks for the same widths; the depthwise convolution of one plane;
+   convolution's rows (its blocks at those widths and their store); the depthwise
+   convolution of one plane;
    the tile transpose; the batch-1 lookup
    of one row group, or NULL on a path without one. */
 typedef struct {
@@ -108,7 +111,7 @@ typedef struct {
     srigl_gather_dot_i32_fn gather_dot_i32;
     srigl_block_i16_fn block_i16[4];
     srigl_block_i32_fn block_i32[4];
-    srigl_conv_sums_fn conv_sums[4];
+    srigl_conv_rows_fn conv_rows;
     srigl_depthwise_fn depthwise;
     srigl_transpose_fn transpose;
     srigl_lookup_fn lookup_group;
@@ -291,7 +294,7 @@ static void srigl_conv_phase(const float *x, Py_ssize_t height, Py_ssize_t width
    Output arguments:
      float       y[n_rows, plane]             - the tile's pixels of the rows
    --------------------------------------------------------------------------- */
-static void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t n_rows,
+static inline void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t n_rows,
                              Py_ssize_t g0, Py_ssize_t first, Py_ssize_t count,
                              Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane,
                              const float *residual, int relu, float *y) {
@@ -323,6 +326,55 @@ static void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t n_rows,
         }
         t += left;
     }
+}
+
+/* void srigl_conv_rows_<path>(n_vectors, values, offsets, starts, n_blocks, n_active,
+                               bias, src, r0, r1, g0, first, count, wq, out_w, plane,
+                               residual, relu, y)
+
+   Output channels [r0, r1) (r1 - r0 <= SRIGL_ROWS) of one image at the W = 8 * n_vectors
+   grid positions [g0, g0 + W) (n_vectors 8, 4, 2, anything else 1), stored at
+   [g0 + first, g0 + count) (count <= W): the path's srigl_conv_sums{W} from src = the
+   image's phase planes + g0, then srigl_conv_store into the image's output
+   y[n_active, plane] and residual (both from channel 0; rows r0... are used). Each
+   path instantiates it, so the store, inlined, is vectorised at the path's width
+   (compiled once for the portable baseline, 4 floats on x86-64, the store took 15% of
+   ResNet-50's batch-1 time).
+
+   Input arguments:
+     const float      values[nnz], starts[n_blocks*n_active + 1]
+                                             - CondensedWeights' packed layout
+     const int32_t    offsets[nnz]           - each non-zero's tap offset in the phase
+                                               planes (see srigl_conv_phase)
+     const float      bias[n_active] or NULL
+     const float      src[...]               - the image's phase planes, from g0; every
+                                               src[offset + t], t < W, inside them
+     the rest                                - as srigl_conv_store
+   Output arguments:
+     float            y[n_active, plane]     - rows [r0, r1), the tile's pixels */
+#define SRIGL_CONV_ROWS(NAME, SUMS8, SUMS16, SUMS32, SUMS64)                          \
+static void NAME(int n_vectors, const float *values, const int32_t *offsets,          \
+                 const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active,  \
+                 const float *bias, const float *src, Py_ssize_t r0, Py_ssize_t r1,   \
+                 Py_ssize_t g0, Py_ssize_t first, Py_ssize_t count, Py_ssize_t wq,    \
+                 Py_ssize_t out_w, Py_ssize_t plane, const float *residual, int relu, \
+                 float *y) {                                                          \
+    float out[SRIGL_ROWS * 64];                                                       \
+    Py_ssize_t W = 8;                                                                 \
+    if (n_vectors == 8) {                                                             \
+        W = 64;                                                                       \
+        SUMS64(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);  \
+    } else if (n_vectors == 4) {                                                      \
+        W = 32;                                                                       \
+        SUMS32(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);  \
+    } else if (n_vectors == 2) {                                                      \
+        W = 16;                                                                       \
+        SUMS16(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);  \
+    } else {                                                                          \
+        SUMS8(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);   \
+    }                                                                                 \
+    srigl_conv_store(out, W, r1 - r0, g0, first, count, wq, out_w, plane,             \
+                     residual ? residual + r0 * plane : NULL, relu, y + r0 * plane);  \
 }
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -473,6 +525,8 @@ SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums8_generic, 8)
 SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums16_generic, 16)
 SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums32_generic, 32)
 SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums64_generic, 64)
+SRIGL_CONV_ROWS(srigl_conv_rows_generic, srigl_conv_sums8_generic, srigl_conv_sums16_generic,
+                srigl_conv_sums32_generic, srigl_conv_sums64_generic)
 
 SRIGL_DEPTHWISE(srigl_depthwise_generic)
 
@@ -482,8 +536,7 @@ static const srigl_kernels srigl_table_generic = {
      srigl_block64_i16_generic},
     {srigl_block8_i32_generic, srigl_block16_i32_generic, srigl_block32_i32_generic,
      srigl_block64_i32_generic},
-    {srigl_conv_sums8_generic, srigl_conv_sums16_generic, srigl_conv_sums32_generic,
-     srigl_conv_sums64_generic},
+    srigl_conv_rows_generic,
     srigl_depthwise_generic, srigl_transpose_scalar,
     NULL,
 };
@@ -684,38 +737,17 @@ static void srigl_max_pool_plane(const float *x, Py_ssize_t height, Py_ssize_t w
 }
 
 
-/* void srigl_conv_rows(n_vectors, values, offsets, starts, n_blocks, n_active, bias, src,
-                        r0, r1, g0, first, count, wq, out_w, plane, residual, relu, y)
-
-   Output channels [r0, r1) (r1 - r0 <= SRIGL_ROWS) of one image at the W = 8 * n_vectors
-   grid positions [g0, g0 + W), stored at [g0 + first, g0 + count) (count <= W): the
-   active path's srigl_conv_sums{W}
-   from src = the image's phase planes + g0, then srigl_conv_store into the image's
-   output y[n_active, plane] and residual (both from channel 0; rows r0... are used).
-
-   Input arguments:
-     const float      values[nnz], starts[n_blocks*n_active + 1]
-                                             - CondensedWeights' packed layout
-     const int32_t    offsets[nnz]           - each non-zero's tap offset in the phase
-                                               planes (see srigl_conv_phase)
-     const float      bias[n_active] or NULL
-     const float      src[...]               - the image's phase planes, from g0; every
-                                               src[offset + t], t < W, inside them
-     the rest                                - as srigl_conv_store
-   Output arguments:
-     float            y[n_active, plane]     - rows [r0, r1), the tile's pixels */
-static void srigl_conv_rows(int n_vectors, const float *values, const int32_t *offsets,
-                            const Py_ssize_t *starts, Py_ssize_t n_blocks,
-                            Py_ssize_t n_active, const float *bias, const float *src,
-                            Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0, Py_ssize_t first,
-                            Py_ssize_t count, Py_ssize_t wq, Py_ssize_t out_w,
-                            Py_ssize_t plane, const float *residual, int relu, float *y) {
-    float out[SRIGL_ROWS * 64];
-    const int slot = srigl_tile_slot(n_vectors);
-    srigl_active->conv_sums[slot](values, offsets, starts, n_blocks, n_active, bias, src, r0,
-                                  r1, out);
-    srigl_conv_store(out, 8 << slot, r1 - r0, g0, first, count, wq, out_w, plane,
-                     residual ? residual + r0 * plane : NULL, relu, y + r0 * plane);
+/* void srigl_conv_rows(...): srigl_conv_rows_<path> (SRIGL_CONV_ROWS above) on the
+   active path. */
+static inline void srigl_conv_rows(int n_vectors, const float *values, const int32_t *offsets,
+                                   const Py_ssize_t *starts, Py_ssize_t n_blocks,
+                                   Py_ssize_t n_active, const float *bias, const float *src,
+                                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0,
+                                   Py_ssize_t first, Py_ssize_t count, Py_ssize_t wq,
+                                   Py_ssize_t out_w, Py_ssize_t plane, const float *residual,
+                                   int relu, float *y) {
+    srigl_active->conv_rows(n_vectors, values, offsets, starts, n_blocks, n_active, bias, src,
+                            r0, r1, g0, first, count, wq, out_w, plane, residual, relu, y);
 }
 
 /* void srigl_depthwise(...): the depthwise convolution of one plane on the active path;

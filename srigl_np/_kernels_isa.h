@@ -230,7 +230,7 @@ static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *
                                  r0, r1, out)
 
    The convolution's block: the same sums, over W consecutive output positions whose
-   inputs lie at a fixed offset from each other (srigl_conv_rows in _kernels.h), left
+   inputs lie at a fixed offset from each other (SRIGL_CONV_ROWS in _kernels.h), left
    in out[r1 - r0, W] (row r - r0: channel r's W sums, bias included) for the caller to
    store.
 
@@ -296,6 +296,9 @@ SRIGL_C64(SRIGL_NAME(srigl_conv_sums64))
 SRIGL_C32(SRIGL_NAME(srigl_conv_sums32))
 SRIGL_C16(SRIGL_NAME(srigl_conv_sums16))
 SRIGL_C8(SRIGL_NAME(srigl_conv_sums8))
+SRIGL_CONV_ROWS(SRIGL_NAME(srigl_conv_rows), SRIGL_NAME(srigl_conv_sums8),
+                SRIGL_NAME(srigl_conv_sums16), SRIGL_NAME(srigl_conv_sums32),
+                SRIGL_NAME(srigl_conv_sums64))
 
 /* The depthwise plane (SRIGL_DEPTHWISE, defined in _kernels.h), compiled for this
    path's instruction set. */
@@ -423,8 +426,7 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
      SRIGL_NAME(srigl_block32_i16), SRIGL_NAME(srigl_block64_i16)},
     {SRIGL_NAME(srigl_block8_i32), SRIGL_NAME(srigl_block16_i32),
      SRIGL_NAME(srigl_block32_i32), SRIGL_NAME(srigl_block64_i32)},
-    {SRIGL_NAME(srigl_conv_sums8), SRIGL_NAME(srigl_conv_sums16),
-     SRIGL_NAME(srigl_conv_sums32), SRIGL_NAME(srigl_conv_sums64)},
+    SRIGL_NAME(srigl_conv_rows),
     SRIGL_NAME(srigl_depthwise),
     SRIGL_TRANSPOSE,
     SRIGL_LOOKUP,
