@@ -57,6 +57,8 @@
 #else
 #define SRIGL_NP_OPENMP 0
 static int omp_get_max_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
 #endif
 
 
@@ -776,6 +778,202 @@ static inline void srigl_lookup_group(const float *lv, const uint8_t *li, const 
 static inline void srigl_transpose(const float *x, Py_ssize_t ldx, Py_ssize_t rows,
                                    Py_ssize_t count, float *xt, Py_ssize_t width) {
     srigl_active->transpose(x, ldx, rows, count, xt, width);
+}
+
+/* ---------------------------------------------------------------------------
+   One parallel region per call
+
+   On this project's shared 2-vCPU hosts a thread of the team is often descheduled
+   for a time slice while another job runs, and every barrier (each parallel
+   region's end) then waits that slice out: a batched product that went through
+   transpose and multiply regions per chunk took 33-45 ms instead of 1.5 ms on 2
+   threads of a loaded host, where torch's one region per GEMM took 8-12 ms. So the
+   batched product and the convolution run as one region with no barrier inside:
+   the work units (batch tile or image tile, block of SRIGL_ROWS rows) are split
+   into one contiguous run per thread of about equal cost (tile width x rows), and
+   each thread makes the layout its units read itself (the tile's transpose, the
+   image's phase planes) in its own scratch, redoing it where a tile or image is
+   split between two threads. Each unit's result is the same whoever computes it, so
+   results do not depend on the thread count.
+
+   srigl_share(cost_before, cost, total, t, n): 1 when the unit whose cost runs from
+   cost_before to cost_before + cost belongs to thread t of n (its midpoint falls in
+   the thread's share of total).
+   --------------------------------------------------------------------------- */
+static inline int srigl_share(Py_ssize_t cost_before, Py_ssize_t cost, Py_ssize_t total,
+                              int t, int n) {
+    const double middle = (double)cost_before + 0.5 * (double)cost;
+    return middle >= (double)total * t / n && middle < (double)total * (t + 1) / n;
+}
+
+/* void srigl_matmul_run(values, indices, short_indices, starts, n_blocks, n_active,
+                         bias, x, batch, n_in, split, n_vectors, tail_vectors, xt,
+                         threads, y)
+
+   y = x @ W.T (+ bias) by the batched block kernel: rows [0, split) in tiles of
+   W = 8 * n_vectors (the last one partial), rows [split, batch) in tiles of
+   8 * tail_vectors; units (tile, block of SRIGL_ROWS rows) as above.
+
+   Input arguments:
+     const float      values[nnz], starts[n_blocks*n_active + 1]  - packed weights
+     const void       indices[nnz]           - int16 (short_indices) or int32
+     const float      bias[n_active] or NULL
+     const float      x[batch, n_in]
+     Py_ssize_t       split                  - 0 < split <= batch
+     int              n_vectors, tail_vectors, threads
+   Scratch:
+     float            xt[threads, n_in, 64]  - each thread's transposed tile
+   Output arguments:
+     float            y[batch, n_active] */
+static void srigl_matmul_run(const float *values, const void *indices, int short_indices,
+                             const Py_ssize_t *starts, Py_ssize_t n_blocks,
+                             Py_ssize_t n_active, const float *bias, const float *x,
+                             Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t split,
+                             int n_vectors, int tail_vectors, float *xt, int threads,
+                             float *y) {
+    const Py_ssize_t wa = 8 * n_vectors, wb = 8 * tail_vectors;
+    const Py_ssize_t tiles_a = (split + wa - 1) / wa;
+    const Py_ssize_t tiles = tiles_a + (batch - split + wb - 1) / wb;
+    const Py_ssize_t row_blocks = (n_active + SRIGL_ROWS - 1) / SRIGL_ROWS;
+    const Py_ssize_t total = (tiles_a * wa + (tiles - tiles_a) * wb) * n_active;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        float *own = xt + (Py_ssize_t)t * n_in * 64;
+        Py_ssize_t tile, block, before = 0, made = -1;
+        for (tile = 0; tile < tiles; tile++) {
+            const int in_a = tile < tiles_a;
+            const Py_ssize_t w = in_a ? wa : wb;
+            const Py_ssize_t row0 = in_a ? tile * wa : split + (tile - tiles_a) * wb;
+            const Py_ssize_t rows = (in_a ? split : batch) - row0 < w
+                                    ? (in_a ? split : batch) - row0 : w;
+            for (block = 0; block < row_blocks; block++) {
+                const Py_ssize_t r0 = block * SRIGL_ROWS;
+                const Py_ssize_t r1 = r0 + SRIGL_ROWS < n_active ? r0 + SRIGL_ROWS : n_active;
+                const Py_ssize_t cost = w * (r1 - r0);
+                if (srigl_share(before, cost, total, t, n)) {
+                    if (made != tile) {
+                        Py_ssize_t c;
+                        for (c = 0; c < n_in; c += 64)
+                            srigl_transpose(x + row0 * n_in + c, n_in, rows,
+                                            n_in - c < 64 ? n_in - c : 64, own + c * w, w);
+                        made = tile;
+                    }
+                    if (short_indices)
+                        srigl_block_i16(in_a ? n_vectors : tail_vectors, values,
+                                        (const int16_t *)indices, starts, n_blocks, n_active,
+                                        bias, own, r0, r1, y + row0 * n_active, n_active,
+                                        rows);
+                    else
+                        srigl_block_i32(in_a ? n_vectors : tail_vectors, values,
+                                        (const int32_t *)indices, starts, n_blocks, n_active,
+                                        bias, own, r0, r1, y + row0 * n_active, n_active,
+                                        rows);
+                }
+                before += cost;
+            }
+        }
+    }
+}
+
+/* void srigl_conv_run(values, offsets, starts, n_blocks, n_active, bias, x, batch,
+                       channels, height, width, stride, padding, sa, se, hq, wq, in_place,
+                       out_h, out_w, n_vectors, tail_vectors, ph, ph_size, threads,
+                       residual, relu, y)
+
+   The condensed convolution (see srigl_conv_phase and srigl_conv_rows): units (image,
+   tile of grid positions, block of SRIGL_ROWS channels) as above; per image the
+   tiles are grid / W of W = 8 * n_vectors positions, then, when W does not divide
+   the grid and the grid is wider than W, one of 8 * tail_vectors moved back to end at
+   the grid's end (it stores only the positions the others left); a grid under W has
+   one tile.
+
+   Input arguments:
+     const float      values[nnz], starts  - packed weights
+     const int32_t    offsets[nnz]          - their taps' offsets in an image's phases
+     const float      bias[n_active] or NULL
+     const float      x[batch, channels, height, width]
+     int              stride, padding, sa, se
+     Py_ssize_t       hq, wq                - the phase geometry (_phase_geometry)
+     int              in_place              - x is its own phase layout (stride 1, no
+                                              padding, grid >= 8): read it there
+     Py_ssize_t       out_h, out_w
+     int              n_vectors, tail_vectors, threads
+     const float      residual[batch, n_active, out_h*out_w] or NULL
+     int              relu
+   Scratch:
+     float            ph[threads, ph_size]  - each thread's phase planes of one image
+                                              (channels*sa*se*hq*wq) and the zeroed
+                                              floats its last tile may read past them
+   Output arguments:
+     float            y[batch, n_active, out_h*out_w] */
+static void srigl_conv_run(const float *values, const int32_t *offsets,
+                           const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                           const float *bias, const float *x, Py_ssize_t batch,
+                           Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                           int stride, int padding, int sa, int se, Py_ssize_t hq,
+                           Py_ssize_t wq, int in_place, Py_ssize_t out_h, Py_ssize_t out_w,
+                           int n_vectors, int tail_vectors, float *ph, Py_ssize_t ph_size,
+                           int threads, const float *residual, int relu, float *y) {
+    const Py_ssize_t w = 8 * n_vectors, grid = (out_h - 1) * wq + out_w;
+    const Py_ssize_t full = grid / w;
+    const Py_ssize_t tiles = grid <= w ? 1 : full + (grid % w != 0);
+    const Py_ssize_t row_blocks = (n_active + SRIGL_ROWS - 1) / SRIGL_ROWS;
+    const Py_ssize_t plane = out_h * out_w, image = channels * sa * se * hq * wq;
+    const Py_ssize_t per_image = (full * w + (tiles - full) * 8 * tail_vectors) * n_active;
+    const Py_ssize_t total = batch * per_image;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        float *own = ph + (Py_ssize_t)t * ph_size;
+        Py_ssize_t b, tile, block, before = 0, made = -1;
+        const double lo = (double)total * t / n, hi = (double)total * (t + 1) / n;
+        for (b = 0; b < batch; b++) {
+            if (before + per_image <= lo || before >= hi) {   /* no unit of b is ours */
+                before += per_image;
+                continue;
+            }
+            for (tile = 0; tile < tiles; tile++) {
+                const int narrow = tile >= full && grid > w;
+                const Py_ssize_t g0 = narrow ? grid - 8 * tail_vectors : tile * w;
+                const Py_ssize_t first = narrow ? full * w - g0 : 0;
+                const Py_ssize_t count = narrow ? 8 * tail_vectors : (grid < w ? grid : w);
+                const Py_ssize_t cost_w = narrow ? 8 * tail_vectors : w;
+                for (block = 0; block < row_blocks; block++) {
+                    const Py_ssize_t r0 = block * SRIGL_ROWS;
+                    const Py_ssize_t r1 = r0 + SRIGL_ROWS < n_active ? r0 + SRIGL_ROWS
+                                                                    : n_active;
+                    const Py_ssize_t cost = cost_w * (r1 - r0);
+                    if (srigl_share(before, cost, total, t, n)) {
+                        const float *src;
+                        if (in_place) {
+                            src = x + b * image;
+                        } else {
+                            if (made != b) {
+                                Py_ssize_t c;
+                                for (c = 0; c < channels; c++)
+                                    srigl_conv_phase(x + (b * channels + c) * height * width,
+                                                     height, width, stride, padding, sa, se,
+                                                     hq, wq, own + c * sa * se * hq * wq);
+                                made = b;
+                            }
+                            src = own;
+                        }
+                        srigl_conv_rows(narrow ? tail_vectors : n_vectors, values, offsets,
+                                        starts, n_blocks, n_active, bias, src + g0, r0, r1,
+                                        g0, first, count, wq, out_w, plane,
+                                        residual ? residual + b * n_active * plane : NULL,
+                                        relu, y + b * n_active * plane);
+                    }
+                    before += cost;
+                }
+            }
+        }
+    }
 }
 
 #endif /* SRIGL_NP_KERNELS_H */

@@ -67,18 +67,6 @@ cdef extern from "_kernels.h":
     float srigl_gather_dot_i32(const float* v, const int32_t* idx, const float* x,
                                Py_ssize_t k) noexcept nogil
 
-    # Batched block kernel: rows [r0, r1) (r1 - r0 <= ROWS_PER_BLOCK) of one batch tile
-    # xt[n_in, 8 * n_vectors] -> y[width, ldy], from the column-block packed weights.
-    enum: ROWS_PER_BLOCK "SRIGL_ROWS"
-    void srigl_block_i16(int n_vectors, const float* values, const int16_t* indices,
-                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
-                         const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
-                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
-    void srigl_block_i32(int n_vectors, const float* values, const int32_t* indices,
-                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
-                         const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
-                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
-
     # Batch-1 lookup of one group of LOOKUP_ROWS rows from the lookup layout (only on
     # a path where srigl_has_lookup(): avx512).
     enum: LOOKUP_COLUMNS "SRIGL_LOOKUP_COLUMNS"
@@ -92,10 +80,6 @@ cdef extern from "_kernels.h":
     void srigl_lookup_order(const int32_t* counts, Py_ssize_t n_rows, Py_ssize_t n_blocks,
                             Py_ssize_t window, int32_t* order, char* taken,
                             int32_t* top) noexcept nogil
-
-    # Tile transpose: xt[i, t] = x[t, i] (t < rows), 0 for rows <= t < width.
-    void srigl_transpose(const float* x, Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t count,
-                         float* xt, Py_ssize_t width) noexcept nogil
 
     # Max pooling of one plane x[height, width] -> y[out_h, out_w] (no padding).
     void srigl_max_pool_plane(const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
@@ -111,18 +95,27 @@ cdef extern from "_kernels.h":
                          float* acc, float* out, Py_ssize_t out_h,
                          Py_ssize_t out_w) noexcept nogil
 
-    # The convolution on phase planes (see the section below and _kernels.h): one
-    # plane x[height, width] -> its phases ph[sa, se, hq, wq]; channels [r0, r1)
-    # of one image at grid positions [g0, g0 + count) -> y[n_active, plane].
+    # The convolution's phase planes (see the section below and _kernels.h): one plane
+    # x[height, width] -> its phases ph[sa, se, hq, wq].
     void srigl_conv_phase(const float* x, Py_ssize_t height, Py_ssize_t width, int stride,
                           int padding, int sa, int se, Py_ssize_t hq, Py_ssize_t wq,
                           float* ph) noexcept nogil
-    void srigl_conv_rows(int n_vectors, const float* values, const int32_t* offsets,
-                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
-                         const float* bias, const float* src, Py_ssize_t r0, Py_ssize_t r1,
-                         Py_ssize_t g0, Py_ssize_t first, Py_ssize_t count, Py_ssize_t wq,
-                         Py_ssize_t out_w, Py_ssize_t plane, const float* residual, int relu,
-                         float* y) noexcept nogil
+
+    # One parallel region per call (see _kernels.h): the batched product and the
+    # convolution, each thread making the layout its units read in its own scratch.
+    void srigl_matmul_run(const float* values, const void* indices, int short_indices,
+                          const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                          const float* bias, const float* x, Py_ssize_t batch,
+                          Py_ssize_t n_in, Py_ssize_t split, int n_vectors, int tail_vectors,
+                          float* xt, int threads, float* y) noexcept nogil
+    void srigl_conv_run(const float* values, const int32_t* offsets, const Py_ssize_t* starts,
+                        Py_ssize_t n_blocks, Py_ssize_t n_active, const float* bias,
+                        const float* x, Py_ssize_t batch, Py_ssize_t channels,
+                        Py_ssize_t height, Py_ssize_t width, int stride, int padding, int sa,
+                        int se, Py_ssize_t hq, Py_ssize_t wq, int in_place, Py_ssize_t out_h,
+                        Py_ssize_t out_w, int n_vectors, int tail_vectors, float* ph,
+                        Py_ssize_t ph_size, int threads, const float* residual, int relu,
+                        float* y) noexcept nogil
 
 
 PATH_NAMES = tuple(srigl_path_name(p).decode() for p in range(N_PATHS))
@@ -403,12 +396,6 @@ def col2im(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
 ctypedef fused index_t:
     int16_t
     int32_t
-
-# Input columns per work item of the tiling transpose (64 floats = 4 cache lines
-# read per batch row, 64 short runs written: both stay in L1).
-cdef enum:
-    TRANSPOSE_BLOCK = 64
-
 
 def _frozen_copy(a, dtype):
     """A C-contiguous, read-only copy of ``a`` that no one can make writeable."""
@@ -710,80 +697,6 @@ cdef void _condensed_vector(const float* values, const index_t* indices,
             bias[r] if bias != NULL else 0)
 
 
-cdef inline void _block(int n_vectors, const float* values, const index_t* indices,
-                        const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
-                        const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
-                        float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil:
-    """Rows [r0, r1) of one batch tile of 8 * n_vectors values (srigl_block_* in
-    _kernels.h, which documents each argument).
-
-    Input:   n_vectors in {1, 2, 4, 8}; values[nnz] float32, indices[nnz] int16/int32,
-             starts[n_blocks * n_active + 1] (column-block packed, see
-             CondensedWeights); bias[n_active] or NULL; xt[n_in, 8 * n_vectors], the
-             tile of the transposed input; r0 < r1 <= n_active, r1 - r0 <= ROWS_PER_BLOCK;
-             ldy; width <= 8 * n_vectors, the batch rows present in the tile.
-    Output:  y[width, ldy] float32, only y[t, r0:r1] written.
-    """
-    if index_t is int16_t:
-        srigl_block_i16(n_vectors, values, indices, starts, n_blocks, n_active, bias, xt,
-                        r0, r1, y, ldy, width)
-    else:
-        srigl_block_i32(n_vectors, values, indices, starts, n_blocks, n_active, bias, xt,
-                        r0, r1, y, ldy, width)
-
-
-cdef void _condensed_batch(const float[::1] values, const index_t[::1] indices,
-                           const Py_ssize_t[::1] starts, Py_ssize_t n_active,
-                           const float[:, :, ::1] xt, const float* bias, float[:, ::1] y,
-                           int n_vectors, int threads) noexcept nogil:
-    """y[batch, n_active] = x @ W.T (+ bias) from the tiled input xt[n_tiles, n_in, width]
-    and the column-block packed weights (values[nnz], indices[nnz], starts; see
-    CondensedWeights).
-
-    Input:   values[nnz] float32, indices[nnz] int16/int32,
-             starts[n_column_blocks * n_active + 1] intp (packed_values, packed_indices
-             and starts of CondensedWeights); n_active >= 1;
-             xt[n_tiles, n_in, width] float32 with width = 8 * n_vectors and
-             n_tiles = ceil(batch / width) (from _tile_transpose);
-             bias[n_active] float32 or NULL; n_vectors in {1, 2, 4, 8}; threads.
-    Output:  y[batch, n_active] float32.
-
-    Work items are (batch tile, block of ROWS_PER_BLOCK rows), tile-major, so under
-    a static schedule each thread sweeps few tiles and keeps their xt in cache.
-    """
-    cdef Py_ssize_t batch = y.shape[0], n_tiles = xt.shape[0], width = xt.shape[2]
-    cdef Py_ssize_t n_column_blocks = (starts.shape[0] - 1) // n_active
-    cdef Py_ssize_t n_row_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
-    cdef Py_ssize_t item, tile, r0
-    for item in prange(n_tiles * n_row_blocks, schedule="static", num_threads=threads):
-        tile = item // n_row_blocks
-        r0 = (item % n_row_blocks) * ROWS_PER_BLOCK
-        _block(n_vectors, &values[0], &indices[0], &starts[0], n_column_blocks, n_active,
-               bias, &xt[tile, 0, 0], r0, min(r0 + ROWS_PER_BLOCK, n_active),
-               &y[tile * width, 0], n_active, min(width, batch - tile * width))
-
-
-cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
-                          int threads) noexcept nogil:
-    """xt[tile, i, t] = x[tile * width + t, i], zero past the batch (width = xt.shape[2]).
-
-    Input:   x[batch, n_in] float32; threads.
-    Output:  xt[n_tiles, n_in, width] float32, n_tiles = ceil(batch / width).
-
-    Parallel over (tile, block of TRANSPOSE_BLOCK input columns); each item is one
-    srigl_transpose (8x8 register blocks on the x86 paths).
-    """
-    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1]
-    cdef Py_ssize_t n_tiles = xt.shape[0], width = xt.shape[2]
-    cdef Py_ssize_t n_blocks = (n_in + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK
-    cdef Py_ssize_t item, tile, start
-    for item in prange(n_tiles * n_blocks, schedule="static", num_threads=threads):
-        tile = item // n_blocks
-        start = (item % n_blocks) * TRANSPOSE_BLOCK
-        srigl_transpose(&x[tile * width, start], n_in, min(width, batch - tile * width),
-                        min(TRANSPOSE_BLOCK, n_in - start), &xt[tile, start, 0], width)
-
-
 # Column blocks of the batched kernel hold about SEGMENT_NONZEROS non-zeros of a row
 # and at least MIN_COLUMN_BLOCK columns (at the widest tile, 128 columns of the
 # transposed input are 32 KiB, an L1 cache). Measured on Zen 3 (2 threads, batch
@@ -799,10 +712,6 @@ def column_block_width(Py_ssize_t n_in, Py_ssize_t k):
     multiple of 64, at least MIN_COLUMN_BLOCK, about SEGMENT_NONZEROS * n_in / k."""
     cdef Py_ssize_t step = 64 * max(k, 1)
     return max(MIN_COLUMN_BLOCK, (SEGMENT_NONZEROS * n_in + step - 1) // step * 64)
-
-
-# Batch rows are tiled and multiplied in chunks of at most this many bytes of x.
-CHUNK_BYTES = 8 * 1024 * 1024
 
 
 # Tile width of the batched kernel: 8 * n_vectors batch values, 64 or as few as the
@@ -995,7 +904,8 @@ cdef object _matmul(CondensedWeights weights, x, bias, object threads, int n_vec
     bias = _condensed_bias(weights, bias)
     cdef int n_threads = _serial_if_small(_resolve_threads(threads),
                                           weights.n_active * weights.k * x.shape[0])
-    cdef Py_ssize_t batch = x.shape[0], main
+    cdef Py_ssize_t batch = x.shape[0], main, split = batch
+    cdef int tail = 1
     cdef const float* b_ptr = NULL
     if bias is not None and weights.n_active:
         b_ptr = <const float*>_data(bias)
@@ -1013,55 +923,22 @@ cdef object _matmul(CondensedWeights weights, x, bias, object threads, int n_vec
         # of 8 instead of 4 of 64, a fifth less work.
         main = batch // 64 * 64
         if 0 < main < batch:
-            _matmul_rows(weights, x[:main], y[:main], b_ptr, 8, n_threads)
-            _matmul_rows(weights, x[main:], y[main:], b_ptr, tile_vectors(batch - main),
-                         n_threads)
-            return y
-    _matmul_rows(weights, x, y, b_ptr, n_vectors, n_threads)
-    return y
-
-
-cdef int _matmul_rows(CondensedWeights weights, x, y, const float* b_ptr, int n_vectors,
-                      int n_threads) except -1:
-    """y = x @ W.T (+ bias) by the tiled kernel at tile width 8 * n_vectors.
-
-    Input:   weights; x[batch, n_in] C-contiguous float32, batch >= 1; bias[n_active]
-             float32 or NULL; n_vectors in {1, 2, 4, 8}; threads.
-    Output:  y[batch, n_active] float32 (C-contiguous), n_active >= 1.
-    """
-    cdef Py_ssize_t batch = x.shape[0]
-    cdef Py_ssize_t width = 8 * n_vectors
-    # Large batches (im2col rows of a conv) go through in chunks whose tiled copy of x
-    # stays cache-sized: one reused buffer instead of a batch-sized transpose.
-    cdef Py_ssize_t chunk = max(width, CHUNK_BYTES // (4 * width * weights.n_in) * width)
-    chunk = min(chunk, (batch + width - 1) // width * width)
-    xt = _aligned_empty((chunk // width, weights.n_in, width))
-    cdef const float[:, ::1] x_view = x
-    cdef float[:, :, ::1] xt_view
-    cdef const float[::1] values = weights.packed_values
-    cdef const Py_ssize_t[::1] starts = weights.starts
-    cdef const int16_t[::1] idx16
-    cdef const int32_t[::1] idx32
-    cdef float[:, ::1] y_view
+            split, tail = main, tile_vectors(batch - main)
+    xt = _aligned_empty((n_threads, weights.n_in, 64))
+    cdef float* xt_ptr = <float*>_data(xt)
+    cdef float* y_ptr = <float*>_data(y)
+    cdef const float* x_ptr = <const float*>_data(x)
+    cdef const float* values = <const float*>_data(weights.packed_values)
+    cdef const void* indices = _data(weights.packed_indices)
+    cdef const Py_ssize_t* starts = <const Py_ssize_t*>_data(weights.starts)
     cdef bint short_indices = weights.indices.dtype == np.int16
-    if short_indices:
-        idx16 = weights.packed_indices
-    else:
-        idx32 = weights.packed_indices
-    cdef Py_ssize_t start, stop, n_active = weights.n_active
-    for start in range(0, batch, chunk):
-        stop = min(start + chunk, batch)
-        xt_view = xt[:(stop - start + width - 1) // width]
-        y_view = y[start:stop]
-        with nogil:
-            _tile_transpose(x_view[start:stop], xt_view, n_threads)
-            if short_indices:
-                _condensed_batch(values, idx16, starts, n_active, xt_view, b_ptr, y_view,
-                                 n_vectors, n_threads)
-            else:
-                _condensed_batch(values, idx32, starts, n_active, xt_view, b_ptr, y_view,
-                                 n_vectors, n_threads)
-    return 0
+    cdef Py_ssize_t n_active = weights.n_active, n_blocks = weights.column_blocks
+    cdef Py_ssize_t n_in = weights.n_in
+    with nogil:
+        srigl_matmul_run(values, indices, short_indices, starts, n_blocks, n_active, b_ptr,
+                         x_ptr, batch, n_in, split, n_vectors, tail, xt_ptr, n_threads,
+                         y_ptr)
+    return y
 
 
 def condensed_matmul(CondensedWeights weights not None, x, bias=None, threads=0):
@@ -1071,13 +948,14 @@ def condensed_matmul(CondensedWeights weights not None, x, bias=None, threads=0)
     x[batch, n_in] (any float dtype and strides; converted to C-contiguous float32);
     bias[n_active] float32 or None -> y[batch, n_active] float32.
 
-    batch 1 runs ``condensed_matvec``'s kernel (``vector_kernel``). Larger batches transpose
-    x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch); past 64 rows,
-    tiles of 64 and the rest in tiles of 8 * tile_vectors(rest)), so
-    every index reads a contiguous run of ``width`` batch values, and keep a
-    width-wide slice of each output row in registers while streaming that row's
-    k weights, one column block (``weights.column_block`` inputs) at a time. Parallel over
-    (batch tile, block of rows) pairs.
+    batch 1 runs ``condensed_matvec``'s kernel (``vector_kernel``). Larger batches go
+    through in tiles of ``width`` rows (width = 8 * tile_vectors(batch); past 64 rows,
+    tiles of 64 and the rest in tiles of 8 * tile_vectors(rest)), each transposed,
+    xt[n_in, width], so that every index reads a contiguous run of ``width`` batch
+    values; each output row keeps a width-wide slice in registers while streaming its k
+    weights, one column block (``weights.column_block`` inputs) at a time. One parallel
+    region (srigl_matmul_run in _kernels.h): each thread takes a run of (tile, block of
+    rows) pairs of about equal cost and transposes its tiles itself.
     """
     return _matmul(weights, x, bias, threads, 0)
 
@@ -1144,81 +1022,11 @@ def _residual_input(residual, shape):
     return np.ascontiguousarray(residual)
 
 
-# Phase planes per chunk of copied images: at most this many bytes (or one image), an
-# L2 cache or so.
-PHASE_BYTES = 1 << 20
-
-
 def _phase_geometry(height, width, kh, kw, stride, padding):
     """(sa, se, hq, wq): the phases a plane keeps per axis, min(stride, kernel) (the
     others hold no tap), and the phase grid, ceil((size + 2*padding) / stride)."""
     return (min(stride, kh), min(stride, kw), (height + 2 * padding + stride - 1) // stride,
             (width + 2 * padding + stride - 1) // stride)
-
-
-cdef void _conv_phases(const float* x, Py_ssize_t planes, Py_ssize_t height,
-                       Py_ssize_t width, int stride, int padding, int sa, int se,
-                       Py_ssize_t hq, Py_ssize_t wq, float* ph, int threads) noexcept nogil:
-    """ph[plane] = the phases of x[plane] (srigl_conv_phase), parallel over planes.
-
-    Input:   x[planes, height, width] float32 (planes = batch*channels); stride,
-             padding; sa, se, hq, wq from _phase_geometry; threads.
-    Output:  ph[planes, sa, se, hq, wq] float32.
-    """
-    cdef Py_ssize_t p, size = sa * se * hq * wq
-    for p in prange(planes, schedule="static", num_threads=threads):
-        srigl_conv_phase(x + p * height * width, height, width, stride, padding, sa, se, hq,
-                         wq, ph + p * size)
-
-
-cdef void _conv_images(const float* values, const int32_t* offsets, const Py_ssize_t* starts,
-                       Py_ssize_t n_column_blocks, Py_ssize_t n_active, const float* bias,
-                       const float* ph, Py_ssize_t image_size, Py_ssize_t batch,
-                       Py_ssize_t grid, Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane,
-                       const float* residual, int relu, float* y, int n_vectors,
-                       int tail_vectors, int threads) noexcept nogil:
-    """y = the convolution, parallel over (image, tile of grid positions, block of
-    ROWS_PER_BLOCK channels), one srigl_conv_rows each.
-
-    Tiles: grid // W of W = 8 * n_vectors positions, then, when W does not divide the
-    grid, one of 8 * tail_vectors (the narrowest that covers the rest) moved back to
-    end at the grid's end, which stores only the positions the others left (so
-    196 positions take 3 tiles of 64 and one of 8, not 4 of 64). With grid < W (only
-    when grid < 8), the one tile stores the grid's positions.
-
-    Input:   values[nnz], starts (CondensedWeights' packed layout) of n_active >= 1
-             channels, offsets[nnz] their taps' offsets in an image's phase planes;
-             bias[n_active] or NULL; ph[batch, image_size] the phase planes, readable
-             up to the last tile's end at the largest offset (when grid < 8, the
-             caller's slack after the last image); grid = (out_h - 1)*wq + out_w
-             positions per image; plane = out_h*out_w; residual[batch, n_active, plane]
-             or NULL; relu; threads.
-    Output:  y[batch, n_active, plane].
-    """
-    cdef Py_ssize_t tile_width = 8 * n_vectors, full = grid // tile_width
-    cdef Py_ssize_t n_tiles = max(1, full + (grid % tile_width != 0 and grid > tile_width))
-    cdef Py_ssize_t n_row_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
-    cdef Py_ssize_t per_image = n_tiles * n_row_blocks, item, b, tile, g0, r0, first, count
-    cdef int vectors
-    for item in prange(batch * per_image, schedule="static", num_threads=threads):
-        b = item // per_image
-        tile = (item % per_image) // n_row_blocks
-        r0 = (item % n_row_blocks) * ROWS_PER_BLOCK
-        if tile < full or grid <= tile_width:
-            vectors = n_vectors
-            g0 = tile * tile_width
-            first = 0
-            count = min(tile_width, grid)
-        else:
-            vectors = tail_vectors
-            g0 = grid - 8 * tail_vectors
-            first = full * tile_width - g0
-            count = 8 * tail_vectors
-        srigl_conv_rows(vectors, values, offsets, starts, n_column_blocks, n_active, bias,
-                        ph + b * image_size + g0, r0, min(r0 + ROWS_PER_BLOCK, n_active), g0,
-                        first, count, wq, out_w, plane,
-                        NULL if residual == NULL else residual + b * n_active * plane, relu,
-                        y + b * n_active * plane)
 
 
 def _conv_tile_vectors(Py_ssize_t grid):
@@ -1282,7 +1090,7 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
 
     With stride 1 and no padding x itself is the phase layout and is read in place;
     otherwise it is copied once into padded phase planes (see the section comment).
-    Then every (image, tile of output positions, block of ROWS_PER_BLOCK channels) is
+    Then every (image, tile of output positions, block of 128 channels (SRIGL_ROWS)) is
     one work item, in parallel: batch 1 uses every thread too. The same result at every
     thread count.
     """
@@ -1317,17 +1125,12 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
         raise ValueError(f"x's images are too large for the convolution's int32 offsets "
                          f"({channels} channels of {height} x {width})")
     cdef bint in_place = stride == 1 and padding == 0 and slack == 0
-    # Copied images go through in chunks whose phase planes stay in cache between their
-    # copy and their reads (at batch 32 one buffer for the batch, 55 MB for a
-    # 128-channel 56 x 56 layer, ran the layer 2x slower than 32 batch-1 calls).
-    cdef Py_ssize_t chunk = batch if in_place else max(1, PHASE_BYTES // (4 * image_size))
-    chunk = min(chunk, batch)
-    if in_place:
-        ph = x
-    elif slack:
-        ph = np.zeros(chunk * image_size + slack, dtype=np.float32)
-    else:
-        ph = np.empty(chunk * image_size, dtype=np.float32)
+    # Each thread copies the images its units read into its own planes (see
+    # srigl_conv_run): one image's at a time, so they stay in cache between copy and
+    # reads (one buffer of a batch-32 layer's planes, 55 MB at 128 channels of 56 x 56,
+    # ran it 2x slower than 32 batch-1 calls).
+    cdef Py_ssize_t ph_size = 0 if in_place else image_size + slack
+    ph = np.zeros(max(1, n_threads * ph_size), dtype=np.float32)
     cdef float* ph_ptr = <float*>_data(ph)
     cdef const float* x_ptr = <const float*>_data(x)
     cdef float* y_ptr = <float*>_data(y)
@@ -1337,24 +1140,14 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
     cdef const int32_t* offset_ptr = <const int32_t*>_data(offsets)
     cdef const Py_ssize_t* starts = <const Py_ssize_t*>_data(weights.starts)
     cdef Py_ssize_t n_active = weights.n_active, n_column_blocks = weights.column_blocks
-    cdef Py_ssize_t height_ = height, width_ = width, channels_ = channels
-    cdef Py_ssize_t hq_ = hq, wq_ = wq, out_w_ = out_w, plane = out_h * out_w
-    cdef Py_ssize_t first = 0, count, out_size = n_active * plane, batch_ = batch
+    cdef Py_ssize_t height_ = height, width_ = width, channels_ = channels, batch_ = batch
+    cdef Py_ssize_t hq_ = hq, wq_ = wq, out_h_ = out_h, out_w_ = out_w
     cdef int stride_ = stride, padding_ = padding, relu_ = relu, sa_ = sa, se_ = se
     with nogil:
-        while first < batch_:
-            count = min(chunk, batch_ - first)
-            if in_place:
-                ph_ptr = <float*>x_ptr + first * image_size
-            else:
-                _conv_phases(x_ptr + first * channels_ * height_ * width_, count * channels_,
-                             height_, width_, stride_, padding_, sa_, se_, hq_, wq_, ph_ptr,
-                             n_threads)
-            _conv_images(values, offset_ptr, starts, n_column_blocks, n_active, b_ptr,
-                         ph_ptr, image_size, count, grid, wq_, out_w_, plane,
-                         NULL if r_ptr == NULL else r_ptr + first * out_size, relu_,
-                         y_ptr + first * out_size, n_vectors, tail_vectors, n_threads)
-            first += count
+        srigl_conv_run(values, offset_ptr, starts, n_column_blocks, n_active, b_ptr, x_ptr,
+                       batch_, channels_, height_, width_, stride_, padding_, sa_, se_, hq_,
+                       wq_, in_place, out_h_, out_w_, n_vectors, tail_vectors, ph_ptr,
+                       ph_size, n_threads, r_ptr, relu_, y_ptr)
     return y
 
 

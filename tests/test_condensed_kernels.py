@@ -36,7 +36,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srigl_np import backend as device_backend
-from srigl_np._kernels import (CHUNK_BYTES, LOOKUP_MAX_PADDING, MIN_COLUMN_BLOCK, PATH_NAMES,
+from srigl_np._kernels import (LOOKUP_MAX_PADDING, MIN_COLUMN_BLOCK, PATH_NAMES,
                                SEGMENT_NONZEROS, _condensed_matmul_tiled,
                                _condensed_matvec_kernel, vector_kernel)
 from srigl_np.kernels import (CondensedWeights, column_block_width, condensed_matmul,
@@ -209,12 +209,11 @@ CASES = [random_case(*shape, column_blocks=BLOCKS.get(shape)) for shape in SHAPE
         70, np.arange(70, dtype=np.float32)[None] / 7, ..., np.ones(1, np.float32))),
     # Enough work for both threads: the case for bit-for-bit equality across thread counts.
     random_case(500, 64, 50, 100, seed=3, name="threads-500x64k50b100"),
-    # n_in = 40000: one 64-wide tile of x is 10 MB, over CHUNK_BYTES, so a chunk is one
-    # tile and 100 rows take two chunks (64 + 36); k = 30 makes two column blocks.
-    random_case(40000, 5, 30, 100, seed=4, column_blocks=2, name="chunks-40000"),
-    # The same at n_in = 32768, the widest layer int16 indices can address: a 64-wide
-    # tile of x is exactly CHUNK_BYTES, so again one tile per chunk.
-    random_case(32768, 5, 30, 100, seed=4, column_blocks=2, name="chunks-32768"),
+    # n_in = 40000: each thread's transposed 64-wide tile is 10 MB; 100 rows are a
+    # 64-wide tile and a 64-wide tail of 36; k = 30 makes two column blocks.
+    random_case(40000, 5, 30, 100, seed=4, column_blocks=2, name="wide-40000"),
+    # The same at n_in = 32768, the widest layer int16 indices can address.
+    random_case(32768, 5, 30, 100, seed=4, column_blocks=2, name="wide-32768"),
     Case("empty-batch", 3, empty_batch),
 ]
 
@@ -393,12 +392,6 @@ def test_auto_path_is_the_vector_kernel_at_batch_1_and_the_fitting_tile_otherwis
 @pytest.mark.parametrize("case", [c for c in CASES if c.column_blocks], ids=lambda c: c.id)
 def test_cases_have_the_column_blocks_they_are_meant_to_exercise(case):
     assert case.build(np.int32).weights().column_blocks == case.column_blocks
-
-
-def test_chunk_cases_fill_a_chunk_with_one_64_wide_tile():
-    # so their 100 rows take two chunks at the auto tile width (and more when narrower)
-    for n_in in (40000, 32768):
-        assert 4 * 64 * n_in >= CHUNK_BYTES
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.id, indirect=True)

@@ -19,8 +19,8 @@ checks raise naming the argument.
 import numpy as np
 import pytest
 
-from srigl_np._kernels import (PATH_NAMES, PHASE_BYTES, _conv_tile_vectors,
-                               condensed_conv2d, depthwise_conv2d)
+from srigl_np._kernels import (PATH_NAMES, _conv_tile_vectors, condensed_conv2d,
+                               depthwise_conv2d)
 from srigl_np.kernels import (CondensedWeights, condensed_conv, cpu_paths, depthwise_conv,
                               depthwise_reference, im2col_strided, openmp_enabled,
                               set_cpu_path)
@@ -157,29 +157,33 @@ def test_conv_cases_reach_every_tile_width_and_tail_and_both_layouts():
 
 
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES, ids=lambda d: np.dtype(d).name)
-def test_copied_images_go_through_in_chunks_of_phase_planes(index_dtype):
-    # 64 channels of 34 x 34 padded planes: 3 images per PHASE_BYTES, so 4 images take
-    # two chunks, the second part full.
-    case = (4, 64, 32, 3, 1, 1, 20, 60)
-    assert PHASE_BYTES // (4 * 64 * 34 * 34) == 3
+@pytest.mark.parametrize("batch", [1, 2, 3, 5])
+def test_threads_split_images_and_tiles_and_copy_their_own_planes(batch, index_dtype):
+    # 300 channels out (three blocks of rows) of 20 x 20 padded planes (6 tiles): the
+    # threads' shares start and end inside images, tiles and row blocks, and each
+    # thread copies the phase planes of every image its share touches.
+    case = (batch, 6, 18, 3, 1, 1, 300, 20)
     values, indices, n_in, x, bias, residual = conv_problem(case, index_dtype)
     weights = CondensedWeights(values, indices, n_in)
     expected = conv_definition(values, indices, x, 3, 3, 1, 1, bias, True, residual)
-    for threads in thread_counts():
-        assert_matches(condensed_conv2d(weights, x, 3, 3, 1, 1, bias, threads, relu=True,
-                                        residual=residual), expected)
+    results = [condensed_conv2d(weights, x, 3, 3, 1, 1, bias, threads, relu=True,
+                                residual=residual) for threads in thread_counts()]
+    assert_matches(results[0], expected)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
 
 
-def test_a_grid_under_8_positions_reads_zeroed_slack_in_every_chunk():
-    # 1x1 output positions of 300000 channels: one image per chunk, and its 8-wide tile
-    # reads 7 positions past it, into the next image's planes or the slack.
+def test_a_grid_under_8_positions_reads_the_zeroed_slack_after_its_planes():
+    # 1x1 output positions of 300000 channels: the 8-wide tile reads 7 positions past
+    # the image's phase planes, into the zeroed slack after them.
     channels = 300_000
     rng = np.random.default_rng(4)
     values, indices = random_weights(rng, channels, 3, 4, np.int32)
     weights = CondensedWeights(values, indices, channels)
     x = rng.standard_normal((3, channels, 2, 2)).astype(np.float32)
     expected = conv_definition(values, indices, x, 1, 1, 2, 0, None)
-    assert_matches(condensed_conv2d(weights, x, 1, 1, 2, 0), expected)
+    for threads in thread_counts():
+        assert_matches(condensed_conv2d(weights, x, 1, 1, 2, 0, threads=threads), expected)
 
 
 def test_out_is_filled_and_returned_and_may_be_the_residual():
