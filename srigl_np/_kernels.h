@@ -4,9 +4,12 @@
    Contents:
      * the OpenMP shim: SRIGL_NP_OPENMP, and omp_get_max_threads() in a build
        without OpenMP;
-     * the direct condensed convolution of one (image, channel), SRIGL_CONV_ITEM, a
-       macro each path instantiates;
-     * the condensed kernels (batch-1 gather-dot, batched blocks, that convolution)
+     * the depthwise convolution of one plane, SRIGL_DEPTHWISE, a macro each path
+       instantiates;
+     * the condensed convolution's phase planes and stores (srigl_conv_phase,
+       srigl_conv_store);
+     * the condensed kernels (batch-1 gather-dot, batched blocks, the convolution's
+       blocks, the depthwise plane)
        in up to three instruction-set variants ("CPU paths"), each a table of
        functions (srigl_kernels) defined by _kernels_isa.h:
          avx512   16-float vectors (AVX-512F), x86-64 with GCC or Clang
@@ -18,8 +21,8 @@
        so one portable binary carries all three; srigl_select_path() picks the best
        the CPU supports at import (__builtin_cpu_supports checks the CPU and that the
        OS saves its vector registers), and srigl_set_path() switches (tests, bench);
-     * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32}, srigl_conv_item_{i16,i32} and
-       srigl_lookup_group: the entry points the Cython code calls, which go through the
+     * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32}, srigl_conv_rows,
+       srigl_depthwise and srigl_lookup_group: the entry points the Cython code calls, which go through the
        active table (the batch-1 table lookup, srigl_lookup_group, exists on the avx512
        path only: srigl_has_lookup());
      * srigl_lookup_order: the greedy row grouping of that lookup's layout;
@@ -54,6 +57,8 @@
 #else
 #define SRIGL_NP_OPENMP 0
 static int omp_get_max_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+static int omp_get_num_threads(void) { return 1; }
 #endif
 
 
@@ -75,13 +80,15 @@ typedef void (*srigl_block_i16_fn)(const float *, const int16_t *, const Py_ssiz
 typedef void (*srigl_block_i32_fn)(const float *, const int32_t *, const Py_ssize_t *,
                                    Py_ssize_t, Py_ssize_t, const float *, const float *,
                                    Py_ssize_t, Py_ssize_t, float *, Py_ssize_t, Py_ssize_t);
+typedef void (*srigl_conv_rows_fn)(int, const float *, const int32_t *, const Py_ssize_t *,
+                                   Py_ssize_t, Py_ssize_t, const float *, const float *,
+                                   Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                   Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *, int,
+                                   float *);
 
-typedef void (*srigl_conv_item_i16_fn)(const float *, const int16_t *, Py_ssize_t,
-                                       const float *, Py_ssize_t, Py_ssize_t, int, int, int,
-                                       int, float, float *, Py_ssize_t, Py_ssize_t);
-typedef void (*srigl_conv_item_i32_fn)(const float *, const int32_t *, Py_ssize_t,
-                                       const float *, Py_ssize_t, Py_ssize_t, int, int, int,
-                                       int, float, float *, Py_ssize_t, Py_ssize_t);
+typedef void (*srigl_depthwise_fn)(const float *, int, int, int, const float *, int,
+                                   Py_ssize_t, Py_ssize_t, float, int, float *, float *,
+                                   Py_ssize_t, Py_ssize_t);
 
 typedef void (*srigl_transpose_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                    float *, Py_ssize_t);
@@ -96,7 +103,9 @@ typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *,
                                 float *, int);
 
 /* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
-   direct convolution of one (image, channel); the tile transpose; the batch-1 lookup
+   convolution's rows (its blocks at those widths and their store); the depthwise
+   convolution of one plane;
+   the tile transpose; the batch-1 lookup
    of one row group, or NULL on a path without one. */
 typedef struct {
     const char *name;
@@ -104,78 +113,71 @@ typedef struct {
     srigl_gather_dot_i32_fn gather_dot_i32;
     srigl_block_i16_fn block_i16[4];
     srigl_block_i32_fn block_i32[4];
-    srigl_conv_item_i16_fn conv_item_i16;
-    srigl_conv_item_i32_fn conv_item_i32;
+    srigl_conv_rows_fn conv_rows;
+    srigl_depthwise_fn depthwise;
     srigl_transpose_fn transpose;
     srigl_lookup_fn lookup_group;
 } srigl_kernels;
 
 
 /* ---------------------------------------------------------------------------
-   Direct condensed convolution
+   Depthwise convolution of one plane
 
-   void srigl_conv_item_{i16,i32}_<path>(v, idx, k, x, height, width, kh, kw, stride,
-                                          padding, bias, out, out_h, out_w)
+   void srigl_depthwise_<path>(filter, kh, kw, stride, ph, se, hq, wq, bias, relu, acc,
+                               out, out_h, out_w)
 
-   One output channel of one image, straight from the image: no im2col matrix.
+     out[oh, ow] = relu?(bias + sum_{i, j} filter[i, j]
+                                * x[oh*stride - padding + i, ow*stride - padding + j])
 
-     out[oh, ow] = bias + sum_t v[t] * x[c_t, oh*stride - padding + i_t,
-                                         ow*stride - padding + j_t]
-
-   over the channel's k taps, tap t = idx[t] = (c_t * kh + i_t) * kw + j_t (the
-   column order of im2col), taps in the padding contributing 0.
+   from the plane's phases ph (srigl_conv_phase, with sa = min(stride, kh) and
+   se = min(stride, kw)): as in the condensed convolution, tap (i, j) of grid position
+   g = oh*wq + ow reads ph at g + a fixed offset, so each tap is one pass of
+   acc[g] += w * src[g] over the whole grid ((out_h - 1)*wq + out_w positions, the
+   columns ow >= out_w dropped at the end): one long vectorised loop per tap where
+   a pass per output row (7 to 14 wide at MobileNet's small planes) ran 3-7x slower
+   than torch on them. The grid is rounded up to whole SRIGL_DEPTHWISE_CHUNKs, so the
+   passes have no scalar remainder (GCC's, 9 of a 7 x 7 grid's 73 positions, took
+   most of the time): the positions past the grid read up to SRIGL_DEPTHWISE_CHUNK - 1
+   floats past the phases, which the caller provides.
 
    Input arguments:
-     const float   v[k]                   - the channel's kept weights
-     const INDEX_T idx[k]                 - their taps, in [0, channels*kh*kw)
-     Py_ssize_t    k                      - taps per channel (fan-in)
-     const float   x[channels, height, width]  - the image
-     int           kh, kw, stride, padding
-     float         bias
-     Py_ssize_t    out_h, out_w           - the output size the geometry gives
-
+     const float filter[kh, kw]
+     int         kh, kw, stride
+     const float ph[sa, se, hq, wq]       - the plane's phases, then
+                                            SRIGL_DEPTHWISE_CHUNK readable floats
+     float       bias
+     int         relu                     - 1: a ReLU (a NaN stays NaN)
+     Py_ssize_t  out_h, out_w
+   Scratch:
+     float       acc[(out_h - 1)*wq + out_w, rounded up to SRIGL_DEPTHWISE_CHUNK]
    Output arguments:
-     float         out[out_h, out_w]
-
-   Each tap adds a shifted, strided window of one input plane to the output plane,
-   one output row at a time over the columns whose input lies inside the image (so no
-   read leaves the plane): a loop the compiler vectorises at the path's width (each
-   path's variant instantiates this macro under its target pragma), with
-   the output plane (out_h*out_w floats) in L1. im2col instead writes and reads
-   kh*kw copies of the image per image, which is what a sparse layer's time went to:
-   the cnn's second convolution (64 channels, k = 19 of 288) took 119 ms at batch 256
-   that way and 20-27 ms this way (2 threads, Zen 5, each stage of the condensed cnn
-   timed alone on a trained run's model).
+     float       out[out_h, out_w]
    --------------------------------------------------------------------------- */
-#define SRIGL_CONV_ITEM(NAME, INDEX_T)                                                \
-static void NAME(const float *v, const INDEX_T *idx, Py_ssize_t k, const float *x,    \
-                 Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,     \
-                 int padding, float bias, float *__restrict out, Py_ssize_t out_h,     \
+#define SRIGL_DEPTHWISE_CHUNK 16
+#define SRIGL_DEPTHWISE(NAME)                                                         \
+static void NAME(const float *filter, int kh, int kw, int stride, const float *ph,    \
+                 int se, Py_ssize_t hq, Py_ssize_t wq, float bias, int relu,          \
+                 float *__restrict acc, float *__restrict out, Py_ssize_t out_h,      \
                  Py_ssize_t out_w) {                                                  \
-    Py_ssize_t t, oh, ow, p;                                                          \
-    for (p = 0; p < out_h * out_w; p++) out[p] = bias;                                \
-    for (t = 0; t < k; t++) {                                                         \
-        const Py_ssize_t tap = idx[t], i = tap / kw % kh, j = tap % kw;               \
-        const float w = v[t];                                                         \
-        const float *plane = x + (tap / (kh * kw)) * height * width;                  \
-        /* output columns ow with 0 <= ow*stride - padding + j < width */             \
-        const Py_ssize_t shift = j - padding, last = width - 1 - shift;               \
-        const Py_ssize_t lo = shift < 0 ? (-shift + stride - 1) / stride : 0;         \
-        Py_ssize_t hi = last < 0 ? 0 : last / stride + 1;                             \
-        if (hi > out_w) hi = out_w;                                                   \
-        if (lo >= hi) continue;                                                       \
-        for (oh = 0; oh < out_h; oh++) {                                              \
-            const Py_ssize_t h = oh * stride - padding + i;                           \
-            const float *__restrict row;                                              \
-            float *__restrict o = out + oh * out_w;                                   \
-            if (h < 0 || h >= height) continue;                                       \
-            row = plane + h * width;                                                  \
-            if (stride == 1)                                                          \
-                for (ow = lo; ow < hi; ow++) o[ow] += w * row[ow + shift];            \
-            else                                                                      \
-                for (ow = lo; ow < hi; ow++) o[ow] += w * row[ow * stride + shift];   \
+    const Py_ssize_t grid = ((out_h - 1) * wq + out_w + SRIGL_DEPTHWISE_CHUNK - 1)    \
+                            / SRIGL_DEPTHWISE_CHUNK * SRIGL_DEPTHWISE_CHUNK;          \
+    Py_ssize_t g, oh, ow;                                                             \
+    int i, j, e;                                                                      \
+    for (g = 0; g < grid; g++) acc[g] = bias;                                         \
+    for (i = 0; i < kh; i++)                                                          \
+        for (j = 0; j < kw; j++) {                                                    \
+            const float w = filter[i * kw + j];                                       \
+            const float *__restrict src = ph + ((i % stride) * se + j % stride) * hq * wq \
+                                          + (i / stride) * wq + j / stride;           \
+            for (g = 0; g < grid; g += SRIGL_DEPTHWISE_CHUNK)                         \
+                for (e = 0; e < SRIGL_DEPTHWISE_CHUNK; e++)                           \
+                    acc[g + e] += w * src[g + e];                                     \
         }                                                                             \
-    }                                                                                 \
+    for (oh = 0; oh < out_h; oh++)                                                    \
+        for (ow = 0; ow < out_w; ow++) {                                              \
+            const float v = acc[oh * wq + ow];                                        \
+            out[oh * out_w + ow] = relu && v < 0.0f ? 0.0f : v;                       \
+        }                                                                             \
 }
 /* ---------------------------------------------------------------------------
    Tile transpose (the batched kernel's input layout)
@@ -211,6 +213,171 @@ static void srigl_transpose_scalar(const float *x, Py_ssize_t ldx, Py_ssize_t ro
     }
 }
 
+
+/* ---------------------------------------------------------------------------
+   Condensed convolution on phase planes
+
+   A convolution is the condensed product over output pixels, each pixel's row its
+   patch. Lay each input plane out padded and split into its stride x stride phases,
+
+     ph[a, e, y, z] = x[y*stride + a - padding, z*stride + e - padding]   (0 outside),
+
+   a grid of hq x wq per phase, and index output pixels on that grid,
+   g = oh*wq + ow (columns ow >= out_w are computed and dropped). Then tap (c, i, j)
+   of output g reads plane c's phase (a, e) = (i % stride, j % stride) at
+   g + (i / stride) * wq + j / stride: a fixed offset per tap. So W consecutive output
+   positions read W consecutive floats at every tap, which is the batched block
+   kernel's access to its transposed tiles with the tile replaced by the phase planes
+   themselves: no im2col, not even of a tile (packing 64-pixel tiles ran at 0.5 of the
+   3x3 convolutions' time and half the stem's, the copies too short to pay for their
+   bookkeeping). The input is copied once, into the phase layout; the zero border
+   makes the padding free.
+
+   Only the phases a < sa = min(stride, kh), e < se = min(stride, kw) hold taps (a 1x1
+   convolution of stride 2 reads one phase of four), so only those are made.
+
+   void srigl_conv_phase(x, height, width, stride, padding, sa, se, hq, wq, ph)
+
+   Input arguments:
+     const float x[height, width]              - one (image, channel) plane
+     int         stride, padding
+     int         sa, se                        - phases kept per axis
+     Py_ssize_t  hq, wq                        - ceil((size + 2*padding) / stride)
+   Output arguments:
+     float       ph[sa, se, hq, wq]            - its phases, as above
+   --------------------------------------------------------------------------- */
+static void srigl_conv_phase(const float *x, Py_ssize_t height, Py_ssize_t width, int stride,
+                             int padding, int sa, int se, Py_ssize_t hq, Py_ssize_t wq,
+                             float *__restrict ph) {
+    int a, e;
+    Py_ssize_t y, z;
+    for (a = 0; a < sa; a++)
+        for (e = 0; e < se; e++) {
+            /* phase columns z with 0 <= z*stride + e - padding < width */
+            const Py_ssize_t first = e - padding;
+            Py_ssize_t lo = first < 0 ? (-first + stride - 1) / stride : 0;
+            Py_ssize_t hi = first > width - 1 ? 0 : (width - 1 - first) / stride + 1;
+            if (hi > wq) hi = wq;
+            if (lo > hi) lo = hi;
+            for (y = 0; y < hq; y++) {
+                float *__restrict o = ph + ((a * se + e) * hq + y) * wq;
+                const Py_ssize_t h = y * stride + a - padding;
+                if (h < 0 || h >= height) {
+                    memset(o, 0, wq * sizeof(float));
+                    continue;
+                }
+                const float *row = x + h * width;
+                for (z = 0; z < lo; z++) o[z] = 0.0f;
+                if (stride == 1)
+                    memcpy(o + lo, row + first + lo, (hi - lo) * sizeof(float));
+                else
+                    for (z = lo; z < hi; z++) o[z] = row[first + z * stride];
+                for (z = hi; z < wq; z++) o[z] = 0.0f;
+            }
+        }
+}
+
+/* void srigl_conv_store(out, W, n_rows, g0, first, count, wq, out_w, plane, residual,
+                         relu, y)
+
+     y[r, oh, ow] = relu?(out[r, t] + residual[r, oh, ow]) for the tile's grid positions
+     g0 + t = oh*wq + ow with ow < out_w, first <= t < count, rows r < n_rows (residual
+     NULL: no add; relu 0: no ReLU; a NaN stays NaN, as torch.relu keeps it).
+
+   Input arguments:
+     const float out[n_rows, W]               - the sums (bias in)
+     Py_ssize_t  g0, first, count             - the tile's grid positions, and those it
+                                                stores (a last tile moved back to end at
+                                                the grid's end stores only its new ones)
+     Py_ssize_t  wq, out_w, plane             - grid row length, output row length,
+                                                out_h*out_w
+     const float residual[n_rows, plane] or NULL  - may be y itself
+     int         relu
+   Output arguments:
+     float       y[n_rows, plane]             - the tile's pixels of the rows
+   --------------------------------------------------------------------------- */
+static inline void srigl_conv_store(const float *out, Py_ssize_t W, Py_ssize_t n_rows,
+                             Py_ssize_t g0, Py_ssize_t first, Py_ssize_t count,
+                             Py_ssize_t wq, Py_ssize_t out_w, Py_ssize_t plane,
+                             const float *residual, int relu, float *y) {
+    Py_ssize_t t = first, i, u;
+    while (t < count) {
+        const Py_ssize_t oh = (g0 + t) / wq, ow = (g0 + t) % wq;
+        const Py_ssize_t left = count - t < wq - ow ? count - t : wq - ow;
+        const Py_ssize_t run = ow >= out_w ? 0 : (out_w - ow < left ? out_w - ow : left);
+        for (i = 0; i < n_rows && run > 0; i++) {
+            const Py_ssize_t at = i * plane + oh * out_w + ow;
+            /* y may be the residual array itself (an in-place add): add and dst may
+               alias, element for element, so neither is restrict. */
+            const float *__restrict src = out + i * W + t;
+            float *dst = y + at;
+            if (residual) {
+                const float *add = residual + at;
+                if (relu)
+                    for (u = 0; u < run; u++) {
+                        const float v = src[u] + add[u];
+                        dst[u] = v < 0.0f ? 0.0f : v;
+                    }
+                else
+                    for (u = 0; u < run; u++) dst[u] = src[u] + add[u];
+            } else if (relu) {
+                for (u = 0; u < run; u++) dst[u] = src[u] < 0.0f ? 0.0f : src[u];
+            } else {
+                memcpy(dst, src, run * sizeof(float));
+            }
+        }
+        t += left;
+    }
+}
+
+/* void srigl_conv_rows_<path>(n_vectors, values, offsets, starts, n_blocks, n_active,
+                               bias, src, r0, r1, g0, first, count, wq, out_w, plane,
+                               residual, relu, y)
+
+   Output channels [r0, r1) (r1 - r0 <= SRIGL_ROWS) of one image at the W = 8 * n_vectors
+   grid positions [g0, g0 + W) (n_vectors 8, 4, 2, anything else 1), stored at
+   [g0 + first, g0 + count) (count <= W): the path's srigl_conv_sums{W} from src = the
+   image's phase planes + g0, then srigl_conv_store into the image's output
+   y[n_active, plane] and residual (both from channel 0; rows r0... are used). Each
+   path instantiates it, so the store, inlined, is vectorised at the path's width
+   (compiled once for the portable baseline, 4 floats on x86-64, the store took 15% of
+   ResNet-50's batch-1 time).
+
+   Input arguments:
+     const float      values[nnz], starts[n_blocks*n_active + 1]
+                                             - CondensedWeights' packed layout
+     const int32_t    offsets[nnz]           - each non-zero's tap offset in the phase
+                                               planes (see srigl_conv_phase)
+     const float      bias[n_active] or NULL
+     const float      src[...]               - the image's phase planes, from g0; every
+                                               src[offset + t], t < W, inside them
+     the rest                                - as srigl_conv_store
+   Output arguments:
+     float            y[n_active, plane]     - rows [r0, r1), the tile's pixels */
+#define SRIGL_CONV_ROWS(NAME, SUMS8, SUMS16, SUMS32, SUMS64)                          \
+static void NAME(int n_vectors, const float *values, const int32_t *offsets,          \
+                 const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active,  \
+                 const float *bias, const float *src, Py_ssize_t r0, Py_ssize_t r1,   \
+                 Py_ssize_t g0, Py_ssize_t first, Py_ssize_t count, Py_ssize_t wq,    \
+                 Py_ssize_t out_w, Py_ssize_t plane, const float *residual, int relu, \
+                 float *y) {                                                          \
+    float out[SRIGL_ROWS * 64];                                                       \
+    Py_ssize_t W = 8;                                                                 \
+    if (n_vectors == 8) {                                                             \
+        W = 64;                                                                       \
+        SUMS64(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);  \
+    } else if (n_vectors == 4) {                                                      \
+        W = 32;                                                                       \
+        SUMS32(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);  \
+    } else if (n_vectors == 2) {                                                      \
+        W = 16;                                                                       \
+        SUMS16(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);  \
+    } else {                                                                          \
+        SUMS8(values, offsets, starts, n_blocks, n_active, bias, src, r0, r1, out);   \
+    }                                                                                 \
+    srigl_conv_store(out, W, r1 - r0, g0, first, count, wq, out_w, plane,             \
+                     residual ? residual + r0 * plane : NULL, relu, y + r0 * plane);  \
+}
 
 #if defined(__GNUC__) || defined(__clang__)
 
@@ -318,13 +485,9 @@ static float NAME(const float *v, const INDEX_T *idx, const float *x, Py_ssize_t
 SRIGL_SCALAR_DOT(srigl_gather_dot_i16_generic, int16_t)
 SRIGL_SCALAR_DOT(srigl_gather_dot_i32_generic, int32_t)
 
-/* One row at a time, W sums in `out` (the layout of the vector variants). */
-#define SRIGL_SCALAR_BLOCK(NAME, W, INDEX_T)                                          \
-static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
-                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
-                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,             \
-                 Py_ssize_t ldy, Py_ssize_t width) {                                  \
-    float out[SRIGL_ROWS * W];                                                        \
+/* One row at a time, W sums in `out` (the layout of the vector variants); a non-zero's
+   W inputs start at xt + index * STEP (STEP as in SRIGL_ROW_GROUP, _kernels_isa.h). */
+#define SRIGL_SCALAR_SUMS(INDEX_T, W, STEP)                                           \
     Py_ssize_t block, r, t, j;                                                        \
     for (r = r0; r < r1; r++)                                                         \
         for (t = 0; t < W; t++) out[(r - r0) * W + t] = bias ? bias[r] : 0.0f;       \
@@ -332,12 +495,25 @@ static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *
         const Py_ssize_t *s = starts + block * n_active;                              \
         for (r = r0; r < r1; r++)                                                     \
             for (j = s[r]; j < s[r + 1]; j++) {                                       \
-                const float *src = xt + (Py_ssize_t)indices[j] * W;                   \
+                const float *src = xt + (Py_ssize_t)indices[j] * (STEP);              \
                 for (t = 0; t < W; t++) out[(r - r0) * W + t] += values[j] * src[t];  \
             }                                                                         \
-    }                                                                                 \
+    }
+#define SRIGL_SCALAR_BLOCK(NAME, W, INDEX_T)                                          \
+static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *starts, \
+                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
+                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *y,             \
+                 Py_ssize_t ldy, Py_ssize_t width) {                                  \
+    float out[SRIGL_ROWS * W];                                                        \
+    SRIGL_SCALAR_SUMS(INDEX_T, W, W)                                                  \
     for (t = 0; t < width; t++)                                                       \
         for (r = r0; r < r1; r++) y[t * ldy + r] = out[(r - r0) * W + t];             \
+}
+#define SRIGL_SCALAR_CONV_SUMS(NAME, W)                                               \
+static void NAME(const float *values, const int32_t *indices, const Py_ssize_t *starts, \
+                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
+                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *out) {         \
+    SRIGL_SCALAR_SUMS(int32_t, W, 1)                                                  \
 }
 SRIGL_SCALAR_BLOCK(srigl_block8_i16_generic, 8, int16_t)
 SRIGL_SCALAR_BLOCK(srigl_block16_i16_generic, 16, int16_t)
@@ -347,9 +523,14 @@ SRIGL_SCALAR_BLOCK(srigl_block8_i32_generic, 8, int32_t)
 SRIGL_SCALAR_BLOCK(srigl_block16_i32_generic, 16, int32_t)
 SRIGL_SCALAR_BLOCK(srigl_block32_i32_generic, 32, int32_t)
 SRIGL_SCALAR_BLOCK(srigl_block64_i32_generic, 64, int32_t)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums8_generic, 8)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums16_generic, 16)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums32_generic, 32)
+SRIGL_SCALAR_CONV_SUMS(srigl_conv_sums64_generic, 64)
+SRIGL_CONV_ROWS(srigl_conv_rows_generic, srigl_conv_sums8_generic, srigl_conv_sums16_generic,
+                srigl_conv_sums32_generic, srigl_conv_sums64_generic)
 
-SRIGL_CONV_ITEM(srigl_conv_item_i16_generic, int16_t)
-SRIGL_CONV_ITEM(srigl_conv_item_i32_generic, int32_t)
+SRIGL_DEPTHWISE(srigl_depthwise_generic)
 
 static const srigl_kernels srigl_table_generic = {
     "generic", srigl_gather_dot_i16_generic, srigl_gather_dot_i32_generic,
@@ -357,7 +538,8 @@ static const srigl_kernels srigl_table_generic = {
      srigl_block64_i16_generic},
     {srigl_block8_i32_generic, srigl_block16_i32_generic, srigl_block32_i32_generic,
      srigl_block64_i32_generic},
-    srigl_conv_item_i16_generic, srigl_conv_item_i32_generic, srigl_transpose_scalar,
+    srigl_conv_rows_generic,
+    srigl_depthwise_generic, srigl_transpose_scalar,
     NULL,
 };
 
@@ -557,21 +739,27 @@ static void srigl_max_pool_plane(const float *x, Py_ssize_t height, Py_ssize_t w
 }
 
 
-/* void srigl_conv_item_{i16,i32}(...): the direct convolution of one (image, channel)
-   on the active path; arguments as srigl_conv_item_* in _kernels_isa.h. */
-static inline void srigl_conv_item_i16(const float *v, const int16_t *idx, Py_ssize_t k,
-                                       const float *x, Py_ssize_t height, Py_ssize_t width,
-                                       int kh, int kw, int stride, int padding, float bias,
-                                       float *out, Py_ssize_t out_h, Py_ssize_t out_w) {
-    srigl_active->conv_item_i16(v, idx, k, x, height, width, kh, kw, stride, padding, bias,
-                                out, out_h, out_w);
+/* void srigl_conv_rows(...): srigl_conv_rows_<path> (SRIGL_CONV_ROWS above) on the
+   active path. */
+static inline void srigl_conv_rows(int n_vectors, const float *values, const int32_t *offsets,
+                                   const Py_ssize_t *starts, Py_ssize_t n_blocks,
+                                   Py_ssize_t n_active, const float *bias, const float *src,
+                                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t g0,
+                                   Py_ssize_t first, Py_ssize_t count, Py_ssize_t wq,
+                                   Py_ssize_t out_w, Py_ssize_t plane, const float *residual,
+                                   int relu, float *y) {
+    srigl_active->conv_rows(n_vectors, values, offsets, starts, n_blocks, n_active, bias, src,
+                            r0, r1, g0, first, count, wq, out_w, plane, residual, relu, y);
 }
-static inline void srigl_conv_item_i32(const float *v, const int32_t *idx, Py_ssize_t k,
-                                       const float *x, Py_ssize_t height, Py_ssize_t width,
-                                       int kh, int kw, int stride, int padding, float bias,
-                                       float *out, Py_ssize_t out_h, Py_ssize_t out_w) {
-    srigl_active->conv_item_i32(v, idx, k, x, height, width, kh, kw, stride, padding, bias,
-                                out, out_h, out_w);
+
+/* void srigl_depthwise(...): the depthwise convolution of one plane on the active path;
+   arguments as srigl_depthwise_<path> (SRIGL_DEPTHWISE above). */
+static inline void srigl_depthwise(const float *filter, int kh, int kw, int stride,
+                                   const float *ph, int se, Py_ssize_t hq, Py_ssize_t wq,
+                                   float bias, int relu, float *acc, float *out,
+                                   Py_ssize_t out_h, Py_ssize_t out_w) {
+    srigl_active->depthwise(filter, kh, kw, stride, ph, se, hq, wq, bias, relu, acc, out,
+                            out_h, out_w);
 }
 
 /* 1 when the active path has the batch-1 lookup kernel (avx512), else 0. */
@@ -590,6 +778,202 @@ static inline void srigl_lookup_group(const float *lv, const uint8_t *li, const 
 static inline void srigl_transpose(const float *x, Py_ssize_t ldx, Py_ssize_t rows,
                                    Py_ssize_t count, float *xt, Py_ssize_t width) {
     srigl_active->transpose(x, ldx, rows, count, xt, width);
+}
+
+/* ---------------------------------------------------------------------------
+   One parallel region per call
+
+   On this project's shared 2-vCPU hosts a thread of the team is often descheduled
+   for a time slice while another job runs, and every barrier (each parallel
+   region's end) then waits that slice out: a batched product that went through
+   transpose and multiply regions per chunk took 33-45 ms instead of 1.5 ms on 2
+   threads of a loaded host, where torch's one region per GEMM took 8-12 ms. So the
+   batched product and the convolution run as one region with no barrier inside:
+   the work units (batch tile or image tile, block of SRIGL_ROWS rows) are split
+   into one contiguous run per thread of about equal cost (tile width x rows), and
+   each thread makes the layout its units read itself (the tile's transpose, the
+   image's phase planes) in its own scratch, redoing it where a tile or image is
+   split between two threads. Each unit's result is the same whoever computes it, so
+   results do not depend on the thread count.
+
+   srigl_share(cost_before, cost, total, t, n): 1 when the unit whose cost runs from
+   cost_before to cost_before + cost belongs to thread t of n (its midpoint falls in
+   the thread's share of total).
+   --------------------------------------------------------------------------- */
+static inline int srigl_share(Py_ssize_t cost_before, Py_ssize_t cost, Py_ssize_t total,
+                              int t, int n) {
+    const double middle = (double)cost_before + 0.5 * (double)cost;
+    return middle >= (double)total * t / n && middle < (double)total * (t + 1) / n;
+}
+
+/* void srigl_matmul_run(values, indices, short_indices, starts, n_blocks, n_active,
+                         bias, x, batch, n_in, split, n_vectors, tail_vectors, xt,
+                         threads, y)
+
+   y = x @ W.T (+ bias) by the batched block kernel: rows [0, split) in tiles of
+   W = 8 * n_vectors (the last one partial), rows [split, batch) in tiles of
+   8 * tail_vectors; units (tile, block of SRIGL_ROWS rows) as above.
+
+   Input arguments:
+     const float      values[nnz], starts[n_blocks*n_active + 1]  - packed weights
+     const void       indices[nnz]           - int16 (short_indices) or int32
+     const float      bias[n_active] or NULL
+     const float      x[batch, n_in]
+     Py_ssize_t       split                  - 0 < split <= batch
+     int              n_vectors, tail_vectors, threads
+   Scratch:
+     float            xt[threads, n_in, 64]  - each thread's transposed tile
+   Output arguments:
+     float            y[batch, n_active] */
+static void srigl_matmul_run(const float *values, const void *indices, int short_indices,
+                             const Py_ssize_t *starts, Py_ssize_t n_blocks,
+                             Py_ssize_t n_active, const float *bias, const float *x,
+                             Py_ssize_t batch, Py_ssize_t n_in, Py_ssize_t split,
+                             int n_vectors, int tail_vectors, float *xt, int threads,
+                             float *y) {
+    const Py_ssize_t wa = 8 * n_vectors, wb = 8 * tail_vectors;
+    const Py_ssize_t tiles_a = (split + wa - 1) / wa;
+    const Py_ssize_t tiles = tiles_a + (batch - split + wb - 1) / wb;
+    const Py_ssize_t row_blocks = (n_active + SRIGL_ROWS - 1) / SRIGL_ROWS;
+    const Py_ssize_t total = (tiles_a * wa + (tiles - tiles_a) * wb) * n_active;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        float *own = xt + (Py_ssize_t)t * n_in * 64;
+        Py_ssize_t tile, block, before = 0, made = -1;
+        for (tile = 0; tile < tiles; tile++) {
+            const int in_a = tile < tiles_a;
+            const Py_ssize_t w = in_a ? wa : wb;
+            const Py_ssize_t row0 = in_a ? tile * wa : split + (tile - tiles_a) * wb;
+            const Py_ssize_t rows = (in_a ? split : batch) - row0 < w
+                                    ? (in_a ? split : batch) - row0 : w;
+            for (block = 0; block < row_blocks; block++) {
+                const Py_ssize_t r0 = block * SRIGL_ROWS;
+                const Py_ssize_t r1 = r0 + SRIGL_ROWS < n_active ? r0 + SRIGL_ROWS : n_active;
+                const Py_ssize_t cost = w * (r1 - r0);
+                if (srigl_share(before, cost, total, t, n)) {
+                    if (made != tile) {
+                        Py_ssize_t c;
+                        for (c = 0; c < n_in; c += 64)
+                            srigl_transpose(x + row0 * n_in + c, n_in, rows,
+                                            n_in - c < 64 ? n_in - c : 64, own + c * w, w);
+                        made = tile;
+                    }
+                    if (short_indices)
+                        srigl_block_i16(in_a ? n_vectors : tail_vectors, values,
+                                        (const int16_t *)indices, starts, n_blocks, n_active,
+                                        bias, own, r0, r1, y + row0 * n_active, n_active,
+                                        rows);
+                    else
+                        srigl_block_i32(in_a ? n_vectors : tail_vectors, values,
+                                        (const int32_t *)indices, starts, n_blocks, n_active,
+                                        bias, own, r0, r1, y + row0 * n_active, n_active,
+                                        rows);
+                }
+                before += cost;
+            }
+        }
+    }
+}
+
+/* void srigl_conv_run(values, offsets, starts, n_blocks, n_active, bias, x, batch,
+                       channels, height, width, stride, padding, sa, se, hq, wq, in_place,
+                       out_h, out_w, n_vectors, tail_vectors, ph, ph_size, threads,
+                       residual, relu, y)
+
+   The condensed convolution (see srigl_conv_phase and srigl_conv_rows): units (image,
+   tile of grid positions, block of SRIGL_ROWS channels) as above; per image the
+   tiles are grid / W of W = 8 * n_vectors positions, then, when W does not divide
+   the grid and the grid is wider than W, one of 8 * tail_vectors moved back to end at
+   the grid's end (it stores only the positions the others left); a grid under W has
+   one tile.
+
+   Input arguments:
+     const float      values[nnz], starts  - packed weights
+     const int32_t    offsets[nnz]          - their taps' offsets in an image's phases
+     const float      bias[n_active] or NULL
+     const float      x[batch, channels, height, width]
+     int              stride, padding, sa, se
+     Py_ssize_t       hq, wq                - the phase geometry (_phase_geometry)
+     int              in_place              - x is its own phase layout (stride 1, no
+                                              padding, grid >= 8): read it there
+     Py_ssize_t       out_h, out_w
+     int              n_vectors, tail_vectors, threads
+     const float      residual[batch, n_active, out_h*out_w] or NULL
+     int              relu
+   Scratch:
+     float            ph[threads, ph_size]  - each thread's phase planes of one image
+                                              (channels*sa*se*hq*wq) and the zeroed
+                                              floats its last tile may read past them
+   Output arguments:
+     float            y[batch, n_active, out_h*out_w] */
+static void srigl_conv_run(const float *values, const int32_t *offsets,
+                           const Py_ssize_t *starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                           const float *bias, const float *x, Py_ssize_t batch,
+                           Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                           int stride, int padding, int sa, int se, Py_ssize_t hq,
+                           Py_ssize_t wq, int in_place, Py_ssize_t out_h, Py_ssize_t out_w,
+                           int n_vectors, int tail_vectors, float *ph, Py_ssize_t ph_size,
+                           int threads, const float *residual, int relu, float *y) {
+    const Py_ssize_t w = 8 * n_vectors, grid = (out_h - 1) * wq + out_w;
+    const Py_ssize_t full = grid / w;
+    const Py_ssize_t tiles = grid <= w ? 1 : full + (grid % w != 0);
+    const Py_ssize_t row_blocks = (n_active + SRIGL_ROWS - 1) / SRIGL_ROWS;
+    const Py_ssize_t plane = out_h * out_w, image = channels * sa * se * hq * wq;
+    const Py_ssize_t per_image = (full * w + (tiles - full) * 8 * tail_vectors) * n_active;
+    const Py_ssize_t total = batch * per_image;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        float *own = ph + (Py_ssize_t)t * ph_size;
+        Py_ssize_t b, tile, block, before = 0, made = -1;
+        const double lo = (double)total * t / n, hi = (double)total * (t + 1) / n;
+        for (b = 0; b < batch; b++) {
+            if (before + per_image <= lo || before >= hi) {   /* no unit of b is ours */
+                before += per_image;
+                continue;
+            }
+            for (tile = 0; tile < tiles; tile++) {
+                const int narrow = tile >= full && grid > w;
+                const Py_ssize_t g0 = narrow ? grid - 8 * tail_vectors : tile * w;
+                const Py_ssize_t first = narrow ? full * w - g0 : 0;
+                const Py_ssize_t count = narrow ? 8 * tail_vectors : (grid < w ? grid : w);
+                const Py_ssize_t cost_w = narrow ? 8 * tail_vectors : w;
+                for (block = 0; block < row_blocks; block++) {
+                    const Py_ssize_t r0 = block * SRIGL_ROWS;
+                    const Py_ssize_t r1 = r0 + SRIGL_ROWS < n_active ? r0 + SRIGL_ROWS
+                                                                    : n_active;
+                    const Py_ssize_t cost = cost_w * (r1 - r0);
+                    if (srigl_share(before, cost, total, t, n)) {
+                        const float *src;
+                        if (in_place) {
+                            src = x + b * image;
+                        } else {
+                            if (made != b) {
+                                Py_ssize_t c;
+                                for (c = 0; c < channels; c++)
+                                    srigl_conv_phase(x + (b * channels + c) * height * width,
+                                                     height, width, stride, padding, sa, se,
+                                                     hq, wq, own + c * sa * se * hq * wq);
+                                made = b;
+                            }
+                            src = own;
+                        }
+                        srigl_conv_rows(narrow ? tail_vectors : n_vectors, values, offsets,
+                                        starts, n_blocks, n_active, bias, src + g0, r0, r1,
+                                        g0, first, count, wq, out_w, plane,
+                                        residual ? residual + b * n_active * plane : NULL,
+                                        relu, y + b * n_active * plane);
+                    }
+                    before += cost;
+                }
+            }
+        }
+    }
 }
 
 #endif /* SRIGL_NP_KERNELS_H */

@@ -19,22 +19,24 @@ Design
   ``openmp_enabled()`` reports which build this is.
 * The C lives in ``srigl_np/_kernels.h`` and ``_kernels_isa.h``, headers shipped with
   the package and declared below with ``cdef extern from "_kernels.h"``: the OpenMP
-  shim, max pooling of a plane, and the batch-1 gather-dot, the batched block kernels
-  and the direct convolution (GCC/Clang vector extensions, hence C rather than
-  Cython) in one variant per CPU path: ``avx512``,
+  shim, max pooling of a plane, the convolutions' phase planes and stores, and the
+  batch-1 gather-dot, the batched block kernels, the convolution's blocks and the
+  depthwise plane (GCC/Clang vector extensions, hence C rather than Cython) in one
+  variant per CPU path: ``avx512``,
   ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
   the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
   ``set_cpu_path()``). The avx512 path also has a batch-1 table lookup (AVX-512
   two-register permutes), used where its padding is small (``vector_kernel``). This
   file holds the validation, the Cython loops (``prange``) and the layout work (im2col,
-  the tiling transpose, the column-block packing, the lookup layout).
+  the tiling transpose, the column-block packing, the lookup layout, the convolution's
+  tap offsets).
 
 Each kernel's header (a comment in C, the docstring here) lists its inputs and
 outputs with shapes in brackets, e.g. ``values[n_active, k]``, ``x[batch, n_in]``,
 ``xt[n_tiles, n_in, width]``, as scipy's sparsetools headers do.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from cython cimport floating
 from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
 cimport numpy as cnp
@@ -65,18 +67,6 @@ cdef extern from "_kernels.h":
     float srigl_gather_dot_i32(const float* v, const int32_t* idx, const float* x,
                                Py_ssize_t k) noexcept nogil
 
-    # Batched block kernel: rows [r0, r1) (r1 - r0 <= ROWS_PER_BLOCK) of one batch tile
-    # xt[n_in, 8 * n_vectors] -> y[width, ldy], from the column-block packed weights.
-    enum: ROWS_PER_BLOCK "SRIGL_ROWS"
-    void srigl_block_i16(int n_vectors, const float* values, const int16_t* indices,
-                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
-                         const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
-                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
-    void srigl_block_i32(int n_vectors, const float* values, const int32_t* indices,
-                         const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
-                         const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
-                         float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil
-
     # Batch-1 lookup of one group of LOOKUP_ROWS rows from the lookup layout (only on
     # a path where srigl_has_lookup(): avx512).
     enum: LOOKUP_COLUMNS "SRIGL_LOOKUP_COLUMNS"
@@ -91,25 +81,41 @@ cdef extern from "_kernels.h":
                             Py_ssize_t window, int32_t* order, char* taken,
                             int32_t* top) noexcept nogil
 
-    # Tile transpose: xt[i, t] = x[t, i] (t < rows), 0 for rows <= t < width.
-    void srigl_transpose(const float* x, Py_ssize_t ldx, Py_ssize_t rows, Py_ssize_t count,
-                         float* xt, Py_ssize_t width) noexcept nogil
-
     # Max pooling of one plane x[height, width] -> y[out_h, out_w] (no padding).
     void srigl_max_pool_plane(const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
                               int kw, int stride, float* y, Py_ssize_t out_h,
                               Py_ssize_t out_w) noexcept nogil
 
-    # Direct convolution of one (image, channel): v[k], idx[k] taps of the channel,
-    # x[channels, height, width] the image -> out[out_h, out_w].
-    void srigl_conv_item_i16(const float* v, const int16_t* idx, Py_ssize_t k,
-                             const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
-                             int kw, int stride, int padding, float bias, float* out,
-                             Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
-    void srigl_conv_item_i32(const float* v, const int32_t* idx, Py_ssize_t k,
-                             const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
-                             int kw, int stride, int padding, float bias, float* out,
-                             Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    # The depthwise convolution of one plane from its phases (see _kernels.h):
+    # filter[kh, kw], ph[sa, se, hq, wq] and DEPTHWISE_CHUNK more floats ->
+    # out[out_h, out_w], acc[grid rounded up to DEPTHWISE_CHUNK] scratch.
+    enum: DEPTHWISE_CHUNK "SRIGL_DEPTHWISE_CHUNK"
+    void srigl_depthwise(const float* filter, int kh, int kw, int stride, const float* ph,
+                         int se, Py_ssize_t hq, Py_ssize_t wq, float bias, int relu,
+                         float* acc, float* out, Py_ssize_t out_h,
+                         Py_ssize_t out_w) noexcept nogil
+
+    # The convolution's phase planes (see the section below and _kernels.h): one plane
+    # x[height, width] -> its phases ph[sa, se, hq, wq].
+    void srigl_conv_phase(const float* x, Py_ssize_t height, Py_ssize_t width, int stride,
+                          int padding, int sa, int se, Py_ssize_t hq, Py_ssize_t wq,
+                          float* ph) noexcept nogil
+
+    # One parallel region per call (see _kernels.h): the batched product and the
+    # convolution, each thread making the layout its units read in its own scratch.
+    void srigl_matmul_run(const float* values, const void* indices, int short_indices,
+                          const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
+                          const float* bias, const float* x, Py_ssize_t batch,
+                          Py_ssize_t n_in, Py_ssize_t split, int n_vectors, int tail_vectors,
+                          float* xt, int threads, float* y) noexcept nogil
+    void srigl_conv_run(const float* values, const int32_t* offsets, const Py_ssize_t* starts,
+                        Py_ssize_t n_blocks, Py_ssize_t n_active, const float* bias,
+                        const float* x, Py_ssize_t batch, Py_ssize_t channels,
+                        Py_ssize_t height, Py_ssize_t width, int stride, int padding, int sa,
+                        int se, Py_ssize_t hq, Py_ssize_t wq, int in_place, Py_ssize_t out_h,
+                        Py_ssize_t out_w, int n_vectors, int tail_vectors, float* ph,
+                        Py_ssize_t ph_size, int threads, const float* residual, int relu,
+                        float* y) noexcept nogil
 
 
 PATH_NAMES = tuple(srigl_path_name(p).decode() for p in range(N_PATHS))
@@ -391,12 +397,6 @@ ctypedef fused index_t:
     int16_t
     int32_t
 
-# Input columns per work item of the tiling transpose (64 floats = 4 cache lines
-# read per batch row, 64 short runs written: both stay in L1).
-cdef enum:
-    TRANSPOSE_BLOCK = 64
-
-
 def _frozen_copy(a, dtype):
     """A C-contiguous, read-only copy of ``a`` that no one can make writeable."""
     a = np.ascontiguousarray(a, dtype=dtype)
@@ -468,6 +468,7 @@ cdef class CondensedWeights:
     cdef const Py_ssize_t* _offsets
     cdef const int32_t* _rows
     cdef object _grouping          # (order, counts) of _lookup_grouping, None until made
+    cdef dict _tap_offsets         # the convolution's tap offsets per geometry
 
     def __init__(self, values, indices, n_in):
         if not hasattr(values, "dtype") or values.dtype != np.float32:
@@ -514,6 +515,29 @@ cdef class CondensedWeights:
         self._lookup = None
         self._grouping = None
         self._padding = -1
+        self._tap_offsets = {}
+
+    def _conv_offsets(self, kh, kw, stride, sa, se, hq, wq):
+        """offsets[nnz] int32, read-only, in packed order: each non-zero's tap (c, i, j)
+        as an offset into one image's phase planes ph[channels, sa, se, hq, wq]
+        (condensed_conv2d), ((c*sa + i % stride)*se + j % stride)*hq*wq
+        + (i // stride)*wq + j // stride. Made once per geometry, then kept: a
+        network calls each layer at one image size. The caller checks the geometry
+        (n_in = channels*kh*kw)."""
+        key = (kh, kw, stride, sa, se, hq, wq)
+        offsets = self._tap_offsets.get(key)
+        if offsets is None:
+            tap = self.packed_indices.astype(np.int64)
+            c, i, j = tap // (kh * kw), tap // kw % kh, tap % kw
+            offsets = (((c * sa + i % stride) * se + j % stride) * hq * wq
+                       + (i // stride) * wq + j // stride)
+            if offsets.size and int(offsets.max()) > INT32_MAX:
+                raise ValueError(f"x's images are too large for the convolution's int32 "
+                                 f"offsets (largest {int(offsets.max())})")
+            offsets = offsets.astype(np.int32)
+            offsets.flags.writeable = False
+            self._tap_offsets[key] = offsets
+        return offsets
 
     def _lookup_grouping(self):
         """(order[n_active] int32, counts[n_active, n_blocks] int32), made once: counts[r, b]
@@ -673,80 +697,6 @@ cdef void _condensed_vector(const float* values, const index_t* indices,
             bias[r] if bias != NULL else 0)
 
 
-cdef inline void _block(int n_vectors, const float* values, const index_t* indices,
-                        const Py_ssize_t* starts, Py_ssize_t n_blocks, Py_ssize_t n_active,
-                        const float* bias, const float* xt, Py_ssize_t r0, Py_ssize_t r1,
-                        float* y, Py_ssize_t ldy, Py_ssize_t width) noexcept nogil:
-    """Rows [r0, r1) of one batch tile of 8 * n_vectors values (srigl_block_* in
-    _kernels.h, which documents each argument).
-
-    Input:   n_vectors in {1, 2, 4, 8}; values[nnz] float32, indices[nnz] int16/int32,
-             starts[n_blocks * n_active + 1] (column-block packed, see
-             CondensedWeights); bias[n_active] or NULL; xt[n_in, 8 * n_vectors], the
-             tile of the transposed input; r0 < r1 <= n_active, r1 - r0 <= ROWS_PER_BLOCK;
-             ldy; width <= 8 * n_vectors, the batch rows present in the tile.
-    Output:  y[width, ldy] float32, only y[t, r0:r1] written.
-    """
-    if index_t is int16_t:
-        srigl_block_i16(n_vectors, values, indices, starts, n_blocks, n_active, bias, xt,
-                        r0, r1, y, ldy, width)
-    else:
-        srigl_block_i32(n_vectors, values, indices, starts, n_blocks, n_active, bias, xt,
-                        r0, r1, y, ldy, width)
-
-
-cdef void _condensed_batch(const float[::1] values, const index_t[::1] indices,
-                           const Py_ssize_t[::1] starts, Py_ssize_t n_active,
-                           const float[:, :, ::1] xt, const float* bias, float[:, ::1] y,
-                           int n_vectors, int threads) noexcept nogil:
-    """y[batch, n_active] = x @ W.T (+ bias) from the tiled input xt[n_tiles, n_in, width]
-    and the column-block packed weights (values[nnz], indices[nnz], starts; see
-    CondensedWeights).
-
-    Input:   values[nnz] float32, indices[nnz] int16/int32,
-             starts[n_column_blocks * n_active + 1] intp (packed_values, packed_indices
-             and starts of CondensedWeights); n_active >= 1;
-             xt[n_tiles, n_in, width] float32 with width = 8 * n_vectors and
-             n_tiles = ceil(batch / width) (from _tile_transpose);
-             bias[n_active] float32 or NULL; n_vectors in {1, 2, 4, 8}; threads.
-    Output:  y[batch, n_active] float32.
-
-    Work items are (batch tile, block of ROWS_PER_BLOCK rows), tile-major, so under
-    a static schedule each thread sweeps few tiles and keeps their xt in cache.
-    """
-    cdef Py_ssize_t batch = y.shape[0], n_tiles = xt.shape[0], width = xt.shape[2]
-    cdef Py_ssize_t n_column_blocks = (starts.shape[0] - 1) // n_active
-    cdef Py_ssize_t n_row_blocks = (n_active + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
-    cdef Py_ssize_t item, tile, r0
-    for item in prange(n_tiles * n_row_blocks, schedule="static", num_threads=threads):
-        tile = item // n_row_blocks
-        r0 = (item % n_row_blocks) * ROWS_PER_BLOCK
-        _block(n_vectors, &values[0], &indices[0], &starts[0], n_column_blocks, n_active,
-               bias, &xt[tile, 0, 0], r0, min(r0 + ROWS_PER_BLOCK, n_active),
-               &y[tile * width, 0], n_active, min(width, batch - tile * width))
-
-
-cdef void _tile_transpose(const float[:, ::1] x, float[:, :, ::1] xt,
-                          int threads) noexcept nogil:
-    """xt[tile, i, t] = x[tile * width + t, i], zero past the batch (width = xt.shape[2]).
-
-    Input:   x[batch, n_in] float32; threads.
-    Output:  xt[n_tiles, n_in, width] float32, n_tiles = ceil(batch / width).
-
-    Parallel over (tile, block of TRANSPOSE_BLOCK input columns); each item is one
-    srigl_transpose (8x8 register blocks on the x86 paths).
-    """
-    cdef Py_ssize_t batch = x.shape[0], n_in = x.shape[1]
-    cdef Py_ssize_t n_tiles = xt.shape[0], width = xt.shape[2]
-    cdef Py_ssize_t n_blocks = (n_in + TRANSPOSE_BLOCK - 1) // TRANSPOSE_BLOCK
-    cdef Py_ssize_t item, tile, start
-    for item in prange(n_tiles * n_blocks, schedule="static", num_threads=threads):
-        tile = item // n_blocks
-        start = (item % n_blocks) * TRANSPOSE_BLOCK
-        srigl_transpose(&x[tile * width, start], n_in, min(width, batch - tile * width),
-                        min(TRANSPOSE_BLOCK, n_in - start), &xt[tile, start, 0], width)
-
-
 # Column blocks of the batched kernel hold about SEGMENT_NONZEROS non-zeros of a row
 # and at least MIN_COLUMN_BLOCK columns (at the widest tile, 128 columns of the
 # transposed input are 32 KiB, an L1 cache). Measured on Zen 3 (2 threads, batch
@@ -762,10 +712,6 @@ def column_block_width(Py_ssize_t n_in, Py_ssize_t k):
     multiple of 64, at least MIN_COLUMN_BLOCK, about SEGMENT_NONZEROS * n_in / k."""
     cdef Py_ssize_t step = 64 * max(k, 1)
     return max(MIN_COLUMN_BLOCK, (SEGMENT_NONZEROS * n_in + step - 1) // step * 64)
-
-
-# Batch rows are tiled and multiplied in chunks of at most this many bytes of x.
-CHUNK_BYTES = 8 * 1024 * 1024
 
 
 # Tile width of the batched kernel: 8 * n_vectors batch values, 64 or as few as the
@@ -958,7 +904,8 @@ cdef object _matmul(CondensedWeights weights, x, bias, object threads, int n_vec
     bias = _condensed_bias(weights, bias)
     cdef int n_threads = _serial_if_small(_resolve_threads(threads),
                                           weights.n_active * weights.k * x.shape[0])
-    cdef Py_ssize_t batch = x.shape[0]
+    cdef Py_ssize_t batch = x.shape[0], main, split = batch
+    cdef int tail = 1
     cdef const float* b_ptr = NULL
     if bias is not None and weights.n_active:
         b_ptr = <const float*>_data(bias)
@@ -971,37 +918,26 @@ cdef object _matmul(CondensedWeights weights, x, bias, object threads, int n_vec
                              n_threads)
             return y
         n_vectors = tile_vectors(batch)
-    cdef Py_ssize_t width = 8 * n_vectors
-    # Large batches (im2col rows of a conv) go through in chunks whose tiled copy of x
-    # stays cache-sized: one reused buffer instead of a batch-sized transpose.
-    cdef Py_ssize_t chunk = max(width, CHUNK_BYTES // (4 * width * weights.n_in) * width)
-    chunk = min(chunk, (batch + width - 1) // width * width)
-    xt = _aligned_empty((chunk // width, weights.n_in, width))
-    cdef const float[:, ::1] x_view = x
-    cdef float[:, :, ::1] xt_view
-    cdef const float[::1] values = weights.packed_values
-    cdef const Py_ssize_t[::1] starts = weights.starts
-    cdef const int16_t[::1] idx16
-    cdef const int32_t[::1] idx32
-    cdef float[:, ::1] y_view
+        # Past one 64-wide tile, the rows a last full tile would leave go through tiles
+        # of their own width: 197 rows (a ViT image's tokens) take 3 tiles of 64 and one
+        # of 8 instead of 4 of 64, a fifth less work.
+        main = batch // 64 * 64
+        if 0 < main < batch:
+            split, tail = main, tile_vectors(batch - main)
+    xt = _aligned_empty((n_threads, weights.n_in, 64))
+    cdef float* xt_ptr = <float*>_data(xt)
+    cdef float* y_ptr = <float*>_data(y)
+    cdef const float* x_ptr = <const float*>_data(x)
+    cdef const float* values = <const float*>_data(weights.packed_values)
+    cdef const void* indices = _data(weights.packed_indices)
+    cdef const Py_ssize_t* starts = <const Py_ssize_t*>_data(weights.starts)
     cdef bint short_indices = weights.indices.dtype == np.int16
-    if short_indices:
-        idx16 = weights.packed_indices
-    else:
-        idx32 = weights.packed_indices
-    cdef Py_ssize_t start, stop, n_active = weights.n_active
-    for start in range(0, batch, chunk):
-        stop = min(start + chunk, batch)
-        xt_view = xt[:(stop - start + width - 1) // width]
-        y_view = y[start:stop]
-        with nogil:
-            _tile_transpose(x_view[start:stop], xt_view, n_threads)
-            if short_indices:
-                _condensed_batch(values, idx16, starts, n_active, xt_view, b_ptr, y_view,
-                                 n_vectors, n_threads)
-            else:
-                _condensed_batch(values, idx32, starts, n_active, xt_view, b_ptr, y_view,
-                                 n_vectors, n_threads)
+    cdef Py_ssize_t n_active = weights.n_active, n_blocks = weights.column_blocks
+    cdef Py_ssize_t n_in = weights.n_in
+    with nogil:
+        srigl_matmul_run(values, indices, short_indices, starts, n_blocks, n_active, b_ptr,
+                         x_ptr, batch, n_in, split, n_vectors, tail, xt_ptr, n_threads,
+                         y_ptr)
     return y
 
 
@@ -1012,12 +948,14 @@ def condensed_matmul(CondensedWeights weights not None, x, bias=None, threads=0)
     x[batch, n_in] (any float dtype and strides; converted to C-contiguous float32);
     bias[n_active] float32 or None -> y[batch, n_active] float32.
 
-    batch 1 runs ``condensed_matvec``'s kernel (``vector_kernel``). Larger batches transpose
-    x into tiles xt[n_tiles, n_in, width] (width = 8 * tile_vectors(batch)), so
-    every index reads a contiguous run of ``width`` batch values, and keep a
-    width-wide slice of each output row in registers while streaming that row's
-    k weights, one column block (``weights.column_block`` inputs) at a time. Parallel over
-    (batch tile, block of rows) pairs.
+    batch 1 runs ``condensed_matvec``'s kernel (``vector_kernel``). Larger batches go
+    through in tiles of ``width`` rows (width = 8 * tile_vectors(batch); past 64 rows,
+    tiles of 64 and the rest in tiles of 8 * tile_vectors(rest)), each transposed,
+    xt[n_in, width], so that every index reads a contiguous run of ``width`` batch
+    values; each output row keeps a width-wide slice in registers while streaming its k
+    weights, one column block (``weights.column_block`` inputs) at a time. One parallel
+    region (srigl_matmul_run in _kernels.h): each thread takes a run of (tile, block of
+    rows) pairs of about equal cost and transposes its tiles itself.
     """
     return _matmul(weights, x, bias, threads, 0)
 
@@ -1038,13 +976,19 @@ def _condensed_matmul_tiled(CondensedWeights weights not None, x, bias=None, thr
 
 
 # ---------------------------------------------------------------------------
-# Direct condensed convolution
+# Condensed convolution on phase planes
 #
 # A constant fan-in Conv2d keeps, per active output channel r, k taps of its filter:
 # values[r, j] at tap indices[r, j] = (c * kh + i) * kw + j' (im2col's column order).
-# Instead of im2col + the condensed product, each (image, channel) is computed
-# straight from the image (srigl_conv_item_* in _kernels.h): the column matrix,
-# kh*kw copies of the input, is never written.
+# That is the condensed product over output pixels, each pixel's row its patch. Each
+# input plane is copied once, padded and split into its stride x stride phases
+# (srigl_conv_phase, _kernels.h); on that layout every tap is a fixed offset from the
+# output position, so the batched block kernel reads W consecutive output positions'
+# inputs as it reads W batch rows of a transposed tile, straight from the planes
+# (srigl_conv_rows): no im2col. The tap offsets replace the indices (int32, in
+# CondensedWeights' packed order, made once per geometry and kept). Output and
+# residual are NCHW: a channel's pixels are contiguous, so the stores, with the
+# residual add and ReLU fused, are row stores.
 # ---------------------------------------------------------------------------
 
 def _image_input(x):
@@ -1058,46 +1002,97 @@ def _image_input(x):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-cdef void _conv_items(const float[:, ::1] values, const index_t[:, ::1] indices,
-                      const float[:, :, :, ::1] x, const float* bias, float[:, :, :, ::1] y,
-                      int kh, int kw, int stride, int padding, int threads) noexcept nogil:
-    """y[b, r] = the direct convolution of image b by channel r, parallel over (b, r).
+def _check_relu(relu):
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    return bool(relu)
 
-    Input:   values[n_active, k] float32, indices[n_active, k] int16/int32 (each in
-             [0, channels*kh*kw)), x[batch, channels, height, width] float32,
-             bias[n_active] or NULL, the geometry, threads.
-    Output:  y[batch, n_active, out_h, out_w] float32.
-    """
-    cdef Py_ssize_t n_active = values.shape[0], k = values.shape[1]
-    cdef Py_ssize_t height = x.shape[2], width = x.shape[3]
-    cdef Py_ssize_t out_h = y.shape[2], out_w = y.shape[3], item, b, r
-    for item in prange(y.shape[0] * n_active, schedule="static", num_threads=threads):
-        b = item // n_active
-        r = item % n_active
-        if index_t is int16_t:
-            srigl_conv_item_i16(&values[r, 0], &indices[r, 0], k, &x[b, 0, 0, 0], height,
-                                width, kh, kw, stride, padding,
-                                bias[r] if bias != NULL else 0, &y[b, r, 0, 0], out_h, out_w)
-        else:
-            srigl_conv_item_i32(&values[r, 0], &indices[r, 0], k, &x[b, 0, 0, 0], height,
-                                width, kh, kw, stride, padding,
-                                bias[r] if bias != NULL else 0, &y[b, r, 0, 0], out_h, out_w)
+
+def _residual_input(residual, shape):
+    """residual as C-contiguous float32 of the output's ``shape``, or None: TypeError for
+    another dtype, ValueError for another shape (both naming ``residual``)."""
+    if residual is None:
+        return None
+    if not hasattr(residual, "dtype") or residual.dtype != np.float32:
+        raise TypeError(f"residual must be a float32 array or None, got "
+                        f"{getattr(residual, 'dtype', type(residual).__name__)}")
+    if residual.shape != shape:
+        raise ValueError(f"residual must have the output's shape {shape}, got "
+                         f"{residual.shape}")
+    return np.ascontiguousarray(residual)
+
+
+def _phase_geometry(height, width, kh, kw, stride, padding):
+    """(sa, se, hq, wq): the phases a plane keeps per axis, min(stride, kernel) (the
+    others hold no tap), and the phase grid, ceil((size + 2*padding) / stride)."""
+    return (min(stride, kh), min(stride, kw), (height + 2 * padding + stride - 1) // stride,
+            (width + 2 * padding + stride - 1) // stride)
+
+
+def _conv_tile_vectors(Py_ssize_t grid):
+    """(n_vectors, tail_vectors): the convolution's tile widths in 8-float vectors for
+    a grid of ``grid`` positions per image: the widest of 64, 32, 16, 8 that fits the
+    grid (8 below 8), and the narrowest that covers what those leave."""
+    cdef int n_vectors = 8
+    while n_vectors > 1 and 8 * n_vectors > grid:
+        n_vectors //= 2
+    cdef Py_ssize_t rest = grid % (8 * n_vectors)
+    cdef int tail_vectors = 1
+    while 8 * tail_vectors < rest:
+        tail_vectors *= 2
+    return n_vectors, tail_vectors
+
+
+def _output_array(out, shape, x, residual):
+    """A new float32 array of ``shape``, or ``out`` checked to be one the kernel can
+    write: float32 (TypeError), ``shape``, C-contiguous, writeable, not overlapping x,
+    and ``residual`` itself or not overlapping it (ValueError, each naming ``out``)."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError(f"out must be a float32 NumPy array or None, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
+    if out.shape != shape:
+        raise ValueError(f"out must have the output's shape {shape}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    if np.may_share_memory(out, x):
+        raise ValueError("out must not overlap x")
+    if residual is not None and residual is not out and np.may_share_memory(out, residual):
+        raise ValueError("out must be residual itself or not overlap it")
+    return out
 
 
 def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, padding=0,
-                     bias=None, threads=0):
-    """Condensed Conv2d forward, computed from the images (no im2col).
+                     bias=None, threads=0, *, relu=False, residual=None, out=None):
+    """Condensed Conv2d forward on NCHW images, with an optional fused residual add and
+    ReLU.
 
     weights: CondensedWeights over the flattened filters (values[n_active, k],
     indices[n_active, k], n_in = channels*kh*kw, taps ordered (channel, ki, kj));
     x[batch, channels, height, width] (any float dtype and strides; converted to
-    C-contiguous float32); bias[n_active] float32 or None
-    -> y[batch, n_active, out_h, out_w] float32, with
-        y[b, r, oh, ow] = bias[r] + sum_j values[r, j] * x[b, c, oh*stride - padding + i,
+    C-contiguous float32); bias[n_active] float32 or None; relu (bool, keyword);
+    residual[batch, n_active, out_h, out_w] float32 or None (keyword)
+    -> y[batch, n_active, out_h, out_w] float32 (NCHW), with
+        z[b, r, oh, ow] = bias[r] + sum_j values[r, j] * x[b, c, oh*stride - padding + i,
                                                            ow*stride - padding + j']
-    for tap indices[r, j] = (c*kh + i)*kw + j' (taps in the padding count 0): what
-    im2col followed by condensed_matmul computes, up to float32 rounding. Parallel over
-    (image, channel) pairs; the same result at every thread count.
+        y = relu(z + residual) (each part only when given)
+    for tap indices[r, j] = (c*kh + i)*kw + j' (taps in the padding count 0): im2col
+    followed by condensed_matmul, up to float32 rounding. So a ResNet block's last
+    convolution, its BatchNorm folded into values and bias, is one call:
+    ``condensed_conv2d(w, h, 1, 1, bias=b, relu=True, residual=identity)``.
+    ``out`` (keyword): an array to write y into and return instead of a new one
+    (float32, y's shape, C-contiguous, writeable, not overlapping x); it may be
+    ``residual`` itself (each output element is read from residual before it is
+    written), so ``out=identity`` adds in place. A graph that reuses its buffers saves
+    the page faults of a fresh output per call (at batch 32 a layer's output is tens of
+    MB, mapped and zeroed by the OS on every call).
+
+    With stride 1 and no padding x itself is the phase layout and is read in place;
+    otherwise it is copied once into padded phase planes (see the section comment).
+    Then every (image, tile of output positions, block of 128 channels (SRIGL_ROWS)) is
+    one work item, in parallel: batch 1 uses every thread too. The same result at every
+    thread count.
     """
     x = _image_input(x)
     batch, channels, height, width = x.shape
@@ -1106,33 +1101,156 @@ def condensed_conv2d(CondensedWeights weights not None, x, kh, kw, stride=1, pad
         raise ValueError(f"x must have channels*kh*kw = n_in = {weights.n_in} (kernel "
                          f"({kh}, {kw})), got {channels} channels")
     bias = _condensed_bias(weights, bias)
-    cdef int n_threads = _serial_if_small(
-        _resolve_threads(threads), batch * weights.n_active * weights.k * out_h * out_w)
-    y = np.empty((batch, weights.n_active, out_h, out_w), dtype=np.float32)
+    relu = _check_relu(relu)
+    shape = (batch, weights.n_active, out_h, out_w)
+    residual = _residual_input(residual, shape)
+    cdef Py_ssize_t n_pixels = batch * out_h * out_w
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads),
+                                          n_pixels * weights.n_active * weights.k)
+    y = _output_array(out, shape, x, residual)
     if y.size == 0:
         return y
-    cdef const float[:, ::1] values = weights.values
-    cdef const int16_t[:, ::1] idx16
-    cdef const int32_t[:, ::1] idx32
-    cdef const float[:, :, :, ::1] x_view = x
-    cdef float[:, :, :, ::1] y_view = y
-    cdef const float[::1] b_view
-    cdef const float* b_ptr = NULL
+    sa, se, hq, wq = _phase_geometry(height, width, kh, kw, stride, padding)
+    cdef Py_ssize_t grid = (out_h - 1) * wq + out_w
+    cdef int n_vectors, tail_vectors
+    n_vectors, tail_vectors = _conv_tile_vectors(grid)
+    cdef Py_ssize_t image_size = channels * sa * se * hq * wq
+    offsets = weights._conv_offsets(kh, kw, stride, sa, se, hq, wq)
+    # Every tile ends within the grid, so reads stay inside an image's planes (the last
+    # position plus the largest offset is the last input), except for a grid under 8
+    # positions: its one 8-wide tile reads past the grid, into zeroed slack after the
+    # last image.
+    cdef Py_ssize_t slack = max(0, 8 * n_vectors - grid)
+    if image_size + slack > INT32_MAX:
+        raise ValueError(f"x's images are too large for the convolution's int32 offsets "
+                         f"({channels} channels of {height} x {width})")
+    cdef bint in_place = stride == 1 and padding == 0 and slack == 0
+    # Each thread copies the images its units read into its own planes (see
+    # srigl_conv_run): one image's at a time, so they stay in cache between copy and
+    # reads (one buffer of a batch-32 layer's planes, 55 MB at 128 channels of 56 x 56,
+    # ran it 2x slower than 32 batch-1 calls).
+    cdef Py_ssize_t ph_size = 0 if in_place else image_size + slack
+    ph = np.zeros(max(1, n_threads * ph_size), dtype=np.float32)
+    cdef float* ph_ptr = <float*>_data(ph)
+    cdef const float* x_ptr = <const float*>_data(x)
+    cdef float* y_ptr = <float*>_data(y)
+    cdef const float* b_ptr = NULL if bias is None else <const float*>_data(bias)
+    cdef const float* r_ptr = NULL if residual is None else <const float*>_data(residual)
+    cdef const float* values = <const float*>_data(weights.packed_values)
+    cdef const int32_t* offset_ptr = <const int32_t*>_data(offsets)
+    cdef const Py_ssize_t* starts = <const Py_ssize_t*>_data(weights.starts)
+    cdef Py_ssize_t n_active = weights.n_active, n_column_blocks = weights.column_blocks
+    cdef Py_ssize_t height_ = height, width_ = width, channels_ = channels, batch_ = batch
+    cdef Py_ssize_t hq_ = hq, wq_ = wq, out_h_ = out_h, out_w_ = out_w
+    cdef int stride_ = stride, padding_ = padding, relu_ = relu, sa_ = sa, se_ = se
+    with nogil:
+        srigl_conv_run(values, offset_ptr, starts, n_column_blocks, n_active, b_ptr, x_ptr,
+                       batch_, channels_, height_, width_, stride_, padding_, sa_, se_, hq_,
+                       wq_, in_place, out_h_, out_w_, n_vectors, tail_vectors, ph_ptr,
+                       ph_size, n_threads, r_ptr, relu_, y_ptr)
+    return y
+
+
+# ---------------------------------------------------------------------------
+# Depthwise convolution (groups == channels, dense filters: MobileNet's)
+#
+# Each (image, channel) plane is convolved by its own kh x kw filter: the plane is
+# copied into its phases (srigl_conv_phase, as the condensed convolution's planes, in
+# a per-thread scratch buffer) and each tap is then one vectorised pass over the
+# output grid (srigl_depthwise, _kernels.h).
+# ---------------------------------------------------------------------------
+
+cdef void _depthwise_planes(const float* filters, const float* x, Py_ssize_t planes,
+                            Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                            int kh, int kw, int stride, int padding, int sa, int se,
+                            Py_ssize_t hq, Py_ssize_t wq, const float* bias, int relu,
+                            float* y, Py_ssize_t out_h, Py_ssize_t out_w, float* scratch,
+                            Py_ssize_t scratch_size, int threads) noexcept nogil:
+    """y[p] = the depthwise convolution of plane x[p] by filters[p % channels], parallel
+    over planes.
+
+    Input:   filters[channels, kh*kw] float32; x[planes, height, width] float32 (planes
+             = batch*channels); the geometry, with sa, se, hq, wq from _phase_geometry;
+             bias[channels] or NULL; relu; threads.
+    Output:  y[planes, out_h, out_w] float32.
+    Scratch: scratch[threads, scratch_size], scratch_size = sa*se*hq*wq
+             + DEPTHWISE_CHUNK + grid rounded up to DEPTHWISE_CHUNK: one thread's
+             phases, the floats srigl_depthwise may read past them (zeroed by the
+             caller: the phase copy never writes them), and its accumulators.
+    """
+    cdef Py_ssize_t p, c, phase_size = sa * se * hq * wq + DEPTHWISE_CHUNK
+    cdef float* own
+    for p in prange(planes, schedule="static", num_threads=threads):
+        c = p % channels
+        own = scratch + threadid() * scratch_size
+        srigl_conv_phase(x + p * height * width, height, width, stride, padding, sa, se, hq,
+                         wq, own)
+        srigl_depthwise(filters + c * kh * kw, kh, kw, stride, own, se, hq, wq,
+                        bias[c] if bias != NULL else 0, relu, own + phase_size,
+                        y + p * out_h * out_w, out_h, out_w)
+
+
+def depthwise_conv2d(weight, x, stride=1, padding=0, bias=None, threads=0, *, relu=False):
+    """Depthwise Conv2d forward (groups == channels, one dense kh x kw filter per channel).
+
+    weight[channels, 1, kh, kw] (torch's layout) or [channels, kh, kw], float32;
+    x[batch, channels, height, width] (any float dtype and strides; converted to
+    C-contiguous float32); bias[channels] float32 or None; relu (bool, keyword)
+    -> y[batch, channels, out_h, out_w] float32 (NCHW),
+        y[b, c, oh, ow] = relu?(bias[c] + sum_{i, j} weight[c, i, j]
+                                 * x[b, c, oh*stride - padding + i, ow*stride - padding + j])
+    (taps in the padding count 0). Parallel over (image, channel) planes: each is
+    copied into its phases (as ``condensed_conv2d``'s planes), then each tap is one
+    vectorised pass over the output grid.
+    """
+    if not hasattr(weight, "dtype") or weight.dtype != np.float32:
+        raise TypeError(f"weight must be a float32 array, got "
+                        f"{getattr(weight, 'dtype', type(weight).__name__)}")
+    if weight.ndim == 4 and weight.shape[1] == 1:
+        weight = weight[:, 0]
+    if weight.ndim != 3:
+        raise ValueError(f"weight must have shape (channels, 1, kh, kw) or (channels, kh, "
+                         f"kw), got {weight.shape}")
+    x = _image_input(x)
+    batch, channels, height, width = x.shape
+    if weight.shape[0] != channels:
+        raise ValueError(f"weight must have x's {channels} channels, got shape "
+                         f"{weight.shape}")
+    kh, kw = weight.shape[1], weight.shape[2]
+    out_h, out_w = _check_conv_geometry(height, width, kh, kw, stride, padding)
     if bias is not None:
-        b_view = bias
-        b_ptr = &b_view[0]
-    cdef int kh_, kw_, stride_, padding_
-    kh_, kw_, stride_, padding_ = kh, kw, stride, padding
-    if weights.indices.dtype == np.int16:
-        idx16 = weights.indices
-        with nogil:
-            _conv_items(values, idx16, x_view, b_ptr, y_view, kh_, kw_, stride_, padding_,
-                        n_threads)
-    else:
-        idx32 = weights.indices
-        with nogil:
-            _conv_items(values, idx32, x_view, b_ptr, y_view, kh_, kw_, stride_, padding_,
-                        n_threads)
+        if not hasattr(bias, "dtype") or bias.dtype != np.float32:
+            raise TypeError(f"bias must be a float32 array or None, got "
+                            f"{getattr(bias, 'dtype', type(bias).__name__)}")
+        if bias.shape != (channels,):
+            raise ValueError(f"bias must have shape ({channels},), got {bias.shape}")
+        bias = np.ascontiguousarray(bias)
+    relu = _check_relu(relu)
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads),
+                                          batch * channels * kh * kw * out_h * out_w)
+    y = np.empty((batch, channels, out_h, out_w), dtype=np.float32)
+    if y.size == 0:
+        return y
+    filters = np.ascontiguousarray(weight.reshape(channels, kh * kw))
+    sa, se, hq, wq = _phase_geometry(height, width, kh, kw, stride, padding)
+    cdef Py_ssize_t grid = (out_h - 1) * wq + out_w
+    cdef Py_ssize_t scratch_size = (sa * se * hq * wq + DEPTHWISE_CHUNK
+                                    + (grid + DEPTHWISE_CHUNK - 1) // DEPTHWISE_CHUNK
+                                    * DEPTHWISE_CHUNK)
+    scratch = np.zeros(n_threads * scratch_size, dtype=np.float32)
+    cdef const float* b_ptr = NULL if bias is None else <const float*>_data(bias)
+    cdef int kh_ = kh, kw_ = kw, stride_ = stride, padding_ = padding, relu_ = relu
+    cdef int sa_ = sa, se_ = se
+    cdef Py_ssize_t planes = batch * channels, channels_ = channels, height_ = height
+    cdef Py_ssize_t width_ = width, hq_ = hq, wq_ = wq, out_h_ = out_h, out_w_ = out_w
+    cdef const float* f_ptr = <const float*>_data(filters)
+    cdef const float* x_ptr = <const float*>_data(x)
+    cdef float* y_ptr = <float*>_data(y)
+    cdef float* s_ptr = <float*>_data(scratch)
+    with nogil:
+        _depthwise_planes(f_ptr, x_ptr, planes, channels_, height_, width_, kh_, kw_,
+                          stride_, padding_, sa_, se_, hq_, wq_, b_ptr, relu_, y_ptr,
+                          out_h_, out_w_, s_ptr, scratch_size, n_threads)
     return y
 
 

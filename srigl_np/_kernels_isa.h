@@ -137,7 +137,9 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
 /* Rows [r, r + RG) in column block `block` (their segments start at s[r + g]): bias or
    the sums parked in `out`, plus the segments; the rows share their shortest segment's
    length n in the interleaved loop, then finish alone. VEC is the accumulator type, of
-   VL floats; NV * VL = W.
+   VL floats; NV * VL = W. A non-zero's W inputs start at xt + indices[j] * STEP: STEP
+   is W for the batched kernel's tiles, 1 for the convolution's offsets (srigl_conv_sums
+   below).
 
    A statement block inside SRIGL_BLOCK, which supplies (from its arguments and locals):
      const float       values[nnz], indices[nnz]  - packed non-zeros
@@ -147,7 +149,7 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
      Py_ssize_t        block, r, r0
      float             out[SRIGL_ROWS, W]         - in/out: rows' running sums,
                                                     out[r - r0 + g, :] for row r + g */
-#define SRIGL_ROW_GROUP(VEC, VL, NV, RG)                                              \
+#define SRIGL_ROW_GROUP(VEC, VL, NV, RG, STEP)                                        \
     {                                                                                 \
         VEC acc[RG][NV], xv;                                                          \
         Py_ssize_t g, j, t, n = s[r + 1] - s[r];                                      \
@@ -164,7 +166,7 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
         for (j = 0; j < n; j++)                                                       \
             for (g = 0; g < RG; g++) {                                                \
                 const float w = values[s[r + g] + j];                                 \
-                const float *src = xt + (Py_ssize_t)indices[s[r + g] + j] * (VL * NV); \
+                const float *src = xt + (Py_ssize_t)indices[s[r + g] + j] * (STEP);    \
                 for (t = 0; t < NV; t++) {                                            \
                     memcpy(&xv, src + VL * t, sizeof xv);                             \
                     acc[g][t] += w * xv;                                              \
@@ -173,7 +175,7 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
         for (g = 0; g < RG; g++)                                                      \
             for (j = s[r + g] + n; j < s[r + g + 1]; j++) {                           \
                 const float w = values[j];                                            \
-                const float *src = xt + (Py_ssize_t)indices[j] * (VL * NV);           \
+                const float *src = xt + (Py_ssize_t)indices[j] * (STEP);               \
                 for (t = 0; t < NV; t++) {                                            \
                     memcpy(&xv, src + VL * t, sizeof xv);                             \
                     acc[g][t] += w * xv;                                              \
@@ -217,11 +219,38 @@ static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *
     Py_ssize_t block, r, t, i;                                                        \
     for (block = 0; block < n_blocks; block++) {                                      \
         const Py_ssize_t *s = starts + block * n_active;                              \
-        for (r = r0; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(VEC, VL, NV, RG)          \
-        for (; r < r1; r++) SRIGL_ROW_GROUP(VEC, VL, NV, 1)                           \
+        for (r = r0; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(VEC, VL, NV, RG, VL * NV) \
+        for (; r < r1; r++) SRIGL_ROW_GROUP(VEC, VL, NV, 1, VL * NV)                  \
     }                                                                                 \
     for (t = 0; t < width; t++)                                                       \
         for (i = 0; i < r1 - r0; i++) y[t * ldy + r0 + i] = out[i * (VL * NV) + t];   \
+}
+
+/* void srigl_conv_sums{W}_<isa>(values, offsets, starts, n_blocks, n_active, bias, src,
+                                 r0, r1, out)
+
+   The convolution's block: the same sums, over W consecutive output positions whose
+   inputs lie at a fixed offset from each other (SRIGL_CONV_ROWS in _kernels.h), left
+   in out[r1 - r0, W] (row r - r0: channel r's W sums, bias included) for the caller to
+   store.
+
+   Input arguments:
+     const float      values[nnz], starts[...]  - as srigl_block{W}
+     const int32_t    offsets[nnz]              - per non-zero, where its W inputs start,
+                                                  from src (the tap's offset)
+     const float      src[...]                  - the tile's first position
+   Output arguments:
+     float            out[r1 - r0, W] */
+#define SRIGL_CONV_SUMS(NAME, VEC, VL, NV, RG)                                        \
+static void NAME(const float *values, const int32_t *indices, const Py_ssize_t *starts, \
+                 Py_ssize_t n_blocks, Py_ssize_t n_active, const float *bias,         \
+                 const float *xt, Py_ssize_t r0, Py_ssize_t r1, float *out) {         \
+    Py_ssize_t block, r;                                                              \
+    for (block = 0; block < n_blocks; block++) {                                      \
+        const Py_ssize_t *s = starts + block * n_active;                              \
+        for (r = r0; r + RG <= r1; r += RG) SRIGL_ROW_GROUP(VEC, VL, NV, RG, 1)       \
+        for (; r < r1; r++) SRIGL_ROW_GROUP(VEC, VL, NV, 1, 1)                        \
+    }                                                                                 \
 }
 
 /* Tile widths 64, 32, 16 and 8: RG rows of NV vectors of VL floats, NV * VL = W, with
@@ -231,16 +260,28 @@ static void NAME(const float *values, const INDEX_T *indices, const Py_ssize_t *
 #define SRIGL_W32(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 16, 2, 4, T)
 #define SRIGL_W16(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 16, 1, 8, T)
 #define SRIGL_W8(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec8), 8, 1, 8, T)
+#define SRIGL_C64(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 16, 4, 4)
+#define SRIGL_C32(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 16, 2, 4)
+#define SRIGL_C16(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 16, 1, 8)
+#define SRIGL_C8(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec8), 8, 1, 8)
 #elif SRIGL_VW == 8
 #define SRIGL_W64(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 8, 8, 1, T)
 #define SRIGL_W32(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 8, 4, 2, T)
 #define SRIGL_W16(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 8, 2, 4, T)
 #define SRIGL_W8(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 8, 1, 8, T)
+#define SRIGL_C64(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 8, 8, 1)
+#define SRIGL_C32(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 8, 4, 2)
+#define SRIGL_C16(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 8, 2, 4)
+#define SRIGL_C8(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 8, 1, 8)
 #else
 #define SRIGL_W64(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 4, 16, 1, T)
 #define SRIGL_W32(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 4, 8, 1, T)
 #define SRIGL_W16(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 4, 4, 2, T)
 #define SRIGL_W8(NAME, T) SRIGL_BLOCK(NAME, SRIGL_NAME(srigl_vec), 4, 2, 4, T)
+#define SRIGL_C64(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 4, 16, 1)
+#define SRIGL_C32(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 4, 8, 1)
+#define SRIGL_C16(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 4, 4, 2)
+#define SRIGL_C8(NAME) SRIGL_CONV_SUMS(NAME, SRIGL_NAME(srigl_vec), 4, 2, 4)
 #endif
 
 SRIGL_W64(SRIGL_NAME(srigl_block64_i16), int16_t)
@@ -251,11 +292,17 @@ SRIGL_W64(SRIGL_NAME(srigl_block64_i32), int32_t)
 SRIGL_W32(SRIGL_NAME(srigl_block32_i32), int32_t)
 SRIGL_W16(SRIGL_NAME(srigl_block16_i32), int32_t)
 SRIGL_W8(SRIGL_NAME(srigl_block8_i32), int32_t)
+SRIGL_C64(SRIGL_NAME(srigl_conv_sums64))
+SRIGL_C32(SRIGL_NAME(srigl_conv_sums32))
+SRIGL_C16(SRIGL_NAME(srigl_conv_sums16))
+SRIGL_C8(SRIGL_NAME(srigl_conv_sums8))
+SRIGL_CONV_ROWS(SRIGL_NAME(srigl_conv_rows), SRIGL_NAME(srigl_conv_sums8),
+                SRIGL_NAME(srigl_conv_sums16), SRIGL_NAME(srigl_conv_sums32),
+                SRIGL_NAME(srigl_conv_sums64))
 
-/* The direct convolution (SRIGL_CONV_ITEM, defined in _kernels.h), compiled for this
+/* The depthwise plane (SRIGL_DEPTHWISE, defined in _kernels.h), compiled for this
    path's instruction set. */
-SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i16), int16_t)
-SRIGL_CONV_ITEM(SRIGL_NAME(srigl_conv_item_i32), int32_t)
+SRIGL_DEPTHWISE(SRIGL_NAME(srigl_depthwise))
 
 #if SRIGL_VW == 16
 /* ---------------------------------------------------------------------------
@@ -379,7 +426,8 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
      SRIGL_NAME(srigl_block32_i16), SRIGL_NAME(srigl_block64_i16)},
     {SRIGL_NAME(srigl_block8_i32), SRIGL_NAME(srigl_block16_i32),
      SRIGL_NAME(srigl_block32_i32), SRIGL_NAME(srigl_block64_i32)},
-    SRIGL_NAME(srigl_conv_item_i16), SRIGL_NAME(srigl_conv_item_i32),
+    SRIGL_NAME(srigl_conv_rows),
+    SRIGL_NAME(srigl_depthwise),
     SRIGL_TRANSPOSE,
     SRIGL_LOOKUP,
 };
@@ -392,6 +440,11 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
 #undef SRIGL_W32
 #undef SRIGL_W16
 #undef SRIGL_W8
+#undef SRIGL_C64
+#undef SRIGL_C32
+#undef SRIGL_C16
+#undef SRIGL_C8
+#undef SRIGL_CONV_SUMS
 #undef SRIGL_BLOCK
 #undef SRIGL_ROW_GROUP
 #undef SRIGL_NAME

@@ -3,6 +3,7 @@
     operation                  definition (any array module)   CPU override (NumPy)        GPU override (CuPy)
     condensed product          condensed_reference             _kernels.condensed_matmul   cuda.condensed_product
     condensed convolution      im2col + the condensed product  _kernels.condensed_conv2d   (the definition)
+    depthwise convolution      depthwise_reference             _kernels.depthwise_conv2d   (the definition)
     im2col / col2im            im2col_strided / col2im_strided _kernels.im2col / col2im    (the definition)
     max pooling (inference)    pooling.MaxPool2d.forward       _kernels.max_pool2d         (the definition)
 
@@ -34,6 +35,7 @@ try:
         col2im as _col2im_cpu,
         column_block_width,
         condensed_conv2d as _condensed_conv2d_cpu,
+        depthwise_conv2d as _depthwise_conv2d_cpu,
         condensed_matmul,
         condensed_matvec,
         conv_output_size,
@@ -129,27 +131,96 @@ def condensed_product(weights, x, bias=None, threads=0):
 
 # -- the condensed convolution ---------------------------------------------------------
 
-def condensed_conv(weights, x, kernel_size, stride=1, padding=0, bias=None, threads=0):
+def condensed_conv(weights, x, kernel_size, stride=1, padding=0, bias=None, threads=0, *,
+                   relu=False, residual=None, out=None):
     """y[batch, n_active, out_h, out_w]: a condensed Conv2d of x[batch, channels, h, w].
 
     weights: condensed weights over the flattened filters (n_in = channels*kh*kw, taps
     ordered (channel, ki, kj)); kernel_size (kh, kw); bias[n_active] float32 or None;
-    float32 out. The definition is im2col followed by the condensed product, the rows
-    then put back in NCHW order (the CuPy path); NumPy input takes the CPU kernel, which
-    computes each (image, channel) straight from the image without the column matrix
-    (``_kernels.condensed_conv2d``).
+    float32 out, NCHW in and out. Keyword-only epilogue, for a condensed graph that
+    folds BatchNorm into values and bias: ``residual`` (an array of y's shape, added
+    after the bias) and ``relu`` (applied last), so ``relu(conv(x) + bias + residual)``
+    (a ResNet block's last convolution and its shortcut add) is one call. ``out``
+    (keyword, NumPy only): a float32 array of y's shape to write into and return, which
+    may be ``residual`` itself (``out=identity`` adds in place); see
+    ``_kernels.condensed_conv2d``.
+
+    The definition is im2col followed by the condensed product, the rows then put back
+    in NCHW order (the CuPy path); NumPy input takes the CPU kernel, which packs the
+    transposed im2col of one tile of output pixels at a time (in cache) and fuses the
+    epilogue into its stores (``_kernels.condensed_conv2d``).
     """
     kh, kw = kernel_size
     if isinstance(weights, CondensedWeights) and not is_cupy_array(x):
-        return _condensed_conv2d_cpu(weights, x, kh, kw, stride, padding, bias, threads)
+        return _condensed_conv2d_cpu(weights, x, kh, kw, stride, padding, bias, threads,
+                                     relu=relu, residual=residual, out=out)
+    if out is not None:
+        raise TypeError("out is for NumPy input (the CPU kernel) only")
     xp = array_module(x)
     batch, _, height, width = x.shape
     out_h = conv_output_size(height, kh, stride, padding)
     out_w = conv_output_size(width, kw, stride, padding)
     rows = condensed_product(weights, im2col(x, kh, kw, stride, padding, threads), bias,
                              threads)
-    return xp.ascontiguousarray(
+    y = xp.ascontiguousarray(
         rows.reshape(batch, out_h, out_w, rows.shape[1]).transpose(0, 3, 1, 2))
+    return _epilogue(y, relu, residual)
+
+
+def _epilogue(y, relu, residual):
+    """The definition of the fused epilogue: relu(y + residual), each part when asked."""
+    if residual is not None:
+        check_array("residual", residual, dtypes=(y.dtype,), shape=y.shape)
+        y += residual
+    if not isinstance(relu, bool):
+        raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
+    if relu:
+        xp = array_module(y)
+        y = xp.where(y < 0, xp.zeros((), y.dtype), y)
+    return y
+
+
+# -- the depthwise convolution ---------------------------------------------------------
+
+def depthwise_reference(weight, x, stride=1, padding=0, bias=None, *, relu=False):
+    """The definition of the depthwise convolution (groups == channels), any array module.
+
+    weight[channels, 1, kh, kw] or [channels, kh, kw]; x[batch, channels, height, width];
+    bias[channels] or None -> y[batch, channels, out_h, out_w],
+        y[b, c] = relu?(bias[c] + sum_{i, j} weight[c, i, j] * padded[b, c, oh*s + i, ow*s + j]).
+    One strided slice of the padded input per filter tap.
+    """
+    xp = array_module(x)
+    weight = weight.reshape(weight.shape[0], weight.shape[-2], weight.shape[-1])
+    batch, channels, height, width = x.shape
+    kh, kw = weight.shape[1:]
+    out_h = conv_output_size(height, kh, stride, padding)
+    out_w = conv_output_size(width, kw, stride, padding)
+    padded = xp.zeros((batch, channels, height + 2 * padding, width + 2 * padding),
+                      dtype=x.dtype)
+    padded[:, :, padding:padding + height, padding:padding + width] = x
+    y = xp.zeros((batch, channels, out_h, out_w), dtype=xp.result_type(x, weight))
+    for i in range(kh):
+        for j in range(kw):
+            y += weight[None, :, i, j, None, None] * _tap(padded, i, j, stride, out_h, out_w)
+    if bias is not None:
+        y += bias[None, :, None, None]
+    return _epilogue(y, relu, None)
+
+
+def depthwise_conv(weight, x, stride=1, padding=0, bias=None, threads=0, *, relu=False):
+    """y[batch, channels, out_h, out_w]: a depthwise Conv2d (groups == channels, dense
+    kh x kw filters, as MobileNet-V3 uses) of x[batch, channels, h, w], NCHW in and out.
+
+    weight[channels, 1, kh, kw] (torch's layout) or [channels, kh, kw] float32;
+    bias[channels] float32 or None; ``relu`` (keyword) fuses a ReLU. NumPy input runs
+    ``_kernels.depthwise_conv2d`` (one vectorised pass per tap over each plane, parallel
+    over (image, channel) planes, ``threads`` of them); CuPy input the definition,
+    ``depthwise_reference``.
+    """
+    if is_cupy_array(x):
+        return depthwise_reference(weight, x, stride, padding, bias, relu=relu)
+    return _depthwise_conv2d_cpu(weight, x, stride, padding, bias, threads, relu=relu)
 
 
 # -- image patches ---------------------------------------------------------------------
