@@ -156,25 +156,6 @@ def test_conv_matches_dense_conv(stride, padding):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("size, chunk", [(24, None), (12, None), (12, 4 * 6 * 6 * 27)])
-def test_conv_by_either_path_matches_dense_conv(monkeypatch, size, chunk):
-    """Maps above COLUMN_PATH_PIXELS run the direct kernel, smaller ones im2col + the
-    product (``chunk``: columns of one image at a time, so the batch takes 3 chunks)."""
-    from srigl_np.inference import condensed
-
-    if chunk is not None:
-        monkeypatch.setattr(condensed, "COLUMN_CHUNK_BYTES", chunk)
-    rng = np.random.default_rng(40)
-    conv = Conv2d(3, 6, 3, stride=2, padding=1, rng=rng)
-    conv.params["weight"][...] = fan_in_weight((6, 3, 3, 3), 3, rng, ablated=(4,))
-    layer = CondensedConv2d.from_dense(conv.params["weight"], conv.params["bias"], stride=2,
-                                       padding=1)
-    x = rng.standard_normal((3, 3, 2 * size, 2 * size)).astype(np.float32)
-    assert (size * size <= condensed.COLUMN_PATH_PIXELS) == (size == 12)
-    np.testing.assert_allclose(layer.forward(x), conv.forward(x, False)[:, layer.active],
-                               rtol=1e-5, atol=1e-5)
-
-
 # --- condense(model) -------------------------------------------------------------------------
 
 def sparsify(model, rng, ablate_every=None, skip_last=True):

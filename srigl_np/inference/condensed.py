@@ -472,39 +472,6 @@ def rows_to_images(rows, batch, out_h, out_w):
         rows.reshape(batch, out_h, out_w, rows.shape[1]).transpose(0, 3, 1, 2))
 
 
-# The CPU's direct kernel (kernels.condensed_conv) computes each (image, output channel)
-# over its whole map: on a small map its per-channel work is overhead. There im2col and
-# the condensed product over the (pixels, in_channels*kh*kw) rows are faster. Measured
-# (1 thread, 90% constant fan-in, 2-core Intel Xeon, AVX-512 path; direct against
-# columns, ms): batch 1, 3x3 512->512 at 7x7 20.8 / 0.91, 3x3 256->256 at 14x14 8.2 /
-# 1.3, 1x1 512->2048 at 7x7 7.3 / 0.44, 1x1 256->1024 at 14x14 1.9 / 0.69, 3x3 128->128
-# at 28x28 5.7 / 3.8, 3x3 64->64 at 56x56 1.4 / 7.2, 1x1 256->64 at 56x56 0.68 / 6.8;
-# batch 8, 3x3 128->128 at 28x28 35 / 33 (another run 18 / 28), 1x1 128->512 at 28x28
-# 20 / 24, strided 1x1 256->512 56x56 -> 28x28 55 / 25 (mixed at 28x28). So: columns up
-# to 14x14 output maps, direct from 28x28 on. Columns are built COLUMN_CHUNK_BYTES of
-# images at a time, so a large batch never holds one huge column matrix.
-COLUMN_PATH_PIXELS = 400
-COLUMN_CHUNK_BYTES = 32 * 2**20
-
-
-def _conv_by_columns(weights, x, kernel_size, stride, padding, bias, threads):
-    """condensed_conv's result computed as im2col + the condensed product, a chunk of
-    images at a time: x (batch, C, H, W) float32 NumPy -> (batch, n_active, out_h, out_w)."""
-    kh, kw = kernel_size
-    batch = x.shape[0]
-    out_h = conv_output_size(x.shape[2], kh, stride, padding)
-    out_w = conv_output_size(x.shape[3], kw, stride, padding)
-    out = np.empty((batch, weights.values.shape[0], out_h, out_w), dtype=np.float32)
-    step = max(1, COLUMN_CHUNK_BYTES // (4 * out_h * out_w * x.shape[1] * kh * kw))
-    for start in range(0, batch, step):
-        part = x[start:start + step]
-        rows = condensed_product(weights, im2col(part, kh, kw, stride, padding, threads),
-                                 bias, threads)
-        out[start:start + step] = rows.reshape(part.shape[0], out_h, out_w, -1).transpose(
-            0, 3, 1, 2)
-    return out
-
-
 class CondensedConv2d(Stage):
     """A constant fan-in Conv2d over its active output channels (``kernels.condensed_conv``:
     on the CPU straight from the images, on the GPU im2col + the condensed product).
@@ -567,23 +534,23 @@ class CondensedConv2d(Stage):
         return self.linear.to_dense().reshape(self.out_channels, self.in_channels,
                                               *self.kernel_size)
 
-    def forward(self, x, threads=0):
+    def forward(self, x, threads=0, *, relu=False, residual=None, out=None):
+        """x (batch, in_channels, H, W) -> relu(conv(x) + bias + residual), the epilogue
+        (``relu``, ``residual`` of the output's shape, ``out`` to write into, which may be
+        the residual) fused into the kernel's stores (``kernels.condensed_conv``)."""
         if self.linear.weights is None:   # no active channel: the definition does it
             cols, batch, out_h, out_w = conv_rows(x, self.in_channels, self.kernel_size,
                                                   self.stride, self.padding, threads)
-            return rows_to_images(self.linear.forward(cols, threads), batch, out_h, out_w)
+            y = rows_to_images(self.linear.forward(cols, threads), batch, out_h, out_w)
+            y = y if residual is None else y + residual
+            return array_module(y).maximum(y, 0) if relu else y
         x = float_input(x)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (batch, {self.in_channels}, height, width), "
                              f"got {x.shape}")
-        kh, kw = self.kernel_size
-        pixels = (conv_output_size(x.shape[2], kh, self.stride, self.padding)
-                  * conv_output_size(x.shape[3], kw, self.stride, self.padding))
-        if pixels <= COLUMN_PATH_PIXELS and isinstance(self.linear.weights, CondensedWeights):
-            return _conv_by_columns(self.linear.weights, x, self.kernel_size, self.stride,
-                                    self.padding, self.linear.bias, threads)
         return condensed_conv(self.linear.weights, x, self.kernel_size, self.stride,
-                              self.padding, self.linear.bias, threads)
+                              self.padding, self.linear.bias, threads, relu=relu,
+                              residual=residual, out=out)
 
     def to(self, device):
         moved = copy.copy(self)

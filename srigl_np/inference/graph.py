@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backend import array_module
 from ..validation import positive_int
-from .condensed import Stage
+from .condensed import CondensedConv2d, Stage
 from .stages import Relu
 
 
@@ -34,16 +34,26 @@ def check_pipeline(name, stages):
 
 
 def run_pipeline(stages, x, threads=0):
-    """x through ``stages`` in order. A ReLU overwrites its input when that is an array a
-    stage of this pipeline made (never the caller's x, which a residual's shortcut or
-    the caller still reads)."""
+    """x through ``stages`` in order. A ReLU right after a condensed convolution or a
+    residual block is fused into its last kernel call (``kernels.condensed_conv``'s
+    epilogue); another overwrites its input when that is an array a stage of this
+    pipeline made (never the caller's x, which a residual's shortcut or the caller still
+    reads)."""
     xp = array_module(x)
     given = x
-    for stage in stages:
+    i = 0
+    while i < len(stages):
+        stage = stages[i]
+        fuse = i + 1 < len(stages) and isinstance(stages[i + 1], Relu)
+        if fuse and isinstance(stage, (CondensedConv2d, Residual)):
+            x = stage.forward(x, threads, relu=True)
+            i += 2
+            continue
         if isinstance(stage, Relu) and not xp.may_share_memory(x, given):
             x = stage.forward(x, threads, out=x)
         else:
             x = stage.forward(x, threads)
+        i += 1
     return x
 
 
@@ -61,15 +71,26 @@ class Residual(Stage):
         self.body = check_pipeline("body", body)   # empty: an identity body (x + x)
         self.shortcut = None if shortcut is None else check_pipeline("shortcut", shortcut)
 
-    def forward(self, x, threads=0):
-        y = run_pipeline(self.body, x, threads)
+    def forward(self, x, threads=0, *, relu=False):
+        """body(x) + shortcut(x) (then max(., 0) with ``relu``). When the body ends in a
+        condensed convolution, the add (and the ReLU) are its kernel's epilogue, written
+        into the shortcut's own output where the shortcut made one."""
+        xp = array_module(x)
         other = x if self.shortcut is None else run_pipeline(self.shortcut, x, threads)
+        last = self.body[-1] if self.body else None
+        if isinstance(last, CondensedConv2d):
+            inner = run_pipeline(self.body[:-1], x, threads)
+            owned = other is not x and not xp.may_share_memory(other, x)
+            return last.forward(inner, threads, relu=relu, residual=other,
+                                out=other if owned and xp is np else None)
+        y = run_pipeline(self.body, x, threads)
         if y.shape != other.shape:
             raise ValueError(f"the residual body gives {y.shape}, the shortcut {other.shape}")
-        if array_module(y).may_share_memory(y, x):
-            return y + other
-        y += other
-        return y
+        if xp.may_share_memory(y, x):   # an empty body: y is x
+            y = y + other
+        else:
+            y += other
+        return xp.maximum(y, 0, out=y) if relu else y
 
     def __repr__(self):
         inner = ", ".join(repr(stage) for stage in self.body)
