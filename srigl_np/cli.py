@@ -29,6 +29,8 @@ import math
 import os
 import sys
 
+import numpy as np
+
 from .backend import DeviceError
 from .fileio import not_a_file
 
@@ -125,6 +127,19 @@ def number(low=None, high=None, *, low_open=False, high_open=False):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
     parse.__name__ = "number"
+    return parse
+
+
+def numbers(low=None, high=None, *, low_open=False, high_open=False):
+    """``type=`` for one number or a comma-separated list of them (per-channel values:
+    "0.485,0.456,0.406"), each as ``number`` checks it: a float for one, else a 1-D
+    float64 array."""
+    one = number(low, high, low_open=low_open, high_open=high_open)
+
+    def parse(text):
+        values = [one(part) for part in text.split(",")]
+        return values[0] if len(values) == 1 else np.array(values, dtype=np.float64)
+    parse.__name__ = "numbers"
     return parse
 
 

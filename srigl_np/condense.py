@@ -3,9 +3,10 @@
 SOURCE is any model ``python -m srigl_np.audit`` reads that maps onto a known
 architecture: a run directory of ``python -m srigl_np.train`` or its checkpoint .npz
 (condensed by its masks, with the run's input statistics, so the result takes raw
-uint8 images), a PyTorch checkpoint or state_dict (the SRigL authors' MNIST network or
-a stack of Linear layers; see ``srigl_np.formats.importing``), or a scipy.sparse .npz (one
-layer). It prints, per weight, whether it was condensed, padded or kept dense and why
+uint8 images), a PyTorch checkpoint or state_dict (the paper's architectures as the
+authors' code or torchvision save them, recognised from their keys or named by --arch,
+the authors' MNIST network, a stack of Linear layers; see ``srigl_np.formats``), or a
+scipy.sparse .npz (one layer). It prints, per weight, whether it was condensed, padded or kept dense and why
 (residual blocks, squeeze-excite and attention included), and writes the condensed
 model atomically to --out (an existing file only with --force), then the input the
 model expects: with input statistics, uint8 images; a float array only with
@@ -44,10 +45,12 @@ def make_parser():
     parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=None,
                         help="read a PyTorch file as this architecture instead of "
                              "recognising it from its keys and shapes (default: recognise)")
-    parser.add_argument("--input-stats", type=cli.number(), nargs=2, metavar=("MEAN", "STD"),
-                        help="the training images' mean and std on the [0, 1] scale, stored "
-                             "so the model takes raw uint8 images; std > 0 (default: the "
-                             "run's own; none for other sources)")
+    parser.add_argument("--input-stats", type=cli.numbers(), nargs=2, metavar=("MEAN", "STD"),
+                        help="the training images' mean and std on the [0, 1] scale, one "
+                             "number each or one per channel, comma-separated (ImageNet: "
+                             "0.485,0.456,0.406 0.229,0.224,0.225), stored so the model "
+                             "takes raw uint8 images; std > 0 (default: the run's own; none "
+                             "for other sources)")
     return parser
 
 
@@ -133,7 +136,8 @@ def main(argv=None, log=print):
         try:
             check_input_stats(args.input_stats)
         except ValueError as exc:
-            parser.error(f"--input-stats {' '.join(map(str, args.input_stats))}: {exc}")
+            shown = " ".join(",".join(map(str, np.atleast_1d(v))) for v in args.input_stats)
+            parser.error(f"--input-stats {shown}: {exc}")
     problem = cli.check_output_file("--out", args.out)
     if problem:
         raise ValueError(problem)

@@ -301,6 +301,8 @@ def test_bench_refuses_a_timing_that_would_never_end(capsys, no_timing):
     (("0.2", "0"), "std > 0"),
     (("nan", "0.3"), "argument --input-stats: must be a finite number, got nan"),
     (("0.2", "inf"), "argument --input-stats: must be a finite number, got inf"),
+    (("0.2,x", "0.3"), "argument --input-stats: must be a number, got 'x'"),
+    (("0.48,0.45", "0.22,0.2,0.2"), "--input-stats 0.48,0.45 0.22,0.2,0.2: input_stats must"),
 ])
 def test_condense_refuses_input_stats_that_overflow_and_writes_nothing(srigl_run, tmp_path,
                                                                       capsys, stats, message):
@@ -308,6 +310,30 @@ def test_condense_refuses_input_stats_that_overflow_and_writes_nothing(srigl_run
     status, _, err = _run(condense.main, [srigl_run, "--out", out_file, "--input-stats",
                                           *stats], capsys)
     assert status == 2 and message in err and not out_file.exists()
+
+
+def test_condense_takes_per_channel_input_stats(tmp_path, capsys):
+    """ImageNet's per-channel statistics, comma-separated: stored, and a uint8 image then
+    predicts as its normalised floats do."""
+    torch = pytest.importorskip("torch")
+    from srigl_np.inference.condensed_model import load
+    from srigl_np.nn.architectures import SMALL_SIZES, build_architecture
+    sizes, shape = SMALL_SIZES["cifar_resnet18"]
+    model = build_architecture("cifar_resnet18", rng=np.random.default_rng(0), **sizes)
+    source = tmp_path / "state.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in model.state_dict().items()}, source)
+    out_file = tmp_path / "m.npz"
+    status, out, _ = _run(condense.main, [source, "--out", out_file, "--input-stats",
+                                          "0.485,0.456,0.406", "0.229,0.224,0.225"], capsys)
+    assert status == 0 and "mean [0.485, 0.456, 0.406]" in out
+    served = load(out_file)
+    image = np.random.default_rng(1).integers(0, 256, (2, *shape), dtype=np.uint8)
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None]
+    std = np.array([0.229, 0.224, 0.225])[:, None, None]
+    normalised = ((image / 255.0 - mean) / std).astype(np.float32)
+    np.testing.assert_allclose(served.logits(image), served.logits(normalised, input_scale=
+                                                                   "normalised"), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_a_condensed_model_file_with_overflowing_stats_is_refused():
