@@ -1,0 +1,163 @@
+/* The C inner loops of srigl_np's condensed training kernels, included by
+   srigl_np/_training_kernels.pyx (which holds the validation and the OpenMP loops).
+
+   Layout: every kernel works on "column" arrays, the batch axis last and contiguous:
+   xt[n_in, m] (an input transposed, or the transposed im2col matrix of a convolution,
+   m = batch * out_h * out_w), yt / dyt[n_rows, m]. The loops over the m columns are then
+   unit-stride vector loops; the loops over a neuron's k stored weights gather (or
+   scatter) whole column rows. Each function handles one neuron and the column range
+   [c0, c1); the Cython caller splits the work so that no two threads write the same
+   element.
+
+   Vector code: GCC/Clang vector extensions over 32-byte vectors, eight of them (256
+   bytes of columns) held in registers per block. On x86-64 Linux each
+   function is compiled three times (target_clones: AVX-512, AVX2+FMA, the baseline)
+   and the loader picks the best the CPU runs, so one portable build runs at the CPU's
+   width. Elsewhere the baseline build alone runs. FMA contraction may differ between
+   the clones, so results agree with the NumPy definition to rounding, not bit for bit
+   across CPUs; on one CPU they do not depend on the thread count.
+
+   Generated per (value type T, index type I): f32_i16, f32_i32, f64_i16, f64_i32.
+*/
+#include <stddef.h>
+#include <stdint.h>
+
+/* OpenMP shim: SRIGL_TRAIN_OPENMP is 1 in a build with OpenMP; without it
+   omp_get_max_threads() is defined here and returns 1. */
+#ifdef _OPENMP
+#include <omp.h>
+#define SRIGL_TRAIN_OPENMP 1
+#else
+#define SRIGL_TRAIN_OPENMP 0
+static int omp_get_max_threads(void) { return 1; }
+#endif
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#  if __has_attribute(target_clones)
+#    define SRIGL_TRAIN_CLONES \
+         __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#  endif
+#endif
+#ifndef SRIGL_TRAIN_CLONES
+#  define SRIGL_TRAIN_CLONES
+#endif
+
+#define SRIGL_TRAIN_KERNELS(SUFFIX, T, I)                                                  \
+/* Forward of one neuron: yt[c] = bias + sum_j v[j] * xt[idx[j], c] for c in [c0, c1).  \
+   v[k], idx[k] (each in [0, n_in)), xt[n_in, ldx], yt[ldx] (the neuron's row).         \
+   Eight vector accumulators (a lane block) stay in registers across the k gathers. */ \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_forward_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,           \
+                                         const T* xt, ptrdiff_t ldx, T bias, T* yt,        \
+                                         ptrdiff_t c0, ptrdiff_t c1)                       \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t c = c0, j;                                                                   \
+    for (; c + 8 * W <= c1; c += 8 * W) {                                                  \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};  \
+        for (j = 0; j < k; j++) {                                                          \
+            const V* row = (const V*)(xt + (ptrdiff_t)idx[j] * ldx + c);                   \
+            const T w = v[j];                                                              \
+            a0 += w * row[0]; a1 += w * row[1]; a2 += w * row[2]; a3 += w * row[3];       \
+            a4 += w * row[4]; a5 += w * row[5]; a6 += w * row[6]; a7 += w * row[7];       \
+        }                                                                                  \
+        V* out = (V*)(yt + c);                                                             \
+        out[0] = a0 + bias; out[1] = a1 + bias; out[2] = a2 + bias; out[3] = a3 + bias;    \
+        out[4] = a4 + bias; out[5] = a5 + bias; out[6] = a6 + bias; out[7] = a7 + bias;    \
+    }                                                                                      \
+    for (; c + W <= c1; c += W) {                                                          \
+        V a0 = {0};                                                                        \
+        for (j = 0; j < k; j++)                                                            \
+            a0 += v[j] * *(const V*)(xt + (ptrdiff_t)idx[j] * ldx + c);                    \
+        *(V*)(yt + c) = a0 + bias;                                                         \
+    }                                                                                      \
+    for (; c < c1; c++) {                                                                  \
+        T acc = 0;                                                                         \
+        for (j = 0; j < k; j++) acc += v[j] * xt[(ptrdiff_t)idx[j] * ldx + c];             \
+        yt[c] = acc + bias;                                                                \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* Input gradient of one neuron, a scatter: dxt[idx[j], c] += v[j] * dyt[c] for every j  \
+   and c in [c0, c1). dyt[ldx] (the neuron's row), dxt[n_in, ldx]. The neuron's dyt    \
+   block stays in eight vector registers across the k row updates. */                  \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_scatter_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,           \
+                                         const T* dyt, T* dxt, ptrdiff_t ldx,              \
+                                         ptrdiff_t c0, ptrdiff_t c1)                       \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t c = c0, j;                                                                   \
+    for (; c + 8 * W <= c1; c += 8 * W) {                                                  \
+        const V* dp = (const V*)(dyt + c);                                                 \
+        const V d0 = dp[0], d1 = dp[1], d2 = dp[2], d3 = dp[3];                            \
+        const V d4 = dp[4], d5 = dp[5], d6 = dp[6], d7 = dp[7];                            \
+        for (j = 0; j < k; j++) {                                                          \
+            V* row = (V*)(dxt + (ptrdiff_t)idx[j] * ldx + c);                              \
+            const T w = v[j];                                                              \
+            row[0] += w * d0; row[1] += w * d1; row[2] += w * d2; row[3] += w * d3;       \
+            row[4] += w * d4; row[5] += w * d5; row[6] += w * d6; row[7] += w * d7;       \
+        }                                                                                  \
+    }                                                                                      \
+    for (; c + W <= c1; c += W) {                                                          \
+        const V d0 = *(const V*)(dyt + c);                                                 \
+        for (j = 0; j < k; j++)                                                            \
+            *(V*)(dxt + (ptrdiff_t)idx[j] * ldx + c) += v[j] * d0;                         \
+    }                                                                                      \
+    for (; c < c1; c++)                                                                    \
+        for (j = 0; j < k; j++) dxt[(ptrdiff_t)idx[j] * ldx + c] += v[j] * dyt[c];         \
+}                                                                                          \
+                                                                                           \
+/* Weight gradient of one neuron at its stored positions (SDDMM), over columns          \
+   [c0, c1): out[j] = sum_c dyt[c] * xt[idx[j], c]. Four vector partial sums, added in  \
+   a fixed order, so the result does not depend on how the caller splits neurons. */   \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_sddmm_##SUFFIX(const I* idx, ptrdiff_t k, const T* dyt,          \
+                                       const T* xt, ptrdiff_t ldx, ptrdiff_t c0,           \
+                                       ptrdiff_t c1, T* out)                               \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, c, t;                                                                     \
+    for (j = 0; j < k; j++) {                                                              \
+        const T* row = xt + (ptrdiff_t)idx[j] * ldx;                                       \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
+        T total = 0;                                                                       \
+        for (c = c0; c + 4 * W <= c1; c += 4 * W) {                                        \
+            const V* d = (const V*)(dyt + c);                                              \
+            const V* r = (const V*)(row + c);                                              \
+            a0 += d[0] * r[0]; a1 += d[1] * r[1]; a2 += d[2] * r[2]; a3 += d[3] * r[3];    \
+        }                                                                                  \
+        for (; c + W <= c1; c += W)                                                        \
+            a0 += *(const V*)(dyt + c) * *(const V*)(row + c);                             \
+        for (; c < c1; c++) total += dyt[c] * row[c];                                      \
+        a0 += a1; a2 += a3; a0 += a2;                                                      \
+        for (t = 0; t < W; t++) total += a0[t];                                            \
+        out[j] = total;                                                                    \
+    }                                                                                      \
+}
+
+SRIGL_TRAIN_KERNELS(f32_i16, float, int16_t)
+SRIGL_TRAIN_KERNELS(f32_i32, float, int32_t)
+SRIGL_TRAIN_KERNELS(f64_i16, double, int16_t)
+SRIGL_TRAIN_KERNELS(f64_i32, double, int32_t)
+
+/* Tile transpose: at[c, r] = a[r, c] for r in [r0, r1), all c < cols; a[rows, lda],
+   at[cols, ldat]. 32 x 32 tiles keep both sides' cache lines in L1. */
+#define SRIGL_TRAIN_TRANSPOSE(SUFFIX, T)                                                   \
+static void srigl_train_transpose_##SUFFIX(const T* a, ptrdiff_t lda, ptrdiff_t r0,        \
+                                           ptrdiff_t r1, ptrdiff_t cols, T* at,            \
+                                           ptrdiff_t ldat)                                 \
+{                                                                                          \
+    ptrdiff_t c0, r, c;                                                                    \
+    for (c0 = 0; c0 < cols; c0 += 32) {                                                    \
+        ptrdiff_t c1 = c0 + 32 < cols ? c0 + 32 : cols;                                    \
+        for (r = r0; r < r1; r++)                                                          \
+            for (c = c0; c < c1; c++) at[c * ldat + r] = a[r * lda + c];                   \
+    }                                                                                      \
+}
+
+SRIGL_TRAIN_TRANSPOSE(f32, float)
+SRIGL_TRAIN_TRANSPOSE(f64, double)

@@ -1,0 +1,536 @@
+# cython: language_level=3
+"""Compiled kernels of the condensed training products (forward, input gradient, weight
+gradient of a constant fan-in layer), beside the inference kernels of ``_kernels``.
+
+Design
+------
+* Everything works on column arrays, the batch axis last: xt[n_in, m], yt / dyt[n, m]
+  (m = batch for a Linear, batch*out_h*out_w for a Conv2d), so the loops over the m
+  columns are unit-stride vector loops and a neuron's k weights gather (forward, weight
+  gradient) or scatter (input gradient) whole rows. ``srigl_np.training_kernels`` does
+  the transposes (``transpose``, ``im2col_columns``) and is the public face.
+* Each ``def`` checks what memory safety needs (dtypes, C-contiguity, shapes, every
+  index in [0, n_in), one O(nnz) pass without the GIL) and allocates the output; a
+  private ``nogil`` function then runs OpenMP ``prange`` loops over work items that
+  write disjoint parts of the output, so no atomics are needed:
+    forward        items (column block, neuron): each writes yt[neuron, block]
+                   (``column_block``: the xt block a neuron gathers from stays in L2);
+    input gradient items column blocks: each owns dxt[:, block] and scatters every
+                   neuron into it, neurons in order (the same sum for any thread count);
+    weight grad.   items (column segment, neuron): each writes partial[segment, neuron, :],
+                   the segments then summed in order (their width depends on n_in and
+                   the dtype only, so the result does not depend on the thread count).
+* The inner loops are C (``_training_kernels.h``: fixed-width lane blocks, compiled per
+  instruction set with ``target_clones`` where the toolchain has it).
+* ``threads=0`` means OpenMP's default, capped at ``validation.max_thread_count()``.
+"""
+
+from cython.parallel cimport prange
+from cython cimport floating
+from libc.stdint cimport int16_t, int32_t
+
+import numpy as np
+
+from srigl_np.validation import check_threads, max_thread_count
+
+cdef extern from "_training_kernels.h":
+    int SRIGL_TRAIN_OPENMP
+    int omp_get_max_threads() noexcept nogil
+
+    void srigl_train_forward_f32_i16(const float* v, const int16_t* idx, Py_ssize_t k,
+                                     const float* xt, Py_ssize_t ldx, float bias, float* yt,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f32_i32(const float* v, const int32_t* idx, Py_ssize_t k,
+                                     const float* xt, Py_ssize_t ldx, float bias, float* yt,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f64_i16(const double* v, const int16_t* idx, Py_ssize_t k,
+                                     const double* xt, Py_ssize_t ldx, double bias,
+                                     double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f64_i32(const double* v, const int32_t* idx, Py_ssize_t k,
+                                     const double* xt, Py_ssize_t ldx, double bias,
+                                     double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+
+    void srigl_train_scatter_f32_i16(const float* v, const int16_t* idx, Py_ssize_t k,
+                                     const float* dyt, float* dxt, Py_ssize_t ldx,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_scatter_f32_i32(const float* v, const int32_t* idx, Py_ssize_t k,
+                                     const float* dyt, float* dxt, Py_ssize_t ldx,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_scatter_f64_i16(const double* v, const int16_t* idx, Py_ssize_t k,
+                                     const double* dyt, double* dxt, Py_ssize_t ldx,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_scatter_f64_i32(const double* v, const int32_t* idx, Py_ssize_t k,
+                                     const double* dyt, double* dxt, Py_ssize_t ldx,
+                                     Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+
+    void srigl_train_sddmm_f32_i16(const int16_t* idx, Py_ssize_t k, const float* dyt,
+                                   const float* xt, Py_ssize_t ldx, Py_ssize_t c0,
+                                   Py_ssize_t c1, float* out) noexcept nogil
+    void srigl_train_sddmm_f32_i32(const int32_t* idx, Py_ssize_t k, const float* dyt,
+                                   const float* xt, Py_ssize_t ldx, Py_ssize_t c0,
+                                   Py_ssize_t c1, float* out) noexcept nogil
+    void srigl_train_sddmm_f64_i16(const int16_t* idx, Py_ssize_t k, const double* dyt,
+                                   const double* xt, Py_ssize_t ldx, Py_ssize_t c0,
+                                   Py_ssize_t c1, double* out) noexcept nogil
+    void srigl_train_sddmm_f64_i32(const int32_t* idx, Py_ssize_t k, const double* dyt,
+                                   const double* xt, Py_ssize_t ldx, Py_ssize_t c0,
+                                   Py_ssize_t c1, double* out) noexcept nogil
+
+    void srigl_train_transpose_f32(const float* a, Py_ssize_t lda, Py_ssize_t r0,
+                                   Py_ssize_t r1, Py_ssize_t cols, float* at,
+                                   Py_ssize_t ldat) noexcept nogil
+    void srigl_train_transpose_f64(const double* a, Py_ssize_t lda, Py_ssize_t r0,
+                                   Py_ssize_t r1, Py_ssize_t cols, double* at,
+                                   Py_ssize_t ldat) noexcept nogil
+
+ctypedef fused index_t:
+    int16_t
+    int32_t
+
+# Columns per work item: a block of xt (n_in rows x width columns) should stay in L2
+# while every neuron gathers from it, so the width is the largest multiple of
+# COLUMN_QUANTUM (a register block of float32) whose block fits BLOCK_BYTES, within
+# [COLUMN_QUANTUM, MAX_COLUMN_BLOCK]. It depends on n_in and the dtype only, never on
+# the thread count: the weight gradient sums its column segments in order, so its
+# result is the same for any thread count.
+COLUMN_QUANTUM = 64
+MAX_COLUMN_BLOCK = 512
+BLOCK_BYTES = 1 << 20
+
+
+def column_block(n_in, itemsize):
+    """The column block width for an xt of n_in rows of ``itemsize``-byte floats."""
+    fit = BLOCK_BYTES // max(1, n_in * itemsize) // COLUMN_QUANTUM * COLUMN_QUANTUM
+    return min(MAX_COLUMN_BLOCK, max(COLUMN_QUANTUM, fit))
+
+# Rows per work item of the transpose.
+cdef Py_ssize_t _TRANSPOSE_ROWS = 32
+
+
+def openmp_enabled():
+    """True when this build of the training kernels was compiled with OpenMP."""
+    return bool(SRIGL_TRAIN_OPENMP)
+
+
+cdef int _resolve_threads(object threads) except -1:
+    cdef int n = check_threads(threads)
+    return n if n > 0 else min(omp_get_max_threads(), max_thread_count())
+
+
+# -- argument checks (memory safety: what the nogil code relies on) ---------------------
+
+def _check(name, a, dtypes, ndim, contiguous=True):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype not in dtypes:
+        raise TypeError(f"{name} must be {' or '.join(str(np.dtype(d)) for d in dtypes)}, "
+                        f"got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if contiguous and not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_INDICES = (np.dtype(np.int16), np.dtype(np.int32))
+
+
+cdef int _index_range(const index_t[:, ::1] indices, Py_ssize_t n_in) noexcept nogil:
+    """1 when every index lies in [0, n_in), else 0 (one pass over the nnz indices)."""
+    cdef Py_ssize_t r, j
+    cdef index_t low = 0, high = 0
+    if indices.shape[0] == 0 or indices.shape[1] == 0:
+        return 1
+    low = high = indices[0, 0]
+    for r in range(indices.shape[0]):
+        for j in range(indices.shape[1]):
+            if indices[r, j] < low:
+                low = indices[r, j]
+            elif indices[r, j] > high:
+                high = indices[r, j]
+    return low >= 0 and high < n_in
+
+
+def _check_indices(indices, n_in, values=None):
+    """indices[n, k] int16/int32 C-contiguous, values' shape when given, every index in
+    [0, n_in)."""
+    _check("indices", indices, _INDICES, 2)
+    if values is not None and indices.shape != values.shape:
+        raise ValueError(f"indices must have values' shape {values.shape}, got {indices.shape}")
+    cdef int ok
+    if indices.dtype == np.int16:
+        ok = _range16(indices, n_in)
+    else:
+        ok = _range32(indices, n_in)
+    if not ok:
+        raise ValueError(f"indices must lie in [0, n_in={n_in}), got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+
+
+cdef int _range16(const int16_t[:, ::1] indices, Py_ssize_t n_in):
+    with nogil:
+        return _index_range(indices, n_in)
+
+
+cdef int _range32(const int32_t[:, ::1] indices, Py_ssize_t n_in):
+    with nogil:
+        return _index_range(indices, n_in)
+
+
+def _same_dtype(name, a, reference):
+    if a.dtype != reference.dtype:
+        raise TypeError(f"{name} must be {reference.dtype} like values, got {a.dtype}")
+
+
+# -- the per-neuron C kernels, one entry per type pair ---------------------------------
+
+cdef inline void _forward_row(const floating* v, const index_t* idx, Py_ssize_t k,
+                              const floating* xt, Py_ssize_t ldx, floating bias,
+                              floating* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            srigl_train_forward_f32_i16(v, idx, k, xt, ldx, bias, yt, c0, c1)
+        else:
+            srigl_train_forward_f32_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
+    else:
+        if index_t is int16_t:
+            srigl_train_forward_f64_i16(v, idx, k, xt, ldx, bias, yt, c0, c1)
+        else:
+            srigl_train_forward_f64_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
+
+
+cdef inline void _scatter_row(const floating* v, const index_t* idx, Py_ssize_t k,
+                              const floating* dyt, floating* dxt, Py_ssize_t ldx,
+                              Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            srigl_train_scatter_f32_i16(v, idx, k, dyt, dxt, ldx, c0, c1)
+        else:
+            srigl_train_scatter_f32_i32(v, idx, k, dyt, dxt, ldx, c0, c1)
+    else:
+        if index_t is int16_t:
+            srigl_train_scatter_f64_i16(v, idx, k, dyt, dxt, ldx, c0, c1)
+        else:
+            srigl_train_scatter_f64_i32(v, idx, k, dyt, dxt, ldx, c0, c1)
+
+
+cdef inline void _sddmm_row(const index_t* idx, Py_ssize_t k, const floating* dyt,
+                            const floating* xt, Py_ssize_t ldx, Py_ssize_t c0,
+                            Py_ssize_t c1, floating* out) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            srigl_train_sddmm_f32_i16(idx, k, dyt, xt, ldx, c0, c1, out)
+        else:
+            srigl_train_sddmm_f32_i32(idx, k, dyt, xt, ldx, c0, c1, out)
+    else:
+        if index_t is int16_t:
+            srigl_train_sddmm_f64_i16(idx, k, dyt, xt, ldx, c0, c1, out)
+        else:
+            srigl_train_sddmm_f64_i32(idx, k, dyt, xt, ldx, c0, c1, out)
+
+
+# -- the three products on column arrays ----------------------------------------------
+
+cdef void _forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
+                   const floating[:, ::1] xt, const floating[::1] bias,
+                   floating[:, ::1] yt, Py_ssize_t width, int threads) noexcept nogil:
+    """values[n, k], indices[n, k], xt[n_in, m], bias[n] -> yt[n, m], in work items of
+    (column block of ``width``, neuron)."""
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], m = xt.shape[1]
+    cdef Py_ssize_t n_blocks = (m + width - 1) // width
+    cdef Py_ssize_t item, block, r, c0, c1
+    for item in prange(n_blocks * n, schedule="static", num_threads=threads):
+        block = item // n
+        r = item - block * n
+        c0 = block * width
+        c1 = min(c0 + width, m)
+        _forward_row(&values[r, 0], &indices[r, 0], k, &xt[0, 0], m, bias[r], &yt[r, 0],
+                     c0, c1)
+
+
+cdef void _input_grad(const floating[:, ::1] values, const index_t[:, ::1] indices,
+                      const floating[:, ::1] dyt, floating[:, ::1] dxt, Py_ssize_t width,
+                      int threads) noexcept nogil:
+    """values[n, k], indices[n, k], dyt[n, m] -> dxt[n_in, m] (zeroed by the caller),
+    parallel over column blocks of ``width``, each thread owning its columns."""
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], m = dyt.shape[1]
+    cdef Py_ssize_t n_blocks = (m + width - 1) // width
+    cdef Py_ssize_t block, r, c0, c1
+    for block in prange(n_blocks, schedule="static", num_threads=threads):
+        c0 = block * width
+        c1 = min(c0 + width, m)
+        for r in range(n):
+            _scatter_row(&values[r, 0], &indices[r, 0], k, &dyt[r, 0], &dxt[0, 0], m, c0, c1)
+
+
+cdef void _weight_grad(const index_t[:, ::1] indices, const floating[:, ::1] xt,
+                       const floating[:, ::1] dyt, floating[:, :, ::1] partial,
+                       Py_ssize_t width, int threads) noexcept nogil:
+    """indices[n, k], xt[n_in, m], dyt[n, m] -> partial[n_segments, n, k], the weight
+    gradient of each ``width``-wide column segment."""
+    cdef Py_ssize_t n = indices.shape[0], k = indices.shape[1], m = xt.shape[1]
+    cdef Py_ssize_t n_segments = partial.shape[0]
+    cdef Py_ssize_t item, segment, r, c0, c1
+    for item in prange(n_segments * n, schedule="static", num_threads=threads):
+        segment = item // n
+        r = item - segment * n
+        c0 = segment * width
+        c1 = min(c0 + width, m)
+        _sddmm_row(&indices[r, 0], k, &dyt[r, 0], &xt[0, 0], m, c0, c1, &partial[segment, r, 0])
+
+
+def _nonempty(*shape):
+    return all(s > 0 for s in shape)
+
+
+def forward_columns(values, indices, xt, bias=None, threads=0):
+    """yt[n, m] = values . xt[indices] (+ bias), per column: yt[r, c] = bias[r] +
+    sum_j values[r, j] * xt[indices[r, j], c].
+
+    values[n, k] float32/float64, indices[n, k] int16/int32 in [0, n_in), xt[n_in, m]
+    and bias[n] (or None) of values' dtype; all C-contiguous. Returns a new yt.
+    """
+    _check("values", values, _FLOATS, 2)
+    _check("xt", xt, _FLOATS, 2)
+    _same_dtype("xt", xt, values)
+    _check_indices(indices, xt.shape[0], values)
+    n, k = values.shape
+    if bias is None:
+        bias = np.zeros(n, dtype=values.dtype)
+    else:
+        _check("bias", bias, _FLOATS, 1)
+        _same_dtype("bias", bias, values)
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+    cdef int n_threads = _resolve_threads(threads)
+    m = xt.shape[1]
+    if not _nonempty(n, k, m):
+        return np.zeros((n, m), dtype=values.dtype) + bias[:, None]
+    yt = np.empty((n, m), dtype=values.dtype)
+    _dispatch_forward(values, indices, xt, bias, yt,
+                      column_block(xt.shape[0], xt.itemsize), n_threads)
+    return yt
+
+
+def input_grad_columns(values, indices, dyt, n_in, threads=0):
+    """dxt[n_in, m] with dxt[i, c] = sum over (r, j) with indices[r, j] == i of
+    values[r, j] * dyt[r, c]: the transposed product, a scatter.
+
+    values[n, k], indices[n, k] in [0, n_in), dyt[n, m] of values' dtype, C-contiguous.
+    """
+    _check("values", values, _FLOATS, 2)
+    _check("dyt", dyt, _FLOATS, 2)
+    _same_dtype("dyt", dyt, values)
+    n_in = int(n_in)
+    if n_in < 0:
+        raise ValueError(f"n_in must be >= 0, got {n_in}")
+    _check_indices(indices, n_in, values)
+    n, k = values.shape
+    if dyt.shape[0] != n:
+        raise ValueError(f"dyt must have {n} rows (values' neurons), got shape {dyt.shape}")
+    cdef int n_threads = _resolve_threads(threads)
+    m = dyt.shape[1]
+    dxt = np.zeros((n_in, m), dtype=values.dtype)
+    if not _nonempty(n, k, m):
+        return dxt
+    # Enough column blocks for every thread, each a whole number of lane blocks.
+    per_thread = -(-m // n_threads)
+    width = min(column_block(n_in, values.itemsize),
+                -(-per_thread // COLUMN_QUANTUM) * COLUMN_QUANTUM)
+    _dispatch_input_grad(values, indices, dyt, dxt, width, n_threads)
+    return dxt
+
+
+def weight_grad_columns(indices, xt, dyt, threads=0):
+    """dvalues[n, k] with dvalues[r, j] = sum_c dyt[r, c] * xt[indices[r, j], c]: the
+    weight gradient at the stored positions only (an SDDMM).
+
+    indices[n, k] in [0, n_in), xt[n_in, m] and dyt[n, m] of one float dtype, C-contiguous.
+    """
+    _check("xt", xt, _FLOATS, 2)
+    _check("dyt", dyt, _FLOATS, 2)
+    _same_dtype("dyt", dyt, xt)
+    _check_indices(indices, xt.shape[0])
+    n, k = indices.shape
+    m = xt.shape[1]
+    if dyt.shape != (n, m):
+        raise ValueError(f"dyt must have shape ({n}, {m}), got {dyt.shape}")
+    cdef int n_threads = _resolve_threads(threads)
+    if not _nonempty(n, k, m):
+        return np.zeros((n, k), dtype=xt.dtype)
+    width = column_block(xt.shape[0], xt.itemsize)
+    n_segments = -(-m // width)
+    partial = np.empty((n_segments, n, k), dtype=xt.dtype)
+    _dispatch_weight_grad(indices, xt, dyt, partial, width, n_threads)
+    return partial[0] if n_segments == 1 else partial.sum(axis=0)
+
+
+# Cython picks a fused specialisation from typed arguments; these defs give it them.
+def _dispatch_forward(floating[:, ::1] values, index_t[:, ::1] indices, floating[:, ::1] xt,
+                      floating[::1] bias, floating[:, ::1] yt, Py_ssize_t width, int threads):
+    with nogil:
+        _forward(values, indices, xt, bias, yt, width, threads)
+
+
+def _dispatch_input_grad(floating[:, ::1] values, index_t[:, ::1] indices,
+                         floating[:, ::1] dyt, floating[:, ::1] dxt, Py_ssize_t width,
+                         int threads):
+    with nogil:
+        _input_grad(values, indices, dyt, dxt, width, threads)
+
+
+def _dispatch_weight_grad(index_t[:, ::1] indices, floating[:, ::1] xt,
+                          floating[:, ::1] dyt, floating[:, :, ::1] partial, Py_ssize_t width,
+                          int threads):
+    with nogil:
+        _weight_grad(indices, xt, dyt, partial, width, threads)
+
+
+# -- layout: transpose, and im2col / col2im in column form ---------------------------
+
+cdef void _transpose(const floating[:, ::1] a, floating[:, ::1] at, int threads) noexcept nogil:
+    cdef Py_ssize_t rows = a.shape[0], cols = a.shape[1]
+    cdef Py_ssize_t n_blocks = (rows + _TRANSPOSE_ROWS - 1) // _TRANSPOSE_ROWS
+    cdef Py_ssize_t block, r0, r1
+    for block in prange(n_blocks, schedule="static", num_threads=threads):
+        r0 = block * _TRANSPOSE_ROWS
+        r1 = min(r0 + _TRANSPOSE_ROWS, rows)
+        if floating is float:
+            srigl_train_transpose_f32(&a[0, 0], cols, r0, r1, cols, &at[0, 0], rows)
+        else:
+            srigl_train_transpose_f64(&a[0, 0], cols, r0, r1, cols, &at[0, 0], rows)
+
+
+def _dispatch_transpose(floating[:, ::1] a, floating[:, ::1] at, int threads):
+    with nogil:
+        _transpose(a, at, threads)
+
+
+def transpose(a, threads=0):
+    """a[rows, cols] float32/float64 (any strides) -> a.T as a new C-contiguous
+    [cols, rows] array, by 32-row tiles in parallel."""
+    _check("a", a, _FLOATS, 2, contiguous=False)
+    a = np.ascontiguousarray(a)
+    cdef int n_threads = _resolve_threads(threads)
+    at = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
+    if a.size:
+        _dispatch_transpose(a, at, n_threads)
+    return at
+
+
+cdef void _im2col_columns(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int kh,
+                          int kw, int stride, int padding, Py_ssize_t out_h,
+                          Py_ssize_t out_w, int threads) noexcept nogil:
+    """x[batch, channels, height, width] -> cols[channels*kh*kw, batch*out_h*out_w]:
+    row (c*kh + i)*kw + j holds tap (i, j) of channel c for every output pixel, column
+    (b*out_h + oh)*out_w + ow; taps in the padding are 0. Parallel over rows."""
+    cdef Py_ssize_t batch = x.shape[0], height = x.shape[2], width = x.shape[3]
+    cdef Py_ssize_t tap, c, i, j, b, oh, ow, h, w, base
+    for tap in prange(cols.shape[0], schedule="static", num_threads=threads):
+        c = tap // (kh * kw)
+        i = (tap // kw) % kh
+        j = tap % kw
+        for b in range(batch):
+            for oh in range(out_h):
+                h = oh * stride - padding + i
+                base = (b * out_h + oh) * out_w
+                if h < 0 or h >= height:
+                    for ow in range(out_w):
+                        cols[tap, base + ow] = 0
+                    continue
+                for ow in range(out_w):
+                    w = ow * stride - padding + j
+                    if 0 <= w < width:
+                        cols[tap, base + ow] = x[b, c, h, w]
+                    else:
+                        cols[tap, base + ow] = 0
+
+
+cdef void _col2im_columns(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh,
+                          int kw, int stride, int padding, Py_ssize_t out_h,
+                          Py_ssize_t out_w, int threads) noexcept nogil:
+    """The adjoint: x[b, c] += every tap of cols that reads it (taps in the padding
+    dropped); x zeroed by the caller. Parallel over (image, channel) planes, each
+    thread owning its planes; within a plane taps add in (i, j) order."""
+    cdef Py_ssize_t channels = x.shape[1], height = x.shape[2], width = x.shape[3]
+    cdef Py_ssize_t plane, b, c, i, j, oh, ow, h, w, base, tap
+    for plane in prange(x.shape[0] * channels, schedule="static", num_threads=threads):
+        b = plane // channels
+        c = plane - b * channels
+        for i in range(kh):
+            for j in range(kw):
+                tap = (c * kh + i) * kw + j
+                for oh in range(out_h):
+                    h = oh * stride - padding + i
+                    if h < 0 or h >= height:
+                        continue
+                    base = (b * out_h + oh) * out_w
+                    for ow in range(out_w):
+                        w = ow * stride - padding + j
+                        if 0 <= w < width:
+                            x[b, c, h, w] += cols[tap, base + ow]
+
+
+def _dispatch_im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int kh, int kw,
+                     int stride, int padding, Py_ssize_t out_h, Py_ssize_t out_w,
+                     int threads):
+    with nogil:
+        _im2col_columns(x, cols, kh, kw, stride, padding, out_h, out_w, threads)
+
+
+def _dispatch_col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh, int kw,
+                     int stride, int padding, Py_ssize_t out_h, Py_ssize_t out_w,
+                     int threads):
+    with nogil:
+        _col2im_columns(cols, x, kh, kw, stride, padding, out_h, out_w, threads)
+
+
+def _geometry(shape, kh, kw, stride, padding):
+    """(out_h, out_w) after checking the convolution's geometry (Python ints, kernel and
+    stride >= 1, padding >= 0, a kernel that fits the padded image)."""
+    for name, value, low in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1),
+                             ("padding", padding, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not low <= value < 2**20:
+            raise ValueError(f"{name} must be in [{low}, {2**20}), got {value}")
+    _, _, height, width = shape
+    if height + 2 * padding < kh or width + 2 * padding < kw:
+        raise ValueError(f"kernel ({kh}, {kw}) with padding {padding} does not fit input "
+                         f"({height}, {width})")
+    return ((height + 2 * padding - kh) // stride + 1,
+            (width + 2 * padding - kw) // stride + 1)
+
+
+def im2col_columns(x, kh, kw, stride=1, padding=0, threads=0):
+    """x[batch, channels, height, width] (float32/float64, C-contiguous) ->
+    cols[channels*kh*kw, batch*out_h*out_w]: the transpose of ``kernels.im2col``'s
+    matrix, built directly (one row per filter tap, one column per output pixel)."""
+    _check("x", x, _FLOATS, 4)
+    out_h, out_w = _geometry(x.shape, kh, kw, stride, padding)
+    cdef int n_threads = _resolve_threads(threads)
+    batch, channels = x.shape[:2]
+    cols = np.empty((channels * kh * kw, batch * out_h * out_w), dtype=x.dtype)
+    if cols.size:
+        _dispatch_im2col(x, cols, kh, kw, stride, padding, out_h, out_w, n_threads)
+    return cols
+
+
+def col2im_columns(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
+    """The adjoint of ``im2col_columns``: cols[channels*kh*kw, batch*out_h*out_w] ->
+    x[x_shape], overlapping taps summed, taps in the padding dropped."""
+    _check("cols", cols, _FLOATS, 2)
+    if len(x_shape) != 4 or any(int(s) < 0 for s in x_shape):
+        raise ValueError(f"x_shape must be 4 sizes >= 0, got {tuple(x_shape)}")
+    x_shape = tuple(int(s) for s in x_shape)
+    out_h, out_w = _geometry(x_shape, kh, kw, stride, padding)
+    batch, channels = x_shape[:2]
+    expected = (channels * kh * kw, batch * out_h * out_w)
+    if cols.shape != expected:
+        raise ValueError(f"cols must have shape {expected} for x_shape {x_shape}, "
+                         f"got {cols.shape}")
+    cdef int n_threads = _resolve_threads(threads)
+    x = np.zeros(x_shape, dtype=cols.dtype)
+    if cols.size:
+        _dispatch_col2im(cols, x, kh, kw, stride, padding, out_h, out_w, n_threads)
+    return x
