@@ -145,18 +145,99 @@ SRIGL_TRAIN_KERNELS(f64_i16, double, int16_t)
 SRIGL_TRAIN_KERNELS(f64_i32, double, int32_t)
 
 /* Tile transpose: at[c, r] = a[r, c] for r in [r0, r1), all c < cols; a[rows, lda],
-   at[cols, ldat]. 32 x 32 tiles keep both sides' cache lines in L1. */
+   at[cols, ldat]. 8 x 8 tiles through a local buffer: at most eight cache lines of each
+   side are live, so the strided side keeps its lines even when its stride is a
+   multiple of 4 KiB (which maps every line to one L1 set). */
 #define SRIGL_TRAIN_TRANSPOSE(SUFFIX, T)                                                   \
 static void srigl_train_transpose_##SUFFIX(const T* a, ptrdiff_t lda, ptrdiff_t r0,        \
                                            ptrdiff_t r1, ptrdiff_t cols, T* at,            \
                                            ptrdiff_t ldat)                                 \
 {                                                                                          \
-    ptrdiff_t c0, r, c;                                                                    \
-    for (c0 = 0; c0 < cols; c0 += 32) {                                                    \
-        ptrdiff_t c1 = c0 + 32 < cols ? c0 + 32 : cols;                                    \
-        for (r = r0; r < r1; r++)                                                          \
-            for (c = c0; c < c1; c++) at[c * ldat + r] = a[r * lda + c];                   \
+    ptrdiff_t c0, s, r, c;                                                                 \
+    for (c0 = 0; c0 < cols; c0 += 8) {                                                     \
+        const ptrdiff_t c1 = c0 + 8 < cols ? c0 + 8 : cols;                                \
+        for (s = r0; s < r1; s += 8) {                                                     \
+            const ptrdiff_t s1 = s + 8 < r1 ? s + 8 : r1;                                  \
+            if (c1 - c0 == 8 && s1 - s == 8) {                                             \
+                T tile[8][8];                                                              \
+                int i, j;                                                                  \
+                for (i = 0; i < 8; i++)                                                    \
+                    for (j = 0; j < 8; j++) tile[j][i] = a[(s + i) * lda + c0 + j];        \
+                for (j = 0; j < 8; j++)                                                    \
+                    for (i = 0; i < 8; i++) at[(c0 + j) * ldat + s + i] = tile[j][i];      \
+            } else {                                                                       \
+                for (r = s; r < s1; r++)                                                   \
+                    for (c = c0; c < c1; c++) at[c * ldat + r] = a[r * lda + c];           \
+            }                                                                              \
+        }                                                                                  \
     }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* The output columns ow in [*lo, *hi) whose tap j (stride, padding) lands inside a row  \
+   of ``width`` pixels. */                                                               \
+static void srigl_train_valid_##SUFFIX(ptrdiff_t width, int j, int stride, int padding,   \
+                                       ptrdiff_t out_w, ptrdiff_t* lo, ptrdiff_t* hi)      \
+{                                                                                          \
+    const ptrdiff_t first = padding - j, last = width - 1 + padding - j;                   \
+    *lo = first <= 0 ? 0 : (first + stride - 1) / stride;                                 \
+    *hi = last < 0 ? 0 : last / stride + 1;                                                \
+    if (*hi > out_w) *hi = out_w;                                                          \
+    if (*lo > *hi) *lo = *hi;                                                              \
+}                                                                                          \
+                                                                                           \
+/* One row of the column matrix: tap (c, i, j) = ``tap`` of every output pixel,          \
+   row[(b*out_h + oh)*out_w + ow] = x[b, c, oh*stride - padding + i,                    \
+   ow*stride - padding + j], 0 in the padding. x[batch, channels, height, width]. */     \
+static void srigl_train_im2col_row_##SUFFIX(const T* x, ptrdiff_t batch,                  \
+        ptrdiff_t channels, ptrdiff_t height, ptrdiff_t width, int kh, int kw,             \
+        int stride, int padding, ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t tap, T* row)  \
+{                                                                                          \
+    const ptrdiff_t c = tap / (kh * kw);                                                   \
+    const int i = (int)((tap / kw) % kh), j = (int)(tap % kw);                             \
+    ptrdiff_t lo, hi, b, oh, ow;                                                           \
+    srigl_train_valid_##SUFFIX(width, j, stride, padding, out_w, &lo, &hi);                \
+    for (b = 0; b < batch; b++) {                                                          \
+        const T* plane = x + (b * channels + c) * height * width;                          \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + i;                                 \
+            T* out = row + (b * out_h + oh) * out_w;                                       \
+            if (h < 0 || h >= height) {                                                    \
+                for (ow = 0; ow < out_w; ow++) out[ow] = 0;                                \
+                continue;                                                                  \
+            }                                                                              \
+            const T* src = plane + h * width;                                              \
+            const ptrdiff_t shift = j - padding;                                           \
+            for (ow = 0; ow < lo; ow++) out[ow] = 0;                                       \
+            if (stride == 1)                                                               \
+                for (ow = lo; ow < hi; ow++) out[ow] = src[ow + shift];                    \
+            else                                                                           \
+                for (ow = lo; ow < hi; ow++) out[ow] = src[ow * stride + shift];           \
+            for (ow = hi; ow < out_w; ow++) out[ow] = 0;                                   \
+        }                                                                                  \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* The adjoint for one plane (b, c) of x[batch, channels, height, width]: every tap of   \
+   the column matrix cols[channels*kh*kw, ldc] that reads a pixel of it adds into it,   \
+   taps in (i, j) order; taps in the padding are dropped. */                             \
+static void srigl_train_col2im_plane_##SUFFIX(const T* cols, ptrdiff_t ldc, ptrdiff_t b,  \
+        ptrdiff_t c, ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride,        \
+        int padding, ptrdiff_t out_h, ptrdiff_t out_w, T* plane)                           \
+{                                                                                          \
+    ptrdiff_t lo, hi, oh, ow;                                                              \
+    int i, j;                                                                              \
+    for (i = 0; i < kh; i++)                                                               \
+        for (j = 0; j < kw; j++) {                                                         \
+            const T* row = cols + ((c * kh + i) * kw + j) * ldc;                           \
+            srigl_train_valid_##SUFFIX(width, j, stride, padding, out_w, &lo, &hi);        \
+            for (oh = 0; oh < out_h; oh++) {                                               \
+                const ptrdiff_t h = oh * stride - padding + i;                             \
+                if (h < 0 || h >= height) continue;                                        \
+                const T* src = row + (b * out_h + oh) * out_w;                             \
+                T* dst = plane + h * width;                                                \
+                for (ow = lo; ow < hi; ow++) dst[ow * stride + j - padding] += src[ow];    \
+            }                                                                              \
+        }                                                                                  \
 }
 
 SRIGL_TRAIN_TRANSPOSE(f32, float)

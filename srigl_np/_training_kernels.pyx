@@ -83,6 +83,25 @@ cdef extern from "_training_kernels.h":
                                    Py_ssize_t r1, Py_ssize_t cols, double* at,
                                    Py_ssize_t ldat) noexcept nogil
 
+    void srigl_train_im2col_row_f32(const float* x, Py_ssize_t batch, Py_ssize_t channels,
+                                    Py_ssize_t height, Py_ssize_t width, int kh, int kw,
+                                    int stride, int padding, Py_ssize_t out_h,
+                                    Py_ssize_t out_w, Py_ssize_t tap, float* row) noexcept nogil
+    void srigl_train_im2col_row_f64(const double* x, Py_ssize_t batch, Py_ssize_t channels,
+                                    Py_ssize_t height, Py_ssize_t width, int kh, int kw,
+                                    int stride, int padding, Py_ssize_t out_h,
+                                    Py_ssize_t out_w, Py_ssize_t tap, double* row) noexcept nogil
+    void srigl_train_col2im_plane_f32(const float* cols, Py_ssize_t ldc, Py_ssize_t b,
+                                      Py_ssize_t c, Py_ssize_t height, Py_ssize_t width,
+                                      int kh, int kw, int stride, int padding,
+                                      Py_ssize_t out_h, Py_ssize_t out_w,
+                                      float* plane) noexcept nogil
+    void srigl_train_col2im_plane_f64(const double* cols, Py_ssize_t ldc, Py_ssize_t b,
+                                      Py_ssize_t c, Py_ssize_t height, Py_ssize_t width,
+                                      int kh, int kw, int stride, int padding,
+                                      Py_ssize_t out_h, Py_ssize_t out_w,
+                                      double* plane) noexcept nogil
+
 ctypedef fused index_t:
     int16_t
     int32_t
@@ -129,6 +148,39 @@ def _check(name, a, dtypes, ndim, contiguous=True):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
     if contiguous and not a.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
+
+
+def _check_rows(name, a, dtypes=None):
+    """A 2-D float array whose rows are contiguous (a C-contiguous array, or a view of
+    the first columns of one: the padded column arrays this module returns)."""
+    _check(name, a, dtypes or _FLOATS, 2, contiguous=False)
+    if a.size and (a.strides[1] != a.itemsize or a.strides[0] % a.itemsize
+                   or a.strides[0] < a.shape[1] * a.itemsize):
+        raise ValueError(f"{name} must have contiguous, non-overlapping rows")
+
+
+cdef inline Py_ssize_t _ld(a):
+    """The row stride of a row-contiguous 2-D array, in elements."""
+    return a.strides[0] // a.itemsize if a.shape[1] else 1
+
+
+def leading_dimension(m, itemsize):
+    """The row length to allocate for a column array of m columns: m rounded up to a
+    cache line and, for rows of 4 KiB or more, moved off a multiple of 4 KiB (such rows
+    would all map to the same L1 sets, and stores to one row would falsely wait on loads
+    from another: the scatter ran 7x slower on 73728-column rows)."""
+    line = 64 // itemsize
+    ld = -(-m // line) * line
+    if ld * itemsize >= 4096:
+        ld = -(-ld * itemsize // 4096) * 4096 // itemsize + line
+    return ld
+
+
+def _columns(rows, m, dtype, zeroed=False):
+    """A [rows, m] view of a padded [rows, leading_dimension(m)] array."""
+    shape = (rows, leading_dimension(m, np.dtype(dtype).itemsize))
+    full = np.zeros(shape, dtype=dtype) if zeroed else np.empty(shape, dtype=dtype)
+    return full[:, :m]
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -230,13 +282,17 @@ cdef inline void _sddmm_row(const index_t* idx, Py_ssize_t k, const floating* dy
 
 
 # -- the three products on column arrays ----------------------------------------------
+#
+# Column arrays (xt, dyt, dxt, cols) may be padded: rows contiguous, row stride ld >= m
+# elements (``leading_dimension``); the functions below take a base pointer and ld.
 
 cdef void _forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
-                   const floating[:, ::1] xt, const floating[::1] bias,
-                   floating[:, ::1] yt, Py_ssize_t width, int threads) noexcept nogil:
-    """values[n, k], indices[n, k], xt[n_in, m], bias[n] -> yt[n, m], in work items of
-    (column block of ``width``, neuron)."""
-    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], m = xt.shape[1]
+                   const floating* xt, Py_ssize_t ldx, Py_ssize_t m,
+                   const floating[::1] bias, floating[:, ::1] yt, Py_ssize_t width,
+                   int threads) noexcept nogil:
+    """values[n, k], indices[n, k], xt[n_in, m] (row stride ldx), bias[n] -> yt[n, m],
+    in work items of (column block of ``width``, neuron)."""
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1]
     cdef Py_ssize_t n_blocks = (m + width - 1) // width
     cdef Py_ssize_t item, block, r, c0, c1
     for item in prange(n_blocks * n, schedule="static", num_threads=threads):
@@ -244,31 +300,32 @@ cdef void _forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
         r = item - block * n
         c0 = block * width
         c1 = min(c0 + width, m)
-        _forward_row(&values[r, 0], &indices[r, 0], k, &xt[0, 0], m, bias[r], &yt[r, 0],
-                     c0, c1)
+        _forward_row(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], &yt[r, 0], c0, c1)
 
 
 cdef void _input_grad(const floating[:, ::1] values, const index_t[:, ::1] indices,
-                      const floating[:, ::1] dyt, floating[:, ::1] dxt, Py_ssize_t width,
-                      int threads) noexcept nogil:
-    """values[n, k], indices[n, k], dyt[n, m] -> dxt[n_in, m] (zeroed by the caller),
-    parallel over column blocks of ``width``, each thread owning its columns."""
-    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], m = dyt.shape[1]
+                      const floating* dyt, Py_ssize_t ldy, floating* dxt, Py_ssize_t ldx,
+                      Py_ssize_t m, Py_ssize_t width, int threads) noexcept nogil:
+    """values[n, k], indices[n, k], dyt[n, m] (row stride ldy) -> dxt[n_in, m] (row
+    stride ldx, zeroed by the caller), parallel over column blocks of ``width``, each
+    thread owning its columns."""
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1]
     cdef Py_ssize_t n_blocks = (m + width - 1) // width
     cdef Py_ssize_t block, r, c0, c1
     for block in prange(n_blocks, schedule="static", num_threads=threads):
         c0 = block * width
         c1 = min(c0 + width, m)
         for r in range(n):
-            _scatter_row(&values[r, 0], &indices[r, 0], k, &dyt[r, 0], &dxt[0, 0], m, c0, c1)
+            _scatter_row(&values[r, 0], &indices[r, 0], k, dyt + r * ldy, dxt, ldx, c0, c1)
 
 
-cdef void _weight_grad(const index_t[:, ::1] indices, const floating[:, ::1] xt,
-                       const floating[:, ::1] dyt, floating[:, :, ::1] partial,
-                       Py_ssize_t width, int threads) noexcept nogil:
-    """indices[n, k], xt[n_in, m], dyt[n, m] -> partial[n_segments, n, k], the weight
-    gradient of each ``width``-wide column segment."""
-    cdef Py_ssize_t n = indices.shape[0], k = indices.shape[1], m = xt.shape[1]
+cdef void _weight_grad(const index_t[:, ::1] indices, const floating* xt, Py_ssize_t ldx,
+                       const floating* dyt, Py_ssize_t ldy, Py_ssize_t m,
+                       floating[:, :, ::1] partial, Py_ssize_t width,
+                       int threads) noexcept nogil:
+    """indices[n, k], xt[n_in, m] (row stride ldx), dyt[n, m] (row stride ldy) ->
+    partial[n_segments, n, k], the weight gradient of each ``width``-wide segment."""
+    cdef Py_ssize_t n = indices.shape[0], k = indices.shape[1]
     cdef Py_ssize_t n_segments = partial.shape[0]
     cdef Py_ssize_t item, segment, r, c0, c1
     for item in prange(n_segments * n, schedule="static", num_threads=threads):
@@ -276,7 +333,7 @@ cdef void _weight_grad(const index_t[:, ::1] indices, const floating[:, ::1] xt,
         r = item - segment * n
         c0 = segment * width
         c1 = min(c0 + width, m)
-        _sddmm_row(&indices[r, 0], k, &dyt[r, 0], &xt[0, 0], m, c0, c1, &partial[segment, r, 0])
+        _sddmm_row(&indices[r, 0], k, dyt + r * ldy, xt, ldx, c0, c1, &partial[segment, r, 0])
 
 
 def _nonempty(*shape):
@@ -287,11 +344,12 @@ def forward_columns(values, indices, xt, bias=None, threads=0):
     """yt[n, m] = values . xt[indices] (+ bias), per column: yt[r, c] = bias[r] +
     sum_j values[r, j] * xt[indices[r, j], c].
 
-    values[n, k] float32/float64, indices[n, k] int16/int32 in [0, n_in), xt[n_in, m]
-    and bias[n] (or None) of values' dtype; all C-contiguous. Returns a new yt.
+    values[n, k] float32/float64 and indices[n, k] int16/int32 in [0, n_in), C-contiguous;
+    xt[n_in, m] of values' dtype with contiguous rows (C-contiguous, or a padded view
+    from ``transpose`` / ``im2col_columns``); bias[n] or None. Returns a new C-contiguous yt.
     """
     _check("values", values, _FLOATS, 2)
-    _check("xt", xt, _FLOATS, 2)
+    _check_rows("xt", xt)
     _same_dtype("xt", xt, values)
     _check_indices(indices, xt.shape[0], values)
     n, k = values.shape
@@ -307,7 +365,7 @@ def forward_columns(values, indices, xt, bias=None, threads=0):
     if not _nonempty(n, k, m):
         return np.zeros((n, m), dtype=values.dtype) + bias[:, None]
     yt = np.empty((n, m), dtype=values.dtype)
-    _dispatch_forward(values, indices, xt, bias, yt,
+    _dispatch_forward(values, indices, xt, _ld(xt), bias, yt,
                       column_block(xt.shape[0], xt.itemsize), n_threads)
     return yt
 
@@ -316,10 +374,11 @@ def input_grad_columns(values, indices, dyt, n_in, threads=0):
     """dxt[n_in, m] with dxt[i, c] = sum over (r, j) with indices[r, j] == i of
     values[r, j] * dyt[r, c]: the transposed product, a scatter.
 
-    values[n, k], indices[n, k] in [0, n_in), dyt[n, m] of values' dtype, C-contiguous.
+    values[n, k], indices[n, k] in [0, n_in) C-contiguous; dyt[n, m] of values' dtype
+    with contiguous rows. Returns a padded view (rows contiguous, ``leading_dimension``).
     """
     _check("values", values, _FLOATS, 2)
-    _check("dyt", dyt, _FLOATS, 2)
+    _check_rows("dyt", dyt)
     _same_dtype("dyt", dyt, values)
     n_in = int(n_in)
     if n_in < 0:
@@ -330,14 +389,14 @@ def input_grad_columns(values, indices, dyt, n_in, threads=0):
         raise ValueError(f"dyt must have {n} rows (values' neurons), got shape {dyt.shape}")
     cdef int n_threads = _resolve_threads(threads)
     m = dyt.shape[1]
-    dxt = np.zeros((n_in, m), dtype=values.dtype)
+    dxt = _columns(n_in, m, values.dtype, zeroed=True)
     if not _nonempty(n, k, m):
         return dxt
     # Enough column blocks for every thread, each a whole number of lane blocks.
     per_thread = -(-m // n_threads)
     width = min(column_block(n_in, values.itemsize),
                 -(-per_thread // COLUMN_QUANTUM) * COLUMN_QUANTUM)
-    _dispatch_input_grad(values, indices, dyt, dxt, width, n_threads)
+    _dispatch_input_grad(values, indices, dyt, _ld(dyt), dxt, _ld(dxt), width, n_threads)
     return dxt
 
 
@@ -345,10 +404,11 @@ def weight_grad_columns(indices, xt, dyt, threads=0):
     """dvalues[n, k] with dvalues[r, j] = sum_c dyt[r, c] * xt[indices[r, j], c]: the
     weight gradient at the stored positions only (an SDDMM).
 
-    indices[n, k] in [0, n_in), xt[n_in, m] and dyt[n, m] of one float dtype, C-contiguous.
+    indices[n, k] in [0, n_in) C-contiguous; xt[n_in, m] and dyt[n, m] of one float
+    dtype with contiguous rows.
     """
-    _check("xt", xt, _FLOATS, 2)
-    _check("dyt", dyt, _FLOATS, 2)
+    _check_rows("xt", xt)
+    _check_rows("dyt", dyt)
     _same_dtype("dyt", dyt, xt)
     _check_indices(indices, xt.shape[0])
     n, k = indices.shape
@@ -361,128 +421,120 @@ def weight_grad_columns(indices, xt, dyt, threads=0):
     width = column_block(xt.shape[0], xt.itemsize)
     n_segments = -(-m // width)
     partial = np.empty((n_segments, n, k), dtype=xt.dtype)
-    _dispatch_weight_grad(indices, xt, dyt, partial, width, n_threads)
+    _dispatch_weight_grad(indices, xt, _ld(xt), dyt, _ld(dyt), partial, width, n_threads)
     return partial[0] if n_segments == 1 else partial.sum(axis=0)
 
 
-# Cython picks a fused specialisation from typed arguments; these defs give it them.
-def _dispatch_forward(floating[:, ::1] values, index_t[:, ::1] indices, floating[:, ::1] xt,
-                      floating[::1] bias, floating[:, ::1] yt, Py_ssize_t width, int threads):
+# Cython picks a fused specialisation from typed arguments; these defs give it them. The
+# column arrays arrive as strided memoryviews (rows contiguous, checked above).
+def _dispatch_forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
+                      const floating[:, :] xt, Py_ssize_t ldx, const floating[::1] bias,
+                      floating[:, ::1] yt, Py_ssize_t width, int threads):
     with nogil:
-        _forward(values, indices, xt, bias, yt, width, threads)
+        _forward(values, indices, &xt[0, 0], ldx, xt.shape[1], bias, yt, width, threads)
 
 
-def _dispatch_input_grad(floating[:, ::1] values, index_t[:, ::1] indices,
-                         floating[:, ::1] dyt, floating[:, ::1] dxt, Py_ssize_t width,
-                         int threads):
+def _dispatch_input_grad(const floating[:, ::1] values, const index_t[:, ::1] indices,
+                         const floating[:, :] dyt, Py_ssize_t ldy, floating[:, :] dxt,
+                         Py_ssize_t ldx, Py_ssize_t width, int threads):
     with nogil:
-        _input_grad(values, indices, dyt, dxt, width, threads)
+        _input_grad(values, indices, &dyt[0, 0], ldy, &dxt[0, 0], ldx, dyt.shape[1], width,
+                    threads)
 
 
-def _dispatch_weight_grad(index_t[:, ::1] indices, floating[:, ::1] xt,
-                          floating[:, ::1] dyt, floating[:, :, ::1] partial, Py_ssize_t width,
-                          int threads):
+def _dispatch_weight_grad(const index_t[:, ::1] indices, const floating[:, :] xt,
+                          Py_ssize_t ldx, const floating[:, :] dyt, Py_ssize_t ldy,
+                          floating[:, :, ::1] partial, Py_ssize_t width, int threads):
     with nogil:
-        _weight_grad(indices, xt, dyt, partial, width, threads)
+        _weight_grad(indices, &xt[0, 0], ldx, &dyt[0, 0], ldy, xt.shape[1], partial, width,
+                     threads)
 
 
 # -- layout: transpose, and im2col / col2im in column form ---------------------------
 
-cdef void _transpose(const floating[:, ::1] a, floating[:, ::1] at, int threads) noexcept nogil:
-    cdef Py_ssize_t rows = a.shape[0], cols = a.shape[1]
+cdef void _transpose(const floating* a, Py_ssize_t lda, Py_ssize_t rows, Py_ssize_t cols,
+                     floating* at, Py_ssize_t ldat, int threads) noexcept nogil:
     cdef Py_ssize_t n_blocks = (rows + _TRANSPOSE_ROWS - 1) // _TRANSPOSE_ROWS
     cdef Py_ssize_t block, r0, r1
     for block in prange(n_blocks, schedule="static", num_threads=threads):
         r0 = block * _TRANSPOSE_ROWS
         r1 = min(r0 + _TRANSPOSE_ROWS, rows)
         if floating is float:
-            srigl_train_transpose_f32(&a[0, 0], cols, r0, r1, cols, &at[0, 0], rows)
+            srigl_train_transpose_f32(a, lda, r0, r1, cols, at, ldat)
         else:
-            srigl_train_transpose_f64(&a[0, 0], cols, r0, r1, cols, &at[0, 0], rows)
+            srigl_train_transpose_f64(a, lda, r0, r1, cols, at, ldat)
 
 
-def _dispatch_transpose(floating[:, ::1] a, floating[:, ::1] at, int threads):
+def _dispatch_transpose(const floating[:, :] a, Py_ssize_t lda, floating[:, :] at,
+                        Py_ssize_t ldat, int threads):
     with nogil:
-        _transpose(a, at, threads)
+        _transpose(&a[0, 0], lda, a.shape[0], a.shape[1], &at[0, 0], ldat, threads)
 
 
-def transpose(a, threads=0):
-    """a[rows, cols] float32/float64 (any strides) -> a.T as a new C-contiguous
-    [cols, rows] array, by 32-row tiles in parallel."""
+def transpose(a, threads=0, padded=True):
+    """a[rows, cols] float32/float64 -> a.T as [cols, rows] with contiguous rows: a
+    padded view (``leading_dimension``) by default, a C-contiguous array when ``padded``
+    is False. ``a`` with contiguous rows is read in place, any other is copied first.
+    32-row blocks in parallel, 8 x 8 tiles within."""
     _check("a", a, _FLOATS, 2, contiguous=False)
-    a = np.ascontiguousarray(a)
+    if a.size and (a.strides[1] != a.itemsize or a.strides[0] % a.itemsize
+                   or a.strides[0] < a.shape[1] * a.itemsize):
+        a = np.ascontiguousarray(a)
     cdef int n_threads = _resolve_threads(threads)
-    at = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
+    rows, cols = a.shape
+    at = _columns(cols, rows, a.dtype) if padded else np.empty((cols, rows), dtype=a.dtype)
     if a.size:
-        _dispatch_transpose(a, at, n_threads)
+        _dispatch_transpose(a, _ld(a), at, _ld(at), n_threads)
     return at
 
 
-cdef void _im2col_columns(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int kh,
-                          int kw, int stride, int padding, Py_ssize_t out_h,
-                          Py_ssize_t out_w, int threads) noexcept nogil:
-    """x[batch, channels, height, width] -> cols[channels*kh*kw, batch*out_h*out_w]:
-    row (c*kh + i)*kw + j holds tap (i, j) of channel c for every output pixel, column
-    (b*out_h + oh)*out_w + ow; taps in the padding are 0. Parallel over rows."""
-    cdef Py_ssize_t batch = x.shape[0], height = x.shape[2], width = x.shape[3]
-    cdef Py_ssize_t tap, c, i, j, b, oh, ow, h, w, base
-    for tap in prange(cols.shape[0], schedule="static", num_threads=threads):
-        c = tap // (kh * kw)
-        i = (tap // kw) % kh
-        j = tap % kw
-        for b in range(batch):
-            for oh in range(out_h):
-                h = oh * stride - padding + i
-                base = (b * out_h + oh) * out_w
-                if h < 0 or h >= height:
-                    for ow in range(out_w):
-                        cols[tap, base + ow] = 0
-                    continue
-                for ow in range(out_w):
-                    w = ow * stride - padding + j
-                    if 0 <= w < width:
-                        cols[tap, base + ow] = x[b, c, h, w]
-                    else:
-                        cols[tap, base + ow] = 0
+cdef void _im2col_columns(const floating* x, Py_ssize_t batch, Py_ssize_t channels,
+                          Py_ssize_t height, Py_ssize_t width, floating* cols,
+                          Py_ssize_t ldc, Py_ssize_t n_taps, int kh, int kw, int stride,
+                          int padding, Py_ssize_t out_h, Py_ssize_t out_w,
+                          int threads) noexcept nogil:
+    cdef Py_ssize_t tap
+    for tap in prange(n_taps, schedule="static", num_threads=threads):
+        if floating is float:
+            srigl_train_im2col_row_f32(x, batch, channels, height, width, kh, kw, stride,
+                                       padding, out_h, out_w, tap, cols + tap * ldc)
+        else:
+            srigl_train_im2col_row_f64(x, batch, channels, height, width, kh, kw, stride,
+                                       padding, out_h, out_w, tap, cols + tap * ldc)
 
 
-cdef void _col2im_columns(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh,
-                          int kw, int stride, int padding, Py_ssize_t out_h,
-                          Py_ssize_t out_w, int threads) noexcept nogil:
-    """The adjoint: x[b, c] += every tap of cols that reads it (taps in the padding
-    dropped); x zeroed by the caller. Parallel over (image, channel) planes, each
-    thread owning its planes; within a plane taps add in (i, j) order."""
-    cdef Py_ssize_t channels = x.shape[1], height = x.shape[2], width = x.shape[3]
-    cdef Py_ssize_t plane, b, c, i, j, oh, ow, h, w, base, tap
-    for plane in prange(x.shape[0] * channels, schedule="static", num_threads=threads):
+cdef void _col2im_columns(const floating* cols, Py_ssize_t ldc, floating* x,
+                          Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height,
+                          Py_ssize_t width, int kh, int kw, int stride, int padding,
+                          Py_ssize_t out_h, Py_ssize_t out_w, int threads) noexcept nogil:
+    cdef Py_ssize_t plane, b, c
+    for plane in prange(batch * channels, schedule="static", num_threads=threads):
         b = plane // channels
         c = plane - b * channels
-        for i in range(kh):
-            for j in range(kw):
-                tap = (c * kh + i) * kw + j
-                for oh in range(out_h):
-                    h = oh * stride - padding + i
-                    if h < 0 or h >= height:
-                        continue
-                    base = (b * out_h + oh) * out_w
-                    for ow in range(out_w):
-                        w = ow * stride - padding + j
-                        if 0 <= w < width:
-                            x[b, c, h, w] += cols[tap, base + ow]
+        if floating is float:
+            srigl_train_col2im_plane_f32(cols, ldc, b, c, height, width, kh, kw, stride,
+                                         padding, out_h, out_w, x + plane * height * width)
+        else:
+            srigl_train_col2im_plane_f64(cols, ldc, b, c, height, width, kh, kw, stride,
+                                         padding, out_h, out_w, x + plane * height * width)
 
 
-def _dispatch_im2col(const floating[:, :, :, ::1] x, floating[:, ::1] cols, int kh, int kw,
-                     int stride, int padding, Py_ssize_t out_h, Py_ssize_t out_w,
-                     int threads):
+def _dispatch_im2col(const floating[:, :, :, ::1] x, floating[:, :] cols, Py_ssize_t ldc,
+                     int kh, int kw, int stride, int padding, Py_ssize_t out_h,
+                     Py_ssize_t out_w, int threads):
     with nogil:
-        _im2col_columns(x, cols, kh, kw, stride, padding, out_h, out_w, threads)
+        _im2col_columns(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                        &cols[0, 0], ldc, cols.shape[0], kh, kw, stride, padding, out_h,
+                        out_w, threads)
 
 
-def _dispatch_col2im(const floating[:, ::1] cols, floating[:, :, :, ::1] x, int kh, int kw,
-                     int stride, int padding, Py_ssize_t out_h, Py_ssize_t out_w,
-                     int threads):
+def _dispatch_col2im(const floating[:, :] cols, Py_ssize_t ldc, floating[:, :, :, ::1] x,
+                     int kh, int kw, int stride, int padding, Py_ssize_t out_h,
+                     Py_ssize_t out_w, int threads):
     with nogil:
-        _col2im_columns(cols, x, kh, kw, stride, padding, out_h, out_w, threads)
+        _col2im_columns(&cols[0, 0], ldc, &x[0, 0, 0, 0], x.shape[0], x.shape[1],
+                        x.shape[2], x.shape[3], kh, kw, stride, padding, out_h, out_w,
+                        threads)
 
 
 def _geometry(shape, kh, kw, stride, padding):
@@ -504,22 +556,25 @@ def _geometry(shape, kh, kw, stride, padding):
 
 def im2col_columns(x, kh, kw, stride=1, padding=0, threads=0):
     """x[batch, channels, height, width] (float32/float64, C-contiguous) ->
-    cols[channels*kh*kw, batch*out_h*out_w]: the transpose of ``kernels.im2col``'s
-    matrix, built directly (one row per filter tap, one column per output pixel)."""
+    cols[channels*kh*kw, batch*out_h*out_w], a padded view: the transpose of
+    ``kernels.im2col``'s matrix, built directly (one row per filter tap (c, ki, kj), one
+    column per output pixel (b, oh, ow)), parallel over rows."""
     _check("x", x, _FLOATS, 4)
     out_h, out_w = _geometry(x.shape, kh, kw, stride, padding)
     cdef int n_threads = _resolve_threads(threads)
     batch, channels = x.shape[:2]
-    cols = np.empty((channels * kh * kw, batch * out_h * out_w), dtype=x.dtype)
+    cols = _columns(channels * kh * kw, batch * out_h * out_w, x.dtype)
     if cols.size:
-        _dispatch_im2col(x, cols, kh, kw, stride, padding, out_h, out_w, n_threads)
+        _dispatch_im2col(x, cols, _ld(cols), kh, kw, stride, padding, out_h, out_w,
+                         n_threads)
     return cols
 
 
 def col2im_columns(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
-    """The adjoint of ``im2col_columns``: cols[channels*kh*kw, batch*out_h*out_w] ->
-    x[x_shape], overlapping taps summed, taps in the padding dropped."""
-    _check("cols", cols, _FLOATS, 2)
+    """The adjoint of ``im2col_columns``: cols[channels*kh*kw, batch*out_h*out_w] (rows
+    contiguous) -> x[x_shape], overlapping taps summed, taps in the padding dropped;
+    parallel over (image, channel) planes."""
+    _check_rows("cols", cols)
     if len(x_shape) != 4 or any(int(s) < 0 for s in x_shape):
         raise ValueError(f"x_shape must be 4 sizes >= 0, got {tuple(x_shape)}")
     x_shape = tuple(int(s) for s in x_shape)
@@ -532,5 +587,5 @@ def col2im_columns(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
     cdef int n_threads = _resolve_threads(threads)
     x = np.zeros(x_shape, dtype=cols.dtype)
     if cols.size:
-        _dispatch_col2im(cols, x, kh, kw, stride, padding, out_h, out_w, n_threads)
+        _dispatch_col2im(cols, _ld(cols), x, kh, kw, stride, padding, out_h, out_w, n_threads)
     return x

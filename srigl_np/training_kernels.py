@@ -201,7 +201,7 @@ def linear_forward(values, indices, x, bias=None, threads=0):
         return linear_forward_reference(values, indices, x, bias)
     yt = _compiled.forward_columns(values, indices, _compiled.transpose(x, threads), bias,
                                    threads)
-    return _compiled.transpose(yt, threads)
+    return _compiled.transpose(yt, threads, padded=False)
 
 
 def linear_input_grad(values, indices, dy, n_in, threads=0):
@@ -214,7 +214,7 @@ def linear_input_grad(values, indices, dy, n_in, threads=0):
         return linear_input_grad_reference(values, indices, dy, n_in)
     dxt = _compiled.input_grad_columns(values, indices, _compiled.transpose(dy, threads),
                                        n_in, threads)
-    return _compiled.transpose(dxt, threads)
+    return _compiled.transpose(dxt, threads, padded=False)
 
 
 def linear_weight_grad(indices, x, dy, threads=0):
@@ -253,7 +253,7 @@ def linear_backward(values, indices, x, dy, threads=0, input_grad=True):
     if not input_grad:
         return None, dvalues
     dxt = _compiled.input_grad_columns(values, indices, dyt, n_in, threads)
-    return _compiled.transpose(dxt, threads), dvalues
+    return _compiled.transpose(dxt, threads, padded=False), dvalues
 
 
 def conv2d_forward(values, indices, x, kernel_size, stride=1, padding=0, bias=None,
