@@ -154,7 +154,8 @@ def test_finite_differences_of_a_tiny_linear_layer():
 # (batch, channels, height, width, n, kh, kw, stride, padding, k)
 CONV_CASES = [(2, 3, 7, 6, 4, 3, 3, 1, 0, 5), (1, 2, 6, 6, 1, 3, 2, 2, 1, 1),
               (3, 1, 5, 5, 5, 2, 2, 1, 1, 4), (2, 4, 9, 8, 6, 3, 3, 2, 2, 36),
-              (2, 2, 12, 12, 3, 3, 3, 1, 1, 7)]
+              (2, 2, 12, 12, 3, 3, 3, 1, 1, 7),
+              (4, 2, 20, 20, 5, 3, 3, 1, 1, 6)]    # 1600 columns: padded rows
 
 
 def _conv_problem(case, dtype, index_dtype, seed):
@@ -374,3 +375,17 @@ def test_the_compiled_entry_points_check_what_memory_safety_needs():
         compiled.weight_grad_columns(indices, xt, np.zeros((3, 5)))
     with pytest.raises(ValueError, match="cols must have shape"):
         compiled.col2im_columns(np.zeros((4, 8)), (1, 1, 4, 4), 2, 2)
+
+
+def test_padded_column_rows_avoid_4k_multiples():
+    from srigl_np import _training_kernels as compiled
+
+    for m, itemsize in ((128, 4), (1024, 4), (73728, 4), (1600, 8), (7, 8)):
+        ld = compiled.leading_dimension(m, itemsize)
+        assert ld >= m and (ld * itemsize) % 64 == 0
+        if ld * itemsize >= 4096:
+            assert (ld * itemsize) % 4096 == 64
+    a = np.arange(3 * 1500, dtype=np.float32).reshape(3, 1500)
+    at = compiled.transpose(compiled.transpose(a))       # padded view, then back
+    assert at.strides[0] > at.shape[1] * 4 or at.shape[1] * 4 < 4096
+    np.testing.assert_array_equal(at, a)
