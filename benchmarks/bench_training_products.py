@@ -9,7 +9,9 @@ each thread count, one round times, interleaved, the dense masked layer (float32
 zeros: forward x W^T + b, input gradient dy W, weight gradient dy^T x, by NumPy's BLAS;
 im2col / col2im around them for the convolution, as nn.Conv2d computes) and the condensed
 layer (srigl_np.training_kernels: linear_forward, linear_input_grad, linear_weight_grad,
-and the training step's pair forward + linear_backward, which shares its transposes).
+and the training step's pair forward + linear_backward, which shares its transposes; the
+input gradient both as a scatter and as a gather over ``transposed_index``, whose build,
+once per topology update, is timed on its own row).
 Medians over the rounds are printed as a Markdown table with the condensed/dense ratios,
 headed by the CPU model, vector ISA, BLAS, and the load average before and after (a
 figure taken on a loaded machine says so). A timing, never a test.
@@ -48,17 +50,28 @@ def layer_arrays(rng, n_out, n_in, sparsity):
 def linear_operations(values, indices, weight, x, dy, bias, threads):
     """{name: (dense callable, condensed callable)} of one Linear layer."""
     n_in = x.shape[1]
+    transposed = tk.transposed_index(indices, n_in)
     return {
         "forward": (lambda: x @ weight.T + bias,
                     lambda: tk.linear_forward(values, indices, x, bias, threads)),
         "input grad": (lambda: dy @ weight,
                        lambda: tk.linear_input_grad(values, indices, dy, n_in, threads)),
+        "input grad, gather": (
+            lambda: dy @ weight,
+            lambda: tk.linear_input_grad(values, indices, dy, n_in, threads, transposed)),
         "weight grad": (lambda: dy.T @ x,
                         lambda: tk.linear_weight_grad(indices, x, dy, threads)),
         "step (all three)": (
             lambda: (x @ weight.T + bias, dy @ weight, dy.T @ x),
             lambda: (tk.linear_forward(values, indices, x, bias, threads),
                      tk.linear_backward(values, indices, x, dy, threads))),
+        "step (all three), gather": (
+            lambda: (x @ weight.T + bias, dy @ weight, dy.T @ x),
+            lambda: (tk.linear_forward(values, indices, x, bias, threads),
+                     tk.linear_backward(values, indices, x, dy, threads,
+                                        transposed=transposed))),
+        "transposed_index (once per update)": (
+            lambda: None, lambda: tk.transposed_index(indices, n_in)),
     }
 
 
@@ -66,6 +79,7 @@ def conv_operations(values, indices, weight, x, dy, bias, threads):
     """{name: (dense callable, condensed callable)} of one 3x3 stride-1 Conv2d."""
     batch, _, height, width = x.shape
     n_out = weight.shape[0]
+    transposed = tk.transposed_index(indices, weight.shape[1])
 
     def dense_forward():
         cols = kernels.im2col(x, 3, 3, 1, 0, threads)
@@ -83,10 +97,19 @@ def conv_operations(values, indices, weight, x, dy, bias, threads):
         "backward (both)": (dense_backward,
                             lambda: tk.conv2d_backward(values, indices, x, dy, 3,
                                                        threads=threads)),
+        "backward (both), gather": (
+            dense_backward,
+            lambda: tk.conv2d_backward(values, indices, x, dy, 3, threads=threads,
+                                       transposed=transposed)),
         "step (all three)": (
             lambda: (dense_forward(), dense_backward()),
             lambda: (tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads),
                      tk.conv2d_backward(values, indices, x, dy, 3, threads=threads))),
+        "step (all three), gather": (
+            lambda: (dense_forward(), dense_backward()),
+            lambda: (tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads),
+                     tk.conv2d_backward(values, indices, x, dy, 3, threads=threads,
+                                        transposed=transposed))),
     }
 
 
@@ -155,9 +178,10 @@ def main(argv=None):
                     medians = measure(build(values, indices, weight, x, dy, bias, threads),
                                       rounds)
                 for name, (dense, condensed) in medians.items():
+                    once = name.startswith("transposed_index")
                     print(f"| {label} | {sparsity:.0%} | {threads} | {name} | "
-                          f"{dense * 1e3:.3f} | {condensed * 1e3:.3f} | "
-                          f"{condensed / dense:.3f} |")
+                          f"{'-' if once else f'{dense * 1e3:.3f}'} | {condensed * 1e3:.3f} | "
+                          f"{'-' if once else f'{condensed / dense:.3f}'} |")
                 sys.stdout.flush()
     load_after = os.getloadavg()
     print()

@@ -425,6 +425,119 @@ def weight_grad_columns(indices, xt, dyt, threads=0):
     return partial[0] if n_segments == 1 else partial.sum(axis=0)
 
 
+cdef int _check_transposed(const index_t[:, ::1] indices, const long long[::1] indptr,
+                           const int32_t[::1] rows, const long long[::1] positions) noexcept nogil:
+    """1 when (indptr, rows, positions) is the transposed index of ``indices``: input i's
+    entries e in [indptr[i], indptr[i+1]) name stored weights p = positions[e] (each in
+    [0, nnz)) with indices.flat[p] == i and rows[e] == p // k; else 0. O(n_in + nnz)."""
+    cdef Py_ssize_t k = indices.shape[1], nnz = indices.shape[0] * indices.shape[1]
+    cdef Py_ssize_t n_in = indptr.shape[0] - 1, i, e
+    cdef long long p
+    if indptr[0] != 0 or indptr[n_in] != nnz:
+        return 0
+    for i in range(n_in):
+        if indptr[i + 1] < indptr[i]:
+            return 0
+        for e in range(indptr[i], indptr[i + 1]):
+            p = positions[e]
+            if p < 0 or p >= nnz or indices[p // k, p % k] != i or rows[e] != p // k:
+                return 0
+    return 1
+
+
+cdef void _input_grad_gather(const floating[::1] values_t, const int32_t[::1] rows,
+                             const long long[::1] indptr, const floating* dyt,
+                             Py_ssize_t ldy, Py_ssize_t m, floating* dxt, Py_ssize_t ldx,
+                             Py_ssize_t width, int threads) noexcept nogil:
+    """dxt[i, c] = sum_e values_t[e] * dyt[rows[e], c] over input i's entries e: the
+    forward kernel run on the transposed index, parallel over (column block, input)."""
+    cdef Py_ssize_t n_in = indptr.shape[0] - 1
+    cdef Py_ssize_t n_blocks = (m + width - 1) // width
+    cdef Py_ssize_t item, block, i, c0, c1
+    cdef floating zero = 0
+    for item in prange(n_blocks * n_in, schedule="static", num_threads=threads):
+        block = item // n_in
+        i = item - block * n_in
+        c0 = block * width
+        c1 = min(c0 + width, m)
+        _forward_row(&values_t[0] + indptr[i], &rows[0] + indptr[i], indptr[i + 1] - indptr[i],
+                     dyt, ldy, zero, dxt + i * ldx, c0, c1)
+
+
+def transposed_index(indices, n_in):
+    """(indptr[n_in + 1] int64, rows[nnz] int32, positions[nnz] int64): the stored
+    weights grouped by input, for ``input_grad_gather``. Input i's entries are
+    e in [indptr[i], indptr[i+1]), each the weight at flat position positions[e] of
+    neuron rows[e], in (neuron, slot) order. Build it once per topology: O(nnz log nnz)."""
+    _check_indices(indices, n_in)
+    flat = indices.ravel()
+    positions = np.argsort(flat, kind="stable").astype(np.int64)
+    indptr = np.zeros(int(n_in) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(flat, minlength=int(n_in)), out=indptr[1:])
+    rows = (positions // max(1, indices.shape[1])).astype(np.int32)
+    return indptr, rows, positions
+
+
+def input_grad_gather(values, indices, transposed, dyt, n_in, threads=0):
+    """``input_grad_columns`` as a gather: each input's row of dxt is summed in registers
+    from the dyt rows of the neurons that read it (``transposed``, from
+    ``transposed_index(indices, n_in)``), written once, in the same order as the
+    scatter. The index is checked against ``indices`` on every call (O(nnz)), so a stale
+    one is refused rather than read. Returns a padded view like ``input_grad_columns``."""
+    _check("values", values, _FLOATS, 2)
+    _check_rows("dyt", dyt)
+    _same_dtype("dyt", dyt, values)
+    n_in = int(n_in)
+    _check_indices(indices, n_in, values)
+    indptr, rows, positions = transposed
+    _check("indptr", indptr, (np.dtype(np.int64),), 1)
+    _check("rows", rows, (np.dtype(np.int32),), 1)
+    _check("positions", positions, (np.dtype(np.int64),), 1)
+    n, k = values.shape
+    if indptr.shape != (n_in + 1,) or rows.shape != (n * k,) or positions.shape != (n * k,):
+        raise ValueError(f"transposed must be transposed_index(indices, n_in={n_in}) for "
+                         f"indices of shape {indices.shape}")
+    cdef int ok
+    if indices.dtype == np.int16:
+        ok = _transposed16(indices, indptr, rows, positions)
+    else:
+        ok = _transposed32(indices, indptr, rows, positions)
+    if not ok:
+        raise ValueError("transposed does not match indices: rebuild it with "
+                         "transposed_index(indices, n_in) after every topology change")
+    if dyt.shape[0] != n:
+        raise ValueError(f"dyt must have {n} rows (values' neurons), got shape {dyt.shape}")
+    cdef int n_threads = _resolve_threads(threads)
+    m = dyt.shape[1]
+    dxt = _columns(n_in, m, values.dtype, zeroed=not _nonempty(n, k, m))
+    if not _nonempty(n_in, m) or not _nonempty(n, k):
+        return dxt
+    values_t = values.ravel()[positions]
+    _dispatch_gather(values_t, rows, indptr, dyt, _ld(dyt), dxt, _ld(dxt),
+                     column_block(n, values.itemsize), n_threads)
+    return dxt
+
+
+cdef int _transposed16(const int16_t[:, ::1] indices, const long long[::1] indptr,
+                       const int32_t[::1] rows, const long long[::1] positions):
+    with nogil:
+        return _check_transposed(indices, indptr, rows, positions)
+
+
+cdef int _transposed32(const int32_t[:, ::1] indices, const long long[::1] indptr,
+                       const int32_t[::1] rows, const long long[::1] positions):
+    with nogil:
+        return _check_transposed(indices, indptr, rows, positions)
+
+
+def _dispatch_gather(const floating[::1] values_t, const int32_t[::1] rows,
+                     const long long[::1] indptr, const floating[:, :] dyt, Py_ssize_t ldy,
+                     floating[:, :] dxt, Py_ssize_t ldx, Py_ssize_t width, int threads):
+    with nogil:
+        _input_grad_gather(values_t, rows, indptr, &dyt[0, 0], ldy, dyt.shape[1],
+                           &dxt[0, 0], ldx, width, threads)
+
+
 # Cython picks a fused specialisation from typed arguments; these defs give it them. The
 # column arrays arrive as strided memoryviews (rows contiguous, checked above).
 def _dispatch_forward(const floating[:, ::1] values, const index_t[:, ::1] indices,

@@ -77,8 +77,11 @@ def test_linear_products_match_the_definition_and_the_dense_layer(n, n_in, k, ba
     assert_near(dvalues, tk.linear_weight_grad_reference(indices, x, dy), dtype)
     assert_near(dvalues, at_mask(dy64.T @ x64, indices).astype(dtype), dtype)
 
-    # The single products are the same kernels.
+    # The single products are the same kernels; the gather sums in the scatter's order.
     np.testing.assert_array_equal(tk.linear_input_grad(values, indices, dy, n_in, threads), dx)
+    transposed = tk.transposed_index(indices, n_in)
+    np.testing.assert_array_equal(
+        tk.linear_input_grad(values, indices, dy, n_in, threads, transposed), dx)
     np.testing.assert_array_equal(tk.linear_weight_grad(indices, x, dy, threads), dvalues)
     skipped, only_weights = tk.linear_backward(values, indices, x, dy, threads, input_grad=False)
     assert skipped is None
@@ -183,6 +186,10 @@ def test_conv_products_match_the_definition(case, dtype, index_dtype, threads):
     assert_near(dx, tk.conv2d_input_grad_reference(values, indices, dy, x.shape, **geometry),
                 dtype)
     assert_near(dvalues, tk.conv2d_weight_grad_reference(indices, x, dy, **geometry), dtype)
+    transposed = tk.transposed_index(indices, x.shape[1] * kh * kw)
+    gathered, _ = tk.conv2d_backward(values, indices, x, dy, threads=threads,
+                                     transposed=transposed, **geometry)
+    np.testing.assert_array_equal(gathered, dx)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -389,3 +396,19 @@ def test_padded_column_rows_avoid_4k_multiples():
     at = compiled.transpose(compiled.transpose(a))       # padded view, then back
     assert at.strides[0] > at.shape[1] * 4 or at.shape[1] * 4 < 4096
     np.testing.assert_array_equal(at, a)
+
+
+def test_a_stale_transposed_index_is_refused():
+    rng = np.random.default_rng(18)
+    values, indices = make_layer(rng, 5, 12, 3)
+    dy = rng.standard_normal((4, 5))
+    stale = tk.transposed_index(indices, 12)
+    indices[0] = (indices[0] + 1) % 12                       # the topology changed
+    indices.sort(axis=1)
+    with pytest.raises(ValueError, match="transposed does not match indices"):
+        tk.linear_input_grad(values, indices, dy, 12, transposed=stale)
+    with pytest.raises(ValueError, match="transposed must be transposed_index"):
+        tk.linear_input_grad(values, indices, dy, 13, transposed=stale)
+    fresh = tk.transposed_index(indices, 12)
+    np.testing.assert_array_equal(tk.linear_input_grad(values, indices, dy, 12, transposed=fresh),
+                                  tk.linear_input_grad(values, indices, dy, 12))
