@@ -9,7 +9,8 @@ each thread count, one round times, interleaved, the dense masked layer (float32
 zeros: forward x W^T + b, input gradient dy W, weight gradient dy^T x, by NumPy's BLAS;
 im2col / col2im around them for the convolution, as nn.Conv2d computes) and the condensed
 layer (srigl_np.training_kernels: linear_forward, linear_input_grad, linear_weight_grad,
-and the training step's pair forward + linear_backward, which shares its transposes; the
+and the training step: forward with keep_columns, then linear_backward on the kept
+columns, as a layer runs them, against the dense layer that likewise keeps its im2col; the
 input gradient both as a scatter and as a gather over ``transposed_index``, whose build,
 once per topology update, is timed on its own row).
 Medians over the rounds are printed as a Markdown table with the condensed/dense ratios,
@@ -47,6 +48,21 @@ def layer_arrays(rng, n_out, n_in, sparsity):
     return values, indices, weight
 
 
+def linear_step(values, indices, x, dy, bias, threads, transposed=None):
+    """A training step's three products, as a layer runs them: the forward keeps x's
+    columns for the backward."""
+    y, x_columns = tk.linear_forward(values, indices, x, bias, threads, keep_columns=True)
+    return y, tk.linear_backward(values, indices, x, dy, threads, transposed=transposed,
+                                 x_columns=x_columns)
+
+
+def conv_step(values, indices, x, dy, bias, threads, transposed=None):
+    y, cols = tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads,
+                                keep_columns=True)
+    return y, tk.conv2d_backward(values, indices, x, dy, 3, threads=threads,
+                                 transposed=transposed, x_columns=cols)
+
+
 def linear_operations(values, indices, weight, x, dy, bias, threads):
     """{name: (dense callable, condensed callable)} of one Linear layer."""
     n_in = x.shape[1]
@@ -63,13 +79,10 @@ def linear_operations(values, indices, weight, x, dy, bias, threads):
                         lambda: tk.linear_weight_grad(indices, x, dy, threads)),
         "step (all three)": (
             lambda: (x @ weight.T + bias, dy @ weight, dy.T @ x),
-            lambda: (tk.linear_forward(values, indices, x, bias, threads),
-                     tk.linear_backward(values, indices, x, dy, threads))),
+            lambda: linear_step(values, indices, x, dy, bias, threads)),
         "step (all three), gather": (
             lambda: (x @ weight.T + bias, dy @ weight, dy.T @ x),
-            lambda: (tk.linear_forward(values, indices, x, bias, threads),
-                     tk.linear_backward(values, indices, x, dy, threads,
-                                        transposed=transposed))),
+            lambda: linear_step(values, indices, x, dy, bias, threads, transposed)),
         "transposed_index (once per update)": (
             lambda: None, lambda: tk.transposed_index(indices, n_in)),
     }
@@ -83,12 +96,18 @@ def conv_operations(values, indices, weight, x, dy, bias, threads):
 
     def dense_forward():
         cols = kernels.im2col(x, 3, 3, 1, 0, threads)
-        return (cols @ weight.T + bias).reshape(batch, height - 2, width - 2, n_out)
+        y = (cols @ weight.T + bias).reshape(batch, height - 2, width - 2, n_out)
+        return y.transpose(0, 3, 1, 2), cols
 
-    def dense_backward():
-        cols = kernels.im2col(x, 3, 3, 1, 0, threads)
+    def dense_backward(cols=None):
+        if cols is None:
+            cols = kernels.im2col(x, 3, 3, 1, 0, threads)
         rows = dy.transpose(0, 2, 3, 1).reshape(-1, n_out)
         return rows.T @ cols, kernels.col2im(rows @ weight, x.shape, 3, 3, 1, 0, threads)
+
+    def dense_step():
+        y, cols = dense_forward()        # nn.Conv2d keeps its im2col for the backward
+        return y, dense_backward(cols)
 
     return {
         "forward": (dense_forward,
@@ -102,14 +121,9 @@ def conv_operations(values, indices, weight, x, dy, bias, threads):
             lambda: tk.conv2d_backward(values, indices, x, dy, 3, threads=threads,
                                        transposed=transposed)),
         "step (all three)": (
-            lambda: (dense_forward(), dense_backward()),
-            lambda: (tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads),
-                     tk.conv2d_backward(values, indices, x, dy, 3, threads=threads))),
+            dense_step, lambda: conv_step(values, indices, x, dy, bias, threads)),
         "step (all three), gather": (
-            lambda: (dense_forward(), dense_backward()),
-            lambda: (tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads),
-                     tk.conv2d_backward(values, indices, x, dy, 3, threads=threads,
-                                        transposed=transposed))),
+            dense_step, lambda: conv_step(values, indices, x, dy, bias, threads, transposed)),
     }
 
 

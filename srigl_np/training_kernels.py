@@ -205,22 +205,38 @@ def conv2d_weight_grad_reference(indices, x, dy, kernel_size, stride=1, padding=
 
 # -- the public products -----------------------------------------------------------------
 
-def linear_forward(values, indices, x, bias=None, threads=0):
+def _check_columns(x_columns, shape, values):
+    """The column form a forward kept (``keep_columns``), or None."""
+    if x_columns is None:
+        return None
+    _check_like("x_columns", x_columns, values, 2)
+    if x_columns.shape != shape:
+        raise ValueError(f"x_columns must have shape {shape} (the forward's, for this x), "
+                         f"got {x_columns.shape}")
+    return x_columns
+
+
+def linear_forward(values, indices, x, bias=None, threads=0, keep_columns=False):
     """y[batch, n] = x W^T (+ bias) for the condensed W (``linear_forward_reference``).
 
     values[n, k] float32/float64 and indices[n, k] int16/int32 C-contiguous;
     x[batch, n_in] and bias[n] (or None) of values' dtype, any strides; threads: the
-    OpenMP thread count (0 = OpenMP's default)."""
+    OpenMP thread count (0 = OpenMP's default). ``keep_columns``: return (y, x_columns),
+    x transposed as the kernels read it, for ``linear_backward(x_columns=)`` to skip
+    transposing x again (a layer keeps it in place of x; NumPy only)."""
     _check_layer(values, indices)
     _check_like("x", x, values, 2)
     bias = _check_bias(bias, values)
     threads = check_threads(threads)
     if not _cpu(values, x):
+        if keep_columns:
+            raise TypeError("keep_columns is for NumPy arrays (the CPU kernels' layout)")
         _check_range(indices, x.shape[1])
         return linear_forward_reference(values, indices, x, bias)
-    yt = _compiled.forward_columns(values, indices, _compiled.transpose(x, threads), bias,
-                                   threads)
-    return _compiled.transpose(yt, threads, padded=False)
+    xt = _compiled.transpose(x, threads)
+    y = _compiled.transpose(_compiled.forward_columns(values, indices, xt, bias, threads),
+                            threads, padded=False)
+    return (y, xt) if keep_columns else y
 
 
 def linear_input_grad(values, indices, dy, n_in, threads=0, transposed=None):
@@ -251,11 +267,14 @@ def linear_weight_grad(indices, x, dy, threads=0):
                                          _compiled.transpose(dy, threads), threads)
 
 
-def linear_backward(values, indices, x, dy, threads=0, input_grad=True, transposed=None):
+def linear_backward(values, indices, x, dy, threads=0, input_grad=True, transposed=None,
+                    x_columns=None):
     """(dx[batch, n_in] or None, dvalues[n, k]): both backward products of a Linear layer
     from its input x and output gradient dy, sharing their transposes. ``input_grad``
-    False skips dx (the first layer); ``transposed`` as in ``linear_input_grad``. The
-    bias gradient is dy.sum(0), the caller's."""
+    False skips dx (the first layer); ``transposed`` as in ``linear_input_grad``;
+    ``x_columns``: what ``linear_forward(x, keep_columns=True)`` returned for this x (it
+    must be: a different array of the right shape gives a wrong gradient). The bias
+    gradient is dy.sum(0), the caller's."""
     _check_layer(values, indices)
     _check_like("x", x, values, 2)
     _check_like("dy", dy, values, 2)
@@ -268,9 +287,10 @@ def linear_backward(values, indices, x, dy, threads=0, input_grad=True, transpos
         _check_range(indices, n_in)
         dx = linear_input_grad_reference(values, indices, dy, n_in) if input_grad else None
         return dx, linear_weight_grad_reference(indices, x, dy)
+    xt = _check_columns(x_columns, (n_in, x.shape[0]), values)
     dyt = _compiled.transpose(dy, threads)
-    dvalues = _compiled.weight_grad_columns(indices, _compiled.transpose(x, threads), dyt,
-                                            threads)
+    dvalues = _compiled.weight_grad_columns(
+        indices, _compiled.transpose(x, threads) if xt is None else xt, dyt, threads)
     if not input_grad:
         return None, dvalues
     dxt = _input_grad_columns(values, indices, dyt, n_in, threads, transposed)
@@ -278,29 +298,35 @@ def linear_backward(values, indices, x, dy, threads=0, input_grad=True, transpos
 
 
 def conv2d_forward(values, indices, x, kernel_size, stride=1, padding=0, bias=None,
-                   threads=0):
+                   threads=0, keep_columns=False):
     """y[batch, n, out_h, out_w]: the condensed Conv2d (``conv2d_forward_reference``).
 
     x[batch, channels, height, width] of values' dtype (any strides); the indices index
-    the flattened filter taps, n_in = channels*kh*kw; kernel_size an int or (kh, kw)."""
+    the flattened filter taps, n_in = channels*kh*kw; kernel_size an int or (kh, kw).
+    ``keep_columns``: return (y, x_columns), the column matrix (``im2col_columns``), for
+    ``conv2d_backward(x_columns=)`` (as nn.Conv2d keeps its im2col; NumPy only)."""
     kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
     bias = _check_bias(bias, values)
     threads = check_threads(threads)
     if not _cpu(values, x):
+        if keep_columns:
+            raise TypeError("keep_columns is for NumPy arrays (the CPU kernels' layout)")
         _check_range(indices, x.shape[1] * kh * kw)
         return conv2d_forward_reference(values, indices, x, (kh, kw), stride, padding, bias)
     cols = _compiled.im2col_columns(np.ascontiguousarray(x), kh, kw, stride, padding, threads)
     yt = _compiled.forward_columns(values, indices, cols, bias, threads)
-    return np.ascontiguousarray(
+    y = np.ascontiguousarray(
         yt.reshape(values.shape[0], x.shape[0], out_h, out_w).transpose(1, 0, 2, 3))
+    return (y, cols) if keep_columns else y
 
 
 def conv2d_backward(values, indices, x, dy, kernel_size, stride=1, padding=0, threads=0,
-                    input_grad=True, transposed=None):
+                    input_grad=True, transposed=None, x_columns=None):
     """(dx[x.shape] or None, dvalues[n, k]) of the condensed Conv2d from its input x and
     output gradient dy[batch, n, out_h, out_w] (``conv2d_input_grad_reference``,
     ``conv2d_weight_grad_reference``), sharing the column matrix between both;
-    ``transposed``: ``transposed_index(indices, channels*kh*kw)`` to gather."""
+    ``transposed``: ``transposed_index(indices, channels*kh*kw)`` to gather;
+    ``x_columns``: what ``conv2d_forward(x, keep_columns=True)`` returned for this x."""
     kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
     _check_like("dy", dy, values, 4)
     expected = (x.shape[0], values.shape[0], out_h, out_w)
@@ -313,7 +339,10 @@ def conv2d_backward(values, indices, x, dy, kernel_size, stride=1, padding=0, th
         dx = (conv2d_input_grad_reference(values, indices, dy, x.shape, (kh, kw), stride,
                                           padding) if input_grad else None)
         return dx, conv2d_weight_grad_reference(indices, x, dy, (kh, kw), stride, padding)
-    cols = _compiled.im2col_columns(np.ascontiguousarray(x), kh, kw, stride, padding, threads)
+    cols = _check_columns(x_columns, (n_in, x.shape[0] * out_h * out_w), values)
+    if cols is None:
+        cols = _compiled.im2col_columns(np.ascontiguousarray(x), kh, kw, stride, padding,
+                                        threads)
     # dyt[r, (b*out_h + oh)*out_w + ow] = dy[b, r, oh, ow]: the column order of cols.
     dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(values.shape[0], -1)
     dvalues = _compiled.weight_grad_columns(indices, cols, dyt, threads)

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
+import fake_cupy
 from gradcheck import assert_close, numeric_grad
 from srigl_np import training_kernels as tk
 from srigl_np.nn.optim import SGD, AdamW
 
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+device = fake_cupy.device    # the fixture: fake CuPy, and real CuPy where a GPU is
 
 
 def make_layer(rng, n, n_in, k, dtype=np.float64, index_dtype=np.int32):
@@ -83,6 +85,11 @@ def test_linear_products_match_the_definition_and_the_dense_layer(n, n_in, k, ba
     np.testing.assert_array_equal(
         tk.linear_input_grad(values, indices, dy, n_in, threads, transposed), dx)
     np.testing.assert_array_equal(tk.linear_weight_grad(indices, x, dy, threads), dvalues)
+    same_y, x_columns = tk.linear_forward(values, indices, x, bias, threads, keep_columns=True)
+    np.testing.assert_array_equal(same_y, y)
+    for a, b in zip(tk.linear_backward(values, indices, x, dy, threads, x_columns=x_columns),
+                    (dx, dvalues)):
+        np.testing.assert_array_equal(a, b)
     skipped, only_weights = tk.linear_backward(values, indices, x, dy, threads, input_grad=False)
     assert skipped is None
     np.testing.assert_array_equal(only_weights, dvalues)
@@ -98,9 +105,9 @@ def test_linear_products_on_drawn_shapes(n, n_in, k_fraction, batch, dtype, inde
     x = rng.standard_normal((batch, n_in)).astype(dtype)
     dy = rng.standard_normal((batch, n)).astype(dtype)
     w = dense(values, indices, n_in)
-    assert_near(tk.linear_forward(values, indices, x), (x.astype(np.float64) @ w.T).astype(dtype),
-                dtype)
-    dx, dvalues = tk.linear_backward(values, indices, x, dy, threads=2)
+    assert_near(tk.linear_forward(values, indices, x, threads=1),
+                (x.astype(np.float64) @ w.T).astype(dtype), dtype)
+    dx, dvalues = tk.linear_backward(values, indices, x, dy, threads=1)
     assert_near(dx, (dy.astype(np.float64) @ w).astype(dtype), dtype)
     assert_near(dvalues, at_mask(dy.T.astype(np.float64) @ x, indices).astype(dtype), dtype)
 
@@ -145,9 +152,9 @@ def test_finite_differences_of_a_tiny_linear_layer():
     r = rng.standard_normal((4, 3))
 
     def loss():
-        return float(np.sum(tk.linear_forward(values, indices, x, bias) * r))
+        return float(np.sum(tk.linear_forward(values, indices, x, bias, threads=1) * r))
 
-    dx, dvalues = tk.linear_backward(values, indices, x, r)
+    dx, dvalues = tk.linear_backward(values, indices, x, r, threads=1)
     assert_close("values", dvalues, numeric_grad(loss, values))
     assert_close("x", dx, numeric_grad(loss, x))
 
@@ -187,9 +194,13 @@ def test_conv_products_match_the_definition(case, dtype, index_dtype, threads):
                 dtype)
     assert_near(dvalues, tk.conv2d_weight_grad_reference(indices, x, dy, **geometry), dtype)
     transposed = tk.transposed_index(indices, x.shape[1] * kh * kw)
-    gathered, _ = tk.conv2d_backward(values, indices, x, dy, threads=threads,
-                                     transposed=transposed, **geometry)
+    same_y, cols = tk.conv2d_forward(values, indices, x, bias=bias, threads=threads,
+                                     keep_columns=True, **geometry)
+    np.testing.assert_array_equal(same_y, y)
+    gathered, kept = tk.conv2d_backward(values, indices, x, dy, threads=threads,
+                                        transposed=transposed, x_columns=cols, **geometry)
     np.testing.assert_array_equal(gathered, dx)
+    np.testing.assert_array_equal(kept, dvalues)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -216,7 +227,7 @@ def test_conv_products_match_torchs_dense_masked_convolution(case, dtype):
 def test_finite_differences_of_a_tiny_conv_layer():
     values, indices, x, _, bias = _conv_problem((2, 2, 5, 4, 3, 3, 2, 2, 1, 4), np.float64,
                                                 np.int16, 11)
-    geometry = dict(kernel_size=(3, 2), stride=2, padding=1)
+    geometry = dict(kernel_size=(3, 2), stride=2, padding=1, threads=1)
     r = np.random.default_rng(12).standard_normal(
         tk.conv2d_forward(values, indices, x, **geometry).shape)
 
@@ -272,6 +283,12 @@ def test_bad_arguments_are_refused_naming_the_argument(change, error, message):
     values, indices, x, dy = change(*_arrays())
     with pytest.raises(error, match=message):
         tk.linear_backward(values, indices, x, dy)
+
+
+def test_kept_columns_of_another_shape_are_refused():
+    values, indices, x, dy = _arrays()
+    with pytest.raises(ValueError, match=r"x_columns must have shape \(10, 5\)"):
+        tk.linear_backward(values, indices, x, dy, x_columns=np.zeros((5, 10)))
 
 
 @pytest.mark.parametrize("threads, error", [(-1, ValueError), (10**6, ValueError),
@@ -412,3 +429,32 @@ def test_a_stale_transposed_index_is_refused():
     fresh = tk.transposed_index(indices, 12)
     np.testing.assert_array_equal(tk.linear_input_grad(values, indices, dy, 12, transposed=fresh),
                                   tk.linear_input_grad(values, indices, dy, 12))
+
+
+def test_device_arrays_take_the_definitions(device):
+    """CuPy arrays (here the fake CuPy of tests/fake_cupy.py, or a real GPU) run the
+    NumPy definitions on the device, with no host array mixed in."""
+    from srigl_np.backend import is_cupy_array, to_device, to_numpy
+
+    name, _ = device
+    rng = np.random.default_rng(19)
+    values, indices = make_layer(rng, 4, 18, 5)
+    x = rng.standard_normal((3, 2, 4, 4))
+    dy = rng.standard_normal((3, 4, 2, 2))
+    on = {key: to_device(a, name) for key, a in
+          dict(values=values, indices=indices, x=x, dy=dy).items()}
+    y = tk.conv2d_forward(on["values"], on["indices"], on["x"], 3)
+    dx, dvalues = tk.conv2d_backward(on["values"], on["indices"], on["x"], on["dy"], 3)
+    assert all(is_cupy_array(a) for a in (y, dx, dvalues))
+    np.testing.assert_allclose(to_numpy(y), tk.conv2d_forward(values, indices, x, 3),
+                               rtol=1e-12, atol=1e-12)
+    for got, want in zip((dx, dvalues), tk.conv2d_backward(values, indices, x, dy, 3)):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=1e-12, atol=1e-12)
+    rows = x.reshape(3, 32)[:, :18].copy()
+    y_rows = tk.linear_forward(on["values"], on["indices"], to_device(rows, name))
+    np.testing.assert_allclose(to_numpy(y_rows), tk.linear_forward(values, indices, rows),
+                               rtol=1e-12, atol=1e-12)
+    grad, buffer = on["values"] * 0.5, on["values"] * 0.0
+    tk.sgd_step(on["values"], grad, buffer, lr=0.1, momentum=0.9)
+    tk.sgd_step(values, values * 0.5, np.zeros_like(values), lr=0.1, momentum=0.9)
+    np.testing.assert_array_equal(to_numpy(on["values"]), values)
