@@ -12,7 +12,8 @@ layer (srigl_np.training_kernels: linear_forward, linear_input_grad, linear_weig
 and the training step: forward with keep_columns, then linear_backward on the kept
 columns, as a layer runs them, against the dense layer that likewise keeps its im2col; the
 input gradient both as a scatter and as a gather over ``transposed_index``, whose build,
-once per topology update, is timed on its own row).
+once per topology update, is timed on its own row; the convolution both straight from the
+images, the default, and through the column matrix).
 Medians over the rounds are printed as a Markdown table with the condensed/dense ratios,
 headed by the CPU model, vector ISA, BLAS, and the load average before and after (a
 figure taken on a loaded machine says so). A timing, never a test.
@@ -57,10 +58,16 @@ def linear_step(values, indices, x, dy, bias, threads, transposed=None):
 
 
 def conv_step(values, indices, x, dy, bias, threads, transposed=None):
+    """The column lowering's step: the forward keeps its column matrix for the backward."""
     y, cols = tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads,
-                                keep_columns=True)
+                                lowering="columns", keep_columns=True)
     return y, tk.conv2d_backward(values, indices, x, dy, 3, threads=threads,
-                                 transposed=transposed, x_columns=cols)
+                                 lowering="columns", transposed=transposed, x_columns=cols)
+
+
+def direct_conv_step(values, indices, x, dy, bias, threads):
+    return (tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads),
+            tk.conv2d_backward(values, indices, x, dy, 3, threads=threads))
 
 
 def linear_operations(values, indices, weight, x, dy, bias, threads):
@@ -110,19 +117,23 @@ def conv_operations(values, indices, weight, x, dy, bias, threads):
         return y, dense_backward(cols)
 
     return {
-        "forward": (dense_forward,
-                    lambda: tk.conv2d_forward(values, indices, x, 3, bias=bias,
-                                              threads=threads)),
-        "backward (both)": (dense_backward,
-                            lambda: tk.conv2d_backward(values, indices, x, dy, 3,
-                                                       threads=threads)),
-        "backward (both), gather": (
+        "forward, direct": (
+            dense_forward,
+            lambda: tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads)),
+        "forward, columns": (
+            dense_forward,
+            lambda: tk.conv2d_forward(values, indices, x, 3, bias=bias, threads=threads,
+                                      lowering="columns")),
+        "backward (both), direct": (
+            dense_backward,
+            lambda: tk.conv2d_backward(values, indices, x, dy, 3, threads=threads)),
+        "backward (both), columns + gather": (
             dense_backward,
             lambda: tk.conv2d_backward(values, indices, x, dy, 3, threads=threads,
-                                       transposed=transposed)),
-        "step (all three)": (
-            dense_step, lambda: conv_step(values, indices, x, dy, bias, threads)),
-        "step (all three), gather": (
+                                       lowering="columns", transposed=transposed)),
+        "step (all three), direct": (
+            dense_step, lambda: direct_conv_step(values, indices, x, dy, bias, threads)),
+        "step (all three), columns + gather": (
             dense_step, lambda: conv_step(values, indices, x, dy, bias, threads, transposed)),
     }
 

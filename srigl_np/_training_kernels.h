@@ -242,3 +242,104 @@ static void srigl_train_col2im_plane_##SUFFIX(const T* cols, ptrdiff_t ldc, ptrd
 
 SRIGL_TRAIN_TRANSPOSE(f32, float)
 SRIGL_TRAIN_TRANSPOSE(f64, double)
+
+/* Direct convolution, straight from the images (no column matrix). A stored weight's
+   tap t of neuron n is (c, ki, kj) = (t / (kh*kw), (t / kw) % kh, t % kw); each
+   touches one input plane through a shifted, strided window. Per (image, neuron):
+     forward      out[oh, ow] = bias + sum_j v[j] x[c_j, oh*s - p + ki_j, ow*s - p + kj_j]
+     input grad.  dimage[c_j, h, w] += v[j] dy[oh, ow] at the same positions
+     weight grad. dv[j] += sum_{oh, ow} dy[oh, ow] x[c_j, h, w]
+   image[channels, height, width], out / dy[out_h, out_w]. */
+#define SRIGL_TRAIN_DIRECT(SUFFIX, T, I, VALID)                                            \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_forward_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,      \
+        const T* image, ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride,     \
+        int padding, T bias, T* out, ptrdiff_t out_h, ptrdiff_t out_w)                     \
+{                                                                                          \
+    ptrdiff_t j, oh, ow, lo, hi;                                                           \
+    for (ow = 0; ow < out_h * out_w; ow++) out[ow] = 0;                                    \
+    for (j = 0; j < k; j++) {                                                              \
+        const ptrdiff_t t = idx[j], c = t / (kh * kw);                                     \
+        const int ki = (int)((t / kw) % kh), kj = (int)(t % kw);                           \
+        const T w = v[j];                                                                  \
+        VALID(width, kj, stride, padding, out_w, &lo, &hi);                                \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + ki;                                \
+            if (h < 0 || h >= height) continue;                                            \
+            const T* src = image + (c * height + h) * width + kj - padding;                \
+            T* dst = out + oh * out_w;                                                     \
+            if (stride == 1)                                                               \
+                for (ow = lo; ow < hi; ow++) dst[ow] += w * src[ow];                       \
+            else                                                                           \
+                for (ow = lo; ow < hi; ow++) dst[ow] += w * src[ow * stride];              \
+        }                                                                                  \
+    }                                                                                      \
+    for (ow = 0; ow < out_h * out_w; ow++) out[ow] += bias;                                \
+}                                                                                          \
+                                                                                           \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_scatter_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,      \
+        const T* dy, ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride,        \
+        int padding, ptrdiff_t out_h, ptrdiff_t out_w, T* dimage)                          \
+{                                                                                          \
+    ptrdiff_t j, oh, ow, lo, hi;                                                           \
+    for (j = 0; j < k; j++) {                                                              \
+        const ptrdiff_t t = idx[j], c = t / (kh * kw);                                     \
+        const int ki = (int)((t / kw) % kh), kj = (int)(t % kw);                           \
+        const T w = v[j];                                                                  \
+        VALID(width, kj, stride, padding, out_w, &lo, &hi);                                \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + ki;                                \
+            if (h < 0 || h >= height) continue;                                            \
+            T* dst = dimage + (c * height + h) * width + kj - padding;                     \
+            const T* src = dy + oh * out_w;                                                \
+            if (stride == 1)                                                               \
+                for (ow = lo; ow < hi; ow++) dst[ow] += w * src[ow];                       \
+            else                                                                           \
+                for (ow = lo; ow < hi; ow++) dst[ow * stride] += w * src[ow];              \
+        }                                                                                  \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_wgrad_##SUFFIX(const I* idx, ptrdiff_t k, const T* image,     \
+        ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride, int padding,        \
+        const T* dy, ptrdiff_t out_h, ptrdiff_t out_w, T* dv)                              \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, oh, ow, lo, hi, t;                                                        \
+    for (j = 0; j < k; j++) {                                                              \
+        const ptrdiff_t tap = idx[j], c = tap / (kh * kw);                                 \
+        const int ki = (int)((tap / kw) % kh), kj = (int)(tap % kw);                       \
+        V a0 = {0}, a1 = {0};                                                              \
+        T total = 0;                                                                       \
+        VALID(width, kj, stride, padding, out_w, &lo, &hi);                                \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + ki;                                \
+            if (h < 0 || h >= height) continue;                                            \
+            const T* src = image + (c * height + h) * width + kj - padding;                \
+            const T* g = dy + oh * out_w;                                                  \
+            ow = lo;                                                                       \
+            if (stride == 1) {                                                             \
+                for (; ow + 2 * W <= hi; ow += 2 * W) {                                    \
+                    a0 += *(const V*)(g + ow) * *(const V*)(src + ow);                     \
+                    a1 += *(const V*)(g + ow + W) * *(const V*)(src + ow + W);             \
+                }                                                                          \
+                for (; ow + W <= hi; ow += W)                                              \
+                    a0 += *(const V*)(g + ow) * *(const V*)(src + ow);                     \
+                for (; ow < hi; ow++) total += g[ow] * src[ow];                            \
+            } else {                                                                       \
+                for (; ow < hi; ow++) total += g[ow] * src[ow * stride];                   \
+            }                                                                              \
+        }                                                                                  \
+        a0 += a1;                                                                          \
+        for (t = 0; t < W; t++) total += a0[t];                                            \
+        dv[j] += total;                                                                    \
+    }                                                                                      \
+}
+
+SRIGL_TRAIN_DIRECT(f32_i16, float, int16_t, srigl_train_valid_f32)
+SRIGL_TRAIN_DIRECT(f32_i32, float, int32_t, srigl_train_valid_f32)
+SRIGL_TRAIN_DIRECT(f64_i16, double, int16_t, srigl_train_valid_f64)
+SRIGL_TRAIN_DIRECT(f64_i32, double, int32_t, srigl_train_valid_f64)

@@ -102,6 +102,43 @@ cdef extern from "_training_kernels.h":
                                       Py_ssize_t out_h, Py_ssize_t out_w,
                                       double* plane) noexcept nogil
 
+    void srigl_train_conv_forward_f32_i16(const float* v, const int16_t* idx, Py_ssize_t k,
+            const float* image, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, float bias, float* out, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    void srigl_train_conv_scatter_f32_i16(const float* v, const int16_t* idx, Py_ssize_t k,
+            const float* dy, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, Py_ssize_t out_h, Py_ssize_t out_w, float* dimage) noexcept nogil
+    void srigl_train_conv_wgrad_f32_i16(const int16_t* idx, Py_ssize_t k, const float* image,
+            Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride, int padding,
+            const float* dy, Py_ssize_t out_h, Py_ssize_t out_w, float* dv) noexcept nogil
+    void srigl_train_conv_forward_f32_i32(const float* v, const int32_t* idx, Py_ssize_t k,
+            const float* image, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, float bias, float* out, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    void srigl_train_conv_scatter_f32_i32(const float* v, const int32_t* idx, Py_ssize_t k,
+            const float* dy, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, Py_ssize_t out_h, Py_ssize_t out_w, float* dimage) noexcept nogil
+    void srigl_train_conv_wgrad_f32_i32(const int32_t* idx, Py_ssize_t k, const float* image,
+            Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride, int padding,
+            const float* dy, Py_ssize_t out_h, Py_ssize_t out_w, float* dv) noexcept nogil
+    void srigl_train_conv_forward_f64_i16(const double* v, const int16_t* idx, Py_ssize_t k,
+            const double* image, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, double bias, double* out, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    void srigl_train_conv_scatter_f64_i16(const double* v, const int16_t* idx, Py_ssize_t k,
+            const double* dy, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, Py_ssize_t out_h, Py_ssize_t out_w, double* dimage) noexcept nogil
+    void srigl_train_conv_wgrad_f64_i16(const int16_t* idx, Py_ssize_t k, const double* image,
+            Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride, int padding,
+            const double* dy, Py_ssize_t out_h, Py_ssize_t out_w, double* dv) noexcept nogil
+    void srigl_train_conv_forward_f64_i32(const double* v, const int32_t* idx, Py_ssize_t k,
+            const double* image, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, double bias, double* out, Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    void srigl_train_conv_scatter_f64_i32(const double* v, const int32_t* idx, Py_ssize_t k,
+            const double* dy, Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride,
+            int padding, Py_ssize_t out_h, Py_ssize_t out_w, double* dimage) noexcept nogil
+    void srigl_train_conv_wgrad_f64_i32(const int32_t* idx, Py_ssize_t k, const double* image,
+            Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride, int padding,
+            const double* dy, Py_ssize_t out_h, Py_ssize_t out_w, double* dv) noexcept nogil
+
 ctypedef fused index_t:
     int16_t
     int32_t
@@ -702,3 +739,197 @@ def col2im_columns(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
     if cols.size:
         _dispatch_col2im(cols, _ld(cols), x, kh, kw, stride, padding, out_h, out_w, n_threads)
     return x
+
+
+# -- direct convolution (straight from the images) -----------------------------------
+#
+# Work items: forward (image, neuron) -> its output plane; input gradient an image ->
+# its planes of dx (every neuron scatters into them, in order); weight gradient a fixed
+# chunk of IMAGES_PER_CHUNK images -> partial[chunk] (summed in order afterwards, so the
+# result does not depend on the thread count). An image (channels x h x w) stays in L2
+# while the neurons read it.
+
+IMAGES_PER_CHUNK = 4
+
+
+cdef inline void _conv_forward_item(const floating* v, const index_t* idx, Py_ssize_t k,
+                                    const floating* image, Py_ssize_t height,
+                                    Py_ssize_t width, int kh, int kw, int stride,
+                                    int padding, floating bias, floating* out,
+                                    Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            srigl_train_conv_forward_f32_i16(v, idx, k, image, height, width, kh, kw, stride,
+                                             padding, bias, out, out_h, out_w)
+        else:
+            srigl_train_conv_forward_f32_i32(v, idx, k, image, height, width, kh, kw, stride,
+                                             padding, bias, out, out_h, out_w)
+    else:
+        if index_t is int16_t:
+            srigl_train_conv_forward_f64_i16(v, idx, k, image, height, width, kh, kw, stride,
+                                             padding, bias, out, out_h, out_w)
+        else:
+            srigl_train_conv_forward_f64_i32(v, idx, k, image, height, width, kh, kw, stride,
+                                             padding, bias, out, out_h, out_w)
+
+
+cdef inline void _conv_scatter_item(const floating* v, const index_t* idx, Py_ssize_t k,
+                                    const floating* dy, Py_ssize_t height, Py_ssize_t width,
+                                    int kh, int kw, int stride, int padding,
+                                    Py_ssize_t out_h, Py_ssize_t out_w,
+                                    floating* dimage) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            srigl_train_conv_scatter_f32_i16(v, idx, k, dy, height, width, kh, kw, stride,
+                                             padding, out_h, out_w, dimage)
+        else:
+            srigl_train_conv_scatter_f32_i32(v, idx, k, dy, height, width, kh, kw, stride,
+                                             padding, out_h, out_w, dimage)
+    else:
+        if index_t is int16_t:
+            srigl_train_conv_scatter_f64_i16(v, idx, k, dy, height, width, kh, kw, stride,
+                                             padding, out_h, out_w, dimage)
+        else:
+            srigl_train_conv_scatter_f64_i32(v, idx, k, dy, height, width, kh, kw, stride,
+                                             padding, out_h, out_w, dimage)
+
+
+cdef inline void _conv_wgrad_item(const index_t* idx, Py_ssize_t k, const floating* image,
+                                  Py_ssize_t height, Py_ssize_t width, int kh, int kw,
+                                  int stride, int padding, const floating* dy,
+                                  Py_ssize_t out_h, Py_ssize_t out_w,
+                                  floating* dv) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            srigl_train_conv_wgrad_f32_i16(idx, k, image, height, width, kh, kw, stride,
+                                           padding, dy, out_h, out_w, dv)
+        else:
+            srigl_train_conv_wgrad_f32_i32(idx, k, image, height, width, kh, kw, stride,
+                                           padding, dy, out_h, out_w, dv)
+    else:
+        if index_t is int16_t:
+            srigl_train_conv_wgrad_f64_i16(idx, k, image, height, width, kh, kw, stride,
+                                           padding, dy, out_h, out_w, dv)
+        else:
+            srigl_train_conv_wgrad_f64_i32(idx, k, image, height, width, kh, kw, stride,
+                                           padding, dy, out_h, out_w, dv)
+
+
+def _dispatch_conv_forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
+                           const floating[:, :, :, ::1] x, const floating[::1] bias,
+                           floating[:, :, :, ::1] y, int kh, int kw, int stride, int padding,
+                           int threads):
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], item, b, r
+    cdef Py_ssize_t height = x.shape[2], width = x.shape[3]
+    with nogil:
+        for item in prange(x.shape[0] * n, schedule="static", num_threads=threads):
+            b = item // n
+            r = item - b * n
+            _conv_forward_item(&values[r, 0], &indices[r, 0], k, &x[b, 0, 0, 0], height,
+                               width, kh, kw, stride, padding, bias[r], &y[b, r, 0, 0],
+                               y.shape[2], y.shape[3])
+
+
+def _dispatch_conv_input_grad(const floating[:, ::1] values, const index_t[:, ::1] indices,
+                              const floating[:, :, :, ::1] dy, floating[:, :, :, ::1] dx,
+                              int kh, int kw, int stride, int padding, int threads):
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], b, r
+    with nogil:
+        for b in prange(dx.shape[0], schedule="static", num_threads=threads):
+            for r in range(n):
+                _conv_scatter_item(&values[r, 0], &indices[r, 0], k, &dy[b, r, 0, 0],
+                                   dx.shape[2], dx.shape[3], kh, kw, stride, padding,
+                                   dy.shape[2], dy.shape[3], &dx[b, 0, 0, 0])
+
+
+def _dispatch_conv_weight_grad(const index_t[:, ::1] indices, const floating[:, :, :, ::1] x,
+                               const floating[:, :, :, ::1] dy, floating[:, :, ::1] partial,
+                               int kh, int kw, int stride, int padding, Py_ssize_t per_chunk,
+                               int threads):
+    cdef Py_ssize_t n = indices.shape[0], k = indices.shape[1], chunk, b, r
+    cdef Py_ssize_t batch = x.shape[0]
+    with nogil:
+        for chunk in prange(partial.shape[0], schedule="static", num_threads=threads):
+            for b in range(chunk * per_chunk, min(chunk * per_chunk + per_chunk, batch)):
+                for r in range(n):
+                    _conv_wgrad_item(&indices[r, 0], k, &x[b, 0, 0, 0], x.shape[2],
+                                     x.shape[3], kh, kw, stride, padding, &dy[b, r, 0, 0],
+                                     dy.shape[2], dy.shape[3], &partial[chunk, r, 0])
+
+
+def _check_direct(values, indices, x, kh, kw, stride, padding, dy=None):
+    """(out_h, out_w) after the direct kernels' checks: x[batch, channels, h, w] and dy
+    [batch, n, out_h, out_w] C-contiguous of values' dtype, indices in [0, channels*kh*kw)."""
+    if values is not None:
+        _check("values", values, _FLOATS, 2)
+    _check("x", x, _FLOATS, 4)
+    out_h, out_w = _geometry(x.shape, kh, kw, stride, padding)
+    if values is not None:
+        _same_dtype("x", x, values)
+    _check_indices(indices, x.shape[1] * kh * kw, values)
+    if dy is not None:
+        _check("dy", dy, _FLOATS, 4)
+        _same_dtype("dy", dy, x)
+        expected = (x.shape[0], indices.shape[0], out_h, out_w)
+        if dy.shape != expected:
+            raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
+    return out_h, out_w
+
+
+def conv_forward_direct(values, indices, x, kh, kw, stride=1, padding=0, bias=None,
+                        threads=0):
+    """y[batch, n, out_h, out_w] = the condensed convolution of x[batch, channels, h, w]
+    computed straight from the images, one (image, neuron) plane per work item."""
+    out_h, out_w = _check_direct(values, indices, x, kh, kw, stride, padding)
+    n, k = values.shape
+    if bias is None:
+        bias = np.zeros(n, dtype=values.dtype)
+    else:
+        _check("bias", bias, _FLOATS, 1)
+        _same_dtype("bias", bias, values)
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
+    cdef int n_threads = _resolve_threads(threads)
+    y = np.empty((x.shape[0], n, out_h, out_w), dtype=values.dtype)
+    if not _nonempty(n, k, x.shape[0]):
+        y[...] = bias[:, None, None]
+        return y
+    _dispatch_conv_forward(values, indices, x, bias, y, kh, kw, stride, padding, n_threads)
+    return y
+
+
+def conv_input_grad_direct(values, indices, dy, x_shape, kh, kw, stride=1, padding=0,
+                           threads=0):
+    """dx[x_shape] of the condensed convolution from dy[batch, n, out_h, out_w], straight
+    into the images: each image's planes owned by one thread, neurons scattered in order."""
+    _check("values", values, _FLOATS, 2)
+    if len(x_shape) != 4 or any(int(s) < 0 for s in x_shape):
+        raise ValueError(f"x_shape must be 4 sizes >= 0, got {tuple(x_shape)}")
+    x_shape = tuple(int(s) for s in x_shape)
+    out_h, out_w = _geometry(x_shape, kh, kw, stride, padding)
+    _check_indices(indices, x_shape[1] * kh * kw, values)
+    _check("dy", dy, _FLOATS, 4)
+    _same_dtype("dy", dy, values)
+    expected = (x_shape[0], values.shape[0], out_h, out_w)
+    if dy.shape != expected:
+        raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
+    cdef int n_threads = _resolve_threads(threads)
+    dx = np.zeros(x_shape, dtype=values.dtype)
+    if _nonempty(*values.shape) and _nonempty(*x_shape):
+        _dispatch_conv_input_grad(values, indices, dy, dx, kh, kw, stride, padding, n_threads)
+    return dx
+
+
+def conv_weight_grad_direct(indices, x, dy, kh, kw, stride=1, padding=0, threads=0):
+    """dvalues[n, k] of the condensed convolution from x and dy, straight from the images:
+    chunks of IMAGES_PER_CHUNK images in parallel, their partial sums added in order."""
+    _check_direct(None, indices, x, kh, kw, stride, padding, dy)
+    cdef int n_threads = _resolve_threads(threads)
+    n, k = indices.shape
+    batch = x.shape[0]
+    n_chunks = max(1, -(-batch // IMAGES_PER_CHUNK))
+    partial = np.zeros((n_chunks, n, k), dtype=x.dtype)
+    if _nonempty(n, k, batch):
+        _dispatch_conv_weight_grad(indices, x, dy, partial, kh, kw, stride, padding,
+                                   IMAGES_PER_CHUNK, n_threads)
+    return partial[0] if n_chunks == 1 else partial.sum(axis=0)

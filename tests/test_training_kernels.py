@@ -183,16 +183,39 @@ def _conv_problem(case, dtype, index_dtype, seed):
 @pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_products_match_the_definition(case, dtype, index_dtype, threads):
+def test_direct_conv_products_match_the_definition(case, dtype, index_dtype, threads):
     values, indices, x, dy, bias = _conv_problem(case, dtype, index_dtype, sum(case))
     kh, kw, stride, padding = case[5:9]
-    geometry = dict(kernel_size=(kh, kw), stride=stride, padding=padding)
-    y = tk.conv2d_forward(values, indices, x, bias=bias, threads=threads, **geometry)
-    assert_near(y, tk.conv2d_forward_reference(values, indices, x, bias=bias, **geometry), dtype)
-    dx, dvalues = tk.conv2d_backward(values, indices, x, dy, threads=threads, **geometry)
-    assert_near(dx, tk.conv2d_input_grad_reference(values, indices, dy, x.shape, **geometry),
+    geometry = dict(kernel_size=(kh, kw), stride=stride, padding=padding, threads=threads)
+    assert_near(tk.conv2d_forward(values, indices, x, bias=bias, **geometry),
+                tk.conv2d_forward_reference(values, indices, x, (kh, kw), stride, padding, bias),
                 dtype)
-    assert_near(dvalues, tk.conv2d_weight_grad_reference(indices, x, dy, **geometry), dtype)
+    dx, dvalues = tk.conv2d_backward(values, indices, x, dy, **geometry)
+    assert_near(dx, tk.conv2d_input_grad_reference(values, indices, dy, x.shape, (kh, kw),
+                                                   stride, padding), dtype)
+    assert_near(dvalues, tk.conv2d_weight_grad_reference(indices, x, dy, (kh, kw), stride,
+                                                         padding), dtype)
+    skipped, only_weights = tk.conv2d_backward(values, indices, x, dy, input_grad=False,
+                                               **geometry)
+    assert skipped is None
+    np.testing.assert_array_equal(only_weights, dvalues)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("index_dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_column_conv_products_match_the_definition(case, dtype, index_dtype, threads):
+    values, indices, x, dy, bias = _conv_problem(case, dtype, index_dtype, sum(case))
+    kh, kw, stride, padding = case[5:9]
+    geometry = dict(kernel_size=(kh, kw), stride=stride, padding=padding, lowering="columns")
+    y = tk.conv2d_forward(values, indices, x, bias=bias, threads=threads, **geometry)
+    spec = dict(kernel_size=(kh, kw), stride=stride, padding=padding)
+    assert_near(y, tk.conv2d_forward_reference(values, indices, x, bias=bias, **spec), dtype)
+    dx, dvalues = tk.conv2d_backward(values, indices, x, dy, threads=threads, **geometry)
+    assert_near(dx, tk.conv2d_input_grad_reference(values, indices, dy, x.shape, **spec),
+                dtype)
+    assert_near(dvalues, tk.conv2d_weight_grad_reference(indices, x, dy, **spec), dtype)
     transposed = tk.transposed_index(indices, x.shape[1] * kh * kw)
     same_y, cols = tk.conv2d_forward(values, indices, x, bias=bias, threads=threads,
                                      keep_columns=True, **geometry)
@@ -203,9 +226,10 @@ def test_conv_products_match_the_definition(case, dtype, index_dtype, threads):
     np.testing.assert_array_equal(kept, dvalues)
 
 
+@pytest.mark.parametrize("lowering", tk.LOWERINGS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_products_match_torchs_dense_masked_convolution(case, dtype):
+def test_conv_products_match_torchs_dense_masked_convolution(case, dtype, lowering):
     torch = pytest.importorskip("torch")
     values, indices, x, dy, bias = _conv_problem(case, dtype, np.int32, 7 + sum(case))
     channels, kh, kw, stride, padding = case[1], case[5], case[6], case[7], case[8]
@@ -215,7 +239,7 @@ def test_conv_products_match_torchs_dense_masked_convolution(case, dtype):
     y = torch.nn.functional.conv2d(xt, weight, torch.tensor(bias.astype(np.float64)),
                                    stride=stride, padding=padding)
     y.backward(torch.tensor(dy.astype(np.float64)))
-    geometry = dict(kernel_size=(kh, kw), stride=stride, padding=padding)
+    geometry = dict(kernel_size=(kh, kw), stride=stride, padding=padding, lowering=lowering)
     assert_near(tk.conv2d_forward(values, indices, x, bias=bias, **geometry),
                 y.detach().numpy().astype(dtype), dtype)
     dx, dvalues = tk.conv2d_backward(values, indices, x, dy, **geometry)
@@ -239,18 +263,21 @@ def test_finite_differences_of_a_tiny_conv_layer():
     assert_close("x", dx, numeric_grad(loss, x))
 
 
-def test_strided_images_are_copied():
+@pytest.mark.parametrize("lowering", tk.LOWERINGS)
+def test_strided_images_are_copied(lowering):
     values, indices, x, dy, _ = _conv_problem((2, 3, 7, 6, 4, 3, 3, 1, 0, 5), np.float64,
                                               np.int32, 13)
     strided_x = np.concatenate([x, x], axis=3)[:, :, :, ::2]
     strided_x[...] = x
     strided_dy = np.asfortranarray(dy)
     assert not strided_x.flags.c_contiguous and not strided_dy.flags.c_contiguous
-    for a, b in zip(tk.conv2d_backward(values, indices, strided_x, strided_dy, 3),
-                    tk.conv2d_backward(values, indices, x, dy, 3)):
+    for a, b in zip(tk.conv2d_backward(values, indices, strided_x, strided_dy, 3,
+                                       lowering=lowering),
+                    tk.conv2d_backward(values, indices, x, dy, 3, lowering=lowering)):
         np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(tk.conv2d_forward(values, indices, strided_x, 3),
-                                  tk.conv2d_forward(values, indices, x, 3))
+    np.testing.assert_array_equal(tk.conv2d_forward(values, indices, strided_x, 3,
+                                                    lowering=lowering),
+                                  tk.conv2d_forward(values, indices, x, 3, lowering=lowering))
 
 
 # -- the boundary ---------------------------------------------------------------------------
@@ -306,6 +333,11 @@ def test_the_index_range_is_checked_against_the_filter_taps():
         tk.conv2d_forward(values, indices, x[:, :1], 2)   # one channel: 4 taps
     with pytest.raises(ValueError, match="dy must have shape"):
         tk.conv2d_backward(values, indices, x, np.zeros((1, 3, 3, 3)), 2)
+    with pytest.raises(ValueError, match="lowering must be one of"):
+        tk.conv2d_forward(values, indices, x, 2, lowering="fft")
+    with pytest.raises(ValueError, match="x_columns is for lowering='columns'"):
+        tk.conv2d_backward(values, indices, x, np.zeros((1, 3, 4, 4)), 2,
+                           x_columns=np.zeros((8, 16)))
 
 
 def test_check_topology():
