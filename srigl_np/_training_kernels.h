@@ -343,3 +343,131 @@ SRIGL_TRAIN_DIRECT(f32_i16, float, int16_t, srigl_train_valid_f32)
 SRIGL_TRAIN_DIRECT(f32_i32, float, int32_t, srigl_train_valid_f32)
 SRIGL_TRAIN_DIRECT(f64_i16, double, int16_t, srigl_train_valid_f64)
 SRIGL_TRAIN_DIRECT(f64_i32, double, int32_t, srigl_train_valid_f64)
+
+/* Direct forward at stride 1 from a zero-padded copy of one image, xpad[channels, hp, wp]
+   (the padding border zero, and every row followed by at least 4*W zeros), so a tap's
+   window needs no bounds: out[oh, ow] = bias + sum_j v[j] xpad[off[j] + oh*wp + ow], with
+   off[j] = (c_j*hp + ki_j)*wp + kj_j. Four vector accumulators (4*W output columns of
+   a row) stay in registers across the k taps. */
+#define SRIGL_TRAIN_PADDED(SUFFIX, T)                                                      \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_forward_padded_##SUFFIX(const T* v, const int64_t* off,      \
+        ptrdiff_t k, const T* xpad, ptrdiff_t wp, T bias, T* out, ptrdiff_t out_h,         \
+        ptrdiff_t out_w)                                                                   \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t oh, c0, j, t;                                                                \
+    for (oh = 0; oh < out_h; oh++)                                                         \
+        for (c0 = 0; c0 < out_w; c0 += 4 * W) {                                            \
+            V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \
+            const T* base = xpad + oh * wp + c0;                                           \
+            for (j = 0; j < k; j++) {                                                      \
+                const V* src = (const V*)(base + off[j]);                                  \
+                const T w = v[j];                                                          \
+                a0 += w * src[0]; a1 += w * src[1]; a2 += w * src[2]; a3 += w * src[3];   \
+            }                                                                              \
+            T lanes[4 * W];                                                                \
+            V* l = (V*)lanes;                                                              \
+            l[0] = a0; l[1] = a1; l[2] = a2; l[3] = a3;                                    \
+            const ptrdiff_t n = out_w - c0 < 4 * W ? out_w - c0 : 4 * W;                   \
+            for (t = 0; t < n; t++) out[oh * out_w + c0 + t] = lanes[t] + bias;            \
+        }                                                                                  \
+}                                                                                          \
+                                                                                           \
+/* xpad[channels, hp, wp] = x's image (channels, height, width) at (padding, padding),   \
+   zero elsewhere; xpad must come zeroed. */                                             \
+static void srigl_train_pad_image_##SUFFIX(const T* image, ptrdiff_t channels,            \
+        ptrdiff_t height, ptrdiff_t width, int padding, T* xpad, ptrdiff_t hp,             \
+        ptrdiff_t wp)                                                                      \
+{                                                                                          \
+    ptrdiff_t c, h, w;                                                                     \
+    for (c = 0; c < channels; c++)                                                         \
+        for (h = 0; h < height; h++) {                                                     \
+            const T* src = image + (c * height + h) * width;                               \
+            T* dst = xpad + (c * hp + h + padding) * wp + padding;                         \
+            for (w = 0; w < width; w++) dst[w] = src[w];                                   \
+        }                                                                                  \
+}
+
+/* The backward on padded copies (stride 1): dyp[out_h, ldy] holds a neuron's output
+   gradient with zeros from out_w to ldy (a multiple of 4*W), xpad / dxpad as above.
+     weight grad. dv[j] += sum_{oh, ow < ldy} dyp[oh, ow] xpad[off[j] + oh*wp + ow]
+     input grad.  dxpad[off[j] + oh*wp + ow] += v[j] dyp[oh, ow]
+   (the zero lanes add nothing). */
+#define SRIGL_TRAIN_PADDED_BACKWARD(SUFFIX, T)                                             \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_wgrad_padded_##SUFFIX(const int64_t* off, ptrdiff_t k,       \
+        const T* xpad, ptrdiff_t wp, const T* dyp, ptrdiff_t ldy, ptrdiff_t out_h, T* dv)   \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, oh, c0, t;                                                                \
+    for (j = 0; j < k; j++) {                                                              \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
+        T total = 0;                                                                       \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const T* src = xpad + off[j] + oh * wp;                                        \
+            const T* g = dyp + oh * ldy;                                                   \
+            for (c0 = 0; c0 < ldy; c0 += 4 * W) {                                          \
+                const V* s4 = (const V*)(src + c0);                                        \
+                const V* g4 = (const V*)(g + c0);                                          \
+                a0 += g4[0] * s4[0]; a1 += g4[1] * s4[1];                                  \
+                a2 += g4[2] * s4[2]; a3 += g4[3] * s4[3];                                  \
+            }                                                                              \
+        }                                                                                  \
+        a0 += a1; a2 += a3; a0 += a2;                                                      \
+        for (t = 0; t < W; t++) total += a0[t];                                            \
+        dv[j] += total;                                                                    \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_scatter_padded_##SUFFIX(const T* v, const int64_t* off,      \
+        ptrdiff_t k, const T* dyp, ptrdiff_t ldy, ptrdiff_t out_h, T* dxpad, ptrdiff_t wp)  \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, oh, c0;                                                                   \
+    for (oh = 0; oh < out_h; oh++)                                                         \
+        for (c0 = 0; c0 < ldy; c0 += 4 * W) {                                              \
+            const V* g4 = (const V*)(dyp + oh * ldy + c0);                                 \
+            const V g0 = g4[0], g1 = g4[1], g2 = g4[2], g3 = g4[3];                        \
+            T* base = dxpad + oh * wp + c0;                                                \
+            for (j = 0; j < k; j++) {                                                      \
+                V* d = (V*)(base + off[j]);                                                \
+                const T w = v[j];                                                          \
+                d[0] += w * g0; d[1] += w * g1; d[2] += w * g2; d[3] += w * g3;            \
+            }                                                                              \
+        }                                                                                  \
+}                                                                                          \
+                                                                                           \
+/* dyp[out_h, ldy] = dy[out_h, out_w] with zeros from out_w on. */                        \
+static void srigl_train_pad_rows_##SUFFIX(const T* dy, ptrdiff_t out_h, ptrdiff_t out_w,   \
+                                          T* dyp, ptrdiff_t ldy)                           \
+{                                                                                          \
+    ptrdiff_t oh, ow;                                                                      \
+    for (oh = 0; oh < out_h; oh++) {                                                       \
+        for (ow = 0; ow < out_w; ow++) dyp[oh * ldy + ow] = dy[oh * out_w + ow];           \
+        for (; ow < ldy; ow++) dyp[oh * ldy + ow] = 0;                                     \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* The interior of dxpad (at (padding, padding)) into dimage[channels, height, width]. */ \
+static void srigl_train_crop_image_##SUFFIX(const T* dxpad, ptrdiff_t channels,           \
+        ptrdiff_t height, ptrdiff_t width, int padding, ptrdiff_t hp, ptrdiff_t wp,        \
+        T* dimage)                                                                         \
+{                                                                                          \
+    ptrdiff_t c, h, w;                                                                     \
+    for (c = 0; c < channels; c++)                                                         \
+        for (h = 0; h < height; h++) {                                                     \
+            const T* src = dxpad + (c * hp + h + padding) * wp + padding;                  \
+            T* dst = dimage + (c * height + h) * width;                                    \
+            for (w = 0; w < width; w++) dst[w] = src[w];                                   \
+        }                                                                                  \
+}
+
+SRIGL_TRAIN_PADDED(f32, float)
+SRIGL_TRAIN_PADDED(f64, double)
+SRIGL_TRAIN_PADDED_BACKWARD(f32, float)
+SRIGL_TRAIN_PADDED_BACKWARD(f64, double)

@@ -27,7 +27,9 @@ Design
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.stdint cimport int16_t, int32_t
+from libc.stdint cimport int16_t, int32_t, int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
 
 import numpy as np
 
@@ -138,6 +140,41 @@ cdef extern from "_training_kernels.h":
     void srigl_train_conv_wgrad_f64_i32(const int32_t* idx, Py_ssize_t k, const double* image,
             Py_ssize_t height, Py_ssize_t width, int kh, int kw, int stride, int padding,
             const double* dy, Py_ssize_t out_h, Py_ssize_t out_w, double* dv) noexcept nogil
+
+    void srigl_train_conv_forward_padded_f32(const float* v, const int64_t* off,
+            Py_ssize_t k, const float* xpad, Py_ssize_t wp, float bias, float* out,
+            Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    void srigl_train_conv_forward_padded_f64(const double* v, const int64_t* off,
+            Py_ssize_t k, const double* xpad, Py_ssize_t wp, double bias, double* out,
+            Py_ssize_t out_h, Py_ssize_t out_w) noexcept nogil
+    void srigl_train_pad_image_f32(const float* image, Py_ssize_t channels,
+            Py_ssize_t height, Py_ssize_t width, int padding, float* xpad, Py_ssize_t hp,
+            Py_ssize_t wp) noexcept nogil
+    void srigl_train_pad_image_f64(const double* image, Py_ssize_t channels,
+            Py_ssize_t height, Py_ssize_t width, int padding, double* xpad, Py_ssize_t hp,
+            Py_ssize_t wp) noexcept nogil
+    void srigl_train_conv_wgrad_padded_f32(const int64_t* off, Py_ssize_t k,
+            const float* xpad, Py_ssize_t wp, const float* dyp, Py_ssize_t ldy, Py_ssize_t out_h,
+            float* dv) noexcept nogil
+    void srigl_train_conv_scatter_padded_f32(const float* v, const int64_t* off, Py_ssize_t k,
+            const float* dyp, Py_ssize_t ldy, Py_ssize_t out_h, float* dxpad,
+            Py_ssize_t wp) noexcept nogil
+    void srigl_train_pad_rows_f32(const float* dy, Py_ssize_t out_h, Py_ssize_t out_w,
+            float* dyp, Py_ssize_t ldy) noexcept nogil
+    void srigl_train_crop_image_f32(const float* dxpad, Py_ssize_t channels, Py_ssize_t height,
+            Py_ssize_t width, int padding, Py_ssize_t hp, Py_ssize_t wp,
+            float* dimage) noexcept nogil
+    void srigl_train_conv_wgrad_padded_f64(const int64_t* off, Py_ssize_t k,
+            const double* xpad, Py_ssize_t wp, const double* dyp, Py_ssize_t ldy, Py_ssize_t out_h,
+            double* dv) noexcept nogil
+    void srigl_train_conv_scatter_padded_f64(const double* v, const int64_t* off, Py_ssize_t k,
+            const double* dyp, Py_ssize_t ldy, Py_ssize_t out_h, double* dxpad,
+            Py_ssize_t wp) noexcept nogil
+    void srigl_train_pad_rows_f64(const double* dy, Py_ssize_t out_h, Py_ssize_t out_w,
+            double* dyp, Py_ssize_t ldy) noexcept nogil
+    void srigl_train_crop_image_f64(const double* dxpad, Py_ssize_t channels, Py_ssize_t height,
+            Py_ssize_t width, int padding, Py_ssize_t hp, Py_ssize_t wp,
+            double* dimage) noexcept nogil
 
 ctypedef fused index_t:
     int16_t
@@ -894,7 +931,13 @@ def conv_forward_direct(values, indices, x, kh, kw, stride=1, padding=0, bias=No
     if not _nonempty(n, k, x.shape[0]):
         y[...] = bias[:, None, None]
         return y
-    _dispatch_conv_forward(values, indices, x, bias, y, kh, kw, stride, padding, n_threads)
+    if stride == 1:
+        # A zero-padded copy per image (in L2) with every row followed by a 32-byte
+        # vector block x 4 of zeros: the taps' windows then need no bounds checks.
+        hp, wp, offsets = _padded_geometry(x.shape, indices, kh, kw, padding, x.itemsize)
+        _dispatch_conv_forward_padded(values, offsets, x, bias, y, padding, hp, wp, n_threads)
+    else:
+        _dispatch_conv_forward(values, indices, x, bias, y, kh, kw, stride, padding, n_threads)
     return y
 
 
@@ -933,3 +976,138 @@ def conv_weight_grad_direct(indices, x, dy, kh, kw, stride=1, padding=0, threads
         _dispatch_conv_weight_grad(indices, x, dy, partial, kh, kw, stride, padding,
                                    IMAGES_PER_CHUNK, n_threads)
     return partial[0] if n_chunks == 1 else partial.sum(axis=0)
+
+
+def _dispatch_conv_forward_padded(const floating[:, ::1] values, const int64_t[:, ::1] offsets,
+                                  const floating[:, :, :, ::1] x, const floating[::1] bias,
+                                  floating[:, :, :, ::1] y, int padding, Py_ssize_t hp,
+                                  Py_ssize_t wp, int threads):
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], b, r
+    cdef Py_ssize_t channels = x.shape[1], size = x.shape[1] * hp * wp
+    cdef floating* xpad
+    cdef int failed = 0
+    with nogil:
+        for b in prange(x.shape[0], schedule="static", num_threads=threads):
+            xpad = <floating*>calloc(size, sizeof(floating))
+            if xpad == NULL:
+                failed = 1
+                continue
+            if floating is float:
+                srigl_train_pad_image_f32(&x[b, 0, 0, 0], channels, x.shape[2], x.shape[3],
+                                          padding, xpad, hp, wp)
+            else:
+                srigl_train_pad_image_f64(&x[b, 0, 0, 0], channels, x.shape[2], x.shape[3],
+                                          padding, xpad, hp, wp)
+            for r in range(n):
+                if floating is float:
+                    srigl_train_conv_forward_padded_f32(&values[r, 0], &offsets[r, 0], k, xpad,
+                                                        wp, bias[r], &y[b, r, 0, 0],
+                                                        y.shape[2], y.shape[3])
+                else:
+                    srigl_train_conv_forward_padded_f64(&values[r, 0], &offsets[r, 0], k, xpad,
+                                                        wp, bias[r], &y[b, r, 0, 0],
+                                                        y.shape[2], y.shape[3])
+            free(xpad)
+    if failed:
+        raise MemoryError("conv_forward_direct: no memory for a padded image")
+
+
+def _padded_geometry(x_shape, indices, kh, kw, padding, itemsize):
+    """(hp, wp, offsets[n, k] int64) of the padded stride-1 kernels: rows of the padded
+    image followed by 4 vectors of zeros, each stored tap's offset in it."""
+    lanes = 4 * (32 // itemsize)
+    hp, wp = x_shape[2] + 2 * padding, x_shape[3] + 2 * padding + lanes
+    channel, tap = np.divmod(indices.astype(np.int64), kh * kw)
+    return hp, wp, (channel * hp + tap // kw) * wp + tap % kw
+
+
+def _dispatch_conv_backward_padded(const floating[:, ::1] values,
+                                   const int64_t[:, ::1] offsets,
+                                   const floating[:, :, :, ::1] x,
+                                   const floating[:, :, :, ::1] dy,
+                                   floating[:, :, ::1] partial, floating[:, :, :, ::1] dx,
+                                   bint input_grad, int padding, Py_ssize_t hp, Py_ssize_t wp,
+                                   Py_ssize_t ldy, Py_ssize_t per_chunk, int threads):
+    """Per chunk of images (one thread each): the weight gradient into partial[chunk]
+    and, when input_grad, each image's dx (through a padded buffer, then cropped)."""
+    cdef Py_ssize_t n = values.shape[0], k = values.shape[1], chunk, b, r
+    cdef Py_ssize_t batch = x.shape[0], channels = x.shape[1]
+    cdef Py_ssize_t out_h = dy.shape[2], out_w = dy.shape[3]
+    cdef Py_ssize_t size = channels * hp * wp
+    cdef floating* xpad
+    cdef floating* dxpad
+    cdef floating* dyp
+    cdef int failed = 0
+    with nogil:
+        for chunk in prange(partial.shape[0], schedule="static", num_threads=threads):
+            xpad = <floating*>calloc(size, sizeof(floating))
+            dxpad = <floating*>calloc(size, sizeof(floating))
+            dyp = <floating*>calloc(out_h * ldy, sizeof(floating))
+            if xpad == NULL or dxpad == NULL or dyp == NULL:
+                failed = 1
+            else:
+                for b in range(chunk * per_chunk, min(chunk * per_chunk + per_chunk, batch)):
+                    if floating is float:
+                        srigl_train_pad_image_f32(&x[b, 0, 0, 0], channels, x.shape[2],
+                                                  x.shape[3], padding, xpad, hp, wp)
+                    else:
+                        srigl_train_pad_image_f64(&x[b, 0, 0, 0], channels, x.shape[2],
+                                                  x.shape[3], padding, xpad, hp, wp)
+                    if input_grad:
+                        memset(dxpad, 0, size * sizeof(floating))
+                    for r in range(n):
+                        if floating is float:
+                            srigl_train_pad_rows_f32(&dy[b, r, 0, 0], out_h, out_w, dyp, ldy)
+                            srigl_train_conv_wgrad_padded_f32(&offsets[r, 0], k, xpad, wp, dyp,
+                                                              ldy, out_h, &partial[chunk, r, 0])
+                            if input_grad:
+                                srigl_train_conv_scatter_padded_f32(&values[r, 0], &offsets[r, 0],
+                                                                    k, dyp, ldy, out_h, dxpad, wp)
+                        else:
+                            srigl_train_pad_rows_f64(&dy[b, r, 0, 0], out_h, out_w, dyp, ldy)
+                            srigl_train_conv_wgrad_padded_f64(&offsets[r, 0], k, xpad, wp, dyp,
+                                                              ldy, out_h, &partial[chunk, r, 0])
+                            if input_grad:
+                                srigl_train_conv_scatter_padded_f64(&values[r, 0], &offsets[r, 0],
+                                                                    k, dyp, ldy, out_h, dxpad, wp)
+                    if input_grad:
+                        if floating is float:
+                            srigl_train_crop_image_f32(dxpad, channels, x.shape[2], x.shape[3],
+                                                       padding, hp, wp, &dx[b, 0, 0, 0])
+                        else:
+                            srigl_train_crop_image_f64(dxpad, channels, x.shape[2], x.shape[3],
+                                                       padding, hp, wp, &dx[b, 0, 0, 0])
+            free(xpad)
+            free(dxpad)
+            free(dyp)
+    if failed:
+        raise MemoryError("conv_backward_direct: no memory for the padded buffers")
+
+
+def conv_backward_direct(values, indices, x, dy, kh, kw, stride=1, padding=0, threads=0,
+                         input_grad=True):
+    """(dx[x.shape] or None, dvalues[n, k]) of the condensed convolution straight from
+    the images. Stride 1 runs both in one pass over chunks of IMAGES_PER_CHUNK images on
+    zero-padded copies (vector loops without bounds); other strides call
+    ``conv_input_grad_direct`` and ``conv_weight_grad_direct``."""
+    out_h, out_w = _check_direct(values, indices, x, kh, kw, stride, padding, dy)
+    if stride != 1:
+        dvalues = conv_weight_grad_direct(indices, x, dy, kh, kw, stride, padding, threads)
+        dx = (conv_input_grad_direct(values, indices, dy, x.shape, kh, kw, stride, padding,
+                                     threads) if input_grad else None)
+        return dx, dvalues
+    cdef int n_threads = _resolve_threads(threads)
+    n, k = values.shape
+    batch = x.shape[0]
+    n_chunks = max(1, -(-batch // IMAGES_PER_CHUNK))
+    partial = np.zeros((n_chunks, n, k), dtype=x.dtype)
+    dx = np.zeros(x.shape, dtype=x.dtype) if input_grad else None
+    if _nonempty(n, k, batch) and _nonempty(*x.shape):
+        hp, wp, offsets = _padded_geometry(x.shape, indices, kh, kw, padding, x.itemsize)
+        lanes = 4 * (32 // x.itemsize)
+        ldy = -(-out_w // lanes) * lanes
+        _dispatch_conv_backward_padded(values, offsets, x, dy, partial,
+                                       dx if input_grad else np.zeros((1, 1, 1, 1), x.dtype),
+                                       input_grad, padding, hp, wp, ldy, IMAGES_PER_CHUNK,
+                                       n_threads)
+    return dx, (partial[0] if n_chunks == 1 else partial.sum(axis=0))

@@ -362,13 +362,9 @@ def conv2d_backward(values, indices, x, dy, kernel_size, stride=1, padding=0, th
                                           padding) if input_grad else None)
         return dx, conv2d_weight_grad_reference(indices, x, dy, (kh, kw), stride, padding)
     if lowering == "direct":
-        x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
-        dvalues = _compiled.conv_weight_grad_direct(indices, x, dy, kh, kw, stride, padding,
-                                                    threads)
-        if not input_grad:
-            return None, dvalues
-        return _compiled.conv_input_grad_direct(values, indices, dy, x.shape, kh, kw, stride,
-                                                padding, threads), dvalues
+        return _compiled.conv_backward_direct(values, indices, np.ascontiguousarray(x),
+                                               np.ascontiguousarray(dy), kh, kw, stride,
+                                               padding, threads, input_grad)
     cols = _check_columns(x_columns, (n_in, x.shape[0] * out_h * out_w), values)
     if cols is None:
         cols = _compiled.im2col_columns(np.ascontiguousarray(x), kh, kw, stride, padding,

@@ -165,7 +165,8 @@ def test_finite_differences_of_a_tiny_linear_layer():
 CONV_CASES = [(2, 3, 7, 6, 4, 3, 3, 1, 0, 5), (1, 2, 6, 6, 1, 3, 2, 2, 1, 1),
               (3, 1, 5, 5, 5, 2, 2, 1, 1, 4), (2, 4, 9, 8, 6, 3, 3, 2, 2, 36),
               (2, 2, 12, 12, 3, 3, 3, 1, 1, 7),
-              (4, 2, 20, 20, 5, 3, 3, 1, 1, 6)]    # 1600 columns: padded rows
+              (4, 2, 20, 20, 5, 3, 3, 1, 1, 6),    # 1600 columns: padded rows
+              (2, 2, 6, 40, 3, 3, 3, 1, 1, 7)]     # rows of 40: two vector chunks
 
 
 def _conv_problem(case, dtype, index_dtype, seed):
