@@ -1,4 +1,6 @@
-"""Build srigl_np's one compiled module, ``srigl_np/_kernels.pyx`` (its C in ``_kernels.h``).
+"""Build srigl_np's compiled modules: ``srigl_np/_kernels.pyx`` (the inference kernels, its
+C in ``_kernels.h``) and ``srigl_np/_training_kernels.pyx`` (the condensed training
+products, its C in ``_training_kernels.h``), with the same flags.
 
 OpenMP is probed, not assumed: a tiny program is compiled *and run* with
 ``-fopenmp``; only on success are the flags added. Otherwise the extension builds
@@ -89,6 +91,7 @@ def optimisation_flags():
 
 
 omp_compile, omp_link = openmp_flags()
+compile_args = optimisation_flags() + omp_compile
 extension = Extension(
     "srigl_np._kernels",
     sources=["srigl_np/_kernels.pyx"],
@@ -96,14 +99,23 @@ extension = Extension(
     # "_kernels.h"``); ``depends`` rebuilds the extension when only a header changed.
     include_dirs=["srigl_np", numpy.get_include()],
     depends=["srigl_np/_kernels.h", "srigl_np/_kernels_isa.h"],
-    extra_compile_args=optimisation_flags() + omp_compile,
+    extra_compile_args=compile_args,
+    extra_link_args=omp_link,
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+training_extension = Extension(
+    "srigl_np._training_kernels",
+    sources=["srigl_np/_training_kernels.pyx"],
+    include_dirs=["srigl_np", numpy.get_include()],
+    depends=["srigl_np/_training_kernels.h"],
+    extra_compile_args=compile_args,
     extra_link_args=omp_link,
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
 setup(
     ext_modules=cythonize(
-        [extension],
+        [extension, training_extension],
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

@@ -285,8 +285,8 @@ def test_a_long_chain_does_not_recurse():
 #
 # The folders are the architecture (README, "A short tour"). From the ground up:
 #   ground      backend, validation, fileio, cli, thread_waits, data, the kernels
-#               (kernels, _kernels, cuda) and the trail schema (dst.trail, a leaf
-#               but for fileio's bounds on reading)
+#               (kernels, _kernels, cuda, training_kernels, _training_kernels) and the
+#               trail schema (dst.trail, a leaf but for fileio's bounds on reading)
 #   nn          layers, losses, optim, models: a small autograd-free training library
 #   dst         the algorithm as pure functions (masks, steps, updates, invariants, the
 #               authors' rules); dst.sparsity, the stateful wrapper, also sees nn
@@ -300,7 +300,7 @@ def test_a_long_chain_does_not_recurse():
 # imports a command.
 
 GROUND = {"backend", "validation", "fileio", "cli", "thread_waits", "data", "kernels",
-          "_kernels", "cuda", "dst.trail"}
+          "_kernels", "cuda", "training_kernels", "_training_kernels", "dst.trail"}
 WINGS = ("nn", "dst", "formats", "inference", "testing", "bench")
 ALLOWED = {
     "ground": {"ground"},

@@ -1,0 +1,473 @@
+/* The C inner loops of srigl_np's condensed training kernels, included by
+   srigl_np/_training_kernels.pyx (which holds the validation and the OpenMP loops).
+
+   Layout: every kernel works on "column" arrays, the batch axis last and contiguous:
+   xt[n_in, m] (an input transposed, or the transposed im2col matrix of a convolution,
+   m = batch * out_h * out_w), yt / dyt[n_rows, m]. The loops over the m columns are then
+   unit-stride vector loops; the loops over a neuron's k stored weights gather (or
+   scatter) whole column rows. Each function handles one neuron and the column range
+   [c0, c1); the Cython caller splits the work so that no two threads write the same
+   element.
+
+   Vector code: GCC/Clang vector extensions over 32-byte vectors, eight of them (256
+   bytes of columns) held in registers per block. On x86-64 Linux each
+   function is compiled three times (target_clones: AVX-512, AVX2+FMA, the baseline)
+   and the loader picks the best the CPU runs, so one portable build runs at the CPU's
+   width. Elsewhere the baseline build alone runs. FMA contraction may differ between
+   the clones, so results agree with the NumPy definition to rounding, not bit for bit
+   across CPUs; on one CPU they do not depend on the thread count.
+
+   Generated per (value type T, index type I): f32_i16, f32_i32, f64_i16, f64_i32.
+*/
+#include <stddef.h>
+#include <stdint.h>
+
+/* OpenMP shim: SRIGL_TRAIN_OPENMP is 1 in a build with OpenMP; without it
+   omp_get_max_threads() is defined here and returns 1. */
+#ifdef _OPENMP
+#include <omp.h>
+#define SRIGL_TRAIN_OPENMP 1
+#else
+#define SRIGL_TRAIN_OPENMP 0
+static int omp_get_max_threads(void) { return 1; }
+#endif
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#  if __has_attribute(target_clones)
+#    define SRIGL_TRAIN_CLONES \
+         __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#  endif
+#endif
+#ifndef SRIGL_TRAIN_CLONES
+#  define SRIGL_TRAIN_CLONES
+#endif
+
+#define SRIGL_TRAIN_KERNELS(SUFFIX, T, I)                                                  \
+/* Forward of one neuron: yt[c] = bias + sum_j v[j] * xt[idx[j], c] for c in [c0, c1).  \
+   v[k], idx[k] (each in [0, n_in)), xt[n_in, ldx], yt[ldx] (the neuron's row).         \
+   Eight vector accumulators (a lane block) stay in registers across the k gathers. */ \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_forward_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,           \
+                                         const T* xt, ptrdiff_t ldx, T bias, T* yt,        \
+                                         ptrdiff_t c0, ptrdiff_t c1)                       \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t c = c0, j;                                                                   \
+    for (; c + 8 * W <= c1; c += 8 * W) {                                                  \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};  \
+        for (j = 0; j < k; j++) {                                                          \
+            const V* row = (const V*)(xt + (ptrdiff_t)idx[j] * ldx + c);                   \
+            const T w = v[j];                                                              \
+            a0 += w * row[0]; a1 += w * row[1]; a2 += w * row[2]; a3 += w * row[3];       \
+            a4 += w * row[4]; a5 += w * row[5]; a6 += w * row[6]; a7 += w * row[7];       \
+        }                                                                                  \
+        V* out = (V*)(yt + c);                                                             \
+        out[0] = a0 + bias; out[1] = a1 + bias; out[2] = a2 + bias; out[3] = a3 + bias;    \
+        out[4] = a4 + bias; out[5] = a5 + bias; out[6] = a6 + bias; out[7] = a7 + bias;    \
+    }                                                                                      \
+    for (; c + W <= c1; c += W) {                                                          \
+        V a0 = {0};                                                                        \
+        for (j = 0; j < k; j++)                                                            \
+            a0 += v[j] * *(const V*)(xt + (ptrdiff_t)idx[j] * ldx + c);                    \
+        *(V*)(yt + c) = a0 + bias;                                                         \
+    }                                                                                      \
+    for (; c < c1; c++) {                                                                  \
+        T acc = 0;                                                                         \
+        for (j = 0; j < k; j++) acc += v[j] * xt[(ptrdiff_t)idx[j] * ldx + c];             \
+        yt[c] = acc + bias;                                                                \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* Input gradient of one neuron, a scatter: dxt[idx[j], c] += v[j] * dyt[c] for every j  \
+   and c in [c0, c1). dyt[ldx] (the neuron's row), dxt[n_in, ldx]. The neuron's dyt    \
+   block stays in eight vector registers across the k row updates. */                  \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_scatter_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,           \
+                                         const T* dyt, T* dxt, ptrdiff_t ldx,              \
+                                         ptrdiff_t c0, ptrdiff_t c1)                       \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t c = c0, j;                                                                   \
+    for (; c + 8 * W <= c1; c += 8 * W) {                                                  \
+        const V* dp = (const V*)(dyt + c);                                                 \
+        const V d0 = dp[0], d1 = dp[1], d2 = dp[2], d3 = dp[3];                            \
+        const V d4 = dp[4], d5 = dp[5], d6 = dp[6], d7 = dp[7];                            \
+        for (j = 0; j < k; j++) {                                                          \
+            V* row = (V*)(dxt + (ptrdiff_t)idx[j] * ldx + c);                              \
+            const T w = v[j];                                                              \
+            row[0] += w * d0; row[1] += w * d1; row[2] += w * d2; row[3] += w * d3;       \
+            row[4] += w * d4; row[5] += w * d5; row[6] += w * d6; row[7] += w * d7;       \
+        }                                                                                  \
+    }                                                                                      \
+    for (; c + W <= c1; c += W) {                                                          \
+        const V d0 = *(const V*)(dyt + c);                                                 \
+        for (j = 0; j < k; j++)                                                            \
+            *(V*)(dxt + (ptrdiff_t)idx[j] * ldx + c) += v[j] * d0;                         \
+    }                                                                                      \
+    for (; c < c1; c++)                                                                    \
+        for (j = 0; j < k; j++) dxt[(ptrdiff_t)idx[j] * ldx + c] += v[j] * dyt[c];         \
+}                                                                                          \
+                                                                                           \
+/* Weight gradient of one neuron at its stored positions (SDDMM), over columns          \
+   [c0, c1): out[j] = sum_c dyt[c] * xt[idx[j], c]. Four vector partial sums, added in  \
+   a fixed order, so the result does not depend on how the caller splits neurons. */   \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_sddmm_##SUFFIX(const I* idx, ptrdiff_t k, const T* dyt,          \
+                                       const T* xt, ptrdiff_t ldx, ptrdiff_t c0,           \
+                                       ptrdiff_t c1, T* out)                               \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, c, t;                                                                     \
+    for (j = 0; j < k; j++) {                                                              \
+        const T* row = xt + (ptrdiff_t)idx[j] * ldx;                                       \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
+        T total = 0;                                                                       \
+        for (c = c0; c + 4 * W <= c1; c += 4 * W) {                                        \
+            const V* d = (const V*)(dyt + c);                                              \
+            const V* r = (const V*)(row + c);                                              \
+            a0 += d[0] * r[0]; a1 += d[1] * r[1]; a2 += d[2] * r[2]; a3 += d[3] * r[3];    \
+        }                                                                                  \
+        for (; c + W <= c1; c += W)                                                        \
+            a0 += *(const V*)(dyt + c) * *(const V*)(row + c);                             \
+        for (; c < c1; c++) total += dyt[c] * row[c];                                      \
+        a0 += a1; a2 += a3; a0 += a2;                                                      \
+        for (t = 0; t < W; t++) total += a0[t];                                            \
+        out[j] = total;                                                                    \
+    }                                                                                      \
+}
+
+SRIGL_TRAIN_KERNELS(f32_i16, float, int16_t)
+SRIGL_TRAIN_KERNELS(f32_i32, float, int32_t)
+SRIGL_TRAIN_KERNELS(f64_i16, double, int16_t)
+SRIGL_TRAIN_KERNELS(f64_i32, double, int32_t)
+
+/* Tile transpose: at[c, r] = a[r, c] for r in [r0, r1), all c < cols; a[rows, lda],
+   at[cols, ldat]. 8 x 8 tiles through a local buffer: at most eight cache lines of each
+   side are live, so the strided side keeps its lines even when its stride is a
+   multiple of 4 KiB (which maps every line to one L1 set). */
+#define SRIGL_TRAIN_TRANSPOSE(SUFFIX, T)                                                   \
+static void srigl_train_transpose_##SUFFIX(const T* a, ptrdiff_t lda, ptrdiff_t r0,        \
+                                           ptrdiff_t r1, ptrdiff_t cols, T* at,            \
+                                           ptrdiff_t ldat)                                 \
+{                                                                                          \
+    ptrdiff_t c0, s, r, c;                                                                 \
+    for (c0 = 0; c0 < cols; c0 += 8) {                                                     \
+        const ptrdiff_t c1 = c0 + 8 < cols ? c0 + 8 : cols;                                \
+        for (s = r0; s < r1; s += 8) {                                                     \
+            const ptrdiff_t s1 = s + 8 < r1 ? s + 8 : r1;                                  \
+            if (c1 - c0 == 8 && s1 - s == 8) {                                             \
+                T tile[8][8];                                                              \
+                int i, j;                                                                  \
+                for (i = 0; i < 8; i++)                                                    \
+                    for (j = 0; j < 8; j++) tile[j][i] = a[(s + i) * lda + c0 + j];        \
+                for (j = 0; j < 8; j++)                                                    \
+                    for (i = 0; i < 8; i++) at[(c0 + j) * ldat + s + i] = tile[j][i];      \
+            } else {                                                                       \
+                for (r = s; r < s1; r++)                                                   \
+                    for (c = c0; c < c1; c++) at[c * ldat + r] = a[r * lda + c];           \
+            }                                                                              \
+        }                                                                                  \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* The output columns ow in [*lo, *hi) whose tap j (stride, padding) lands inside a row  \
+   of ``width`` pixels. */                                                               \
+static void srigl_train_valid_##SUFFIX(ptrdiff_t width, int j, int stride, int padding,   \
+                                       ptrdiff_t out_w, ptrdiff_t* lo, ptrdiff_t* hi)      \
+{                                                                                          \
+    const ptrdiff_t first = padding - j, last = width - 1 + padding - j;                   \
+    *lo = first <= 0 ? 0 : (first + stride - 1) / stride;                                 \
+    *hi = last < 0 ? 0 : last / stride + 1;                                                \
+    if (*hi > out_w) *hi = out_w;                                                          \
+    if (*lo > *hi) *lo = *hi;                                                              \
+}                                                                                          \
+                                                                                           \
+/* One row of the column matrix: tap (c, i, j) = ``tap`` of every output pixel,          \
+   row[(b*out_h + oh)*out_w + ow] = x[b, c, oh*stride - padding + i,                    \
+   ow*stride - padding + j], 0 in the padding. x[batch, channels, height, width]. */     \
+static void srigl_train_im2col_row_##SUFFIX(const T* x, ptrdiff_t batch,                  \
+        ptrdiff_t channels, ptrdiff_t height, ptrdiff_t width, int kh, int kw,             \
+        int stride, int padding, ptrdiff_t out_h, ptrdiff_t out_w, ptrdiff_t tap, T* row)  \
+{                                                                                          \
+    const ptrdiff_t c = tap / (kh * kw);                                                   \
+    const int i = (int)((tap / kw) % kh), j = (int)(tap % kw);                             \
+    ptrdiff_t lo, hi, b, oh, ow;                                                           \
+    srigl_train_valid_##SUFFIX(width, j, stride, padding, out_w, &lo, &hi);                \
+    for (b = 0; b < batch; b++) {                                                          \
+        const T* plane = x + (b * channels + c) * height * width;                          \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + i;                                 \
+            T* out = row + (b * out_h + oh) * out_w;                                       \
+            if (h < 0 || h >= height) {                                                    \
+                for (ow = 0; ow < out_w; ow++) out[ow] = 0;                                \
+                continue;                                                                  \
+            }                                                                              \
+            const T* src = plane + h * width;                                              \
+            const ptrdiff_t shift = j - padding;                                           \
+            for (ow = 0; ow < lo; ow++) out[ow] = 0;                                       \
+            if (stride == 1)                                                               \
+                for (ow = lo; ow < hi; ow++) out[ow] = src[ow + shift];                    \
+            else                                                                           \
+                for (ow = lo; ow < hi; ow++) out[ow] = src[ow * stride + shift];           \
+            for (ow = hi; ow < out_w; ow++) out[ow] = 0;                                   \
+        }                                                                                  \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* The adjoint for one plane (b, c) of x[batch, channels, height, width]: every tap of   \
+   the column matrix cols[channels*kh*kw, ldc] that reads a pixel of it adds into it,   \
+   taps in (i, j) order; taps in the padding are dropped. */                             \
+static void srigl_train_col2im_plane_##SUFFIX(const T* cols, ptrdiff_t ldc, ptrdiff_t b,  \
+        ptrdiff_t c, ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride,        \
+        int padding, ptrdiff_t out_h, ptrdiff_t out_w, T* plane)                           \
+{                                                                                          \
+    ptrdiff_t lo, hi, oh, ow;                                                              \
+    int i, j;                                                                              \
+    for (i = 0; i < kh; i++)                                                               \
+        for (j = 0; j < kw; j++) {                                                         \
+            const T* row = cols + ((c * kh + i) * kw + j) * ldc;                           \
+            srigl_train_valid_##SUFFIX(width, j, stride, padding, out_w, &lo, &hi);        \
+            for (oh = 0; oh < out_h; oh++) {                                               \
+                const ptrdiff_t h = oh * stride - padding + i;                             \
+                if (h < 0 || h >= height) continue;                                        \
+                const T* src = row + (b * out_h + oh) * out_w;                             \
+                T* dst = plane + h * width;                                                \
+                for (ow = lo; ow < hi; ow++) dst[ow * stride + j - padding] += src[ow];    \
+            }                                                                              \
+        }                                                                                  \
+}
+
+SRIGL_TRAIN_TRANSPOSE(f32, float)
+SRIGL_TRAIN_TRANSPOSE(f64, double)
+
+/* Direct convolution, straight from the images (no column matrix). A stored weight's
+   tap t of neuron n is (c, ki, kj) = (t / (kh*kw), (t / kw) % kh, t % kw); each
+   touches one input plane through a shifted, strided window. Per (image, neuron):
+     forward      out[oh, ow] = bias + sum_j v[j] x[c_j, oh*s - p + ki_j, ow*s - p + kj_j]
+     input grad.  dimage[c_j, h, w] += v[j] dy[oh, ow] at the same positions
+     weight grad. dv[j] += sum_{oh, ow} dy[oh, ow] x[c_j, h, w]
+   image[channels, height, width], out / dy[out_h, out_w]. */
+#define SRIGL_TRAIN_DIRECT(SUFFIX, T, I, VALID)                                            \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_forward_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,      \
+        const T* image, ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride,     \
+        int padding, T bias, T* out, ptrdiff_t out_h, ptrdiff_t out_w)                     \
+{                                                                                          \
+    ptrdiff_t j, oh, ow, lo, hi;                                                           \
+    for (ow = 0; ow < out_h * out_w; ow++) out[ow] = 0;                                    \
+    for (j = 0; j < k; j++) {                                                              \
+        const ptrdiff_t t = idx[j], c = t / (kh * kw);                                     \
+        const int ki = (int)((t / kw) % kh), kj = (int)(t % kw);                           \
+        const T w = v[j];                                                                  \
+        VALID(width, kj, stride, padding, out_w, &lo, &hi);                                \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + ki;                                \
+            if (h < 0 || h >= height) continue;                                            \
+            const T* src = image + (c * height + h) * width + kj - padding;                \
+            T* dst = out + oh * out_w;                                                     \
+            if (stride == 1)                                                               \
+                for (ow = lo; ow < hi; ow++) dst[ow] += w * src[ow];                       \
+            else                                                                           \
+                for (ow = lo; ow < hi; ow++) dst[ow] += w * src[ow * stride];              \
+        }                                                                                  \
+    }                                                                                      \
+    for (ow = 0; ow < out_h * out_w; ow++) out[ow] += bias;                                \
+}                                                                                          \
+                                                                                           \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_scatter_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,      \
+        const T* dy, ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride,        \
+        int padding, ptrdiff_t out_h, ptrdiff_t out_w, T* dimage)                          \
+{                                                                                          \
+    ptrdiff_t j, oh, ow, lo, hi;                                                           \
+    for (j = 0; j < k; j++) {                                                              \
+        const ptrdiff_t t = idx[j], c = t / (kh * kw);                                     \
+        const int ki = (int)((t / kw) % kh), kj = (int)(t % kw);                           \
+        const T w = v[j];                                                                  \
+        VALID(width, kj, stride, padding, out_w, &lo, &hi);                                \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + ki;                                \
+            if (h < 0 || h >= height) continue;                                            \
+            T* dst = dimage + (c * height + h) * width + kj - padding;                     \
+            const T* src = dy + oh * out_w;                                                \
+            if (stride == 1)                                                               \
+                for (ow = lo; ow < hi; ow++) dst[ow] += w * src[ow];                       \
+            else                                                                           \
+                for (ow = lo; ow < hi; ow++) dst[ow * stride] += w * src[ow];              \
+        }                                                                                  \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_wgrad_##SUFFIX(const I* idx, ptrdiff_t k, const T* image,     \
+        ptrdiff_t height, ptrdiff_t width, int kh, int kw, int stride, int padding,        \
+        const T* dy, ptrdiff_t out_h, ptrdiff_t out_w, T* dv)                              \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, oh, ow, lo, hi, t;                                                        \
+    for (j = 0; j < k; j++) {                                                              \
+        const ptrdiff_t tap = idx[j], c = tap / (kh * kw);                                 \
+        const int ki = (int)((tap / kw) % kh), kj = (int)(tap % kw);                       \
+        V a0 = {0}, a1 = {0};                                                              \
+        T total = 0;                                                                       \
+        VALID(width, kj, stride, padding, out_w, &lo, &hi);                                \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const ptrdiff_t h = oh * stride - padding + ki;                                \
+            if (h < 0 || h >= height) continue;                                            \
+            const T* src = image + (c * height + h) * width + kj - padding;                \
+            const T* g = dy + oh * out_w;                                                  \
+            ow = lo;                                                                       \
+            if (stride == 1) {                                                             \
+                for (; ow + 2 * W <= hi; ow += 2 * W) {                                    \
+                    a0 += *(const V*)(g + ow) * *(const V*)(src + ow);                     \
+                    a1 += *(const V*)(g + ow + W) * *(const V*)(src + ow + W);             \
+                }                                                                          \
+                for (; ow + W <= hi; ow += W)                                              \
+                    a0 += *(const V*)(g + ow) * *(const V*)(src + ow);                     \
+                for (; ow < hi; ow++) total += g[ow] * src[ow];                            \
+            } else {                                                                       \
+                for (; ow < hi; ow++) total += g[ow] * src[ow * stride];                   \
+            }                                                                              \
+        }                                                                                  \
+        a0 += a1;                                                                          \
+        for (t = 0; t < W; t++) total += a0[t];                                            \
+        dv[j] += total;                                                                    \
+    }                                                                                      \
+}
+
+SRIGL_TRAIN_DIRECT(f32_i16, float, int16_t, srigl_train_valid_f32)
+SRIGL_TRAIN_DIRECT(f32_i32, float, int32_t, srigl_train_valid_f32)
+SRIGL_TRAIN_DIRECT(f64_i16, double, int16_t, srigl_train_valid_f64)
+SRIGL_TRAIN_DIRECT(f64_i32, double, int32_t, srigl_train_valid_f64)
+
+/* Direct forward at stride 1 from a zero-padded copy of one image, xpad[channels, hp, wp]
+   (the padding border zero, and every row followed by at least 4*W zeros), so a tap's
+   window needs no bounds: out[oh, ow] = bias + sum_j v[j] xpad[off[j] + oh*wp + ow], with
+   off[j] = (c_j*hp + ki_j)*wp + kj_j. Four vector accumulators (4*W output columns of
+   a row) stay in registers across the k taps. */
+#define SRIGL_TRAIN_PADDED(SUFFIX, T)                                                      \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_forward_padded_##SUFFIX(const T* v, const int64_t* off,      \
+        ptrdiff_t k, const T* xpad, ptrdiff_t wp, T bias, T* out, ptrdiff_t out_h,         \
+        ptrdiff_t out_w)                                                                   \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t oh, c0, j, t;                                                                \
+    for (oh = 0; oh < out_h; oh++)                                                         \
+        for (c0 = 0; c0 < out_w; c0 += 4 * W) {                                            \
+            V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                      \
+            const T* base = xpad + oh * wp + c0;                                           \
+            for (j = 0; j < k; j++) {                                                      \
+                const V* src = (const V*)(base + off[j]);                                  \
+                const T w = v[j];                                                          \
+                a0 += w * src[0]; a1 += w * src[1]; a2 += w * src[2]; a3 += w * src[3];   \
+            }                                                                              \
+            T lanes[4 * W];                                                                \
+            V* l = (V*)lanes;                                                              \
+            l[0] = a0; l[1] = a1; l[2] = a2; l[3] = a3;                                    \
+            const ptrdiff_t n = out_w - c0 < 4 * W ? out_w - c0 : 4 * W;                   \
+            for (t = 0; t < n; t++) out[oh * out_w + c0 + t] = lanes[t] + bias;            \
+        }                                                                                  \
+}                                                                                          \
+                                                                                           \
+/* xpad[channels, hp, wp] = x's image (channels, height, width) at (padding, padding),   \
+   zero elsewhere; xpad must come zeroed. */                                             \
+static void srigl_train_pad_image_##SUFFIX(const T* image, ptrdiff_t channels,            \
+        ptrdiff_t height, ptrdiff_t width, int padding, T* xpad, ptrdiff_t hp,             \
+        ptrdiff_t wp)                                                                      \
+{                                                                                          \
+    ptrdiff_t c, h, w;                                                                     \
+    for (c = 0; c < channels; c++)                                                         \
+        for (h = 0; h < height; h++) {                                                     \
+            const T* src = image + (c * height + h) * width;                               \
+            T* dst = xpad + (c * hp + h + padding) * wp + padding;                         \
+            for (w = 0; w < width; w++) dst[w] = src[w];                                   \
+        }                                                                                  \
+}
+
+/* The backward on padded copies (stride 1): dyp[out_h, ldy] holds a neuron's output
+   gradient with zeros from out_w to ldy (a multiple of 4*W), xpad / dxpad as above.
+     weight grad. dv[j] += sum_{oh, ow < ldy} dyp[oh, ow] xpad[off[j] + oh*wp + ow]
+     input grad.  dxpad[off[j] + oh*wp + ow] += v[j] dyp[oh, ow]
+   (the zero lanes add nothing). */
+#define SRIGL_TRAIN_PADDED_BACKWARD(SUFFIX, T)                                             \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_wgrad_padded_##SUFFIX(const int64_t* off, ptrdiff_t k,       \
+        const T* xpad, ptrdiff_t wp, const T* dyp, ptrdiff_t ldy, ptrdiff_t out_h, T* dv)   \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, oh, c0, t;                                                                \
+    for (j = 0; j < k; j++) {                                                              \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
+        T total = 0;                                                                       \
+        for (oh = 0; oh < out_h; oh++) {                                                   \
+            const T* src = xpad + off[j] + oh * wp;                                        \
+            const T* g = dyp + oh * ldy;                                                   \
+            for (c0 = 0; c0 < ldy; c0 += 4 * W) {                                          \
+                const V* s4 = (const V*)(src + c0);                                        \
+                const V* g4 = (const V*)(g + c0);                                          \
+                a0 += g4[0] * s4[0]; a1 += g4[1] * s4[1];                                  \
+                a2 += g4[2] * s4[2]; a3 += g4[3] * s4[3];                                  \
+            }                                                                              \
+        }                                                                                  \
+        a0 += a1; a2 += a3; a0 += a2;                                                      \
+        for (t = 0; t < W; t++) total += a0[t];                                            \
+        dv[j] += total;                                                                    \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_conv_scatter_padded_##SUFFIX(const T* v, const int64_t* off,      \
+        ptrdiff_t k, const T* dyp, ptrdiff_t ldy, ptrdiff_t out_h, T* dxpad, ptrdiff_t wp)  \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t j, oh, c0;                                                                   \
+    for (oh = 0; oh < out_h; oh++)                                                         \
+        for (c0 = 0; c0 < ldy; c0 += 4 * W) {                                              \
+            const V* g4 = (const V*)(dyp + oh * ldy + c0);                                 \
+            const V g0 = g4[0], g1 = g4[1], g2 = g4[2], g3 = g4[3];                        \
+            T* base = dxpad + oh * wp + c0;                                                \
+            for (j = 0; j < k; j++) {                                                      \
+                V* d = (V*)(base + off[j]);                                                \
+                const T w = v[j];                                                          \
+                d[0] += w * g0; d[1] += w * g1; d[2] += w * g2; d[3] += w * g3;            \
+            }                                                                              \
+        }                                                                                  \
+}                                                                                          \
+                                                                                           \
+/* dyp[out_h, ldy] = dy[out_h, out_w] with zeros from out_w on. */                        \
+static void srigl_train_pad_rows_##SUFFIX(const T* dy, ptrdiff_t out_h, ptrdiff_t out_w,   \
+                                          T* dyp, ptrdiff_t ldy)                           \
+{                                                                                          \
+    ptrdiff_t oh, ow;                                                                      \
+    for (oh = 0; oh < out_h; oh++) {                                                       \
+        for (ow = 0; ow < out_w; ow++) dyp[oh * ldy + ow] = dy[oh * out_w + ow];           \
+        for (; ow < ldy; ow++) dyp[oh * ldy + ow] = 0;                                     \
+    }                                                                                      \
+}                                                                                          \
+                                                                                           \
+/* The interior of dxpad (at (padding, padding)) into dimage[channels, height, width]. */ \
+static void srigl_train_crop_image_##SUFFIX(const T* dxpad, ptrdiff_t channels,           \
+        ptrdiff_t height, ptrdiff_t width, int padding, ptrdiff_t hp, ptrdiff_t wp,        \
+        T* dimage)                                                                         \
+{                                                                                          \
+    ptrdiff_t c, h, w;                                                                     \
+    for (c = 0; c < channels; c++)                                                         \
+        for (h = 0; h < height; h++) {                                                     \
+            const T* src = dxpad + (c * hp + h + padding) * wp + padding;                  \
+            T* dst = dimage + (c * height + h) * width;                                    \
+            for (w = 0; w < width; w++) dst[w] = src[w];                                   \
+        }                                                                                  \
+}
+
+SRIGL_TRAIN_PADDED(f32, float)
+SRIGL_TRAIN_PADDED(f64, double)
+SRIGL_TRAIN_PADDED_BACKWARD(f32, float)
+SRIGL_TRAIN_PADDED_BACKWARD(f64, double)

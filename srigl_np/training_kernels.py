@@ -1,0 +1,487 @@
+"""The condensed training compute of a constant fan-in layer: each product defined once.
+
+A sparse Linear or Conv2d layer between topology updates is ``values[n, k]`` (float32 or
+float64) + ``indices[n, k]`` (int16 or int32): neuron r's k weights sit at input columns
+``indices[r]`` (for a Conv2d, flattened filter taps ordered (channel, ki, kj), n_in =
+channels*kh*kw). Training needs three products and an optimizer step, all O(nnz) in the
+weights and never a dense [n, n_in] array:
+
+    operation                   definition (NumPy; any array module)  CPU override (Cython)
+    forward  y = x W^T + b      linear_forward_reference              _training_kernels.forward_columns
+    input gradient  dx = dy W   linear_input_grad_reference           _training_kernels.input_grad_columns
+                                                                      (scatter) or input_grad_gather
+    weight gradient (SDDMM)     linear_weight_grad_reference          _training_kernels.weight_grad_columns
+      dvalues[r, j] = sum_b dy[b, r] x[b, indices[r, j]]
+    Conv2d, each of the three   conv2d_*_reference: im2col + the      conv_*_direct (straight from
+                                linear definition (+ col2im)          the images), or im2col_columns
+                                                                      + the linear kernels
+    SGD / AdamW steps           sgd_step, adamw_step (elementwise over nnz: one definition)
+
+The public functions (``linear_forward``, ``linear_backward``, ``conv2d_forward``,
+``conv2d_backward`` and the single products) validate their arguments and run the OpenMP
+kernels for NumPy arrays, the definition for CuPy arrays (no CUDA override yet). The
+kernels work on the batch-last "column" layout (see ``_training_kernels``), so the
+public functions transpose the activations once per call; ``linear_backward`` and
+``conv2d_backward`` share the transposed input and gradient between both products.
+
+Invariants (the topology): each row's indices distinct, all in [0, n_in). Every call
+checks dtypes, shapes, contiguity and the index range (one O(nnz) pass, against the
+O(batch*nnz) products); distinctness is checked by ``check_topology``, once per topology
+change (a repeated index would simply be summed, which no dense W represents).
+
+Strides: ``values`` and ``indices`` are the layer's own arrays (updated in place by the
+optimizer step), so a non-contiguous one is refused (ValueError) rather than silently
+copied; activations ``x`` and ``dy`` (and ``bias``) may have any strides and are copied
+into the kernels' layout. Every float argument must have ``values``' dtype (TypeError).
+"""
+
+import math
+
+import numpy as np
+
+from .backend import array_module, is_cupy_array
+from .kernels import col2im_strided, conv_output_size, im2col_strided
+from .validation import FLOATING, check_array, check_threads
+
+try:
+    from . import _training_kernels as _compiled
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised only on a broken install
+    if exc.name != __package__ + "._training_kernels":
+        raise
+    raise ImportError("srigl_np's compiled training kernels (srigl_np._training_kernels) are "
+                      "not built: rebuild the package with `pip install -e .` (or "
+                      "`python setup.py build_ext --inplace`)") from exc
+
+VALUE_DTYPES = (np.float32, np.float64)
+INDEX_DTYPES = (np.int16, np.int32)
+
+
+# -- checks -------------------------------------------------------------------------------
+
+def _check_layer(values, indices):
+    check_array("values", values, dtypes=VALUE_DTYPES, ndim=2, contiguous=True)
+    check_array("indices", indices, dtypes=INDEX_DTYPES, shape=values.shape, contiguous=True)
+
+
+def _check_like(name, a, values, ndim):
+    """An activation of ``values``' dtype and ``ndim`` dimensions (any strides)."""
+    check_array(name, a, dtypes=FLOATING, ndim=ndim)
+    if a.dtype != values.dtype:
+        raise TypeError(f"{name} must be {values.dtype} like values, got {a.dtype}")
+    return a
+
+
+def _check_bias(bias, values):
+    if bias is None:
+        return None
+    _check_like("bias", bias, values, 1)
+    if bias.shape != (values.shape[0],):
+        raise ValueError(f"bias must have shape ({values.shape[0]},), got {bias.shape}")
+    return array_module(bias).ascontiguousarray(bias)
+
+
+def _check_range(indices, n_in):
+    """The index range, for the definitions (the compiled kernels check it themselves)."""
+    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_in):
+        raise ValueError(f"indices must lie in [0, n_in={n_in}), got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
+
+
+def check_topology(indices, n_in):
+    """Return ``indices`` after checking the layout invariant once (at a topology
+    change): indices[n, k] int16/int32 (int16 only when n_in <= 32768), every index in
+    [0, n_in), no index twice in a row. ValueError/TypeError naming ``indices``."""
+    check_array("indices", indices, dtypes=INDEX_DTYPES, ndim=2)
+    if indices.dtype == np.int16 and n_in > 32768:
+        raise TypeError(f"indices must be int32 for n_in={n_in} > 32768, got int16")
+    _check_range(indices, n_in)
+    ordered = array_module(indices).sort(indices, axis=1)
+    if indices.shape[1] > 1 and bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+        raise ValueError("indices must be distinct within each row (a neuron's k inputs)")
+    return indices
+
+
+def transposed_index(indices, n_in):
+    """The stored weights grouped by input, (indptr[n_in + 1], rows[nnz], positions[nnz]):
+    pass it as ``transposed=`` to the input gradients to run them as a gather (each
+    input's dx row summed in registers and written once) instead of a scatter; same
+    sums in the same order, so the same result bit for bit, about 1.5-2.4x faster
+    (benchmarks/bench_training_products.py). O(nnz log nnz): build it once per topology
+    (at every update); a stale one is refused (ValueError), never read. NumPy only."""
+    check_array("indices", indices, dtypes=INDEX_DTYPES, ndim=2, contiguous=True,
+                device="cpu")
+    return _compiled.transposed_index(indices, n_in)
+
+
+def _input_grad_columns(values, indices, dyt, n_in, threads, transposed):
+    if transposed is None:
+        return _compiled.input_grad_columns(values, indices, dyt, n_in, threads)
+    return _compiled.input_grad_gather(values, indices, transposed, dyt, n_in, threads)
+
+
+def _cpu(*arrays):
+    return not any(is_cupy_array(a) for a in arrays if a is not None)
+
+
+def _kernel_size(kernel_size):
+    pair = (kernel_size, kernel_size) if isinstance(kernel_size, (int, np.integer)) \
+        else tuple(kernel_size)
+    if len(pair) != 2:
+        raise ValueError(f"kernel_size must be an int or a pair, got {kernel_size!r}")
+    return pair
+
+
+def _conv_geometry(values, indices, x, kernel_size, stride, padding):
+    """(kh, kw, out_h, out_w) after checking the layer, x[batch, channels, h, w] and that
+    n_in = channels*kh*kw bounds the indices."""
+    _check_layer(values, indices)
+    _check_like("x", x, values, 4)
+    kh, kw = _kernel_size(kernel_size)
+    out_h = conv_output_size(x.shape[2], kh, stride, padding)
+    out_w = conv_output_size(x.shape[3], kw, stride, padding)
+    return kh, kw, out_h, out_w
+
+
+# -- the definitions (the specification; any array module) -----------------------------------
+
+def linear_forward_reference(values, indices, x, bias=None):
+    """y[batch, n] with y[b, r] = bias[r] + sum_j values[r, j] * x[b, indices[r, j]].
+
+    values[n, k], indices[n, k] in [0, n_in), x[batch, n_in], bias[n] or None."""
+    xp = array_module(values, x)
+    y = xp.einsum("brk,rk->br", x[:, indices], values)
+    return y if bias is None else y + bias
+
+
+def linear_input_grad_reference(values, indices, dy, n_in):
+    """dx[batch, n_in] with dx[b, i] = sum over (r, j) with indices[r, j] == i of
+    dy[b, r] * values[r, j]: the forward's adjoint (dy W for the dense W)."""
+    xp = array_module(values, dy)
+    batch = dy.shape[0]
+    # Every (r, j, b) contribution lands in flat slot indices[r, j] * batch + b of dx^T.
+    slots = indices.astype(np.int64)[:, :, None] * batch + xp.arange(batch)
+    terms = values[:, :, None] * dy.T[:, None, :]
+    summed = xp.bincount(slots.ravel(), weights=terms.ravel(), minlength=n_in * batch)
+    return xp.ascontiguousarray(summed.reshape(n_in, batch).T.astype(values.dtype))
+
+
+def linear_weight_grad_reference(indices, x, dy):
+    """dvalues[n, k] with dvalues[r, j] = sum_b dy[b, r] * x[b, indices[r, j]]: the dense
+    dW = dy^T x read at the stored positions only."""
+    return array_module(x, dy).einsum("br,brk->rk", dy, x[:, indices])
+
+
+def _rows(dy):
+    """dy[batch, n, out_h, out_w] -> [batch*out_h*out_w, n], im2col's row order."""
+    return dy.transpose(0, 2, 3, 1).reshape(-1, dy.shape[1])
+
+
+def conv2d_forward_reference(values, indices, x, kernel_size, stride=1, padding=0,
+                             bias=None):
+    """y[batch, n, out_h, out_w]: the condensed filters over x[batch, channels, h, w]
+    (taps ordered (channel, ki, kj)), defined as im2col then the linear forward."""
+    kh, kw = _kernel_size(kernel_size)
+    batch, _, height, width = x.shape
+    out_h = conv_output_size(height, kh, stride, padding)
+    out_w = conv_output_size(width, kw, stride, padding)
+    rows = linear_forward_reference(values, indices, im2col_strided(x, kh, kw, stride, padding),
+                                    bias)
+    return rows.reshape(batch, out_h, out_w, -1).transpose(0, 3, 1, 2)
+
+
+def conv2d_input_grad_reference(values, indices, dy, x_shape, kernel_size, stride=1,
+                                padding=0):
+    """dx[x_shape]: the linear input gradient of dy's rows, folded back by col2im."""
+    kh, kw = _kernel_size(kernel_size)
+    cols = linear_input_grad_reference(values, indices, _rows(dy), x_shape[1] * kh * kw)
+    return col2im_strided(cols, x_shape, kh, kw, stride, padding)
+
+
+def conv2d_weight_grad_reference(indices, x, dy, kernel_size, stride=1, padding=0):
+    """dvalues[n, k]: the linear weight gradient over im2col's rows of x and dy's rows."""
+    kh, kw = _kernel_size(kernel_size)
+    return linear_weight_grad_reference(indices, im2col_strided(x, kh, kw, stride, padding),
+                                        _rows(dy))
+
+
+# -- the public products -----------------------------------------------------------------
+
+def _check_columns(x_columns, shape, values):
+    """The column form a forward kept (``keep_columns``), or None."""
+    if x_columns is None:
+        return None
+    _check_like("x_columns", x_columns, values, 2)
+    if x_columns.shape != shape:
+        raise ValueError(f"x_columns must have shape {shape} (the forward's, for this x), "
+                         f"got {x_columns.shape}")
+    return x_columns
+
+
+def linear_forward(values, indices, x, bias=None, threads=0, keep_columns=False):
+    """y[batch, n] = x W^T (+ bias) for the condensed W (``linear_forward_reference``).
+
+    values[n, k] float32/float64 and indices[n, k] int16/int32 C-contiguous;
+    x[batch, n_in] and bias[n] (or None) of values' dtype, any strides; threads: the
+    OpenMP thread count (0 = OpenMP's default). ``keep_columns``: return (y, x_columns),
+    x transposed as the kernels read it, for ``linear_backward(x_columns=)`` to skip
+    transposing x again (a layer keeps it in place of x; NumPy only)."""
+    _check_layer(values, indices)
+    _check_like("x", x, values, 2)
+    bias = _check_bias(bias, values)
+    threads = check_threads(threads)
+    if not _cpu(values, x):
+        if keep_columns:
+            raise TypeError("keep_columns is for NumPy arrays (the CPU kernels' layout)")
+        _check_range(indices, x.shape[1])
+        return linear_forward_reference(values, indices, x, bias)
+    xt = _compiled.transpose(x, threads)
+    y = _compiled.transpose(_compiled.forward_columns(values, indices, xt, bias, threads),
+                            threads, padded=False)
+    return (y, xt) if keep_columns else y
+
+
+def linear_input_grad(values, indices, dy, n_in, threads=0, transposed=None):
+    """dx[batch, n_in] = dy W (``linear_input_grad_reference``); dy[batch, n] any strides;
+    ``transposed``: ``transposed_index(indices, n_in)`` to gather instead of scatter."""
+    _check_layer(values, indices)
+    _check_like("dy", dy, values, 2)
+    threads = check_threads(threads)
+    if not _cpu(values, dy):
+        _check_range(indices, n_in)
+        return linear_input_grad_reference(values, indices, dy, n_in)
+    dxt = _input_grad_columns(values, indices, _compiled.transpose(dy, threads), n_in,
+                              threads, transposed)
+    return _compiled.transpose(dxt, threads, padded=False)
+
+
+def linear_weight_grad(indices, x, dy, threads=0):
+    """dvalues[n, k] = (dy^T x) at the stored positions (``linear_weight_grad_reference``);
+    x[batch, n_in], dy[batch, n] of one float dtype, any strides."""
+    check_array("indices", indices, dtypes=INDEX_DTYPES, ndim=2, contiguous=True)
+    check_array("x", x, dtypes=VALUE_DTYPES, ndim=2)
+    _check_like("dy", dy, x, 2)
+    threads = check_threads(threads)
+    if not _cpu(x, dy):
+        _check_range(indices, x.shape[1])
+        return linear_weight_grad_reference(indices, x, dy)
+    return _compiled.weight_grad_columns(indices, _compiled.transpose(x, threads),
+                                         _compiled.transpose(dy, threads), threads)
+
+
+def linear_backward(values, indices, x, dy, threads=0, input_grad=True, transposed=None,
+                    x_columns=None):
+    """(dx[batch, n_in] or None, dvalues[n, k]): both backward products of a Linear layer
+    from its input x and output gradient dy, sharing their transposes. ``input_grad``
+    False skips dx (the first layer); ``transposed`` as in ``linear_input_grad``;
+    ``x_columns``: what ``linear_forward(x, keep_columns=True)`` returned for this x (it
+    must be: a different array of the right shape gives a wrong gradient). The bias
+    gradient is dy.sum(0), the caller's."""
+    _check_layer(values, indices)
+    _check_like("x", x, values, 2)
+    _check_like("dy", dy, values, 2)
+    if dy.shape != (x.shape[0], values.shape[0]):
+        raise ValueError(f"dy must have shape ({x.shape[0]}, {values.shape[0]}), "
+                         f"got {dy.shape}")
+    threads = check_threads(threads)
+    n_in = x.shape[1]
+    if not _cpu(values, x, dy):
+        _check_range(indices, n_in)
+        dx = linear_input_grad_reference(values, indices, dy, n_in) if input_grad else None
+        return dx, linear_weight_grad_reference(indices, x, dy)
+    xt = _check_columns(x_columns, (n_in, x.shape[0]), values)
+    dyt = _compiled.transpose(dy, threads)
+    dvalues = _compiled.weight_grad_columns(
+        indices, _compiled.transpose(x, threads) if xt is None else xt, dyt, threads)
+    if not input_grad:
+        return None, dvalues
+    dxt = _input_grad_columns(values, indices, dyt, n_in, threads, transposed)
+    return _compiled.transpose(dxt, threads, padded=False), dvalues
+
+
+LOWERINGS = ("direct", "columns")
+
+
+def _check_lowering(lowering, **columns_only):
+    if lowering not in LOWERINGS:
+        raise ValueError(f"lowering must be one of {LOWERINGS}, got {lowering!r}")
+    for name, value in columns_only.items():
+        if lowering == "direct" and value is not None and value is not False:
+            raise ValueError(f"{name} is for lowering='columns'")
+
+
+def conv2d_forward(values, indices, x, kernel_size, stride=1, padding=0, bias=None,
+                   threads=0, lowering="direct", keep_columns=False):
+    """y[batch, n, out_h, out_w]: the condensed Conv2d (``conv2d_forward_reference``).
+
+    x[batch, channels, height, width] of values' dtype (any strides); the indices index
+    the flattened filter taps, n_in = channels*kh*kw; kernel_size an int or (kh, kw).
+    lowering "direct" (the default): straight from the images, each (image, neuron)
+    plane summed over the neuron's k taps; "columns": the column matrix
+    (``im2col_columns``: channels*kh*kw rows of batch*out_h*out_w) and the linear kernels,
+    where ``keep_columns`` returns (y, x_columns) for ``conv2d_backward(x_columns=)``.
+    Direct against columns, the cnn's 32->64 3x3 on 26x26 at batch 128, one thread
+    (benchmarks/bench_training_products.py): forward 14 against 41 ms at 90%, 5.6
+    against 30 ms at 99%; backward 37 against 102 ms and 11 against 82 ms."""
+    _check_lowering(lowering, keep_columns=keep_columns)
+    kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
+    bias = _check_bias(bias, values)
+    threads = check_threads(threads)
+    if not _cpu(values, x):
+        if keep_columns:
+            raise TypeError("keep_columns is for NumPy arrays (the CPU kernels' layout)")
+        _check_range(indices, x.shape[1] * kh * kw)
+        return conv2d_forward_reference(values, indices, x, (kh, kw), stride, padding, bias)
+    if lowering == "direct":
+        return _compiled.conv_forward_direct(values, indices, np.ascontiguousarray(x), kh, kw,
+                                             stride, padding, bias, threads)
+    cols = _compiled.im2col_columns(np.ascontiguousarray(x), kh, kw, stride, padding, threads)
+    yt = _compiled.forward_columns(values, indices, cols, bias, threads)
+    y = np.ascontiguousarray(
+        yt.reshape(values.shape[0], x.shape[0], out_h, out_w).transpose(1, 0, 2, 3))
+    return (y, cols) if keep_columns else y
+
+
+def conv2d_backward(values, indices, x, dy, kernel_size, stride=1, padding=0, threads=0,
+                    input_grad=True, lowering="direct", transposed=None, x_columns=None):
+    """(dx[x.shape] or None, dvalues[n, k]) of the condensed Conv2d from its input x and
+    output gradient dy[batch, n, out_h, out_w] (``conv2d_input_grad_reference``,
+    ``conv2d_weight_grad_reference``). lowering "direct": straight from the images (dx:
+    each image's planes owned by one thread; dvalues: fixed chunks of images summed in
+    order); "columns": the column matrix shared by both products, with
+    ``transposed`` (``transposed_index(indices, channels*kh*kw)``) to gather and
+    ``x_columns`` (what ``conv2d_forward(x, keep_columns=True)`` returned for this x)."""
+    _check_lowering(lowering, transposed=transposed, x_columns=x_columns)
+    kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
+    _check_like("dy", dy, values, 4)
+    expected = (x.shape[0], values.shape[0], out_h, out_w)
+    if dy.shape != expected:
+        raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
+    threads = check_threads(threads)
+    n_in = x.shape[1] * kh * kw
+    if not _cpu(values, x, dy):
+        _check_range(indices, n_in)
+        dx = (conv2d_input_grad_reference(values, indices, dy, x.shape, (kh, kw), stride,
+                                          padding) if input_grad else None)
+        return dx, conv2d_weight_grad_reference(indices, x, dy, (kh, kw), stride, padding)
+    if lowering == "direct":
+        return _compiled.conv_backward_direct(values, indices, np.ascontiguousarray(x),
+                                               np.ascontiguousarray(dy), kh, kw, stride,
+                                               padding, threads, input_grad)
+    cols = _check_columns(x_columns, (n_in, x.shape[0] * out_h * out_w), values)
+    if cols is None:
+        cols = _compiled.im2col_columns(np.ascontiguousarray(x), kh, kw, stride, padding,
+                                        threads)
+    # dyt[r, (b*out_h + oh)*out_w + ow] = dy[b, r, oh, ow]: the column order of cols.
+    dyt = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(values.shape[0], -1)
+    dvalues = _compiled.weight_grad_columns(indices, cols, dyt, threads)
+    if not input_grad:
+        return None, dvalues
+    dcols = _input_grad_columns(values, indices, dyt, n_in, threads, transposed)
+    return _compiled.col2im_columns(dcols, x.shape, kh, kw, stride, padding, threads), dvalues
+
+
+# -- optimizer steps on the stored values ----------------------------------------------------
+
+def _check_state(values, grad, **state):
+    check_array("values", values, dtypes=VALUE_DTYPES)
+    for name, a in (("grad", grad),) + tuple(state.items()):
+        _check_like(name, a, values, values.ndim)
+        if a.shape != values.shape:
+            raise ValueError(f"{name} must have values' shape {values.shape}, got {a.shape}")
+
+
+def _number(name, value, low, high, high_open=True):
+    ok = (isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+          and math.isfinite(value) and (low <= value < high if high_open else low <= value <= high))
+    if not ok:
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}"
+                         f"{')' if high_open else ']'}, got {value!r}")
+    return float(value)
+
+
+def sgd_step(values, grad, momentum_buffer=None, *, lr, momentum=0.0, nesterov=False,
+             weight_decay=0.0, scratch=None):
+    """One SGD step on the stored values, in place: ``nn.optim.SGD``'s rule (PyTorch's,
+    dampening 0) with the same operations in the same order, so a condensed layer's
+    values follow the masked dense weights' stored entries bit for bit:
+
+        d = g + weight_decay * p;  buf = momentum * buf + d;
+        d = d + momentum * buf if nesterov else buf;  p -= lr * d
+
+    values, grad, momentum_buffer (needed when momentum > 0; updated in place) and
+    scratch (optional, to keep the step allocation-free) of one shape and dtype."""
+    lr = _number("lr", lr, 0.0, math.inf)
+    if lr == 0.0:
+        raise ValueError("lr must be > 0, got 0")
+    momentum = _number("momentum", momentum, 0.0, 1.0)
+    weight_decay = _number("weight_decay", weight_decay, 0.0, math.inf)
+    if nesterov and momentum == 0.0:
+        raise ValueError("nesterov momentum needs momentum > 0, got momentum 0")
+    if momentum and momentum_buffer is None:
+        raise ValueError("momentum_buffer is required when momentum > 0")
+    state = {"momentum_buffer": momentum_buffer} if momentum else {}
+    if scratch is not None:
+        state["scratch"] = scratch
+    _check_state(values, grad, **state)
+    xp = array_module(values)
+    d = xp.empty_like(values) if scratch is None else scratch
+    if weight_decay:
+        xp.multiply(values, weight_decay, out=d)
+        d += grad
+    else:
+        d[...] = grad
+    if momentum:
+        momentum_buffer *= momentum
+        momentum_buffer += d
+        if nesterov:
+            d += momentum * momentum_buffer
+        else:
+            d[...] = momentum_buffer
+    d *= lr
+    values -= d
+    return values
+
+
+def adamw_step(values, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999), eps=1e-8,
+               weight_decay=0.01, scratch=None):
+    """One AdamW step on the stored values and their moments, in place: ``nn.optim.AdamW``'s
+    rule (PyTorch's) with the same operations in the same order. ``step`` is the step
+    number counted from 1 (the optimizer's step_count after its increment).
+
+        p *= 1 - lr * weight_decay;  m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+        p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)"""
+    lr = _number("lr", lr, 0.0, math.inf)
+    if lr == 0.0:
+        raise ValueError("lr must be > 0, got 0")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"step must be an integer >= 1, got {step!r}")
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair, got {betas!r}")
+    beta1 = _number("betas[0]", betas[0], 0.0, 1.0)
+    beta2 = _number("betas[1]", betas[1], 0.0, 1.0)
+    eps = _number("eps", eps, 0.0, math.inf)
+    weight_decay = _number("weight_decay", weight_decay, 0.0, math.inf)
+    state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+    if scratch is not None:
+        state["scratch"] = scratch
+    _check_state(values, grad, **state)
+    xp = array_module(values)
+    d = xp.empty_like(values) if scratch is None else scratch
+    step_size = lr / (1.0 - beta1 ** step)
+    sqrt_correction2 = math.sqrt(1.0 - beta2 ** step)
+    if weight_decay:
+        values *= 1.0 - lr * weight_decay
+    exp_avg *= beta1
+    xp.multiply(grad, 1.0 - beta1, out=d)
+    exp_avg += d
+    exp_avg_sq *= beta2
+    xp.multiply(grad, grad, out=d)
+    d *= 1.0 - beta2
+    exp_avg_sq += d
+    xp.sqrt(exp_avg_sq, out=d)
+    d /= sqrt_correction2
+    d += eps
+    xp.divide(exp_avg, d, out=d)
+    d *= step_size
+    values -= d
+    return values
