@@ -85,7 +85,36 @@ static int omp_get_num_threads(void) { return 1; }
      values (two passes, no cancellation). Each sum runs in 16 float32 lanes (16
      interleaved partial sums, which vectorise without -ffast-math) added in double.
        const float x[n], weight[n], bias[n]; float eps > 0; float out[n] (may be x)
+
+   void srigl_softmax_<path>(x, n, out)
+     one row (attention's scores): out[j] = exp(x[j] - max) / sum_j exp(x[j] - max),
+     exp(y) for y <= 0 by SRIGL_EXP_NONPOSITIVE: y clamped below at SRIGL_EXP_LOW
+     (exp(-87) = 1.6e-38, still a normal float: a y of -inf gives that, not 0),
+     n = round(y / ln 2) by adding 1.5 * 2^23, r = y - n ln 2 with ln 2 split in two
+     floats (exact for |n| <= 126), exp(r) by a degree-6 polynomial fitted by
+     tools/fit_exp.py (1.9e-9 in exact arithmetic, 1.1e-7 relative in float32), times
+     2^n built in the exponent bits. The sum in float32 lanes added in double. A NaN
+     makes the row NaN. n >= 1.
+       const float x[n], float out[n] (may be x)
    --------------------------------------------------------------------------- */
+
+#define SRIGL_EXP_LOW (-87.0f)
+/* e = exp(y) for a vector y <= 0 (or NaN); m, big, nf, r, p, bits: temporaries, lo the
+   vector of SRIGL_EXP_LOW. */
+#define SRIGL_EXP_NONPOSITIVE(y, lo, m, big, nf, r, p, bits, e)                       \
+    m = y < lo;                                                                       \
+    y = (__typeof__(y))((m & (__typeof__(m))lo) | (~m & (__typeof__(m))y));          \
+    big = y * 1.44269504088896341f + 12582912.0f;                                     \
+    nf = big - 12582912.0f;                                                           \
+    r = (y - nf * 0.693145751953125f) - nf * 1.428606765e-06f;                        \
+    p = r * 1.383669245e-03f + 8.374889697e-03f;                                      \
+    p = p * r + 4.166823209e-02f;                                                     \
+    p = p * r + 1.666641930e-01f;                                                     \
+    p = p * r + 4.999999203e-01f;                                                     \
+    p = p * r + 1.000000037e+00f;                                                     \
+    p = p * r + 1.000000001e+00f;                                                     \
+    bits = ((__typeof__(m))big - 0x4B400000 + 127) << 23;                             \
+    e = p * (__typeof__(y))bits;
 
 #define SRIGL_ERF_CLAMP 3.92f
 /* out = x/2 * (1 + erf(z)) from v = x and z = x / sqrt 2 clamped to +-SRIGL_ERF_CLAMP,
@@ -175,6 +204,7 @@ typedef void (*srigl_transpose_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssi
 typedef void (*srigl_gelu_fn)(const float *, Py_ssize_t, float *);
 typedef void (*srigl_layer_norm_fn)(const float *, Py_ssize_t, const float *, const float *,
                                     float, float *);
+typedef void (*srigl_softmax_fn)(const float *, Py_ssize_t, float *);
 
 /* Input columns per block of the batch-1 lookup layout: 63 and a zero make the
    64-float table of four AVX-512 registers (see srigl_lookup_group_avx512). */
@@ -189,8 +219,8 @@ typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *,
    convolution's rows (its blocks at those widths and their store); the depthwise
    convolution of one plane;
    the tile transpose; the batch-1 lookup
-   of one row group, or NULL on a path without one; the GELU of a chunk and the
-   LayerNorm of one row (SRIGL_GELU_TAIL, SRIGL_LAYER_NORM). */
+   of one row group, or NULL on a path without one; the GELU of a chunk, the
+   LayerNorm and the softmax of one row. */
 typedef struct {
     const char *name;
     srigl_gather_dot_i16_fn gather_dot_i16;
@@ -203,6 +233,7 @@ typedef struct {
     srigl_lookup_fn lookup_group;
     srigl_gelu_fn gelu;
     srigl_layer_norm_fn layer_norm;
+    srigl_softmax_fn softmax;
 } srigl_kernels;
 
 
@@ -619,6 +650,20 @@ SRIGL_CONV_ROWS(srigl_conv_rows_generic, srigl_conv_sums8_generic, srigl_conv_su
 SRIGL_DEPTHWISE(srigl_depthwise_generic)
 SRIGL_GELU_SCALAR(srigl_gelu_generic)
 SRIGL_LAYER_NORM(srigl_layer_norm_generic)
+/* The softmax without vector extensions: libm's expf (a compiler this old has no
+   cheaper exact one to offer). */
+static void srigl_softmax_generic(const float *x, Py_ssize_t n, float *out) {
+    float row_max = -INFINITY, scale;
+    double sum = 0.0;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) row_max = x[i] > row_max ? x[i] : row_max;
+    for (i = 0; i < n; i++) {
+        out[i] = expf(x[i] - row_max);
+        sum += out[i];
+    }
+    scale = (float)(1.0 / sum);
+    for (i = 0; i < n; i++) out[i] *= scale;
+}
 
 static const srigl_kernels srigl_table_generic = {
     "generic", srigl_gather_dot_i16_generic, srigl_gather_dot_i32_generic,
@@ -629,7 +674,7 @@ static const srigl_kernels srigl_table_generic = {
     srigl_conv_rows_generic,
     srigl_depthwise_generic, srigl_transpose_scalar,
     NULL,
-    srigl_gelu_generic, srigl_layer_norm_generic,
+    srigl_gelu_generic, srigl_layer_norm_generic, srigl_softmax_generic,
 };
 
 #endif
@@ -860,6 +905,10 @@ static inline void srigl_gelu(const float *x, Py_ssize_t n, float *out) {
 static inline void srigl_layer_norm(const float *x, Py_ssize_t n, const float *weight,
                                     const float *bias, float eps, float *out) {
     srigl_active->layer_norm(x, n, weight, bias, eps, out);
+}
+
+static inline void srigl_softmax(const float *x, Py_ssize_t n, float *out) {
+    srigl_active->softmax(x, n, out);
 }
 
 static inline int srigl_has_lookup(void) { return srigl_active->lookup_group != NULL; }

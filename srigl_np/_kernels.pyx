@@ -86,6 +86,8 @@ cdef extern from "_kernels.h":
     void srigl_gelu(const float* x, Py_ssize_t n, float* out) noexcept nogil
     void srigl_layer_norm(const float* x, Py_ssize_t n, const float* weight,
                           const float* bias, float eps, float* out) noexcept nogil
+    # The softmax of one row x[n] into out[n] (out may be x), n >= 1.
+    void srigl_softmax(const float* x, Py_ssize_t n, float* out) noexcept nogil
 
     # Max pooling of one plane x[height, width] -> y[out_h, out_w] (no padding).
     void srigl_max_pool_plane(const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
@@ -1301,7 +1303,7 @@ def max_pool2d(x, kh, kw, stride, threads=0):
     return y
 
 
-# -- GELU and LayerNorm (ViT) ------------------------------------------------------------
+# -- GELU, LayerNorm and softmax (ViT) ------------------------------------------------------------
 
 # Elements per GELU work item: large enough that a thread's OpenMP overhead vanishes,
 # small enough that 2 threads share ViT-B/16's (197, 3072) activation evenly.
@@ -1383,4 +1385,24 @@ def layer_norm(x, weight, bias, eps, threads=0, out=None):
     with nogil:
         for r in prange(rows, schedule="static", num_threads=n_threads):
             srigl_layer_norm(x_ptr + r * n, n, w_ptr, b_ptr, eps_f, out_ptr + r * n)
+    return out
+
+
+def softmax(x, threads=0, out=None):
+    """exp(x - max) / sum exp(x - max) over the last axis of float32 x (..., n), n >= 1
+    (attention's scores), exp by the polynomial of tools/fit_exp.py (1.1e-7 relative);
+    a row with a NaN gives NaN, a -inf gives 1.6e-38 rather than 0 (its exp is clamped
+    at exp(-87)). x non-contiguous is copied first; out (x's shape, C-contiguous) may
+    be x itself. OpenMP over rows, each computed the same way on any thread count."""
+    x = _rowwise_input(x)
+    if x.ndim < 1 or x.shape[x.ndim - 1] < 1:
+        raise ValueError(f"x must have a last axis of at least 1, got shape {x.shape}")
+    out = _rowwise_output(out, x)
+    cdef Py_ssize_t n = x.shape[x.ndim - 1], rows = x.size // n, r
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads), x.size)
+    cdef const float* x_ptr = <const float*>_data(x) if rows else NULL
+    cdef float* out_ptr = <float*>_data(out) if rows else NULL
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=n_threads):
+            srigl_softmax(x_ptr + r * n, n, out_ptr + r * n)
     return out

@@ -7,6 +7,7 @@
     im2col / col2im            im2col_strided / col2im_strided _kernels.im2col / col2im    (the definition)
     max pooling (inference)    pooling.MaxPool2d.forward       _kernels.max_pool2d         (the definition)
     GELU, LayerNorm (float32)  stages.Gelu / LayerNorm         _kernels.gelu / layer_norm  (the definition)
+    softmax (float32)          graph.Attention's NumPy lines   _kernels.softmax            (the definition)
 
 The pattern is thinc's ``Ops`` / ``NumpyOps`` / ``CupyOps``: the plain array-module
 function *is* the specification; the Cython kernels override it for NumPy arrays and the
@@ -49,6 +50,7 @@ try:
         max_threads,
         openmp_enabled,
         set_cpu_path,
+        softmax,
         tile_vectors,
         vector_kernel,
     )
