@@ -28,6 +28,8 @@
      * srigl_lookup_order: the greedy row grouping of that lookup's layout;
      * srigl_max_pool_plane: max pooling of one plane (inference), one portable
        version.
+     * the GELU of a chunk and the LayerNorm and softmax of one row (ViT), in each
+       path's table too: srigl_gelu, srigl_layer_norm, srigl_softmax.
 
    Everything is static (one translation unit, the Cython module, includes it).
    Nothing here validates: the Cython ``def`` functions check dtypes, shapes and

@@ -20,9 +20,10 @@ Design
 * The C lives in ``srigl_np/_kernels.h`` and ``_kernels_isa.h``, headers shipped with
   the package and declared below with ``cdef extern from "_kernels.h"``: the OpenMP
   shim, max pooling of a plane, the convolutions' phase planes and stores, and the
-  batch-1 gather-dot, the batched block kernels, the convolution's blocks and the
-  depthwise plane (GCC/Clang vector extensions, hence C rather than Cython) in one
-  variant per CPU path: ``avx512``,
+  batch-1 gather-dot, the batched block kernels, the convolution's blocks, the
+  depthwise plane and the Vision Transformer's GELU, LayerNorm and softmax (a fitted
+  erf and exp, tools/fit_erf.py and tools/fit_exp.py) (GCC/Clang vector extensions,
+  hence C rather than Cython) in one variant per CPU path: ``avx512``,
   ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
   the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
   ``set_cpu_path()``). The avx512 path also has a batch-1 table lookup (AVX-512
