@@ -28,6 +28,8 @@
      * srigl_lookup_order: the greedy row grouping of that lookup's layout;
      * srigl_max_pool_plane: max pooling of one plane (inference), one portable
        version.
+     * the GELU of a chunk and the LayerNorm and softmax of one row (ViT), in each
+       path's table too: srigl_gelu, srigl_layer_norm, srigl_softmax.
 
    Everything is static (one translation unit, the Cython module, includes it).
    Nothing here validates: the Cython ``def`` functions check dtypes, shapes and
@@ -41,6 +43,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 
 /* ---------------------------------------------------------------------------
@@ -60,6 +63,113 @@ static int omp_get_max_threads(void) { return 1; }
 static int omp_get_thread_num(void) { return 0; }
 static int omp_get_num_threads(void) { return 1; }
 #endif
+
+
+/* ---------------------------------------------------------------------------
+   GELU and LayerNorm (ViT's element-wise and row-wise steps)
+
+   void srigl_gelu_<path>(x, n, out)
+     out[i] = x[i]/2 * (1 + erf(x[i] / sqrt 2)), erf(z) = z P(z^2) / Q(z^2) on
+     |z| <= SRIGL_ERF_CLAMP and +-1 beyond (the clamp happens on z; float32 erf rounds
+     to 1 there). P, Q of degree 5 were fitted by tools/fit_erf.py (linearised least
+     squares, then Lawson's iteration towards the minimax error): max |erf error|
+     1.6e-8 in exact arithmetic, 3.8e-7 evaluated in float32 as here, so the GELU is
+     within 1.9e-7 * |x| (plus float32 rounding) of the exact one. No libm call and no
+     branch: the vector variants (_kernels_isa.h) clamp by masks on GCC vectors of the
+     path's width, the tail in one zero-padded vector, so every element is computed
+     the same way wherever it falls; SRIGL_GELU_TAIL is the arithmetic all share.
+     NaN stays NaN; +inf gives +inf.
+       const float x[n], float out[n] (out may be x: in place)
+
+   void srigl_layer_norm_<path>(x, n, weight, bias, eps, out)
+     one row: out[j] = (x[j] - mean) / sqrt(var + eps) * weight[j] + bias[j], mean and
+     the (biased) variance over the row's n values, the variance from the centred
+     values (two passes, no cancellation). Each sum runs in 16 float32 lanes (16
+     interleaved partial sums, which vectorise without -ffast-math) added in double.
+       const float x[n], weight[n], bias[n]; float eps > 0; float out[n] (may be x)
+
+   void srigl_softmax_<path>(x, n, out)
+     one row (attention's scores): out[j] = exp(x[j] - max) / sum_j exp(x[j] - max),
+     exp(y) for y <= 0 by SRIGL_EXP_NONPOSITIVE: y clamped below at SRIGL_EXP_LOW
+     (exp(-87) = 1.6e-38, still a normal float: a y of -inf gives that, not 0),
+     n = round(y / ln 2) by adding 1.5 * 2^23, r = y - n ln 2 with ln 2 split in two
+     floats (exact for |n| <= 126), exp(r) by a degree-6 polynomial fitted by
+     tools/fit_exp.py (1.9e-9 in exact arithmetic, 1.1e-7 relative in float32), times
+     2^n built in the exponent bits. The sum in float32 lanes added in double. A NaN
+     makes the row NaN. n >= 1.
+       const float x[n], float out[n] (may be x)
+   --------------------------------------------------------------------------- */
+
+#define SRIGL_EXP_LOW (-87.0f)
+/* e = exp(y) for a vector y <= 0 (or NaN); m, big, nf, r, p, bits: temporaries, lo the
+   vector of SRIGL_EXP_LOW. */
+#define SRIGL_EXP_NONPOSITIVE(y, lo, m, big, nf, r, p, bits, e)                       \
+    m = y < lo;                                                                       \
+    y = (__typeof__(y))((m & (__typeof__(m))lo) | (~m & (__typeof__(m))y));          \
+    big = y * 1.44269504088896341f + 12582912.0f;                                     \
+    nf = big - 12582912.0f;                                                           \
+    r = (y - nf * 0.693145751953125f) - nf * 1.428606765e-06f;                        \
+    p = r * 1.383669245e-03f + 8.374889697e-03f;                                      \
+    p = p * r + 4.166823209e-02f;                                                     \
+    p = p * r + 1.666641930e-01f;                                                     \
+    p = p * r + 4.999999203e-01f;                                                     \
+    p = p * r + 1.000000037e+00f;                                                     \
+    p = p * r + 1.000000001e+00f;                                                     \
+    bits = ((__typeof__(m))big - 0x4B400000 + 127) << 23;                             \
+    e = p * (__typeof__(y))bits;
+
+#define SRIGL_ERF_CLAMP 3.92f
+/* out = x/2 * (1 + erf(z)) from v = x and z = x / sqrt 2 clamped to +-SRIGL_ERF_CLAMP,
+   on float scalars or GCC vectors alike (t, p, q: temporaries of v's type). */
+#define SRIGL_GELU_TAIL(v, z, t, p, q, out)                                           \
+    t = z * z;                                                                        \
+    p = t * 2.034828935e-06f + 2.874791884e-04f;                                      \
+    p = p * t + 3.868134251e-03f;                                                     \
+    p = p * t + 5.305990119e-02f;                                                     \
+    p = p * t + 1.927590075e-01f;                                                     \
+    p = p * t + 1.128379022e+00f;                                                     \
+    q = t * 3.807160180e-05f + 1.188075963e-03f;                                      \
+    q = q * t + 1.517190667e-02f;                                                     \
+    q = q * t + 1.150826113e-01f;                                                     \
+    q = q * t + 5.041598897e-01f;                                                     \
+    q = q * t + 1.0f;                                                                 \
+    out = 0.5f * v * (1.0f + z * p / q);
+#define SRIGL_LANES 16
+/* GELU: the scalar loop (the vector variants define their own, _kernels_isa.h). */
+#define SRIGL_GELU_SCALAR(GELU)                                                      \
+static void GELU(const float *x, Py_ssize_t n, float *out) {                          \
+    Py_ssize_t i;                                                                     \
+    for (i = 0; i < n; i++) {                                                         \
+        float v = x[i], z = v * 0.70710678118654752f, t, p, q;                        \
+        z = z < SRIGL_ERF_CLAMP ? z : SRIGL_ERF_CLAMP;                                \
+        z = z > -SRIGL_ERF_CLAMP ? z : -SRIGL_ERF_CLAMP;                              \
+        SRIGL_GELU_TAIL(v, z, t, p, q, out[i])                                        \
+    }                                                                                 \
+}
+#define SRIGL_LAYER_NORM(LAYER_NORM)                                                 \
+static void LAYER_NORM(const float *x, Py_ssize_t n, const float *weight,             \
+                       const float *bias, float eps, float *out) {                    \
+    float acc[SRIGL_LANES], mean, inv;                                                \
+    double sum = 0.0;                                                                 \
+    Py_ssize_t j, l, whole = n / SRIGL_LANES * SRIGL_LANES;                           \
+    for (l = 0; l < SRIGL_LANES; l++) acc[l] = 0.0f;                                  \
+    for (j = 0; j < whole; j += SRIGL_LANES)                                          \
+        for (l = 0; l < SRIGL_LANES; l++) acc[l] += x[j + l];                         \
+    for (l = 0; l < SRIGL_LANES; l++) sum += acc[l];                                  \
+    for (j = whole; j < n; j++) sum += x[j];                                          \
+    mean = (float)(sum / (double)n);                                                  \
+    sum = 0.0;                                                                        \
+    for (l = 0; l < SRIGL_LANES; l++) acc[l] = 0.0f;                                  \
+    for (j = 0; j < whole; j += SRIGL_LANES)                                          \
+        for (l = 0; l < SRIGL_LANES; l++) {                                           \
+            float d = x[j + l] - mean;                                                \
+            acc[l] += d * d;                                                          \
+        }                                                                             \
+    for (l = 0; l < SRIGL_LANES; l++) sum += acc[l];                                  \
+    for (j = whole; j < n; j++) sum += (double)(x[j] - mean) * (double)(x[j] - mean);  \
+    inv = (float)(1.0 / sqrt(sum / (double)n + (double)eps));                         \
+    for (j = 0; j < n; j++) out[j] = (x[j] - mean) * inv * weight[j] + bias[j];       \
+}
 
 
 /* ---------------------------------------------------------------------------
@@ -93,6 +203,11 @@ typedef void (*srigl_depthwise_fn)(const float *, int, int, int, const float *, 
 typedef void (*srigl_transpose_fn)(const float *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                                    float *, Py_ssize_t);
 
+typedef void (*srigl_gelu_fn)(const float *, Py_ssize_t, float *);
+typedef void (*srigl_layer_norm_fn)(const float *, Py_ssize_t, const float *, const float *,
+                                    float, float *);
+typedef void (*srigl_softmax_fn)(const float *, Py_ssize_t, float *);
+
 /* Input columns per block of the batch-1 lookup layout: 63 and a zero make the
    64-float table of four AVX-512 registers (see srigl_lookup_group_avx512). */
 #define SRIGL_LOOKUP_COLUMNS 63
@@ -106,7 +221,8 @@ typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *,
    convolution's rows (its blocks at those widths and their store); the depthwise
    convolution of one plane;
    the tile transpose; the batch-1 lookup
-   of one row group, or NULL on a path without one. */
+   of one row group, or NULL on a path without one; the GELU of a chunk, the
+   LayerNorm and the softmax of one row. */
 typedef struct {
     const char *name;
     srigl_gather_dot_i16_fn gather_dot_i16;
@@ -117,6 +233,9 @@ typedef struct {
     srigl_depthwise_fn depthwise;
     srigl_transpose_fn transpose;
     srigl_lookup_fn lookup_group;
+    srigl_gelu_fn gelu;
+    srigl_layer_norm_fn layer_norm;
+    srigl_softmax_fn softmax;
 } srigl_kernels;
 
 
@@ -531,6 +650,22 @@ SRIGL_CONV_ROWS(srigl_conv_rows_generic, srigl_conv_sums8_generic, srigl_conv_su
                 srigl_conv_sums32_generic, srigl_conv_sums64_generic)
 
 SRIGL_DEPTHWISE(srigl_depthwise_generic)
+SRIGL_GELU_SCALAR(srigl_gelu_generic)
+SRIGL_LAYER_NORM(srigl_layer_norm_generic)
+/* The softmax without vector extensions: libm's expf (a compiler this old has no
+   cheaper exact one to offer). */
+static void srigl_softmax_generic(const float *x, Py_ssize_t n, float *out) {
+    float row_max = -INFINITY, scale;
+    double sum = 0.0;
+    Py_ssize_t i;
+    for (i = 0; i < n; i++) row_max = x[i] > row_max ? x[i] : row_max;
+    for (i = 0; i < n; i++) {
+        out[i] = expf(x[i] - row_max);
+        sum += out[i];
+    }
+    scale = (float)(1.0 / sum);
+    for (i = 0; i < n; i++) out[i] *= scale;
+}
 
 static const srigl_kernels srigl_table_generic = {
     "generic", srigl_gather_dot_i16_generic, srigl_gather_dot_i32_generic,
@@ -541,6 +676,7 @@ static const srigl_kernels srigl_table_generic = {
     srigl_conv_rows_generic,
     srigl_depthwise_generic, srigl_transpose_scalar,
     NULL,
+    srigl_gelu_generic, srigl_layer_norm_generic, srigl_softmax_generic,
 };
 
 #endif
@@ -763,6 +899,20 @@ static inline void srigl_depthwise(const float *filter, int kh, int kw, int stri
 }
 
 /* 1 when the active path has the batch-1 lookup kernel (avx512), else 0. */
+/* The GELU of x[n] into out[n], and the LayerNorm of one row x[n] into out[n], on the
+   active path. */
+static inline void srigl_gelu(const float *x, Py_ssize_t n, float *out) {
+    srigl_active->gelu(x, n, out);
+}
+static inline void srigl_layer_norm(const float *x, Py_ssize_t n, const float *weight,
+                                    const float *bias, float eps, float *out) {
+    srigl_active->layer_norm(x, n, weight, bias, eps, out);
+}
+
+static inline void srigl_softmax(const float *x, Py_ssize_t n, float *out) {
+    srigl_active->softmax(x, n, out);
+}
+
 static inline int srigl_has_lookup(void) { return srigl_active->lookup_group != NULL; }
 
 /* void srigl_lookup_group(...): srigl_lookup_group_avx512 (see _kernels_isa.h) on the

@@ -20,9 +20,10 @@ Design
 * The C lives in ``srigl_np/_kernels.h`` and ``_kernels_isa.h``, headers shipped with
   the package and declared below with ``cdef extern from "_kernels.h"``: the OpenMP
   shim, max pooling of a plane, the convolutions' phase planes and stores, and the
-  batch-1 gather-dot, the batched block kernels, the convolution's blocks and the
-  depthwise plane (GCC/Clang vector extensions, hence C rather than Cython) in one
-  variant per CPU path: ``avx512``,
+  batch-1 gather-dot, the batched block kernels, the convolution's blocks, the
+  depthwise plane and the Vision Transformer's GELU, LayerNorm and softmax (a fitted
+  erf and exp, tools/fit_erf.py and tools/fit_exp.py) (GCC/Clang vector extensions,
+  hence C rather than Cython) in one variant per CPU path: ``avx512``,
   ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
   the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
   ``set_cpu_path()``). The avx512 path also has a batch-1 table lookup (AVX-512
@@ -80,6 +81,14 @@ cdef extern from "_kernels.h":
     void srigl_lookup_order(const int32_t* counts, Py_ssize_t n_rows, Py_ssize_t n_blocks,
                             Py_ssize_t window, int32_t* order, char* taken,
                             int32_t* top) noexcept nogil
+
+    # ViT's steps (see their section in _kernels.h): the GELU of x[n] into out[n] (out
+    # may be x), the LayerNorm of one row x[n] into out[n] (out may be x).
+    void srigl_gelu(const float* x, Py_ssize_t n, float* out) noexcept nogil
+    void srigl_layer_norm(const float* x, Py_ssize_t n, const float* weight,
+                          const float* bias, float eps, float* out) noexcept nogil
+    # The softmax of one row x[n] into out[n] (out may be x), n >= 1.
+    void srigl_softmax(const float* x, Py_ssize_t n, float* out) noexcept nogil
 
     # Max pooling of one plane x[height, width] -> y[out_h, out_w] (no padding).
     void srigl_max_pool_plane(const float* x, Py_ssize_t height, Py_ssize_t width, int kh,
@@ -1293,3 +1302,113 @@ def max_pool2d(x, kh, kw, stride, threads=0):
         with nogil:
             _max_pool_planes(x_view, y_view, kh_, kw_, stride_, n_threads)
     return y
+
+
+# -- GELU, LayerNorm and softmax (ViT) ------------------------------------------------------------
+
+# Elements per GELU work item: large enough that a thread's OpenMP overhead vanishes,
+# small enough that 2 threads share ViT-B/16's (197, 3072) activation evenly.
+GELU_CHUNK = 16384
+# LayerNorm and softmax below this many elements run on one thread: with OpenMP's
+# threads asleep between calls (OMP_WAIT_POLICY=PASSIVE, thread_waits) ViT-B/16's
+# (197, 768) tokens took 0.078 ms on one thread and 0.086 ms on two (GELU's (197, 3072):
+# 0.55 and 0.28 ms; 2-core Xeon, medians of 300 calls).
+ROWWISE_SERIAL = 2**18
+
+
+def _rowwise_input(x):
+    """x as a C-contiguous float32 NumPy array (a non-contiguous one is copied; another
+    dtype is a TypeError naming ``x``)."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise TypeError(f"x must be a float32 NumPy array, got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}")
+    return np.ascontiguousarray(x)
+
+
+def _rowwise_output(out, x):
+    """A new array like x, or ``out`` checked: a float32 NumPy array (TypeError) of x's
+    shape, C-contiguous and writeable, that is x itself or does not overlap it
+    (ValueError, each naming ``out``)."""
+    if out is None:
+        return np.empty_like(x)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32:
+        raise TypeError(f"out must be a float32 NumPy array or None, got "
+                        f"{getattr(out, 'dtype', type(out).__name__)}")
+    if out.shape != x.shape:
+        raise ValueError(f"out must have x's shape {x.shape}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    if out is not x and np.may_share_memory(out, x):
+        raise ValueError("out must be x itself or not overlap it")
+    return out
+
+
+def gelu(x, threads=0, out=None):
+    """The exact GELU x/2 * (1 + erf(x / sqrt 2)) of float32 x (any shape), erf by the
+    rational fit of tools/fit_erf.py (within 1.9e-7 * |x| of the exact GELU, plus
+    float32 rounding). x non-contiguous is copied first; out (x's shape, C-contiguous)
+    may be x itself, for the step in place. OpenMP over chunks of GELU_CHUNK elements,
+    each computed the same way on any thread count (bit-identical across counts)."""
+    x = _rowwise_input(x)
+    out = _rowwise_output(out, x)
+    cdef Py_ssize_t n = x.size
+    cdef int n_threads = _serial_if_small(_resolve_threads(threads), n)
+    cdef Py_ssize_t chunk = GELU_CHUNK, n_chunks = (n + chunk - 1) // chunk, c, start
+    cdef const float* x_ptr = <const float*>_data(x) if n else NULL
+    cdef float* out_ptr = <float*>_data(out) if n else NULL
+    with nogil:
+        for c in prange(n_chunks, schedule="static", num_threads=n_threads):
+            start = c * chunk
+            srigl_gelu(x_ptr + start, min(chunk, n - start), out_ptr + start)
+    return out
+
+
+def layer_norm(x, weight, bias, eps, threads=0, out=None):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis of float32 x
+    (..., n), mean and biased variance per row (two passes, float32 lanes added in
+    double); weight, bias (n,) float32, eps a float > 0. x non-contiguous is copied
+    first; out (x's shape, C-contiguous) may be x itself. OpenMP over rows, each row
+    computed the same way on any thread count."""
+    x = _rowwise_input(x)
+    if x.ndim < 1:
+        raise ValueError("x must have at least one axis")
+    cdef Py_ssize_t n = x.shape[x.ndim - 1]
+    for name, a in (("weight", weight), ("bias", bias)):
+        check_array(name, a, dtypes=(np.float32,), ndim=1, contiguous=True, device="cpu")
+    if weight.shape != (n,) or bias.shape != (n,):
+        raise ValueError(f"weight and bias must have shape ({n},), got {weight.shape} "
+                         f"and {bias.shape}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a number > 0, got {eps!r}")
+    out = _rowwise_output(out, x)
+    cdef Py_ssize_t rows = x.size // n if n else 0, r
+    cdef int n_threads = 1 if x.size < ROWWISE_SERIAL else _resolve_threads(threads)
+    cdef float eps_f = eps
+    cdef const float* x_ptr = <const float*>_data(x) if rows else NULL
+    cdef const float* w_ptr = <const float*>_data(weight)
+    cdef const float* b_ptr = <const float*>_data(bias)
+    cdef float* out_ptr = <float*>_data(out) if rows else NULL
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=n_threads):
+            srigl_layer_norm(x_ptr + r * n, n, w_ptr, b_ptr, eps_f, out_ptr + r * n)
+    return out
+
+
+def softmax(x, threads=0, out=None):
+    """exp(x - max) / sum exp(x - max) over the last axis of float32 x (..., n), n >= 1
+    (attention's scores), exp by the polynomial of tools/fit_exp.py (1.1e-7 relative);
+    a row with a NaN gives NaN, a -inf gives 1.6e-38 rather than 0 (its exp is clamped
+    at exp(-87)). x non-contiguous is copied first; out (x's shape, C-contiguous) may
+    be x itself. OpenMP over rows, each computed the same way on any thread count."""
+    x = _rowwise_input(x)
+    if x.ndim < 1 or x.shape[x.ndim - 1] < 1:
+        raise ValueError(f"x must have a last axis of at least 1, got shape {x.shape}")
+    out = _rowwise_output(out, x)
+    cdef Py_ssize_t n = x.shape[x.ndim - 1], rows = x.size // n, r
+    cdef int n_threads = 1 if x.size < ROWWISE_SERIAL else _resolve_threads(threads)
+    cdef const float* x_ptr = <const float*>_data(x) if rows else NULL
+    cdef float* out_ptr = <float*>_data(out) if rows else NULL
+    with nogil:
+        for r in prange(rows, schedule="static", num_threads=n_threads):
+            srigl_softmax(x_ptr + r * n, n, out_ptr + r * n)
+    return out

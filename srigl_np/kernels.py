@@ -6,6 +6,8 @@
     depthwise convolution      depthwise_reference             _kernels.depthwise_conv2d   (the definition)
     im2col / col2im            im2col_strided / col2im_strided _kernels.im2col / col2im    (the definition)
     max pooling (inference)    pooling.MaxPool2d.forward       _kernels.max_pool2d         (the definition)
+    GELU, LayerNorm (float32)  stages.Gelu / LayerNorm         _kernels.gelu / layer_norm  (the definition)
+    softmax (float32)          graph.Attention's NumPy lines   _kernels.softmax            (the definition)
 
 The pattern is thinc's ``Ops`` / ``NumpyOps`` / ``CupyOps``: the plain array-module
 function *is* the specification; the Cython kernels override it for NumPy arrays and the
@@ -36,16 +38,19 @@ try:
         column_block_width,
         condensed_conv2d as _condensed_conv2d_cpu,
         depthwise_conv2d as _depthwise_conv2d_cpu,
+        gelu,
         condensed_matmul,
         condensed_matvec,
         conv_output_size,
         cpu_path,
         cpu_paths,
         im2col as _im2col_cpu,
+        layer_norm,
         max_pool2d,
         max_threads,
         openmp_enabled,
         set_cpu_path,
+        softmax,
         tile_vectors,
         vector_kernel,
     )

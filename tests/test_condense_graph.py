@@ -242,6 +242,20 @@ def test_attention_by_blocks_of_heads_computes_the_same(monkeypatch):
     assert_close(condensed.logits(x), model.forward(x, False).astype(np.float64))
 
 
+def test_attention_heads_split_over_two_threads_give_the_same_bits(monkeypatch):
+    model, masks, x = build("vit", 16)
+    condensed = condense(model, masks=masks)
+    halves = []
+    real = graph._attention_heads
+    monkeypatch.setattr(graph, "_attention_heads",
+                        lambda *args: halves.append(args[5:7]) or real(*args))
+    one = condensed.logits(x, 1)
+    assert all(last - first == 12 for first, last in halves)    # all heads, one thread
+    halves.clear()
+    np.testing.assert_array_equal(condensed.logits(x, 2), one)
+    assert halves and all(last - first == 6 for first, last in halves)   # two halves
+
+
 def test_depthwise_and_squeeze_excite_are_condensed_with_their_groups():
     model, masks, x = build("inverted_residual", 5)
     condensed = condense(model, masks=masks)
