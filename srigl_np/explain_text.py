@@ -1,4 +1,8 @@
-"""The text of ``python -m srigl_np.explain``: one update's trace as lines, in §4's order.
+"""The text of ``python -m srigl_np.explain``: one update's trace as lines, step by step.
+
+The steps carry the one numbering of ``srigl_np.dst.steps.STEPS``, the order the code
+runs them (the drop fraction, the schedule's, comes first, unnumbered); RigL and SET print
+steps 1 and 5.
 
 ``explain(layer, result, schedule)`` turns an update's ``dst.UpdateTrace`` into the
 printed explanation (each step with the formula that gave its numbers, the result, and
@@ -11,6 +15,8 @@ import math
 import textwrap
 
 import numpy as np
+
+from .dst.steps import STEPS
 
 __all__ = ["ABLATED", "ABSENT", "CAPPED", "GROWN", "KEPT", "LEGEND_AFTER", "MAX_COLS",
            "MAX_ROWS", "METHOD_NAMES", "PRUNED", "REGROWN", "as_rows", "explain",
@@ -28,7 +34,7 @@ MAX_ROWS, MAX_COLS = 24, 40   # the grids' limits: neurons shown, inputs per row
 # -- the explanation ----------------------------------------------------------------------
 
 def explain(layer, result, schedule, max_rows=MAX_ROWS, max_cols=MAX_COLS):
-    """The lines printed for one update: header, steps in §4's order, result, grids.
+    """The lines printed for one update: header, the steps of STEPS in order, result, grids.
 
     schedule: (alpha, step, t_end, drop_fraction, given) with ``given`` True when the drop
     fraction was passed directly; max_rows, max_cols: the grids' limits.
@@ -48,10 +54,10 @@ def explain(layer, result, schedule, max_rows=MAX_ROWS, max_cols=MAX_COLS):
     if layer.method == "srigl":
         lines += _ablation_lines(layer, result, trace, rows)
         lines += _fan_in_lines(layer, trace, rows)
-        lines += _regrowth_lines(layer, result, trace, number=5)
         lines += _cap_lines(layer, trace)
+        lines += _regrowth_lines(layer, result, trace)
     else:
-        lines += _regrowth_lines(layer, result, trace, number=3)
+        lines += _regrowth_lines(layer, result, trace)
         lines.append("   no saliency, ablation, constant fan-in or cap: the fan-in of each "
                      "neuron is free to vary")
     lines += _result_lines(layer, result, trace, rows)
@@ -62,21 +68,21 @@ def explain(layer, result, schedule, max_rows=MAX_ROWS, max_cols=MAX_COLS):
 
 def _drop_fraction_lines(alpha, step, t_end, drop_fraction, given):
     if given:
-        return [f"1. drop fraction: d = {_num(drop_fraction)} (given; the schedule is "
+        return [f"drop fraction: d = {_num(drop_fraction)} (given; the schedule is "
                 f"α/2·(1 + cos(π·t/T_end)))"]
-    return [f"1. drop fraction: d = α/2·(1 + cos(π·t/T_end)) = {_num(alpha)}/2·(1 + "
+    return [f"drop fraction: d = α/2·(1 + cos(π·t/T_end)) = {_num(alpha)}/2·(1 + "
             f"cos(π·{step}/{t_end})) = {_num(drop_fraction)}"]
 
 
 def _prune_lines(layer, trace):
-    lines = [f"2. prune by magnitude: n_ones = {trace.n_ones}, n_prune = "
+    lines = [f"{_step('magnitude_keep')}: n_ones = {trace.n_ones}, n_prune = "
              f"floor({trace.n_ones}·{_num(trace.drop_fraction)}) = "
              f"{math.floor(trace.n_ones * trace.drop_fraction)}, n_keep = "
              f"{trace.n_ones - math.floor(trace.n_ones * trace.drop_fraction)}"]
     if trace.n_keep < trace.n_ones - math.floor(trace.n_ones * trace.drop_fraction):
         lines.append(f"   only {trace.n_nonzero} active weights are non-zero, so n_keep = "
-                     f"{trace.n_keep} and n_prune = {trace.n_prune} (a zero weight is never "
-                     f"kept by magnitude)")
+                     f"{trace.n_keep} and n_prune is raised to {trace.n_prune} (a zero weight "
+                     f"is never kept by magnitude)")
     kept = np.abs(layer.weight.reshape(layer.weight.shape[0], -1))[trace.kept_by_magnitude]
     smallest = f" (smallest kept |W| {_num(kept.min())})" if kept.size else ""
     lines.append(f"   the {trace.n_keep} largest |W| of the layer are kept{smallest}, the "
@@ -86,11 +92,12 @@ def _prune_lines(layer, trace):
 
 def _ablation_lines(layer, result, trace, rows_before):
     n, dense_fan_in = trace.kept_by_magnitude.shape
-    lines = ["3. saliency and ablation:"]
+    lines = [f"{_step('ablate')}:"]
     if trace.salient_counts is None:
         return lines + [f"   ablation off ({layer.ablation_off}): every neuron stays active"]
     lines += [f"   salient = the {trace.n_keep} kept by |W| ∪ the {trace.n_prune} largest |G| "
-              f"of the layer (n_prune of them, anywhere)",
+              f"of the layer, kept or not",
+              "   (not RigL's keep-and-grow set: a top |G| on a kept weight adds nothing)",
               *_wrap(f"salient weights per neuron: {_per_neuron(trace.salient_counts)}"),
               f"   budget B = floor(N·(1 - s)) = floor({n * dense_fan_in}·"
               f"{_num(1 - layer.sparsity)}) = {trace.budget}, k0 = floor(B/n) = "
@@ -147,7 +154,7 @@ def _fan_in_lines(layer, trace, rows_before):
     counts = rows_before.sum(axis=1)
     before = np.unique(counts[counts > 0])
     was = _was(trace.fan_in, before)
-    return [f"4. new fan-in: k = min(F, max(1, floor(B/n_active))) = min({dense_fan_in}, "
+    return [f"{_step('new_fan_in')}: k = min(F, max(1, floor(B/n_active))) = min({dense_fan_in}, "
             f"max(1, floor({trace.budget}/{n_active}))) = {trace.fan_in}{was}"]
 
 
@@ -158,18 +165,18 @@ def _was(value, before):
     return f" (was {before[0]}..{before[-1]})" if before.size else ""
 
 
-def _regrowth_lines(layer, result, trace, number):
+def _regrowth_lines(layer, result, trace):
     n = layer.weight.shape[0]
     growth = (result.grown | result.regrown).reshape(n, -1)
     if layer.method == "srigl":
-        head = (f"{number}. regrow by gradient: each active neuron grows k - kept weights at "
+        head = (f"{_step('regrow')}: each active neuron grows k - kept weights at "
                 f"its largest |G|\n   among the inputs it does not keep (new weights start "
                 f"at 0)")
     elif layer.method == "rigl":
-        head = (f"{number}. regrow by gradient: the {trace.n_prune} largest |G| of the layer "
+        head = (f"{_step('regrow')}: the {trace.n_prune} largest |G| of the layer "
                 f"among the positions\n   not kept (new weights start at 0)")
     else:
-        head = (f"{number}. regrow at random: {trace.n_prune} positions drawn uniformly from "
+        head = (f"{_step('regrow', 'regrow at random')}: {trace.n_prune} positions drawn uniformly from "
                 f"those not kept (new weights start at 0)")
     lines = head.split("\n")
     growers = np.flatnonzero(trace.grown_counts)
@@ -188,8 +195,8 @@ def _regrowth_lines(layer, result, trace, number):
 
 
 def _cap_lines(layer, trace):
-    lines = ["6. per-neuron cap: a neuron that kept more than k weights keeps its k largest "
-             "|W|"]
+    lines = [f"{_step('cap_fan_in')}: a neuron that kept more than k weights keeps its k "
+             "largest |W|"]
     capped = np.flatnonzero(trace.capped_counts)
     if not capped.size:
         return lines + ["   no neuron kept more than k"]
@@ -201,9 +208,15 @@ def _cap_lines(layer, trace):
                      f"k = {trace.fan_in}, drops input{'s' if dropped.size > 1 else ''} "
                      + _listed([f"{j} (|W| {_num(rows[i, j])})" for j in dropped], limit=4))
     lines += _wrapped(parts, limit=8, noun="capped neurons")
-    lines.append("   (a capped neuron grows nothing, so steps 5 and 6 commute; the code "
-                 "caps first)")
+    lines.append("   (a capped neuron grows nothing in step 5)")
     return lines
+
+
+def _step(function, name=None):
+    """'N. name' of the step ``function`` runs (dst.steps.STEPS: the one numbering)."""
+    number, step_name = next((number, step_name) for number, step_name, step_function
+                             in STEPS if step_function == function)
+    return f"{number}. {name or step_name}"
 
 
 def _result_lines(layer, result, trace, rows_before):

@@ -234,8 +234,8 @@ def _grid_rows(out):
 def test_the_default_run_shows_an_ablated_and_a_capped_neuron(capsys):
     out = _explain(capsys)
     steps = [line.split(".")[0] for line in out.splitlines() if line[:2] in
-             ("1.", "2.", "3.", "4.", "5.", "6.")]
-    assert steps == ["1", "2", "3", "4", "5", "6"]                # §4's order
+             ("0.", "1.", "2.", "3.", "4.", "5.", "6.")]
+    assert steps == ["1", "2", "3", "4", "5"]                     # dst.steps.STEPS
     assert "10 neurons x 12 inputs" in out and "neurons [0, 5, 6] ablated" in out
     assert "n_ones = 21, n_prune = floor(21·0.3) = 6, n_keep = 15" in out
     assert "threshold = max(1, floor(γ_sal·k0)) = max(1, floor(0.3·2)) = 1" in out
@@ -265,9 +265,9 @@ def test_the_same_flags_give_the_same_output_and_the_seed_changes_it(capsys):
 
 
 @pytest.mark.parametrize("argv, expected, absent", [
-    (["--method", "rigl"], ["RigL update", "3. regrow by gradient: the 6 largest |G|",
-                            "nnz 21 (unchanged)"], ["salient", "6. per-neuron cap"]),
-    (["--method", "set"], ["SET update", "3. regrow at random: 6 positions"], ["salient"]),
+    (["--method", "rigl"], ["RigL update", "5. regrow by gradient: the 6 largest |G|",
+                            "nnz 21 (unchanged)"], ["salient", "4. per-neuron cap"]),
+    (["--method", "set"], ["SET update", "5. regrow at random: 6 positions"], ["salient"]),
     (["--no-ablation"], ["ablation off (--no-ablation)", "ablated []"], ["salient weights"]),
     (["--shape", "8x12", "--sparsity", "0.75", "--gamma-sal", "1", "--ablated-before", "0",
       "--seed", "0"],
@@ -419,7 +419,7 @@ def test_checkpoint_explains_a_layer_of_the_run(capsys, run_dir):
     sparsity = dst.erk_sparsities([(300, 784), (100, 300), (10, 100)], 0.9)[1]
     assert f"target sparsity {sparsity:.3g}" in out
     assert "gradient: one backward pass on 64 embedded training images" in out
-    assert "3. saliency and ablation:" in out and "(4 more neurons" not in out
+    assert "2. saliency and ablation:" in out and "(4 more neurons" not in out
     assert "(96 more neurons not shown" in out
     # Deterministic: the same command, the same explanation; --gradient random differs.
     assert _explain(capsys, "--checkpoint", str(run_dir), "--layer", "3.weight",

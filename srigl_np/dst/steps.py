@@ -11,6 +11,11 @@ returns a NamedTuple of what it decided; ``trace=True`` hands those records back
 
 Arrays: ``rows`` (n, F) is the weight, ``row_mask`` (n, F) bool its mask, ``grow_score``
 (n, F) the dense |gradient|; "(n,)" is one entry per neuron.
+
+``STEPS`` is the one numbering of SRigL's update, in the order the code runs it: the
+module docstring of ``srigl_np.dst.updates``, the UpdateTrace's fields, the text of
+``python -m srigl_np.explain`` and docs/tutorial.md §3 use these numbers and names
+(tests/test_step_numbering.py checks that they agree).
 """
 
 import math
@@ -24,11 +29,21 @@ from .ranking import top_per_row, top_positions
 __all__ = [
     "Ablation", "AblationRule", "FanInCap", "Growth", "MagnitudeKeep", "NewFanIn",
     "ablate", "ablation_rule", "active_neurons", "cap_fan_in", "grow_at_random",
-    "grow_by_gradient", "magnitude_keep", "new_fan_in", "regrow",
+    "STEPS", "grow_by_gradient", "magnitude_keep", "new_fan_in", "regrow",
 ]
 
+# (number, name, function) of each step of srigl_update, in the order it runs them.
+# RigL and SET run steps 1 and 5 (their growth: grow_by_gradient, grow_at_random).
+STEPS = (
+    (1, "prune by magnitude", "magnitude_keep"),
+    (2, "saliency and ablation", "ablate"),
+    (3, "new fan-in", "new_fan_in"),
+    (4, "per-neuron cap", "cap_fan_in"),
+    (5, "regrow by gradient", "regrow"),
+)
 
-# -- step 1: prune by magnitude ------------------------------------------------------------
+
+# -- step 1: prune by magnitude -----------------------------------------------------------
 
 class MagnitudeKeep(NamedTuple):
     """Step 1: the n_keep largest |W| layer-wide survive the drop.
@@ -67,7 +82,7 @@ def magnitude_keep(rows, row_mask, drop_fraction):
                          n_ones - n_keep, index, magnitude)
 
 
-# -- step 2: saliency and ablation ---------------------------------------------------------
+# -- step 2: saliency and ablation --------------------------------------------------------
 
 class AblationRule(NamedTuple):
     """Step 2's numbers: a neuron needs ``threshold`` salient weights to stay active,
@@ -145,7 +160,7 @@ def active_neurons(salient_counts, rule):
     return active, threshold
 
 
-# -- step 3: the new fan-in ----------------------------------------------------------------
+# -- step 3: new fan-in -------------------------------------------------------------------
 
 class NewFanIn(NamedTuple):
     """Step 3: budget, k0 = floor(budget/n) (the share without ablation), n_active and
@@ -165,7 +180,7 @@ def new_fan_in(budget, active, dense_fan_in):
                     fan_in_of_budget(budget, n_active, dense_fan_in))
 
 
-# -- step 4: keep in the active neurons, capped at k ---------------------------------------
+# -- step 4: per-neuron cap (keep in the active neurons, at most k each) ------------------
 
 class FanInCap(NamedTuple):
     """Step 4: the kept positions of the active neurons, at most k per neuron.
@@ -209,7 +224,7 @@ def cap_fan_in(rows, kept, active, fan_in):
     return FanInCap(keep, kept_counts.astype(np.int64), removed_by_cap)
 
 
-# -- step 5: growth --------------------------------------------------------------------------
+# -- step 5: regrow by gradient (RigL's and SET's layer-wide growth too) ------------------
 
 class Growth(NamedTuple):
     """Step 5: the new mask.

@@ -7,24 +7,32 @@ SRigL's update, step by step
 ----------------------------
 weight: (n, *fan_in_dims) float32/float64, 0 outside ``mask``; mask: same shape, bool;
 grad: same shape, the dense (unmasked) gradient. With N = n*F and
-budget = layer_budget(weight.shape, sparsity), the steps (srigl_np.dst.steps):
+budget = layer_budget(weight.shape, sparsity), the steps in the order the code runs them
+(``srigl_np.dst.steps.STEPS``; explain, the trace and docs/tutorial.md §3 use the same
+numbers and names):
 
-1. ``magnitude_keep``: n_ones = nnz(mask), n_prune = floor(n_ones*drop_fraction),
-   n_keep = n_ones - n_prune; with fewer than n_keep non-zero active weights, all of
-   those are kept.
-2. ``ablate``: saliency is the top n_keep active weights by |W| united with the top
-   n_prune positions by |G|, both layer-wide. A neuron with fewer than
-   max(1, floor(gamma_sal*k0)) salient weights, k0 = floor(budget/n), is ablated; the
-   threshold is lowered so the min(n, floor(budget/F) + 1) most salient neurons stay
-   active (enough to hold the budget at fan-in <= F), and at most max(1, budget)
-   neurons stay active (fan-in >= 1; ties: lower neuron index stays)
-   (``ablation_rule``). Decided afresh each update, so neurons can return.
-3. ``new_fan_in``: k = fan_in_after_ablation(shape, sparsity, n_ablated).
-4. ``cap_fan_in``: keep the top n_keep active weights by |W| outside ablated neurons;
-   a neuron with more than k keeps its k largest.
-5. ``regrow``: each active neuron grows its missing weights at its largest |G| among
-   positions not kept (a position pruned in 4 may come back, with its old value:
-   ``regrown``); new weights are 0.
+1. prune by magnitude (``magnitude_keep``): n_ones = nnz(mask), n_prune =
+   floor(n_ones*drop_fraction), n_keep = n_ones - n_prune, the n_keep largest |W|
+   layer-wide are kept. A zero weight is never kept: with fewer than n_keep non-zero
+   active weights (n_nonzero), all of those are kept, n_keep = n_nonzero and n_prune is
+   raised to n_ones - n_nonzero, which step 2 then uses too.
+2. saliency and ablation (``ablate``): the salient set is the n_keep kept weights united
+   with the top n_prune positions by |G| of the whole layer (anywhere, kept or not). It
+   is not RigL's keep-and-grow set: RigL grows its n_prune largest |G| among the
+   positions *not* kept, so the salient set lies inside RigL's and is smaller in every
+   neuron where the top |G| lies on kept weights.
+   A neuron with fewer than max(1, floor(gamma_sal*k0)) salient weights, k0 =
+   floor(budget/n), is ablated; the threshold is lowered so the
+   min(n, floor(budget/F) + 1) most salient neurons stay active (enough to hold the
+   budget at fan-in <= F), and at most max(1, budget) neurons stay active (fan-in >= 1;
+   ties: lower neuron index stays) (``ablation_rule``). Decided afresh each update, so
+   neurons can return.
+3. new fan-in (``new_fan_in``): k = fan_in_after_ablation(shape, sparsity, n_ablated).
+4. per-neuron cap (``cap_fan_in``): keep the top n_keep active weights by |W| outside
+   ablated neurons; a neuron with more than k keeps its k largest.
+5. regrow by gradient (``regrow``): each active neuron grows its missing weights at its
+   largest |G| among positions not kept (a position pruned in 1 or 4 may come back, with
+   its old value: ``regrown``); new weights are 0.
 
 Afterwards every active neuron has exactly k weights and ablated neurons none.
 ``ablation=False`` keeps every neuron; the caller passes it for the output layer, which is
@@ -67,23 +75,26 @@ class UpdateTrace:
     not part of a method (2-4 for RigL/SET) is None.
 
     method:        "srigl", "rigl" or "set"; drop_fraction, gamma_sal: the arguments.
-    magnitude_keep: MagnitudeKeep, step 1 (every method).
-    growth:        Growth, step 5 (every method).
-    ablation:      Ablation, step 2 (SRigL; with ablation=False every neuron is active
-                   and its other fields are None).
-    new_fan_in:    NewFanIn, step 3 (SRigL).
-    fan_in_cap:    FanInCap, step 4 (SRigL).
+    The records, by step (``srigl_np.dst.steps.STEPS``):
+    magnitude_keep: MagnitudeKeep, step 1, prune by magnitude (every method).
+    ablation:      Ablation, step 2, saliency and ablation (SRigL; with ablation=False
+                   every neuron is active and its other fields are None).
+    new_fan_in:    NewFanIn, step 3, new fan-in (SRigL).
+    fan_in_cap:    FanInCap, step 4, per-neuron cap (SRigL).
+    growth:        Growth, step 5, regrow by gradient (every method; SET grows at random).
 
     The flat names read those records (None where the step did not run):
     Step 1, prune by magnitude (every method):
     n_ones:        nnz of the old mask; n_prune = n_ones - n_keep, n_keep =
-                   min(n_ones - floor(n_ones*drop_fraction), n_nonzero).
+                   min(n_ones - floor(n_ones*drop_fraction), n_nonzero): n_prune is
+                   raised above floor(n_ones*drop_fraction) when too few are non-zero.
     n_nonzero:     active weights that are non-zero, the only ones magnitude can keep.
     kept_by_magnitude: bool (n, F), the n_keep largest |W| layer-wide (before ablation
                    and the cap; SRigL's saliency counts these).
     budget, k0:    layer_budget(shape, sparsity) and floor(budget/n) (SRigL).
     Step 2, saliency and ablation (SRigL with ablation; None with ablation=False):
-    salient:       bool (n, F), kept_by_magnitude united with the n_prune largest |G|.
+    salient:       bool (n, F), kept_by_magnitude united with the n_prune largest |G| of
+                   the layer, kept or not (not RigL's keep-and-grow set).
     salient_counts: int64 (n,), salient weights per neuron.
     threshold:     max(1, floor(gamma_sal*k0)), the salient weights a neuron needs.
     threshold_used: the threshold applied: lowered to the min_active-th largest count
@@ -91,7 +102,7 @@ class UpdateTrace:
     min_active, max_active: min(n, floor(budget/F) + 1) and max(1, budget), the fewest
                    and the most neurons that stay active (see docs/tutorial.md, "Where
                    srigl_np departs").
-    Steps 3-5:
+    Steps 3, new fan-in, 4, per-neuron cap, and 5, regrow by gradient:
     active:        bool (n,), the neurons that stay (SRigL; all True without ablation).
     fan_in:        the new constant fan-in k (SRigL).
     removed_by_cap: bool (n, F), kept weights a neuron over k dropped (its smallest
@@ -199,7 +210,11 @@ def _host_round_trip(update):
 def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, ablation=True,
                  trace=False):
     """One SRigL topology update of one layer (paper §4): the five steps of the module
-    docstring, composed.
+    docstring, composed in this order:
+
+    1. prune by magnitude (``magnitude_keep``), 2. saliency and ablation (``ablate``),
+    3. new fan-in (``new_fan_in``), 4. per-neuron cap (``cap_fan_in``), 5. regrow by
+    gradient (``regrow``).
 
     weight: (n, *fan_in_dims) float32/float64, 0 outside ``mask``; mask: same shape, bool;
     grad: same shape, the dense (unmasked) gradient. Afterwards every active neuron has
@@ -207,6 +222,17 @@ def srigl_update(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3, 
     output layer's update). ``trace=True`` also returns the steps' records in
     ``result.trace`` (an UpdateTrace); the result is the same either way. Returns an
     UpdateResult; inputs are untouched.
+
+    Saliency (step 2) is the n_keep weights kept by |W| united with the n_prune largest
+    |G| of the layer, wherever they lie: a top |G| on a kept weight adds nothing, so a
+    neuron's salient count can be below what RigL would keep and grow in it (never
+    above).
+
+    The n_prune raise (step 1): magnitude never keeps a zero weight, so when fewer than
+    n_keep = n_ones - floor(n_ones*drop_fraction) active weights are non-zero, n_keep
+    becomes n_nonzero and n_prune is raised to n_ones - n_nonzero. Step 2 then counts
+    that many largest |G| as salient, more than drop_fraction alone would give, so a
+    neuron can reach the threshold on its gradient alone (docs/tutorial.md §3).
     """
     rows, row_mask, row_grad = check_update_args(weight, mask, grad, drop_fraction,
                                                  sparsity=sparsity, gamma_sal=gamma_sal)
