@@ -9,11 +9,13 @@ makes that deterministic, not a matter of the random search's luck.
 """
 
 import math
+import re
 import time
 from functools import partial
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 
 from srigl_np import dst, testing
 from srigl_np.dst import steps
@@ -140,3 +142,95 @@ def _port(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal, ablation, b
         survived = keep & row_mask
     new_weight = (rows * survived).astype(weight.dtype) + 0
     return new_mask.reshape(weight.shape), new_weight.reshape(weight.shape)
+
+
+def _disagrees(found, bug):
+    """Rerunning both updates on the counterexample shows the reported difference."""
+    case = found.inputs
+    expected = dst.srigl_update(case.weight, case.mask, case.grad, **case.kwargs())
+    mask, weight = _port(case.weight, case.mask, case.grad, **case.kwargs(), bug=bug)
+    return not (np.array_equal(mask, expected.mask) and np.array_equal(weight, expected.weight))
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS))
+def test_check_update_at_its_defaults_catches_each_planted_bug(bug):
+    found = testing.check_update(partial(_port, bug=bug))
+    assert found is not None, f"missed: {BUGS[bug]}"
+    assert found.error is None and (found.neurons.size or found.weight_mismatches.size)
+    assert _disagrees(found, bug)
+    # Only a tie-break bug needs the ties stage; every other is caught by a fixed case.
+    assert found.stage == ("ties" if bug == "grad_ties_to_higher_index" else "boundary")
+    assert found.inputs.weight.size <= 16           # a layer worked by hand
+    text = str(found)
+    for number in ("n_keep", "n_prune", "k = ", "budget"):
+        assert number in text, text
+    if found.inputs.ablation:
+        assert "salient counts" in text and "threshold" in text, text
+
+
+def test_the_gamma_denominator_report_shows_why_the_neurons_differ():
+    found = testing.check_update(partial(_port, bug="gamma_dense_fan_in"))
+    trace = found.expected.trace
+    shape, gamma_sal = found.inputs.weight.shape, found.inputs.gamma_sal
+    dense_fan_in = math.prod(shape[1:])
+    # The case sits where the denominators part ways: their threshold is higher.
+    assert math.floor(gamma_sal * dense_fan_in) > trace.threshold
+    text = str(found)
+    assert (f"salient counts {trace.salient_counts.tolist()}" in text
+            and f"threshold {trace.threshold} = max(1, floor(gamma_sal*k0)), k0 = "
+                f"{trace.k0}" in text), text
+    assert re.search(r"^\*\s+\d+\s", text, flags=re.MULTILINE), text
+
+
+def test_a_correct_port_and_srigl_update_pass_the_defaults_quickly():
+    start = time.perf_counter()
+    assert testing.check_update(partial(_port, bug=None)) is None
+    elapsed = time.perf_counter() - start
+    assert elapsed < 20, f"check_update's default budget took {elapsed:.1f} s"
+    assert testing.check_update(dst.srigl_update, ties=False, max_examples=20) is None
+
+
+def test_the_issue_layer_separates_srigl_saliency_from_rigl_keep_and_grow():
+    """W, G of issue 24 at d = 0.5: salient counts [2, 1]; RigL's keep ∪ grow gives [3, 1]."""
+    weight = np.array([[.9, .1, 0, 0], [.8, .7, 0, 0]])
+    grad = np.array([[1, .5, .4, 0], [0, 0, 0, .3]])
+    result = dst.srigl_update(weight, weight != 0, grad, drop_fraction=0.5, sparsity=0.5,
+                              gamma_sal=1.0, trace=True)
+    assert result.trace.salient_counts.tolist() == [2, 1]
+    rigl = dst.rigl_update(weight, weight != 0, grad, drop_fraction=0.5)
+    assert rigl.mask.sum(axis=1).tolist() == [3, 1]
+
+
+def test_boundary_cases_are_fixed_small_distinct_and_valid():
+    cases = testing.boundary_cases()
+    again = testing.boundary_cases()
+    assert len(cases) == len(again) > 500
+    assert all(np.array_equal(a.weight, b.weight) and a.gamma_sal == b.gamma_sal
+               for a, b in zip(cases, again))
+    sizes = [case.weight.size for case in cases]
+    assert sizes == sorted(sizes) and max(sizes) <= 16
+    for case in cases[::7]:
+        magnitude = np.abs(case.grad).ravel()
+        assert np.unique(magnitude).size == magnitude.size
+        testing.assert_constant_fan_in(case.weight, case.mask, budget=case.budget)
+    assert any(not case.ablation for case in cases)
+    assert any(case.budget < case.weight.shape[0] for case in cases)
+    assert testing.boundary_cases(seed=1)[0].grad.tolist() != cases[0].grad.tolist() or \
+        any(not np.array_equal(a.grad, b.grad)
+            for a, b in zip(testing.boundary_cases(seed=1), cases))
+    with pytest.raises(ValueError, match="per_shape"):
+        testing.boundary_cases(per_shape=0)
+
+
+def test_the_boundary_stage_can_be_filtered_or_switched_off():
+    no_ablation_bug = partial(_port, bug="gamma_dense_fan_in")
+    assert testing.check_update(no_ablation_bug, boundary=lambda case: not case.ablation,
+                                inputs=testing.update_inputs(ablation=st.just(False)),
+                                max_examples=30) is None
+    found = testing.check_update(partial(_port, bug="no_return"), boundary=False,
+                                 ties=False, max_examples=60)
+    assert found is None or found.stage == "distinct"
+    with pytest.raises(TypeError, match="boundary"):
+        testing.check_update(no_ablation_bug, boundary="yes")
+    with pytest.raises(ValueError, match="max_examples"):
+        testing.check_update(no_ablation_bug, max_examples=0)
