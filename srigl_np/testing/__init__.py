@@ -76,7 +76,8 @@ from .strategies import (Layer, UpdateInputs, ablated_layers, boundary_fractions
                          linear_shapes, update_inputs)
 
 __all__ = [
-    "ConformanceError", "Counterexample", "Layer", "READINGS", "STAGES", "UpdateInputs",
+    "LEGEND", "METHODS", "ConformanceError", "Counterexample", "Layer", "READINGS", "STAGES",
+    "UpdateInputs",
     "ablated_layers", "assert_constant_fan_in", "assert_valid_update", "boundary_cases",
     "boundary_fractions", "check_update", "constant_fan_in_layers", "conv_shapes",
     "float_dtypes", "layer_shapes", "linear_shapes", "reference_update", "srigl_reference",

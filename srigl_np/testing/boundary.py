@@ -33,7 +33,7 @@ SHAPES = ((1, 2), (2, 2), (2, 3), (3, 2), (3, 3), (2, 4), (4, 2), (3, 4), (4, 3)
           (2, 1, 2, 2))
 
 
-def boundary_cases(*, seed=0, per_shape=48):
+def boundary_cases(*, seed=0, per_shape=120):
     """A list of UpdateInputs (float64), smallest layers first; ``per_shape`` cases per
     shape of SHAPES, drawn from ``numpy.random.default_rng(seed)``."""
     if not isinstance(per_shape, int) or per_shape < 1:
