@@ -55,11 +55,13 @@ weights (a sort of a boolean mask; srigl_np keeps the k largest |W|). ``check_up
 with ``reading="authors"`` draws only layers whose budget B' holds at least one weight
 per neuron, where their k is never 0.
 
-Every random choice comes from hypothesis, seeded by ``check_update(seed=...)``.
+Every random choice comes from hypothesis or, for the boundary cases, from
+``numpy.random.default_rng``, both seeded by ``check_update(seed=...)``.
 
 The kit is a package: ``reference`` (the reference update in either reading),
-``strategies``, ``boundary`` (the fixed first stage), ``assertions`` and ``conformance`` (``check_update`` and its diff); every
-public name is importable from ``srigl_np.testing``.
+``strategies``, ``boundary`` (the fixed first stage), ``assertions`` and ``conformance``
+(``check_update`` and its diff); every public name is importable from
+``srigl_np.testing``.
 """
 
 try:

@@ -264,7 +264,8 @@ def _format_counterexample(found):
                 f"neuron {neuron}")
     settings = ", ".join(f"{key} {value!r}" for key, value in case.kwargs(found.method).items())
     lines = [head,
-             f"inputs (stage {found.stage!r}): weight {case.weight.shape} {case.weight.dtype}, budget {case.budget}, "
+             f"inputs (stage {found.stage!r}): weight {case.weight.shape} "
+             f"{case.weight.dtype}, budget {case.budget}, "
              f"{settings}"]
     lines += _numbers_lines(expected.trace)
     lines.append("reference: " + _summary(case.mask, expected.mask))
