@@ -13,7 +13,7 @@ module; tests/test_imports.py pins which folder may import which):
     formats/      files: npz (the one .npz reader), checkpoint, scipy_npz, the PyTorch
                   reader (torch_*), importing, sniff
     inference/    condensed layers, CondensedModel and its file, the condense pass
-    testing/      the conformance kit (strategies, reference, assertions, check_update)
+    testing/      the conformance kit (strategies, boundary, reference, assertions, check_update)
     bench/        the benchmark package behind python -m srigl_np.bench
     commands      train (+ train_config), audit (+ model_audit), condense, explain (+ explain_text),
                   experiments, erk_table: ``python -m srigl_np.<command>``

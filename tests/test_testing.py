@@ -331,8 +331,17 @@ def test_assert_valid_update_reports_every_broken_rule_at_once():
         (weight, mask), (np.where(rigl_mask, weight, 0), rigl_mask), method="rigl",
         drop_fraction=0.0)]
     assert kinds == ["nnz", "pruned_count"]
-    with pytest.raises(ValueError, match="RigL/SET only"):
-        testing.update_violations((weight, mask), good, drop_fraction=0.5)
+    # SRigL with drop_fraction: the n_keep largest |W| (0.9, 0.8, 0.7) stay in their
+    # neurons at k = 2; neuron 1 trading 0.7 for a grown weight breaks that.
+    testing.assert_valid_update((weight, mask), good, sparsity=0.5, drop_fraction=0.5)
+    swapped_mask = good.mask.copy()
+    swapped_mask[1] = [False, True, False, True]
+    swapped = np.where(swapped_mask & mask, weight, 0.0)
+    kinds = [v.kind for v in testing.update_violations((weight, mask), (swapped, swapped_mask),
+                                                       drop_fraction=0.5)]
+    assert kinds == ["kept_by_magnitude"]
+    assert "first at neuron 1, input 2: |W| 0.7" in testing.update_violations(
+        (weight, mask), (swapped, swapped_mask), drop_fraction=0.5)[0].message
     with pytest.raises(TypeError, match="mask must be bool"):
         testing.update_violations((weight, mask), (good.mask, good.weight))
 

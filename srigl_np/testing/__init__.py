@@ -9,9 +9,10 @@ Like ``hypothesis.extra.numpy`` this package is public and imports hypothesis
 * assertion helpers that report every broken invariant of a layer at once:
   ``assert_constant_fan_in``, ``assert_valid_update`` (and ``update_violations``, the
   records behind it), built on ``dst.invariant_violations``;
-* ``check_update``: draws inputs, runs your update and ``dst.srigl_update`` (or
-  ``dst.rigl_update``) on each, compares the masks and the weights, and returns the
-  shrunk counterexample with a per-neuron diff of the two masks (or raises it).
+* ``check_update``: runs your update and ``dst.srigl_update`` (or ``dst.rigl_update``)
+  on the fixed ``boundary_cases``, then on hypothesis draws with distinct magnitudes,
+  then with ties, compares the masks and the weights, and returns the first (shrunk)
+  counterexample with a per-neuron diff and the reference's numbers (or raises it).
 
 Tie-break rule. "Top r by score" picks the r largest scores; at equal score the lower
 flat index wins (inside one row, the lower column). srigl_np applies it in every
@@ -54,11 +55,13 @@ weights (a sort of a boolean mask; srigl_np keeps the k largest |W|). ``check_up
 with ``reading="authors"`` draws only layers whose budget B' holds at least one weight
 per neuron, where their k is never 0.
 
-Every random choice comes from hypothesis, seeded by ``check_update(seed=...)``.
+Every random choice comes from hypothesis or, for the boundary cases, from
+``numpy.random.default_rng``, both seeded by ``check_update(seed=...)``.
 
 The kit is a package: ``reference`` (the reference update in either reading),
-``strategies``, ``assertions`` and ``conformance`` (``check_update`` and its diff); every
-public name is importable from ``srigl_np.testing``.
+``strategies``, ``boundary`` (the fixed first stage), ``assertions`` and ``conformance``
+(``check_update`` and its diff); every public name is importable from
+``srigl_np.testing``.
 """
 
 try:
@@ -67,15 +70,18 @@ except ImportError as exc:   # pragma: no cover - exercised without hypothesis o
     raise ImportError("srigl_np.testing needs hypothesis: pip install hypothesis") from exc
 
 from .assertions import assert_constant_fan_in, assert_valid_update, update_violations
-from .conformance import LEGEND, ConformanceError, Counterexample, check_update
+from .boundary import boundary_cases
+from .conformance import LEGEND, STAGES, ConformanceError, Counterexample, check_update
 from .reference import METHODS, READINGS, reference_update, srigl_reference
-from .strategies import (Layer, UpdateInputs, ablated_layers, constant_fan_in_layers,
-                         conv_shapes, float_dtypes, layer_shapes, linear_shapes, update_inputs)
+from .strategies import (Layer, UpdateInputs, ablated_layers, boundary_fractions,
+                         constant_fan_in_layers, conv_shapes, float_dtypes, layer_shapes,
+                         linear_shapes, update_inputs)
 
 __all__ = [
-    "ConformanceError", "Counterexample", "Layer", "READINGS", "UpdateInputs",
-    "ablated_layers", "assert_constant_fan_in", "assert_valid_update", "check_update",
-    "constant_fan_in_layers", "conv_shapes", "float_dtypes", "layer_shapes",
-    "linear_shapes", "reference_update", "srigl_reference", "update_inputs",
-    "update_violations",
+    "LEGEND", "METHODS", "ConformanceError", "Counterexample", "Layer", "READINGS", "STAGES",
+    "UpdateInputs",
+    "ablated_layers", "assert_constant_fan_in", "assert_valid_update", "boundary_cases",
+    "boundary_fractions", "check_update", "constant_fan_in_layers", "conv_shapes",
+    "float_dtypes", "layer_shapes", "linear_shapes", "reference_update", "srigl_reference",
+    "update_inputs", "update_violations",
 ]

@@ -42,12 +42,13 @@ def update_violations(before, after, *, method="srigl", sparsity=None, drop_frac
       old & ~new / new & ~old;
     * RigL/SET ("rigl", "set"): "nnz": nnz is unchanged; with ``drop_fraction``,
       "pruned_count": at most n_prune positions left the mask, n_prune =
-      n_ones - min(n_ones - floor(n_ones*drop_fraction), non-zero active weights).
+      n_ones - min(n_ones - floor(n_ones*drop_fraction), non-zero active weights);
+    * SRigL with ``drop_fraction``: "kept_by_magnitude": every neuron active after keeps
+      the min(k, m_i) largest |W| of its m_i weights among step 1's n_keep largest
+      (dst.magnitude_keep; ties: the lower index). Its pruned count is not bounded by
+      n_prune: the per-neuron cap and ablation prune more, by design.
     """
     _check_choice("method", method, ("srigl", "rigl", "set"))
-    if drop_fraction is not None and method == "srigl":
-        raise ValueError("drop_fraction bounds the pruned count of RigL/SET only; SRigL's "
-                         "per-neuron cap and ablation may prune more")
     weight, mask = _weight_and_mask("before", before)
     new_weight, new_mask = _weight_and_mask("after", after)
     if new_weight.shape != weight.shape:
@@ -82,6 +83,9 @@ def update_violations(before, after, *, method="srigl", sparsity=None, drop_frac
                 f"{name}_record", wrong, n, lambda i, e=expected: f"expected {bool(e.flat[i])}",
                 f"positions of after.{name} are wrong")
 
+    if method == "srigl" and drop_fraction is not None:
+        violations += _kept_by_magnitude(weight, mask, new_mask, drop_fraction,
+                                         getattr(after, "fan_in", None))
     if method != "srigl":
         nnz_before, nnz_after = int(mask.sum()), int(new_mask.sum())
         if nnz_after != nnz_before:
@@ -110,6 +114,29 @@ def assert_valid_update(before, after, *, method="srigl", sparsity=None, drop_fr
     if violations:
         where = f"layer {layer!r}: " if layer else ""
         raise dst.InvariantError("\n".join(where + v.message for v in violations), violations)
+
+
+def _kept_by_magnitude(weight, mask, new_mask, drop_fraction, fan_in):
+    """SRigL's "kept_by_magnitude" records (see update_violations); k is ``fan_in``, else
+    the most common count of the neurons active after."""
+    n = weight.shape[0]
+    rows, row_mask = weight.reshape(n, -1), mask.reshape(n, -1)
+    new_rows = new_mask.reshape(n, -1)
+    dst.check_update_args(weight, mask, None, drop_fraction)
+    counts_after = new_rows.sum(axis=1)
+    active = counts_after > 0
+    if not active.any():
+        return []
+    if fan_in is None:
+        fan_in = int(np.bincount(counts_after[active]).argmax())
+    keep = dst.magnitude_keep(rows, row_mask, drop_fraction).keep
+    required = np.where(active, np.minimum(keep.sum(axis=1), fan_in), 0)
+    largest = dst.top_per_row(np.where(keep, np.abs(rows), -np.inf), required)
+    return _position_violations(
+        "kept_by_magnitude", (largest & ~new_rows).reshape(weight.shape), n,
+        lambda i: f"|W| {abs(weight.flat[i].item())!r}",
+        f"weights among the n_keep largest |W| (drop_fraction {drop_fraction}) left a "
+        f"neuron active at fan-in {fan_in}")
 
 
 def _weight_and_mask(name, layer):

@@ -18,33 +18,36 @@ METHODS = ("srigl", "rigl")
 
 
 def srigl_reference(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal=0.3,
-                    ablation=True, reading="srigl_np"):
+                    ablation=True, reading="srigl_np", trace=False):
     """``dst.srigl_update`` under ``reading`` (see the module notes): "srigl_np" is
     dst.srigl_update itself, "authors" swaps in the authors' γ_sal threshold, minimum
-    number of active neurons and fan-in rule. Returns a dst.UpdateResult."""
+    number of active neurons and fan-in rule. Returns a dst.UpdateResult; ``trace=True``
+    fills its ``trace`` (a dst.UpdateTrace: n_keep, n_prune, salient counts, threshold,
+    k, ...) in either reading."""
     _check_choice("reading", reading, READINGS)
     kwargs = dict(drop_fraction=drop_fraction, sparsity=sparsity, gamma_sal=gamma_sal,
-                  ablation=ablation)
+                  ablation=ablation, trace=trace)
     if reading == "srigl_np":
         return dst.srigl_update(weight, mask, grad, **kwargs)
     return _srigl_by_reading(weight, mask, grad, reading=reading, **kwargs)
 
 
-def reference_update(inputs, *, method="srigl", reading="srigl_np"):
-    """The reference result for ``UpdateInputs``: srigl_reference, or dst.rigl_update."""
+def reference_update(inputs, *, method="srigl", reading="srigl_np", trace=False):
+    """The reference result for ``UpdateInputs``: srigl_reference, or dst.rigl_update
+    (``trace=True``: with its dst.UpdateTrace)."""
     _check_choice("method", method, METHODS)
     if method == "rigl":
         if reading != "srigl_np":
             raise ValueError(f"reading {reading!r} applies to method 'srigl' only")
         return dst.rigl_update(inputs.weight, inputs.mask, inputs.grad,
-                               **inputs.kwargs("rigl"))
+                               trace=trace, **inputs.kwargs("rigl"))
     return srigl_reference(inputs.weight, inputs.mask, inputs.grad, reading=reading,
-                           **inputs.kwargs("srigl"))
+                           trace=trace, **inputs.kwargs("srigl"))
 
 
 
 def _srigl_by_reading(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal, ablation,
-                      reading):
+                      reading, trace=False):
     """dst.srigl_update's steps, with step 2's rule and step 3's fan-in under ``reading``.
 
     Every ranking and tie-break is dst's (the same step functions); only the numbers of
@@ -60,8 +63,15 @@ def _srigl_by_reading(weight, mask, grad, *, drop_fraction, sparsity, gamma_sal,
     fan_in = _fan_in(reading, weight.shape, sparsity, neurons.active)
     cap = dst.cap_fan_in(rows, kept, neurons.active, fan_in)
     growth = dst.regrow(grow_score, row_mask, cap, neurons.active, fan_in)
+    steps = None
+    if trace:
+        budget = dst.layer_budget(weight.shape, sparsity)
+        k = dst.NewFanIn(budget, budget // rows.shape[0], int(neurons.active.sum()),
+                               fan_in)
+        steps = dst.UpdateTrace("srigl", drop_fraction, kept, growth, gamma_sal, neurons, k,
+                                cap)
     return dst.update_result(weight, mask, growth.mask, growth.regrown,
-                             ablated=neurons.ablated, fan_in=fan_in)
+                             ablated=neurons.ablated, fan_in=fan_in, trace=steps)
 
 
 def _ablation_rule(reading, shape, sparsity, nnz, gamma_sal):

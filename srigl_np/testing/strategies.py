@@ -12,8 +12,9 @@ from hypothesis.extra import numpy as hnp
 from .. import dst
 from .reference import METHODS, _check_choice
 
-__all__ = ["Layer", "UpdateInputs", "ablated_layers", "constant_fan_in_layers", "conv_shapes",
-           "float_dtypes", "layer_shapes", "linear_shapes", "update_inputs"]
+__all__ = ["Layer", "UpdateInputs", "ablated_layers", "boundary_fractions",
+           "constant_fan_in_layers", "conv_shapes", "float_dtypes", "layer_shapes",
+           "linear_shapes", "update_inputs"]
 
 # Small on purpose: a counterexample's diff has one row per neuron, one column per input.
 linear_shapes = st.tuples(st.integers(1, 6), st.integers(1, 8))
@@ -21,8 +22,11 @@ conv_shapes = st.tuples(st.integers(1, 4), st.integers(1, 2), st.integers(1, 2),
                         st.integers(1, 2))
 layer_shapes = st.one_of(linear_shapes, conv_shapes)
 float_dtypes = st.sampled_from([np.float32, np.float64])
-
-
+# Fractions t/d (d <= 8) half the time: γ_sal·k0 and n_ones·drop_fraction then land on
+# integers, where floor, ceil, round and the denominators k0, F part ways.
+boundary_fractions = st.one_of(
+    st.sampled_from(sorted({t / d for d in range(1, 9) for t in range(d + 1)})),
+    st.floats(0.0, 1.0))
 
 class Layer(NamedTuple):
     """A constant fan-in layer as SRigL leaves it.
