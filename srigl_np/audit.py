@@ -1,7 +1,8 @@
 """``python -m srigl_np.audit PATH``: audit a sparse model.
 
 For a run directory of python -m srigl_np.train: its audit trail (audit.jsonl), one row
-per layer: updates, weights pruned, grown and regrown, ablated neurons over time, fan-in,
+per layer: updates, weights pruned, grown and regrown, ablated neurons (first and last,
+neurons newly ablated and returned; then a row per update with both), fan-in,
 density, zeros inside the mask, ITOP (in-time over-parameterisation: the fraction of
 weights ever active) and failed invariant checks, then the layers the distribution kept
 dense (they have no records; the run's checkpoint says which and why). For any model
@@ -25,6 +26,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 from . import cli
 from .cli import command, create_parser, format_table
 from .dst.trail import read_trail
@@ -36,14 +39,63 @@ def _fan_in_text(pair):
     return str(low) if low == high else f"{low}-{high}"
 
 
-def _ablation_timeline(records, points=5):
-    """Ablated-neuron counts at up to ``points`` evenly spaced updates, e.g. '0 → 3 → 5'."""
-    counts = [len(r["ablated"]) for r in records]
-    if len(counts) <= points:
-        picks = counts
-    else:
-        picks = [counts[round(i * (len(counts) - 1) / (points - 1))] for i in range(points)]
-    return " → ".join(str(c) for c in picks)
+def ablation_events(records):
+    """Per layer, what each update did to its ablated neurons, from the trail's ``ablated``
+    lists: {layer: {"steps": [step], "ablated": [count after], "newly_ablated": [[ids]],
+    "returned": [[ids]], "timeline": {id: {"ablated": [steps], "returned": [steps]}}}},
+    one entry per update (every update, none skipped), layers in first-seen order.
+
+    A neuron is newly ablated at an update when it is in that record's ``ablated`` and not
+    in the layer's record before; returned when the reverse. Before a layer's first record
+    no neuron is ablated (every mask starts at the constant fan-in k0, and the trail holds
+    a run's updates from its first, resumed runs included). ``timeline`` lists only the
+    neurons that were ever ablated; its keys are the neuron indices as strings (JSON's).
+    """
+    events = {}
+    for layer, rs in _by_layer(records).items():
+        before, entry = set(), {"steps": [], "ablated": [], "newly_ablated": [],
+                                "returned": [], "timeline": {}}
+        for r in rs:
+            after = set(r["ablated"])
+            new, back = sorted(after - before), sorted(before - after)
+            entry["steps"].append(r["step"])
+            entry["ablated"].append(len(after))
+            entry["newly_ablated"].append(new)
+            entry["returned"].append(back)
+            for what, ids in (("ablated", new), ("returned", back)):
+                for i in ids:
+                    entry["timeline"].setdefault(
+                        str(i), {"ablated": [], "returned": []})[what].append(r["step"])
+            before = after
+        entry["timeline"] = dict(sorted(entry["timeline"].items(), key=lambda kv: int(kv[0])))
+        events[layer] = entry
+    return events
+
+
+def ablation_counts(entry):
+    """([newly ablated], [returned]) counts per update of one layer's ``ablation_events``
+    entry: what the plot's ablation panel draws."""
+    return [len(ids) for ids in entry["newly_ablated"]], [len(ids) for ids in entry["returned"]]
+
+
+def _ablation_cell(count, new, back):
+    """'68', '69 +69' or '68 +1 -2': ablated after the update, newly ablated, returned."""
+    return (str(count) + (f" +{len(new)}" if new else "")
+            + (f" -{len(back)}" if back else ""))
+
+
+def ablation_rows(events):
+    """One row per update step (every one), one column per layer of ``ablation_events``:
+    the neurons ablated after that update, '+N' newly ablated and '-N' returned by it."""
+    steps = sorted({step for e in events.values() for step in e["steps"]})
+    rows = {step: {"step": str(step)} for step in steps}
+    for layer, e in events.items():
+        for row in rows.values():
+            row[layer] = "-"
+        for step, count, new, back in zip(e["steps"], e["ablated"], e["newly_ablated"],
+                                          e["returned"]):
+            rows[step][layer] = _ablation_cell(count, new, back)
+    return list(rows.values())
 
 
 def _by_layer(records):
@@ -66,8 +118,9 @@ def _total(records, key):
 def summarise(records):
     """One row per layer (in first-seen order) as a dict of display strings."""
     rows = []
+    events = ablation_events(records)
     for layer, rs in _by_layer(records).items():
-        last = rs[-1]
+        last, ablation = rs[-1], events[layer]
         failed = sum(r["invariants"] != "ok" for r in rs)
         rows.append({
             "layer": layer,
@@ -76,7 +129,9 @@ def summarise(records):
             "pruned": str(sum(r["pruned"] for r in rs)),
             "grown": str(sum(r["grown"] for r in rs)),
             "regrown": _total(rs, "regrown"),
-            "ablated over time": _ablation_timeline(rs),
+            "ablated": f"{ablation['ablated'][0]} → {ablation['ablated'][-1]}",
+            "newly ablated": str(sum(map(len, ablation["newly_ablated"]))),
+            "returned": str(sum(map(len, ablation["returned"]))),
             "active": f"{last['active_neurons']}/{last['neurons']}",
             "fan-in": f"{_fan_in_text(rs[0]['fan_in_before'])} → "
                       f"{_fan_in_text(last['fan_in_after'])}",
@@ -95,7 +150,13 @@ TABLE_NOTES = (
     "zeros in mask: weights inside the mask that are exactly 0 after the last update "
     "(grown weights start at 0)",
     "ITOP: in-time over-parameterisation, the fraction of weights ever active",
+    "ablated: neurons ablated after the first update → after the last; newly ablated, "
+    "returned: neurons ablated, and neurons given weights again, by all updates together "
+    "(per update below)",
 )
+ABLATION_NOTE = ("ablated neurons after each update (every update): +N newly ablated by "
+                 "it, -N returned by it (--json: the neuron ids, and per neuron the steps "
+                 "it was ablated and returned)")
 
 
 def kept_dense(run_dir):
@@ -151,14 +212,16 @@ def _trail_lines(path, records, kept=None):
     if any(r["regrown"] == "-" or r["zeros in mask"] == "-" for r in rows):
         lines.append("-: not in this trail (written before regrown and zeros_in_mask "
                      "were recorded)")
+    if rows:
+        lines += ["", ABLATION_NOTE, format_table(ablation_rows(ablation_events(records)))]
     lines += _kept_dense_lines(kept or {})
     failures = [r for r in records if r["invariants"] != "ok"]
     lines += [f"step {r['step']} {r['layer']}: {r['invariants']}" for r in failures[:5]]
     return lines, 1 if failures else 0
 
 
-PLOT_PANELS = ("active neurons", "fan-in k (min-max)", "ITOP %",
-               "pruned / grown / regrown per update")
+PLOT_PANELS = ("active neurons", "neurons newly ablated (up) / returned (down)",
+               "fan-in k (min-max)", "ITOP %", "pruned / grown / regrown per update")
 
 
 def plot_trail(records, path):
@@ -168,7 +231,8 @@ def plot_trail(records, path):
     One row of small panels per layer, one panel per quantity of ``PLOT_PANELS``: active
     neurons (a dotted line at the layer's neurons), the fan-in after each update (the
     band from min to max; one line for SRigL's constant k), ITOP, and the weights
-    pruned, grown and regrown by each update. Returns (rows, columns). ImportError
+    pruned, grown and regrown by each update; between the first two, one bar per update
+    of the neurons it newly ablated (up) and returned (down, ``ablation_counts``). Returns (rows, columns). ImportError
     saying how to install matplotlib without it; ValueError for an empty trail or an
     unknown format (``cli.image_format``).
     """
@@ -182,15 +246,22 @@ def plot_trail(records, path):
 
     if not records:
         raise ValueError(f"nothing to plot into {path}: the trail records no topology update")
-    by_layer = _by_layer(records)
+    by_layer, events = _by_layer(records), ablation_events(records)
     fig = Figure(figsize=(3.2 * len(PLOT_PANELS), 2.2 * len(by_layer) + 0.6))
     axes = fig.subplots(len(by_layer), len(PLOT_PANELS), squeeze=False, sharex=True)
     for row, (layer, rs) in zip(axes, by_layer.items()):
         steps = [r["step"] for r in rs]
-        active, fan_in, itop, changes = row
+        active, ablation, fan_in, itop, changes = row
         active.plot(steps, [r["active_neurons"] for r in rs], marker=".")
         active.axhline(rs[-1]["neurons"], linestyle=":", color="grey")
         active.set_ylabel(layer)
+        new, back = ablation_counts(events[layer])
+        # One bar per update, every update: returns drawn below zero so they cannot hide
+        # behind an equal number of new ablations (the net count would show neither).
+        width = 0.6 * (min(np.diff(steps)) if len(steps) > 1 else 1)
+        ablation.bar(steps, new, width=width, color="C3", label="newly ablated")
+        ablation.bar(steps, [-b for b in back], width=width, color="C2", label="returned")
+        ablation.axhline(0, color="grey", linewidth=0.5)
         low, high = ([r["fan_in_after"][i] for r in rs] for i in (0, 1))
         fan_in.fill_between(steps, low, high, alpha=0.3)
         fan_in.plot(steps, low, marker=".", color="C0")
@@ -207,6 +278,7 @@ def plot_trail(records, path):
         ax.set_title(title, fontsize=9)
     for ax in axes[-1]:
         ax.set_xlabel("step")
+    axes[0][1].legend(fontsize=7)
     axes[0][-1].legend(fontsize=7)
     for ax in axes.flat:
         ax.tick_params(labelsize=7)
@@ -224,7 +296,8 @@ def make_parser():
                         help="a run directory, or a model file of one of the kinds above")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (source, layers, model summary, trail "
-                             "summary, layers kept dense) instead")
+                             "summary, ablation per update with a per-neuron timeline, "
+                             "layers kept dense) instead")
     parser.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=None,
                         help="read a PyTorch file as this architecture instead of "
                              "recognising it from its keys and shapes (default: recognise)")
@@ -235,7 +308,8 @@ def make_parser():
     parser.add_argument("--plot", metavar="FILE", default=None, type=cli.path,
                         help="also draw a run's trail over training steps into FILE (.png, "
                              ".pdf, .svg, ...; needs matplotlib): per layer, active neurons, "
-                             "fan-in, ITOP and weights pruned/grown/regrown per update "
+                             "neurons newly ablated and returned, fan-in, ITOP and weights "
+                             "pruned/grown/regrown per update "
                              "(default: no plot)")
     return parser
 
@@ -285,6 +359,7 @@ def main(argv=None):
         out.append(f"plot: {args.plot} ({rows} layers x {columns} panels: "
                    f"{', '.join(PLOT_PANELS)})")
     trail_summary = None if trail_records is None else summarise(trail_records)
+    ablation = None if trail_records is None else ablation_events(trail_records)
     kept_json = {name: {"shape": shape, "reason": why} for name, (shape, why) in kept.items()}
     if source is not None:
         status = max(status, 0 if all(a["ok"] for a in audits) and not problems else 1)
@@ -293,8 +368,8 @@ def main(argv=None):
                               "structure": source.structure, "notes": source.notes,
                               "layers": audits, "not_finite": problems, "model": model,
                               "expect_constant_fan_in": args.expect_constant_fan_in,
-                              "trail": trail_summary, "kept_dense": kept_json,
-                              "status": status}))
+                              "trail": trail_summary, "ablation": ablation,
+                              "kept_dense": kept_json, "status": status}))
             return status
         out += [f"{source.path}: {source.kind}, structure from {source.structure}"]
         out += [f"  note: {note}" for note in source.notes]
@@ -303,8 +378,8 @@ def main(argv=None):
         out += format_model(model)
     elif args.json:
         print(json.dumps({"path": args.path, "kind": "trail", "layers": [], "model": None,
-                          "trail": trail_summary, "kept_dense": kept_json,
-                          "status": status}))
+                          "trail": trail_summary, "ablation": ablation,
+                          "kept_dense": kept_json, "status": status}))
         return status
     print("\n".join(out))
     return status

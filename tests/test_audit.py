@@ -172,7 +172,7 @@ def _good_trail(path):
                                      fan_in_after=[6, 6], active_neurons=32, pruned=10,
                                      grown=10, regrown=0, zeros_in_mask=10)),
                   json.dumps(_record(step=5)),
-                  json.dumps(_record(step=10, ablated=[4, 17, 20], fan_in_before=[9, 9],
+                  json.dumps(_record(step=10, ablated=[4, 20, 21], fan_in_before=[9, 9],
                                      fan_in_after=[10, 10], active_neurons=29, pruned=5,
                                      grown=8, regrown=2, nnz=290, zeros_in_mask=9,
                                      itop=0.25)))
@@ -184,18 +184,69 @@ def test_the_table_of_a_good_trail(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{tmp_path / 'audit.jsonl'}: 3 records, 2 updates (steps 5..10)"
     assert lines[1].split() == ["layer", "method", "updates", "pruned", "grown", "regrown",
-                                "ablated", "over", "time", "active", "fan-in", "density",
-                                "zeros", "in", "mask", "ITOP", "checks"]
+                                "ablated", "newly", "ablated", "returned", "active", "fan-in",
+                                "density", "zeros", "in", "mask", "ITOP", "checks"]
     assert set(lines[2]) <= {"-", " "}
-    assert lines[3].split() == ["0.weight", "srigl", "1", "10", "10", "0", "0", "32/32", "6",
-                                "→", "6", "5.9%", "10", "12.5%", "ok"]
-    # pruned and grown are summed net of regrown; zeros in mask is the last update's.
-    assert lines[4].split() == ["3.weight", "srigl", "2", "45", "48", "5", "2", "→", "3",
-                                "29/32", "7", "→", "10", "6.3%", "9", "25.0%", "ok"]
-    assert lines[5:] == list(audit.TABLE_NOTES)
+    assert lines[3].split() == ["0.weight", "srigl", "1", "10", "10", "0", "0", "→", "0", "0",
+                                "0", "32/32", "6", "→", "6", "5.9%", "10", "12.5%", "ok"]
+    # pruned and grown are summed net of regrown; zeros in mask is the last update's;
+    # neuron 17 returns at step 10 while 20 and 21 are ablated: 2 → 3, 4 ablated, 1 back.
+    assert lines[4].split() == ["3.weight", "srigl", "2", "45", "48", "5", "2", "→", "3", "4",
+                                "1", "29/32", "7", "→", "10", "6.3%", "9", "25.0%", "ok"]
+    notes = lines[5:5 + len(audit.TABLE_NOTES)]
+    assert notes == list(audit.TABLE_NOTES)
     assert any(note.startswith("ITOP: in-time over-parameterisation, the fraction of "
-                               "weights ever active") for note in lines[5:])
-    assert any(note.startswith("pruned, grown: net of regrown") for note in lines[5:])
+                               "weights ever active") for note in notes)
+    assert any(note.startswith("pruned, grown: net of regrown") for note in notes)
+    # Every update its own row: counts after it, +newly ablated, -returned ("-": the
+    # layer has no update at that step).
+    assert lines[5 + len(audit.TABLE_NOTES):] == [
+        "", audit.ABLATION_NOTE,
+        "step  0.weight  3.weight",
+        "----  --------  --------",
+        "5     0         2 +2",
+        "10    -         3 +2 -1"]
+
+
+def test_ablation_events_follow_every_neuron_through_every_update():
+    records = [_record(step=step, ablated=ablated, neurons=8) for step, ablated in
+               ((100, [1, 2]), (200, [2, 5]), (300, [2, 5]), (400, [1, 5]))]
+    events = audit.ablation_events(records)["3.weight"]
+    assert events["steps"] == [100, 200, 300, 400]
+    assert events["ablated"] == [2, 2, 2, 2]      # the net count never moves ...
+    assert events["newly_ablated"] == [[1, 2], [5], [], [1]]   # ... the neurons do
+    assert events["returned"] == [[], [1], [], [2]]
+    assert events["timeline"] == {"1": {"ablated": [100, 400], "returned": [200]},
+                                  "2": {"ablated": [100], "returned": [400]},
+                                  "5": {"ablated": [200], "returned": []}}
+    assert audit.ablation_counts(events) == ([2, 1, 0, 1], [0, 1, 0, 1])
+
+
+def test_a_short_run_that_ablates_and_returns_shows_both(tmp_path, capsys):
+    """The README's settings (mlp at 99%, γ_sal 0.7) on a run of a few seconds."""
+    from srigl_np.train import main as train
+
+    out = tmp_path / "run"
+    assert train(["--dataset", "embedded", "--epochs", "20", "--sparsity", "0.99",
+                  "--gamma-sal", "0.7", "--progress", "off", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert audit.main([str(out), "--json"]) == 0
+    ablation = json.loads(capsys.readouterr().out)["ablation"]
+    records = trail.read_trail(out / "audit.jsonl")
+    assert set(ablation) == {r["layer"] for r in records}
+    for layer, events in ablation.items():   # every update, none sampled
+        assert events["steps"] == [r["step"] for r in records if r["layer"] == layer]
+    returned = {(layer, i): steps["returned"] for layer, e in ablation.items()
+                for i, steps in e["timeline"].items() if steps["returned"]}
+    assert returned, "no neuron returned"
+    (layer, neuron), steps = next(iter(returned.items()))
+    step = steps[0]
+    before, after = ([r for r in records if r["layer"] == layer and r["step"] == s][0]
+                     for s in (step - 100, step))
+    assert int(neuron) in before["ablated"] and int(neuron) not in after["ablated"]
+    assert audit.main([str(out)]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r" -\d", table) and re.search(r" \+\d", table)
 
 
 def test_a_trail_written_before_the_added_keys_shows_them_unknown(tmp_path, capsys):
@@ -204,8 +255,8 @@ def test_a_trail_written_before_the_added_keys_shows_them_unknown(tmp_path, caps
     assert audit.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3].split() == ["1.weight", "srigl", "2", "8186", "8186", "-", "0", "→", "0",
-                                "300/300", "62", "→", "62", "7.9%", "-", "9.6%", "ok"]
-    assert lines[-1].startswith("-: not in this trail")
+                                "0", "0", "300/300", "62", "→", "62", "7.9%", "-", "9.6%", "ok"]
+    assert lines[4 + len(audit.TABLE_NOTES)].startswith("-: not in this trail")
     # A run resumed by a newer trainer: the regrown it knows is a lower bound.
     assert audit.summarise([old, _record(layer="1.weight", regrown=7)])[0]["regrown"] == ">=7"
 
@@ -332,10 +383,11 @@ def test_plot_draws_a_row_of_panels_per_layer(tmp_path, capsys):
     figure = tmp_path / "trail.png"
     assert audit.main([str(tmp_path), "--plot", str(figure)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == (f"plot: {figure} (2 layers x 4 panels: active neurons, fan-in k "
-                         f"(min-max), ITOP %, pruned / grown / regrown per update)")
-    # 3.2 x 4 panels wide, 2.2 per layer + 0.6 high, at 100 dpi.
-    assert _png_size(figure) == (1280, 500)
+    assert lines[-1] == (f"plot: {figure} (2 layers x 5 panels: active neurons, neurons "
+                         f"newly ablated (up) / returned (down), fan-in k (min-max), ITOP %, "
+                         f"pruned / grown / regrown per update)")
+    # 3.2 x 5 panels wide, 2.2 per layer + 0.6 high, at 100 dpi.
+    assert _png_size(figure) == (1600, 500)
     assert sorted(os.listdir(tmp_path)) == ["audit.jsonl", "trail.png"]   # no temporary left
 
 
@@ -352,12 +404,12 @@ def test_plot_of_an_old_trail_and_of_a_run_with_its_checkpoint(run, tmp_path, ca
     pytest.importorskip("matplotlib")
     _write(tmp_path / "audit.jsonl", _OLD_LINE)
     assert audit.main([str(tmp_path), "--plot", str(tmp_path / "old.png")]) == 0
-    assert _png_size(tmp_path / "old.png") == (1280, 280)
+    assert _png_size(tmp_path / "old.png") == (1600, 280)
     capsys.readouterr()
     assert audit.main([str(run), "--plot", str(tmp_path / "run.png")]) == 0
     out = capsys.readouterr().out
-    assert "2 layers x 4 panels" in out and "run, structure from mask" in out
-    assert _png_size(tmp_path / "run.png") == (1280, 500)
+    assert "2 layers x 5 panels" in out and "run, structure from mask" in out
+    assert _png_size(tmp_path / "run.png") == (1600, 500)
 
 
 @pytest.mark.parametrize("lines, name, message", [
