@@ -715,3 +715,27 @@ def test_srigl_update_refuses_bad_arguments(kwargs, error, fragment):
 def test_set_update_requires_a_generator():
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         dst.set_update(W3x4, W3x4 != 0, drop_fraction=0.3, rng=0)
+
+
+def test_an_update_result_prints_in_a_few_lines_not_its_arrays():
+    rng = np.random.default_rng(0)
+    mask = dst.constant_fan_in_mask((10, 12), 0.8, rng)
+    weight = (rng.standard_normal((10, 12)) * mask).astype(np.float32)
+    grad = rng.standard_normal((10, 12)).astype(np.float32)
+    result = dst.srigl_update(weight, mask, grad, drop_fraction=0.3, sparsity=0.8,
+                              gamma_sal=0.3, trace=True)
+    lines = repr(result).splitlines()
+    assert len(lines) == 3 and str(result) == repr(result)
+    assert lines[0] == (f"UpdateResult(shape=(10, 12), float32, k={result.fan_in}, "
+                        f"nnz={int(result.mask.sum())}, pruned={int(result.pruned.sum())}, "
+                        f"grown={int(result.grown.sum())}, regrown={int(result.regrown.sum())},")
+    assert lines[1] == f"  ablated={result.ablated.tolist()},"
+    trace = result.trace
+    assert lines[2] == (f"  trace=UpdateTrace(srigl, d=0.3, n_ones={trace.n_ones}, "
+                        f"n_keep={trace.n_keep}, n_prune={trace.n_prune}, "
+                        f"threshold={trace.threshold_used}, "
+                        f"salient_counts={trace.salient_counts.tolist()}, k0={trace.k0}, "
+                        f"k={trace.fan_in}))")
+    # A wide layer's ids are cut short, with their number.
+    many = dst.UpdateResult(mask, weight, mask, mask, np.arange(40), 2)
+    assert "15, ... (40 in all)]" in repr(many) and "trace=None" in repr(many)

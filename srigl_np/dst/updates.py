@@ -159,6 +159,30 @@ class UpdateTrace:
         return (np.zeros(0, np.int64) if self.active is None
                 else np.flatnonzero(~self.active).astype(np.int64))
 
+    def __repr__(self):
+        """One line of the update's numbers; the arrays stay in the fields."""
+        parts = [f"{self.method}", f"d={self.drop_fraction:g}",
+                 f"n_ones={self.n_ones}", f"n_keep={self.n_keep}", f"n_prune={self.n_prune}"]
+        if self.threshold is not None:
+            parts += [f"threshold={self.threshold_used}"
+                      + (f" (lowered from {self.threshold})" if self.threshold_lowered else ""),
+                      f"salient_counts={_ints_text(self.salient_counts)}"]
+        if self.fan_in is not None:
+            parts += [f"k0={self.k0}", f"k={self.fan_in}"]
+        return f"UpdateTrace({', '.join(parts)})"
+
+
+# The most integers a repr lists before it ends in "...".
+_REPR_INTS = 16
+
+
+def _ints_text(values):
+    """'[0, 3, 4]', or the first _REPR_INTS of a longer list, '...' and how many in all."""
+    values = [int(v) for v in values]
+    if len(values) <= _REPR_INTS:
+        return str(values)
+    return f"[{', '.join(map(str, values[:_REPR_INTS]))}, ... ({len(values)} in all)]"
+
 
 @dataclass(frozen=True, eq=False)
 class UpdateResult:
@@ -186,6 +210,18 @@ class UpdateResult:
     fan_in: int | None
     regrown: np.ndarray | None = None
     trace: UpdateTrace | None = None
+
+    def __repr__(self):
+        """A few lines (shape, k, counts, ablated ids, the trace's numbers), not the arrays:
+        ``print(result)`` of a 10x12 update is 3 lines, not ~150."""
+        def count(a):
+            return "-" if a is None else int(a.sum())
+        lines = [f"UpdateResult(shape={tuple(self.mask.shape)}, {self.weight.dtype}, "
+                 f"k={self.fan_in}, nnz={count(self.mask)}, pruned={count(self.pruned)}, "
+                 f"grown={count(self.grown)}, regrown={count(self.regrown)},",
+                 f"  ablated={_ints_text(self.ablated)},",
+                 f"  trace={self.trace!r})"]
+        return "\n".join(lines)
 
 
 # -- the updates -----------------------------------------------------------------------
