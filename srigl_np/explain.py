@@ -15,8 +15,11 @@ dL/dW. The defaults are chosen so that all of §4 happens at once: a neuron is
 ablated, three return, so k drops from 3 to 2 and the neurons that kept 3 weights are
 capped, and a dropped weight is regrown. --checkpoint RUN_DIR
 --layer NAME takes a layer of a run of ``python -m srigl_np.train`` instead, with its
-target sparsity, γ_sal, α and method, and as gradient one backward pass on --images
-images of the embedded Fashion-MNIST subset (or --gradient random). --plot FILE draws
+target sparsity, γ_sal, α, method and schedule: the update at the checkpoint's step
+(the run's last update step when the checkpoint is past T_end, as a finished run's is)
+with that step's drop fraction, and as gradient one backward pass on --images training
+images of the run's own dataset (the embedded subset, said so, when it is not on this
+machine; or --gradient random). --plot FILE draws
 |W|, |G| and the decisions as one picture (needs matplotlib).
 """
 
@@ -51,7 +54,8 @@ class Layer:
     weight, mask, grad: (n, *fan_in_dims), the grad dense; sparsity: the layer's target;
     gamma_sal, alpha, method: the update's settings; ablation_off: None when SRigL may
     ablate, else why not ("the output layer", ...); title, gradient_note, before, notes:
-    the header's lines; t_end: the schedule's T_end unless --t-end is given.
+    the header's lines; t_end: the schedule's T_end unless --t-end is given; step: the
+    schedule's step unless --step is given (a checkpoint's: ``checkpoint_step``).
     """
 
     weight: np.ndarray
@@ -67,6 +71,7 @@ class Layer:
     before: str = ""
     notes: tuple = ()
     t_end: int = DEFAULTS["t_end"]
+    step: int = DEFAULTS["step"]
 
 
 # -- the layer to explain ---------------------------------------------------------------
@@ -126,12 +131,29 @@ def checkpoint_layer(run_dir, name, *, gradient, images, seed):
     return weight, mask, grad, run, sparsity, name == sparse[-1], note
 
 
+def run_dataset(run):
+    """(dataset, what) of the data the run trained on: the dataset its meta names, looked
+    for where its config's --data-path says (or the usual places); the embedded subset,
+    with a sentence saying so, when that dataset is not on this machine."""
+    from .data import load_dataset
+
+    name = (run.meta.get("data") or {}).get("name") or run.config.get("dataset", "embedded")
+    if name == "embedded":
+        return load_dataset("embedded"), "the run's embedded Fashion-MNIST subset"
+    try:
+        return load_dataset(name, run.config.get("data_path")), f"the run's {name}"
+    except FileNotFoundError:
+        return (load_dataset("embedded"), f"the embedded Fashion-MNIST subset (the run's "
+                f"{name} is not found on this machine)")
+
+
 def _backward_gradient(run, name, images, rng):
-    """dL/dW of ``name`` from one training-mode backward pass on ``images`` embedded images."""
-    from .data import channel_stats, load_dataset, normalize
+    """dL/dW of ``name`` from one training-mode backward pass on ``images`` training
+    images of the run's own dataset (``run_dataset``)."""
+    from .data import channel_stats, normalize
     from .nn.losses import softmax_cross_entropy
 
-    dataset = load_dataset("embedded")
+    dataset, what = run_dataset(run)
     count = min(images, len(dataset.x_train))
     chosen = np.sort(rng.choice(len(dataset.x_train), size=count, replace=False))
     mean, std = run.input_stats or channel_stats(dataset.x_train)
@@ -141,8 +163,8 @@ def _backward_gradient(run, name, images, rng):
     loss, grad_logits = softmax_cross_entropy(logits, dataset.y_train[chosen])
     run.model.backward(grad_logits, input_grad=False)
     grad = run.model.named_grads()[name].copy()
-    return grad, (f"one backward pass on {count} embedded training images (loss {loss:.3f}; "
-                  f"dense: it has values off the mask too)")
+    return grad, (f"one backward pass on {count} training images of {what} (loss "
+                  f"{loss:.3f}; dense: it has values off the mask too)")
 
 
 def build_layer(args):
@@ -213,6 +235,10 @@ def _checkpoint_layer_from(args):
     if is_output and method == "srigl":
         notes.append(f"{args.layer} is the output layer: never ablated (as in training)")
     epoch = run.meta.get("epoch")
+    t_end = _run_t_end(run) or DEFAULTS["t_end"]
+    step, step_note = checkpoint_step(run, t_end)
+    if args.step is None and args.drop_fraction is None:
+        notes.append(f"step: {step_note}")
     return Layer(
         weight, mask, grad, float(sparsity),
         gamma_sal=(float(config.get("gamma_sal", DEFAULTS["gamma_sal"]))
@@ -222,7 +248,21 @@ def _checkpoint_layer_from(args):
         title=(f"layer {args.layer} of {args.checkpoint} ({run_method} run"
                + (f", epoch {epoch}" if epoch is not None else "")
                + f"), {shape_text(weight.shape)}"),
-        gradient_note=note, notes=tuple(notes), t_end=_run_t_end(run) or DEFAULTS["t_end"])
+        gradient_note=note, notes=tuple(notes), t_end=t_end, step=step)
+
+
+def checkpoint_step(run, t_end):
+    """(step, note) of the update a checkpoint replays: the checkpoint's own step when an
+    update could run there (below T_end), else the run's last update step (the largest
+    multiple of its ΔT below T_end), since the schedule stops at T_end."""
+    step = int(run.meta.get("step", 0))
+    if step < t_end:
+        return step, f"the update at the checkpoint's step {step}"
+    delta = int(run.config.get("delta", 100))
+    last = max(0, (t_end - 1) // delta * delta)
+    return last, (f"the checkpoint is at step {step}, past T_end = {t_end} where updates "
+                  f"stop: the run's last update step, {last}, replayed on the "
+                  f"checkpoint's weights")
 
 
 def _run_t_end(run):
@@ -256,9 +296,53 @@ CODE_NAMES = ("absent", "kept", "pruned", "removed by the cap", "grown", "regrow
 CODE_COLORS = ("#ffffff", "#4c72b0", "#dd8452", "#c44e52", "#55a868", "#8172b3", "#8c8c8c")
 
 
+@dataclass
+class RowFacts:
+    """What the figure's right-hand panel shows per neuron (row), all (n,) NumPy arrays.
+
+    fan_in_before, fan_in_after: int64, weights in the mask before and after the update;
+    salient: int64 salient weights (SRigL with ablation), None otherwise; threshold: the
+    salient count a neuron needed (``threshold_used``), None without ablation; ablated:
+    bool, no weights after; returned: bool, no weights before and some after (an ablated
+    neuron given weights again); newly_ablated: bool, weights before and none after.
+    """
+
+    fan_in_before: np.ndarray
+    fan_in_after: np.ndarray
+    salient: np.ndarray | None
+    threshold: int | None
+    ablated: np.ndarray
+    returned: np.ndarray
+    newly_ablated: np.ndarray
+
+
+def row_facts(layer, result):
+    """The RowFacts of ``result``, the update of ``layer``."""
+    before = as_rows(layer.mask).sum(axis=1).astype(np.int64)
+    after = as_rows(result.mask).sum(axis=1).astype(np.int64)
+    trace = result.trace
+    return RowFacts(before, after, trace.salient_counts, trace.threshold_used,
+                    ablated=after == 0, returned=(before == 0) & (after > 0),
+                    newly_ablated=(before > 0) & (after == 0))
+
+
+ROW_COLORS = {"active": "#4c72b0", "ablated": "#8c8c8c", "newly ablated": "#c44e52",
+              "returned": "#55a868"}
+
+
+def row_status(facts):
+    """Each row's key of ROW_COLORS: returned, newly ablated, ablated (before and after)
+    or active."""
+    return np.where(facts.returned, "returned",
+                    np.where(facts.newly_ablated, "newly ablated",
+                             np.where(facts.ablated, "ablated", "active")))
+
+
 def plot(path, layer, result):
-    """Draw |W| before, |G| and the decisions (kept, pruned, capped, grown, regrown,
-    ablated) into ``path``, written atomically; the format comes from the suffix (PNG
+    """Draw |W| before, |G|, the decisions (kept, pruned, capped, grown, regrown,
+    ablated) and, per neuron, its salient count against the threshold with its fan-in
+    before → after (``row_facts``; returned and newly ablated neurons coloured and marked
+    on the axis) into ``path``, written atomically; the format comes from the suffix (PNG
     without one). ImportError saying how to install matplotlib without it; ValueError for
     an unknown format (``cli.image_format``)."""
     file_format = cli.image_format(path)
@@ -278,8 +362,8 @@ def plot(path, layer, result):
     for value, code in enumerate(CODE_ORDER):
         index[codes == code] = value
     panel_width = min(5.0, max(3.0, 0.3 * codes.shape[1]))   # inches, colour bars aside
-    fig = Figure(figsize=(3 * panel_width + 3.0, 2.0 + min(8.0, 0.3 * n)))
-    axes = fig.subplots(1, 3, sharey=True)
+    fig = Figure(figsize=(3 * panel_width + 6.0, 2.0 + min(8.0, 0.3 * n)))
+    axes = fig.subplots(1, 4, sharey=True, width_ratios=(1, 1, 1, 0.8))
     off_mask = ~as_rows(layer.mask)
     panels = [(np.ma.masked_where(off_mask, np.abs(as_rows(layer.weight))),
                "|W| before (blank: off the mask)", "viridis"),
@@ -300,14 +384,45 @@ def plot(path, layer, result):
     axes[2].legend(handles=[Patch(facecolor=CODE_COLORS[v], edgecolor="black", linewidth=0.5,
                                   label=CODE_NAMES[v]) for v in present],
                    fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    facts = row_facts(layer, result)
+    _plot_rows(axes[3], facts, n)
     axes[0].set_ylabel("neuron")
-    if n <= 32:
-        axes[0].set_yticks(range(n))
-    for ax in axes:
+    if n <= 32:   # each neuron named, a returned one and a newly ablated one marked
+        status = row_status(facts)
+        marks = {"returned": " returns", "newly ablated": " ablated"}
+        axes[0].set_yticks(range(n), [f"{i}{marks.get(s, '')}" for i, s in enumerate(status)])
+        for label, s in zip(axes[0].get_yticklabels(), status):
+            label.set_color(ROW_COLORS[s] if s in marks else "black")
+    for ax in axes[:3]:
         ax.set_xlabel("input")
         ax.tick_params(labelsize=7)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format=file_format, dpi=100))
+
+
+def _plot_rows(ax, facts, n):
+    """Per neuron: salient count as a bar (coloured by ``row_status``) against the
+    threshold's line, and 'fan-in before→after' written beside it (rows of up to 40)."""
+    status = row_status(facts)
+    colors = [ROW_COLORS[s] for s in status]
+    values = facts.salient if facts.salient is not None else facts.fan_in_after
+    ax.barh(np.arange(n), values, color=colors, height=0.7)
+    if facts.threshold is not None:
+        ax.axvline(facts.threshold, color="black", linestyle="--", linewidth=1)
+    ax.set_title("salient weights vs threshold (dashed)\nfan-in before→after"
+                 if facts.salient is not None else "fan-in after", fontsize=9)
+    if n <= 40:   # beyond, the labels would overlap
+        right = max(1, int(values.max())) * 1.08
+        ax.set_xlim(0, right * 1.3)
+        for i in range(n):
+            ax.text(right, i, f"{facts.fan_in_before[i]}→{facts.fan_in_after[i]}",
+                    va="center", fontsize=7)
+    ax.set_xlabel("weights")
+    ax.tick_params(labelsize=7)
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(facecolor=ROW_COLORS[key], label=key)
+                       for key in ROW_COLORS if (status == key).any()],
+              fontsize=7, loc="best")
 
 
 # -- the command line ---------------------------------------------------------------------
@@ -334,7 +449,8 @@ def make_parser():
                      help="the sparse layer to update, e.g. 1.weight (default: none; "
                           "required with --checkpoint)")
     run.add_argument("--gradient", choices=GRADIENTS,
-                     help="'backward': one backward pass on --images embedded images; "
+                     help="'backward': one backward pass on --images training images of "
+                          "the run's dataset (the embedded subset when it is not found); "
                           "'random': seeded standard normal (default: backward with "
                           "--checkpoint, random for the random layer)")
     run.add_argument("--images", type=integer(1, 10**6), default=d["images"],
@@ -358,8 +474,10 @@ def make_parser():
     update.add_argument("--alpha", type=fraction(),
                         help=f"the schedule's initial drop fraction α (default: {d['alpha']}; "
                              f"with --checkpoint the run's)")
-    update.add_argument("--step", type=integer(0, 10**9), default=d["step"],
-                        metavar="T", help=f"the schedule's step t (default: {d['step']})")
+    update.add_argument("--step", type=integer(0, 10**9),
+                        metavar="T", help=f"the schedule's step t (default: {d['step']}; with "
+                                          f"--checkpoint the checkpoint's step, or the run's "
+                                          f"last update step when that is past T_end)")
     update.add_argument("--t-end", type=integer(1, 10**9), metavar="T_END",
                         help=f"the schedule's T_end, where updates stop (default: "
                              f"{d['t_end']}; with --checkpoint the run's)")
@@ -390,13 +508,14 @@ def main(argv=None):
             raise ValueError(problem)
     layer = build_layer(args)
     t_end = layer.t_end if args.t_end is None else args.t_end
-    if args.step > t_end:
-        raise ValueError(f"--step must be <= T_end = {t_end} (--t-end), got {args.step}")
+    step = layer.step if args.step is None else args.step
+    if step > t_end:
+        raise ValueError(f"--step must be <= T_end = {t_end} (--t-end), got {step}")
     given = args.drop_fraction is not None
     drop_fraction = (args.drop_fraction if given else
-                     dst.cosine_drop_fraction(args.step, layer.alpha, t_end))
+                     dst.cosine_drop_fraction(step, layer.alpha, t_end))
     result = run_update(layer, drop_fraction, args.seed)
-    lines = explain(layer, result, (layer.alpha, args.step, t_end, drop_fraction, given),
+    lines = explain(layer, result, (layer.alpha, step, t_end, drop_fraction, given),
                     args.max_rows, args.max_cols)
     if args.plot is not None:
         plot(args.plot, layer, result)

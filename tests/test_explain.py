@@ -418,7 +418,8 @@ def test_checkpoint_explains_a_layer_of_the_run(capsys, run_dir):
     assert f"nnz {int(mask.sum())} of N = 30000" in out
     sparsity = dst.erk_sparsities([(300, 784), (100, 300), (10, 100)], 0.9)[1]
     assert f"target sparsity {sparsity:.3g}" in out
-    assert "gradient: one backward pass on 64 embedded training images" in out
+    assert ("gradient: one backward pass on 64 training images of the run's embedded "
+            "Fashion-MNIST subset") in out
     assert "2. saliency and ablation:" in out and "(4 more neurons" not in out
     assert "(96 more neurons not shown" in out
     # Deterministic: the same command, the same explanation; --gradient random differs.
@@ -427,6 +428,71 @@ def test_checkpoint_explains_a_layer_of_the_run(capsys, run_dir):
     random = _explain(capsys, "--checkpoint", str(run_dir), "--layer", "3.weight",
                       "--gradient", "random", "--max-rows", "4")
     assert "gradient: seeded standard normal (seed 69)" in random
+
+
+def test_checkpoint_replays_the_runs_last_update_with_its_drop_fraction(capsys, run_dir):
+    """1 epoch of 20 steps, T_end 15, ΔT 5: the checkpoint (step 20) is past T_end, so the
+    update replayed is the run's last, at step 10, with the drop fraction it recorded."""
+    from srigl_np.dst.trail import read_trail
+
+    out = _explain(capsys, "--checkpoint", str(run_dir), "--layer", "3.weight",
+                   "--max-rows", "4")
+    recorded = [r for r in read_trail(run_dir / "audit.jsonl") if r["layer"] == "3.weight"]
+    assert recorded[-1]["step"] == 10
+    assert ("note: step: the checkpoint is at step 20, past T_end = 15 where updates stop: "
+            "the run's last update step, 10, replayed on the checkpoint's weights") in out
+    d = recorded[-1]["drop_fraction"]
+    assert f"cos(π·10/15)) = {d:.3g}" in out
+    # --step still chooses, and then no note claims the checkpoint's step.
+    chosen = _explain(capsys, "--checkpoint", str(run_dir), "--layer", "3.weight",
+                      "--step", "5", "--max-rows", "4")
+    assert "cos(π·5/15))" in chosen and "note: step:" not in chosen
+
+
+def test_checkpoint_step_is_the_checkpoints_own_below_t_end():
+    from types import SimpleNamespace
+
+    mid_run = SimpleNamespace(meta={"step": 7}, config={"delta": 5})
+    assert explain.checkpoint_step(mid_run, 15) == (7, "the update at the checkpoint's step 7")
+    finished = SimpleNamespace(meta={"step": 30}, config={"delta": 5})
+    assert explain.checkpoint_step(finished, 15)[0] == 10
+    assert explain.checkpoint_step(finished, 16)[0] == 15
+
+
+def test_the_gradient_comes_from_the_runs_own_dataset_or_says_what_it_uses(tmp_path):
+    from types import SimpleNamespace
+
+    embedded = SimpleNamespace(meta={"data": {"name": "embedded"}}, config={})
+    dataset, what = explain.run_dataset(embedded)
+    assert what == "the run's embedded Fashion-MNIST subset" and len(dataset.x_train) > 0
+    missing = SimpleNamespace(meta={"data": {"name": "fashion-mnist"}},
+                              config={"data_path": str(tmp_path)})
+    dataset, what = explain.run_dataset(missing)
+    assert what == ("the embedded Fashion-MNIST subset (the run's fashion-mnist is not found "
+                    "on this machine)")
+
+
+def test_the_figures_rows_mark_returned_neurons_and_show_fan_in_and_saliency(tmp_path):
+    """The data the right-hand panel draws, for the default layer (neurons 0, 5 and 6
+    return, 9 is ablated), and the figure drawn headless."""
+    pytest.importorskip("matplotlib")
+    args = explain.make_parser().parse_args([])
+    layer = explain.build_layer(args)
+    result = explain.run_update(layer, 0.3, args.seed)
+    facts = explain.row_facts(layer, result)
+    trace = result.trace
+    assert np.flatnonzero(facts.returned).tolist() == [0, 5, 6]
+    assert np.flatnonzero(facts.newly_ablated).tolist() == result.ablated.tolist() == [9]
+    assert (facts.fan_in_before[facts.returned] == 0).all()
+    assert facts.fan_in_after[~facts.ablated].tolist() == [result.fan_in] * 9
+    assert facts.salient.tolist() == trace.salient_counts.tolist()
+    assert facts.threshold == trace.threshold_used
+    # Below the threshold means ablated, here where it was not lowered.
+    assert ((facts.salient < facts.threshold) == facts.ablated).all()
+    assert explain.row_status(facts).tolist() == (
+        ["returned"] + ["active"] * 4 + ["returned"] * 2 + ["active"] * 2 + ["newly ablated"])
+    explain.plot(str(tmp_path / "update.png"), layer, result)
+    assert (tmp_path / "update.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_checkpoint_output_layer_is_never_ablated(capsys, run_dir):
