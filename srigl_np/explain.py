@@ -409,9 +409,11 @@ def _plot_rows(ax, facts, n):
     ax.barh(np.arange(n), values, color=colors, height=0.7)
     if facts.threshold is not None:
         ax.axvline(facts.threshold, color="black", linestyle="--", linewidth=1)
-    ax.set_title("salient weights vs threshold (dashed)\nfan-in before→after"
-                 if facts.salient is not None else "fan-in after", fontsize=9)
-    if n <= 40:   # beyond, the labels would overlap
+    labelled = n <= 40   # beyond, the labels would overlap
+    ax.set_title(("salient weights vs threshold (dashed)" if facts.salient is not None
+                  else "fan-in after") + ("\nfan-in before→after" if labelled else ""),
+                 fontsize=9)
+    if labelled:
         right = max(1, int(values.max())) * 1.08
         ax.set_xlim(0, right * 1.3)
         for i in range(n):
