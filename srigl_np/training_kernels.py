@@ -15,7 +15,8 @@ weights and never a dense [n, n_in] array:
     Conv2d, each of the three   conv2d_*_reference: im2col + the      conv_*_direct (straight from
                                 linear definition (+ col2im)          the images), or im2col_columns
                                                                       + the linear kernels
-    SGD / AdamW steps           sgd_step, adamw_step (elementwise over nnz: one definition)
+    SGD / AdamW steps           sgd_step, adamw_step (elementwise over nnz: one definition,
+                                sgd_update/adamw_update, which nn.optim's SGD and AdamW run)
 
 The public functions (``linear_forward``, ``linear_backward``, ``conv2d_forward``,
 ``conv2d_backward`` and the single products) validate their arguments and run the OpenMP
@@ -423,13 +424,22 @@ def sgd_step(values, grad, momentum_buffer=None, *, lr, momentum=0.0, nesterov=F
     if scratch is not None:
         state["scratch"] = scratch
     _check_state(values, grad, **state)
-    xp = array_module(values)
-    d = xp.empty_like(values) if scratch is None else scratch
+    d = array_module(values).empty_like(values) if scratch is None else scratch
+    sgd_update(values, grad, d, momentum_buffer, lr=lr, momentum=momentum,
+               nesterov=nesterov, weight_decay=weight_decay)
+    return values
+
+
+def sgd_update(p, g, d, momentum_buffer, *, lr, momentum, nesterov, weight_decay):
+    """The SGD rule of ``sgd_step`` and ``nn.optim.SGD`` on arrays already checked: p,
+    momentum_buffer (None without momentum) updated in place, d scratch, all one shape.
+    The one place the rule's operations and their order are written."""
+    xp = array_module(p)
     if weight_decay:
-        xp.multiply(values, weight_decay, out=d)
-        d += grad
+        xp.multiply(p, weight_decay, out=d)
+        d += g
     else:
-        d[...] = grad
+        d[...] = g
     if momentum:
         momentum_buffer *= momentum
         momentum_buffer += d
@@ -438,8 +448,7 @@ def sgd_step(values, grad, momentum_buffer=None, *, lr, momentum=0.0, nesterov=F
         else:
             d[...] = momentum_buffer
     d *= lr
-    values -= d
-    return values
+    p -= d
 
 
 def adamw_step(values, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999), eps=1e-8,
@@ -465,17 +474,27 @@ def adamw_step(values, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999
     if scratch is not None:
         state["scratch"] = scratch
     _check_state(values, grad, **state)
-    xp = array_module(values)
-    d = xp.empty_like(values) if scratch is None else scratch
+    d = array_module(values).empty_like(values) if scratch is None else scratch
+    adamw_update(values, grad, d, exp_avg, exp_avg_sq, step=step, lr=lr, betas=(beta1, beta2),
+                 eps=eps, weight_decay=weight_decay)
+    return values
+
+
+def adamw_update(p, g, d, exp_avg, exp_avg_sq, *, step, lr, betas, eps, weight_decay):
+    """The AdamW rule of ``adamw_step`` and ``nn.optim.AdamW`` on arrays already checked:
+    p and the moments updated in place, d scratch, all one shape; step counted from 1.
+    The one place the rule's operations and their order are written."""
+    xp = array_module(p)
+    beta1, beta2 = betas
     step_size = lr / (1.0 - beta1 ** step)
     sqrt_correction2 = math.sqrt(1.0 - beta2 ** step)
     if weight_decay:
-        values *= 1.0 - lr * weight_decay
+        p *= 1.0 - lr * weight_decay
     exp_avg *= beta1
-    xp.multiply(grad, 1.0 - beta1, out=d)
+    xp.multiply(g, 1.0 - beta1, out=d)
     exp_avg += d
     exp_avg_sq *= beta2
-    xp.multiply(grad, grad, out=d)
+    xp.multiply(g, g, out=d)
     d *= 1.0 - beta2
     exp_avg_sq += d
     xp.sqrt(exp_avg_sq, out=d)
@@ -483,5 +502,4 @@ def adamw_step(values, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999
     d += eps
     xp.divide(exp_avg, d, out=d)
     d *= step_size
-    values -= d
-    return values
+    p -= d

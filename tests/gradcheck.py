@@ -4,19 +4,22 @@ forward + backward comparisons with the equivalent torch module."""
 import numpy as np
 
 
-def numeric_grad(loss, array, eps=1e-6):
-    """Central differences of the scalar ``loss()`` w.r.t. every entry of ``array`` (in place)."""
-    grad = np.zeros_like(array)
-    flat, gflat = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
+def numeric_grad(loss, array, eps=1e-6, entries=None):
+    """Central differences of the scalar ``loss()`` w.r.t. every entry of ``array`` (in
+    place), shaped as ``array``; or, given ``entries`` (flat indices), at those entries
+    only, as a 1-D array in their order."""
+    flat = array.reshape(-1)
+    picks = np.arange(flat.size) if entries is None else np.asarray(entries)
+    numeric = np.empty(picks.size, dtype=array.dtype)
+    for j, i in enumerate(picks):
         saved = flat[i]
         flat[i] = saved + eps
         plus = loss()
         flat[i] = saved - eps
         minus = loss()
         flat[i] = saved
-        gflat[i] = (plus - minus) / (2 * eps)
-    return grad
+        numeric[j] = (plus - minus) / (2 * eps)
+    return numeric.reshape(array.shape) if entries is None else numeric
 
 
 def assert_close(name, analytic, numeric, rtol=1e-5, atol=1e-7):

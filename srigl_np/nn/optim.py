@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from ..backend import array_module, on_device_of
+from ..training_kernels import adamw_update, sgd_update
 
 
 def _check_positive(name, value):
@@ -118,26 +119,12 @@ class SGD(_Optimizer):
     def step(self, grads):
         """Update every parameter in place from ``grads`` (same keys as params)."""
         self.step_count += 1
-        lr, momentum, decay = float(self.lr), self.momentum, self.weight_decay
-        xp = array_module(*self.params.values())
+        lr = float(self.lr)
         for name, p in self.params.items():
-            g = self._grad(grads, name)
-            d = self._scratch[name]
-            if decay:
-                xp.multiply(p, decay, out=d)
-                d += g
-            else:
-                d[...] = g
-            if momentum:
-                buf = self.state[name]["momentum_buffer"]
-                buf *= momentum
-                buf += d
-                if self.nesterov:
-                    d += momentum * buf
-                else:
-                    d[...] = buf
-            d *= lr
-            p -= d
+            sgd_update(p, self._grad(grads, name), self._scratch[name],
+                       self.state[name].get("momentum_buffer"), lr=lr,
+                       momentum=self.momentum, nesterov=self.nesterov,
+                       weight_decay=self.weight_decay)
 
 
 class AdamW(_Optimizer):
@@ -166,29 +153,12 @@ class AdamW(_Optimizer):
     def step(self, grads):
         """Update every parameter in place from ``grads`` (same keys as params)."""
         self.step_count += 1
-        lr, (beta1, beta2), t = float(self.lr), self.betas, self.step_count
-        step_size = lr / (1.0 - beta1 ** t)
-        sqrt_correction2 = math.sqrt(1.0 - beta2 ** t)
-        xp = array_module(*self.params.values())
+        lr = float(self.lr)
         for name, p in self.params.items():
-            g = self._grad(grads, name)
-            m, v = self.state[name]["exp_avg"], self.state[name]["exp_avg_sq"]
-            d = self._scratch[name]
-            if self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
-            m *= beta1
-            xp.multiply(g, 1.0 - beta1, out=d)
-            m += d
-            v *= beta2
-            xp.multiply(g, g, out=d)
-            d *= 1.0 - beta2
-            v += d
-            xp.sqrt(v, out=d)
-            d /= sqrt_correction2
-            d += self.eps
-            xp.divide(m, d, out=d)
-            d *= step_size
-            p -= d
+            state = self.state[name]
+            adamw_update(p, self._grad(grads, name), self._scratch[name], state["exp_avg"],
+                         state["exp_avg_sq"], step=self.step_count, lr=lr, betas=self.betas,
+                         eps=self.eps, weight_decay=self.weight_decay)
 
 
 class CosineSchedule:
