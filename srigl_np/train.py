@@ -40,6 +40,14 @@ that fails its invariant check (``dst.InvariantError``) stops training: the audi
 up to that update is written, and the command exits with status 1 and a one-line error
 naming the step and layer.
 
+``--compute`` picks how the sparse layers are trained (``dst.sparsity``, "Two compute
+paths"): ``condensed`` (the default) trains SRigL's sparse Linear and Conv2d layers as
+values + indices, so a step costs in proportion to the weights kept; ``masked`` trains
+dense weights with zeros, the transparent reference. Both make the same decisions and
+end at the same weights up to float rounding; the plan says per layer which path runs
+(RigL, SET, static and the GPU run masked), the config records it, and checkpoints
+are the same dense arrays either way.
+
 ``--device cuda`` (or ``cuda:N``) trains on an NVIDIA GPU through CuPy with the same
 code: the normalised data set is copied to the GPU once, the model is moved there
 before the optimizer and DynamicSparsity are built, and evaluation runs there too.
@@ -48,6 +56,7 @@ Shuffling, dropout masks and topology-update rankings still come from the host
 device saved in its configuration.
 """
 
+import contextlib
 import hashlib
 import math
 import os
@@ -289,7 +298,8 @@ def _build_run(config):
             ablation=not config["no_ablation"], seed=config["seed"],
             # Configs written before these options existed ran "skip" with one batch.
             optimizer_on_update=config.get("optimizer_on_update", "skip"),
-            grad_accumulation=config.get("grad_accumulation", 1))
+            grad_accumulation=config.get("grad_accumulation", 1),
+            compute=config.get("compute", "masked"))
     data_info = {"name": dataset.name, "source": dataset.source, "n_train": len(x_train),
                  "n_test": len(x_test), "mean": float(mean), "std": float(std),
                  "sha256": data_fingerprint(dataset)}
@@ -336,11 +346,13 @@ def plan_lines(config, sparsity, steps_per_epoch):
     else:
         lines.append("schedule: static, the initial masks are kept (no topology updates)")
     plan = sparsity.plan()
+    lines.append(_compute_line(config, sparsity))
     rows = [{"layer": p["layer"], "shape": "x".join(map(str, p["shape"])),
              "sparsity": f"{100 * p['sparsity']:.1f}%",
              "fan-in": (f"k={p['fan_in'][0]}" if sparsity.method == "srigl"
                         else "{}-{}".format(*p["fan_in"])),
-             "updates": str(p["updates"])} for p in plan if p["kept_dense"] is None]
+             "updates": str(p["updates"]), "compute": p["compute"]}
+            for p in plan if p["kept_dense"] is None]
     if rows:
         lines += ["  " + line for line in format_table(rows).splitlines()]
     lines += [f"kept dense: {p['layer']} {'x'.join(map(str, p['shape']))} ({p['kept_dense']})"
@@ -368,7 +380,8 @@ def train(config, resume=False, progress=False, log=print):
         note = check_data(checkpoint_path, read_meta(checkpoint_path).get("data"), data_info)
         if note:
             log(note)
-        meta = load_checkpoint(checkpoint_path, model, optimizer, sparsity)
+        with _dense(sparsity):
+            meta = load_checkpoint(checkpoint_path, model, optimizer, sparsity)
         start_epoch, step, history = meta["epoch"], meta["step"], meta["history"]
         if sparsity is not None and os.path.exists(audit_path):
             # Updates at or after the checkpoint's step (written by a run that failed an
@@ -390,6 +403,8 @@ def train(config, resume=False, progress=False, log=print):
         for batch, idx in enumerate(order, start=1):
             optimizer.lr = schedule(step)
             idx = on_device_of(idx, x_train)   # the shuffle is drawn on the host
+            if sparsity is not None:
+                sparsity.before_forward(step)
             logits = model.forward(x_train[idx], training=True)
             loss, grad_logits = softmax_cross_entropy(logits, y_train[idx])
             if not math.isfinite(float(loss)):
@@ -444,10 +459,28 @@ def train(config, resume=False, progress=False, log=print):
         # a resume drops what the checkpoint does not cover.
         if sparsity is not None:
             write_jsonl(audit_path, sparsity.audit_records)
-        save_checkpoint(checkpoint_path, meta, model, optimizer, sparsity)
+        with _dense(sparsity):
+            save_checkpoint(checkpoint_path, meta, model, optimizer, sparsity)
         write_json(os.path.join(out, "metrics.json"), _metrics(config, data_info, history))
         log(line)
     return _metrics(config, data_info, history)
+
+
+def _compute_line(config, sparsity):
+    asked = config.get("compute", "masked")
+    if asked == "masked":
+        return "compute: masked (dense weights with zeros; --compute masked)"
+    if sparsity.condensed:
+        return (f"compute: condensed, {len(sparsity.condensed)} layer(s) as values + indices "
+                f"(step cost in proportion to the kept weights); the rest masked")
+    why = ("only SRigL keeps the constant fan-in it needs" if sparsity.method != "srigl"
+           else "no sparse layer is a Linear or Conv2d on the CPU")
+    return f"compute: masked ({why})"
+
+
+def _dense(sparsity):
+    """Checkpoints hold every run's dense weights and state, whichever path trained it."""
+    return contextlib.nullcontext() if sparsity is None else sparsity.dense_view()
 
 
 def _kept(epoch, checkpoint_path):

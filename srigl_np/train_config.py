@@ -13,7 +13,8 @@ import os
 from .backend import parse_device
 from .cli import create_parser, fraction, integer, number
 from .cli import path as path_flag
-from .dst.sparsity import DISTRIBUTIONS, DYNAMIC_METHODS, METHODS, OPTIMIZER_ON_UPDATE
+from .dst.sparsity import (COMPUTES, DISTRIBUTIONS, DYNAMIC_METHODS, METHODS,
+                           OPTIMIZER_ON_UPDATE)
 from .nn.models import MODEL_NAMES
 
 DATASETS = ("auto", "fashion-mnist", "mnist", "embedded")
@@ -22,7 +23,8 @@ DEFAULT_SPARSITY = 0.9   # of the sparse methods; a dense run records 0
 # Every other flag is part of the run's meaning and is refused with --resume.
 RESUMABLE_FLAGS = ("epochs", "threads", "device", "data_path", "progress")
 # Config keys trainers before them did not record, and the value such a run trained with.
-LEGACY_CONFIG = {"optimizer_on_update": "skip", "grad_accumulation": 1, "device": "cpu"}
+LEGACY_CONFIG = {"optimizer_on_update": "skip", "grad_accumulation": 1, "device": "cpu",
+                 "compute": "masked"}
 # Flags that are not part of a run's config.
 _NOT_CONFIG = ("help", "resume", "progress", "overwrite")
 MAX_EPOCHS = 10**6   # past it a run's step count no longer fits the schedule's floats
@@ -103,6 +105,12 @@ def make_parser():
     g.add_argument("--grad-accumulation", type=integer(1), default=1,
                    help="average the dense gradient of the grow score over this many "
                         "mini-batches ending at the update step (at most --delta)")
+    g.add_argument("--compute", choices=COMPUTES, default="condensed",
+                   help="'condensed': SRigL's sparse Linear and Conv2d layers train as "
+                        "values + indices, at the cost of their sparsity (on the CPU; the "
+                        "other methods and devices run masked, as the plan says); "
+                        "'masked': dense weights with zeros, the reference the tutorial "
+                        "teaches")
     g.add_argument("--t-end-frac", type=fraction(), default=0.75,
                    help="stop topology updates after this fraction of training")
     return p

@@ -38,6 +38,22 @@ already have their records. Before training, ``plan()`` says what the schedule w
 per layer its shape, sparsity, fan-in and number of updates, and why a layer the
 distribution keeps dense (``kept_dense()``) is dense.
 
+Two compute paths (``compute``). "masked", the reference the tutorial teaches: every
+weight is a dense array with zeros outside the mask, the layers run dense products and
+the masks are multiplied in around each optimizer step. "condensed": SRigL's sparse
+Linear and groups-1 Conv2d layers are trained as ``values[n_active, k]`` +
+``indices[n_active, k]`` (``srigl_np.nn.condensed_compute``); their gradient exists only
+at the stored positions, the optimizer's state is stored the same way, and nothing of a
+layer's dense size is read or written on a step outside a grow-score window. The
+trainer calls ``before_forward(step)`` first, so that on the steps of a window the
+layers also compute the dense gradient. An update step runs the same ``_update_layer``
+on the layer's dense weight (expanded from the values) and rewires the condensed arrays
+from its result: kept weights keep their value and optimizer state, grown ones start at
+0 with zero state, ablated neurons leave the arrays and come back when they return. The
+masks stay the record of the topology, so checkpoints (written inside ``dense_view()``),
+the trail, ITOP and every command read runs of either path alike. Other methods and
+layers (RigL, SET and static have no constant fan-in) run masked: ``plan()`` says which.
+
 Random decisions draw from Generators derived from ``(seed, purpose, step)``, never
 from carried state, so a run resumed from a checkpoint repeats an uninterrupted run
 bit for bit.
@@ -53,10 +69,13 @@ on the device. That is a few megabytes per layer per ΔT steps; porting the rank
 second implementation to keep identical. ``ablated`` neuron lists stay on the host.
 """
 
+import contextlib
+
 import numpy as np
 
 from .. import dst
 from ..backend import array_module, on_device_of, to_numpy
+from ..nn import condensed_compute
 from ..nn.layers import kaiming_normal, prefixed
 from ..validation import positive_int
 from .trail import make_record
@@ -65,6 +84,7 @@ METHODS = ("dense", "static", "set", "rigl", "srigl")
 OPTIMIZER_ON_UPDATE = ("step", "skip")   # see the module docstring
 DYNAMIC_METHODS = ("set", "rigl", "srigl")
 DISTRIBUTIONS = ("uniform", "erk")
+COMPUTES = ("condensed", "masked")   # see "Two compute paths" above
 DISTRIBUTION_NAMES = {"uniform": "uniform", "erk": "ERK"}   # as the paper writes them
 
 # Purposes for derived random streams: (seed, purpose, ...) -> Generator.
@@ -106,6 +126,9 @@ class DynamicSparsity:
     grad_accumulation : the grow score is the dense gradient averaged over this many
         mini-batches ending at the update step, in [1, delta] (the authors'
         ``grad_accumulation_n``).
+    compute : "masked" (dense weights with zeros, masked each step) or "condensed"
+        (SRigL's sparse Linear and groups-1 Conv2d layers on NumPy arrays trained as
+        values + indices; every other layer masked): see "Two compute paths" above.
 
     State: ``masks``, ``ever_active`` (bool, per layer), ``ablated`` (int64 indices, per
     layer), with ``grad_accumulation`` > 1 the running sums ``dense_grad`` (per updated
@@ -116,7 +139,8 @@ class DynamicSparsity:
 
     def __init__(self, model, optimizer, method="srigl", sparsity=0.9, distribution="erk",
                  delta=100, alpha=0.3, t_end=None, gamma_sal=0.3, ablation=True,
-                 dense_layers=(), seed=0, optimizer_on_update="step", grad_accumulation=1):
+                 dense_layers=(), seed=0, optimizer_on_update="step", grad_accumulation=1,
+                 compute="masked"):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if distribution not in DISTRIBUTIONS:
@@ -136,6 +160,8 @@ class DynamicSparsity:
         if optimizer_on_update not in OPTIMIZER_ON_UPDATE:
             raise ValueError(f"optimizer_on_update must be one of {OPTIMIZER_ON_UPDATE}, "
                              f"got {optimizer_on_update!r}")
+        if compute not in COMPUTES:
+            raise ValueError(f"compute must be one of {COMPUTES}, got {compute!r}")
         grad_accumulation = positive_int("grad_accumulation", grad_accumulation)
         if method in DYNAMIC_METHODS and grad_accumulation > int(delta):
             raise ValueError(f"grad_accumulation must be <= delta ({int(delta)}): the "
@@ -189,6 +215,66 @@ class DynamicSparsity:
             self.dense_grad = {n: xp.zeros_like(self.params[n]) for n in self.names
                                if self.layer_sparsity[n] > 0.0}
         self.audit_records = []
+        self.compute = compute
+        # name -> CondensedCompute of the layers trained condensed.
+        self.condensed = {}
+        if compute == "condensed":
+            for name in self.condensed_candidates():
+                self._attach(name, self.params[name])
+
+    # -- the compute paths ---------------------------------------------------------
+    def condensed_candidates(self):
+        """The sparse parameters that ``compute="condensed"`` trains condensed: SRigL's
+        (constant fan-in) layers the distribution makes sparse, of a Linear or a groups-1
+        Conv2d on NumPy arrays (``condensed_compute.condensable``)."""
+        if self.method != "srigl":
+            return []
+        layers = {prefixed(prefix, "weight"): layer for prefix, layer in self.model.named_layers()}
+        return [name for name in self._updated_layers()
+                if name in layers and condensed_compute.condensable(layers[name])]
+
+    def compute_of(self, name):
+        """"condensed" or "masked": how the sparse parameter ``name`` is trained."""
+        return "condensed" if name in self.condensed else "masked"
+
+    def _layer_of(self, name):
+        prefix = name.rsplit(".", 1)[0] if "." in name else ""
+        return dict(self.model.named_layers())[prefix]
+
+    def _attach(self, name, weight, state=None):
+        """Condense parameter ``name`` from the dense ``weight`` under its mask; the
+        optimizer's state from the dense ``state`` ({key: array}; zeros when None)."""
+        compute = condensed_compute.attach(self._layer_of(name), weight, to_numpy(self.masks[name]))
+        self.condensed[name] = compute
+        self._rebind(name, compute, state)
+
+    def _rebind(self, name, compute, state):
+        values = compute.layer.params["weight"]
+        self.params[name] = values
+        self.optimizer.rebind(name, values, None if state is None else
+                              {key: compute.gather(a) for key, a in state.items()})
+
+    @contextlib.contextmanager
+    def dense_view(self):
+        """Within the block every condensed layer holds its dense weight, gradient and
+        optimizer state (zeros outside the mask), as the masked path does: what
+        checkpoints save and load. Afterwards the layers are condensed again from the
+        masks as they are then (a loaded checkpoint's), values and state gathered."""
+        if not self.condensed:
+            yield
+            return
+        names = list(self.condensed)
+        for name in names:
+            compute = self.condensed.pop(name)
+            state = {key: compute.expand(a) for key, a in self.optimizer.state[name].items()}
+            weight = condensed_compute.detach(compute.layer)
+            self.params[name] = weight
+            self.optimizer.rebind(name, weight, state)
+        try:
+            yield
+        finally:
+            for name in names:
+                self._attach(name, self.params[name], dict(self.optimizer.state[name]))
 
     # -- what the schedule will do -----------------------------------------------
     def update_steps(self):
@@ -216,7 +302,8 @@ class DynamicSparsity:
     def plan(self):
         """One dict per sparse layer, in order: layer, shape, sparsity (of its mask now),
         fan_in ([min, max] over active neurons; min == max for SRigL's constant k),
-        updates (how many the schedule will make) and kept_dense (the reason, or None)."""
+        updates (how many the schedule will make), kept_dense (the reason, or None) and
+        compute ("condensed" or "masked")."""
         kept_dense, n_updates = self.kept_dense(), len(self.update_steps())
         plan = []
         for name in self.names:
@@ -226,10 +313,18 @@ class DynamicSparsity:
                          "sparsity": 1.0 - int(counts.sum()) / mask.size,
                          "fan_in": _count_range(counts),
                          "updates": 0 if name in kept_dense else n_updates,
-                         "kept_dense": kept_dense.get(name)})
+                         "kept_dense": kept_dense.get(name),
+                         "compute": self.compute_of(name)})
         return plan
 
     # -- the training-loop hooks ------------------------------------------------
+    def before_forward(self, step):
+        """Before the forward pass of ``step``: the condensed layers compute the dense
+        gradient in their backward pass only when the step counts towards a grow score."""
+        wanted = self.accumulates(step)
+        for compute in self.condensed.values():
+            compute.want_dense_grad = wanted
+
     def is_update_step(self, step):
         """True when a topology update happens at ``step`` (mini-batches trained so far):
         ``step in self.update_steps()``."""
@@ -253,15 +348,29 @@ class DynamicSparsity:
         """
         if self.accumulates(step):
             for name in self._updated_layers():
+                compute = self.condensed.get(name)
+                if compute is not None and compute.dense_grad is None:
+                    raise RuntimeError(f"{name}: the condensed layer computed no dense "
+                                       f"gradient: call before_forward(step) before the "
+                                       f"forward pass")
+                grad = grads[name] if compute is None else compute.dense_grad
                 if self.grad_accumulation == 1:
-                    self.dense_grad[name] = grads[name].copy()
-                else:   # as the authors: a running sum of gradient / n
-                    self.dense_grad[name] += grads[name] / self.grad_accumulation
+                    self.dense_grad[name] = grad.copy() if compute is None else grad
+                elif compute is None:   # as the authors: a running sum of gradient / n
+                    self.dense_grad[name] += grad / self.grad_accumulation
+                else:   # the same sum; the layer's fresh gradient is divided in place
+                    grad /= self.grad_accumulation
+                    self.dense_grad[name] += grad
+                if compute is not None:
+                    compute.dense_grad = None
         if self.is_update_step(step) and self.optimizer_on_update == "skip":
             return False
-        for name, mask in self.masks.items():
-            grads[name] *= mask
+        for name in self._masked():   # a condensed gradient has only the kept positions
+            grads[name] *= self.masks[name]
         return True
+
+    def _masked(self):
+        return [name for name in self.names if name not in self.condensed]
 
     def after_step(self, step, grads):
         """Re-mask weights; on an update step, run the topology update of every sparse layer
@@ -271,8 +380,8 @@ class DynamicSparsity:
         Returns the step's audit records (also appended to ``audit_records``). Raises
         dst.InvariantError, naming the layer, if an updated layer fails its check.
         """
-        for name, mask in self.masks.items():
-            self.params[name] *= mask
+        for name in self._masked():
+            self.params[name] *= self.masks[name]
         if not self.is_update_step(step):
             return []
         drop_fraction = dst.cosine_drop_fraction(step, self.alpha, self.t_end)
@@ -291,7 +400,11 @@ class DynamicSparsity:
 
     # -- one layer's update -----------------------------------------------------
     def _update_layer(self, name, step, drop_fraction, grad):
-        weight, mask = self.params[name], self.masks[name]
+        compute = self.condensed.get(name)
+        # A condensed layer's update runs on its dense weight (the step already holds
+        # the dense gradient) and is then applied to the condensed arrays by rewiring.
+        weight = self.params[name] if compute is None else compute.dense_weight()
+        mask = self.masks[name]
         is_output = name == self.names[-1]
         counts_before = _neuron_counts(mask)
         if self.method == "srigl":
@@ -307,8 +420,15 @@ class DynamicSparsity:
         weight[...] = result.weight
         mask[...] = result.mask
         changed = result.pruned | result.grown
-        for buffer in self.optimizer.state.get(name, {}).values():
-            buffer[changed] = 0
+        if compute is None:
+            for buffer in self.optimizer.state.get(name, {}).values():
+                buffer[changed] = 0
+        else:   # kept weights keep value and state; grown ones start at 0, zero state
+            state = {key: compute.expand(a) for key, a in self.optimizer.state[name].items()}
+            for buffer in state.values():
+                buffer[changed] = 0
+            compute.rewire(weight, mask)
+            self._rebind(name, compute, state)
         self.ever_active[name] |= mask
         self.ablated[name] = np.asarray(result.ablated, dtype=np.int64)
 

@@ -149,6 +149,9 @@ class Linear(Layer):
     """
 
     sparse_weights = ("weight",)
+    # A CondensedCompute while trained condensed (srigl_np.nn.condensed_compute.attach):
+    # params["weight"] is then values[n_active, k] and forward/backward run through it.
+    condensed = None
 
     def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32):
         super().__init__()
@@ -162,6 +165,8 @@ class Linear(Layer):
         self.x = self.lead = None
 
     def forward(self, x, training):
+        if self.condensed is not None:
+            return self.condensed.forward(x, training)
         weight = self.params["weight"]
         x = as_dtype(x, weight.dtype)
         if x.ndim < 2 or x.shape[-1] != self.in_features:
@@ -177,6 +182,8 @@ class Linear(Layer):
 
     def backward(self, grad_out, input_grad=True):
         """dL/dW = g.T @ x, dL/db = sum_batch g, dL/dx = g @ W (skipped if not input_grad)."""
+        if self.condensed is not None:
+            return self.condensed.backward(grad_out, input_grad)
         weight = self.params["weight"]
         grad_out = as_dtype(grad_out, weight.dtype).reshape(-1, self.out_features)
         xp = array_module(grad_out)
@@ -223,6 +230,7 @@ class Conv2d(Layer):
     """
 
     sparse_weights = ("weight",)
+    condensed = None   # as Linear's (groups 1 only)
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0,
                  groups=1, bias=True, rng, dtype=np.float32):
@@ -258,6 +266,8 @@ class Conv2d(Layer):
         return self
 
     def forward(self, x, training):
+        if self.condensed is not None:
+            return self.condensed.forward(x, training)
         weight = self.params["weight"]
         xp = array_module(x)
         x = xp.ascontiguousarray(as_dtype(x, weight.dtype))
@@ -305,6 +315,8 @@ class Conv2d(Layer):
         """With g the output gradient as rows (batch*out_h*out_w, out_channels):
         dL/dW = g.T @ cols, dL/db = sum_rows g, dL/dx = col2im(g @ W) (per group when
         groups > 1)."""
+        if self.condensed is not None:
+            return self.condensed.backward(grad_out, input_grad)
         weight = self.params["weight"]
         grad_out = as_dtype(grad_out, weight.dtype)
         xp = array_module(grad_out)

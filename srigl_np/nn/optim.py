@@ -67,6 +67,22 @@ class _Optimizer:
             raise ValueError(f"grads[{name!r}] must have shape {p.shape}, got {g.shape}")
         return g
 
+    def rebind(self, name, param, state=None):
+        """Point parameter ``name`` at a new array ``param`` (a weight whose storage changed
+        shape: condensed training's rewiring), with its state arrays ``state`` ({key:
+        array of param's shape}; zeros when None)."""
+        if name not in self.params:
+            raise KeyError(f"the optimizer has no parameter {name!r}")
+        xp = array_module(param)
+        state = {} if state is None else state
+        if set(state) - set(self.state_keys):
+            raise ValueError(f"state keys {sorted(state)} are not among {self.state_keys}")
+        self.params[name] = param
+        self.state[name] = {key: state[key] if key in state else xp.zeros_like(param)
+                            for key in self.state_keys}
+        if hasattr(self, "_scratch"):
+            self._scratch[name] = xp.empty_like(param)
+
     def state_dict(self):
         """Copies of the state: {"step_count", "lr", "state": {name: {key: array}}}."""
         return {"step_count": self.step_count, "lr": self.lr,

@@ -1,0 +1,217 @@
+"""Condensed training compute: a constant fan-in Linear or Conv2d trained on its nnz.
+
+Between topology updates a SRigL layer is ``values[n_active, k]`` + ``indices[n_active,
+k]`` (+ ``rows[n_active]``, the active neurons): the forward, both backward products
+and the optimizer step then cost O(batch * nnz) and O(nnz), never O(n * n_in)
+(``srigl_np.training_kernels``). ``attach(layer, weight, mask)`` switches a Linear or
+Conv2d (groups 1) to this form: the layer's ``params["weight"]`` and
+``grads["weight"]`` become the values and their gradient, and its forward and backward
+run through the returned ``CondensedCompute``. ``detach`` puts the dense weight back.
+
+Layout (canonical, so that a topology rebuilt from a mask is the same arrays bit for bit:
+what makes a resumed run repeat an uninterrupted one): ``rows`` ascending; each row's
+``indices`` ascending, i.e. the mask's nonzeros in row-major order; int16 indices where
+the fan-in dimension F = n_in (Linear) or channels*kh*kw (Conv2d) fits, else int32.
+
+Ablated neurons (rows of the mask with no weight) are not in the arrays: their output is
+their bias alone, as in the masked model, and their bias still trains (its gradient is
+the column sum of the output gradient, every neuron's).
+
+The dense gradient (the grow score of the next topology update) is computed only when
+``want_dense_grad`` is set (``DynamicSparsity.before_forward`` sets it on the steps of a
+grow-score window): ``dense_grad`` is then dy^T x in the weight's dense shape.
+"""
+
+import numpy as np
+
+from ..backend import array_module
+from ..kernels import im2col
+from ..training_kernels import (conv2d_backward, conv2d_forward, linear_backward,
+                                linear_forward)
+from .layers import Conv2d, Linear, as_dtype
+
+
+def condensable(layer):
+    """Whether ``attach`` applies: a Linear, or a Conv2d with groups 1, on NumPy arrays."""
+    if not isinstance(layer, (Linear, Conv2d)) or getattr(layer, "groups", 1) != 1:
+        return False
+    return isinstance(layer.params["weight"], np.ndarray)
+
+
+def condense_rows(weight, mask):
+    """(rows int64[n_active], indices int16/int32[n_active, k], values[n_active, k]) of a
+    dense ``weight`` (n, *fan_in_dims) under a constant fan-in ``mask`` (same shape, bool).
+
+    ValueError when the active rows do not all hold the same count."""
+    n = mask.shape[0]
+    row_mask = mask.reshape(n, -1)
+    counts = row_mask.sum(axis=1)
+    rows = np.flatnonzero(counts)
+    k = int(counts[rows[0]]) if rows.size else 0
+    if rows.size == 0 or (counts[rows] != k).any():
+        raise ValueError(f"mask must have one fan-in over its active neurons to condense, got "
+                         f"{sorted(set(counts[rows].tolist()))[:4] or 'no active neuron'}")
+    fan_in = row_mask.shape[1]
+    index_dtype = np.int16 if fan_in <= np.iinfo(np.int16).max + 1 else np.int32
+    _, columns = np.nonzero(row_mask[rows])
+    indices = columns.astype(index_dtype).reshape(rows.size, k)
+    values = np.ascontiguousarray(weight.reshape(n, -1)[rows[:, None], indices])
+    return rows, indices, values
+
+
+class CondensedCompute:
+    """The condensed form of one layer's weight, and its forward/backward.
+
+    ``rows``, ``indices`` as in ``condense_rows``; the values are the layer's
+    ``params["weight"]``. ``shape``: the dense weight's. Not built directly: ``attach``.
+    """
+
+    def __init__(self, layer, weight, mask):
+        self.layer = layer
+        self.shape = weight.shape
+        self.want_dense_grad = False
+        self.dense_grad = None
+        self._x = self._x_columns = None
+        self.rewire(weight, mask)
+
+    # -- the topology -----------------------------------------------------------------
+    def rewire(self, weight, mask):
+        """Take the topology of ``mask`` and the values of ``weight`` (both dense): a new
+        layout (rows, indices) and the layer's weight and weight gradient in it."""
+        self.rows, self.indices, values = condense_rows(weight, mask)
+        self.all_rows = self.rows.size == self.shape[0]
+        self.layer.params["weight"] = values
+        self.layer.grads["weight"] = np.zeros_like(values)
+
+    def gather(self, dense):
+        """values-shaped (n_active, k) entries of a dense weight-shaped array."""
+        return np.ascontiguousarray(
+            dense.reshape(self.shape[0], -1)[self.rows[:, None], self.indices])
+
+    def expand(self, values):
+        """The dense weight-shaped array holding ``values`` at the stored positions, 0
+        elsewhere."""
+        dense = np.zeros((self.shape[0], int(np.prod(self.shape[1:]))), dtype=values.dtype)
+        dense[self.rows[:, None], self.indices] = values
+        return dense.reshape(self.shape)
+
+    def dense_weight(self):
+        return self.expand(self.layer.params["weight"])
+
+    # -- compute ------------------------------------------------------------------------
+    def _bias(self):
+        bias = self.layer.params.get("bias")
+        if bias is None or self.all_rows:
+            return bias
+        return np.ascontiguousarray(bias[self.rows])
+
+    def _scatter(self, y_active, out_shape):
+        """The full output from the active neurons' (axis 1): ablated ones give their bias."""
+        if self.all_rows:
+            return y_active
+        bias = self.layer.params.get("bias")
+        y = np.zeros(out_shape, dtype=y_active.dtype)
+        if bias is not None:
+            y += bias.reshape((1, -1) + (1,) * (len(out_shape) - 2))
+        y[:, self.rows] = y_active
+        return y
+
+    def _active(self, grad_out):
+        return grad_out if self.all_rows else np.ascontiguousarray(grad_out[:, self.rows])
+
+    def _finish_backward(self, grad_out, dvalues, bias_axes):
+        self.layer.grads["weight"] = dvalues
+        if "bias" in self.layer.params:
+            grad_out.sum(axis=bias_axes, out=self.layer.grads["bias"])
+
+
+class CondensedLinearCompute(CondensedCompute):
+    """y = x W^T + b from the condensed W; x (batch, [...,] n_in) as Linear's."""
+
+    def forward(self, x, training):
+        layer = self.layer
+        values = layer.params["weight"]
+        x = as_dtype(x, values.dtype)
+        if x.ndim < 2 or x.shape[-1] != layer.in_features:
+            raise ValueError(f"Linear expects x of shape (batch, [..., ]{layer.in_features}), "
+                             f"got {x.shape}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, layer.in_features)
+        if training:
+            y, self._x_columns = linear_forward(values, self.indices, x2, self._bias(),
+                                                keep_columns=True)
+            self._x, self._lead = x2, lead
+        else:
+            y = linear_forward(values, self.indices, x2, self._bias())
+        y = self._scatter(y, (x2.shape[0], layer.out_features))
+        return y.reshape(*lead, layer.out_features)
+
+    def backward(self, grad_out, input_grad=True):
+        layer = self.layer
+        values = layer.params["weight"]
+        dy = np.ascontiguousarray(as_dtype(grad_out, values.dtype)
+                                  ).reshape(-1, layer.out_features)
+        dx, dvalues = linear_backward(values, self.indices, self._x, self._active(dy),
+                                      input_grad=input_grad, x_columns=self._x_columns)
+        self._finish_backward(dy, dvalues, 0)
+        self.dense_grad = dy.T @ self._x if self.want_dense_grad else None
+        return dx.reshape(*self._lead, layer.in_features) if input_grad else None
+
+
+class CondensedConvCompute(CondensedCompute):
+    """Conv2d (groups 1) from the condensed W, straight from the images
+    (``training_kernels.conv2d_forward``/``conv2d_backward``, lowering "direct")."""
+
+    def forward(self, x, training):
+        layer = self.layer
+        values = layer.params["weight"]
+        x = np.ascontiguousarray(as_dtype(x, values.dtype))
+        if x.ndim != 4 or x.shape[1] != layer.in_channels:
+            raise ValueError(f"Conv2d expects x of shape (batch, {layer.in_channels}, height, "
+                             f"width), got {x.shape}")
+        y = conv2d_forward(values, self.indices, x, layer.kernel_size, layer.stride,
+                           layer.padding, self._bias())
+        if training:
+            self._x = x
+        return self._scatter(y, (x.shape[0], layer.out_channels) + y.shape[2:])
+
+    def backward(self, grad_out, input_grad=True):
+        layer = self.layer
+        values = layer.params["weight"]
+        dy = np.ascontiguousarray(as_dtype(grad_out, values.dtype))
+        dx, dvalues = conv2d_backward(values, self.indices, self._x, self._active(dy),
+                                      layer.kernel_size, layer.stride, layer.padding,
+                                      input_grad=input_grad)
+        self._finish_backward(dy, dvalues, (0, 2, 3))
+        self.dense_grad = self._dense_grad(dy) if self.want_dense_grad else None
+        return dx
+
+    def _dense_grad(self, dy):
+        """dL/dW in the dense weight shape: (dy as NHWC rows)^T @ im2col(x)."""
+        layer = self.layer
+        kh, kw = layer.kernel_size
+        cols = im2col(self._x, kh, kw, layer.stride, layer.padding)
+        g = dy.transpose(0, 2, 3, 1).reshape(-1, layer.out_channels)
+        return (g.T @ cols).reshape(self.shape)
+
+
+def attach(layer, weight, mask):
+    """Switch ``layer`` (``condensable``) to condensed compute with the topology of
+    ``mask`` and the values of the dense ``weight``; returns its CondensedCompute (also
+    ``layer.condensed``)."""
+    if not condensable(layer):
+        raise TypeError(f"layer must be a Linear or a groups-1 Conv2d on NumPy arrays, got "
+                        f"{layer!r}")
+    kind = CondensedLinearCompute if isinstance(layer, Linear) else CondensedConvCompute
+    layer.condensed = kind(layer, weight, mask)
+    return layer.condensed
+
+
+def detach(layer):
+    """Back to the dense weight (zeros outside the stored positions); returns it."""
+    compute = layer.condensed
+    weight = compute.dense_weight()
+    layer.params["weight"] = weight
+    layer.grads["weight"] = array_module(weight).zeros_like(weight)
+    layer.condensed = None
+    return weight

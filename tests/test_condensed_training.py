@@ -1,0 +1,230 @@
+"""The condensed compute path (DynamicSparsity(compute="condensed")) against the masked one.
+
+Same algorithm: in float64 both paths make the same topology decisions after every update
+and end at the same weights and optimizer state (<= 1e-9 relative) over >= 5 updates, for
+the mlp and a small cnn, SGD and AdamW, both update loops, grow-score windows of 1 and 3
+mini-batches, with ablation (neurons leaving and coming back) and without.
+"""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from srigl_np.dst.sparsity import DynamicSparsity
+from srigl_np.nn import condensed_compute
+from srigl_np.nn.layers import Conv2d, Linear, Sequential
+from srigl_np.nn.losses import softmax_cross_entropy
+from srigl_np.nn.models import build, cnn_layers
+from srigl_np.nn.optim import SGD, AdamW
+
+STEPS, DELTA, T_END = 18, 3, 17   # updates at steps 3, 6, 9, 12, 15
+
+
+def _model(name, dtype=np.float64):
+    rng = np.random.default_rng(1)
+    if name == "mlp":
+        return build("mlp", rng=rng, dtype=dtype)
+    model = cnn_layers((4, 8), 16, rng=rng, dtype=dtype)
+    model.set_rng(np.random.default_rng(2))
+    return model
+
+
+def _run(compute, model_name, *, optimizer="sgd", nesterov=False, ga=1, on_update="step",
+         gamma_sal=0.3, ablation=True, sparsity=0.9, dtype=np.float64):
+    model = _model(model_name, dtype)
+    params = model.named_parameters()
+    opt = (SGD(params, lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=5e-4)
+           if optimizer == "sgd" else AdamW(params, lr=0.01))
+    ds = DynamicSparsity(model, opt, method="srigl", sparsity=sparsity, delta=DELTA,
+                         t_end=T_END, gamma_sal=gamma_sal, ablation=ablation, seed=3,
+                         optimizer_on_update=on_update, grad_accumulation=ga,
+                         compute=compute)
+    rng = np.random.default_rng(5)
+    masks = []
+    for step in range(STEPS):
+        model.set_rng(np.random.default_rng([7, step]))
+        x = rng.standard_normal((8, 1, 28, 28)).astype(dtype)
+        y = rng.integers(0, 10, 8)
+        ds.before_forward(step)
+        _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
+        model.backward(grad, input_grad=False)
+        grads = model.named_grads()
+        if ds.before_step(step, grads):
+            opt.step(grads)
+        if ds.after_step(step, grads):
+            masks.append({k: m.copy() for k, m in ds.masks.items()})
+    with ds.dense_view():
+        params = {k: v.copy() for k, v in model.named_parameters().items()}
+        state = {(k, key): a.copy() for k, s in opt.state.items() for key, a in s.items()}
+    return ds, masks, params, state
+
+
+def _relative(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-300))
+
+
+CASES = {
+    "sgd": {},
+    "sgd-nesterov-skip-window3": {"nesterov": True, "on_update": "skip", "ga": 3},
+    "adamw-window3": {"optimizer": "adamw", "ga": 3},
+    "adamw-skip": {"optimizer": "adamw", "on_update": "skip"},
+    "ablation": {"gamma_sal": 0.9},
+    "no-ablation": {"ablation": False, "sparsity": 0.95},
+}
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_condensed_path_makes_the_masked_paths_decisions(model_name, case):
+    masked = _run("masked", model_name, **CASES[case])
+    condensed = _run("condensed", model_name, **CASES[case])
+    ds = condensed[0]
+    assert ds.condensed and all(c == "condensed" for c in map(ds.compute_of, ds.condensed))
+    assert len(masked[1]) == len(condensed[1]) == 5
+    for before, after in zip(masked[1], condensed[1]):
+        assert before.keys() == after.keys()
+        for name in before:
+            assert np.array_equal(before[name], after[name]), name
+    for name, value in masked[2].items():
+        assert _relative(value, condensed[2][name]) <= 1e-9, name
+    for key, value in masked[3].items():
+        assert _relative(value, condensed[3][key]) <= 1e-9, key
+    assert masked[0].audit_records == ds.audit_records
+
+
+def test_ablated_neurons_leave_the_arrays_and_come_back():
+    ds, _, _, _ = _run("condensed", "mlp", gamma_sal=0.9)
+    name = "1.weight"
+    ablated = [set(r["ablated"]) for r in ds.audit_records if r["layer"] == name]
+    assert any(a - b for a, b in zip(ablated, ablated[1:])), "no neuron came back"
+    compute = ds.condensed[name]
+    assert set(compute.rows) == set(range(300)) - ablated[-1]
+    assert compute.layer.params["weight"].shape == (len(compute.rows), ds.audit_records[-2]
+                                                    ["fan_in_after"][0])
+
+
+def test_an_ablated_neurons_output_is_its_bias_and_its_bias_trains():
+    rng = np.random.default_rng(0)
+    layer = Linear(6, 4, rng=rng, dtype=np.float64)
+    layer.params["bias"][:] = [1.0, 2.0, 3.0, 4.0]
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[[0, 2], :3] = True   # neurons 1 and 3 ablated
+    weight = layer.params["weight"] * mask
+    dense = Linear(6, 4, rng=rng, dtype=np.float64)
+    dense.params["weight"][...] = weight
+    dense.params["bias"][...] = layer.params["bias"]
+    compute = condensed_compute.attach(layer, weight, mask)
+    assert list(compute.rows) == [0, 2] and compute.indices.shape == (2, 3)
+    x = rng.standard_normal((5, 6))
+    y = layer.forward(x, training=True)
+    np.testing.assert_allclose(y, dense.forward(x, training=True), rtol=1e-12)
+    np.testing.assert_array_equal(y[:, 1], 2.0)
+    g = rng.standard_normal((5, 4))
+    compute.want_dense_grad = True
+    dx = layer.backward(g)
+    np.testing.assert_allclose(dx, dense.backward(g), rtol=1e-12)
+    np.testing.assert_allclose(layer.grads["bias"], g.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(compute.dense_grad, dense.grads["weight"], rtol=1e-12)
+    np.testing.assert_allclose(layer.grads["weight"], compute.gather(dense.grads["weight"]),
+                               rtol=1e-12)
+
+
+def test_a_condensed_conv_matches_the_dense_one_with_an_ablated_channel():
+    rng = np.random.default_rng(4)
+    layer = Conv2d(3, 5, 3, stride=2, padding=1, rng=rng, dtype=np.float64)
+    dense = Conv2d(3, 5, 3, stride=2, padding=1, rng=rng, dtype=np.float64)
+    mask = np.zeros((5, 3, 3, 3), dtype=bool)
+    for r in (0, 1, 3, 4):   # channel 2 ablated; 7 taps each
+        mask[r].flat[rng.choice(27, 7, replace=False)] = True
+    layer.params["bias"][:] = rng.standard_normal(5)
+    dense.params["bias"][...] = layer.params["bias"]
+    weight = layer.params["weight"] * mask
+    dense.params["weight"][...] = weight
+    compute = condensed_compute.attach(layer, weight, mask)
+    x = rng.standard_normal((2, 3, 7, 7))
+    np.testing.assert_allclose(layer.forward(x, True), dense.forward(x, True), rtol=1e-12)
+    g = rng.standard_normal((2, 5, 4, 4))
+    compute.want_dense_grad = True
+    np.testing.assert_allclose(layer.backward(g), dense.backward(g), rtol=1e-12)
+    np.testing.assert_allclose(compute.dense_grad, dense.grads["weight"], rtol=1e-12)
+    np.testing.assert_allclose(layer.grads["bias"], dense.grads["bias"], rtol=1e-12)
+    np.testing.assert_allclose(compute.expand(layer.grads["weight"]),
+                               dense.grads["weight"] * mask, rtol=1e-12, atol=1e-15)
+
+
+def test_condense_rows_is_canonical_and_refuses_a_ragged_mask():
+    mask = np.array([[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1]], dtype=bool)
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4) * mask
+    rows, indices, values = condensed_compute.condense_rows(weight, mask)
+    assert rows.tolist() == [0, 2] and indices.tolist() == [[1, 2], [0, 3]]
+    assert indices.dtype == np.int16 and values.tolist() == [[1, 2], [8, 11]]
+    mask[2, 2] = True
+    with pytest.raises(ValueError, match="one fan-in"):
+        condensed_compute.condense_rows(weight, mask)
+    with pytest.raises(ValueError, match="no active neuron"):
+        condensed_compute.condense_rows(weight, np.zeros_like(mask))
+    wide = np.zeros((1, 40000), dtype=bool)
+    wide[0, [5, 39999]] = True
+    assert condensed_compute.condense_rows(wide.astype(np.float32), wide)[1].dtype == np.int32
+
+
+def test_only_srigls_linear_and_conv_layers_are_condensed():
+    model = _model("cnn")
+    opt = SGD(model.named_parameters(), lr=0.1)
+    ds = DynamicSparsity(model, opt, method="rigl", sparsity=0.9, t_end=10, compute="condensed")
+    assert ds.condensed == {} and {p["compute"] for p in ds.plan()} == {"masked"}
+    ds = DynamicSparsity(_model("cnn"), SGD(_model("cnn").named_parameters(), lr=0.1),
+                         method="static", sparsity=0.9)
+    assert ds.compute == "masked"
+    with pytest.raises(ValueError, match="compute must be one of"):
+        DynamicSparsity(model, opt, method="srigl", t_end=10, compute="sparse")
+    grouped = Sequential(Conv2d(4, 4, 3, groups=2, rng=np.random.default_rng(0)),
+                         Linear(4, 2, rng=np.random.default_rng(1)))
+    assert not condensed_compute.condensable(grouped["0"])
+    with pytest.raises(TypeError, match="groups-1 Conv2d"):
+        condensed_compute.attach(grouped["0"], grouped["0"].params["weight"],
+                                 np.ones((4, 2, 3, 3), dtype=bool))
+
+
+def test_optimizer_rebind_checks_its_arguments():
+    p = {"w": np.ones(3)}
+    opt = SGD(p, lr=0.1, momentum=0.9)
+    with pytest.raises(KeyError, match="no parameter 'v'"):
+        opt.rebind("v", np.ones(2))
+    with pytest.raises(ValueError, match="state keys"):
+        opt.rebind("w", np.ones(2), {"exp_avg": np.ones(2)})
+    opt.rebind("w", np.ones(2))
+    assert opt.state["w"]["momentum_buffer"].shape == (2,)
+
+
+def test_a_step_outside_a_window_touches_nothing_of_the_dense_size():
+    """A 4096 x 4096 layer at 99%: dense weights are 64 MiB (float32); a condensed step
+    that needs no grow score allocates under 2 MiB, one inside a window the dense
+    gradient (64 MiB) and little more."""
+    rng = np.random.default_rng(0)
+    model = Sequential(Linear(4096, 4096, rng=rng), Linear(4096, 10, rng=rng))
+    opt = SGD(model.named_parameters(), lr=0.01, momentum=0.9)
+    ds = DynamicSparsity(model, opt, method="srigl", sparsity=0.99, delta=10, t_end=100,
+                         distribution="uniform", dense_layers=(1,), grad_accumulation=2,
+                         compute="condensed")
+    assert list(ds.condensed) == ["0.weight"]
+    x = rng.standard_normal((4, 4096)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+
+    def peak(step):
+        tracemalloc.start()
+        ds.before_forward(step)
+        _, g = softmax_cross_entropy(model.forward(x, training=True), y)
+        model.backward(g, input_grad=False)
+        grads = model.named_grads()
+        if ds.before_step(step, grads):
+            opt.step(grads)
+        ds.after_step(step, grads)
+        result = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return result
+
+    peak(0)   # warm-up: the kernels' buffers
+    assert peak(1) < 2 * 2**20
+    assert 64 * 2**20 <= peak(9) < 80 * 2**20   # the window of the update at 10: 9, 10
