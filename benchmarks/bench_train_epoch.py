@@ -1,23 +1,34 @@
-"""Time one training epoch of srigl_np against PyTorch (CPU), side by side in one process.
+"""Time one training epoch: dense, masked-sparse and condensed-sparse SRigL, and PyTorch.
 
 An epoch is what ``python -m srigl_np.train`` does per mini-batch: gather the batch,
-forward, softmax cross-entropy, backward (no gradient for the data itself), SGD step
-with momentum 0.9. Both frameworks get the same architecture, batch size, float32 data
-and thread count (``torch.set_num_threads(n)``; ``threadpool_limits(n)`` for our BLAS
-and OpenMP). The data are synthetic Fashion-MNIST-shaped images (timing does not depend
-on pixel values). Repeats alternate ours/torch and the table reports medians.
+forward, softmax cross-entropy, backward (no gradient for the data), SGD with momentum
+0.9, and for the sparse rows DynamicSparsity's hooks with SRigL's topology updates
+(``--compute masked`` and ``--compute condensed``). Every variant of a (model, threads)
+cell runs in one process, in interleaved rounds (each round times every variant once),
+on synthetic Fashion-MNIST-shaped float32 data (timing does not depend on pixel values);
+the table reports medians. Torch runs the same network (``torch.set_num_threads``).
 
-With fewer samples than 60000 the per-epoch figure is extrapolated from the measured
-time per mini-batch to the 469 batches of a 60000-image epoch, and says so.
+Update steps are timed apart. A step in a grow-score window or with a topology update
+(``DynamicSparsity.accumulates``/``is_update_step``) costs more than the others (the
+dense gradient, the ranking, the rewiring), so each variant reports the mean time of an
+ordinary step and of an update step, and the epoch figure composes them for the
+trainer's defaults: a 60000-image epoch of 469 batches at batch 128 with ΔT = 100 has
+4 update steps (in the first 75% of training):
 
-    python benchmarks/bench_train_epoch.py                      # mlp 60000, cnn 10000
-    python benchmarks/bench_train_epoch.py --models cnn --cnn-samples 60000 --repeats 1
-    python benchmarks/bench_train_epoch.py --threads 2 --json results.json
+    epoch = (469 - 4) * ordinary step + 4 * update step
+
+The timed sample is ``--samples``/``--cnn-samples`` images with ΔT chosen so that it
+holds at least one update. Each row carries the other load seen while it ran
+(``srigl_np.bench.LoadMeter``): a row marked "busy" ran beside other work and its
+ratios are not figures to quote. Progress goes to stderr while it runs.
+
+    python benchmarks/bench_train_epoch.py                          # mlp and cnn, 1 and 2 threads
+    python benchmarks/bench_train_epoch.py --models cnn --threads 1 --sparsities 0.9,0.99
+    python benchmarks/bench_train_epoch.py --json docs/bench/train_epoch.json
 """
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,26 +38,28 @@ from srigl_np import thread_waits
 # Before NumPy loads OpenBLAS: see thread_waits.
 thread_waits.set_training_defaults()
 
-import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
-from srigl_np import openmp_enabled
-from srigl_np.fileio import write_json
-from srigl_np.nn.losses import softmax_cross_entropy
-from srigl_np.nn.models import MODEL_NAMES, build
-from srigl_np.nn.optim import SGD
-from srigl_np.validation import check_thread_flag, usable_cpus
+from srigl_np.bench import LoadMeter, load_flags  # noqa: E402
+from srigl_np.bench.machine import machine_info  # noqa: E402
+from srigl_np.dst.sparsity import DynamicSparsity  # noqa: E402
+from srigl_np.fileio import write_json  # noqa: E402
+from srigl_np.nn.losses import softmax_cross_entropy  # noqa: E402
+from srigl_np.nn.models import MODEL_NAMES, build  # noqa: E402
+from srigl_np.nn.optim import SGD  # noqa: E402
+from srigl_np.validation import check_thread_flag, usable_cpus  # noqa: E402
 
-FULL_EPOCH = 60000
-ENV_VARS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_NUM_THREADS",
-            "OPENBLAS_THREAD_TIMEOUT", "MKL_NUM_THREADS")
+FULL_BATCHES = 469          # a 60000-image epoch at batch 128
+UPDATES_PER_EPOCH = 4       # ΔT = 100 within those 469 steps
+SPARSITIES = (0.8, 0.9, 0.95, 0.99)
 
 
 def synthetic_data(n, seed=0):
     """Normalised float32 images (n, 1, 28, 28) and int64 labels in [0, 10)."""
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8)
-    x = ((images.astype(np.float32) / 255.0 - np.float32(0.286)) / np.float32(0.353))
+    x = (images.astype(np.float32) / 255.0 - np.float32(0.286)) / np.float32(0.353)
     return x.astype(np.float32), rng.integers(0, 10, size=n)
 
 
@@ -55,19 +68,33 @@ def batch_order(n, batch_size, seed):
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def ours_epoch(model_name, x, y, batch_size, seed):
-    """Seconds for one epoch of srigl_np (model built outside the timed region)."""
+def ours_epoch(model_name, x, y, batch_size, seed, compute=None, sparsity=0.0, delta=100):
+    """(ordinary step seconds, update step seconds or None) of one epoch of srigl_np:
+    dense when ``compute`` is None, else SRigL at ``sparsity`` with that compute path."""
     model = build(model_name, rng=np.random.default_rng(seed))
     optimizer = SGD(model.named_parameters(), lr=0.01, momentum=0.9)
-    grads = model.named_grads()
     batches = batch_order(len(x), batch_size, seed)
-    start = time.perf_counter()
-    for idx in batches:
+    ds = None
+    if compute is not None:
+        ds = DynamicSparsity(model, optimizer, method="srigl", sparsity=sparsity, delta=delta,
+                             t_end=len(batches) + 1, seed=seed, compute=compute)
+    ordinary, update = [], []
+    for step, idx in enumerate(batches):
+        start = time.perf_counter()
+        if ds is not None:
+            ds.before_forward(step)
         logits = model.forward(x[idx], training=True)
         _, grad = softmax_cross_entropy(logits, y[idx])
         model.backward(grad, input_grad=False)
-        optimizer.step(grads)
-    return time.perf_counter() - start
+        grads = model.named_grads()
+        if ds is None or ds.before_step(step, grads):
+            optimizer.step(grads)
+        if ds is not None:
+            ds.after_step(step, grads)
+        seconds = time.perf_counter() - start
+        special = ds is not None and (ds.accumulates(step) or ds.is_update_step(step))
+        (update if special else ordinary).append(seconds)
+    return statistics.fmean(ordinary), (statistics.fmean(update) if update else None)
 
 
 def torch_model(torch, name):
@@ -81,7 +108,7 @@ def torch_model(torch, name):
 
 
 def torch_epoch(torch, model_name, x, y, batch_size, seed):
-    """Seconds for one epoch of the same network in PyTorch."""
+    """(seconds per step, None) of one epoch of the same network in PyTorch (dense)."""
     torch.manual_seed(seed)
     model = torch_model(torch, model_name)
     model.train()
@@ -95,36 +122,99 @@ def torch_epoch(torch, model_name, x, y, batch_size, seed):
         loss = loss_fn(model(xt[idx]), yt[idx])
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) / len(batches), None
 
 
-def machine_info(torch, threads):
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    blas = [f"{p['internal_api']} {p['version']}" for p in threadpool_info()
-            if p["user_api"] == "blas"]
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
-            "python": platform.python_version(), "numpy": np.__version__,
-            "numpy_blas": ", ".join(blas) or "unknown", "srigl_np_openmp": openmp_enabled(),
-            "torch": torch.__version__ if torch else None,
-            "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ}}
+def variants(model_name, sparsities, torch, delta):
+    """[(label, sparsity, function(x, y, batch_size, seed) -> step times)] of one cell."""
+    out = [("dense", 0.0, lambda x, y, b, s: ours_epoch(model_name, x, y, b, s))]
+    if torch is not None:
+        out.append(("torch dense", 0.0, lambda x, y, b, s: torch_epoch(torch, model_name, x, y,
+                                                                       b, s)))
+    for sparsity in sparsities:
+        for compute in ("masked", "condensed"):
+            out.append((compute, sparsity,
+                        lambda x, y, b, s, c=compute, p=sparsity:
+                        ours_epoch(model_name, x, y, b, s, c, p, delta)))
+    return out
+
+
+def epoch_seconds(step, update):
+    if update is None:
+        return FULL_BATCHES * step
+    return (FULL_BATCHES - UPDATES_PER_EPOCH) * step + UPDATES_PER_EPOCH * update
+
+
+def measure_cell(model_name, threads, x, y, args, torch):
+    """One row per variant of (model_name, threads), from args.repeats interleaved rounds."""
+    n_batches = -(-len(x) // args.batch_size)
+    delta = min(100, max(1, n_batches // 2))
+    cell = variants(model_name, args.sparsities, torch, delta)
+    times = {label_s: [] for label_s in ((label, s) for label, s, _ in cell)}
+    others = {key: [] for key in times}
+    with threadpool_limits(limits=threads):
+        if torch is not None:
+            torch.set_num_threads(threads)
+        warm = min(len(x), 2 * args.batch_size)   # first touches, thread pools
+        for _, _, run in cell:
+            run(x[:warm], y[:warm], args.batch_size, 0)
+        for r in range(args.repeats):
+            started = time.perf_counter()
+            for label, sparsity, run in cell:
+                with LoadMeter() as meter:
+                    times[(label, sparsity)].append(run(x, y, args.batch_size, r))
+                others[(label, sparsity)].append((meter.other_cpus, meter.resolution))
+            print(f"  {model_name}, {threads} thread(s): round {r + 1}/{args.repeats} "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    rows = []
+    for (label, sparsity), samples in times.items():
+        step = statistics.median(s for s, _ in samples)
+        updates = [u for _, u in samples if u is not None]
+        update = statistics.median(updates) if updates else None
+        other = [o for o, _ in others[(label, sparsity)] if o is not None]
+        resolution = max(res for _, res in others[(label, sparsity)])
+        flags = load_flags(max(other) if other else None, resolution)
+        rows.append({"model": model_name, "threads": threads, "variant": label,
+                     "sparsity": sparsity, "batch_size": args.batch_size, "dtype": "float32",
+                     "samples": len(x), "batches": n_batches, "delta": delta,
+                     "repeats": args.repeats, "step_ms": 1e3 * step,
+                     "update_step_ms": None if update is None else 1e3 * update,
+                     "epoch_s": epoch_seconds(step, update), "flags": flags,
+                     "other_cpus": max(other) if other else None})
+    dense = next(r["epoch_s"] for r in rows if r["variant"] == "dense")
+    torch_s = next((r["epoch_s"] for r in rows if r["variant"] == "torch dense"), None)
+    for row in rows:
+        row["vs_dense"] = row["epoch_s"] / dense
+        row["vs_torch"] = None if torch_s is None else row["epoch_s"] / torch_s
+    return rows
+
+
+def print_rows(rows):
+    print(f"{'model':5s} {'thr':>3s} {'variant':11s} {'sparsity':>8s} {'step ms':>8s} "
+          f"{'update ms':>9s} {'epoch s':>8s} {'/ dense':>7s} {'/ torch':>7s}  flags")
+    for r in rows:
+        update = "-" if r["update_step_ms"] is None else f"{r['update_step_ms']:.1f}"
+        vs_torch = "-" if r["vs_torch"] is None else f"{r['vs_torch']:.2f}"
+        sparsity = "-" if r["sparsity"] == 0 else f"{100 * r['sparsity']:g}%"
+        print(f"{r['model']:5s} {r['threads']:3d} {r['variant']:11s} {sparsity:>8s} "
+              f"{r['step_ms']:8.2f} {update:>9s} {r['epoch_s']:8.2f} {r['vs_dense']:7.2f} "
+              f"{vs_torch:>7s}  {'; '.join(r['flags'])}")
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODEL_NAMES),
                    help="comma-separated subset of " + ", ".join(MODEL_NAMES))
-    p.add_argument("--samples", type=int, default=FULL_EPOCH,
-                   help="samples per timed epoch for the mlp")
-    p.add_argument("--cnn-samples", type=int, default=10000,
-                   help="samples per timed epoch for the cnn (extrapolated to 60000)")
+    p.add_argument("--samples", type=int, default=12800,
+                   help="images per timed mlp epoch (100 batches at batch 128)")
+    p.add_argument("--cnn-samples", type=int, default=2560,
+                   help="images per timed cnn epoch (20 batches at batch 128)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=min(2, usable_cpus()),
-                   help="at most the CPUs this process may use")
+    p.add_argument("--threads", default=",".join(str(t) for t in sorted({1, min(2, usable_cpus())})),
+                   help="comma-separated thread counts, each at most the CPUs this process "
+                        "may use")
+    p.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)),
+                   help="comma-separated SRigL sparsities")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
@@ -132,13 +222,17 @@ def parse_args(argv):
     for m in models:
         if m not in MODEL_NAMES:
             p.error(f"--models: unknown model {m!r} (choose from {', '.join(MODEL_NAMES)})")
-    for flag in ("samples", "cnn_samples", "batch_size", "threads", "repeats"):
+    for flag in ("samples", "cnn_samples", "batch_size", "repeats"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     try:
-        check_thread_flag("--threads", args.threads, minimum=1)
+        args.threads = [check_thread_flag("--threads", int(t), minimum=1)
+                        for t in args.threads.split(",")]
+        args.sparsities = [float(s) for s in args.sparsities.split(",")]
     except ValueError as exc:
         p.error(str(exc))
+    if not all(0 < s < 1 for s in args.sparsities):
+        p.error(f"--sparsities must lie in (0, 1), got {args.sparsities}")
     args.models = models
     return args
 
@@ -149,59 +243,26 @@ def main(argv=None):
         import torch
     except ImportError:
         torch = None
-        print("torch is not installed: skipping the PyTorch rows "
-              "(pip install torch --index-url https://download.pytorch.org/whl/cpu)")
-    if torch is not None:
-        torch.set_num_threads(args.threads)
-    info = machine_info(torch, args.threads)
-    print(f"machine: {info['cpu']} ({info['cores']} cores), python {info['python']}, "
-          f"numpy {info['numpy']} [{info['numpy_blas']}], torch {info['torch']}, "
-          f"srigl_np OpenMP {info['srigl_np_openmp']}, env {info['env'] or '{}'}")
+        print("torch is not installed: skipping the PyTorch rows")
+    info = machine_info()
+    info["torch"] = None if torch is None else torch.__version__
+    print(f"machine: {info['cpu']} ({info['cores']} cores, {info['vector_isa']}, kernels' "
+          f"path {info['cpu_path']}), numpy {info['numpy']} [{info['blas']}], torch "
+          f"{info['torch']}; float32, batch {args.batch_size}, x[{args.batch_size},1,28,28]")
     rows = []
-    full_batches = -(-FULL_EPOCH // args.batch_size)
     for name in args.models:
-        n = args.cnn_samples if name == "cnn" else args.samples
-        x, y = synthetic_data(n)
-        n_batches = -(-n // args.batch_size)
-        ours, theirs = [], []
-        with threadpool_limits(limits=args.threads):
-            warm = min(n, 4 * args.batch_size)   # first-touch allocations, BLAS thread start
-            ours_epoch(name, x[:warm], y[:warm], args.batch_size, 0)
-            if torch is not None:
-                torch_epoch(torch, name, x[:warm], y[:warm], args.batch_size, 0)
-            for r in range(args.repeats):
-                ours.append(ours_epoch(name, x, y, args.batch_size, r))
-                if torch is not None:
-                    theirs.append(torch_epoch(torch, name, x, y, args.batch_size, r))
-        scale = full_batches / n_batches
-        row = {"model": name, "samples": n, "batches": n_batches, "batch_size": args.batch_size,
-               "threads": args.threads, "dtype": "float32", "input_shape": [args.batch_size, 1, 28, 28],
-               "repeats": args.repeats, "extrapolated": n != FULL_EPOCH,
-               "ours_s": statistics.median(ours), "ours_all_s": ours,
-               "ours_epoch_s": statistics.median(ours) * scale,
-               "torch_s": statistics.median(theirs) if theirs else None, "torch_all_s": theirs,
-               "torch_epoch_s": statistics.median(theirs) * scale if theirs else None}
-        row["ratio"] = row["ours_s"] / row["torch_s"] if theirs else None
-        rows.append(row)
-
-    print(f"\none training epoch (forward + backward + SGD momentum 0.9), batch "
-          f"{args.batch_size}, float32, x[{args.batch_size},1,28,28], {args.threads} threads, "
-          f"median of {args.repeats}")
-    print(f"{'model':6s} {'samples':>8s} {'ours s':>8s} {'torch s':>8s} {'ours/torch':>10s} "
-          f"{'ours s/epoch':>13s} {'torch s/epoch':>14s}")
-    for row in rows:
-        torch_s = f"{row['torch_s']:8.2f}" if row["torch_s"] is not None else f"{'-':>8s}"
-        ratio = f"{row['ratio']:10.2f}" if row["ratio"] is not None else f"{'-':>10s}"
-        torch_epoch_s = (f"{row['torch_epoch_s']:14.1f}" if row["torch_epoch_s"] is not None
-                         else f"{'-':>14s}")
-        mark = "*" if row["extrapolated"] else " "
-        print(f"{row['model']:6s} {row['samples']:8d} {row['ours_s']:8.2f} {torch_s} {ratio} "
-              f"{row['ours_epoch_s']:12.1f}{mark} {torch_epoch_s}{mark}")
-    if any(row["extrapolated"] for row in rows):
-        print(f"* extrapolated to a {FULL_EPOCH}-image epoch ({full_batches} batches) from the "
-              f"measured time per batch")
+        x, y = synthetic_data(args.cnn_samples if name == "cnn" else args.samples)
+        for threads in args.threads:
+            rows += measure_cell(name, threads, x, y, args, torch)
+    print(f"\none epoch of {FULL_BATCHES} batches (forward + backward + SGD momentum 0.9; the "
+          f"sparse rows with SRigL's hooks), composed from the medians of {args.repeats} "
+          f"interleaved rounds: epoch = {FULL_BATCHES - UPDATES_PER_EPOCH} ordinary steps + "
+          f"{UPDATES_PER_EPOCH} update steps (ΔT = 100)")
+    print_rows(rows)
+    if any(r["flags"] for r in rows):
+        print("rows with flags ran beside other load: their ratios are not figures to quote")
     if args.json:
-        write_json(args.json, {"machine": info, "rows": rows})
+        write_json(args.json, {"machine": info, "argv": sys.argv[1:], "rows": rows})
         print(f"results written to {args.json}")
     return 0
 

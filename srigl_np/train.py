@@ -467,12 +467,13 @@ def train(config, resume=False, progress=False, log=print):
 
 
 def _compute_line(config, sparsity):
-    asked = config.get("compute", "masked")
-    if asked == "masked":
+    if config.get("compute", "masked") == "masked":
         return "compute: masked (dense weights with zeros; --compute masked)"
     if sparsity.condensed:
-        return (f"compute: condensed, {len(sparsity.condensed)} layer(s) as values + indices "
-                f"(step cost in proportion to the kept weights); the rest masked")
+        rest = [name for name in sparsity.names if name not in sparsity.condensed]
+        return (f"compute: condensed, {len(sparsity.condensed)} of {len(sparsity.names)} "
+                f"layers as values + indices (a step costs in proportion to the weights "
+                f"kept)" + (f"; masked: {', '.join(rest)}" if rest else ""))
     why = ("only SRigL keeps the constant fan-in it needs" if sparsity.method != "srigl"
            else "no sparse layer is a Linear or Conv2d on the CPU")
     return f"compute: masked ({why})"

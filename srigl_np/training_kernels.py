@@ -503,3 +503,20 @@ def adamw_update(p, g, d, exp_avg, exp_avg_sq, *, step, lr, betas, eps, weight_d
     xp.divide(exp_avg, d, out=d)
     d *= step_size
     p -= d
+
+
+# -- max pooling ----------------------------------------------------------------------------
+
+def maxpool_tiled(x, kh, kw, threads=0):
+    """(y, winner) of a max pool whose kh x kw windows tile x[batch, channels, H, W]
+    (stride = window; NumPy float32/float64, any strides): y[b, c, H/kh, W/kw] and
+    winner (uint8, y's shape), the row-major cell a*kw + b of each window's first maximum
+    (a NaN wins). The compiled override of ``nn.pooling.MaxPool2d``'s tiled path, which
+    is the definition."""
+    return _compiled.maxpool_tiled(np.ascontiguousarray(x), kh, kw, check_threads(threads))
+
+
+def maxpool_tiled_grad(grad_out, winner, kh, kw, threads=0):
+    """dx[batch, channels, H, W] of ``maxpool_tiled``: grad_out at each window's winner."""
+    return _compiled.maxpool_tiled_grad(np.ascontiguousarray(grad_out), winner, kh, kw,
+                                        check_threads(threads))

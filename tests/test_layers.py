@@ -8,6 +8,7 @@ import pytest
 from srigl_np.nn.layers import (Conv2d, Dropout, Flatten, Linear, ReLU, Sequential,
                                 kaiming_normal)
 from srigl_np.nn.pooling import MaxPool2d
+from srigl_np.training_kernels import maxpool_tiled, maxpool_tiled_grad
 from srigl_np.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 
 from gradcheck import assert_close, check_layer_gradients, compare_with_torch, numeric_grad
@@ -361,11 +362,45 @@ def test_maxpool_fast_path_and_general_path_agree():
     y = fast.forward(x, True)
     g = rng.standard_normal(y.shape).astype(np.float32)
     grad_fast = fast.backward(g)
-    assert fast.winner is not None
+    assert fast.cells is not None       # the compiled tiled pass (maxpool_tiled)
     general = MaxPool2d(2)
     general.forward(x, False)           # eval forward: the general backward path
     assert general.winner is None
     np.testing.assert_array_equal(general.backward(g), grad_fast)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kh, kw", [(1, 1), (2, 2), (3, 3)])
+def test_the_compiled_tiled_maxpool_keeps_the_definitions_winners(dtype, kh, kw):
+    rng = np.random.default_rng(12)
+    x = np.round(rng.standard_normal((2, 3, 6 * kh, 4 * kw)), 1).astype(dtype)  # ties
+    x = x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)   # non-contiguous input
+    x[1, 2, 0, 0] = np.nan
+    y, cells = maxpool_tiled(x, kh, kw, threads=2)
+    expected = maxpool_reference(np.nan_to_num(x, nan=np.inf), kh, kw, kh)
+    expected[1, 2, 0, 0] = np.nan
+    np.testing.assert_array_equal(y, expected)
+    windows = x.reshape(2, 3, 6, kh, 4, kw).transpose(0, 1, 2, 4, 3, 5).reshape(2, 3, 6, 4, -1)
+    first = np.argmax(np.nan_to_num(windows, nan=np.inf) == np.nan_to_num(
+        y, nan=np.inf)[..., None], axis=-1)
+    np.testing.assert_array_equal(cells, first)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    dx = maxpool_tiled_grad(g, cells, kh, kw, threads=1)
+    assert dx.sum(dtype=np.float64) == pytest.approx(g.sum(dtype=np.float64))
+    assert (dx != 0).sum() == (g != 0).sum()
+
+
+def test_the_compiled_tiled_maxpool_refuses_bad_arguments():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="multiples of the window"):
+        maxpool_tiled(x, 3, 3)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        maxpool_tiled(x.astype(np.int32), 2, 2)
+    y, cells = maxpool_tiled(x, 2, 2)
+    with pytest.raises(ValueError, match="winner must index"):
+        maxpool_tiled_grad(y, cells + 4, 2, 2)
+    with pytest.raises(ValueError, match="winner's shape"):
+        maxpool_tiled_grad(y[:, :, :1], cells, 2, 2)
 
 
 def test_maxpool_rejects_too_small_input():

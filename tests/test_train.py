@@ -111,9 +111,12 @@ def _without_seconds(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
-@pytest.mark.parametrize("method", ["dense", "srigl", "set"])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method):
-    overrides = {"method": method, "delta": 5, "sparsity": 0.8}
+@pytest.mark.parametrize("method, compute", [("dense", "condensed"), ("srigl", "condensed"),
+                                             ("srigl", "masked"), ("set", "condensed")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method, compute):
+    # SRigL at gamma_sal 0.7 ablates neurons, so the condensed arrays change shape.
+    overrides = {"method": method, "delta": 5, "sparsity": 0.8, "compute": compute,
+                 "gamma_sal": 0.7}
     full = _config(tmp_path / "full", **overrides)
     metrics_full = train_module.train(full, log=lambda line: None)
 
@@ -148,7 +151,7 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("data: ") and "embedded" in lines[0]
-    assert lines[1:9] == _SRIGL_PLAN
+    assert lines[1:10] == _SRIGL_PLAN
     assert any("sparsity" in l and "active neurons" in l and "ITOP" in l for l in lines)
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["finished"] is True
@@ -219,10 +222,12 @@ _SRIGL_PLAN = [
     "steps): 2 updates (steps 10..20)",
     "update step: the optimizer also steps on an update step, before it (the authors' loop); "
     "grow score that step's dense gradient",
-    "  layer     shape    sparsity  fan-in  updates",
-    "  --------  -------  --------  ------  -------",
-    "  1.weight  300x784  92.1%     k=62    2",
-    "  3.weight  100x300  77.0%     k=69    2",
+    "compute: condensed, 3 of 3 layers as values + indices (a step costs in proportion to "
+    "the weights kept)",
+    "  layer     shape    sparsity  fan-in  updates  compute",
+    "  --------  -------  --------  ------  -------  ---------",
+    "  1.weight  300x784  92.1%     k=62    2        condensed",
+    "  3.weight  100x300  77.0%     k=69    2        condensed",
     "kept dense: 5.weight 10x100 (ERK gives it density 1)",
 ]
 
@@ -240,7 +245,7 @@ def test_the_plan_names_each_layer_its_updates_and_the_layers_kept_dense():
 def test_the_plan_warns_when_the_schedule_makes_no_update():
     lines = _plan()   # ΔT = 100 against 30 steps
     assert lines[1].endswith("(75% of 1 epoch x 40 steps): 0 updates")
-    assert [l.split()[-1] for l in lines[5:7]] == ["0", "0"]
+    assert [l.split()[-2] for l in lines[6:8]] == ["0", "0"]
     assert lines[-1] == ("warning: the schedule makes no topology update: ΔT = 100 is not "
                          "below t_end = 30 (75% of 1 epoch x 40 steps), so the masks stay as "
                          "initialised; lower --delta or train for more epochs")
@@ -249,11 +254,14 @@ def test_the_plan_warns_when_the_schedule_makes_no_update():
 def test_the_plan_of_unstructured_static_and_dense_runs():
     rigl = _plan("--method", "rigl", "--distribution", "uniform", "--delta", "10")
     assert rigl[0] == "method rigl: 90.0% global sparsity, uniform per layer"
-    rows = [line.split() for line in rigl[5:]]
+    assert rigl[3] == "compute: masked (only SRigL keeps the constant fan-in it needs)"
+    rows = [line.split() for line in rigl[6:]]
     assert [row[0] for row in rows] == ["1.weight", "3.weight", "5.weight"]
     for row in rows:   # a random mask: a range of fan-ins
         low, high = map(int, row[3].split("-"))
-        assert low >= 1 and high > low and row[4] == "2"
+        assert low >= 1 and high > low and row[4] == "2" and row[5] == "masked"
+    masked = _plan("--compute", "masked", "--delta", "10")
+    assert masked[3] == "compute: masked (dense weights with zeros; --compute masked)"
     static = _plan("--method", "static")
     assert static[1] == "schedule: static, the initial masks are kept (no topology updates)"
     assert not any(line.startswith("warning") for line in static)

@@ -225,12 +225,14 @@ class DynamicSparsity:
     # -- the compute paths ---------------------------------------------------------
     def condensed_candidates(self):
         """The sparse parameters that ``compute="condensed"`` trains condensed: SRigL's
-        (constant fan-in) layers the distribution makes sparse, of a Linear or a groups-1
-        Conv2d on NumPy arrays (``condensed_compute.condensable``)."""
+        layers (constant fan-in; a layer the distribution keeps dense has fan-in F) of a
+        Linear or a groups-1 Conv2d on NumPy arrays (``condensed_compute.condensable``).
+        A kept-dense layer gains too: the direct convolution of k = F taps beats im2col +
+        GEMM on the cnn's 1-channel first layer."""
         if self.method != "srigl":
             return []
         layers = {prefixed(prefix, "weight"): layer for prefix, layer in self.model.named_layers()}
-        return [name for name in self._updated_layers()
+        return [name for name in self.names
                 if name in layers and condensed_compute.condensable(layers[name])]
 
     def compute_of(self, name):
@@ -427,8 +429,6 @@ class DynamicSparsity:
             state = {key: compute.expand(a) for key, a in self.optimizer.state[name].items()}
             for buffer in state.values():
                 buffer[changed] = 0
-            compute.rewire(weight, mask)
-            self._rebind(name, compute, state)
         self.ever_active[name] |= mask
         self.ablated[name] = np.asarray(result.ablated, dtype=np.int64)
 
@@ -436,6 +436,9 @@ class DynamicSparsity:
                              fan_in=result.fan_in if self.method == "srigl" else None,
                              ablated=self.ablated[name], layer=name,
                              budget=dst.layer_budget(mask.shape, self.layer_sparsity[name]))
+        if compute is not None:   # once the topology is known to hold
+            compute.rewire(weight, mask)
+            self._rebind(name, compute, state)
         counts_after = _neuron_counts(mask)
         return make_record(
             step=step, layer=name, method=self.method, drop_fraction=drop_fraction,

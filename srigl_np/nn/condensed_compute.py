@@ -24,7 +24,7 @@ grow-score window): ``dense_grad`` is then dy^T x in the weight's dense shape.
 
 import numpy as np
 
-from ..backend import array_module
+from ..backend import array_module, is_cupy_array
 from ..kernels import im2col
 from ..training_kernels import (conv2d_backward, conv2d_forward, linear_backward,
                                 linear_forward)
@@ -35,7 +35,8 @@ def condensable(layer):
     """Whether ``attach`` applies: a Linear, or a Conv2d with groups 1, on NumPy arrays."""
     if not isinstance(layer, (Linear, Conv2d)) or getattr(layer, "groups", 1) != 1:
         return False
-    return isinstance(layer.params["weight"], np.ndarray)
+    weight = layer.params["weight"]
+    return isinstance(weight, np.ndarray) and not is_cupy_array(weight)
 
 
 def condense_rows(weight, mask):

@@ -1,8 +1,9 @@
 """Pooling: ``MaxPool2d`` (the cnn's; ResNet-50's stem with padding 1) and
 ``GlobalAvgPool2d`` (the head of ResNet, WRN and MobileNet-V3). They follow the ``nn.layers.Layer`` contract."""
 
-from ..backend import array_module
+from ..backend import array_module, is_cupy_array
 from ..kernels import conv_output_size
+from ..training_kernels import maxpool_tiled, maxpool_tiled_grad
 from ..validation import count, positive_int
 from .layers import Layer, pair
 
@@ -60,7 +61,7 @@ class MaxPool2d(Layer):
             raise ValueError(f"padding must be at most half the kernel size "
                              f"{self.kernel_size}, got {self.padding}")
         self.x = self.x_shape = None
-        self.winner = None
+        self.winner = self.cells = None
 
     def _taps(self, x, out_h, out_w):
         """(i, j, view) for every window tap: view[b, c, oh, ow] = x[b, c, oh*s+i, ow*s+j]."""
@@ -93,6 +94,14 @@ class MaxPool2d(Layer):
             x = padded
         out_h = conv_output_size(x.shape[2], kh, self.stride, 0)
         out_w = conv_output_size(x.shape[3], kw, self.stride, 0)
+        self.cells = None
+        if self._tiles(x) and not is_cupy_array(x) and kh * kw <= 256:
+            # The compiled pass (training_kernels.maxpool_tiled): the same maxima and
+            # first-maximum winners as the NumPy form below, the definition.
+            y, cells = maxpool_tiled(x, kh, kw)
+            self.x, self.y = x, y
+            self.cells, self.winner = (cells if training else None), None
+            return y
         if self._tiles(x):
             # Max over window rows first: those views keep (out_w, kw) contiguous.
             x6 = x.reshape(x.shape[0], x.shape[1], out_h, kh, out_w, kw)
@@ -139,6 +148,8 @@ class MaxPool2d(Layer):
         x, y = self.x, self.y
         xp = array_module(grad_out)
         b, c, out_h, out_w = y.shape
+        if self.cells is not None:
+            return maxpool_tiled_grad(grad_out, self.cells, *self.kernel_size)
         if self.winner is not None:
             grad6 = xp.multiply(self.winner, grad_out.reshape(b, c, out_h, 1, out_w, 1))
             return grad6.reshape(x.shape)
