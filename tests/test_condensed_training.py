@@ -228,3 +228,21 @@ def test_a_step_outside_a_window_touches_nothing_of_the_dense_size():
     peak(0)   # warm-up: the kernels' buffers
     assert peak(1) < 2 * 2**20
     assert 64 * 2**20 <= peak(9) < 80 * 2**20   # the window of the update at 10: 9, 10
+
+
+@pytest.mark.parametrize("compute", ["masked", "condensed"])
+def test_runs_of_either_path_audit_condense_and_explain_alike(tmp_path, compute, capsys):
+    from srigl_np import audit, condense, explain, train, train_config
+
+    out = tmp_path / compute
+    args = train_config.make_parser().parse_args(
+        ["--dataset", "embedded", "--epochs", "1", "--delta", "10", "--sparsity", "0.99",
+         "--gamma-sal", "0.7", "--compute", compute, "--out", str(out), "--progress", "off"])
+    config = train_config.config_from_args(args)
+    metrics = train.train(config, log=lambda line: None)
+    assert metrics["config"]["compute"] == compute and metrics["test_accuracy"] > 0.5
+    assert audit.main([str(out)]) == 0
+    assert condense.main([str(out), "--out", str(tmp_path / f"{compute}.npz")],
+                         log=lambda line: None) == 0
+    assert explain.main(["--checkpoint", str(out), "--layer", "1.weight"]) == 0
+    assert "ablated" in capsys.readouterr().out
