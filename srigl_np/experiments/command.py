@@ -93,10 +93,11 @@ def make_parser():
     where.add_argument("--slurm", action="store_true",
                        help="one Slurm job per run through submitit (local job processes "
                             "where Slurm is absent); OUT must be shared with the nodes")
-    parser.add_argument("--slurm-param", metavar="KEY=VALUE", type=_param, action="append",
-                        default=[], help="a submitit parameter of every job, e.g. "
-                        "slurm_partition=gpu, timeout_min=600, mem_gb=8 (repeatable; "
-                        "defaults cpus_per_task=--threads, timeout_min=1440)")
+    parser.add_argument("--slurm-param", metavar="KEY=VALUE", type=_param, nargs="+",
+                        action="extend", default=[],
+                        help="submitit parameters of every job, e.g. slurm_partition=gpu "
+                             "timeout_min=600 mem_gb=8 (default: cpus_per_task=--threads "
+                             "timeout_min=1440)")
     parser.add_argument("--report", metavar="DIR", type=cli.path,
                         help="write results.md, results.json and the plot there")
     parser.add_argument("--summary-only", action="store_true",

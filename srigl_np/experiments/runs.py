@@ -238,6 +238,7 @@ def execute(run, root, dataset, threads, runner=None):
     if claim is None:
         return Outcome(name, "stopped")
     try:
+        os.ftruncate(claim, 0)   # who holds it, for a person looking
         os.pwrite(claim, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         return _execute_claimed(run, root, out, dataset, threads, started, runner)
     finally:
