@@ -45,7 +45,7 @@ import sys
 from .. import cli
 from ..cli import command, create_parser
 from ..data import DATASET_NAMES
-from ..fileio import atomic_write, lock_directory, write_json
+from ..fileio import atomic_write, write_json
 from ..nn.models import MODEL_NAMES
 from ..validation import check_thread_flag
 from .executors import dask_executor, parse_param, slurm_executor
@@ -136,19 +136,21 @@ def _executor(parser, args):
 def _train(parser, args, runs):
     """Run the grid; the exit status (0, 1 when a run failed, 128 + signal when told to
     stop)."""
-    # One runner per --out: a second would fail every run its twin is training. Each
-    # run's directory has its task's claim and its trainer's lock besides.
-    with lock_directory(args.out, PROG, advice="wait for it or choose another --out"):
-        executor, close = _executor(parser, args)
-        try:
-            with signals_interrupt():
-                outcomes = run_grid(runs, args.out, args.dataset, args.threads,
-                                    executor=executor, jobs=args.jobs,
-                                    say=lambda line: print(line, flush=True))
-        except (KeyboardInterrupt, Interrupted) as exc:
-            print(INTERRUPTED, file=sys.stderr, flush=True)
-            return exc.status if isinstance(exc, Interrupted) else 130
-        finally:
+    close = None
+    try:
+        with signals_interrupt():
+            executor, close = _executor(parser, args)
+            # One runner per --out (run_grid holds its lock): a second would fail every
+            # run its twin is training. Each run directory has its task's claim and its
+            # trainer's lock besides.
+            outcomes = run_grid(runs, args.out, args.dataset, args.threads,
+                                executor=executor, jobs=args.jobs, holder=PROG,
+                                say=lambda line: print(line, flush=True))
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(INTERRUPTED, file=sys.stderr, flush=True)
+        return exc.status if isinstance(exc, Interrupted) else 130
+    finally:
+        if close is not None:
             close()
     failed = [o for o in outcomes if o.failed]
     if failed:

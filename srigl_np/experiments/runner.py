@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 
+from ..fileio import lock_directory
 from .grid import run_name
 from .runs import (Outcome, clear_stop, clock, execute, mismatched, refusal, request_stop,
                    runner_identity)
@@ -89,38 +90,50 @@ class Progress:
                  f"queued; ETA {eta})")
 
 
-def run_grid(runs, root, dataset, threads=1, executor=None, jobs=1, say=print):
+def run_grid(runs, root, dataset, threads=1, executor=None, jobs=1, say=print,
+             holder="srigl_np.experiments.run_grid"):
     """Train ``runs`` (dicts of ``grid.grid``) under ``root`` on ``dataset`` with
     ``--threads threads`` each, through ``executor`` (any concurrent.futures.Executor;
-    None: a pool of ``jobs`` threads of this process). Returns the Outcomes in the
-    order they came. ValueError (nothing started) when a run directory holds another
-    configuration than requested. Any exception (KeyboardInterrupt, ``Interrupted``, an
-    executor's own error) goes on to the caller once the grid is stopped."""
-    found = mismatched(runs, root, dataset)
-    if found:
-        raise ValueError(refusal(*found[0], others=len(found) - 1))
-    clear_stop(root)   # left by a grid stopped before
-    own = executor is None
-    if own:
-        executor = concurrent.futures.ThreadPoolExecutor(jobs)
-    progress, outcomes, futures = Progress(runs, root, say), [], {}
+    None: a pool of ``jobs`` threads of this process), holding ``root``'s lock as
+    ``holder`` (one runner per directory: another is refused, ValueError). Returns the
+    Outcomes in the order they came. ValueError (nothing started) when a run directory
+    holds another configuration than requested. Any exception (KeyboardInterrupt,
+    ``Interrupted``, an executor's own error) goes on to the caller once the grid is
+    stopped."""
+    with lock_directory(root, holder, advice="wait for it or choose another --out"):
+        found = mismatched(runs, root, dataset)
+        if found:
+            raise ValueError(refusal(*found[0], others=len(found) - 1))
+        clear_stop(root)   # left by a grid stopped before
+        own = executor is None
+        if own:
+            executor = concurrent.futures.ThreadPoolExecutor(jobs)
+        futures = {}
+        try:
+            outcomes = _run(runs, root, dataset, threads, executor, futures, say)
+        except BaseException:   # KeyboardInterrupt, Interrupted, a lost cluster: stop all
+            _stop(root, futures, executor if own else None)
+            raise
+        if own:
+            executor.shutdown()
+        return outcomes
+
+
+def _run(runs, root, dataset, threads, executor, futures, say):
+    """Submit a task per run (into ``futures``: future -> run) and report each outcome
+    as it comes; the outcomes."""
+    progress, outcomes = Progress(runs, root, say), []
     position = {run_name(run): i for i, run in enumerate(runs)}
     me = runner_identity()
-    try:
-        for run in runs:
-            futures[executor.submit(execute, run, root, dataset, threads, me)] = run
-        pending = set(futures)
-        while pending:
-            done, pending = concurrent.futures.wait(
-                pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in sorted(done, key=lambda f: position[run_name(futures[f])]):
-                outcomes.append(_outcome(future, futures[future]))
-                progress.report(outcomes[-1], [run_name(futures[f]) for f in pending])
-    except BaseException:   # KeyboardInterrupt, Interrupted, a lost cluster: stop it all
-        _stop(root, futures, executor if own else None)
-        raise
-    if own:
-        executor.shutdown()
+    for run in runs:
+        futures[executor.submit(execute, run, root, dataset, threads, me)] = run
+    pending = set(futures)
+    while pending:
+        done, pending = concurrent.futures.wait(
+            pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in sorted(done, key=lambda f: position[run_name(futures[f])]):
+            outcomes.append(_outcome(future, futures[future]))
+            progress.report(outcomes[-1], [run_name(futures[f]) for f in pending])
     return outcomes
 
 
