@@ -20,6 +20,16 @@ SEEDS = [0, 1]
 
 
 @pytest.fixture(scope="module")
+def distributed():
+    return pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def submitit():
+    return pytest.importorskip("submitit")
+
+
+@pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     runs, found = experiment_runs.reference(tmp_path_factory)
     mine = [r for r in runs if r["seed"] in SEEDS]
@@ -44,8 +54,8 @@ def _kill_a_worker_mid_run(root, killed, stop):
         time.sleep(0.005)
 
 
-def test_a_dask_cluster_runs_the_grid_through_a_killed_worker(tmp_path, reference):
-    distributed = pytest.importorskip("distributed")
+def test_a_dask_cluster_runs_the_grid_through_a_killed_worker(distributed, reference,
+                                                              tmp_path):
     runs, expected = reference
     killed, stop = [], threading.Event()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
@@ -72,9 +82,8 @@ def test_a_dask_cluster_runs_the_grid_through_a_killed_worker(tmp_path, referenc
 
 @pytest.mark.skipif(shutil.which("srun") is not None,
                     reason="Slurm is here: --slurm would submit real jobs")
-def test_submitit_local_jobs_run_the_grid_from_the_command_line(tmp_path, reference,
-                                                                capsys):
-    pytest.importorskip("submitit")
+def test_submitit_local_jobs_run_the_grid_from_the_command_line(submitit, reference,
+                                                                tmp_path, capsys):
     runs, expected = reference
     flags = GRID_FLAGS[:GRID_FLAGS.index("--seeds") + 1] + list(map(str, SEEDS)) \
         + GRID_FLAGS[GRID_FLAGS.index("--epochs"):]
