@@ -206,7 +206,16 @@ def runner_gone(runner):
                 return False
     except OSError:
         return False
-    return _start_time(pid) != start   # None once it is gone; another if the PID is reused
+    now = _start_time(pid)
+    if now is None:   # gone, or hidden from this user (/proc mounted with hidepid)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:   # alive, another user's
+            pass
+        return False
+    return now != start   # another process under a reused PID
 
 
 def _start_time(pid):
