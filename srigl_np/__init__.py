@@ -16,7 +16,8 @@ module; tests/test_imports.py pins which folder may import which):
     testing/      the conformance kit (strategies, boundary, reference, assertions, check_update)
     bench/        the benchmark package behind python -m srigl_np.bench
     commands      train (+ train_config), audit (+ model_audit), condense, explain (+ explain_text),
-                  experiments, erk_table: ``python -m srigl_np.<command>``
+                  experiments/ (grids of runs: grid, runs, runner, executors, report,
+                  command), erk_table: ``python -m srigl_np.<command>``
 Importing the package imports none of these; CuPy is imported only when a GPU is used.
 """
 

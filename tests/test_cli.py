@@ -141,7 +141,7 @@ def test_format_table():
     assert cli.format_table([], empty="nothing") == "nothing"
 
 
-COMMANDS = ("audit", "bench.command", "condense", "erk_table", "experiments", "explain",
+COMMANDS = ("audit", "bench.command", "condense", "erk_table", "experiments.command", "explain",
             "train")
 
 

@@ -168,3 +168,20 @@ def test_an_unusable_report_directory_fails_before_any_run(tmp_path, capsys):
                           "--report", str(tmp_path / "file" / "report")])
     assert stop.value.code == 2 and "--report" in capsys.readouterr().err
     assert not any((tmp_path / "runs").iterdir())
+
+
+def test_progress_counts_done_running_failed_queued_and_gives_an_eta(tmp_path):
+    from srigl_np.experiments.runner import Progress
+
+    runs = experiments.grid("smoke", seeds=range(3))   # 6 runs
+    names = [experiments.run_name(r) for r in runs]
+    lines = []
+    progress = Progress(runs, str(tmp_path), lines.append)
+    (tmp_path / (names[2] + ".log")).write_text("== start\n")   # its task has begun
+    progress.report(experiments.Outcome(names[0], "finished", seconds=10.0), names[2:])
+    progress.report(experiments.Outcome(names[1], "failed", "exit 1", 20.0), names[2:])
+    assert lines == [
+        f"[1/6] {names[0]}: finished in 0:10  (1 done, 1 running, 0 failed, 3 queued; "
+        f"ETA 0:40)",
+        f"[2/6] {names[1]}: FAILED (exit 1)  (1 done, 1 running, 1 failed, 3 queued; "
+        f"ETA 1:00)"]
