@@ -135,62 +135,84 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
      float         y[n_rows]     - the group's outputs
 
    Why: one step is one contiguous load of 8 weights and one of 8 indices, for 8 rows at
-   once; x is read by 8 scalar loads assembled into a vector (vmovss/vinsertps, no
-   vgatherdps). The gather-dot does the same assembly per row, but pays per row a
-   horizontal sum and a scalar tail of k % 8 non-zeros, and its rows' weights are k
-   floats apart; here the 8 lanes are the 8 rows' sums, so the sums go out with no
-   reduction and each lane adds its own row's non-zeros in the row's order. C
-   microbenchmark of the kernels alone (AVX2 code on an Intel Xeon with AVX-512, GCC 12,
-   one thread, random 90%-sparse rows, docs/bench/batch1_avx2.md): 0.97x the
-   gather-dot's time at 768->3072 and 3072->768, 0.57x at 4096x4096; a lookup in
-   8-float tables (vpermps, 3-bit lane indices, 2.65 lanes per non-zero of padding) ran
-   1.4x slower than the gather-dot, and 2.8x with a loop per column block. Two
-   accumulators (even and odd steps) break the add chain; padding lanes (0 * x[0]) are
-   computed and never stored.
+   once, and x is read by 8 scalar loads (no vgatherdps: neither this kernel nor the
+   gather-dot issues a hardware gather; see srigl_step_x_*). The gather-dot does the
+   same per row, but pays per row a horizontal sum and a scalar tail of k % 8
+   non-zeros, and its rows' weights are k floats apart; here the 8 lanes are the 8 rows'
+   sums, so the sums go out with no reduction, each lane adding its own row's non-zeros
+   in the row's order. Constant fan-in gives every row of a group the same k, so no
+   step is padded (only the lanes past n_active in the last group). C microbenchmark of
+   the kernels alone (AVX2 code on an Intel Xeon with AVX-512, GCC 12, one thread, random
+   90%-sparse rows, half the rows of each layer; docs/bench/batch1_avx2.md), time over
+   the gather-dot's at 768->3072 and 3072->768 (4096x4096 in brackets): this layout with
+   the gather-dot's code 0.85-0.99 (0.57), 64-bit index loads 0.76-0.82 (0.53),
+   broadcast-and-blend 0.64-0.73 (0.50). Tried and
+   dropped: a lookup in 8-float tables (vpermps, 3-bit lane indices packed 8 to a word,
+   2.65 lanes per non-zero of padding at 10% density) 1.3-1.5x slower than the gather-dot
+   (its 12 bytes per non-zero against 6 left L2 at these sizes), 2.8x with a loop per
+   column block (an unpredictable trip count per block); 8 scalar accumulators
+   1.0-1.07x slower. Two accumulators (even and odd steps) break the add chain; padding
+   lanes (0 * x[0]) are computed and never stored.
    --------------------------------------------------------------------------- */
 #if SRIGL_VW == 8
-/* x at the 8 indices of one step, the indices read 64 bits at a time (4 int16 or 2 int32
-   indices per load) and split by shifts: a load port is what bounds this kernel, and a
-   scalar load per index left the x loads 2.1 loads per non-zero to share the ports with
-   (the indices are in [0, n_in), so their unsigned view is their value). */
-static inline SRIGL_NAME(srigl_vec) SRIGL_NAME(srigl_step_x_i16)(const float *x,
-                                                               const int16_t *p) {
-    uint64_t a, b;
-    memcpy(&a, p, 8);
-    memcpy(&b, p + 4, 8);
-    return (SRIGL_NAME(srigl_vec)){
-        x[(uint16_t)a], x[(uint16_t)(a >> 16)], x[(uint16_t)(a >> 32)], x[(uint16_t)(a >> 48)],
-        x[(uint16_t)b], x[(uint16_t)(b >> 16)], x[(uint16_t)(b >> 32)], x[(uint16_t)(b >> 48)]};
+/* x at the 8 indices of one step. The indices are read 64 bits at a time (4 int16 or 2
+   int32 indices a load) and split by shifts, and each x is broadcast from memory
+   (vbroadcastss, a load alone) and blended into its lane (vblendps, any of three vector
+   ports) rather than inserted (vinsertps, vinsertf128: the one shuffle port, 7 per step,
+   which bounded the kernel). Each step cut the kernel's time by 1.1-1.2x (C
+   microbenchmark, Intel Xeon, 768->3072 and 3072->768, 1 thread). The indices lie in
+   [0, n_in), so their unsigned view is their value. */
+#define SRIGL_BLEND_X(a, x, i, lane)                                                  \
+    a = _mm256_blend_ps(a, _mm256_broadcast_ss((x) + (i)), 1 << (lane))
+static inline __m256 SRIGL_NAME(srigl_step_x_i16)(const float *x, const int16_t *p) {
+    uint64_t q0, q1;
+    __m256 a;
+    memcpy(&q0, p, 8);
+    memcpy(&q1, p + 4, 8);
+    a = _mm256_broadcast_ss(x + (uint16_t)q0);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q0 >> 16), 1);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q0 >> 32), 2);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q0 >> 48), 3);
+    SRIGL_BLEND_X(a, x, (uint16_t)q1, 4);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q1 >> 16), 5);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q1 >> 32), 6);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q1 >> 48), 7);
+    return a;
 }
-static inline SRIGL_NAME(srigl_vec) SRIGL_NAME(srigl_step_x_i32)(const float *x,
-                                                               const int32_t *p) {
-    uint64_t a, b, c, d;
-    memcpy(&a, p, 8);
-    memcpy(&b, p + 2, 8);
-    memcpy(&c, p + 4, 8);
-    memcpy(&d, p + 6, 8);
-    return (SRIGL_NAME(srigl_vec)){
-        x[(uint32_t)a], x[(uint32_t)(a >> 32)], x[(uint32_t)b], x[(uint32_t)(b >> 32)],
-        x[(uint32_t)c], x[(uint32_t)(c >> 32)], x[(uint32_t)d], x[(uint32_t)(d >> 32)]};
+static inline __m256 SRIGL_NAME(srigl_step_x_i32)(const float *x, const int32_t *p) {
+    uint64_t q0, q1, q2, q3;
+    __m256 a;
+    memcpy(&q0, p, 8);
+    memcpy(&q1, p + 2, 8);
+    memcpy(&q2, p + 4, 8);
+    memcpy(&q3, p + 6, 8);
+    a = _mm256_broadcast_ss(x + (uint32_t)q0);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q0 >> 32), 1);
+    SRIGL_BLEND_X(a, x, (uint32_t)q1, 2);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q1 >> 32), 3);
+    SRIGL_BLEND_X(a, x, (uint32_t)q2, 4);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q2 >> 32), 5);
+    SRIGL_BLEND_X(a, x, (uint32_t)q3, 6);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q3 >> 32), 7);
+    return a;
 }
+#undef SRIGL_BLEND_X
 #define SRIGL_INTERLEAVED(NAME, INDEX_T, STEP_X)                                      \
 static void NAME(const float *iv, const INDEX_T *ii, Py_ssize_t k, const float *x,    \
                  const float *bias, float *y, int n_rows) {                           \
-    SRIGL_NAME(srigl_vec) a0 = {0}, a1 = {0}, w;                                      \
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                         \
+    float sums[8];                                                                    \
     Py_ssize_t j = 0;                                                                 \
     int l;                                                                            \
     for (; j + 2 <= k; j += 2) {                                                      \
-        memcpy(&w, iv + 8 * j, sizeof w);                                             \
-        a0 += w * STEP_X(x, ii + 8 * j);                                              \
-        memcpy(&w, iv + 8 * j + 8, sizeof w);                                         \
-        a1 += w * STEP_X(x, ii + 8 * j + 8);                                          \
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(iv + 8 * j), STEP_X(x, ii + 8 * j), a0);  \
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(iv + 8 * j + 8), STEP_X(x, ii + 8 * j + 8), \
+                             a1);                                                     \
     }                                                                                 \
-    if (j < k) {                                                                      \
-        memcpy(&w, iv + 8 * j, sizeof w);                                             \
-        a0 += w * STEP_X(x, ii + 8 * j);                                              \
-    }                                                                                 \
-    a0 += a1;                                                                         \
-    for (l = 0; l < n_rows; l++) y[l] = a0[l] + (bias ? bias[l] : 0.0f);              \
+    if (j < k)                                                                        \
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(iv + 8 * j), STEP_X(x, ii + 8 * j), a0);  \
+    _mm256_storeu_ps(sums, _mm256_add_ps(a0, a1));                                    \
+    for (l = 0; l < n_rows; l++) y[l] = sums[l] + (bias ? bias[l] : 0.0f);            \
 }
 SRIGL_INTERLEAVED(SRIGL_NAME(srigl_interleaved_group_i16), int16_t,
                   SRIGL_NAME(srigl_step_x_i16))
