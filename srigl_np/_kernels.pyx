@@ -27,7 +27,8 @@ Design
   ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
   the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
   ``set_cpu_path()``). The avx512 path also has a batch-1 table lookup (AVX-512
-  two-register permutes), used where its padding is small (``vector_kernel``). This
+  two-register permutes), used where its padding is small, and the x86 paths the batch-1
+  interleaved rows (``vector_kernel``, ``INTERLEAVED_MIN_ROWS``). This
   file holds the validation, the Cython loops (``prange``) and the layout work (im2col,
   the tiling transpose, the column-block packing, the lookup layout, the convolution's
   tap offsets).
@@ -464,7 +465,9 @@ cdef class CondensedWeights:
     ``lookup_padding()`` is at most LOOKUP_MAX_PADDING: 5 bytes per lane, so 7-8 bytes
     per non-zero at 10% density (the weights themselves take 6 with int16 indices),
     built in 0.016 s for 236k non-zeros and 0.17 s for 1.7M (Zen 5; NumPy and one C
-    pass).
+    pass). Where the batch-1 product runs the interleaved rows (``vector_kernel``), its
+    first call builds their layout instead (``_interleaved_layout``): one more copy of the
+    weights, rows padded to a multiple of 8.
     """
 
     cdef readonly object values
@@ -930,8 +933,9 @@ LOOKUP_MAX_COUNTS = 1 << 22
 # avx512 path where the lookup does not, for layers of at least INTERLEAVED_MIN_ROWS rows;
 # smaller layers take the gather-dot (a group of fewer rows computes padding lanes at the
 # full price). Measured on an Intel Xeon with AVX-512 (docs/bench/batch1_avx2.md; 1 and
-# 2 threads, medians of 9 interleaved rounds): interleaved over gather-dot time 0.41-0.97
-# on every layer of 8 rows or more tried, 8 to 4096 rows, k 1 to 410, on both paths.
+# 2 threads, medians of 9 interleaved rounds): interleaved over gather-dot time 0.32-0.97
+# on every layer of 8 rows or more tried, 8 to 4096 rows, k 1 to 410, on both paths; 7
+# rows of 4096 inputs (k 410) even, 1 row 1.9x slower.
 INTERLEAVED_MIN_ROWS = 8
 
 cdef Py_ssize_t _interleaved_min_rows = INTERLEAVED_MIN_ROWS
