@@ -141,17 +141,17 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
    non-zeros, and its rows' weights are k floats apart; here the 8 lanes are the 8 rows'
    sums, so the sums go out with no reduction, each lane adding its own row's non-zeros
    in the row's order. Constant fan-in gives every row of a group the same k, so no
-   step is padded (only the lanes past n_active in the last group). C microbenchmark of
-   the kernels alone (AVX2 code on an Intel Xeon with AVX-512, GCC 12, one thread, random
-   90%-sparse rows, half the rows of each layer; docs/bench/batch1_avx2.md), time over
-   the gather-dot's at 768->3072 and 3072->768 (4096x4096 in brackets): this layout with
-   the gather-dot's code 0.85-0.99 (0.57), 64-bit index loads 0.76-0.82 (0.53),
-   broadcast-and-blend 0.64-0.73 (0.50). Tried and
+   step is padded (only the lanes past n_active in the last group). The kernels alone
+   (tools/batch1_microbench.c: AVX2 code on an Intel Xeon with AVX-512, GCC 12, one
+   thread, random 90%-sparse rows; docs/bench/batch1_avx2.md), time over the
+   gather-dot's at 768->3072 and 3072->768 (4096x4096 in brackets), over two runs: this
+   layout with the gather-dot's code 0.85-0.99 (0.57-0.77), 64-bit index loads 0.76-0.89
+   (0.53-0.73), broadcast-and-blend 0.64-0.76 (0.50-0.67). Tried and
    dropped: a lookup in 8-float tables (vpermps, 3-bit lane indices packed 8 to a word,
-   2.65 lanes per non-zero of padding at 10% density) 1.3-1.5x slower than the gather-dot
-   (its 12 bytes per non-zero against 6 left L2 at these sizes), 2.8x with a loop per
-   column block (an unpredictable trip count per block); 8 scalar accumulators
-   1.0-1.07x slower. Two accumulators (even and odd steps) break the add chain; padding
+   2.65 lanes per non-zero of padding at 10% density) 1.02-1.5x slower than the gather-dot
+   (its 12 bytes per non-zero against 6 left L2 at these sizes), 2.5-3.3x with a loop per
+   column block (an unpredictable trip count per block); 8 scalar accumulators 0.97-1.15
+   (0.66-0.98). Two accumulators (even and odd steps) break the add chain; padding
    lanes (0 * x[0]) are computed and never stored.
    --------------------------------------------------------------------------- */
 #if SRIGL_VW == 8
