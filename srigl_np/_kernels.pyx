@@ -467,7 +467,8 @@ cdef class CondensedWeights:
     built in 0.016 s for 236k non-zeros and 0.17 s for 1.7M (Zen 5; NumPy and one C
     pass). Where the batch-1 product runs the interleaved rows (``vector_kernel``), its
     first call builds their layout instead (``_interleaved_layout``): one more copy of the
-    weights, rows padded to a multiple of 8.
+    weights, rows padded to a multiple of 8, built in 0.7 ms for 236k non-zeros and 9 ms
+    for 1.7M (Intel Xeon).
     """
 
     cdef readonly object values
