@@ -10,8 +10,8 @@ each gets one turn per round), medians in ms, one Markdown table. Columns:
     <path>               ``layer.forward`` with ``kernels.set_cpu_path(path)``, for each
                          path of ``kernels.cpu_paths()`` (the kernel each path picks)
     <path> lookup,       at batch 1 only: ``condensed_matvec`` forced onto one batch-1
-    <path> gather-dot    kernel (``_kernels._condensed_matvec_kernel``), on the paths
-                         that have it (lookup: avx512)
+    <path> interleaved,  kernel (``_kernels._condensed_matvec_kernel``), on the paths
+    <path> gather-dot    that have it (lookup: avx512; interleaved: avx512, avx2)
 
 The machine line (CPU, vector ISA, threads) heads the table. Speeds are for reading
 beside ``python -m srigl_np.bench``, not for tests.
@@ -27,7 +27,7 @@ from srigl_np._kernels import _condensed_matvec_kernel
 from srigl_np.inference.condensed import CondensedLinear
 
 DEFAULT_SHAPES = ((768, 3072), (3072, 768), (4096, 4096))
-KERNELS = ("lookup", "gather-dot")
+KERNELS = ("lookup", "interleaved", "gather-dot")
 
 
 class Turn:
@@ -44,13 +44,13 @@ class Turn:
             kernels.set_cpu_path(previous)
 
 
-def has_lookup(path):
-    """Whether CPU path ``path`` carries the batch-1 lookup kernel."""
+def has_kernel(path, kernel):
+    """Whether CPU path ``path`` carries the batch-1 kernel ``kernel``."""
     previous = kernels.set_cpu_path(path)
     try:
         weights = kernels.CondensedWeights(np.ones((1, 1), np.float32),
                                            np.zeros((1, 1), np.int16), 1)
-        _condensed_matvec_kernel(weights, np.ones(1, np.float32), kernel="lookup")
+        _condensed_matvec_kernel(weights, np.ones(1, np.float32), kernel=kernel)
         return True
     except ValueError:
         return False
@@ -64,7 +64,7 @@ def variants(layer, x, threads, paths):
     if x.shape[0] == 1:
         for path in paths:
             for kernel in KERNELS:
-                if kernel == "lookup" and not has_lookup(path):
+                if not has_kernel(path, kernel):
                     continue
                 call = (lambda k=kernel: _condensed_matvec_kernel(
                     layer.weights, x[0], layer.bias, threads, kernel=k))

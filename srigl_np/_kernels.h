@@ -24,7 +24,8 @@
      * srigl_gather_dot_{i16,i32}, srigl_block_{i16,i32}, srigl_conv_rows,
        srigl_depthwise and srigl_lookup_group: the entry points the Cython code calls, which go through the
        active table (the batch-1 table lookup, srigl_lookup_group, exists on the avx512
-       path only: srigl_has_lookup());
+       path only: srigl_has_lookup(); the batch-1 interleaved rows,
+       srigl_interleaved_group_{i16,i32}, on the x86 paths: srigl_has_interleaved());
      * srigl_lookup_order: the greedy row grouping of that lookup's layout;
      * srigl_max_pool_plane: max pooling of one plane (inference), one portable
        version.
@@ -212,16 +213,23 @@ typedef void (*srigl_softmax_fn)(const float *, Py_ssize_t, float *);
    64-float table of four AVX-512 registers (see srigl_lookup_group_avx512). */
 #define SRIGL_LOOKUP_COLUMNS 63
 #define SRIGL_LOOKUP_ROWS 16
+/* Rows per group of the batch-1 interleaved-rows kernel (srigl_interleaved_group_*). */
+#define SRIGL_INTERLEAVED_ROWS 8
 
 typedef void (*srigl_lookup_fn)(const float *, const uint8_t *, const int32_t *, Py_ssize_t,
                                 const float *, Py_ssize_t, const int32_t *, const float *,
                                 float *, int);
+typedef void (*srigl_interleaved_i16_fn)(const float *, const int16_t *, Py_ssize_t,
+                                         const float *, const float *, float *, int);
+typedef void (*srigl_interleaved_i32_fn)(const float *, const int32_t *, Py_ssize_t,
+                                         const float *, const float *, float *, int);
 
 /* name; the batch-1 gather-dots; the batched blocks for tiles of 8, 16, 32, 64; the
    convolution's rows (its blocks at those widths and their store); the depthwise
    convolution of one plane;
    the tile transpose; the batch-1 lookup
-   of one row group, or NULL on a path without one; the GELU of a chunk, the
+   of one row group, or NULL on a path without one; the batch-1 interleaved-rows
+   group (8 rows), or NULL on a path without it; the GELU of a chunk, the
    LayerNorm and the softmax of one row. */
 typedef struct {
     const char *name;
@@ -233,6 +241,8 @@ typedef struct {
     srigl_depthwise_fn depthwise;
     srigl_transpose_fn transpose;
     srigl_lookup_fn lookup_group;
+    srigl_interleaved_i16_fn interleaved_i16;
+    srigl_interleaved_i32_fn interleaved_i32;
     srigl_gelu_fn gelu;
     srigl_layer_norm_fn layer_norm;
     srigl_softmax_fn softmax;
@@ -675,7 +685,7 @@ static const srigl_kernels srigl_table_generic = {
      srigl_block64_i32_generic},
     srigl_conv_rows_generic,
     srigl_depthwise_generic, srigl_transpose_scalar,
-    NULL,
+    NULL, NULL, NULL,
     srigl_gelu_generic, srigl_layer_norm_generic, srigl_softmax_generic,
 };
 
@@ -922,6 +932,23 @@ static inline void srigl_lookup_group(const float *lv, const uint8_t *li, const 
                                       const int32_t *rows, const float *bias, float *y,
                                       int n_rows) {
     srigl_active->lookup_group(lv, li, steps, n_blocks, x, n_in, rows, bias, y, n_rows);
+}
+
+static inline int srigl_has_interleaved(void) {
+    return srigl_active->interleaved_i16 != NULL;
+}
+
+/* void srigl_interleaved_group_{i16,i32}(...): the active path's batch-1 interleaved
+   group (see _kernels_isa.h); call only when srigl_has_interleaved(). */
+static inline void srigl_interleaved_group_i16(const float *iv, const int16_t *ii,
+                                               Py_ssize_t k, const float *x,
+                                               const float *bias, float *y, int n_rows) {
+    srigl_active->interleaved_i16(iv, ii, k, x, bias, y, n_rows);
+}
+static inline void srigl_interleaved_group_i32(const float *iv, const int32_t *ii,
+                                               Py_ssize_t k, const float *x,
+                                               const float *bias, float *y, int n_rows) {
+    srigl_active->interleaved_i32(iv, ii, k, x, bias, y, n_rows);
 }
 
 /* void srigl_transpose(...): srigl_transpose_* of the active path. */

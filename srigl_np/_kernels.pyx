@@ -27,7 +27,8 @@ Design
   ``avx2`` (x86-64) and ``generic`` (any CPU). One portable build carries all three;
   the best this CPU supports is chosen at import (``cpu_path()``, ``cpu_paths()``,
   ``set_cpu_path()``). The avx512 path also has a batch-1 table lookup (AVX-512
-  two-register permutes), used where its padding is small (``vector_kernel``). This
+  two-register permutes), used where its padding is small, and the x86 paths the batch-1
+  interleaved rows (``vector_kernel``, ``INTERLEAVED_MIN_ROWS``). This
   file holds the validation, the Cython loops (``prange``) and the layout work (im2col,
   the tiling transpose, the column-block packing, the lookup layout, the convolution's
   tap offsets).
@@ -77,6 +78,16 @@ cdef extern from "_kernels.h":
                             Py_ssize_t n_blocks, const float* x, Py_ssize_t n_in,
                             const int32_t* rows, const float* bias, float* y,
                             int n_rows) noexcept nogil
+    # Batch-1 interleaved rows: one group of 8 rows from the interleaved layout (only on
+    # a path where srigl_has_interleaved(): avx2, avx512).
+    enum: INTERLEAVED_ROWS "SRIGL_INTERLEAVED_ROWS"
+    int srigl_has_interleaved() noexcept nogil
+    void srigl_interleaved_group_i16(const float* iv, const int16_t* ii, Py_ssize_t k,
+                                     const float* x, const float* bias, float* y,
+                                     int n_rows) noexcept nogil
+    void srigl_interleaved_group_i32(const float* iv, const int32_t* ii, Py_ssize_t k,
+                                     const float* x, const float* bias, float* y,
+                                     int n_rows) noexcept nogil
     # Greedy row groups for the lookup layout: order[n_rows] from counts[n_rows, n_blocks].
     void srigl_lookup_order(const int32_t* counts, Py_ssize_t n_rows, Py_ssize_t n_blocks,
                             Py_ssize_t window, int32_t* order, char* taken,
@@ -454,7 +465,10 @@ cdef class CondensedWeights:
     ``lookup_padding()`` is at most LOOKUP_MAX_PADDING: 5 bytes per lane, so 7-8 bytes
     per non-zero at 10% density (the weights themselves take 6 with int16 indices),
     built in 0.016 s for 236k non-zeros and 0.17 s for 1.7M (Zen 5; NumPy and one C
-    pass).
+    pass). Where the batch-1 product runs the interleaved rows (``vector_kernel``), its
+    first call builds their layout instead (``_interleaved_layout``): one more copy of the
+    weights, rows padded to a multiple of 8, built in 0.7 ms for 236k non-zeros and 9 ms
+    for 1.7M (Intel Xeon).
     """
 
     cdef readonly object values
@@ -477,6 +491,10 @@ cdef class CondensedWeights:
     cdef const Py_ssize_t* _offsets
     cdef const int32_t* _rows
     cdef object _grouping          # (order, counts) of _lookup_grouping, None until made
+    cdef object _interleaved       # the interleaved layout (iv, ii), None until built
+    cdef const float* _iv
+    cdef const void* _ii
+    cdef bint _short               # int16 indices
     cdef dict _tap_offsets         # the convolution's tap offsets per geometry
 
     def __init__(self, values, indices, n_in):
@@ -523,6 +541,8 @@ cdef class CondensedWeights:
         self.starts.flags.writeable = False
         self._lookup = None
         self._grouping = None
+        self._interleaved = None
+        self._short = self.indices.dtype == np.int16
         self._padding = -1
         self._tap_offsets = {}
 
@@ -672,6 +692,40 @@ cdef class CondensedWeights:
         self._lookup = (lv, li, flat, offsets, order)
         return self._lookup
 
+    def _interleaved_layout(self):
+        """The interleaved layout of the batch-1 interleaved-rows kernel (built once, then
+        cached; n_active >= 1), a tuple of read-only arrays, group g of 8 rows at
+        [g * k * 8, (g + 1) * k * 8):
+
+            iv[n_groups * k * 8]  float32, 64-byte aligned: iv[(g*k + j)*8 + l] =
+                                  values[8g + l, j], 0 for rows past n_active
+            ii[n_groups * k * 8]  the index dtype: indices[8g + l, j], 0 past n_active
+
+        A second copy of the weights (6 or 8 bytes per non-zero), as the packed layout
+        of the batched kernel is."""
+        if self._interleaved is not None:
+            return self._interleaved
+        n_groups = (self.n_active + INTERLEAVED_ROWS - 1) // INTERLEAVED_ROWS
+        rows = n_groups * INTERLEAVED_ROWS
+        iv = _aligned_empty((n_groups, self.k, INTERLEAVED_ROWS))
+        iv[:] = 0
+        ii = np.zeros((n_groups, self.k, INTERLEAVED_ROWS), dtype=self.indices.dtype)
+        padded = np.zeros((rows, self.k), dtype=np.float32)
+        padded[:self.n_active] = self.values
+        iv[:] = padded.reshape(n_groups, INTERLEAVED_ROWS, self.k).transpose(0, 2, 1)
+        padded = np.zeros((rows, self.k), dtype=self.indices.dtype)
+        padded[:self.n_active] = self.indices
+        ii[:] = padded.reshape(n_groups, INTERLEAVED_ROWS, self.k).transpose(0, 2, 1)
+        iv, ii = iv.reshape(-1), ii.reshape(-1)
+        for a in (iv, ii):
+            a.flags.writeable = False
+        if self._interleaved is not None:   # built by another thread meanwhile: keep it
+            return self._interleaved
+        self._iv = <const float*>_data(iv)
+        self._ii = _data(ii)
+        self._interleaved = (iv, ii)
+        return self._interleaved
+
     def __repr__(self):
         return (f"CondensedWeights(n_active={self.n_active}, k={self.k}, n_in={self.n_in}, "
                 f"indices={self.indices.dtype})")
@@ -690,6 +744,40 @@ cdef inline float _gather_dot(const float* v, const index_t* idx, const float* x
         return srigl_gather_dot_i32(v, idx, x, k)
 
 
+cdef void _interleaved_vector(const float* iv, const index_t* ii, Py_ssize_t n_active,
+                              Py_ssize_t k, const float* x, const float* bias, float* y,
+                              int threads) noexcept nogil:
+    """y[r] = bias[r] + sum_j values[r, j] * x[indices[r, j]] by the interleaved-rows
+    kernel: one srigl_interleaved_group per group of INTERLEAVED_ROWS rows, parallel over
+    groups.
+
+    Input:   the interleaved layout (CondensedWeights._interleaved_layout: iv, ii of
+             n_groups * k * 8) of n_active >= 1 rows of fan-in k, x[n_in] float32,
+             bias[n_active] float32 or NULL, threads.
+    Output:  y[n_active] float32.
+    """
+    cdef Py_ssize_t n_groups = (n_active + INTERLEAVED_ROWS - 1) // INTERLEAVED_ROWS, g
+    if threads == 1:   # see _condensed_vector
+        for g in range(n_groups):
+            _interleaved_item(iv, ii, n_active, k, x, bias, y, g)
+    else:
+        for g in prange(n_groups, schedule="static", num_threads=threads):
+            _interleaved_item(iv, ii, n_active, k, x, bias, y, g)
+
+
+cdef inline void _interleaved_item(const float* iv, const index_t* ii, Py_ssize_t n_active,
+                                   Py_ssize_t k, const float* x, const float* bias, float* y,
+                                   Py_ssize_t g) noexcept nogil:
+    """Group g of _interleaved_vector: rows [8g, min(8g + 8, n_active))."""
+    cdef Py_ssize_t r0 = g * INTERLEAVED_ROWS, step = k * INTERLEAVED_ROWS
+    cdef int n_rows = <int>min(<Py_ssize_t>INTERLEAVED_ROWS, n_active - r0)
+    cdef const float* b = bias + r0 if bias != NULL else NULL
+    if index_t is int16_t:
+        srigl_interleaved_group_i16(iv + g * step, ii + g * step, k, x, b, y + r0, n_rows)
+    else:
+        srigl_interleaved_group_i32(iv + g * step, ii + g * step, k, x, b, y + r0, n_rows)
+
+
 cdef void _condensed_vector(const float* values, const index_t* indices,
                             Py_ssize_t n_active, Py_ssize_t k, const float* x,
                             const float* bias, float* y, int threads) noexcept nogil:
@@ -701,9 +789,16 @@ cdef void _condensed_vector(const float* values, const index_t* indices,
     Output:  y[n_active] float32.
     """
     cdef Py_ssize_t r
-    for r in prange(n_active, schedule="static", num_threads=threads):
-        y[r] = _gather_dot(values + r * k, indices + r * k, x, k) + (
-            bias[r] if bias != NULL else 0)
+    if threads == 1:
+        # No parallel region for one thread: entering even a one-thread team took
+        # about 0.7 us of a 1.9 us call (1 x 1 layer, Intel Xeon, libgomp).
+        for r in range(n_active):
+            y[r] = _gather_dot(values + r * k, indices + r * k, x, k) + (
+                bias[r] if bias != NULL else 0)
+    else:
+        for r in prange(n_active, schedule="static", num_threads=threads):
+            y[r] = _gather_dot(values + r * k, indices + r * k, x, k) + (
+                bias[r] if bias != NULL else 0)
 
 
 # Column blocks of the batched kernel hold about SEGMENT_NONZEROS non-zeros of a row
@@ -742,10 +837,26 @@ cdef inline int _serial_if_small(int threads, Py_ssize_t work):
     return 1 if work < SERIAL_WORK else threads
 
 
+cdef inline bint _ready(object a, int ndim, Py_ssize_t last):
+    """Whether ``a`` is already what a kernel reads: exactly an ndarray, float32 in native
+    byte order, aligned and C-contiguous, ``ndim`` dims, the last of size ``last``. A
+    C-level test, so that a call with such arrays (the usual case) skips the Python-level
+    checks and conversion: 0.35 us of a 1.2 us batch-1 call of a 1 x 1 layer (Intel
+    Xeon)."""
+    if not cnp.PyArray_CheckExact(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT32 and cnp.PyArray_NDIM(arr) == ndim
+            and cnp.PyArray_DIMS(arr)[ndim - 1] == last and cnp.PyArray_ISCARRAY_RO(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
 def _condensed_input(weights, x, ndim):
     """x as C-contiguous float32 with ``ndim`` dims and last axis n_in (converted if needed)."""
     if not isinstance(weights, CondensedWeights):
         raise TypeError(f"weights must be a CondensedWeights, got {type(weights).__name__}")
+    if _ready(x, ndim, (<CondensedWeights>weights).n_in):
+        return x
     if not hasattr(x, "dtype") or x.dtype.kind != "f":
         raise TypeError(f"x must be a floating-point array, got "
                         f"{getattr(x, 'dtype', type(x).__name__)}")
@@ -756,9 +867,11 @@ def _condensed_input(weights, x, ndim):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _condensed_bias(weights, bias):
+def _condensed_bias(CondensedWeights weights not None, bias):
     if bias is None:
         return None
+    if _ready(bias, 1, weights.n_active):
+        return bias
     if not hasattr(bias, "dtype") or bias.dtype != np.float32:
         raise TypeError(f"bias must be a float32 array or None, got "
                         f"{getattr(bias, 'dtype', type(bias).__name__)}")
@@ -783,11 +896,18 @@ cdef void _lookup_vector(const float* lv, const uint8_t* li, const int32_t* step
     """
     cdef Py_ssize_t n_groups = (n_active + LOOKUP_ROWS - 1) // LOOKUP_ROWS
     cdef Py_ssize_t n_blocks = (n_in + LOOKUP_COLUMNS - 1) // LOOKUP_COLUMNS, g, r0
-    for g in prange(n_groups, schedule="static", num_threads=threads):
-        r0 = g * LOOKUP_ROWS
-        srigl_lookup_group(lv + offsets[g] * LOOKUP_ROWS, li + offsets[g] * LOOKUP_ROWS,
-                           steps + g * n_blocks, n_blocks, x, n_in, rows + r0, bias, y,
-                           <int>min(<Py_ssize_t>LOOKUP_ROWS, n_active - r0))
+    if threads == 1:   # see _condensed_vector
+        for g in range(n_groups):
+            r0 = g * LOOKUP_ROWS
+            srigl_lookup_group(lv + offsets[g] * LOOKUP_ROWS, li + offsets[g] * LOOKUP_ROWS,
+                               steps + g * n_blocks, n_blocks, x, n_in, rows + r0, bias, y,
+                               <int>min(<Py_ssize_t>LOOKUP_ROWS, n_active - r0))
+    else:
+        for g in prange(n_groups, schedule="static", num_threads=threads):
+            r0 = g * LOOKUP_ROWS
+            srigl_lookup_group(lv + offsets[g] * LOOKUP_ROWS, li + offsets[g] * LOOKUP_ROWS,
+                               steps + g * n_blocks, n_blocks, x, n_in, rows + r0, bias, y,
+                               <int>min(<Py_ssize_t>LOOKUP_ROWS, n_active - r0))
 
 
 # The batch-1 lookup kernel is used where it computes at most this many lanes per
@@ -809,33 +929,65 @@ LOOKUP_WINDOW = 512
 LOOKUP_MAX_COUNTS = 1 << 22
 
 
-cdef bint _use_lookup(CondensedWeights weights, int kernel) except -1:
-    """Whether batch 1 runs the lookup kernel: kernel 0 (auto) where the active path has
-    it and the padding is at most LOOKUP_MAX_PADDING, 1 never (gather-dot), 2 always
-    (the caller checked srigl_has_lookup())."""
-    if kernel != 0:
-        return kernel == 2
-    if not srigl_has_lookup():
-        return False
-    if weights._padding < 0:
-        weights.lookup_padding()
-    return weights._padding <= _lookup_max_padding
+# The batch-1 interleaved-rows kernel (groups of INTERLEAVED_ROWS = 8 rows, one 8-float
+# vector of sums; SRIGL_INTERLEAVED_ROWS in _kernels.h) runs on the avx2 path, and on the
+# avx512 path where the lookup does not, for layers of at least INTERLEAVED_MIN_ROWS rows;
+# smaller layers take the gather-dot (a group of fewer rows computes padding lanes at the
+# full price). Measured on an Intel Xeon with AVX-512 (docs/bench/batch1_avx2.md; 1 and
+# 2 threads, medians of 9 interleaved rounds): interleaved over gather-dot time 0.32-0.97
+# on every layer of 8 rows or more tried, 8 to 4096 rows, k 1 to 410, on both paths; 7
+# rows of 4096 inputs (k 410) even, 1 row 1.9x slower.
+INTERLEAVED_MIN_ROWS = 8
+
+cdef Py_ssize_t _interleaved_min_rows = INTERLEAVED_MIN_ROWS
+
+# The batch-1 kernels by number (the ``kernel`` argument below; 0 is "choose").
+cdef enum:
+    KERNEL_AUTO = 0
+    KERNEL_GATHER_DOT = 1
+    KERNEL_LOOKUP = 2
+    KERNEL_INTERLEAVED = 3
+KERNEL_NAMES = {"gather-dot": KERNEL_GATHER_DOT, "lookup": KERNEL_LOOKUP,
+                "interleaved": KERNEL_INTERLEAVED}
+
+
+cdef int _batch1_kernel(CondensedWeights weights, int kernel) except -1:
+    """The batch-1 kernel ``weights`` runs: ``kernel`` itself when not KERNEL_AUTO (the
+    caller checked the active path has it), else the rule: on a path with the lookup
+    (avx512) the lookup where its padding is at most LOOKUP_MAX_PADDING; then, on a path
+    with the interleaved rows (avx2, avx512), those for layers of at least
+    INTERLEAVED_MIN_ROWS rows; else the gather-dot (and always on the generic path)."""
+    if kernel != KERNEL_AUTO:
+        return kernel
+    if srigl_has_lookup():
+        if weights._padding < 0:
+            weights.lookup_padding()
+        if weights._padding <= _lookup_max_padding:
+            return KERNEL_LOOKUP
+    if srigl_has_interleaved() and weights.n_active >= _interleaved_min_rows:
+        return KERNEL_INTERLEAVED
+    return KERNEL_GATHER_DOT
 
 
 def vector_kernel(CondensedWeights weights not None):
     """The kernel a batch-1 product of ``weights`` runs on the active CPU path:
-    "lookup" (AVX-512 table lookup, see ``LOOKUP_MAX_PADDING``) or "gather-dot"."""
-    return "lookup" if weights.n_active and _use_lookup(weights, 0) else "gather-dot"
+    "lookup" (AVX-512 table lookup, see ``LOOKUP_MAX_PADDING``), "interleaved" (rows
+    interleaved in groups of 8, the avx2 path, see ``INTERLEAVED_MIN_ROWS``) or
+    "gather-dot"."""
+    if not weights.n_active:
+        return "gather-dot"
+    cdef int kernel = _batch1_kernel(weights, KERNEL_AUTO)
+    return ("lookup" if kernel == KERNEL_LOOKUP else
+            "interleaved" if kernel == KERNEL_INTERLEAVED else "gather-dot")
 
 
 cdef int _vector_dispatch(CondensedWeights weights, const float* x, const float* bias,
-                          float* y, int threads, int kernel=0) except -1:
-    """The batch-1 product: the lookup kernel or _condensed_vector for the weights'
-    index type, as _use_lookup(weights, kernel) says (nothing to do when n_active is 0).
+                          float* y, int threads, int kernel=KERNEL_AUTO) except -1:
+    """The batch-1 product by the kernel _batch1_kernel(weights, kernel) names, for the
+    weights' index type (nothing to do when n_active is 0).
 
     Input:   weights (values[n_active, k], indices[n_active, k]); x[n_in] float32;
-             bias[n_active] float32 or NULL; threads; kernel 0 auto, 1 gather-dot,
-             2 lookup.
+             bias[n_active] float32 or NULL; threads; kernel: KERNEL_AUTO or one to force.
     Output:  y[n_active] float32.
     """
     cdef const float* values = <const float*>_data(weights.values)
@@ -843,13 +995,25 @@ cdef int _vector_dispatch(CondensedWeights weights, const float* x, const float*
     cdef Py_ssize_t n_active = weights.n_active, k = weights.k
     if n_active == 0:
         return 0
-    if _use_lookup(weights, kernel):
+    kernel = _batch1_kernel(weights, kernel)
+    if kernel == KERNEL_LOOKUP:
         if weights._lookup is None:
             weights._lookup_layout()
         with nogil:
             _lookup_vector(weights._lv, weights._li, weights._steps, weights._offsets,
                            weights._rows, x, weights.n_in, bias, y, n_active, threads)
-    elif weights.indices.dtype == np.int16:
+    elif kernel == KERNEL_INTERLEAVED:
+        if weights._interleaved is None:
+            weights._interleaved_layout()
+        if weights._short:
+            with nogil:
+                _interleaved_vector(weights._iv, <const int16_t*>weights._ii, n_active, k,
+                                    x, bias, y, threads)
+        else:
+            with nogil:
+                _interleaved_vector(weights._iv, <const int32_t*>weights._ii, n_active, k,
+                                    x, bias, y, threads)
+    elif weights._short:
         with nogil:
             _condensed_vector(values, <const int16_t*>indices, n_active, k, x, bias, y,
                               threads)
@@ -867,25 +1031,28 @@ def condensed_matvec(CondensedWeights weights not None, x, bias=None, threads=0)
     x[n_in] (any float dtype and strides; converted to C-contiguous float32);
     bias[n_active] float32 or None -> y[n_active] float32.
     y[r] = bias[r] + sum_j values[r, j] * x[indices[r, j]]. Parallel over rows.
-    Runs ``vector_kernel(weights)``: the lookup kernel, or a gather-dot per row.
+    Runs ``vector_kernel(weights)``: the lookup kernel, the interleaved rows, or a
+    gather-dot per row.
     """
-    return _matvec(weights, x, bias, threads, 0)
+    return _matvec(weights, x, bias, threads, KERNEL_AUTO)
 
 
 def _condensed_matvec_kernel(CondensedWeights weights not None, x, bias=None, threads=0, *,
                              kernel):
     """Test hook: ``condensed_matvec`` forced onto one batch-1 kernel, ``kernel``
-    "gather-dot" or "lookup" (keyword-only; "lookup" whatever the padding, and a
-    ValueError on a CPU path without it, as is any other name)."""
-    if kernel not in ("gather-dot", "lookup"):
-        raise ValueError(f"kernel must be 'gather-dot' or 'lookup', got {kernel!r}")
-    if kernel == "lookup" and not srigl_has_lookup():
-        raise ValueError(f"CPU path {cpu_path()!r} has no lookup kernel")
-    return _matvec(weights, x, bias, threads, 1 if kernel == "gather-dot" else 2)
+    "gather-dot", "lookup" or "interleaved" (keyword-only; "lookup" whatever the
+    padding; a ValueError for a kernel the active CPU path lacks, as for any other
+    name)."""
+    if kernel not in KERNEL_NAMES:
+        raise ValueError(f"kernel must be one of {tuple(KERNEL_NAMES)}, got {kernel!r}")
+    if ((kernel == "lookup" and not srigl_has_lookup())
+            or (kernel == "interleaved" and not srigl_has_interleaved())):
+        raise ValueError(f"CPU path {cpu_path()!r} has no {kernel} kernel")
+    return _matvec(weights, x, bias, threads, KERNEL_NAMES[kernel])
 
 
 cdef object _matvec(CondensedWeights weights, x, bias, object threads, int kernel):
-    """The body of condensed_matvec and its test hook (kernel as _use_lookup's)."""
+    """The body of condensed_matvec and its test hook (kernel as _batch1_kernel's)."""
     x = _condensed_input(weights, x, 1)
     bias = _condensed_bias(weights, bias)
     cdef int n_threads = _serial_if_small(_resolve_threads(threads),

@@ -109,6 +109,125 @@ SRIGL_GATHER_DOT(SRIGL_NAME(srigl_gather_dot_i32), int32_t)
 #define SRIGL_DOT16 SRIGL_NAME(srigl_gather_dot_i16)
 #define SRIGL_DOT32 SRIGL_NAME(srigl_gather_dot_i32)
 #endif
+
+
+/* ---------------------------------------------------------------------------
+   Batch-1 interleaved rows (the avx2 path's batch-1 kernel; the avx512 path carries
+   the avx2 one for the tests and benchmarks)
+
+   void srigl_interleaved_group_{i16,i32}_<isa>(iv, ii, k, x, bias, y, n_rows)
+
+   y[l] = bias[l] + sum_j iv[j, l] * x[ii[j, l]] for the lanes l < n_rows of one group of
+   8 consecutive output rows, from the group's part of the interleaved layout
+   (CondensedWeights._interleaved_layout in _kernels.pyx):
+
+   Input arguments:
+     const float   iv[k * 8]     - step j, lane l: the j-th kept weight of the group's
+                                   row l (values[8g + l, j]), 0 in lanes past n_rows
+     const INDEX_T ii[k * 8]     - its input column (indices[8g + l, j]), each in
+                                   [0, n_in); 0 in lanes past n_rows
+     Py_ssize_t    k             - the fan-in, the same for every row (constant fan-in:
+                                   no padding steps)
+     const float   x[n_in]
+     const float   bias[n_rows] or NULL  - the group's first bias
+     int           n_rows        - rows of the group in use, 1..8
+   Output arguments:
+     float         y[n_rows]     - the group's outputs
+
+   Why: one step is one contiguous load of 8 weights and one of 8 indices, for 8 rows at
+   once, and x is read by 8 scalar loads (no vgatherdps: neither this kernel nor the
+   gather-dot issues a hardware gather; see srigl_step_x_*). The gather-dot does the
+   same per row, but pays per row a horizontal sum and a scalar tail of k % 8
+   non-zeros, and its rows' weights are k floats apart; here the 8 lanes are the 8 rows'
+   sums, so the sums go out with no reduction, each lane adding its own row's non-zeros
+   in the row's order. Constant fan-in gives every row of a group the same k, so no
+   step is padded (only the lanes past n_active in the last group). The kernels alone
+   (tools/batch1_microbench.c: AVX2 code on an Intel Xeon with AVX-512, GCC 12, one
+   thread, random 90%-sparse rows; docs/bench/batch1_avx2.md), time over the
+   gather-dot's at 768->3072 and 3072->768 (4096x4096 in brackets), over two runs: this
+   layout with the gather-dot's code 0.85-0.99 (0.57-0.77), 64-bit index loads 0.76-0.89
+   (0.53-0.73), broadcast-and-blend 0.64-0.76 (0.50-0.67). Tried and
+   dropped: a lookup in 8-float tables (vpermps, 3-bit lane indices packed 8 to a word,
+   2.65 lanes per non-zero of padding at 10% density) 1.02-1.5x slower than the gather-dot
+   (its 12 bytes per non-zero against 6 left L2 at these sizes), 2.5-3.3x with a loop per
+   column block (an unpredictable trip count per block); 8 scalar accumulators 0.97-1.15
+   (0.66-0.98). Two accumulators (even and odd steps) break the add chain; padding
+   lanes (0 * x[0]) are computed and never stored.
+   --------------------------------------------------------------------------- */
+#if SRIGL_VW == 8
+/* x at the 8 indices of one step. The indices are read 64 bits at a time (4 int16 or 2
+   int32 indices a load) and split by shifts, and each x is broadcast from memory
+   (vbroadcastss, a load alone) and blended into its lane (vblendps, any of three vector
+   ports) rather than inserted (vinsertps, vinsertf128: the one shuffle port, 7 per step,
+   which bounded the kernel). Each step cut the kernel's time by 1.1-1.2x (C
+   microbenchmark, Intel Xeon, 768->3072 and 3072->768, 1 thread). The indices lie in
+   [0, n_in), so their unsigned view is their value. */
+#define SRIGL_BLEND_X(a, x, i, lane)                                                  \
+    a = _mm256_blend_ps(a, _mm256_broadcast_ss((x) + (i)), 1 << (lane))
+static inline __m256 SRIGL_NAME(srigl_step_x_i16)(const float *x, const int16_t *p) {
+    uint64_t q0, q1;
+    __m256 a;
+    memcpy(&q0, p, 8);
+    memcpy(&q1, p + 4, 8);
+    a = _mm256_broadcast_ss(x + (uint16_t)q0);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q0 >> 16), 1);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q0 >> 32), 2);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q0 >> 48), 3);
+    SRIGL_BLEND_X(a, x, (uint16_t)q1, 4);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q1 >> 16), 5);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q1 >> 32), 6);
+    SRIGL_BLEND_X(a, x, (uint16_t)(q1 >> 48), 7);
+    return a;
+}
+static inline __m256 SRIGL_NAME(srigl_step_x_i32)(const float *x, const int32_t *p) {
+    uint64_t q0, q1, q2, q3;
+    __m256 a;
+    memcpy(&q0, p, 8);
+    memcpy(&q1, p + 2, 8);
+    memcpy(&q2, p + 4, 8);
+    memcpy(&q3, p + 6, 8);
+    a = _mm256_broadcast_ss(x + (uint32_t)q0);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q0 >> 32), 1);
+    SRIGL_BLEND_X(a, x, (uint32_t)q1, 2);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q1 >> 32), 3);
+    SRIGL_BLEND_X(a, x, (uint32_t)q2, 4);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q2 >> 32), 5);
+    SRIGL_BLEND_X(a, x, (uint32_t)q3, 6);
+    SRIGL_BLEND_X(a, x, (uint32_t)(q3 >> 32), 7);
+    return a;
+}
+#undef SRIGL_BLEND_X
+#define SRIGL_INTERLEAVED(NAME, INDEX_T, STEP_X)                                      \
+static void NAME(const float *iv, const INDEX_T *ii, Py_ssize_t k, const float *x,    \
+                 const float *bias, float *y, int n_rows) {                           \
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                         \
+    float sums[8];                                                                    \
+    Py_ssize_t j = 0;                                                                 \
+    int l;                                                                            \
+    for (; j + 2 <= k; j += 2) {                                                      \
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(iv + 8 * j), STEP_X(x, ii + 8 * j), a0);  \
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(iv + 8 * j + 8), STEP_X(x, ii + 8 * j + 8), \
+                             a1);                                                     \
+    }                                                                                 \
+    if (j < k)                                                                        \
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(iv + 8 * j), STEP_X(x, ii + 8 * j), a0);  \
+    _mm256_storeu_ps(sums, _mm256_add_ps(a0, a1));                                    \
+    for (l = 0; l < n_rows; l++) y[l] = sums[l] + (bias ? bias[l] : 0.0f);            \
+}
+SRIGL_INTERLEAVED(SRIGL_NAME(srigl_interleaved_group_i16), int16_t,
+                  SRIGL_NAME(srigl_step_x_i16))
+SRIGL_INTERLEAVED(SRIGL_NAME(srigl_interleaved_group_i32), int32_t,
+                  SRIGL_NAME(srigl_step_x_i32))
+#undef SRIGL_INTERLEAVED
+#define SRIGL_INTERLEAVED16 SRIGL_NAME(srigl_interleaved_group_i16)
+#define SRIGL_INTERLEAVED32 SRIGL_NAME(srigl_interleaved_group_i32)
+#elif SRIGL_VW == 16
+#define SRIGL_INTERLEAVED16 srigl_interleaved_group_i16_avx2
+#define SRIGL_INTERLEAVED32 srigl_interleaved_group_i32_avx2
+#else
+#define SRIGL_INTERLEAVED16 NULL   /* the generic path keeps the gather-dot */
+#define SRIGL_INTERLEAVED32 NULL
+#endif
 #undef SRIGL_GATHER_DOT
 #undef SRIGL_GATHER
 
@@ -513,11 +632,14 @@ static const srigl_kernels SRIGL_NAME(srigl_table) = {
     SRIGL_NAME(srigl_depthwise),
     SRIGL_TRANSPOSE,
     SRIGL_LOOKUP,
+    SRIGL_INTERLEAVED16, SRIGL_INTERLEAVED32,
     SRIGL_NAME(srigl_gelu), SRIGL_NAME(srigl_layer_norm), SRIGL_NAME(srigl_softmax),
 };
 
 #undef SRIGL_TRANSPOSE
 #undef SRIGL_LOOKUP
+#undef SRIGL_INTERLEAVED16
+#undef SRIGL_INTERLEAVED32
 #undef SRIGL_DOT16
 #undef SRIGL_DOT32
 #undef SRIGL_W64

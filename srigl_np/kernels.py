@@ -25,8 +25,10 @@ The CPU override comes in one variant per instruction set, its "CPU path" (``avx
 ``avx2``, ``generic``), all in one portable build: ``cpu_path()`` is the one running (the
 best the CPU supports, picked at import), ``cpu_paths()`` those available and
 ``set_cpu_path(name)`` switches (tests and benchmarks run each). At batch 1 the avx512
-path has a second kernel, a table lookup in registers, which it runs where that pays
-(``vector_kernel(weights)`` names the one a layer gets).
+path has a table lookup in registers, which it runs where that pays, and the x86 paths
+the interleaved rows (8 rows a step, no hardware gather), which the avx2 path runs for
+layers of 8 rows or more and the avx512 path where the lookup does not pay; the rest runs
+a gather-dot per row (``vector_kernel(weights)`` names the one a layer gets).
 """
 
 # The compiled module is imported first, so that an unbuilt tree says so before anything

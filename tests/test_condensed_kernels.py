@@ -8,12 +8,12 @@ Backends (BACKENDS), each given the same (values, indices, n_in, x, bias):
     tiled-nvN   the batched (tiled) kernel forced to tile width 8 * N, N in {1, 2, 4, 8},
                 batch 1 included (the hook ``_kernels._condensed_matmul_tiled``)
     matvec      ``condensed_matvec`` row by row (its own choice of batch-1 kernel)
-    matvec-lookup, matvec-gather-dot
+    matvec-lookup, matvec-gather-dot, matvec-interleaved
                 the same forced onto one batch-1 kernel (the hook
-                ``_kernels._condensed_matvec_kernel``): the AVX-512 table lookup, which
-                only the avx512 path has, and the gather-dot, which that path keeps for
-                layers the lookup would pad too much (on the other paths ``matvec`` is
-                the gather-dot)
+                ``_kernels._condensed_matvec_kernel``), on each path that has it: the
+                AVX-512 table lookup (avx512), the interleaved rows (avx2, avx512: groups
+                of 8 rows, padding lanes in the last group) and the gather-dot (every
+                path; on generic ``matvec`` is the gather-dot)
     cupy        the CUDA kernels (``cuda.CudaCondensedWeights``); marked ``gpu``, skipped
                 with the reason when ``backend.cupy()`` raises DeviceError
 
@@ -36,7 +36,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from srigl_np import backend as device_backend
-from srigl_np._kernels import (LOOKUP_MAX_PADDING, MIN_COLUMN_BLOCK, PATH_NAMES,
+from srigl_np._kernels import (INTERLEAVED_MIN_ROWS, LOOKUP_MAX_PADDING, MIN_COLUMN_BLOCK,
+                               PATH_NAMES,
                                SEGMENT_NONZEROS, _condensed_matmul_tiled,
                                _condensed_matvec_kernel, vector_kernel)
 from srigl_np.kernels import (CondensedWeights, column_block_width, condensed_matmul,
@@ -207,6 +208,18 @@ CASES = [random_case(*shape, column_blocks=BLOCKS.get(shape)) for shape in SHAPE
     Case("lookup-one-column-40-times", 70, lambda index_dtype: Problem(
         np.linspace(-1, 1, 40, dtype=np.float32)[None], np.full((1, 40), 66, index_dtype),
         70, np.arange(70, dtype=np.float32)[None] / 7, ..., np.ones(1, np.float32))),
+    # The interleaved rows' edges: fewer than 8 rows (all padding lanes but 7), 9 and 23
+    # rows (a last group of 1 and of 7), k = 1 and odd k (a last step of its own), and
+    # x[0], where the padding lanes read, non-finite while no row reads it.
+    random_case(40, 7, 3, 1, seed=11, name="interleaved-40x7k3"),
+    random_case(40, 9, 3, 1, seed=12, name="interleaved-40x9k3"),
+    random_case(33, 8, 1, 2, seed=13, name="interleaved-33x8k1"),
+    random_case(100, 23, 16, 1, seed=14, name="interleaved-100x23k16"),
+    Case("interleaved-nonfinite-x0-unread", 30, lambda index_dtype: Problem(
+        np.linspace(-1, 1, 9 * 4, dtype=np.float32).reshape(9, 4),
+        np.tile(np.array([3, 7, 12, 29], index_dtype), (9, 1)), 30,
+        np.concatenate([[np.inf], np.arange(1, 30, dtype=np.float32)])[None], ...,
+        np.ones(9, np.float32))),
     # Enough work for both threads: the case for bit-for-bit equality across thread counts.
     random_case(500, 64, 50, 100, seed=3, name="threads-500x64k50b100"),
     # n_in = 40000: each thread's transposed 64-wide tile is 10 MB; 100 rows are a
@@ -327,13 +340,19 @@ class Backend(NamedTuple):
 
 CYTHON = [("product", run_product)] + [(f"tiled-nv{n}", tiled_runner(n))
                                        for n in TILE_VECTORS] + [("matvec", run_matvec)]
-# The avx512 path's two batch-1 kernels, each forced.
-CYTHON_AVX512 = [(f"matvec-{kernel}", matvec_runner(functools.partial(
-    _condensed_matvec_kernel, kernel=kernel))) for kernel in ("lookup", "gather-dot")]
+# The batch-1 kernels each path carries beside the gather-dot, each forced.
+BATCH1_KERNELS = {"avx512": ("lookup", "gather-dot", "interleaved"),
+                  "avx2": ("gather-dot", "interleaved")}
+
+
+def forced_batch1(path):
+    return [(f"matvec-{kernel}", matvec_runner(functools.partial(
+        _condensed_matvec_kernel, kernel=kernel))) for kernel in BATCH1_KERNELS.get(path, ())]
+
+
 BACKENDS = [Backend("reference", run_reference)]
 BACKENDS += [Backend(f"{name}-{path}", on_path(path, run), threaded=True, path=path)
-             for path in PATH_NAMES
-             for name, run in CYTHON + (CYTHON_AVX512 if path == "avx512" else [])]
+             for path in PATH_NAMES for name, run in CYTHON + forced_batch1(path)]
 BACKENDS += [Backend("cupy", run_cupy, gpu=True)]
 THREADED = [b for b in BACKENDS if b.threaded]
 
@@ -555,7 +574,7 @@ def test_a_layer_too_wide_for_the_lookup_layout_keeps_the_gather_dot():
     indices = np.sort(rng.choice(n_in, size=(64, 2)), axis=1).astype(np.int32)
     weights = CondensedWeights(np.ones((64, 2), np.float32), indices, n_in)
     assert 64 * -(-n_in // 63) > LOOKUP_MAX_COUNTS
-    assert weights.lookup_padding() == float("inf") and vector_kernel(weights) == "gather-dot"
+    assert weights.lookup_padding() == float("inf") and vector_kernel(weights) != "lookup"
     x = rng.standard_normal(n_in).astype(np.float32)
     assert_matches(condensed_matvec(weights, x)[None], reference(
         weights.values, weights.indices, x[None]))
@@ -569,28 +588,50 @@ def test_a_layer_too_wide_for_the_lookup_layout_keeps_the_gather_dot():
 
 
 @pytest.mark.parametrize("path", PATH_NAMES)
-def test_batch_1_runs_the_lookup_on_avx512_where_it_pads_little_else_the_gather_dot(path):
+def test_batch_1_rule_lookup_where_it_pads_little_then_interleaved_rows_then_gather_dot(path):
     if path not in cpu_paths():
         pytest.skip(f"CPU path {path} is not available here: {cpu_paths()}")
     rng = np.random.default_rng(1)
     light = CondensedWeights(*random_weights(rng, 768, 64, 77, np.int16), 768)
     heavy = CondensedWeights(*random_weights(rng, 4096, 64, 4, np.int16), 4096)
+    few = CondensedWeights(*random_weights(rng, 4096, INTERLEAVED_MIN_ROWS - 1, 4, np.int16),
+                           4096)
     assert light.lookup_padding() <= LOOKUP_MAX_PADDING < heavy.lookup_padding()
+    assert few.lookup_padding() > LOOKUP_MAX_PADDING
     x = rng.standard_normal(768).astype(np.float32)
     previous = set_cpu_path(path)
     try:
-        assert vector_kernel(heavy) == "gather-dot"
-        assert vector_kernel(light) == ("lookup" if path == "avx512" else "gather-dot")
-        np.testing.assert_array_equal(
-            condensed_matvec(light, x), _condensed_matvec_kernel(light, x, kernel=vector_kernel(light)))
-        if path != "avx512":
-            with pytest.raises(ValueError, match=f"CPU path '{path}' has no lookup kernel"):
-                _condensed_matvec_kernel(light, x, kernel="lookup")
+        interleaved = "gather-dot" if path == "generic" else "interleaved"
+        assert vector_kernel(heavy) == interleaved
+        assert vector_kernel(few) == "gather-dot"
+        assert vector_kernel(light) == ("lookup" if path == "avx512" else interleaved)
+        for weights, n_in in ((light, 768), (heavy, 4096), (few, 4096)):
+            xi = rng.standard_normal(n_in).astype(np.float32)
+            np.testing.assert_array_equal(condensed_matvec(weights, xi), _condensed_matvec_kernel(
+                weights, xi, kernel=vector_kernel(weights)))
+        for kernel in ("lookup", "interleaved"):
+            if kernel not in BATCH1_KERNELS.get(path, ()):
+                with pytest.raises(ValueError, match=f"CPU path '{path}' has no {kernel} kernel"):
+                    _condensed_matvec_kernel(light, x, kernel=kernel)
     finally:
         set_cpu_path(previous)
 
 
-@pytest.mark.parametrize("kernel", ["gather", "", None, "LOOKUP"])
+def test_interleaved_layout_holds_each_row_in_its_lane_step_by_step():
+    rng = np.random.default_rng(3)
+    values, indices = random_weights(rng, 50, 11, 4, np.int16)
+    weights = CondensedWeights(values, indices, 50)
+    iv, ii = weights._interleaved_layout()
+    assert weights._interleaved_layout() is weights._interleaved_layout()   # built once
+    assert iv.dtype == np.float32 and ii.dtype == np.int16 and iv.ctypes.data % 64 == 0
+    assert not iv.flags.writeable and not ii.flags.writeable
+    groups_v, groups_i = iv.reshape(2, 4, 8), ii.reshape(2, 4, 8)   # (group, step, lane)
+    np.testing.assert_array_equal(groups_v.transpose(0, 2, 1).reshape(16, 4)[:11], values)
+    np.testing.assert_array_equal(groups_i.transpose(0, 2, 1).reshape(16, 4)[:11], indices)
+    assert not groups_v[1, :, 3:].any() and not groups_i[1, :, 3:].any()   # padding lanes
+
+
+@pytest.mark.parametrize("kernel", ["gather", "", None, "LOOKUP", "interleave"])
 def test_matvec_kernel_hook_refuses_other_kernel_names(kernel):
     weights = CondensedWeights(*good_arguments(), 3)
     with pytest.raises(ValueError, match="kernel must be"):

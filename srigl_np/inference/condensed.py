@@ -29,8 +29,8 @@ import copy
 import numpy as np
 
 from ..backend import array_module, is_cupy_array, parse_device, select, to_device, to_numpy
-from ..kernels import (CondensedWeights, condensed_conv, condensed_product,
-                       condensed_reference, conv_output_size, im2col)
+from ..kernels import (CondensedWeights, condensed_conv, condensed_matmul, condensed_matvec,
+                       condensed_product, condensed_reference, conv_output_size, im2col)
 from ..validation import FLOATING, check_array, check_float32_range, count, positive_int
 
 INT16_MAX_COLUMNS = 32767
@@ -391,6 +391,14 @@ class CondensedLinear(Stage):
         """x: (batch, n_in) or (n_in,), any float dtype -> y: (batch, n_active) or (n_active,),
         float32, on x's device (which must be the layer's). Tokens (batch, ..., n_in) give
         (batch, ..., n_active): the leading axes are one batch of rows."""
+        if type(x) is np.ndarray and type(self.weights) is CondensedWeights:
+            # NumPy input on CPU weights, the common case: straight to the kernel, which
+            # validates x (the generic path below cost 1.2 us of a 2 us batch-1 call of a
+            # 1 x 1 layer, Intel Xeon).
+            if x.ndim == 1:
+                return condensed_matvec(self.weights, x, self.bias, threads)
+            if x.ndim == 2:
+                return condensed_matmul(self.weights, x, self.bias, threads)
         xp = array_module(x)
         x = xp.asarray(x)
         if x.ndim > 2:
