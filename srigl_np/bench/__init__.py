@@ -40,7 +40,8 @@ from .cpu_baselines import (MKL_BLOCKTIME_MS, baselines, find_mkl_rt,  # noqa: E
                             implementations, import_sparse_dot_mkl, mkl_rt_candidates,
                             mkl_version, sparse_dot_mkl)
 from .load import LoadMeter, load_flags, other_cpus, read_cpu_busy  # noqa: E402
-from .machine import (PROBE_REPEATS, READ_PROBE_BYTES, kernel_cpu_path,  # noqa: E402
+from .machine import (PROBE_REPEATS, READ_PROBE_BYTES, batch1_kernel,  # noqa: E402
+                      gather_data_sampling, kernel_cpu_path,
                       last_level_cache_bytes, machine_info, measure_limits, probe_bytes,
                       read_bandwidth, sgemm_gflops, vector_isa)
 from .plotting import plot, plot_figure  # noqa: E402
@@ -55,14 +56,14 @@ __all__ = [
     "ALTERNATIVES", "CSR_KINDS", "DENSE_KINDS", "GFLOPS_FROM_BATCH", "LoadMeter",
     "MKL_BLOCKTIME_MS", "OURS", "PROBE_REPEATS", "QUICK_MIN_TIME", "QUICK_ROUNDS",
     "QUICK_SECONDS", "QUICK_TURN_REPEATS", "READ_PROBE_BYTES", "ROUNDS", "achieved",
-    "add_limits", "add_load", "baselines", "best_of", "check_output_path", "check_sizes",
-    "check_thread_counts", "compare", "condensed_traffic", "constant_fan_in_weight",
-    "dense_traffic", "estimate_row_seconds", "find_mkl_rt", "format_case",
-    "implementations", "import_sparse_dot_mkl", "kernel_cpu_path",
-    "last_level_cache_bytes", "limit_line", "load_flags", "machine_info", "main",
-    "make_parser", "measure_limits", "mkl_rt_candidates", "mkl_version", "other_cpus",
-    "parse_args", "parse_shape", "plot", "plot_figure", "probe_bytes", "read_bandwidth",
-    "read_cpu_busy", "run", "sample_seconds", "sgemm_gflops", "sparse_dot_mkl",
-    "sparsity_label", "spread", "summary_lines", "target_lines", "time_all",
-    "turn_repeats", "vector_isa",
+    "add_limits", "add_load", "baselines", "batch1_kernel", "best_of", "check_output_path",
+    "check_sizes", "check_thread_counts", "compare", "condensed_traffic",
+    "constant_fan_in_weight", "dense_traffic", "estimate_row_seconds", "find_mkl_rt",
+    "format_case", "gather_data_sampling", "implementations", "import_sparse_dot_mkl",
+    "kernel_cpu_path", "last_level_cache_bytes", "limit_line", "load_flags",
+    "machine_info", "main", "make_parser", "measure_limits", "mkl_rt_candidates",
+    "mkl_version", "other_cpus", "parse_args", "parse_shape", "plot", "plot_figure",
+    "probe_bytes", "read_bandwidth", "read_cpu_busy", "run", "sample_seconds",
+    "sgemm_gflops", "sparse_dot_mkl", "sparsity_label", "spread", "summary_lines",
+    "target_lines", "time_all", "turn_repeats", "vector_isa",
 ]

@@ -247,7 +247,8 @@ def main(argv=None):
     args = parse_args(argv)
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; vectors: {info['vector_isa']}; "
-          f"condensed kernel path: {info['cpu_path']}")
+          f"condensed kernel path: {info['cpu_path']}; gather_data_sampling: "
+          f"{info['gather_data_sampling']}")
     print(f"BLAS: {info['blas']}; kernels built with OpenMP: {info['openmp']} "
           f"(max threads {info['max_threads']})")
     if args.device != "cpu":
