@@ -159,30 +159,14 @@ def cnn_case(batch, rng, torch):
     return ours, theirs
 
 
-def row_flags(meter, records, phase):
-    """The bench's load flags for a row, our own neighbour's CPU taken off first."""
-    other = meter.other_cpus
-    if other is not None and phase == "neighbour":
-        other = max(0.0, other - OWN_NEIGHBOUR_CPUS)
-    worst = max(records, key=lambda r: r["iqr_over_median"] or 0.0)
-    return bench.load_flags(other, meter.resolution, worst["iqr_over_median"],
-                            worst["implementation"])
-
-
 def ratio_text(row, who):
     default, one = row["median_s"].get(f"{who} default"), row["median_s"].get(f"{who} 1")
     if default is None or one is None:
         return "-"
-    text = f"{default / one:.2f}x"
-    return f"{text} ({'; '.join(f.split(':')[0] for f in row['flags'])})" if row["flags"] \
-        else text
+    return bench.flagged(f"{default / one:.2f}x", row["flags"])
 
 
-def log(start, text):
-    print(f"[{time.perf_counter() - start:6.1f} s] {text}", file=sys.stderr, flush=True)
-
-
-def run(cases, args, torch, start):
+def run(cases, args, torch, progress):
     """The rows: one per (phase, case), each {phase, case, median_s {name: s},
     other_cpus, flags, scale (the epoch's extrapolation factor, 1 otherwise)}."""
     rng = np.random.default_rng(args.seed)
@@ -201,7 +185,7 @@ def run(cases, args, torch, start):
     for phase, seconds in (("quiet", None), ("neighbour", args.neighbour_seconds)):
         with Neighbour(seconds):
             for name, (ours, theirs, min_time, scale) in built.items():
-                log(start, f"{phase}: {name} ...")
+                progress(f"{phase}: {name} ...")
                 turns = four_turns(ours, theirs, torch, torch_default)
                 least = 1 if min_time == 0.0 else None
                 with bench.LoadMeter() as meter:
@@ -211,10 +195,11 @@ def run(cases, args, torch, start):
                        "median_s": {r["implementation"]: r["median_s"] * scale
                                     for r in records},
                        "other_cpus": meter.other_cpus,
-                       "flags": row_flags(meter, records, phase)}
+                       "flags": bench.row_flags(
+                           meter, records, OWN_NEIGHBOUR_CPUS if seconds else 0.0)}
                 rows.append(row)
-                log(start, f"{phase}: {name}: ours {ratio_text(row, 'ours')}, torch "
-                           f"{ratio_text(row, 'torch')} (default / 1 thread)")
+                progress(f"{phase}: {name}: ours {ratio_text(row, 'ours')}, torch "
+                         f"{ratio_text(row, 'torch')} (default / 1 thread)")
     return rows
 
 
@@ -267,7 +252,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    start = time.perf_counter()
+    progress = bench.Progress()
     torch = None if args.no_torch else bench_condensed_model.import_torch()[0]
     info = bench.machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; kernel path "
@@ -278,7 +263,7 @@ def main(argv=None):
           f"{SPARSITY:.0%} constant fan-in; layer {LAYER[0]}->{LAYER[1]}; mlp epoch "
           f"{args.samples} samples extrapolated to {bench_train_epoch.FULL_EPOCH}; medians "
           f"of {args.rounds} interleaved rounds")
-    rows = run(args.cases, args, torch, start)
+    rows = run(args.cases, args, torch, progress)
     print("\n".join(table(rows)))
     print("ratios: default threads / 1 thread (lower is better; > 1: the default loses to "
           "one thread); a flagged row's figures were measured under other load")
