@@ -5,7 +5,9 @@ forward, softmax cross-entropy, backward (no gradient for the data itself), SGD 
 with momentum 0.9. Both frameworks get the same architecture, batch size, float32 data
 and thread count (``torch.set_num_threads(n)``; ``threadpool_limits(n)`` for our BLAS
 and OpenMP). The data are synthetic Fashion-MNIST-shaped images (timing does not depend
-on pixel values). Repeats alternate ours/torch and the table reports medians.
+on pixel values). Repeats alternate ours/torch and the table reports medians, with the
+bench's load flags (``bench.LoadMeter``; a flagged ratio ends in "?"); each repeat is
+reported on stderr as it starts.
 
 With fewer samples than 60000 the per-epoch figure is extrapolated from the measured
 time per mini-batch to the 469 batches of a 60000-image epoch, and says so.
@@ -30,7 +32,7 @@ thread_waits.set_training_defaults()
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from srigl_np import openmp_enabled
+from srigl_np import bench, openmp_enabled
 from srigl_np.fileio import write_json
 from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.models import MODEL_NAMES, build
@@ -145,6 +147,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    progress = bench.Progress()
     try:
         import torch
     except ImportError:
@@ -164,15 +167,18 @@ def main(argv=None):
         x, y = synthetic_data(n)
         n_batches = -(-n // args.batch_size)
         ours, theirs = [], []
-        with threadpool_limits(limits=args.threads):
+        with threadpool_limits(limits=args.threads), bench.LoadMeter() as meter:
             warm = min(n, 4 * args.batch_size)   # first-touch allocations, BLAS thread start
             ours_epoch(name, x[:warm], y[:warm], args.batch_size, 0)
             if torch is not None:
                 torch_epoch(torch, name, x[:warm], y[:warm], args.batch_size, 0)
             for r in range(args.repeats):
+                progress(f"{name}: repeat {r + 1}/{args.repeats}, {n} samples ...")
                 ours.append(ours_epoch(name, x, y, args.batch_size, r))
                 if torch is not None:
                     theirs.append(torch_epoch(torch, name, x, y, args.batch_size, r))
+        timed = [{"implementation": who, "iqr_over_median": bench.spread(times)}
+                 for who, times in (("ours", ours), ("torch", theirs)) if times]
         scale = full_batches / n_batches
         row = {"model": name, "samples": n, "batches": n_batches, "batch_size": args.batch_size,
                "threads": args.threads, "dtype": "float32", "input_shape": [args.batch_size, 1, 28, 28],
@@ -182,7 +188,9 @@ def main(argv=None):
                "torch_s": statistics.median(theirs) if theirs else None, "torch_all_s": theirs,
                "torch_epoch_s": statistics.median(theirs) * scale if theirs else None}
         row["ratio"] = row["ours_s"] / row["torch_s"] if theirs else None
+        row["flags"] = bench.row_flags(meter, timed)
         rows.append(row)
+        progress(bench.flagged(f"{name}: ours {row['ours_s']:.2f} s", row["flags"]))
 
     print(f"\none training epoch (forward + backward + SGD momentum 0.9), batch "
           f"{args.batch_size}, float32, x[{args.batch_size},1,28,28], {args.threads} threads, "
@@ -191,12 +199,17 @@ def main(argv=None):
           f"{'ours s/epoch':>13s} {'torch s/epoch':>14s}")
     for row in rows:
         torch_s = f"{row['torch_s']:8.2f}" if row["torch_s"] is not None else f"{'-':>8s}"
-        ratio = f"{row['ratio']:10.2f}" if row["ratio"] is not None else f"{'-':>10s}"
+        ratio = (f"{row['ratio']:9.2f}" + ("?" if row["flags"] else " ")
+                 if row["ratio"] is not None else f"{'-':>10s}")
         torch_epoch_s = (f"{row['torch_epoch_s']:14.1f}" if row["torch_epoch_s"] is not None
                          else f"{'-':>14s}")
         mark = "*" if row["extrapolated"] else " "
         print(f"{row['model']:6s} {row['samples']:8d} {row['ours_s']:8.2f} {torch_s} {ratio} "
-              f"{row['ours_epoch_s']:12.1f}{mark} {torch_epoch_s}{mark}")
+              f"{row['ours_epoch_s']:12.1f}{mark} {torch_epoch_s}{mark}"
+              + (f"  [{'; '.join(row['flags'])}]" if row["flags"] else ""))
+    if any(row["flags"] for row in rows):
+        print("?: ran beside other load or with unstable timings; the ratio does not "
+              "compare (rerun on an idle machine)")
     if any(row["extrapolated"] for row in rows):
         print(f"* extrapolated to a {FULL_EPOCH}-image epoch ({full_batches} batches) from the "
               f"measured time per batch")
