@@ -247,9 +247,6 @@ def format_table(rows):
         lines.append("".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS))
                      + ("" if row["same_predictions"] else "  PREDICTIONS DIFFER")
                      + ("" if trusted else f"  [{'; '.join(row['flags'])}]"))
-    if any(row.get("flags") for row in rows):
-        lines.append("?: the row ran beside other load or with unstable timings; its ratios "
-                     "do not compare (rerun on an idle machine)")
     return lines
 
 
@@ -339,6 +336,9 @@ def main(argv=None):
     rows = run_rows(model, condensed, inputs, args.threads, args.min_time, tmodel=tmodel,
                     torch=torch, rounds=args.rounds, progress=bench.Progress())
     print("\n".join(format_table(rows)))
+    if any(row["flags"] for row in rows):
+        print("?: the row ran beside other load or with unstable timings; its ratios do "
+              "not compare (rerun on an idle machine)")
     print("vs dense / vs torch: the condensed model's speedup (their median / its median)")
     if args.json:
         from srigl_np.fileio import write_json
