@@ -31,13 +31,18 @@ from contextlib import contextmanager
 from .validation import check_threads, max_thread_count, usable_cpus
 
 # Multiply-adds each thread must get before a call is split across threads (a call with
-# less than 2 * GRAIN_WORK runs on one thread). Measured on a 2-vCPU Xeon (KVM,
-# float32, 90% constant fan-in, OMP_WAIT_POLICY=PASSIVE), medians of interleaved calls
-# at 1 and 2 threads: see benchmarks/bench_busy_neighbour.py and docs/bench/busy_neighbour.md.
+# less than 2 * GRAIN_WORK runs on one thread). On a 2-vCPU Xeon (KVM, float32, 90%
+# constant fan-in, OMP_WAIT_POLICY=PASSIVE) beside 1.4 other busy CPUs, 2 threads lost
+# to 1 at every batch-1 size from 6,400 to 236,000 multiply-adds (1.2-2.4x slower;
+# 3072 -> 768 0.045 against 0.037 ms), while on a quiet machine the same 3072 -> 768
+# call took 0.020 ms on 2 spinning threads against 0.041 on 1. This grain keeps the
+# bench's layers (~236,000 at batch 1) on 2 threads and runs a call under ~131,000
+# multiply-adds (a 1024 -> 1024 layer at batch 1) on one: a compromise, measured only
+# under load (docs/bench/busy_neighbour.md).
 GRAIN_WORK = 2**16
 
-# The same for a BLAS product (NumPy's OpenBLAS 0.3.31, pthreads). Its workers sleep on a
-# condition variable and the caller spins for them: beside other CPU-bound processes on
+# The same for a BLAS product (NumPy's OpenBLAS 0.3.31, pthreads), whose pool waits for a
+# late worker far worse than libgomp asleep does: beside other CPU-bound processes on
 # a 2-vCPU Xeon (float32, medians of 3 interleaved rounds, 1.4-1.8 other CPUs busy),
 # 2 threads against 1 took 0.30 against 0.48 ms for the mlp's 128x784x300 product but
 # 40 against 0.9 ms for 256x784x300, 292 against 6.7 ms for the cnn's 128x9216x128 and
