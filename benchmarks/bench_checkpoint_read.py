@@ -16,7 +16,9 @@ it in a fresh Python process (so its peak is its own) with
                      hold anyway); the reader's bound is ~2x
 
 The bytes of the masks it infers (one bool per weight, a quarter of float32) are part of
-the read's result and of its peak. torch is needed to write the file only.
+the read's result and of its peak. torch is needed to write the file only. The timed
+reads carry the bench's load flags (``bench.LoadMeter``, the reading children's CPU
+counted as ours), and each read is reported on stderr as it starts.
 """
 
 import argparse
@@ -28,6 +30,9 @@ import sys
 import tempfile
 
 import numpy as np
+
+from srigl_np import bench
+from srigl_np.bench.load import own_cpu_seconds
 
 _CHILD = r"""
 import json, resource, sys, time, tracemalloc
@@ -99,12 +104,28 @@ def measure(path, trace):
     return json.loads(done.stdout)
 
 
-def run(directory, repeats=3, width=64):
+def own_and_children_cpu_seconds():
+    """CPU seconds of this process and of its finished children (the reads run in
+    children, so the load meter must not count them as other load)."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own_cpu_seconds() + children.ru_utime + children.ru_stime
+
+
+def run(directory, repeats=3, width=64, progress=lambda text: None):
     """The record of ``repeats`` timed reads and one traced read (see the module
-    docstring) of a ResNet-50 checkpoint written into ``directory``."""
+    docstring) of a ResNet-50 checkpoint written into ``directory``, with the bench's
+    load flags of the timed reads ("flags"); ``progress(text)`` is told each read."""
     path = os.path.join(directory, "resnet50_srigl_sparsity-0.90.pt")
+    progress("writing the checkpoint ...")
     written = write_checkpoint(path, width=width)
-    timed = [measure(path, trace=False) for _ in range(repeats)]
+    timed = []
+    with bench.LoadMeter(own_cpu=own_and_children_cpu_seconds) as meter:
+        for i in range(repeats):
+            progress(f"read {i + 1}/{repeats} ...")
+            timed.append(measure(path, trace=False))
+    progress("traced read ...")
     traced = measure(path, trace=True)
     tensor_bytes = timed[0]["tensor_bytes"]
     return {
@@ -120,6 +141,7 @@ def run(directory, repeats=3, width=64):
         "tracemalloc_over_tensors": traced["tracemalloc_peak"] / tensor_bytes,
         "seconds_with_tracemalloc": traced["seconds"],
         "constant_fan_in_layers": traced["constant_fan_in_layers"],
+        "flags": bench.row_flags(meter),
     }
 
 
@@ -133,10 +155,10 @@ def main(argv=None):
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.dir:
-        record = run(args.dir, args.repeats)
+        record = run(args.dir, args.repeats, progress=bench.Progress())
     else:
         with tempfile.TemporaryDirectory() as directory:
-            record = run(directory, args.repeats)
+            record = run(directory, args.repeats, progress=bench.Progress())
     mb = 1e6
     print(f"ResNet-50 state_dict: {record['tensors']} tensors, "
           f"{record['tensor_bytes'] / mb:.1f} MB of tensors, file "
@@ -144,7 +166,8 @@ def main(argv=None):
           f"({record['masks']} layers, {record['constant_fan_in_layers']} constant fan-in, "
           f"{record['mask_bytes'] / mb:.1f} MB)")
     print(f"read: {record['seconds_median']:.3f} s median of {len(record['seconds'])} "
-          f"({', '.join(f'{s:.3f}' for s in record['seconds'])})")
+          f"({', '.join(f'{s:.3f}' for s in record['seconds'])})"
+          + (f" [{'; '.join(record['flags'])}: beside other load]" if record["flags"] else ""))
     print(f"peak memory: rss delta {record['rss_delta_max'] / mb:.1f} MB "
           f"({record['rss_delta_over_tensors']:.2f}x the tensors), tracemalloc "
           f"{record['tracemalloc_peak'] / mb:.1f} MB ({record['tracemalloc_over_tensors']:.2f}x)")

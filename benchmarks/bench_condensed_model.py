@@ -29,7 +29,9 @@ batch timed: the largest absolute difference is printed, and one over TOLERANCE
 For each batch size and thread count the implementations take turns in interleaved
 rounds (``bench.time_all``); each row gives the medians, the condensed model's
 speedup against dense and against torch, and whether it predicts the classes the
-dense model predicts. BLAS and OpenMP are held to the row's thread count
+dense model predicts, with the bench's load flags ("busy", "unstable": the row's
+ratios then end in "?"); each row is reported on stderr as it runs. BLAS and OpenMP
+are held to the row's thread count
 (threadpoolctl), torch by ``torch.set_num_threads``, the kernels by ``threads=``.
 --json PATH also writes the header and the rows as JSON.
 """
@@ -173,11 +175,12 @@ def make_inputs(batch_sizes, rng):
 
 
 def run_rows(model, condensed, inputs, thread_counts, min_time, *, tmodel=None, torch=None,
-             rounds=bench.ROUNDS, sampler=bench.sample_seconds):
+             rounds=bench.ROUNDS, sampler=bench.sample_seconds, progress=lambda text: None):
     """One row per (batch, threads): {"batch", "threads", "<impl>_s" (median seconds,
     None for torch without ``tmodel``), "<impl>_repeats", "speedup_vs_dense",
-    "speedup_vs_torch" (None without torch), "same_predictions"} for the
-    implementations in IMPLEMENTATIONS, timed in ``rounds`` interleaved rounds."""
+    "speedup_vs_torch" (None without torch), "same_predictions", "flags" (the bench's
+    load flags, ``bench.row_flags``)} for the implementations in IMPLEMENTATIONS, timed
+    in ``rounds`` interleaved rounds; ``progress(text)`` is told each row."""
     from contextlib import nullcontext
 
     from threadpoolctl import threadpool_limits
@@ -197,8 +200,10 @@ def run_rows(model, condensed, inputs, thread_counts, min_time, *, tmodel=None, 
                     if use_torch:
                         impls["torch"] = (lambda: tmodel(tx), f"torch {torch.__version__}")
                     impls["condensed"] = (lambda: condensed.logits(x, threads), "condensed")
-                    records = {r["implementation"]: r
-                               for r in bench.time_all(impls, sampler, min_time, rounds)}
+                    progress(f"batch {batch}, {threads} threads ...")
+                    with bench.LoadMeter() as meter:
+                        timed = bench.time_all(impls, sampler, min_time, rounds)
+                    records = {r["implementation"]: r for r in timed}
                     same = bool(np.array_equal(model.forward(x, False).argmax(1),
                                                condensed.predict(x, threads)))
                 row = {"batch": batch, "threads": threads}
@@ -210,7 +215,10 @@ def run_rows(model, condensed, inputs, thread_counts, min_time, *, tmodel=None, 
                 row["speedup_vs_dense"] = row["dense_s"] / ours
                 row["speedup_vs_torch"] = row["torch_s"] / ours if use_torch else None
                 row["same_predictions"] = same
+                row["flags"] = bench.row_flags(meter, timed)
                 rows.append(row)
+                progress(bench.flagged(f"batch {batch}, {threads} threads: "
+                                       f"{row['speedup_vs_dense']:.2f}x dense", row["flags"]))
     finally:
         if use_torch:
             torch.set_num_threads(saved_threads)
@@ -227,16 +235,18 @@ def format_table(rows):
     def ms(seconds):
         return "-" if seconds is None else f"{seconds * 1e3:.3f}"
 
-    def ratio(value):
-        return "-" if value is None else f"{value:.2f}x"
+    def ratio(value, trusted):
+        return "-" if value is None else f"{value:.2f}x" + ("" if trusted else "?")
 
     lines = ["".join(f"{title:>{width}}" for title, width in COLUMNS)]
     for row in rows:
+        trusted = not row.get("flags")
         cells = (row["batch"], row["threads"], ms(row["dense_s"]), ms(row["torch_s"]),
-                 ms(row["condensed_s"]), ratio(row["speedup_vs_dense"]),
-                 ratio(row["speedup_vs_torch"]))
+                 ms(row["condensed_s"]), ratio(row["speedup_vs_dense"], trusted),
+                 ratio(row["speedup_vs_torch"], trusted))
         lines.append("".join(f"{cell:>{width}}" for cell, (_, width) in zip(cells, COLUMNS))
-                     + ("" if row["same_predictions"] else "  PREDICTIONS DIFFER"))
+                     + ("" if row["same_predictions"] else "  PREDICTIONS DIFFER")
+                     + ("" if trusted else f"  [{'; '.join(row['flags'])}]"))
     return lines
 
 
@@ -324,8 +334,11 @@ def main(argv=None):
           f"{args.threads}; medians of {args.rounds} interleaved rounds, {args.min_time} s "
           f"per implementation and row")
     rows = run_rows(model, condensed, inputs, args.threads, args.min_time, tmodel=tmodel,
-                    torch=torch, rounds=args.rounds)
+                    torch=torch, rounds=args.rounds, progress=bench.Progress())
     print("\n".join(format_table(rows)))
+    if any(row["flags"] for row in rows):
+        print("?: the row ran beside other load or with unstable timings; its ratios do "
+              "not compare (rerun on an idle machine)")
     print("vs dense / vs torch: the condensed model's speedup (their median / its median)")
     if args.json:
         from srigl_np.fileio import write_json

@@ -13,8 +13,10 @@ each gets one turn per round), medians in ms, one Markdown table. Columns:
     <path> interleaved,  kernel (``_kernels._condensed_matvec_kernel``), on the paths
     <path> gather-dot    that have it (lookup: avx512; interleaved: avx512, avx2)
 
-The machine line (CPU, vector ISA, threads) heads the table. Speeds are for reading
-beside ``python -m srigl_np.bench``, not for tests.
+The machine line (CPU, vector ISA, threads) heads the table; each row carries the
+bench's load flags (``bench.LoadMeter``: "busy" when other processes used the CPUs,
+"unstable" when a variant's timings spread), and each case is reported on stderr as it
+runs. Speeds are for reading beside ``python -m srigl_np.bench``, not for tests.
 """
 
 import argparse
@@ -72,8 +74,11 @@ def variants(layer, x, threads, paths):
     return impls
 
 
-def measure(shapes, batch_sizes, thread_counts, min_time, rounds, seed=0):
-    """[(shape, batch, threads, {name: median ms})] for every case."""
+def measure(shapes, batch_sizes, thread_counts, min_time, rounds, seed=0,
+            progress=lambda text: None):
+    """[(shape, batch, threads, {name: median ms}, flags)] for every case; flags: the
+    bench's load flags (``bench.row_flags``) of the case. ``progress(text)`` is told
+    each case as it starts and ends."""
     rng = np.random.default_rng(seed)
     paths = kernels.cpu_paths()
     rows = []
@@ -83,25 +88,34 @@ def measure(shapes, batch_sizes, thread_counts, min_time, rounds, seed=0):
         for batch in batch_sizes:
             x = rng.standard_normal((batch, n_in), dtype=np.float32)
             for threads in thread_counts:
-                records = bench.time_all(variants(layer, x, threads, paths),
-                                         lambda turn, s, m: turn.sample(s, m),
-                                         min_time, rounds)
+                progress(f"{n_in}->{n_out}, batch {batch}, {threads} threads ...")
+                with bench.LoadMeter() as meter:
+                    records = bench.time_all(variants(layer, x, threads, paths),
+                                             lambda turn, s, m: turn.sample(s, m),
+                                             min_time, rounds)
+                flags = bench.row_flags(meter, records)
                 rows.append(((n_in, n_out), batch, threads,
-                             {r["implementation"]: r["median_s"] * 1e3 for r in records}))
+                             {r["implementation"]: r["median_s"] * 1e3 for r in records},
+                             flags))
+                progress(bench.flagged("done", flags))
     return rows
 
 
 def markdown_table(rows, machine):
     names = []
-    for *_, medians in rows:
+    for *_, medians, _ in rows:
         names += [name for name in medians if name not in names]
     lines = [f"{machine['cpu']}, {machine['cores']} cores; vectors {machine['vector_isa']}; "
              f"float32, 90% sparse, medians in ms", "",
-             "| layer (in→out), batch, threads | " + " | ".join(names) + " |",
-             "|---" * (len(names) + 1) + "|"]
-    for (n_in, n_out), batch, threads, medians in rows:
+             "| layer (in→out), batch, threads | " + " | ".join(names) + " | flags |",
+             "|---" * (len(names) + 2) + "|"]
+    for (n_in, n_out), batch, threads, medians, flags in rows:
         cells = [f"{medians[name]:.4g}" if name in medians else "-" for name in names]
-        lines.append(f"| {n_in}→{n_out}, {batch}, {threads} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n_in}→{n_out}, {batch}, {threads} | " + " | ".join(cells)
+                     + f" | {'; '.join(flags) or '-'} |")
+    if any(flags for *_, flags in rows):
+        lines += ["", "A flagged row ran beside other load or with unstable timings: its "
+                  "figures do not compare; rerun it on an idle machine."]
     return lines
 
 
@@ -122,7 +136,7 @@ def main(argv=None):
         parser.error("--min-time must be positive and --rounds at least 1")
     bench.check_thread_counts(parser, args.threads)
     rows = measure(args.shape or DEFAULT_SHAPES, args.batch_sizes, args.threads,
-                   args.min_time, args.rounds)
+                   args.min_time, args.rounds, progress=bench.Progress())
     print("\n".join(markdown_table(rows, bench.machine_info())))
     return 0
 

@@ -24,7 +24,9 @@ paper's layer, ViT encoder_layer_11.mlp.3 (3072 -> 768), is also timed on one to
 row and on 197 rows (the paper: 43.6 us, 3.4x dense, at batch 1).
 
 The machine line (CPU from /proc/cpuinfo, the kernels' CPU path, threads, dtype) heads
-the output. Speeds are for reading, not for tests.
+the output; each table carries the bench's load flags (``bench.LoadMeter``: its ratios
+then end in "?" or name the flag) and each is reported on stderr as it starts. Speeds
+are for reading, not for tests.
 """
 
 import argparse
@@ -33,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from srigl_np import kernels
+from srigl_np import bench, kernels
 from srigl_np.bench.machine import _cpuinfo
 
 SPARSITY = 0.9
@@ -189,15 +191,22 @@ def time_layers(layers, rounds):
     return times
 
 
-def report(net, batch, layers, samples, dense_stem=None):
-    """The per-layer table (medians over the rounds) and the weighted totals; returns
+def flag_line(flags):
+    """The line under a table timed beside other load ("" when nothing was noticed)."""
+    return (f"\n! {'; '.join(flags)}: these ratios do not compare (rerun on an idle "
+            "machine)" if flags else "")
+
+
+def report(net, batch, layers, samples, dense_stem=None, flags=()):
+    """The per-layer table (medians over the rounds) and the weighted totals, then the
+    load flags of its timing (``bench.row_flags``) when it has any; returns
     (torch total, ours total) of the medians and of the best rounds (each layer's
     fastest round: on a shared machine, the estimate least touched by other jobs)."""
     best = {layer: (min(t), min(o)) for layer, (t, o) in samples.items()}
     medians = {layer: (float(np.median(t)), float(np.median(o)))
                for layer, (t, o) in samples.items()}
     print(f"\n## {net}, batch {batch}\n")
-    print(f"| layer | shape | k | count | torch ms | ours ms | torch/ours |")
+    print("| layer | shape | k | count | torch ms | ours ms | torch/ours |")
     print("|---|---|---|---|---|---|---|")
     total_t = total_o = 0.0
     for layer in layers:
@@ -215,6 +224,8 @@ def report(net, batch, layers, samples, dense_stem=None):
         t_d, o_d = medians[dense]
         tt, oo = total_t - t_s + t_d, total_o - o_s + o_d
         print(f"| total, dense stem | | | | {1e3 * tt:.2f} | {1e3 * oo:.2f} | {tt / oo:.2f} |")
+    if flags:
+        print(flag_line(flags))
     best_t = sum(layer.count * best[layer][0] for layer in layers
                  if not layer.name.endswith("(dense)"))
     best_o = sum(layer.count * best[layer][1] for layer in layers
@@ -232,6 +243,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    progress = bench.Progress()
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits
 
@@ -249,13 +261,18 @@ def main(argv=None):
                     False, False)
             paper = [Layer(spec, 1, rng, args.threads, rows=1),
                      Layer(spec, 1, rng, args.threads, rows=197)]
-            samples = time_layers(paper, max(args.rounds, 7))
+            progress("the paper's layer ...")
+            with bench.LoadMeter() as meter:
+                samples = time_layers(paper, max(args.rounds, 7))
+            flags = bench.row_flags(meter)
             print("\n## the paper's layer (paper: 43.6 us, 3.4x dense, batch 1)\n")
             print("| layer | rows | torch us | ours us | torch/ours |\n|---|---|---|---|---|")
             for layer in paper:
                 t, o = (float(np.median(v)) for v in samples[layer])
                 print(f"| {layer.name} | {layer.shape} | {1e6 * t:.1f} | {1e6 * o:.1f} | "
-                      f"{t / o:.2f} |")
+                      f"{t / o:.2f}{'?' * bool(flags)} |")
+            if flags:
+                print(flag_line(flags))
         for net in args.nets:
             for batch in args.batch_sizes:
                 specs = NETWORKS[net]()
@@ -266,15 +283,20 @@ def main(argv=None):
                     dense.count = 0
                     layers.insert(1, dense)
                     stem = (layers[0], dense)
-                samples = time_layers(layers, args.rounds)
-                summary.append((net, batch) + report(net, batch, layers, samples, stem))
+                progress(f"{net}, batch {batch} ...")
+                with bench.LoadMeter() as meter:
+                    samples = time_layers(layers, args.rounds)
+                flags = bench.row_flags(meter)
+                summary.append((net, batch) + report(net, batch, layers, samples, stem, flags)
+                               + (flags,))
     print("\n## totals (medians over the rounds; best rounds)\n")
     print("| network | batch | torch ms | ours ms | torch/ours | best: torch ms | ours ms "
-          "| torch/ours |")
-    print("|---|---|---|---|---|---|---|---|")
-    for net, batch, t, o, bt, bo in summary:
-        print(f"| {net} | {batch} | {1e3 * t:.2f} | {1e3 * o:.2f} | {t / o:.2f} | "
-              f"{1e3 * bt:.2f} | {1e3 * bo:.2f} | {bt / bo:.2f} |")
+          "| torch/ours | flags |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for net, batch, t, o, bt, bo, flags in summary:
+        print(f"| {net} | {batch} | {1e3 * t:.2f} | {1e3 * o:.2f} | "
+              f"{bench.flagged(f'{t / o:.2f}', flags)} | {1e3 * bt:.2f} | {1e3 * bo:.2f} | "
+              f"{bench.flagged(f'{bt / bo:.2f}', flags)} | {'; '.join(flags) or '-'} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ constant fan-in; the matmul is a batch of 256: (256x768) @ (768x3072) in float32
 forward GEMM of that layer. An update runs once every ΔT (100s of) steps, so a ratio of
 a few matmuls means the update costs well under 1% of training. The update is pure NumPy
 (no Python loop over neurons); the thread limit applies to BLAS (the matmul) and any
-OpenMP pool, via threadpoolctl.
+OpenMP pool, via threadpoolctl. The bench's load flags (``bench.LoadMeter``) follow
+the ratios, and each timing is reported on stderr as it starts.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from srigl_np import dst
+from srigl_np import bench, dst
 from srigl_np.validation import check_thread_flag
 
 
@@ -35,8 +36,9 @@ def _median_seconds(function, repeats):
 
 
 def run(n_out=3072, n_in=768, batch=256, sparsity=0.9, drop_fraction=0.3, repeats=20,
-        threads=1, seed=0):
-    """Return a dict of the shapes, settings and timings (seconds)."""
+        threads=1, seed=0, progress=lambda text: None):
+    """Return a dict of the shapes, settings, timings (seconds) and the bench's load
+    flags ("flags", ``bench.row_flags``); ``progress(text)`` is told each timing."""
     rng = np.random.default_rng(seed)
     shape = (n_out, n_in)
     mask = dst.constant_fan_in_mask(shape, sparsity, rng)
@@ -47,11 +49,14 @@ def run(n_out=3072, n_in=768, batch=256, sparsity=0.9, drop_fraction=0.3, repeat
 
     result = dst.srigl_update(weight, mask, grad, drop_fraction=drop_fraction,
                               sparsity=sparsity)
-    with threadpool_limits(limits=threads):
+    with threadpool_limits(limits=threads), bench.LoadMeter() as meter:
+        progress(f"srigl_update x {repeats} ...")
         srigl = _median_seconds(lambda: dst.srigl_update(
             weight, mask, grad, drop_fraction=drop_fraction, sparsity=sparsity), repeats)
+        progress(f"rigl_update x {repeats} ...")
         rigl = _median_seconds(lambda: dst.rigl_update(
             weight, mask, grad, drop_fraction=drop_fraction), repeats)
+        progress(f"matmul x {repeats} ...")
         matmul = _median_seconds(lambda: x @ weight_t, repeats)
     blas = [f"{p.get('internal_api')} {p.get('version')}" for p in threadpool_info()
             if p.get("user_api") == "blas"]
@@ -66,6 +71,7 @@ def run(n_out=3072, n_in=768, batch=256, sparsity=0.9, drop_fraction=0.3, repeat
         "rigl_update_s": rigl[0], "rigl_update_min_s": rigl[1],
         "matmul_s": matmul[0], "matmul_min_s": matmul[1],
         "srigl_over_matmul": srigl[0] / matmul[0], "rigl_over_matmul": rigl[0] / matmul[0],
+        "flags": bench.row_flags(meter),
     }
 
 
@@ -86,7 +92,8 @@ def main(argv=None):
     except ValueError as exc:
         parser.error(str(exc))
     report = run(batch=args.batch, sparsity=args.sparsity, drop_fraction=args.drop_fraction,
-                 repeats=args.repeats, threads=args.threads, seed=args.seed)
+                 repeats=args.repeats, threads=args.threads, seed=args.seed,
+                 progress=bench.Progress())
     if args.json:
         print(json.dumps(report))
         return
@@ -100,8 +107,12 @@ def main(argv=None):
                        (f"matmul {report['matmul_shape']}", "matmul")]:
         print(f"  {label:32s} {report[key + '_s'] * 1e3:8.2f} ms "
               f"({report[key + '_min_s'] * 1e3:.2f})")
-    print(f"  srigl_update / matmul = {report['srigl_over_matmul']:.1f}, "
-          f"rigl_update / matmul = {report['rigl_over_matmul']:.1f}")
+    flags = report["flags"]
+    srigl = bench.flagged(f"{report['srigl_over_matmul']:.1f}", flags)
+    rigl = bench.flagged(f"{report['rigl_over_matmul']:.1f}", flags)
+    print(f"  srigl_update / matmul = {srigl}, rigl_update / matmul = {rigl}")
+    if flags:
+        print(f"  ! {'; '.join(flags)}: these ratios do not compare (rerun on an idle machine)")
 
 
 if __name__ == "__main__":

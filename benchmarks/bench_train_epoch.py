@@ -50,7 +50,8 @@ from srigl_np.nn.models import MODEL_NAMES, build  # noqa: E402
 from srigl_np.nn.optim import SGD  # noqa: E402
 from srigl_np.validation import check_thread_flag, usable_cpus  # noqa: E402
 
-FULL_BATCHES = 469          # a 60000-image epoch at batch 128
+FULL_EPOCH = 60000          # images in a Fashion-MNIST epoch
+FULL_BATCHES = 469          # ... at batch 128
 UPDATES_PER_EPOCH = 4       # ΔT = 100 within those 469 steps
 SPARSITIES = (0.8, 0.9, 0.95, 0.99)
 

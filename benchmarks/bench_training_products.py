@@ -15,8 +15,10 @@ input gradient both as a scatter and as a gather over ``transposed_index``, whos
 once per topology update, is timed on its own row; the convolution both straight from the
 images, the default, and through the column matrix).
 Medians over the rounds are printed as a Markdown table with the condensed/dense ratios,
-headed by the CPU model, vector ISA, BLAS, and the load average before and after (a
-figure taken on a loaded machine says so). A timing, never a test.
+headed by the CPU model, vector ISA, BLAS, and the load average before and after; each
+row carries the bench's load flags (``bench.LoadMeter``: a ratio measured beside other
+load ends in "?") and each case is reported on stderr as it starts. A timing, never a
+test.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from srigl_np import kernels, training_kernels as tk
+from srigl_np import bench, kernels, training_kernels as tk
 from srigl_np.bench.machine import machine_info
 
 LINEAR_LAYERS = (("mlp 784->300", 784, 300), ("mlp 300->100", 300, 100),
@@ -169,14 +171,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    progress = bench.Progress()
     info = machine_info()
     load_before = os.getloadavg()
     print(f"# {info['cpu']}, {info['cores']} cores; vectors {info['vector_isa']}; BLAS "
           f"{info['blas']}; OpenMP {info['openmp']}; float32, batch {args.batch}; "
           f"load average before {load_before[0]:.2f}")
     print()
-    print("| layer | sparsity | threads | operation | dense ms | condensed ms | condensed/dense |")
-    print("|---|---|---|---|---|---|---|")
+    print("| layer | sparsity | threads | operation | dense ms | condensed ms | condensed/dense "
+          "| flags |")
+    print("|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(args.seed)
     cases = [("linear",) + layer for layer in LINEAR_LAYERS]
     if not args.no_conv:
@@ -199,14 +203,18 @@ def main(argv=None):
                 build, rounds = conv_operations, args.conv_rounds
             bias = rng.standard_normal(n_out).astype(np.float32)
             for threads in args.threads:
-                with threadpool_limits(limits=threads, user_api="blas"):
+                progress(f"{label}, {sparsity:.0%}, {threads} threads ...")
+                with threadpool_limits(limits=threads, user_api="blas"), \
+                        bench.LoadMeter() as meter:
                     medians = measure(build(values, indices, weight, x, dy, bias, threads),
                                       rounds)
+                flags = bench.row_flags(meter)
                 for name, (dense, condensed) in medians.items():
                     once = name.startswith("transposed_index")
+                    ratio = "-" if once else f"{condensed / dense:.3f}" + "?" * bool(flags)
                     print(f"| {label} | {sparsity:.0%} | {threads} | {name} | "
                           f"{'-' if once else f'{dense * 1e3:.3f}'} | {condensed * 1e3:.3f} | "
-                          f"{'-' if once else f'{condensed / dense:.3f}'} |")
+                          f"{ratio} | {'; '.join(flags) or '-'} |")
                 sys.stdout.flush()
     load_after = os.getloadavg()
     print()

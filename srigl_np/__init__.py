@@ -18,10 +18,17 @@ module; tests/test_imports.py pins which folder may import which):
     commands      train (+ train_config), audit (+ model_audit), condense, explain (+ explain_text),
                   experiments/ (grids of runs: grid, runs, runner, executors, report,
                   command), erk_table: ``python -m srigl_np.<command>``
-Importing the package imports none of these; CuPy is imported only when a GPU is used.
+Importing the package imports none of these (only thread_waits, to put OpenMP's idle threads
+to sleep); CuPy is imported only when a GPU is used.
 """
 
 __version__ = "0.1.0"
+
+# OpenMP's idle threads sleep unless the user said otherwise (see thread_waits): set
+# before any module of the package loads libgomp.
+from . import thread_waits as _thread_waits  # noqa: E402
+
+_thread_waits.set_library_defaults()
 
 
 def openmp_enabled():

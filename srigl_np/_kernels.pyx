@@ -10,9 +10,10 @@ Design
 * Parallelism is OpenMP ``prange`` over independent work items (images of a batch,
   output rows); every work item writes a disjoint slice of the output, so no
   atomics or reductions across threads are needed.
-* ``threads=0`` means OpenMP's default (``omp_get_max_threads()``, which
-  ``OMP_NUM_THREADS`` or ``threadpoolctl`` may have raised), capped at
-  ``validation.max_thread_count()`` as an explicit count is. Callers that
+* ``threads=0`` means the default team (``thread_policy.resolve_threads``: OpenMP's
+  default within the CPUs this process may use, affinity and cgroup quota); an
+  explicit count is kept, and a call too small to pay for a team runs on one thread
+  (``thread_policy.team_size``). Callers that
   may also run BLAS should hold BLAS to one thread (``threadpoolctl``) so the two
   pools never multiply.
 * Built without OpenMP (e.g. Apple clang) everything still works, single-threaded;
@@ -47,7 +48,8 @@ cnp.import_array()
 
 import numpy as np
 
-from srigl_np.validation import check_array, check_threads, max_thread_count
+from srigl_np.thread_policy import resolve_threads, team_size
+from srigl_np.validation import check_array
 
 # The C interface of _kernels.h (see its comments for each function's arguments).
 cdef extern from "_kernels.h":
@@ -180,10 +182,9 @@ def max_threads():
 
 
 cdef int _resolve_threads(object threads) except -1:
-    """The thread count for a prange: ``validation.check_threads`` (the one bound check,
-    made before any OpenMP region), 0 meaning OpenMP's default within the same bound."""
-    cdef int n = check_threads(threads)
-    return n if n > 0 else min(omp_get_max_threads(), max_thread_count())
+    """The thread count for a prange: ``thread_policy.resolve_threads`` (the one bound
+    check, made before any OpenMP region; 0 means the default team)."""
+    return resolve_threads(threads, omp_get_max_threads())
 
 
 def _check_float_array(name, a, ndim):
@@ -828,13 +829,11 @@ def tile_vectors(Py_ssize_t batch):
     return 8 if batch > 32 else 4 if batch > 16 else 2 if batch > 8 else 1
 
 
-# Below this many multiply-adds a call runs on one thread: waking a team costs more
-# than the work (and a busy machine can delay a sleeping thread by a whole time slice).
-SERIAL_WORK = 16384
-
-
-cdef inline int _serial_if_small(int threads, Py_ssize_t work):
-    return 1 if work < SERIAL_WORK else threads
+cdef int _serial_if_small(int threads, Py_ssize_t work) except -1:
+    """The team for a call of ``work`` multiply-adds: ``thread_policy.team_size`` (the
+    grain: a call too small to pay for waking the team runs on one thread). One thread
+    stays one without the Python call (~0.2 us of a batch-1 call's ~2)."""
+    return threads if threads <= 1 else team_size(threads, work)
 
 
 cdef inline bint _ready(object a, int ndim, Py_ssize_t last):

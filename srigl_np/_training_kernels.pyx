@@ -22,7 +22,7 @@ Design
                    the dtype only, so the result does not depend on the thread count).
 * The inner loops are C (``_training_kernels.h``: fixed-width lane blocks, compiled per
   instruction set with ``target_clones`` where the toolchain has it).
-* ``threads=0`` means OpenMP's default, capped at ``validation.max_thread_count()``.
+* ``threads=0`` means the default team (``thread_policy.resolve_threads``).
 """
 
 from cython.parallel cimport prange
@@ -33,7 +33,7 @@ from libc.string cimport memset
 
 import numpy as np
 
-from srigl_np.validation import check_threads, max_thread_count
+from srigl_np.thread_policy import resolve_threads
 
 cdef extern from "_training_kernels.h":
     int SRIGL_TRAIN_OPENMP
@@ -206,8 +206,7 @@ def openmp_enabled():
 
 
 cdef int _resolve_threads(object threads) except -1:
-    cdef int n = check_threads(threads)
-    return n if n > 0 else min(omp_get_max_threads(), max_thread_count())
+    return resolve_threads(threads, omp_get_max_threads())
 
 
 # -- argument checks (memory safety: what the nogil code relies on) ---------------------

@@ -805,3 +805,53 @@ def test_cpu_path_flag_switches_the_kernels_and_refuses_unknown_paths(capsys):
         assert cpu_path() == "generic"
     finally:
         set_cpu_path(before)
+
+
+# -- a benchmark script's row flags and progress lines -------------------------------------
+
+class _Meter:
+    def __init__(self, other, resolution=0.0):
+        self.other_cpus, self.resolution = other, resolution
+
+
+def test_row_flags_take_off_the_expected_load_and_judge_the_worst_spread():
+    records = [{"implementation": "a", "iqr_over_median": 0.05},
+               {"implementation": "b", "iqr_over_median": 0.5},
+               {"implementation": "c", "iqr_over_median": None}]
+    assert bench.row_flags(_Meter(0.1)) == []
+    assert bench.row_flags(_Meter(1.2)) == ["busy: other load used 1.2 CPUs"]
+    assert bench.row_flags(_Meter(1.2), expected_other=1.0) == []   # our own neighbour
+    assert bench.row_flags(_Meter(None), records) == ["unstable: b IQR 50% of its median"]
+
+
+def test_flagged_figures_name_their_flags():
+    assert bench.flagged("1.25x", []) == "1.25x"
+    assert bench.flagged("1.25x", ["busy: other load used 1.2 CPUs",
+                                   "unstable: b IQR 50% of its median"]) == \
+        "1.25x (busy; unstable)"
+
+
+def test_progress_lines_carry_the_elapsed_time():
+    import io
+
+    ticks = iter([10.0, 22.5])
+    stream = io.StringIO()
+    progress = bench.Progress(stream, clock=lambda: next(ticks))
+    progress("layer b1 ...")
+    assert stream.getvalue() == "[   12.5 s] layer b1 ...\n"
+
+
+def test_gather_data_sampling_line(tmp_path):
+    path = tmp_path / "gds"
+    path.write_text("Mitigation: Microcode\n")
+    assert bench.gather_data_sampling(str(path)) == "Mitigation: Microcode"
+    assert bench.gather_data_sampling(str(tmp_path / "missing")) == "not reported"
+
+
+def test_batch1_kernel_names_the_path_and_the_kernel():
+    from srigl_np import kernels
+
+    weights = kernels.CondensedWeights(np.ones((2, 1), np.float32),
+                                       np.zeros((2, 1), np.int16), 3)
+    assert bench.batch1_kernel(weights) == \
+        f"{kernels.cpu_path()} {kernels.vector_kernel(weights)}"

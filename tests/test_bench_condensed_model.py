@@ -106,10 +106,14 @@ def test_rows_and_table(script, with_torch):
                                 "condensed", "ms", "vs", "dense", "vs", "torch"]
     assert len(lines) == 1 + len(rows)
     for line, r in zip(lines[1:], rows):
-        cells = line.split()
+        # A row timed beside other load names its flags and marks its ratios "?".
+        table, _, flags = line.partition("  [")
+        assert flags == (f"{'; '.join(r['flags'])}]" if r["flags"] else "")
+        mark = "?" if r["flags"] else ""
+        cells = table.split()
         assert len(cells) == 7 and cells[:2] == [str(r["batch"]), str(r["threads"])]
-        assert cells[5].endswith("x")
-        assert (cells[3] != "-" and cells[6].endswith("x")) if with_torch \
+        assert cells[5].endswith("x" + mark)
+        assert (cells[3] != "-" and cells[6].endswith("x" + mark)) if with_torch \
             else cells[3] == cells[6] == "-"
 
 

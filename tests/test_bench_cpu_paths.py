@@ -27,9 +27,10 @@ def test_table_has_a_column_per_path_and_batch_1_kernel(capsys):
     assert (" avx2 interleaved |" in header) == ("avx2" in cpu_paths())
     rows = [line for line in lines if line.startswith("| 40→16")]
     assert [row.split("|")[1].strip() for row in rows] == ["40→16, 1, 1", "40→16, 3, 1"]
-    batch_1 = [cell.strip() for cell in rows[0].split("|")[2:-1]]
+    assert header.endswith(" flags |")   # each row's load flags, "-" for none
+    batch_1 = [cell.strip() for cell in rows[0].split("|")[2:-2]]
     assert all(float(cell) > 0 for cell in batch_1)
-    batch_3 = [cell.strip() for cell in rows[1].split("|")[2:-1]]
+    batch_3 = [cell.strip() for cell in rows[1].split("|")[2:-2]]
     forced = sum(script.has_kernel(path, kernel) for path in cpu_paths()
                  for kernel in script.KERNELS)
     assert batch_3.count("-") == forced

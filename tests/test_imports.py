@@ -284,7 +284,8 @@ def test_a_long_chain_does_not_recurse():
 # -- the layering: which wing may import which ------------------------------------------------
 #
 # The folders are the architecture (README, "A short tour"). From the ground up:
-#   ground      backend, validation, fileio, cli, thread_waits, data, the kernels
+#   ground      backend, validation, fileio, cli, thread_waits, thread_policy, data, the
+#               kernels
 #               (kernels, _kernels, cuda, training_kernels, _training_kernels) and the
 #               trail schema (dst.trail, a leaf but for fileio's bounds on reading)
 #   nn          layers, losses, optim, models: a small autograd-free training library
@@ -299,8 +300,8 @@ def test_a_long_chain_does_not_recurse():
 # A wing may import itself and the wings ALLOWED lists for it; nothing below the commands
 # imports a command.
 
-GROUND = {"backend", "validation", "fileio", "cli", "thread_waits", "data", "kernels",
-          "_kernels", "cuda", "training_kernels", "_training_kernels", "dst.trail"}
+GROUND = {"backend", "validation", "fileio", "cli", "thread_waits", "thread_policy", "data",
+          "kernels", "_kernels", "cuda", "training_kernels", "_training_kernels", "dst.trail"}
 WINGS = ("nn", "dst", "formats", "inference", "testing", "bench")
 ALLOWED = {
     "ground": {"ground"},

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from srigl_np import _kernels
+from srigl_np import _kernels, thread_policy
 from srigl_np._kernels import PATH_NAMES
 from srigl_np.kernels import cpu_paths, gelu, layer_norm, set_cpu_path, softmax
 
@@ -33,7 +33,7 @@ def path(request):
 def split_small(monkeypatch):
     """Thresholds lowered so that arrays of a few elements run on several threads in
     several work items."""
-    monkeypatch.setattr(_kernels, "SERIAL_WORK", 0)
+    monkeypatch.setattr(thread_policy, "GRAIN_WORK", 1)
     monkeypatch.setattr(_kernels, "ROWWISE_SERIAL", 0)
     monkeypatch.setattr(_kernels, "GELU_CHUNK", 5)
 

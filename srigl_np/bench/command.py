@@ -173,7 +173,7 @@ def make_parser():
 
 def parse_args(argv=None):
     from ..kernels import max_threads
-    from ..validation import usable_cpus
+    from ..thread_policy import resolve_threads
 
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -212,8 +212,8 @@ def parse_args(argv=None):
     args.device = "cpu" if kind == "cpu" else f"cuda:{index}"
     if args.device != "cpu":
         args.threads = [0]   # not used on the GPU; one row per case
-    if args.threads is None:   # OMP_NUM_THREADS may ask for more than there are CPUs
-        args.threads = sorted({1, min(max_threads(), usable_cpus())})
+    if args.threads is None:   # 1 and the kernels' default team (thread_policy)
+        args.threads = sorted({1, resolve_threads(0, max_threads())})
     check_thread_counts(parser, args.threads, minimum=1 if args.device == "cpu" else 0)
     if args.min_time is None:
         args.min_time = QUICK_MIN_TIME if args.quick else 0.5
@@ -247,7 +247,8 @@ def main(argv=None):
     args = parse_args(argv)
     info = machine_info()
     print(f"machine: {info['cpu']}, {info['cores']} cores; vectors: {info['vector_isa']}; "
-          f"condensed kernel path: {info['cpu_path']}")
+          f"condensed kernel path: {info['cpu_path']}; gather_data_sampling: "
+          f"{info['gather_data_sampling']}")
     print(f"BLAS: {info['blas']}; kernels built with OpenMP: {info['openmp']} "
           f"(max threads {info['max_threads']})")
     if args.device != "cpu":

@@ -124,3 +124,24 @@ def load_flags(other, resolution, worst_spread=None, worst_name=None):
     if worst_spread is not None and worst_spread > UNSTABLE_SPREAD:
         flags.append(f"unstable: {worst_name} IQR {worst_spread:.0%} of its median")
     return flags
+
+
+def row_flags(meter, records=(), expected_other=0.0):
+    """``load_flags`` for a row timed inside ``meter`` (a LoadMeter after its block):
+    ``records`` are the row's ``time_all`` records (the worst spread decides
+    "unstable"; none: load only), ``expected_other`` CPUs of load the script started
+    on purpose (a busy neighbour) are taken off before "busy" is judged."""
+    other = meter.other_cpus
+    if other is not None:
+        other = max(0.0, other - expected_other)
+    spreads = [r for r in records if r.get("iqr_over_median") is not None]
+    worst = max(spreads, key=lambda r: r["iqr_over_median"]) if spreads else {}
+    return load_flags(other, meter.resolution, worst.get("iqr_over_median"),
+                      worst.get("implementation"))
+
+
+def flagged(text, flags):
+    """``text`` (a figure, a ratio) with the kinds of its row's flags after it, "1.25x
+    (busy; unstable)", so that no figure measured under load reads as a fact."""
+    kinds = [flag.split(":")[0] for flag in flags]
+    return f"{text} ({'; '.join(kinds)})" if kinds else text

@@ -59,9 +59,31 @@ def kernel_cpu_path():
     return "not reported" if path is None else str(path)
 
 
+GDS_PATH = "/sys/devices/system/cpu/vulnerabilities/gather_data_sampling"
+
+
+def gather_data_sampling(path=GDS_PATH):
+    """The kernel's line on Gather Data Sampling ("Downfall"), e.g. "Mitigation:
+    Microcode" (gathers microcoded, slow on Skylake to Tiger Lake) or "Not affected",
+    or "not reported" where the file is missing (other OS, older kernel)."""
+    try:
+        with open(path) as f:
+            return f.read().strip() or "not reported"
+    except OSError:
+        return "not reported"
+
+
+def batch1_kernel(weights):
+    """The batch-1 kernel a condensed layer with ``weights`` runs: the kernels' CPU path
+    and the kernel it picks there (``kernels.vector_kernel``), e.g. "avx512 lookup"."""
+    from .. import kernels
+
+    return f"{kernel_cpu_path()} {kernels.vector_kernel(weights)}"
+
+
 def machine_info():
-    """CPU model, core count, vector ISA, the kernels' CPU path, BLAS library and kernel
-    build, for every report."""
+    """CPU model, core count, vector ISA, the kernels' CPU path, the kernel's Gather Data
+    Sampling line, BLAS library and kernel build, for every report."""
     from threadpoolctl import threadpool_info
 
     from ..kernels import max_threads, openmp_enabled
@@ -71,7 +93,8 @@ def machine_info():
             for pool in threadpool_info() if pool.get("user_api") == "blas"]
     return {"cpu": model or platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "vector_isa": vector_isa(flags),
-            "cpu_path": kernel_cpu_path(), "blas": ", ".join(blas) or "unknown",
+            "cpu_path": kernel_cpu_path(), "gather_data_sampling": gather_data_sampling(),
+            "blas": ", ".join(blas) or "unknown",
             "openmp": openmp_enabled(), "max_threads": max_threads(),
             "python": platform.python_version(), "numpy": np.__version__}
 

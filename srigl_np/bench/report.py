@@ -81,6 +81,8 @@ def format_case(case):
     n_in, n_out = first["shape"]
     where = (f"threads {first['threads']}" if first["device"] == "cpu"
              else f"device {first['device']}")
+    if first.get("batch1_kernel"):
+        where += f"  condensed kernel {first['batch1_kernel']}"
     lines = [f"\n{n_in}->{n_out}  {sparsity_label(first)}  batch {first['batch']}  "
              f"{where}",
              f"  {'implementation':<15}{'median ms':>11}{'vs dense':>10}{'vs csr':>9}"

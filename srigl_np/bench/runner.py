@@ -12,7 +12,7 @@ from .comparison import add_limits, add_load, compare
 from .cpu_baselines import implementations, set_library_threads
 from .gpu import gpu_implementations, gpu_sample_seconds
 from .load import LoadMeter
-from .machine import kernel_cpu_path
+from .machine import batch1_kernel, kernel_cpu_path
 from .report import format_case
 from .timing import ROUNDS, sample_seconds, time_all
 
@@ -84,11 +84,14 @@ def run(shapes, sparsities, batch_sizes, thread_counts, *, ablated_frac=0.0, min
                     with load:
                         case = run_case(weight, layer, batch, threads, min_time, rng,
                                         device, rounds, min_repeats)
+                    kernel = batch1_kernel(layer.weights) \
+                        if device == "cpu" and batch == 1 else None
                     for record in case:
                         record.update(
                             shape=[n_in, n_out], sparsity=sparsity,
                             built_sparsity=built, batch=batch,
-                            threads=threads, device=device, ablated_frac=ablated_frac)
+                            threads=threads, device=device, ablated_frac=ablated_frac,
+                            batch1_kernel=kernel)
                     compare(case)
                     add_limits(case, layer, (limits or {}).get(threads), path)
                     add_load(case, load)

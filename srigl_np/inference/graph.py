@@ -20,7 +20,8 @@ import numpy as np
 
 from ..backend import array_module
 from ..kernels import max_threads, softmax
-from ..validation import check_threads, max_thread_count, positive_int
+from ..thread_policy import resolve_threads
+from ..validation import positive_int
 from .condensed import CondensedConv2d, Stage
 from .stages import Gelu, Relu
 
@@ -217,7 +218,7 @@ class Attention(Stage):
         n_heads = q.shape[0]
         split = n_heads
         if xp is np and n_heads > 1:
-            count = check_threads(threads) or min(max_threads(), max_thread_count())
+            count = resolve_threads(threads, max_threads())
             split = n_heads // 2 if count > 1 else n_heads
         with _one_blas_thread(xp):
             other = (_helper_thread().submit(_attention_heads, xp, q, k, v, context, split,

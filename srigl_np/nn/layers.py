@@ -33,6 +33,7 @@ import numpy as np
 
 from ..backend import array_module, on_device_of, select, to_device
 from ..kernels import col2im, conv_output_size, im2col
+from ..thread_policy import blas_grain
 from ..validation import count, positive_int
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -175,7 +176,8 @@ class Linear(Layer):
         self.lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features)
         self.x = x
-        y = x @ weight.T
+        with blas_grain(x.shape[0] * self.in_features * self.out_features):
+            y = x @ weight.T
         if "bias" in self.params:
             y += self.params["bias"]
         return y.reshape(*self.lead, self.out_features)
@@ -187,10 +189,12 @@ class Linear(Layer):
         weight = self.params["weight"]
         grad_out = as_dtype(grad_out, weight.dtype).reshape(-1, self.out_features)
         xp = array_module(grad_out)
-        xp.matmul(grad_out.T, self.x, out=self.grads["weight"])
+        with blas_grain(grad_out.shape[0] * self.in_features * self.out_features):
+            xp.matmul(grad_out.T, self.x, out=self.grads["weight"])
+            grad_x = grad_out @ weight if input_grad else None
         if "bias" in self.params:
             grad_out.sum(axis=0, out=self.grads["bias"])
-        return (grad_out @ weight).reshape(*self.lead, self.in_features) if input_grad else None
+        return grad_x.reshape(*self.lead, self.in_features) if input_grad else None
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features})"
