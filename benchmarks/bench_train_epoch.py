@@ -28,7 +28,6 @@ ratios are not figures to quote. Progress goes to stderr while it runs.
 """
 
 import argparse
-import os
 import statistics
 import sys
 import time
