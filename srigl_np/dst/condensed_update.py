@@ -91,9 +91,7 @@ class CondensedUpdate:
     def take(self, old):
         """An old per-slot array (e.g. a momentum buffer, shaped like the old values) in
         the new layout: the old entry where a slot came from one, 0 where grown."""
-        taken = old.reshape(-1)[np.maximum(self.source, 0)]
-        taken[self.source < 0] = 0
-        return taken
+        return _take(old, self.source)
 
 
 def _block_rows(block_rows, dense_fan_in):
@@ -131,7 +129,13 @@ def top_gradient_positions(grad_block, n_out, dense_fan_in, count, block_rows=No
         score = np.abs(_gradient(grad_block, r0, r1, dense_fan_in)).reshape(-1)
         # At |G| equal to the floor a new position loses to every member (all have a
         # lower flat index), so only strictly larger ones can enter.
-        chosen = np.arange(score.size) if floor is None else np.flatnonzero(score > floor)
+        if floor is not None:
+            chosen = np.flatnonzero(score > floor)
+        elif held + score.size > count:   # the block's own best, before the set is full
+            chosen = np.flatnonzero(top_per_row(score.reshape(1, -1),
+                                                np.array([min(count, score.size)]))[0])
+        else:
+            chosen = np.arange(score.size)
         if chosen.size == 0:
             continue
         positions.append(chosen + r0 * dense_fan_in)
@@ -263,8 +267,7 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
         found = old_keys[at] == new_keys if old_keys.size else np.zeros(new_keys.size, bool)
         source[j0:j1] = np.where(found, at + i0 * k_old, -1).reshape(j1 - j0, k)
 
-    new_values = values.reshape(-1)[np.maximum(source, 0)]
-    new_values[source < 0] = 0
+    new_values = _take(values, source)
     new_values += 0   # -0.0 -> +0.0, as update_result's
     survived = int(np.count_nonzero(source >= 0))
     kept_total = int(cap.kept_counts.sum())
@@ -273,6 +276,14 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
         ablated=np.flatnonzero(~active).astype(np.int64), fan_in=int(k),
         pruned=n_old * k_old - survived, grown=source.size - survived,
         regrown=survived - kept_total, n_keep=int(n_keep), n_prune=int(n_prune))
+
+
+def _take(old, source):
+    """old's flat entries at ``source`` (its shape), 0 where source is -1; "clip" maps
+    -1 to entry 0 without an nnz-sized index copy, then those are zeroed."""
+    taken = np.take(old.reshape(-1), source, mode="clip")
+    taken[source < 0] = 0
+    return taken
 
 
 def _in_layout(flat, rows, indices, chosen, dense_fan_in):
