@@ -61,13 +61,16 @@ def _check_case(rng, case, largest=(9, 13)):
         calls.append((r0, r1))
         return grad[r0:r1]
 
-    for block_rows in (1, 3, n + 2):
+    passes = set()
+    for block_rows, speculate in ((1, True), (3, False), (3, True), (n + 2, True)):
         calls.clear()
         got = srigl_update_rows(values, rows, indices, n, fan_in, grad_block,
                                 drop_fraction=drop, sparsity=sparsity, gamma_sal=gamma,
-                                ablation=ablation, block_rows=block_rows)
+                                ablation=ablation, block_rows=block_rows,
+                                speculate=speculate)
+        passes.add((ablation, speculate, got.gradient_passes))
         new_mask, new_weight = _dense(got, (n, fan_in), dtype)
-        where = f"case {case}, block_rows {block_rows}"
+        where = f"case {case}, block_rows {block_rows}, speculate {speculate}"
         np.testing.assert_array_equal(new_mask, expected.mask, err_msg=where)
         # Bit for bit, the sign of zero included.
         np.testing.assert_array_equal(new_weight.view(np.uint8),
@@ -86,19 +89,24 @@ def _check_case(rng, case, largest=(9, 13)):
         # Blocks of at most block_rows rows, each asked at most twice (once per pass).
         assert all(0 <= r0 < r1 <= min(n, r0 + block_rows) for r0, r1 in calls)
         assert max(map(calls.count, calls), default=0) <= 2
-    return expected, bool(np.setdiff1d(got.rows, rows).size)
+    return expected, bool(np.setdiff1d(got.rows, rows).size), passes
 
 
 def test_matches_srigl_update_on_random_layers():
     rng = np.random.default_rng(2024)
     ablated_some = returned = 0
+    passes = set()
     for case in range(400):
         # A few larger layers: many blocks, the top-|G| set cut back several times.
-        expected, came_back = _check_case(rng, case, (9, 13) if case % 20 else (41, 61))
+        expected, came_back, case_passes = _check_case(rng, case,
+                                                       (9, 13) if case % 20 else (41, 61))
         ablated_some += expected.ablated.size > 0
         returned += came_back
-    # The cases reach the interesting branches: neurons ablated, and ablated ones back.
+        passes |= case_passes
+    # The cases reach the interesting branches: neurons ablated, ablated ones back, step 5
+    # taken from the speculative pass (1 pass with ablation) and redone (2 passes).
     assert ablated_some > 20 and returned > 10
+    assert {(True, True, 1), (True, True, 2), (True, False, 2), (False, True, 1)} <= passes
 
 
 def test_neurons_come_back():

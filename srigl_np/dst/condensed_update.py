@@ -30,14 +30,21 @@ The steps (``srigl_np.dst.steps``), and how each runs here:
 3. new fan-in: ``new_fan_in`` itself.
 4. per-neuron cap: ``cap_fan_in`` itself on the condensed values (a row's slot order is
    its column order, so "ties: lower column" is the same).
-5. regrow by gradient: a second pass over the gradient in row blocks, running ``regrow``
-   itself on each block's dense rows (it ranks each row alone). Skipped for a block where
-   no neuron misses a weight.
+5. regrow by gradient: ``regrow`` itself on each block's dense rows (it ranks each row
+   alone), written straight into the new layout; skipped for a block where no neuron
+   misses a weight.
 
-The gradient is read twice when step 2 needs it (ablation on and n_prune > 0), once
-otherwise. Peak memory beyond the input: a few nnz-sized arrays (the step records, the
-new layout and ``source``), the n_prune candidates of step 2 (twice over at most), and a
-few (block_rows, F) arrays.
+With ablation, step 5 also runs during step 2's pass, on the guess that the active
+neurons and k stay what they were (the usual case once training settles: ``speculate``):
+then the cap removes nothing and regrow sees exactly the inputs it sees after steps 2-4,
+so that result stands and the gradient is read once. When the guess fails (a neuron
+ablated or returning, k changed) a second pass recomputes step 5 with the real inputs.
+Without ablation step 2 needs no gradient and there is one pass. ``gradient_passes`` in
+the result says which happened.
+
+Peak memory beyond the input: a few nnz-sized arrays (the step records, the new layout
+and ``source``; the guessed layout too while it is built), the n_prune candidates of
+step 2 (twice over at most), and a few (block_rows, F) arrays.
 """
 
 from dataclasses import dataclass
@@ -74,6 +81,7 @@ class CondensedUpdate:
     pruned, grown, regrown: the counts of srigl_update's pruned, grown and regrown masks.
     n_keep, n_prune: step 1's numbers (n_prune after its raise for zero weights), as
              srigl_update's trace.
+    gradient_passes: how many times each gradient block was read (1 or 2: module notes).
     """
 
     rows: np.ndarray
@@ -87,6 +95,7 @@ class CondensedUpdate:
     regrown: int
     n_keep: int
     n_prune: int
+    gradient_passes: int
 
     def take(self, old):
         """An old per-slot array (e.g. a momentum buffer, shaped like the old values) in
@@ -111,51 +120,115 @@ def _gradient(grad_block, r0, r1, dense_fan_in):
     return block
 
 
+class _TopScores:
+    """A running exact top ``count`` of scores fed in ascending flat-index order (see the
+    module notes): ``add`` each block's |G|, then ``positions()``."""
+
+    def __init__(self, count):
+        self.count = count
+        # The candidates, in ascending flat order: a tie in the ranking then goes to the
+        # lower position, which is the lower flat index.
+        self.positions, self.scores = [], []
+        self.held = 0
+        self.floor = None   # the smallest score of a full set (``count`` held), None before
+
+    def add(self, score, offset):
+        """score: the flat |G| of one block, whose first entry has flat index ``offset``."""
+        count = self.count
+        if count <= 0:
+            return
+        # At a score equal to the floor a new position loses to every member (all have a
+        # lower flat index), so only strictly larger ones can enter.
+        if self.floor is not None:
+            chosen = np.flatnonzero(score > self.floor)
+        elif self.held + score.size > count:   # the block's own best, before the set is full
+            chosen = np.flatnonzero(top_per_row(score.reshape(1, -1),
+                                                np.array([min(count, score.size)]))[0])
+        else:
+            chosen = np.arange(score.size)
+        if chosen.size == 0:
+            return
+        self.positions.append(chosen + offset)
+        self.scores.append(score[chosen])
+        self.held += chosen.size
+        if self.held >= 2 * count:
+            self._cut()
+
+    def _cut(self):
+        """Keep the ``count`` best candidates (order kept); the floor is their smallest."""
+        positions, scores = np.concatenate(self.positions), np.concatenate(self.scores)
+        best = top_per_row(scores.reshape(1, -1), np.array([self.count]))[0]
+        self.positions, self.scores = [positions[best]], [scores[best]]
+        self.held = self.count
+        self.floor = self.scores[0].min()
+
+    def positions_found(self):
+        """int64, ascending: the flat indices of the ``count`` best scores."""
+        if self.held > self.count:
+            self._cut()
+        return np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)
+
+
 def top_gradient_positions(grad_block, n_out, dense_fan_in, count, block_rows=None):
     """int64, ascending: the flat indices (r*F + c) of the ``count`` largest |G| of the
     whole (n_out, F) gradient, ties to the lower flat index, exactly the positions that
     ``top_per_row(abs(G).reshape(1, -1), [count])`` marks, read in row blocks from
     ``grad_block(r0, r1)`` (see the module notes). Memory O(count + block)."""
     block_rows = _block_rows(block_rows, dense_fan_in)
-    if count <= 0:
-        return np.zeros(0, np.int64)
-    # The candidates, in ascending flat order (blocks arrive in row order): a tie in
-    # the ranking then goes to the lower position, which is the lower flat index.
-    positions, scores = [], []
-    held = 0
-    floor = None   # the smallest |G| of a full set (``count`` held), None before
-    for r0 in range(0, n_out, block_rows):
-        r1 = min(n_out, r0 + block_rows)
-        score = np.abs(_gradient(grad_block, r0, r1, dense_fan_in)).reshape(-1)
-        # At |G| equal to the floor a new position loses to every member (all have a
-        # lower flat index), so only strictly larger ones can enter.
-        if floor is not None:
-            chosen = np.flatnonzero(score > floor)
-        elif held + score.size > count:   # the block's own best, before the set is full
-            chosen = np.flatnonzero(top_per_row(score.reshape(1, -1),
-                                                np.array([min(count, score.size)]))[0])
+    top = _TopScores(count)
+    if count > 0:
+        for r0 in range(0, n_out, block_rows):
+            r1 = min(n_out, r0 + block_rows)
+            top.add(np.abs(_gradient(grad_block, r0, r1, dense_fan_in)).reshape(-1),
+                    r0 * dense_fan_in)
+    return top.positions_found()
+
+
+class _Layout:
+    """The new layout being written, block by block, by step 5 (``regrow`` on each block's
+    dense rows): rows ``new_rows`` (ascending) of fan-in k, and each slot's old slot."""
+
+    def __init__(self, rows, indices, new_rows, k, n_out, dense_fan_in, block_rows):
+        self.rows, self.indices, self.new_rows, self.k = rows, indices, new_rows, k
+        self.dense_fan_in = dense_fan_in
+        self.new_indices = np.empty((new_rows.size, k), dtype=indices.dtype)
+        self.source = np.empty((new_rows.size, k), dtype=np.int64)
+        edges = np.arange(0, n_out + block_rows, block_rows)
+        self.starts = np.searchsorted(rows, edges)          # old rows per block
+        self.new_starts = np.searchsorted(new_rows, edges)  # new rows per block
+
+    def block(self, b, r0, r1, keep_slots, kept_counts, active, grow_score):
+        """Write the new rows in [r0, r1) (block ``b``): each active neuron keeps the old
+        slots where ``keep_slots`` (bool, indices' shape) is True and grows its missing
+        k - kept_counts at its largest ``grow_score`` ((r1 - r0, F) |G|, or a callable
+        returning it, called only when a neuron misses weights) among the positions it
+        does not keep: ``regrow``, whose ties are srigl_update's."""
+        rows, indices, k, dense_fan_in = self.rows, self.indices, self.k, self.dense_fan_in
+        i0, i1 = self.starts[b], self.starts[b + 1]
+        j0, j1 = self.new_starts[b], self.new_starts[b + 1]
+        if j0 == j1:
+            return
+        local = rows[i0:i1] - r0
+        old_mask = np.zeros((r1 - r0, dense_fan_in), dtype=bool)
+        old_mask[local[:, None], indices[i0:i1]] = True
+        keep = np.zeros_like(old_mask)
+        keep[local[:, None], indices[i0:i1]] = keep_slots[i0:i1]
+        if np.any(active & (kept_counts < k)):
+            grow_score = grow_score() if callable(grow_score) else grow_score
+            new_mask = regrow(grow_score, old_mask, FanInCap(keep, kept_counts, None),
+                              active, k).mask
         else:
-            chosen = np.arange(score.size)
-        if chosen.size == 0:
-            continue
-        positions.append(chosen + r0 * dense_fan_in)
-        scores.append(score[chosen])
-        held += chosen.size
-        if held >= 2 * count:
-            positions, scores, floor = _cut(positions, scores, count)
-            held = count
-    if held > count:
-        positions, scores, floor = _cut(positions, scores, count)
-    return np.concatenate(positions) if positions else np.zeros(0, np.int64)
-
-
-def _cut(positions, scores, count):
-    """The ``count`` best of the candidates (order kept), as one-array lists, and the
-    smallest score among them."""
-    positions, scores = np.concatenate(positions), np.concatenate(scores)
-    best = top_per_row(scores.reshape(1, -1), np.array([count]))[0]
-    positions, scores = positions[best], scores[best]
-    return [positions], [scores], scores.min()
+            new_mask = keep
+        _, columns = np.nonzero(new_mask[self.new_rows[j0:j1] - r0])
+        self.new_indices[j0:j1] = columns.reshape(j1 - j0, k)
+        # Each new position's old slot, by its key in the block (both layouts ascending).
+        old_keys = (local[:, None] * dense_fan_in + indices[i0:i1]).reshape(-1)
+        new_keys = ((self.new_rows[j0:j1, None] - r0) * dense_fan_in
+                    + self.new_indices[j0:j1]).reshape(-1)
+        at = np.minimum(np.searchsorted(old_keys, new_keys), max(old_keys.size - 1, 0))
+        found = old_keys[at] == new_keys if old_keys.size else np.zeros(new_keys.size, bool)
+        self.source[j0:j1] = np.where(found, at + i0 * indices.shape[1], -1
+                                      ).reshape(j1 - j0, k)
 
 
 def _check_layout(values, rows, indices, n_out, dense_fan_in):
@@ -181,7 +254,7 @@ def _check_layout(values, rows, indices, n_out, dense_fan_in):
 
 def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
                       drop_fraction, sparsity, gamma_sal=0.3, ablation=True,
-                      block_rows=None):
+                      block_rows=None, speculate=True):
     """One SRigL update of a condensed layer: ``srigl_update``'s decisions, row-blocked.
 
     values[n_active, k] float32/float64, rows int[n_active], indices int[n_active, k]:
@@ -190,7 +263,9 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
     returns the dense gradient rows [r0, r1) as an (r1 - r0, F) float array (it is
     called with r0 < r1 ascending, once or twice per block: see the module notes);
     ``block_rows`` rows per call (default: about 4M entries). drop_fraction, sparsity,
-    gamma_sal, ablation: as srigl_update's. Returns a CondensedUpdate; inputs untouched.
+    gamma_sal, ablation: as srigl_update's. ``speculate``: run step 5 during step 2's
+    pass on the guess that the active neurons and k stay (module notes); the result is
+    the same either way. Returns a CondensedUpdate; inputs untouched.
 
     Equality: expanding the result to dense gives srigl_update(W, M, G, ...)'s mask and
     weight bit for bit, its ablated neurons and fan_in, for W, M the dense form of the
@@ -209,16 +284,34 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
 
     # Step 1 on the values: slot order is flat order, so the ties are srigl_update's.
     kept = magnitude_keep(values, np.ones(values.shape, dtype=bool), drop_fraction)
-    # Step 2.
+    kept_counts = np.zeros(n_out, dtype=np.int64)
+    kept_counts[rows] = np.count_nonzero(kept.keep, axis=1)
+    old_active = np.zeros(n_out, dtype=bool)
+    old_active[rows] = True
+    blocks = [(b, r0, min(n_out, r0 + block_rows))
+              for b, r0 in enumerate(range(0, n_out, block_rows))]
+    guess = None
+    # Step 2: one pass over the gradient for the top n_prune |G| of the layer.
     if ablation:
         rule = ablation_rule(n_out, dense_fan_in, budget, gamma_sal)
-        salient = np.zeros(n_out, dtype=np.int64)
-        salient[rows] = np.count_nonzero(kept.keep, axis=1)
-        top = top_gradient_positions(grad_block, n_out, dense_fan_in, kept.n_prune,
-                                     block_rows)
+        top = _TopScores(kept.n_prune)
+        # Step 5 runs on this pass too, on the guess that the active neurons and k stay
+        # (the usual case once training settles): then the cap (step 4) removes nothing
+        # and regrow gets exactly these inputs, so its result stands and the gradient is
+        # not read again; otherwise it is recomputed below.
+        if speculate:
+            guess = _Layout(rows, indices, rows, k_old, n_out, dense_fan_in, block_rows)
+        for b, r0, r1 in blocks:
+            score = np.abs(_gradient(grad_block, r0, r1, dense_fan_in))
+            top.add(score.reshape(-1), r0 * dense_fan_in)
+            if guess is not None:
+                guess.block(b, r0, r1, kept.keep, kept_counts[r0:r1], old_active[r0:r1],
+                            score)
+            del score
+        top = top.positions_found()
         # A top |G| adds to its neuron's count only where magnitude did not keep it.
         not_kept = ~_in_layout(top, rows, indices, kept.keep, dense_fan_in)
-        salient += np.bincount(top[not_kept] // dense_fan_in, minlength=n_out)
+        salient = kept_counts + np.bincount(top[not_kept] // dense_fan_in, minlength=n_out)
         del top, not_kept
         active, _ = active_neurons(salient, rule)
     else:
@@ -228,45 +321,20 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
     cap = cap_fan_in(values, kept, active[rows], k)
     n_keep, n_prune = kept.n_keep, kept.n_prune
     del kept
-    kept_counts = np.zeros(n_out, dtype=np.int64)
-    kept_counts[rows] = cap.kept_counts
-    missing = np.where(active, k - kept_counts, 0)
-
     # Step 5, block by block, writing straight into the new layout.
-    new_rows = np.flatnonzero(active).astype(np.int64)
-    new_indices = np.empty((new_rows.size, k), dtype=indices.dtype)
-    source = np.empty((new_rows.size, k), dtype=np.int64)
-    starts = np.searchsorted(rows, np.arange(0, n_out + block_rows, block_rows))
-    new_starts = np.searchsorted(new_rows, np.arange(0, n_out + block_rows, block_rows))
-    for b, r0 in enumerate(range(0, n_out, block_rows)):
-        r1 = min(n_out, r0 + block_rows)
-        i0, i1 = starts[b], starts[b + 1]          # old rows in [r0, r1)
-        j0, j1 = new_starts[b], new_starts[b + 1]  # new rows in [r0, r1)
-        if j0 == j1:
-            continue
-        local = rows[i0:i1] - r0
-        old_mask = np.zeros((r1 - r0, dense_fan_in), dtype=bool)
-        old_mask[local[:, None], indices[i0:i1]] = True
-        keep = np.zeros_like(old_mask)
-        keep[local[:, None], indices[i0:i1]] = cap.keep[i0:i1]
-        if missing[r0:r1].any():
-            grow_score = np.abs(_gradient(grad_block, r0, r1, dense_fan_in))
-            new_mask = regrow(grow_score, old_mask,
-                              FanInCap(keep, kept_counts[r0:r1], None),
-                              active[r0:r1], k).mask
-            del grow_score
-        else:
-            new_mask = keep
-        _, columns = np.nonzero(new_mask[new_rows[j0:j1] - r0])
-        new_indices[j0:j1] = columns.reshape(j1 - j0, k)
-        # Each new position's old slot, by its key in the block (both layouts ascending).
-        old_keys = (local[:, None] * dense_fan_in + indices[i0:i1]).reshape(-1)
-        new_keys = ((new_rows[j0:j1, None] - r0) * dense_fan_in + new_indices[j0:j1]
-                    ).reshape(-1)
-        at = np.minimum(np.searchsorted(old_keys, new_keys), max(old_keys.size - 1, 0))
-        found = old_keys[at] == new_keys if old_keys.size else np.zeros(new_keys.size, bool)
-        source[j0:j1] = np.where(found, at + i0 * k_old, -1).reshape(j1 - j0, k)
-
+    if guess is not None and k == k_old and np.array_equal(active, old_active):
+        layout, passes = guess, 1
+    else:
+        del guess
+        layout = _Layout(rows, indices, np.flatnonzero(active).astype(np.int64), k, n_out,
+                         dense_fan_in, block_rows)
+        kept_counts[rows] = cap.kept_counts
+        for b, r0, r1 in blocks:
+            layout.block(b, r0, r1, cap.keep, kept_counts[r0:r1], active[r0:r1],
+                         lambda: np.abs(_gradient(grad_block, r0, r1, dense_fan_in)))
+        passes = 1 + ablation
+    new_rows, new_indices, source = layout.new_rows, layout.new_indices, layout.source
+    del layout
     new_values = _take(values, source)
     new_values += 0   # -0.0 -> +0.0, as update_result's
     survived = int(np.count_nonzero(source >= 0))
@@ -275,7 +343,8 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
         rows=new_rows, indices=new_indices, values=new_values, source=source,
         ablated=np.flatnonzero(~active).astype(np.int64), fan_in=int(k),
         pruned=n_old * k_old - survived, grown=source.size - survived,
-        regrown=survived - kept_total, n_keep=int(n_keep), n_prune=int(n_prune))
+        regrown=survived - kept_total, n_keep=int(n_keep), n_prune=int(n_prune),
+        gradient_passes=passes)
 
 
 def _take(old, source):
