@@ -191,6 +191,9 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-speculate", dest="speculate", action="store_false",
+                        help="read the gradient twice at every update (srigl_update_rows's "
+                             "speculate=False: the cost when a neuron is ablated or returns)")
     parser.add_argument("--limit-gb", type=float, default=2.0)
     args = parser.parse_args(argv)
 
@@ -200,7 +203,8 @@ def main(argv=None):
     budget = layer_budget((n_out, n_in), sparsity)
     print(f"CPU {info['cpu']}, {info['cores']} CPUs, {info['vector_isa']}, kernel path "
           f"{info['cpu_path']}, OpenMP threads {info['max_threads']}, BLAS {info['blas']}; "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average "
+          f"{os.getloadavg()[0]:.2f} (1 min)", flush=True)
     print(f"sparse Linear {n_in} -> {n_out}: {n_in * n_out:.3g} dense weights "
           f"({n_in * n_out * 4 / 1e9:.1f} GB float32 dense), k {k}, sparsity {sparsity:.4g}, "
           f"nnz {n_out * k:.3g} (budget {budget}); head {n_out} -> {args.classes} dense; "
@@ -232,13 +236,14 @@ def main(argv=None):
         update = srigl_update_rows(
             model.values, model.rows, model.indices, n_out, n_in, GradientRows(x, dy),
             drop_fraction=args.drop_fraction, sparsity=sparsity, ablation=True,
-            block_rows=block_rows)
+            block_rows=block_rows, speculate=args.speculate)
         model.rewire(update)
         update_times.append(time.perf_counter() - started)
         check_layout(model, update, budget)
         say(f"update after step {step}: {update_times[-1]:.1f} s, k {update.fan_in}, "
             f"active {model.rows.size}, ablated {update.ablated.size}, pruned "
-            f"{update.pruned}, grown {update.grown}, regrown {update.regrown}; layout checked")
+            f"{update.pruned}, grown {update.grown}, regrown {update.regrown}, "
+            f"gradient passes {update.gradient_passes}; layout checked")
         del update   # its source index (nnz int64) is no longer needed
     if not update_times:
         print("no topology update ran: --steps must reach --update-every", file=sys.stderr)
@@ -248,8 +253,8 @@ def main(argv=None):
     print(f"\npeak RSS {peak:.0f} MB ({peak / 1e3:.2f} GB; limit {args.limit_gb} GB); "
           f"step median {statistics.median(step_times):.3f} s (min {min(step_times):.3f}, "
           f"{len(step_times)} steps); update median {statistics.median(update_times):.1f} s "
-          f"({len(update_times)} updates); loss {losses[0]:.4f} -> {losses[-1]:.4f}",
-          flush=True)
+          f"({len(update_times)} updates); loss {losses[0]:.4f} -> {losses[-1]:.4f}; load "
+          f"average {os.getloadavg()[0]:.2f} (1 min)", flush=True)
     return 0 if peak <= args.limit_gb * 1e3 else 1
 
 
