@@ -24,7 +24,9 @@ def test_random_columns_are_distinct_ascending_and_cover_the_range():
 
 
 def test_the_benchmark_trains_and_rewires_a_small_layer(capsys):
+    # The limit is the whole process's peak, which earlier tests in this one set already.
     assert bench.main(["--n-in", "300", "--n-out", "200", "--k", "6", "--batch", "4",
-                       "--steps", "4", "--update-every", "2", "--block-rows", "7"]) == 0
+                       "--steps", "4", "--update-every", "2", "--block-rows", "7",
+                       "--limit-gb", "1000"]) == 0
     out = capsys.readouterr().out
     assert out.count("layout checked") == 2 and "peak RSS" in out
