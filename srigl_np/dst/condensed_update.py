@@ -122,7 +122,7 @@ def _gradient(grad_block, r0, r1, dense_fan_in):
 
 class _TopScores:
     """A running exact top ``count`` of scores fed in ascending flat-index order (see the
-    module notes): ``add`` each block's |G|, then ``positions()``."""
+    module notes): ``add`` each block's |G|, then ``positions_found()``."""
 
     def __init__(self, count):
         self.count = count
