@@ -178,3 +178,31 @@ def test_bad_arguments():
         call(grad_block=lambda r0, r1: np.ones((r1 - r0, 4)))
     with pytest.raises(ValueError, match="grad_block"):
         call(grad_block=lambda r0, r1: np.full((r1 - r0, 3), np.nan))
+
+
+@pytest.mark.parametrize("gamma, ablated_rows", [(0.3, 0), (0.7, 40)])
+def test_matches_srigl_update_on_a_larger_layer(gamma, ablated_rows):
+    """300 x 400 at 95%, 43 blocks: the top-|G| set is cut back many times; with 40 rows
+    ablated before, gamma 0.7 and a large gradient on half of them, neurons leave and
+    others return (the two-pass route)."""
+    rng = np.random.default_rng(7)
+    n, fan_in, sparsity = 300, 400, 0.95
+    before = rng.choice(n, ablated_rows, replace=False)
+    mask = constant_fan_in_mask((n, fan_in), sparsity, rng, ablated=before)
+    weight = (rng.standard_normal((n, fan_in)).astype(np.float32) * mask) + 0
+    grad = np.round(rng.standard_normal((n, fan_in)), 2).astype(np.float32)   # many ties
+    grad[before[:ablated_rows // 2]] *= 10
+    expected = srigl_update(weight, mask, grad, drop_fraction=0.3, sparsity=sparsity,
+                            gamma_sal=gamma)
+    rows, indices, values = condense_rows(weight, mask)
+    got = srigl_update_rows(values, rows, indices, n, fan_in, lambda r0, r1: grad[r0:r1],
+                            drop_fraction=0.3, sparsity=sparsity, gamma_sal=gamma,
+                            block_rows=7)
+    new_mask, new_weight = _dense(got, (n, fan_in), np.float32)
+    np.testing.assert_array_equal(new_mask, expected.mask)
+    np.testing.assert_array_equal(new_weight, expected.weight)
+    np.testing.assert_array_equal(got.ablated, expected.ablated)
+    assert got.fan_in == expected.fan_in
+    assert got.gradient_passes == (2 if ablated_rows else 1)
+    if ablated_rows:   # some leave, some come back
+        assert np.setdiff1d(got.ablated, before).size and np.setdiff1d(before, got.ablated).size
