@@ -33,7 +33,8 @@ from libc.string cimport memset
 
 import numpy as np
 
-from srigl_np.thread_policy import resolve_threads
+from srigl_np import thread_policy
+from srigl_np.thread_policy import resolve_threads, team_size
 
 cdef extern from "_training_kernels.h":
     int SRIGL_TRAIN_OPENMP
@@ -205,8 +206,14 @@ def openmp_enabled():
     return bool(SRIGL_TRAIN_OPENMP)
 
 
-cdef int _resolve_threads(object threads) except -1:
-    return resolve_threads(threads, omp_get_max_threads())
+cdef int _resolve_threads(object threads, Py_ssize_t work=-1) except -1:
+    """The team for a call of ``work`` multiply-adds (or element copies): the resolved
+    thread count cut by thread_policy.TRAINING_GRAIN_WORK per thread (a kernel's result
+    never depends on it); ``work`` -1: no cut."""
+    cdef int n = resolve_threads(threads, omp_get_max_threads())
+    if work < 0 or n == 1:
+        return n
+    return team_size(n, work, thread_policy.TRAINING_GRAIN_WORK)
 
 
 # -- argument checks (memory safety: what the nogil code relies on) ---------------------
@@ -433,7 +440,7 @@ def forward_columns(values, indices, xt, bias=None, threads=0):
         _same_dtype("bias", bias, values)
         if bias.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, n * k * xt.shape[1])
     m = xt.shape[1]
     if not _nonempty(n, k, m):
         return np.zeros((n, m), dtype=values.dtype) + bias[:, None]
@@ -460,7 +467,7 @@ def input_grad_columns(values, indices, dyt, n_in, threads=0):
     n, k = values.shape
     if dyt.shape[0] != n:
         raise ValueError(f"dyt must have {n} rows (values' neurons), got shape {dyt.shape}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, n * k * dyt.shape[1])
     m = dyt.shape[1]
     dxt = _columns(n_in, m, values.dtype, zeroed=True)
     if not _nonempty(n, k, m):
@@ -488,7 +495,7 @@ def weight_grad_columns(indices, xt, dyt, threads=0):
     m = xt.shape[1]
     if dyt.shape != (n, m):
         raise ValueError(f"dyt must have shape ({n}, {m}), got {dyt.shape}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, n * k * m)
     if not _nonempty(n, k, m):
         return np.zeros((n, k), dtype=xt.dtype)
     width = column_block(xt.shape[0], xt.itemsize)
@@ -580,7 +587,7 @@ def input_grad_gather(values, indices, transposed, dyt, n_in, threads=0):
                          "transposed_index(indices, n_in) after every topology change")
     if dyt.shape[0] != n:
         raise ValueError(f"dyt must have {n} rows (values' neurons), got shape {dyt.shape}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, n * k * dyt.shape[1])
     m = dyt.shape[1]
     dxt = _columns(n_in, m, values.dtype, zeroed=not _nonempty(n, k, m))
     if not _nonempty(n_in, m) or not _nonempty(n, k):
@@ -666,7 +673,7 @@ def transpose(a, threads=0, padded=True):
     if a.size and (a.strides[1] != a.itemsize or a.strides[0] % a.itemsize
                    or a.strides[0] < a.shape[1] * a.itemsize):
         a = np.ascontiguousarray(a)
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, a.size)
     rows, cols = a.shape
     at = _columns(cols, rows, a.dtype) if padded else np.empty((cols, rows), dtype=a.dtype)
     if a.size:
@@ -747,7 +754,7 @@ def im2col_columns(x, kh, kw, stride=1, padding=0, threads=0):
     column per output pixel (b, oh, ow)), parallel over rows."""
     _check("x", x, _FLOATS, 4)
     out_h, out_w = _geometry(x.shape, kh, kw, stride, padding)
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, x.size * kh * kw)
     batch, channels = x.shape[:2]
     cols = _columns(channels * kh * kw, batch * out_h * out_w, x.dtype)
     if cols.size:
@@ -770,7 +777,7 @@ def col2im_columns(cols, x_shape, kh, kw, stride=1, padding=0, threads=0):
     if cols.shape != expected:
         raise ValueError(f"cols must have shape {expected} for x_shape {x_shape}, "
                          f"got {cols.shape}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, cols.size)
     x = np.zeros(x_shape, dtype=cols.dtype)
     if cols.size:
         _dispatch_col2im(cols, _ld(cols), x, kh, kw, stride, padding, out_h, out_w, n_threads)
@@ -925,7 +932,8 @@ def conv_forward_direct(values, indices, x, kh, kw, stride=1, padding=0, bias=No
         _same_dtype("bias", bias, values)
         if bias.shape != (n,):
             raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(
+        threads, x.shape[0] * n * values.shape[1] * out_h * out_w)
     y = np.empty((x.shape[0], n, out_h, out_w), dtype=values.dtype)
     if not _nonempty(n, k, x.shape[0]):
         y[...] = bias[:, None, None]
@@ -955,7 +963,7 @@ def conv_input_grad_direct(values, indices, dy, x_shape, kh, kw, stride=1, paddi
     expected = (x_shape[0], values.shape[0], out_h, out_w)
     if dy.shape != expected:
         raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, dy.size * values.shape[1])
     dx = np.zeros(x_shape, dtype=values.dtype)
     if _nonempty(*values.shape) and _nonempty(*x_shape):
         _dispatch_conv_input_grad(values, indices, dy, dx, kh, kw, stride, padding, n_threads)
@@ -966,7 +974,7 @@ def conv_weight_grad_direct(indices, x, dy, kh, kw, stride=1, padding=0, threads
     """dvalues[n, k] of the condensed convolution from x and dy, straight from the images:
     chunks of IMAGES_PER_CHUNK images in parallel, their partial sums added in order."""
     _check_direct(None, indices, x, kh, kw, stride, padding, dy)
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, dy.size * indices.shape[1])
     n, k = indices.shape
     batch = x.shape[0]
     n_chunks = max(1, -(-batch // IMAGES_PER_CHUNK))
@@ -1095,7 +1103,7 @@ def conv_backward_direct(values, indices, x, dy, kh, kw, stride=1, padding=0, th
         dx = (conv_input_grad_direct(values, indices, dy, x.shape, kh, kw, stride, padding,
                                      threads) if input_grad else None)
         return dx, dvalues
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, dy.size * values.shape[1])
     n, k = values.shape
     batch = x.shape[0]
     n_chunks = max(1, -(-batch // IMAGES_PER_CHUNK))
@@ -1178,7 +1186,7 @@ def maxpool_tiled(x, kh, kw, threads=0):
     which cell (a*kw + b, row-major) holds its first maximum (a NaN wins)."""
     _check("x", x, (np.float32, np.float64), 4)
     _check_tiles(x.shape, kh, kw)
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, x.size)
     b, c, height, width = x.shape
     y = np.empty((b, c, height // kh, width // kw), dtype=x.dtype)
     winner = np.empty(y.shape, dtype=np.uint8)
@@ -1201,7 +1209,7 @@ def maxpool_tiled_grad(grad_out, winner, kh, kw, threads=0):
     if winner.size and int(winner.max()) >= kh * kw:
         raise ValueError(f"winner must index the {kh}x{kw} window's cells, got "
                          f"{int(winner.max())}")
-    cdef int n_threads = _resolve_threads(threads)
+    cdef int n_threads = _resolve_threads(threads, grad_out.size * kh * kw)
     b, c, out_h, out_w = winner.shape
     dx = np.empty((b, c, out_h * kh, out_w * kw), dtype=grad_out.dtype)
     if dx.size:

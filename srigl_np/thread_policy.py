@@ -54,6 +54,15 @@ GRAIN_WORK = 2**16
 # cnn's Linear layers) run on one; the convolutions' larger ones keep the pool.
 BLAS_GRAIN_WORK = 2**28
 
+# The grain of the training kernels (srigl_np._training_kernels), larger than the
+# inference kernels': a training step runs a dozen kernels back to back, each waking the
+# sleeping team. The mlp's condensed SRigL step (90%, batch 128, 2-vCPU Xeon, quiet, every
+# product 0.1-2.4 M multiply-adds) took 2.8 ms on 2 threads against 1.3 ms on 1 with
+# the team woken at every call; spinning instead (GOMP_SPINCOUNT 3000-30000) gave 1.1-1.4
+# ms quiet but 3.2-6.7 ms beside one busy neighbour. With 2**21 per thread the mlp runs on
+# one thread and the cnn's convolutions (~10**8) on two.
+TRAINING_GRAIN_WORK = 2**21
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 SELF_CGROUP = "/proc/self/cgroup"
 

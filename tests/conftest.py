@@ -54,3 +54,16 @@ def srigl_run(tmp_path_factory):
                  "--dataset", "embedded", "--delta", "10", "--progress", "off",
                  "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(autouse=True)
+def every_team_runs(request, monkeypatch):
+    """Kernels called with threads=2 run two threads on the suite's small shapes: the
+    grains that keep small calls on one thread (thread_policy) are lowered to 1, so
+    the parallel code paths are the ones tested. test_thread_policy tests the grains
+    themselves."""
+    if request.module.__name__.endswith("test_thread_policy"):
+        return
+    from srigl_np import thread_policy
+    monkeypatch.setattr(thread_policy, "GRAIN_WORK", 1)
+    monkeypatch.setattr(thread_policy, "TRAINING_GRAIN_WORK", 1)
