@@ -31,15 +31,15 @@ from contextlib import contextmanager
 from .validation import check_threads, max_thread_count, usable_cpus
 
 # Multiply-adds each thread must get before a call is split across threads (a call with
-# less than 2 * GRAIN_WORK runs on one thread). On a 2-vCPU Xeon (KVM, float32, 90%
-# constant fan-in, OMP_WAIT_POLICY=PASSIVE) beside 1.4 other busy CPUs, 2 threads lost
-# to 1 at every batch-1 size from 6,400 to 236,000 multiply-adds (1.2-2.4x slower;
-# 3072 -> 768 0.045 against 0.037 ms), while on a quiet machine the same 3072 -> 768
-# call took 0.020 ms on 2 spinning threads against 0.041 on 1. This grain keeps the
-# bench's layers (~236,000 at batch 1) on 2 threads and runs a call under ~131,000
-# multiply-adds (a 1024 -> 1024 layer at batch 1) on one: a compromise, measured only
-# under load (docs/bench/busy_neighbour.md).
-GRAIN_WORK = 2**16
+# less than 2 * GRAIN_WORK runs on one thread). Waking the sleeping team
+# (OMP_WAIT_POLICY=PASSIVE) costs ~80 us, more than a bench layer's whole batch-1 call:
+# on a 2-vCPU Xeon (KVM, float32, 90% constant fan-in, avx512 lookup), quiet, 3072 -> 768
+# (236,000 multiply-adds) took 0.114 ms on 2 woken threads against 0.034 ms on 1 (0.018
+# on 2 spinning ones), and beside 1.4 other busy CPUs 2 threads lost to 1 at every
+# batch-1 size from 6,400 to 236,000 (1.2-2.4x slower; docs/bench/busy_neighbour.md).
+# At 2**20 a thread's share (>= 0.15 ms of these kernels) pays for its wake: batch-1
+# calls of the bench's layers run on one thread, batch 256 (6 * 10**7) on all.
+GRAIN_WORK = 2**20
 
 # The same for a BLAS product (NumPy's OpenBLAS 0.3.31, pthreads), whose pool waits for a
 # late worker far worse than libgomp asleep does: beside other CPU-bound processes on
