@@ -67,3 +67,18 @@ def every_team_runs(request, monkeypatch):
     from srigl_np import thread_policy
     monkeypatch.setattr(thread_policy, "GRAIN_WORK", 1)
     monkeypatch.setattr(thread_policy, "TRAINING_GRAIN_WORK", 1)
+
+
+@pytest.fixture(params=("avx512", "avx2", "generic"))
+def path(request):
+    """Each CPU path of the kernels in turn (skipped where this build or CPU lacks it),
+    then put back: the test matrix over the compiled variants."""
+    from srigl_np._kernels import PATH_NAMES
+    from srigl_np.kernels import cpu_paths, set_cpu_path
+
+    assert request.param in PATH_NAMES
+    if request.param not in cpu_paths():
+        pytest.skip(f"CPU path {request.param} is not available here: {cpu_paths()}")
+    previous = set_cpu_path(request.param)
+    yield request.param
+    set_cpu_path(previous)

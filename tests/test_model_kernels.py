@@ -19,11 +19,9 @@ checks raise naming the argument.
 import numpy as np
 import pytest
 
-from srigl_np._kernels import (PATH_NAMES, _conv_tile_vectors, condensed_conv2d,
-                               depthwise_conv2d)
-from srigl_np.kernels import (CondensedWeights, condensed_conv, cpu_paths, depthwise_conv,
-                              depthwise_reference, im2col_strided, openmp_enabled,
-                              set_cpu_path)
+from srigl_np._kernels import _conv_tile_vectors, condensed_conv2d, depthwise_conv2d
+from srigl_np.kernels import (CondensedWeights, condensed_conv, depthwise_conv,
+                              depthwise_reference, im2col_strided, openmp_enabled)
 
 INDEX_DTYPES = (np.int16, np.int32)
 # Output channels per work item of the batched kernels (SRIGL_ROWS in _kernels.h).
@@ -57,15 +55,6 @@ def assert_matches(y, expected):
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * scale)
 
-
-@pytest.fixture(params=PATH_NAMES)
-def path(request):
-    """Each CPU path in turn (skipped where this build or CPU lacks it), then put back."""
-    if request.param not in cpu_paths():
-        pytest.skip(f"CPU path {request.param} is not available here: {cpu_paths()}")
-    previous = set_cpu_path(request.param)
-    yield request.param
-    set_cpu_path(previous)
 
 
 def thread_counts():

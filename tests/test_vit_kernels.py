@@ -15,18 +15,8 @@ import pytest
 from scipy.special import erf
 
 from srigl_np import _kernels, thread_policy
-from srigl_np._kernels import PATH_NAMES
-from srigl_np.kernels import cpu_paths, gelu, layer_norm, set_cpu_path, softmax
+from srigl_np.kernels import gelu, layer_norm, softmax
 
-
-@pytest.fixture(params=PATH_NAMES)
-def path(request):
-    """Each CPU path in turn (skipped where this build or CPU lacks it), then put back."""
-    if request.param not in cpu_paths():
-        pytest.skip(f"CPU path {request.param} is not available here: {cpu_paths()}")
-    previous = set_cpu_path(request.param)
-    yield request.param
-    set_cpu_path(previous)
 
 
 @pytest.fixture
