@@ -1172,9 +1172,14 @@ def _dispatch_maxpool_grad(const floating[:, :, ::1] g, const unsigned char[:, :
         _maxpool_grad_plane(&g[p, 0, 0], &win[p, 0, 0], &dx[p, 0, 0], height, width, kh, kw)
 
 
-def _check_tiles(x_shape, kh, kw):
+def _check_window(kh, kw):
+    """A winner is a uint8 cell index: at most 256 cells."""
     if not (1 <= kh and 1 <= kw and kh * kw <= 256):
         raise ValueError(f"the window must hold 1 to 256 cells, got {kh}x{kw}")
+
+
+def _check_tiles(x_shape, kh, kw):
+    _check_window(kh, kw)
     if len(x_shape) != 4 or x_shape[2] % kh or x_shape[3] % kw:
         raise ValueError(f"x must be (batch, channels, height, width) with height and width "
                          f"multiples of the window {kh}x{kw}, got {tuple(x_shape)}")
@@ -1204,8 +1209,7 @@ def maxpool_tiled_grad(grad_out, winner, kh, kw, threads=0):
     if grad_out.shape != winner.shape:
         raise ValueError(f"grad_out must have winner's shape {winner.shape}, got "
                          f"{grad_out.shape}")
-    if not (1 <= kh and 1 <= kw and kh * kw <= 256):
-        raise ValueError(f"the window must hold 1 to 256 cells, got {kh}x{kw}")
+    _check_window(kh, kw)
     if winner.size and int(winner.max()) >= kh * kw:
         raise ValueError(f"winner must index the {kh}x{kw} window's cells, got "
                          f"{int(winner.max())}")

@@ -231,7 +231,7 @@ class DynamicSparsity:
         GEMM on the cnn's 1-channel first layer."""
         if self.method != "srigl":
             return []
-        layers = {prefixed(prefix, "weight"): layer for prefix, layer in self.model.named_layers()}
+        layers = self._weight_layers()
         return [name for name in self.names
                 if name in layers and condensed_compute.condensable(layers[name])]
 
@@ -239,14 +239,15 @@ class DynamicSparsity:
         """"condensed" or "masked": how the sparse parameter ``name`` is trained."""
         return "condensed" if name in self.condensed else "masked"
 
-    def _layer_of(self, name):
-        prefix = name.rsplit(".", 1)[0] if "." in name else ""
-        return dict(self.model.named_layers())[prefix]
+    def _weight_layers(self):
+        """{"<prefix>.weight": layer} over the model's layers."""
+        return {prefixed(prefix, "weight"): layer for prefix, layer in self.model.named_layers()}
 
     def _attach(self, name, weight, state=None):
         """Condense parameter ``name`` from the dense ``weight`` under its mask; the
         optimizer's state from the dense ``state`` ({key: array}; zeros when None)."""
-        compute = condensed_compute.attach(self._layer_of(name), weight, to_numpy(self.masks[name]))
+        compute = condensed_compute.attach(self._weight_layers()[name], weight,
+                                           to_numpy(self.masks[name]))
         self.condensed[name] = compute
         self._rebind(name, compute, state)
 
