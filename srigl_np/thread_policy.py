@@ -60,7 +60,8 @@ BLAS_GRAIN_WORK = 2**28
 # product 0.1-2.4 M multiply-adds) took 2.8 ms on 2 threads against 1.3 ms on 1 with
 # the team woken at every call; spinning instead (GOMP_SPINCOUNT 3000-30000) gave 1.1-1.4
 # ms quiet but 3.2-6.7 ms beside one busy neighbour. With 2**21 per thread the mlp runs on
-# one thread and the cnn's convolutions (~10**8) on two.
+# one thread and the cnn's convolutions (~10**8) on two (benchmarks/bench_train_epoch.py;
+# the commands and figures in docs/training.md, "Threads").
 TRAINING_GRAIN_WORK = 2**21
 
 CGROUP_ROOT = "/sys/fs/cgroup"
