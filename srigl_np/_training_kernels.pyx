@@ -27,7 +27,7 @@ Design
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.stdint cimport int16_t, int32_t, int64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
@@ -78,6 +78,25 @@ cdef extern from "_training_kernels.h":
     void srigl_train_sddmm_f64_i32(const int32_t* idx, Py_ssize_t k, const double* dyt,
                                    const double* xt, Py_ssize_t ldx, Py_ssize_t c0,
                                    Py_ssize_t c1, double* out) noexcept nogil
+
+    void srigl_train_relu_f32(const float* src, float* dst, Py_ssize_t n) noexcept nogil
+    void srigl_train_relu_f64(const double* src, double* dst, Py_ssize_t n) noexcept nogil
+    void srigl_train_relu_grad_f32(const float* g, const float* y, float* dst,
+                                   Py_ssize_t n) noexcept nogil
+    void srigl_train_relu_grad_f64(const double* g, const double* y, double* dst,
+                                   Py_ssize_t n) noexcept nogil
+    void srigl_train_dropout_f32(const float* src, float* dst, Py_ssize_t n, uint64_t first,
+                                 uint64_t key, uint64_t threshold, float scale) noexcept nogil
+    void srigl_train_dropout_f64(const double* src, double* dst, Py_ssize_t n, uint64_t first,
+                                 uint64_t key, uint64_t threshold, double scale) noexcept nogil
+    void srigl_train_maxpool2_f32(const float* x, float* y, unsigned char* win,
+                                  Py_ssize_t height, Py_ssize_t width) noexcept nogil
+    void srigl_train_maxpool2_f64(const double* x, double* y, unsigned char* win,
+                                  Py_ssize_t height, Py_ssize_t width) noexcept nogil
+    void srigl_train_maxpool2_grad_f32(const float* g, const unsigned char* win, float* dx,
+                                       Py_ssize_t height, Py_ssize_t width) noexcept nogil
+    void srigl_train_maxpool2_grad_f64(const double* g, const unsigned char* win, double* dx,
+                                       Py_ssize_t height, Py_ssize_t width) noexcept nogil
 
     void srigl_train_transpose_f32(const float* a, Py_ssize_t lda, Py_ssize_t r0,
                                    Py_ssize_t r1, Py_ssize_t cols, float* at,
@@ -1158,18 +1177,44 @@ cdef void _maxpool_grad_plane(const floating* g, const unsigned char* win, float
             dx[(i * kh + w // kw) * width + j * kw + w % kw] = g[i * out_w + j]
 
 
+cdef inline void _maxpool2_plane(const floating* x, floating* y, unsigned char* win,
+                                 Py_ssize_t height, Py_ssize_t width) noexcept nogil:
+    # The 2 x 2 window written out (_training_kernels.h): the same maxima and winners.
+    if floating is float:
+        srigl_train_maxpool2_f32(x, y, win, height, width)
+    else:
+        srigl_train_maxpool2_f64(x, y, win, height, width)
+
+
+cdef inline void _maxpool2_grad_plane(const floating* g, const unsigned char* win, floating* dx,
+                                      Py_ssize_t height, Py_ssize_t width) noexcept nogil:
+    if floating is float:
+        srigl_train_maxpool2_grad_f32(g, win, dx, height, width)
+    else:
+        srigl_train_maxpool2_grad_f64(g, win, dx, height, width)
+
+
 def _dispatch_maxpool(const floating[:, :, ::1] x, floating[:, :, ::1] y,
                       unsigned char[:, :, ::1] win, Py_ssize_t kh, Py_ssize_t kw, int threads):
     cdef Py_ssize_t p, planes = x.shape[0], height = x.shape[1], width = x.shape[2]
+    cdef bint two = kh == 2 and kw == 2
     for p in prange(planes, nogil=True, num_threads=threads, schedule="static"):
-        _maxpool_plane(&x[p, 0, 0], &y[p, 0, 0], &win[p, 0, 0], height, width, kh, kw)
+        if two:
+            _maxpool2_plane(&x[p, 0, 0], &y[p, 0, 0], &win[p, 0, 0], height, width)
+        else:
+            _maxpool_plane(&x[p, 0, 0], &y[p, 0, 0], &win[p, 0, 0], height, width, kh, kw)
 
 
 def _dispatch_maxpool_grad(const floating[:, :, ::1] g, const unsigned char[:, :, ::1] win,
                            floating[:, :, ::1] dx, Py_ssize_t kh, Py_ssize_t kw, int threads):
     cdef Py_ssize_t p, planes = dx.shape[0], height = dx.shape[1], width = dx.shape[2]
+    cdef bint two = kh == 2 and kw == 2
     for p in prange(planes, nogil=True, num_threads=threads, schedule="static"):
-        _maxpool_grad_plane(&g[p, 0, 0], &win[p, 0, 0], &dx[p, 0, 0], height, width, kh, kw)
+        if two:
+            _maxpool2_grad_plane(&g[p, 0, 0], &win[p, 0, 0], &dx[p, 0, 0], height, width)
+        else:
+            _maxpool_grad_plane(&g[p, 0, 0], &win[p, 0, 0], &dx[p, 0, 0], height, width, kh,
+                                kw)
 
 
 def _check_window(kh, kw):
@@ -1221,3 +1266,100 @@ def maxpool_tiled_grad(grad_out, winner, kh, kw, threads=0):
                                winner.reshape(b * c, out_h, out_w),
                                dx.reshape(b * c, out_h * kh, -1), kh, kw, n_threads)
     return dx
+
+
+# -- elementwise layers: ReLU and dropout ---------------------------------------------------
+# One pass over the flat array in chunks (the C loops in _training_kernels.h, which say
+# why). Every element's result depends on it alone (dropout's bits on its flat index), so
+# the thread count never changes a result.
+
+cdef Py_ssize_t _CHUNK = 1 << 14
+DROPOUT_MULTIPLIER = 0x9E3779B97F4A7C15   # the stream's step: SplitMix64's (the golden ratio)
+
+
+def _check_elementwise(name, a, reference=None):
+    """A C-contiguous float32/float64 array (of ``reference``'s shape and dtype)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if reference is not None and (a.shape != reference.shape or a.dtype != reference.dtype):
+        raise ValueError(f"{name} must be {reference.dtype} of shape {reference.shape}, got "
+                         f"{a.dtype} {a.shape}")
+    return a.reshape(-1)
+
+
+def _dispatch_relu(const floating[::1] src, floating[::1] dst, int threads):
+    cdef Py_ssize_t n = src.shape[0], c, start
+    for c in prange((n + _CHUNK - 1) // _CHUNK, nogil=True, num_threads=threads,
+                    schedule="static"):
+        start = c * _CHUNK
+        if floating is float:
+            srigl_train_relu_f32(&src[start], &dst[start], min(_CHUNK, n - start))
+        else:
+            srigl_train_relu_f64(&src[start], &dst[start], min(_CHUNK, n - start))
+
+
+def _dispatch_relu_grad(const floating[::1] g, const floating[::1] y, floating[::1] dst,
+                        int threads):
+    cdef Py_ssize_t n = g.shape[0], c, start
+    for c in prange((n + _CHUNK - 1) // _CHUNK, nogil=True, num_threads=threads,
+                    schedule="static"):
+        start = c * _CHUNK
+        if floating is float:
+            srigl_train_relu_grad_f32(&g[start], &y[start], &dst[start], min(_CHUNK, n - start))
+        else:
+            srigl_train_relu_grad_f64(&g[start], &y[start], &dst[start], min(_CHUNK, n - start))
+
+
+def _dispatch_dropout(const floating[::1] src, floating[::1] dst, uint64_t key,
+                      uint64_t threshold, floating scale, int threads):
+    cdef Py_ssize_t n = src.shape[0], c, start
+    for c in prange((n + _CHUNK - 1) // _CHUNK, nogil=True, num_threads=threads,
+                    schedule="static"):
+        start = c * _CHUNK
+        if floating is float:
+            srigl_train_dropout_f32(&src[start], &dst[start], min(_CHUNK, n - start), start,
+                                    key, threshold, scale)
+        else:
+            srigl_train_dropout_f64(&src[start], &dst[start], min(_CHUNK, n - start), start,
+                                    key, threshold, scale)
+
+
+def relu(x, out, threads=0):
+    """out = max(x, 0) elementwise, with np.maximum(x, 0)'s bits (a NaN kept, -0.0 -> 0);
+    x and out C-contiguous float32/float64 of one shape and dtype (out may be x).
+    Returns out."""
+    flat = _check_elementwise("x", x)
+    flat_out = _check_elementwise("out", out, x)
+    _dispatch_relu(flat, flat_out, _resolve_threads(threads, x.size))
+    return out
+
+
+def relu_grad(grad_out, y, out, threads=0):
+    """out = grad_out * (y > 0), NumPy's bits (a NaN gradient stays NaN); all three
+    C-contiguous float32/float64 of one shape and dtype (out may be grad_out). Returns
+    out."""
+    flat = _check_elementwise("grad_out", grad_out)
+    flat_y = _check_elementwise("y", y, grad_out)
+    flat_out = _check_elementwise("out", out, grad_out)
+    _dispatch_relu_grad(flat, flat_y, flat_out, _resolve_threads(threads, grad_out.size))
+    return out
+
+
+def dropout(x, out, key, threshold, scale, threads=0):
+    """out = x * (u >= threshold ? scale : 0) elementwise, u the 32 bits
+    ``training_kernels.dropout_keep`` defines for (key, flat index); x and out
+    C-contiguous float32/float64 of one shape and dtype (out may be x); key in
+    [0, 2**64), threshold in [0, 2**32]. Returns out."""
+    flat = _check_elementwise("x", x)
+    flat_out = _check_elementwise("out", out, x)
+    if not 0 <= key < 2**64:
+        raise ValueError(f"key must be in [0, 2**64), got {key}")
+    if not 0 <= threshold <= 2**32:
+        raise ValueError(f"threshold must be in [0, 2**32], got {threshold}")
+    _dispatch_dropout(flat, flat_out, key, threshold, x.dtype.type(scale),
+                      _resolve_threads(threads, x.size))
+    return out

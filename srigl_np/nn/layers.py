@@ -34,6 +34,7 @@ import numpy as np
 from ..backend import array_module, on_device_of, select, to_device
 from ..kernels import col2im, conv_output_size, im2col
 from ..thread_policy import blas_grain
+from ..training_kernels import dropout, relu, relu_grad
 from ..validation import count, positive_int
 
 FLOAT_DTYPES = (np.float32, np.float64)
@@ -386,13 +387,11 @@ class ReLU(Layer):
         self.y = None
 
     def forward(self, x, training):
-        xp = array_module(x)
-        self.y = xp.maximum(x, 0, out=x if self.inplace else None)
+        self.y = relu(x, inplace=self.inplace)
         return self.y
 
     def backward(self, grad_out):
-        xp = array_module(grad_out)
-        return xp.multiply(grad_out, self.y > 0, out=grad_out if self.inplace else None)
+        return relu_grad(grad_out, self.y, inplace=self.inplace)
 
     def __repr__(self):
         return "ReLU(inplace=True)" if self.inplace else "ReLU()"
@@ -417,10 +416,12 @@ class Flatten(Layer):
 class Dropout(Layer):
     """Inverted dropout: in training y = x * m / (1 - p), m ~ Bernoulli(1 - p) per element.
 
-    Identity in evaluation. ``rng`` (a numpy Generator) draws the masks; set it with
-    ``Sequential.set_rng`` so every epoch's masks are reproducible. On CuPy the mask is
-    still drawn on the host and copied over (one byte per element): the same seed gives
-    the same masks on both devices, which a device-side generator could not promise.
+    Identity in evaluation. ``rng`` (a numpy Generator) draws one 64-bit key per forward
+    pass; the mask is the counter-based stream of that key
+    (``training_kernels.dropout``: an element is dropped with probability p rounded to
+    32 bits), so the backward pass recomputes the mask instead of storing it, and a
+    model on CuPy draws the same masks on the device as on the host. Set ``rng`` with
+    ``Sequential.set_rng`` so every epoch's masks are reproducible.
     """
 
     def __init__(self, p, rng=None):
@@ -429,23 +430,19 @@ class Dropout(Layer):
             raise ValueError(f"p must be in [0, 1), got {p}")
         self.p = float(p)
         self.rng = rng
-        self.mask = None
+        self.key = None
 
     def forward(self, x, training):
         if not training or self.p == 0.0:
-            self.mask = None
+            self.key = None
             return x
         if not isinstance(self.rng, np.random.Generator):
             raise ValueError("Dropout.rng is not set: pass rng= or call Sequential.set_rng(rng)")
-        dtype = x.dtype if x.dtype in FLOAT_DTYPES else np.dtype(np.float32)
-        # Scaled mask m / (1 - p) in x's dtype: forward and backward are one multiply each.
-        keep = on_device_of(self.rng.random(x.shape, dtype=np.float32) >= self.p, x)
-        self.mask = array_module(x).multiply(keep, dtype.type(1.0 / (1.0 - self.p)),
-                                             dtype=dtype)
-        return x * self.mask
+        self.key = int(self.rng.integers(0, 2**64, dtype=np.uint64))
+        return dropout(x, self.key, self.p)
 
     def backward(self, grad_out):
-        return grad_out if self.mask is None else grad_out * self.mask
+        return grad_out if self.key is None else dropout(grad_out, self.key, self.p)
 
     def __repr__(self):
         return f"Dropout({self.p})"
