@@ -83,8 +83,8 @@ def weight_grad_split(nnz, m):
     ``segment`` columns (the last one shorter) for nnz >= 1 stored weights: one segment
     unless nnz threads leave the GPU idle, never a segment under MIN_SEGMENT columns, at
     most MAX_GRID_Y segments."""
-    wanted = min(-(-TARGET_THREADS // int(nnz)), -(-int(m) // MIN_SEGMENT), MAX_GRID_Y)
-    segment = -(-int(m) // max(1, wanted))
+    wanted = max(1, min(-(-TARGET_THREADS // int(nnz)), int(m) // MIN_SEGMENT, MAX_GRID_Y))
+    segment = -(-int(m) // wanted)
     return -(-int(m) // segment), segment
 
 

@@ -17,7 +17,9 @@ np.float64) by value; anything else is refused, as a RawKernel refuses it.
 What this does not check: the timing, memory coalescing, and any behaviour of a real
 GPU's compiler (nvcc's own compile is tests/test_cuda_training_source.py's other
 test); sequential execution cannot show a race, which is why the kernels have none by
-design (each output written by one thread, no shared memory or atomics).
+design (each output written by one thread, no shared memory or atomics). A read or
+write far outside an array crashes the test process (a GPU would report an illegal
+address); the tests' NaN guards catch the near misses an off-by-one makes.
 """
 
 import ctypes
