@@ -6,29 +6,38 @@ float64) + ``indices[n, k]`` (int16 or int32): neuron r's k weights sit at input
 channels*kh*kw). Training needs three products and an optimizer step, all O(nnz) in the
 weights and never a dense [n, n_in] array:
 
-    operation                   definition (NumPy; any array module)  CPU override (Cython)
-    forward  y = x W^T + b      linear_forward_reference              _training_kernels.forward_columns
-    input gradient  dx = dy W   linear_input_grad_reference           _training_kernels.input_grad_columns
-                                                                      (scatter) or input_grad_gather
-    weight gradient (SDDMM)     linear_weight_grad_reference          _training_kernels.weight_grad_columns
-      dvalues[r, j] = sum_b dy[b, r] x[b, indices[r, j]]
-    Conv2d, each of the three   conv2d_*_reference: im2col + the      conv_*_direct (straight from
-                                linear definition (+ col2im)          the images), or im2col_columns
-                                                                      + the linear kernels
-    SGD / AdamW steps           sgd_step, adamw_step (elementwise over nnz: one definition,
-                                sgd_update/adamw_update, which nn.optim's SGD and AdamW run)
+    operation                definition (NumPy; any     CPU override (Cython,       CUDA override (CuPy
+                             array module)              _training_kernels)          arrays, _training.cu)
+    forward  y = x W^T + b   linear_forward_reference   forward_columns             forward_columns<T, I>
+    input gradient dx = dy W linear_input_grad_         input_grad_columns          input_grad_gather<T>
+                             reference                  (scatter) or                (gather over the device
+                                                        input_grad_gather           transposed_index)
+    weight gradient (SDDMM)  linear_weight_grad_        weight_grad_columns         weight_grad_columns<T, I>
+      dvalues[r, j] =        reference                                              (column segments summed
+      sum_b dy[b, r] x[b, indices[r, j]]                                            on the device)
+    Conv2d, each of the      conv2d_*_reference:        conv_*_direct (from the     im2col_strided (CuPy) + the
+    three                    im2col + the linear        images), or im2col_columns  linear kernels (+ col2im_
+                             definition (+ col2im)      + the linear kernels        strided), either lowering
+    SGD / AdamW steps        sgd_step, adamw_step (elementwise over nnz: one definition,
+                             sgd_update/adamw_update, which nn.optim's SGD and AdamW run)
 
 The public functions (``linear_forward``, ``linear_backward``, ``conv2d_forward``,
-``conv2d_backward`` and the single products) validate their arguments and run the OpenMP
-kernels for NumPy arrays, the definition for CuPy arrays (no CUDA override yet). The
-kernels work on the batch-last "column" layout (see ``_training_kernels``), so the
-public functions transpose the activations once per call; ``linear_backward`` and
-``conv2d_backward`` share the transposed input and gradient between both products.
+``conv2d_backward`` and the single products) validate their arguments, then run the
+OpenMP kernels for NumPy arrays and the CUDA kernels for CuPy arrays (``cuda_training``:
+one launch function per product; every array argument on the device, or TypeError).
+Both kinds of kernel work on the batch-last "column" layout (see ``_training_kernels``),
+so the public functions transpose the activations once per call; ``linear_backward`` and
+``conv2d_backward`` share the transposed input and gradient between both products. On a
+GPU the input gradient is always the deterministic gather: over ``transposed``
+(``transposed_index`` of the CuPy indices, built on the device once per topology), or
+over one built for the call. The CUDA kernels have been compiled with nvcc and run as C++
+on the CPU against the definitions (tests/test_cuda_training_source.py), not yet on a GPU.
 
 Invariants (the topology): each row's indices distinct, all in [0, n_in). Every call
 checks dtypes, shapes, contiguity and the index range (one O(nnz) pass, against the
-O(batch*nnz) products); distinctness is checked by ``check_topology``, once per topology
-change (a repeated index would simply be summed, which no dense W represents).
+O(batch*nnz) products; on a GPU one wait for the device per call); distinctness is
+checked by ``check_topology``, once per topology change (a repeated index would simply be
+summed, which no dense W represents).
 
 Strides: ``values`` and ``indices`` are the layer's own arrays (updated in place by the
 optimizer step), so a non-contiguous one is refused (ValueError) rather than silently
@@ -83,10 +92,14 @@ def _check_bias(bias, values):
 
 
 def _check_range(indices, n_in):
-    """The index range, for the definitions (the compiled kernels check it themselves)."""
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_in):
+    """The index range, for the definitions and the CUDA kernels (the compiled CPU
+    kernels check it themselves); one transfer from a device."""
+    if not indices.size:
+        return
+    low, high = array_module(indices).stack((indices.min(), indices.max())).tolist()
+    if low < 0 or high >= n_in:
         raise ValueError(f"indices must lie in [0, n_in={n_in}), got values in "
-                         f"[{int(indices.min())}, {int(indices.max())}]")
+                         f"[{low}, {high}]")
 
 
 def check_topology(indices, n_in):
@@ -372,7 +385,9 @@ def conv2d_forward(values, indices, x, kernel_size, stride=1, padding=0, bias=No
     where ``keep_columns`` returns (y, x_columns) for ``conv2d_backward(x_columns=)``.
     Direct against columns, the cnn's 32->64 3x3 on 26x26 at batch 128, one thread
     (benchmarks/bench_training_products.py): forward 14 against 41 ms at 90%, 5.6
-    against 30 ms at 99%; backward 37 against 102 ms and 11 against 82 ms."""
+    against 30 ms at 99%; backward 37 against 102 ms and 11 against 82 ms. On CuPy arrays
+    either lowering runs im2col_strided and the linear CUDA kernel (no direct GPU kernel);
+    ``keep_columns`` (lowering "columns") then returns the device column matrix."""
     _check_lowering(lowering, keep_columns=keep_columns)
     kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
     bias = _check_bias(bias, values)
@@ -403,7 +418,9 @@ def conv2d_backward(values, indices, x, dy, kernel_size, stride=1, padding=0, th
     each image's planes owned by one thread; dvalues: fixed chunks of images summed in
     order); "columns": the column matrix shared by both products, with
     ``transposed`` (``transposed_index(indices, channels*kh*kw)``) to gather and
-    ``x_columns`` (what ``conv2d_forward(x, keep_columns=True)`` returned for this x)."""
+    ``x_columns`` (what ``conv2d_forward(x, keep_columns=True)`` returned for this x). On
+    CuPy arrays either lowering is im2col_strided, the linear CUDA kernels and
+    col2im_strided."""
     _check_lowering(lowering, transposed=transposed, x_columns=x_columns)
     kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
     _check_like("dy", dy, values, 4)
