@@ -17,7 +17,7 @@ The launches trust their operands (the one place that checks them is
 device branch on the CPU (tests/fake_cupy.py), and run the kernel source itself as C++
 (tests/cuda_emulation.py). The input gradient's transposed index is built on the device
 by ``transposed_index`` (one sort of nnz keys) and checked against the indices by
-``check_transposed`` (O(nnz), no sort).
+``check_transposed`` (no sort: O(n_in + nnz log n_in)).
 
 CuPy is imported only when these functions run (``backend.cupy()``).
 """
@@ -157,11 +157,12 @@ def transposed_index(indices, n_in):
 
 def check_transposed(transposed, indices, n_in):
     """ValueError unless ``transposed`` is ``transposed_index(indices, n_in)`` of these
-    device indices: dtypes and shapes, then, in one O(n_in + nnz) device pass, that
-    indptr counts each input's entries, each entry e of input i names a stored weight
+    device indices: dtypes and shapes, then on the device (two waits for its answers, O(n_in
+    + nnz log n_in): a search of indptr gives each entry's input) that indptr counts each
+    input's entries, each entry e of input i names a stored weight
     p = positions[e] with indices.flat[p] == i and rows[e] == p // k, and the positions
     rise within each input (so each stored weight appears once)."""
-    if not isinstance(transposed, tuple) or len(transposed) != 3:
+    if not isinstance(transposed, (tuple, list)) or len(transposed) != 3:
         raise TypeError("transposed must be the (indptr, rows, positions) tuple of "
                         "transposed_index(indices, n_in)")
     indptr, rows, positions = transposed
