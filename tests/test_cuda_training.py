@@ -55,7 +55,8 @@ def test_linear_products_on_the_device_match_the_definition(device, n, n_in, k, 
     dy = rng.standard_normal((batch, n)).astype(dtype)
     bias = rng.standard_normal(n).astype(dtype)
     on = on_device(name, values=values, indices=indices, bias=bias)
-    dev_x, dev_dy = strided_on_device(x, name), to_device(np.asfortranarray(dy), name)
+    # Column-major dy: the transpose of a device copy of dy^T.
+    dev_x, dev_dy = strided_on_device(x, name), to_device(np.ascontiguousarray(dy.T), name).T
 
     y = tk.linear_forward(on["values"], on["indices"], dev_x, on["bias"])
     assert_near(host(y), tk.linear_forward_reference(values, indices, x, bias), dtype)
@@ -211,7 +212,7 @@ def test_device_arguments_are_checked_naming_the_argument(device):
     with pytest.raises(TypeError, match="x must be float32 like values"):
         tk.linear_forward(v, i, on["x"].astype(np.float64))
     with pytest.raises(ValueError, match="values must be C-contiguous"):
-        tk.linear_forward(to_device(np.asfortranarray(values), name).T.T, i, on["x"])
+        tk.linear_forward(to_device(np.ascontiguousarray(values.T), name).T, i, on["x"])
     with pytest.raises(ValueError, match="indices must have shape"):
         tk.linear_forward(v, to_device(indices[:, :2].copy(), name), on["x"])
     bad = indices.copy()

@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 import cuda_emulation
 import fake_cupy
@@ -146,15 +147,41 @@ def test_launch_shapes_cover_their_outputs_within_cudas_limits():
         assert segments == 1 or segment >= cuda_training.MIN_SEGMENT
 
 
-@pytest.fixture
-def emulated_cupy(monkeypatch, module):
+def install_emulated_cupy(monkeypatch):
     """The fake CuPy whose RawModule is the emulator: the real launches, run on the CPU."""
     fake = fake_cupy._make_fake_cupy()
     fake.RawModule = cuda_emulation.EmulatedModule
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(cuda_training, "_module_cache", {})
+
+
+@pytest.fixture
+def emulated_cupy(monkeypatch, module):
+    install_emulated_cupy(monkeypatch)
     yield
     assert cuda_training._module_cache, "no kernel was launched"
+
+
+@given(n=st.integers(1, 12), n_in=st.integers(1, 70), k_fraction=st.floats(0, 1),
+       batch=st.integers(1, 140), dtype=st.sampled_from(DTYPES),
+       index_dtype=st.sampled_from(INDEX_DTYPES), seed=st.integers(0, 2**32 - 1))
+def test_the_real_launches_on_drawn_shapes(module, n, n_in, k_fraction, batch, dtype,
+                                           index_dtype, seed):
+    rng = np.random.default_rng(seed)
+    k = 1 + int(k_fraction * (n_in - 1))
+    values, indices = make_layer(rng, n, n_in, k, dtype, index_dtype)
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
+    dy = rng.standard_normal((batch, n)).astype(dtype)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        install_emulated_cupy(monkeypatch)
+        on = {key: to_device(a, "cuda") for key, a in
+              dict(values=values, indices=indices, x=x, dy=dy).items()}
+        y = to_numpy(tk.linear_forward(on["values"], on["indices"], on["x"]))
+        dx, dvalues = (to_numpy(a) for a in
+                       tk.linear_backward(on["values"], on["indices"], on["x"], on["dy"]))
+    assert_near(y, tk.linear_forward_reference(values, indices, x), dtype)
+    assert_near(dx, tk.linear_input_grad_reference(values, indices, dy, n_in), dtype)
+    assert_near(dvalues, tk.linear_weight_grad_reference(indices, x, dy), dtype)
 
 
 def test_the_real_launches_run_the_kernels_through_the_public_functions(emulated_cupy):
