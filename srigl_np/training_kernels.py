@@ -6,29 +6,38 @@ float64) + ``indices[n, k]`` (int16 or int32): neuron r's k weights sit at input
 channels*kh*kw). Training needs three products and an optimizer step, all O(nnz) in the
 weights and never a dense [n, n_in] array:
 
-    operation                   definition (NumPy; any array module)  CPU override (Cython)
-    forward  y = x W^T + b      linear_forward_reference              _training_kernels.forward_columns
-    input gradient  dx = dy W   linear_input_grad_reference           _training_kernels.input_grad_columns
-                                                                      (scatter) or input_grad_gather
-    weight gradient (SDDMM)     linear_weight_grad_reference          _training_kernels.weight_grad_columns
-      dvalues[r, j] = sum_b dy[b, r] x[b, indices[r, j]]
-    Conv2d, each of the three   conv2d_*_reference: im2col + the      conv_*_direct (straight from
-                                linear definition (+ col2im)          the images), or im2col_columns
-                                                                      + the linear kernels
-    SGD / AdamW steps           sgd_step, adamw_step (elementwise over nnz: one definition,
-                                sgd_update/adamw_update, which nn.optim's SGD and AdamW run)
+    operation                definition (NumPy; any     CPU override (Cython,       CUDA override (CuPy
+                             array module)              _training_kernels)          arrays, _training.cu)
+    forward  y = x W^T + b   linear_forward_reference   forward_columns             forward_columns<T, I>
+    input gradient dx = dy W linear_input_grad_         input_grad_columns          input_grad_gather<T>
+                             reference                  (scatter) or                (gather over the device
+                                                        input_grad_gather           transposed_index)
+    weight gradient (SDDMM)  linear_weight_grad_        weight_grad_columns         weight_grad_columns<T, I>
+      dvalues[r, j] =        reference                                              (column segments summed
+      sum_b dy[b, r] x[b, indices[r, j]]                                            on the device)
+    Conv2d, each of the      conv2d_*_reference:        conv_*_direct (from the     im2col_strided (CuPy) + the
+    three                    im2col + the linear        images), or im2col_columns  linear kernels (+ col2im_
+                             definition (+ col2im)      + the linear kernels        strided), either lowering
+    SGD / AdamW steps        sgd_step, adamw_step (elementwise over nnz: one definition,
+                             sgd_update/adamw_update, which nn.optim's SGD and AdamW run)
 
 The public functions (``linear_forward``, ``linear_backward``, ``conv2d_forward``,
-``conv2d_backward`` and the single products) validate their arguments and run the OpenMP
-kernels for NumPy arrays, the definition for CuPy arrays (no CUDA override yet). The
-kernels work on the batch-last "column" layout (see ``_training_kernels``), so the
-public functions transpose the activations once per call; ``linear_backward`` and
-``conv2d_backward`` share the transposed input and gradient between both products.
+``conv2d_backward`` and the single products) validate their arguments, then run the
+OpenMP kernels for NumPy arrays and the CUDA kernels for CuPy arrays (``cuda_training``:
+one launch function per product; every array argument on the device, or TypeError).
+Both kinds of kernel work on the batch-last "column" layout (see ``_training_kernels``),
+so the public functions transpose the activations once per call; ``linear_backward`` and
+``conv2d_backward`` share the transposed input and gradient between both products. On a
+GPU the input gradient is always the deterministic gather: over ``transposed``
+(``transposed_index`` of the CuPy indices, built on the device once per topology), or
+over one built for the call. The CUDA kernels have been compiled with nvcc and run as C++
+on the CPU against the definitions (tests/test_cuda_training_source.py), not yet on a GPU.
 
 Invariants (the topology): each row's indices distinct, all in [0, n_in). Every call
 checks dtypes, shapes, contiguity and the index range (one O(nnz) pass, against the
-O(batch*nnz) products); distinctness is checked by ``check_topology``, once per topology
-change (a repeated index would simply be summed, which no dense W represents).
+O(batch*nnz) products; on a GPU one wait for the device per call); distinctness is
+checked by ``check_topology``, once per topology change (a repeated index would simply be
+summed, which no dense W represents).
 
 Strides: ``values`` and ``indices`` are the layer's own arrays (updated in place by the
 optimizer step), so a non-contiguous one is refused (ValueError) rather than silently
@@ -40,9 +49,10 @@ import math
 
 import numpy as np
 
+from . import cuda_training as _cuda
 from .backend import array_module, is_cupy_array
 from .kernels import col2im_strided, conv_output_size, im2col_strided
-from .validation import FLOATING, check_array, check_threads
+from .validation import FLOATING, check_array, check_threads, count
 
 try:
     from . import _training_kernels as _compiled
@@ -82,10 +92,14 @@ def _check_bias(bias, values):
 
 
 def _check_range(indices, n_in):
-    """The index range, for the definitions (the compiled kernels check it themselves)."""
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_in):
+    """The index range, for the definitions and the CUDA kernels (the compiled CPU
+    kernels check it themselves); one transfer from a device."""
+    if not indices.size:
+        return
+    low, high = array_module(indices).stack((indices.min(), indices.max())).tolist()
+    if low < 0 or high >= n_in:
         raise ValueError(f"indices must lie in [0, n_in={n_in}), got values in "
-                         f"[{int(indices.min())}, {int(indices.max())}]")
+                         f"[{low}, {high}]")
 
 
 def check_topology(indices, n_in):
@@ -108,9 +122,13 @@ def transposed_index(indices, n_in):
     input's dx row summed in registers and written once) instead of a scatter; same
     sums in the same order, so the same result bit for bit, about 1.5-2.4x faster
     (benchmarks/bench_training_products.py). O(nnz log nnz): build it once per topology
-    (at every update); a stale one is refused (ValueError), never read. NumPy only."""
-    check_array("indices", indices, dtypes=INDEX_DTYPES, ndim=2, contiguous=True,
-                device="cpu")
+    (at every update); a stale one is refused (ValueError), never read. CuPy indices
+    give the same arrays on their device (one device sort, ``cuda_training``)."""
+    check_array("indices", indices, dtypes=INDEX_DTYPES, ndim=2, contiguous=True)
+    if is_cupy_array(indices):
+        n_in = count("n_in", n_in)
+        _check_range(indices, n_in)
+        return _cuda.transposed_index(indices, n_in)
     return _compiled.transposed_index(indices, n_in)
 
 
@@ -120,8 +138,29 @@ def _input_grad_columns(values, indices, dyt, n_in, threads, transposed):
     return _compiled.input_grad_gather(values, indices, transposed, dyt, n_in, threads)
 
 
-def _cpu(*arrays):
-    return not any(is_cupy_array(a) for a in arrays if a is not None)
+def _on_device(**arrays):
+    """True when any of the named arrays (None skipped) is a CuPy array; then every one
+    must be (TypeError naming the first host array): the CUDA launches read them all."""
+    present = {name: a for name, a in arrays.items() if a is not None}
+    if not any(is_cupy_array(a) for a in present.values()):
+        return False
+    for name, a in present.items():
+        check_array(name, a, device="cuda")
+    return True
+
+
+def _columns_of(a):
+    """a[rows, cols] -> a^T C-contiguous on a's device: the kernels' column layout."""
+    return array_module(a).ascontiguousarray(a.T)
+
+
+def _device_transposed(indices, n_in, transposed):
+    """The transposed index for the device gather: checked when given, else built (one
+    device sort of nnz keys per call; pass ``transposed_index``'s to build it once)."""
+    if transposed is None:
+        return _cuda.transposed_index(indices, n_in)
+    _cuda.check_transposed(transposed, indices, n_in)
+    return transposed
 
 
 def _kernel_size(kernel_size):
@@ -225,16 +264,17 @@ def linear_forward(values, indices, x, bias=None, threads=0, keep_columns=False)
     x[batch, n_in] and bias[n] (or None) of values' dtype, any strides; threads: the
     OpenMP thread count (0 = OpenMP's default). ``keep_columns``: return (y, x_columns),
     x transposed as the kernels read it, for ``linear_backward(x_columns=)`` to skip
-    transposing x again (a layer keeps it in place of x; NumPy only)."""
+    transposing x again (a layer keeps it in place of x). CuPy arrays (all of them, or
+    TypeError) run the CUDA kernel (``cuda_training``); threads is then unused."""
     _check_layer(values, indices)
     _check_like("x", x, values, 2)
     bias = _check_bias(bias, values)
     threads = check_threads(threads)
-    if not _cpu(values, x):
-        if keep_columns:
-            raise TypeError("keep_columns is for NumPy arrays (the CPU kernels' layout)")
+    if _on_device(values=values, indices=indices, x=x, bias=bias):
         _check_range(indices, x.shape[1])
-        return linear_forward_reference(values, indices, x, bias)
+        xt = _columns_of(x)
+        y = _columns_of(_cuda._launch_forward(values, indices, xt, bias))
+        return (y, xt) if keep_columns else y
     xt = _compiled.transpose(x, threads)
     y = _compiled.transpose(_compiled.forward_columns(values, indices, xt, bias, threads),
                             threads, padded=False)
@@ -243,13 +283,17 @@ def linear_forward(values, indices, x, bias=None, threads=0, keep_columns=False)
 
 def linear_input_grad(values, indices, dy, n_in, threads=0, transposed=None):
     """dx[batch, n_in] = dy W (``linear_input_grad_reference``); dy[batch, n] any strides;
-    ``transposed``: ``transposed_index(indices, n_in)`` to gather instead of scatter."""
+    ``transposed``: ``transposed_index(indices, n_in)`` to gather instead of scatter. On
+    CuPy arrays it is always a gather (built per call when ``transposed`` is None)."""
     _check_layer(values, indices)
     _check_like("dy", dy, values, 2)
+    check_array("dy", dy, shape=(None, values.shape[0]))
+    n_in = count("n_in", n_in)
     threads = check_threads(threads)
-    if not _cpu(values, dy):
+    if _on_device(values=values, indices=indices, dy=dy):
         _check_range(indices, n_in)
-        return linear_input_grad_reference(values, indices, dy, n_in)
+        return _columns_of(_cuda._launch_input_grad(
+            values, _device_transposed(indices, n_in, transposed), _columns_of(dy), n_in))
     dxt = _input_grad_columns(values, indices, _compiled.transpose(dy, threads), n_in,
                               threads, transposed)
     return _compiled.transpose(dxt, threads, padded=False)
@@ -261,10 +305,11 @@ def linear_weight_grad(indices, x, dy, threads=0):
     check_array("indices", indices, dtypes=INDEX_DTYPES, ndim=2, contiguous=True)
     check_array("x", x, dtypes=VALUE_DTYPES, ndim=2)
     _check_like("dy", dy, x, 2)
+    check_array("dy", dy, shape=(x.shape[0], indices.shape[0]))
     threads = check_threads(threads)
-    if not _cpu(x, dy):
+    if _on_device(indices=indices, x=x, dy=dy):
         _check_range(indices, x.shape[1])
-        return linear_weight_grad_reference(indices, x, dy)
+        return _cuda._launch_weight_grad(indices, _columns_of(x), _columns_of(dy))
     return _compiled.weight_grad_columns(indices, _compiled.transpose(x, threads),
                                          _compiled.transpose(dy, threads), threads)
 
@@ -285,11 +330,13 @@ def linear_backward(values, indices, x, dy, threads=0, input_grad=True, transpos
                          f"got {dy.shape}")
     threads = check_threads(threads)
     n_in = x.shape[1]
-    if not _cpu(values, x, dy):
-        _check_range(indices, n_in)
-        dx = linear_input_grad_reference(values, indices, dy, n_in) if input_grad else None
-        return dx, linear_weight_grad_reference(indices, x, dy)
     xt = _check_columns(x_columns, (n_in, x.shape[0]), values)
+    if _on_device(values=values, indices=indices, x=x, dy=dy, x_columns=xt):
+        _check_range(indices, n_in)
+        xt = _columns_of(x) if xt is None else _kept_device_columns(xt)
+        dx_t, dvalues = _device_backward(values, indices, xt, _columns_of(dy), n_in,
+                                         input_grad, transposed)
+        return (None if dx_t is None else _columns_of(dx_t)), dvalues
     dyt = _compiled.transpose(dy, threads)
     dvalues = _compiled.weight_grad_columns(
         indices, _compiled.transpose(x, threads) if xt is None else xt, dyt, threads)
@@ -297,6 +344,22 @@ def linear_backward(values, indices, x, dy, threads=0, input_grad=True, transpos
         return None, dvalues
     dxt = _input_grad_columns(values, indices, dyt, n_in, threads, transposed)
     return _compiled.transpose(dxt, threads, padded=False), dvalues
+
+
+def _kept_device_columns(x_columns):
+    """A kept column form on the device, read by the kernels as is: C-contiguous."""
+    return check_array("x_columns", x_columns, contiguous=True)
+
+
+def _device_backward(values, indices, x_columns, dy_t, n_in, input_grad, transposed):
+    """(dx_t[n_in, m] or None, dvalues[n, k]) by the CUDA launches from the column forms
+    x_columns[n_in, m] and dy_t[n, m]; dx_t is the caller's to lay out."""
+    dvalues = _cuda._launch_weight_grad(indices, x_columns, dy_t)
+    if not input_grad:
+        return None, dvalues
+    dx_t = _cuda._launch_input_grad(values, _device_transposed(indices, n_in, transposed),
+                                    dy_t, n_in)
+    return dx_t, dvalues
 
 
 LOWERINGS = ("direct", "columns")
@@ -322,16 +385,21 @@ def conv2d_forward(values, indices, x, kernel_size, stride=1, padding=0, bias=No
     where ``keep_columns`` returns (y, x_columns) for ``conv2d_backward(x_columns=)``.
     Direct against columns, the cnn's 32->64 3x3 on 26x26 at batch 128, one thread
     (benchmarks/bench_training_products.py): forward 14 against 41 ms at 90%, 5.6
-    against 30 ms at 99%; backward 37 against 102 ms and 11 against 82 ms."""
+    against 30 ms at 99%; backward 37 against 102 ms and 11 against 82 ms. On CuPy arrays
+    either lowering runs im2col_strided and the linear CUDA kernel (no direct GPU kernel);
+    ``keep_columns`` (lowering "columns") then returns the device column matrix."""
     _check_lowering(lowering, keep_columns=keep_columns)
     kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
     bias = _check_bias(bias, values)
     threads = check_threads(threads)
-    if not _cpu(values, x):
-        if keep_columns:
-            raise TypeError("keep_columns is for NumPy arrays (the CPU kernels' layout)")
+    if _on_device(values=values, indices=indices, x=x, bias=bias):
+        # Either lowering runs im2col (CuPy) + the linear CUDA kernel on the GPU.
         _check_range(indices, x.shape[1] * kh * kw)
-        return conv2d_forward_reference(values, indices, x, (kh, kw), stride, padding, bias)
+        cols = _columns_of(im2col_strided(x, kh, kw, stride, padding))
+        yt = _cuda._launch_forward(values, indices, cols, bias)
+        y = array_module(yt).ascontiguousarray(
+            yt.reshape(values.shape[0], x.shape[0], out_h, out_w).transpose(1, 0, 2, 3))
+        return (y, cols) if keep_columns else y
     if lowering == "direct":
         return _compiled.conv_forward_direct(values, indices, np.ascontiguousarray(x), kh, kw,
                                              stride, padding, bias, threads)
@@ -350,7 +418,9 @@ def conv2d_backward(values, indices, x, dy, kernel_size, stride=1, padding=0, th
     each image's planes owned by one thread; dvalues: fixed chunks of images summed in
     order); "columns": the column matrix shared by both products, with
     ``transposed`` (``transposed_index(indices, channels*kh*kw)``) to gather and
-    ``x_columns`` (what ``conv2d_forward(x, keep_columns=True)`` returned for this x)."""
+    ``x_columns`` (what ``conv2d_forward(x, keep_columns=True)`` returned for this x). On
+    CuPy arrays either lowering is im2col_strided, the linear CUDA kernels and
+    col2im_strided."""
     _check_lowering(lowering, transposed=transposed, x_columns=x_columns)
     kh, kw, out_h, out_w = _conv_geometry(values, indices, x, kernel_size, stride, padding)
     _check_like("dy", dy, values, 4)
@@ -359,16 +429,23 @@ def conv2d_backward(values, indices, x, dy, kernel_size, stride=1, padding=0, th
         raise ValueError(f"dy must have shape {expected}, got {dy.shape}")
     threads = check_threads(threads)
     n_in = x.shape[1] * kh * kw
-    if not _cpu(values, x, dy):
+    cols = _check_columns(x_columns, (n_in, x.shape[0] * out_h * out_w), values)
+    if _on_device(values=values, indices=indices, x=x, dy=dy, x_columns=cols):
+        # Either lowering: im2col (CuPy), the linear CUDA kernels, col2im (CuPy).
         _check_range(indices, n_in)
-        dx = (conv2d_input_grad_reference(values, indices, dy, x.shape, (kh, kw), stride,
-                                          padding) if input_grad else None)
-        return dx, conv2d_weight_grad_reference(indices, x, dy, (kh, kw), stride, padding)
+        cols = _columns_of(im2col_strided(x, kh, kw, stride, padding)) if cols is None \
+            else _kept_device_columns(cols)
+        dyt = array_module(dy).ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(
+            values.shape[0], -1)
+        dcols, dvalues = _device_backward(values, indices, cols, dyt, n_in, input_grad,
+                                          transposed)
+        dx = None if dcols is None else col2im_strided(dcols.T, x.shape, kh, kw, stride,
+                                                        padding)
+        return dx, dvalues
     if lowering == "direct":
         return _compiled.conv_backward_direct(values, indices, np.ascontiguousarray(x),
                                                np.ascontiguousarray(dy), kh, kw, stride,
                                                padding, threads, input_grad)
-    cols = _check_columns(x_columns, (n_in, x.shape[0] * out_h * out_w), values)
     if cols is None:
         cols = _compiled.im2col_columns(np.ascontiguousarray(x), kh, kw, stride, padding,
                                         threads)

@@ -3,9 +3,13 @@
 ``fake-cupy`` is a module installed as ``cupy`` whose arrays are NumPy arrays that, like
 CuPy's, refuse to mix with host arrays (ufuncs, indexing and assignment raise on a host
 array; ``get()`` copies to the host; ``numpy.asarray`` is explicit). The only thing it
-cannot do is run a CUDA kernel: the ``device`` fixture replaces ``cuda._launch`` (the one
-function that launches one) with the NumPy definition of the condensed product, computed
-on host copies and handed back as a device array. ``cuda`` (marked ``gpu``) repeats a
+cannot do is run a CUDA kernel: the ``device`` fixture replaces the functions that launch
+one (``cuda._launch``, the condensed product; ``cuda_training``'s ``_launch_forward``,
+``_launch_input_grad`` and ``_launch_weight_grad``, the training products) with the
+NumPy definitions, computed on host copies and handed back as device arrays. The fake
+launches first assert what the real kernels assume of their operands (device arrays,
+C-contiguous, one float dtype, the shapes that go together), so every device test also
+checks the arguments the device branches pass. ``cuda`` (marked ``gpu``) repeats a
 test with real CuPy and skips, with the reason, when CuPy or a GPU is missing.
 """
 
@@ -15,7 +19,7 @@ import types
 import numpy as np
 import pytest
 
-from srigl_np import backend, cuda, kernels
+from srigl_np import backend, cuda, cuda_training, kernels, training_kernels
 
 GPU_REASON = "needs CuPy and a CUDA GPU"
 
@@ -122,6 +126,52 @@ def _fake_launch(values, indices, x, bias):
                                                 bias.get()).astype(np.float32))
 
 
+def _operands(*arrays, dtype):
+    """Assert what the CUDA kernels assume: device arrays, C-contiguous, of ``dtype``."""
+    for a in arrays:
+        assert isinstance(a, FakeDeviceArray) and a.flags.c_contiguous, type(a)
+        assert a.dtype == dtype, (a.dtype, dtype)
+
+
+def _fake_forward(values, indices, x_t, bias):
+    """cuda_training._launch_forward: y_t[n, m] from x_t[n_in, m]."""
+    _operands(values, x_t, *(() if bias is None else (bias,)), dtype=values.dtype)
+    _operands(indices, dtype=indices.dtype)
+    assert indices.shape == values.shape and x_t.ndim == 2
+    bias = None if bias is None else bias.get()
+    y = training_kernels.linear_forward_reference(values.get(), indices.get(), x_t.get().T,
+                                                  bias)
+    return _to_fake(np.ascontiguousarray(y.T))
+
+
+def _fake_input_grad(values, transposed, dy_t, n_in):
+    """cuda_training._launch_input_grad: dx_t[n_in, m] from dy_t[n, m] and the transposed
+    index, from which the indices are read back (so a wrong index gives a wrong dx)."""
+    _operands(values, dy_t, dtype=values.dtype)
+    indptr, rows, positions = (a.get() for a in transposed)
+    assert dy_t.shape[0] == values.shape[0] and indptr.shape == (n_in + 1,)
+    flat = np.empty(values.size, dtype=np.int64)
+    flat[positions] = np.repeat(np.arange(n_in), np.diff(indptr))
+    np.testing.assert_array_equal(rows, positions // max(1, values.shape[1]))
+    dx = training_kernels.linear_input_grad_reference(
+        values.get(), flat.reshape(values.shape), dy_t.get().T, n_in)
+    return _to_fake(np.ascontiguousarray(dx.T))
+
+
+def _fake_weight_grad(indices, x_t, dy_t):
+    """cuda_training._launch_weight_grad: dvalues[n, k] from x_t[n_in, m], dy_t[n, m]."""
+    _operands(x_t, dy_t, dtype=x_t.dtype)
+    _operands(indices, dtype=indices.dtype)
+    assert dy_t.shape == (indices.shape[0], x_t.shape[1])
+    return _to_fake(training_kernels.linear_weight_grad_reference(
+        indices.get(), x_t.get().T, dy_t.get().T))
+
+
+FAKE_TRAINING_LAUNCHES = {"_launch_forward": _fake_forward,
+                          "_launch_input_grad": _fake_input_grad,
+                          "_launch_weight_grad": _fake_weight_grad}
+
+
 @pytest.fixture(params=["fake-cupy", pytest.param("cuda", marks=pytest.mark.gpu)])
 def device(request, monkeypatch):
     """"cuda" backed by the fake CuPy, or by real CuPy on a GPU (skipped without one).
@@ -133,6 +183,8 @@ def device(request, monkeypatch):
         for name, module in _make_fake_cupyx().items():
             monkeypatch.setitem(sys.modules, name, module)
         monkeypatch.setattr(cuda, "_launch", _fake_launch)
+        for name, launch in FAKE_TRAINING_LAUNCHES.items():
+            monkeypatch.setattr(cuda_training, name, launch)
         yield "cuda", 0.0
     else:
         try:

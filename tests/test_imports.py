@@ -286,7 +286,8 @@ def test_a_long_chain_does_not_recurse():
 # The folders are the architecture (README, "A short tour"). From the ground up:
 #   ground      backend, validation, fileio, cli, thread_waits, thread_policy, data, the
 #               kernels
-#               (kernels, _kernels, cuda, training_kernels, _training_kernels) and the
+#               (kernels, _kernels, cuda, training_kernels, _training_kernels,
+#               cuda_training) and the
 #               trail schema (dst.trail, a leaf but for fileio's bounds on reading)
 #   nn          layers, losses, optim, models: a small autograd-free training library
 #   dst         the algorithm as pure functions (masks, steps, updates, invariants, the
@@ -301,7 +302,8 @@ def test_a_long_chain_does_not_recurse():
 # imports a command.
 
 GROUND = {"backend", "validation", "fileio", "cli", "thread_waits", "thread_policy", "data",
-          "kernels", "_kernels", "cuda", "training_kernels", "_training_kernels", "dst.trail"}
+          "kernels", "_kernels", "cuda", "training_kernels", "_training_kernels",
+          "cuda_training", "dst.trail"}
 WINGS = ("nn", "dst", "formats", "inference", "testing", "bench")
 ALLOWED = {
     "ground": {"ground"},

@@ -465,8 +465,9 @@ def test_a_stale_transposed_index_is_refused():
 
 
 def test_device_arrays_take_the_definitions(device):
-    """CuPy arrays (here the fake CuPy of tests/fake_cupy.py, or a real GPU) run the
-    NumPy definitions on the device, with no host array mixed in."""
+    """CuPy arrays (here the fake CuPy of tests/fake_cupy.py, whose launches are the
+    NumPy definitions, or a real GPU) run the CUDA override on the device, with no host
+    array mixed in (tests/test_cuda_training.py has the full matrix)."""
     from srigl_np.backend import is_cupy_array, to_device, to_numpy
 
     name, _ = device
