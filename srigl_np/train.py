@@ -470,10 +470,14 @@ def _compute_line(config, sparsity):
     if config.get("compute", "masked") == "masked":
         return "compute: masked (dense weights with zeros; --compute masked)"
     if sparsity.condensed:
+        kept = sparsity.kept_dense()
         rest = [name for name in sparsity.names if name not in sparsity.condensed]
+        dense = [name for name in rest if name in kept]
+        masked = [name for name in rest if name not in kept]
         return (f"compute: condensed, {len(sparsity.condensed)} of {len(sparsity.names)} "
                 f"layers as values + indices (a step costs in proportion to the weights "
-                f"kept)" + (f"; masked: {', '.join(rest)}" if rest else ""))
+                f"kept)" + (f"; masked: {', '.join(masked)}" if masked else "")
+                + (f"; dense GEMM (kept dense): {', '.join(dense)}" if dense else ""))
     why = ("only SRigL keeps the constant fan-in it needs" if sparsity.method != "srigl"
            else "no sparse layer is a Linear or Conv2d on the CPU")
     return f"compute: masked ({why})"

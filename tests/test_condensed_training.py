@@ -208,7 +208,8 @@ def test_a_step_outside_a_window_touches_nothing_of_the_dense_size():
     ds = DynamicSparsity(model, opt, method="srigl", sparsity=0.99, delta=10, t_end=100,
                          distribution="uniform", dense_layers=(1,), grad_accumulation=2,
                          compute="condensed")
-    assert list(ds.condensed) == ["0.weight", "1.weight"]   # 1: kept dense, k = F
+    # 1 is kept dense (k = F): a Linear of that kind stays on the dense GEMM.
+    assert list(ds.condensed) == ["0.weight"] and ds.compute_of("1.weight") == "masked"
     x = rng.standard_normal((4, 4096)).astype(np.float32)
     y = rng.integers(0, 10, 4)
 

@@ -222,8 +222,8 @@ _SRIGL_PLAN = [
     "steps): 2 updates (steps 10..20)",
     "update step: the optimizer also steps on an update step, before it (the authors' loop); "
     "grow score that step's dense gradient",
-    "compute: condensed, 3 of 3 layers as values + indices (a step costs in proportion to "
-    "the weights kept)",
+    "compute: condensed, 2 of 3 layers as values + indices (a step costs in proportion to "
+    "the weights kept); dense GEMM (kept dense): 5.weight",
     "  layer     shape    sparsity  fan-in  updates  compute",
     "  --------  -------  --------  ------  -------  ---------",
     "  1.weight  300x784  92.1%     k=62    2        condensed",
