@@ -21,7 +21,7 @@ PRESETS = {
     "reproduction": [
         ("mlp", 20, 0.1, METHODS, (0.8, 0.9, 0.95, 0.99), (0.3,), ("skip",), (0, 1, 2)),
         ("mlp", 20, 0.1, ("srigl",), (0.95, 0.99), (0.5, 0.7, 0.95), ("skip",), (0, 1, 2)),
-        ("cnn", 3, 0.05, METHODS, (0.9, 0.99), (0.3,), ("skip",), (0,)),
+        ("cnn", 10, 0.05, METHODS, (0.9, 0.95, 0.99), (0.3,), ("skip",), (0, 1, 2)),
     ],
     # The cnn 99% gap: every method in the authors' loop, RigL and SRigL in both loops.
     "cnn-gap": [
