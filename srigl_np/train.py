@@ -81,6 +81,7 @@ from .dst.sparsity import DISTRIBUTION_NAMES, DYNAMIC_METHODS, DynamicSparsity
 from .dst.trail import read_trail
 from .fileio import lock_directory, write_json, write_jsonl
 from .formats.checkpoint import check_data, load_checkpoint, read_meta, save_checkpoint
+from .nn import condensed_compute
 from .nn.losses import softmax_cross_entropy
 from .nn.models import build
 from .nn.optim import SGD, AdamW, CosineSchedule, StepSchedule
@@ -351,7 +352,7 @@ def plan_lines(config, sparsity, steps_per_epoch):
              "sparsity": f"{100 * p['sparsity']:.1f}%",
              "fan-in": (f"k={p['fan_in'][0]}" if sparsity.method == "srigl"
                         else "{}-{}".format(*p["fan_in"])),
-             "updates": str(p["updates"]), "compute": p["compute"]}
+             "updates": str(p["updates"]), "compute": _compute_cell(p)}
             for p in plan if p["kept_dense"] is None]
     if rows:
         lines += ["  " + line for line in format_table(rows).splitlines()]
@@ -469,18 +470,40 @@ def train(config, resume=False, progress=False, log=print):
 def _compute_line(config, sparsity):
     if config.get("compute", "masked") == "masked":
         return "compute: masked (dense weights with zeros; --compute masked)"
+    kept = sparsity.kept_dense()
+    rest = [name for name in sparsity.names if name not in sparsity.condensed]
+    masked = [name for name in rest if name not in kept]
+    dense = [name for name in rest if name in kept]
+    others = ((f"; masked: {', '.join(masked)}" if masked else "")
+              + (f"; dense GEMM (kept dense): {', '.join(dense)}" if dense else ""))
+    if sparsity.method != "srigl" and sparsity.condensed_candidates():
+        return (f"compute: condensed, {len(sparsity.condensed)} of {len(sparsity.names)} "
+                f"layers as values + indices, rows padded to the layer's largest fan-in "
+                f"with slots that hold 0 and never train (a step costs in proportion to "
+                f"the slots); a layer runs masked while its slots would pass "
+                f"{_limits()} of its dense size, decided again at every update" + others)
     if sparsity.condensed:
-        kept = sparsity.kept_dense()
-        rest = [name for name in sparsity.names if name not in sparsity.condensed]
-        dense = [name for name in rest if name in kept]
-        masked = [name for name in rest if name not in kept]
         return (f"compute: condensed, {len(sparsity.condensed)} of {len(sparsity.names)} "
                 f"layers as values + indices (a step costs in proportion to the weights "
-                f"kept)" + (f"; masked: {', '.join(masked)}" if masked else "")
-                + (f"; dense GEMM (kept dense): {', '.join(dense)}" if dense else ""))
-    why = ("only SRigL keeps the constant fan-in it needs" if sparsity.method != "srigl"
-           else "no sparse layer is a Linear or Conv2d on the CPU")
-    return f"compute: masked ({why})"
+                f"kept)" + others)
+    return "compute: masked (no sparse layer is a Linear or Conv2d on the CPU)"
+
+
+def _limits():
+    return " / ".join(f"{100 * limit:g}% ({kind.__name__})"
+                      for kind, limit in condensed_compute.PADDED_SLOT_LIMIT.items())
+
+
+def _compute_cell(layer_plan):
+    """The plan table's compute column: a padded layer's k, share of padding slots and,
+    when masked, its slots' share of the dense size."""
+    if not layer_plan["padding"]:
+        return layer_plan["compute"]
+    k, padding = layer_plan["fan_in"][1], 100 * layer_plan["padding"]
+    if layer_plan["compute"] == "condensed":
+        return f"condensed, padded: k={k}, {padding:.0f}% padding"
+    return (f"masked (padded to k={k}: {100 * layer_plan['slots']:.0f}% of dense, "
+            f"{padding:.0f}% padding)")
 
 
 def _dense(sparsity):

@@ -114,11 +114,11 @@ def make_parser():
                    help="average the dense gradient of the grow score over this many "
                         "mini-batches ending at the update step (at most --delta)")
     g.add_argument("--compute", choices=COMPUTES, default="condensed",
-                   help="'condensed': SRigL's sparse Linear and Conv2d layers train as "
-                        "values + indices, at the cost of their sparsity (on the CPU; the "
-                        "other methods and devices run masked, as the plan says); "
-                        "'masked': dense weights with zeros, the reference the tutorial "
-                        "teaches")
+                   help="'condensed': the sparse Linear and Conv2d layers train as "
+                        "values + indices, at the cost of their sparsity (on the CPU; "
+                        "RigL, SET and static padded to each layer's largest fan-in; GPU "
+                        "runs masked, as the plan says); 'masked': dense weights with "
+                        "zeros, the reference the tutorial teaches")
     g.add_argument("--t-end-frac", type=fraction(), default=0.75,
                    help="stop topology updates after this fraction of training")
     return p

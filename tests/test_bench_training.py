@@ -1,10 +1,13 @@
-"""benchmarks/bench_train_epoch.py and benchmarks/profile_train_step.py run and print what
-they promise (the figures themselves are not judged here)."""
+"""benchmarks/bench_train_epoch.py, benchmarks/profile_train_step.py and
+benchmarks/padded_layers.py run and print what they promise (the figures themselves are
+not judged here)."""
 
 from scripts import load_script
+from srigl_np.nn import condensed_compute
 
 epoch = load_script("benchmarks/bench_train_epoch.py")
 profile = load_script("benchmarks/profile_train_step.py")
+padded = load_script("benchmarks/padded_layers.py")
 
 
 def test_the_epoch_table_has_every_variant_with_update_steps_apart(capsys, tmp_path):
@@ -27,3 +30,17 @@ def test_the_step_profile_names_each_layer_and_the_optimizer(capsys):
     names = [line.split("  ")[1].strip() for line in lines[1:] if "ms" in line]
     assert "1 Linear forward" in names and "optimizer + hooks" in names
     assert lines[-1].split()[0] == "step"
+
+
+def test_the_padding_report_follows_the_updates_and_times_each_variant(capsys):
+    limits = dict(condensed_compute.PADDED_SLOT_LIMIT)
+    assert padded.main(["--model", "mlp", "--method", "rigl", "--dataset", "embedded",
+                        "--delta", "2", "--updates", "2", "--time-steps", "1",
+                        "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("mlp rigl 90% (condensed), ")
+    assert [line.split()[0:2] for line in lines[1:4]] == [["start", "1.weight"],
+                                                         ["step", "2"], ["step", "4"]]
+    assert all("; condensed: " in line for line in lines[1:4])
+    assert all(f"{variant} " in lines[4] for variant in padded.VARIANTS)
+    assert condensed_compute.PADDED_SLOT_LIMIT == limits   # put back

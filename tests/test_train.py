@@ -4,6 +4,7 @@ progress bar, and bit-identical resume."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def _without_seconds(history):
 
 
 @pytest.mark.parametrize("method, compute", [("dense", "condensed"), ("srigl", "condensed"),
-                                             ("srigl", "masked"), ("set", "condensed")])
+                                             ("srigl", "masked"), ("set", "condensed"),
+                                             ("rigl", "condensed")])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method, compute):
     # SRigL at gamma_sal 0.7 ablates neurons, so the condensed arrays change shape.
     overrides = {"method": method, "delta": 5, "sparsity": 0.8, "compute": compute,
@@ -254,12 +256,23 @@ def test_the_plan_warns_when_the_schedule_makes_no_update():
 def test_the_plan_of_unstructured_static_and_dense_runs():
     rigl = _plan("--method", "rigl", "--distribution", "uniform", "--delta", "10")
     assert rigl[0] == "method rigl: 90.0% global sparsity, uniform per layer"
-    assert rigl[3] == "compute: masked (only SRigL keeps the constant fan-in it needs)"
-    rows = [line.split() for line in rigl[6:]]
+    assert rigl[3] == ("compute: condensed, 3 of 3 layers as values + indices, rows padded "
+                       "to the layer's largest fan-in with slots that hold 0 and never train "
+                       "(a step costs in proportion to the slots); a layer runs masked while "
+                       "its slots would pass 20% (Linear) / 40% (Conv2d) of its dense size, "
+                       "decided again at every update")
+    rows = [line.split(maxsplit=5) for line in rigl[6:]]
     assert [row[0] for row in rows] == ["1.weight", "3.weight", "5.weight"]
-    for row in rows:   # a random mask: a range of fan-ins
+    for row in rows:   # a random mask: a range of fan-ins, padded to the largest
         low, high = map(int, row[3].split("-"))
-        assert low >= 1 and high > low and row[4] == "2" and row[5] == "masked"
+        assert low >= 1 and high > low and row[4] == "2"
+        padding = re.fullmatch(rf"condensed, padded: k={high}, (\d+)% padding", row[5])
+        assert padding and 0 < int(padding[1]) < 100, row[5]
+    set_cnn = _plan("--method", "set", "--model", "cnn", "--sparsity", "0.99", "--delta", "10")
+    assert set_cnn[3].endswith("decided again at every update; masked: 0.weight")
+    # 32 filters padded to 5 of 9 taps: past Conv2d's 40%.
+    assert re.fullmatch(r"0\.weight +32x1x3x3 +\S+ +1-5 +2 +masked \(padded to k=5: "
+                        r"(\d+)% of dense, \d+% padding\)", set_cnn[6].strip())
     masked = _plan("--compute", "masked", "--delta", "10")
     assert masked[3] == "compute: masked (dense weights with zeros; --compute masked)"
     static = _plan("--method", "static")

@@ -51,8 +51,17 @@ on the layer's dense weight (expanded from the values) and rewires the condensed
 from its result: kept weights keep their value and optimizer state, grown ones start at
 0 with zero state, ablated neurons leave the arrays and come back when they return. The
 masks stay the record of the topology, so checkpoints (written inside ``dense_view()``),
-the trail, ITOP and every command read runs of either path alike. Other methods and
-layers (RigL, SET and static have no constant fan-in) run masked: ``plan()`` says which.
+the trail, ITOP and every command read runs of either path alike. RigL, SET and
+static have unstructured masks (each neuron its own fan-in): their layers run condensed
+on the same kernels, padded to the layer's largest fan-in (``condensed_compute``'s
+"Padded layout": padding slots hold 0, get no gradient and keep zero optimizer state),
+so a step costs n_active * k, not nnz; ``plan()`` gives each layer's padding. A padded
+layer runs condensed only while that is cheaper than masked
+(``condensed_compute.worth_padding``: its slots within ``PADDED_SLOT_LIMIT`` of the
+dense size), decided from the mask alone at the start, at every update (a layer may
+switch path there, its weights and optimizer state carried over) and after a
+checkpoint is loaded. Other layers (grouped convolutions, attention's projections,
+arrays on a GPU) run masked.
 
 Random decisions draw from Generators derived from ``(seed, purpose, step)``, never
 from carried state, so a run resumed from a checkpoint repeats an uninterrupted run
@@ -127,8 +136,9 @@ class DynamicSparsity:
         mini-batches ending at the update step, in [1, delta] (the authors'
         ``grad_accumulation_n``).
     compute : "masked" (dense weights with zeros, masked each step) or "condensed"
-        (SRigL's sparse Linear and groups-1 Conv2d layers on NumPy arrays trained as
-        values + indices; every other layer masked): see "Two compute paths" above.
+        (the sparse Linear and groups-1 Conv2d layers on NumPy arrays trained as values
+        + indices, padded for the unstructured methods; every other layer masked): see
+        "Two compute paths" above.
 
     State: ``masks``, ``ever_active`` (bool, per layer), ``ablated`` (int64 indices, per
     layer), with ``grad_accumulation`` > 1 the running sums ``dense_grad`` (per updated
@@ -218,26 +228,34 @@ class DynamicSparsity:
         self.compute = compute
         # name -> CondensedCompute of the layers trained condensed.
         self.condensed = {}
-        if compute == "condensed":
-            for name in self.condensed_candidates():
+        for name in self.condensed_candidates():   # none unless compute is "condensed"
+            if self._worth_condensing(name):
                 self._attach(name, self.params[name])
 
     # -- the compute paths ---------------------------------------------------------
     def condensed_candidates(self):
-        """The sparse parameters that ``compute="condensed"`` trains condensed: SRigL's
-        layers (constant fan-in) of a Linear or a groups-1 Conv2d on NumPy arrays
-        (``condensed_compute.condensable``). Of the layers the distribution keeps dense
-        (fan-in F), the Conv2d are condensed too (the direct convolution of k = F taps
-        beats im2col + GEMM on the cnn's 1-channel first layer) and the Linear are not:
-        a dense GEMM is the fastest product there is for them (the mlp's 100->10
-        output layer: 4.5 against 20 us forward, 9 against 36 us backward at batch 128,
-        Zen 5, one thread), and their all-True mask costs one multiply a step."""
-        if self.method != "srigl":
+        """The sparse parameters that ``compute="condensed"`` may train condensed: those
+        of a Linear or a groups-1 Conv2d on NumPy arrays
+        (``condensed_compute.condensable``), SRigL's at their constant fan-in, the
+        unstructured methods' padded to each layer's largest while that pays
+        (``_worth_condensing``). Of the layers the distribution keeps dense (fan-in F),
+        the Conv2d are condensed too (the direct convolution of k = F taps beats im2col
+        + GEMM on the cnn's 1-channel first layer) and the Linear are not: a dense GEMM
+        is the fastest product there is for them (the mlp's 100->10 output layer: 4.5
+        against 20 us forward, 9 against 36 us backward at batch 128, Zen 5, one
+        thread), and their all-True mask costs one multiply a step."""
+        if self.compute != "condensed":
             return []
         layers = self._weight_layers()
         return [name for name in self.names
                 if name in layers and condensed_compute.condensable(layers[name])
                 and not (isinstance(layers[name], Linear) and self.layer_sparsity[name] == 0)]
+
+    def _worth_condensing(self, name):
+        """Whether the candidate ``name`` trains condensed under its mask now: a function
+        of the mask alone, so a resumed run decides as an uninterrupted one."""
+        return condensed_compute.worth_padding(self._weight_layers()[name],
+                                               to_numpy(self.masks[name]))
 
     def compute_of(self, name):
         """"condensed" or "masked": how the sparse parameter ``name`` is trained."""
@@ -251,7 +269,8 @@ class DynamicSparsity:
         """Condense parameter ``name`` from the dense ``weight`` under its mask; the
         optimizer's state from the dense ``state`` ({key: array}; zeros when None)."""
         compute = condensed_compute.attach(self._weight_layers()[name], weight,
-                                           to_numpy(self.masks[name]))
+                                           to_numpy(self.masks[name]),
+                                           padded=self.method != "srigl")
         self.condensed[name] = compute
         self._rebind(name, compute, state)
 
@@ -261,27 +280,30 @@ class DynamicSparsity:
         self.optimizer.rebind(name, values, None if state is None else
                               {key: compute.gather(a) for key, a in state.items()})
 
+    def _detach(self, name, weight=None, state=None):
+        """Back to masked compute with the dense ``weight`` and ``state`` ({key: dense
+        array}); by default the condensed values and state expanded."""
+        compute = self.condensed.pop(name)
+        if state is None:
+            state = {key: compute.expand(a) for key, a in self.optimizer.state[name].items()}
+        weight = condensed_compute.detach(compute.layer, weight)
+        self.params[name] = weight
+        self.optimizer.rebind(name, weight, state)
+
     @contextlib.contextmanager
     def dense_view(self):
         """Within the block every condensed layer holds its dense weight, gradient and
         optimizer state (zeros outside the mask), as the masked path does: what
-        checkpoints save and load. Afterwards the layers are condensed again from the
-        masks as they are then (a loaded checkpoint's), values and state gathered."""
-        if not self.condensed:
-            yield
-            return
-        names = list(self.condensed)
-        for name in names:
-            compute = self.condensed.pop(name)
-            state = {key: compute.expand(a) for key, a in self.optimizer.state[name].items()}
-            weight = condensed_compute.detach(compute.layer)
-            self.params[name] = weight
-            self.optimizer.rebind(name, weight, state)
+        checkpoints save and load. Afterwards the layers are condensed again as the
+        masks then (a loaded checkpoint's) call for, values and state gathered."""
+        for name in list(self.condensed):
+            self._detach(name)
         try:
             yield
         finally:
-            for name in names:
-                self._attach(name, self.params[name], dict(self.optimizer.state[name]))
+            for name in self.condensed_candidates():
+                if self._worth_condensing(name):
+                    self._attach(name, self.params[name], dict(self.optimizer.state[name]))
 
     # -- what the schedule will do -----------------------------------------------
     def update_steps(self):
@@ -309,19 +331,30 @@ class DynamicSparsity:
     def plan(self):
         """One dict per sparse layer, in order: layer, shape, sparsity (of its mask now),
         fan_in ([min, max] over active neurons; min == max for SRigL's constant k),
-        updates (how many the schedule will make), kept_dense (the reason, or None) and
-        compute ("condensed" or "masked")."""
+        updates (how many the schedule will make), kept_dense (the reason, or None),
+        compute ("condensed" or "masked"), and for a layer that may train condensed
+        (``condensed_candidates``) padding and slots: the share of the n_active * k
+        slots that are padding (0.0 at constant fan-in) and n_active * k over the dense
+        size, for a masked one what they would be (None for the other layers)."""
         kept_dense, n_updates = self.kept_dense(), len(self.update_steps())
+        candidates = self.condensed_candidates()
         plan = []
         for name in self.names:
             mask = self.masks[name]
             counts = to_numpy(_neuron_counts(mask))
+            low, k = _count_range(counts)
+            n_active = int((counts > 0).sum())
+            slots = padding = None
+            if name in candidates:
+                slots = n_active * k / mask.size
+                padding = 1.0 - int(counts.sum()) / max(n_active * k, 1)
             plan.append({"layer": name, "shape": list(mask.shape),
                          "sparsity": 1.0 - int(counts.sum()) / mask.size,
-                         "fan_in": _count_range(counts),
+                         "fan_in": [low, k],
                          "updates": 0 if name in kept_dense else n_updates,
                          "kept_dense": kept_dense.get(name),
-                         "compute": self.compute_of(name)})
+                         "compute": self.compute_of(name), "padding": padding,
+                         "slots": slots})
         return plan
 
     # -- the training-loop hooks ------------------------------------------------
@@ -441,9 +474,14 @@ class DynamicSparsity:
                              fan_in=result.fan_in if self.method == "srigl" else None,
                              ablated=self.ablated[name], layer=name,
                              budget=dst.layer_budget(mask.shape, self.layer_sparsity[name]))
-        if compute is not None:   # once the topology is known to hold
+        # Once the topology is known to hold: the path its new mask calls for.
+        if compute is not None and self._worth_condensing(name):
             compute.rewire(weight, mask)
             self._rebind(name, compute, state)
+        elif compute is not None:
+            self._detach(name, weight, state)
+        elif name in self.condensed_candidates() and self._worth_condensing(name):
+            self._attach(name, weight, dict(self.optimizer.state[name]))
         counts_after = _neuron_counts(mask)
         return make_record(
             step=step, layer=name, method=self.method, drop_fraction=drop_fraction,

@@ -13,6 +13,22 @@ what makes a resumed run repeat an uninterrupted one): ``rows`` ascending; each 
 ``indices`` ascending, i.e. the mask's nonzeros in row-major order; int16 indices where
 the fan-in dimension F = n_in (Linear) or channels*kh*kw (Conv2d) fits, else int32.
 
+Padded layout (``attach(..., padded=True)``: RigL, SET and static, whose unstructured
+masks give each neuron its own fan-in): k = the largest count over the active rows, and
+a row holding c < k weights gets k - c padding slots, at the lowest columns it does not
+use (all below k, since it uses at most c of them), merged into its ascending indices.
+A padding slot's value is 0 and stays 0: its weight gradient is zeroed in every backward
+pass (O(padding)), so every optimizer step of ``nn.optim`` (SGD with momentum, Nesterov
+and weight decay; AdamW) leaves its value and state at exactly 0, and it adds exact
+zeros to the forward and input gradient. Its column lies outside the mask, where the
+dense weight, gradient and optimizer state are 0, so ``expand``/``gather`` round-trip
+as without padding. ``valid`` (bool[n_active, k], False at padding slots) is None for a
+layout without padding, which then costs nothing extra. The products run over the
+padding slots too: a padded layer costs n_active * k, not nnz (``padding_fraction``),
+and RigL's masks drift far from uniform (the grow score favours some neurons: the
+mlp's first layer at 90% goes from k = 85 to k = 633 of 784 in three updates), so
+``worth_padding`` says when a padded layer still beats the dense products.
+
 Ablated neurons (rows of the mask with no weight) are not in the arrays: their output is
 their bias alone, as in the masked model, and their bias still trains (its gradient is
 the column sum of the output gradient, every neuron's).
@@ -31,12 +47,37 @@ from ..training_kernels import (conv2d_backward, conv2d_forward, linear_backward
 from .layers import Conv2d, Linear, as_dtype
 
 
+# The share of the dense weight's size (n_active * k / (n * F)) up to which a padded
+# layer trains condensed: past it the condensed forward and both backward products
+# cost more than the dense ones. Break-evens over three runs of
+# benchmarks/padded_layers.py --break-even (float32, batch 128, one thread, 2-vCPU AMD
+# EPYC, avx512; quiet to busy): Linear 9216->128 0.15-0.2, 784->300 0.3, 300->100
+# 0.15-0.3; Conv2d 32->64 3x3 on 28x28 0.3-0.5. One limit per kind, between them.
+PADDED_SLOT_LIMIT = {Linear: 0.2, Conv2d: 0.4}
+
+
 def condensable(layer):
     """Whether ``attach`` applies: a Linear, or a Conv2d with groups 1, on NumPy arrays."""
     if not isinstance(layer, (Linear, Conv2d)) or getattr(layer, "groups", 1) != 1:
         return False
     weight = layer.params["weight"]
     return isinstance(weight, np.ndarray) and not is_cupy_array(weight)
+
+
+def worth_padding(layer, mask):
+    """Whether ``layer`` (``condensable``) should train condensed under ``mask`` (its
+    weight's shape, bool): always at constant fan-in (no padding; a layer kept dense
+    included), padded while its n_active * k slots stay within ``PADDED_SLOT_LIMIT`` of
+    the dense size; never with no active neuron."""
+    counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    active = counts[counts > 0]
+    if active.size == 0:
+        return False
+    k = int(active.max())
+    if (active == k).all():
+        return True
+    kind = Linear if isinstance(layer, Linear) else Conv2d
+    return active.size * k <= PADDED_SLOT_LIMIT[kind] * mask.size
 
 
 def condense_rows(weight, mask):
@@ -60,16 +101,49 @@ def condense_rows(weight, mask):
     return rows, indices, values
 
 
+def condense_rows_padded(weight, mask):
+    """(rows, indices, values, valid) of a dense ``weight`` (n, *fan_in_dims) under a
+    ``mask`` whose active rows may hold different counts: ``condense_rows``' layout with
+    every row padded to k = the largest count (see "Padded layout" above). valid
+    bool[n_active, k] is False at the padding slots, whose values are 0; it is None when
+    the active rows all hold k (the layout is then ``condense_rows``'). Canonical: a
+    function of the mask alone. ValueError when no row is active."""
+    n = mask.shape[0]
+    row_mask = mask.reshape(n, -1)
+    counts = row_mask.sum(axis=1)
+    rows = np.flatnonzero(counts)
+    if rows.size == 0:
+        raise ValueError("mask must have an active neuron to condense, got no active neuron")
+    k = int(counts[rows].max())
+    if (counts[rows] == k).all():
+        return condense_rows(weight, mask) + (None,)
+    active = row_mask[rows]
+    # Row r's k - c_r lowest unused columns all lie below k: a free column's rank
+    # among the free ones (cumsum) picks them.
+    free = ~active[:, :k]
+    padding = free & (np.cumsum(free, axis=1) <= (k - counts[rows])[:, None])
+    slots = active.copy()
+    slots[:, :k] |= padding
+    local, columns = np.nonzero(slots)   # row-major: each row's columns ascending
+    index_dtype = np.int16 if row_mask.shape[1] <= np.iinfo(np.int16).max + 1 else np.int32
+    indices = columns.astype(index_dtype).reshape(rows.size, k)
+    valid = active[local, columns].reshape(rows.size, k)
+    values = np.where(valid, weight.reshape(n, -1)[rows[:, None], indices], 0)
+    return rows, indices, np.ascontiguousarray(values, dtype=weight.dtype), valid
+
+
 class CondensedCompute:
     """The condensed form of one layer's weight, and its forward/backward.
 
-    ``rows``, ``indices`` as in ``condense_rows``; the values are the layer's
+    ``rows``, ``indices`` as in ``condense_rows`` (``padded``: ``condense_rows_padded``,
+    with ``valid``; None without padding); the values are the layer's
     ``params["weight"]``. ``shape``: the dense weight's. Not built directly: ``attach``.
     """
 
-    def __init__(self, layer, weight, mask):
+    def __init__(self, layer, weight, mask, padded=False):
         self.layer = layer
         self.shape = weight.shape
+        self.padded = bool(padded)
         self.want_dense_grad = False
         self.dense_grad = None
         self._x = self._x_columns = None
@@ -79,16 +153,32 @@ class CondensedCompute:
     def rewire(self, weight, mask):
         """Take the topology of ``mask`` and the values of ``weight`` (both dense): a new
         layout (rows, indices) and the layer's weight and weight gradient in it."""
-        self.rows, self.indices, values = condense_rows(weight, mask)
+        if self.padded:
+            self.rows, self.indices, values, self.valid = condense_rows_padded(weight, mask)
+        else:
+            (self.rows, self.indices, values), self.valid = condense_rows(weight, mask), None
+        # The flat positions of the padding slots, zeroed in every weight gradient.
+        self._padding = None if self.valid is None else np.flatnonzero(~self.valid)
         self.all_rows = self.rows.size == self.shape[0]
         self._transposed = None   # the Linear's input-gradient gather index, built lazily
         self.layer.params["weight"] = values
         self.layer.grads["weight"] = np.zeros_like(values)
 
+    def padding_fraction(self):
+        """The share of the n_active * k slots that are padding (0.0 without padding)."""
+        return 0.0 if self._padding is None else self._padding.size / self.indices.size
+
     def gather(self, dense):
-        """values-shaped (n_active, k) entries of a dense weight-shaped array."""
-        return np.ascontiguousarray(
+        """values-shaped (n_active, k) entries of a dense weight-shaped array, 0 at the
+        padding slots."""
+        values = np.ascontiguousarray(
             dense.reshape(self.shape[0], -1)[self.rows[:, None], self.indices])
+        return self._zero_padding(values)
+
+    def _zero_padding(self, values):
+        if self._padding is not None:
+            np.put(values, self._padding, 0)   # flat positions, whatever the strides
+        return values
 
     def expand(self, values):
         """The dense weight-shaped array holding ``values`` at the stored positions, 0
@@ -122,7 +212,8 @@ class CondensedCompute:
         return grad_out if self.all_rows else np.ascontiguousarray(grad_out[:, self.rows])
 
     def _finish_backward(self, grad_out, dvalues, bias_axes):
-        self.layer.grads["weight"] = dvalues
+        # The kernels' fresh, contiguous gradient; a padding slot gets none.
+        self.layer.grads["weight"] = self._zero_padding(dvalues)
         if "bias" in self.layer.params:
             grad_out.sum(axis=bias_axes, out=self.layer.grads["bias"])
 
@@ -202,22 +293,24 @@ class CondensedConvCompute(CondensedCompute):
         return (g.T @ cols).reshape(self.shape)
 
 
-def attach(layer, weight, mask):
+def attach(layer, weight, mask, padded=False):
     """Switch ``layer`` (``condensable``) to condensed compute with the topology of
     ``mask`` and the values of the dense ``weight``; returns its CondensedCompute (also
-    ``layer.condensed``)."""
+    ``layer.condensed``). ``padded``: rows of different counts are padded to the largest
+    (the unstructured methods); otherwise the mask must have constant fan-in."""
     if not condensable(layer):
         raise TypeError(f"layer must be a Linear or a groups-1 Conv2d on NumPy arrays, got "
                         f"{layer!r}")
     kind = CondensedLinearCompute if isinstance(layer, Linear) else CondensedConvCompute
-    layer.condensed = kind(layer, weight, mask)
+    layer.condensed = kind(layer, weight, mask, padded)
     return layer.condensed
 
 
-def detach(layer):
-    """Back to the dense weight (zeros outside the stored positions); returns it."""
+def detach(layer, weight=None):
+    """Back to a dense weight: ``weight`` (the dense weight a topology update made), by
+    default the values expanded (zeros outside the stored positions); returns it."""
     compute = layer.condensed
-    weight = compute.dense_weight()
+    weight = compute.dense_weight() if weight is None else weight
     layer.params["weight"] = weight
     layer.grads["weight"] = array_module(weight).zeros_like(weight)
     layer.condensed = None
