@@ -43,7 +43,7 @@ static int omp_get_max_threads(void) { return 1; }
 #  define SRIGL_TRAIN_CLONES
 #endif
 
-#define SRIGL_TRAIN_KERNELS(SUFFIX, T, I)                                                  \
+#define SRIGL_TRAIN_KERNELS(SUFFIX, T, I, SUM8)                                            \
 /* Forward of one neuron: yt[c] = bias + sum_j v[j] * xt[idx[j], c] for c in [c0, c1).  \
    v[k], idx[k] (each in [0, n_in)), xt[n_in, ldx], yt[ldx] (the neuron's row).         \
    Eight vector accumulators (a lane block) stay in registers across the k gathers. */ \
@@ -112,8 +112,13 @@ static void srigl_train_scatter_##SUFFIX(const T* v, const I* idx, ptrdiff_t k, 
 }                                                                                          \
                                                                                            \
 /* Weight gradient of one neuron at its stored positions (SDDMM), over columns          \
-   [c0, c1): out[j] = sum_c dyt[c] * xt[idx[j], c]. Four vector partial sums, added in  \
-   a fixed order, so the result does not depend on how the caller splits neurons. */   \
+   [c0, c1): out[j] = sum_c dyt[c] * xt[idx[j], c]. Eight stored weights at a time, one \
+   vector accumulator each, so each dyt vector is loaded once for eight rows; SUM8 then \
+   reduces the eight accumulators together (a transposed reduction: a few shuffles per \
+   eight weights instead of a serial lane sum per weight). A last group of fewer than   \
+   eight repeats its last row and drops the extra sums, so every weight is summed in    \
+   the same order whatever its slot, and the result does not depend on how the caller  \
+   splits neurons. */                                                                   \
 SRIGL_TRAIN_CLONES                                                                         \
 static void srigl_train_sddmm_##SUFFIX(const I* idx, ptrdiff_t k, const T* dyt,          \
                                        const T* xt, ptrdiff_t ldx, ptrdiff_t c0,           \
@@ -121,29 +126,65 @@ static void srigl_train_sddmm_##SUFFIX(const I* idx, ptrdiff_t k, const T* dyt, 
 {                                                                                          \
     typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
     enum { W = 32 / sizeof(T) };                                                           \
-    ptrdiff_t j, c, t;                                                                     \
-    for (j = 0; j < k; j++) {                                                              \
-        const T* row = xt + (ptrdiff_t)idx[j] * ldx;                                       \
-        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
-        T total = 0;                                                                       \
-        for (c = c0; c + 4 * W <= c1; c += 4 * W) {                                        \
-            const V* d = (const V*)(dyt + c);                                              \
-            const V* r = (const V*)(row + c);                                              \
-            a0 += d[0] * r[0]; a1 += d[1] * r[1]; a2 += d[2] * r[2]; a3 += d[3] * r[3];    \
+    ptrdiff_t j0, c, q;                                                                    \
+    for (j0 = 0; j0 < k; j0 += 8) {                                                        \
+        const ptrdiff_t n = k - j0 < 8 ? k - j0 : 8;                                       \
+        const T* r[8];                                                                     \
+        for (q = 0; q < 8; q++)                                                            \
+            r[q] = xt + (ptrdiff_t)idx[j0 + (q < n ? q : n - 1)] * ldx;                    \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0};  \
+        for (c = c0; c + W <= c1; c += W) {                                                \
+            const V d = *(const V*)(dyt + c);                                              \
+            a0 += d * *(const V*)(r[0] + c); a1 += d * *(const V*)(r[1] + c);              \
+            a2 += d * *(const V*)(r[2] + c); a3 += d * *(const V*)(r[3] + c);              \
+            a4 += d * *(const V*)(r[4] + c); a5 += d * *(const V*)(r[5] + c);              \
+            a6 += d * *(const V*)(r[6] + c); a7 += d * *(const V*)(r[7] + c);              \
         }                                                                                  \
-        for (; c + W <= c1; c += W)                                                        \
-            a0 += *(const V*)(dyt + c) * *(const V*)(row + c);                             \
-        for (; c < c1; c++) total += dyt[c] * row[c];                                      \
-        a0 += a1; a2 += a3; a0 += a2;                                                      \
-        for (t = 0; t < W; t++) total += a0[t];                                            \
-        out[j] = total;                                                                    \
+        T sums[8], tail[8] = {0};                                                          \
+        SUM8(V, a0, a1, a2, a3, a4, a5, a6, a7, sums);                                     \
+        for (; c < c1; c++)                                                                \
+            for (q = 0; q < 8; q++) tail[q] += dyt[c] * r[q][c];                           \
+        for (q = 0; q < n; q++) out[j0 + q] = sums[q] + tail[q];                           \
     }                                                                                      \
 }
 
-SRIGL_TRAIN_KERNELS(f32_i16, float, int16_t)
-SRIGL_TRAIN_KERNELS(f32_i32, float, int32_t)
-SRIGL_TRAIN_KERNELS(f64_i16, double, int16_t)
-SRIGL_TRAIN_KERNELS(f64_i32, double, int32_t)
+/* The transposed reductions of SDDMM: sums[q] = the lane sum of a_q, for eight 32-byte
+   vectors at once. Each level adds the even and odd halves of pairs, interleaved so that
+   the next level pairs whole partial sums: for float (8 lanes) lanes (0+1), then
+   (0..3), then (0..7), in a tree; for double (4 lanes) (0+1) then (0..3). */
+#define SRIGL_TRAIN_SUM8_F32(V, a0, a1, a2, a3, a4, a5, a6, a7, sums)                      \
+    do {                                                                                   \
+        typedef int32_t M __attribute__((vector_size(32)));                                \
+        const M lo1 = {0, 8, 2, 10, 4, 12, 6, 14}, hi1 = {1, 9, 3, 11, 5, 13, 7, 15};      \
+        const M lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};      \
+        const M lo3 = {0, 1, 2, 3, 8, 9, 10, 11}, hi3 = {4, 5, 6, 7, 12, 13, 14, 15};      \
+        const V t01 = __builtin_shuffle(a0, a1, lo1) + __builtin_shuffle(a0, a1, hi1);     \
+        const V t23 = __builtin_shuffle(a2, a3, lo1) + __builtin_shuffle(a2, a3, hi1);     \
+        const V t45 = __builtin_shuffle(a4, a5, lo1) + __builtin_shuffle(a4, a5, hi1);     \
+        const V t67 = __builtin_shuffle(a6, a7, lo1) + __builtin_shuffle(a6, a7, hi1);     \
+        const V u03 = __builtin_shuffle(t01, t23, lo2) + __builtin_shuffle(t01, t23, hi2); \
+        const V u47 = __builtin_shuffle(t45, t67, lo2) + __builtin_shuffle(t45, t67, hi2); \
+        *(V*)(sums) = __builtin_shuffle(u03, u47, lo3) + __builtin_shuffle(u03, u47, hi3); \
+    } while (0)
+
+#define SRIGL_TRAIN_SUM8_F64(V, a0, a1, a2, a3, a4, a5, a6, a7, sums)                      \
+    do {                                                                                   \
+        typedef int64_t M __attribute__((vector_size(32)));                                \
+        const M lo1 = {0, 4, 2, 6}, hi1 = {1, 5, 3, 7};                                    \
+        const M lo2 = {0, 1, 4, 5}, hi2 = {2, 3, 6, 7};                                    \
+        const V t01 = __builtin_shuffle(a0, a1, lo1) + __builtin_shuffle(a0, a1, hi1);     \
+        const V t23 = __builtin_shuffle(a2, a3, lo1) + __builtin_shuffle(a2, a3, hi1);     \
+        const V t45 = __builtin_shuffle(a4, a5, lo1) + __builtin_shuffle(a4, a5, hi1);     \
+        const V t67 = __builtin_shuffle(a6, a7, lo1) + __builtin_shuffle(a6, a7, hi1);     \
+        *(V*)(sums) = __builtin_shuffle(t01, t23, lo2) + __builtin_shuffle(t01, t23, hi2); \
+        *(V*)(sums + 4) =                                                                  \
+            __builtin_shuffle(t45, t67, lo2) + __builtin_shuffle(t45, t67, hi2);           \
+    } while (0)
+
+SRIGL_TRAIN_KERNELS(f32_i16, float, int16_t, SRIGL_TRAIN_SUM8_F32)
+SRIGL_TRAIN_KERNELS(f32_i32, float, int32_t, SRIGL_TRAIN_SUM8_F32)
+SRIGL_TRAIN_KERNELS(f64_i16, double, int16_t, SRIGL_TRAIN_SUM8_F64)
+SRIGL_TRAIN_KERNELS(f64_i32, double, int32_t, SRIGL_TRAIN_SUM8_F64)
 
 /* Tile transpose: at[c, r] = a[r, c] for r in [r0, r1), all c < cols; a[rows, lda],
    at[cols, ldat]. 8 x 8 tiles through a local buffer: at most eight cache lines of each
