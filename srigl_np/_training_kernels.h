@@ -233,26 +233,81 @@ static void srigl_train_sddmm_##SUFFIX(const I* idx, ptrdiff_t k, const T* dyt, 
 
 SRIGL_TRAIN_KERNELS(f32_i16, float, int16_t, SRIGL_TRAIN_SUM8_F32, 32, SRIGL_TRAIN_FOLD32,
                     SRIGL_TRAIN_CLONES)
-SRIGL_TRAIN_KERNELS(f32_i16_wide, float, int16_t, SRIGL_TRAIN_SUM8_F32, SRIGL_TRAIN_WIDE_BYTES,
-                    SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
+SRIGL_TRAIN_KERNELS(f32_i16_wide, float, int16_t, SRIGL_TRAIN_SUM8_F32,
+                    SRIGL_TRAIN_WIDE_BYTES, SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
 SRIGL_TRAIN_KERNELS(f32_i32, float, int32_t, SRIGL_TRAIN_SUM8_F32, 32, SRIGL_TRAIN_FOLD32,
                     SRIGL_TRAIN_CLONES)
-SRIGL_TRAIN_KERNELS(f32_i32_wide, float, int32_t, SRIGL_TRAIN_SUM8_F32, SRIGL_TRAIN_WIDE_BYTES,
-                    SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
+SRIGL_TRAIN_KERNELS(f32_i32_wide, float, int32_t, SRIGL_TRAIN_SUM8_F32,
+                    SRIGL_TRAIN_WIDE_BYTES, SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
 SRIGL_TRAIN_KERNELS(f64_i16, double, int16_t, SRIGL_TRAIN_SUM8_F64, 32, SRIGL_TRAIN_FOLD32,
                     SRIGL_TRAIN_CLONES)
-SRIGL_TRAIN_KERNELS(f64_i16_wide, double, int16_t, SRIGL_TRAIN_SUM8_F64, SRIGL_TRAIN_WIDE_BYTES,
-                    SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
+SRIGL_TRAIN_KERNELS(f64_i16_wide, double, int16_t, SRIGL_TRAIN_SUM8_F64,
+                    SRIGL_TRAIN_WIDE_BYTES, SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
 SRIGL_TRAIN_KERNELS(f64_i32, double, int32_t, SRIGL_TRAIN_SUM8_F64, 32, SRIGL_TRAIN_FOLD32,
                     SRIGL_TRAIN_CLONES)
-SRIGL_TRAIN_KERNELS(f64_i32_wide, double, int32_t, SRIGL_TRAIN_SUM8_F64, SRIGL_TRAIN_WIDE_BYTES,
-                    SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
+SRIGL_TRAIN_KERNELS(f64_i32_wide, double, int32_t, SRIGL_TRAIN_SUM8_F64,
+                    SRIGL_TRAIN_WIDE_BYTES, SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
+
+/* One 8 x 8 tile transposed in registers: dst[j * ldd + i] = src[i * lds + j], i, j < 8,
+   by vector shuffles (pairs, then quads, then halves: 24 shuffles for float's 8-lane
+   rows; two 4 x 4 blocks per half for double's 4-lane ones) in place of 64 scalar
+   loads and stores. */
+#define SRIGL_TRAIN_TILE8_F32(src, lds, dst, ldd)                                          \
+    do {                                                                                   \
+        typedef float V __attribute__((vector_size(32), aligned(4), may_alias));           \
+        typedef int32_t M __attribute__((vector_size(32)));                                \
+        const M lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};      \
+        const M lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};      \
+        const M lo3 = {0, 1, 2, 3, 8, 9, 10, 11}, hi3 = {4, 5, 6, 7, 12, 13, 14, 15};      \
+        V r[8], t[8], u[8];                                                                \
+        int i_;                                                                            \
+        for (i_ = 0; i_ < 8; i_++) r[i_] = *(const V*)((src) + i_ * (lds));                \
+        for (i_ = 0; i_ < 8; i_ += 2) {                                                    \
+            t[i_] = __builtin_shuffle(r[i_], r[i_ + 1], lo1);                              \
+            t[i_ + 1] = __builtin_shuffle(r[i_], r[i_ + 1], hi1);                          \
+        }                                                                                  \
+        for (i_ = 0; i_ < 8; i_ += 4) {                                                    \
+            u[i_] = __builtin_shuffle(t[i_], t[i_ + 2], lo2);                              \
+            u[i_ + 1] = __builtin_shuffle(t[i_], t[i_ + 2], hi2);                          \
+            u[i_ + 2] = __builtin_shuffle(t[i_ + 1], t[i_ + 3], lo2);                      \
+            u[i_ + 3] = __builtin_shuffle(t[i_ + 1], t[i_ + 3], hi2);                      \
+        }                                                                                  \
+        for (i_ = 0; i_ < 4; i_++) {                                                       \
+            *(V*)((dst) + i_ * (ldd)) = __builtin_shuffle(u[i_], u[i_ + 4], lo3);          \
+            *(V*)((dst) + (i_ + 4) * (ldd)) = __builtin_shuffle(u[i_], u[i_ + 4], hi3);    \
+        }                                                                                  \
+    } while (0)
+
+#define SRIGL_TRAIN_TILE8_F64(src, lds, dst, ldd)                                          \
+    do {                                                                                   \
+        typedef double V __attribute__((vector_size(32), aligned(8), may_alias));          \
+        typedef int64_t M __attribute__((vector_size(32)));                                \
+        const M lo1 = {0, 4, 2, 6}, hi1 = {1, 5, 3, 7};                                    \
+        const M lo2 = {0, 1, 4, 5}, hi2 = {2, 3, 6, 7};                                    \
+        int bi_, bj_, i_;                                                                  \
+        for (bi_ = 0; bi_ < 8; bi_ += 4)                                                   \
+            for (bj_ = 0; bj_ < 8; bj_ += 4) {                                             \
+                V r[4], t[4];                                                              \
+                for (i_ = 0; i_ < 4; i_++)                                                 \
+                    r[i_] = *(const V*)((src) + (bi_ + i_) * (lds) + bj_);                 \
+                t[0] = __builtin_shuffle(r[0], r[1], lo1);                                 \
+                t[1] = __builtin_shuffle(r[0], r[1], hi1);                                 \
+                t[2] = __builtin_shuffle(r[2], r[3], lo1);                                 \
+                t[3] = __builtin_shuffle(r[2], r[3], hi1);                                 \
+                double* d_ = (dst) + bj_ * (ldd) + bi_;                                    \
+                *(V*)(d_) = __builtin_shuffle(t[0], t[2], lo2);                            \
+                *(V*)(d_ + (ldd)) = __builtin_shuffle(t[1], t[3], lo2);                    \
+                *(V*)(d_ + 2 * (ldd)) = __builtin_shuffle(t[0], t[2], hi2);                \
+                *(V*)(d_ + 3 * (ldd)) = __builtin_shuffle(t[1], t[3], hi2);                \
+            }                                                                              \
+    } while (0)
 
 /* Tile transpose: at[c, r] = a[r, c] for r in [r0, r1), all c < cols; a[rows, lda],
-   at[cols, ldat]. 8 x 8 tiles through a local buffer: at most eight cache lines of each
-   side are live, so the strided side keeps its lines even when its stride is a
-   multiple of 4 KiB (which maps every line to one L1 set). */
-#define SRIGL_TRAIN_TRANSPOSE(SUFFIX, T)                                                   \
+   at[cols, ldat]. 8 x 8 tiles in registers (TILE8), scalar at the edges: at most eight
+   cache lines of each side are live, so the strided side keeps its lines even when its
+   stride is a multiple of 4 KiB (which maps every line to one L1 set). */
+#define SRIGL_TRAIN_TRANSPOSE(SUFFIX, T, TILE8)                                            \
+SRIGL_TRAIN_CLONES                                                                         \
 static void srigl_train_transpose_##SUFFIX(const T* a, ptrdiff_t lda, ptrdiff_t r0,        \
                                            ptrdiff_t r1, ptrdiff_t cols, T* at,            \
                                            ptrdiff_t ldat)                                 \
@@ -263,12 +318,7 @@ static void srigl_train_transpose_##SUFFIX(const T* a, ptrdiff_t lda, ptrdiff_t 
         for (s = r0; s < r1; s += 8) {                                                     \
             const ptrdiff_t s1 = s + 8 < r1 ? s + 8 : r1;                                  \
             if (c1 - c0 == 8 && s1 - s == 8) {                                             \
-                T tile[8][8];                                                              \
-                int i, j;                                                                  \
-                for (i = 0; i < 8; i++)                                                    \
-                    for (j = 0; j < 8; j++) tile[j][i] = a[(s + i) * lda + c0 + j];        \
-                for (j = 0; j < 8; j++)                                                    \
-                    for (i = 0; i < 8; i++) at[(c0 + j) * ldat + s + i] = tile[j][i];      \
+                TILE8(a + s * lda + c0, lda, at + c0 * ldat + s, ldat);                    \
             } else {                                                                       \
                 for (r = s; r < s1; r++)                                                   \
                     for (c = c0; c < c1; c++) at[c * ldat + r] = a[r * lda + c];           \
@@ -344,8 +394,8 @@ static void srigl_train_col2im_plane_##SUFFIX(const T* cols, ptrdiff_t ldc, ptrd
         }                                                                                  \
 }
 
-SRIGL_TRAIN_TRANSPOSE(f32, float)
-SRIGL_TRAIN_TRANSPOSE(f64, double)
+SRIGL_TRAIN_TRANSPOSE(f32, float, SRIGL_TRAIN_TILE8_F32)
+SRIGL_TRAIN_TRANSPOSE(f64, double, SRIGL_TRAIN_TILE8_F64)
 
 /* Direct convolution, straight from the images (no column matrix). A stored weight's
    tap t of neuron n is (c, ki, kj) = (t / (kh*kw), (t / kw) % kh, t % kw); each
