@@ -13,9 +13,11 @@
    bytes of columns) held in registers per block. On x86-64 Linux each
    function is compiled three times (target_clones: AVX-512, AVX2+FMA, the baseline)
    and the loader picks the best the CPU runs, so one portable build runs at the CPU's
-   width. Elsewhere the baseline build alone runs. FMA contraction may differ between
-   the clones, so results agree with the NumPy definition to rounding, not bit for bit
-   across CPUs; on one CPU they do not depend on the thread count.
+   width; the Linear kernels (forward, scatter, SDDMM) also have a 64-byte copy for
+   AVX-512 CPUs (see SRIGL_TRAIN_WIDE_ATTR). Elsewhere the baseline build alone runs.
+   FMA contraction and the vector width may differ between the builds, so results
+   agree with the NumPy definition to rounding, not bit for bit across CPUs; on one CPU
+   they do not depend on the thread count.
 
    Generated per (value type T, index type I): f32_i16, f32_i32, f64_i16, f64_i32.
 */
@@ -84,7 +86,8 @@ static int srigl_train_wide(void)
 #define SRIGL_TRAIN_KERNELS(SUFFIX, T, I, SUM8, VB, FOLD, ATTR)                            \
 /* Forward of one neuron: yt[c] = bias + sum_j v[j] * xt[idx[j], c] for c in [c0, c1).  \
    v[k], idx[k] (each in [0, n_in)), xt[n_in, ldx], yt[ldx] (the neuron's row).         \
-   Eight vector accumulators (a lane block) stay in registers across the k gathers. */ \
+   Eight vector accumulators (a lane block) stay in registers across the k gathers;    \
+   a narrower column range takes four, then one, then scalars. */                      \
 ATTR                                                                                       \
 static void srigl_train_forward_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,           \
                                          const T* xt, ptrdiff_t ldx, T bias, T* yt,        \
