@@ -306,28 +306,32 @@ SRIGL_TRAIN_KERNELS(f64_i32_wide, double, int32_t, SRIGL_TRAIN_SUM8_F64,
     } while (0)
 
 /* Tile transpose: at[c, r] = a[r, c] for r in [r0, r1), all c < cols; a[rows, lda],
-   at[cols, ldat]. 8 x 8 tiles in registers (TILE8), scalar at the edges: at most eight
-   cache lines of each side are live, so the strided side keeps its lines even when its
-   stride is a multiple of 4 KiB (which maps every line to one L1 set). */
+   at[cols, ldat]. 8 x 8 tiles in registers (TILE8), scalar at the edges, in 16 x 16
+   blocks (columns of tiles, then rows within a block): a 64-byte line of either side is
+   finished within one block, at most 16 lines of each side live, so the strided side
+   keeps its lines even when its stride is a multiple of 4 KiB (which maps every line to
+   one L1 set). On x[128, 9216] -> [9216, 128] and back this took 0.45-0.85x the time of
+   8 x 8 tiles swept along a row, copied element by element. */
 #define SRIGL_TRAIN_TRANSPOSE(SUFFIX, T, TILE8)                                            \
 SRIGL_TRAIN_CLONES                                                                         \
 static void srigl_train_transpose_##SUFFIX(const T* a, ptrdiff_t lda, ptrdiff_t r0,        \
                                            ptrdiff_t r1, ptrdiff_t cols, T* at,            \
                                            ptrdiff_t ldat)                                 \
 {                                                                                          \
-    ptrdiff_t c0, s, r, c;                                                                 \
-    for (c0 = 0; c0 < cols; c0 += 8) {                                                     \
-        const ptrdiff_t c1 = c0 + 8 < cols ? c0 + 8 : cols;                                \
-        for (s = r0; s < r1; s += 8) {                                                     \
-            const ptrdiff_t s1 = s + 8 < r1 ? s + 8 : r1;                                  \
-            if (c1 - c0 == 8 && s1 - s == 8) {                                             \
-                TILE8(a + s * lda + c0, lda, at + c0 * ldat + s, ldat);                    \
-            } else {                                                                       \
-                for (r = s; r < s1; r++)                                                   \
-                    for (c = c0; c < c1; c++) at[c * ldat + r] = a[r * lda + c];           \
-            }                                                                              \
-        }                                                                                  \
-    }                                                                                      \
+    ptrdiff_t c16, s16, c0, s, r, c;                                                       \
+    for (c16 = 0; c16 < cols; c16 += 16)                                                   \
+        for (s16 = r0; s16 < r1; s16 += 16)                                                \
+            for (c0 = c16; c0 < c16 + 16 && c0 < cols; c0 += 8)                            \
+                for (s = s16; s < s16 + 16 && s < r1; s += 8) {                            \
+                    const ptrdiff_t c1 = c0 + 8 < cols ? c0 + 8 : cols;                    \
+                    const ptrdiff_t s1 = s + 8 < r1 ? s + 8 : r1;                          \
+                    if (c1 - c0 == 8 && s1 - s == 8) {                                     \
+                        TILE8(a + s * lda + c0, lda, at + c0 * ldat + s, ldat);            \
+                    } else {                                                               \
+                        for (r = s; r < s1; r++)                                           \
+                            for (c = c0; c < c1; c++) at[c * ldat + r] = a[r * lda + c];   \
+                    }                                                                      \
+                }                                                                          \
 }                                                                                          \
                                                                                            \
 /* The output columns ow in [*lo, *hi) whose tap j (stride, padding) lands inside a row  \
