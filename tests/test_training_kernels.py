@@ -160,6 +160,21 @@ def test_both_vector_copies_match_the_definition_for_any_thread_count(n, n_in, k
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 9), (8, 8), (16, 16), (17, 33), (33, 130),
+                                   (128, 300), (300, 5), (40, 2048)])
+def test_transpose_moves_every_element(shape, dtype, threads):
+    """The column layout's transpose (16 x 16 blocks of 8 x 8 register tiles, scalar
+    edges): padded and plain, rows contiguous or strided (copied first)."""
+    a = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    for source in (a, a[:, ::2]):
+        for padded in (True, False):
+            at = tk._compiled.transpose(source, threads, padded=padded)
+            assert at.shape == source.T.shape and at.strides[1] == at.itemsize
+            np.testing.assert_array_equal(at, source.T)
+
+
 def test_strided_activations_are_copied_and_give_the_same_result():
     rng = np.random.default_rng(4)
     values, indices = make_layer(rng, 6, 15, 4)
