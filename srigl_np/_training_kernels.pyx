@@ -80,45 +80,78 @@ cdef extern from "_training_kernels.h":
                                    Py_ssize_t c1, double* out) noexcept nogil
 
     # The same three with 64-byte vectors (AVX-512), run when srigl_train_wide().
-    void srigl_train_forward_f32_i16_wide(const float* v, const int16_t* idx, Py_ssize_t k,
-                                          const float* xt, Py_ssize_t ldx, float bias, float* yt,
-                                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-    void srigl_train_forward_f32_i32_wide(const float* v, const int32_t* idx, Py_ssize_t k,
-                                          const float* xt, Py_ssize_t ldx, float bias, float* yt,
-                                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-    void srigl_train_forward_f64_i16_wide(const double* v, const int16_t* idx, Py_ssize_t k,
-                                          const double* xt, Py_ssize_t ldx, double bias,
-                                          double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-    void srigl_train_forward_f64_i32_wide(const double* v, const int32_t* idx, Py_ssize_t k,
-                                          const double* xt, Py_ssize_t ldx, double bias,
-                                          double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f32_i16_wide(
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt,
+            Py_ssize_t ldx, float bias, float* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f32_i32_wide(
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt,
+            Py_ssize_t ldx, float bias, float* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f64_i16_wide(
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt,
+            Py_ssize_t ldx, double bias, double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f64_i32_wide(
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt,
+            Py_ssize_t ldx, double bias, double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
 
-    void srigl_train_scatter_f32_i16_wide(const float* v, const int16_t* idx, Py_ssize_t k,
-                                          const float* dyt, float* dxt, Py_ssize_t ldx,
-                                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-    void srigl_train_scatter_f32_i32_wide(const float* v, const int32_t* idx, Py_ssize_t k,
-                                          const float* dyt, float* dxt, Py_ssize_t ldx,
-                                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-    void srigl_train_scatter_f64_i16_wide(const double* v, const int16_t* idx, Py_ssize_t k,
-                                          const double* dyt, double* dxt, Py_ssize_t ldx,
-                                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
-    void srigl_train_scatter_f64_i32_wide(const double* v, const int32_t* idx, Py_ssize_t k,
-                                          const double* dyt, double* dxt, Py_ssize_t ldx,
-                                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_scatter_f32_i16_wide(
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* dyt,
+            float* dxt, Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_scatter_f32_i32_wide(
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* dyt,
+            float* dxt, Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_scatter_f64_i16_wide(
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* dyt,
+            double* dxt, Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_scatter_f64_i32_wide(
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* dyt,
+            double* dxt, Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
 
-    void srigl_train_sddmm_f32_i16_wide(const int16_t* idx, Py_ssize_t k, const float* dyt,
-                                        const float* xt, Py_ssize_t ldx, Py_ssize_t c0,
-                                        Py_ssize_t c1, float* out) noexcept nogil
-    void srigl_train_sddmm_f32_i32_wide(const int32_t* idx, Py_ssize_t k, const float* dyt,
-                                        const float* xt, Py_ssize_t ldx, Py_ssize_t c0,
-                                        Py_ssize_t c1, float* out) noexcept nogil
-    void srigl_train_sddmm_f64_i16_wide(const int16_t* idx, Py_ssize_t k, const double* dyt,
-                                        const double* xt, Py_ssize_t ldx, Py_ssize_t c0,
-                                        Py_ssize_t c1, double* out) noexcept nogil
-    void srigl_train_sddmm_f64_i32_wide(const int32_t* idx, Py_ssize_t k, const double* dyt,
-                                        const double* xt, Py_ssize_t ldx, Py_ssize_t c0,
-                                        Py_ssize_t c1, double* out) noexcept nogil
+    void srigl_train_sddmm_f32_i16_wide(
+            const int16_t* idx, Py_ssize_t k, const float* dyt, const float* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, float* out) noexcept nogil
+    void srigl_train_sddmm_f32_i32_wide(
+            const int32_t* idx, Py_ssize_t k, const float* dyt, const float* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, float* out) noexcept nogil
+    void srigl_train_sddmm_f64_i16_wide(
+            const int16_t* idx, Py_ssize_t k, const double* dyt, const double* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, double* out) noexcept nogil
+    void srigl_train_sddmm_f64_i32_wide(
+            const int32_t* idx, Py_ssize_t k, const double* dyt, const double* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, double* out) noexcept nogil
 
+    # Two neurons per pass (the forward of C-contiguous rows r and r + 1).
+    void srigl_train_forward2_f32_i16(
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f32_i16_wide(
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f32_i32(
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f32_i32_wide(
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i16(
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i16_wide(
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i32(
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i32_wide(
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
     int srigl_train_wide() noexcept nogil
 
     void srigl_train_relu_f32(const float* src, float* dst, Py_ssize_t n) noexcept nogil
@@ -424,6 +457,42 @@ cdef inline void _forward_row(const floating* v, const index_t* idx, Py_ssize_t 
                 srigl_train_forward_f64_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
 
 
+cdef inline void _forward_pair(const floating* v, const index_t* idx, Py_ssize_t k,
+                               const floating* xt, Py_ssize_t ldx, floating bias0,
+                               floating bias1, floating* yt0, floating* yt1, Py_ssize_t c0,
+                               Py_ssize_t c1) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            if _WIDE:
+                srigl_train_forward2_f32_i16_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f32_i16(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
+        else:
+            if _WIDE:
+                srigl_train_forward2_f32_i32_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f32_i32(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
+    else:
+        if index_t is int16_t:
+            if _WIDE:
+                srigl_train_forward2_f64_i16_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f64_i16(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
+        else:
+            if _WIDE:
+                srigl_train_forward2_f64_i32_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f64_i32(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
+
+
 cdef inline void _scatter_row(const floating* v, const index_t* idx, Py_ssize_t k,
                               const floating* dyt, floating* dxt, Py_ssize_t ldx,
                               Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
@@ -488,16 +557,23 @@ cdef void _forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
                    const floating[::1] bias, floating[:, ::1] yt, Py_ssize_t width,
                    int threads) noexcept nogil:
     """values[n, k], indices[n, k], xt[n_in, m] (row stride ldx), bias[n] -> yt[n, m],
-    in work items of (column block of ``width``, neuron)."""
+    in work items of (column block of ``width``, neuron pair 2p, 2p + 1; the last alone
+    when n is odd)."""
     cdef Py_ssize_t n = values.shape[0], k = values.shape[1]
+    cdef Py_ssize_t pairs = (n + 1) // 2
     cdef Py_ssize_t n_blocks = (m + width - 1) // width
     cdef Py_ssize_t item, block, r, c0, c1
-    for item in prange(n_blocks * n, schedule="static", num_threads=threads):
-        block = item // n
-        r = item - block * n
+    for item in prange(n_blocks * pairs, schedule="static", num_threads=threads):
+        block = item // pairs
+        r = 2 * (item - block * pairs)
         c0 = block * width
         c1 = min(c0 + width, m)
-        _forward_row(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], &yt[r, 0], c0, c1)
+        if r + 1 < n:
+            _forward_pair(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], bias[r + 1],
+                          &yt[r, 0], &yt[r + 1, 0], c0, c1)
+        else:
+            _forward_row(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], &yt[r, 0], c0,
+                         c1)
 
 
 cdef void _input_grad(const floating[:, ::1] values, const index_t[:, ::1] indices,
