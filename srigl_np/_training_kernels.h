@@ -13,8 +13,8 @@
    bytes of columns) held in registers per block. On x86-64 Linux each
    function is compiled three times (target_clones: AVX-512, AVX2+FMA, the baseline)
    and the loader picks the best the CPU runs, so one portable build runs at the CPU's
-   width; the Linear kernels (forward, scatter, SDDMM) also have a 64-byte copy for
-   AVX-512 CPUs (see SRIGL_TRAIN_WIDE_ATTR). Elsewhere the baseline build alone runs.
+   width; the Linear forward and SDDMM also have a 64-byte copy for AVX-512 CPUs (see
+   SRIGL_TRAIN_WIDE_ATTR). Elsewhere the baseline build alone runs.
    FMA contraction and the vector width may differ between the builds, so results
    agree with the NumPy definition to rounding, not bit for bit across CPUs; on one CPU
    they do not depend on the thread count.
@@ -46,7 +46,7 @@ static int omp_get_max_threads(void) { return 1; }
 #  define SRIGL_TRAIN_CLONES
 #endif
 
-/* The wide copy of the Linear kernels (forward, scatter, SDDMM): on x86-64 Linux they are
+/* The wide copy of the Linear kernels (forward, SDDMM): on x86-64 Linux they are
    compiled a second time with 64-byte vectors for x86-64-v4 (AVX-512) alone, and the
    caller runs that copy when srigl_train_wide() says the CPU has it. Eight 64-byte
    accumulators would spill AVX2's sixteen registers, hence a separate copy rather than
@@ -181,37 +181,6 @@ static void srigl_train_forward2_##SUFFIX(const T* v0, const I* idx0, ptrdiff_t 
     }                                                                                      \
 }                                                                                          \
                                                                                            \
-/* Input gradient of one neuron, a scatter: dxt[idx[j], c] += v[j] * dyt[c] for every j  \
-   and c in [c0, c1). dyt[ldx] (the neuron's row), dxt[n_in, ldx]. The neuron's dyt    \
-   block stays in eight vector registers across the k row updates. */                  \
-ATTR                                                                                       \
-static void srigl_train_scatter_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,           \
-                                         const T* dyt, T* dxt, ptrdiff_t ldx,              \
-                                         ptrdiff_t c0, ptrdiff_t c1)                       \
-{                                                                                          \
-    typedef T V __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));           \
-    enum { W = VB / sizeof(T) };                                                           \
-    ptrdiff_t c = c0, j;                                                                   \
-    for (; c + 8 * W <= c1; c += 8 * W) {                                                  \
-        const V* dp = (const V*)(dyt + c);                                                 \
-        const V d0 = dp[0], d1 = dp[1], d2 = dp[2], d3 = dp[3];                            \
-        const V d4 = dp[4], d5 = dp[5], d6 = dp[6], d7 = dp[7];                            \
-        for (j = 0; j < k; j++) {                                                          \
-            V* row = (V*)(dxt + (ptrdiff_t)idx[j] * ldx + c);                              \
-            const T w = v[j];                                                              \
-            row[0] += w * d0; row[1] += w * d1; row[2] += w * d2; row[3] += w * d3;       \
-            row[4] += w * d4; row[5] += w * d5; row[6] += w * d6; row[7] += w * d7;       \
-        }                                                                                  \
-    }                                                                                      \
-    for (; c + W <= c1; c += W) {                                                          \
-        const V d0 = *(const V*)(dyt + c);                                                 \
-        for (j = 0; j < k; j++)                                                            \
-            *(V*)(dxt + (ptrdiff_t)idx[j] * ldx + c) += v[j] * d0;                         \
-    }                                                                                      \
-    for (; c < c1; c++)                                                                    \
-        for (j = 0; j < k; j++) dxt[(ptrdiff_t)idx[j] * ldx + c] += v[j] * dyt[c];         \
-}                                                                                          \
-                                                                                           \
 /* Weight gradient of one neuron at its stored positions (SDDMM), over columns          \
    [c0, c1): out[j] = sum_c dyt[c] * xt[idx[j], c]. Eight stored weights at a time, one \
    vector accumulator each, so each dyt vector is loaded once for eight rows; SUM8 then \
@@ -300,6 +269,46 @@ SRIGL_TRAIN_KERNELS(f64_i32, double, int32_t, SRIGL_TRAIN_SUM8_F64, 32, SRIGL_TR
                     SRIGL_TRAIN_CLONES)
 SRIGL_TRAIN_KERNELS(f64_i32_wide, double, int32_t, SRIGL_TRAIN_SUM8_F64,
                     SRIGL_TRAIN_WIDE_BYTES, SRIGL_TRAIN_FOLD_WIDE, SRIGL_TRAIN_WIDE_ATTR)
+
+/* The scatter input gradient has one copy, of 32-byte vectors: a 64-byte copy ran 0.8x
+   the time at 784 -> 300 (dxt in L2) but 1.2x at 9216 -> 128 (dxt beyond L2), batch
+   128, so it was left out. */
+#define SRIGL_TRAIN_SCATTER(SUFFIX, T, I)                                                  \
+/* Input gradient of one neuron, a scatter: dxt[idx[j], c] += v[j] * dyt[c] for every j  \
+   and c in [c0, c1). dyt[ldx] (the neuron's row), dxt[n_in, ldx]. The neuron's dyt    \
+   block stays in eight vector registers across the k row updates. */                  \
+SRIGL_TRAIN_CLONES                                                                         \
+static void srigl_train_scatter_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,           \
+                                         const T* dyt, T* dxt, ptrdiff_t ldx,              \
+                                         ptrdiff_t c0, ptrdiff_t c1)                       \
+{                                                                                          \
+    typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));           \
+    enum { W = 32 / sizeof(T) };                                                           \
+    ptrdiff_t c = c0, j;                                                                   \
+    for (; c + 8 * W <= c1; c += 8 * W) {                                                  \
+        const V* dp = (const V*)(dyt + c);                                                 \
+        const V d0 = dp[0], d1 = dp[1], d2 = dp[2], d3 = dp[3];                            \
+        const V d4 = dp[4], d5 = dp[5], d6 = dp[6], d7 = dp[7];                            \
+        for (j = 0; j < k; j++) {                                                          \
+            V* row = (V*)(dxt + (ptrdiff_t)idx[j] * ldx + c);                              \
+            const T w = v[j];                                                              \
+            row[0] += w * d0; row[1] += w * d1; row[2] += w * d2; row[3] += w * d3;       \
+            row[4] += w * d4; row[5] += w * d5; row[6] += w * d6; row[7] += w * d7;       \
+        }                                                                                  \
+    }                                                                                      \
+    for (; c + W <= c1; c += W) {                                                          \
+        const V d0 = *(const V*)(dyt + c);                                                 \
+        for (j = 0; j < k; j++)                                                            \
+            *(V*)(dxt + (ptrdiff_t)idx[j] * ldx + c) += v[j] * d0;                         \
+    }                                                                                      \
+    for (; c < c1; c++)                                                                    \
+        for (j = 0; j < k; j++) dxt[(ptrdiff_t)idx[j] * ldx + c] += v[j] * dyt[c];         \
+}
+
+SRIGL_TRAIN_SCATTER(f32_i16, float, int16_t)
+SRIGL_TRAIN_SCATTER(f32_i32, float, int32_t)
+SRIGL_TRAIN_SCATTER(f64_i16, double, int16_t)
+SRIGL_TRAIN_SCATTER(f64_i32, double, int32_t)
 
 /* One 8 x 8 tile transposed in registers: dst[j * ldd + i] = src[i * lds + j], i, j < 8,
    by vector shuffles (pairs, then quads, then halves: 24 shuffles for float's 8-lane
