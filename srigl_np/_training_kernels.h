@@ -131,44 +131,33 @@ static void srigl_train_forward_##SUFFIX(const T* v, const I* idx, ptrdiff_t k, 
     }                                                                                      \
 }                                                                                          \
                                                                                            \
-/* Forward of two neurons at once: neuron a (v0[k0], idx0[k0]) into yt0, neuron b (v1[k1],  \
-   idx1[k1]) into yt1, over columns [c0, c1). Each sums as the one-neuron forward does \
-   (its weights in order, then the bias), over blocks of NB vectors per neuron, both   \
-   neurons' accumulators in registers at once (16 on AVX-512's 32 registers, 8 on      \
-   AVX2's 16), so two independent gather streams are in flight; the longer neuron's    \
-   last weights run alone. Serves the forward (two rows of one layer) and the gather   \
-   (two inputs of the transposed index). The rest of the columns runs the one-neuron   \
-   forward. */                                                                          \
+/* Forward of two neurons, rows r and r + 1 of C-contiguous v[., k], idx[., k] (v, idx  \
+   point at row r): each sums as the one-neuron forward does, over blocks of NB vectors \
+   per neuron, both neurons' accumulators in registers at once (16 on AVX-512's 32     \
+   registers, 8 on AVX2's 16), so two independent gather streams are in flight. The    \
+   rest of the columns runs the one-neuron forward. */                                 \
 ATTR                                                                                       \
-static void srigl_train_forward2_##SUFFIX(const T* v0, const I* idx0, ptrdiff_t k0,       \
-                                          const T* v1, const I* idx1, ptrdiff_t k1,        \
+static void srigl_train_forward2_##SUFFIX(const T* v, const I* idx, ptrdiff_t k,          \
                                           const T* xt, ptrdiff_t ldx, T bias0, T bias1,    \
                                           T* yt0, T* yt1, ptrdiff_t c0, ptrdiff_t c1)      \
 {                                                                                          \
     typedef T V __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));           \
     enum { W = VB / sizeof(T), NB = VB == 64 ? 8 : 4 };                                    \
-    const ptrdiff_t both = k0 < k1 ? k0 : k1;                                              \
+    const T* v1 = v + k;                                                                   \
+    const I* idx1 = idx + k;                                                               \
     ptrdiff_t c = c0, j;                                                                   \
     int u;                                                                                 \
     for (; c + NB * W <= c1; c += NB * W) {                                                \
         V a[NB], b[NB];                                                                    \
         for (u = 0; u < NB; u++) a[u] = b[u] = (V){0};                                     \
-        for (j = 0; j < both; j++) {                                                       \
-            const V* ra = (const V*)(xt + (ptrdiff_t)idx0[j] * ldx + c);                   \
+        for (j = 0; j < k; j++) {                                                          \
+            const V* ra = (const V*)(xt + (ptrdiff_t)idx[j] * ldx + c);                    \
             const V* rb = (const V*)(xt + (ptrdiff_t)idx1[j] * ldx + c);                   \
-            const T wa = v0[j], wb = v1[j];                                                \
+            const T wa = v[j], wb = v1[j];                                                 \
             for (u = 0; u < NB; u++) {                                                     \
                 a[u] += wa * ra[u];                                                        \
                 b[u] += wb * rb[u];                                                        \
             }                                                                              \
-        }                                                                                  \
-        for (j = both; j < k0; j++) {                                                      \
-            const V* ra = (const V*)(xt + (ptrdiff_t)idx0[j] * ldx + c);                   \
-            for (u = 0; u < NB; u++) a[u] += v0[j] * ra[u];                                \
-        }                                                                                  \
-        for (j = both; j < k1; j++) {                                                      \
-            const V* rb = (const V*)(xt + (ptrdiff_t)idx1[j] * ldx + c);                   \
-            for (u = 0; u < NB; u++) b[u] += v1[j] * rb[u];                                \
         }                                                                                  \
         for (u = 0; u < NB; u++) {                                                         \
             ((V*)(yt0 + c))[u] = a[u] + bias0;                                             \
@@ -176,8 +165,8 @@ static void srigl_train_forward2_##SUFFIX(const T* v0, const I* idx0, ptrdiff_t 
         }                                                                                  \
     }                                                                                      \
     if (c < c1) {                                                                          \
-        srigl_train_forward_##SUFFIX(v0, idx0, k0, xt, ldx, bias0, yt0, c, c1);            \
-        srigl_train_forward_##SUFFIX(v1, idx1, k1, xt, ldx, bias1, yt1, c, c1);            \
+        srigl_train_forward_##SUFFIX(v, idx, k, xt, ldx, bias0, yt0, c, c1);               \
+        srigl_train_forward_##SUFFIX(v1, idx1, k, xt, ldx, bias1, yt1, c, c1);             \
     }                                                                                      \
 }                                                                                          \
                                                                                            \

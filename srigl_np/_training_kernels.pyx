@@ -13,9 +13,8 @@ Design
   index in [0, n_in), one O(nnz) pass without the GIL) and allocates the output; a
   private ``nogil`` function then runs OpenMP ``prange`` loops over work items that
   write disjoint parts of the output, so no atomics are needed:
-    forward        items (column block, neuron pair): each writes yt[pair, block]
+    forward        items (column block, neuron): each writes yt[neuron, block]
                    (``column_block``: the xt block a neuron gathers from stays in L2);
-                   the gather input gradient likewise over (column block, input pair);
     input gradient items column blocks: each owns dxt[:, block] and scatters every
                    neuron into it, neurons in order (the same sum for any thread count);
     weight grad.   items (column segment, neuron): each writes partial[segment, neuron, :],
@@ -107,45 +106,37 @@ cdef extern from "_training_kernels.h":
             const int32_t* idx, Py_ssize_t k, const double* dyt, const double* xt,
             Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, double* out) noexcept nogil
 
-    # Two neurons per pass (the forward of two rows, or the gather of two inputs).
+    # Two neurons per pass (the forward of C-contiguous rows r and r + 1).
     void srigl_train_forward2_f32_i16(
-            const float* v0, const int16_t* idx0, Py_ssize_t k0, const float* v1,
-            const int16_t* idx1, Py_ssize_t k1, const float* xt, Py_ssize_t ldx,
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
             float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     void srigl_train_forward2_f32_i16_wide(
-            const float* v0, const int16_t* idx0, Py_ssize_t k0, const float* v1,
-            const int16_t* idx1, Py_ssize_t k1, const float* xt, Py_ssize_t ldx,
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
             float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     void srigl_train_forward2_f32_i32(
-            const float* v0, const int32_t* idx0, Py_ssize_t k0, const float* v1,
-            const int32_t* idx1, Py_ssize_t k1, const float* xt, Py_ssize_t ldx,
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
             float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     void srigl_train_forward2_f32_i32_wide(
-            const float* v0, const int32_t* idx0, Py_ssize_t k0, const float* v1,
-            const int32_t* idx1, Py_ssize_t k1, const float* xt, Py_ssize_t ldx,
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
             float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     void srigl_train_forward2_f64_i16(
-            const double* v0, const int16_t* idx0, Py_ssize_t k0, const double* v1,
-            const int16_t* idx1, Py_ssize_t k1, const double* xt, Py_ssize_t ldx,
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
             double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     void srigl_train_forward2_f64_i16_wide(
-            const double* v0, const int16_t* idx0, Py_ssize_t k0, const double* v1,
-            const int16_t* idx1, Py_ssize_t k1, const double* xt, Py_ssize_t ldx,
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
             double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     void srigl_train_forward2_f64_i32(
-            const double* v0, const int32_t* idx0, Py_ssize_t k0, const double* v1,
-            const int32_t* idx1, Py_ssize_t k1, const double* xt, Py_ssize_t ldx,
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
             double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     void srigl_train_forward2_f64_i32_wide(
-            const double* v0, const int32_t* idx0, Py_ssize_t k0, const double* v1,
-            const int32_t* idx1, Py_ssize_t k1, const double* xt, Py_ssize_t ldx,
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
             double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
             Py_ssize_t c1) noexcept nogil
     int srigl_train_wide() noexcept nogil
@@ -459,41 +450,40 @@ cdef inline void _forward_row(const floating* v, const index_t* idx, Py_ssize_t 
                 srigl_train_forward_f64_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
 
 
-cdef inline void _forward_pair(const floating* v0, const index_t* idx0, Py_ssize_t k0,
-                               const floating* v1, const index_t* idx1, Py_ssize_t k1,
+cdef inline void _forward_pair(const floating* v, const index_t* idx, Py_ssize_t k,
                                const floating* xt, Py_ssize_t ldx, floating bias0,
                                floating bias1, floating* yt0, floating* yt1, Py_ssize_t c0,
                                Py_ssize_t c1) noexcept nogil:
     if floating is float:
         if index_t is int16_t:
             if _WIDE:
-                srigl_train_forward2_f32_i16_wide(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                                  yt0, yt1, c0, c1)
+                srigl_train_forward2_f32_i16_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
             else:
-                srigl_train_forward2_f32_i16(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                             yt0, yt1, c0, c1)
+                srigl_train_forward2_f32_i16(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
         else:
             if _WIDE:
-                srigl_train_forward2_f32_i32_wide(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                                  yt0, yt1, c0, c1)
+                srigl_train_forward2_f32_i32_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
             else:
-                srigl_train_forward2_f32_i32(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                             yt0, yt1, c0, c1)
+                srigl_train_forward2_f32_i32(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
     else:
         if index_t is int16_t:
             if _WIDE:
-                srigl_train_forward2_f64_i16_wide(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                                  yt0, yt1, c0, c1)
+                srigl_train_forward2_f64_i16_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
             else:
-                srigl_train_forward2_f64_i16(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                             yt0, yt1, c0, c1)
+                srigl_train_forward2_f64_i16(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
         else:
             if _WIDE:
-                srigl_train_forward2_f64_i32_wide(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                                  yt0, yt1, c0, c1)
+                srigl_train_forward2_f64_i32_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
             else:
-                srigl_train_forward2_f64_i32(v0, idx0, k0, v1, idx1, k1, xt, ldx, bias0, bias1,
-                                             yt0, yt1, c0, c1)
+                srigl_train_forward2_f64_i32(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
 
 
 cdef inline void _scatter_row(const floating* v, const index_t* idx, Py_ssize_t k,
@@ -560,9 +550,8 @@ cdef void _forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
         c0 = block * width
         c1 = min(c0 + width, m)
         if r + 1 < n:
-            _forward_pair(&values[r, 0], &indices[r, 0], k, &values[r + 1, 0],
-                          &indices[r + 1, 0], k, xt, ldx, bias[r], bias[r + 1], &yt[r, 0],
-                          &yt[r + 1, 0], c0, c1)
+            _forward_pair(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], bias[r + 1],
+                          &yt[r, 0], &yt[r + 1, 0], c0, c1)
         else:
             _forward_row(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], &yt[r, 0], c0,
                          c1)
@@ -723,26 +712,18 @@ cdef void _input_grad_gather(const floating[::1] values_t, const int32_t[::1] ro
                              Py_ssize_t ldy, Py_ssize_t m, floating* dxt, Py_ssize_t ldx,
                              Py_ssize_t width, int threads) noexcept nogil:
     """dxt[i, c] = sum_e values_t[e] * dyt[rows[e], c] over input i's entries e: the
-    forward kernel run on the transposed index, parallel over (column block, input pair
-    2p, 2p + 1; the last alone when n_in is odd)."""
+    forward kernel run on the transposed index, parallel over (column block, input)."""
     cdef Py_ssize_t n_in = indptr.shape[0] - 1
-    cdef Py_ssize_t pairs = (n_in + 1) // 2
     cdef Py_ssize_t n_blocks = (m + width - 1) // width
     cdef Py_ssize_t item, block, i, c0, c1
     cdef floating zero = 0
-    for item in prange(n_blocks * pairs, schedule="static", num_threads=threads):
-        block = item // pairs
-        i = 2 * (item - block * pairs)
+    for item in prange(n_blocks * n_in, schedule="static", num_threads=threads):
+        block = item // n_in
+        i = item - block * n_in
         c0 = block * width
         c1 = min(c0 + width, m)
-        if i + 1 < n_in:
-            _forward_pair(&values_t[0] + indptr[i], &rows[0] + indptr[i],
-                          indptr[i + 1] - indptr[i], &values_t[0] + indptr[i + 1],
-                          &rows[0] + indptr[i + 1], indptr[i + 2] - indptr[i + 1], dyt, ldy,
-                          zero, zero, dxt + i * ldx, dxt + (i + 1) * ldx, c0, c1)
-        else:
-            _forward_row(&values_t[0] + indptr[i], &rows[0] + indptr[i],
-                         indptr[i + 1] - indptr[i], dyt, ldy, zero, dxt + i * ldx, c0, c1)
+        _forward_row(&values_t[0] + indptr[i], &rows[0] + indptr[i], indptr[i + 1] - indptr[i],
+                     dyt, ldy, zero, dxt + i * ldx, c0, c1)
 
 
 def transposed_index(indices, n_in):
