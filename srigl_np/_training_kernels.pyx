@@ -409,11 +409,6 @@ def _same_dtype(name, a, reference):
 cdef bint _WIDE = srigl_train_wide()
 
 
-def wide_vectors():
-    """True when the Linear kernels run their 64-byte (AVX-512) copy on this CPU."""
-    return bool(_WIDE)
-
-
 def _use_wide(flag):
     """Run the 64-byte copy when ``flag`` and the CPU has it, else the 32-byte one; returns
     the previous setting. For the tests: not thread-safe against running kernels."""
