@@ -79,6 +79,68 @@ cdef extern from "_training_kernels.h":
                                    const double* xt, Py_ssize_t ldx, Py_ssize_t c0,
                                    Py_ssize_t c1, double* out) noexcept nogil
 
+    # The forward and SDDMM with 64-byte vectors (AVX-512), run when srigl_train_wide().
+    void srigl_train_forward_f32_i16_wide(
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt,
+            Py_ssize_t ldx, float bias, float* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f32_i32_wide(
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt,
+            Py_ssize_t ldx, float bias, float* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f64_i16_wide(
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt,
+            Py_ssize_t ldx, double bias, double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward_f64_i32_wide(
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt,
+            Py_ssize_t ldx, double bias, double* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil
+
+    void srigl_train_sddmm_f32_i16_wide(
+            const int16_t* idx, Py_ssize_t k, const float* dyt, const float* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, float* out) noexcept nogil
+    void srigl_train_sddmm_f32_i32_wide(
+            const int32_t* idx, Py_ssize_t k, const float* dyt, const float* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, float* out) noexcept nogil
+    void srigl_train_sddmm_f64_i16_wide(
+            const int16_t* idx, Py_ssize_t k, const double* dyt, const double* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, double* out) noexcept nogil
+    void srigl_train_sddmm_f64_i32_wide(
+            const int32_t* idx, Py_ssize_t k, const double* dyt, const double* xt,
+            Py_ssize_t ldx, Py_ssize_t c0, Py_ssize_t c1, double* out) noexcept nogil
+
+    # Two neurons per pass (the forward of C-contiguous rows r and r + 1).
+    void srigl_train_forward2_f32_i16(
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f32_i16_wide(
+            const float* v, const int16_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f32_i32(
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f32_i32_wide(
+            const float* v, const int32_t* idx, Py_ssize_t k, const float* xt, Py_ssize_t ldx,
+            float bias0, float bias1, float* yt0, float* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i16(
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i16_wide(
+            const double* v, const int16_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i32(
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    void srigl_train_forward2_f64_i32_wide(
+            const double* v, const int32_t* idx, Py_ssize_t k, const double* xt, Py_ssize_t ldx,
+            double bias0, double bias1, double* yt0, double* yt1, Py_ssize_t c0,
+            Py_ssize_t c1) noexcept nogil
+    int srigl_train_wide() noexcept nogil
+
     void srigl_train_relu_f32(const float* src, float* dst, Py_ssize_t n) noexcept nogil
     void srigl_train_relu_f64(const double* src, double* dst, Py_ssize_t n) noexcept nogil
     void srigl_train_relu_grad_f32(const float* g, const float* y, float* dst,
@@ -276,10 +338,16 @@ def leading_dimension(m, itemsize):
 
 
 def _columns(rows, m, dtype, zeroed=False):
-    """A [rows, m] view of a padded [rows, leading_dimension(m)] array."""
-    shape = (rows, leading_dimension(m, np.dtype(dtype).itemsize))
-    full = np.zeros(shape, dtype=dtype) if zeroed else np.empty(shape, dtype=dtype)
-    return full[:, :m]
+    """A [rows, m] view of a padded [rows, leading_dimension(m)] array whose rows start on
+    64-byte boundaries (a 64-byte vector of a misaligned row straddles two cache lines:
+    the AVX-512 scatter into a 4.7 MB dxt ran 1.2x slower than the 32-byte one so)."""
+    itemsize = np.dtype(dtype).itemsize
+    ld = leading_dimension(m, itemsize)
+    nbytes = rows * ld * itemsize
+    raw = np.zeros(nbytes + 64, dtype=np.uint8) if zeroed else np.empty(nbytes + 64,
+                                                                        dtype=np.uint8)
+    offset = -raw.__array_interface__["data"][0] % 64
+    return raw[offset:offset + nbytes].view(dtype).reshape(rows, ld)[:, :m]
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -287,18 +355,19 @@ _INDICES = (np.dtype(np.int16), np.dtype(np.int32))
 
 
 cdef int _index_range(const index_t[:, ::1] indices, Py_ssize_t n_in) noexcept nogil:
-    """1 when every index lies in [0, n_in), else 0 (one pass over the nnz indices)."""
-    cdef Py_ssize_t r, j
-    cdef index_t low = 0, high = 0
-    if indices.shape[0] == 0 or indices.shape[1] == 0:
+    """1 when every index lies in [0, n_in), else 0 (one pass over the nnz indices,
+    branch-free min / max so that it vectorises: it runs on every call)."""
+    cdef Py_ssize_t i, nnz = indices.shape[0] * indices.shape[1]
+    cdef const index_t* flat
+    cdef index_t low, high, x
+    if nnz == 0:
         return 1
-    low = high = indices[0, 0]
-    for r in range(indices.shape[0]):
-        for j in range(indices.shape[1]):
-            if indices[r, j] < low:
-                low = indices[r, j]
-            elif indices[r, j] > high:
-                high = indices[r, j]
+    flat = &indices[0, 0]
+    low = high = flat[0]
+    for i in range(nnz):
+        x = flat[i]
+        low = x if x < low else low
+        high = x if x > high else high
     return low >= 0 and high < n_in
 
 
@@ -335,19 +404,81 @@ def _same_dtype(name, a, reference):
 
 # -- the per-neuron C kernels, one entry per type pair ---------------------------------
 
+# Whether the Linear kernels run their 64-byte (AVX-512) copy: the CPU's answer, fixed at
+# import (the tests switch it with ``_use_wide`` to check both copies on one CPU).
+cdef bint _WIDE = srigl_train_wide()
+
+
+def _use_wide(flag):
+    """Run the 64-byte copy when ``flag`` and the CPU has it, else the 32-byte one; returns
+    the previous setting. For the tests: not thread-safe against running kernels."""
+    global _WIDE
+    previous = bool(_WIDE)
+    _WIDE = bool(flag) and bool(srigl_train_wide())
+    return previous
+
+
 cdef inline void _forward_row(const floating* v, const index_t* idx, Py_ssize_t k,
                               const floating* xt, Py_ssize_t ldx, floating bias,
                               floating* yt, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     if floating is float:
         if index_t is int16_t:
-            srigl_train_forward_f32_i16(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            if _WIDE:
+                srigl_train_forward_f32_i16_wide(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            else:
+                srigl_train_forward_f32_i16(v, idx, k, xt, ldx, bias, yt, c0, c1)
         else:
-            srigl_train_forward_f32_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            if _WIDE:
+                srigl_train_forward_f32_i32_wide(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            else:
+                srigl_train_forward_f32_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
     else:
         if index_t is int16_t:
-            srigl_train_forward_f64_i16(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            if _WIDE:
+                srigl_train_forward_f64_i16_wide(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            else:
+                srigl_train_forward_f64_i16(v, idx, k, xt, ldx, bias, yt, c0, c1)
         else:
-            srigl_train_forward_f64_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            if _WIDE:
+                srigl_train_forward_f64_i32_wide(v, idx, k, xt, ldx, bias, yt, c0, c1)
+            else:
+                srigl_train_forward_f64_i32(v, idx, k, xt, ldx, bias, yt, c0, c1)
+
+
+cdef inline void _forward_pair(const floating* v, const index_t* idx, Py_ssize_t k,
+                               const floating* xt, Py_ssize_t ldx, floating bias0,
+                               floating bias1, floating* yt0, floating* yt1, Py_ssize_t c0,
+                               Py_ssize_t c1) noexcept nogil:
+    if floating is float:
+        if index_t is int16_t:
+            if _WIDE:
+                srigl_train_forward2_f32_i16_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f32_i16(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
+        else:
+            if _WIDE:
+                srigl_train_forward2_f32_i32_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f32_i32(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
+    else:
+        if index_t is int16_t:
+            if _WIDE:
+                srigl_train_forward2_f64_i16_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f64_i16(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
+        else:
+            if _WIDE:
+                srigl_train_forward2_f64_i32_wide(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                                  c0, c1)
+            else:
+                srigl_train_forward2_f64_i32(v, idx, k, xt, ldx, bias0, bias1, yt0, yt1,
+                                             c0, c1)
 
 
 cdef inline void _scatter_row(const floating* v, const index_t* idx, Py_ssize_t k,
@@ -370,14 +501,26 @@ cdef inline void _sddmm_row(const index_t* idx, Py_ssize_t k, const floating* dy
                             Py_ssize_t c1, floating* out) noexcept nogil:
     if floating is float:
         if index_t is int16_t:
-            srigl_train_sddmm_f32_i16(idx, k, dyt, xt, ldx, c0, c1, out)
+            if _WIDE:
+                srigl_train_sddmm_f32_i16_wide(idx, k, dyt, xt, ldx, c0, c1, out)
+            else:
+                srigl_train_sddmm_f32_i16(idx, k, dyt, xt, ldx, c0, c1, out)
         else:
-            srigl_train_sddmm_f32_i32(idx, k, dyt, xt, ldx, c0, c1, out)
+            if _WIDE:
+                srigl_train_sddmm_f32_i32_wide(idx, k, dyt, xt, ldx, c0, c1, out)
+            else:
+                srigl_train_sddmm_f32_i32(idx, k, dyt, xt, ldx, c0, c1, out)
     else:
         if index_t is int16_t:
-            srigl_train_sddmm_f64_i16(idx, k, dyt, xt, ldx, c0, c1, out)
+            if _WIDE:
+                srigl_train_sddmm_f64_i16_wide(idx, k, dyt, xt, ldx, c0, c1, out)
+            else:
+                srigl_train_sddmm_f64_i16(idx, k, dyt, xt, ldx, c0, c1, out)
         else:
-            srigl_train_sddmm_f64_i32(idx, k, dyt, xt, ldx, c0, c1, out)
+            if _WIDE:
+                srigl_train_sddmm_f64_i32_wide(idx, k, dyt, xt, ldx, c0, c1, out)
+            else:
+                srigl_train_sddmm_f64_i32(idx, k, dyt, xt, ldx, c0, c1, out)
 
 
 # -- the three products on column arrays ----------------------------------------------
@@ -390,16 +533,23 @@ cdef void _forward(const floating[:, ::1] values, const index_t[:, ::1] indices,
                    const floating[::1] bias, floating[:, ::1] yt, Py_ssize_t width,
                    int threads) noexcept nogil:
     """values[n, k], indices[n, k], xt[n_in, m] (row stride ldx), bias[n] -> yt[n, m],
-    in work items of (column block of ``width``, neuron)."""
+    in work items of (column block of ``width``, neuron pair 2p, 2p + 1; the last alone
+    when n is odd)."""
     cdef Py_ssize_t n = values.shape[0], k = values.shape[1]
+    cdef Py_ssize_t pairs = (n + 1) // 2
     cdef Py_ssize_t n_blocks = (m + width - 1) // width
     cdef Py_ssize_t item, block, r, c0, c1
-    for item in prange(n_blocks * n, schedule="static", num_threads=threads):
-        block = item // n
-        r = item - block * n
+    for item in prange(n_blocks * pairs, schedule="static", num_threads=threads):
+        block = item // pairs
+        r = 2 * (item - block * pairs)
         c0 = block * width
         c1 = min(c0 + width, m)
-        _forward_row(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], &yt[r, 0], c0, c1)
+        if r + 1 < n:
+            _forward_pair(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], bias[r + 1],
+                          &yt[r, 0], &yt[r + 1, 0], c0, c1)
+        else:
+            _forward_row(&values[r, 0], &indices[r, 0], k, xt, ldx, bias[r], &yt[r, 0], c0,
+                         c1)
 
 
 cdef void _input_grad(const floating[:, ::1] values, const index_t[:, ::1] indices,
@@ -524,23 +674,31 @@ def weight_grad_columns(indices, xt, dyt, threads=0):
     return partial[0] if n_segments == 1 else partial.sum(axis=0)
 
 
-cdef int _check_transposed(const index_t[:, ::1] indices, const long long[::1] indptr,
-                           const int32_t[::1] rows, const long long[::1] positions) noexcept nogil:
+cdef int _check_transposed(const index_t[:, ::1] indices, const floating[:, ::1] values,
+                           const long long[::1] indptr, const int32_t[::1] rows,
+                           const long long[::1] positions,
+                           floating[::1] values_t) noexcept nogil:
     """1 when (indptr, rows, positions) is the transposed index of ``indices``: input i's
-    entries e in [indptr[i], indptr[i+1]) name stored weights p = positions[e] (each in
-    [0, nnz)) with indices.flat[p] == i and rows[e] == p // k; else 0. O(n_in + nnz)."""
-    cdef Py_ssize_t k = indices.shape[1], nnz = indices.shape[0] * indices.shape[1]
+    entries e in [indptr[i], indptr[i+1]) name stored weights p = positions[e] =
+    rows[e]*k + q with rows[e] in [0, n), q in [0, k) and indices[rows[e], q] == i;
+    else 0. Checked entries are gathered as it goes: values_t[e] = values.flat[p].
+    O(n_in + nnz), without a division (it runs on every gather)."""
+    cdef Py_ssize_t n = indices.shape[0], k = indices.shape[1], nnz = n * k
     cdef Py_ssize_t n_in = indptr.shape[0] - 1, i, e
-    cdef long long p
+    cdef long long p, r, q
     if indptr[0] != 0 or indptr[n_in] != nnz:
         return 0
     for i in range(n_in):
-        if indptr[i + 1] < indptr[i]:
+        # Bounded as well as ordered before positions[e] is read for e < indptr[i + 1].
+        if indptr[i + 1] < indptr[i] or indptr[i + 1] > nnz:
             return 0
         for e in range(indptr[i], indptr[i + 1]):
             p = positions[e]
-            if p < 0 or p >= nnz or indices[p // k, p % k] != i or rows[e] != p // k:
+            r = rows[e]
+            q = p - r * k
+            if r < 0 or r >= n or q < 0 or q >= k or indices[r, q] != i:
                 return 0
+            values_t[e] = values[r, q]
     return 1
 
 
@@ -596,12 +754,8 @@ def input_grad_gather(values, indices, transposed, dyt, n_in, threads=0):
     if indptr.shape != (n_in + 1,) or rows.shape != (n * k,) or positions.shape != (n * k,):
         raise ValueError(f"transposed must be transposed_index(indices, n_in={n_in}) for "
                          f"indices of shape {indices.shape}")
-    cdef int ok
-    if indices.dtype == np.int16:
-        ok = _transposed16(indices, indptr, rows, positions)
-    else:
-        ok = _transposed32(indices, indptr, rows, positions)
-    if not ok:
+    values_t = np.empty(n * k, dtype=values.dtype)
+    if not _dispatch_check_transposed(indices, values, indptr, rows, positions, values_t):
         raise ValueError("transposed does not match indices: rebuild it with "
                          "transposed_index(indices, n_in) after every topology change")
     if dyt.shape[0] != n:
@@ -611,22 +765,18 @@ def input_grad_gather(values, indices, transposed, dyt, n_in, threads=0):
     dxt = _columns(n_in, m, values.dtype, zeroed=not _nonempty(n, k, m))
     if not _nonempty(n_in, m) or not _nonempty(n, k):
         return dxt
-    values_t = values.ravel()[positions]
     _dispatch_gather(values_t, rows, indptr, dyt, _ld(dyt), dxt, _ld(dxt),
                      column_block(n, values.itemsize), n_threads)
     return dxt
 
 
-cdef int _transposed16(const int16_t[:, ::1] indices, const long long[::1] indptr,
-                       const int32_t[::1] rows, const long long[::1] positions):
+def _dispatch_check_transposed(const index_t[:, ::1] indices, const floating[:, ::1] values,
+                               const long long[::1] indptr, const int32_t[::1] rows,
+                               const long long[::1] positions, floating[::1] values_t):
+    cdef int ok
     with nogil:
-        return _check_transposed(indices, indptr, rows, positions)
-
-
-cdef int _transposed32(const int32_t[:, ::1] indices, const long long[::1] indptr,
-                       const int32_t[::1] rows, const long long[::1] positions):
-    with nogil:
-        return _check_transposed(indices, indptr, rows, positions)
+        ok = _check_transposed(indices, values, indptr, rows, positions, values_t)
+    return ok
 
 
 def _dispatch_gather(const floating[::1] values_t, const int32_t[::1] rows,

@@ -128,6 +128,53 @@ def test_the_thread_count_does_not_change_a_result():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, n_in, k, batch", [(13, 200, 21, 130), (9, 40, 8, 64),
+                                               (5, 30, 3, 7), (4, 300, 57, 256)])
+def test_both_vector_copies_match_the_definition_for_any_thread_count(n, n_in, k, batch,
+                                                                      dtype, wide):
+    """The 32-byte and (on an AVX-512 CPU) 64-byte copies of the Linear kernels: k not a
+    multiple of the SDDMM's eight-weight groups, batches with vector and scalar tails, the
+    gather and the scatter; threads 1 and 2 give the same bits."""
+    rng = np.random.default_rng(n + n_in + k + batch)
+    values, indices = make_layer(rng, n, n_in, k, dtype, np.int16)
+    x = rng.standard_normal((batch, n_in)).astype(dtype)
+    dy = rng.standard_normal((batch, n)).astype(dtype)
+    transposed = tk.transposed_index(indices, n_in)
+    previous = tk._compiled._use_wide(wide)
+    try:
+        results = [(tk.linear_forward(values, indices, x, threads=threads),
+                    *tk.linear_backward(values, indices, x, dy, threads=threads,
+                                        transposed=transposed),
+                    tk.linear_input_grad(values, indices, dy, n_in, threads=threads))
+                   for threads in (1, 2)]
+    finally:
+        tk._compiled._use_wide(previous)
+    y, dx, dvalues, dx_scatter = results[0]
+    assert_near(y, tk.linear_forward_reference(values, indices, x), dtype)
+    assert_near(dx, tk.linear_input_grad_reference(values, indices, dy, n_in), dtype)
+    assert_near(dvalues, tk.linear_weight_grad_reference(indices, x, dy), dtype)
+    assert_near(dx_scatter, dx, dtype)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 9), (8, 8), (16, 16), (17, 33), (33, 130),
+                                   (128, 300), (300, 5), (40, 2048)])
+def test_transpose_moves_every_element(shape, dtype, threads):
+    """The column layout's transpose (16 x 16 blocks of 8 x 8 register tiles, scalar
+    edges): padded and plain, rows contiguous or strided (copied first)."""
+    a = np.random.default_rng(sum(shape)).standard_normal(shape).astype(dtype)
+    for source in (a, a[:, ::2]):
+        for padded in (True, False):
+            at = tk._compiled.transpose(source, threads, padded=padded)
+            assert at.shape == source.T.shape and at.strides[1] == at.itemsize
+            np.testing.assert_array_equal(at, source.T)
+
+
 def test_strided_activations_are_copied_and_give_the_same_result():
     rng = np.random.default_rng(4)
     values, indices = make_layer(rng, 6, 15, 4)
