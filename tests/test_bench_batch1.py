@@ -41,3 +41,20 @@ def test_bad_arguments_stop_with_usage(argv):
     with pytest.raises(SystemExit) as exit_info:
         script.main(argv)
     assert exit_info.value.code == 2
+
+
+def test_team_wake_script_times_both_team_sizes_and_puts_the_grain_back(capsys,
+                                                                         monkeypatch):
+    from srigl_np import thread_policy
+
+    wake = load_script("benchmarks/batch1_team_wake.py")
+    monkeypatch.setattr(wake, "SHAPES", ((16, 8),))
+    real = wake.median_ms
+    monkeypatch.setattr(wake, "median_ms",
+                        lambda call, calls=2000, gap=0.0, rounds=7: real(call, 3, gap / 2, 3))
+    grain = thread_policy.GRAIN_WORK
+    wake.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("16->8: 1 thread ") and "; 2 threads " in lines[1]
+    assert lines[-1] == "quiet" or lines[-1].startswith("busy")
+    assert thread_policy.GRAIN_WORK == grain
