@@ -92,6 +92,23 @@ def cupy():
     return cp
 
 
+def cuda_module(path, name_expressions, cache):
+    """CuPy's ``RawModule`` of the CUDA source file ``path`` for the current device,
+    compiled at its first use on that device and kept in ``cache`` ({device id:
+    module}, the caller's: one per source file); ``name_expressions`` are the template
+    instantiations to compile."""
+    cp = cupy()
+    device = cp.cuda.Device().id
+    module = cache.get(device)
+    if module is None:
+        with open(path) as f:
+            source = f.read()
+        module = cp.RawModule(code=source, options=("-std=c++14",),
+                              name_expressions=name_expressions)
+        cache[device] = module
+    return module
+
+
 def select(device):
     """Activate ``device`` and return its array module (numpy for "cpu", cupy for "cuda:N")."""
     kind, index = parse_device(device)

@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from .backend import array_module, cupy, is_cupy_array
+from .backend import array_module, cuda_module, cupy, is_cupy_array
 from .validation import FLOATING, check_array, positive_int
 
 # Batch sizes up to this use the warp-per-output kernel (no transpose needed).
@@ -129,15 +129,7 @@ def condensed_product(weights, x, bias=None):
 
 
 def _kernel(name, index_dtype):
-    cp = cupy()
-    device = cp.cuda.Device().id
-    module = _module_cache.get(device)
-    if module is None:
-        with open(_KERNEL_FILE) as f:
-            source = f.read()
-        module = cp.RawModule(code=source, options=("-std=c++14",),
-                              name_expressions=_NAME_EXPRESSIONS)
-        _module_cache[device] = module
+    module = cuda_module(_KERNEL_FILE, _NAME_EXPRESSIONS, _module_cache)
     return module.get_function(f"{name}<{_CTYPES[np.dtype(index_dtype)]}>")
 
 

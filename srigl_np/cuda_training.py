@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from .backend import array_module, cupy
+from .backend import array_module, cuda_module, cupy
 from .validation import check_array
 
 _KERNEL_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_training.cu")
@@ -48,16 +48,8 @@ _module_cache = {}
 
 
 def _kernel(name_expression):
-    cp = cupy()
-    device = cp.cuda.Device().id
-    module = _module_cache.get(device)
-    if module is None:
-        with open(_KERNEL_FILE) as f:
-            source = f.read()
-        module = cp.RawModule(code=source, options=("-std=c++14",),
-                              name_expressions=NAME_EXPRESSIONS)
-        _module_cache[device] = module
-    return module.get_function(name_expression)
+    return cuda_module(_KERNEL_FILE, NAME_EXPRESSIONS, _module_cache).get_function(
+        name_expression)
 
 
 def _name(kernel, values_dtype, index_dtype=None):

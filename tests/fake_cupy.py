@@ -192,3 +192,13 @@ def device(request, monkeypatch):
         except backend.DeviceError:
             pytest.skip(GPU_REASON)
         yield "cuda", 1e-5
+
+
+@pytest.fixture
+def real_cupy():
+    """CuPy with a usable GPU (``backend.cupy()``), or a skip saying what is missing: the
+    tests marked ``gpu`` that run the compiled kernels."""
+    try:
+        return backend.cupy()
+    except backend.DeviceError:
+        pytest.skip(GPU_REASON)

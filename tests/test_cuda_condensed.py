@@ -17,7 +17,7 @@ from srigl_np.kernels import condensed_product
 from srigl_np.nn.layers import Conv2d, Flatten, Linear, ReLU, Sequential
 from srigl_np.nn.pooling import MaxPool2d
 from srigl_np.nn.normalization import BatchNorm2d
-from fake_cupy import GPU_REASON, device  # noqa: F401  (a fixture)
+from fake_cupy import device, real_cupy as cp  # noqa: F401  (fixtures)
 from strategies import fan_in_weight
 from test_condensed import mlp, sparsify
 
@@ -228,13 +228,6 @@ def test_bench_device_cuda_without_cupy_exits_with_one_line(monkeypatch, capsys)
 
 
 # --- on a GPU --------------------------------------------------------------------------
-
-@pytest.fixture
-def cp():
-    try:
-        return backend.cupy()
-    except backend.DeviceError:
-        pytest.skip(GPU_REASON)
 
 
 @pytest.mark.gpu

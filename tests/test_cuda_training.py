@@ -12,8 +12,8 @@ itself runs on the CPU in test_cuda_training_source.py.
 import numpy as np
 import pytest
 
-from fake_cupy import GPU_REASON, device  # noqa: F401  (a fixture)
-from srigl_np import backend, cuda_training
+from fake_cupy import device, real_cupy as cp  # noqa: F401  (fixtures)
+from srigl_np import cuda_training
 from srigl_np import training_kernels as tk
 from srigl_np.backend import is_cupy_array, to_device, to_numpy
 from test_training_kernels import CONV_CASES, LINEAR_SHAPES, _conv_problem, assert_near, make_layer
@@ -253,13 +253,6 @@ def test_empty_batches_and_layers_on_the_device(device):
 
 
 # --- on a GPU: the compiled kernels ---------------------------------------------------------
-
-@pytest.fixture
-def cp():
-    try:
-        return backend.cupy()
-    except backend.DeviceError:
-        pytest.skip(GPU_REASON)
 
 
 @pytest.mark.gpu
