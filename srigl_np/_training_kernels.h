@@ -682,9 +682,9 @@ SRIGL_TRAIN_PADDED_BACKWARD(f32, float)
 SRIGL_TRAIN_PADDED_BACKWARD(f64, double)
 
 /* Elementwise layers, one pass over [0, n) of C-contiguous arrays (dst may be src).
-   NumPy's maximum(x, 0) runs at about a third of memory speed (its NaN handling), and a
-   dropout mask drawn with Generator.random costs ~1.5 ns per element: on the cnn's
-   4.7M-element maps the two were a sixth of a sparse training step.
+   NumPy's maximum(x, 0) and multiply-by-mask, and a dropout mask drawn with
+   Generator.random, took 7.9 ms of a 34 ms cnn step at 99% (benchmarks/
+   profile_train_step.py, docs/training.md); these passes, 2.9 ms.
 
    relu:       dst = src if src > 0 or NaN else +0: the bits of np.maximum(src, 0).
    relu_grad:  dst = g * (y > 0), the bits of NumPy's g * (y > 0) (NaN * 0 stays NaN).
@@ -732,10 +732,10 @@ SRIGL_TRAIN_ELEMENTWISE(f64, double)
 
 /* The 2 x 2 max pool of one plane x[height, width] (both even): y and win[height/2,
    width/2] as _maxpool_plane's (the first maximum in row-major cell order wins; a NaN
-   wins and is kept). The scalar loop runs at ~2.5 ns an output whatever the compiler
-   does with it; here each step deinterleaves a window row's two cells from two vector
-   loads of each input row (a 32-byte step, then a 16-byte one: the cnn's 12-wide output
-   rows are one of each) and picks with masks, ~3x faster. V, I, U: float, integer and
+   wins and is kept). The scalar loop does not vectorise (6.6 ms forward on the cnn's
+   maps, docs/training.md); here each step deinterleaves a window row's two cells from two
+   vector loads of each input row (a 32-byte step, then a 16-byte one: the cnn's 12-wide
+   output rows are one of each) and picks with masks (0.66 ms). V, I, U: float, integer and
    uint8 vectors of LANES lanes (SRIGL_EVEN/ODD<LANES>: the deinterleaving shuffles). */
 #define SRIGL_TRAIN_MAXPOOL2_STEP(T, V, I, U, LANES)                                      \
     for (; j + (ptrdiff_t)(sizeof(V) / sizeof(T)) <= out_w;                                \

@@ -1428,13 +1428,9 @@ DROPOUT_MULTIPLIER = 0x9E3779B97F4A7C15   # the stream's step: SplitMix64's (the
 
 
 def _check_elementwise(name, a, reference=None):
-    """A C-contiguous float32/float64 array (of ``reference``'s shape and dtype)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if a.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous")
+    """A C-contiguous float32/float64 array of any shape (of ``reference``'s shape and
+    dtype); returns its flat view."""
+    _check(name, a, _FLOATS, getattr(a, "ndim", None))
     if reference is not None and (a.shape != reference.shape or a.dtype != reference.dtype):
         raise ValueError(f"{name} must be {reference.dtype} of shape {reference.shape}, got "
                          f"{a.dtype} {a.shape}")
