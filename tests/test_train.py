@@ -177,32 +177,49 @@ def test_cli_run_writes_metrics_checkpoint_and_audit(tmp_path):
     assert "  5.weight  10x100  ERK gives it density 1" in audit.stdout.splitlines()
 
 
+@pytest.mark.parametrize("compute", ["masked", "condensed"])
 def test_failed_invariant_check_stops_the_cli_with_one_line_naming_the_layer(
-        tmp_path, monkeypatch, capsys):
-    real_update = dst.srigl_update
+        tmp_path, monkeypatch, capsys, compute):
     calls = []
+    if compute == "masked":
+        real_update = dst.srigl_update
 
-    def update(weight, mask, *args, **kwargs):
-        # The second update of the (100, 300) layer "3.weight" gains one weight too many.
-        result = real_update(weight, mask, *args, **kwargs)
-        calls.append(weight.shape)
-        if calls.count((100, 300)) != 2 or weight.shape != (100, 300):
-            return result
-        bad = result.mask.copy()
-        bad[0, np.flatnonzero(~bad[0])[0]] = True
-        return replace(result, mask=bad)
+        def update(weight, mask, *args, **kwargs):
+            # The second update of the (100, 300) layer "3.weight" gains one weight too
+            # many.
+            result = real_update(weight, mask, *args, **kwargs)
+            calls.append(weight.shape)
+            if calls.count((100, 300)) != 2 or weight.shape != (100, 300):
+                return result
+            bad = result.mask.copy()
+            bad[0, np.flatnonzero(~bad[0])[0]] = True
+            return replace(result, mask=bad)
 
-    monkeypatch.setattr(dst, "srigl_update", update)
+        monkeypatch.setattr(dst, "srigl_update", update)
+        broken = "neuron 0 has "
+    else:
+        real_update = dst.srigl_update_rows
+
+        def update(values, rows, indices, n_out, dense_fan_in, *args, **kwargs):
+            # The same update lists an active neuron as ablated.
+            result = real_update(values, rows, indices, n_out, dense_fan_in, *args, **kwargs)
+            calls.append((n_out, dense_fan_in))
+            if calls.count((100, 300)) != 2 or (n_out, dense_fan_in) != (100, 300):
+                return result
+            return replace(result, ablated=np.append(result.ablated, result.rows[0]))
+
+        monkeypatch.setattr(dst, "srigl_update_rows", update)
+        broken = "ablated neuron 0 has "
     out = tmp_path / "run"
     status = train_module.main(["--dataset", "embedded", "--epochs", "1", "--batch-size", "256",
                                 "--method", "srigl", "--delta", "5", "--out", str(out),
-                                "--progress", "off"])
+                                "--progress", "off", "--compute", compute])
     err = capsys.readouterr().err
     assert status == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("python -m srigl_np.train: error: invariant check failed at "
-                               "step 10: layer '3.weight': neuron 0 has ")
+                               "step 10: layer '3.weight': " + broken)
     assert str(out / "audit.jsonl") in lines[0]
     # The trail gathered so far: both layers at step 5, the first layer at step 10.
     records = [json.loads(line) for line in open(out / "audit.jsonl")]

@@ -233,7 +233,7 @@ def _run_lockstep(method, rule, optimizer_on_update, grad_accumulation=1, **kwar
             assert np.all(model.named_parameters()[name][ds.masks[name] & ~before[k]] == 0)
             assert np.all(optimizer.state[name]["momentum_buffer"][moved] == 0)
             if grad_accumulation > 1:   # the running sum: the window so far, then zero
-                np.testing.assert_allclose(ds.dense_grad[name], hand.window_sum(k),
+                np.testing.assert_allclose(ds.grow_scores[name].dense(), hand.window_sum(k),
                                            rtol=1e-10, atol=1e-15)
     # The updates did move the topology, so the mask comparisons had something to check.
     assert all(changed.values()), changed
@@ -356,8 +356,8 @@ def test_a_checkpoint_inside_an_accumulation_window_resumes_bit_identically(tmp_
         run = _setup(method, model_seed=99, grad_accumulation=n)
         assert load_checkpoint(path, *run)["step"] == cut
         if forget_window:
-            for buffer in run[2].dense_grad.values():
-                buffer[...] = 0
+            for score in run[2].grow_scores.values():
+                score.clear()
         records = [r for step in range(cut, STEPS) for r in _trainer_step(*run, step)]
         return run, records
 
@@ -390,7 +390,7 @@ def test_set_with_grad_accumulation_runs_and_ignores_the_window():
     assert [r["step"] for r in records[3]] == [3, 3, 6, 6, 9, 9]
     assert all(r["invariants"] == "ok" for r in records[3])
     assert sum(r["pruned"] for r in records[3]) > 0
-    assert runs[3][2].dense_grad == {}
+    assert runs[3][2].grow_scores == {}
     assert not any(k.startswith("dense_grad/") for k in runs[3][2].state_dict())
     a, b = (run[0].named_parameters() for run in runs.values())
     assert all(np.array_equal(a[name], b[name]) for name in a)

@@ -36,18 +36,23 @@ The modules, in the order of the data flow:
                  drop schedule
     steps        the named steps of an update, each returning its record
     updates      srigl_update, rigl_update, set_update: compositions of the steps
-    invariants   invariant_violations, check_invariants
+    invariants   invariant_violations, check_invariants (and their condensed forms)
     condensed_update  srigl_update_rows: srigl_update's decisions on the condensed form
                  (values + indices), the dense gradient read in row blocks, O(nnz + block)
                  memory
+    grow_score   GrowScore: a layer's grow score kept as its terms (a dense gradient, or
+                 a Linear's dy and x), read whole or in row blocks
     authors      the SRigL authors' rules, where srigl_np departs from them (not used by
                  the updates; srigl_np.testing's reading="authors" and erk_table use them)
 Every public name of these modules is importable from ``srigl_np.dst``.
 """
 
 from . import authors
-from .condensed_update import CondensedUpdate, srigl_update_rows, top_gradient_positions
-from .invariants import INFER, InvariantError, Violation, check_invariants, invariant_violations
+from .condensed_update import (CondensedUpdate, default_block_rows, srigl_update_rows,
+                               top_gradient_positions)
+from .grow_score import GrowScore
+from .invariants import (INFER, InvariantError, Violation, check_condensed_invariants,
+                         check_invariants, condensed_violations, invariant_violations)
 from .masks import (constant_fan_in_mask, cosine_drop_fraction, erk_sparsities,
                     fan_in_after_ablation, fan_in_of_budget, layer_budget, random_mask,
                     uniform_sparsities)
@@ -59,11 +64,12 @@ from .updates import (UpdateResult, UpdateTrace, check_update_args, rigl_update,
                       srigl_update, update_result)
 
 __all__ = [
-    "Ablation", "AblationRule", "CondensedUpdate", "FanInCap", "Growth", "INFER",
+    "Ablation", "AblationRule", "CondensedUpdate", "FanInCap", "GrowScore", "Growth", "INFER",
     "InvariantError", "MagnitudeKeep", "NewFanIn", "UpdateResult", "UpdateTrace",
     "Violation", "ablate",
-    "ablation_rule", "active_neurons", "authors", "cap_fan_in", "check_invariants",
-    "check_update_args", "constant_fan_in_mask", "cosine_drop_fraction", "erk_sparsities",
+    "ablation_rule", "active_neurons", "authors", "cap_fan_in", "check_condensed_invariants",
+    "check_invariants", "check_update_args", "condensed_violations", "constant_fan_in_mask",
+    "cosine_drop_fraction", "default_block_rows", "erk_sparsities",
     "fan_in_after_ablation", "fan_in_of_budget", "grow_at_random", "grow_by_gradient",
     "invariant_violations", "layer_budget", "magnitude_keep", "new_fan_in", "random_mask",
     "regrow", "rigl_update", "set_update", "srigl_update", "srigl_update_rows",

@@ -57,7 +57,8 @@ from .ranking import top_per_row
 from .steps import (FanInCap, ablation_rule, active_neurons, cap_fan_in, magnitude_keep,
                     new_fan_in, regrow)
 
-__all__ = ["CondensedUpdate", "srigl_update_rows", "top_gradient_positions"]
+__all__ = ["CondensedUpdate", "default_block_rows", "srigl_update_rows",
+           "top_gradient_positions"]
 
 # Entries of one gradient block when block_rows is not given (16 MB in float32).
 _BLOCK_ENTRIES = 1 << 22
@@ -103,9 +104,15 @@ class CondensedUpdate:
         return _take(old, self.source)
 
 
+def default_block_rows(dense_fan_in):
+    """Rows of a gradient block when ``block_rows`` is not given: about 4M entries (16 MB
+    in float32), at least one row."""
+    return max(1, _BLOCK_ENTRIES // dense_fan_in)
+
+
 def _block_rows(block_rows, dense_fan_in):
     if block_rows is None:
-        return max(1, _BLOCK_ENTRIES // dense_fan_in)
+        return default_block_rows(dense_fan_in)
     if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) \
             or block_rows < 1:
         raise ValueError(f"block_rows must be an int >= 1, got {block_rows!r}")

@@ -1,6 +1,7 @@
 """The invariants of a sparse layer, checked all at once: constant fan-in, empty ablated
 neurons, nothing outside the mask, the budget (``invariant_violations``,
-``check_invariants``). Vectorised, and used by the training loop after every update.
+``check_invariants``; for a layer held condensed, ``condensed_violations``,
+``check_condensed_invariants``). Vectorised, and used by the training loop after every update.
 """
 
 from dataclasses import dataclass
@@ -10,14 +11,16 @@ import numpy as np
 from ..backend import is_cupy_array, to_numpy
 from .masks import _check_mask, _check_shape
 
-__all__ = ["INFER", "InvariantError", "Violation", "check_invariants", "invariant_violations"]
+__all__ = ["INFER", "InvariantError", "Violation", "check_condensed_invariants", "check_invariants",
+           "condensed_violations", "invariant_violations"]
 
 
 @dataclass(frozen=True)
 class Violation:
     """One broken invariant of a layer, as ``invariant_violations`` reports it.
 
-    kind:     "outside_mask" (a non-zero weight where the mask is False), "ablated_active"
+    kind:     "outside_mask" (a non-zero weight where the mask is False), "layout" (a
+              condensed layer's rows or indices out of order or range), "ablated_active"
               (a neuron listed as ablated holds weights), "no_active_neuron" (every neuron
               is ablated), "fan_in" (an active neuron's count differs from the fan-in) or
               "budget" (nnz outside the budget's range).
@@ -94,6 +97,72 @@ def invariant_violations(weight, mask, fan_in=None, ablated=(), *, budget=None):
             f"{total} weights are non-zero outside the mask; first at neuron {neuron}, "
             f"input {column}: {value.item()!r}"))
 
+    violations.extend(_count_violations(counts, rows.shape[1], is_ablated, fan_in, budget))
+    return violations
+
+
+def check_invariants(weight, mask, fan_in=None, ablated=(), *, layer="", budget=None):
+    """Raise InvariantError unless the layer is a valid sparse layer.
+
+    The checks and arguments are those of ``invariant_violations`` (``fan_in`` and
+    ``ablated`` may be "infer"). The error reports every violation at once, one line
+    each, prefixed by the layer's name: the first offending neuron and the counts; its
+    ``violations`` attribute holds the records. CuPy arrays are checked on the host.
+    """
+    _raise(invariant_violations(weight, mask, fan_in, ablated, budget=budget), layer)
+
+
+def condensed_violations(rows, indices, shape, fan_in=None, ablated=(), *, budget=None):
+    """``invariant_violations`` of a layer held condensed, without its dense form.
+
+    rows int[n_active], indices int[n_active, k]: the canonical layout
+    (``srigl_np.nn.condensed_compute.condense_rows``) of a weight of dense ``shape``
+    (n, *fan_in_dims); the mask is True exactly at (rows[i], indices[i, j]). First
+    "layout": rows strictly ascending in [0, n), each row's indices strictly ascending
+    in [0, F) (so every stored neuron holds exactly k weights); when the layout holds,
+    the count checks of ``invariant_violations`` ("ablated_active", "no_active_neuron",
+    "fan_in", "budget"). "outside_mask" cannot arise: a weight exists only inside.
+    O(nnz + n).
+    """
+    n = _check_shape(tuple(shape))[0]
+    dense_fan_in = int(np.prod(shape[1:]))
+    rows, indices = np.asarray(rows), np.asarray(indices)
+    if rows.ndim != 1 or indices.ndim != 2 or indices.shape[0] != rows.size:
+        raise ValueError(f"rows (n_active,) and indices (n_active, k) expected, got "
+                         f"{rows.shape} and {indices.shape}")
+    k = indices.shape[1]
+    bad_rows = rows.size and (rows[0] < 0 or rows[-1] >= n or (np.diff(rows) <= 0).any())
+    bad_columns = indices.size and (indices.min() < 0 or indices.max() >= dense_fan_in
+                                    or (k > 1 and (np.diff(indices, axis=1) <= 0).any()))
+    if bad_rows or bad_columns:
+        what = (f"rows are not strictly ascending in [0, {n})" if bad_rows else
+                f"a row's indices are not strictly ascending in [0, {dense_fan_in})")
+        return [Violation("layout", None, "canonical", None, 1,
+                          f"the condensed layout is broken: {what}")]
+    counts = np.zeros(n, dtype=np.int64)
+    counts[rows] = k
+    return _count_violations(counts, dense_fan_in, _ablated_flags(ablated, counts), fan_in,
+                             budget)
+
+
+def check_condensed_invariants(rows, indices, shape, fan_in=None, ablated=(), *, layer="",
+                               budget=None):
+    """Raise InvariantError unless the condensed layer is valid (``condensed_violations``;
+    the message as ``check_invariants``')."""
+    _raise(condensed_violations(rows, indices, shape, fan_in, ablated, budget=budget), layer)
+
+
+def _raise(violations, layer):
+    if violations:
+        where = f"layer {layer!r}: " if layer else ""
+        raise InvariantError("\n".join(where + v.message for v in violations), violations)
+
+
+def _count_violations(counts, dense_fan_in, is_ablated, fan_in, budget):
+    """The checks that read only each neuron's count of active weights: "ablated_active",
+    "no_active_neuron", "fan_in" and "budget" (``invariant_violations``)."""
+    n = counts.size
+    violations = []
     holding = np.flatnonzero(is_ablated & (counts > 0))
     if holding.size:
         neuron = int(holding[0])
@@ -124,7 +193,7 @@ def invariant_violations(weight, mask, fan_in=None, ablated=(), *, budget=None):
                 f"differ)"))
 
     if budget is not None:
-        nnz, dense_fan_in = int(counts.sum()), rows.shape[1]
+        nnz = int(counts.sum())
         active_counts = counts[counts > 0]
         n_active = active_counts.size
         too_many = nnz > budget and not np.all(active_counts == 1)
@@ -138,20 +207,6 @@ def invariant_violations(weight, mask, fan_in=None, ablated=(), *, budget=None):
                 f"nnz {nnz} leaves the budget: expected {budget - n_active} < nnz <= "
                 f"{budget} for budget {budget} with {n_active} active neurons"))
     return violations
-
-
-def check_invariants(weight, mask, fan_in=None, ablated=(), *, layer="", budget=None):
-    """Raise InvariantError unless the layer is a valid sparse layer.
-
-    The checks and arguments are those of ``invariant_violations`` (``fan_in`` and
-    ``ablated`` may be "infer"). The error reports every violation at once, one line
-    each, prefixed by the layer's name: the first offending neuron and the counts; its
-    ``violations`` attribute holds the records. CuPy arrays are checked on the host.
-    """
-    violations = invariant_violations(weight, mask, fan_in, ablated, budget=budget)
-    if violations:
-        where = f"layer {layer!r}: " if layer else ""
-        raise InvariantError("\n".join(where + v.message for v in violations), violations)
 
 
 def _ablated_flags(ablated, counts):

@@ -30,7 +30,8 @@ step; here the update comes at the step whose index (steps taken before it) is a
 multiple of ΔT: the same drop fractions, one mini-batch later.
 
 Each layer's update clears the optimizer state where its mask changed, is checked by
-``dst.check_invariants`` and appends one ``srigl_np.dst.trail.make_record`` record to
+``dst.check_invariants`` (a condensed layer's new layout by
+``dst.check_condensed_invariants``, before it is taken) and appends one ``srigl_np.dst.trail.make_record`` record to
 ``audit_records``; the record counts the weights dropped and grown back in the same
 update (``regrown``) and the zeros inside the new mask. A failed check raises
 ``dst.InvariantError`` out of ``after_step``; the layers updated before it in that step
@@ -46,12 +47,15 @@ Linear and groups-1 Conv2d layers are trained as ``values[n_active, k]`` +
 at the stored positions, the optimizer's state is stored the same way, and nothing of a
 layer's dense size is read or written on a step outside a grow-score window. The
 trainer calls ``before_forward(step)`` first, so that on the steps of a window the
-layers also compute the dense gradient. An update step runs the same ``_update_layer``
-on the layer's dense weight (expanded from the values) and rewires the condensed arrays
-from its result: kept weights keep their value and optimizer state, grown ones start at
-0 with zero state, ablated neurons leave the arrays and come back when they return. The
-masks stay the record of the topology, so checkpoints (written inside ``dense_view()``),
-the trail, ITOP and every command read runs of either path alike. RigL, SET and
+layers also keep what the dense gradient is made of (a Linear its dy and x, a Conv2d
+dy^T im2col(x)) for the layer's ``GrowScore``. An update step runs SRigL on the
+condensed arrays (``dst.srigl_update_rows``: ``srigl_update``'s decisions bit for bit,
+the grow score read in row blocks, so no float array of the layer's dense size exists):
+kept weights keep their value and optimizer state, grown ones start at 0 with zero
+state, ablated neurons leave the arrays and come back when they return. The bool masks
+(and ever-active) stay the record of the topology, rewritten from the new layout, so
+checkpoints (written inside ``dense_view()``), the trail, ITOP and every command read
+runs of either path alike. RigL, SET and
 static have unstructured masks (each neuron its own fan-in): their layers run condensed
 on the same kernels, padded to the layer's largest fan-in (``condensed_compute``'s
 "Padded layout": padding slots hold 0, get no gradient and keep zero optimizer state),
@@ -83,10 +87,11 @@ import contextlib
 import numpy as np
 
 from .. import dst
-from ..backend import array_module, on_device_of, to_numpy
+from ..backend import on_device_of, to_numpy
 from ..nn import condensed_compute
 from ..nn.layers import Linear, kaiming_normal, prefixed
 from ..validation import positive_int
+from .grow_score import GrowScore
 from .trail import make_record
 
 METHODS = ("dense", "static", "set", "rigl", "srigl")
@@ -141,8 +146,9 @@ class DynamicSparsity:
         "Two compute paths" above.
 
     State: ``masks``, ``ever_active`` (bool, per layer), ``ablated`` (int64 indices, per
-    layer), with ``grad_accumulation`` > 1 the running sums ``dense_grad`` (per updated
-    layer, the weight's shape and dtype; zero outside an accumulation window) and
+    layer), ``grow_scores`` (RigL, SRigL: a ``GrowScore`` per updated layer, empty outside
+    a grow-score window; a checkpoint holds its partial sum as ``dense_grad/<name>`` when
+    ``grad_accumulation`` > 1) and
     ``audit_records``, the run's audit trail (a trainer resuming a run puts
     the records its checkpoint covers back there).
     """
@@ -217,13 +223,13 @@ class DynamicSparsity:
             weight[...] = on_device_of(init, weight)
             self.masks[name] = on_device_of(mask, weight)
         self.ever_active = {n: m.copy() for n, m in self.masks.items()}
-        # With grad_accumulation 1 the grow score is the step's gradient itself (copied
-        # in before_step); longer windows sum into buffers a checkpoint carries.
-        self.dense_grad = {}
-        if grad_accumulation > 1 and method in ("rigl", "srigl"):
-            xp = array_module(next(iter(self.masks.values()), np.zeros(0)))
-            self.dense_grad = {n: xp.zeros_like(self.params[n]) for n in self.names
-                               if self.layer_sparsity[n] > 0.0}
+        # The grow score of each layer an update regrows by gradient (RigL, SRigL), kept
+        # as its window's terms; a checkpoint carries a window longer than one step.
+        self.grow_scores = {}
+        if method in ("rigl", "srigl"):
+            self.grow_scores = {n: GrowScore(self.params[n].shape, self.params[n].dtype,
+                                             grad_accumulation)
+                                for n in self.names if self.layer_sparsity[n] > 0.0}
         self.audit_records = []
         self.compute = compute
         # name -> CondensedCompute of the layers trained condensed.
@@ -387,22 +393,15 @@ class DynamicSparsity:
         ``optimizer_on_update="skip"`` (the gradients are then left unmasked).
         """
         if self.accumulates(step):
-            for name in self._updated_layers():
+            for name, score in self.grow_scores.items():
                 compute = self.condensed.get(name)
-                if compute is not None and compute.dense_grad is None:
-                    raise RuntimeError(f"{name}: the condensed layer computed no dense "
-                                       f"gradient: call before_forward(step) before the "
-                                       f"forward pass")
-                grad = grads[name] if compute is None else compute.dense_grad
-                if self.grad_accumulation == 1:
-                    self.dense_grad[name] = grad.copy() if compute is None else grad
-                elif compute is None:   # as the authors: a running sum of gradient / n
-                    self.dense_grad[name] += grad / self.grad_accumulation
-                else:   # the same sum; the layer's fresh gradient is divided in place
-                    grad /= self.grad_accumulation
-                    self.dense_grad[name] += grad
-                if compute is not None:
-                    compute.dense_grad = None
+                if compute is None:
+                    score.add(grads[name])   # copied: masked in place below
+                    continue
+                try:
+                    compute.add_grow_term(score)
+                except RuntimeError as error:
+                    raise RuntimeError(f"{name}: {error}") from None
         if self.is_update_step(step) and self.optimizer_on_update == "skip":
             return False
         for name in self._masked():   # a condensed gradient has only the kept positions
@@ -428,21 +427,23 @@ class DynamicSparsity:
         first = len(self.audit_records)
         for name in self._updated_layers():
             # SET grows at random and keeps no gradient (score None).
-            score = (self.dense_grad.pop(name, None) if self.grad_accumulation == 1
-                     else self.dense_grad.get(name))
+            score = self.grow_scores.get(name)
             self.audit_records.append(self._update_layer(name, step, drop_fraction, score))
-            if self.grad_accumulation > 1 and score is not None:
-                score[...] = 0   # the next window starts from zero
+            if score is not None:
+                score.clear()   # the next window starts from zero
         return self.audit_records[first:]
 
     def _updated_layers(self):
         return [name for name in self.names if self.layer_sparsity[name] > 0.0]
 
     # -- one layer's update -----------------------------------------------------
-    def _update_layer(self, name, step, drop_fraction, grad):
+    def _update_layer(self, name, step, drop_fraction, score):
         compute = self.condensed.get(name)
-        # A condensed layer's update runs on its dense weight (the step already holds
-        # the dense gradient) and is then applied to the condensed arrays by rewiring.
+        if compute is not None and not compute.padded and compute.rows.size:
+            return self._update_condensed(name, compute, step, drop_fraction, score)
+        # A padded layer's update (RigL, SET, static) runs on its dense weight and is then
+        # applied to the condensed arrays by rewiring.
+        grad = None if score is None else score.dense()
         weight = self.params[name] if compute is None else compute.dense_weight()
         mask = self.masks[name]
         is_output = name == self.names[-1]
@@ -493,6 +494,42 @@ class DynamicSparsity:
             zeros_in_mask=(mask & (weight == 0)).sum(), size=mask.size,
             itop=self.ever_active[name].mean())
 
+    def _update_condensed(self, name, compute, step, drop_fraction, score):
+        """SRigL's update of a condensed layer on its condensed arrays
+        (``dst.srigl_update_rows``: srigl_update's decisions bit for bit, the grow score
+        read in row blocks), so no float array of the layer's dense size exists: kept
+        weights keep value and optimizer state (``CondensedUpdate.take``), grown ones
+        start at 0 with zero state, ablated neurons leave the arrays. The bool mask and
+        ever-active, the record of the topology, are rewritten from the new layout."""
+        values = compute.layer.params["weight"]
+        n_out, k_before = compute.shape[0], values.shape[1]
+        update = dst.srigl_update_rows(
+            values, compute.rows, compute.indices, n_out, int(np.prod(compute.shape[1:])),
+            score.rows, drop_fraction=drop_fraction,
+            sparsity=self.layer_sparsity[name], gamma_sal=self.gamma_sal,
+            ablation=self.ablation and name != self.names[-1])
+        dst.check_condensed_invariants(update.rows, update.indices, compute.shape,
+                                       fan_in=update.fan_in, ablated=update.ablated,
+                                       layer=name, budget=dst.layer_budget(
+                                           compute.shape, self.layer_sparsity[name]))
+        state = {key: update.take(a) for key, a in self.optimizer.state[name].items()}
+        compute.set_layout(update.rows, update.indices, update.values)
+        self.params[name] = update.values
+        self.optimizer.rebind(name, update.values, state)
+        mask = self.masks[name]
+        mask[...] = False
+        mask.reshape(n_out, -1)[update.rows[:, None], update.indices] = True
+        self.ever_active[name] |= mask
+        self.ablated[name] = update.ablated
+        k = update.fan_in
+        return make_record(
+            step=step, layer=name, method=self.method, drop_fraction=drop_fraction,
+            pruned=update.pruned, grown=update.grown, regrown=update.regrown,
+            fan_in_before=[k_before, k_before], fan_in_after=[k, k],
+            active_neurons=update.rows.size, neurons=n_out, ablated=update.ablated,
+            nnz=update.values.size, zeros_in_mask=np.count_nonzero(update.values == 0),
+            size=mask.size, itop=self.ever_active[name].mean())
+
     # -- summaries ----------------------------------------------------------------
     def summary(self):
         """Global sparsity reached, active/total neurons and ITOP over the sparse layers."""
@@ -513,8 +550,9 @@ class DynamicSparsity:
             state[f"mask/{name}"] = self.masks[name].copy()
             state[f"ever_active/{name}"] = self.ever_active[name].copy()
             state[f"ablated/{name}"] = self.ablated[name].copy()
-        for name, buffer in self.dense_grad.items() if self.grad_accumulation > 1 else ():
-            state[f"dense_grad/{name}"] = buffer.copy()
+        # A window of one step never spans a checkpoint; a longer one's partial sum does.
+        for name, score in self.grow_scores.items() if self.grad_accumulation > 1 else ():
+            state[f"dense_grad/{name}"] = score.dense().copy()
         return state
 
     def load_state_dict(self, state):
@@ -527,8 +565,14 @@ class DynamicSparsity:
                 target[name][...] = on_device_of(array, target[name])
             self.ablated[name] = np.asarray(to_numpy(state[f"ablated/{name}"]),
                                             dtype=np.int64)
-        for name, buffer in self.dense_grad.items() if self.grad_accumulation > 1 else ():
-            buffer[...] = on_device_of(to_numpy(state[f"dense_grad/{name}"]), buffer)
+        for name, score in self.grow_scores.items() if self.grad_accumulation > 1 else ():
+            array = to_numpy(state[f"dense_grad/{name}"])
+            if array.shape != score.shape or array.dtype != score.dtype:
+                raise ValueError(f"dense_grad/{name}: expected {score.dtype} {score.shape}, "
+                                 f"got {array.dtype} {array.shape}")
+            score.load(on_device_of(array, self.masks[name]))
+            if not array.any():
+                score.clear()   # saved outside a window: nothing to add to
 
 
 def _count_range(counts):

@@ -33,9 +33,14 @@ Ablated neurons (rows of the mask with no weight) are not in the arrays: their o
 their bias alone, as in the masked model, and their bias still trains (its gradient is
 the column sum of the output gradient, every neuron's).
 
-The dense gradient (the grow score of the next topology update) is computed only when
-``want_dense_grad`` is set (``DynamicSparsity.before_forward`` sets it on the steps of a
-grow-score window): ``dense_grad`` is then dy^T x in the weight's dense shape.
+The grow score of the next topology update needs the dense gradient, on the steps of a
+grow-score window only: when ``want_dense_grad`` is set (``DynamicSparsity.before_forward``
+sets it on those steps) the backward pass keeps it for ``add_grow_term``, which hands it
+to the layer's ``dst.GrowScore``. A Linear keeps its factors, the step's dy (batch, n)
+and x (batch, F), so that the score can be read in row blocks (``dy[:, r0:r1]^T x``) and
+no array of the layer's dense size ever exists; a Conv2d computes dy^T im2col(x) in the
+weight's shape (its dense weight is small beside the im2col'd input the factors would
+need).
 """
 
 import numpy as np
@@ -145,7 +150,7 @@ class CondensedCompute:
         self.shape = weight.shape
         self.padded = bool(padded)
         self.want_dense_grad = False
-        self.dense_grad = None
+        self._grow_term = None
         self._x = self._x_columns = None
         self.rewire(weight, mask)
 
@@ -154,11 +159,18 @@ class CondensedCompute:
         """Take the topology of ``mask`` and the values of ``weight`` (both dense): a new
         layout (rows, indices) and the layer's weight and weight gradient in it."""
         if self.padded:
-            self.rows, self.indices, values, self.valid = condense_rows_padded(weight, mask)
+            rows, indices, values, valid = condense_rows_padded(weight, mask)
         else:
-            (self.rows, self.indices, values), self.valid = condense_rows(weight, mask), None
+            (rows, indices, values), valid = condense_rows(weight, mask), None
+        self.set_layout(rows, indices, values, valid)
+
+    def set_layout(self, rows, indices, values, valid=None):
+        """Take the layout (rows, indices, in ``condense_rows``' canonical order), the
+        values in it and, padded, ``valid``: what ``rewire`` does from a dense weight and
+        mask, and a condensed update (``dst.srigl_update_rows``) without them."""
+        self.rows, self.indices, self.valid = rows, indices, valid
         # The flat positions of the padding slots, zeroed in every weight gradient.
-        self._padding = None if self.valid is None else np.flatnonzero(~self.valid)
+        self._padding = None if valid is None else np.flatnonzero(~valid)
         self.all_rows = self.rows.size == self.shape[0]
         self._transposed = None   # the Linear's input-gradient gather index, built lazily
         self.layer.params["weight"] = values
@@ -211,6 +223,19 @@ class CondensedCompute:
     def _active(self, grad_out):
         return grad_out if self.all_rows else np.ascontiguousarray(grad_out[:, self.rows])
 
+    def add_grow_term(self, score):
+        """Add the dense gradient the last backward pass kept (``want_dense_grad``) to
+        ``score`` (a ``dst.GrowScore`` of this weight), once."""
+        if self._grow_term is None:
+            raise RuntimeError("the condensed layer kept no dense gradient: set "
+                               "want_dense_grad before the forward pass "
+                               "(DynamicSparsity.before_forward)")
+        term, self._grow_term = self._grow_term, None
+        if isinstance(term, tuple):
+            score.add_product(*term)
+        else:
+            score.add(term)
+
     def _finish_backward(self, grad_out, dvalues, bias_axes):
         # The kernels' fresh, contiguous gradient; a padding slot gets none.
         self.layer.grads["weight"] = self._zero_padding(dvalues)
@@ -252,7 +277,8 @@ class CondensedLinearCompute(CondensedCompute):
                                       input_grad=input_grad, x_columns=self._x_columns,
                                       transposed=self._transposed if input_grad else None)
         self._finish_backward(dy, dvalues, 0)
-        self.dense_grad = dy.T @ self._x if self.want_dense_grad else None
+        # The grow score's factors, copied: nothing may write into them before the update.
+        self._grow_term = (dy.copy(), self._x.copy()) if self.want_dense_grad else None
         return dx.reshape(*self._lead, layer.in_features) if input_grad else None
 
 
@@ -281,7 +307,7 @@ class CondensedConvCompute(CondensedCompute):
                                       layer.kernel_size, layer.stride, layer.padding,
                                       input_grad=input_grad)
         self._finish_backward(dy, dvalues, (0, 2, 3))
-        self.dense_grad = self._dense_grad(dy) if self.want_dense_grad else None
+        self._grow_term = self._dense_grad(dy) if self.want_dense_grad else None
         return dx
 
     def _dense_grad(self, dy):
