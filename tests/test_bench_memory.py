@@ -30,3 +30,19 @@ def test_the_benchmark_trains_and_rewires_a_small_layer(capsys):
                        "--limit-gb", "1000"]) == 0
     out = capsys.readouterr().out
     assert out.count("layout checked") == 2 and "peak RSS" in out
+
+
+def test_update_memory_reports_each_paths_steps(capsys):
+    """benchmarks/update_memory.py: a row per path, whose update step allocates more than
+    its ordinary step (the grow score's blocks, the new layout)."""
+    script = load_script("benchmarks/update_memory.py")
+    script.main(["--n-in", "256", "--n-out", "48", "--sparsity", "0.9",
+                 "--grad-accumulation", "2"])
+    captured = capsys.readouterr()
+    rows = [line.split(" | ") for line in captured.out.splitlines()
+            if line.startswith("| condensed") or line.startswith("| masked")]
+    assert [row[0] for row in rows] == ["| condensed", "| masked"]
+    for row in rows:
+        ordinary, window, update = (float(cell.split()[0]) for cell in row[1:4])
+        assert update > ordinary and row[4].endswith(" ms")
+    assert captured.err.count("update at step") == 16
