@@ -31,9 +31,10 @@ multiple of ΔT: the same drop fractions, one mini-batch later.
 
 Each layer's update clears the optimizer state where its mask changed, is checked by
 ``dst.check_invariants`` (a condensed layer's new layout by
-``dst.check_condensed_invariants``, before it is taken) and appends one ``srigl_np.dst.trail.make_record`` record to
-``audit_records``; the record counts the weights dropped and grown back in the same
-update (``regrown``) and the zeros inside the new mask. A failed check raises
+``dst.check_condensed_invariants``, before it is taken) and appends one
+``srigl_np.dst.trail.make_record`` record to ``audit_records``; the record counts the
+weights dropped and grown back in the same update (``regrown``) and the zeros inside
+the new mask. A failed check raises
 ``dst.InvariantError`` out of ``after_step``; the layers updated before it in that step
 already have their records. Before training, ``plan()`` says what the schedule will do:
 per layer its shape, sparsity, fan-in and number of updates, and why a layer the
@@ -55,11 +56,11 @@ kept weights keep their value and optimizer state, grown ones start at 0 with ze
 state, ablated neurons leave the arrays and come back when they return. The bool masks
 (and ever-active) stay the record of the topology, rewritten from the new layout, so
 checkpoints (written inside ``dense_view()``), the trail, ITOP and every command read
-runs of either path alike. RigL, SET and
-static have unstructured masks (each neuron its own fan-in): their layers run condensed
-on the same kernels, padded to the layer's largest fan-in (``condensed_compute``'s
-"Padded layout": padding slots hold 0, get no gradient and keep zero optimizer state),
-so a step costs n_active * k, not nnz; ``plan()`` gives each layer's padding. A padded
+runs of either path alike. RigL, SET and static have unstructured masks (each neuron
+its own fan-in): their layers run condensed on the same kernels, padded to the layer's
+largest fan-in (``condensed_compute``'s "Padded layout": padding slots hold 0, get no
+gradient and keep zero optimizer state), so a step costs n_active * k, not nnz; their
+update runs on the expanded dense weight; ``plan()`` gives each layer's padding. A padded
 layer runs condensed only while that is cheaper than masked
 (``condensed_compute.worth_padding``: its slots within ``PADDED_SLOT_LIMIT`` of the
 dense size), decided from the mask alone at the start, at every update (a layer may
