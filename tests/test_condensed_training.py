@@ -448,13 +448,15 @@ def test_runs_of_either_path_audit_condense_and_explain_alike(tmp_path, compute,
     assert "ablated" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
 @pytest.mark.parametrize("case", ["ablation", "adamw-window3"])
-def test_the_condensed_update_in_many_row_blocks_makes_the_same_decisions(monkeypatch, case):
+def test_the_condensed_update_in_many_row_blocks_makes_the_same_decisions(
+        monkeypatch, model_name, case):
     """With gradient blocks of a single row (the default covers these layers in one), the
-    grow score is read in hundreds of blocks: still the masked path's decisions."""
+    grow score is read in up to hundreds of blocks: still the masked path's decisions."""
     from srigl_np.dst import condensed_update
     monkeypatch.setattr(condensed_update, "_BLOCK_ENTRIES", 1)
-    masked = _run("masked", "mlp", **CASES[case])
-    condensed = _run("condensed", "mlp", **CASES[case])
+    masked = _run("masked", model_name, **CASES[case])
+    condensed = _run("condensed", model_name, **CASES[case])
     assert all(score.block_rows == 1 for score in condensed[0].grow_scores.values())
     _assert_same_run(masked, condensed, 5)
