@@ -34,15 +34,16 @@ from srigl_np.nn.optim import SGD
 MIB = 2**20
 
 
-def build(args, compute):
-    rng = np.random.default_rng(args.seed)
-    model = Sequential(Linear(args.n_in, args.n_out, rng=rng), Linear(args.n_out, 10, rng=rng))
+def build(n_in, n_out, sparsity, grad_accumulation, compute, seed=0):
+    """(model, optimizer, DynamicSparsity, Generator): the sparse Linear n_in -> n_out and
+    its kept-dense head, SRigL at ``sparsity`` with updates at 10, 20, ..., 90."""
+    rng = np.random.default_rng(seed)
+    model = Sequential(Linear(n_in, n_out, rng=rng), Linear(n_out, 10, rng=rng))
     optimizer = SGD(model.named_parameters(), lr=0.01, momentum=0.9)
-    sparsity = DynamicSparsity(model, optimizer, method="srigl", sparsity=args.sparsity,
-                               delta=10, t_end=100, distribution="uniform",
-                               dense_layers=(1,), grad_accumulation=args.grad_accumulation,
-                               compute=compute)
-    return model, optimizer, sparsity, rng
+    dynamic = DynamicSparsity(model, optimizer, method="srigl", sparsity=sparsity, delta=10,
+                              t_end=100, distribution="uniform", dense_layers=(1,),
+                              grad_accumulation=grad_accumulation, compute=compute)
+    return model, optimizer, dynamic, rng
 
 
 def step(model, optimizer, sparsity, x, y, index):
@@ -84,7 +85,8 @@ def main(argv=None):
           "of 8) | load |")
     print("|---|---|---|---|---|---|")
     for compute in args.computes:
-        model, optimizer, sparsity, rng = build(args, compute)
+        model, optimizer, sparsity, rng = build(args.n_in, args.n_out, args.sparsity,
+                                                args.grad_accumulation, compute, args.seed)
         x = rng.standard_normal((args.batch, args.n_in)).astype(np.float32)
         y = rng.integers(0, 10, args.batch)
         peaks = {"ordinary": 0, "window": 0, "update": 0}

@@ -8,10 +8,9 @@ SET and static, condensed padded to each layer's largest fan-in, with the paddin
 values and optimizer state exactly 0 after every step.
 """
 
-import tracemalloc
-
 import numpy as np
 import pytest
+from scripts import load_script
 
 from srigl_np.dst import GrowScore
 from srigl_np.dst.sparsity import DynamicSparsity
@@ -394,37 +393,20 @@ def test_optimizer_rebind_checks_its_arguments():
 def test_a_step_outside_a_window_touches_nothing_of_the_dense_size():
     """A 4096 x 4096 layer at 99%: dense weights are 64 MiB (float32); a condensed step
     allocates under 2 MiB, one inside a grow-score window too, and the update under
-    twice the dense weight."""
-    rng = np.random.default_rng(0)
-    model = Sequential(Linear(4096, 4096, rng=rng), Linear(4096, 10, rng=rng))
-    opt = SGD(model.named_parameters(), lr=0.01, momentum=0.9)
-    ds = DynamicSparsity(model, opt, method="srigl", sparsity=0.99, delta=10, t_end=100,
-                         distribution="uniform", dense_layers=(1,), grad_accumulation=2,
-                         compute="condensed")
+    twice the dense weight. The layer, the step and the measurement are
+    benchmarks/update_memory.py's, which reports the figures."""
+    script = load_script("benchmarks/update_memory.py")
+    model, opt, ds, rng = script.build(4096, 4096, 0.99, 2, "condensed")
     # 1 is kept dense (k = F): a Linear of that kind stays on the dense GEMM.
     assert list(ds.condensed) == ["0.weight"] and ds.compute_of("1.weight") == "masked"
     x = rng.standard_normal((4, 4096)).astype(np.float32)
     y = rng.integers(0, 10, 4)
-
-    def peak(step):
-        tracemalloc.start()
-        ds.before_forward(step)
-        _, g = softmax_cross_entropy(model.forward(x, training=True), y)
-        model.backward(g, input_grad=False)
-        grads = model.named_grads()
-        if ds.before_step(step, grads):
-            opt.step(grads)
-        ds.after_step(step, grads)
-        result = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        return result
-
-    peak(0)   # warm-up: the kernels' buffers
+    script.step(model, opt, ds, x, y, 0)   # warm-up: the kernels' buffers
     # Steps 1-8 need no grow score, 9 is in the window of the update at 10 (its dy and
     # x are kept, not dy^T x), 10 updates in row blocks of 1024 x 4096 (16 MiB): a few
     # blocks, never a dense-sized array per step as the masked path's update (~530 MiB
     # here when the condensed update expanded to dense).
-    peaks = [peak(step) for step in range(1, 12)]
+    peaks = [script.step(model, opt, ds, x, y, index)[0] for index in range(1, 12)]
     assert max(peaks[:9] + peaks[10:]) < 2 * 2**20, peaks
     assert peaks[9] < 2 * 64 * 2**20, peaks
     assert ds.audit_records[-1]["step"] == 10 and ds.audit_records[-1]["pruned"] > 0
