@@ -84,6 +84,8 @@ def test_a_dense_term_is_copied_and_an_empty_score_is_zero():
     assert not score and np.array_equal(score.dense(), np.zeros((3, 2, 2), np.float32))
     grad = np.ones((3, 2, 2), np.float32)
     score.add(grad)
+    with pytest.raises(RuntimeError, match="one gradient"):
+        score.add(grad)
     grad[...] = 0   # the caller masks its gradient in place afterwards
     assert score and score.dense().sum() == 12 and score.rows(1, 3).shape == (2, 4)
     score.clear()

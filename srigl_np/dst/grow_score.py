@@ -60,6 +60,8 @@ class GrowScore:
         the caller may mask it in place afterwards."""
         if self._products:   # a dense term after a product one would change the order
             raise RuntimeError("a dense gradient cannot follow a (dy, x) term in one window")
+        if self.window == 1 and self:
+            raise RuntimeError("a window of one step holds one gradient")
         if self.window == 1:
             self._sum = grad.copy()
             return
