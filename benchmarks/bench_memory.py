@@ -41,6 +41,10 @@ from srigl_np import training_kernels as tk
 from srigl_np.bench.machine import machine_info
 from srigl_np.dst import layer_budget
 from srigl_np.dst.condensed_update import srigl_update_rows
+from srigl_np.dst.sparsity import DynamicSparsity
+from srigl_np.nn.layers import Linear, ReLU, Sequential
+from srigl_np.nn.losses import softmax_cross_entropy
+from srigl_np.nn.optim import SGD
 
 
 def rss_mb():
@@ -175,6 +179,57 @@ def check_layout(model, update, budget):
     assert np.isfinite(model.values).all()
 
 
+def train_with_dynamic_sparsity(args, rng, teacher):
+    """--trainer: the same model trained as a user would train it, with srigl_np's own
+    layers, SGD and DynamicSparsity(compute="condensed"): the sparse Linear is built with
+    init=False (its dense weight is zeros never written, so never in memory) and
+    DynamicSparsity draws it straight into its condensed form; updates every
+    --update-every steps. Returns (step times, update times, losses, records)."""
+    n_in, n_out = args.n_in, args.n_out
+    model = Sequential(Linear(n_in, n_out, init=False), ReLU(),
+                       Linear(n_out, args.classes, rng=rng))
+    optimizer = SGD(model.named_parameters(), lr=args.lr, momentum=args.momentum)
+    say("built the model (the sparse layer's dense weight and gradient: untouched zeros)")
+    started = time.perf_counter()
+    # The global sparsity that leaves the sparse layer k per neuron beside the dense head;
+    # t_end far off, so the drop fraction stays --drop-fraction as in the kernels' run.
+    head = n_out * args.classes
+    global_sparsity = 1.0 - (args.k * n_out + head) / (n_in * n_out + head)
+    sparsity = DynamicSparsity(model, optimizer, method="srigl", sparsity=global_sparsity,
+                               distribution="uniform", dense_layers=(1,),
+                               delta=args.update_every, t_end=10**9,
+                               alpha=args.drop_fraction, seed=args.seed, compute="condensed")
+    layer = sparsity.plan()[0]
+    say(f"DynamicSparsity drew the sparse layer in {time.perf_counter() - started:.1f} s: "
+        f"{layer['compute']}, fan-in {layer['fan_in'][1]}, sparsity {layer['sparsity']:.5f}")
+    step_times, update_times, losses, records = [], [], [], []
+    for step in range(args.steps + 1):   # updates at the multiples of --update-every
+        x = rng.standard_normal((args.batch, n_in), dtype=np.float32)
+        labels = np.argmax(x @ teacher, axis=1)
+        started = time.perf_counter()
+        sparsity.before_forward(step)
+        loss, grad = softmax_cross_entropy(model.forward(x, training=True), labels)
+        model.backward(grad, input_grad=False)
+        grads = model.named_grads()
+        if sparsity.before_step(step, grads):
+            optimizer.step(grads)
+        done = sparsity.after_step(step, grads)
+        seconds = time.perf_counter() - started
+        losses.append(float(loss))
+        if not done:
+            step_times.append(seconds)
+            say(f"step {step}: loss {loss:.4f}, {seconds:.3f} s")
+            continue
+        update_times.append(seconds)
+        records += done
+        record = done[0]
+        say(f"step {step} with its update: {seconds:.1f} s, fan-in {record['fan_in_after']}, "
+            f"active {record['active_neurons']}, pruned {record['pruned']}, grown "
+            f"{record['grown']}, regrown {record['regrown']}, invariants "
+            f"{record['invariants']}, ITOP {record['itop']:.5f}")
+    return step_times, update_times, losses, records
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-in", type=int, default=40000)
@@ -195,6 +250,9 @@ def main(argv=None):
                         help="read the gradient twice at every update (srigl_update_rows's "
                              "speculate=False: the cost when a neuron is ablated or returns)")
     parser.add_argument("--limit-gb", type=float, default=2.0)
+    parser.add_argument("--trainer", action="store_true",
+                        help="train through DynamicSparsity(compute='condensed') and "
+                             "srigl_np's layers and SGD instead of the kernels directly")
     args = parser.parse_args(argv)
 
     info = machine_info()
@@ -215,6 +273,9 @@ def main(argv=None):
     # Labels from a fixed random linear teacher, so there is something to learn.
     teacher = rng.standard_normal((n_in, args.classes), dtype=np.float32)
     say("start")
+    if args.trainer:
+        step_times, update_times, losses, _ = train_with_dynamic_sparsity(args, rng, teacher)
+        return report(args, step_times, update_times, losses)
     started = time.perf_counter()
     model = Model(rng, n_in, n_out, k, args.classes, block_rows)
     say(f"built the condensed layer in {time.perf_counter() - started:.1f} s: values "
@@ -245,10 +306,14 @@ def main(argv=None):
             f"{update.pruned}, grown {update.grown}, regrown {update.regrown}, "
             f"gradient passes {update.gradient_passes}; layout checked")
         del update   # its source index (nnz int64) is no longer needed
+    return report(args, step_times, update_times, losses)
+
+
+def report(args, step_times, update_times, losses):
+    """Print the peak RSS and times; the exit status (1 past --limit-gb)."""
     if not update_times:
         print("no topology update ran: --steps must reach --update-every", file=sys.stderr)
         return 2
-
     _, peak = rss_mb()
     print(f"\npeak RSS {peak:.0f} MB ({peak / 1e3:.2f} GB; limit {args.limit_gb} GB); "
           f"step median {statistics.median(step_times):.3f} s (min {min(step_times):.3f}, "

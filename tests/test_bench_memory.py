@@ -46,3 +46,13 @@ def test_update_memory_reports_each_paths_steps(capsys):
         ordinary, window, update = (float(cell.split()[0]) for cell in row[1:4])
         assert update > ordinary and row[4].endswith(" ms")
     assert captured.err.count("update at step") == 16
+
+
+def test_the_benchmark_trains_a_small_layer_through_the_trainer(capsys):
+    assert bench.main(["--trainer", "--n-in", "300", "--n-out", "200", "--k", "6",
+                       "--batch", "4", "--steps", "4", "--update-every", "2",
+                       "--limit-gb", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "condensed, fan-in 6," in out
+    assert out.count("with its update") == 2 and out.count("invariants ok") == 2
+    assert "peak RSS" in out

@@ -53,7 +53,8 @@ from .condensed_update import (CondensedUpdate, default_block_rows, srigl_update
 from .grow_score import GrowScore
 from .invariants import (INFER, InvariantError, Violation, check_condensed_invariants,
                          check_invariants, condensed_violations, invariant_violations)
-from .masks import (constant_fan_in_mask, cosine_drop_fraction, erk_sparsities,
+from .masks import (constant_fan_in_columns, constant_fan_in_mask, cosine_drop_fraction,
+                    erk_sparsities,
                     fan_in_after_ablation, fan_in_of_budget, layer_budget, random_mask,
                     uniform_sparsities)
 from .ranking import top_per_row, top_positions
@@ -68,7 +69,8 @@ __all__ = [
     "InvariantError", "MagnitudeKeep", "NewFanIn", "UpdateResult", "UpdateTrace",
     "Violation", "ablate",
     "ablation_rule", "active_neurons", "authors", "cap_fan_in", "check_condensed_invariants",
-    "check_invariants", "check_update_args", "condensed_violations", "constant_fan_in_mask",
+    "check_invariants", "check_update_args", "condensed_violations",
+    "constant_fan_in_columns", "constant_fan_in_mask",
     "cosine_drop_fraction", "default_block_rows", "erk_sparsities",
     "fan_in_after_ablation", "fan_in_of_budget", "grow_at_random", "grow_by_gradient",
     "invariant_violations", "layer_budget", "magnitude_keep", "new_fan_in", "random_mask",

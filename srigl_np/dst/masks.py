@@ -13,7 +13,7 @@ from ..validation import check_array
 from .ranking import top_per_row
 
 __all__ = [
-    "constant_fan_in_mask", "cosine_drop_fraction", "erk_sparsities",
+    "constant_fan_in_columns", "constant_fan_in_mask", "cosine_drop_fraction", "erk_sparsities",
     "fan_in_after_ablation", "fan_in_of_budget", "layer_budget", "random_mask",
     "uniform_sparsities",
 ]
@@ -80,6 +80,29 @@ def constant_fan_in_mask(shape, sparsity, rng, *, ablated=()):
     # The k smallest of F i.i.d. uniforms are a uniform random k-subset.
     keys = -rng.random((n, dense_fan_in))
     return top_per_row(keys, counts).reshape(shape)
+
+
+def constant_fan_in_columns(shape, sparsity, rng, *, index_dtype=np.int64):
+    """``constant_fan_in_mask(shape, sparsity, rng)``'s mask (no neuron ablated) as each
+    neuron's columns: ``index_dtype`` (n, k), each row ascending, the condensed layout.
+
+    Made in row blocks of about 4M keys, so no (n, F) array exists: the blocks' draws
+    are the one (n, F) draw's rows in turn (a Generator's stream does not depend on how
+    it is cut), and each row takes its k best keys alone, so the columns are those of
+    the mask bit for bit.
+    """
+    shape = _check_shape(shape)
+    _check_rng(rng)
+    n, dense_fan_in = shape[0], math.prod(shape[1:])
+    k = fan_in_after_ablation(shape, sparsity, 0)
+    columns = np.empty((n, k), dtype=index_dtype)
+    block = max(1, (1 << 22) // dense_fan_in)
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        keys = -rng.random((r1 - r0, dense_fan_in))
+        _, chosen = np.nonzero(top_per_row(keys, np.full(r1 - r0, k)))
+        columns[r0:r1] = chosen.reshape(r1 - r0, k)
+    return columns
 
 
 def random_mask(shape, sparsity, rng):

@@ -53,18 +53,21 @@ dy^T im2col(x)) for the layer's ``GrowScore``. An update step runs SRigL on the
 condensed arrays (``dst.srigl_update_rows``: ``srigl_update``'s decisions bit for bit,
 the grow score read in row blocks, so no float array of the layer's dense size exists):
 kept weights keep their value and optimizer state, grown ones start at 0 with zero
-state, ablated neurons leave the arrays and come back when they return. The bool masks
-(and ever-active) stay the record of the topology, rewritten from the new layout, so
-checkpoints (written inside ``dense_view()``), the trail, ITOP and every command read
-runs of either path alike. RigL, SET and static have unstructured masks (each neuron
-its own fan-in): their layers run condensed on the same kernels, padded to the layer's
-largest fan-in (``condensed_compute``'s "Padded layout": padding slots hold 0, get no
-gradient and keep zero optimizer state), so a step costs n_active * k, not nnz; their
-update runs on the expanded dense weight; ``plan()`` gives each layer's padding. A padded
-layer runs condensed only while that is cheaper than masked
-(``condensed_compute.worth_padding``: its slots within ``PADDED_SLOT_LIMIT`` of the
-dense size), decided from the mask alone at the start, at every update (a layer may
-switch path there, its weights and optimizer state carried over) and after a
+state, ablated neurons leave the arrays and come back when they return. Such a layer
+starts condensed too (its mask and init drawn in row blocks, the masked path's bit for
+bit: ``_start_condensed``), its mask is its layout (``masks[name]`` makes the bool array
+when asked) and its ever-active record is kept one bit per position, so that nothing
+of its dense size exists (docs/training.md, "Memory"). The masks stay the record of the
+topology, so checkpoints (written inside ``dense_view()``, where every layer is dense),
+the trail, ITOP and every command read runs of either path alike. RigL, SET and static
+have unstructured masks (each neuron its own fan-in): their layers run condensed on the
+same kernels, padded to the layer's largest fan-in (``condensed_compute``'s "Padded
+layout": padding slots hold 0, get no gradient and keep zero optimizer state), so a step
+costs n_active * k, not nnz; their update runs on the expanded dense weight; ``plan()``
+gives each layer's padding. A padded layer runs condensed only while that is cheaper
+than masked (``condensed_compute.worth_padding``: its slots within ``PADDED_SLOT_LIMIT``
+of the dense size), decided from the mask alone at the start, at every update (a layer
+may switch path there, its weights and optimizer state carried over) and after a
 checkpoint is loaded. Other layers (grouped convolutions, attention's projections,
 arrays on a GPU) run masked.
 
@@ -84,13 +87,15 @@ second implementation to keep identical. ``ablated`` neuron lists stay on the ho
 """
 
 import contextlib
+import math
+from collections.abc import MutableMapping
 
 import numpy as np
 
 from .. import dst
 from ..backend import on_device_of, to_numpy
 from ..nn import condensed_compute
-from ..nn.layers import Linear, kaiming_normal, prefixed
+from ..nn.layers import Linear, kaiming_normal, kaiming_normal_at, prefixed
 from ..validation import positive_int
 from .grow_score import GrowScore
 from .trail import make_record
@@ -146,7 +151,9 @@ class DynamicSparsity:
         + indices, padded for the unstructured methods; every other layer masked): see
         "Two compute paths" above.
 
-    State: ``masks``, ``ever_active`` (bool, per layer), ``ablated`` (int64 indices, per
+    State: ``masks``, ``ever_active`` (mappings name -> bool array of the weight's shape;
+    a layout-backed layer's made on demand, to read), ``shapes`` (each sparse weight's
+    dense shape), ``ablated`` (int64 indices, per
     layer), ``grow_scores`` (RigL, SRigL: a ``GrowScore`` per updated layer, empty outside
     a grow-score window; a checkpoint holds its partial sum as ``dense_grad/<name>`` when
     ``grad_accumulation`` > 1) and
@@ -202,14 +209,29 @@ class DynamicSparsity:
         self.dense_layers = tuple(dense_layers)   # the entries: checked by spread() below
         self.params = model.named_parameters()
         self.names = [] if method == "dense" else sparse_parameter_names(model)
-        shapes = [self.params[n].shape for n in self.names]
+        # Each sparse weight's dense shape (a condensed layer's params hold its values).
+        self.shapes = {n: tuple(self.params[n].shape) for n in self.names}
         spread = dst.erk_sparsities if distribution == "erk" else dst.uniform_sparsities
-        self.layer_sparsity = dict(zip(self.names, spread(shapes, self.sparsity,
+        self.layer_sparsity = dict(zip(self.names, spread(list(self.shapes.values()),
+                                                          self.sparsity,
                                                           dense_layers=self.dense_layers)))
-        self.masks = {}
+        self.compute = compute
+        # name -> CondensedCompute of the layers trained condensed.
+        self.condensed = {}
+        # The bool mask and ever-active record of each layer: dense arrays, except for a
+        # layer held at constant fan-in (condensed SRigL), whose mask is its layout and
+        # whose record is kept one bit per weight (see masks / ever_active below).
+        self._masks, self._ever = {}, {}
+        self.masks, self.ever_active = _Masks(self), _EverActive(self)
         self.ablated = {n: np.zeros(0, dtype=np.int64) for n in self.names}
+        # SRigL's condensed layers start condensed: no dense weight or mask is made.
+        start_condensed = set(self.condensed_candidates()) if method == "srigl" else set()
         for i, name in enumerate(self.names):
             rng = np.random.default_rng([self.seed, _RNG_MASK, i])
+            init_rng = np.random.default_rng([self.seed, _RNG_INIT, i])
+            if name in start_condensed:
+                self._start_condensed(name, rng, init_rng)
+                continue
             weight = self.params[name]
             s = self.layer_sparsity[name]
             # SRigL starts from constant fan-in (paper §4); the unstructured methods
@@ -217,27 +239,44 @@ class DynamicSparsity:
             mask = (dst.constant_fan_in_mask(weight.shape, s, rng) if method == "srigl"
                     else dst.random_mask(weight.shape, s, rng))
             # Sparse-aware init: Kaiming scale from the fan-in each neuron actually has.
-            init_rng = np.random.default_rng([self.seed, _RNG_INIT, i])
             init = kaiming_normal(mask.shape, np.maximum(_neuron_counts(mask), 1), init_rng,
                                   weight.dtype)
             init[~mask] = 0
             weight[...] = on_device_of(init, weight)
-            self.masks[name] = on_device_of(mask, weight)
-        self.ever_active = {n: m.copy() for n, m in self.masks.items()}
+            self._masks[name] = on_device_of(mask, weight)
+            self._ever[name] = self._masks[name].copy()
         # The grow score of each layer an update regrows by gradient (RigL, SRigL), kept
         # as its window's terms; a checkpoint carries a window longer than one step.
         self.grow_scores = {}
         if method in ("rigl", "srigl"):
-            self.grow_scores = {n: GrowScore(self.params[n].shape, self.params[n].dtype,
+            self.grow_scores = {n: GrowScore(self.shapes[n], self.params[n].dtype,
                                              grad_accumulation)
                                 for n in self.names if self.layer_sparsity[n] > 0.0}
         self.audit_records = []
-        self.compute = compute
-        # name -> CondensedCompute of the layers trained condensed.
-        self.condensed = {}
         for name in self.condensed_candidates():   # none unless compute is "condensed"
-            if self._worth_condensing(name):
+            if name not in self.condensed and self._worth_condensing(name):
                 self._attach(name, self.params[name])
+
+    def _start_condensed(self, name, rng, init_rng):
+        """SRigL's start for a layer trained condensed, in its condensed form: the mask
+        ``dst.constant_fan_in_mask`` draws from ``rng`` and the init ``kaiming_normal``
+        draws from ``init_rng`` (the masked path's start, bit for bit), each made in row
+        blocks (``dst.constant_fan_in_columns``, ``kaiming_normal_at``), so that neither
+        the layer's dense weight nor its mask is ever made."""
+        shape = self.shapes[name]
+        n, dense_fan_in = shape[0], math.prod(shape[1:])
+        columns = dst.constant_fan_in_columns(
+            shape, self.layer_sparsity[name], rng,
+            index_dtype=condensed_compute.index_dtype(dense_fan_in))
+        values = kaiming_normal_at(shape, np.full(n, columns.shape[1]), init_rng, columns,
+                                   self.params[name].dtype)
+        compute = condensed_compute.attach_layout(self._weight_layers()[name], shape,
+                                                  np.arange(n, dtype=np.int64), columns,
+                                                  values)
+        self.condensed[name] = compute
+        self._rebind(name, compute, None)
+        self._ever[name] = _PackedRows.of_layout(n, dense_fan_in, compute.rows,
+                                                 compute.indices)
 
     # -- the compute paths ---------------------------------------------------------
     def condensed_candidates(self):
@@ -272,6 +311,31 @@ class DynamicSparsity:
         """{"<prefix>.weight": layer} over the model's layers."""
         return {prefixed(prefix, "weight"): layer for prefix, layer in self.model.named_layers()}
 
+    def _layout_backed(self, name):
+        """Whether ``name`` is held as a constant fan-in layout (condensed, no padding):
+        its mask is then the layout's, made on demand."""
+        compute = self.condensed.get(name)
+        return compute is not None and not compute.padded
+
+    def _layout_mask(self, name):
+        compute = self.condensed[name]
+        mask = np.zeros((compute.shape[0], math.prod(compute.shape[1:])), dtype=bool)
+        mask[compute.rows[:, None], compute.indices] = True
+        return mask.reshape(compute.shape)
+
+    def _counts(self, name):
+        """Each neuron's number of weights now, NumPy int64 (n,)."""
+        if not self._layout_backed(name):
+            return to_numpy(_neuron_counts(self._masks[name])).astype(np.int64)
+        compute = self.condensed[name]
+        counts = np.zeros(compute.shape[0], dtype=np.int64)
+        counts[compute.rows] = compute.indices.shape[1]
+        return counts
+
+    def _ever_count(self, name):
+        ever = self._ever[name]
+        return ever.count() if isinstance(ever, _PackedRows) else int(ever.sum())
+
     def _attach(self, name, weight, state=None):
         """Condense parameter ``name`` from the dense ``weight`` under its mask; the
         optimizer's state from the dense ``state`` ({key: array}; zeros when None)."""
@@ -280,6 +344,10 @@ class DynamicSparsity:
                                            padded=self.method != "srigl")
         self.condensed[name] = compute
         self._rebind(name, compute, state)
+        if not compute.padded:   # the layout is the mask from now on
+            del self._masks[name]
+            self._ever[name] = _PackedRows.of_dense(
+                to_numpy(self._ever[name]).reshape(compute.shape[0], -1))
 
     def _rebind(self, name, compute, state):
         values = compute.layer.params["weight"]
@@ -290,6 +358,9 @@ class DynamicSparsity:
     def _detach(self, name, weight=None, state=None):
         """Back to masked compute with the dense ``weight`` and ``state`` ({key: dense
         array}); by default the condensed values and state expanded."""
+        if self._layout_backed(name):   # the mask and record become dense arrays again
+            self._masks[name] = self._layout_mask(name)
+            self._ever[name] = self._ever[name].dense().reshape(self.shapes[name])
         compute = self.condensed.pop(name)
         if state is None:
             state = {key: compute.expand(a) for key, a in self.optimizer.state[name].items()}
@@ -347,16 +418,15 @@ class DynamicSparsity:
         candidates = self.condensed_candidates()
         plan = []
         for name in self.names:
-            mask = self.masks[name]
-            counts = to_numpy(_neuron_counts(mask))
+            counts, size = self._counts(name), math.prod(self.shapes[name])
             low, k = _count_range(counts)
             n_active = int((counts > 0).sum())
             slots = padding = None
             if name in candidates:
-                slots = n_active * k / mask.size
+                slots = n_active * k / size
                 padding = 1.0 - int(counts.sum()) / max(n_active * k, 1)
-            plan.append({"layer": name, "shape": list(mask.shape),
-                         "sparsity": 1.0 - int(counts.sum()) / mask.size,
+            plan.append({"layer": name, "shape": list(self.shapes[name]),
+                         "sparsity": 1.0 - int(counts.sum()) / size,
                          "fan_in": [low, k],
                          "updates": 0 if name in kept_dense else n_updates,
                          "kept_dense": kept_dense.get(name),
@@ -440,7 +510,7 @@ class DynamicSparsity:
     # -- one layer's update -----------------------------------------------------
     def _update_layer(self, name, step, drop_fraction, score):
         compute = self.condensed.get(name)
-        if compute is not None and not compute.padded and compute.rows.size:
+        if self._layout_backed(name):
             return self._update_condensed(name, compute, step, drop_fraction, score)
         # A padded layer's update (RigL, SET, static) runs on its dense weight and is then
         # applied to the condensed arrays by rewiring.
@@ -517,10 +587,7 @@ class DynamicSparsity:
         compute.set_layout(update.rows, update.indices, update.values)
         self.params[name] = update.values
         self.optimizer.rebind(name, update.values, state)
-        mask = self.masks[name]
-        mask[...] = False
-        mask.reshape(n_out, -1)[update.rows[:, None], update.indices] = True
-        self.ever_active[name] |= mask
+        self._ever[name].set(update.rows, update.indices)
         self.ablated[name] = update.ablated
         k = update.fan_in
         return make_record(
@@ -529,18 +596,20 @@ class DynamicSparsity:
             fan_in_before=[k_before, k_before], fan_in_after=[k, k],
             active_neurons=update.rows.size, neurons=n_out, ablated=update.ablated,
             nnz=update.values.size, zeros_in_mask=np.count_nonzero(update.values == 0),
-            size=mask.size, itop=self.ever_active[name].mean())
+            size=math.prod(compute.shape),
+            itop=self._ever_count(name) / math.prod(compute.shape))
 
     # -- summaries ----------------------------------------------------------------
     def summary(self):
         """Global sparsity reached, active/total neurons and ITOP over the sparse layers."""
-        if not self.masks:
+        if not self.names:
             return {"sparsity": 0.0, "active_neurons": None, "neurons": None, "itop": 1.0}
-        size = sum(m.size for m in self.masks.values())
-        nnz = sum(int(m.sum()) for m in self.masks.values())
-        active = sum(int((_neuron_counts(m) > 0).sum()) for m in self.masks.values())
-        neurons = sum(m.shape[0] for m in self.masks.values())
-        ever = sum(int(e.sum()) for e in self.ever_active.values())
+        counts = [self._counts(name) for name in self.names]
+        size = sum(math.prod(shape) for shape in self.shapes.values())
+        nnz = sum(int(c.sum()) for c in counts)
+        active = sum(int((c > 0).sum()) for c in counts)
+        neurons = sum(c.size for c in counts)
+        ever = sum(self._ever_count(name) for name in self.names)
         return {"sparsity": 1.0 - nnz / size, "active_neurons": active,
                 "neurons": neurons, "itop": ever / size}
 
@@ -558,12 +627,15 @@ class DynamicSparsity:
 
     def load_state_dict(self, state):
         for name in self.names:
-            for key, target in (("mask", self.masks), ("ever_active", self.ever_active)):
+            for key, stored in (("mask", self._masks), ("ever_active", self._ever)):
                 array = to_numpy(state[f"{key}/{name}"])
-                if array.shape != target[name].shape or array.dtype != bool:
-                    raise ValueError(f"{key}/{name}: expected bool {target[name].shape}, "
+                if array.shape != self.shapes[name] or array.dtype != bool:
+                    raise ValueError(f"{key}/{name}: expected bool {self.shapes[name]}, "
                                      f"got {array.dtype} {array.shape}")
-                target[name][...] = on_device_of(array, target[name])
+                if self._layout_backed(name):
+                    raise RuntimeError(f"{key}/{name}: the layer is held condensed: load a "
+                                       f"checkpoint inside dense_view()")
+                stored[name][...] = on_device_of(array, stored[name])
             self.ablated[name] = np.asarray(to_numpy(state[f"ablated/{name}"]),
                                             dtype=np.int64)
         for name, score in self.grow_scores.items() if self.grad_accumulation > 1 else ():
@@ -571,7 +643,7 @@ class DynamicSparsity:
             if array.shape != score.shape or array.dtype != score.dtype:
                 raise ValueError(f"dense_grad/{name}: expected {score.dtype} {score.shape}, "
                                  f"got {array.dtype} {array.shape}")
-            score.load(on_device_of(array, self.masks[name]))
+            score.load(on_device_of(array, self._masks[name]))
             if not array.any():
                 score.clear()   # saved outside a window: nothing to add to
 
@@ -582,3 +654,88 @@ def _count_range(counts):
     if active.size == 0:
         return [0, 0]
     return [int(active.min()), int(active.max())]
+
+
+class _Masks(MutableMapping):
+    """``DynamicSparsity.masks``: name -> bool mask of the weight's shape. A layer held at
+    constant fan-in (``_layout_backed``) has no stored mask: its layout is the mask, made
+    on demand (a fresh array each time; set masks through the layout, or inside
+    ``dense_view()``, where every layer is dense)."""
+
+    def __init__(self, owner):
+        self._owner = owner
+
+    def __getitem__(self, name):
+        if self._owner._layout_backed(name):
+            return self._owner._layout_mask(name)
+        return self._owner._masks[name]
+
+    def __setitem__(self, name, mask):
+        if self._owner._layout_backed(name):
+            raise RuntimeError(f"{name} is held condensed: its mask is its layout")
+        self._owner._masks[name] = mask
+
+    def __delitem__(self, name):
+        raise TypeError("a sparse layer's mask cannot be removed")
+
+    def __iter__(self):
+        return iter(self._owner.names)
+
+    def __len__(self):
+        return len(self._owner.names)
+
+
+class _EverActive(_Masks):
+    """``DynamicSparsity.ever_active``: name -> bool, every position that has held a
+    weight since the start (ITOP). A layer held at constant fan-in keeps it one bit per
+    position (``_PackedRows``), unpacked on demand."""
+
+    def __getitem__(self, name):
+        ever = self._owner._ever[name]
+        if isinstance(ever, _PackedRows):
+            return ever.dense().reshape(self._owner.shapes[name])
+        return ever
+
+    def __setitem__(self, name, ever):
+        if self._owner._layout_backed(name):
+            raise RuntimeError(f"{name} is held condensed: its ever-active record is packed")
+        self._owner._ever[name] = ever
+
+
+class _PackedRows:
+    """A bool (n, F) array held one bit per entry (``numpy.packbits`` along each row):
+    1/8 of the bool array's memory, for the ever-active record of a layer that exists
+    only as its layout. Set from a layout in slot blocks; counted with
+    ``numpy.bitwise_count``."""
+
+    _BLOCK_SLOTS = 1 << 22
+
+    def __init__(self, bits, dense_fan_in):
+        self.bits, self.dense_fan_in = bits, dense_fan_in
+
+    @classmethod
+    def of_dense(cls, rows):
+        """From a bool (n, F) array."""
+        return cls(np.packbits(rows, axis=1), rows.shape[1])
+
+    @classmethod
+    def of_layout(cls, n, dense_fan_in, rows, indices):
+        """The positions of a layout (rows (n_active,), indices (n_active, k))."""
+        packed = cls(np.zeros((n, (dense_fan_in + 7) // 8), dtype=np.uint8), dense_fan_in)
+        packed.set(rows, indices)
+        return packed
+
+    def set(self, rows, indices):
+        """Set every position of the layout (rows, indices) to True."""
+        step = max(1, self._BLOCK_SLOTS // max(indices.shape[1], 1))
+        for r0 in range(0, rows.size, step):
+            columns = indices[r0:r0 + step].astype(np.int64)
+            bits = (np.uint8(0x80) >> (columns & 7).astype(np.uint8)).astype(np.uint8)
+            np.bitwise_or.at(self.bits, (rows[r0:r0 + step, None], columns >> 3), bits)
+
+    def count(self):
+        return int(np.bitwise_count(self.bits).sum(dtype=np.int64))
+
+    def dense(self):
+        """The bool (n, F) array."""
+        return np.unpackbits(self.bits, axis=1, count=self.dense_fan_in).view(bool)

@@ -10,6 +10,7 @@ condensed tensor still holds and the constant value of each removed one (see
 """
 
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -219,9 +220,9 @@ def _sparse_weights(model):
 
 def _check_masks(model, masks):
     """{weight name: bool mask} validated against the model's sparse weights."""
-    if masks is not None and not isinstance(masks, dict):
+    if masks is not None and not isinstance(masks, Mapping):
         masks = getattr(masks, "masks", None)   # a DynamicSparsity
-        if not isinstance(masks, dict):
+        if not isinstance(masks, Mapping):
             raise TypeError("masks must be None, a dict of parameter name -> bool mask, or "
                             "a DynamicSparsity")
     weights = _sparse_weights(model)

@@ -6,7 +6,9 @@ and the optimizer step then cost O(batch * nnz) and O(nnz), never O(n * n_in)
 (``srigl_np.training_kernels``). ``attach(layer, weight, mask)`` switches a Linear or
 Conv2d (groups 1) to this form: the layer's ``params["weight"]`` and
 ``grads["weight"]`` become the values and their gradient, and its forward and backward
-run through the returned ``CondensedCompute``. ``detach`` puts the dense weight back.
+run through the returned ``CondensedCompute``; ``attach_layout`` does the same from a
+layout (rows, indices, values), with no dense array. ``detach`` puts the dense weight
+back.
 
 Layout (canonical, so that a topology rebuilt from a mask is the same arrays bit for bit:
 what makes a resumed run repeat an uninterrupted one): ``rows`` ascending; each row's
@@ -85,6 +87,11 @@ def worth_padding(layer, mask):
     return active.size * k <= PADDED_SLOT_LIMIT[kind] * mask.size
 
 
+def index_dtype(dense_fan_in):
+    """The indices' dtype for a dense fan-in F: int16 where every column fits, else int32."""
+    return np.int16 if dense_fan_in <= np.iinfo(np.int16).max + 1 else np.int32
+
+
 def condense_rows(weight, mask):
     """(rows int64[n_active], indices int16/int32[n_active, k], values[n_active, k]) of a
     dense ``weight`` (n, *fan_in_dims) under a constant fan-in ``mask`` (same shape, bool).
@@ -98,10 +105,8 @@ def condense_rows(weight, mask):
     if rows.size == 0 or (counts[rows] != k).any():
         raise ValueError(f"mask must have one fan-in over its active neurons to condense, got "
                          f"{sorted(set(counts[rows].tolist()))[:4] or 'no active neuron'}")
-    fan_in = row_mask.shape[1]
-    index_dtype = np.int16 if fan_in <= np.iinfo(np.int16).max + 1 else np.int32
     _, columns = np.nonzero(row_mask[rows])
-    indices = columns.astype(index_dtype).reshape(rows.size, k)
+    indices = columns.astype(index_dtype(row_mask.shape[1])).reshape(rows.size, k)
     values = np.ascontiguousarray(weight.reshape(n, -1)[rows[:, None], indices])
     return rows, indices, values
 
@@ -130,8 +135,7 @@ def condense_rows_padded(weight, mask):
     slots = active.copy()
     slots[:, :k] |= padding
     local, columns = np.nonzero(slots)   # row-major: each row's columns ascending
-    index_dtype = np.int16 if row_mask.shape[1] <= np.iinfo(np.int16).max + 1 else np.int32
-    indices = columns.astype(index_dtype).reshape(rows.size, k)
+    indices = columns.astype(index_dtype(row_mask.shape[1])).reshape(rows.size, k)
     valid = active[local, columns].reshape(rows.size, k)
     values = np.where(valid, weight.reshape(n, -1)[rows[:, None], indices], 0)
     return rows, indices, np.ascontiguousarray(values, dtype=weight.dtype), valid
@@ -142,17 +146,17 @@ class CondensedCompute:
 
     ``rows``, ``indices`` as in ``condense_rows`` (``padded``: ``condense_rows_padded``,
     with ``valid``; None without padding); the values are the layer's
-    ``params["weight"]``. ``shape``: the dense weight's. Not built directly: ``attach``.
+    ``params["weight"]``. ``shape``: the dense weight's. Not built directly: ``attach``
+    or ``attach_layout``.
     """
 
-    def __init__(self, layer, weight, mask, padded=False):
+    def __init__(self, layer, shape, padded=False):
         self.layer = layer
-        self.shape = weight.shape
+        self.shape = tuple(shape)
         self.padded = bool(padded)
         self.want_dense_grad = False
         self._grow_term = None
         self._x = self._x_columns = None
-        self.rewire(weight, mask)
 
     # -- the topology -----------------------------------------------------------------
     def rewire(self, weight, mask):
@@ -324,12 +328,30 @@ def attach(layer, weight, mask, padded=False):
     ``mask`` and the values of the dense ``weight``; returns its CondensedCompute (also
     ``layer.condensed``). ``padded``: rows of different counts are padded to the largest
     (the unstructured methods); otherwise the mask must have constant fan-in."""
+    compute = _compute_of(layer, weight.shape, padded)
+    compute.rewire(weight, mask)
+    layer.condensed = compute
+    return compute
+
+
+def attach_layout(layer, shape, rows, indices, values):
+    """``attach`` from a constant fan-in layout itself: rows int64 (n_active,) ascending,
+    indices (n_active, k) each row ascending, of the index dtype ``index_dtype`` gives F,
+    values (n_active, k) the layer's dtype, for a dense weight of ``shape``; no dense
+    array is read or made (a layer whose dense form is never built: DynamicSparsity's
+    condensed start)."""
+    compute = _compute_of(layer, shape, False)
+    compute.set_layout(rows, indices, values)
+    layer.condensed = compute
+    return compute
+
+
+def _compute_of(layer, shape, padded):
     if not condensable(layer):
         raise TypeError(f"layer must be a Linear or a groups-1 Conv2d on NumPy arrays, got "
                         f"{layer!r}")
     kind = CondensedLinearCompute if isinstance(layer, Linear) else CondensedConvCompute
-    layer.condensed = kind(layer, weight, mask, padded)
-    return layer.condensed
+    return kind(layer, shape, padded)
 
 
 def detach(layer, weight=None):

@@ -99,6 +99,30 @@ def kaiming_normal(shape, fan_in, rng, dtype=np.float32):
     return rows.reshape(shape)
 
 
+def kaiming_normal_at(shape, fan_in, rng, columns, dtype=np.float32):
+    """``kaiming_normal(shape, fan_in, rng, dtype)``'s entries at each row's ``columns``
+    only: (n, k) of ``dtype``, for ``columns`` int (n, k) and ``fan_in`` an array (n,)
+    (the per-row form). Drawn in row blocks of about 4M entries, so no array of
+    ``shape`` exists: the blocks' draws are the one draw's rows in turn, rounded and
+    scaled as kaiming_normal rounds and scales them, so the entries are its bit for bit.
+    """
+    dtype = check_dtype(dtype)
+    n, dense_fan_in = shape[0], int(np.prod(shape[1:]))
+    fan_in = np.asarray(fan_in)
+    if columns.shape[0] != n or fan_in.shape != (n,) or not np.all(fan_in > 0):
+        raise ValueError(f"columns (n, k) and fan_in (n,) > 0 expected for n = {n}, got "
+                         f"{columns.shape} and {fan_in.shape}")
+    std = np.sqrt(2.0 / fan_in.astype(np.float64)).astype(dtype)
+    values = np.empty(columns.shape, dtype=dtype)
+    block = max(1, (1 << 22) // dense_fan_in)
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        draws = rng.standard_normal((r1 - r0, dense_fan_in)).astype(dtype)
+        values[r0:r1] = np.take_along_axis(draws, columns[r0:r1].astype(np.intp), axis=1)
+        values[r0:r1] *= std[r0:r1, None]
+    return values
+
+
 class Layer:
     """Base class: empty ``params``/``grads``/``buffers``; subclasses fill them.
 
@@ -123,7 +147,9 @@ class Layer:
 
     def _add_param(self, name, value):
         self.params[name] = value
-        self.grads[name] = array_module(value).zeros_like(value)
+        # zeros, not zeros_like: the pages stay untouched until written, so the gradient
+        # of a weight trained condensed never takes memory.
+        self.grads[name] = array_module(value).zeros(value.shape, dtype=value.dtype)
 
     def to(self, device):
         """Move params, grads and buffers to ``device`` ("cpu", "cuda", "cuda:N"); returns self.
@@ -147,7 +173,10 @@ class Linear(Layer):
 
     x: (batch, in_features), or (batch, ..., in_features) as ViT's tokens, the leading
     axes then flattened into rows and restored; weight: (out_features, in_features);
-    bias: (out_features,); y: (batch, [...,] out_features).
+    bias: (out_features,); y: (batch, [...,] out_features). ``init=False`` leaves the
+    weight at zeros that take no memory until written (``rng`` is then not needed), for
+    a layer DynamicSparsity draws: with ``compute="condensed"`` a SRigL layer's dense
+    weight is then never made (docs/training.md, "Memory").
     """
 
     sparse_weights = ("weight",)
@@ -155,13 +184,18 @@ class Linear(Layer):
     # params["weight"] is then values[n_active, k] and forward/backward run through it.
     condensed = None
 
-    def __init__(self, in_features, out_features, *, bias=True, rng, dtype=np.float32):
+    def __init__(self, in_features, out_features, *, bias=True, rng=None, dtype=np.float32,
+                 init=True):
         super().__init__()
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
         dtype = check_dtype(dtype)
-        self._add_param("weight", kaiming_normal((self.out_features, self.in_features),
-                                                 self.in_features, rng, dtype))
+        shape = (self.out_features, self.in_features)
+        # init=False: zeros whose pages stay untouched (no memory) until written, for a
+        # weight whose values DynamicSparsity draws (it draws every sparse layer's, and
+        # with compute="condensed" a SRigL layer's straight into its condensed form).
+        self._add_param("weight", kaiming_normal(shape, self.in_features, rng, dtype) if init
+                        else np.zeros(shape, dtype=dtype))
         if bias:
             self._add_param("bias", np.zeros(self.out_features, dtype=dtype))
         self.x = self.lead = None

@@ -55,7 +55,10 @@ class _Optimizer:
         self.params = _check_params(params)
         self.lr = _check_positive("lr", lr)
         self.step_count = 0
-        self.state = {name: {key: array_module(p).zeros_like(p) for key in self.state_keys}
+        # zeros, not zeros_like: untouched pages take no memory, so the state of a weight
+        # that is rebound condensed before the first step never does.
+        self.state = {name: {key: array_module(p).zeros(p.shape, dtype=p.dtype)
+                             for key in self.state_keys}
                       for name, p in self.params.items()}
 
     def _grad(self, grads, name):
@@ -78,7 +81,8 @@ class _Optimizer:
         if set(state) - set(self.state_keys):
             raise ValueError(f"state keys {sorted(state)} are not among {self.state_keys}")
         self.params[name] = param
-        self.state[name] = {key: state[key] if key in state else xp.zeros_like(param)
+        self.state[name] = {key: state[key] if key in state else xp.zeros(param.shape,
+                                                                          dtype=param.dtype)
                             for key in self.state_keys}
         if hasattr(self, "_scratch"):
             self._scratch[name] = xp.empty_like(param)
