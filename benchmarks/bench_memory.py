@@ -39,7 +39,7 @@ import numpy as np
 
 from srigl_np import training_kernels as tk
 from srigl_np.bench.machine import machine_info
-from srigl_np.dst import layer_budget
+from srigl_np.dst import default_block_rows, layer_budget
 from srigl_np.dst.condensed_update import srigl_update_rows
 from srigl_np.dst.sparsity import DynamicSparsity
 from srigl_np.nn.layers import Linear, ReLU, Sequential
@@ -269,7 +269,7 @@ def main(argv=None):
           f"float32, batch {args.batch}, SGD lr {args.lr} momentum {args.momentum}",
           flush=True)
     rng = np.random.default_rng(args.seed)
-    block_rows = args.block_rows or max(1, (1 << 22) // n_in)
+    block_rows = args.block_rows or default_block_rows(n_in)
     # Labels from a fixed random linear teacher, so there is something to learn.
     teacher = rng.standard_normal((n_in, args.classes), dtype=np.float32)
     say("start")

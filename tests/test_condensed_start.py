@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from srigl_np import dst
+from srigl_np.dst import masks
 from srigl_np.dst.sparsity import DynamicSparsity, _PackedRows
 from srigl_np.nn.layers import Linear, ReLU, Sequential, kaiming_normal, kaiming_normal_at
 from srigl_np.nn.losses import softmax_cross_entropy
@@ -20,7 +21,11 @@ SHAPES = [((50, 7), 0.7), ((3000, 2000), 0.9), ((8, 3, 3, 3), 0.5), ((1, 5), 0.0
 
 
 @pytest.mark.parametrize("shape, sparsity", SHAPES)
-def test_the_columns_are_the_masks_in_any_number_of_blocks(shape, sparsity):
+@pytest.mark.parametrize("block_entries", [1, 40, None])
+def test_the_columns_are_the_masks_in_any_number_of_blocks(monkeypatch, shape, sparsity,
+                                                            block_entries):
+    if block_entries is not None:
+        monkeypatch.setattr(masks, "_BLOCK_ENTRIES", block_entries)
     mask = dst.constant_fan_in_mask(shape, sparsity, np.random.default_rng(3))
     columns = dst.constant_fan_in_columns(shape, sparsity, np.random.default_rng(3),
                                           index_dtype=np.int16)
@@ -32,16 +37,19 @@ def test_the_columns_are_the_masks_in_any_number_of_blocks(shape, sparsity):
 
 @pytest.mark.parametrize("shape, sparsity", SHAPES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_kaiming_normal_at_gives_kaiming_normals_entries(shape, sparsity, dtype):
+@pytest.mark.parametrize("block_rows", [1, 7, 4000])
+def test_kaiming_normal_at_gives_kaiming_normals_entries(shape, sparsity, dtype, block_rows):
     columns = dst.constant_fan_in_columns(shape, sparsity, np.random.default_rng(1))
     n, k = columns.shape
     fan_in = np.full(n, k)
     dense = kaiming_normal(shape, fan_in, np.random.default_rng(2), dtype).reshape(n, -1)
-    values = kaiming_normal_at(shape, fan_in, np.random.default_rng(2), columns, dtype)
+    values = kaiming_normal_at(shape, fan_in, np.random.default_rng(2), columns, dtype,
+                               block_rows=block_rows)
     assert values.dtype == dtype
     np.testing.assert_array_equal(values, np.take_along_axis(dense, columns, axis=1))
     with pytest.raises(ValueError, match="columns"):
-        kaiming_normal_at(shape, fan_in[:-1], np.random.default_rng(2), columns, dtype)
+        kaiming_normal_at(shape, fan_in[:-1], np.random.default_rng(2), columns, dtype,
+                          block_rows=block_rows)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -436,8 +436,8 @@ def test_the_condensed_update_in_many_row_blocks_makes_the_same_decisions(
         monkeypatch, model_name, case):
     """With gradient blocks of a single row (the default covers these layers in one), the
     grow score is read in up to hundreds of blocks: still the masked path's decisions."""
-    from srigl_np.dst import condensed_update
-    monkeypatch.setattr(condensed_update, "_BLOCK_ENTRIES", 1)
+    from srigl_np.dst import masks
+    monkeypatch.setattr(masks, "_BLOCK_ENTRIES", 1)
     masked = _run("masked", model_name, **CASES[case])
     condensed = _run("condensed", model_name, **CASES[case])
     assert all(score.block_rows == 1 for score in condensed[0].grow_scores.values())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from srigl_np import dst
-from srigl_np.dst import GrowScore, condensed_update
+from srigl_np.dst import GrowScore, masks
 from srigl_np.nn.condensed_compute import condense_rows
 
 
@@ -33,7 +33,7 @@ def _running_sum(factors, window):
 @pytest.mark.parametrize("block_entries", [1, 40, 1 << 22])
 def test_products_and_dense_terms_give_the_running_sum_in_any_blocks(
         monkeypatch, window, block_entries):
-    monkeypatch.setattr(condensed_update, "_BLOCK_ENTRIES", block_entries)
+    monkeypatch.setattr(masks, "_BLOCK_ENTRIES", block_entries)
     rng = np.random.default_rng(0)
     n, fan_in = 7, 12
     factors = _factors(rng, n, fan_in, window)
@@ -59,7 +59,7 @@ def test_products_and_dense_terms_give_the_running_sum_in_any_blocks(
 
 
 def test_a_window_saved_and_loaded_midway_continues_with_the_same_bits(monkeypatch):
-    monkeypatch.setattr(condensed_update, "_BLOCK_ENTRIES", 24)   # two rows per block
+    monkeypatch.setattr(masks, "_BLOCK_ENTRIES", 24)   # two rows per block
     rng = np.random.default_rng(1)
     n, fan_in = 9, 12
     factors = _factors(rng, n, fan_in, 3)

@@ -48,13 +48,12 @@ Every public name of these modules is importable from ``srigl_np.dst``.
 """
 
 from . import authors
-from .condensed_update import (CondensedUpdate, default_block_rows, srigl_update_rows,
-                               top_gradient_positions)
+from .condensed_update import CondensedUpdate, srigl_update_rows, top_gradient_positions
 from .grow_score import GrowScore
 from .invariants import (INFER, InvariantError, Violation, check_condensed_invariants,
                          check_invariants, condensed_violations, invariant_violations)
 from .masks import (constant_fan_in_columns, constant_fan_in_mask, cosine_drop_fraction,
-                    erk_sparsities,
+                    default_block_rows, erk_sparsities,
                     fan_in_after_ablation, fan_in_of_budget, layer_budget, random_mask,
                     uniform_sparsities)
 from .ranking import top_per_row, top_positions

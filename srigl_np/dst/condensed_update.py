@@ -52,16 +52,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..validation import FLOATING, check_array
-from .masks import _check_sparsity, layer_budget
+from .masks import _check_sparsity, default_block_rows, layer_budget
 from .ranking import top_per_row
 from .steps import (FanInCap, ablation_rule, active_neurons, cap_fan_in, magnitude_keep,
                     new_fan_in, regrow)
 
-__all__ = ["CondensedUpdate", "default_block_rows", "srigl_update_rows",
-           "top_gradient_positions"]
-
-# Entries of one gradient block when block_rows is not given (16 MB in float32).
-_BLOCK_ENTRIES = 1 << 22
+__all__ = ["CondensedUpdate", "srigl_update_rows", "top_gradient_positions"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,12 +98,6 @@ class CondensedUpdate:
         """An old per-slot array (e.g. a momentum buffer, shaped like the old values) in
         the new layout: the old entry where a slot came from one, 0 where grown."""
         return _take(old, self.source)
-
-
-def default_block_rows(dense_fan_in):
-    """Rows of a gradient block when ``block_rows`` is not given: about 4M entries (16 MB
-    in float32), at least one row."""
-    return max(1, _BLOCK_ENTRIES // dense_fan_in)
 
 
 def _block_rows(block_rows, dense_fan_in):
@@ -269,7 +259,7 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
     weight; dense_fan_in is F (in_features, or channels*kh*kw). ``grad_block(r0, r1)``
     returns the dense gradient rows [r0, r1) as an (r1 - r0, F) float array (it is
     called with r0 < r1 ascending, once or twice per block: see the module notes);
-    ``block_rows`` rows per call (default: about 4M entries). drop_fraction, sparsity,
+    ``block_rows`` rows per call (default: ``default_block_rows(F)``, about 4M entries). drop_fraction, sparsity,
     gamma_sal, ablation: as srigl_update's. ``speculate``: run step 5 during step 2's
     pass on the guess that the active neurons and k stay (module notes); the result is
     the same either way. Returns a CondensedUpdate; inputs untouched.

@@ -25,7 +25,7 @@ masked layer computes its gradient.
 import numpy as np
 
 from ..backend import array_module
-from .condensed_update import default_block_rows
+from .masks import default_block_rows
 
 __all__ = ["GrowScore"]
 

@@ -13,10 +13,16 @@ from ..validation import check_array
 from .ranking import top_per_row
 
 __all__ = [
-    "constant_fan_in_columns", "constant_fan_in_mask", "cosine_drop_fraction", "erk_sparsities",
+    "constant_fan_in_columns", "constant_fan_in_mask", "cosine_drop_fraction",
+    "default_block_rows", "erk_sparsities",
     "fan_in_after_ablation", "fan_in_of_budget", "layer_budget", "random_mask",
     "uniform_sparsities",
 ]
+
+
+# Entries of one row block when a layer is drawn or scored block by block (16 MB in
+# float32, 32 MB of float64 keys): what keeps those passes from making an (n, F) array.
+_BLOCK_ENTRIES = 1 << 22
 
 
 # -- budgets, masks and schedules ----------------------------------------------------
@@ -82,11 +88,17 @@ def constant_fan_in_mask(shape, sparsity, rng, *, ablated=()):
     return top_per_row(keys, counts).reshape(shape)
 
 
+def default_block_rows(dense_fan_in):
+    """Rows of one block of a layer of dense fan-in F, drawn or scored block by block:
+    about 4M entries, at least one row."""
+    return max(1, _BLOCK_ENTRIES // dense_fan_in)
+
+
 def constant_fan_in_columns(shape, sparsity, rng, *, index_dtype=np.int64):
     """``constant_fan_in_mask(shape, sparsity, rng)``'s mask (no neuron ablated) as each
     neuron's columns: ``index_dtype`` (n, k), each row ascending, the condensed layout.
 
-    Made in row blocks of about 4M keys, so no (n, F) array exists: the blocks' draws
+    Made in row blocks of ``default_block_rows(F)`` rows, so no (n, F) array exists: the blocks' draws
     are the one (n, F) draw's rows in turn (a Generator's stream does not depend on how
     it is cut), and each row takes its k best keys alone, so the columns are those of
     the mask bit for bit.
@@ -96,7 +108,7 @@ def constant_fan_in_columns(shape, sparsity, rng, *, index_dtype=np.int64):
     n, dense_fan_in = shape[0], math.prod(shape[1:])
     k = fan_in_after_ablation(shape, sparsity, 0)
     columns = np.empty((n, k), dtype=index_dtype)
-    block = max(1, (1 << 22) // dense_fan_in)
+    block = default_block_rows(dense_fan_in)
     for r0 in range(0, n, block):
         r1 = min(n, r0 + block)
         keys = -rng.random((r1 - r0, dense_fan_in))

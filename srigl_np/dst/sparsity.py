@@ -269,7 +269,8 @@ class DynamicSparsity:
             shape, self.layer_sparsity[name], rng,
             index_dtype=condensed_compute.index_dtype(dense_fan_in))
         values = kaiming_normal_at(shape, np.full(n, columns.shape[1]), init_rng, columns,
-                                   self.params[name].dtype)
+                                   self.params[name].dtype,
+                                   block_rows=dst.default_block_rows(dense_fan_in))
         compute = condensed_compute.attach_layout(self._weight_layers()[name], shape,
                                                   np.arange(n, dtype=np.int64), columns,
                                                   values)

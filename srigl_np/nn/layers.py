@@ -99,11 +99,11 @@ def kaiming_normal(shape, fan_in, rng, dtype=np.float32):
     return rows.reshape(shape)
 
 
-def kaiming_normal_at(shape, fan_in, rng, columns, dtype=np.float32):
+def kaiming_normal_at(shape, fan_in, rng, columns, dtype=np.float32, *, block_rows):
     """``kaiming_normal(shape, fan_in, rng, dtype)``'s entries at each row's ``columns``
     only: (n, k) of ``dtype``, for ``columns`` int (n, k) and ``fan_in`` an array (n,)
-    (the per-row form). Drawn in row blocks of about 4M entries, so no array of
-    ``shape`` exists: the blocks' draws are the one draw's rows in turn, rounded and
+    (the per-row form). Drawn ``block_rows`` rows at a time, so no array of ``shape``
+    exists: the blocks' draws are the one draw's rows in turn, rounded and
     scaled as kaiming_normal rounds and scales them, so the entries are its bit for bit.
     """
     dtype = check_dtype(dtype)
@@ -114,9 +114,8 @@ def kaiming_normal_at(shape, fan_in, rng, columns, dtype=np.float32):
                          f"{columns.shape} and {fan_in.shape}")
     std = np.sqrt(2.0 / fan_in.astype(np.float64)).astype(dtype)
     values = np.empty(columns.shape, dtype=dtype)
-    block = max(1, (1 << 22) // dense_fan_in)
-    for r0 in range(0, n, block):
-        r1 = min(n, r0 + block)
+    for r0 in range(0, n, block_rows):
+        r1 = min(n, r0 + block_rows)
         draws = rng.standard_normal((r1 - r0, dense_fan_in)).astype(dtype)
         values[r0:r1] = np.take_along_axis(draws, columns[r0:r1].astype(np.intp), axis=1)
         values[r0:r1] *= std[r0:r1, None]
