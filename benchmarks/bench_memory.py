@@ -41,9 +41,8 @@ from srigl_np import training_kernels as tk
 from srigl_np.bench.machine import machine_info
 from srigl_np.dst import default_block_rows, layer_budget
 from srigl_np.dst.condensed_update import srigl_update_rows
-from srigl_np.dst.sparsity import DynamicSparsity
+from srigl_np.dst.sparsity import DynamicSparsity, train_step
 from srigl_np.nn.layers import Linear, ReLU, Sequential
-from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.optim import SGD
 
 
@@ -207,13 +206,7 @@ def train_with_dynamic_sparsity(args, rng, teacher):
         x = rng.standard_normal((args.batch, n_in), dtype=np.float32)
         labels = np.argmax(x @ teacher, axis=1)
         started = time.perf_counter()
-        sparsity.before_forward(step)
-        loss, grad = softmax_cross_entropy(model.forward(x, training=True), labels)
-        model.backward(grad, input_grad=False)
-        grads = model.named_grads()
-        if sparsity.before_step(step, grads):
-            optimizer.step(grads)
-        done = sparsity.after_step(step, grads)
+        loss, done = train_step(model, optimizer, sparsity, x, labels, step)
         seconds = time.perf_counter() - started
         losses.append(float(loss))
         if not done:

@@ -42,9 +42,8 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from srigl_np.bench import LoadMeter, load_flags  # noqa: E402
 from srigl_np.bench.machine import machine_info  # noqa: E402
-from srigl_np.dst.sparsity import DynamicSparsity  # noqa: E402
+from srigl_np.dst.sparsity import DynamicSparsity, train_step  # noqa: E402
 from srigl_np.fileio import write_json  # noqa: E402
-from srigl_np.nn.losses import softmax_cross_entropy  # noqa: E402
 from srigl_np.nn.models import MODEL_NAMES, build  # noqa: E402
 from srigl_np.nn.optim import SGD  # noqa: E402
 from srigl_np.validation import check_thread_flag, usable_cpus  # noqa: E402
@@ -81,16 +80,7 @@ def ours_epoch(model_name, x, y, batch_size, seed, compute=None, sparsity=0.0, d
     ordinary, update = [], []
     for step, idx in enumerate(batches):
         start = time.perf_counter()
-        if ds is not None:
-            ds.before_forward(step)
-        logits = model.forward(x[idx], training=True)
-        _, grad = softmax_cross_entropy(logits, y[idx])
-        model.backward(grad, input_grad=False)
-        grads = model.named_grads()
-        if ds is None or ds.before_step(step, grads):
-            optimizer.step(grads)
-        if ds is not None:
-            ds.after_step(step, grads)
+        train_step(model, optimizer, ds, x[idx], y[idx], step)
         seconds = time.perf_counter() - start
         special = ds is not None and (ds.accumulates(step) or ds.is_update_step(step))
         (update if special else ordinary).append(seconds)

@@ -45,9 +45,9 @@ from srigl_np import train as train_module  # noqa: E402
 from srigl_np import train_config  # noqa: E402
 from srigl_np.bench import LoadMeter, load_flags  # noqa: E402
 from srigl_np.bench.machine import machine_info  # noqa: E402
+from srigl_np.dst.sparsity import train_step  # noqa: E402
 from srigl_np.nn import condensed_compute  # noqa: E402
 from srigl_np.nn.layers import Conv2d, Linear  # noqa: E402
-from srigl_np.nn.losses import softmax_cross_entropy  # noqa: E402
 
 
 DEFAULT_LIMITS = dict(condensed_compute.PADDED_SLOT_LIMIT)
@@ -154,14 +154,7 @@ def main(argv=None):
     def one_step(step):
         idx = next(order)
         optimizer.lr = schedule(step)
-        ds.before_forward(step)
-        _, grad = softmax_cross_entropy(model.forward(x_train[idx], training=True),
-                                        y_train[idx])
-        model.backward(grad, input_grad=False)
-        grads = model.named_grads()
-        if ds.before_step(step, grads):
-            optimizer.step(grads)
-        return ds.after_step(step, grads)
+        return train_step(model, optimizer, ds, x_train[idx], y_train[idx], step)[1]
 
     with threadpool_limits(limits=args.threads):
         report("start")

@@ -26,9 +26,8 @@ import numpy as np
 
 from srigl_np.bench import LoadMeter, load_flags
 from srigl_np.bench.machine import machine_info
-from srigl_np.dst.sparsity import DynamicSparsity
+from srigl_np.dst.sparsity import DynamicSparsity, train_step
 from srigl_np.nn.layers import Linear, Sequential
-from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.optim import SGD
 
 MIB = 2**20
@@ -50,13 +49,7 @@ def step(model, optimizer, sparsity, x, y, index):
     """One trainer step; (peak bytes allocated, seconds)."""
     tracemalloc.start()
     started = time.perf_counter()
-    sparsity.before_forward(index)
-    _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
-    model.backward(grad, input_grad=False)
-    grads = model.named_grads()
-    if sparsity.before_step(index, grads):
-        optimizer.step(grads)
-    sparsity.after_step(index, grads)
+    train_step(model, optimizer, sparsity, x, y, index)
     seconds = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

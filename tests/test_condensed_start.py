@@ -10,9 +10,8 @@ import pytest
 
 from srigl_np import dst
 from srigl_np.dst import masks
-from srigl_np.dst.sparsity import DynamicSparsity, _PackedRows
+from srigl_np.dst.sparsity import DynamicSparsity, _PackedRows, train_step
 from srigl_np.nn.layers import Linear, ReLU, Sequential, kaiming_normal, kaiming_normal_at
-from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.models import build
 from srigl_np.nn.optim import SGD
 
@@ -133,13 +132,7 @@ def test_a_layer_built_without_init_is_never_written_and_trains():
         rng = np.random.default_rng(5)
         for step in range(7):
             x, y = rng.standard_normal((16, 256)), rng.integers(0, 10, 16)
-            ds.before_forward(step)
-            _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
-            model.backward(grad, input_grad=False)
-            grads = model.named_grads()
-            if ds.before_step(step, grads):
-                optimizer.step(grads)
-            ds.after_step(step, grads)
+            train_step(model, optimizer, ds, x, y, step)
         if not init:
             assert not dense_weight.any() and not dense_grad.any()
         assert [r["step"] for r in ds.audit_records] == [3, 6]

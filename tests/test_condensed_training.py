@@ -13,10 +13,9 @@ import pytest
 from scripts import load_script
 
 from srigl_np.dst import GrowScore
-from srigl_np.dst.sparsity import DynamicSparsity
+from srigl_np.dst.sparsity import DynamicSparsity, train_step
 from srigl_np.nn import condensed_compute
 from srigl_np.nn.layers import Conv2d, Linear, Sequential
-from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.models import build, cnn_layers
 from srigl_np.nn.optim import SGD, AdamW
 
@@ -54,13 +53,7 @@ def _run(compute, model_name, *, method="srigl", optimizer="sgd", nesterov=False
         model.set_rng(np.random.default_rng([7, step]))
         x = rng.standard_normal((8, 1, 28, 28)).astype(dtype)
         y = rng.integers(0, 10, 8)
-        ds.before_forward(step)
-        _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
-        model.backward(grad, input_grad=False)
-        grads = model.named_grads()
-        if ds.before_step(step, grads):
-            opt.step(grads)
-        if ds.after_step(step, grads):
+        if train_step(model, opt, ds, x, y, step)[1]:
             masks.append({k: m.copy() for k, m in ds.masks.items()})
             paths.append(sorted(ds.condensed))
         _assert_padding_is_zero(ds, opt)

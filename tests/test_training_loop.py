@@ -28,9 +28,8 @@ from srigl_np import train as train_module
 from srigl_np import train_config
 from srigl_np.formats.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from srigl_np.nn.layers import Linear, ReLU, Sequential
-from srigl_np.nn.losses import softmax_cross_entropy
 from srigl_np.nn.optim import SGD
-from srigl_np.dst.sparsity import DynamicSparsity
+from srigl_np.dst.sparsity import DynamicSparsity, train_step
 from train_cli import ERROR, StopAfterFirstEpoch, run_main, stop_after_first_epoch
 
 IN, HIDDEN, OUT, BATCH = 10, 16, 4, 12
@@ -69,12 +68,7 @@ def _setup(method, model_seed=0, **kwargs):
 def _trainer_step(model, optimizer, ds, step):
     """srigl_np.train's loop body for one mini-batch; returns the step's audit records."""
     x, y = _batch(step)
-    _, grad = softmax_cross_entropy(model.forward(x, training=True), y)
-    model.backward(grad, input_grad=False)
-    grads = model.named_grads()
-    if ds.before_step(step, grads):
-        optimizer.step(grads)
-    return ds.after_step(step, grads)
+    return train_step(model, optimizer, ds, x, y, step)[1]
 
 
 # -- the topology rules, by hand ------------------------------------------------------------
@@ -373,6 +367,21 @@ def test_a_checkpoint_inside_an_accumulation_window_resumes_bit_identically(tmp_
     forgot, _ = resumed(forget_window=True)
     assert any(not np.array_equal(forgot[2].masks[name], full[2].masks[name])
                for name in full[2].names)
+
+
+def test_train_step_without_sparsity_is_one_plain_sgd_step():
+    """train_step(..., sparsity=None): the dense step, W -= lr * (momentum buffer), no
+    records."""
+    model = _model()
+    optimizer = SGD(model.named_parameters(), lr=LR)
+    before = {k: v.copy() for k, v in model.named_parameters().items()}
+    x, y = _batch(0)
+    loss, records = train_step(model, optimizer, None, x, y, 0)
+    assert records == [] and math.isfinite(float(loss))
+    grads = model.named_grads()
+    for name, value in model.named_parameters().items():
+        np.testing.assert_allclose(value, before[name] - LR * grads[name], rtol=1e-12,
+                                   atol=1e-15)
 
 
 def test_without_accumulation_the_checkpoint_holds_no_gradient():

@@ -96,6 +96,7 @@ from .. import dst
 from ..backend import on_device_of, to_numpy
 from ..nn import condensed_compute
 from ..nn.layers import Linear, kaiming_normal, kaiming_normal_at, prefixed
+from ..nn.losses import softmax_cross_entropy
 from ..validation import positive_int
 from .grow_score import GrowScore
 from .trail import make_record
@@ -647,6 +648,22 @@ class DynamicSparsity:
             score.load(on_device_of(array, self._masks[name]))
             if not array.any():
                 score.clear()   # saved outside a window: nothing to add to
+
+
+def train_step(model, optimizer, sparsity, x, labels, step):
+    """One mini-batch of softmax cross-entropy training with the hooks in the order the
+    module notes give: ``before_forward``, forward, backward, ``before_step``, the
+    optimizer's step (unless ``before_step`` declines it), ``after_step``. ``sparsity``
+    None trains dense. Returns (loss, the step's audit records). ``srigl_np.train``'s
+    loop is this with its divergence and invariant reports between the calls."""
+    if sparsity is not None:
+        sparsity.before_forward(step)
+    loss, grad = softmax_cross_entropy(model.forward(x, training=True), labels)
+    model.backward(grad, input_grad=False)
+    grads = model.named_grads()
+    if sparsity is None or sparsity.before_step(step, grads):
+        optimizer.step(grads)
+    return loss, ([] if sparsity is None else sparsity.after_step(step, grads))
 
 
 def _count_range(counts):
