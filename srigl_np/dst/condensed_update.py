@@ -259,8 +259,8 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
     weight; dense_fan_in is F (in_features, or channels*kh*kw). ``grad_block(r0, r1)``
     returns the dense gradient rows [r0, r1) as an (r1 - r0, F) float array (it is
     called with r0 < r1 ascending, once or twice per block: see the module notes);
-    ``block_rows`` rows per call (default: ``default_block_rows(F)``, about 4M entries). drop_fraction, sparsity,
-    gamma_sal, ablation: as srigl_update's. ``speculate``: run step 5 during step 2's
+    ``block_rows`` rows per call (default: ``default_block_rows(F)``, about 4M entries).
+    drop_fraction, sparsity, gamma_sal, ablation: as srigl_update's. ``speculate``: run step 5 during step 2's
     pass on the guess that the active neurons and k stay (module notes); the result is
     the same either way. Returns a CondensedUpdate; inputs untouched.
 

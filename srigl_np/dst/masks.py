@@ -98,10 +98,10 @@ def constant_fan_in_columns(shape, sparsity, rng, *, index_dtype=np.int64):
     """``constant_fan_in_mask(shape, sparsity, rng)``'s mask (no neuron ablated) as each
     neuron's columns: ``index_dtype`` (n, k), each row ascending, the condensed layout.
 
-    Made in row blocks of ``default_block_rows(F)`` rows, so no (n, F) array exists: the blocks' draws
-    are the one (n, F) draw's rows in turn (a Generator's stream does not depend on how
-    it is cut), and each row takes its k best keys alone, so the columns are those of
-    the mask bit for bit.
+    Made in row blocks of ``default_block_rows(F)`` rows, so no (n, F) array exists:
+    the blocks' draws are the one (n, F) draw's rows in turn (a Generator's stream does
+    not depend on how it is cut), and each row takes its k best keys alone, so the
+    columns are those of the mask bit for bit.
     """
     shape = _check_shape(shape)
     _check_rng(rng)

@@ -572,12 +572,13 @@ class DynamicSparsity:
         (``dst.srigl_update_rows``: srigl_update's decisions bit for bit, the grow score
         read in row blocks), so no float array of the layer's dense size exists: kept
         weights keep value and optimizer state (``CondensedUpdate.take``), grown ones
-        start at 0 with zero state, ablated neurons leave the arrays. The bool mask and
-        ever-active, the record of the topology, are rewritten from the new layout."""
+        start at 0 with zero state, ablated neurons leave the arrays. The new layout is
+        the layer's mask from then on; its positions join the packed ever-active record."""
         values = compute.layer.params["weight"]
         n_out, k_before = compute.shape[0], values.shape[1]
+        size = math.prod(compute.shape)
         update = dst.srigl_update_rows(
-            values, compute.rows, compute.indices, n_out, int(np.prod(compute.shape[1:])),
+            values, compute.rows, compute.indices, n_out, size // n_out,
             score.rows, drop_fraction=drop_fraction,
             sparsity=self.layer_sparsity[name], gamma_sal=self.gamma_sal,
             ablation=self.ablation and name != self.names[-1])
@@ -598,8 +599,7 @@ class DynamicSparsity:
             fan_in_before=[k_before, k_before], fan_in_after=[k, k],
             active_neurons=update.rows.size, neurons=n_out, ablated=update.ablated,
             nnz=update.values.size, zeros_in_mask=np.count_nonzero(update.values == 0),
-            size=math.prod(compute.shape),
-            itop=self._ever_count(name) / math.prod(compute.shape))
+            size=size, itop=self._ever_count(name) / size)
 
     # -- summaries ----------------------------------------------------------------
     def summary(self):
@@ -723,10 +723,8 @@ class _EverActive(_Masks):
 class _PackedRows:
     """A bool (n, F) array held one bit per entry (``numpy.packbits`` along each row):
     1/8 of the bool array's memory, for the ever-active record of a layer that exists
-    only as its layout. Set from a layout in slot blocks; counted with
-    ``numpy.bitwise_count``."""
-
-    _BLOCK_SLOTS = 1 << 22
+    only as its layout. Set from a layout in row blocks (``dst.default_block_rows``);
+    counted with ``numpy.bitwise_count``."""
 
     def __init__(self, bits, dense_fan_in):
         self.bits, self.dense_fan_in = bits, dense_fan_in
@@ -745,7 +743,7 @@ class _PackedRows:
 
     def set(self, rows, indices):
         """Set every position of the layout (rows, indices) to True."""
-        step = max(1, self._BLOCK_SLOTS // max(indices.shape[1], 1))
+        step = dst.default_block_rows(max(indices.shape[1], 1))
         for r0 in range(0, rows.size, step):
             columns = indices[r0:r0 + step].astype(np.int64)
             bits = (np.uint8(0x80) >> (columns & 7).astype(np.uint8)).astype(np.uint8)
