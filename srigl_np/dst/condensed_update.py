@@ -260,9 +260,10 @@ def srigl_update_rows(values, rows, indices, n_out, dense_fan_in, grad_block, *,
     returns the dense gradient rows [r0, r1) as an (r1 - r0, F) float array (it is
     called with r0 < r1 ascending, once or twice per block: see the module notes);
     ``block_rows`` rows per call (default: ``default_block_rows(F)``, about 4M entries).
-    drop_fraction, sparsity, gamma_sal, ablation: as srigl_update's. ``speculate``: run step 5 during step 2's
-    pass on the guess that the active neurons and k stay (module notes); the result is
-    the same either way. Returns a CondensedUpdate; inputs untouched.
+    drop_fraction, sparsity, gamma_sal, ablation: as srigl_update's. ``speculate``: run
+    step 5 during step 2's pass on the guess that the active neurons and k stay (module
+    notes); the result is the same either way. Returns a CondensedUpdate; inputs
+    untouched.
 
     Equality: expanding the result to dense gives srigl_update(W, M, G, ...)'s mask and
     weight bit for bit, its ablated neurons and fan_in, for W, M the dense form of the
